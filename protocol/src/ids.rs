@@ -1,0 +1,279 @@
+//! Identities. Each type says what it names, so a uid can never be passed where a modseq is meant.
+
+use std::fmt;
+use std::str::FromStr;
+
+use serde::{Deserialize, Serialize};
+
+use crate::names::NameError;
+
+/// A node's configured name, `[a-z0-9-]{1,63}`. It is also the name in the node's TLS
+/// certificate, so a peer is identified by the same string everywhere.
+#[derive(Clone, PartialEq, Eq, PartialOrd, Ord, Hash, Serialize, Deserialize)]
+#[serde(try_from = "String", into = "String")]
+pub struct NodeId(String);
+
+impl NodeId {
+    pub const MAX_LEN: usize = 63;
+
+    pub fn new(name: impl Into<String>) -> Result<Self, NameError> {
+        let name = name.into();
+        if name.is_empty() || name.len() > Self::MAX_LEN {
+            return Err(NameError::NodeId {
+                name,
+                reason: "must be 1 to 63 characters",
+            });
+        }
+        if !name
+            .bytes()
+            .all(|b| b.is_ascii_lowercase() || b.is_ascii_digit() || b == b'-')
+        {
+            return Err(NameError::NodeId {
+                name,
+                reason: "may contain only a-z, 0-9 and '-'",
+            });
+        }
+        Ok(NodeId(name))
+    }
+
+    pub fn as_str(&self) -> &str {
+        &self.0
+    }
+
+    /// 16 bits derived from the name, stamped into the low bits of every modseq this node mints.
+    /// Two nodes may share a tag (a hash collision); that only costs a client a full resync it
+    /// could have skipped, never a wrong answer, because a foreign tag always forces the resync.
+    pub fn modseq_tag(&self) -> u16 {
+        let hash = blake3::hash(self.0.as_bytes());
+        u16::from_le_bytes([hash.as_bytes()[0], hash.as_bytes()[1]])
+    }
+}
+
+impl TryFrom<String> for NodeId {
+    type Error = NameError;
+    fn try_from(value: String) -> Result<Self, Self::Error> {
+        NodeId::new(value)
+    }
+}
+
+impl From<NodeId> for String {
+    fn from(value: NodeId) -> Self {
+        value.0
+    }
+}
+
+impl FromStr for NodeId {
+    type Err = NameError;
+    fn from_str(s: &str) -> Result<Self, Self::Err> {
+        NodeId::new(s)
+    }
+}
+
+impl fmt::Display for NodeId {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(&self.0)
+    }
+}
+
+impl fmt::Debug for NodeId {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        write!(f, "NodeId({})", self.0)
+    }
+}
+
+/// A mailbox's identity for its whole life: 128 random bits drawn at creation, kept across
+/// renames and moves between users (RFC 8474 MAILBOXID).
+#[derive(Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Hash, Serialize, Deserialize)]
+pub struct MailboxId(pub u128);
+
+impl MailboxId {
+    pub fn to_bytes(self) -> [u8; 16] {
+        self.0.to_be_bytes()
+    }
+
+    pub fn from_bytes(bytes: [u8; 16]) -> Self {
+        MailboxId(u128::from_be_bytes(bytes))
+    }
+}
+
+impl fmt::Display for MailboxId {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        write!(f, "{:032x}", self.0)
+    }
+}
+
+impl fmt::Debug for MailboxId {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        write!(f, "MailboxId({:032x})", self.0)
+    }
+}
+
+impl FromStr for MailboxId {
+    type Err = std::num::ParseIntError;
+    fn from_str(s: &str) -> Result<Self, Self::Err> {
+        u128::from_str_radix(s, 16).map(MailboxId)
+    }
+}
+
+/// IMAP UIDVALIDITY. A mailbox id keeps one uidvalidity for its life; a name re-created after a
+/// delete gets a new id and a new uidvalidity, so clients drop their caches.
+#[derive(Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Hash, Debug, Serialize, Deserialize)]
+pub struct UidValidity(pub u32);
+
+impl fmt::Display for UidValidity {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        write!(f, "{}", self.0)
+    }
+}
+
+/// IMAP UID within one uidvalidity. Zero is never a valid uid.
+#[derive(Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Hash, Debug, Serialize, Deserialize)]
+pub struct Uid(pub u32);
+
+impl fmt::Display for Uid {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        write!(f, "{}", self.0)
+    }
+}
+
+/// One message's identity for its whole life, across UID promotion: the node that accepted the
+/// append and that node's append counter. Two appends of the same bytes are two messages.
+#[derive(Clone, PartialEq, Eq, PartialOrd, Ord, Hash, Serialize, Deserialize)]
+pub struct AppendId {
+    pub origin: NodeId,
+    pub counter: u64,
+}
+
+impl AppendId {
+    /// Order-preserving key bytes: the origin name, a zero byte, then the counter big-endian (node
+    /// names never contain a zero byte). Storage keys end with these, so the records of one
+    /// mailbox sort on disk in the same order as `AppendId`'s `Ord`.
+    pub fn to_key_bytes(&self) -> Vec<u8> {
+        let mut out = Vec::with_capacity(8 + self.origin.as_str().len());
+        out.extend_from_slice(self.origin.as_str().as_bytes());
+        out.push(0);
+        out.extend_from_slice(&self.counter.to_be_bytes());
+        out
+    }
+
+    pub fn from_key_bytes(bytes: &[u8]) -> Option<Self> {
+        let zero = bytes.iter().position(|&b| b == 0)?;
+        let origin = NodeId::new(std::str::from_utf8(&bytes[..zero]).ok()?).ok()?;
+        let counter = u64::from_be_bytes(bytes.get(zero + 1..)?.try_into().ok()?);
+        Some(AppendId { origin, counter })
+    }
+}
+
+impl fmt::Display for AppendId {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        write!(f, "{}-{}", self.origin, self.counter)
+    }
+}
+
+impl fmt::Debug for AppendId {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        write!(f, "AppendId({}-{})", self.origin, self.counter)
+    }
+}
+
+/// Content hash (BLAKE3) of a raw message. Bodies are stored once per node, by Guid.
+#[derive(Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Hash, Serialize, Deserialize)]
+pub struct Guid(pub [u8; 32]);
+
+impl Guid {
+    pub fn of(body: &[u8]) -> Self {
+        Guid(*blake3::hash(body).as_bytes())
+    }
+}
+
+impl fmt::Display for Guid {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        for b in &self.0 {
+            write!(f, "{b:02x}")?;
+        }
+        Ok(())
+    }
+}
+
+impl fmt::Debug for Guid {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        write!(
+            f,
+            "Guid({:02x}{:02x}{:02x}{:02x}..)",
+            self.0[0], self.0[1], self.0[2], self.0[3]
+        )
+    }
+}
+
+/// IMAP CONDSTORE modseq: per mailbox, per node. It grows whenever a record changes on this node,
+/// whoever made the change, and is never replicated as-is: two nodes' modseqs are unrelated.
+///
+/// The low 16 bits carry the minting node's [`NodeId::modseq_tag`], so a CHANGEDSINCE value
+/// minted on another node (a client that failed over) is recognised and answered with a full
+/// resync instead of a wrong delta.
+#[derive(Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Hash, Debug, Default, Serialize, Deserialize)]
+pub struct ModSeq(pub u64);
+
+impl ModSeq {
+    pub const ZERO: ModSeq = ModSeq(0);
+    const TAG_BITS: u32 = 16;
+
+    pub fn new(counter: u64, tag: u16) -> Self {
+        ModSeq((counter << Self::TAG_BITS) | tag as u64)
+    }
+
+    /// The per-mailbox counter part.
+    pub fn counter(self) -> u64 {
+        self.0 >> Self::TAG_BITS
+    }
+
+    pub fn tag(self) -> u16 {
+        (self.0 & 0xffff) as u16
+    }
+
+    /// True when this value was minted by the node with `tag` (or is zero, which every node
+    /// understands as "from the beginning").
+    pub fn minted_by(self, tag: u16) -> bool {
+        self.0 == 0 || self.tag() == tag
+    }
+}
+
+impl fmt::Display for ModSeq {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        write!(f, "{}", self.0)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn node_ids_are_validated() {
+        assert!(NodeId::new("node-1").is_ok());
+        assert!(NodeId::new("").is_err());
+        assert!(NodeId::new("Node").is_err());
+        assert!(NodeId::new("a".repeat(64)).is_err());
+        assert!(NodeId::new("a b").is_err());
+    }
+
+    #[test]
+    fn append_id_key_bytes_round_trip() {
+        let id = AppendId {
+            origin: NodeId::new("n1").unwrap(),
+            counter: 77,
+        };
+        assert_eq!(AppendId::from_key_bytes(&id.to_key_bytes()), Some(id));
+        assert_eq!(AppendId::from_key_bytes(b"junk"), None);
+    }
+
+    #[test]
+    fn modseq_carries_its_node() {
+        let n = NodeId::new("alpha").unwrap();
+        let m = ModSeq::new(5, n.modseq_tag());
+        assert_eq!(m.counter(), 5);
+        assert!(m.minted_by(n.modseq_tag()));
+        assert!(ModSeq::new(6, n.modseq_tag()) > m);
+        assert!(ModSeq::ZERO.minted_by(123));
+    }
+}

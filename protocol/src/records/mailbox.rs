@@ -1,0 +1,233 @@
+//! The mailboxes.db entry: a mailbox's name, where it lives, and its DELETED tombstone.
+
+use std::collections::{BTreeMap, BTreeSet};
+
+use serde::{Deserialize, Serialize};
+
+use crate::ids::{MailboxId, NodeId, Uid, UidValidity};
+use crate::merge::{merge_option, Lww, Merge};
+use crate::version::Version;
+
+/// Who owns a mailbox and what it is called. One register, so a move to another user and a
+/// rename are the same operation and resolve together.
+#[derive(Clone, PartialEq, Eq, PartialOrd, Ord, Hash, Debug, Serialize, Deserialize)]
+pub struct MailboxPath {
+    pub user: String,
+    pub name: String,
+}
+
+/// Left behind by a delete: the mailbox id never comes back, and its uidvalidity is remembered so
+/// a stale peer's records for it are recognised and refused (seed item b).
+#[derive(Clone, PartialEq, Eq, PartialOrd, Ord, Debug, Serialize, Deserialize)]
+pub struct MailboxTombstone {
+    pub version: Version,
+    pub uidvalidity: UidValidity,
+}
+
+impl Merge for MailboxTombstone {
+    fn merge(&self, other: &Self) -> Self {
+        self.max(other).clone()
+    }
+}
+
+#[derive(Clone, PartialEq, Eq, Debug, Serialize, Deserialize)]
+pub struct MailboxEntry {
+    pub id: MailboxId,
+    /// Fixed at creation; a re-created name gets a new id and a new uidvalidity.
+    pub uidvalidity: UidValidity,
+    /// The creating write, fixed at creation.
+    pub created: Version,
+    pub path: Lww<MailboxPath>,
+    /// Nodes holding a replica; empty means every node.
+    pub locations: Lww<BTreeSet<NodeId>>,
+    /// The preferred primary: clients are directed here, and it alone promotes conflicting UIDs.
+    pub primary: Lww<Option<NodeId>>,
+    pub deleted: Option<MailboxTombstone>,
+}
+
+impl MailboxEntry {
+    pub fn new(id: MailboxId, uidvalidity: UidValidity, path: MailboxPath, created: Version) -> Self {
+        MailboxEntry {
+            id,
+            uidvalidity,
+            path: Lww::new(path, created.clone()),
+            locations: Lww::new(BTreeSet::new(), created.clone()),
+            primary: Lww::new(None, created.clone()),
+            created,
+            deleted: None,
+        }
+    }
+
+    pub fn is_deleted(&self) -> bool {
+        self.deleted.is_some()
+    }
+
+    /// Whether `node` holds a replica of this mailbox.
+    pub fn located_on(&self, node: &NodeId) -> bool {
+        self.locations.value.is_empty() || self.locations.value.contains(node)
+    }
+
+    /// The newest version anywhere in the entry; a node's Lamport clock observes it.
+    pub fn max_version(&self) -> &Version {
+        let mut max = &self.created;
+        for v in [&self.path.version, &self.locations.version, &self.primary.version] {
+            max = max.max(v);
+        }
+        if let Some(t) = &self.deleted {
+            max = max.max(&t.version);
+        }
+        max
+    }
+}
+
+impl Merge for MailboxEntry {
+    fn merge(&self, other: &Self) -> Self {
+        // id, uidvalidity and created never change after creation. Should two replicas disagree
+        // (only corruption can do that) the smaller triple wins on both, keeping merge
+        // commutative.
+        let base =
+            if (&self.created, self.uidvalidity, self.id) <= (&other.created, other.uidvalidity, other.id) {
+                self
+            } else {
+                other
+            };
+        MailboxEntry {
+            id: base.id,
+            uidvalidity: base.uidvalidity,
+            created: base.created.clone(),
+            path: self.path.merge(&other.path),
+            locations: self.locations.merge(&other.locations),
+            primary: self.primary.merge(&other.primary),
+            deleted: merge_option(&self.deleted, &other.deleted),
+        }
+    }
+}
+
+/// UIDNEXT of one mailbox. Merges by max, so a UID below it is never handed out again.
+#[derive(Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Debug, Serialize, Deserialize)]
+pub struct UidNext(pub Uid);
+
+impl Default for UidNext {
+    fn default() -> Self {
+        UidNext(Uid(1))
+    }
+}
+
+impl Merge for UidNext {
+    fn merge(&self, other: &Self) -> Self {
+        *self.max(other)
+    }
+}
+
+/// The name a live mailbox is shown under.
+#[derive(Clone, PartialEq, Eq, Debug)]
+pub struct ResolvedName {
+    pub id: MailboxId,
+    pub path: MailboxPath,
+    /// True when this mailbox lost a name collision and shows a derived name.
+    pub renamed: bool,
+}
+
+/// Resolves name collisions among live mailboxes deterministically: when two ids (created
+/// concurrently on two nodes) claim one name, the lower id keeps it and each other one is shown
+/// as `name.conflict-<first 8 hex digits of its id>` (with more digits if that is taken too).
+/// Nothing is lost, nothing needs an operator, and every node computes the same names because the
+/// rule depends only on the merged entries.
+pub fn resolve_names<'a>(entries: impl IntoIterator<Item = &'a MailboxEntry>) -> Vec<ResolvedName> {
+    let mut by_path: BTreeMap<&MailboxPath, Vec<MailboxId>> = BTreeMap::new();
+    for entry in entries.into_iter().filter(|e| !e.is_deleted()) {
+        by_path.entry(&entry.path.value).or_default().push(entry.id);
+    }
+    let taken: BTreeSet<MailboxPath> = by_path.keys().map(|p| (*p).clone()).collect();
+    let mut out = Vec::new();
+    let mut derived_taken: BTreeSet<MailboxPath> = BTreeSet::new();
+    for (path, mut ids) in by_path {
+        ids.sort();
+        out.push(ResolvedName {
+            id: ids[0],
+            path: path.clone(),
+            renamed: false,
+        });
+        for id in &ids[1..] {
+            let hex = format!("{:032x}", id.0);
+            let mut digits = 8;
+            let derived = loop {
+                let candidate = MailboxPath {
+                    user: path.user.clone(),
+                    name: format!("{}.conflict-{}", path.name, &hex[..digits]),
+                };
+                if digits == 32 || (!taken.contains(&candidate) && !derived_taken.contains(&candidate)) {
+                    break candidate;
+                }
+                digits += 4;
+            };
+            derived_taken.insert(derived.clone());
+            out.push(ResolvedName {
+                id: *id,
+                path: derived,
+                renamed: true,
+            });
+        }
+    }
+    out
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn v(c: u64, n: &str) -> Version {
+        Version {
+            counter: c,
+            node: NodeId::new(n).unwrap(),
+        }
+    }
+
+    fn entry(id: u128, name: &str, ver: Version) -> MailboxEntry {
+        MailboxEntry::new(
+            MailboxId(id),
+            UidValidity(1),
+            MailboxPath {
+                user: "u".into(),
+                name: name.into(),
+            },
+            ver,
+        )
+    }
+
+    #[test]
+    fn rename_is_last_writer_wins_and_delete_sticks() {
+        let a = entry(1, "A", v(1, "n1"));
+        let mut b = a.clone();
+        b.path.set(
+            MailboxPath {
+                user: "u".into(),
+                name: "B".into(),
+            },
+            v(5, "n2"),
+        );
+        let mut c = a.clone();
+        c.deleted = Some(MailboxTombstone {
+            version: v(2, "n3"),
+            uidvalidity: UidValidity(1),
+        });
+        let m = a.merge(&b).merge(&c);
+        assert_eq!(m.path.value.name, "B");
+        assert!(m.is_deleted());
+    }
+
+    #[test]
+    fn concurrent_same_name_lower_id_keeps_it() {
+        let a = entry(0x20, "Work", v(1, "n1"));
+        let b = entry(0x10, "Work", v(1, "n2"));
+        let names = resolve_names([&a, &b]);
+        assert_eq!(names.len(), 2);
+        let keep = names.iter().find(|r| !r.renamed).unwrap();
+        assert_eq!(keep.id, MailboxId(0x10));
+        let other = names.iter().find(|r| r.renamed).unwrap();
+        assert_eq!(other.id, MailboxId(0x20));
+        assert_eq!(other.path.name, "Work.conflict-00000000");
+        // Same answer whatever the order of the input.
+        assert_eq!(resolve_names([&b, &a]), names);
+    }
+}

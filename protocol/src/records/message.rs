@@ -1,0 +1,200 @@
+//! One message in one mailbox, keyed by its AppendId.
+
+use std::collections::BTreeMap;
+
+use serde::{Deserialize, Serialize};
+
+use crate::ids::{AppendId, Guid, Uid};
+use crate::merge::{max_version, Lww, Merge};
+use crate::names::Flag;
+use crate::version::Version;
+
+#[derive(Clone, PartialEq, Eq, Debug, Serialize, Deserialize)]
+pub struct MessageRecord {
+    pub append_id: AppendId,
+    /// The uid can change once, by UID promotion; the newest assignment wins.
+    pub uid: Lww<Uid>,
+    pub guid: Guid,
+    pub size: u64,
+    /// Seconds since the Unix epoch (IMAP INTERNALDATE).
+    pub internaldate: i64,
+    /// Every flag ever set on the message with its own version (per-flag modseq, from the seed):
+    /// a cleared flag stays here as `false`, so a concurrent set on another node with an older
+    /// version cannot bring it back, and two nodes changing different flags both win.
+    pub flags: BTreeMap<Flag, Lww<bool>>,
+    /// Sticky: once expunged, always expunged.
+    pub expunged: Option<Version>,
+}
+
+impl MessageRecord {
+    pub fn is_expunged(&self) -> bool {
+        self.expunged.is_some()
+    }
+
+    pub fn has_flag(&self, flag: &Flag) -> bool {
+        self.flags.get(flag).is_some_and(|f| f.value)
+    }
+
+    /// The flags currently set, in order.
+    pub fn set_flags(&self) -> impl Iterator<Item = &Flag> {
+        self.flags.iter().filter(|(_, f)| f.value).map(|(k, _)| k)
+    }
+
+    /// Sets or clears `flag` at `version`; returns whether it changed anything.
+    pub fn write_flag(&mut self, flag: Flag, set: bool, version: Version) -> bool {
+        match self.flags.get_mut(&flag) {
+            Some(state) => {
+                let was = state.value;
+                state.set(set, version) && was != set
+            }
+            None if set => {
+                self.flags.insert(flag, Lww::new(true, version));
+                true
+            }
+            // Clearing a flag never set: nothing to record.
+            None => false,
+        }
+    }
+
+    /// The newest version anywhere in the record; the Lamport clock observes it.
+    pub fn max_version(&self) -> &Version {
+        let mut max = &self.uid.version;
+        for f in self.flags.values() {
+            max = max.max(&f.version);
+        }
+        if let Some(e) = &self.expunged {
+            max = max.max(e);
+        }
+        max
+    }
+
+    /// 32 bytes that change whenever anything replicated in the record changes.
+    pub fn digest(&self) -> [u8; 32] {
+        let encoded = rmp_serde::to_vec(self).expect("a record always encodes");
+        *blake3::hash(&encoded).as_bytes()
+    }
+}
+
+impl Merge for MessageRecord {
+    fn merge(&self, other: &Self) -> Self {
+        // guid, size and internaldate are fixed at append; should two copies disagree (only
+        // corruption does that) the smaller triple wins, to keep the merge commutative.
+        let base =
+            if (self.guid, self.size, self.internaldate) <= (other.guid, other.size, other.internaldate) {
+                self
+            } else {
+                other
+            };
+        let mut flags = self.flags.clone();
+        for (flag, theirs) in &other.flags {
+            flags
+                .entry(flag.clone())
+                .and_modify(|ours| *ours = ours.merge(theirs))
+                .or_insert_with(|| theirs.clone());
+        }
+        MessageRecord {
+            append_id: self.append_id.clone().min(other.append_id.clone()),
+            uid: self.uid.merge(&other.uid),
+            guid: base.guid,
+            size: base.size,
+            internaldate: base.internaldate,
+            flags,
+            expunged: max_version(&self.expunged, &other.expunged),
+        }
+    }
+}
+
+/// A cheap, order-independent summary of a mailbox's records: their count and the XOR of their
+/// digests. It is maintained incrementally (XOR out the old record, XOR in the new) and carried in
+/// sync answers, so two replicas that silently diverged notice and fall back to a full sync.
+#[derive(Clone, Copy, PartialEq, Eq, Debug, Default, Serialize, Deserialize)]
+pub struct MailboxDigest {
+    pub records: u64,
+    pub xor: [u8; 32],
+}
+
+impl MailboxDigest {
+    pub fn add(&mut self, record: &MessageRecord) {
+        self.records += 1;
+        self.toggle(&record.digest());
+    }
+
+    pub fn remove(&mut self, record: &MessageRecord) {
+        self.records = self.records.saturating_sub(1);
+        self.toggle(&record.digest());
+    }
+
+    /// Replaces `old` by `new` in the summary.
+    pub fn replace(&mut self, old: &MessageRecord, new: &MessageRecord) {
+        self.toggle(&old.digest());
+        self.toggle(&new.digest());
+    }
+
+    fn toggle(&mut self, digest: &[u8; 32]) {
+        for (x, d) in self.xor.iter_mut().zip(digest) {
+            *x ^= d;
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::ids::NodeId;
+
+    fn v(c: u64, n: &str) -> Version {
+        Version {
+            counter: c,
+            node: NodeId::new(n).unwrap(),
+        }
+    }
+
+    fn record() -> MessageRecord {
+        MessageRecord {
+            append_id: AppendId {
+                origin: NodeId::new("n1").unwrap(),
+                counter: 1,
+            },
+            uid: Lww::new(Uid(1), v(1, "n1")),
+            guid: Guid::of(b"hello"),
+            size: 5,
+            internaldate: 0,
+            flags: BTreeMap::new(),
+            expunged: None,
+        }
+    }
+
+    #[test]
+    fn different_flags_changed_concurrently_both_survive() {
+        let mut base = record();
+        base.write_flag(Flag::new("\\Flagged").unwrap(), true, v(2, "n1"));
+        let mut a = base.clone();
+        let mut b = base.clone();
+        a.write_flag(Flag::seen(), true, v(3, "n1"));
+        b.write_flag(Flag::new("\\Flagged").unwrap(), false, v(3, "n2"));
+        let m = a.merge(&b);
+        assert!(m.has_flag(&Flag::seen()));
+        assert!(!m.has_flag(&Flag::new("\\Flagged").unwrap()));
+        assert_eq!(m, b.merge(&a));
+    }
+
+    #[test]
+    fn digest_is_order_independent_and_tracks_changes() {
+        let a = record();
+        let mut b = record();
+        b.append_id.counter = 2;
+        let mut d1 = MailboxDigest::default();
+        d1.add(&a);
+        d1.add(&b);
+        let mut d2 = MailboxDigest::default();
+        d2.add(&b);
+        d2.add(&a);
+        assert_eq!(d1, d2);
+        let mut b2 = b.clone();
+        b2.write_flag(Flag::seen(), true, v(9, "n1"));
+        d2.replace(&b, &b2);
+        assert_ne!(d1, d2);
+        d2.replace(&b2, &b);
+        assert_eq!(d1, d2);
+    }
+}

@@ -1,0 +1,24 @@
+//! Every replicated record, each a state-based CRDT (see [`crate::merge::Merge`]).
+//!
+//! | record | key | merge |
+//! | --- | --- | --- |
+//! | [`MailboxEntry`] | MailboxId | path, locations, primary: LWW; DELETED tombstone sticky |
+//! | [`UidNext`] | MailboxId | max |
+//! | [`MessageRecord`] | (MailboxId, AppendId) | uid LWW; per-flag LWW; expunge sticky |
+//! | [`Annotation`] | (MailboxId, entry) | LWW, a deleted value is a tombstone |
+//! | [`UserSubscriptions`] | user | per mailbox name LWW bool |
+//! | [`UserSieve`] | user | per script LWW content with deleted markers; active script LWW |
+
+mod annotation;
+mod mailbox;
+mod message;
+mod sieve;
+mod subscription;
+mod uid_conflict;
+
+pub use annotation::Annotation;
+pub use mailbox::{resolve_names, MailboxEntry, MailboxPath, MailboxTombstone, ResolvedName, UidNext};
+pub use message::{MailboxDigest, MessageRecord};
+pub use sieve::{ScriptContent, UserSieve};
+pub use subscription::UserSubscriptions;
+pub use uid_conflict::{promote_uid_conflicts, uid_conflicts, Promotion};

@@ -1,0 +1,153 @@
+//! The messages two nodes exchange. A connection starts with [`Hello`] both ways; after that the
+//! dialing node (the Channel) sends [`Request`]s and the answering node (the PeerSession) sends one
+//! [`Response`] per request, matched by id. Every change carries its origin, the node where a
+//! client made it, so the receiver can keep it from echoing back (DESIGN.md, "Channels, sync log,
+//! echo suppression").
+
+use serde::{Deserialize, Serialize};
+use serde_bytes::ByteBuf;
+
+use crate::ids::{Guid, MailboxId, ModSeq, NodeId, UidValidity};
+use crate::records::{
+    Annotation, MailboxDigest, MailboxEntry, MessageRecord, UidNext, UserSieve, UserSubscriptions,
+};
+
+/// Bumped on every incompatible change to these types. Peers with different versions refuse each
+/// other in the handshake with a message naming both versions.
+pub const PROTOCOL_VERSION: u32 = 1;
+
+#[derive(Clone, PartialEq, Debug, Serialize, Deserialize)]
+pub enum Frame {
+    Hello(Hello),
+    /// The answer to a Hello that cannot be accepted; the connection closes after it.
+    Refuse {
+        reason: String,
+    },
+    Request {
+        id: u64,
+        request: Request,
+    },
+    Response {
+        id: u64,
+        response: Response,
+    },
+}
+
+#[derive(Clone, PartialEq, Eq, Debug, Serialize, Deserialize)]
+pub struct Hello {
+    pub protocol: u32,
+    pub node: NodeId,
+    /// The largest frame this node accepts, so the sender splits batches below it.
+    pub max_frame: u32,
+}
+
+/// A replicated item with the node where the change that made it was first committed.
+#[derive(Clone, PartialEq, Debug, Serialize, Deserialize)]
+pub struct Change<T> {
+    pub origin: NodeId,
+    pub item: T,
+}
+
+#[derive(Clone, PartialEq, Debug, Serialize, Deserialize)]
+pub enum Request {
+    /// The directory entries of one user's mailboxes (creates, renames, moves, deletes, location
+    /// and primary changes).
+    Mailboxes {
+        user: String,
+        entries: Vec<Change<MailboxEntry>>,
+    },
+    Subscriptions {
+        user: String,
+        subscriptions: Change<UserSubscriptions>,
+    },
+    Sieve {
+        user: String,
+        sieve: Change<UserSieve>,
+    },
+    /// Step 1 of a mailbox sync: the records changed since the last acknowledged point, and the
+    /// peer modseq the sender's replication cache expects. Applied only if it matches.
+    ChangeRequest(ChangeRequest),
+    /// Step 2: the records changed on the peer since a modseq of its own.
+    ChangesSince {
+        mailbox: MailboxId,
+        uidvalidity: UidValidity,
+        since: ModSeq,
+    },
+    /// Step 3: every record of the mailbox (metadata only), in pages.
+    FullState {
+        mailbox: MailboxId,
+        after: Option<crate::ids::AppendId>,
+        limit: u32,
+    },
+    /// Which of these bodies does the peer lack?
+    MissingBodies {
+        guids: Vec<Guid>,
+    },
+    /// A piece of one body; `last` closes it and the receiver checks it against its Guid.
+    BodyChunk {
+        guid: Guid,
+        offset: u64,
+        data: ByteBuf,
+        last: bool,
+    },
+}
+
+#[derive(Clone, PartialEq, Debug, Serialize, Deserialize)]
+pub struct ChangeRequest {
+    pub mailbox: MailboxId,
+    pub uidvalidity: UidValidity,
+    /// The peer's modseq this sender believes current; `ModSeq::ZERO` means "no cache".
+    pub expected_peer_modseq: ModSeq,
+    /// The sender's own modseq after these changes.
+    pub sender_modseq: ModSeq,
+    pub uidnext: UidNext,
+    pub records: Vec<Change<MessageRecord>>,
+    pub annotations: Vec<Change<(String, Annotation)>>,
+    /// The sender's digest after these changes, so the peer can detect silent divergence.
+    pub digest: MailboxDigest,
+}
+
+#[derive(Clone, PartialEq, Debug, Serialize, Deserialize)]
+pub enum Response {
+    Ok,
+    /// A change request was applied; the peer is now at `modseq` with `digest`.
+    Applied {
+        modseq: ModSeq,
+        digest: MailboxDigest,
+    },
+    /// The peer is not where the cache expected: here is where it is and what changed since.
+    Mismatch {
+        modseq: ModSeq,
+        records: Vec<Change<MessageRecord>>,
+        annotations: Vec<Change<(String, Annotation)>>,
+        uidnext: UidNext,
+    },
+    /// A page of the full state; `more` says whether another page follows.
+    Full {
+        records: Vec<Change<MessageRecord>>,
+        uidnext: UidNext,
+        modseq: ModSeq,
+        digest: MailboxDigest,
+        more: bool,
+    },
+    Missing {
+        guids: Vec<Guid>,
+    },
+    /// The request could not be served; `retry` says whether trying later may succeed.
+    Error {
+        code: ErrorCode,
+        message: String,
+        retry: bool,
+    },
+}
+
+#[derive(Clone, Copy, PartialEq, Eq, Debug, Serialize, Deserialize)]
+pub enum ErrorCode {
+    UnknownMailbox,
+    MailboxDeleted,
+    UidValidityMismatch,
+    Busy,
+    Corrupt,
+    Storage,
+    BadRequest,
+}
