@@ -1,1 +1,25 @@
+//! The actors of a mailmesh node and the storage under them.
+//!
+//! - [`directory::Directory`]: mailboxes.db, names, subscriptions, sieve scripts; activates
+//!   [`mailbox::Mailbox`] actors on demand and lets idle ones go.
+//! - [`mailbox::Mailbox`]: one mailbox's messages, flags, annotations.
+//! - [`commit_group::CommitGroup`]: the single writer; groups batches into one fdatasync.
+//! - [`store`]: the redb database and the body segments.
+//! - [`env`]: the only way in for time and randomness; [`counters`]: the node's Lamport clock
+//!   and append counter.
+//! - [`node::LocalNode`]: starts all of the above for one node.
+//!
+//! Everything runs on one actix System thread: no actor starts threads of its own.
 
+pub mod commit_group;
+pub mod counters;
+pub mod directory;
+pub mod env;
+pub mod error;
+pub mod inflight;
+pub mod mailbox;
+pub mod node;
+pub mod store;
+pub mod uid_set;
+
+pub use error::{MailError, StoreError};

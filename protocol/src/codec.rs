@@ -8,6 +8,8 @@ use crate::wire::{Frame, Hello, PROTOCOL_VERSION};
 /// Default largest frame: 16 MiB. Bodies travel in chunks well below it.
 pub const DEFAULT_MAX_FRAME: u32 = 16 * 1024 * 1024;
 const LENGTH_PREFIX: usize = 4;
+/// Deepest MessagePack nesting accepted inside one frame.
+const MAX_DEPTH: usize = 64;
 
 #[derive(Debug, PartialEq, Eq, thiserror::Error)]
 pub enum CodecError {
@@ -95,6 +97,10 @@ impl FrameDecoder {
         }
         let body = &self.buf[LENGTH_PREFIX..LENGTH_PREFIX + len];
         let mut de = rmp_serde::Deserializer::new(body);
+        // Frames nest about ten levels deep. rmp-serde's default limit (1024) lets a frame that
+        // hides deeply nested arrays in an ignored field overflow a 2 MiB thread stack in a debug
+        // build (tests/codec_fuzz.rs, deeply_nested_unknown_field_is_malformed).
+        de.set_max_depth(MAX_DEPTH);
         let frame: Frame =
             serde::Deserialize::deserialize(&mut de).map_err(|e| CodecError::Malformed(e.to_string()))?;
         let consumed = de.get_ref().len();

@@ -1,0 +1,830 @@
+//! The Directory actor: the node's mailboxes.db, subscriptions and sieve scripts, and the keeper
+//! of Mailbox actors.
+//!
+//! Names resolve to MailboxIds here; a rename changes the name register and keeps the id, a
+//! delete leaves a tombstone with the uidvalidity, and re-creating the name mints a new id and a
+//! higher uidvalidity. Mailbox actors are started on first use and kept in a bounded set of
+//! recently used ones; the rest are let go (an actor stops once nobody holds its address), so
+//! memory stays bounded however many mailboxes the node stores. A weak address of every actor
+//! still running is kept, so one mailbox never has two actors.
+//!
+//! Every write here is atomic: the Directory handles no other message until its batch is
+//! durable. Directory writes are rare next to message writes, and this keeps name checks exact.
+
+use std::collections::BTreeMap;
+use std::sync::Arc;
+use std::time::Duration;
+
+use actix::prelude::*;
+use actix::WeakAddr;
+use mailmesh_protocol::ids::{MailboxId, NodeId, UidValidity};
+use mailmesh_protocol::names::{
+    normalize_mailbox_name, validate_script_name, validate_user, HIERARCHY_SEPARATOR,
+};
+use mailmesh_protocol::records::{
+    resolve_names, MailboxEntry, MailboxPath, MailboxTombstone, UserSieve, UserSubscriptions,
+};
+use tracing::{info, warn};
+
+use crate::commit_group::{commit, CommitGroup};
+use crate::counters::NodeCounters;
+use crate::env::Env;
+use crate::error::{MailError, StoreError};
+use crate::mailbox::{Limits, Mailbox, MarkDeleted, StoredAnnotation, StoredRecord};
+use crate::store::{decode, keys, Batch, Store, Table};
+
+/// How many Mailbox actors stay active, and for how long an unused one is kept.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct ActivationPolicy {
+    pub max_active: usize,
+    pub idle_after: Duration,
+}
+
+impl Default for ActivationPolicy {
+    fn default() -> Self {
+        ActivationPolicy {
+            max_active: 10_000,
+            idle_after: Duration::from_secs(300),
+        }
+    }
+}
+
+/// A mailbox as listed to a client.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct MailboxInfo {
+    pub id: MailboxId,
+    pub user: String,
+    pub name: String,
+    pub uidvalidity: UidValidity,
+    /// This mailbox lost a name collision with a concurrently created one and shows a derived name.
+    pub conflict_renamed: bool,
+    /// Nodes holding a replica; empty means all.
+    pub locations: Vec<NodeId>,
+    pub primary: Option<NodeId>,
+}
+
+pub struct Directory {
+    store: Arc<Store>,
+    commit: Addr<CommitGroup>,
+    counters: NodeCounters,
+    env: Env,
+    limits: Limits,
+    policy: ActivationPolicy,
+    active: BTreeMap<MailboxId, ActiveMailbox>,
+    dormant: BTreeMap<MailboxId, WeakAddr<Mailbox>>,
+}
+
+struct ActiveMailbox {
+    addr: Addr<Mailbox>,
+    last_used_ms: i64,
+}
+
+impl Directory {
+    pub fn new(
+        store: Arc<Store>,
+        commit: Addr<CommitGroup>,
+        counters: NodeCounters,
+        env: Env,
+        limits: Limits,
+        policy: ActivationPolicy,
+    ) -> Self {
+        Directory {
+            store,
+            commit,
+            counters,
+            env,
+            limits,
+            policy,
+            active: BTreeMap::new(),
+            dormant: BTreeMap::new(),
+        }
+    }
+
+    fn entry(&self, id: MailboxId) -> Result<Option<MailboxEntry>, StoreError> {
+        self.store.get(Table::Mailboxes, &keys::mailbox(id))
+    }
+
+    /// Live mailboxes of `user`, with the names they are shown under.
+    fn user_mailboxes(&self, user: &str) -> Result<Vec<(MailboxEntry, String, bool)>, StoreError> {
+        let mut ids = Vec::new();
+        self.store
+            .scan_prefix(Table::Names, &keys::user_names(user), None, |k, _| {
+                if let Some(id) = keys::parse_name_id(k) {
+                    ids.push(id);
+                }
+                Ok(true)
+            })?;
+        let mut entries = BTreeMap::new();
+        for id in ids {
+            if let Some(e) = self.entry(id)? {
+                entries.insert(id, e);
+            }
+        }
+        let resolved = resolve_names(entries.values());
+        Ok(resolved
+            .into_iter()
+            .filter_map(|r| entries.get(&r.id).map(|e| (e.clone(), r.path.name, r.renamed)))
+            .collect())
+    }
+
+    /// The live mailbox shown as `name` to `user`.
+    fn lookup(&self, user: &str, name: &str) -> Result<Option<MailboxEntry>, MailError> {
+        validate_user(user)?;
+        let name = normalize_mailbox_name(name)?;
+        let mut ids = Vec::new();
+        self.store
+            .scan_prefix(Table::Names, &keys::name_prefix(user, &name), None, |k, _| {
+                ids.extend(keys::parse_name_id(k));
+                Ok(true)
+            })?;
+        if ids.len() == 1 {
+            return Ok(self.entry(ids[0])?);
+        }
+        // A name collision, or a derived conflict name: resolve the user's whole list.
+        Ok(self
+            .user_mailboxes(user)?
+            .into_iter()
+            .find(|(_, shown, _)| *shown == name)
+            .map(|(e, _, _)| e))
+    }
+
+    fn require(&self, user: &str, name: &str) -> Result<MailboxEntry, MailError> {
+        self.lookup(user, name)?.ok_or_else(|| MailError::UnknownMailbox {
+            user: user.to_string(),
+            name: name.to_string(),
+        })
+    }
+
+    fn info(entry: &MailboxEntry, shown: Option<(&str, bool)>) -> MailboxInfo {
+        let (name, renamed) = shown.unwrap_or((&entry.path.value.name, false));
+        MailboxInfo {
+            id: entry.id,
+            user: entry.path.value.user.clone(),
+            name: name.to_string(),
+            uidvalidity: entry.uidvalidity,
+            conflict_renamed: renamed,
+            locations: entry.locations.value.iter().cloned().collect(),
+            primary: entry.primary.value.clone(),
+        }
+    }
+
+    /// Adds a new mailbox to `batch`.
+    fn create_into(&mut self, batch: &mut Batch, user: &str, name: &str) -> MailboxEntry {
+        let mut id = MailboxId(self.env.entropy.next_u128());
+        while id.0 == 0 || matches!(self.entry(id), Ok(Some(_))) {
+            id = MailboxId(self.env.entropy.next_u128());
+        }
+        let uidvalidity = self.counters.next_uidvalidity(self.env.unix_seconds(), 0);
+        let version = self.counters.tick();
+        let path = MailboxPath {
+            user: user.to_string(),
+            name: name.to_string(),
+        };
+        let entry = MailboxEntry::new(id, uidvalidity, path, version);
+        batch.put(Table::Mailboxes, keys::mailbox(id), &entry);
+        batch.put_raw(Table::Names, keys::name(user, name, id), Vec::new());
+        entry
+    }
+
+    /// The Mailbox actor of a live mailbox, started if needed.
+    fn activate(&mut self, entry: &MailboxEntry) -> Result<Addr<Mailbox>, StoreError> {
+        let now = self.env.clock.unix_millis();
+        if let Some(active) = self.active.get_mut(&entry.id) {
+            active.last_used_ms = now;
+            return Ok(active.addr.clone());
+        }
+        let addr = match self.dormant.remove(&entry.id).and_then(|w| w.upgrade()) {
+            Some(addr) => addr,
+            None => Mailbox::load(
+                entry.id,
+                entry.uidvalidity,
+                self.store.clone(),
+                self.commit.clone(),
+                self.counters.clone(),
+                self.env.clone(),
+                self.limits,
+            )?
+            .start(),
+        };
+        self.active.insert(
+            entry.id,
+            ActiveMailbox {
+                addr: addr.clone(),
+                last_used_ms: now,
+            },
+        );
+        if self.active.len() > self.policy.max_active {
+            self.let_go(self.active.len() - self.policy.max_active * 9 / 10, i64::MAX);
+        }
+        Ok(addr)
+    }
+
+    /// Moves up to `count` least recently used actors last used before `before_ms` to the
+    /// dormant set, where only a weak address keeps track of them until they stop.
+    fn let_go(&mut self, count: usize, before_ms: i64) {
+        let mut by_age: Vec<(i64, MailboxId)> = self
+            .active
+            .iter()
+            .filter(|(_, a)| a.last_used_ms < before_ms)
+            .map(|(id, a)| (a.last_used_ms, *id))
+            .collect();
+        by_age.sort_unstable();
+        for (_, id) in by_age.into_iter().take(count) {
+            if let Some(a) = self.active.remove(&id) {
+                self.dormant.insert(id, a.addr.downgrade());
+            }
+        }
+        self.dormant.retain(|_, w| w.upgrade().is_some());
+    }
+
+    /// Stops the actor of a deleted mailbox, then removes its records in chunks. A crash part way
+    /// leaves the purge row, and the next start finishes the job.
+    fn purge(&mut self, id: MailboxId, ctx: &mut Context<Self>) {
+        let addr = self
+            .active
+            .remove(&id)
+            .map(|a| a.addr)
+            .or_else(|| self.dormant.remove(&id).and_then(|w| w.upgrade()));
+        let store = self.store.clone();
+        let commit_group = self.commit.clone();
+        ctx.spawn(
+            async move {
+                if let Some(addr) = addr {
+                    let _ = addr.send(MarkDeleted).await;
+                }
+                if let Err(e) = purge_mailbox(store, commit_group, id).await {
+                    warn!(mailbox = %id, error = %e, "purging a deleted mailbox failed; it will be retried at the next start");
+                }
+            }
+            .into_actor(self),
+        );
+    }
+
+    /// Runs a directory write: `op` prepares a batch against committed state, and no other message
+    /// is handled until the batch is durable.
+    fn write<R: 'static>(
+        &mut self,
+        op: impl FnOnce(&mut Self) -> Result<(Batch, R), MailError>,
+    ) -> AtomicResponse<Self, Result<R, MailError>> {
+        let pending = op(self).map(|(batch, r)| {
+            let done = if batch.is_empty() {
+                None
+            } else {
+                Some(commit(&self.commit, batch, None))
+            };
+            (done, r)
+        });
+        AtomicResponse::new(Box::pin(
+            async move {
+                let (done, r) = pending?;
+                if let Some(done) = done {
+                    done.await?;
+                }
+                Ok(r)
+            }
+            .into_actor(self),
+        ))
+    }
+
+    fn subscriptions(&self, user: &str) -> Result<UserSubscriptions, StoreError> {
+        Ok(self
+            .store
+            .get(Table::Subscriptions, &keys::user(user))?
+            .unwrap_or_default())
+    }
+
+    fn sieve(&self, user: &str) -> Result<UserSieve, StoreError> {
+        Ok(self
+            .store
+            .get(Table::Sieve, &keys::user(user))?
+            .unwrap_or_default())
+    }
+}
+
+/// Deletes every row of a deleted mailbox, 1,000 records per batch, releasing its bodies.
+async fn purge_mailbox(
+    store: Arc<Store>,
+    commit_group: Addr<CommitGroup>,
+    id: MailboxId,
+) -> Result<(), StoreError> {
+    loop {
+        let mut batch = Batch::new();
+        let mut n = 0;
+        store.scan_prefix(Table::Messages, &keys::mailbox(id), None, |k, v| {
+            let s: StoredRecord = decode(v, "message record")?;
+            let aid = &s.record.append_id;
+            batch.delete(Table::Messages, k.to_vec());
+            batch.delete(Table::Uids, keys::uid(id, s.record.uid.value, aid));
+            batch.delete(Table::Modseqs, keys::modseq(id, s.modseq));
+            if !s.record.is_expunged() {
+                batch.release_body(s.record.guid);
+            }
+            n += 1;
+            Ok(n < 1000)
+        })?;
+        if n == 0 {
+            break;
+        }
+        commit(&commit_group, batch, None).await?;
+    }
+    let mut batch = Batch::new();
+    store.scan_prefix(Table::Annotations, &keys::mailbox(id), None, |k, v| {
+        let _: StoredAnnotation = decode(v, "annotation")?;
+        batch.delete(Table::Annotations, k.to_vec());
+        Ok(true)
+    })?;
+    batch.delete(Table::MailboxState, keys::mailbox(id));
+    batch.delete(Table::Purges, keys::mailbox(id));
+    commit(&commit_group, batch, None).await?;
+    info!(mailbox = %id, "deleted mailbox purged");
+    Ok(())
+}
+
+impl Actor for Directory {
+    type Context = Context<Self>;
+
+    fn started(&mut self, ctx: &mut Self::Context) {
+        let mut unfinished = Vec::new();
+        if let Err(e) = self.store.scan_prefix(Table::Purges, &[], None, |k, _| {
+            if let Ok(bytes) = <[u8; 16]>::try_from(k) {
+                unfinished.push(MailboxId::from_bytes(bytes));
+            }
+            Ok(true)
+        }) {
+            warn!(error = %e, "cannot read unfinished purges");
+        }
+        for id in unfinished {
+            self.purge(id, ctx);
+        }
+        let sweep = (self.policy.idle_after / 2).max(Duration::from_millis(10));
+        ctx.run_interval(sweep, |act, _| {
+            let before = act.env.clock.unix_millis() - act.policy.idle_after.as_millis() as i64;
+            act.let_go(usize::MAX, before);
+        });
+    }
+}
+
+/// Creates a mailbox, and any missing superiors of a hierarchical name.
+#[derive(Message)]
+#[rtype(result = "Result<MailboxInfo, MailError>")]
+pub struct CreateMailbox {
+    pub user: String,
+    pub name: String,
+}
+
+impl Handler<CreateMailbox> for Directory {
+    type Result = AtomicResponse<Self, Result<MailboxInfo, MailError>>;
+
+    fn handle(&mut self, msg: CreateMailbox, _: &mut Self::Context) -> Self::Result {
+        self.write(|act| {
+            validate_user(&msg.user)?;
+            let name = normalize_mailbox_name(&msg.name)?;
+            if act.lookup(&msg.user, &name)?.is_some() {
+                return Err(MailError::MailboxExists { user: msg.user, name });
+            }
+            let mut batch = Batch::new();
+            let levels: Vec<&str> = name.split(HIERARCHY_SEPARATOR).collect();
+            for depth in 1..levels.len() {
+                let superior = levels[..depth].join("/");
+                if act.lookup(&msg.user, &superior)?.is_none() {
+                    act.create_into(&mut batch, &msg.user, &superior);
+                }
+            }
+            let entry = act.create_into(&mut batch, &msg.user, &name);
+            Ok((batch, Directory::info(&entry, None)))
+        })
+    }
+}
+
+/// Renames a mailbox (and its inferiors), possibly to another user. The id stays.
+#[derive(Message)]
+#[rtype(result = "Result<(), MailError>")]
+pub struct RenameMailbox {
+    pub user: String,
+    pub from: String,
+    pub to_user: Option<String>,
+    pub to: String,
+}
+
+impl Handler<RenameMailbox> for Directory {
+    type Result = AtomicResponse<Self, Result<(), MailError>>;
+
+    fn handle(&mut self, msg: RenameMailbox, _: &mut Self::Context) -> Self::Result {
+        self.write(|act| {
+            let to_user = msg.to_user.clone().unwrap_or_else(|| msg.user.clone());
+            validate_user(&to_user)?;
+            let from = normalize_mailbox_name(&msg.from)?;
+            let to = normalize_mailbox_name(&msg.to)?;
+            if from == "INBOX" {
+                return Err(MailError::NotAllowed("rename INBOX; move its messages instead"));
+            }
+            if to == "INBOX" && to_user == msg.user {
+                return Err(MailError::MailboxExists {
+                    user: to_user,
+                    name: to,
+                });
+            }
+            if to_user == msg.user && (to == from || to.starts_with(&format!("{from}/"))) {
+                return Err(MailError::NotAllowed("rename a mailbox into itself"));
+            }
+            let entry = act.require(&msg.user, &from)?;
+            // The mailbox and its inferiors, each with its new name.
+            let mut moves = vec![(entry, to.clone())];
+            let inferior_prefix = format!("{from}/");
+            for (e, shown, _) in act.user_mailboxes(&msg.user)? {
+                if let Some(rest) = shown.strip_prefix(&inferior_prefix) {
+                    moves.push((e, format!("{to}/{rest}")));
+                }
+            }
+            for (_, new_name) in &moves {
+                if act.lookup(&to_user, new_name)?.is_some() {
+                    return Err(MailError::MailboxExists {
+                        user: to_user.clone(),
+                        name: new_name.clone(),
+                    });
+                }
+            }
+            let mut batch = Batch::new();
+            for (mut e, new_name) in moves {
+                let old = e.path.value.clone();
+                batch.delete(Table::Names, keys::name(&old.user, &old.name, e.id));
+                let version = act.counters.tick();
+                e.path.set(
+                    MailboxPath {
+                        user: to_user.clone(),
+                        name: new_name.clone(),
+                    },
+                    version,
+                );
+                batch.put_raw(Table::Names, keys::name(&to_user, &new_name, e.id), Vec::new());
+                batch.put(Table::Mailboxes, keys::mailbox(e.id), &e);
+            }
+            Ok((batch, ()))
+        })
+    }
+}
+
+/// Deletes a mailbox: a tombstone with its uidvalidity stays, its messages are purged.
+#[derive(Message)]
+#[rtype(result = "Result<(), MailError>")]
+pub struct DeleteMailbox {
+    pub user: String,
+    pub name: String,
+}
+
+impl Handler<DeleteMailbox> for Directory {
+    type Result = AtomicResponse<Self, Result<(), MailError>>;
+
+    fn handle(&mut self, msg: DeleteMailbox, _: &mut Self::Context) -> Self::Result {
+        let prepared = (|| {
+            let name = normalize_mailbox_name(&msg.name)?;
+            if name == "INBOX" {
+                return Err(MailError::NotAllowed("delete INBOX"));
+            }
+            let mut entry = self.require(&msg.user, &name)?;
+            let version = self.counters.tick();
+            entry.deleted = Some(MailboxTombstone {
+                version,
+                uidvalidity: entry.uidvalidity,
+            });
+            let mut batch = Batch::new();
+            let path = entry.path.value.clone();
+            batch.delete(Table::Names, keys::name(&path.user, &path.name, entry.id));
+            batch.put(Table::Mailboxes, keys::mailbox(entry.id), &entry);
+            batch.put_raw(Table::Purges, keys::mailbox(entry.id), Vec::new());
+            Ok((entry.id, batch))
+        })();
+        let done = prepared.map(|(id, batch)| (id, commit(&self.commit, batch, None)));
+        AtomicResponse::new(Box::pin(
+            async move {
+                let (id, done) = done?;
+                done.await?;
+                Ok::<_, MailError>(id)
+            }
+            .into_actor(self)
+            .map(|result, act, ctx| {
+                let id = result?;
+                act.purge(id, ctx);
+                Ok(())
+            }),
+        ))
+    }
+}
+
+/// The live mailboxes of a user, sorted by name.
+#[derive(Message)]
+#[rtype(result = "Result<Vec<MailboxInfo>, MailError>")]
+pub struct ListMailboxes {
+    pub user: String,
+}
+
+impl Handler<ListMailboxes> for Directory {
+    type Result = Result<Vec<MailboxInfo>, MailError>;
+
+    fn handle(&mut self, msg: ListMailboxes, _: &mut Self::Context) -> Self::Result {
+        validate_user(&msg.user)?;
+        let mut out: Vec<MailboxInfo> = self
+            .user_mailboxes(&msg.user)?
+            .iter()
+            .map(|(e, shown, renamed)| Directory::info(e, Some((shown, *renamed))))
+            .collect();
+        out.sort_by(|a, b| a.name.cmp(&b.name));
+        Ok(out)
+    }
+}
+
+/// A mailbox's actor, started if needed.
+#[derive(Message)]
+#[rtype(result = "Result<OpenedMailbox, MailError>")]
+pub struct OpenMailbox {
+    pub user: String,
+    pub name: String,
+}
+
+#[derive(Clone, Debug)]
+pub struct OpenedMailbox {
+    pub info: MailboxInfo,
+    pub addr: Addr<Mailbox>,
+}
+
+impl Handler<OpenMailbox> for Directory {
+    type Result = Result<OpenedMailbox, MailError>;
+
+    fn handle(&mut self, msg: OpenMailbox, _: &mut Self::Context) -> Self::Result {
+        let entry = self.require(&msg.user, &msg.name)?;
+        let addr = self.activate(&entry)?;
+        Ok(OpenedMailbox {
+            info: Directory::info(&entry, None),
+            addr,
+        })
+    }
+}
+
+/// A mailbox's actor by id (replication and tools address mailboxes by id).
+#[derive(Message)]
+#[rtype(result = "Result<OpenedMailbox, MailError>")]
+pub struct OpenMailboxById {
+    pub id: MailboxId,
+}
+
+impl Handler<OpenMailboxById> for Directory {
+    type Result = Result<OpenedMailbox, MailError>;
+
+    fn handle(&mut self, msg: OpenMailboxById, _: &mut Self::Context) -> Self::Result {
+        let entry = self.entry(msg.id)?.ok_or(MailError::UnknownMailboxId(msg.id))?;
+        if entry.is_deleted() {
+            return Err(MailError::MailboxDeleted(msg.id));
+        }
+        let addr = self.activate(&entry)?;
+        Ok(OpenedMailbox {
+            info: Directory::info(&entry, None),
+            addr,
+        })
+    }
+}
+
+/// Sets where a mailbox is replicated and which node is its preferred primary.
+#[derive(Message)]
+#[rtype(result = "Result<(), MailError>")]
+pub struct SetLocations {
+    pub user: String,
+    pub name: String,
+    /// Empty: every node.
+    pub locations: Vec<NodeId>,
+    pub primary: Option<NodeId>,
+}
+
+impl Handler<SetLocations> for Directory {
+    type Result = AtomicResponse<Self, Result<(), MailError>>;
+
+    fn handle(&mut self, msg: SetLocations, _: &mut Self::Context) -> Self::Result {
+        self.write(|act| {
+            let mut entry = act.require(&msg.user, &msg.name)?;
+            if let Some(p) = &msg.primary {
+                if !msg.locations.is_empty() && !msg.locations.contains(p) {
+                    return Err(MailError::NotAllowed(
+                        "name a primary that is not among the locations",
+                    ));
+                }
+            }
+            let version = act.counters.tick();
+            entry
+                .locations
+                .set(msg.locations.into_iter().collect(), version.clone());
+            entry.primary.set(msg.primary, version);
+            let mut batch = Batch::new();
+            batch.put(Table::Mailboxes, keys::mailbox(entry.id), &entry);
+            Ok((batch, ()))
+        })
+    }
+}
+
+/// Subscribes (`true`) or unsubscribes a user to a mailbox name (which need not exist).
+#[derive(Message)]
+#[rtype(result = "Result<(), MailError>")]
+pub struct Subscribe {
+    pub user: String,
+    pub name: String,
+    pub subscribed: bool,
+}
+
+impl Handler<Subscribe> for Directory {
+    type Result = AtomicResponse<Self, Result<(), MailError>>;
+
+    fn handle(&mut self, msg: Subscribe, _: &mut Self::Context) -> Self::Result {
+        self.write(|act| {
+            validate_user(&msg.user)?;
+            let name = normalize_mailbox_name(&msg.name)?;
+            let mut subs = act.subscriptions(&msg.user)?;
+            let mut batch = Batch::new();
+            let currently = subs.names.get(&name).is_some_and(|s| s.value);
+            if currently != msg.subscribed {
+                subs.set(&name, msg.subscribed, act.counters.tick());
+                batch.put(Table::Subscriptions, keys::user(&msg.user), &subs);
+            }
+            Ok((batch, ()))
+        })
+    }
+}
+
+#[derive(Message)]
+#[rtype(result = "Result<Vec<String>, MailError>")]
+pub struct ListSubscriptions {
+    pub user: String,
+}
+
+impl Handler<ListSubscriptions> for Directory {
+    type Result = Result<Vec<String>, MailError>;
+
+    fn handle(&mut self, msg: ListSubscriptions, _: &mut Self::Context) -> Self::Result {
+        validate_user(&msg.user)?;
+        Ok(self
+            .subscriptions(&msg.user)?
+            .subscribed()
+            .map(str::to_string)
+            .collect())
+    }
+}
+
+/// Stores (creates or replaces) a sieve script.
+#[derive(Message)]
+#[rtype(result = "Result<(), MailError>")]
+pub struct PutScript {
+    pub user: String,
+    pub name: String,
+    pub content: Vec<u8>,
+}
+
+impl Handler<PutScript> for Directory {
+    type Result = AtomicResponse<Self, Result<(), MailError>>;
+
+    fn handle(&mut self, msg: PutScript, _: &mut Self::Context) -> Self::Result {
+        self.write(|act| {
+            validate_user(&msg.user)?;
+            validate_script_name(&msg.name)?;
+            if msg.content.len() > act.limits.max_script_bytes {
+                return Err(MailError::ScriptTooLarge {
+                    size: msg.content.len(),
+                    max: act.limits.max_script_bytes,
+                });
+            }
+            let mut sieve = act.sieve(&msg.user)?;
+            sieve.put(&msg.name, msg.content, act.counters.tick());
+            let mut batch = Batch::new();
+            batch.put(Table::Sieve, keys::user(&msg.user), &sieve);
+            Ok((batch, ()))
+        })
+    }
+}
+
+/// Deletes a sieve script, leaving a deleted marker.
+#[derive(Message)]
+#[rtype(result = "Result<(), MailError>")]
+pub struct DeleteScript {
+    pub user: String,
+    pub name: String,
+}
+
+impl Handler<DeleteScript> for Directory {
+    type Result = AtomicResponse<Self, Result<(), MailError>>;
+
+    fn handle(&mut self, msg: DeleteScript, _: &mut Self::Context) -> Self::Result {
+        self.write(|act| {
+            validate_user(&msg.user)?;
+            let mut sieve = act.sieve(&msg.user)?;
+            if sieve.script(&msg.name).is_none() {
+                return Err(MailError::UnknownScript {
+                    user: msg.user,
+                    name: msg.name,
+                });
+            }
+            if sieve.active_script() == Some(msg.name.as_str()) {
+                // RFC 5804: the active script cannot be deleted.
+                return Err(MailError::NotAllowed(
+                    "delete the active sieve script; deactivate it first",
+                ));
+            }
+            sieve.delete(&msg.name, act.counters.tick());
+            let mut batch = Batch::new();
+            batch.put(Table::Sieve, keys::user(&msg.user), &sieve);
+            Ok((batch, ()))
+        })
+    }
+}
+
+/// Makes a script the active one (`None`: no script active).
+#[derive(Message)]
+#[rtype(result = "Result<(), MailError>")]
+pub struct SetActiveScript {
+    pub user: String,
+    pub name: Option<String>,
+}
+
+impl Handler<SetActiveScript> for Directory {
+    type Result = AtomicResponse<Self, Result<(), MailError>>;
+
+    fn handle(&mut self, msg: SetActiveScript, _: &mut Self::Context) -> Self::Result {
+        self.write(|act| {
+            validate_user(&msg.user)?;
+            let mut sieve = act.sieve(&msg.user)?;
+            if let Some(name) = &msg.name {
+                if sieve.script(name).is_none() {
+                    return Err(MailError::UnknownScript {
+                        user: msg.user,
+                        name: name.clone(),
+                    });
+                }
+            }
+            sieve.set_active(msg.name, act.counters.tick());
+            let mut batch = Batch::new();
+            batch.put(Table::Sieve, keys::user(&msg.user), &sieve);
+            Ok((batch, ()))
+        })
+    }
+}
+
+#[derive(Message)]
+#[rtype(result = "Result<Vec<u8>, MailError>")]
+pub struct GetScript {
+    pub user: String,
+    pub name: String,
+}
+
+impl Handler<GetScript> for Directory {
+    type Result = Result<Vec<u8>, MailError>;
+
+    fn handle(&mut self, msg: GetScript, _: &mut Self::Context) -> Self::Result {
+        validate_user(&msg.user)?;
+        let sieve = self.sieve(&msg.user)?;
+        sieve
+            .script(&msg.name)
+            .map(<[u8]>::to_vec)
+            .ok_or(MailError::UnknownScript {
+                user: msg.user,
+                name: msg.name,
+            })
+    }
+}
+
+/// A user's scripts as (name, active), sorted by name.
+#[derive(Message)]
+#[rtype(result = "Result<Vec<(String, bool)>, MailError>")]
+pub struct ListScripts {
+    pub user: String,
+}
+
+impl Handler<ListScripts> for Directory {
+    type Result = Result<Vec<(String, bool)>, MailError>;
+
+    fn handle(&mut self, msg: ListScripts, _: &mut Self::Context) -> Self::Result {
+        validate_user(&msg.user)?;
+        let sieve = self.sieve(&msg.user)?;
+        let active = sieve.active_script();
+        Ok(sieve
+            .names()
+            .map(|n| (n.to_string(), Some(n) == active))
+            .collect())
+    }
+}
+
+/// How many Mailbox actors are active and how many let-go ones are still running.
+#[derive(Message)]
+#[rtype(result = "DirectoryStats")]
+pub struct GetDirectoryStats;
+
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct DirectoryStats {
+    pub active: usize,
+    pub dormant_running: usize,
+}
+
+impl Handler<GetDirectoryStats> for Directory {
+    type Result = MessageResult<GetDirectoryStats>;
+
+    fn handle(&mut self, _: GetDirectoryStats, _: &mut Self::Context) -> Self::Result {
+        MessageResult(DirectoryStats {
+            active: self.active.len(),
+            dormant_running: self.dormant.values().filter(|w| w.upgrade().is_some()).count(),
+        })
+    }
+}

@@ -1,0 +1,912 @@
+//! The Mailbox actor: owns one mailbox's records.
+//!
+//! Appends pipeline: each one takes its uid and modseq from the actor's counters at once and waits
+//! for the group commit with many others. Every other write (flags, expunge, move, annotations)
+//! is a read-modify-write: it first waits until this mailbox has nothing inflight, then runs
+//! against committed state without letting another message in ([`AtomicResponse`]). Reads see
+//! only committed state, so a client never sees a uid that a crash could take back.
+//!
+//! The counters (uidnext, modseq, digest, message counts) live in memory and are written with
+//! every batch. Should a commit fail (a full disk), the counters are recomputed from the records
+//! once nothing is inflight; uidnext and modseq only ever go up, so nothing is handed out twice.
+
+use std::collections::BTreeMap;
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::Arc;
+
+use actix::prelude::*;
+use mailmesh_protocol::ids::{AppendId, Guid, MailboxId, ModSeq, NodeId, Uid, UidValidity};
+use mailmesh_protocol::merge::Lww;
+use mailmesh_protocol::names::{validate_annotation_entry, Flag};
+use mailmesh_protocol::records::{Annotation, MailboxDigest, MessageRecord, UidNext};
+use serde::{Deserialize, Serialize};
+use tracing::warn;
+
+use crate::commit_group::{commit, CommitGroup};
+use crate::counters::NodeCounters;
+use crate::env::Env;
+use crate::error::{MailError, StoreError};
+use crate::inflight::Inflight;
+use crate::store::{decode, keys, Batch, Store, Table};
+use crate::uid_set::UidSet;
+
+/// Size limits a node enforces on what clients store.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct Limits {
+    pub max_message_bytes: u64,
+    pub max_annotation_bytes: usize,
+    pub max_script_bytes: usize,
+}
+
+impl Default for Limits {
+    fn default() -> Self {
+        Limits {
+            max_message_bytes: 64 * 1024 * 1024,
+            max_annotation_bytes: 64 * 1024,
+            max_script_bytes: 1024 * 1024,
+        }
+    }
+}
+
+/// The per-mailbox counters, persisted with every batch.
+#[derive(Clone, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
+pub struct MailboxCounters {
+    pub uidnext: UidNext,
+    /// Counter part of the highest modseq minted here.
+    pub modseq: u64,
+    pub digest: MailboxDigest,
+    /// Messages not expunged.
+    pub exists: u64,
+    /// Messages not expunged and without \Seen.
+    pub unseen: u64,
+}
+
+/// A message record as this node stores it: the replicated record plus local facts.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct StoredRecord {
+    pub record: MessageRecord,
+    /// This node's modseq of the record's latest change.
+    pub modseq: ModSeq,
+    /// The peer whose channel brought the latest change, if it came from one (echo suppression).
+    pub arrived_on: Option<NodeId>,
+    /// Hidden while its uid conflicts with a record shown first (until the primary promotes it).
+    pub hidden: bool,
+}
+
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct StoredAnnotation {
+    pub annotation: Annotation,
+    pub modseq: ModSeq,
+}
+
+/// What a client sees of one message.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct MessageView {
+    pub uid: Uid,
+    pub append_id: AppendId,
+    pub guid: Guid,
+    pub size: u64,
+    pub internaldate: i64,
+    pub flags: Vec<Flag>,
+    pub modseq: ModSeq,
+}
+
+impl MessageView {
+    fn of(stored: &StoredRecord) -> Self {
+        let r = &stored.record;
+        MessageView {
+            uid: r.uid.value,
+            append_id: r.append_id.clone(),
+            guid: r.guid,
+            size: r.size,
+            internaldate: r.internaldate,
+            flags: r.set_flags().cloned().collect(),
+            modseq: stored.modseq,
+        }
+    }
+}
+
+/// IMAP STATUS-like summary.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct MailboxState {
+    pub id: MailboxId,
+    pub uidvalidity: UidValidity,
+    pub uidnext: Uid,
+    pub highestmodseq: ModSeq,
+    pub exists: u64,
+    pub unseen: u64,
+    pub digest: MailboxDigest,
+}
+
+pub struct Mailbox {
+    id: MailboxId,
+    uidvalidity: UidValidity,
+    store: Arc<Store>,
+    commit: Addr<CommitGroup>,
+    node_counters: NodeCounters,
+    env: Env,
+    limits: Limits,
+    modseq_tag: u16,
+    counters: MailboxCounters,
+    inflight: Inflight,
+    /// Set by a failed commit; the counters are recomputed from the records before the next write.
+    needs_reload: Arc<AtomicBool>,
+    deleted: bool,
+}
+
+impl Mailbox {
+    /// Loads a mailbox's counters from the store (a new mailbox starts empty).
+    pub fn load(
+        id: MailboxId,
+        uidvalidity: UidValidity,
+        store: Arc<Store>,
+        commit: Addr<CommitGroup>,
+        node_counters: NodeCounters,
+        env: Env,
+        limits: Limits,
+    ) -> Result<Self, StoreError> {
+        let counters = store
+            .get::<MailboxCounters>(Table::MailboxState, &keys::mailbox(id))?
+            .unwrap_or_default();
+        let modseq_tag = store.node().modseq_tag();
+        Ok(Mailbox {
+            id,
+            uidvalidity,
+            store,
+            commit,
+            node_counters,
+            env,
+            limits,
+            modseq_tag,
+            counters,
+            inflight: Inflight::default(),
+            needs_reload: Arc::new(AtomicBool::new(false)),
+            deleted: false,
+        })
+    }
+
+    fn highestmodseq(&self) -> ModSeq {
+        ModSeq::new(self.counters.modseq, self.modseq_tag)
+    }
+
+    fn next_modseq(&mut self) -> ModSeq {
+        self.counters.modseq += 1;
+        self.highestmodseq()
+    }
+
+    fn check_usable(&self) -> Result<(), MailError> {
+        if self.deleted {
+            Err(MailError::MailboxDeleted(self.id))
+        } else {
+            Ok(())
+        }
+    }
+
+    /// Recomputes the counters from the records after a failed commit. Runs only when nothing is
+    /// inflight, so the records on disk are the whole truth.
+    fn reload_if_needed(&mut self) -> Result<(), StoreError> {
+        if !self.needs_reload.load(Ordering::Relaxed) || self.inflight.count() > 0 {
+            return Ok(());
+        }
+        let stored = self
+            .store
+            .get::<MailboxCounters>(Table::MailboxState, &keys::mailbox(self.id))?
+            .unwrap_or_default();
+        let mut fresh = MailboxCounters {
+            uidnext: self.counters.uidnext.max(stored.uidnext),
+            modseq: self.counters.modseq.max(stored.modseq),
+            ..Default::default()
+        };
+        self.store
+            .scan_prefix(Table::Messages, &keys::mailbox(self.id), None, |_, v| {
+                let s: StoredRecord = decode(v, "message record")?;
+                fresh.uidnext = fresh
+                    .uidnext
+                    .max(UidNext(Uid(s.record.uid.value.0.saturating_add(1))));
+                fresh.modseq = fresh.modseq.max(s.modseq.counter());
+                account(&mut fresh, &s.record, 1);
+                Ok(true)
+            })?;
+        self.counters = fresh;
+        self.needs_reload.store(false, Ordering::Relaxed);
+        Ok(())
+    }
+
+    /// Adds the writes that store `record` (replacing `old`) at a fresh modseq.
+    fn write_record(
+        &mut self,
+        batch: &mut Batch,
+        old: Option<&StoredRecord>,
+        record: MessageRecord,
+    ) -> ModSeq {
+        let modseq = self.next_modseq();
+        let aid = record.append_id.clone();
+        match old {
+            Some(old) => {
+                batch.delete(Table::Modseqs, keys::modseq(self.id, old.modseq));
+                if old.record.uid.value != record.uid.value {
+                    batch.delete(Table::Uids, keys::uid(self.id, old.record.uid.value, &aid));
+                    batch.put_raw(
+                        Table::Uids,
+                        keys::uid(self.id, record.uid.value, &aid),
+                        Vec::new(),
+                    );
+                }
+                self.counters.digest.replace(&old.record, &record);
+                account(&mut self.counters, &old.record, -1);
+            }
+            None => {
+                batch.put_raw(
+                    Table::Uids,
+                    keys::uid(self.id, record.uid.value, &aid),
+                    Vec::new(),
+                );
+                self.counters.digest.add(&record);
+            }
+        }
+        account(&mut self.counters, &record, 1);
+        batch.put_raw(Table::Modseqs, keys::modseq(self.id, modseq), aid.to_key_bytes());
+        let stored = StoredRecord {
+            record,
+            modseq,
+            arrived_on: None,
+            hidden: false,
+        };
+        batch.put(Table::Messages, keys::message(self.id, &aid), &stored);
+        modseq
+    }
+
+    fn put_counters(&self, batch: &mut Batch) {
+        batch.put(Table::MailboxState, keys::mailbox(self.id), &self.counters);
+    }
+
+    /// The visible records with uids in `set`, in uid order.
+    fn records_in(&self, set: &UidSet) -> Result<Vec<StoredRecord>, StoreError> {
+        let mut out = Vec::new();
+        for (lo, hi) in set.ranges() {
+            let start = keys::uid_prefix(self.id, Uid(lo));
+            let mut ids = Vec::new();
+            self.store.scan_from(
+                Table::Uids,
+                &keys::mailbox(self.id),
+                &start,
+                |k, _| match keys::parse_uid(k) {
+                    Some((uid, aid)) if uid.0 <= hi => {
+                        ids.push(aid);
+                        Ok(true)
+                    }
+                    Some(_) => Ok(false),
+                    None => Err(StoreError::Decode {
+                        what: "uid index key".into(),
+                        reason: "malformed".into(),
+                    }),
+                },
+            )?;
+            for aid in ids {
+                if let Some(s) = self
+                    .store
+                    .get::<StoredRecord>(Table::Messages, &keys::message(self.id, &aid))?
+                {
+                    if !s.record.is_expunged() && !s.hidden {
+                        out.push(s);
+                    }
+                }
+            }
+        }
+        Ok(out)
+    }
+
+    /// Runs `op` as an atomic read-modify-write: after everything inflight has committed, with no
+    /// other message handled until its own batch is durable.
+    fn atomic<R: 'static>(
+        &mut self,
+        op: impl FnOnce(&mut Self) -> Result<(Batch, R), MailError> + 'static,
+    ) -> AtomicResponse<Self, Result<R, MailError>> {
+        let idle = self.inflight.idle();
+        AtomicResponse::new(Box::pin(idle.into_actor(self).then(move |(), act, _| {
+            let prepared = act.check_usable().and_then(|()| {
+                act.reload_if_needed()?;
+                op(act)
+            });
+            let pending = prepared.map(|(batch, result)| {
+                let done = if batch.is_empty() {
+                    None
+                } else {
+                    Some(act.commit_batch(batch))
+                };
+                (done, result)
+            });
+            async move {
+                let (done, result) = pending?;
+                if let Some(done) = done {
+                    done.await?;
+                }
+                Ok(result)
+            }
+            .into_actor(act)
+        })))
+    }
+
+    /// Submits a batch; a failure marks the counters for recomputation.
+    fn commit_batch(
+        &self,
+        batch: Batch,
+    ) -> impl std::future::Future<Output = Result<(), StoreError>> + 'static {
+        let done = commit(&self.commit, batch, Some(&self.inflight));
+        let needs_reload = self.needs_reload.clone();
+        let id = self.id;
+        async move {
+            let result = done.await;
+            if let Err(e) = &result {
+                warn!(mailbox = %id, error = %e, "mailbox write failed");
+                needs_reload.store(true, Ordering::Relaxed);
+            }
+            result
+        }
+    }
+
+    fn validate_flags(flags: &[String]) -> Result<Vec<Flag>, MailError> {
+        flags
+            .iter()
+            .map(|f| Flag::new(f).map_err(MailError::from))
+            .collect()
+    }
+
+    fn new_record(
+        &self,
+        aid: AppendId,
+        uid: Uid,
+        guid: Guid,
+        size: u64,
+        internaldate: i64,
+        flags: &[Flag],
+    ) -> MessageRecord {
+        let version = self.node_counters.tick();
+        let mut record = MessageRecord {
+            append_id: aid,
+            uid: Lww::new(uid, version.clone()),
+            guid,
+            size,
+            internaldate,
+            flags: BTreeMap::new(),
+            expunged: None,
+        };
+        for f in flags {
+            record.write_flag(f.clone(), true, version.clone());
+        }
+        record
+    }
+}
+
+/// Adds (`sign` 1) or removes (-1) a record from the message counts.
+fn account(c: &mut MailboxCounters, record: &MessageRecord, sign: i64) {
+    if record.is_expunged() {
+        return;
+    }
+    let seen = record.has_flag(&Flag::seen());
+    let apply = |v: &mut u64| *v = (*v as i64 + sign).max(0) as u64;
+    apply(&mut c.exists);
+    if !seen {
+        apply(&mut c.unseen);
+    }
+}
+
+impl Actor for Mailbox {
+    type Context = Context<Self>;
+}
+
+/// Stores a new message. Answers once body and record are durable.
+#[derive(Message)]
+#[rtype(result = "Result<AppendOutcome, MailError>")]
+pub struct Append {
+    pub body: Vec<u8>,
+    pub flags: Vec<String>,
+    /// Seconds since the epoch; the node's clock when absent.
+    pub internaldate: Option<i64>,
+}
+
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct AppendOutcome {
+    pub uidvalidity: UidValidity,
+    pub uid: Uid,
+    pub append_id: AppendId,
+    pub modseq: ModSeq,
+}
+
+impl Handler<Append> for Mailbox {
+    type Result = ResponseFuture<Result<AppendOutcome, MailError>>;
+
+    fn handle(&mut self, msg: Append, _: &mut Self::Context) -> Self::Result {
+        let prepared = (|| {
+            self.check_usable()?;
+            let size = msg.body.len() as u64;
+            if size == 0 {
+                return Err(MailError::EmptyMessage);
+            }
+            if size > self.limits.max_message_bytes {
+                return Err(MailError::MessageTooLarge {
+                    size,
+                    max: self.limits.max_message_bytes,
+                });
+            }
+            let flags = Self::validate_flags(&msg.flags)?;
+            self.reload_if_needed()?;
+            let guid = Guid::of(&msg.body);
+            let aid = self.node_counters.next_append_id();
+            let uid = self.counters.uidnext.0;
+            self.counters.uidnext = UidNext(Uid(uid.0 + 1));
+            let internaldate = msg.internaldate.unwrap_or_else(|| self.env.unix_seconds());
+            let record = self.new_record(aid.clone(), uid, guid, size, internaldate, &flags);
+            let mut batch = Batch::new();
+            batch.add_body(guid, Some(Arc::new(msg.body)));
+            let modseq = self.write_record(&mut batch, None, record);
+            self.put_counters(&mut batch);
+            let outcome = AppendOutcome {
+                uidvalidity: self.uidvalidity,
+                uid,
+                append_id: aid,
+                modseq,
+            };
+            Ok((self.commit_batch(batch), outcome))
+        })();
+        Box::pin(async move {
+            let (done, outcome) = prepared?;
+            done.await?;
+            Ok(outcome)
+        })
+    }
+}
+
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum FlagAction {
+    Add,
+    Remove,
+    Replace,
+}
+
+/// IMAP STORE: changes flags of the messages in `uids`. With `unchanged_since` (CONDSTORE),
+/// messages modified after that modseq are left alone and reported.
+#[derive(Message)]
+#[rtype(result = "Result<StoreOutcome, MailError>")]
+pub struct StoreFlags {
+    pub uids: UidSet,
+    pub action: FlagAction,
+    pub flags: Vec<String>,
+    pub unchanged_since: Option<ModSeq>,
+}
+
+#[derive(Clone, Debug, Default, PartialEq, Eq)]
+pub struct StoreOutcome {
+    /// Every message the store matched, with its flags afterwards.
+    pub updated: Vec<MessageView>,
+    /// Messages skipped because they changed after `unchanged_since`.
+    pub modified: Vec<Uid>,
+}
+
+impl Handler<StoreFlags> for Mailbox {
+    type Result = AtomicResponse<Self, Result<StoreOutcome, MailError>>;
+
+    fn handle(&mut self, msg: StoreFlags, _: &mut Self::Context) -> Self::Result {
+        self.atomic(move |act| {
+            let flags = Self::validate_flags(&msg.flags)?;
+            let records = act.records_in(&msg.uids)?;
+            let mut batch = Batch::new();
+            let mut outcome = StoreOutcome::default();
+            let version = act.node_counters.tick();
+            for stored in records {
+                if msg.unchanged_since.is_some_and(|since| stored.modseq > since) {
+                    outcome.modified.push(stored.record.uid.value);
+                    continue;
+                }
+                let mut record = stored.record.clone();
+                let mut changed = false;
+                match msg.action {
+                    FlagAction::Add => {
+                        for f in &flags {
+                            changed |= record.write_flag(f.clone(), true, version.clone());
+                        }
+                    }
+                    FlagAction::Remove => {
+                        for f in &flags {
+                            changed |= record.write_flag(f.clone(), false, version.clone());
+                        }
+                    }
+                    FlagAction::Replace => {
+                        let current: Vec<Flag> = record.set_flags().cloned().collect();
+                        for f in current.iter().filter(|f| !flags.contains(f)) {
+                            changed |= record.write_flag(f.clone(), false, version.clone());
+                        }
+                        for f in &flags {
+                            changed |= record.write_flag(f.clone(), true, version.clone());
+                        }
+                    }
+                }
+                if changed {
+                    let modseq = act.write_record(&mut batch, Some(&stored), record.clone());
+                    outcome.updated.push(MessageView::of(&StoredRecord {
+                        record,
+                        modseq,
+                        arrived_on: None,
+                        hidden: false,
+                    }));
+                } else {
+                    outcome.updated.push(MessageView::of(&stored));
+                }
+            }
+            if !batch.is_empty() {
+                act.put_counters(&mut batch);
+            }
+            Ok((batch, outcome))
+        })
+    }
+}
+
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub enum ExpungeMode {
+    /// IMAP EXPUNGE: every message with \Deleted.
+    Deleted,
+    /// IMAP UID EXPUNGE: the messages in the set that have \Deleted.
+    DeletedIn(UidSet),
+    /// The messages in the set, flagged or not (MOVE, operator tools).
+    Uids(UidSet),
+}
+
+/// Expunges messages; answers with the uids expunged.
+#[derive(Message)]
+#[rtype(result = "Result<Vec<Uid>, MailError>")]
+pub struct Expunge {
+    pub mode: ExpungeMode,
+}
+
+impl Mailbox {
+    fn expunge_records(&mut self, batch: &mut Batch, records: Vec<StoredRecord>) -> Vec<Uid> {
+        let version = self.node_counters.tick();
+        let mut gone = Vec::new();
+        for stored in records {
+            let mut record = stored.record.clone();
+            record.expunged = Some(version.clone());
+            batch.release_body(record.guid);
+            gone.push(record.uid.value);
+            self.write_record(batch, Some(&stored), record);
+        }
+        if !gone.is_empty() {
+            self.put_counters(batch);
+        }
+        gone
+    }
+}
+
+impl Handler<Expunge> for Mailbox {
+    type Result = AtomicResponse<Self, Result<Vec<Uid>, MailError>>;
+
+    fn handle(&mut self, msg: Expunge, _: &mut Self::Context) -> Self::Result {
+        self.atomic(move |act| {
+            let deleted = Flag::deleted();
+            let records: Vec<StoredRecord> = match &msg.mode {
+                ExpungeMode::Deleted => act.records_in(&UidSet::all())?,
+                ExpungeMode::DeletedIn(set) | ExpungeMode::Uids(set) => act.records_in(set)?,
+            }
+            .into_iter()
+            .filter(|s| matches!(msg.mode, ExpungeMode::Uids(_)) || s.record.has_flag(&deleted))
+            .collect();
+            let mut batch = Batch::new();
+            let gone = act.expunge_records(&mut batch, records);
+            Ok((batch, gone))
+        })
+    }
+}
+
+/// What a copy needs of a message: the body is referenced by Guid, never copied.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct CopyItem {
+    pub guid: Guid,
+    pub size: u64,
+    pub internaldate: i64,
+    pub flags: Vec<Flag>,
+}
+
+/// Adds copies of messages whose bodies this node already stores (target side of COPY/MOVE).
+/// Each copy is a new message with its own AppendId. Answers with the new uids, in order.
+#[derive(Message)]
+#[rtype(result = "Result<Vec<Uid>, MailError>")]
+pub struct InsertCopies {
+    pub items: Vec<CopyItem>,
+}
+
+impl Mailbox {
+    fn insert_copies(&mut self, batch: &mut Batch, items: &[CopyItem]) -> Vec<Uid> {
+        let mut uids = Vec::with_capacity(items.len());
+        for item in items {
+            let aid = self.node_counters.next_append_id();
+            let uid = self.counters.uidnext.0;
+            self.counters.uidnext = UidNext(Uid(uid.0 + 1));
+            let record = self.new_record(aid, uid, item.guid, item.size, item.internaldate, &item.flags);
+            batch.add_body(item.guid, None);
+            self.write_record(batch, None, record);
+            uids.push(uid);
+        }
+        self.put_counters(batch);
+        uids
+    }
+}
+
+impl Handler<InsertCopies> for Mailbox {
+    type Result = ResponseFuture<Result<Vec<Uid>, MailError>>;
+
+    fn handle(&mut self, msg: InsertCopies, _: &mut Self::Context) -> Self::Result {
+        let prepared = (|| {
+            self.check_usable()?;
+            self.reload_if_needed()?;
+            let mut batch = Batch::new();
+            let uids = self.insert_copies(&mut batch, &msg.items);
+            Ok::<_, MailError>((self.commit_batch(batch), uids))
+        })();
+        Box::pin(async move {
+            let (done, uids) = prepared?;
+            done.await?;
+            Ok(uids)
+        })
+    }
+}
+
+/// IMAP COPY (`remove_source` false) or MOVE (true) of the messages in `uids` to `target`.
+/// For MOVE the source messages are expunged only after the copies are durable, so a crash in
+/// between leaves a duplicate, never a loss.
+#[derive(Message)]
+#[rtype(result = "Result<Vec<(Uid, Uid)>, MailError>")]
+pub struct Transfer {
+    pub uids: UidSet,
+    pub target_id: MailboxId,
+    pub target: Addr<Mailbox>,
+    pub remove_source: bool,
+}
+
+impl Handler<Transfer> for Mailbox {
+    type Result = AtomicResponse<Self, Result<Vec<(Uid, Uid)>, MailError>>;
+
+    fn handle(&mut self, msg: Transfer, _: &mut Self::Context) -> Self::Result {
+        let idle = self.inflight.idle();
+        AtomicResponse::new(Box::pin(idle.into_actor(self).then(move |(), act, _| {
+            let prepared = (|| {
+                act.check_usable()?;
+                act.reload_if_needed()?;
+                let records = act.records_in(&msg.uids)?;
+                let items: Vec<CopyItem> = records
+                    .iter()
+                    .map(|s| CopyItem {
+                        guid: s.record.guid,
+                        size: s.record.size,
+                        internaldate: s.record.internaldate,
+                        flags: s.record.set_flags().cloned().collect(),
+                    })
+                    .collect();
+                Ok::<_, MailError>((records, items))
+            })();
+            let same = msg.target_id == act.id;
+            let local = match (&prepared, same) {
+                // Within one mailbox: copies and expunges share one batch.
+                (Ok((records, items)), true) => {
+                    let mut batch = Batch::new();
+                    let new_uids = act.insert_copies(&mut batch, items);
+                    if msg.remove_source {
+                        act.expunge_records(&mut batch, records.clone());
+                    }
+                    Some((act.commit_batch(batch), new_uids))
+                }
+                _ => None,
+            };
+            let target = msg.target.clone();
+            async move {
+                let (records, items) = prepared?;
+                let old: Vec<Uid> = records.iter().map(|s| s.record.uid.value).collect();
+                if let Some((done, new_uids)) = local {
+                    done.await?;
+                    return Ok((old.into_iter().zip(new_uids).collect::<Vec<_>>(), None));
+                }
+                let new_uids = if items.is_empty() {
+                    Vec::new()
+                } else {
+                    target.send(InsertCopies { items }).await??
+                };
+                let pairs = old.into_iter().zip(new_uids).collect::<Vec<_>>();
+                Ok((pairs, if msg.remove_source { Some(records) } else { None }))
+            }
+            .into_actor(act)
+            .then(
+                |result: Result<(Vec<(Uid, Uid)>, Option<Vec<StoredRecord>>), MailError>, act, _| {
+                    let next = result.map(|(pairs, expunge)| match expunge {
+                        Some(records) if !records.is_empty() => {
+                            let mut batch = Batch::new();
+                            act.expunge_records(&mut batch, records);
+                            (pairs, Some(act.commit_batch(batch)))
+                        }
+                        _ => (pairs, None),
+                    });
+                    async move {
+                        let (pairs, done) = next?;
+                        if let Some(done) = done {
+                            done.await?;
+                        }
+                        Ok(pairs)
+                    }
+                    .into_actor(act)
+                },
+            )
+        })))
+    }
+}
+
+/// Sets (`Some`) or deletes (`None`) a mailbox annotation.
+#[derive(Message)]
+#[rtype(result = "Result<(), MailError>")]
+pub struct SetAnnotation {
+    pub entry: String,
+    pub value: Option<Vec<u8>>,
+}
+
+impl Handler<SetAnnotation> for Mailbox {
+    type Result = AtomicResponse<Self, Result<(), MailError>>;
+
+    fn handle(&mut self, msg: SetAnnotation, _: &mut Self::Context) -> Self::Result {
+        self.atomic(move |act| {
+            validate_annotation_entry(&msg.entry)?;
+            if let Some(v) = &msg.value {
+                if v.len() > act.limits.max_annotation_bytes {
+                    return Err(MailError::AnnotationTooLarge {
+                        size: v.len(),
+                        max: act.limits.max_annotation_bytes,
+                    });
+                }
+            }
+            let key = keys::annotation(act.id, &msg.entry);
+            let existing = act.store.get::<StoredAnnotation>(Table::Annotations, &key)?;
+            let mut batch = Batch::new();
+            if existing.is_none() && msg.value.is_none() {
+                return Ok((batch, ()));
+            }
+            let annotation = Annotation::new(msg.value, act.node_counters.tick());
+            let modseq = act.next_modseq();
+            batch.put(Table::Annotations, key, &StoredAnnotation { annotation, modseq });
+            act.put_counters(&mut batch);
+            Ok((batch, ()))
+        })
+    }
+}
+
+/// The annotations that have a value (tombstones left out), by entry.
+#[derive(Message)]
+#[rtype(result = "Result<Vec<(String, Vec<u8>)>, MailError>")]
+pub struct GetAnnotations;
+
+impl Handler<GetAnnotations> for Mailbox {
+    type Result = Result<Vec<(String, Vec<u8>)>, MailError>;
+
+    fn handle(&mut self, _: GetAnnotations, _: &mut Self::Context) -> Self::Result {
+        self.check_usable()?;
+        let mut out = Vec::new();
+        self.store
+            .scan_prefix(Table::Annotations, &keys::mailbox(self.id), None, |k, v| {
+                let a: StoredAnnotation = decode(v, "annotation")?;
+                if let Some(value) = a.annotation.value() {
+                    out.push((String::from_utf8_lossy(&k[16..]).into_owned(), value.to_vec()));
+                }
+                Ok(true)
+            })?;
+        Ok(out)
+    }
+}
+
+#[derive(Message)]
+#[rtype(result = "Result<MailboxState, MailError>")]
+pub struct GetState;
+
+impl Handler<GetState> for Mailbox {
+    type Result = Result<MailboxState, MailError>;
+
+    fn handle(&mut self, _: GetState, _: &mut Self::Context) -> Self::Result {
+        self.check_usable()?;
+        // Committed counters: in-memory ones may include appends not yet durable.
+        let c = self
+            .store
+            .get::<MailboxCounters>(Table::MailboxState, &keys::mailbox(self.id))?
+            .unwrap_or_default();
+        Ok(MailboxState {
+            id: self.id,
+            uidvalidity: self.uidvalidity,
+            uidnext: c.uidnext.0,
+            highestmodseq: ModSeq::new(c.modseq, self.modseq_tag),
+            exists: c.exists,
+            unseen: c.unseen,
+            digest: c.digest,
+        })
+    }
+}
+
+/// The records changed after `since` (this node's modseq), oldest change first, at most `limit`;
+/// expunged records included, so a client or peer learns of expunges too.
+#[derive(Message)]
+#[rtype(result = "Result<Vec<StoredRecord>, MailError>")]
+pub struct ChangedSince {
+    pub since: ModSeq,
+    pub limit: usize,
+}
+
+impl Handler<ChangedSince> for Mailbox {
+    type Result = Result<Vec<StoredRecord>, MailError>;
+
+    fn handle(&mut self, msg: ChangedSince, _: &mut Self::Context) -> Self::Result {
+        self.check_usable()?;
+        let prefix = keys::mailbox(self.id);
+        let start = keys::modseq(self.id, ModSeq(msg.since.0.saturating_add(1)));
+        let mut ids = Vec::new();
+        self.store.scan_from(Table::Modseqs, &prefix, &start, |_, v| {
+            ids.push(AppendId::from_key_bytes(v).ok_or_else(|| StoreError::Decode {
+                what: "modseq index".into(),
+                reason: "malformed AppendId".into(),
+            })?);
+            Ok(ids.len() < msg.limit)
+        })?;
+        let mut out = Vec::with_capacity(ids.len());
+        for aid in ids {
+            if let Some(s) = self
+                .store
+                .get::<StoredRecord>(Table::Messages, &keys::message(self.id, &aid))?
+            {
+                out.push(s);
+            }
+        }
+        Ok(out)
+    }
+}
+
+/// The visible messages in `uids`, in uid order.
+#[derive(Message)]
+#[rtype(result = "Result<Vec<MessageView>, MailError>")]
+pub struct Fetch {
+    pub uids: UidSet,
+}
+
+impl Handler<Fetch> for Mailbox {
+    type Result = Result<Vec<MessageView>, MailError>;
+
+    fn handle(&mut self, msg: Fetch, _: &mut Self::Context) -> Self::Result {
+        self.check_usable()?;
+        Ok(self.records_in(&msg.uids)?.iter().map(MessageView::of).collect())
+    }
+}
+
+/// The raw message with uid `uid`.
+#[derive(Message)]
+#[rtype(result = "Result<Vec<u8>, MailError>")]
+pub struct FetchBody {
+    pub uid: Uid,
+}
+
+impl Handler<FetchBody> for Mailbox {
+    type Result = Result<Vec<u8>, MailError>;
+
+    fn handle(&mut self, msg: FetchBody, _: &mut Self::Context) -> Self::Result {
+        self.check_usable()?;
+        let found = self.records_in(&UidSet::single(msg.uid))?;
+        let stored = found.first().ok_or(MailError::NoSuchMessage(msg.uid))?;
+        Ok(self.store.read_body(&stored.record.guid)?)
+    }
+}
+
+/// Sent by the Directory when the mailbox is deleted: waits for inflight writes, then refuses
+/// everything after.
+#[derive(Message)]
+#[rtype(result = "()")]
+pub struct MarkDeleted;
+
+impl Handler<MarkDeleted> for Mailbox {
+    type Result = AtomicResponse<Self, ()>;
+
+    fn handle(&mut self, _: MarkDeleted, _: &mut Self::Context) -> Self::Result {
+        let idle = self.inflight.idle();
+        AtomicResponse::new(Box::pin(idle.into_actor(self).map(|(), act, ctx| {
+            act.deleted = true;
+            ctx.stop();
+        })))
+    }
+}

@@ -1,0 +1,70 @@
+//! Starts the actors of one node on the current actix System.
+
+use std::path::PathBuf;
+use std::sync::Arc;
+
+use actix::prelude::*;
+use mailmesh_protocol::ids::NodeId;
+
+use crate::commit_group::{CommitGroup, DEFAULT_SEGMENT_BYTES};
+use crate::counters::NodeCounters;
+use crate::directory::{ActivationPolicy, Directory};
+use crate::env::Env;
+use crate::error::StoreError;
+use crate::mailbox::Limits;
+use crate::store::Store;
+
+/// Everything a node needs to start its actors.
+#[derive(Clone, Debug)]
+pub struct NodeOptions {
+    pub node: NodeId,
+    pub data_dir: PathBuf,
+    pub limits: Limits,
+    pub activation: ActivationPolicy,
+    /// Size at which a new body segment file starts.
+    pub segment_bytes: u64,
+}
+
+impl NodeOptions {
+    pub fn new(node: NodeId, data_dir: impl Into<PathBuf>) -> Self {
+        NodeOptions {
+            node,
+            data_dir: data_dir.into(),
+            limits: Limits::default(),
+            activation: ActivationPolicy::default(),
+            segment_bytes: DEFAULT_SEGMENT_BYTES,
+        }
+    }
+}
+
+/// A running node's actors.
+pub struct LocalNode {
+    pub node: NodeId,
+    pub store: Arc<Store>,
+    pub commit: Addr<CommitGroup>,
+    pub directory: Addr<Directory>,
+}
+
+impl LocalNode {
+    /// Opens the store and starts the actors. Must run inside an actix System.
+    pub fn start(options: NodeOptions, env: Env) -> Result<LocalNode, StoreError> {
+        let store = Arc::new(Store::open(&options.data_dir, &options.node)?);
+        let counters = NodeCounters::new(options.node.clone(), store.initial_counters());
+        let commit = CommitGroup::new(store.clone(), counters.clone(), options.segment_bytes)?.start();
+        let directory = Directory::new(
+            store.clone(),
+            commit.clone(),
+            counters,
+            env,
+            options.limits,
+            options.activation,
+        )
+        .start();
+        Ok(LocalNode {
+            node: options.node,
+            store,
+            commit,
+            directory,
+        })
+    }
+}

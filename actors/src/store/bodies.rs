@@ -1,0 +1,263 @@
+//! Message bodies in append-only segment files.
+//!
+//! One fsync per body file caps a node at a few thousand messages per second; appending many
+//! bodies to one segment and syncing it once lets 10,000 bodies land in tens of milliseconds
+//! (DESIGN.md, "Actors", Storage). Each entry is a 40-byte header (magic, Guid, length) followed
+//! by the body. The redb index maps a Guid to its entry; bytes no index entry points at (a body
+//! whose last reference went, or one written by a group whose commit failed) are dead and are
+//! reclaimed by compaction, which copies the live bodies of a mostly dead segment forward and
+//! deletes the file.
+
+use std::fs::{File, OpenOptions};
+use std::os::unix::fs::FileExt;
+use std::path::{Path, PathBuf};
+
+use mailmesh_protocol::ids::Guid;
+
+use crate::error::StoreError;
+
+pub const SEGMENT_DIR: &str = "bodies";
+const MAGIC: &[u8; 4] = b"MMB1";
+pub const HEADER_LEN: u64 = 40;
+
+/// Where one body is, and how many message records name it.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct BodyLocation {
+    pub segment: u32,
+    /// Offset of the entry header in the segment.
+    pub offset: u64,
+    pub len: u32,
+    pub refs: u32,
+}
+
+impl BodyLocation {
+    pub fn encode(&self) -> [u8; 20] {
+        let mut out = [0u8; 20];
+        out[0..4].copy_from_slice(&self.segment.to_be_bytes());
+        out[4..12].copy_from_slice(&self.offset.to_be_bytes());
+        out[12..16].copy_from_slice(&self.len.to_be_bytes());
+        out[16..20].copy_from_slice(&self.refs.to_be_bytes());
+        out
+    }
+
+    pub fn decode(bytes: &[u8]) -> Result<Self, StoreError> {
+        let bytes: &[u8; 20] = bytes.try_into().map_err(|_| StoreError::Decode {
+            what: "body location".into(),
+            reason: format!("{} bytes instead of 20", bytes.len()),
+        })?;
+        Ok(BodyLocation {
+            segment: u32::from_be_bytes(bytes[0..4].try_into().expect("4")),
+            offset: u64::from_be_bytes(bytes[4..12].try_into().expect("8")),
+            len: u32::from_be_bytes(bytes[12..16].try_into().expect("4")),
+            refs: u32::from_be_bytes(bytes[16..20].try_into().expect("4")),
+        })
+    }
+
+    /// Bytes the entry occupies in its segment, header included.
+    pub fn entry_len(&self) -> u64 {
+        HEADER_LEN + self.len as u64
+    }
+}
+
+pub fn segment_path(dir: &Path, segment: u32) -> PathBuf {
+    dir.join(SEGMENT_DIR).join(format!("{segment:08}.seg"))
+}
+
+/// Reads one body and checks it against its Guid, so a flipped bit on disk is reported, never
+/// served.
+pub fn read_body(dir: &Path, guid: &Guid, loc: &BodyLocation) -> Result<Vec<u8>, StoreError> {
+    let path = segment_path(dir, loc.segment);
+    let file = File::open(&path).map_err(|e| StoreError::io(path.display(), e))?;
+    let mut buf = vec![0u8; loc.entry_len() as usize];
+    let corrupt = |reason: String| StoreError::BodyCorrupt {
+        guid: *guid,
+        segment: loc.segment,
+        offset: loc.offset,
+        reason,
+    };
+    file.read_exact_at(&mut buf, loc.offset)
+        .map_err(|e| corrupt(format!("cannot read entry: {e}")))?;
+    if &buf[0..4] != MAGIC || buf[4..36] != guid.0 {
+        return Err(corrupt("entry header does not match the index".into()));
+    }
+    let len = u32::from_be_bytes(buf[36..40].try_into().expect("4"));
+    if len != loc.len {
+        return Err(corrupt(format!(
+            "entry length {len} differs from indexed length {}",
+            loc.len
+        )));
+    }
+    let body = buf.split_off(HEADER_LEN as usize);
+    if Guid::of(&body) != *guid {
+        return Err(corrupt("content does not hash to its Guid".into()));
+    }
+    Ok(body)
+}
+
+/// The segment the commit group appends to. Entries are buffered and written with one write and
+/// one fdatasync per group.
+pub struct SegmentWriter {
+    dir: PathBuf,
+    segment: u32,
+    file: File,
+    /// Bytes durably part of the file (or at least written before this group).
+    len: u64,
+    pending: Vec<u8>,
+    max_segment: u64,
+}
+
+impl SegmentWriter {
+    /// Opens the newest segment for appending, or creates the first one. Bytes after the last
+    /// committed entry (a crash between write and commit) are dead and stay until compaction.
+    pub fn open(dir: &Path, max_segment: u64) -> Result<Self, StoreError> {
+        let seg_dir = dir.join(SEGMENT_DIR);
+        let mut newest = 0u32;
+        let entries = std::fs::read_dir(&seg_dir).map_err(|e| StoreError::io(seg_dir.display(), e))?;
+        for entry in entries {
+            let entry = entry.map_err(|e| StoreError::io(seg_dir.display(), e))?;
+            let name = entry.file_name();
+            if let Some(n) = name
+                .to_str()
+                .and_then(|n| n.strip_suffix(".seg"))
+                .and_then(|n| n.parse::<u32>().ok())
+            {
+                newest = newest.max(n);
+            }
+        }
+        let segment = newest.max(1);
+        let (file, len) = open_segment(dir, segment)?;
+        Ok(SegmentWriter {
+            dir: dir.to_path_buf(),
+            segment,
+            file,
+            len,
+            pending: Vec::new(),
+            max_segment,
+        })
+    }
+
+    pub fn segment(&self) -> u32 {
+        self.segment
+    }
+
+    /// Queues a body; it is durable after the next successful [`SegmentWriter::sync`].
+    pub fn append(&mut self, guid: &Guid, body: &[u8]) -> BodyLocation {
+        let offset = self.len + self.pending.len() as u64;
+        self.pending.extend_from_slice(MAGIC);
+        self.pending.extend_from_slice(&guid.0);
+        self.pending.extend_from_slice(&(body.len() as u32).to_be_bytes());
+        self.pending.extend_from_slice(body);
+        BodyLocation {
+            segment: self.segment,
+            offset,
+            len: body.len() as u32,
+            refs: 1,
+        }
+    }
+
+    pub fn has_pending(&self) -> bool {
+        !self.pending.is_empty()
+    }
+
+    /// Writes the queued entries and fdatasyncs the segment. On failure the file is cut back to
+    /// where it was, and the caller must not commit anything that names the queued entries.
+    pub fn sync(&mut self) -> Result<(), StoreError> {
+        if self.pending.is_empty() {
+            return Ok(());
+        }
+        let path = segment_path(&self.dir, self.segment);
+        let result = self
+            .file
+            .write_all_at(&self.pending, self.len)
+            .and_then(|()| self.file.sync_data());
+        match result {
+            Ok(()) => {
+                self.len += self.pending.len() as u64;
+                self.pending.clear();
+                Ok(())
+            }
+            Err(e) => {
+                self.pending.clear();
+                let _ = self.file.set_len(self.len);
+                Err(StoreError::io(path.display(), e))
+            }
+        }
+    }
+
+    /// Drops queued entries (their group failed before syncing).
+    pub fn discard_pending(&mut self) {
+        self.pending.clear();
+    }
+
+    /// Starts a new segment once the current one is full. Called between groups only.
+    pub fn rotate_if_full(&mut self) -> Result<(), StoreError> {
+        if self.len < self.max_segment {
+            return Ok(());
+        }
+        let next = self.segment + 1;
+        let (file, len) = open_segment(&self.dir, next)?;
+        // The new file's directory entry must be durable before any commit names it.
+        let seg_dir = self.dir.join(SEGMENT_DIR);
+        File::open(&seg_dir)
+            .and_then(|d| d.sync_all())
+            .map_err(|e| StoreError::io(seg_dir.display(), e))?;
+        self.segment = next;
+        self.file = file;
+        self.len = len;
+        Ok(())
+    }
+
+    /// Size of a segment file on disk.
+    pub fn file_len(&self, segment: u32) -> Result<u64, StoreError> {
+        let path = segment_path(&self.dir, segment);
+        std::fs::metadata(&path)
+            .map(|m| m.len())
+            .map_err(|e| StoreError::io(path.display(), e))
+    }
+
+    /// Numbers of all segment files except the one being appended to.
+    pub fn sealed_segments(&self) -> Result<Vec<u32>, StoreError> {
+        let seg_dir = self.dir.join(SEGMENT_DIR);
+        let mut out = Vec::new();
+        for entry in std::fs::read_dir(&seg_dir).map_err(|e| StoreError::io(seg_dir.display(), e))? {
+            let entry = entry.map_err(|e| StoreError::io(seg_dir.display(), e))?;
+            if let Some(n) = entry
+                .file_name()
+                .to_str()
+                .and_then(|n| n.strip_suffix(".seg"))
+                .and_then(|n| n.parse::<u32>().ok())
+            {
+                if n != self.segment {
+                    out.push(n);
+                }
+            }
+        }
+        out.sort_unstable();
+        Ok(out)
+    }
+
+    pub fn remove_segment(&self, segment: u32) -> Result<(), StoreError> {
+        let path = segment_path(&self.dir, segment);
+        std::fs::remove_file(&path).map_err(|e| StoreError::io(path.display(), e))
+    }
+
+    pub fn dir(&self) -> &Path {
+        &self.dir
+    }
+}
+
+fn open_segment(dir: &Path, segment: u32) -> Result<(File, u64), StoreError> {
+    let path = segment_path(dir, segment);
+    let file = OpenOptions::new()
+        .create(true)
+        .read(true)
+        .write(true)
+        .truncate(false)
+        .open(&path)
+        .map_err(|e| StoreError::io(path.display(), e))?;
+    let len = file
+        .metadata()
+        .map_err(|e| StoreError::io(path.display(), e))?
+        .len();
+    Ok((file, len))
+}

@@ -1,0 +1,263 @@
+//! Durable storage of one node: one redb database for all metadata, and append-only segment files
+//! for message bodies.
+//!
+//! Every table maps bytes to bytes; keys are built in [`keys`] so that a prefix scan yields one
+//! mailbox's rows in order, values are rmp-serde. Writes never happen here directly: they are
+//! collected into a [`Batch`] and applied by the [`crate::commit_group::CommitGroup`] actor,
+//! which groups many batches into one transaction and one fdatasync. Reads open a redb read
+//! transaction and see only committed state.
+
+pub mod batch;
+pub mod bodies;
+pub mod keys;
+
+use std::path::{Path, PathBuf};
+
+use mailmesh_protocol::ids::{Guid, NodeId};
+use redb::{Database, ReadableDatabase, ReadableTable, TableDefinition};
+use serde::de::DeserializeOwned;
+use serde::{Deserialize, Serialize};
+
+pub use batch::{Batch, Table};
+use bodies::BodyLocation;
+
+use crate::error::StoreError;
+
+pub(crate) type RawTable = TableDefinition<'static, &'static [u8], &'static [u8]>;
+
+/// Node-wide values: node id, Lamport counter, append counter, last uidvalidity.
+pub(crate) const META: RawTable = TableDefinition::new("meta");
+/// MailboxId -> MailboxEntry (mailboxes.db, tombstones included).
+pub(crate) const MAILBOXES: RawTable = TableDefinition::new("mailboxes");
+/// user, name, MailboxId -> () for live mailboxes: resolves names and lists a user's mailboxes.
+pub(crate) const NAMES: RawTable = TableDefinition::new("names");
+/// MailboxId -> MailboxCounters (uidnext, modseq counter, digest, counts).
+pub(crate) const MAILBOX_STATE: RawTable = TableDefinition::new("mailbox_state");
+/// MailboxId, AppendId -> StoredRecord.
+pub(crate) const MESSAGES: RawTable = TableDefinition::new("messages");
+/// MailboxId, Uid, AppendId -> (): a uid may briefly name two records (a UID conflict).
+pub(crate) const UIDS: RawTable = TableDefinition::new("uids");
+/// MailboxId, ModSeq -> AppendId: records changed since a modseq.
+pub(crate) const MODSEQS: RawTable = TableDefinition::new("modseqs");
+/// MailboxId, entry -> StoredAnnotation.
+pub(crate) const ANNOTATIONS: RawTable = TableDefinition::new("annotations");
+/// user -> UserSubscriptions.
+pub(crate) const SUBSCRIPTIONS: RawTable = TableDefinition::new("subscriptions");
+/// user -> UserSieve.
+pub(crate) const SIEVE: RawTable = TableDefinition::new("sieve");
+/// Guid -> BodyLocation (segment, offset, length, reference count).
+pub(crate) const BODIES: RawTable = TableDefinition::new("bodies");
+/// segment, offset -> Guid: the live bodies of one segment, for compaction.
+pub(crate) const SEGMENT_BODIES: RawTable = TableDefinition::new("segment_bodies");
+/// MailboxId -> (): deleted mailboxes whose records are still being purged.
+pub(crate) const PURGES: RawTable = TableDefinition::new("purges");
+
+const ALL_TABLES: [RawTable; 13] = [
+    META,
+    MAILBOXES,
+    NAMES,
+    MAILBOX_STATE,
+    MESSAGES,
+    UIDS,
+    MODSEQS,
+    ANNOTATIONS,
+    SUBSCRIPTIONS,
+    SIEVE,
+    BODIES,
+    SEGMENT_BODIES,
+    PURGES,
+];
+
+pub(crate) const META_NODE: &[u8] = b"node";
+pub(crate) const META_COUNTERS: &[u8] = b"counters";
+
+/// The node-wide counters, persisted with every commit.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
+pub struct CounterState {
+    pub lamport: u64,
+    pub next_append: u64,
+    pub last_uidvalidity: u32,
+}
+
+pub struct Store {
+    db: Database,
+    dir: PathBuf,
+    db_path: PathBuf,
+    node: NodeId,
+    counters: CounterState,
+}
+
+impl Store {
+    /// Opens (or creates) the store in `dir` for `node`. A store made by another node is refused:
+    /// mixing two nodes' data would break every identity they minted.
+    pub fn open(dir: &Path, node: &NodeId) -> Result<Store, StoreError> {
+        std::fs::create_dir_all(dir).map_err(|e| StoreError::io(dir.display(), e))?;
+        std::fs::create_dir_all(dir.join(bodies::SEGMENT_DIR))
+            .map_err(|e| StoreError::io(dir.join(bodies::SEGMENT_DIR).display(), e))?;
+        let db_path = dir.join("store.redb");
+        let shown = db_path.display().to_string();
+        let db = Database::builder().create(&db_path).map_err(|e| match e {
+            redb::DatabaseError::DatabaseAlreadyOpen => StoreError::InUse {
+                path: dir.display().to_string(),
+            },
+            redb::DatabaseError::Storage(redb::StorageError::Io(io))
+                if io.kind() != std::io::ErrorKind::InvalidData =>
+            {
+                StoreError::io(&shown, io)
+            }
+            other => StoreError::Corrupt {
+                path: shown.clone(),
+                reason: other.to_string(),
+            },
+        })?;
+        let corrupt = |e: &dyn std::fmt::Display| StoreError::Corrupt {
+            path: shown.clone(),
+            reason: e.to_string(),
+        };
+        let txn = db.begin_write().map_err(|e| corrupt(&e))?;
+        let counters = {
+            for table in ALL_TABLES {
+                txn.open_table(table).map_err(|e| corrupt(&e))?;
+            }
+            let mut meta = txn.open_table(META).map_err(|e| corrupt(&e))?;
+            let found = meta
+                .get(META_NODE)
+                .map_err(|e| corrupt(&e))?
+                .map(|v| v.value().to_vec());
+            match found {
+                Some(found) if found != node.as_str().as_bytes() => {
+                    return Err(StoreError::WrongNode {
+                        path: shown,
+                        found: String::from_utf8_lossy(&found).into_owned(),
+                        configured: node.to_string(),
+                    })
+                }
+                Some(_) => {}
+                None => {
+                    meta.insert(META_NODE, node.as_str().as_bytes())
+                        .map_err(|e| corrupt(&e))?;
+                }
+            }
+            let counters = meta
+                .get(META_COUNTERS)
+                .map_err(|e| corrupt(&e))?
+                .map(|v| v.value().to_vec());
+            match counters {
+                Some(bytes) => decode::<CounterState>(&bytes, "node counters")?,
+                None => CounterState::default(),
+            }
+        };
+        txn.commit().map_err(|e| corrupt(&e))?;
+        Ok(Store {
+            db,
+            dir: dir.to_path_buf(),
+            db_path,
+            node: node.clone(),
+            counters,
+        })
+    }
+
+    pub fn node(&self) -> &NodeId {
+        &self.node
+    }
+
+    pub fn dir(&self) -> &Path {
+        &self.dir
+    }
+
+    pub fn db_path(&self) -> &Path {
+        &self.db_path
+    }
+
+    /// The counters as they were when the store was opened.
+    pub fn initial_counters(&self) -> CounterState {
+        self.counters
+    }
+
+    pub(crate) fn db(&self) -> &Database {
+        &self.db
+    }
+
+    /// Reads one value.
+    pub fn get<T: DeserializeOwned>(&self, table: Table, key: &[u8]) -> Result<Option<T>, StoreError> {
+        let txn = self.db.begin_read()?;
+        let t = txn.open_table(table.definition())?;
+        match t.get(key)? {
+            Some(v) => Ok(Some(decode(v.value(), table.name())?)),
+            None => Ok(None),
+        }
+    }
+
+    /// Visits the rows whose keys start with `prefix`, in key order, starting after `after` if
+    /// given, until `visit` returns false. One read transaction; nothing is collected unless the
+    /// visitor collects it, so a scan of a huge mailbox holds one row at a time.
+    pub fn scan_prefix(
+        &self,
+        table: Table,
+        prefix: &[u8],
+        after: Option<&[u8]>,
+        visit: impl FnMut(&[u8], &[u8]) -> Result<bool, StoreError>,
+    ) -> Result<(), StoreError> {
+        let start: Vec<u8> = match after {
+            Some(after) => {
+                let mut k = after.to_vec();
+                k.push(0);
+                k
+            }
+            None => prefix.to_vec(),
+        };
+        self.scan_from(table, prefix, &start, visit)
+    }
+
+    /// Visits the rows with keys `>= start` that start with `prefix`, in key order, until `visit`
+    /// returns false.
+    pub fn scan_from(
+        &self,
+        table: Table,
+        prefix: &[u8],
+        start: &[u8],
+        mut visit: impl FnMut(&[u8], &[u8]) -> Result<bool, StoreError>,
+    ) -> Result<(), StoreError> {
+        let txn = self.db.begin_read()?;
+        let t = txn.open_table(table.definition())?;
+        for row in t.range::<&[u8]>(start..)? {
+            let (k, v) = row?;
+            if !k.value().starts_with(prefix) {
+                break;
+            }
+            if !visit(k.value(), v.value())? {
+                break;
+            }
+        }
+        Ok(())
+    }
+
+    /// Where a body is stored, if this node has it.
+    pub fn body_location(&self, guid: &Guid) -> Result<Option<BodyLocation>, StoreError> {
+        let txn = self.db.begin_read()?;
+        let t = txn.open_table(BODIES)?;
+        match t.get(guid.0.as_slice())? {
+            Some(v) => Ok(Some(BodyLocation::decode(v.value())?)),
+            None => Ok(None),
+        }
+    }
+
+    /// Reads and verifies a body.
+    pub fn read_body(&self, guid: &Guid) -> Result<Vec<u8>, StoreError> {
+        let location = self
+            .body_location(guid)?
+            .ok_or(StoreError::BodyMissing { guid: *guid })?;
+        bodies::read_body(&self.dir, guid, &location)
+    }
+}
+
+pub fn encode<T: Serialize>(value: &T) -> Vec<u8> {
+    rmp_serde::to_vec(value).expect("stored types always encode")
+}
+
+pub fn decode<T: DeserializeOwned>(bytes: &[u8], what: &str) -> Result<T, StoreError> {
+    rmp_serde::from_slice(bytes).map_err(|e| StoreError::Decode {
+        what: what.to_string(),
+        reason: e.to_string(),
+    })
+}
