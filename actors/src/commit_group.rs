@@ -23,18 +23,32 @@ use crate::error::StoreError;
 use crate::inflight::Inflight;
 use crate::store::batch::Op;
 use crate::store::bodies::{BodyLocation, SegmentWriter};
-use crate::store::{encode, keys, Batch, Store, BODIES, META, META_COUNTERS, SEGMENT_BODIES};
+use crate::store::{encode, keys, Batch, CounterState, Store, BODIES, META, META_COUNTERS, SEGMENT_BODIES};
 
 /// Default size at which a new segment file starts.
 pub const DEFAULT_SEGMENT_BYTES: u64 = 64 * 1024 * 1024;
 
 pub struct CommitGroup {
-    store: Arc<Store>,
-    segments: SegmentWriter,
+    /// The store and the segment being appended to; away on a blocking thread while a background
+    /// flush runs.
+    writer: Option<Writer>,
     counters: NodeCounters,
+    mode: FlushMode,
     queue: Vec<Queued>,
+    compactions: Vec<(f64, oneshot::Sender<Result<CompactionReport, StoreError>>)>,
     flush_scheduled: bool,
     stats: CommitStats,
+}
+
+/// Where the fdatasync and the commit run.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum FlushMode {
+    /// On tokio's blocking pool, while the actors go on: batches that arrive during one flush
+    /// form the next group, so group size adapts to load with no timer (the classic group
+    /// commit). What a node uses.
+    Background,
+    /// On the actor thread, after one scheduler yield. Deterministic, so the simulator uses it.
+    Inline,
 }
 
 struct Queued {
@@ -53,30 +67,100 @@ pub struct CommitStats {
     pub body_bytes_written: u64,
 }
 
+/// A flushed group's results: the whole group failed, or each batch's own result.
+type GroupResult = Result<Vec<Result<(), StoreError>>, StoreError>;
+
+struct Writer {
+    store: Arc<Store>,
+    segments: SegmentWriter,
+}
+
+/// Everything one flush did, carried back from wherever it ran.
+struct Flushed {
+    writer: Writer,
+    group: Vec<Queued>,
+    result: GroupResult,
+    bodies: (u64, u64),
+    compactions: Vec<(oneshot::Sender<Result<CompactionReport, StoreError>>, Result<CompactionReport, StoreError>)>,
+}
+
 impl CommitGroup {
-    pub fn new(store: Arc<Store>, counters: NodeCounters, segment_bytes: u64) -> Result<Self, StoreError> {
+    pub fn new(
+        store: Arc<Store>,
+        counters: NodeCounters,
+        segment_bytes: u64,
+        mode: FlushMode,
+    ) -> Result<Self, StoreError> {
         let segments = SegmentWriter::open(store.dir(), segment_bytes)?;
         Ok(CommitGroup {
-            store,
-            segments,
+            writer: Some(Writer { store, segments }),
             counters,
+            mode,
             queue: Vec::new(),
+            compactions: Vec::new(),
             flush_scheduled: false,
             stats: Default::default(),
         })
     }
 
-    fn flush(&mut self) {
+    fn has_work(&self) -> bool {
+        !self.queue.is_empty() || !self.compactions.is_empty()
+    }
+
+    /// Starts a flush if there is work and the writer is free.
+    fn start_flush(&mut self, ctx: &mut Context<Self>) {
         self.flush_scheduled = false;
-        if self.queue.is_empty() {
+        if !self.has_work() {
             return;
         }
+        let Some(writer) = self.writer.take() else {
+            // A background flush is running; its completion starts the next one.
+            return;
+        };
         let group = std::mem::take(&mut self.queue);
-        let batches: Vec<&Batch> = group.iter().map(|q| &q.batch).collect();
-        let outcome = self.write_group(&batches);
+        let compactions = std::mem::take(&mut self.compactions);
+        let counters = self.counters.snapshot();
+        match self.mode {
+            FlushMode::Inline => {
+                let flushed = writer.flush(group, compactions, counters);
+                self.finish(flushed);
+            }
+            FlushMode::Background => {
+                let task = tokio::task::spawn_blocking(move || writer.flush(group, compactions, counters));
+                ctx.spawn(task.into_actor(self).map(|joined, act, ctx| {
+                    let flushed = joined.expect("a flush never panics");
+                    act.finish(flushed);
+                    act.start_flush(ctx);
+                }));
+            }
+        }
+    }
+
+    /// Flushes everything queued on this thread, whatever the mode (used when stopping).
+    fn flush_now(&mut self) {
+        if let Some(writer) = self.writer.take() {
+            let group = std::mem::take(&mut self.queue);
+            let compactions = std::mem::take(&mut self.compactions);
+            let flushed = writer.flush(group, compactions, self.counters.snapshot());
+            self.finish(flushed);
+        }
+    }
+
+    /// Answers everyone in a flushed group.
+    fn finish(&mut self, flushed: Flushed) {
+        let Flushed { writer, group, result, bodies, compactions } = flushed;
+        self.writer = Some(writer);
+        for (reply, report) in compactions {
+            let _ = reply.send(report);
+        }
+        if group.is_empty() {
+            return;
+        }
         self.stats.groups += 1;
         self.stats.batches += group.len() as u64;
-        match outcome {
+        self.stats.bodies_written += bodies.0;
+        self.stats.body_bytes_written += bodies.1;
+        match result {
             Ok(results) => {
                 for (queued, result) in group.into_iter().zip(results) {
                     if let Some(inflight) = &queued.inflight {
@@ -97,14 +181,33 @@ impl CommitGroup {
                 }
             }
         }
+    }
+}
+
+impl Writer {
+    fn flush(
+        mut self,
+        group: Vec<Queued>,
+        compactions: Vec<(f64, oneshot::Sender<Result<CompactionReport, StoreError>>)>,
+        counters: CounterState,
+    ) -> Flushed {
+        let mut bodies = (0, 0);
+        let result = if group.is_empty() {
+            Ok(Vec::new())
+        } else {
+            let batches: Vec<&Batch> = group.iter().map(|q| &q.batch).collect();
+            self.write_group(&batches, counters, &mut bodies)
+        };
         if let Err(e) = self.segments.rotate_if_full() {
             warn!(error = %e, "cannot start a new body segment; appending to the current one");
         }
+        let compactions = compactions.into_iter().map(|(ratio, reply)| (reply, self.compact(ratio))).collect();
+        Flushed { writer: self, group, result, bodies, compactions }
     }
 
     /// Applies a group in one transaction. The outer error fails the whole group; the inner
     /// results are per batch.
-    fn write_group(&mut self, batches: &[&Batch]) -> Result<Vec<Result<(), StoreError>>, StoreError> {
+    fn write_group(&mut self, batches: &[&Batch], counters: CounterState, bodies_written: &mut (u64, u64)) -> GroupResult {
         let txn = self.store.db().begin_write()?;
         let mut results = Vec::with_capacity(batches.len());
         {
@@ -138,9 +241,7 @@ impl CommitGroup {
                             t.remove(key.as_slice())?;
                         }
                         Op::AddBody(guid, bytes) => {
-                            let existing = bodies
-                                .get(guid.0.as_slice())?
-                                .map(|v| BodyLocation::decode(v.value()));
+                            let existing = bodies.get(guid.0.as_slice())?.map(|v| BodyLocation::decode(v.value()));
                             let location = match existing {
                                 Some(loc) => {
                                     let mut loc = loc?;
@@ -148,32 +249,26 @@ impl CommitGroup {
                                     loc
                                 }
                                 None => {
-                                    let bytes =
-                                        bytes.as_ref().expect("check_bodies ensured bytes for a new body");
-                                    self.stats.bodies_written += 1;
-                                    self.stats.body_bytes_written += bytes.len() as u64;
+                                    let bytes = bytes.as_ref().expect("check_bodies ensured bytes for a new body");
+                                    bodies_written.0 += 1;
+                                    bodies_written.1 += bytes.len() as u64;
                                     let loc = self.segments.append(guid, bytes);
-                                    segment_bodies.insert(
-                                        keys::segment_body(loc.segment, loc.offset).as_slice(),
-                                        guid.0.as_slice(),
-                                    )?;
+                                    segment_bodies
+                                        .insert(keys::segment_body(loc.segment, loc.offset).as_slice(), guid.0.as_slice())?;
                                     loc
                                 }
                             };
                             bodies.insert(guid.0.as_slice(), location.encode().as_slice())?;
                         }
                         Op::ReleaseBody(guid) => {
-                            let existing = bodies
-                                .get(guid.0.as_slice())?
-                                .map(|v| BodyLocation::decode(v.value()));
+                            let existing = bodies.get(guid.0.as_slice())?.map(|v| BodyLocation::decode(v.value()));
                             match existing {
                                 Some(loc) => {
                                     let mut loc = loc?;
                                     loc.refs = loc.refs.saturating_sub(1);
                                     if loc.refs == 0 {
                                         bodies.remove(guid.0.as_slice())?;
-                                        segment_bodies
-                                            .remove(keys::segment_body(loc.segment, loc.offset).as_slice())?;
+                                        segment_bodies.remove(keys::segment_body(loc.segment, loc.offset).as_slice())?;
                                     } else {
                                         bodies.insert(guid.0.as_slice(), loc.encode().as_slice())?;
                                     }
@@ -186,7 +281,7 @@ impl CommitGroup {
                 results.push(Ok(()));
             }
             let mut meta = txn.open_table(META)?;
-            meta.insert(META_COUNTERS, encode(&self.counters.snapshot()).as_slice())?;
+            meta.insert(META_COUNTERS, encode(&counters).as_slice())?;
         }
         // The bodies must be durable before the commit that names them.
         if let Err(e) = self.segments.sync() {
@@ -200,7 +295,6 @@ impl CommitGroup {
     /// Rewrites sealed segments whose live bytes are at most `max_live_ratio` of the file, then
     /// deletes them.
     fn compact(&mut self, max_live_ratio: f64) -> Result<CompactionReport, StoreError> {
-        self.flush();
         let mut report = CompactionReport::default();
         for segment in self.segments.sealed_segments()? {
             let file_len = self.segments.file_len(segment)?;
@@ -236,10 +330,7 @@ impl CommitGroup {
                     new.refs = old.refs;
                     idx.insert(guid.0.as_slice(), new.encode().as_slice())?;
                     sb.remove(keys::segment_body(old.segment, old.offset).as_slice())?;
-                    sb.insert(
-                        keys::segment_body(new.segment, new.offset).as_slice(),
-                        guid.0.as_slice(),
-                    )?;
+                    sb.insert(keys::segment_body(new.segment, new.offset).as_slice(), guid.0.as_slice())?;
                     report.bodies_moved += 1;
                 }
             }
@@ -281,8 +372,9 @@ impl Actor for CommitGroup {
     type Context = Context<Self>;
 
     fn stopping(&mut self, _: &mut Self::Context) -> Running {
-        // Whatever was submitted is still committed (or failed) before the actor goes.
-        self.flush();
+        // Whatever was submitted is still committed (or failed) before the actor goes. A
+        // background flush that is running finishes on its own thread.
+        self.flush_now();
         Running::Stop
     }
 }
@@ -296,24 +388,26 @@ pub struct Submit {
     pub inflight: Option<Inflight>,
 }
 
+impl CommitGroup {
+    fn schedule(&mut self, ctx: &mut Context<Self>) {
+        match self.mode {
+            FlushMode::Background => self.start_flush(ctx),
+            FlushMode::Inline if !self.flush_scheduled => {
+                self.flush_scheduled = true;
+                // One yield lets every actor with work queued run first and add its batch.
+                ctx.spawn(tokio::task::yield_now().into_actor(self).map(|(), act, ctx| act.start_flush(ctx)));
+            }
+            FlushMode::Inline => {}
+        }
+    }
+}
+
 impl Handler<Submit> for CommitGroup {
     type Result = ();
 
     fn handle(&mut self, msg: Submit, ctx: &mut Self::Context) {
-        self.queue.push(Queued {
-            batch: msg.batch,
-            done: msg.done,
-            inflight: msg.inflight,
-        });
-        if !self.flush_scheduled {
-            self.flush_scheduled = true;
-            // One yield lets every actor with work queued run first and add its batch.
-            ctx.spawn(
-                tokio::task::yield_now()
-                    .into_actor(self)
-                    .map(|(), act, _| act.flush()),
-            );
-        }
+        self.queue.push(Queued { batch: msg.batch, done: msg.done, inflight: msg.inflight });
+        self.schedule(ctx);
     }
 }
 
@@ -359,10 +453,15 @@ pub struct Compact {
 }
 
 impl Handler<Compact> for CommitGroup {
-    type Result = Result<CompactionReport, StoreError>;
+    type Result = ResponseFuture<Result<CompactionReport, StoreError>>;
 
-    fn handle(&mut self, msg: Compact, _: &mut Self::Context) -> Self::Result {
-        self.compact(msg.max_live_ratio)
+    fn handle(&mut self, msg: Compact, ctx: &mut Self::Context) -> Self::Result {
+        let (reply, rx) = oneshot::channel();
+        self.compactions.push((msg.max_live_ratio, reply));
+        self.schedule(ctx);
+        Box::pin(async move {
+            rx.await.unwrap_or_else(|_| Err(StoreError::Commit("the commit group stopped".into())))
+        })
     }
 }
 

@@ -393,7 +393,16 @@ fn account(c: &mut MailboxCounters, record: &MessageRecord, sign: i64) {
 
 impl Actor for Mailbox {
     type Context = Context<Self>;
+
+    fn started(&mut self, ctx: &mut Self::Context) {
+        // Many clients (or a whole delivery batch) may append at once; a deep queue lets them all
+        // reach the same group commit instead of trickling in 16 at a time.
+        ctx.set_mailbox_capacity(MAILBOX_QUEUE);
+    }
 }
+
+/// Messages queued per Mailbox actor before senders wait.
+const MAILBOX_QUEUE: usize = 1024;
 
 /// Stores a new message. Answers once body and record are durable.
 #[derive(Message)]

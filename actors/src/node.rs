@@ -6,7 +6,7 @@ use std::sync::Arc;
 use actix::prelude::*;
 use mailmesh_protocol::ids::NodeId;
 
-use crate::commit_group::{CommitGroup, DEFAULT_SEGMENT_BYTES};
+use crate::commit_group::{CommitGroup, FlushMode, DEFAULT_SEGMENT_BYTES};
 use crate::counters::NodeCounters;
 use crate::directory::{ActivationPolicy, Directory};
 use crate::env::Env;
@@ -23,6 +23,8 @@ pub struct NodeOptions {
     pub activation: ActivationPolicy,
     /// Size at which a new body segment file starts.
     pub segment_bytes: u64,
+    /// Background for a node; Inline for deterministic simulation.
+    pub flush_mode: FlushMode,
 }
 
 impl NodeOptions {
@@ -33,6 +35,7 @@ impl NodeOptions {
             limits: Limits::default(),
             activation: ActivationPolicy::default(),
             segment_bytes: DEFAULT_SEGMENT_BYTES,
+            flush_mode: FlushMode::Background,
         }
     }
 }
@@ -50,7 +53,7 @@ impl LocalNode {
     pub fn start(options: NodeOptions, env: Env) -> Result<LocalNode, StoreError> {
         let store = Arc::new(Store::open(&options.data_dir, &options.node)?);
         let counters = NodeCounters::new(options.node.clone(), store.initial_counters());
-        let commit = CommitGroup::new(store.clone(), counters.clone(), options.segment_bytes)?.start();
+        let commit = CommitGroup::new(store.clone(), counters.clone(), options.segment_bytes, options.flush_mode)?.start();
         let directory = Directory::new(
             store.clone(),
             commit.clone(),

@@ -467,6 +467,22 @@ proptest! {
         prop_assert_eq!(outcome, Outcome { frames: frames[..whole].to_vec(), error: None });
     }
 
+    /// A valid frame followed, inside its length prefix, by extra bytes is refused whole.
+    #[test]
+    fn trailing_bytes_inside_a_frame_are_malformed(
+        frame in frame(),
+        junk in vec(any::<u8>(), 1..8),
+        chunks in chunks(),
+    ) {
+        let encoded = encode_frame(&frame, DEFAULT_MAX_FRAME).unwrap();
+        let mut bytes = ((encoded.len() - 4 + junk.len()) as u32).to_be_bytes().to_vec();
+        bytes.extend_from_slice(&encoded[4..]);
+        bytes.extend_from_slice(&junk);
+        let outcome = decode_any(&bytes, &chunks, DEFAULT_MAX_FRAME)?;
+        prop_assert!(outcome.frames.is_empty());
+        prop_assert!(matches!(outcome.error, Some(CodecError::Malformed(_))), "{:?}", outcome.error);
+    }
+
     /// A frame exactly `max` long passes both ways; one byte over is refused by the encoder and
     /// by the decoder.
     #[test]

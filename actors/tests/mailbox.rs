@@ -1,0 +1,455 @@
+//! The Mailbox actor on real storage: appends, flags, expunge, copy and move, annotations,
+//! state and changes since a modseq.
+
+mod common;
+
+use common::*;
+use mailmesh_actors::commit_group::GetCommitStats;
+use mailmesh_actors::mailbox::*;
+use mailmesh_actors::uid_set::UidSet;
+use mailmesh_actors::MailError;
+use mailmesh_protocol::ids::{ModSeq, Uid};
+
+#[test]
+fn appends_get_increasing_uids_and_bodies_come_back() {
+    let dir = tempfile::tempdir().unwrap();
+    run(|| async {
+        let node = start(dir.path());
+        let mb = mailbox(&node, "alice", "INBOX").await;
+        let a = append(&mb, &message(1), &[]).await;
+        let b = append(&mb, &message(2), &["\\Seen"]).await;
+        assert_eq!((a.uid, b.uid), (Uid(1), Uid(2)));
+        assert!(b.modseq > a.modseq);
+        assert_ne!(a.append_id, b.append_id);
+        let state = mb.send(GetState).await.unwrap().unwrap();
+        assert_eq!(state.uidnext, Uid(3));
+        assert_eq!((state.exists, state.unseen), (2, 1));
+        assert_eq!(state.highestmodseq, b.modseq);
+        let body = mb.send(FetchBody { uid: Uid(2) }).await.unwrap().unwrap();
+        assert_eq!(body, message(2).into_bytes());
+        let views = mb.send(Fetch { uids: UidSet::all() }).await.unwrap().unwrap();
+        assert_eq!(views.len(), 2);
+        assert_eq!(views[1].flags.len(), 1);
+        assert_eq!(views[1].flags[0].as_str(), "\\Seen");
+        assert_eq!(views[0].internaldate, 1_600_000_000);
+    });
+}
+
+#[test]
+fn appends_that_arrive_together_share_a_commit() {
+    let dir = tempfile::tempdir().unwrap();
+    run(|| async {
+        let node = start(dir.path());
+        let mb = mailbox(&node, "alice", "INBOX").await;
+        let before = node.commit.send(GetCommitStats).await.unwrap();
+        let futures: Vec<_> = (0..100)
+            .map(|i| {
+                mb.send(Append {
+                    body: message(i).into_bytes(),
+                    flags: vec![],
+                    internaldate: None,
+                })
+            })
+            .collect();
+        let mut uids: Vec<u32> = Vec::new();
+        for f in futures {
+            uids.push(f.await.unwrap().unwrap().uid.0);
+        }
+        uids.sort();
+        assert_eq!(uids, (1..=100).collect::<Vec<_>>());
+        let after = node.commit.send(GetCommitStats).await.unwrap();
+        assert_eq!(after.batches - before.batches, 100);
+        assert!(
+            after.groups - before.groups <= 5,
+            "100 appends took {} commits",
+            after.groups - before.groups
+        );
+    });
+}
+
+#[test]
+fn flags_add_remove_replace_and_unchanged_since() {
+    let dir = tempfile::tempdir().unwrap();
+    run(|| async {
+        let node = start(dir.path());
+        let mb = mailbox(&node, "alice", "INBOX").await;
+        for i in 0..3 {
+            append(&mb, &message(i), &[]).await;
+        }
+        let store = |action, flags: &[&str], uids| StoreFlags {
+            uids,
+            action,
+            flags: flags.iter().map(|s| s.to_string()).collect(),
+            unchanged_since: None,
+        };
+        let out = mb
+            .send(store(FlagAction::Add, &["\\Seen", "$Work"], UidSet::all()))
+            .await
+            .unwrap()
+            .unwrap();
+        assert_eq!(out.updated.len(), 3);
+        let out = mb
+            .send(store(FlagAction::Remove, &["$Work"], UidSet::single(Uid(2))))
+            .await
+            .unwrap()
+            .unwrap();
+        assert_eq!(
+            out.updated[0]
+                .flags
+                .iter()
+                .map(|f| f.as_str())
+                .collect::<Vec<_>>(),
+            vec!["\\Seen"]
+        );
+        let out = mb
+            .send(store(FlagAction::Replace, &["\\Flagged"], UidSet::single(Uid(3))))
+            .await
+            .unwrap()
+            .unwrap();
+        assert_eq!(
+            out.updated[0]
+                .flags
+                .iter()
+                .map(|f| f.as_str())
+                .collect::<Vec<_>>(),
+            vec!["\\Flagged"]
+        );
+        let state = mb.send(GetState).await.unwrap().unwrap();
+        assert_eq!(state.unseen, 1, "uid 3 lost \\Seen by the replace");
+
+        // CONDSTORE: uid 1 has not changed since its last modseq, uid 3 has.
+        let views = mb.send(Fetch { uids: UidSet::all() }).await.unwrap().unwrap();
+        let since = views[0].modseq;
+        let out = mb
+            .send(StoreFlags {
+                uids: UidSet::from_uids([Uid(1), Uid(3)]),
+                action: FlagAction::Add,
+                flags: vec!["$Later".into()],
+                unchanged_since: Some(since),
+            })
+            .await
+            .unwrap()
+            .unwrap();
+        assert_eq!(out.modified, vec![Uid(3)]);
+        assert_eq!(out.updated.len(), 1);
+
+        let bad = mb
+            .send(store(FlagAction::Add, &["not an atom"], UidSet::all()))
+            .await
+            .unwrap();
+        assert!(matches!(bad, Err(MailError::InvalidName(_))), "{bad:?}");
+        let recent = mb
+            .send(store(FlagAction::Add, &["\\Recent"], UidSet::all()))
+            .await
+            .unwrap();
+        assert!(recent.is_err());
+    });
+}
+
+#[test]
+fn expunge_is_sticky_and_reported_in_changes() {
+    let dir = tempfile::tempdir().unwrap();
+    run(|| async {
+        let node = start(dir.path());
+        let mb = mailbox(&node, "alice", "INBOX").await;
+        for i in 0..4 {
+            append(&mb, &message(i), if i % 2 == 0 { &["\\Deleted"] } else { &[] }).await;
+        }
+        let start = mb.send(GetState).await.unwrap().unwrap().highestmodseq;
+        let gone = mb
+            .send(Expunge {
+                mode: ExpungeMode::Deleted,
+            })
+            .await
+            .unwrap()
+            .unwrap();
+        assert_eq!(gone, vec![Uid(1), Uid(3)]);
+        let views = mb.send(Fetch { uids: UidSet::all() }).await.unwrap().unwrap();
+        assert_eq!(
+            views.iter().map(|v| v.uid).collect::<Vec<_>>(),
+            vec![Uid(2), Uid(4)]
+        );
+        let changed = mb
+            .send(ChangedSince {
+                since: start,
+                limit: 100,
+            })
+            .await
+            .unwrap()
+            .unwrap();
+        assert_eq!(changed.len(), 2);
+        assert!(changed.iter().all(|s| s.record.is_expunged()));
+        let err = mb.send(FetchBody { uid: Uid(1) }).await.unwrap();
+        assert!(matches!(err, Err(MailError::NoSuchMessage(Uid(1)))));
+        // UID EXPUNGE only takes flagged messages; a plain uid set takes any.
+        let none = mb
+            .send(Expunge {
+                mode: ExpungeMode::DeletedIn(UidSet::single(Uid(2))),
+            })
+            .await
+            .unwrap()
+            .unwrap();
+        assert!(none.is_empty());
+        let two = mb
+            .send(Expunge {
+                mode: ExpungeMode::Uids(UidSet::single(Uid(2))),
+            })
+            .await
+            .unwrap()
+            .unwrap();
+        assert_eq!(two, vec![Uid(2)]);
+        let state = mb.send(GetState).await.unwrap().unwrap();
+        assert_eq!(state.exists, 1);
+        assert_eq!(state.uidnext, Uid(5), "expunge never lowers uidnext");
+    });
+}
+
+#[test]
+fn changed_since_lists_each_record_once_at_its_latest_modseq() {
+    let dir = tempfile::tempdir().unwrap();
+    run(|| async {
+        let node = start(dir.path());
+        let mb = mailbox(&node, "alice", "INBOX").await;
+        for i in 0..5 {
+            append(&mb, &message(i), &[]).await;
+        }
+        let mid = mb.send(GetState).await.unwrap().unwrap().highestmodseq;
+        mb.send(StoreFlags {
+            uids: UidSet::single(Uid(2)),
+            action: FlagAction::Add,
+            flags: vec!["\\Seen".into()],
+            unchanged_since: None,
+        })
+        .await
+        .unwrap()
+        .unwrap();
+        let all = mb
+            .send(ChangedSince {
+                since: ModSeq::ZERO,
+                limit: 1000,
+            })
+            .await
+            .unwrap()
+            .unwrap();
+        assert_eq!(all.len(), 5);
+        let uids: Vec<u32> = all.iter().map(|s| s.record.uid.value.0).collect();
+        assert_eq!(
+            uids,
+            vec![1, 3, 4, 5, 2],
+            "uid 2 moved to the end by its flag change"
+        );
+        let since = mb
+            .send(ChangedSince {
+                since: mid,
+                limit: 1000,
+            })
+            .await
+            .unwrap()
+            .unwrap();
+        assert_eq!(since.len(), 1);
+        assert_eq!(since[0].record.uid.value, Uid(2));
+        let limited = mb
+            .send(ChangedSince {
+                since: ModSeq::ZERO,
+                limit: 2,
+            })
+            .await
+            .unwrap()
+            .unwrap();
+        assert_eq!(limited.len(), 2);
+    });
+}
+
+#[test]
+fn copy_and_move_share_bodies_and_keep_messages() {
+    let dir = tempfile::tempdir().unwrap();
+    run(|| async {
+        let node = start(dir.path());
+        let inbox = mailbox(&node, "alice", "INBOX").await;
+        let archive = mailbox(&node, "alice", "Archive").await;
+        let archive_id = node
+            .directory
+            .send(mailmesh_actors::directory::OpenMailbox {
+                user: "alice".into(),
+                name: "Archive".into(),
+            })
+            .await
+            .unwrap()
+            .unwrap()
+            .info
+            .id;
+        let inbox_id = node
+            .directory
+            .send(mailmesh_actors::directory::OpenMailbox {
+                user: "alice".into(),
+                name: "INBOX".into(),
+            })
+            .await
+            .unwrap()
+            .unwrap()
+            .info
+            .id;
+        for i in 0..3 {
+            append(&inbox, &message(i), &["\\Flagged"]).await;
+        }
+        let copied = inbox
+            .send(Transfer {
+                uids: UidSet::range(Uid(1), Uid(2)),
+                target_id: archive_id,
+                target: archive.clone(),
+                remove_source: false,
+            })
+            .await
+            .unwrap()
+            .unwrap();
+        assert_eq!(copied, vec![(Uid(1), Uid(1)), (Uid(2), Uid(2))]);
+        let moved = inbox
+            .send(Transfer {
+                uids: UidSet::single(Uid(3)),
+                target_id: archive_id,
+                target: archive.clone(),
+                remove_source: true,
+            })
+            .await
+            .unwrap()
+            .unwrap();
+        assert_eq!(moved, vec![(Uid(3), Uid(3))]);
+        let in_inbox = inbox.send(Fetch { uids: UidSet::all() }).await.unwrap().unwrap();
+        assert_eq!(in_inbox.len(), 2);
+        let in_archive = archive
+            .send(Fetch { uids: UidSet::all() })
+            .await
+            .unwrap()
+            .unwrap();
+        assert_eq!(in_archive.len(), 3);
+        assert!(in_archive
+            .iter()
+            .all(|v| v.flags.iter().any(|f| f.as_str() == "\\Flagged")));
+        assert_ne!(
+            in_archive[0].append_id, in_inbox[0].append_id,
+            "a copy is a new message"
+        );
+        assert_eq!(in_archive[0].guid, in_inbox[0].guid, "and shares the body");
+        let body = archive.send(FetchBody { uid: Uid(3) }).await.unwrap().unwrap();
+        assert_eq!(body, message(2).into_bytes());
+        // Moving within one mailbox gives the message a new uid.
+        let same = inbox
+            .send(Transfer {
+                uids: UidSet::single(Uid(1)),
+                target_id: inbox_id,
+                target: inbox.clone(),
+                remove_source: true,
+            })
+            .await
+            .unwrap()
+            .unwrap();
+        assert_eq!(same, vec![(Uid(1), Uid(4))]);
+        let uids: Vec<Uid> = inbox
+            .send(Fetch { uids: UidSet::all() })
+            .await
+            .unwrap()
+            .unwrap()
+            .iter()
+            .map(|v| v.uid)
+            .collect();
+        assert_eq!(uids, vec![Uid(2), Uid(4)]);
+    });
+}
+
+#[test]
+fn annotations_set_replace_and_delete() {
+    let dir = tempfile::tempdir().unwrap();
+    run(|| async {
+        let node = start(dir.path());
+        let mb = mailbox(&node, "alice", "INBOX").await;
+        let set = |entry: &str, value: Option<&str>| SetAnnotation {
+            entry: entry.into(),
+            value: value.map(|v| v.as_bytes().to_vec()),
+        };
+        let m0 = mb.send(GetState).await.unwrap().unwrap().highestmodseq;
+        mb.send(set("/shared/comment", Some("hello")))
+            .await
+            .unwrap()
+            .unwrap();
+        mb.send(set("/private/color", Some("red")))
+            .await
+            .unwrap()
+            .unwrap();
+        mb.send(set("/shared/comment", Some("bye")))
+            .await
+            .unwrap()
+            .unwrap();
+        let m1 = mb.send(GetState).await.unwrap().unwrap().highestmodseq;
+        assert!(m1 > m0, "annotations carry modseqs");
+        let all = mb.send(GetAnnotations).await.unwrap().unwrap();
+        assert_eq!(
+            all,
+            vec![
+                ("/private/color".to_string(), b"red".to_vec()),
+                ("/shared/comment".to_string(), b"bye".to_vec())
+            ]
+        );
+        mb.send(set("/private/color", None)).await.unwrap().unwrap();
+        assert_eq!(mb.send(GetAnnotations).await.unwrap().unwrap().len(), 1);
+        let bad = mb.send(set("/elsewhere/x", Some("v"))).await.unwrap();
+        assert!(matches!(bad, Err(MailError::InvalidName(_))));
+        let big = mb
+            .send(SetAnnotation {
+                entry: "/shared/big".into(),
+                value: Some(vec![0; 70_000]),
+            })
+            .await
+            .unwrap();
+        assert!(matches!(big, Err(MailError::AnnotationTooLarge { .. })));
+    });
+}
+
+#[test]
+fn bad_messages_get_typed_errors() {
+    let dir = tempfile::tempdir().unwrap();
+    run(|| async {
+        let mut options = options(dir.path());
+        options.limits.max_message_bytes = 1000;
+        let node = mailmesh_actors::node::LocalNode::start(options, env(1)).unwrap();
+        let mb = mailbox(&node, "alice", "INBOX").await;
+        let big = mb
+            .send(Append {
+                body: vec![b'x'; 1001],
+                flags: vec![],
+                internaldate: None,
+            })
+            .await
+            .unwrap();
+        match big {
+            Err(e @ MailError::MessageTooLarge { .. }) => {
+                assert_eq!(
+                    e.to_string(),
+                    "message of 1001 bytes exceeds the maximum message size of 1000 bytes"
+                )
+            }
+            other => panic!("{other:?}"),
+        }
+        let empty = mb
+            .send(Append {
+                body: vec![],
+                flags: vec![],
+                internaldate: None,
+            })
+            .await
+            .unwrap();
+        assert!(matches!(empty, Err(MailError::EmptyMessage)));
+        let flag = mb
+            .send(Append {
+                body: b"x".to_vec(),
+                flags: vec!["a b".into()],
+                internaldate: None,
+            })
+            .await
+            .unwrap();
+        assert!(matches!(flag, Err(MailError::InvalidName(_))));
+        // None of that consumed a uid.
+        assert_eq!(append(&mb, "ok", &[]).await.uid, Uid(1));
+        let missing = mb.send(FetchBody { uid: Uid(99) }).await.unwrap();
+        assert!(matches!(missing, Err(MailError::NoSuchMessage(Uid(99)))));
+    });
+}

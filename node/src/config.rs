@@ -1,0 +1,231 @@
+//! The node's configuration: where it comes from, what it may contain, and how it becomes the
+//! [`NodeOptions`] the actors start with.
+//!
+//! Three layers, each overriding the one before (the `config` crate merges them):
+//! 1. the built-in defaults, `defaults.toml` next to this file, compiled into the binary;
+//! 2. the TOML file given with `--config`, if any;
+//! 3. environment variables `MAILMESH_<SECTION>__<KEY>` (`__` separates the levels, because
+//!    keys themselves contain `_`): `MAILMESH_STORAGE__DATA_DIR=/x` sets `storage.data_dir`.
+//!
+//! Every struct denies unknown fields, so a misspelt key (in the file or in a `MAILMESH_`
+//! variable) is an error instead of a silently ignored setting. Values are then checked as a
+//! whole by [`Config::validate`], whose errors name the key at fault.
+
+use std::path::{Path, PathBuf};
+use std::time::Duration;
+
+use config::{Environment, File, FileFormat};
+use mailmesh_actors::directory::ActivationPolicy;
+use mailmesh_actors::mailbox::Limits;
+use mailmesh_actors::node::NodeOptions;
+use mailmesh_protocol::ids::NodeId;
+use serde::{Deserialize, Serialize};
+
+/// The defaults, as TOML: one place that both the loader and an operator reading the source see.
+pub const DEFAULTS: &str = include_str!("defaults.toml");
+
+/// Prefix of the environment variables that override configuration keys.
+pub const ENV_PREFIX: &str = "MAILMESH";
+
+/// The whole configuration file. Sections to come (peers, quic, tls) get their own structs here.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct Config {
+    pub node: NodeSection,
+    pub storage: StorageSection,
+    pub limits: LimitsSection,
+    pub mailboxes: MailboxesSection,
+}
+
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct NodeSection {
+    /// Kept as text until [`Config::validate`], so a bad name is reported with its key.
+    pub name: String,
+}
+
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct StorageSection {
+    pub data_dir: PathBuf,
+    pub segment_bytes: u64,
+}
+
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct LimitsSection {
+    pub max_message_bytes: u64,
+    pub max_annotation_bytes: u64,
+    pub max_script_bytes: u64,
+}
+
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct MailboxesSection {
+    pub max_active: u64,
+    pub idle_after_secs: u64,
+}
+
+/// Why a configuration was refused. Each variant says which key or which source is at fault.
+#[derive(Debug, thiserror::Error)]
+pub enum ConfigError {
+    /// The file could not be read or parsed, a key is unknown, or a value has the wrong type.
+    /// The `config` crate's message names the file (with line and column for syntax errors) or
+    /// the key.
+    #[error("{0}")]
+    Load(#[from] config::ConfigError),
+    /// A value parsed but is not acceptable.
+    #[error("{key}: {problem}")]
+    Invalid { key: &'static str, problem: String },
+}
+
+impl ConfigError {
+    fn invalid(key: &'static str, problem: impl Into<String>) -> Self {
+        ConfigError::Invalid {
+            key,
+            problem: problem.into(),
+        }
+    }
+}
+
+/// A configuration that passed validation, with the options derived from it.
+#[derive(Clone, Debug)]
+pub struct Loaded {
+    /// What was configured, as the layers merged it (printed by `check-config`).
+    pub config: Config,
+    /// What the actors are started with.
+    pub options: NodeOptions,
+}
+
+impl Config {
+    /// Merges defaults, the file at `path` (required if given) and the `MAILMESH_` environment,
+    /// then validates the result.
+    pub fn load(path: Option<&Path>) -> Result<Loaded, ConfigError> {
+        let mut builder = config::Config::builder().add_source(File::from_str(DEFAULTS, FileFormat::Toml));
+        if let Some(path) = path {
+            // The format is fixed rather than guessed from the extension: `node.conf` is TOML too.
+            builder = builder.add_source(File::from(path).format(FileFormat::Toml).required(true));
+        }
+        let merged = builder
+            .add_source(
+                Environment::with_prefix(ENV_PREFIX)
+                    .prefix_separator("_")
+                    .separator("__"),
+            )
+            .build()?;
+        let config: Config = merged.try_deserialize()?;
+        let options = config.validate()?;
+        Ok(Loaded { config, options })
+    }
+
+    /// Checks every value and builds the actors' options from them.
+    pub fn validate(&self) -> Result<NodeOptions, ConfigError> {
+        let node = NodeId::new(self.node.name.as_str()).map_err(|e| ConfigError::invalid("node.name", e.to_string()))?;
+
+        if self.storage.data_dir.as_os_str().is_empty() {
+            return Err(ConfigError::invalid("storage.data_dir", "must not be empty"));
+        }
+        let segment_bytes = positive("storage.segment_bytes", self.storage.segment_bytes)?;
+
+        let max_message_bytes = positive("limits.max_message_bytes", self.limits.max_message_bytes)?;
+        // A body's length is stored in 32 bits in its segment entry; a larger message could not
+        // be stored faithfully, so it is refused here rather than at the first big append.
+        if max_message_bytes > u64::from(u32::MAX) {
+            return Err(ConfigError::invalid(
+                "limits.max_message_bytes",
+                format!(
+                    "{max_message_bytes} is larger than {}, the largest body the store can hold",
+                    u32::MAX
+                ),
+            ));
+        }
+        let max_annotation_bytes = positive_usize("limits.max_annotation_bytes", self.limits.max_annotation_bytes)?;
+        let max_script_bytes = positive_usize("limits.max_script_bytes", self.limits.max_script_bytes)?;
+
+        let max_active = positive_usize("mailboxes.max_active", self.mailboxes.max_active)?;
+        let idle_after_secs = positive("mailboxes.idle_after_secs", self.mailboxes.idle_after_secs)?;
+
+        let mut options = NodeOptions::new(node, self.storage.data_dir.clone());
+        options.segment_bytes = segment_bytes;
+        options.limits = Limits {
+            max_message_bytes,
+            max_annotation_bytes,
+            max_script_bytes,
+        };
+        options.activation = ActivationPolicy {
+            max_active,
+            idle_after: Duration::from_secs(idle_after_secs),
+        };
+        Ok(options)
+    }
+
+    /// The configuration as TOML, as `check-config` prints it.
+    pub fn to_toml(&self) -> String {
+        // Serializing plain strings and integers into TOML cannot fail.
+        toml::to_string(self).unwrap_or_else(|e| format!("# cannot print the configuration as TOML: {e}\n{self:#?}\n"))
+    }
+}
+
+fn positive(key: &'static str, value: u64) -> Result<u64, ConfigError> {
+    if value == 0 {
+        return Err(ConfigError::invalid(key, "must be greater than 0"));
+    }
+    Ok(value)
+}
+
+fn positive_usize(key: &'static str, value: u64) -> Result<usize, ConfigError> {
+    let value = positive(key, value)?;
+    usize::try_from(value).map_err(|_| ConfigError::invalid(key, format!("{value} is too large for this machine")))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn defaults() -> Config {
+        let merged = config::Config::builder()
+            .add_source(File::from_str(DEFAULTS, FileFormat::Toml))
+            .build()
+            .unwrap();
+        merged.try_deserialize().unwrap()
+    }
+
+    #[test]
+    fn defaults_are_valid_and_match_the_actors_defaults() {
+        let config = defaults();
+        assert_eq!(config.node.name, "mailmesh-1");
+        assert_eq!(config.storage.data_dir, PathBuf::from("./mailmesh-data"));
+        let options = config.validate().unwrap();
+        // The embedded file must not drift from what the actors consider their defaults.
+        let reference = NodeOptions::new(NodeId::new("mailmesh-1").unwrap(), "./mailmesh-data");
+        assert_eq!(options.limits, reference.limits);
+        assert_eq!(options.activation, reference.activation);
+        assert_eq!(options.segment_bytes, reference.segment_bytes);
+    }
+
+    #[test]
+    fn invalid_values_name_their_key() {
+        let cases: [(&str, fn(&mut Config)); 7] = [
+            ("node.name", |c| c.node.name = "Bad Name".into()),
+            ("storage.data_dir", |c| c.storage.data_dir = PathBuf::new()),
+            ("storage.segment_bytes", |c| c.storage.segment_bytes = 0),
+            ("limits.max_message_bytes", |c| c.limits.max_message_bytes = 1 << 32),
+            ("limits.max_annotation_bytes", |c| c.limits.max_annotation_bytes = 0),
+            ("limits.max_script_bytes", |c| c.limits.max_script_bytes = 0),
+            ("mailboxes.idle_after_secs", |c| c.mailboxes.idle_after_secs = 0),
+        ];
+        for (key, spoil) in cases {
+            let mut config = defaults();
+            spoil(&mut config);
+            let message = config.validate().unwrap_err().to_string();
+            assert!(message.starts_with(&format!("{key}: ")), "{key}: got {message:?}");
+        }
+    }
+
+    #[test]
+    fn printed_toml_reads_back_as_the_same_config() {
+        let config = defaults();
+        let back: Config = toml::from_str(&config.to_toml()).unwrap();
+        assert_eq!(back, config);
+    }
+}
