@@ -81,7 +81,10 @@ struct Flushed {
     group: Vec<Queued>,
     result: GroupResult,
     bodies: (u64, u64),
-    compactions: Vec<(oneshot::Sender<Result<CompactionReport, StoreError>>, Result<CompactionReport, StoreError>)>,
+    compactions: Vec<(
+        oneshot::Sender<Result<CompactionReport, StoreError>>,
+        Result<CompactionReport, StoreError>,
+    )>,
 }
 
 impl CommitGroup {
@@ -148,7 +151,13 @@ impl CommitGroup {
 
     /// Answers everyone in a flushed group.
     fn finish(&mut self, flushed: Flushed) {
-        let Flushed { writer, group, result, bodies, compactions } = flushed;
+        let Flushed {
+            writer,
+            group,
+            result,
+            bodies,
+            compactions,
+        } = flushed;
         self.writer = Some(writer);
         for (reply, report) in compactions {
             let _ = reply.send(report);
@@ -201,13 +210,27 @@ impl Writer {
         if let Err(e) = self.segments.rotate_if_full() {
             warn!(error = %e, "cannot start a new body segment; appending to the current one");
         }
-        let compactions = compactions.into_iter().map(|(ratio, reply)| (reply, self.compact(ratio))).collect();
-        Flushed { writer: self, group, result, bodies, compactions }
+        let compactions = compactions
+            .into_iter()
+            .map(|(ratio, reply)| (reply, self.compact(ratio)))
+            .collect();
+        Flushed {
+            writer: self,
+            group,
+            result,
+            bodies,
+            compactions,
+        }
     }
 
     /// Applies a group in one transaction. The outer error fails the whole group; the inner
     /// results are per batch.
-    fn write_group(&mut self, batches: &[&Batch], counters: CounterState, bodies_written: &mut (u64, u64)) -> GroupResult {
+    fn write_group(
+        &mut self,
+        batches: &[&Batch],
+        counters: CounterState,
+        bodies_written: &mut (u64, u64),
+    ) -> GroupResult {
         let txn = self.store.db().begin_write()?;
         let mut results = Vec::with_capacity(batches.len());
         {
@@ -241,7 +264,9 @@ impl Writer {
                             t.remove(key.as_slice())?;
                         }
                         Op::AddBody(guid, bytes) => {
-                            let existing = bodies.get(guid.0.as_slice())?.map(|v| BodyLocation::decode(v.value()));
+                            let existing = bodies
+                                .get(guid.0.as_slice())?
+                                .map(|v| BodyLocation::decode(v.value()));
                             let location = match existing {
                                 Some(loc) => {
                                     let mut loc = loc?;
@@ -249,26 +274,32 @@ impl Writer {
                                     loc
                                 }
                                 None => {
-                                    let bytes = bytes.as_ref().expect("check_bodies ensured bytes for a new body");
+                                    let bytes =
+                                        bytes.as_ref().expect("check_bodies ensured bytes for a new body");
                                     bodies_written.0 += 1;
                                     bodies_written.1 += bytes.len() as u64;
                                     let loc = self.segments.append(guid, bytes);
-                                    segment_bodies
-                                        .insert(keys::segment_body(loc.segment, loc.offset).as_slice(), guid.0.as_slice())?;
+                                    segment_bodies.insert(
+                                        keys::segment_body(loc.segment, loc.offset).as_slice(),
+                                        guid.0.as_slice(),
+                                    )?;
                                     loc
                                 }
                             };
                             bodies.insert(guid.0.as_slice(), location.encode().as_slice())?;
                         }
                         Op::ReleaseBody(guid) => {
-                            let existing = bodies.get(guid.0.as_slice())?.map(|v| BodyLocation::decode(v.value()));
+                            let existing = bodies
+                                .get(guid.0.as_slice())?
+                                .map(|v| BodyLocation::decode(v.value()));
                             match existing {
                                 Some(loc) => {
                                     let mut loc = loc?;
                                     loc.refs = loc.refs.saturating_sub(1);
                                     if loc.refs == 0 {
                                         bodies.remove(guid.0.as_slice())?;
-                                        segment_bodies.remove(keys::segment_body(loc.segment, loc.offset).as_slice())?;
+                                        segment_bodies
+                                            .remove(keys::segment_body(loc.segment, loc.offset).as_slice())?;
                                     } else {
                                         bodies.insert(guid.0.as_slice(), loc.encode().as_slice())?;
                                     }
@@ -330,7 +361,10 @@ impl Writer {
                     new.refs = old.refs;
                     idx.insert(guid.0.as_slice(), new.encode().as_slice())?;
                     sb.remove(keys::segment_body(old.segment, old.offset).as_slice())?;
-                    sb.insert(keys::segment_body(new.segment, new.offset).as_slice(), guid.0.as_slice())?;
+                    sb.insert(
+                        keys::segment_body(new.segment, new.offset).as_slice(),
+                        guid.0.as_slice(),
+                    )?;
                     report.bodies_moved += 1;
                 }
             }
@@ -395,7 +429,11 @@ impl CommitGroup {
             FlushMode::Inline if !self.flush_scheduled => {
                 self.flush_scheduled = true;
                 // One yield lets every actor with work queued run first and add its batch.
-                ctx.spawn(tokio::task::yield_now().into_actor(self).map(|(), act, ctx| act.start_flush(ctx)));
+                ctx.spawn(
+                    tokio::task::yield_now()
+                        .into_actor(self)
+                        .map(|(), act, ctx| act.start_flush(ctx)),
+                );
             }
             FlushMode::Inline => {}
         }
@@ -406,7 +444,11 @@ impl Handler<Submit> for CommitGroup {
     type Result = ();
 
     fn handle(&mut self, msg: Submit, ctx: &mut Self::Context) {
-        self.queue.push(Queued { batch: msg.batch, done: msg.done, inflight: msg.inflight });
+        self.queue.push(Queued {
+            batch: msg.batch,
+            done: msg.done,
+            inflight: msg.inflight,
+        });
         self.schedule(ctx);
     }
 }
@@ -460,7 +502,8 @@ impl Handler<Compact> for CommitGroup {
         self.compactions.push((msg.max_live_ratio, reply));
         self.schedule(ctx);
         Box::pin(async move {
-            rx.await.unwrap_or_else(|_| Err(StoreError::Commit("the commit group stopped".into())))
+            rx.await
+                .unwrap_or_else(|_| Err(StoreError::Commit("the commit group stopped".into())))
         })
     }
 }

@@ -53,7 +53,13 @@ impl LocalNode {
     pub fn start(options: NodeOptions, env: Env) -> Result<LocalNode, StoreError> {
         let store = Arc::new(Store::open(&options.data_dir, &options.node)?);
         let counters = NodeCounters::new(options.node.clone(), store.initial_counters());
-        let commit = CommitGroup::new(store.clone(), counters.clone(), options.segment_bytes, options.flush_mode)?.start();
+        let commit = CommitGroup::new(
+            store.clone(),
+            counters.clone(),
+            options.segment_bytes,
+            options.flush_mode,
+        )?
+        .start();
         let directory = Directory::new(
             store.clone(),
             commit.clone(),

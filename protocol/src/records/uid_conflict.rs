@@ -38,7 +38,8 @@ pub struct Promotion {
 
 /// Moves every record of every conflicting uid to a fresh uid at or above `uidnext`, conflicts in
 /// uid order and within one uid in AppendId order, each with a fresh version from `clock`.
-/// Advances `uidnext` past the new uids. Only the mailbox's preferred primary calls this.
+/// Advances `uidnext` past the new uids. Only the mailbox's preferred primary calls this. Should
+/// the uids of this uidvalidity run out (`u32::MAX`), the remaining conflicts stay unresolved.
 pub fn promote_uid_conflicts(
     records: &mut BTreeMap<AppendId, MessageRecord>,
     uidnext: &mut UidNext,
@@ -53,8 +54,15 @@ pub fn promote_uid_conflicts(
     for (uid, ids) in conflicts {
         for id in ids {
             let record = records.get_mut(&id).expect("conflict names a present record");
+            // The uid space of this uidvalidity is exhausted: leave the rest for an operator
+            // (a new uidvalidity) rather than wrap to a uid clients have seen.
+            let Some(after) = uidnext.0 .0.checked_add(1) else {
+                return moved;
+            };
             let to = uidnext.0;
-            uidnext.0 = Uid(to.0 + 1);
+            uidnext.0 = Uid(after);
+            // The new assignment must win over the record's current one, whatever this clock saw.
+            clock.observe(&record.uid.version);
             let version = clock.tick();
             record.uid.set(to, version);
             moved.push(Promotion {
