@@ -35,7 +35,7 @@ pub struct CommitGroup {
     counters: NodeCounters,
     mode: FlushMode,
     queue: Vec<Queued>,
-    compactions: Vec<(f64, oneshot::Sender<Result<CompactionReport, StoreError>>)>,
+    compactions: Vec<(f64, CompactionReply)>,
     flush_scheduled: bool,
     stats: CommitStats,
 }
@@ -67,6 +67,9 @@ pub struct CommitStats {
     pub body_bytes_written: u64,
 }
 
+/// Where a compaction's report goes.
+type CompactionReply = oneshot::Sender<Result<CompactionReport, StoreError>>;
+
 /// A flushed group's results: the whole group failed, or each batch's own result.
 type GroupResult = Result<Vec<Result<(), StoreError>>, StoreError>;
 
@@ -81,10 +84,7 @@ struct Flushed {
     group: Vec<Queued>,
     result: GroupResult,
     bodies: (u64, u64),
-    compactions: Vec<(
-        oneshot::Sender<Result<CompactionReport, StoreError>>,
-        Result<CompactionReport, StoreError>,
-    )>,
+    compactions: Vec<(CompactionReply, Result<CompactionReport, StoreError>)>,
 }
 
 impl CommitGroup {
@@ -197,7 +197,7 @@ impl Writer {
     fn flush(
         mut self,
         group: Vec<Queued>,
-        compactions: Vec<(f64, oneshot::Sender<Result<CompactionReport, StoreError>>)>,
+        compactions: Vec<(f64, CompactionReply)>,
         counters: CounterState,
     ) -> Flushed {
         let mut bodies = (0, 0);

@@ -721,29 +721,30 @@ impl Handler<Transfer> for Mailbox {
                 Ok((pairs, if msg.remove_source { Some(records) } else { None }))
             }
             .into_actor(act)
-            .then(
-                |result: Result<(Vec<(Uid, Uid)>, Option<Vec<StoredRecord>>), MailError>, act, _| {
-                    let next = result.map(|(pairs, expunge)| match expunge {
-                        Some(records) if !records.is_empty() => {
-                            let mut batch = Batch::new();
-                            act.expunge_records(&mut batch, records);
-                            (pairs, Some(act.commit_batch(batch)))
-                        }
-                        _ => (pairs, None),
-                    });
-                    async move {
-                        let (pairs, done) = next?;
-                        if let Some(done) = done {
-                            done.await?;
-                        }
-                        Ok(pairs)
+            .then(|result: Result<CopiedAndToExpunge, MailError>, act, _| {
+                let next = result.map(|(pairs, expunge)| match expunge {
+                    Some(records) if !records.is_empty() => {
+                        let mut batch = Batch::new();
+                        act.expunge_records(&mut batch, records);
+                        (pairs, Some(act.commit_batch(batch)))
                     }
-                    .into_actor(act)
-                },
-            )
+                    _ => (pairs, None),
+                });
+                async move {
+                    let (pairs, done) = next?;
+                    if let Some(done) = done {
+                        done.await?;
+                    }
+                    Ok(pairs)
+                }
+                .into_actor(act)
+            })
         })))
     }
 }
+
+/// Old and new uid of each copied message, and the source records a move still has to expunge.
+type CopiedAndToExpunge = (Vec<(Uid, Uid)>, Option<Vec<StoredRecord>>);
 
 /// Sets (`Some`) or deletes (`None`) a mailbox annotation.
 #[derive(Message)]
