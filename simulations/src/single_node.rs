@@ -92,8 +92,18 @@ pub fn run_seed_with(seed: u64, steps: usize, sabotage: Sabotage) -> SeedReport 
         // Every user starts with an INBOX and a Work folder, as a provisioned account would.
         for user in USERS {
             for name in ["INBOX", "Work"] {
-                let r = node.directory.send(CreateMailbox { user: user.into(), name: name.into() }).await.unwrap();
-                trace.push(format!("setup create {user}/{name} -> {:?}", r.map(|i| (i.id, i.uidvalidity))));
+                let r = node
+                    .directory
+                    .send(CreateMailbox {
+                        user: user.into(),
+                        name: name.into(),
+                    })
+                    .await
+                    .unwrap();
+                trace.push(format!(
+                    "setup create {user}/{name} -> {:?}",
+                    r.map(|i| (i.id, i.uidvalidity))
+                ));
             }
         }
         for step in 0..steps {

@@ -47,4 +47,3 @@ fn a_lost_message_is_caught() {
         report.violations
     );
 }
-
