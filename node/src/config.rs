@@ -74,6 +74,13 @@ pub enum ConfigError {
     /// the key.
     #[error("{0}")]
     Load(#[from] config::ConfigError),
+    /// A key that no section has (a typo, or a setting of a later version).
+    #[error("{key}: unknown key {origin}; {expected}")]
+    UnknownKey {
+        key: String,
+        origin: String,
+        expected: String,
+    },
     /// A value parsed but is not acceptable.
     #[error("{key}: {problem}")]
     Invalid { key: &'static str, problem: String },
@@ -113,14 +120,18 @@ impl Config {
                     .separator("__"),
             )
             .build()?;
-        let config: Config = merged.try_deserialize()?;
+        let config: Config = merged
+            .clone()
+            .try_deserialize()
+            .map_err(|e| locate_unknown_key(e, &merged))?;
         let options = config.validate()?;
         Ok(Loaded { config, options })
     }
 
     /// Checks every value and builds the actors' options from them.
     pub fn validate(&self) -> Result<NodeOptions, ConfigError> {
-        let node = NodeId::new(self.node.name.as_str()).map_err(|e| ConfigError::invalid("node.name", e.to_string()))?;
+        let node = NodeId::new(self.node.name.as_str())
+            .map_err(|e| ConfigError::invalid("node.name", e.to_string()))?;
 
         if self.storage.data_dir.as_os_str().is_empty() {
             return Err(ConfigError::invalid("storage.data_dir", "must not be empty"));
@@ -139,7 +150,8 @@ impl Config {
                 ),
             ));
         }
-        let max_annotation_bytes = positive_usize("limits.max_annotation_bytes", self.limits.max_annotation_bytes)?;
+        let max_annotation_bytes =
+            positive_usize("limits.max_annotation_bytes", self.limits.max_annotation_bytes)?;
         let max_script_bytes = positive_usize("limits.max_script_bytes", self.limits.max_script_bytes)?;
 
         let max_active = positive_usize("mailboxes.max_active", self.mailboxes.max_active)?;
@@ -162,8 +174,59 @@ impl Config {
     /// The configuration as TOML, as `check-config` prints it.
     pub fn to_toml(&self) -> String {
         // Serializing plain strings and integers into TOML cannot fail.
-        toml::to_string(self).unwrap_or_else(|e| format!("# cannot print the configuration as TOML: {e}\n{self:#?}\n"))
+        toml::to_string(self)
+            .unwrap_or_else(|e| format!("# cannot print the configuration as TOML: {e}\n{self:#?}\n"))
     }
+}
+
+/// serde reports an unknown key as "unknown field `x`, expected ..." under its parent key, but
+/// not where it came from. Whether it is a typo in the file or a stray `MAILMESH_` variable
+/// changes what the operator must fix, so this looks the value up and says which source set it.
+fn locate_unknown_key(error: config::ConfigError, merged: &config::Config) -> ConfigError {
+    let (parent, message) = match &error {
+        config::ConfigError::At {
+            error: inner, key, ..
+        } => (key.clone(), inner.to_string()),
+        other => (None, other.to_string()),
+    };
+    let Some(rest) = message.strip_prefix("unknown field `") else {
+        return ConfigError::Load(error);
+    };
+    let Some((field, expected)) = rest.split_once('`') else {
+        return ConfigError::Load(error);
+    };
+    let key = match parent {
+        Some(parent) => format!("{parent}.{field}"),
+        None => field.to_string(),
+    };
+    let origin = lookup(merged, &key).and_then(|v| v.origin().map(str::to_string));
+    let origin = match origin.as_deref() {
+        Some("the environment") => format!(
+            "set by the environment variable {ENV_PREFIX}_{} (levels are separated by `__`)",
+            key.replace('.', "__").to_uppercase()
+        ),
+        Some(file) => format!("in {file}"),
+        None => "in the configuration".to_string(),
+    };
+    ConfigError::UnknownKey {
+        key,
+        origin,
+        expected: expected.trim_start_matches(',').trim().to_string(),
+    }
+}
+
+/// The raw value at a dotted key, with its origin (a typed `get` would drop the origin).
+fn lookup(merged: &config::Config, key: &str) -> Option<config::Value> {
+    let mut table = config::Source::collect(merged).ok()?;
+    let mut parts = key.split('.').peekable();
+    while let Some(part) = parts.next() {
+        let value = table.remove(part)?;
+        if parts.peek().is_none() {
+            return Some(value);
+        }
+        table = value.into_table().ok()?;
+    }
+    None
 }
 
 fn positive(key: &'static str, value: u64) -> Result<u64, ConfigError> {
@@ -175,7 +238,8 @@ fn positive(key: &'static str, value: u64) -> Result<u64, ConfigError> {
 
 fn positive_usize(key: &'static str, value: u64) -> Result<usize, ConfigError> {
     let value = positive(key, value)?;
-    usize::try_from(value).map_err(|_| ConfigError::invalid(key, format!("{value} is too large for this machine")))
+    usize::try_from(value)
+        .map_err(|_| ConfigError::invalid(key, format!("{value} is too large for this machine")))
 }
 
 #[cfg(test)]
@@ -205,12 +269,17 @@ mod tests {
 
     #[test]
     fn invalid_values_name_their_key() {
-        let cases: [(&str, fn(&mut Config)); 7] = [
+        type Spoil = fn(&mut Config);
+        let cases: [(&str, Spoil); 7] = [
             ("node.name", |c| c.node.name = "Bad Name".into()),
             ("storage.data_dir", |c| c.storage.data_dir = PathBuf::new()),
             ("storage.segment_bytes", |c| c.storage.segment_bytes = 0),
-            ("limits.max_message_bytes", |c| c.limits.max_message_bytes = 1 << 32),
-            ("limits.max_annotation_bytes", |c| c.limits.max_annotation_bytes = 0),
+            ("limits.max_message_bytes", |c| {
+                c.limits.max_message_bytes = 1 << 32
+            }),
+            ("limits.max_annotation_bytes", |c| {
+                c.limits.max_annotation_bytes = 0
+            }),
             ("limits.max_script_bytes", |c| c.limits.max_script_bytes = 0),
             ("mailboxes.idle_after_secs", |c| c.mailboxes.idle_after_secs = 0),
         ];

@@ -1,1 +1,136 @@
-fn main() {}
+//! `mailmesh`: runs a node of the mailmesh replicated mail store, checks its configuration, and
+//! offers a few operator commands on a stopped node's data.
+//!
+//! - [`config`]: defaults, TOML file and `MAILMESH_` environment, validated into node options;
+//! - [`run`]: starts the actors and waits for SIGINT or SIGTERM;
+//! - [`ops`]: mailbox and append commands on a stopped node's data directory;
+//! - [`logging`]: `tracing` lines on stderr, filtered by `RUST_LOG`;
+//! - [`error`]: what can fail, and the exit code it gives (0 ok, 1 failure, 2 configuration).
+
+mod config;
+mod error;
+mod logging;
+mod ops;
+mod run;
+
+use std::path::PathBuf;
+use std::process::ExitCode;
+
+use clap::{Parser, Subcommand};
+
+use crate::config::Config;
+use crate::error::Error;
+
+#[derive(Debug, Parser)]
+#[command(
+    name = "mailmesh",
+    version,
+    about = "A node of the mailmesh replicated mail store"
+)]
+struct Cli {
+    /// Configuration file (TOML). Without it the built-in defaults apply; MAILMESH_<SECTION>__<KEY>
+    /// environment variables override either (e.g. MAILMESH_NODE__NAME=n2).
+    #[arg(long, short, global = true, value_name = "FILE")]
+    config: Option<PathBuf>,
+
+    #[command(subcommand)]
+    command: Command,
+}
+
+#[derive(Debug, Subcommand)]
+enum Command {
+    /// Runs the node until SIGINT or SIGTERM.
+    Run,
+    /// Validates the configuration and prints it, as the node would use it, in TOML.
+    CheckConfig,
+    /// Creates or lists mailboxes (on a stopped node's data directory).
+    #[command(subcommand)]
+    Mailbox(MailboxCommand),
+    /// Appends a message to a mailbox and prints its uid (on a stopped node's data directory).
+    Append {
+        #[arg(long)]
+        user: String,
+        #[arg(long)]
+        mailbox: String,
+        /// The raw message (RFC 5322); `-` reads standard input.
+        #[arg(long, value_name = "PATH")]
+        file: PathBuf,
+        /// Flags to set, comma-separated, e.g. '\Seen,$Junk'.
+        #[arg(long, value_delimiter = ',')]
+        flags: Vec<String>,
+    },
+}
+
+#[derive(Debug, Subcommand)]
+enum MailboxCommand {
+    /// Creates a mailbox (and any missing parents of a name like "Archive/2024").
+    Create {
+        #[arg(long)]
+        user: String,
+        #[arg(long)]
+        name: String,
+    },
+    /// Lists a user's mailboxes, one per line: name, messages, uidnext, uidvalidity, mailbox id
+    /// (tab-separated).
+    List {
+        #[arg(long)]
+        user: String,
+    },
+}
+
+fn main() -> ExitCode {
+    let cli = Cli::parse();
+    match execute(cli) {
+        Ok(()) => ExitCode::SUCCESS,
+        Err(e) => {
+            eprintln!("{e}");
+            ExitCode::from(e.exit_code())
+        }
+    }
+}
+
+fn execute(cli: Cli) -> Result<(), Error> {
+    let loaded = Config::load(cli.config.as_deref())?;
+    // A one-shot command prints its result on stdout; only problems are worth a log line there.
+    match cli.command {
+        Command::Run => {
+            logging::init("info");
+            run::run(loaded.options)
+        }
+        Command::CheckConfig => {
+            print!("{}", loaded.config.to_toml());
+            Ok(())
+        }
+        Command::Mailbox(MailboxCommand::Create { user, name }) => {
+            logging::init("warn");
+            let info = ops::create_mailbox(loaded.options, user, name)?;
+            println!(
+                "created mailbox {:?} of user {:?} (uidvalidity {}, id {})",
+                info.name, info.user, info.uidvalidity, info.id
+            );
+            Ok(())
+        }
+        Command::Mailbox(MailboxCommand::List { user }) => {
+            logging::init("warn");
+            for (info, state) in ops::list_mailboxes(loaded.options, user)? {
+                println!(
+                    "{}\t{}\t{}\t{}\t{}",
+                    info.name, state.exists, state.uidnext, info.uidvalidity, info.id
+                );
+            }
+            Ok(())
+        }
+        Command::Append {
+            user,
+            mailbox,
+            file,
+            flags,
+        } => {
+            logging::init("warn");
+            let body = ops::read_message(&file)?;
+            let outcome = ops::append(loaded.options, user, mailbox, body, flags)?;
+            println!("{}", outcome.uid);
+            Ok(())
+        }
+    }
+}

@@ -1,1 +1,275 @@
-//! Helpers shared by the integration tests in `tests/tests/`.
+//! Helpers shared by the integration tests in `tests/tests/`: they run the real `mailmesh` binary
+//! as a child process, read its output while it runs, signal it, and never wait without a
+//! deadline. A failing test kills its child (see [`Running`]'s `Drop`), so nothing is left behind.
+//!
+//! Where the binary comes from: cargo builds a package's binaries, and sets
+//! `CARGO_BIN_EXE_<name>`, only for that same package's integration tests. `mailmesh` belongs to
+//! mailmesh-node, so these tests find it where `cargo build` puts it, in the same target directory
+//! and profile as the test executable itself: `<target>/<profile>/deps/<test>-<hash>` runs, the
+//! binary is `<target>/<profile>/mailmesh`. The test command (`cargo build --workspace && cargo
+//! nextest run --workspace`, see README.md) builds it first.
+
+use std::io::{BufRead, BufReader, Read};
+use std::path::{Path, PathBuf};
+use std::process::{Child, Command, ExitStatus, Stdio};
+use std::sync::{Arc, Condvar, Mutex};
+use std::thread;
+use std::time::{Duration, Instant};
+
+/// The longest any test waits for a process to say something or to exit.
+pub const DEADLINE: Duration = Duration::from_secs(30);
+
+/// Path of the built `mailmesh` binary.
+pub fn mailmesh_bin() -> PathBuf {
+    let exe = std::env::current_exe().expect("the test executable's own path");
+    let profile_dir = exe
+        .parent()
+        .and_then(Path::parent)
+        .expect("the test executable lives in <target>/<profile>/deps");
+    let bin = profile_dir.join("mailmesh");
+    assert!(
+        bin.is_file(),
+        "{} does not exist: build the binary first with `cargo build -p mailmesh-node` \
+         (the README's test command, `cargo build --workspace && cargo nextest run --workspace`, does)",
+        bin.display()
+    );
+    bin
+}
+
+/// A `mailmesh` command with `args`, isolated from the environment the tests run in: no
+/// `MAILMESH_` variable of the developer's shell leaks into its configuration, and logging is at
+/// the level the assertions expect.
+pub fn mailmesh(args: &[&str]) -> Command {
+    let mut cmd = Command::new(mailmesh_bin());
+    cmd.args(args);
+    for (key, _) in std::env::vars_os() {
+        if key.to_string_lossy().starts_with("MAILMESH_") {
+            cmd.env_remove(key);
+        }
+    }
+    cmd.env("RUST_LOG", "info").env_remove("RUST_BACKTRACE");
+    cmd
+}
+
+/// Writes `node.toml` in `dir` for a node named `name` with its data in `data_dir`.
+pub fn write_config(dir: &Path, name: &str, data_dir: &Path) -> PathBuf {
+    let path = dir.join("node.toml");
+    let text = format!(
+        "[node]\nname = {name:?}\n\n[storage]\ndata_dir = {:?}\n",
+        data_dir.to_str().expect("temporary paths are UTF-8")
+    );
+    std::fs::write(&path, text).expect("write node.toml");
+    path
+}
+
+/// Everything a finished process left.
+#[derive(Debug)]
+pub struct Finished {
+    pub status: ExitStatus,
+    pub stdout: String,
+    pub stderr: String,
+}
+
+impl Finished {
+    /// Asserts the exit code, showing the output if it differs.
+    pub fn expect_code(&self, code: i32) -> &Self {
+        assert_eq!(
+            self.status.code(),
+            Some(code),
+            "expected exit code {code}, got {:?}\n--- stdout ---\n{}\n--- stderr ---\n{}",
+            self.status,
+            self.stdout,
+            self.stderr
+        );
+        self
+    }
+
+    /// Asserts that stderr contains every one of `needles`.
+    pub fn expect_stderr(&self, needles: &[&str]) -> &Self {
+        for needle in needles {
+            assert!(
+                self.stderr.contains(needle),
+                "stderr lacks {needle:?}:\n{}",
+                self.stderr
+            );
+        }
+        self
+    }
+
+    /// Asserts the failure was reported, not crashed on: no panic message, no backtrace.
+    pub fn expect_no_panic(&self) -> &Self {
+        for sign in ["panicked", "stack backtrace", "RUST_BACKTRACE"] {
+            assert!(
+                !self.stderr.contains(sign),
+                "stderr shows a panic:\n{}",
+                self.stderr
+            );
+        }
+        self
+    }
+}
+
+/// Runs `cmd` to completion (at most [`DEADLINE`]).
+pub fn finish(cmd: &mut Command) -> Finished {
+    Running::start(cmd).wait()
+}
+
+#[derive(Default)]
+struct Output {
+    stdout: String,
+    stderr: String,
+    /// Streams still open; 0 once the process and its pipes are done.
+    open: u8,
+}
+
+/// A running `mailmesh` process whose stdout and stderr are collected as they arrive.
+pub struct Running {
+    child: Child,
+    output: Arc<(Mutex<Output>, Condvar)>,
+}
+
+impl Running {
+    pub fn start(cmd: &mut Command) -> Running {
+        let mut child = cmd
+            .stdin(Stdio::null())
+            .stdout(Stdio::piped())
+            .stderr(Stdio::piped())
+            .spawn()
+            .unwrap_or_else(|e| panic!("cannot start {cmd:?}: {e}"));
+        let output = Arc::new((
+            Mutex::new(Output {
+                open: 2,
+                ..Output::default()
+            }),
+            Condvar::new(),
+        ));
+        let stdout = child.stdout.take().expect("piped stdout");
+        let stderr = child.stderr.take().expect("piped stderr");
+        collect(stdout, output.clone(), |o| &mut o.stdout);
+        collect(stderr, output.clone(), |o| &mut o.stderr);
+        Running { child, output }
+    }
+
+    pub fn pid(&self) -> u32 {
+        self.child.id()
+    }
+
+    /// Waits until stderr has a line containing `needle` and returns that line. Panics, with
+    /// everything the process printed, if it exits first or the deadline passes.
+    pub fn wait_for_stderr(&mut self, needle: &str) -> String {
+        let deadline = Instant::now() + DEADLINE;
+        let output = self.output.clone();
+        let (lock, changed) = &*output;
+        let mut out = lock.lock().expect("output lock");
+        loop {
+            if let Some(line) = out.stderr.lines().find(|l| l.contains(needle)) {
+                return line.to_string();
+            }
+            if out.open == 0 {
+                drop(out);
+                let status = self.wait_status();
+                let out = lock.lock().expect("output lock");
+                panic!(
+                    "process exited ({status}) before printing {needle:?}\n--- stdout ---\n{}\n--- stderr ---\n{}",
+                    out.stdout, out.stderr
+                );
+            }
+            let now = Instant::now();
+            assert!(
+                now < deadline,
+                "no {needle:?} on stderr within {DEADLINE:?}\n--- stderr ---\n{}",
+                out.stderr
+            );
+            out = changed.wait_timeout(out, deadline - now).expect("output lock").0;
+        }
+    }
+
+    /// Sends `signal` (e.g. `libc::SIGTERM`) to the process.
+    pub fn signal(&self, signal: i32) {
+        let pid = libc::pid_t::try_from(self.child.id()).expect("pid fits pid_t");
+        // SAFETY: kill(2) takes plain integers and touches no memory of ours. The pid is our own
+        // child's, which cannot be reaped (and its pid reused) before we wait for it.
+        let rc = unsafe { libc::kill(pid, signal) };
+        assert_eq!(
+            rc,
+            0,
+            "kill({pid}, {signal}): {}",
+            std::io::Error::last_os_error()
+        );
+    }
+
+    /// Waits for the process to exit and for its output (at most [`DEADLINE`]); kills it and
+    /// panics if it does not.
+    pub fn wait(mut self) -> Finished {
+        let status = self.wait_status();
+        // The pipes close when the process exits (it starts no children that could hold them).
+        let (lock, changed) = &*self.output;
+        let out = lock.lock().expect("output lock");
+        let (mut out, timeout) = changed
+            .wait_timeout_while(out, DEADLINE, |o| o.open > 0)
+            .expect("output lock");
+        assert!(!timeout.timed_out(), "output pipes stayed open after exit");
+        Finished {
+            status,
+            stdout: std::mem::take(&mut out.stdout),
+            stderr: std::mem::take(&mut out.stderr),
+        }
+    }
+}
+
+impl Running {
+    /// The exit status, polled until [`DEADLINE`]; past it the process is killed and the test fails.
+    fn wait_status(&mut self) -> ExitStatus {
+        let deadline = Instant::now() + DEADLINE;
+        loop {
+            if let Some(status) = self.child.try_wait().expect("poll the child") {
+                return status;
+            }
+            if Instant::now() >= deadline {
+                let _ = self.child.kill();
+                let _ = self.child.wait();
+                let out = self.output.0.lock().expect("output lock");
+                panic!(
+                    "process did not exit within {DEADLINE:?}; killed it\n--- stdout ---\n{}\n--- stderr ---\n{}",
+                    out.stdout, out.stderr
+                );
+            }
+            thread::sleep(Duration::from_millis(10));
+        }
+    }
+}
+
+impl Drop for Running {
+    /// A test that fails while its node runs must not leave the node behind.
+    fn drop(&mut self) {
+        if let Ok(None) = self.child.try_wait() {
+            let _ = self.child.kill();
+            let _ = self.child.wait();
+        }
+    }
+}
+
+/// Copies `stream` line by line into the field `pick` selects, waking waiters on every line.
+fn collect(
+    stream: impl Read + Send + 'static,
+    output: Arc<(Mutex<Output>, Condvar)>,
+    pick: fn(&mut Output) -> &mut String,
+) {
+    thread::spawn(move || {
+        let mut reader = BufReader::new(stream);
+        let mut line = Vec::new();
+        loop {
+            line.clear();
+            let n = reader.read_until(b'\n', &mut line).unwrap_or(0);
+            let (lock, changed) = &*output;
+            let mut out = lock.lock().expect("output lock");
+            if n == 0 {
+                out.open -= 1;
+                changed.notify_all();
+                return;
+            }
+            pick(&mut out).push_str(&String::from_utf8_lossy(&line));
+            changed.notify_all();
+        }
+    });
+}

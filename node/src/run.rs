@@ -1,0 +1,94 @@
+//! `mailmesh run`: starts one node and keeps it running until SIGINT or SIGTERM.
+//!
+//! The node is the actors of `mailmesh_actors` on one actix System: a single thread with a
+//! current-thread tokio runtime. Shutting down stops that System; dropping it drops every actor,
+//! and an actor dropped while alive still runs its `stopping` hook, where the CommitGroup commits
+//! whatever batches are queued. So a signal never loses a write that was already submitted.
+
+use std::sync::Arc;
+use std::time::{SystemTime, UNIX_EPOCH};
+
+use actix::{System, SystemRunner};
+use mailmesh_actors::env::{Entropy, Env, TokioClock};
+use mailmesh_actors::node::{LocalNode, NodeOptions};
+use tokio::signal::unix::{signal, Signal, SignalKind};
+use tracing::{info, info_span};
+
+use crate::error::Error;
+
+/// Runs a node with `options` until a shutdown signal, then stops it.
+pub fn run(options: NodeOptions) -> Result<(), Error> {
+    // Every line this process logs carries the node's name: the actors all run on this thread
+    // (see the module comment), so a span entered here for the whole run encloses them too.
+    let span = info_span!("node", name = %options.node);
+    let _entered = span.enter();
+    // Logged absolute, so an operator sees where a relative data_dir really is.
+    let data_dir = std::path::absolute(&options.data_dir).unwrap_or_else(|_| options.data_dir.clone());
+
+    let system = System::new();
+    let outcome = system.block_on(async {
+        // Handlers go in before "node ready": a SIGTERM sent as soon as the node says it is
+        // ready must be caught here, not kill the process with the default action.
+        let mut shutdown = ShutdownSignals::install()?;
+        let node = LocalNode::start(options, node_env()?)?;
+        info!(data_dir = %data_dir.display(), "node ready");
+        let signal = shutdown.recv().await;
+        info!(signal, "shutting down");
+        Ok::<_, Error>(node)
+    });
+    let stopped = stop(system);
+    // The store stays open until the actors are gone: only then is the data directory free.
+    drop(outcome?);
+    stopped?;
+    info!("node stopped");
+    Ok(())
+}
+
+/// The clock and randomness the actors get: wall-clock time and an OS-seeded generator. This is
+/// the one place where a node reads them; the actors only see these handles.
+pub fn node_env() -> Result<Env, Error> {
+    let since_epoch = SystemTime::now()
+        .duration_since(UNIX_EPOCH)
+        .map_err(|_| Error::ClockBeforeEpoch)?;
+    let millis = i64::try_from(since_epoch.as_millis()).unwrap_or(i64::MAX);
+    Ok(Env::new(
+        Arc::new(TokioClock::new(millis)),
+        Entropy::from_seed(rand::random()),
+    ))
+}
+
+/// Stops the actix System and drops its actors (running their `stopping` hooks).
+pub fn stop(system: SystemRunner) -> Result<(), Error> {
+    System::current().stop();
+    // `run` returns once the stop request is handled, then drops the runtime and with it every
+    // actor still alive.
+    system
+        .run()
+        .map_err(|e| Error::io("stopping the actor system", e))
+}
+
+/// SIGTERM (service managers, `kill`) and SIGINT (Ctrl-C) both ask for a clean stop.
+struct ShutdownSignals {
+    terminate: Signal,
+    interrupt: Signal,
+}
+
+impl ShutdownSignals {
+    fn install() -> Result<Self, Error> {
+        let install = |kind: SignalKind, name: &str| {
+            signal(kind).map_err(|e| Error::io(format!("cannot install a {name} handler"), e))
+        };
+        Ok(ShutdownSignals {
+            terminate: install(SignalKind::terminate(), "SIGTERM")?,
+            interrupt: install(SignalKind::interrupt(), "SIGINT")?,
+        })
+    }
+
+    /// Waits for the first signal and names it.
+    async fn recv(&mut self) -> &'static str {
+        tokio::select! {
+            _ = self.terminate.recv() => "SIGTERM",
+            _ = self.interrupt.recv() => "SIGINT",
+        }
+    }
+}
