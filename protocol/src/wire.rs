@@ -7,7 +7,7 @@
 use serde::{Deserialize, Serialize};
 use serde_bytes::ByteBuf;
 
-use crate::ids::{Guid, MailboxId, ModSeq, NodeId, UidValidity};
+use crate::ids::{AppendId, Guid, MailboxId, ModSeq, NodeId, UidValidity};
 use crate::records::{
     Annotation, MailboxDigest, MailboxEntry, MessageRecord, UidNext, UserSieve, UserSubscriptions,
 };
@@ -65,18 +65,21 @@ pub enum Request {
         sieve: Change<UserSieve>,
     },
     /// Step 1 of a mailbox sync: the records changed since the last acknowledged point, and the
-    /// peer modseq the sender's replication cache expects. Applied only if it matches.
+    /// peer modseq the sender's replication cache expects. Applied only if it matches (or, for the
+    /// push half of a full sync, unconditionally).
     ChangeRequest(ChangeRequest),
-    /// Step 2: the records changed on the peer since a modseq of its own.
+    /// Step 2: the records the peer changed after `since`, a modseq of the peer's own, one page.
     ChangesSince {
         mailbox: MailboxId,
         uidvalidity: UidValidity,
         since: ModSeq,
+        limit: u32,
     },
-    /// Step 3: every record of the mailbox (metadata only), in pages.
+    /// Step 3: every record of the mailbox (metadata only), one page after `after`.
     FullState {
         mailbox: MailboxId,
-        after: Option<crate::ids::AppendId>,
+        uidvalidity: UidValidity,
+        after: Option<AppendId>,
         limit: u32,
     },
     /// Which of these bodies does the peer lack?
@@ -105,6 +108,18 @@ pub struct ChangeRequest {
     pub annotations: Vec<Change<(String, Annotation)>>,
     /// The sender's digest after these changes, so the peer can detect silent divergence.
     pub digest: MailboxDigest,
+    /// The push half of a full sync: apply whatever the peer's modseq.
+    pub full: bool,
+}
+
+/// One page of changes, oldest change first. `next` is where the following page starts, `None`
+/// when this page is the last.
+#[derive(Clone, PartialEq, Debug, Serialize, Deserialize)]
+pub struct ChangePage {
+    pub records: Vec<Change<MessageRecord>>,
+    pub annotations: Vec<Change<(String, Annotation)>>,
+    pub uidnext: UidNext,
+    pub next: Option<ModSeq>,
 }
 
 #[derive(Clone, PartialEq, Debug, Serialize, Deserialize)]
@@ -115,20 +130,21 @@ pub enum Response {
         modseq: ModSeq,
         digest: MailboxDigest,
     },
-    /// The peer is not where the cache expected: here is where it is and what changed since.
+    /// The peer is not where the cache expected: here is where it is, and the first page of what
+    /// changed there since the expected modseq.
     Mismatch {
         modseq: ModSeq,
+        changes: ChangePage,
+    },
+    /// A page of changes since a modseq (answer to ChangesSince).
+    Changes(ChangePage),
+    /// A page of the full state; `next` is the AppendId to continue after, `None` at the end.
+    Full {
         records: Vec<Change<MessageRecord>>,
         annotations: Vec<Change<(String, Annotation)>>,
         uidnext: UidNext,
-    },
-    /// A page of the full state; `more` says whether another page follows.
-    Full {
-        records: Vec<Change<MessageRecord>>,
-        uidnext: UidNext,
         modseq: ModSeq,
-        digest: MailboxDigest,
-        more: bool,
+        next: Option<AppendId>,
     },
     Missing {
         guids: Vec<Guid>,
@@ -146,6 +162,11 @@ pub enum ErrorCode {
     UnknownMailbox,
     MailboxDeleted,
     UidValidityMismatch,
+    /// The peer cannot list changes since the given modseq (not its own, ahead of it, or
+    /// tombstones pruned): fall back to a full sync.
+    NoHistory,
+    /// A record names a body the receiver lacks and was not sent.
+    MissingBody,
     Busy,
     Corrupt,
     Storage,

@@ -12,7 +12,9 @@ use mailmesh_protocol::records::{
     Annotation, MailboxDigest, MailboxEntry, MailboxPath, MailboxTombstone, MessageRecord, UidNext,
     UserSieve, UserSubscriptions,
 };
-use mailmesh_protocol::wire::{Change, ChangeRequest, ErrorCode, Frame, Hello, Request, Response};
+use mailmesh_protocol::wire::{
+    Change, ChangePage, ChangeRequest, ErrorCode, Frame, Hello, Request, Response,
+};
 use mailmesh_protocol::{AppendId, Guid, MailboxId, ModSeq, NodeId, Uid, UidValidity, Version};
 use proptest::collection::{btree_map, btree_set, vec};
 use proptest::option;
@@ -254,9 +256,10 @@ fn change_request() -> impl Strategy<Value = ChangeRequest> {
         vec(change(record()), 0..4),
         vec(change((any::<String>(), annotation())), 0..3),
         digest(),
+        any::<bool>(),
     )
         .prop_map(
-            |((mailbox, uv, expected, sender, uidnext), records, annotations, digest)| ChangeRequest {
+            |((mailbox, uv, expected, sender, uidnext), records, annotations, digest, full)| ChangeRequest {
                 mailbox: MailboxId(mailbox),
                 uidvalidity: UidValidity(uv),
                 expected_peer_modseq: expected,
@@ -265,8 +268,24 @@ fn change_request() -> impl Strategy<Value = ChangeRequest> {
                 records,
                 annotations,
                 digest,
+                full,
             },
         )
+}
+
+fn change_page() -> impl Strategy<Value = ChangePage> {
+    (
+        vec(change(record()), 0..3),
+        vec(change((any::<String>(), annotation())), 0..3),
+        uidnext(),
+        option::of(modseq()),
+    )
+        .prop_map(|(records, annotations, uidnext, next)| ChangePage {
+            records,
+            annotations,
+            uidnext,
+            next,
+        })
 }
 
 fn request() -> impl Strategy<Value = Request> {
@@ -286,18 +305,26 @@ fn request() -> impl Strategy<Value = Request> {
         (any::<String>(), change(subscriptions()))
             .prop_map(|(user, subscriptions)| Request::Subscriptions { user, subscriptions }),
         (any::<String>(), change(sieve())).prop_map(|(user, sieve)| Request::Sieve { user, sieve }),
-        (any::<u128>(), any::<u32>(), modseq()).prop_map(|(m, uv, since)| Request::ChangesSince {
-            mailbox: MailboxId(m),
-            uidvalidity: UidValidity(uv),
-            since,
-        }),
-        (any::<u128>(), option::of((node_id(), any::<u64>())), any::<u32>()).prop_map(|(m, after, limit)| {
-            Request::FullState {
+        (any::<u128>(), any::<u32>(), modseq(), any::<u32>()).prop_map(|(m, uv, since, limit)| {
+            Request::ChangesSince {
                 mailbox: MailboxId(m),
-                after: after.map(|(origin, counter)| AppendId { origin, counter }),
+                uidvalidity: UidValidity(uv),
+                since,
                 limit,
             }
         }),
+        (
+            any::<u128>(),
+            any::<u32>(),
+            option::of((node_id(), any::<u64>())),
+            any::<u32>()
+        )
+            .prop_map(|(m, uv, after, limit)| Request::FullState {
+                mailbox: MailboxId(m),
+                uidvalidity: UidValidity(uv),
+                after: after.map(|(origin, counter)| AppendId { origin, counter }),
+                limit,
+            }),
     ]
 }
 
@@ -307,6 +334,8 @@ fn error_code() -> impl Strategy<Value = ErrorCode> {
             ErrorCode::UnknownMailbox,
             ErrorCode::MailboxDeleted,
             ErrorCode::UidValidityMismatch,
+            ErrorCode::NoHistory,
+            ErrorCode::MissingBody,
             ErrorCode::Busy,
             ErrorCode::Corrupt,
             ErrorCode::Storage,
@@ -321,31 +350,21 @@ fn response() -> impl Strategy<Value = Response> {
         (error_code(), any::<String>(), any::<bool>())
             .prop_map(|(code, message, retry)| { Response::Error { code, message, retry } }),
         (modseq(), digest()).prop_map(|(modseq, digest)| Response::Applied { modseq, digest }),
+        (modseq(), change_page()).prop_map(|(modseq, changes)| Response::Mismatch { modseq, changes }),
+        change_page().prop_map(Response::Changes),
         (
-            modseq(),
             vec(change(record()), 0..3),
             vec(change((any::<String>(), annotation())), 0..3),
-            uidnext()
+            uidnext(),
+            modseq(),
+            option::of((node_id(), any::<u64>())),
         )
-            .prop_map(|(modseq, records, annotations, uidnext)| Response::Mismatch {
-                modseq,
+            .prop_map(|(records, annotations, uidnext, modseq, next)| Response::Full {
                 records,
                 annotations,
                 uidnext,
-            }),
-        (
-            vec(change(record()), 0..3),
-            uidnext(),
-            modseq(),
-            digest(),
-            any::<bool>()
-        )
-            .prop_map(|(records, uidnext, modseq, digest, more)| Response::Full {
-                records,
-                uidnext,
                 modseq,
-                digest,
-                more,
+                next: next.map(|(origin, counter)| AppendId { origin, counter }),
             }),
         vec(guid(), 0..5).prop_map(|guids| Response::Missing { guids }),
     ]
