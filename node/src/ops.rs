@@ -11,14 +11,13 @@ use std::future::Future;
 use std::io::Read;
 use std::path::Path;
 
-use actix::System;
 use mailmesh_actors::directory::{CreateMailbox, ListMailboxes, MailboxInfo, OpenMailbox};
 use mailmesh_actors::mailbox::{Append, AppendOutcome, GetState, MailboxState};
 use mailmesh_actors::node::{LocalNode, NodeOptions};
 use mailmesh_actors::MailError;
 
 use crate::error::Error;
-use crate::run::{node_env, stop};
+use crate::run::{node_env, node_system, stop};
 
 /// Creates mailbox `name` (and any missing parents of a hierarchical name) for `user`.
 pub fn create_mailbox(options: NodeOptions, user: String, name: String) -> Result<MailboxInfo, Error> {
@@ -90,7 +89,8 @@ where
     F: FnOnce(LocalNode) -> Fut,
     Fut: Future<Output = Result<T, Error>>,
 {
-    let system = System::new();
+    let (system, span) = node_system(&options.node)?;
+    let _entered = span.enter();
     let result = system.block_on(async move {
         let node = LocalNode::start(options, node_env()?)?;
         op(node).await

@@ -1,31 +1,32 @@
 //! `mailmesh run`: starts one node and keeps it running until SIGINT or SIGTERM.
 //!
-//! The node is the actors of `mailmesh_actors` on one actix System: a single thread with a
-//! current-thread tokio runtime. Shutting down stops that System; dropping it drops every actor,
-//! and an actor dropped while alive still runs its `stopping` hook, where the CommitGroup commits
-//! whatever batches are queued. So a signal never loses a write that was already submitted.
+//! The node is the actors of `mailmesh_actors` on one actix System: a current-thread tokio
+//! runtime, plus tokio's blocking pool where the CommitGroup runs its fdatasyncs. Shutting down
+//! stops that System; dropping it drops every actor, and an actor dropped while alive still runs
+//! its `stopping` hook, where the CommitGroup commits whatever batches are queued. So a signal
+//! never loses a write that was already submitted.
 
+use std::cell::RefCell;
 use std::sync::Arc;
 use std::time::{SystemTime, UNIX_EPOCH};
 
 use actix::{System, SystemRunner};
 use mailmesh_actors::env::{Entropy, Env, TokioClock};
 use mailmesh_actors::node::{LocalNode, NodeOptions};
+use mailmesh_protocol::ids::NodeId;
 use tokio::signal::unix::{signal, Signal, SignalKind};
-use tracing::{info, info_span};
+use tracing::span::EnteredSpan;
+use tracing::{info, info_span, Span};
 
 use crate::error::Error;
 
 /// Runs a node with `options` until a shutdown signal, then stops it.
 pub fn run(options: NodeOptions) -> Result<(), Error> {
-    // Every line this process logs carries the node's name: the actors all run on this thread
-    // (see the module comment), so a span entered here for the whole run encloses them too.
-    let span = info_span!("node", name = %options.node);
+    let (system, span) = node_system(&options.node)?;
     let _entered = span.enter();
     // Logged absolute, so an operator sees where a relative data_dir really is.
     let data_dir = std::path::absolute(&options.data_dir).unwrap_or_else(|_| options.data_dir.clone());
 
-    let system = System::new();
     let outcome = system.block_on(async {
         // Handlers go in before "node ready": a SIGTERM sent as soon as the node says it is
         // ready must be caught here, not kill the process with the default action.
@@ -42,6 +43,32 @@ pub fn run(options: NodeOptions) -> Result<(), Error> {
     stopped?;
     info!("node stopped");
     Ok(())
+}
+
+/// An actix System for `node`, and the span that puts the node's name on every log line.
+///
+/// The caller enters the span on this thread, where the actors run; every thread the runtime
+/// starts (the blocking pool that flushes commits) enters it too, so no line of this process
+/// lacks the name, whichever thread logged it.
+pub fn node_system(node: &NodeId) -> Result<(SystemRunner, Span), Error> {
+    let span = info_span!("node", name = %node);
+    let for_threads = span.clone();
+    let runtime = tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .on_thread_start(move || {
+            THREAD_SPAN.with(|s| *s.borrow_mut() = Some(for_threads.clone().entered()));
+        })
+        .on_thread_stop(|| {
+            THREAD_SPAN.with(|s| s.borrow_mut().take());
+        })
+        .build()
+        .map_err(|e| Error::io("cannot start the tokio runtime", e))?;
+    Ok((System::with_tokio_rt(move || runtime), span))
+}
+
+thread_local! {
+    /// The node span as entered by a runtime thread, for as long as that thread lives.
+    static THREAD_SPAN: RefCell<Option<EnteredSpan>> = const { RefCell::new(None) };
 }
 
 /// The clock and randomness the actors get: wall-clock time and an OS-seeded generator. This is
