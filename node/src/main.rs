@@ -48,8 +48,10 @@ enum Command {
     Mailbox(MailboxCommand),
     /// Appends a message to a mailbox and prints its uid (on a stopped node's data directory).
     Append {
+        /// The mailbox's owner.
         #[arg(long)]
         user: String,
+        /// The mailbox's name, e.g. INBOX or Archive/2024.
         #[arg(long)]
         mailbox: String,
         /// The raw message (RFC 5322); `-` reads standard input.
@@ -65,14 +67,17 @@ enum Command {
 enum MailboxCommand {
     /// Creates a mailbox (and any missing parents of a name like "Archive/2024").
     Create {
+        /// The mailbox's owner.
         #[arg(long)]
         user: String,
+        /// The new mailbox's name; `/` separates hierarchy levels.
         #[arg(long)]
         name: String,
     },
     /// Lists a user's mailboxes, one per line: name, messages, uidnext, uidvalidity, mailbox id
     /// (tab-separated).
     List {
+        /// Whose mailboxes to list.
         #[arg(long)]
         user: String,
     },
