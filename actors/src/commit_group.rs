@@ -246,22 +246,21 @@ impl Writer {
                 for op in &batch.ops {
                     match op {
                         Op::Put(table, key, value) => {
-                            let t = match tables.entry(table.name()) {
-                                std::collections::btree_map::Entry::Occupied(o) => o.into_mut(),
-                                std::collections::btree_map::Entry::Vacant(v) => {
-                                    v.insert(txn.open_table(table.definition())?)
-                                }
-                            };
+                            let t = open_once(&mut tables, &txn, *table)?;
                             t.insert(key.as_slice(), value.as_slice())?;
                         }
                         Op::Delete(table, key) => {
-                            let t = match tables.entry(table.name()) {
-                                std::collections::btree_map::Entry::Occupied(o) => o.into_mut(),
-                                std::collections::btree_map::Entry::Vacant(v) => {
-                                    v.insert(txn.open_table(table.definition())?)
-                                }
-                            };
+                            let t = open_once(&mut tables, &txn, *table)?;
                             t.remove(key.as_slice())?;
+                        }
+                        Op::DeleteIfEquals(table, key, expected) => {
+                            let t = open_once(&mut tables, &txn, *table)?;
+                            let matches = t
+                                .get(key.as_slice())?
+                                .is_some_and(|v| v.value() == expected.as_slice());
+                            if matches {
+                                t.remove(key.as_slice())?;
+                            }
                         }
                         Op::AddBody(guid, bytes) => {
                             let existing = bodies
@@ -383,6 +382,18 @@ impl Writer {
         }
         Ok(report)
     }
+}
+
+/// The table handle of `table`, opened on first use within a group.
+fn open_once<'t, 'txn>(
+    tables: &'t mut BTreeMap<&'static str, RedbTable<'txn, &'static [u8], &'static [u8]>>,
+    txn: &'txn redb::WriteTransaction,
+    table: crate::store::Table,
+) -> Result<&'t mut RedbTable<'txn, &'static [u8], &'static [u8]>, StoreError> {
+    Ok(match tables.entry(table.name()) {
+        std::collections::btree_map::Entry::Occupied(o) => o.into_mut(),
+        std::collections::btree_map::Entry::Vacant(v) => v.insert(txn.open_table(table.definition())?),
+    })
 }
 
 /// A batch may reference an existing body without its bytes (a copy); the body must exist.

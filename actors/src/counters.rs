@@ -18,6 +18,8 @@ struct Inner {
     clock: LamportClock,
     next_append: u64,
     last_uidvalidity: u32,
+    log_generation: u64,
+    incarnation: u128,
 }
 
 impl NodeCounters {
@@ -26,6 +28,8 @@ impl NodeCounters {
             clock: LamportClock::new(node, state.lamport),
             next_append: state.next_append,
             last_uidvalidity: state.last_uidvalidity,
+            log_generation: state.log_generation,
+            incarnation: state.incarnation,
         })))
     }
 
@@ -68,12 +72,37 @@ impl NodeCounters {
         UidValidity(next)
     }
 
+    /// Moves the uidvalidity high-water mark past one seen on a peer's mailbox, so a name
+    /// re-created here gets a higher one.
+    pub fn observe_uidvalidity(&self, seen: UidValidity) {
+        let mut inner = self.inner();
+        inner.last_uidvalidity = inner.last_uidvalidity.max(seen.0);
+    }
+
+    /// This store's incarnation, minted from `fresh` the first time (a new or wiped store).
+    pub fn incarnation(&self, fresh: impl FnOnce() -> u128) -> u128 {
+        let mut inner = self.inner();
+        if inner.incarnation == 0 {
+            inner.incarnation = fresh().max(1);
+        }
+        inner.incarnation
+    }
+
+    /// A fresh sync log row generation.
+    pub fn next_log_generation(&self) -> u64 {
+        let mut inner = self.inner();
+        inner.log_generation += 1;
+        inner.log_generation
+    }
+
     pub fn snapshot(&self) -> CounterState {
         let inner = self.inner();
         CounterState {
             lamport: inner.clock.counter(),
             next_append: inner.next_append,
             last_uidvalidity: inner.last_uidvalidity,
+            log_generation: inner.log_generation,
+            incarnation: inner.incarnation,
         }
     }
 }

@@ -20,6 +20,7 @@ pub mod inflight;
 pub mod mailbox;
 pub mod node;
 pub mod store;
+pub mod sync_log;
 pub mod uid_set;
 
 pub use error::{MailError, StoreError};

@@ -50,6 +50,12 @@ pub struct Change<T> {
 
 #[derive(Clone, PartialEq, Debug, Serialize, Deserialize)]
 pub enum Request {
+    /// First request on a link, and again after any transport failure: each side learns the
+    /// other's store incarnation. A changed incarnation means the peer lost its data (a wiped or
+    /// replaced store), and everything is queued for it again.
+    Hello {
+        incarnation: u128,
+    },
     /// The directory entries of one user's mailboxes (creates, renames, moves, deletes, location
     /// and primary changes).
     Mailboxes {
@@ -85,6 +91,12 @@ pub enum Request {
     /// Which of these bodies does the peer lack?
     MissingBodies {
         guids: Vec<Guid>,
+    },
+    /// Up to `limit` bytes of a body the peer has, from `offset` (the pull side of a sync).
+    FetchBody {
+        guid: Guid,
+        offset: u64,
+        limit: u32,
     },
     /// A piece of one body; `last` closes it and the receiver checks it against its Guid.
     BodyChunk {
@@ -125,6 +137,14 @@ pub struct ChangePage {
 #[derive(Clone, PartialEq, Debug, Serialize, Deserialize)]
 pub enum Response {
     Ok,
+    Hello {
+        incarnation: u128,
+    },
+    /// A piece of a body; `total` is the body's whole length.
+    Body {
+        data: ByteBuf,
+        total: u64,
+    },
     /// A change request was applied; the peer is now at `modseq` with `digest`.
     Applied {
         modseq: ModSeq,

@@ -22,6 +22,10 @@ pub enum Table {
     Subscriptions,
     Sieve,
     Purges,
+    SyncLog,
+    ReplCache,
+    UserEntries,
+    Peers,
 }
 
 impl Table {
@@ -37,6 +41,10 @@ impl Table {
             Table::Subscriptions => super::SUBSCRIPTIONS,
             Table::Sieve => super::SIEVE,
             Table::Purges => super::PURGES,
+            Table::SyncLog => super::SYNC_LOG,
+            Table::ReplCache => super::REPL_CACHE,
+            Table::UserEntries => super::USER_ENTRIES,
+            Table::Peers => super::PEERS,
         }
     }
 
@@ -52,6 +60,10 @@ impl Table {
             Table::Subscriptions => "subscriptions",
             Table::Sieve => "sieve scripts",
             Table::Purges => "purges",
+            Table::SyncLog => "sync log",
+            Table::ReplCache => "replication cache",
+            Table::UserEntries => "user entries",
+            Table::Peers => "peers",
         }
     }
 }
@@ -60,6 +72,8 @@ impl Table {
 pub(crate) enum Op {
     Put(Table, Vec<u8>, Vec<u8>),
     Delete(Table, Vec<u8>),
+    /// Deletes the row only if it still holds this value (a sync log row not re-dirtied since).
+    DeleteIfEquals(Table, Vec<u8>, Vec<u8>),
     /// One more reference to a body. With bytes, the body is stored if this node lacks it;
     /// without, the node must already have it (a copy), or the batch fails.
     AddBody(Guid, Option<Arc<Vec<u8>>>),
@@ -91,6 +105,10 @@ impl Batch {
 
     pub fn delete(&mut self, table: Table, key: Vec<u8>) {
         self.ops.push(Op::Delete(table, key));
+    }
+
+    pub fn delete_if_equals(&mut self, table: Table, key: Vec<u8>, value: Vec<u8>) {
+        self.ops.push(Op::DeleteIfEquals(table, key, value));
     }
 
     pub fn add_body(&mut self, guid: Guid, bytes: Option<Arc<Vec<u8>>>) {

@@ -51,8 +51,16 @@ pub(crate) const BODIES: RawTable = TableDefinition::new("bodies");
 pub(crate) const SEGMENT_BODIES: RawTable = TableDefinition::new("segment_bodies");
 /// MailboxId -> (): deleted mailboxes whose records are still being purged.
 pub(crate) const PURGES: RawTable = TableDefinition::new("purges");
+/// peer, item -> generation: the per-channel sync logs.
+pub(crate) const SYNC_LOG: RawTable = TableDefinition::new("sync_log");
+/// MailboxId, peer -> ReplicationCache.
+pub(crate) const REPL_CACHE: RawTable = TableDefinition::new("repl_cache");
+/// user, MailboxId -> (): every entry of a user, tombstones included (what a user's list sync sends).
+pub(crate) const USER_ENTRIES: RawTable = TableDefinition::new("user_entries");
+/// peer -> the peer's store incarnation last seen.
+pub(crate) const PEERS: RawTable = TableDefinition::new("peers");
 
-const ALL_TABLES: [RawTable; 13] = [
+const ALL_TABLES: [RawTable; 17] = [
     META,
     MAILBOXES,
     NAMES,
@@ -66,6 +74,10 @@ const ALL_TABLES: [RawTable; 13] = [
     BODIES,
     SEGMENT_BODIES,
     PURGES,
+    SYNC_LOG,
+    REPL_CACHE,
+    USER_ENTRIES,
+    PEERS,
 ];
 
 pub(crate) const META_NODE: &[u8] = b"node";
@@ -77,6 +89,11 @@ pub struct CounterState {
     pub lamport: u64,
     pub next_append: u64,
     pub last_uidvalidity: u32,
+    #[serde(default)]
+    pub log_generation: u64,
+    /// Random at store creation: a peer that sees it change knows this node lost its data.
+    #[serde(default)]
+    pub incarnation: u128,
 }
 
 pub struct Store {
