@@ -37,6 +37,8 @@ pub struct CommitGroup {
     queue: Vec<Queued>,
     compactions: Vec<(f64, CompactionReply)>,
     flush_scheduled: bool,
+    /// A stop came while a background flush ran: stop once everything queued is written.
+    stop_requested: bool,
     stats: CommitStats,
 }
 
@@ -102,6 +104,7 @@ impl CommitGroup {
             queue: Vec::new(),
             compactions: Vec::new(),
             flush_scheduled: false,
+            stop_requested: false,
             stats: Default::default(),
         })
     }
@@ -134,6 +137,9 @@ impl CommitGroup {
                     let flushed = joined.expect("a flush never panics");
                     act.finish(flushed);
                     act.start_flush(ctx);
+                    if act.stop_requested && act.writer.is_some() && !act.has_work() {
+                        ctx.stop();
+                    }
                 }));
             }
         }
@@ -417,8 +423,13 @@ impl Actor for CommitGroup {
     type Context = Context<Self>;
 
     fn stopping(&mut self, _: &mut Self::Context) -> Running {
-        // Whatever was submitted is still committed (or failed) before the actor goes. A
-        // background flush that is running finishes on its own thread.
+        // Whatever was submitted is committed (or failed) before the actor goes. While a
+        // background flush runs, the actor stays until it and everything queued behind it are
+        // written, so no caller is told "failed" about a write that is durable.
+        if self.writer.is_none() {
+            self.stop_requested = true;
+            return Running::Continue;
+        }
         self.flush_now();
         Running::Stop
     }

@@ -12,7 +12,6 @@
 //! durable. Directory writes are rare next to message writes, and this keeps name checks exact.
 
 use std::collections::BTreeMap;
-use std::sync::Arc;
 use std::time::Duration;
 
 use actix::prelude::*;
@@ -26,12 +25,11 @@ use mailmesh_protocol::records::{
 };
 use tracing::{info, warn};
 
-use crate::commit_group::{commit, CommitGroup};
-use crate::counters::NodeCounters;
-use crate::env::Env;
+use crate::context::{NodeContext, Writes};
 use crate::error::{MailError, StoreError};
-use crate::mailbox::{Limits, Mailbox, MarkDeleted, StoredAnnotation, StoredRecord};
-use crate::store::{decode, keys, Batch, Store, Table};
+use crate::mailbox::{Mailbox, MarkDeleted, StoredAnnotation, StoredRecord};
+use crate::store::{decode, keys, Batch, Table};
+use crate::sync_log::{Provenance, SyncItem, Tagged};
 
 /// How many Mailbox actors stay active, and for how long an unused one is kept.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
@@ -64,11 +62,7 @@ pub struct MailboxInfo {
 }
 
 pub struct Directory {
-    store: Arc<Store>,
-    commit: Addr<CommitGroup>,
-    counters: NodeCounters,
-    env: Env,
-    limits: Limits,
+    pub(crate) ctx: NodeContext,
     policy: ActivationPolicy,
     active: BTreeMap<MailboxId, ActiveMailbox>,
     dormant: BTreeMap<MailboxId, WeakAddr<Mailbox>>,
@@ -80,34 +74,76 @@ struct ActiveMailbox {
 }
 
 impl Directory {
-    pub fn new(
-        store: Arc<Store>,
-        commit: Addr<CommitGroup>,
-        counters: NodeCounters,
-        env: Env,
-        limits: Limits,
-        policy: ActivationPolicy,
-    ) -> Self {
+    pub fn new(ctx: NodeContext, policy: ActivationPolicy) -> Self {
         Directory {
-            store,
-            commit,
-            counters,
-            env,
-            limits,
+            ctx,
             policy,
             active: BTreeMap::new(),
             dormant: BTreeMap::new(),
         }
     }
 
-    fn entry(&self, id: MailboxId) -> Result<Option<MailboxEntry>, StoreError> {
-        self.store.get(Table::Mailboxes, &keys::mailbox(id))
+    pub(crate) fn stored_entry(&self, id: MailboxId) -> Result<Option<Tagged<MailboxEntry>>, StoreError> {
+        self.ctx.store.get(Table::Mailboxes, &keys::mailbox(id))
+    }
+
+    pub(crate) fn entry(&self, id: MailboxId) -> Result<Option<MailboxEntry>, StoreError> {
+        Ok(self.stored_entry(id)?.map(|t| t.item))
+    }
+
+    /// Adds the writes that store `new` in place of `old`: the entry, its name row (live
+    /// mailboxes only), its row under its user, and the sync log rows of the user lists involved.
+    pub(crate) fn write_entry(
+        &self,
+        writes: &mut Writes,
+        old: Option<&MailboxEntry>,
+        new: &Tagged<MailboxEntry>,
+        provenance: &Provenance,
+    ) {
+        let entry = &new.item;
+        let batch = &mut writes.batch;
+        batch.put(Table::Mailboxes, keys::mailbox(entry.id), new);
+        let path = &entry.path.value;
+        if let Some(old) = old {
+            let old_path = &old.path.value;
+            if !old.is_deleted() {
+                batch.delete(Table::Names, keys::name(&old_path.user, &old_path.name, entry.id));
+            }
+            if old_path.user != path.user {
+                batch.delete(Table::UserEntries, keys::user_entry(&old_path.user, entry.id));
+                let logged = self.ctx.sync_log.log(
+                    batch,
+                    SyncItem::MailboxList(old_path.user.clone()),
+                    provenance,
+                    None,
+                );
+                writes.logged.merge(logged);
+            }
+        }
+        if !entry.is_deleted() {
+            batch.put_raw(
+                Table::Names,
+                keys::name(&path.user, &path.name, entry.id),
+                Vec::new(),
+            );
+        }
+        batch.put_raw(
+            Table::UserEntries,
+            keys::user_entry(&path.user, entry.id),
+            Vec::new(),
+        );
+        let logged = self
+            .ctx
+            .sync_log
+            .log(batch, SyncItem::MailboxList(path.user.clone()), provenance, None);
+        writes.logged.merge(logged);
     }
 
     /// Live mailboxes of `user`, with the names they are shown under.
     fn user_mailboxes(&self, user: &str) -> Result<Vec<(MailboxEntry, String, bool)>, StoreError> {
         let mut ids = Vec::new();
-        self.store
+        self.ctx
+            .store
             .scan_prefix(Table::Names, &keys::user_names(user), None, |k, _| {
                 if let Some(id) = keys::parse_name_id(k) {
                     ids.push(id);
@@ -132,7 +168,8 @@ impl Directory {
         validate_user(user)?;
         let name = normalize_mailbox_name(name)?;
         let mut ids = Vec::new();
-        self.store
+        self.ctx
+            .store
             .scan_prefix(Table::Names, &keys::name_prefix(user, &name), None, |k, _| {
                 ids.extend(keys::parse_name_id(k));
                 Ok(true)
@@ -169,42 +206,37 @@ impl Directory {
     }
 
     /// Adds a new mailbox to `batch`.
-    fn create_into(&mut self, batch: &mut Batch, user: &str, name: &str) -> MailboxEntry {
-        let mut id = MailboxId(self.env.entropy.next_u128());
+    fn create_into(&mut self, writes: &mut Writes, user: &str, name: &str) -> MailboxEntry {
+        let mut id = MailboxId(self.ctx.env.entropy.next_u128());
         while id.0 == 0 || matches!(self.entry(id), Ok(Some(_))) {
-            id = MailboxId(self.env.entropy.next_u128());
+            id = MailboxId(self.ctx.env.entropy.next_u128());
         }
-        let uidvalidity = self.counters.next_uidvalidity(self.env.unix_seconds(), 0);
-        let version = self.counters.tick();
+        let uidvalidity = self.ctx.counters.next_uidvalidity(self.ctx.env.unix_seconds(), 0);
+        let version = self.ctx.counters.tick();
         let path = MailboxPath {
             user: user.to_string(),
             name: name.to_string(),
         };
         let entry = MailboxEntry::new(id, uidvalidity, path, version);
-        batch.put(Table::Mailboxes, keys::mailbox(id), &entry);
-        batch.put_raw(Table::Names, keys::name(user, name, id), Vec::new());
+        self.write_entry(
+            writes,
+            None,
+            &Tagged::local(entry.clone(), &self.ctx.node),
+            &Provenance::Local,
+        );
         entry
     }
 
     /// The Mailbox actor of a live mailbox, started if needed.
     fn activate(&mut self, entry: &MailboxEntry) -> Result<Addr<Mailbox>, StoreError> {
-        let now = self.env.clock.unix_millis();
+        let now = self.ctx.env.clock.unix_millis();
         if let Some(active) = self.active.get_mut(&entry.id) {
             active.last_used_ms = now;
             return Ok(active.addr.clone());
         }
         let addr = match self.dormant.remove(&entry.id).and_then(|w| w.upgrade()) {
             Some(addr) => addr,
-            None => Mailbox::load(
-                entry.id,
-                entry.uidvalidity,
-                self.store.clone(),
-                self.commit.clone(),
-                self.counters.clone(),
-                self.env.clone(),
-                self.limits,
-            )?
-            .start(),
+            None => Mailbox::load(entry, self.ctx.clone())?.start(),
         };
         self.active.insert(
             entry.id,
@@ -237,22 +269,29 @@ impl Directory {
         self.dormant.retain(|_, w| w.upgrade().is_some());
     }
 
+    /// The running actor of a mailbox, if any.
+    pub(crate) fn running(&self, id: MailboxId) -> Option<Addr<Mailbox>> {
+        self.active
+            .get(&id)
+            .map(|a| a.addr.clone())
+            .or_else(|| self.dormant.get(&id).and_then(|w| w.upgrade()))
+    }
+
     /// Stops the actor of a deleted mailbox, then removes its records in chunks. A crash part way
     /// leaves the purge row, and the next start finishes the job.
-    fn purge(&mut self, id: MailboxId, ctx: &mut Context<Self>) {
+    pub(crate) fn purge(&mut self, id: MailboxId, ctx: &mut Context<Self>) {
         let addr = self
             .active
             .remove(&id)
             .map(|a| a.addr)
             .or_else(|| self.dormant.remove(&id).and_then(|w| w.upgrade()));
-        let store = self.store.clone();
-        let commit_group = self.commit.clone();
+        let node = self.ctx.clone();
         ctx.spawn(
             async move {
                 if let Some(addr) = addr {
                     let _ = addr.send(MarkDeleted).await;
                 }
-                if let Err(e) = purge_mailbox(store, commit_group, id).await {
+                if let Err(e) = purge_mailbox(node, id).await {
                     warn!(mailbox = %id, error = %e, "purging a deleted mailbox failed; it will be retried at the next start");
                 }
             }
@@ -260,17 +299,17 @@ impl Directory {
         );
     }
 
-    /// Runs a directory write: `op` prepares a batch against committed state, and no other message
-    /// is handled until the batch is durable.
-    fn write<R: 'static>(
+    /// Runs a directory write: `op` prepares writes against committed state, and no other message
+    /// is handled until they are durable.
+    pub(crate) fn write<R: 'static>(
         &mut self,
-        op: impl FnOnce(&mut Self) -> Result<(Batch, R), MailError>,
+        op: impl FnOnce(&mut Self) -> Result<(Writes, R), MailError>,
     ) -> AtomicResponse<Self, Result<R, MailError>> {
-        let pending = op(self).map(|(batch, r)| {
-            let done = if batch.is_empty() {
+        let pending = op(self).map(|(writes, r)| {
+            let done = if writes.is_empty() {
                 None
             } else {
-                Some(commit(&self.commit, batch, None))
+                Some(self.ctx.commit(writes, None))
             };
             (done, r)
         });
@@ -286,27 +325,49 @@ impl Directory {
         ))
     }
 
-    fn subscriptions(&self, user: &str) -> Result<UserSubscriptions, StoreError> {
-        Ok(self
-            .store
-            .get(Table::Subscriptions, &keys::user(user))?
-            .unwrap_or_default())
+    pub(crate) fn subscriptions(&self, user: &str) -> Result<Option<Tagged<UserSubscriptions>>, StoreError> {
+        self.ctx.store.get(Table::Subscriptions, &keys::user(user))
     }
 
-    fn sieve(&self, user: &str) -> Result<UserSieve, StoreError> {
-        Ok(self
-            .store
-            .get(Table::Sieve, &keys::user(user))?
-            .unwrap_or_default())
+    pub(crate) fn sieve(&self, user: &str) -> Result<Option<Tagged<UserSieve>>, StoreError> {
+        self.ctx.store.get(Table::Sieve, &keys::user(user))
+    }
+
+    /// Stores an entry a client changed here, and tells its running Mailbox actor.
+    pub(crate) fn write_local_entry(&self, writes: &mut Writes, old: &MailboxEntry, new: MailboxEntry) {
+        self.write_entry(
+            writes,
+            Some(old),
+            &Tagged::local(new, &self.ctx.node),
+            &Provenance::Local,
+        );
+    }
+
+    fn save_local_sieve(&self, writes: &mut Writes, user: &str, sieve: UserSieve) {
+        let tagged = Tagged::local(sieve, &self.ctx.node);
+        let item = SyncItem::Sieve(user.to_string());
+        self.write_user_item(writes, Table::Sieve, user, &tagged, item, &Provenance::Local);
+    }
+
+    /// Stores a user's subscriptions or sieve scripts (`table`) and logs `item` for the peers.
+    pub(crate) fn write_user_item<T: serde::Serialize>(
+        &self,
+        writes: &mut Writes,
+        table: Table,
+        user: &str,
+        value: &Tagged<T>,
+        item: SyncItem,
+        provenance: &Provenance,
+    ) {
+        writes.batch.put(table, keys::user(user), value);
+        let logged = self.ctx.sync_log.log(&mut writes.batch, item, provenance, None);
+        writes.logged.merge(logged);
     }
 }
 
 /// Deletes every row of a deleted mailbox, 1,000 records per batch, releasing its bodies.
-async fn purge_mailbox(
-    store: Arc<Store>,
-    commit_group: Addr<CommitGroup>,
-    id: MailboxId,
-) -> Result<(), StoreError> {
+async fn purge_mailbox(node: NodeContext, id: MailboxId) -> Result<(), StoreError> {
+    let store = &node.store;
     loop {
         let mut batch = Batch::new();
         let mut n = 0;
@@ -325,7 +386,14 @@ async fn purge_mailbox(
         if n == 0 {
             break;
         }
-        commit(&commit_group, batch, None).await?;
+        node.commit(
+            Writes {
+                batch,
+                logged: Default::default(),
+            },
+            None,
+        )
+        .await?;
     }
     let mut batch = Batch::new();
     store.scan_prefix(Table::Annotations, &keys::mailbox(id), None, |k, v| {
@@ -333,9 +401,20 @@ async fn purge_mailbox(
         batch.delete(Table::Annotations, k.to_vec());
         Ok(true)
     })?;
+    store.scan_prefix(Table::ReplCache, &keys::mailbox(id), None, |k, _| {
+        batch.delete(Table::ReplCache, k.to_vec());
+        Ok(true)
+    })?;
     batch.delete(Table::MailboxState, keys::mailbox(id));
     batch.delete(Table::Purges, keys::mailbox(id));
-    commit(&commit_group, batch, None).await?;
+    node.commit(
+        Writes {
+            batch,
+            logged: Default::default(),
+        },
+        None,
+    )
+    .await?;
     info!(mailbox = %id, "deleted mailbox purged");
     Ok(())
 }
@@ -345,7 +424,7 @@ impl Actor for Directory {
 
     fn started(&mut self, ctx: &mut Self::Context) {
         let mut unfinished = Vec::new();
-        if let Err(e) = self.store.scan_prefix(Table::Purges, &[], None, |k, _| {
+        if let Err(e) = self.ctx.store.scan_prefix(Table::Purges, &[], None, |k, _| {
             if let Ok(bytes) = <[u8; 16]>::try_from(k) {
                 unfinished.push(MailboxId::from_bytes(bytes));
             }
@@ -358,7 +437,7 @@ impl Actor for Directory {
         }
         let sweep = (self.policy.idle_after / 2).max(Duration::from_millis(10));
         ctx.run_interval(sweep, |act, _| {
-            let before = act.env.clock.unix_millis() - act.policy.idle_after.as_millis() as i64;
+            let before = act.ctx.env.clock.unix_millis() - act.policy.idle_after.as_millis() as i64;
             act.let_go(usize::MAX, before);
         });
     }
@@ -382,16 +461,16 @@ impl Handler<CreateMailbox> for Directory {
             if act.lookup(&msg.user, &name)?.is_some() {
                 return Err(MailError::MailboxExists { user: msg.user, name });
             }
-            let mut batch = Batch::new();
+            let mut writes = Writes::default();
             let levels: Vec<&str> = name.split(HIERARCHY_SEPARATOR).collect();
             for depth in 1..levels.len() {
                 let superior = levels[..depth].join("/");
                 if act.lookup(&msg.user, &superior)?.is_none() {
-                    act.create_into(&mut batch, &msg.user, &superior);
+                    act.create_into(&mut writes, &msg.user, &superior);
                 }
             }
-            let entry = act.create_into(&mut batch, &msg.user, &name);
-            Ok((batch, Directory::info(&entry, None)))
+            let entry = act.create_into(&mut writes, &msg.user, &name);
+            Ok((writes, Directory::info(&entry, None)))
         })
     }
 }
@@ -444,22 +523,20 @@ impl Handler<RenameMailbox> for Directory {
                     });
                 }
             }
-            let mut batch = Batch::new();
-            for (mut e, new_name) in moves {
-                let old = e.path.value.clone();
-                batch.delete(Table::Names, keys::name(&old.user, &old.name, e.id));
-                let version = act.counters.tick();
-                e.path.set(
+            let mut writes = Writes::default();
+            for (e, new_name) in moves {
+                let mut renamed = e.clone();
+                let version = act.ctx.counters.tick();
+                renamed.path.set(
                     MailboxPath {
                         user: to_user.clone(),
-                        name: new_name.clone(),
+                        name: new_name,
                     },
                     version,
                 );
-                batch.put_raw(Table::Names, keys::name(&to_user, &new_name, e.id), Vec::new());
-                batch.put(Table::Mailboxes, keys::mailbox(e.id), &e);
+                act.write_local_entry(&mut writes, &e, renamed);
             }
-            Ok((batch, ()))
+            Ok((writes, ()))
         })
     }
 }
@@ -482,19 +559,20 @@ impl Handler<DeleteMailbox> for Directory {
                 return Err(MailError::NotAllowed("delete INBOX"));
             }
             let mut entry = self.require(&msg.user, &name)?;
-            let version = self.counters.tick();
+            let version = self.ctx.counters.tick();
             entry.deleted = Some(MailboxTombstone {
                 version,
                 uidvalidity: entry.uidvalidity,
             });
-            let mut batch = Batch::new();
-            let path = entry.path.value.clone();
-            batch.delete(Table::Names, keys::name(&path.user, &path.name, entry.id));
-            batch.put(Table::Mailboxes, keys::mailbox(entry.id), &entry);
-            batch.put_raw(Table::Purges, keys::mailbox(entry.id), Vec::new());
-            Ok((entry.id, batch))
+            let old = self.require(&msg.user, &name)?;
+            let mut writes = Writes::default();
+            self.write_local_entry(&mut writes, &old, entry.clone());
+            writes
+                .batch
+                .put_raw(Table::Purges, keys::mailbox(entry.id), Vec::new());
+            Ok((entry.id, writes))
         })();
-        let done = prepared.map(|(id, batch)| (id, commit(&self.commit, batch, None)));
+        let done = prepared.map(|(id, writes)| (id, self.ctx.commit(writes, None)));
         AtomicResponse::new(Box::pin(
             async move {
                 let (id, done) = done?;
@@ -607,14 +685,15 @@ impl Handler<SetLocations> for Directory {
                     ));
                 }
             }
-            let version = act.counters.tick();
+            let old = entry.clone();
+            let version = act.ctx.counters.tick();
             entry
                 .locations
                 .set(msg.locations.into_iter().collect(), version.clone());
             entry.primary.set(msg.primary, version);
-            let mut batch = Batch::new();
-            batch.put(Table::Mailboxes, keys::mailbox(entry.id), &entry);
-            Ok((batch, ()))
+            let mut writes = Writes::default();
+            act.write_local_entry(&mut writes, &old, entry);
+            Ok((writes, ()))
         })
     }
 }
@@ -635,14 +714,23 @@ impl Handler<Subscribe> for Directory {
         self.write(|act| {
             validate_user(&msg.user)?;
             let name = normalize_mailbox_name(&msg.name)?;
-            let mut subs = act.subscriptions(&msg.user)?;
-            let mut batch = Batch::new();
+            let mut subs = act.subscriptions(&msg.user)?.map(|t| t.item).unwrap_or_default();
+            let mut writes = Writes::default();
             let currently = subs.names.get(&name).is_some_and(|s| s.value);
             if currently != msg.subscribed {
-                subs.set(&name, msg.subscribed, act.counters.tick());
-                batch.put(Table::Subscriptions, keys::user(&msg.user), &subs);
+                subs.set(&name, msg.subscribed, act.ctx.counters.tick());
+                let tagged = Tagged::local(subs, &act.ctx.node);
+                let item = SyncItem::Subscriptions(msg.user.clone());
+                act.write_user_item(
+                    &mut writes,
+                    Table::Subscriptions,
+                    &msg.user,
+                    &tagged,
+                    item,
+                    &Provenance::Local,
+                );
             }
-            Ok((batch, ()))
+            Ok((writes, ()))
         })
     }
 }
@@ -660,6 +748,8 @@ impl Handler<ListSubscriptions> for Directory {
         validate_user(&msg.user)?;
         Ok(self
             .subscriptions(&msg.user)?
+            .map(|t| t.item)
+            .unwrap_or_default()
             .subscribed()
             .map(str::to_string)
             .collect())
@@ -682,17 +772,17 @@ impl Handler<PutScript> for Directory {
         self.write(|act| {
             validate_user(&msg.user)?;
             validate_script_name(&msg.name)?;
-            if msg.content.len() > act.limits.max_script_bytes {
+            if msg.content.len() > act.ctx.limits.max_script_bytes {
                 return Err(MailError::ScriptTooLarge {
                     size: msg.content.len(),
-                    max: act.limits.max_script_bytes,
+                    max: act.ctx.limits.max_script_bytes,
                 });
             }
-            let mut sieve = act.sieve(&msg.user)?;
-            sieve.put(&msg.name, msg.content, act.counters.tick());
-            let mut batch = Batch::new();
-            batch.put(Table::Sieve, keys::user(&msg.user), &sieve);
-            Ok((batch, ()))
+            let mut sieve = act.sieve(&msg.user)?.map(|t| t.item).unwrap_or_default();
+            sieve.put(&msg.name, msg.content, act.ctx.counters.tick());
+            let mut writes = Writes::default();
+            act.save_local_sieve(&mut writes, &msg.user, sieve);
+            Ok((writes, ()))
         })
     }
 }
@@ -711,7 +801,7 @@ impl Handler<DeleteScript> for Directory {
     fn handle(&mut self, msg: DeleteScript, _: &mut Self::Context) -> Self::Result {
         self.write(|act| {
             validate_user(&msg.user)?;
-            let mut sieve = act.sieve(&msg.user)?;
+            let mut sieve = act.sieve(&msg.user)?.map(|t| t.item).unwrap_or_default();
             if sieve.script(&msg.name).is_none() {
                 return Err(MailError::UnknownScript {
                     user: msg.user,
@@ -724,10 +814,10 @@ impl Handler<DeleteScript> for Directory {
                     "delete the active sieve script; deactivate it first",
                 ));
             }
-            sieve.delete(&msg.name, act.counters.tick());
-            let mut batch = Batch::new();
-            batch.put(Table::Sieve, keys::user(&msg.user), &sieve);
-            Ok((batch, ()))
+            sieve.delete(&msg.name, act.ctx.counters.tick());
+            let mut writes = Writes::default();
+            act.save_local_sieve(&mut writes, &msg.user, sieve);
+            Ok((writes, ()))
         })
     }
 }
@@ -746,7 +836,7 @@ impl Handler<SetActiveScript> for Directory {
     fn handle(&mut self, msg: SetActiveScript, _: &mut Self::Context) -> Self::Result {
         self.write(|act| {
             validate_user(&msg.user)?;
-            let mut sieve = act.sieve(&msg.user)?;
+            let mut sieve = act.sieve(&msg.user)?.map(|t| t.item).unwrap_or_default();
             if let Some(name) = &msg.name {
                 if sieve.script(name).is_none() {
                     return Err(MailError::UnknownScript {
@@ -755,10 +845,10 @@ impl Handler<SetActiveScript> for Directory {
                     });
                 }
             }
-            sieve.set_active(msg.name, act.counters.tick());
-            let mut batch = Batch::new();
-            batch.put(Table::Sieve, keys::user(&msg.user), &sieve);
-            Ok((batch, ()))
+            sieve.set_active(msg.name, act.ctx.counters.tick());
+            let mut writes = Writes::default();
+            act.save_local_sieve(&mut writes, &msg.user, sieve);
+            Ok((writes, ()))
         })
     }
 }
@@ -775,7 +865,7 @@ impl Handler<GetScript> for Directory {
 
     fn handle(&mut self, msg: GetScript, _: &mut Self::Context) -> Self::Result {
         validate_user(&msg.user)?;
-        let sieve = self.sieve(&msg.user)?;
+        let sieve = self.sieve(&msg.user)?.map(|t| t.item).unwrap_or_default();
         sieve
             .script(&msg.name)
             .map(<[u8]>::to_vec)
@@ -798,7 +888,7 @@ impl Handler<ListScripts> for Directory {
 
     fn handle(&mut self, msg: ListScripts, _: &mut Self::Context) -> Self::Result {
         validate_user(&msg.user)?;
-        let sieve = self.sieve(&msg.user)?;
+        let sieve = self.sieve(&msg.user)?.map(|t| t.item).unwrap_or_default();
         let active = sieve.active_script();
         Ok(sieve
             .names()

@@ -46,6 +46,12 @@ impl Entropy {
         Entropy(Arc::new(Mutex::new(ChaCha8Rng::seed_from_u64(seed))))
     }
 
+    /// A generator seeded with 256 bits, as a node seeds it from the operating system, so two
+    /// nodes never share a stream of mailbox ids.
+    pub fn from_seed_bytes(seed: [u8; 32]) -> Self {
+        Entropy(Arc::new(Mutex::new(ChaCha8Rng::from_seed(seed))))
+    }
+
     pub fn next_u128(&self) -> u128 {
         let mut rng = self.0.lock().expect("entropy lock");
         ((rng.next_u64() as u128) << 64) | rng.next_u64() as u128

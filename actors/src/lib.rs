@@ -12,15 +12,21 @@
 //! Everything runs on one actix System thread: no actor starts threads of its own.
 
 pub mod commit_group;
+pub mod context;
 pub mod counters;
 pub mod directory;
+pub mod directory_sync;
 pub mod env;
 pub mod error;
 pub mod inflight;
 pub mod mailbox;
+pub mod mailbox_sync;
+pub mod memory_network;
 pub mod node;
+pub mod peer_session;
 pub mod store;
 pub mod sync_log;
+pub mod transport;
 pub mod uid_set;
 
 pub use error::{MailError, StoreError};

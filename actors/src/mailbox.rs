@@ -10,7 +10,7 @@
 //! every batch. Should a commit fail (a full disk), the counters are recomputed from the records
 //! once nothing is inflight; uidnext and modseq only ever go up, so nothing is handed out twice.
 
-use std::collections::BTreeMap;
+use std::collections::{BTreeMap, BTreeSet};
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::Arc;
 
@@ -18,16 +18,17 @@ use actix::prelude::*;
 use mailmesh_protocol::ids::{AppendId, Guid, MailboxId, ModSeq, NodeId, Uid, UidValidity};
 use mailmesh_protocol::merge::Lww;
 use mailmesh_protocol::names::{validate_annotation_entry, Flag};
-use mailmesh_protocol::records::{Annotation, MailboxDigest, MessageRecord, UidNext};
+use mailmesh_protocol::records::{Annotation, MailboxDigest, MailboxEntry, MessageRecord, UidNext};
 use serde::{Deserialize, Serialize};
 use tracing::warn;
 
-use crate::commit_group::{commit, CommitGroup};
+use crate::context::{NodeContext, Writes};
 use crate::counters::NodeCounters;
 use crate::env::Env;
 use crate::error::{MailError, StoreError};
 use crate::inflight::Inflight;
 use crate::store::{decode, keys, Batch, Store, Table};
+use crate::sync_log::{Provenance, SyncItem};
 use crate::uid_set::UidSet;
 
 /// Size limits a node enforces on what clients store.
@@ -67,7 +68,11 @@ pub struct StoredRecord {
     pub record: MessageRecord,
     /// This node's modseq of the record's latest change.
     pub modseq: ModSeq,
-    /// The peer whose channel brought the latest change, if it came from one (echo suppression).
+    /// The node that produced exactly this state of the record: this node for a client's change
+    /// or a merge that combined two sides, else the origin of the change that arrived whole.
+    pub origin: NodeId,
+    /// The peer whose channel brought this state whole, if it came from one. A sync to that peer,
+    /// or to the origin, skips the record (echo suppression).
     pub arrived_on: Option<NodeId>,
     /// Hidden while its uid conflicts with a record shown first (until the primary promotes it).
     pub hidden: bool,
@@ -77,6 +82,9 @@ pub struct StoredRecord {
 pub struct StoredAnnotation {
     pub annotation: Annotation,
     pub modseq: ModSeq,
+    /// As for [`StoredRecord`]: who produced this state, and the peer it came from whole.
+    pub origin: NodeId,
+    pub arrived_on: Option<NodeId>,
 }
 
 /// What a client sees of one message.
@@ -119,16 +127,19 @@ pub struct MailboxState {
 }
 
 pub struct Mailbox {
-    id: MailboxId,
-    uidvalidity: UidValidity,
-    store: Arc<Store>,
-    commit: Addr<CommitGroup>,
-    node_counters: NodeCounters,
+    pub(crate) id: MailboxId,
+    pub(crate) uidvalidity: UidValidity,
+    pub(crate) ctx: NodeContext,
+    pub(crate) store: Arc<Store>,
+    pub(crate) node_counters: NodeCounters,
     env: Env,
     limits: Limits,
     modseq_tag: u16,
-    counters: MailboxCounters,
-    inflight: Inflight,
+    /// Nodes holding a replica (empty: all) and the preferred primary, from the mailbox entry.
+    pub(crate) holders: BTreeSet<NodeId>,
+    pub(crate) primary: NodeId,
+    pub(crate) counters: MailboxCounters,
+    pub(crate) inflight: Inflight,
     /// Set by a failed commit; the counters are recomputed from the records before the next write.
     needs_reload: Arc<AtomicBool>,
     deleted: bool,
@@ -136,27 +147,22 @@ pub struct Mailbox {
 
 impl Mailbox {
     /// Loads a mailbox's counters from the store (a new mailbox starts empty).
-    pub fn load(
-        id: MailboxId,
-        uidvalidity: UidValidity,
-        store: Arc<Store>,
-        commit: Addr<CommitGroup>,
-        node_counters: NodeCounters,
-        env: Env,
-        limits: Limits,
-    ) -> Result<Self, StoreError> {
-        let counters = store
-            .get::<MailboxCounters>(Table::MailboxState, &keys::mailbox(id))?
+    pub fn load(entry: &MailboxEntry, ctx: NodeContext) -> Result<Self, StoreError> {
+        let counters = ctx
+            .store
+            .get::<MailboxCounters>(Table::MailboxState, &keys::mailbox(entry.id))?
             .unwrap_or_default();
-        let modseq_tag = store.node().modseq_tag();
+        let modseq_tag = ctx.node.modseq_tag();
         Ok(Mailbox {
-            id,
-            uidvalidity,
-            store,
-            commit,
-            node_counters,
-            env,
-            limits,
+            id: entry.id,
+            uidvalidity: entry.uidvalidity,
+            store: ctx.store.clone(),
+            node_counters: ctx.counters.clone(),
+            env: ctx.env.clone(),
+            limits: ctx.limits,
+            holders: entry.locations.value.clone(),
+            primary: primary_of(entry),
+            ctx,
             modseq_tag,
             counters,
             inflight: Inflight::default(),
@@ -165,16 +171,41 @@ impl Mailbox {
         })
     }
 
-    fn highestmodseq(&self) -> ModSeq {
+    /// Turns a local client's batch into writes: the counters and the sync log rows go with it.
+    pub(crate) fn local_writes(&self, mut batch: Batch) -> Writes {
+        if batch.is_empty() {
+            return Writes::default();
+        }
+        self.put_counters(&mut batch);
+        let mut writes = Writes {
+            batch,
+            logged: Default::default(),
+        };
+        self.log_local(&mut writes);
+        writes
+    }
+
+    /// Adds the sync log rows for a change made here by a client.
+    pub(crate) fn log_local(&self, writes: &mut Writes) {
+        let logged = self.ctx.sync_log.log(
+            &mut writes.batch,
+            SyncItem::Mailbox(self.id),
+            &Provenance::Local,
+            Some(&self.holders),
+        );
+        writes.logged.merge(logged);
+    }
+
+    pub(crate) fn highestmodseq(&self) -> ModSeq {
         ModSeq::new(self.counters.modseq, self.modseq_tag)
     }
 
-    fn next_modseq(&mut self) -> ModSeq {
+    pub(crate) fn next_modseq(&mut self) -> ModSeq {
         self.counters.modseq += 1;
         self.highestmodseq()
     }
 
-    fn check_usable(&self) -> Result<(), MailError> {
+    pub(crate) fn check_usable(&self) -> Result<(), MailError> {
         if self.deleted {
             Err(MailError::MailboxDeleted(self.id))
         } else {
@@ -184,7 +215,7 @@ impl Mailbox {
 
     /// Recomputes the counters from the records after a failed commit. Runs only when nothing is
     /// inflight, so the records on disk are the whole truth.
-    fn reload_if_needed(&mut self) -> Result<(), StoreError> {
+    pub(crate) fn reload_if_needed(&mut self) -> Result<(), StoreError> {
         if !self.needs_reload.load(Ordering::Relaxed) || self.inflight.count() > 0 {
             return Ok(());
         }
@@ -204,7 +235,7 @@ impl Mailbox {
                     .uidnext
                     .max(UidNext(Uid(s.record.uid.value.0.saturating_add(1))));
                 fresh.modseq = fresh.modseq.max(s.modseq.counter());
-                account(&mut fresh, &s.record, 1);
+                account(&mut fresh, &s, 1);
                 Ok(true)
             })?;
         self.counters = fresh;
@@ -212,56 +243,71 @@ impl Mailbox {
         Ok(())
     }
 
-    /// Adds the writes that store `record` (replacing `old`) at a fresh modseq.
+    /// Adds the writes that store a local client's change to `record` (replacing `old`).
     fn write_record(
         &mut self,
         batch: &mut Batch,
         old: Option<&StoredRecord>,
         record: MessageRecord,
     ) -> ModSeq {
+        let stored = StoredRecord {
+            record,
+            modseq: ModSeq::ZERO,
+            origin: self.ctx.node.clone(),
+            arrived_on: None,
+            hidden: false,
+        };
+        self.write_stored(batch, old, stored)
+    }
+
+    /// Adds the writes that store `new` (replacing `old`) at a fresh modseq, keeping the uid index,
+    /// the modseq index, the digest and the counts in step.
+    pub(crate) fn write_stored(
+        &mut self,
+        batch: &mut Batch,
+        old: Option<&StoredRecord>,
+        mut new: StoredRecord,
+    ) -> ModSeq {
         let modseq = self.next_modseq();
-        let aid = record.append_id.clone();
+        new.modseq = modseq;
+        let aid = new.record.append_id.clone();
         match old {
             Some(old) => {
                 batch.delete(Table::Modseqs, keys::modseq(self.id, old.modseq));
-                if old.record.uid.value != record.uid.value {
+                if old.record.uid.value != new.record.uid.value {
                     batch.delete(Table::Uids, keys::uid(self.id, old.record.uid.value, &aid));
                     batch.put_raw(
                         Table::Uids,
-                        keys::uid(self.id, record.uid.value, &aid),
+                        keys::uid(self.id, new.record.uid.value, &aid),
                         Vec::new(),
                     );
                 }
-                self.counters.digest.replace(&old.record, &record);
-                account(&mut self.counters, &old.record, -1);
+                self.counters.digest.replace(&old.record, &new.record);
+                account(&mut self.counters, old, -1);
             }
             None => {
                 batch.put_raw(
                     Table::Uids,
-                    keys::uid(self.id, record.uid.value, &aid),
+                    keys::uid(self.id, new.record.uid.value, &aid),
                     Vec::new(),
                 );
-                self.counters.digest.add(&record);
+                self.counters.digest.add(&new.record);
             }
         }
-        account(&mut self.counters, &record, 1);
+        account(&mut self.counters, &new, 1);
+        let after = UidNext(Uid(new.record.uid.value.0.saturating_add(1)));
+        self.counters.uidnext = self.counters.uidnext.max(after);
         batch.put_raw(Table::Modseqs, keys::modseq(self.id, modseq), aid.to_key_bytes());
-        let stored = StoredRecord {
-            record,
-            modseq,
-            arrived_on: None,
-            hidden: false,
-        };
-        batch.put(Table::Messages, keys::message(self.id, &aid), &stored);
+        batch.put(Table::Messages, keys::message(self.id, &aid), &new);
         modseq
     }
 
-    fn put_counters(&self, batch: &mut Batch) {
+    pub(crate) fn put_counters(&self, batch: &mut Batch) {
         batch.put(Table::MailboxState, keys::mailbox(self.id), &self.counters);
     }
 
     /// The visible records with uids in `set`, in uid order.
-    fn records_in(&self, set: &UidSet) -> Result<Vec<StoredRecord>, StoreError> {
+    pub(crate) fn records_in(&self, set: &UidSet) -> Result<Vec<StoredRecord>, StoreError> {
         let mut out = Vec::new();
         for (lo, hi) in set.ranges() {
             let start = keys::uid_prefix(self.id, Uid(lo));
@@ -297,10 +343,10 @@ impl Mailbox {
     }
 
     /// Runs `op` as an atomic read-modify-write: after everything inflight has committed, with no
-    /// other message handled until its own batch is durable.
-    fn atomic<R: 'static>(
+    /// other message handled until its own writes are durable.
+    pub(crate) fn atomic<R: 'static>(
         &mut self,
-        op: impl FnOnce(&mut Self) -> Result<(Batch, R), MailError> + 'static,
+        op: impl FnOnce(&mut Self) -> Result<(Writes, R), MailError> + 'static,
     ) -> AtomicResponse<Self, Result<R, MailError>> {
         let idle = self.inflight.idle();
         AtomicResponse::new(Box::pin(idle.into_actor(self).then(move |(), act, _| {
@@ -308,11 +354,11 @@ impl Mailbox {
                 act.reload_if_needed()?;
                 op(act)
             });
-            let pending = prepared.map(|(batch, result)| {
-                let done = if batch.is_empty() {
+            let pending = prepared.map(|(writes, result)| {
+                let done = if writes.is_empty() {
                     None
                 } else {
-                    Some(act.commit_batch(batch))
+                    Some(act.commit_writes(writes))
                 };
                 (done, result)
             });
@@ -327,12 +373,12 @@ impl Mailbox {
         })))
     }
 
-    /// Submits a batch; a failure marks the counters for recomputation.
-    fn commit_batch(
+    /// Submits writes; a failure marks the counters for recomputation.
+    pub(crate) fn commit_writes(
         &self,
-        batch: Batch,
+        writes: Writes,
     ) -> impl std::future::Future<Output = Result<(), StoreError>> + 'static {
-        let done = commit(&self.commit, batch, Some(&self.inflight));
+        let done = self.ctx.commit(writes, Some(&self.inflight));
         let needs_reload = self.needs_reload.clone();
         let id = self.id;
         async move {
@@ -378,9 +424,11 @@ impl Mailbox {
     }
 }
 
-/// Adds (`sign` 1) or removes (-1) a record from the message counts.
-fn account(c: &mut MailboxCounters, record: &MessageRecord, sign: i64) {
-    if record.is_expunged() {
+/// Adds (`sign` 1) or removes (-1) a record from the message counts. Expunged and hidden
+/// records are not visible, so they do not count.
+fn account(c: &mut MailboxCounters, stored: &StoredRecord, sign: i64) {
+    let record = &stored.record;
+    if record.is_expunged() || stored.hidden {
         return;
     }
     let seen = record.has_flag(&Flag::seen());
@@ -389,6 +437,16 @@ fn account(c: &mut MailboxCounters, record: &MessageRecord, sign: i64) {
     if !seen {
         apply(&mut c.unseen);
     }
+}
+
+/// The node that resolves this mailbox's uid conflicts: the preferred primary, or while none is
+/// named, the node that created the mailbox.
+pub(crate) fn primary_of(entry: &MailboxEntry) -> NodeId {
+    entry
+        .primary
+        .value
+        .clone()
+        .unwrap_or_else(|| entry.created.node.clone())
 }
 
 impl Actor for Mailbox {
@@ -432,11 +490,10 @@ impl Handler<Append> for Mailbox {
             if size == 0 {
                 return Err(MailError::EmptyMessage);
             }
-            if size > self.limits.max_message_bytes {
-                return Err(MailError::MessageTooLarge {
-                    size,
-                    max: self.limits.max_message_bytes,
-                });
+            // A segment entry records the length in 32 bits, whatever the configured limit.
+            let max = self.limits.max_message_bytes.min(u32::MAX as u64);
+            if size > max {
+                return Err(MailError::MessageTooLarge { size, max });
             }
             let flags = Self::validate_flags(&msg.flags)?;
             self.reload_if_needed()?;
@@ -449,14 +506,13 @@ impl Handler<Append> for Mailbox {
             let mut batch = Batch::new();
             batch.add_body(guid, Some(Arc::new(msg.body)));
             let modseq = self.write_record(&mut batch, None, record);
-            self.put_counters(&mut batch);
             let outcome = AppendOutcome {
                 uidvalidity: self.uidvalidity,
                 uid,
                 append_id: aid,
                 modseq,
             };
-            Ok((self.commit_batch(batch), outcome))
+            Ok((self.commit_writes(self.local_writes(batch)), outcome))
         })();
         Box::pin(async move {
             let (done, outcome) = prepared?;
@@ -532,20 +588,15 @@ impl Handler<StoreFlags> for Mailbox {
                 }
                 if changed {
                     let modseq = act.write_record(&mut batch, Some(&stored), record.clone());
-                    outcome.updated.push(MessageView::of(&StoredRecord {
-                        record,
-                        modseq,
-                        arrived_on: None,
-                        hidden: false,
-                    }));
+                    let mut view = MessageView::of(&stored);
+                    view.flags = record.set_flags().cloned().collect();
+                    view.modseq = modseq;
+                    outcome.updated.push(view);
                 } else {
                     outcome.updated.push(MessageView::of(&stored));
                 }
             }
-            if !batch.is_empty() {
-                act.put_counters(&mut batch);
-            }
-            Ok((batch, outcome))
+            Ok((act.local_writes(batch), outcome))
         })
     }
 }
@@ -578,9 +629,6 @@ impl Mailbox {
             gone.push(record.uid.value);
             self.write_record(batch, Some(&stored), record);
         }
-        if !gone.is_empty() {
-            self.put_counters(batch);
-        }
         gone
     }
 }
@@ -600,7 +648,7 @@ impl Handler<Expunge> for Mailbox {
             .collect();
             let mut batch = Batch::new();
             let gone = act.expunge_records(&mut batch, records);
-            Ok((batch, gone))
+            Ok((act.local_writes(batch), gone))
         })
     }
 }
@@ -634,7 +682,6 @@ impl Mailbox {
             self.write_record(batch, None, record);
             uids.push(uid);
         }
-        self.put_counters(batch);
         uids
     }
 }
@@ -648,7 +695,7 @@ impl Handler<InsertCopies> for Mailbox {
             self.reload_if_needed()?;
             let mut batch = Batch::new();
             let uids = self.insert_copies(&mut batch, &msg.items);
-            Ok::<_, MailError>((self.commit_batch(batch), uids))
+            Ok::<_, MailError>((self.commit_writes(self.local_writes(batch)), uids))
         })();
         Box::pin(async move {
             let (done, uids) = prepared?;
@@ -700,7 +747,7 @@ impl Handler<Transfer> for Mailbox {
                     if msg.remove_source {
                         act.expunge_records(&mut batch, records.clone());
                     }
-                    Some((act.commit_batch(batch), new_uids))
+                    Some((act.commit_writes(act.local_writes(batch)), new_uids))
                 }
                 _ => None,
             };
@@ -726,7 +773,7 @@ impl Handler<Transfer> for Mailbox {
                     Some(records) if !records.is_empty() => {
                         let mut batch = Batch::new();
                         act.expunge_records(&mut batch, records);
-                        (pairs, Some(act.commit_batch(batch)))
+                        (pairs, Some(act.commit_writes(act.local_writes(batch))))
                     }
                     _ => (pairs, None),
                 });
@@ -772,13 +819,18 @@ impl Handler<SetAnnotation> for Mailbox {
             let existing = act.store.get::<StoredAnnotation>(Table::Annotations, &key)?;
             let mut batch = Batch::new();
             if existing.is_none() && msg.value.is_none() {
-                return Ok((batch, ()));
+                return Ok((Writes::default(), ()));
             }
             let annotation = Annotation::new(msg.value, act.node_counters.tick());
             let modseq = act.next_modseq();
-            batch.put(Table::Annotations, key, &StoredAnnotation { annotation, modseq });
-            act.put_counters(&mut batch);
-            Ok((batch, ()))
+            let stored = StoredAnnotation {
+                annotation,
+                modseq,
+                origin: act.ctx.node.clone(),
+                arrived_on: None,
+            };
+            batch.put(Table::Annotations, key, &stored);
+            Ok((act.local_writes(batch), ()))
         })
     }
 }

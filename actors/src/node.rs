@@ -7,12 +7,14 @@ use actix::prelude::*;
 use mailmesh_protocol::ids::NodeId;
 
 use crate::commit_group::{CommitGroup, FlushMode, DEFAULT_SEGMENT_BYTES};
+use crate::context::NodeContext;
 use crate::counters::NodeCounters;
 use crate::directory::{ActivationPolicy, Directory};
 use crate::env::Env;
 use crate::error::StoreError;
 use crate::mailbox::Limits;
 use crate::store::Store;
+use crate::sync_log::SyncLog;
 
 /// Everything a node needs to start its actors.
 #[derive(Clone, Debug)]
@@ -46,6 +48,7 @@ pub struct LocalNode {
     pub store: Arc<Store>,
     pub commit: Addr<CommitGroup>,
     pub directory: Addr<Directory>,
+    pub context: NodeContext,
 }
 
 impl LocalNode {
@@ -53,6 +56,7 @@ impl LocalNode {
     pub fn start(options: NodeOptions, env: Env) -> Result<LocalNode, StoreError> {
         let store = Arc::new(Store::open(&options.data_dir, &options.node)?);
         let counters = NodeCounters::new(options.node.clone(), store.initial_counters());
+        counters.incarnation(|| env.entropy.next_u128());
         let commit = CommitGroup::new(
             store.clone(),
             counters.clone(),
@@ -60,20 +64,22 @@ impl LocalNode {
             options.flush_mode,
         )?
         .start();
-        let directory = Directory::new(
-            store.clone(),
-            commit.clone(),
+        let context = NodeContext {
+            node: options.node.clone(),
+            store: store.clone(),
+            commit: commit.clone(),
+            sync_log: SyncLog::new(counters.clone()),
             counters,
             env,
-            options.limits,
-            options.activation,
-        )
-        .start();
+            limits: options.limits,
+        };
+        let directory = Directory::new(context.clone(), options.activation).start();
         Ok(LocalNode {
             node: options.node,
             store,
             commit,
             directory,
+            context,
         })
     }
 }

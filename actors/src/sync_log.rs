@@ -293,3 +293,47 @@ mod tests {
         assert_eq!(local.0[0].0, n("b"));
     }
 }
+
+/// A replicated item as a node stores it: the item, the node that produced exactly this state,
+/// and the peer it arrived from whole (if it did). Together they decide which peers it is sent to.
+#[derive(Clone, Debug, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
+pub struct Tagged<T> {
+    pub item: T,
+    pub origin: NodeId,
+    pub arrived_on: Option<NodeId>,
+}
+
+impl<T> Tagged<T> {
+    /// A state made here by a client.
+    pub fn local(item: T, node: &NodeId) -> Self {
+        Tagged {
+            item,
+            origin: node.clone(),
+            arrived_on: None,
+        }
+    }
+
+    /// The state after merging a change from `from` whose state was produced by `origin`: the
+    /// incoming state kept whole keeps its origin; a combined one is this node's own.
+    pub fn merged(item: T, effect: MergeEffect, from: &NodeId, origin: &NodeId, me: &NodeId) -> Self {
+        match effect {
+            MergeEffect::TookIncoming => Tagged {
+                item,
+                origin: origin.clone(),
+                arrived_on: Some(from.clone()),
+            },
+            _ => Tagged::local(item, me),
+        }
+    }
+
+    /// Whether `peer` already has this state.
+    pub fn suppressed_for(&self, peer: &NodeId) -> bool {
+        suppressed(&self.origin, self.arrived_on.as_ref(), peer)
+    }
+}
+
+/// Echo suppression for one stored state: a peer that sent it to us whole, or that produced it,
+/// has it already.
+pub fn suppressed(origin: &NodeId, arrived_on: Option<&NodeId>, peer: &NodeId) -> bool {
+    arrived_on.is_some_and(|from| from == peer || origin == peer)
+}

@@ -80,7 +80,7 @@ pub fn node_env() -> Result<Env, Error> {
     let millis = i64::try_from(since_epoch.as_millis()).unwrap_or(i64::MAX);
     Ok(Env::new(
         Arc::new(TokioClock::new(millis)),
-        Entropy::from_seed(rand::random()),
+        Entropy::from_seed_bytes(rand::random()),
     ))
 }
 

@@ -94,6 +94,30 @@ pub fn read_body(dir: &Path, guid: &Guid, loc: &BodyLocation) -> Result<Vec<u8>,
     Ok(body)
 }
 
+/// Up to `limit` bytes of a body from `offset`, and its whole length.
+pub fn read_range(
+    dir: &Path,
+    guid: &Guid,
+    loc: &BodyLocation,
+    offset: u64,
+    limit: usize,
+) -> Result<(Vec<u8>, u64), StoreError> {
+    let total = loc.len as u64;
+    let start = offset.min(total);
+    let len = (limit as u64).min(total - start) as usize;
+    let path = segment_path(dir, loc.segment);
+    let file = File::open(&path).map_err(|e| StoreError::io(path.display(), e))?;
+    let mut buf = vec![0u8; len];
+    file.read_exact_at(&mut buf, loc.offset + HEADER_LEN + start)
+        .map_err(|e| StoreError::BodyCorrupt {
+            guid: *guid,
+            segment: loc.segment,
+            offset: loc.offset,
+            reason: format!("cannot read: {e}"),
+        })?;
+    Ok((buf, total))
+}
+
 /// The segment the commit group appends to. Entries are buffered and written with one write and
 /// one fdatasync per group.
 pub struct SegmentWriter {

@@ -75,6 +75,13 @@ pub fn parse_name_id(key: &[u8]) -> Option<MailboxId> {
     Some(MailboxId::from_bytes(tail))
 }
 
+/// A row of the per-user entry index; `user_names(user)` is its prefix.
+pub fn user_entry(user: &str, id: MailboxId) -> Vec<u8> {
+    let mut k = user_names(user);
+    k.extend_from_slice(&id.to_bytes());
+    k
+}
+
 pub fn user(user: &str) -> Vec<u8> {
     user.as_bytes().to_vec()
 }

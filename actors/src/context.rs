@@ -1,0 +1,59 @@
+//! What every actor of a node shares: the store, the commit group, the counters, the sync log, the
+//! injected clock and entropy, and the limits.
+
+use std::sync::Arc;
+
+use actix::Addr;
+use mailmesh_protocol::ids::NodeId;
+
+use crate::commit_group::{commit, CommitGroup};
+use crate::counters::NodeCounters;
+use crate::env::Env;
+use crate::error::StoreError;
+use crate::inflight::Inflight;
+use crate::mailbox::Limits;
+use crate::store::{Batch, Store};
+use crate::sync_log::{Logged, SyncLog};
+
+#[derive(Clone)]
+pub struct NodeContext {
+    pub node: NodeId,
+    pub store: Arc<Store>,
+    pub commit: Addr<CommitGroup>,
+    pub counters: NodeCounters,
+    pub env: Env,
+    pub limits: Limits,
+    pub sync_log: SyncLog,
+}
+
+/// The writes of one operation: a batch, and the sync log rows it holds, announced to the
+/// Channels once the batch is durable.
+#[derive(Default, Debug)]
+pub struct Writes {
+    pub batch: Batch,
+    pub logged: Logged,
+}
+
+impl Writes {
+    pub fn is_empty(&self) -> bool {
+        self.batch.is_empty()
+    }
+}
+
+impl NodeContext {
+    /// Commits `writes`; once durable, wakes the Channels that have new log rows.
+    pub fn commit(
+        &self,
+        writes: Writes,
+        inflight: Option<&Inflight>,
+    ) -> impl std::future::Future<Output = Result<(), StoreError>> + 'static {
+        let done = commit(&self.commit, writes.batch, inflight);
+        let sync_log = self.sync_log.clone();
+        let logged = writes.logged;
+        async move {
+            done.await?;
+            sync_log.notify(logged);
+            Ok(())
+        }
+    }
+}

@@ -1,0 +1,375 @@
+//! The replication side of the Directory actor: a user's mailbox entries, subscriptions and sieve
+//! scripts as a peer sends them (apply) and as a Channel sends them (what this peer lacks), and
+//! the handshake that notices a peer which lost its data.
+
+use std::collections::BTreeSet;
+
+use actix::prelude::*;
+use mailmesh_protocol::ids::{MailboxId, NodeId};
+use mailmesh_protocol::merge::{Merge, MergeEffect};
+use mailmesh_protocol::records::{MailboxEntry, UserSieve, UserSubscriptions};
+use mailmesh_protocol::wire::Change;
+use serde::{Deserialize, Serialize};
+use tracing::info;
+
+use crate::context::Writes;
+use crate::directory::Directory;
+use crate::error::{MailError, StoreError};
+use crate::mailbox_sync::{forget_peer_caches, EntryUpdated};
+use crate::store::{decode, keys, Table};
+use crate::sync_log::{Provenance, SyncItem, Tagged};
+
+/// What this node knows of a peer's store.
+#[derive(Clone, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
+pub struct PeerRecord {
+    pub incarnation: u128,
+    /// Log rows up to this generation were queued because the peer lost its data (or is new):
+    /// they are sent whole, without echo suppression, since the peer may have lost what it sent.
+    pub requeue_mark: u64,
+}
+
+impl Directory {
+    fn peer_record(&self, peer: &NodeId) -> Result<Option<PeerRecord>, StoreError> {
+        self.ctx.store.get(Table::Peers, peer.as_str().as_bytes())
+    }
+
+    /// Queues everything this node holds for `peer`: every user's entries, subscriptions and
+    /// sieve scripts, and every mailbox the peer holds a replica of.
+    fn requeue_all(&self, writes: &mut Writes, peer: &NodeId) -> Result<u64, StoreError> {
+        let mut users = BTreeSet::new();
+        let mut mailboxes = Vec::new();
+        self.ctx.store.scan_prefix(Table::Mailboxes, &[], None, |_, v| {
+            let t: Tagged<MailboxEntry> = decode(v, "mailbox entry")?;
+            users.insert(t.item.path.value.user.clone());
+            if !t.item.is_deleted() && t.item.located_on(peer) {
+                mailboxes.push(t.item.id);
+            }
+            Ok(true)
+        })?;
+        let mut sub_users = Vec::new();
+        self.ctx
+            .store
+            .scan_prefix(Table::Subscriptions, &[], None, |k, _| {
+                sub_users.push(String::from_utf8_lossy(k).into_owned());
+                Ok(true)
+            })?;
+        let mut sieve_users = Vec::new();
+        self.ctx.store.scan_prefix(Table::Sieve, &[], None, |k, _| {
+            sieve_users.push(String::from_utf8_lossy(k).into_owned());
+            Ok(true)
+        })?;
+        let log = &self.ctx.sync_log;
+        let items = users
+            .into_iter()
+            .map(SyncItem::MailboxList)
+            .chain(sub_users.into_iter().map(SyncItem::Subscriptions))
+            .chain(sieve_users.into_iter().map(SyncItem::Sieve))
+            .chain(mailboxes.into_iter().map(SyncItem::Mailbox));
+        for item in items {
+            let logged = log.log_for(&mut writes.batch, peer, item);
+            writes.logged.merge(logged);
+        }
+        forget_peer_caches(writes, &self.ctx.store, peer)?;
+        Ok(self.ctx.counters.next_log_generation())
+    }
+}
+
+/// A peer introduced itself (on a new link, or after a failure). If its store incarnation is new
+/// to this node, everything is queued for it again. Answers with this node's incarnation.
+#[derive(Message)]
+#[rtype(result = "Result<u128, MailError>")]
+pub struct PeerHello {
+    pub peer: NodeId,
+    pub incarnation: u128,
+}
+
+impl Handler<PeerHello> for Directory {
+    type Result = AtomicResponse<Self, Result<u128, MailError>>;
+
+    fn handle(&mut self, msg: PeerHello, _: &mut Self::Context) -> Self::Result {
+        self.write(|act| {
+            let ours = act.ctx.counters.incarnation(|| unreachable!("minted at start"));
+            let known = act.peer_record(&msg.peer)?;
+            let mut writes = Writes::default();
+            if known.as_ref().map(|k| k.incarnation) != Some(msg.incarnation) {
+                if known.is_some() {
+                    info!(peer = %msg.peer, "peer's store is new (wiped or replaced): queueing everything for it");
+                }
+                let requeue_mark = act.requeue_all(&mut writes, &msg.peer)?;
+                let record = PeerRecord { incarnation: msg.incarnation, requeue_mark };
+                writes.batch.put(Table::Peers, msg.peer.as_str().as_bytes().to_vec(), &record);
+            }
+            Ok((writes, ours))
+        })
+    }
+}
+
+/// The mark below which a peer's log rows are sent whole.
+#[derive(Message)]
+#[rtype(result = "Result<u64, MailError>")]
+pub struct RequeueMark {
+    pub peer: NodeId,
+}
+
+impl Handler<RequeueMark> for Directory {
+    type Result = Result<u64, MailError>;
+
+    fn handle(&mut self, msg: RequeueMark, _: &mut Self::Context) -> Self::Result {
+        Ok(self.peer_record(&msg.peer)?.map(|r| r.requeue_mark).unwrap_or(0))
+    }
+}
+
+/// The entries of `user` to send to `peer`: all of them when `whole`, else those the peer does
+/// not already have.
+#[derive(Message)]
+#[rtype(result = "Result<Vec<Change<MailboxEntry>>, MailError>")]
+pub struct EntriesFor {
+    pub peer: NodeId,
+    pub user: String,
+    pub whole: bool,
+}
+
+impl Handler<EntriesFor> for Directory {
+    type Result = Result<Vec<Change<MailboxEntry>>, MailError>;
+
+    fn handle(&mut self, msg: EntriesFor, _: &mut Self::Context) -> Self::Result {
+        let mut ids = Vec::new();
+        self.ctx
+            .store
+            .scan_prefix(Table::UserEntries, &keys::user_names(&msg.user), None, |k, _| {
+                if let Some(id) = keys::parse_name_id(k) {
+                    ids.push(id);
+                }
+                Ok(true)
+            })?;
+        let mut out = Vec::new();
+        for id in ids {
+            if let Some(t) = self.stored_entry(id)? {
+                if t.item.path.value.user == msg.user && (msg.whole || !t.suppressed_for(&msg.peer)) {
+                    out.push(Change {
+                        origin: t.origin,
+                        item: t.item,
+                    });
+                }
+            }
+        }
+        Ok(out)
+    }
+}
+
+/// Merges a peer's entries of one user.
+#[derive(Message)]
+#[rtype(result = "Result<(), MailError>")]
+pub struct ApplyEntries {
+    pub from: NodeId,
+    pub entries: Vec<Change<MailboxEntry>>,
+}
+
+impl Handler<ApplyEntries> for Directory {
+    type Result = AtomicResponse<Self, Result<(), MailError>>;
+
+    fn handle(&mut self, msg: ApplyEntries, _: &mut Self::Context) -> Self::Result {
+        let prepared = (|| {
+            let mut writes = Writes::default();
+            let mut deleted: Vec<MailboxId> = Vec::new();
+            let mut updated: Vec<MailboxEntry> = Vec::new();
+            for Change {
+                origin,
+                item: incoming,
+            } in msg.entries
+            {
+                let local = self.stored_entry(incoming.id)?;
+                let (merged, effect) = match &local {
+                    Some(l) => {
+                        let mut m = l.item.clone();
+                        let effect = m.merge_from(&incoming);
+                        (m, effect)
+                    }
+                    None => (incoming, MergeEffect::TookIncoming),
+                };
+                if effect == MergeEffect::Unchanged {
+                    continue;
+                }
+                self.ctx.counters.observe(merged.max_version());
+                self.ctx.counters.observe_uidvalidity(merged.uidvalidity);
+                let was_live = local.as_ref().is_some_and(|l| !l.item.is_deleted());
+                if merged.is_deleted() && (was_live || local.is_none()) {
+                    writes
+                        .batch
+                        .put_raw(Table::Purges, keys::mailbox(merged.id), Vec::new());
+                    deleted.push(merged.id);
+                } else if local.is_some() {
+                    updated.push(merged.clone());
+                }
+                let provenance = Provenance::Remote {
+                    from: msg.from.clone(),
+                    origin: origin.clone(),
+                    effect,
+                };
+                let tagged = Tagged::merged(merged, effect, &msg.from, &origin, &self.ctx.node);
+                self.write_entry(&mut writes, local.as_ref().map(|l| &l.item), &tagged, &provenance);
+            }
+            Ok::<_, MailError>((writes, deleted, updated))
+        })();
+        let pending =
+            prepared.map(|(writes, deleted, updated)| (self.ctx.commit(writes, None), deleted, updated));
+        AtomicResponse::new(Box::pin(
+            async move {
+                let (done, deleted, updated) = pending?;
+                done.await?;
+                Ok::<_, MailError>((deleted, updated))
+            }
+            .into_actor(self)
+            .map(|result, act, ctx| {
+                let (deleted, updated) = result?;
+                for id in deleted {
+                    act.purge(id, ctx);
+                }
+                for entry in updated {
+                    if let Some(addr) = act.running(entry.id) {
+                        addr.do_send(EntryUpdated { entry });
+                    }
+                }
+                Ok(())
+            }),
+        ))
+    }
+}
+
+/// A user's subscriptions or sieve scripts, to send to a peer (`None`: nothing it lacks).
+#[derive(Message)]
+#[rtype(result = "Result<Option<UserItemChange>, MailError>")]
+pub struct UserItemFor {
+    pub peer: NodeId,
+    pub item: SyncItem,
+    pub whole: bool,
+}
+
+#[derive(Clone, Debug)]
+pub enum UserItemChange {
+    Subscriptions(Change<UserSubscriptions>),
+    Sieve(Change<UserSieve>),
+}
+
+impl Handler<UserItemFor> for Directory {
+    type Result = Result<Option<UserItemChange>, MailError>;
+
+    fn handle(&mut self, msg: UserItemFor, _: &mut Self::Context) -> Self::Result {
+        let keep = |origin: &NodeId, arrived_on: Option<&NodeId>| {
+            msg.whole || !crate::sync_log::suppressed(origin, arrived_on, &msg.peer)
+        };
+        Ok(match &msg.item {
+            SyncItem::Subscriptions(user) => self
+                .subscriptions(user)?
+                .filter(|t| keep(&t.origin, t.arrived_on.as_ref()))
+                .map(|t| {
+                    UserItemChange::Subscriptions(Change {
+                        origin: t.origin,
+                        item: t.item,
+                    })
+                }),
+            SyncItem::Sieve(user) => self
+                .sieve(user)?
+                .filter(|t| keep(&t.origin, t.arrived_on.as_ref()))
+                .map(|t| {
+                    UserItemChange::Sieve(Change {
+                        origin: t.origin,
+                        item: t.item,
+                    })
+                }),
+            _ => None,
+        })
+    }
+}
+
+/// Merges a peer's subscriptions or sieve scripts of one user.
+#[derive(Message)]
+#[rtype(result = "Result<(), MailError>")]
+pub struct ApplyUserItem {
+    pub from: NodeId,
+    pub user: String,
+    pub change: UserItemChange,
+}
+
+impl Directory {
+    fn apply_user_item<T>(
+        &self,
+        writes: &mut Writes,
+        from: &NodeId,
+        user: &str,
+        table: Table,
+        item: SyncItem,
+        local: Option<Tagged<T>>,
+        incoming: Change<T>,
+    ) where
+        T: Merge + Serialize,
+    {
+        let (merged, effect) = match local {
+            Some(l) => {
+                let mut m = l.item;
+                let effect = m.merge_from(&incoming.item);
+                (m, effect)
+            }
+            None => (incoming.item, MergeEffect::TookIncoming),
+        };
+        if effect == MergeEffect::Unchanged {
+            return;
+        }
+        let provenance = Provenance::Remote {
+            from: from.clone(),
+            origin: incoming.origin.clone(),
+            effect,
+        };
+        let tagged = Tagged::merged(merged, effect, from, &incoming.origin, &self.ctx.node);
+        self.write_user_item(writes, table, user, &tagged, item, &provenance);
+    }
+}
+
+impl Handler<ApplyUserItem> for Directory {
+    type Result = AtomicResponse<Self, Result<(), MailError>>;
+
+    fn handle(&mut self, msg: ApplyUserItem, _: &mut Self::Context) -> Self::Result {
+        self.write(|act| {
+            mailmesh_protocol::names::validate_user(&msg.user)?;
+            let mut writes = Writes::default();
+            match msg.change {
+                UserItemChange::Subscriptions(change) => {
+                    for (_, state) in &change.item.names {
+                        act.ctx.counters.observe(&state.version);
+                    }
+                    let local = act.subscriptions(&msg.user)?;
+                    let item = SyncItem::Subscriptions(msg.user.clone());
+                    act.apply_user_item(
+                        &mut writes,
+                        &msg.from,
+                        &msg.user,
+                        Table::Subscriptions,
+                        item,
+                        local,
+                        change,
+                    );
+                }
+                UserItemChange::Sieve(change) => {
+                    for state in change.item.scripts.values() {
+                        act.ctx.counters.observe(&state.version);
+                    }
+                    if let Some(active) = &change.item.active {
+                        act.ctx.counters.observe(&active.version);
+                    }
+                    let local = act.sieve(&msg.user)?;
+                    let item = SyncItem::Sieve(msg.user.clone());
+                    act.apply_user_item(
+                        &mut writes,
+                        &msg.from,
+                        &msg.user,
+                        Table::Sieve,
+                        item,
+                        local,
+                        change,
+                    );
+                }
+            }
+            Ok((writes, ()))
+        })
+    }
+}

@@ -1,0 +1,810 @@
+//! The replication side of the Mailbox actor: what a Channel asks of the mailbox it syncs
+//! (a plan of changes, pages of the full state, the replication cache) and what a PeerSession
+//! asks when a peer's changes arrive (apply a change request, list changes since a modseq).
+//!
+//! The three steps of DESIGN.md ("Syncing one mailbox"): (1) an optimistic change request that
+//! carries the peer modseq the cache expects and is applied only if the peer is exactly there;
+//! (2) otherwise the peer answers with its changes since that point, both sides merge, and the
+//! request is retried; (3) with no usable point, both sides exchange their whole record sets.
+//! Every incoming record is merged with the CRDT join; a uid held by two messages is settled here:
+//! the mailbox's primary moves both to fresh uids, any other node hides the one it did not show
+//! first until the primary's decision arrives.
+
+use std::collections::{BTreeMap, BTreeSet};
+use std::sync::Arc;
+
+use actix::prelude::*;
+use mailmesh_protocol::ids::{AppendId, Guid, ModSeq, NodeId, Uid, UidValidity};
+use mailmesh_protocol::merge::{Merge, MergeEffect};
+use mailmesh_protocol::records::{Annotation, MailboxDigest, MailboxEntry, MessageRecord, UidNext};
+use mailmesh_protocol::wire::{Change, ChangePage, ChangeRequest, ErrorCode, Response};
+use serde::{Deserialize, Serialize};
+
+use crate::context::Writes;
+use crate::error::{MailError, StoreError};
+use crate::mailbox::{primary_of, Mailbox, MailboxCounters, StoredAnnotation, StoredRecord};
+use crate::store::{decode, keys, Table};
+use crate::sync_log::{suppressed, Provenance, SyncItem};
+
+/// What a node remembers about one mailbox on one peer after the last successful exchange.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct ReplicationCache {
+    pub uidvalidity: UidValidity,
+    /// This node's modseq up to which the peer has every change.
+    pub acked: ModSeq,
+    /// The peer's modseq right after that exchange.
+    pub peer_modseq: ModSeq,
+}
+
+/// Bodies that came with a change, by Guid.
+pub type Bodies = BTreeMap<Guid, Arc<Vec<u8>>>;
+
+/// What merging a set of incoming changes did.
+#[derive(Debug, Default)]
+struct MergeSummary {
+    changed: bool,
+    /// Some record or annotation is now a combination of both sides: new to every peer.
+    combined: bool,
+    /// This node (the primary) moved conflicting records to fresh uids.
+    promoted: bool,
+    /// Origins of the states taken whole.
+    origins: BTreeSet<NodeId>,
+}
+
+impl Mailbox {
+    fn cache_key(&self, peer: &NodeId) -> Vec<u8> {
+        let mut k = keys::mailbox(self.id);
+        k.extend_from_slice(peer.as_str().as_bytes());
+        k
+    }
+
+    fn committed_counters(&self) -> Result<MailboxCounters, StoreError> {
+        Ok(self
+            .store
+            .get::<MailboxCounters>(Table::MailboxState, &keys::mailbox(self.id))?
+            .unwrap_or_default())
+    }
+
+    fn committed_highest(&self) -> Result<(ModSeq, MailboxCounters), StoreError> {
+        let c = self.committed_counters()?;
+        Ok((ModSeq::new(c.modseq, self.ctx.node.modseq_tag()), c))
+    }
+
+    fn stored(&self, aid: &AppendId) -> Result<Option<StoredRecord>, StoreError> {
+        self.store.get(Table::Messages, &keys::message(self.id, aid))
+    }
+
+    /// Records changed after `since` with modseq at most `upto`, oldest first, at most `limit`;
+    /// `skip_for` leaves out what that peer already has. Returns the page and the modseq of the
+    /// last record scanned when the page is full.
+    fn changes_after(
+        &self,
+        since: ModSeq,
+        upto: ModSeq,
+        limit: usize,
+        skip_for: Option<&NodeId>,
+    ) -> Result<(Vec<Change<MessageRecord>>, Option<ModSeq>), StoreError> {
+        let mut aids = Vec::new();
+        let mut last = None;
+        let start = keys::modseq(self.id, ModSeq(since.0.saturating_add(1)));
+        self.store
+            .scan_from(Table::Modseqs, &keys::mailbox(self.id), &start, |k, v| {
+                let modseq = keys::parse_modseq(k).ok_or_else(|| StoreError::Decode {
+                    what: "modseq index".into(),
+                    reason: "malformed key".into(),
+                })?;
+                if modseq > upto {
+                    return Ok(false);
+                }
+                let aid = AppendId::from_key_bytes(v).ok_or_else(|| StoreError::Decode {
+                    what: "modseq index".into(),
+                    reason: "malformed AppendId".into(),
+                })?;
+                aids.push(aid);
+                last = Some(modseq);
+                Ok(aids.len() < limit)
+            })?;
+        let full = aids.len() >= limit;
+        let mut out = Vec::with_capacity(aids.len());
+        for aid in aids {
+            if let Some(s) = self.stored(&aid)? {
+                if skip_for.is_some_and(|p| suppressed(&s.origin, s.arrived_on.as_ref(), p)) {
+                    continue;
+                }
+                out.push(Change {
+                    origin: s.origin,
+                    item: s.record,
+                });
+            }
+        }
+        Ok((out, if full { last } else { None }))
+    }
+
+    fn annotations_after(
+        &self,
+        since: ModSeq,
+        upto: ModSeq,
+        skip_for: Option<&NodeId>,
+    ) -> Result<Vec<Change<(String, Annotation)>>, StoreError> {
+        let mut out = Vec::new();
+        self.store
+            .scan_prefix(Table::Annotations, &keys::mailbox(self.id), None, |k, v| {
+                let a: StoredAnnotation = decode(v, "annotation")?;
+                if a.modseq > since
+                    && a.modseq <= upto
+                    && !skip_for.is_some_and(|p| suppressed(&a.origin, a.arrived_on.as_ref(), p))
+                {
+                    let entry = String::from_utf8_lossy(&k[16..]).into_owned();
+                    out.push(Change {
+                        origin: a.origin,
+                        item: (entry, a.annotation),
+                    });
+                }
+                Ok(true)
+            })?;
+        Ok(out)
+    }
+
+    /// One page of this node's changes after `since` (a modseq of this node), for a peer.
+    fn change_page(
+        &self,
+        since: ModSeq,
+        limit: usize,
+        peer: Option<&NodeId>,
+    ) -> Result<ChangePage, StoreError> {
+        let (highest, counters) = self.committed_highest()?;
+        let (records, next) = self.changes_after(since, highest, limit, peer)?;
+        let annotations = if next.is_none() {
+            self.annotations_after(since, highest, peer)?
+        } else {
+            Vec::new()
+        };
+        Ok(ChangePage {
+            records,
+            annotations,
+            uidnext: counters.uidnext,
+            next,
+        })
+    }
+
+    /// Whether `since` is a point of this node's history the changes can be listed from.
+    fn knows(&self, since: ModSeq, highest: ModSeq) -> bool {
+        since.minted_by(self.ctx.node.modseq_tag()) && since <= highest
+    }
+
+    /// Merges incoming changes into `writes`. Nothing is written unless every new live record's
+    /// body is here or came along.
+    fn merge_in(
+        &mut self,
+        writes: &mut Writes,
+        from: &NodeId,
+        records: Vec<Change<MessageRecord>>,
+        annotations: Vec<Change<(String, Annotation)>>,
+        uidnext: UidNext,
+        bodies: &Bodies,
+    ) -> Result<MergeSummary, MailError> {
+        let me = self.ctx.node.clone();
+        // Bodies first: a node never shows a record whose body it lacks.
+        let mut locals = BTreeMap::new();
+        for change in &records {
+            let local = self.stored(&change.item.append_id)?;
+            if local.is_none() && !change.item.is_expunged() {
+                let guid = change.item.guid;
+                if !bodies.contains_key(&guid) && self.store.body_location(&guid)?.is_none() {
+                    return Err(MailError::BodyNotReceived(guid));
+                }
+            }
+            locals.insert(change.item.append_id.clone(), local);
+        }
+        let mut summary = MergeSummary::default();
+        let mut overlay: BTreeMap<AppendId, StoredRecord> = BTreeMap::new();
+        let mut touched: BTreeSet<Uid> = BTreeSet::new();
+        let mut moved: BTreeSet<AppendId> = BTreeSet::new();
+        for Change {
+            origin,
+            item: incoming,
+        } in records
+        {
+            let aid = incoming.append_id.clone();
+            let local = overlay
+                .get(&aid)
+                .cloned()
+                .or_else(|| locals.get(&aid).cloned().flatten());
+            let (merged, effect) = match &local {
+                Some(l) => {
+                    let mut m = l.record.clone();
+                    let effect = m.merge_from(&incoming);
+                    (m, effect)
+                }
+                None => (incoming.clone(), MergeEffect::TookIncoming),
+            };
+            if effect == MergeEffect::Unchanged {
+                continue;
+            }
+            self.node_counters.observe(merged.max_version());
+            summary.changed = true;
+            match effect {
+                MergeEffect::Combined => summary.combined = true,
+                _ => {
+                    summary.origins.insert(origin.clone());
+                }
+            }
+            let (origin, arrived_on) = if effect == MergeEffect::TookIncoming {
+                (origin, Some(from.clone()))
+            } else {
+                (me.clone(), None)
+            };
+            match &local {
+                None if !merged.is_expunged() => {
+                    writes
+                        .batch
+                        .add_body(merged.guid, bodies.get(&merged.guid).cloned());
+                }
+                Some(l) if !l.record.is_expunged() && merged.is_expunged() => {
+                    writes.batch.release_body(merged.guid)
+                }
+                _ => {}
+            }
+            touched.insert(merged.uid.value);
+            match &local {
+                Some(l) if l.record.uid.value == merged.uid.value => {}
+                Some(l) => {
+                    touched.insert(l.record.uid.value);
+                    moved.insert(aid.clone());
+                }
+                None => {
+                    moved.insert(aid.clone());
+                }
+            }
+            let hidden = local.as_ref().is_some_and(|l| l.hidden);
+            let new = StoredRecord {
+                record: merged,
+                modseq: ModSeq::ZERO,
+                origin,
+                arrived_on,
+                hidden,
+            };
+            self.write_stored(&mut writes.batch, local.as_ref(), new.clone());
+            let modseq = self.highestmodseq();
+            overlay.insert(aid, StoredRecord { modseq, ..new });
+        }
+        self.counters.uidnext = self.counters.uidnext.max(uidnext);
+        summary.promoted = self.settle_uids(writes, &mut overlay, touched, &moved)?;
+        for Change {
+            origin,
+            item: (entry, incoming),
+        } in annotations
+        {
+            let key = keys::annotation(self.id, &entry);
+            let local = self.store.get::<StoredAnnotation>(Table::Annotations, &key)?;
+            let (merged, effect) = match &local {
+                Some(l) => {
+                    let mut m = l.annotation.clone();
+                    let effect = m.merge_from(&incoming);
+                    (m, effect)
+                }
+                None => (incoming, MergeEffect::TookIncoming),
+            };
+            if effect == MergeEffect::Unchanged {
+                continue;
+            }
+            self.node_counters.observe(merged.version());
+            summary.changed = true;
+            let (origin, arrived_on) = match effect {
+                MergeEffect::TookIncoming => {
+                    summary.origins.insert(origin.clone());
+                    (origin, Some(from.clone()))
+                }
+                _ => {
+                    summary.combined = true;
+                    (me.clone(), None)
+                }
+            };
+            let modseq = self.next_modseq();
+            writes.batch.put(
+                Table::Annotations,
+                key,
+                &StoredAnnotation {
+                    annotation: merged,
+                    modseq,
+                    origin,
+                    arrived_on,
+                },
+            );
+        }
+        if summary.changed || summary.promoted {
+            self.put_counters(&mut writes.batch);
+            let provenance = if summary.combined || summary.promoted || summary.origins.len() != 1 {
+                // New to everyone (or from several origins: only the sender can be skipped).
+                if summary.combined || summary.promoted {
+                    Provenance::Local
+                } else {
+                    Provenance::Remote {
+                        from: from.clone(),
+                        origin: from.clone(),
+                        effect: MergeEffect::TookIncoming,
+                    }
+                }
+            } else {
+                let origin = summary.origins.iter().next().expect("one origin").clone();
+                Provenance::Remote {
+                    from: from.clone(),
+                    origin,
+                    effect: MergeEffect::TookIncoming,
+                }
+            };
+            let logged = self.ctx.sync_log.log(
+                &mut writes.batch,
+                SyncItem::Mailbox(self.id),
+                &provenance,
+                Some(&self.holders),
+            );
+            writes.logged.merge(logged);
+        }
+        Ok(summary)
+    }
+
+    /// The records at `uid`: committed ones, as changed by this batch (`overlay`).
+    fn records_at(
+        &self,
+        uid: Uid,
+        overlay: &BTreeMap<AppendId, StoredRecord>,
+    ) -> Result<BTreeMap<AppendId, StoredRecord>, StoreError> {
+        let mut aids = Vec::new();
+        self.store
+            .scan_prefix(Table::Uids, &keys::uid_prefix(self.id, uid), None, |k, _| {
+                if let Some((_, aid)) = keys::parse_uid(k) {
+                    aids.push(aid);
+                }
+                Ok(true)
+            })?;
+        let mut at = BTreeMap::new();
+        for aid in aids {
+            let record = match overlay.get(&aid) {
+                Some(r) => Some(r.clone()),
+                None => self.stored(&aid)?,
+            };
+            if let Some(r) = record.filter(|r| r.record.uid.value == uid) {
+                at.insert(aid, r);
+            }
+        }
+        for (aid, r) in overlay {
+            if r.record.uid.value == uid {
+                at.insert(aid.clone(), r.clone());
+            }
+        }
+        Ok(at)
+    }
+
+    /// Makes every uid in `uids` show at most one message. The primary promotes conflicting
+    /// records to fresh uids; another node keeps showing the message it showed first and hides
+    /// the rest (never dropping them), and shows a hidden one again once its conflict is gone.
+    /// Returns whether this node promoted.
+    fn settle_uids(
+        &mut self,
+        writes: &mut Writes,
+        overlay: &mut BTreeMap<AppendId, StoredRecord>,
+        uids: BTreeSet<Uid>,
+        moved: &BTreeSet<AppendId>,
+    ) -> Result<bool, StoreError> {
+        let mut promoted = false;
+        let primary = self.primary == self.ctx.node;
+        for uid in uids {
+            let at = self.records_at(uid, overlay)?;
+            if at.len() > 1 && primary {
+                for (aid, old) in at {
+                    let mut record = old.record.clone();
+                    self.node_counters.observe(&record.uid.version);
+                    let version = self.node_counters.tick();
+                    let to = self.counters.uidnext.0;
+                    record.uid.set(to, version);
+                    let new = StoredRecord {
+                        record,
+                        modseq: ModSeq::ZERO,
+                        origin: self.ctx.node.clone(),
+                        arrived_on: None,
+                        hidden: false,
+                    };
+                    self.write_stored(&mut writes.batch, Some(&old), new.clone());
+                    overlay.insert(
+                        aid,
+                        StoredRecord {
+                            modseq: self.highestmodseq(),
+                            ..new
+                        },
+                    );
+                    promoted = true;
+                }
+                continue;
+            }
+            let shown_before = at
+                .iter()
+                .find(|(aid, r)| !r.hidden && !r.record.is_expunged() && !moved.contains(*aid))
+                .map(|(a, _)| a.clone());
+            let keeper = match shown_before {
+                Some(aid) => Some(aid),
+                // A uid seen expunged here is never shown again as another message.
+                None if at.values().any(|r| r.record.is_expunged()) => None,
+                None => at
+                    .iter()
+                    .find(|(_, r)| !r.record.is_expunged())
+                    .map(|(a, _)| a.clone()),
+            };
+            for (aid, old) in at {
+                let hide = !old.record.is_expunged() && keeper.as_ref() != Some(&aid);
+                if old.hidden != hide {
+                    let new = StoredRecord {
+                        hidden: hide,
+                        ..old.clone()
+                    };
+                    self.write_stored(&mut writes.batch, Some(&old), new.clone());
+                    overlay.insert(
+                        aid,
+                        StoredRecord {
+                            modseq: self.highestmodseq(),
+                            ..new
+                        },
+                    );
+                }
+            }
+        }
+        Ok(promoted)
+    }
+}
+
+/// What a Channel sends in one step-1 round trip.
+#[derive(Clone, Debug)]
+pub struct SyncPlan {
+    /// The cache for this peer, when it is usable (same uidvalidity).
+    pub cache: Option<ReplicationCache>,
+    pub uidvalidity: UidValidity,
+    /// This node's modseq the plan covers changes up to.
+    pub upto: ModSeq,
+    pub records: Vec<Change<MessageRecord>>,
+    pub annotations: Vec<Change<(String, Annotation)>>,
+    pub uidnext: UidNext,
+    /// The digest at `upto` (meaningful when `more` is false).
+    pub digest: MailboxDigest,
+    /// More changes follow after `upto`.
+    pub more: bool,
+}
+
+/// Plans the next step-1 page for `peer`: the changes since the cache's acknowledged point that
+/// the peer does not already have.
+#[derive(Message)]
+#[rtype(result = "Result<SyncPlan, MailError>")]
+pub struct PlanSync {
+    pub peer: NodeId,
+    pub limit: usize,
+}
+
+impl Handler<PlanSync> for Mailbox {
+    type Result = Result<SyncPlan, MailError>;
+
+    fn handle(&mut self, msg: PlanSync, _: &mut Self::Context) -> Self::Result {
+        self.check_usable()?;
+        let cache = self
+            .store
+            .get::<ReplicationCache>(Table::ReplCache, &self.cache_key(&msg.peer))?
+            .filter(|c| c.uidvalidity == self.uidvalidity);
+        let (highest, counters) = self.committed_highest()?;
+        let since = cache.as_ref().map(|c| c.acked).unwrap_or(ModSeq::ZERO);
+        let (records, next) = self.changes_after(since, highest, msg.limit, Some(&msg.peer))?;
+        let (upto, more, annotations) = match next {
+            Some(last) => (last, true, Vec::new()),
+            None => (
+                highest,
+                false,
+                self.annotations_after(since, highest, Some(&msg.peer))?,
+            ),
+        };
+        Ok(SyncPlan {
+            cache,
+            uidvalidity: self.uidvalidity,
+            upto,
+            records,
+            annotations,
+            uidnext: counters.uidnext,
+            digest: counters.digest,
+            more,
+        })
+    }
+}
+
+/// One page of this node's whole record set, by AppendId, for the push half of a full sync
+/// (nothing is left out: the peer may have lost what it once sent).
+#[derive(Message)]
+#[rtype(result = "Result<FullPushPage, MailError>")]
+pub struct PlanFullPush {
+    pub after: Option<AppendId>,
+    pub limit: usize,
+}
+
+#[derive(Clone, Debug)]
+pub struct FullPushPage {
+    pub records: Vec<Change<MessageRecord>>,
+    pub annotations: Vec<Change<(String, Annotation)>>,
+    pub uidnext: UidNext,
+    /// This node's modseq when the page was read.
+    pub highest: ModSeq,
+    pub digest: MailboxDigest,
+    pub next: Option<AppendId>,
+}
+
+impl Mailbox {
+    fn full_page(&self, after: Option<&AppendId>, limit: usize) -> Result<FullPushPage, StoreError> {
+        let (highest, counters) = self.committed_highest()?;
+        let after_key = after.map(|a| keys::message(self.id, a));
+        let mut records = Vec::new();
+        let mut last = None;
+        self.store.scan_prefix(
+            Table::Messages,
+            &keys::mailbox(self.id),
+            after_key.as_deref(),
+            |_, v| {
+                let s: StoredRecord = decode(v, "message record")?;
+                last = Some(s.record.append_id.clone());
+                records.push(Change {
+                    origin: s.origin,
+                    item: s.record,
+                });
+                Ok(records.len() < limit)
+            },
+        )?;
+        let next = if records.len() >= limit { last } else { None };
+        let annotations = if after.is_none() {
+            self.annotations_after(ModSeq::ZERO, highest, None)?
+        } else {
+            Vec::new()
+        };
+        Ok(FullPushPage {
+            records,
+            annotations,
+            uidnext: counters.uidnext,
+            highest,
+            digest: counters.digest,
+            next,
+        })
+    }
+}
+
+impl Handler<PlanFullPush> for Mailbox {
+    type Result = Result<FullPushPage, MailError>;
+
+    fn handle(&mut self, msg: PlanFullPush, _: &mut Self::Context) -> Self::Result {
+        self.check_usable()?;
+        Ok(self.full_page(msg.after.as_ref(), msg.limit)?)
+    }
+}
+
+/// Records what a peer has after a successful exchange.
+#[derive(Message)]
+#[rtype(result = "Result<(), MailError>")]
+pub struct SaveCache {
+    pub peer: NodeId,
+    pub cache: ReplicationCache,
+}
+
+impl Handler<SaveCache> for Mailbox {
+    type Result = AtomicResponse<Self, Result<(), MailError>>;
+
+    fn handle(&mut self, msg: SaveCache, _: &mut Self::Context) -> Self::Result {
+        self.atomic(move |act| {
+            let mut writes = Writes::default();
+            writes
+                .batch
+                .put(Table::ReplCache, act.cache_key(&msg.peer), &msg.cache);
+            Ok((writes, ()))
+        })
+    }
+}
+
+/// A peer's change request (PeerSession side). Answers with the wire response.
+#[derive(Message)]
+#[rtype(result = "Result<Response, MailError>")]
+pub struct ApplyChanges {
+    pub from: NodeId,
+    pub request: ChangeRequest,
+    pub bodies: Bodies,
+    pub page_limit: usize,
+}
+
+impl Handler<ApplyChanges> for Mailbox {
+    type Result = AtomicResponse<Self, Result<Response, MailError>>;
+
+    fn handle(&mut self, msg: ApplyChanges, _: &mut Self::Context) -> Self::Result {
+        self.atomic(move |act| {
+            let req = msg.request;
+            if req.uidvalidity != act.uidvalidity {
+                return Ok((
+                    Writes::default(),
+                    wire_error(ErrorCode::UidValidityMismatch, "uidvalidity differs"),
+                ));
+            }
+            let highest = act.highestmodseq();
+            if !req.full && req.expected_peer_modseq != highest {
+                let response = if act.knows(req.expected_peer_modseq, highest) {
+                    let changes =
+                        act.change_page(req.expected_peer_modseq, msg.page_limit, Some(&msg.from))?;
+                    Response::Mismatch {
+                        modseq: highest,
+                        changes,
+                    }
+                } else {
+                    wire_error(
+                        ErrorCode::NoHistory,
+                        "the expected modseq is not a point of this node's history",
+                    )
+                };
+                return Ok((Writes::default(), response));
+            }
+            let mut writes = Writes::default();
+            let summary = match act.merge_in(
+                &mut writes,
+                &msg.from,
+                req.records,
+                req.annotations,
+                req.uidnext,
+                &msg.bodies,
+            ) {
+                Ok(s) => s,
+                Err(MailError::BodyNotReceived(guid)) => {
+                    return Ok((
+                        Writes::default(),
+                        wire_error(ErrorCode::MissingBody, &format!("body {guid} was not sent")),
+                    ))
+                }
+                Err(e) => return Err(e),
+            };
+            let modseq = act.highestmodseq();
+            if !req.full && !summary.combined && !summary.promoted {
+                // This node now has exactly the sender's state up to its modseq: the cache for the
+                // way back is known without another round trip.
+                let cache = ReplicationCache {
+                    uidvalidity: act.uidvalidity,
+                    acked: modseq,
+                    peer_modseq: req.sender_modseq,
+                };
+                writes
+                    .batch
+                    .put(Table::ReplCache, act.cache_key(&msg.from), &cache);
+            }
+            Ok((
+                writes,
+                Response::Applied {
+                    modseq,
+                    digest: act.counters.digest,
+                },
+            ))
+        })
+    }
+}
+
+/// Merges changes pulled from a peer (Channel side, steps 2 and 3).
+#[derive(Message)]
+#[rtype(result = "Result<(), MailError>")]
+pub struct MergeRemote {
+    pub from: NodeId,
+    pub records: Vec<Change<MessageRecord>>,
+    pub annotations: Vec<Change<(String, Annotation)>>,
+    pub uidnext: UidNext,
+    pub bodies: Bodies,
+}
+
+impl Handler<MergeRemote> for Mailbox {
+    type Result = AtomicResponse<Self, Result<(), MailError>>;
+
+    fn handle(&mut self, msg: MergeRemote, _: &mut Self::Context) -> Self::Result {
+        self.atomic(move |act| {
+            let mut writes = Writes::default();
+            act.merge_in(
+                &mut writes,
+                &msg.from,
+                msg.records,
+                msg.annotations,
+                msg.uidnext,
+                &msg.bodies,
+            )?;
+            Ok((writes, ()))
+        })
+    }
+}
+
+/// A page of changes since one of this node's modseqs (PeerSession side of ChangesSince).
+#[derive(Message)]
+#[rtype(result = "Result<Response, MailError>")]
+pub struct ListChanges {
+    pub peer: NodeId,
+    pub uidvalidity: UidValidity,
+    pub since: ModSeq,
+    pub limit: usize,
+}
+
+impl Handler<ListChanges> for Mailbox {
+    type Result = Result<Response, MailError>;
+
+    fn handle(&mut self, msg: ListChanges, _: &mut Self::Context) -> Self::Result {
+        self.check_usable()?;
+        if msg.uidvalidity != self.uidvalidity {
+            return Ok(wire_error(ErrorCode::UidValidityMismatch, "uidvalidity differs"));
+        }
+        let (highest, _) = self.committed_highest()?;
+        if !self.knows(msg.since, highest) {
+            return Ok(wire_error(
+                ErrorCode::NoHistory,
+                "the modseq is not a point of this node's history",
+            ));
+        }
+        Ok(Response::Changes(self.change_page(
+            msg.since,
+            msg.limit,
+            Some(&msg.peer),
+        )?))
+    }
+}
+
+/// A page of the full record set (PeerSession side of FullState).
+#[derive(Message)]
+#[rtype(result = "Result<Response, MailError>")]
+pub struct ListFull {
+    pub uidvalidity: UidValidity,
+    pub after: Option<AppendId>,
+    pub limit: usize,
+}
+
+impl Handler<ListFull> for Mailbox {
+    type Result = Result<Response, MailError>;
+
+    fn handle(&mut self, msg: ListFull, _: &mut Self::Context) -> Self::Result {
+        self.check_usable()?;
+        if msg.uidvalidity != self.uidvalidity {
+            return Ok(wire_error(ErrorCode::UidValidityMismatch, "uidvalidity differs"));
+        }
+        let page = self.full_page(msg.after.as_ref(), msg.limit)?;
+        Ok(Response::Full {
+            records: page.records,
+            annotations: page.annotations,
+            uidnext: page.uidnext,
+            modseq: page.highest,
+            next: page.next,
+        })
+    }
+}
+
+/// The Directory tells a running Mailbox that its entry changed (locations, primary).
+#[derive(Message)]
+#[rtype(result = "()")]
+pub struct EntryUpdated {
+    pub entry: MailboxEntry,
+}
+
+impl Handler<EntryUpdated> for Mailbox {
+    type Result = ();
+
+    fn handle(&mut self, msg: EntryUpdated, _: &mut Self::Context) {
+        self.holders = msg.entry.locations.value.clone();
+        self.primary = primary_of(&msg.entry);
+    }
+}
+
+/// Forgets every replication cache of this mailbox for `peer` (the peer lost its data).
+pub fn forget_peer_caches(
+    writes: &mut Writes,
+    store: &crate::store::Store,
+    peer: &NodeId,
+) -> Result<(), StoreError> {
+    store.scan_prefix(Table::ReplCache, &[], None, |k, _| {
+        if k.len() > 16 && &k[16..] == peer.as_str().as_bytes() {
+            writes.batch.delete(Table::ReplCache, k.to_vec());
+        }
+        Ok(true)
+    })
+}
+
+pub(crate) fn wire_error(code: ErrorCode, message: &str) -> Response {
+    Response::Error {
+        code,
+        message: message.to_string(),
+        retry: false,
+    }
+}

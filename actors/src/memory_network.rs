@@ -1,0 +1,187 @@
+//! An in-process network: many nodes in one actix System, linked by a real [`Transport`] that
+//! encodes every frame with the wire codec and counts what crosses each link. Links can be cut
+//! and healed. The tests use it for whole topologies; the simulator builds its faulty network
+//! on the same seam.
+
+use std::cell::RefCell;
+use std::collections::{BTreeMap, BTreeSet};
+use std::rc::Rc;
+use std::sync::Arc;
+
+use mailmesh_protocol::codec::{encode_frame, FrameDecoder, DEFAULT_MAX_FRAME};
+use mailmesh_protocol::ids::NodeId;
+use mailmesh_protocol::wire::{Frame, Request};
+
+use crate::peer_session::Inbound;
+use crate::transport::{Transport, TransportError, TransportFuture};
+
+/// What crossed one direction of one link.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct LinkStats {
+    pub requests: u64,
+    pub request_bytes: u64,
+    pub response_bytes: u64,
+}
+
+#[derive(Default)]
+struct Net {
+    nodes: BTreeMap<NodeId, Inbound>,
+    /// Cut links, each as (smaller name, larger name).
+    cut: BTreeSet<(NodeId, NodeId)>,
+    /// (from, to) -> what the requests from `from` to `to` carried.
+    stats: BTreeMap<(NodeId, NodeId), LinkStats>,
+    next_id: u64,
+}
+
+#[derive(Clone, Default)]
+pub struct MemoryNetwork(Rc<RefCell<Net>>);
+
+fn link(a: &NodeId, b: &NodeId) -> (NodeId, NodeId) {
+    if a <= b {
+        (a.clone(), b.clone())
+    } else {
+        (b.clone(), a.clone())
+    }
+}
+
+impl MemoryNetwork {
+    pub fn new() -> Self {
+        Self::default()
+    }
+
+    /// Makes `node` reachable (again, after a restart).
+    pub fn attach(&self, node: NodeId, inbound: Inbound) {
+        self.0.borrow_mut().nodes.insert(node, inbound);
+    }
+
+    /// Makes `node` unreachable, as a crashed or stopped node is.
+    pub fn detach(&self, node: &NodeId) {
+        self.0.borrow_mut().nodes.remove(node);
+    }
+
+    pub fn set_link(&self, a: &NodeId, b: &NodeId, up: bool) {
+        let mut net = self.0.borrow_mut();
+        if up {
+            net.cut.remove(&link(a, b));
+        } else {
+            net.cut.insert(link(a, b));
+        }
+    }
+
+    pub fn transport(&self, node: &NodeId) -> Arc<dyn Transport> {
+        Arc::new(MemoryTransport {
+            net: self.clone(),
+            from: node.clone(),
+        })
+    }
+
+    pub fn stats(&self) -> BTreeMap<(NodeId, NodeId), LinkStats> {
+        self.0.borrow().stats.clone()
+    }
+
+    /// Requests sent over every link so far.
+    pub fn total_requests(&self) -> u64 {
+        self.0.borrow().stats.values().map(|s| s.requests).sum()
+    }
+
+    pub fn total_bytes(&self) -> u64 {
+        self.0
+            .borrow()
+            .stats
+            .values()
+            .map(|s| s.request_bytes + s.response_bytes)
+            .sum()
+    }
+}
+
+struct MemoryTransport {
+    net: MemoryNetwork,
+    from: NodeId,
+}
+
+/// Encodes and decodes a frame, as a real link would; returns the decoded frame and its size.
+fn through_the_wire(frame: &Frame, peer: &NodeId) -> Result<(Frame, usize), TransportError> {
+    let malformed = |e: &dyn std::fmt::Display| TransportError::Malformed {
+        peer: peer.clone(),
+        reason: e.to_string(),
+    };
+    let bytes = encode_frame(frame, DEFAULT_MAX_FRAME).map_err(|e| malformed(&e))?;
+    let mut decoder = FrameDecoder::new(DEFAULT_MAX_FRAME);
+    decoder.push(&bytes);
+    let decoded = decoder
+        .next_frame()
+        .map_err(|e| malformed(&e))?
+        .ok_or_else(|| malformed(&"incomplete frame"))?;
+    Ok((decoded, bytes.len()))
+}
+
+impl Transport for MemoryTransport {
+    fn request(&self, peer: &NodeId, request: Request) -> TransportFuture {
+        let net = self.net.clone();
+        let from = self.from.clone();
+        let peer = peer.clone();
+        Box::pin(async move {
+            let unreachable = |reason: &str| TransportError::Unreachable {
+                peer: peer.clone(),
+                reason: reason.into(),
+            };
+            let (inbound, id) = {
+                let mut n = net.0.borrow_mut();
+                if n.cut.contains(&link(&from, &peer)) {
+                    return Err(unreachable("link is cut"));
+                }
+                let inbound = n
+                    .nodes
+                    .get(&peer)
+                    .cloned()
+                    .ok_or_else(|| unreachable("node is down"))?;
+                n.next_id += 1;
+                (inbound, n.next_id)
+            };
+            let (frame, size) = through_the_wire(&Frame::Request { id, request }, &peer)?;
+            {
+                let mut n = net.0.borrow_mut();
+                let s = n.stats.entry((from.clone(), peer.clone())).or_default();
+                s.requests += 1;
+                s.request_bytes += size as u64;
+            }
+            let Frame::Request { request, .. } = frame else {
+                return Err(TransportError::Malformed {
+                    peer,
+                    reason: "not a request".into(),
+                });
+            };
+            let response = inbound.handle(from.clone(), request).await;
+            // The link may have been cut, or the peer stopped, while it worked: the answer is lost.
+            {
+                let n = net.0.borrow();
+                if n.cut.contains(&link(&from, &peer)) || !n.nodes.contains_key(&peer) {
+                    return Err(TransportError::Closed {
+                        peer,
+                        reason: "lost while the peer worked".into(),
+                    });
+                }
+            }
+            let (frame, size) = through_the_wire(&Frame::Response { id, response }, &peer)?;
+            net.0
+                .borrow_mut()
+                .stats
+                .entry((from, peer.clone()))
+                .or_default()
+                .response_bytes += size as u64;
+            match frame {
+                Frame::Response { response, .. } => Ok(response),
+                _ => Err(TransportError::Malformed {
+                    peer,
+                    reason: "not a response".into(),
+                }),
+            }
+        })
+    }
+}
+
+impl std::fmt::Debug for MemoryNetwork {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        write!(f, "MemoryNetwork({} nodes)", self.0.borrow().nodes.len())
+    }
+}
