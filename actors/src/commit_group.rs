@@ -501,6 +501,19 @@ pub fn commit(
     }
 }
 
+/// Stops the commit group once everything queued is written (a node shutting down).
+#[derive(Message)]
+#[rtype(result = "()")]
+pub struct StopCommitGroup;
+
+impl Handler<StopCommitGroup> for CommitGroup {
+    type Result = ();
+
+    fn handle(&mut self, _: StopCommitGroup, ctx: &mut Self::Context) {
+        ctx.stop();
+    }
+}
+
 #[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
 pub struct CompactionReport {
     pub segments_removed: u64,

@@ -11,6 +11,7 @@
 //!
 //! Everything runs on one actix System thread: no actor starts threads of its own.
 
+pub mod channel;
 pub mod commit_group;
 pub mod context;
 pub mod counters;

@@ -1,11 +1,14 @@
-//! Starts the actors of one node on the current actix System.
+//! Starts the actors of one node on the current actix System, and stops them.
 
+use std::collections::BTreeMap;
 use std::path::PathBuf;
 use std::sync::Arc;
+use std::time::Duration;
 
 use actix::prelude::*;
 use mailmesh_protocol::ids::NodeId;
 
+use crate::channel::{Channel, ChannelConfig, ChannelStats, GetChannelStats};
 use crate::commit_group::{CommitGroup, FlushMode, DEFAULT_SEGMENT_BYTES};
 use crate::context::NodeContext;
 use crate::counters::NodeCounters;
@@ -13,8 +16,26 @@ use crate::directory::{ActivationPolicy, Directory};
 use crate::env::Env;
 use crate::error::StoreError;
 use crate::mailbox::Limits;
+use crate::peer_session::Inbound;
 use crate::store::Store;
 use crate::sync_log::SyncLog;
+use crate::transport::Transport;
+
+/// One configured peer: a Channel is run to it.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct PeerOptions {
+    pub node: NodeId,
+    pub channel: ChannelConfig,
+}
+
+impl PeerOptions {
+    pub fn new(node: NodeId) -> Self {
+        PeerOptions {
+            node,
+            channel: ChannelConfig::default(),
+        }
+    }
+}
 
 /// Everything a node needs to start its actors.
 #[derive(Clone, Debug)]
@@ -27,6 +48,7 @@ pub struct NodeOptions {
     pub segment_bytes: u64,
     /// Background for a node; Inline for deterministic simulation.
     pub flush_mode: FlushMode,
+    pub peers: Vec<PeerOptions>,
 }
 
 impl NodeOptions {
@@ -38,6 +60,7 @@ impl NodeOptions {
             activation: ActivationPolicy::default(),
             segment_bytes: DEFAULT_SEGMENT_BYTES,
             flush_mode: FlushMode::Background,
+            peers: Vec::new(),
         }
     }
 }
@@ -49,11 +72,26 @@ pub struct LocalNode {
     pub commit: Addr<CommitGroup>,
     pub directory: Addr<Directory>,
     pub context: NodeContext,
+    /// Where a transport delivers the requests of peers.
+    pub inbound: Inbound,
+    transport: Option<Arc<dyn Transport>>,
+    channels: BTreeMap<NodeId, (PeerOptions, Addr<Channel>)>,
 }
 
 impl LocalNode {
-    /// Opens the store and starts the actors. Must run inside an actix System.
+    /// Opens the store and starts the actors of a node with no peers. Must run inside an actix
+    /// System.
     pub fn start(options: NodeOptions, env: Env) -> Result<LocalNode, StoreError> {
+        Self::start_replicating(options, env, None)
+    }
+
+    /// Opens the store and starts the actors, with a Channel to each configured peer over
+    /// `transport`.
+    pub fn start_replicating(
+        options: NodeOptions,
+        env: Env,
+        transport: Option<Arc<dyn Transport>>,
+    ) -> Result<LocalNode, StoreError> {
         let store = Arc::new(Store::open(&options.data_dir, &options.node)?);
         let counters = NodeCounters::new(options.node.clone(), store.initial_counters());
         counters.incarnation(|| env.entropy.next_u128());
@@ -74,12 +112,143 @@ impl LocalNode {
             limits: options.limits,
         };
         let directory = Directory::new(context.clone(), options.activation).start();
-        Ok(LocalNode {
+        let inbound = Inbound::new(context.clone(), directory.clone());
+        let mut node = LocalNode {
             node: options.node,
             store,
             commit,
             directory,
             context,
-        })
+            inbound,
+            transport,
+            channels: BTreeMap::new(),
+        };
+        node.set_peers(options.peers);
+        Ok(node)
+    }
+
+    /// Applies a new peer list (a config reload): Channels to removed peers stop, new ones start,
+    /// unchanged ones keep running. No sync log row is lost: a removed peer's rows stay in the
+    /// store and are drained if it is added again.
+    pub fn set_peers(&mut self, peers: Vec<PeerOptions>) {
+        let Some(transport) = self.transport.clone() else {
+            if !peers.is_empty() {
+                tracing::warn!("peers are configured but this node has no transport; not replicating");
+            }
+            return;
+        };
+        let wanted: BTreeMap<NodeId, PeerOptions> = peers
+            .into_iter()
+            .filter(|p| p.node != self.node)
+            .map(|p| (p.node.clone(), p))
+            .collect();
+        let sync_log = &self.context.sync_log;
+        sync_log.set_peers(wanted.keys().cloned().collect());
+        self.channels.retain(|peer, (options, addr)| {
+            let keep = wanted.get(peer) == Some(options);
+            if !keep {
+                sync_log.detach_channel(peer);
+                addr.do_send(StopChannel);
+            }
+            keep
+        });
+        for (peer, options) in wanted {
+            if self.channels.contains_key(&peer) {
+                continue;
+            }
+            let channel = Channel::new(
+                peer.clone(),
+                self.context.clone(),
+                self.directory.clone(),
+                transport.clone(),
+                options.channel,
+            )
+            .start();
+            sync_log.attach_channel(peer.clone(), channel.clone().recipient());
+            self.channels.insert(peer, (options, channel));
+        }
+    }
+
+    pub fn peers(&self) -> Vec<NodeId> {
+        self.channels.keys().cloned().collect()
+    }
+
+    /// Each channel's state.
+    pub async fn channel_stats(&self) -> BTreeMap<NodeId, ChannelStats> {
+        let mut out = BTreeMap::new();
+        for (peer, (_, addr)) in &self.channels {
+            if let Ok(stats) = addr.send(GetChannelStats).await {
+                out.insert(peer.clone(), stats);
+            }
+        }
+        out
+    }
+
+    /// Stops every actor of the node and waits until the store is closed, so the data dir can be
+    /// opened again (a restart). Anything not yet acknowledged may be lost, as in a crash;
+    /// everything acknowledged is durable.
+    pub async fn shutdown(self) {
+        let LocalNode {
+            store,
+            commit,
+            directory,
+            context,
+            inbound,
+            channels,
+            ..
+        } = self;
+        for (peer, (_, addr)) in channels {
+            context.sync_log.detach_channel(&peer);
+            addr.do_send(StopChannel);
+        }
+        inbound.close();
+        directory.do_send(StopDirectory);
+        drop(directory);
+        drop(context);
+        drop(inbound);
+        // Actors let go of the store as they stop; the commit group goes last. Whoever still
+        // holds a Mailbox address or this node's Inbound (a transport) keeps the store open:
+        // after a bounded wait the node reports it instead of hanging.
+        let wait = |holders: usize| {
+            let store = store.clone();
+            async move {
+                for _ in 0..30_000 {
+                    if Arc::strong_count(&store) <= holders + 1 {
+                        return true;
+                    }
+                    tokio::time::sleep(Duration::from_millis(1)).await;
+                }
+                false
+            }
+        };
+        let quiet = wait(2).await;
+        commit.do_send(crate::commit_group::StopCommitGroup);
+        if !(quiet && wait(1).await) {
+            tracing::error!("node stopped but something still holds its store open");
+        }
+    }
+}
+
+#[derive(Message)]
+#[rtype(result = "()")]
+pub struct StopChannel;
+
+impl Handler<StopChannel> for Channel {
+    type Result = ();
+
+    fn handle(&mut self, _: StopChannel, ctx: &mut Self::Context) {
+        ctx.stop();
+    }
+}
+
+#[derive(Message)]
+#[rtype(result = "()")]
+pub struct StopDirectory;
+
+impl Handler<StopDirectory> for Directory {
+    type Result = ();
+
+    fn handle(&mut self, _: StopDirectory, ctx: &mut Self::Context) {
+        ctx.stop();
     }
 }

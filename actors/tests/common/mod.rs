@@ -1,6 +1,8 @@
 //! Shared set-up for the actor tests: a node on a temp dir inside an actix System.
 #![allow(dead_code)]
 
+pub mod cluster;
+
 use std::path::Path;
 use std::sync::Arc;
 

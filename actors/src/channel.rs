@@ -1,0 +1,804 @@
+//! The Channel actor: this node's pushing side of the link to one peer.
+//!
+//! It owns the in-memory view of its durable sync log and drains it: each dirty item is synced
+//! on its own (a user's mailbox list, subscriptions, sieve scripts, or one mailbox with the three
+//! steps), several at once up to a bound. An item is dropped from the log only after the peer
+//! acknowledged it, and only if nothing changed it again meanwhile. A failing item is retried with
+//! backoff and never holds up the others; a failing link pauses the channel until a Hello gets
+//! through again.
+
+use std::collections::{BTreeMap, BTreeSet};
+use std::sync::Arc;
+use std::time::Duration;
+
+use actix::prelude::*;
+use mailmesh_protocol::ids::{AppendId, Guid, MailboxId, ModSeq, NodeId};
+use mailmesh_protocol::wire::{Change, ChangeRequest, ErrorCode, Request, Response};
+use serde_bytes::ByteBuf;
+use tracing::{debug, info, warn};
+
+use crate::context::{NodeContext, Writes};
+use crate::directory::{Directory, OpenMailboxById};
+use crate::directory_sync::{EntriesFor, RequeueMark, UserItemChange, UserItemFor};
+use crate::error::MailError;
+use crate::mailbox::Mailbox;
+use crate::mailbox_sync::{Bodies, MergeRemote, PlanFullPush, PlanSync, ReplicationCache, SaveCache};
+use crate::store::Table;
+use crate::sync_log::{row_key, Dirty, SyncItem};
+use crate::transport::{Transport, TransportError};
+
+/// How a Channel works; the defaults suit a LAN link.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct ChannelConfig {
+    /// Items synced at once.
+    pub parallel: usize,
+    /// Records per request.
+    pub page: usize,
+    /// Bytes of a body per request.
+    pub body_chunk: usize,
+    /// The peer mounts the same body spool: bodies are never sent, it finds them by Guid.
+    pub shared_bodies: bool,
+}
+
+impl Default for ChannelConfig {
+    fn default() -> Self {
+        ChannelConfig {
+            parallel: 4,
+            page: 500,
+            body_chunk: 256 * 1024,
+            shared_bodies: false,
+        }
+    }
+}
+
+/// Round trips one mailbox sync may take before it is retried later.
+const MAX_ROUNDS: usize = 8;
+const MAX_BACKOFF: Duration = Duration::from_secs(60);
+
+fn backoff(attempts: u32) -> Duration {
+    let ms = 100u64.saturating_mul(1u64 << attempts.min(16));
+    Duration::from_millis(ms).min(MAX_BACKOFF)
+}
+
+#[derive(Debug)]
+pub enum SyncError {
+    /// The link failed: the whole channel waits.
+    Link(TransportError),
+    /// This item failed: it alone is retried later.
+    Item(String),
+}
+
+impl From<TransportError> for SyncError {
+    fn from(e: TransportError) -> Self {
+        SyncError::Link(e)
+    }
+}
+
+impl From<MailError> for SyncError {
+    fn from(e: MailError) -> Self {
+        SyncError::Item(e.to_string())
+    }
+}
+
+impl From<actix::MailboxError> for SyncError {
+    fn from(e: actix::MailboxError) -> Self {
+        SyncError::Item(format!("local actor unavailable: {e}"))
+    }
+}
+
+/// What the channel has done, for `mailmesh status` and the tests.
+#[derive(Clone, Debug, Default, PartialEq, Eq)]
+pub struct ChannelStats {
+    pub pending: usize,
+    pub running: usize,
+    pub synced: u64,
+    pub item_failures: u64,
+    pub link_failures: u64,
+    pub full_syncs: u64,
+    pub link_up: bool,
+}
+
+pub struct Channel {
+    peer: NodeId,
+    ctx: NodeContext,
+    directory: Addr<Directory>,
+    transport: Arc<dyn Transport>,
+    config: ChannelConfig,
+    dirty: BTreeMap<SyncItem, u64>,
+    running: BTreeSet<SyncItem>,
+    /// Items waiting out a backoff, with their failed attempts.
+    waiting: BTreeMap<SyncItem, u32>,
+    attempts: BTreeMap<SyncItem, u32>,
+    link_up: bool,
+    hello_running: bool,
+    link_failures: u32,
+    requeue_mark: u64,
+    stats: ChannelStats,
+}
+
+impl Channel {
+    pub fn new(
+        peer: NodeId,
+        ctx: NodeContext,
+        directory: Addr<Directory>,
+        transport: Arc<dyn Transport>,
+        config: ChannelConfig,
+    ) -> Self {
+        Channel {
+            peer,
+            ctx,
+            directory,
+            transport,
+            config,
+            dirty: BTreeMap::new(),
+            running: BTreeSet::new(),
+            waiting: BTreeMap::new(),
+            attempts: BTreeMap::new(),
+            link_up: false,
+            hello_running: false,
+            link_failures: 0,
+            requeue_mark: 0,
+            stats: ChannelStats::default(),
+        }
+    }
+
+    fn job(&self) -> SyncJob {
+        SyncJob {
+            peer: self.peer.clone(),
+            ctx: self.ctx.clone(),
+            directory: self.directory.clone(),
+            transport: self.transport.clone(),
+            config: self.config,
+        }
+    }
+
+    fn pump(&mut self, ctx: &mut Context<Self>) {
+        if !self.link_up {
+            if !self.hello_running {
+                self.hello(ctx);
+            }
+            return;
+        }
+        while self.running.len() < self.config.parallel {
+            let next = self
+                .dirty
+                .iter()
+                .find(|(item, _)| !self.running.contains(*item) && !self.waiting.contains_key(*item))
+                .map(|(item, generation)| (item.clone(), *generation));
+            let Some((item, generation)) = next else { break };
+            self.running.insert(item.clone());
+            let whole = generation <= self.requeue_mark;
+            let job = self.job();
+            let fut = async move {
+                let result = job.sync(&item, whole).await;
+                (item, generation, result)
+            };
+            ctx.spawn(fut.into_actor(self).map(|(item, generation, result), act, ctx| {
+                act.finished(item, generation, result, ctx);
+            }));
+        }
+    }
+
+    fn hello(&mut self, ctx: &mut Context<Self>) {
+        self.hello_running = true;
+        let job = self.job();
+        let fut = async move {
+            let ours = job.ctx.counters.incarnation(|| unreachable!("minted at start"));
+            let theirs = match job
+                .transport
+                .request(&job.peer, Request::Hello { incarnation: ours })
+                .await?
+            {
+                Response::Hello { incarnation } => incarnation,
+                other => {
+                    return Err(SyncError::Item(format!(
+                        "unexpected answer to Hello: {}",
+                        response_name(&other)
+                    )))
+                }
+            };
+            job.directory
+                .send(crate::directory_sync::PeerHello {
+                    peer: job.peer.clone(),
+                    incarnation: theirs,
+                })
+                .await??;
+            Ok(job
+                .directory
+                .send(RequeueMark {
+                    peer: job.peer.clone(),
+                })
+                .await??)
+        };
+        ctx.spawn(
+            fut.into_actor(self)
+                .map(|result: Result<u64, SyncError>, act, ctx| {
+                    act.hello_running = false;
+                    match result {
+                        Ok(mark) => {
+                            if act.link_failures > 0 {
+                                info!(peer = %act.peer, "link is up again");
+                            }
+                            act.requeue_mark = mark;
+                            act.link_up = true;
+                            act.link_failures = 0;
+                            act.stats.link_up = true;
+                            act.pump(ctx);
+                        }
+                        Err(e) => act.link_failed(e, ctx),
+                    }
+                }),
+        );
+    }
+
+    fn link_failed(&mut self, e: SyncError, ctx: &mut Context<Self>) {
+        self.link_up = false;
+        self.stats.link_up = false;
+        self.stats.link_failures += 1;
+        self.link_failures += 1;
+        let delay = backoff(self.link_failures);
+        if self.link_failures == 1 {
+            warn!(peer = %self.peer, error = ?e, "link failed; retrying with backoff");
+        } else {
+            debug!(peer = %self.peer, error = ?e, ?delay, "link still down");
+        }
+        ctx.run_later(delay, |act, ctx| act.pump(ctx));
+    }
+
+    fn finished(
+        &mut self,
+        item: SyncItem,
+        generation: u64,
+        result: Result<(), SyncError>,
+        ctx: &mut Context<Self>,
+    ) {
+        self.running.remove(&item);
+        match result {
+            Ok(()) => {
+                self.stats.synced += 1;
+                self.attempts.remove(&item);
+                if self.dirty.get(&item) == Some(&generation) {
+                    self.dirty.remove(&item);
+                    // The row goes only if no newer change re-dirtied it meanwhile.
+                    let mut writes = Writes::default();
+                    writes.batch.delete_if_equals(
+                        Table::SyncLog,
+                        row_key(&self.peer, &item),
+                        generation.to_be_bytes().to_vec(),
+                    );
+                    let done = self.ctx.commit(writes, None);
+                    let peer = self.peer.clone();
+                    ctx.spawn(
+                        async move {
+                            if let Err(e) = done.await {
+                                warn!(%peer, error = %e, "cannot clear a synced log row; it will be synced again");
+                            }
+                        }
+                        .into_actor(self),
+                    );
+                }
+                self.pump(ctx);
+            }
+            Err(SyncError::Link(e)) => {
+                self.link_failed(SyncError::Link(e), ctx);
+            }
+            Err(SyncError::Item(reason)) => {
+                self.stats.item_failures += 1;
+                let attempts = self.attempts.entry(item.clone()).or_insert(0);
+                *attempts += 1;
+                let delay = backoff(*attempts);
+                warn!(peer = %self.peer, ?item, attempt = *attempts, ?delay, %reason, "sync failed; retrying later");
+                self.waiting.insert(item.clone(), *attempts);
+                ctx.run_later(delay, move |act, ctx| {
+                    act.waiting.remove(&item);
+                    act.pump(ctx);
+                });
+                self.pump(ctx);
+            }
+        }
+    }
+}
+
+impl Actor for Channel {
+    type Context = Context<Self>;
+
+    fn started(&mut self, ctx: &mut Self::Context) {
+        let prefix = crate::store::keys::user_names(self.peer.as_str());
+        let mut rows = Vec::new();
+        let scanned = self.ctx.store.scan_prefix(Table::SyncLog, &prefix, None, |k, v| {
+            if let (Some(item), Ok(generation)) =
+                (SyncItem::decode(&k[prefix.len()..]), <[u8; 8]>::try_from(v))
+            {
+                rows.push((item, u64::from_be_bytes(generation)));
+            }
+            Ok(true)
+        });
+        if let Err(e) = scanned {
+            warn!(peer = %self.peer, error = %e, "cannot read the sync log");
+        }
+        self.dirty.extend(rows);
+        self.pump(ctx);
+    }
+}
+
+impl Handler<Dirty> for Channel {
+    type Result = ();
+
+    fn handle(&mut self, msg: Dirty, ctx: &mut Self::Context) {
+        let entry = self.dirty.entry(msg.item).or_insert(0);
+        *entry = (*entry).max(msg.generation);
+        self.pump(ctx);
+    }
+}
+
+#[derive(Message)]
+#[rtype(result = "ChannelStats")]
+pub struct GetChannelStats;
+
+impl Handler<GetChannelStats> for Channel {
+    type Result = MessageResult<GetChannelStats>;
+
+    fn handle(&mut self, _: GetChannelStats, _: &mut Self::Context) -> Self::Result {
+        let mut stats = self.stats.clone();
+        stats.pending = self.dirty.len();
+        stats.running = self.running.len();
+        MessageResult(stats)
+    }
+}
+
+/// Everything one item's sync needs, cloned out of the actor so syncs run side by side.
+#[derive(Clone)]
+struct SyncJob {
+    peer: NodeId,
+    ctx: NodeContext,
+    directory: Addr<Directory>,
+    transport: Arc<dyn Transport>,
+    config: ChannelConfig,
+}
+
+fn response_name(r: &Response) -> String {
+    match r {
+        Response::Error { code, message, .. } => format!("error {code:?}: {message}"),
+        other => format!("{:?}", std::mem::discriminant(other)),
+    }
+}
+
+impl SyncJob {
+    async fn request(&self, request: Request) -> Result<Response, SyncError> {
+        Ok(self.transport.request(&self.peer, request).await?)
+    }
+
+    async fn sync(&self, item: &SyncItem, whole: bool) -> Result<(), SyncError> {
+        match item {
+            SyncItem::MailboxList(user) => self.sync_list(user, whole).await,
+            SyncItem::Subscriptions(_) | SyncItem::Sieve(_) => self.sync_user_item(item, whole).await,
+            SyncItem::Mailbox(id) => self.sync_mailbox(*id, whole).await,
+        }
+    }
+
+    async fn sync_list(&self, user: &str, whole: bool) -> Result<(), SyncError> {
+        let entries = self
+            .directory
+            .send(EntriesFor {
+                peer: self.peer.clone(),
+                user: user.to_string(),
+                whole,
+            })
+            .await??;
+        if entries.is_empty() {
+            return Ok(());
+        }
+        match self
+            .request(Request::Mailboxes {
+                user: user.to_string(),
+                entries,
+            })
+            .await?
+        {
+            Response::Ok => Ok(()),
+            other => Err(SyncError::Item(format!(
+                "mailbox list of {user}: {}",
+                response_name(&other)
+            ))),
+        }
+    }
+
+    async fn sync_user_item(&self, item: &SyncItem, whole: bool) -> Result<(), SyncError> {
+        let change = self
+            .directory
+            .send(UserItemFor {
+                peer: self.peer.clone(),
+                item: item.clone(),
+                whole,
+            })
+            .await??;
+        let request = match (change, item) {
+            (None, _) => return Ok(()),
+            (Some(UserItemChange::Subscriptions(subscriptions)), SyncItem::Subscriptions(user)) => {
+                Request::Subscriptions {
+                    user: user.clone(),
+                    subscriptions,
+                }
+            }
+            (Some(UserItemChange::Sieve(sieve)), SyncItem::Sieve(user)) => Request::Sieve {
+                user: user.clone(),
+                sieve,
+            },
+            _ => return Err(SyncError::Item("user item of the wrong kind".into())),
+        };
+        match self.request(request).await? {
+            Response::Ok => Ok(()),
+            other => Err(SyncError::Item(format!("{item:?}: {}", response_name(&other)))),
+        }
+    }
+
+    async fn sync_mailbox(&self, id: MailboxId, whole: bool) -> Result<(), SyncError> {
+        let opened = match self.directory.send(OpenMailboxById { id }).await? {
+            Ok(o) => o,
+            // Deleted or unknown here: the user's list carries the tombstone.
+            Err(MailError::MailboxDeleted(_) | MailError::UnknownMailboxId(_)) => return Ok(()),
+            Err(e) => return Err(e.into()),
+        };
+        let info = opened.info;
+        if !info.locations.is_empty() && !info.locations.contains(&self.peer) {
+            return Ok(());
+        }
+        let mb = opened.addr;
+        let mut whole = whole;
+        let mut rounds = 0;
+        while rounds < MAX_ROUNDS {
+            let plan = mb
+                .send(PlanSync {
+                    peer: self.peer.clone(),
+                    limit: self.config.page,
+                })
+                .await??;
+            let cache = match plan.cache.clone() {
+                Some(cache) if !whole => cache,
+                _ => return self.full_sync(id, &mb, &info.user).await,
+            };
+            self.send_bodies(&plan.records).await?;
+            let request = ChangeRequest {
+                mailbox: id,
+                uidvalidity: plan.uidvalidity,
+                expected_peer_modseq: cache.peer_modseq,
+                sender_modseq: plan.upto,
+                uidnext: plan.uidnext,
+                records: plan.records,
+                annotations: plan.annotations,
+                digest: plan.digest,
+                full: false,
+            };
+            match self.request(Request::ChangeRequest(request)).await? {
+                Response::Applied { modseq, digest } => {
+                    let cache = ReplicationCache {
+                        uidvalidity: plan.uidvalidity,
+                        acked: plan.upto,
+                        peer_modseq: modseq,
+                    };
+                    mb.send(SaveCache {
+                        peer: self.peer.clone(),
+                        cache,
+                    })
+                    .await??;
+                    if plan.more {
+                        continue;
+                    }
+                    if digest != plan.digest {
+                        debug!(peer = %self.peer, mailbox = %id, "digests differ after a change request: full sync");
+                        return self.full_sync(id, &mb, &info.user).await;
+                    }
+                    return Ok(());
+                }
+                Response::Mismatch { modseq, changes } => {
+                    rounds += 1;
+                    let mut page = changes;
+                    loop {
+                        let next = page.next;
+                        self.merge_pulled(&mb, page.records, page.annotations, page.uidnext)
+                            .await?;
+                        let Some(since) = next else { break };
+                        let request = Request::ChangesSince {
+                            mailbox: id,
+                            uidvalidity: plan.uidvalidity,
+                            since,
+                            limit: self.config.page as u32,
+                        };
+                        page = match self.request(request).await? {
+                            Response::Changes(p) => p,
+                            Response::Error {
+                                code: ErrorCode::NoHistory,
+                                ..
+                            } => return self.full_sync(id, &mb, &info.user).await,
+                            other => {
+                                return Err(SyncError::Item(format!(
+                                    "changes since: {}",
+                                    response_name(&other)
+                                )))
+                            }
+                        };
+                    }
+                    let cache = ReplicationCache {
+                        uidvalidity: plan.uidvalidity,
+                        acked: cache.acked,
+                        peer_modseq: modseq,
+                    };
+                    mb.send(SaveCache {
+                        peer: self.peer.clone(),
+                        cache,
+                    })
+                    .await??;
+                }
+                Response::Error {
+                    code: ErrorCode::UnknownMailbox,
+                    ..
+                } => {
+                    rounds += 1;
+                    self.sync_list(&info.user, true).await?;
+                }
+                Response::Error {
+                    code: ErrorCode::NoHistory | ErrorCode::UidValidityMismatch,
+                    ..
+                } => {
+                    whole = true;
+                }
+                Response::Error {
+                    code: ErrorCode::MissingBody,
+                    ..
+                } => rounds += 1,
+                Response::Error {
+                    code: ErrorCode::MailboxDeleted,
+                    ..
+                } => return Ok(()),
+                other => {
+                    return Err(SyncError::Item(format!(
+                        "change request: {}",
+                        response_name(&other)
+                    )))
+                }
+            }
+        }
+        Err(SyncError::Item(format!(
+            "mailbox {id} did not settle in {MAX_ROUNDS} round trips"
+        )))
+    }
+
+    /// Step 3: pull every record of the peer, merge; push every record of ours, unconditionally.
+    async fn full_sync(&self, id: MailboxId, mb: &Addr<Mailbox>, user: &str) -> Result<(), SyncError> {
+        let uidvalidity = mb
+            .send(PlanSync {
+                peer: self.peer.clone(),
+                limit: 0,
+            })
+            .await??
+            .uidvalidity;
+        let mut after: Option<AppendId> = None;
+        let mut listed_user = false;
+        loop {
+            let request = Request::FullState {
+                mailbox: id,
+                uidvalidity,
+                after: after.clone(),
+                limit: self.config.page as u32,
+            };
+            match self.request(request).await? {
+                Response::Full {
+                    records,
+                    annotations,
+                    uidnext,
+                    next,
+                    ..
+                } => {
+                    self.merge_pulled(mb, records, annotations, uidnext).await?;
+                    after = next;
+                    if after.is_none() {
+                        break;
+                    }
+                }
+                Response::Error {
+                    code: ErrorCode::UnknownMailbox,
+                    ..
+                } if !listed_user => {
+                    listed_user = true;
+                    self.sync_list(user, true).await?;
+                }
+                Response::Error {
+                    code: ErrorCode::MailboxDeleted,
+                    ..
+                } => return Ok(()),
+                other => return Err(SyncError::Item(format!("full state: {}", response_name(&other)))),
+            }
+        }
+        let mut after: Option<AppendId> = None;
+        let mut acked: Option<ModSeq> = None;
+        loop {
+            let page = mb
+                .send(PlanFullPush {
+                    after: after.clone(),
+                    limit: self.config.page,
+                })
+                .await??;
+            let acked = *acked.get_or_insert(page.highest);
+            self.send_bodies(&page.records).await?;
+            let request = ChangeRequest {
+                mailbox: id,
+                uidvalidity,
+                expected_peer_modseq: ModSeq::ZERO,
+                sender_modseq: page.highest,
+                uidnext: page.uidnext,
+                records: page.records,
+                annotations: page.annotations,
+                digest: page.digest,
+                full: true,
+            };
+            match self.request(Request::ChangeRequest(request)).await? {
+                Response::Applied { modseq, digest } => {
+                    if page.next.is_none() {
+                        let cache = ReplicationCache {
+                            uidvalidity,
+                            acked,
+                            peer_modseq: modseq,
+                        };
+                        mb.send(SaveCache {
+                            peer: self.peer.clone(),
+                            cache,
+                        })
+                        .await??;
+                        if digest != page.digest {
+                            // Someone changed the mailbox meanwhile; the next round settles it.
+                            return Err(SyncError::Item(format!(
+                                "mailbox {id} changed during a full sync"
+                            )));
+                        }
+                        return Ok(());
+                    }
+                    after = page.next;
+                }
+                Response::Error {
+                    code: ErrorCode::MissingBody,
+                    ..
+                } => {}
+                other => return Err(SyncError::Item(format!("full push: {}", response_name(&other)))),
+            }
+        }
+    }
+
+    async fn merge_pulled(
+        &self,
+        mb: &Addr<Mailbox>,
+        records: Vec<Change<mailmesh_protocol::records::MessageRecord>>,
+        annotations: Vec<Change<(String, mailmesh_protocol::records::Annotation)>>,
+        uidnext: mailmesh_protocol::records::UidNext,
+    ) -> Result<(), SyncError> {
+        if records.is_empty() && annotations.is_empty() {
+            return Ok(());
+        }
+        let bodies = self.fetch_bodies(&records).await?;
+        mb.send(MergeRemote {
+            from: self.peer.clone(),
+            records,
+            annotations,
+            uidnext,
+            bodies,
+        })
+        .await??;
+        Ok(())
+    }
+
+    /// Pulls the bodies of live records that this node lacks.
+    async fn fetch_bodies(
+        &self,
+        records: &[Change<mailmesh_protocol::records::MessageRecord>],
+    ) -> Result<Bodies, SyncError> {
+        let mut bodies = Bodies::new();
+        let guids: BTreeSet<Guid> = records
+            .iter()
+            .filter(|c| !c.item.is_expunged())
+            .map(|c| c.item.guid)
+            .collect();
+        for guid in guids {
+            if self
+                .ctx
+                .store
+                .body_location(&guid)
+                .map_err(MailError::from)?
+                .is_some()
+            {
+                continue;
+            }
+            let mut body = Vec::new();
+            loop {
+                let request = Request::FetchBody {
+                    guid,
+                    offset: body.len() as u64,
+                    limit: self.config.body_chunk as u32,
+                };
+                match self.request(request).await? {
+                    Response::Body { data, total } => {
+                        body.extend_from_slice(&data);
+                        if body.len() as u64 >= total || data.is_empty() {
+                            break;
+                        }
+                    }
+                    other => {
+                        return Err(SyncError::Item(format!(
+                            "fetch body {guid}: {}",
+                            response_name(&other)
+                        )))
+                    }
+                }
+            }
+            if Guid::of(&body) != guid {
+                return Err(SyncError::Item(format!(
+                    "body {guid} from the peer does not hash to its Guid"
+                )));
+            }
+            bodies.insert(guid, Arc::new(body));
+        }
+        Ok(bodies)
+    }
+
+    /// Streams to the peer the bodies of these live records that it lacks; each body at most once.
+    async fn send_bodies(
+        &self,
+        records: &[Change<mailmesh_protocol::records::MessageRecord>],
+    ) -> Result<(), SyncError> {
+        if self.config.shared_bodies {
+            return Ok(());
+        }
+        let guids: BTreeSet<Guid> = records
+            .iter()
+            .filter(|c| !c.item.is_expunged())
+            .map(|c| c.item.guid)
+            .collect();
+        if guids.is_empty() {
+            return Ok(());
+        }
+        let missing = match self
+            .request(Request::MissingBodies {
+                guids: guids.into_iter().collect(),
+            })
+            .await?
+        {
+            Response::Missing { guids } => guids,
+            other => {
+                return Err(SyncError::Item(format!(
+                    "missing bodies: {}",
+                    response_name(&other)
+                )))
+            }
+        };
+        for guid in missing {
+            let mut offset = 0u64;
+            loop {
+                let (data, total) = self
+                    .ctx
+                    .store
+                    .read_body_range(&guid, offset, self.config.body_chunk)
+                    .map_err(MailError::from)?;
+                let last = offset + data.len() as u64 >= total;
+                let len = data.len() as u64;
+                let request = Request::BodyChunk {
+                    guid,
+                    offset,
+                    data: ByteBuf::from(data),
+                    last,
+                };
+                match self.request(request).await? {
+                    Response::Ok => {}
+                    other => {
+                        return Err(SyncError::Item(format!(
+                            "body chunk {guid}: {}",
+                            response_name(&other)
+                        )))
+                    }
+                }
+                offset += len;
+                if last {
+                    break;
+                }
+            }
+        }
+        Ok(())
+    }
+}
