@@ -8,6 +8,7 @@
 //! through again.
 
 use std::collections::{BTreeMap, BTreeSet};
+use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::Arc;
 use std::time::Duration;
 
@@ -114,6 +115,7 @@ pub struct Channel {
     link_failures: u32,
     requeue_mark: u64,
     stats: ChannelStats,
+    full_syncs: Arc<AtomicU64>,
 }
 
 impl Channel {
@@ -139,6 +141,7 @@ impl Channel {
             link_failures: 0,
             requeue_mark: 0,
             stats: ChannelStats::default(),
+            full_syncs: Arc::new(AtomicU64::new(0)),
         }
     }
 
@@ -149,6 +152,7 @@ impl Channel {
             directory: self.directory.clone(),
             transport: self.transport.clone(),
             config: self.config,
+            full_syncs: self.full_syncs.clone(),
         }
     }
 
@@ -342,6 +346,7 @@ impl Handler<GetChannelStats> for Channel {
         let mut stats = self.stats.clone();
         stats.pending = self.dirty.len();
         stats.running = self.running.len();
+        stats.full_syncs = self.full_syncs.load(Ordering::Relaxed);
         MessageResult(stats)
     }
 }
@@ -354,6 +359,7 @@ struct SyncJob {
     directory: Addr<Directory>,
     transport: Arc<dyn Transport>,
     config: ChannelConfig,
+    full_syncs: Arc<AtomicU64>,
 }
 
 fn response_name(r: &Response) -> String {
@@ -565,6 +571,7 @@ impl SyncJob {
 
     /// Step 3: pull every record of the peer, merge; push every record of ours, unconditionally.
     async fn full_sync(&self, id: MailboxId, mb: &Addr<Mailbox>, user: &str) -> Result<(), SyncError> {
+        self.full_syncs.fetch_add(1, Ordering::Relaxed);
         let uidvalidity = mb
             .send(PlanSync {
                 peer: self.peer.clone(),

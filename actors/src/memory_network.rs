@@ -10,7 +10,7 @@ use std::sync::Arc;
 
 use mailmesh_protocol::codec::{encode_frame, FrameDecoder, DEFAULT_MAX_FRAME};
 use mailmesh_protocol::ids::NodeId;
-use mailmesh_protocol::wire::{Frame, Request};
+use mailmesh_protocol::wire::{Frame, Request, Response};
 
 use crate::peer_session::Inbound;
 use crate::transport::{Transport, TransportError, TransportFuture};
@@ -19,6 +19,8 @@ use crate::transport::{Transport, TransportError, TransportFuture};
 #[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
 pub struct LinkStats {
     pub requests: u64,
+    /// Message records carried in either direction (change requests and their answers).
+    pub records: u64,
     pub request_bytes: u64,
     pub response_bytes: u64,
 }
@@ -138,11 +140,16 @@ impl Transport for MemoryTransport {
                 n.next_id += 1;
                 (inbound, n.next_id)
             };
+            let records = match &request {
+                Request::ChangeRequest(r) => r.records.len() as u64,
+                _ => 0,
+            };
             let (frame, size) = through_the_wire(&Frame::Request { id, request }, &peer)?;
             {
                 let mut n = net.0.borrow_mut();
                 let s = n.stats.entry((from.clone(), peer.clone())).or_default();
                 s.requests += 1;
+                s.records += records;
                 s.request_bytes += size as u64;
             }
             let Frame::Request { request, .. } = frame else {
@@ -162,13 +169,20 @@ impl Transport for MemoryTransport {
                     });
                 }
             }
+            let records = match &response {
+                Response::Mismatch { changes, .. } | Response::Changes(changes) => {
+                    changes.records.len() as u64
+                }
+                Response::Full { records, .. } => records.len() as u64,
+                _ => 0,
+            };
             let (frame, size) = through_the_wire(&Frame::Response { id, response }, &peer)?;
-            net.0
-                .borrow_mut()
-                .stats
-                .entry((from, peer.clone()))
-                .or_default()
-                .response_bytes += size as u64;
+            {
+                let mut n = net.0.borrow_mut();
+                let s = n.stats.entry((from, peer.clone())).or_default();
+                s.response_bytes += size as u64;
+                s.records += records;
+            }
             match frame {
                 Frame::Response { response, .. } => Ok(response),
                 _ => Err(TransportError::Malformed {

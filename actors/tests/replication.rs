@@ -83,6 +83,344 @@ fn two_nodes_replicate_both_ways_and_go_quiet() {
         let body = inbox_a.send(FetchBody { uid: Uid(4) }).await.unwrap().unwrap();
         assert_eq!(body, message(10).into_bytes());
         cluster.assert_quiet().await;
-        eprintln!("{:#?}", cluster.net.stats());
+    });
+}
+
+/// Appends on every node of a topology; after quiescence every node holds every message.
+async fn appends_everywhere_converge(cluster: &Cluster, names: &[&str]) {
+    create(cluster, names[0], "alice", "INBOX").await;
+    cluster.settle().await;
+    for (i, name) in names.iter().enumerate() {
+        let mb = open(cluster, name, "alice", "INBOX").await;
+        for k in 0..5 {
+            append_to(&mb, &message(i * 100 + k), &[]).await;
+        }
+    }
+    cluster.settle().await;
+    let dump = cluster.assert_converged().await;
+    let messages = &dump.mailboxes[&("alice".into(), "INBOX".into())].messages;
+    assert_eq!(messages.len(), names.len() * 5, "every append is on every node");
+    let mut uids: Vec<u32> = messages.iter().map(|m| m.0 .0).collect();
+    uids.dedup();
+    assert_eq!(uids.len(), messages.len(), "no uid shows two messages");
+    cluster.assert_quiet().await;
+}
+
+#[test]
+fn full_mesh_of_four_converges() {
+    run_virtual(|| async {
+        let names = ["a", "b", "c", "d"];
+        let cluster = Cluster::full_mesh(&names);
+        appends_everywhere_converge(&cluster, &names).await;
+    });
+}
+
+#[test]
+fn chain_of_five_converges() {
+    run_virtual(|| async {
+        let names = ["a", "b", "c", "d", "e"];
+        let cluster = Cluster::chain(&names);
+        appends_everywhere_converge(&cluster, &names).await;
+    });
+}
+
+#[test]
+fn ring_of_four_converges() {
+    run_virtual(|| async {
+        let names = ["a", "b", "c", "d"];
+        let cluster = Cluster::start(&names, &[("a", "b"), ("b", "c"), ("c", "d"), ("d", "a")]);
+        appends_everywhere_converge(&cluster, &names).await;
+    });
+}
+
+#[test]
+fn star_converges() {
+    run_virtual(|| async {
+        let names = ["hub", "a", "b", "c", "d"];
+        let cluster = Cluster::start(&names, &[("hub", "a"), ("hub", "b"), ("hub", "c"), ("hub", "d")]);
+        appends_everywhere_converge(&cluster, &names).await;
+    });
+}
+
+fn inbox(dump: &NodeDump) -> &MailboxDump {
+    &dump.mailboxes[&("alice".to_string(), "INBOX".to_string())]
+}
+
+/// Each change crosses each link of a chain once, in one direction only.
+#[test]
+fn in_a_chain_each_change_crosses_each_link_once() {
+    run_virtual(|| async {
+        let names = ["a", "b", "c", "d", "e"];
+        let cluster = Cluster::chain(&names);
+        create(&cluster, "a", "alice", "INBOX").await;
+        cluster.settle().await;
+        let before = cluster.net.stats();
+        let mb = open(&cluster, "a", "alice", "INBOX").await;
+        for i in 0..20 {
+            append_to(&mb, &message(i), &[]).await;
+            cluster.settle().await;
+        }
+        let after = cluster.net.stats();
+        for w in names.windows(2) {
+            let forward = (n(w[0]), n(w[1]));
+            let back = (n(w[1]), n(w[0]));
+            let carried = |k: &(mailmesh_protocol::ids::NodeId, mailmesh_protocol::ids::NodeId)| {
+                after.get(k).map(|s| s.records).unwrap_or(0) - before.get(k).map(|s| s.records).unwrap_or(0)
+            };
+            assert_eq!(carried(&forward), 20, "{forward:?} carried each record once");
+            assert_eq!(carried(&back), 0, "{back:?} echoed records back");
+        }
+        assert_eq!(inbox(&cluster.assert_converged().await).messages.len(), 20);
+        cluster.assert_quiet().await;
+    });
+}
+
+/// Two nodes append to one mailbox while partitioned: both messages survive everywhere, and
+/// neither keeps the uid both used (the primary promotes both).
+#[test]
+fn concurrent_appends_keep_both_messages_with_promoted_uids() {
+    run_virtual(|| async {
+        let cluster = Cluster::chain(&["a", "b"]);
+        create(&cluster, "a", "alice", "INBOX").await;
+        cluster.settle().await;
+        cluster.net.set_link(&n("a"), &n("b"), false);
+        let on_a = append_to(
+            &open(&cluster, "a", "alice", "INBOX").await,
+            "Subject: from a\r\n\r\na\r\n",
+            &[],
+        )
+        .await;
+        let on_b = append_to(
+            &open(&cluster, "b", "alice", "INBOX").await,
+            "Subject: from b\r\n\r\nb\r\n",
+            &[],
+        )
+        .await;
+        assert_eq!((on_a.uid, on_b.uid), (Uid(1), Uid(1)));
+        cluster.net.set_link(&n("a"), &n("b"), true);
+        cluster.settle().await;
+        let dump = cluster.assert_converged().await;
+        let messages = &inbox(&dump).messages;
+        assert_eq!(messages.len(), 2);
+        let ids: Vec<_> = messages.iter().map(|m| m.1.clone()).collect();
+        assert!(ids.contains(&on_a.append_id) && ids.contains(&on_b.append_id));
+        assert!(
+            messages.iter().all(|m| m.0 != Uid(1)),
+            "uid 1 was shown as two messages; neither keeps it"
+        );
+        cluster.assert_quiet().await;
+    });
+}
+
+/// \Seen set on one node and \Flagged cleared on another, concurrently: both survive.
+#[test]
+fn concurrent_changes_to_different_flags_both_survive() {
+    run_virtual(|| async {
+        let cluster = Cluster::chain(&["a", "b"]);
+        create(&cluster, "a", "alice", "INBOX").await;
+        append_to(
+            &open(&cluster, "a", "alice", "INBOX").await,
+            &message(1),
+            &["\\Flagged"],
+        )
+        .await;
+        cluster.settle().await;
+        cluster.net.set_link(&n("a"), &n("b"), false);
+        let store = |action, flag: &str| StoreFlags {
+            uids: UidSet::single(Uid(1)),
+            action,
+            flags: vec![flag.to_string()],
+            unchanged_since: None,
+        };
+        open(&cluster, "a", "alice", "INBOX")
+            .await
+            .send(store(FlagAction::Add, "\\Seen"))
+            .await
+            .unwrap()
+            .unwrap();
+        open(&cluster, "b", "alice", "INBOX")
+            .await
+            .send(store(FlagAction::Remove, "\\Flagged"))
+            .await
+            .unwrap()
+            .unwrap();
+        cluster.net.set_link(&n("a"), &n("b"), true);
+        cluster.settle().await;
+        let dump = cluster.assert_converged().await;
+        assert_eq!(inbox(&dump).messages[0].2, vec!["\\Seen".to_string()]);
+        cluster.assert_quiet().await;
+    });
+}
+
+/// One node deletes a mailbox while another appends to it: the delete wins everywhere and the
+/// mailbox never comes back.
+#[test]
+fn delete_while_another_node_appends() {
+    run_virtual(|| async {
+        let cluster = Cluster::chain(&["a", "b"]);
+        create(&cluster, "a", "alice", "Trash").await;
+        cluster.settle().await;
+        cluster.net.set_link(&n("a"), &n("b"), false);
+        cluster
+            .node("a")
+            .directory
+            .send(DeleteMailbox {
+                user: "alice".into(),
+                name: "Trash".into(),
+            })
+            .await
+            .unwrap()
+            .unwrap();
+        let on_b = open(&cluster, "b", "alice", "Trash").await;
+        for i in 0..3 {
+            append_to(&on_b, &message(i), &[]).await;
+        }
+        cluster.net.set_link(&n("a"), &n("b"), true);
+        cluster.settle().await;
+        let dump = cluster.assert_converged().await;
+        assert!(!dump
+            .mailboxes
+            .contains_key(&("alice".to_string(), "Trash".to_string())));
+        cluster.assert_quiet().await;
+        assert!(
+            cluster.assert_converged().await.mailboxes.is_empty(),
+            "the deleted mailbox came back"
+        );
+    });
+}
+
+/// The same mailbox renamed on two nodes at once: every node ends with the same name, the id and
+/// the messages kept.
+#[test]
+fn concurrent_renames_resolve_to_one_name() {
+    run_virtual(|| async {
+        let cluster = Cluster::chain(&["a", "b"]);
+        create(&cluster, "a", "alice", "Work").await;
+        append_to(&open(&cluster, "a", "alice", "Work").await, &message(1), &[]).await;
+        cluster.settle().await;
+        cluster.net.set_link(&n("a"), &n("b"), false);
+        let rename = |to: &str| RenameMailbox {
+            user: "alice".into(),
+            from: "Work".into(),
+            to_user: None,
+            to: to.into(),
+        };
+        cluster
+            .node("a")
+            .directory
+            .send(rename("Job"))
+            .await
+            .unwrap()
+            .unwrap();
+        cluster
+            .node("b")
+            .directory
+            .send(rename("Office"))
+            .await
+            .unwrap()
+            .unwrap();
+        cluster.net.set_link(&n("a"), &n("b"), true);
+        cluster.settle().await;
+        let dump = cluster.assert_converged().await;
+        assert_eq!(dump.mailboxes.len(), 1);
+        let ((_, name), mailbox) = dump.mailboxes.iter().next().unwrap();
+        assert!(name == "Job" || name == "Office", "{name}");
+        assert_eq!(mailbox.messages.len(), 1);
+        cluster.assert_quiet().await;
+    });
+}
+
+/// A sieve script edited on two nodes, subscriptions changed on both: one answer everywhere.
+#[test]
+fn sieve_and_subscriptions_converge() {
+    run_virtual(|| async {
+        let cluster = Cluster::chain(&["a", "b"]);
+        let put = |content: &str| PutScript {
+            user: "alice".into(),
+            name: "vacation".into(),
+            content: content.into(),
+        };
+        cluster
+            .node("a")
+            .directory
+            .send(put("v1"))
+            .await
+            .unwrap()
+            .unwrap();
+        cluster
+            .node("a")
+            .directory
+            .send(SetActiveScript {
+                user: "alice".into(),
+                name: Some("vacation".into()),
+            })
+            .await
+            .unwrap()
+            .unwrap();
+        cluster.settle().await;
+        cluster.net.set_link(&n("a"), &n("b"), false);
+        cluster
+            .node("a")
+            .directory
+            .send(put("edited on a"))
+            .await
+            .unwrap()
+            .unwrap();
+        cluster
+            .node("b")
+            .directory
+            .send(put("edited on b"))
+            .await
+            .unwrap()
+            .unwrap();
+        let sub = |name: &str, on| Subscribe {
+            user: "alice".into(),
+            name: name.into(),
+            subscribed: on,
+        };
+        cluster
+            .node("a")
+            .directory
+            .send(sub("Lists", true))
+            .await
+            .unwrap()
+            .unwrap();
+        cluster
+            .node("b")
+            .directory
+            .send(sub("News", true))
+            .await
+            .unwrap()
+            .unwrap();
+        cluster.net.set_link(&n("a"), &n("b"), true);
+        cluster.settle().await;
+        let dump = cluster.assert_converged().await;
+        assert_eq!(dump.scripts["alice"], vec![("vacation".to_string(), true)]);
+        assert_eq!(
+            dump.subscriptions["alice"],
+            vec!["Lists".to_string(), "News".to_string()]
+        );
+        let on_a = cluster
+            .node("a")
+            .directory
+            .send(GetScript {
+                user: "alice".into(),
+                name: "vacation".into(),
+            })
+            .await
+            .unwrap()
+            .unwrap();
+        let on_b = cluster
+            .node("b")
+            .directory
+            .send(GetScript {
+                user: "alice".into(),
+                name: "vacation".into(),
+            })
+            .await
+            .unwrap()
+            .unwrap();
+        assert_eq!(on_a, on_b);
+        cluster.assert_quiet().await;
     });
 }
