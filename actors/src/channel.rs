@@ -25,7 +25,7 @@ use crate::error::MailError;
 use crate::mailbox::Mailbox;
 use crate::mailbox_sync::{Bodies, MergeRemote, PlanFullPush, PlanSync, ReplicationCache, SaveCache};
 use crate::store::Table;
-use crate::sync_log::{row_key, Dirty, SyncItem};
+use crate::sync_log::{row_key, Dirty, Requeued, SyncItem};
 use crate::transport::{Transport, TransportError};
 
 /// How a Channel works; the defaults suit a LAN link.
@@ -223,7 +223,7 @@ impl Channel {
                             if act.link_failures > 0 {
                                 info!(peer = %act.peer, "link is up again");
                             }
-                            act.requeue_mark = mark;
+                            act.requeue_mark = act.requeue_mark.max(mark);
                             act.link_up = true;
                             act.link_failures = 0;
                             act.stats.link_up = true;
@@ -332,6 +332,14 @@ impl Handler<Dirty> for Channel {
         let entry = self.dirty.entry(msg.item).or_insert(0);
         *entry = (*entry).max(msg.generation);
         self.pump(ctx);
+    }
+}
+
+impl Handler<Requeued> for Channel {
+    type Result = ();
+
+    fn handle(&mut self, msg: Requeued, _: &mut Self::Context) {
+        self.requeue_mark = self.requeue_mark.max(msg.mark);
     }
 }
 

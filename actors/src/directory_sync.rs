@@ -96,6 +96,7 @@ impl Handler<PeerHello> for Directory {
                     info!(peer = %msg.peer, "peer's store is new (wiped or replaced): queueing everything for it");
                 }
                 let requeue_mark = act.requeue_all(&mut writes, &msg.peer)?;
+                writes.logged.requeued(msg.peer.clone(), requeue_mark);
                 let record = PeerRecord { incarnation: msg.incarnation, requeue_mark };
                 writes.batch.put(Table::Peers, msg.peer.as_str().as_bytes().to_vec(), &record);
             }

@@ -164,7 +164,11 @@ impl LocalNode {
                 options.channel,
             )
             .start();
-            sync_log.attach_channel(peer.clone(), channel.clone().recipient());
+            sync_log.attach_channel(
+                peer.clone(),
+                channel.clone().recipient(),
+                channel.clone().recipient(),
+            );
             self.channels.insert(peer, (options, channel));
         }
     }

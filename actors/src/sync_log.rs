@@ -99,16 +99,34 @@ impl Provenance {
 /// Who must be told when a log row is written, once the batch holding it is durable.
 #[derive(Default, Debug)]
 #[must_use = "call SyncLog::notify after the batch commits"]
-pub struct Logged(Vec<(NodeId, SyncItem, u64)>);
+pub struct Logged {
+    rows: Vec<(NodeId, SyncItem, u64)>,
+    /// Peers whose everything was queued again, with the generation mark below which rows go
+    /// whole (without echo suppression). Announced before the rows.
+    requeues: Vec<(NodeId, u64)>,
+}
 
 impl Logged {
     pub fn merge(&mut self, other: Logged) {
-        self.0.extend(other.0);
+        self.rows.extend(other.rows);
+        self.requeues.extend(other.requeues);
     }
 
     pub fn is_empty(&self) -> bool {
-        self.0.is_empty()
+        self.rows.is_empty() && self.requeues.is_empty()
     }
+
+    /// Records that everything was queued again for `peer` up to generation `mark`.
+    pub fn requeued(&mut self, peer: NodeId, mark: u64) {
+        self.requeues.push((peer, mark));
+    }
+}
+
+/// Tells a Channel that its peer lost its data: rows up to `mark` are to be sent whole.
+#[derive(actix::Message, Clone, Debug)]
+#[rtype(result = "()")]
+pub struct Requeued {
+    pub mark: u64,
 }
 
 /// Tells a Channel that an item of its log changed.
@@ -124,7 +142,7 @@ struct Inner {
     /// The configured peers, in order.
     peers: BTreeSet<NodeId>,
     /// The running Channel of each peer, to wake.
-    channels: BTreeMap<NodeId, Recipient<Dirty>>,
+    channels: BTreeMap<NodeId, (Recipient<Dirty>, Recipient<Requeued>)>,
 }
 
 /// The node's handle on its sync logs, shared by every writer. Cheap to clone.
@@ -157,8 +175,8 @@ impl SyncLog {
         inner.peers = peers;
     }
 
-    pub fn attach_channel(&self, peer: NodeId, channel: Recipient<Dirty>) {
-        self.inner().channels.insert(peer, channel);
+    pub fn attach_channel(&self, peer: NodeId, dirty: Recipient<Dirty>, requeued: Recipient<Requeued>) {
+        self.inner().channels.insert(peer, (dirty, requeued));
     }
 
     pub fn detach_channel(&self, peer: &NodeId) {
@@ -200,7 +218,7 @@ impl SyncLog {
                 row_key(&peer, &item),
                 generation.to_be_bytes().to_vec(),
             );
-            logged.0.push((peer, item.clone(), generation));
+            logged.rows.push((peer, item.clone(), generation));
         }
         logged
     }
@@ -213,14 +231,22 @@ impl SyncLog {
             row_key(peer, &item),
             generation.to_be_bytes().to_vec(),
         );
-        Logged(vec![(peer.clone(), item, generation)])
+        Logged {
+            rows: vec![(peer.clone(), item, generation)],
+            requeues: Vec::new(),
+        }
     }
 
     /// Wakes the Channels of the rows in `logged`, once their batch is durable.
     pub fn notify(&self, logged: Logged) {
         let inner = self.inner();
-        for (peer, item, generation) in logged.0 {
-            if let Some(channel) = inner.channels.get(&peer) {
+        for (peer, mark) in logged.requeues {
+            if let Some((_, channel)) = inner.channels.get(&peer) {
+                channel.do_send(Requeued { mark });
+            }
+        }
+        for (peer, item, generation) in logged.rows {
+            if let Some((channel, _)) = inner.channels.get(&peer) {
                 channel.do_send(Dirty { item, generation });
             }
         }
@@ -260,7 +286,7 @@ mod tests {
         };
         let logged = log.log(&mut batch, SyncItem::Mailbox(MailboxId(1)), &took, None);
         assert_eq!(
-            logged.0.iter().map(|(p, _, _)| p.as_str()).collect::<Vec<_>>(),
+            logged.rows.iter().map(|(p, _, _)| p.as_str()).collect::<Vec<_>>(),
             vec!["c"]
         );
         let combined = Provenance::Remote {
@@ -289,8 +315,8 @@ mod tests {
             &Provenance::Local,
             Some(&holders),
         );
-        assert_eq!(local.0.len(), 1);
-        assert_eq!(local.0[0].0, n("b"));
+        assert_eq!(local.rows.len(), 1);
+        assert_eq!(local.rows[0].0, n("b"));
     }
 }
 

@@ -424,3 +424,104 @@ fn sieve_and_subscriptions_converge() {
         cluster.assert_quiet().await;
     });
 }
+
+/// A node offline while its peer takes 1,000 changes catches up through the cheap path: the
+/// cached modseq still matches, so no full sync happens.
+#[test]
+fn offline_node_catches_up_since_its_modseq() {
+    run_virtual(|| async {
+        let mut cluster = Cluster::chain(&["a", "b"]);
+        create(&cluster, "a", "alice", "INBOX").await;
+        append_to(&open(&cluster, "a", "alice", "INBOX").await, &message(0), &[]).await;
+        cluster.settle().await;
+        let full_before = cluster.node("a").channel_stats().await[&n("b")].full_syncs;
+        cluster.stop("b").await;
+        let mb = open(&cluster, "a", "alice", "INBOX").await;
+        for i in 1..=1000 {
+            append_to(&mb, &message(i), if i % 3 == 0 { &["\\Seen"] } else { &[] }).await;
+        }
+        mb.send(StoreFlags {
+            uids: UidSet::range(Uid(1), Uid(100)),
+            action: FlagAction::Add,
+            flags: vec!["$Old".into()],
+            unchanged_since: None,
+        })
+        .await
+        .unwrap()
+        .unwrap();
+        cluster.restart("b");
+        cluster.settle().await;
+        let dump = cluster.assert_converged().await;
+        assert_eq!(inbox(&dump).messages.len(), 1001);
+        let stats = cluster.node("a").channel_stats().await[&n("b")].clone();
+        assert_eq!(
+            stats.full_syncs, full_before,
+            "caught up without a full sync: {stats:?}"
+        );
+        cluster.assert_quiet().await;
+    });
+}
+
+/// A node whose store was wiped gets everything back through full syncs, and nothing it lost
+/// is taken for "already there".
+#[test]
+fn wiped_node_is_rebuilt_from_its_peers() {
+    run_virtual(|| async {
+        let mut cluster = Cluster::chain(&["a", "b", "c"]);
+        create(&cluster, "a", "alice", "INBOX").await;
+        create(&cluster, "b", "bob", "Work").await;
+        for i in 0..30 {
+            append_to(&open(&cluster, "a", "alice", "INBOX").await, &message(i), &[]).await;
+            append_to(
+                &open(&cluster, "b", "bob", "Work").await,
+                &message(100 + i),
+                &["\\Seen"],
+            )
+            .await;
+        }
+        cluster
+            .node("b")
+            .directory
+            .send(PutScript {
+                user: "bob".into(),
+                name: "s".into(),
+                content: "keep".into(),
+            })
+            .await
+            .unwrap()
+            .unwrap();
+        cluster.settle().await;
+        let before = cluster.assert_converged().await;
+        cluster.stop("b").await;
+        cluster.wipe("b");
+        cluster.restart("b");
+        cluster.settle().await;
+        let after = cluster.assert_converged().await;
+        assert_eq!(after, before, "the wiped node holds everything again");
+        cluster.assert_quiet().await;
+    });
+}
+
+/// The middle of a chain restarts while a sync runs through it: nothing is lost, and the chain
+/// converges.
+#[test]
+fn chain_middle_restarts_mid_sync() {
+    run_virtual(|| async {
+        let mut cluster = Cluster::chain(&["a", "b", "c"]);
+        create(&cluster, "a", "alice", "INBOX").await;
+        cluster.settle().await;
+        let mb = open(&cluster, "a", "alice", "INBOX").await;
+        for i in 0..200 {
+            append_to(&mb, &message(i), &[]).await;
+        }
+        // Let the sync get under way, then take the middle node down and bring it back.
+        tokio::time::sleep(std::time::Duration::from_millis(1)).await;
+        cluster.stop("b").await;
+        append_to(&mb, &message(1000), &[]).await;
+        cluster.restart("b");
+        cluster.settle().await;
+        let dump = cluster.assert_converged().await;
+        assert_eq!(inbox(&dump).messages.len(), 201);
+        cluster.assert_quiet().await;
+    });
+}
