@@ -8,6 +8,7 @@
 //! through again.
 
 use std::collections::{BTreeMap, BTreeSet};
+use std::rc::Rc;
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::Arc;
 use std::time::Duration;
@@ -103,7 +104,7 @@ pub struct Channel {
     peer: NodeId,
     ctx: NodeContext,
     directory: Addr<Directory>,
-    transport: Arc<dyn Transport>,
+    transport: Rc<dyn Transport>,
     config: ChannelConfig,
     dirty: BTreeMap<SyncItem, u64>,
     running: BTreeSet<SyncItem>,
@@ -123,7 +124,7 @@ impl Channel {
         peer: NodeId,
         ctx: NodeContext,
         directory: Addr<Directory>,
-        transport: Arc<dyn Transport>,
+        transport: Rc<dyn Transport>,
         config: ChannelConfig,
     ) -> Self {
         Channel {
@@ -365,7 +366,7 @@ struct SyncJob {
     peer: NodeId,
     ctx: NodeContext,
     directory: Addr<Directory>,
-    transport: Arc<dyn Transport>,
+    transport: Rc<dyn Transport>,
     config: ChannelConfig,
     full_syncs: Arc<AtomicU64>,
 }

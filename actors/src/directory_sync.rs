@@ -293,18 +293,22 @@ pub struct ApplyUserItem {
 }
 
 impl Directory {
+    /// Merges a user's subscriptions or sieve scripts (`item` says which) from a peer.
     fn apply_user_item<T>(
         &self,
         writes: &mut Writes,
         from: &NodeId,
-        user: &str,
-        table: Table,
         item: SyncItem,
         local: Option<Tagged<T>>,
         incoming: Change<T>,
     ) where
         T: Merge + Serialize,
     {
+        let (table, user) = match &item {
+            SyncItem::Subscriptions(user) => (Table::Subscriptions, user.clone()),
+            SyncItem::Sieve(user) => (Table::Sieve, user.clone()),
+            _ => return,
+        };
         let (merged, effect) = match local {
             Some(l) => {
                 let mut m = l.item;
@@ -322,7 +326,7 @@ impl Directory {
             effect,
         };
         let tagged = Tagged::merged(merged, effect, from, &incoming.origin, &self.ctx.node);
-        self.write_user_item(writes, table, user, &tagged, item, &provenance);
+        self.write_user_item(writes, table, &user, &tagged, item, &provenance);
     }
 }
 
@@ -335,20 +339,12 @@ impl Handler<ApplyUserItem> for Directory {
             let mut writes = Writes::default();
             match msg.change {
                 UserItemChange::Subscriptions(change) => {
-                    for (_, state) in &change.item.names {
+                    for state in change.item.names.values() {
                         act.ctx.counters.observe(&state.version);
                     }
                     let local = act.subscriptions(&msg.user)?;
                     let item = SyncItem::Subscriptions(msg.user.clone());
-                    act.apply_user_item(
-                        &mut writes,
-                        &msg.from,
-                        &msg.user,
-                        Table::Subscriptions,
-                        item,
-                        local,
-                        change,
-                    );
+                    act.apply_user_item(&mut writes, &msg.from, item, local, change);
                 }
                 UserItemChange::Sieve(change) => {
                     for state in change.item.scripts.values() {
@@ -359,15 +355,7 @@ impl Handler<ApplyUserItem> for Directory {
                     }
                     let local = act.sieve(&msg.user)?;
                     let item = SyncItem::Sieve(msg.user.clone());
-                    act.apply_user_item(
-                        &mut writes,
-                        &msg.from,
-                        &msg.user,
-                        Table::Sieve,
-                        item,
-                        local,
-                        change,
-                    );
+                    act.apply_user_item(&mut writes, &msg.from, item, local, change);
                 }
             }
             Ok((writes, ()))

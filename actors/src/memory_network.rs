@@ -6,7 +6,6 @@
 use std::cell::RefCell;
 use std::collections::{BTreeMap, BTreeSet};
 use std::rc::Rc;
-use std::sync::Arc;
 
 use mailmesh_protocol::codec::{encode_frame, FrameDecoder, DEFAULT_MAX_FRAME};
 use mailmesh_protocol::ids::NodeId;
@@ -70,8 +69,8 @@ impl MemoryNetwork {
         }
     }
 
-    pub fn transport(&self, node: &NodeId) -> Arc<dyn Transport> {
-        Arc::new(MemoryTransport {
+    pub fn transport(&self, node: &NodeId) -> Rc<dyn Transport> {
+        Rc::new(MemoryTransport {
             net: self.clone(),
             from: node.clone(),
         })

@@ -2,6 +2,7 @@
 
 use std::collections::BTreeMap;
 use std::path::PathBuf;
+use std::rc::Rc;
 use std::sync::Arc;
 use std::time::Duration;
 
@@ -74,7 +75,7 @@ pub struct LocalNode {
     pub context: NodeContext,
     /// Where a transport delivers the requests of peers.
     pub inbound: Inbound,
-    transport: Option<Arc<dyn Transport>>,
+    transport: Option<Rc<dyn Transport>>,
     channels: BTreeMap<NodeId, (PeerOptions, Addr<Channel>)>,
 }
 
@@ -90,7 +91,7 @@ impl LocalNode {
     pub fn start_replicating(
         options: NodeOptions,
         env: Env,
-        transport: Option<Arc<dyn Transport>>,
+        transport: Option<Rc<dyn Transport>>,
     ) -> Result<LocalNode, StoreError> {
         let store = Arc::new(Store::open(&options.data_dir, &options.node)?);
         let counters = NodeCounters::new(options.node.clone(), store.initial_counters());

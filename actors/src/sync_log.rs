@@ -296,7 +296,7 @@ mod tests {
         };
         assert_eq!(
             log.log(&mut batch, SyncItem::Mailbox(MailboxId(1)), &combined, None)
-                .0
+                .rows
                 .len(),
             3
         );
