@@ -472,6 +472,10 @@ impl SyncJob {
                 Some(cache) if !whole => cache,
                 _ => return self.full_sync(id, &mb, &info.user).await,
             };
+            if plan.records.is_empty() && plan.annotations.is_empty() {
+                // Everything new here came from this peer or was already sent: nothing to say.
+                return Ok(());
+            }
             self.send_bodies(&plan.records).await?;
             let request = ChangeRequest {
                 mailbox: id,

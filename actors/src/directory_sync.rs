@@ -362,3 +362,42 @@ impl Handler<ApplyUserItem> for Directory {
         })
     }
 }
+
+/// The configured peers changed (at start or on a reload). A peer no longer configured is
+/// forgotten, so if it is configured again it is treated as new and gets everything: changes
+/// made while it was not configured were not logged for it.
+#[derive(Message)]
+#[rtype(result = "Result<(), MailError>")]
+pub struct ConfiguredPeers {
+    pub peers: BTreeSet<NodeId>,
+}
+
+/// Key of the configured peer set in the peers table (no node id starts with a zero byte).
+const CONFIGURED_KEY: &[u8] = b"\0configured";
+
+impl Handler<ConfiguredPeers> for Directory {
+    type Result = AtomicResponse<Self, Result<(), MailError>>;
+
+    fn handle(&mut self, msg: ConfiguredPeers, _: &mut Self::Context) -> Self::Result {
+        self.write(|act| {
+            let before: BTreeSet<NodeId> = act
+                .ctx
+                .store
+                .get(Table::Peers, CONFIGURED_KEY)?
+                .unwrap_or_default();
+            let mut writes = Writes::default();
+            if before != msg.peers {
+                for gone in before.difference(&msg.peers) {
+                    info!(peer = %gone, "peer no longer configured; it gets everything if it comes back");
+                    writes
+                        .batch
+                        .delete(Table::Peers, gone.as_str().as_bytes().to_vec());
+                }
+                writes
+                    .batch
+                    .put(Table::Peers, CONFIGURED_KEY.to_vec(), &msg.peers);
+            }
+            Ok((writes, ()))
+        })
+    }
+}

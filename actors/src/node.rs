@@ -145,6 +145,9 @@ impl LocalNode {
             .collect();
         let sync_log = &self.context.sync_log;
         sync_log.set_peers(wanted.keys().cloned().collect());
+        self.directory.do_send(crate::directory_sync::ConfiguredPeers {
+            peers: wanted.keys().cloned().collect(),
+        });
         self.channels.retain(|peer, (options, addr)| {
             let keep = wanted.get(peer) == Some(options);
             if !keep {

@@ -525,3 +525,154 @@ fn chain_middle_restarts_mid_sync() {
         cluster.assert_quiet().await;
     });
 }
+
+/// Expunges, annotations and a move to another user all replicate.
+#[test]
+fn expunge_annotations_and_moves_between_users_replicate() {
+    run_virtual(|| async {
+        let cluster = Cluster::full_mesh(&["a", "b", "c"]);
+        create(&cluster, "a", "alice", "Projects").await;
+        let mb = open(&cluster, "a", "alice", "Projects").await;
+        for i in 0..4 {
+            append_to(&mb, &message(i), if i < 2 { &["\\Deleted"] } else { &[] }).await;
+        }
+        cluster.settle().await;
+        let on_b = open(&cluster, "b", "alice", "Projects").await;
+        assert_eq!(
+            on_b.send(Expunge {
+                mode: ExpungeMode::Deleted
+            })
+            .await
+            .unwrap()
+            .unwrap(),
+            vec![Uid(1), Uid(2)]
+        );
+        let on_c = open(&cluster, "c", "alice", "Projects").await;
+        on_c.send(SetAnnotation {
+            entry: "/shared/comment".into(),
+            value: Some(b"from c".to_vec()),
+        })
+        .await
+        .unwrap()
+        .unwrap();
+        cluster.settle().await;
+        cluster
+            .node("c")
+            .directory
+            .send(RenameMailbox {
+                user: "alice".into(),
+                from: "Projects".into(),
+                to_user: Some("bob".into()),
+                to: "FromAlice".into(),
+            })
+            .await
+            .unwrap()
+            .unwrap();
+        cluster.settle().await;
+        let dump = cluster.assert_converged().await;
+        assert!(!dump
+            .mailboxes
+            .contains_key(&("alice".to_string(), "Projects".to_string())));
+        let moved = &dump.mailboxes[&("bob".to_string(), "FromAlice".to_string())];
+        assert_eq!(
+            moved.messages.iter().map(|m| m.0).collect::<Vec<_>>(),
+            vec![Uid(3), Uid(4)]
+        );
+        assert_eq!(
+            moved.annotations,
+            vec![("/shared/comment".to_string(), b"from c".to_vec())]
+        );
+        cluster.assert_quiet().await;
+    });
+}
+
+/// While the primary is away, two other nodes that appended concurrently each keep showing their
+/// own message at the contested uid and hide the other's, never dropping it; once the primary is
+/// back it promotes both and every node shows both.
+#[test]
+fn non_primaries_hide_a_conflict_until_the_primary_promotes() {
+    run_virtual(|| async {
+        let cluster = Cluster::full_mesh(&["a", "b", "c"]);
+        create(&cluster, "a", "alice", "INBOX").await; // a created it: a is the primary
+        cluster.settle().await;
+        for (x, y) in [("a", "b"), ("a", "c"), ("b", "c")] {
+            cluster.net.set_link(&n(x), &n(y), false);
+        }
+        let on_b = append_to(
+            &open(&cluster, "b", "alice", "INBOX").await,
+            "Subject: b\\r\\n\\r\\nb\\r\\n",
+            &[],
+        )
+        .await;
+        let on_c = append_to(
+            &open(&cluster, "c", "alice", "INBOX").await,
+            "Subject: c\\r\\n\\r\\nc\\r\\n",
+            &[],
+        )
+        .await;
+        assert_eq!((on_b.uid, on_c.uid), (Uid(1), Uid(1)));
+        cluster.net.set_link(&n("b"), &n("c"), true);
+        cluster.settle().await;
+        for (node, own) in [("b", &on_b), ("c", &on_c)] {
+            let views = open(&cluster, node, "alice", "INBOX")
+                .await
+                .send(Fetch { uids: UidSet::all() })
+                .await
+                .unwrap()
+                .unwrap();
+            assert_eq!(views.len(), 1, "{node} shows one message at the contested uid");
+            assert_eq!(views[0].append_id, own.append_id, "{node} keeps showing its own");
+            let state = open(&cluster, node, "alice", "INBOX")
+                .await
+                .send(GetState)
+                .await
+                .unwrap()
+                .unwrap();
+            assert_eq!(state.digest.records, 2, "{node} holds the other message hidden");
+        }
+        cluster.net.set_link(&n("a"), &n("b"), true);
+        cluster.net.set_link(&n("a"), &n("c"), true);
+        cluster.settle().await;
+        let dump = cluster.assert_converged().await;
+        let messages = &inbox(&dump).messages;
+        assert_eq!(messages.len(), 2);
+        assert!(messages.iter().all(|m| m.0 > Uid(1)));
+        cluster.assert_quiet().await;
+    });
+}
+
+/// Channels can be removed and added while nodes run; nothing logged meanwhile is lost, and a
+/// node that restarts with a full sync log drains it.
+#[test]
+fn channels_change_at_runtime_and_logs_survive_restarts() {
+    run_virtual(|| async {
+        let mut cluster = Cluster::chain(&["a", "b"]);
+        create(&cluster, "a", "alice", "INBOX").await;
+        cluster.settle().await;
+        // Remove a's channel to b, write, and add it back.
+        cluster.nodes.get_mut(&n("a")).unwrap().set_peers(vec![]);
+        let mb = open(&cluster, "a", "alice", "INBOX").await;
+        for i in 0..5 {
+            append_to(&mb, &message(i), &[]).await;
+        }
+        cluster
+            .nodes
+            .get_mut(&n("a"))
+            .unwrap()
+            .set_peers(vec![mailmesh_actors::node::PeerOptions::new(n("b"))]);
+        cluster.settle().await;
+        assert_eq!(inbox(&cluster.assert_converged().await).messages.len(), 5);
+        // With b down, a logs more changes, then restarts before b comes back.
+        cluster.stop("b").await;
+        for i in 5..10 {
+            append_to(&mb, &message(i), &[]).await;
+        }
+        drop(mb);
+        cluster.stop("a").await;
+        cluster.restart("a");
+        cluster.restart("b");
+        cluster.settle().await;
+        assert_eq!(inbox(&cluster.assert_converged().await).messages.len(), 10);
+        cluster.assert_quiet().await;
+    });
+}

@@ -140,8 +140,8 @@ impl Cluster {
         self.dirs.insert(n(name), tempfile::tempdir().unwrap());
     }
 
-    /// Waits (in virtual time) until every channel is drained and nothing crosses the network for
-    /// a while. Panics if that does not happen within `limit` of virtual time.
+    /// Waits (in virtual time) until every channel with a working link is drained and nothing
+    /// crosses the network for a while. Panics if that does not happen within `limit` of virtual time.
     pub async fn settle_within(&self, limit: Duration) {
         let start = tokio::time::Instant::now();
         let mut last = self.net.total_requests();
@@ -152,7 +152,8 @@ impl Cluster {
             let mut idle = true;
             for local in self.nodes.values() {
                 for stats in local.channel_stats().await.values() {
-                    if stats.pending > 0 || stats.running > 0 {
+                    // A channel whose link is down waits; it is idle until the link heals.
+                    if stats.running > 0 || (stats.pending > 0 && stats.link_up) {
                         idle = false;
                     }
                 }
