@@ -132,6 +132,22 @@ impl Directory {
             keys::user_entry(&path.user, entry.id),
             Vec::new(),
         );
+        // A node newly among the locations needs the messages: every holder with a channel to it
+        // queues the mailbox for it.
+        if let Some(old) = old {
+            if !entry.is_deleted() && entry.located_on(&self.ctx.node) {
+                for peer in self.ctx.sync_log.peers() {
+                    let held_before = !old.is_deleted() && old.located_on(&peer);
+                    if entry.located_on(&peer) && !held_before {
+                        let logged = self
+                            .ctx
+                            .sync_log
+                            .log_for(batch, &peer, SyncItem::Mailbox(entry.id));
+                        writes.logged.merge(logged);
+                    }
+                }
+            }
+        }
         let logged = self
             .ctx
             .sync_log
@@ -267,6 +283,55 @@ impl Directory {
             }
         }
         self.dormant.retain(|_, w| w.upgrade().is_some());
+    }
+
+    /// What follows, once durable, from an entry changing from `old` to `new`: a deleted mailbox
+    /// is purged, a running Mailbox actor learns its new locations and primary, and a node no
+    /// longer among the locations lets its copy go once its peers have everything.
+    pub(crate) fn after_entry_commit(
+        &mut self,
+        old: Option<&MailboxEntry>,
+        new: &MailboxEntry,
+        ctx: &mut Context<Self>,
+    ) {
+        let was_live = old.is_some_and(|o| !o.is_deleted());
+        if new.is_deleted() {
+            if was_live || old.is_none() {
+                self.purge(new.id, ctx);
+            }
+            return;
+        }
+        if let Some(addr) = self.running(new.id) {
+            addr.do_send(crate::mailbox_sync::EntryUpdated { entry: new.clone() });
+        }
+        let held_before = old.is_some_and(|o| o.located_on(&self.ctx.node));
+        if held_before && !new.located_on(&self.ctx.node) {
+            self.release_when_drained(new.id, ctx);
+        }
+    }
+
+    /// Drops this node's copy of a mailbox it no longer holds, once no sync log row for it is
+    /// left (every change made here has reached a peer). The entry stays.
+    fn release_when_drained(&mut self, id: MailboxId, ctx: &mut Context<Self>) {
+        let item = SyncItem::Mailbox(id).encode();
+        let mut pending = false;
+        let scanned = self.ctx.store.scan_prefix(Table::SyncLog, &[], None, |k, _| {
+            pending = k.ends_with(&item);
+            Ok(!pending)
+        });
+        let still_released =
+            matches!(self.entry(id), Ok(Some(e)) if !e.is_deleted() && !e.located_on(&self.ctx.node));
+        if !still_released {
+            return;
+        }
+        if pending || scanned.is_err() {
+            ctx.run_later(Duration::from_secs(5), move |act, ctx| {
+                act.release_when_drained(id, ctx)
+            });
+            return;
+        }
+        info!(mailbox = %id, "this node is no longer among the mailbox's locations: releasing its copy");
+        self.purge(id, ctx);
     }
 
     /// The running actor of a mailbox, if any.
@@ -676,8 +741,8 @@ impl Handler<SetLocations> for Directory {
     type Result = AtomicResponse<Self, Result<(), MailError>>;
 
     fn handle(&mut self, msg: SetLocations, _: &mut Self::Context) -> Self::Result {
-        self.write(|act| {
-            let mut entry = act.require(&msg.user, &msg.name)?;
+        let prepared = (|| {
+            let mut entry = self.require(&msg.user, &msg.name)?;
             if let Some(p) = &msg.primary {
                 if !msg.locations.is_empty() && !msg.locations.contains(p) {
                     return Err(MailError::NotAllowed(
@@ -686,15 +751,28 @@ impl Handler<SetLocations> for Directory {
                 }
             }
             let old = entry.clone();
-            let version = act.ctx.counters.tick();
+            let version = self.ctx.counters.tick();
             entry
                 .locations
                 .set(msg.locations.into_iter().collect(), version.clone());
             entry.primary.set(msg.primary, version);
             let mut writes = Writes::default();
-            act.write_local_entry(&mut writes, &old, entry);
-            Ok((writes, ()))
-        })
+            self.write_local_entry(&mut writes, &old, entry.clone());
+            Ok((self.ctx.commit(writes, None), old, entry))
+        })();
+        AtomicResponse::new(Box::pin(
+            async move {
+                let (done, old, new) = prepared?;
+                done.await?;
+                Ok::<_, MailError>((old, new))
+            }
+            .into_actor(self)
+            .map(|result, act, ctx| {
+                let (old, new) = result?;
+                act.after_entry_commit(Some(&old), &new, ctx);
+                Ok(())
+            }),
+        ))
     }
 }
 

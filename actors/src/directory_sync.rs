@@ -5,7 +5,7 @@
 use std::collections::BTreeSet;
 
 use actix::prelude::*;
-use mailmesh_protocol::ids::{MailboxId, NodeId};
+use mailmesh_protocol::ids::NodeId;
 use mailmesh_protocol::merge::{Merge, MergeEffect};
 use mailmesh_protocol::records::{MailboxEntry, UserSieve, UserSubscriptions};
 use mailmesh_protocol::wire::Change;
@@ -15,7 +15,7 @@ use tracing::info;
 use crate::context::Writes;
 use crate::directory::Directory;
 use crate::error::{MailError, StoreError};
-use crate::mailbox_sync::{forget_peer_caches, EntryUpdated};
+use crate::mailbox_sync::forget_peer_caches;
 use crate::store::{decode, keys, Table};
 use crate::sync_log::{Provenance, SyncItem, Tagged};
 
@@ -172,8 +172,7 @@ impl Handler<ApplyEntries> for Directory {
     fn handle(&mut self, msg: ApplyEntries, _: &mut Self::Context) -> Self::Result {
         let prepared = (|| {
             let mut writes = Writes::default();
-            let mut deleted: Vec<MailboxId> = Vec::new();
-            let mut updated: Vec<MailboxEntry> = Vec::new();
+            let mut changed: Vec<(Option<MailboxEntry>, MailboxEntry)> = Vec::new();
             for Change {
                 origin,
                 item: incoming,
@@ -198,38 +197,29 @@ impl Handler<ApplyEntries> for Directory {
                     writes
                         .batch
                         .put_raw(Table::Purges, keys::mailbox(merged.id), Vec::new());
-                    deleted.push(merged.id);
-                } else if local.is_some() {
-                    updated.push(merged.clone());
                 }
                 let provenance = Provenance::Remote {
                     from: msg.from.clone(),
                     origin: origin.clone(),
                     effect,
                 };
-                let tagged = Tagged::merged(merged, effect, &msg.from, &origin, &self.ctx.node);
+                let tagged = Tagged::merged(merged.clone(), effect, &msg.from, &origin, &self.ctx.node);
                 self.write_entry(&mut writes, local.as_ref().map(|l| &l.item), &tagged, &provenance);
+                changed.push((local.map(|l| l.item), merged));
             }
-            Ok::<_, MailError>((writes, deleted, updated))
+            Ok::<_, MailError>((writes, changed))
         })();
-        let pending =
-            prepared.map(|(writes, deleted, updated)| (self.ctx.commit(writes, None), deleted, updated));
+        let pending = prepared.map(|(writes, changed)| (self.ctx.commit(writes, None), changed));
         AtomicResponse::new(Box::pin(
             async move {
-                let (done, deleted, updated) = pending?;
+                let (done, changed) = pending?;
                 done.await?;
-                Ok::<_, MailError>((deleted, updated))
+                Ok::<_, MailError>(changed)
             }
             .into_actor(self)
             .map(|result, act, ctx| {
-                let (deleted, updated) = result?;
-                for id in deleted {
-                    act.purge(id, ctx);
-                }
-                for entry in updated {
-                    if let Some(addr) = act.running(entry.id) {
-                        addr.do_send(EntryUpdated { entry });
-                    }
+                for (old, new) in result? {
+                    act.after_entry_commit(old.as_ref(), &new, ctx);
                 }
                 Ok(())
             }),

@@ -676,3 +676,85 @@ fn channels_change_at_runtime_and_logs_survive_restarts() {
         cluster.assert_quiet().await;
     });
 }
+
+/// Locations decide where a mailbox's messages live: a node outside them has the entry but no
+/// messages; adding it starts replication to it; removing the original holder (an XFER) moves the
+/// mailbox, and the old holder lets its copy go once its peers have everything.
+#[test]
+fn locations_start_and_stop_replication_and_move_a_mailbox() {
+    run_virtual(|| async {
+        let cluster = Cluster::full_mesh(&["a", "b", "c"]);
+        create(&cluster, "a", "alice", "INBOX").await;
+        let set = |locations: &[&str], primary: &str| SetLocations {
+            user: "alice".into(),
+            name: "INBOX".into(),
+            locations: locations.iter().map(|s| n(s)).collect(),
+            primary: Some(n(primary)),
+        };
+        cluster
+            .node("a")
+            .directory
+            .send(set(&["a", "b"], "a"))
+            .await
+            .unwrap()
+            .unwrap();
+        let mb = open(&cluster, "a", "alice", "INBOX").await;
+        for i in 0..10 {
+            append_to(&mb, &message(i), &[]).await;
+        }
+        cluster.settle().await;
+        let count = |dump: &NodeDump| inbox(dump).messages.len();
+        assert_eq!(count(&cluster.dump("a").await), 10);
+        assert_eq!(count(&cluster.dump("b").await), 10);
+        assert_eq!(count(&cluster.dump("c").await), 0, "c is not among the locations");
+
+        // Add c: it gets everything.
+        cluster
+            .node("b")
+            .directory
+            .send(set(&["a", "b", "c"], "a"))
+            .await
+            .unwrap()
+            .unwrap();
+        cluster.settle().await;
+        assert_eq!(count(&cluster.dump("c").await), 10);
+
+        // Move the mailbox off a: b becomes primary, a lets its copy go.
+        append_to(&mb, &message(99), &[]).await;
+        drop(mb);
+        cluster
+            .node("a")
+            .directory
+            .send(set(&["b", "c"], "b"))
+            .await
+            .unwrap()
+            .unwrap();
+        cluster.settle().await;
+        assert_eq!(
+            count(&cluster.dump("b").await),
+            11,
+            "the last write on a reached b"
+        );
+        assert_eq!(count(&cluster.dump("c").await), 11);
+        // a lets go once its log for the mailbox is drained; it checks every few seconds.
+        let mut waited = 0;
+        while count(&cluster.dump("a").await) != 0 {
+            waited += 1;
+            assert!(waited < 60, "a never released its copy");
+            tokio::time::sleep(std::time::Duration::from_secs(1)).await;
+        }
+        let info = cluster
+            .node("c")
+            .directory
+            .send(OpenMailbox {
+                user: "alice".into(),
+                name: "INBOX".into(),
+            })
+            .await
+            .unwrap()
+            .unwrap()
+            .info;
+        assert_eq!(info.primary, Some(n("b")));
+        cluster.assert_quiet().await;
+    });
+}
