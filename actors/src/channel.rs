@@ -7,6 +7,7 @@
 //! backoff and never holds up the others; a failing link pauses the channel until a Hello gets
 //! through again.
 
+use std::cell::RefCell;
 use std::collections::{BTreeMap, BTreeSet};
 use std::rc::Rc;
 use std::sync::atomic::{AtomicU64, Ordering};
@@ -15,6 +16,7 @@ use std::time::Duration;
 
 use actix::prelude::*;
 use mailmesh_protocol::ids::{AppendId, Guid, MailboxId, ModSeq, NodeId};
+use mailmesh_protocol::records::MessageRecord;
 use mailmesh_protocol::wire::{Change, ChangeRequest, ErrorCode, Request, Response};
 use serde_bytes::ByteBuf;
 use tracing::{debug, info, warn};
@@ -22,7 +24,7 @@ use tracing::{debug, info, warn};
 use crate::context::{NodeContext, Writes};
 use crate::directory::{Directory, OpenMailboxById};
 use crate::directory_sync::{EntriesFor, RequeueMark, UserItemChange, UserItemFor};
-use crate::error::MailError;
+use crate::error::{MailError, StoreError};
 use crate::mailbox::Mailbox;
 use crate::mailbox_sync::{Bodies, MergeRemote, PlanFullPush, PlanSync, ReplicationCache, SaveCache};
 use crate::store::Table;
@@ -97,6 +99,8 @@ pub struct ChannelStats {
     pub item_failures: u64,
     pub link_failures: u64,
     pub full_syncs: u64,
+    /// Records left out because this node could not read them intact.
+    pub quarantined: u64,
     pub link_up: bool,
 }
 
@@ -117,6 +121,7 @@ pub struct Channel {
     requeue_mark: u64,
     stats: ChannelStats,
     full_syncs: Arc<AtomicU64>,
+    quarantined: Rc<RefCell<BTreeSet<AppendId>>>,
 }
 
 impl Channel {
@@ -143,6 +148,7 @@ impl Channel {
             requeue_mark: 0,
             stats: ChannelStats::default(),
             full_syncs: Arc::new(AtomicU64::new(0)),
+            quarantined: Rc::default(),
         }
     }
 
@@ -154,6 +160,7 @@ impl Channel {
             transport: self.transport.clone(),
             config: self.config,
             full_syncs: self.full_syncs.clone(),
+            quarantined: self.quarantined.clone(),
         }
     }
 
@@ -356,6 +363,7 @@ impl Handler<GetChannelStats> for Channel {
         stats.pending = self.dirty.len();
         stats.running = self.running.len();
         stats.full_syncs = self.full_syncs.load(Ordering::Relaxed);
+        stats.quarantined = self.quarantined.borrow().len() as u64;
         MessageResult(stats)
     }
 }
@@ -369,6 +377,7 @@ struct SyncJob {
     transport: Rc<dyn Transport>,
     config: ChannelConfig,
     full_syncs: Arc<AtomicU64>,
+    quarantined: Rc<RefCell<BTreeSet<AppendId>>>,
 }
 
 fn response_name(r: &Response) -> String {
@@ -476,7 +485,8 @@ impl SyncJob {
                 // Everything new here came from this peer or was already sent: nothing to say.
                 return Ok(());
             }
-            self.send_bodies(&plan.records).await?;
+            let mut plan = plan;
+            let quarantined = self.send_bodies(id, &mut plan.records).await?;
             let request = ChangeRequest {
                 mailbox: id,
                 uidvalidity: plan.uidvalidity,
@@ -503,7 +513,7 @@ impl SyncJob {
                     if plan.more {
                         continue;
                     }
-                    if digest != plan.digest {
+                    if digest != plan.digest && !quarantined {
                         debug!(peer = %self.peer, mailbox = %id, "digests differ after a change request: full sync");
                         return self.full_sync(id, &mb, &info.user).await;
                     }
@@ -631,6 +641,7 @@ impl SyncJob {
         }
         let mut after: Option<AppendId> = None;
         let mut acked: Option<ModSeq> = None;
+        let mut quarantined = false;
         loop {
             let page = mb
                 .send(PlanFullPush {
@@ -639,7 +650,8 @@ impl SyncJob {
                 })
                 .await??;
             let acked = *acked.get_or_insert(page.highest);
-            self.send_bodies(&page.records).await?;
+            let mut page = page;
+            quarantined |= self.send_bodies(id, &mut page.records).await?;
             let request = ChangeRequest {
                 mailbox: id,
                 uidvalidity,
@@ -664,7 +676,7 @@ impl SyncJob {
                             cache,
                         })
                         .await??;
-                        if digest != page.digest {
+                        if digest != page.digest && !quarantined {
                             // Someone changed the mailbox meanwhile; the next round settles it.
                             return Err(SyncError::Item(format!(
                                 "mailbox {id} changed during a full sync"
@@ -759,12 +771,17 @@ impl SyncJob {
     }
 
     /// Streams to the peer the bodies of these live records that it lacks; each body at most once.
+    /// Streams to the peer the bodies of these live records that it lacks, each body at most
+    /// once. A body this node cannot read intact is not sent: the records naming it are
+    /// quarantined (left out, logged and counted) and the rest goes on.
+    /// Returns whether any record was quarantined (the peer's digest will then differ).
     async fn send_bodies(
         &self,
-        records: &[Change<mailmesh_protocol::records::MessageRecord>],
-    ) -> Result<(), SyncError> {
+        mailbox: MailboxId,
+        records: &mut Vec<Change<MessageRecord>>,
+    ) -> Result<bool, SyncError> {
         if self.config.shared_bodies {
-            return Ok(());
+            return Ok(false);
         }
         let guids: BTreeSet<Guid> = records
             .iter()
@@ -772,7 +789,7 @@ impl SyncJob {
             .map(|c| c.item.guid)
             .collect();
         if guids.is_empty() {
-            return Ok(());
+            return Ok(false);
         }
         let missing = match self
             .request(Request::MissingBodies {
@@ -788,20 +805,28 @@ impl SyncJob {
                 )))
             }
         };
+        let mut bad = BTreeSet::new();
         for guid in missing {
+            let body = match self.ctx.store.read_body(&guid) {
+                Ok(body) => body,
+                Err(e @ (StoreError::BodyCorrupt { .. } | StoreError::BodyMissing { .. })) => {
+                    for c in records.iter().filter(|c| c.item.guid == guid) {
+                        warn!(peer = %self.peer, %mailbox, append_id = %c.item.append_id, error = %e,
+                            "record quarantined: its body cannot be read intact; the rest of the mailbox goes on");
+                    }
+                    bad.insert(guid);
+                    continue;
+                }
+                Err(e) => return Err(MailError::from(e).into()),
+            };
+            let chunks: Vec<&[u8]> = body.chunks(self.config.body_chunk.max(1)).collect();
             let mut offset = 0u64;
-            loop {
-                let (data, total) = self
-                    .ctx
-                    .store
-                    .read_body_range(&guid, offset, self.config.body_chunk)
-                    .map_err(MailError::from)?;
-                let last = offset + data.len() as u64 >= total;
-                let len = data.len() as u64;
+            for (i, chunk) in chunks.iter().enumerate() {
+                let last = i + 1 == chunks.len();
                 let request = Request::BodyChunk {
                     guid,
                     offset,
-                    data: ByteBuf::from(data),
+                    data: ByteBuf::from(chunk.to_vec()),
                     last,
                 };
                 match self.request(request).await? {
@@ -813,12 +838,20 @@ impl SyncJob {
                         )))
                     }
                 }
-                offset += len;
-                if last {
-                    break;
-                }
+                offset += chunk.len() as u64;
             }
         }
-        Ok(())
+        if bad.is_empty() {
+            return Ok(false);
+        }
+        let mut quarantined = self.quarantined.borrow_mut();
+        records.retain(|c| {
+            let keep = !bad.contains(&c.item.guid) || c.item.is_expunged();
+            if !keep {
+                quarantined.insert(c.item.append_id.clone());
+            }
+            keep
+        });
+        Ok(true)
     }
 }

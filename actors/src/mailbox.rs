@@ -124,6 +124,8 @@ pub struct MailboxState {
     pub exists: u64,
     pub unseen: u64,
     pub digest: MailboxDigest,
+    /// Records this actor could not read and left out.
+    pub quarantined: u64,
 }
 
 pub struct Mailbox {
@@ -140,6 +142,8 @@ pub struct Mailbox {
     pub(crate) primary: NodeId,
     pub(crate) counters: MailboxCounters,
     pub(crate) inflight: Inflight,
+    /// Records that could not be read and were left out of a sync or a listing.
+    quarantined: std::cell::Cell<u64>,
     /// Set by a failed commit; the counters are recomputed from the records before the next write.
     needs_reload: Arc<AtomicBool>,
     deleted: bool,
@@ -166,9 +170,25 @@ impl Mailbox {
             modseq_tag,
             counters,
             inflight: Inflight::default(),
+            quarantined: Default::default(),
             needs_reload: Arc::new(AtomicBool::new(false)),
             deleted: false,
         })
+    }
+
+    /// Leaves a record that cannot be read out of what is served, with a clear log line.
+    pub(crate) fn quarantine(&self, aid: &AppendId, error: &StoreError) {
+        self.quarantine_key(Some(aid), error);
+    }
+
+    pub(crate) fn quarantine_key(&self, aid: Option<&AppendId>, error: &StoreError) {
+        self.quarantined.set(self.quarantined.get() + 1);
+        match aid {
+            Some(aid) => {
+                warn!(mailbox = %self.id, append_id = %aid, %error, "record quarantined: it cannot be read")
+            }
+            None => warn!(mailbox = %self.id, %error, "record with an unreadable key quarantined"),
+        }
     }
 
     /// Turns a local client's batch into writes: the counters and the sync log rows go with it.
@@ -329,10 +349,17 @@ impl Mailbox {
                 },
             )?;
             for aid in ids {
-                if let Some(s) = self
+                let stored = match self
                     .store
-                    .get::<StoredRecord>(Table::Messages, &keys::message(self.id, &aid))?
+                    .get::<StoredRecord>(Table::Messages, &keys::message(self.id, &aid))
                 {
+                    Err(e @ StoreError::Decode { .. }) => {
+                        self.quarantine(&aid, &e);
+                        None
+                    }
+                    other => other?,
+                };
+                if let Some(s) = stored {
                     if !s.record.is_expunged() && !s.hidden {
                         out.push(s);
                     }
@@ -880,6 +907,7 @@ impl Handler<GetState> for Mailbox {
             exists: c.exists,
             unseen: c.unseen,
             digest: c.digest,
+            quarantined: self.quarantined.get(),
         })
     }
 }

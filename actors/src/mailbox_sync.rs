@@ -74,6 +74,18 @@ impl Mailbox {
         self.store.get(Table::Messages, &keys::message(self.id, aid))
     }
 
+    /// A stored record for sending; one that cannot be decoded is quarantined (logged, counted,
+    /// left out) so that the rest of the mailbox still replicates.
+    fn readable(&self, aid: &AppendId) -> Result<Option<StoredRecord>, StoreError> {
+        match self.stored(aid) {
+            Err(e @ StoreError::Decode { .. }) => {
+                self.quarantine(aid, &e);
+                Ok(None)
+            }
+            other => other,
+        }
+    }
+
     /// Records changed after `since` with modseq at most `upto`, oldest first, at most `limit`;
     /// `skip_for` leaves out what that peer already has. Returns the page and the modseq of the
     /// last record scanned when the page is full.
@@ -107,7 +119,7 @@ impl Mailbox {
         let full = aids.len() >= limit;
         let mut out = Vec::with_capacity(aids.len());
         for aid in aids {
-            if let Some(s) = self.stored(&aid)? {
+            if let Some(s) = self.readable(&aid)? {
                 if skip_for.is_some_and(|p| suppressed(&s.origin, s.arrived_on.as_ref(), p)) {
                     continue;
                 }

@@ -758,3 +758,52 @@ fn locations_start_and_stop_replication_and_move_a_mailbox() {
         cluster.assert_quiet().await;
     });
 }
+
+/// A message whose body is corrupt on the sending node is quarantined: logged, counted, left out;
+/// the rest of its mailbox and every other mailbox replicate, and nothing retries forever.
+#[test]
+fn a_corrupt_body_is_quarantined_and_the_rest_goes_on() {
+    run_virtual(|| async {
+        let cluster = Cluster::chain(&["a", "b"]);
+        create(&cluster, "a", "alice", "INBOX").await;
+        create(&cluster, "a", "alice", "Other").await;
+        cluster.settle().await;
+        cluster.net.set_link(&n("a"), &n("b"), false);
+        let inbox_a = open(&cluster, "a", "alice", "INBOX").await;
+        let other_a = open(&cluster, "a", "alice", "Other").await;
+        let bad = "Subject: doomed\r\n\r\nTHIS BODY WILL BE DAMAGED ON DISK\r\n";
+        append_to(&inbox_a, &message(1), &[]).await;
+        append_to(&inbox_a, bad, &[]).await;
+        append_to(&inbox_a, &message(3), &[]).await;
+        for i in 0..3 {
+            append_to(&other_a, &message(10 + i), &[]).await;
+        }
+        // Flip a byte of the doomed body in a's segment file.
+        let segment = cluster.dirs[&n("a")].path().join("bodies").join("00000001.seg");
+        let mut bytes = std::fs::read(&segment).unwrap();
+        let at = bytes
+            .windows(7)
+            .position(|w| w == b"DAMAGED")
+            .expect("the body is in the segment");
+        bytes[at] ^= 0x20;
+        std::fs::write(&segment, bytes).unwrap();
+
+        cluster.net.set_link(&n("a"), &n("b"), true);
+        cluster.settle().await;
+        let on_b = cluster.dump("b").await;
+        assert_eq!(
+            on_b.mailboxes[&("alice".to_string(), "Other".to_string())]
+                .messages
+                .len(),
+            3
+        );
+        let inbox_b = &on_b.mailboxes[&("alice".to_string(), "INBOX".to_string())].messages;
+        assert_eq!(
+            inbox_b.iter().map(|m| m.0).collect::<Vec<_>>(),
+            vec![Uid(1), Uid(3)]
+        );
+        let stats = cluster.node("a").channel_stats().await[&n("b")].clone();
+        assert_eq!(stats.quarantined, 1, "{stats:?}");
+        cluster.assert_quiet().await;
+    });
+}
