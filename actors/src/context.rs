@@ -15,6 +15,16 @@ use crate::mailbox::Limits;
 use crate::store::{Batch, Store};
 use crate::sync_log::{Logged, SyncLog};
 
+/// Deliberate faults a test or the simulator switches on to prove its checks catch them (like
+/// FoundationDB's BUGGIFY). All off in a real node.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct Faults {
+    /// The primary never promotes conflicting uids.
+    pub no_uid_promotion: bool,
+    /// New records arriving from peers are acknowledged but not stored (a lossy merge).
+    pub drop_incoming_records: bool,
+}
+
 #[derive(Clone)]
 pub struct NodeContext {
     pub node: NodeId,
@@ -24,6 +34,7 @@ pub struct NodeContext {
     pub env: Env,
     pub limits: Limits,
     pub sync_log: SyncLog,
+    pub faults: Faults,
 }
 
 /// The writes of one operation: a batch, and the sync log rows it holds, announced to the

@@ -50,6 +50,8 @@ pub struct NodeOptions {
     /// Background for a node; Inline for deterministic simulation.
     pub flush_mode: FlushMode,
     pub peers: Vec<PeerOptions>,
+    /// Deliberate faults, for tests and the simulator only.
+    pub faults: crate::context::Faults,
 }
 
 impl NodeOptions {
@@ -62,6 +64,7 @@ impl NodeOptions {
             segment_bytes: DEFAULT_SEGMENT_BYTES,
             flush_mode: FlushMode::Background,
             peers: Vec::new(),
+            faults: Default::default(),
         }
     }
 }
@@ -111,6 +114,7 @@ impl LocalNode {
             counters,
             env,
             limits: options.limits,
+            faults: options.faults,
         };
         let directory = Directory::new(context.clone(), options.activation).start();
         let inbound = Inbound::new(context.clone(), directory.clone());
