@@ -218,6 +218,9 @@ impl Mailbox {
         } in records
         {
             let aid = incoming.append_id.clone();
+            if self.ctx.faults.drop_incoming_records && !locals.get(&aid).is_some_and(|l| l.is_some()) {
+                continue;
+            }
             let local = overlay
                 .get(&aid)
                 .cloned()
@@ -400,7 +403,7 @@ impl Mailbox {
         moved: &BTreeSet<AppendId>,
     ) -> Result<bool, StoreError> {
         let mut promoted = false;
-        let primary = self.primary == self.ctx.node;
+        let primary = self.primary == self.ctx.node && !self.ctx.faults.no_uid_promotion;
         for uid in uids {
             let at = self.records_at(uid, overlay)?;
             if at.len() > 1 && primary {
