@@ -17,7 +17,7 @@ use std::time::Duration;
 use actix::prelude::*;
 use mailmesh_protocol::ids::{AppendId, Guid, MailboxId, ModSeq, NodeId};
 use mailmesh_protocol::records::MessageRecord;
-use mailmesh_protocol::wire::{Change, ChangeRequest, ErrorCode, Request, Response};
+use mailmesh_protocol::wire::{BodyPart, Change, ChangeRequest, ErrorCode, Request, Response};
 use serde_bytes::ByteBuf;
 use tracing::{debug, info, warn};
 
@@ -49,7 +49,7 @@ impl Default for ChannelConfig {
         ChannelConfig {
             parallel: 4,
             page: 500,
-            body_chunk: 256 * 1024,
+            body_chunk: 1024 * 1024,
             shared_bodies: false,
         }
     }
@@ -481,7 +481,7 @@ impl SyncJob {
                 Some(cache) if !whole => cache,
                 _ => return self.full_sync(id, &mb, &info.user).await,
             };
-            if plan.records.is_empty() && plan.annotations.is_empty() {
+            if plan.records.is_empty() && plan.updates.is_empty() && plan.annotations.is_empty() {
                 // Everything new here came from this peer or was already sent: nothing to say.
                 return Ok(());
             }
@@ -494,16 +494,21 @@ impl SyncJob {
                 sender_modseq: plan.upto,
                 uidnext: plan.uidnext,
                 records: plan.records,
+                updates: plan.updates,
                 annotations: plan.annotations,
                 digest: plan.digest,
                 full: false,
             };
             match self.request(Request::ChangeRequest(request)).await? {
                 Response::Applied { modseq, digest } => {
+                    // A page of a longer exchange leaves records behind it: only the last page
+                    // makes the peer complete up to here.
+                    let complete = if plan.more { cache.complete } else { plan.upto };
                     let cache = ReplicationCache {
                         uidvalidity: plan.uidvalidity,
                         acked: plan.upto,
                         peer_modseq: modseq,
+                        complete,
                     };
                     mb.send(SaveCache {
                         peer: self.peer.clone(),
@@ -551,6 +556,7 @@ impl SyncJob {
                         uidvalidity: plan.uidvalidity,
                         acked: cache.acked,
                         peer_modseq: modseq,
+                        complete: cache.complete,
                     };
                     mb.send(SaveCache {
                         peer: self.peer.clone(),
@@ -566,7 +572,7 @@ impl SyncJob {
                     self.sync_list(&info.user, true).await?;
                 }
                 Response::Error {
-                    code: ErrorCode::NoHistory | ErrorCode::UidValidityMismatch,
+                    code: ErrorCode::NoHistory | ErrorCode::UidValidityMismatch | ErrorCode::UnknownRecord,
                     ..
                 } => {
                     whole = true;
@@ -659,6 +665,7 @@ impl SyncJob {
                 sender_modseq: page.highest,
                 uidnext: page.uidnext,
                 records: page.records,
+                updates: Vec::new(),
                 annotations: page.annotations,
                 digest: page.digest,
                 full: true,
@@ -670,6 +677,7 @@ impl SyncJob {
                             uidvalidity,
                             acked,
                             peer_modseq: modseq,
+                            complete: acked,
                         };
                         mb.send(SaveCache {
                             peer: self.peer.clone(),
@@ -774,6 +782,13 @@ impl SyncJob {
     /// Streams to the peer the bodies of these live records that it lacks, each body at most
     /// once. A body this node cannot read intact is not sent: the records naming it are
     /// quarantined (left out, logged and counted) and the rest goes on.
+    async fn send_parts(&self, parts: Vec<BodyPart>) -> Result<(), SyncError> {
+        match self.request(Request::Bodies { parts }).await? {
+            Response::Ok => Ok(()),
+            other => Err(SyncError::Item(format!("bodies: {}", response_name(&other)))),
+        }
+    }
+
     /// Returns whether any record was quarantined (the peer's digest will then differ).
     async fn send_bodies(
         &self,
@@ -806,6 +821,8 @@ impl SyncJob {
             }
         };
         let mut bad = BTreeSet::new();
+        let mut parts: Vec<BodyPart> = Vec::new();
+        let mut pending_bytes = 0usize;
         for guid in missing {
             let body = match self.ctx.store.read_body(&guid) {
                 Ok(body) => body,
@@ -819,27 +836,31 @@ impl SyncJob {
                 }
                 Err(e) => return Err(MailError::from(e).into()),
             };
-            let chunks: Vec<&[u8]> = body.chunks(self.config.body_chunk.max(1)).collect();
-            let mut offset = 0u64;
-            for (i, chunk) in chunks.iter().enumerate() {
-                let last = i + 1 == chunks.len();
-                let request = Request::BodyChunk {
+            let chunk = self.config.body_chunk.max(1);
+            let mut offset = 0usize;
+            loop {
+                let end = (offset + chunk).min(body.len());
+                let last = end == body.len();
+                pending_bytes += end - offset;
+                parts.push(BodyPart {
                     guid,
-                    offset,
-                    data: ByteBuf::from(chunk.to_vec()),
+                    offset: offset as u64,
+                    data: ByteBuf::from(body[offset..end].to_vec()),
                     last,
-                };
-                match self.request(request).await? {
-                    Response::Ok => {}
-                    other => {
-                        return Err(SyncError::Item(format!(
-                            "body chunk {guid}: {}",
-                            response_name(&other)
-                        )))
-                    }
+                });
+                // Many small bodies share a request; a large one goes in chunk-sized pieces.
+                if pending_bytes >= chunk {
+                    self.send_parts(std::mem::take(&mut parts)).await?;
+                    pending_bytes = 0;
                 }
-                offset += chunk.len() as u64;
+                offset = end;
+                if last {
+                    break;
+                }
             }
+        }
+        if !parts.is_empty() {
+            self.send_parts(parts).await?;
         }
         if bad.is_empty() {
             return Ok(false);

@@ -91,6 +91,8 @@ pub enum MailError {
     NotAllowed(&'static str),
     #[error(transparent)]
     Store(#[from] StoreError),
+    #[error("an update names message {0}, which this node does not have")]
+    UnknownRecord(mailmesh_protocol::ids::AppendId),
     #[error("body {0} of a replicated message was not received")]
     BodyNotReceived(Guid),
     #[error("the node is shutting down")]

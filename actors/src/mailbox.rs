@@ -76,6 +76,10 @@ pub struct StoredRecord {
     pub arrived_on: Option<NodeId>,
     /// Hidden while its uid conflicts with a record shown first (until the primary promotes it).
     pub hidden: bool,
+    /// This node's modseq when the record first appeared here. A peer that acknowledged past it
+    /// has the record, so later changes travel without the fixed parts (see `RecordUpdate`).
+    #[serde(default)]
+    pub created: ModSeq,
 }
 
 #[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
@@ -276,6 +280,7 @@ impl Mailbox {
             origin: self.ctx.node.clone(),
             arrived_on: None,
             hidden: false,
+            created: ModSeq::ZERO,
         };
         self.write_stored(batch, old, stored)
     }
@@ -290,6 +295,10 @@ impl Mailbox {
     ) -> ModSeq {
         let modseq = self.next_modseq();
         new.modseq = modseq;
+        new.created = old
+            .map(|o| o.created)
+            .filter(|c| *c != ModSeq::ZERO)
+            .unwrap_or(modseq);
         let aid = new.record.append_id.clone();
         match old {
             Some(old) => {

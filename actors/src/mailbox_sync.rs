@@ -16,7 +16,9 @@ use std::sync::Arc;
 use actix::prelude::*;
 use mailmesh_protocol::ids::{AppendId, Guid, ModSeq, NodeId, Uid, UidValidity};
 use mailmesh_protocol::merge::{Merge, MergeEffect};
-use mailmesh_protocol::records::{Annotation, MailboxDigest, MailboxEntry, MessageRecord, UidNext};
+use mailmesh_protocol::records::{
+    Annotation, MailboxDigest, MailboxEntry, MessageRecord, RecordUpdate, UidNext,
+};
 use mailmesh_protocol::wire::{Change, ChangePage, ChangeRequest, ErrorCode, Response};
 use serde::{Deserialize, Serialize};
 
@@ -34,6 +36,10 @@ pub struct ReplicationCache {
     pub acked: ModSeq,
     /// The peer's modseq right after that exchange.
     pub peer_modseq: ModSeq,
+    /// This node's modseq at which the peer had every record (the end of a whole exchange, not a
+    /// page of one): a record created at or before it travels as an update.
+    #[serde(default)]
+    pub complete: ModSeq,
 }
 
 /// Bodies that came with a change, by Guid.
@@ -95,7 +101,7 @@ impl Mailbox {
         upto: ModSeq,
         limit: usize,
         skip_for: Option<&NodeId>,
-    ) -> Result<(Vec<Change<MessageRecord>>, Option<ModSeq>), StoreError> {
+    ) -> Result<(Vec<(Change<MessageRecord>, ModSeq)>, Option<ModSeq>), StoreError> {
         let mut aids = Vec::new();
         let mut last = None;
         let start = keys::modseq(self.id, ModSeq(since.0.saturating_add(1)));
@@ -123,10 +129,13 @@ impl Mailbox {
                 if skip_for.is_some_and(|p| suppressed(&s.origin, s.arrived_on.as_ref(), p)) {
                     continue;
                 }
-                out.push(Change {
-                    origin: s.origin,
-                    item: s.record,
-                });
+                out.push((
+                    Change {
+                        origin: s.origin,
+                        item: s.record,
+                    },
+                    s.created,
+                ));
             }
         }
         Ok((out, if full { last } else { None }))
@@ -166,6 +175,7 @@ impl Mailbox {
     ) -> Result<ChangePage, StoreError> {
         let (highest, counters) = self.committed_highest()?;
         let (records, next) = self.changes_after(since, highest, limit, peer)?;
+        let records = records.into_iter().map(|(change, _)| change).collect();
         let annotations = if next.is_none() {
             self.annotations_after(since, highest, peer)?
         } else {
@@ -190,12 +200,23 @@ impl Mailbox {
         &mut self,
         writes: &mut Writes,
         from: &NodeId,
-        records: Vec<Change<MessageRecord>>,
+        mut records: Vec<Change<MessageRecord>>,
+        updates: Vec<Change<RecordUpdate>>,
         annotations: Vec<Change<(String, Annotation)>>,
         uidnext: UidNext,
         bodies: &Bodies,
     ) -> Result<MergeSummary, MailError> {
         let me = self.ctx.node.clone();
+        // An update completes a record this node has; without it, the sender must send it whole.
+        for Change { origin, item: update } in updates {
+            match self.stored(&update.append_id)? {
+                Some(base) => records.push(Change {
+                    origin,
+                    item: base.record.updated_by(&update),
+                }),
+                None => return Err(MailError::UnknownRecord(update.append_id)),
+            }
+        }
         // Bodies first: a node never shows a record whose body it lacks.
         let mut locals = BTreeMap::new();
         for change in &records {
@@ -278,6 +299,7 @@ impl Mailbox {
                 origin,
                 arrived_on,
                 hidden,
+                created: ModSeq::ZERO,
             };
             self.write_stored(&mut writes.batch, local.as_ref(), new.clone());
             let modseq = self.highestmodseq();
@@ -419,6 +441,7 @@ impl Mailbox {
                         origin: self.ctx.node.clone(),
                         arrived_on: None,
                         hidden: false,
+                        created: ModSeq::ZERO,
                     };
                     self.write_stored(&mut writes.batch, Some(&old), new.clone());
                     overlay.insert(
@@ -475,7 +498,10 @@ pub struct SyncPlan {
     pub uidvalidity: UidValidity,
     /// This node's modseq the plan covers changes up to.
     pub upto: ModSeq,
+    /// Records the peer may lack, whole.
     pub records: Vec<Change<MessageRecord>>,
+    /// Changes to records the peer acknowledged before: only what changes after an append.
+    pub updates: Vec<Change<RecordUpdate>>,
     pub annotations: Vec<Change<(String, Annotation)>>,
     pub uidnext: UidNext,
     /// The digest at `upto` (meaningful when `more` is false).
@@ -504,7 +530,21 @@ impl Handler<PlanSync> for Mailbox {
             .filter(|c| c.uidvalidity == self.uidvalidity);
         let (highest, counters) = self.committed_highest()?;
         let since = cache.as_ref().map(|c| c.acked).unwrap_or(ModSeq::ZERO);
-        let (records, next) = self.changes_after(since, highest, msg.limit, Some(&msg.peer))?;
+        let (changed, next) = self.changes_after(since, highest, msg.limit, Some(&msg.peer))?;
+        let mut records = Vec::new();
+        let mut updates = Vec::new();
+        for (change, created) in changed {
+            // Appended before the acknowledged point: the peer has the record's fixed parts.
+            let complete = cache.as_ref().map(|c| c.complete).unwrap_or(ModSeq::ZERO);
+            if created != ModSeq::ZERO && created <= complete {
+                updates.push(Change {
+                    origin: change.origin,
+                    item: change.item.update(),
+                });
+            } else {
+                records.push(change);
+            }
+        }
         let (upto, more, annotations) = match next {
             Some(last) => (last, true, Vec::new()),
             None => (
@@ -518,6 +558,7 @@ impl Handler<PlanSync> for Mailbox {
             uidvalidity: self.uidvalidity,
             upto,
             records,
+            updates,
             annotations,
             uidnext: counters.uidnext,
             digest: counters.digest,
@@ -658,6 +699,7 @@ impl Handler<ApplyChanges> for Mailbox {
                 &mut writes,
                 &msg.from,
                 req.records,
+                req.updates,
                 req.annotations,
                 req.uidnext,
                 &msg.bodies,
@@ -669,6 +711,10 @@ impl Handler<ApplyChanges> for Mailbox {
                         wire_error(ErrorCode::MissingBody, &format!("body {guid} was not sent")),
                     ))
                 }
+                Err(MailError::UnknownRecord(aid)) => {
+                    let message = format!("update of message {aid}, which this node does not have");
+                    return Ok((Writes::default(), wire_error(ErrorCode::UnknownRecord, &message)));
+                }
                 Err(e) => return Err(e),
             };
             let modseq = act.highestmodseq();
@@ -679,6 +725,7 @@ impl Handler<ApplyChanges> for Mailbox {
                     uidvalidity: act.uidvalidity,
                     acked: modseq,
                     peer_modseq: req.sender_modseq,
+                    complete: modseq,
                 };
                 writes
                     .batch
@@ -716,6 +763,7 @@ impl Handler<MergeRemote> for Mailbox {
                 &mut writes,
                 &msg.from,
                 msg.records,
+                Vec::new(),
                 msg.annotations,
                 msg.uidnext,
                 &msg.bodies,

@@ -174,6 +174,15 @@ impl Handler<InboundRequest> for PeerSession {
                 data,
                 last,
             } => immediate(self.receive_chunk(guid, offset, data, last)),
+            Request::Bodies { parts } => {
+                for part in parts {
+                    let response = self.receive_chunk(part.guid, part.offset, part.data, part.last);
+                    if response != Response::Ok {
+                        return immediate(response);
+                    }
+                }
+                immediate(Response::Ok)
+            }
             Request::FetchBody { guid, offset, limit } => {
                 let limit = (limit as usize).min(4 * 1024 * 1024);
                 match self.ctx.store.read_body_range(&guid, offset, limit) {
@@ -313,6 +322,7 @@ fn request_name(r: &Request) -> &'static str {
         Request::MissingBodies { .. } => "MissingBodies",
         Request::FetchBody { .. } => "FetchBody",
         Request::BodyChunk { .. } => "BodyChunk",
+        Request::Bodies { .. } => "Bodies",
     }
 }
 

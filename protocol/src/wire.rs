@@ -9,7 +9,8 @@ use serde_bytes::ByteBuf;
 
 use crate::ids::{AppendId, Guid, MailboxId, ModSeq, NodeId, UidValidity};
 use crate::records::{
-    Annotation, MailboxDigest, MailboxEntry, MessageRecord, UidNext, UserSieve, UserSubscriptions,
+    Annotation, MailboxDigest, MailboxEntry, MessageRecord, RecordUpdate, UidNext, UserSieve,
+    UserSubscriptions,
 };
 
 /// Bumped on every incompatible change to these types. Peers with different versions refuse each
@@ -98,6 +99,10 @@ pub enum Request {
         offset: u64,
         limit: u32,
     },
+    /// Pieces of several bodies in one request (many small messages travel together).
+    Bodies {
+        parts: Vec<BodyPart>,
+    },
     /// A piece of one body; `last` closes it and the receiver checks it against its Guid.
     BodyChunk {
         guid: Guid,
@@ -105,6 +110,15 @@ pub enum Request {
         data: ByteBuf,
         last: bool,
     },
+}
+
+/// A piece of one body; `last` closes it and the receiver checks the whole against its Guid.
+#[derive(Clone, PartialEq, Eq, Debug, Serialize, Deserialize)]
+pub struct BodyPart {
+    pub guid: Guid,
+    pub offset: u64,
+    pub data: ByteBuf,
+    pub last: bool,
 }
 
 #[derive(Clone, PartialEq, Debug, Serialize, Deserialize)]
@@ -116,7 +130,10 @@ pub struct ChangeRequest {
     /// The sender's own modseq after these changes.
     pub sender_modseq: ModSeq,
     pub uidnext: UidNext,
+    /// Records the peer may not have, whole.
     pub records: Vec<Change<MessageRecord>>,
+    /// Changes to records the peer already has (it acknowledged their append).
+    pub updates: Vec<Change<RecordUpdate>>,
     pub annotations: Vec<Change<(String, Annotation)>>,
     /// The sender's digest after these changes, so the peer can detect silent divergence.
     pub digest: MailboxDigest,
@@ -187,6 +204,8 @@ pub enum ErrorCode {
     NoHistory,
     /// A record names a body the receiver lacks and was not sent.
     MissingBody,
+    /// An update names a record the receiver does not have: send it whole (a full sync).
+    UnknownRecord,
     Busy,
     Corrupt,
     Storage,

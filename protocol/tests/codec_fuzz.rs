@@ -13,7 +13,7 @@ use mailmesh_protocol::records::{
     UserSieve, UserSubscriptions,
 };
 use mailmesh_protocol::wire::{
-    Change, ChangePage, ChangeRequest, ErrorCode, Frame, Hello, Request, Response,
+    BodyPart, Change, ChangePage, ChangeRequest, ErrorCode, Frame, Hello, Request, Response,
 };
 use mailmesh_protocol::{AppendId, Guid, MailboxId, ModSeq, NodeId, Uid, UidValidity, Version};
 use proptest::collection::{btree_map, btree_set, vec};
@@ -257,18 +257,22 @@ fn change_request() -> impl Strategy<Value = ChangeRequest> {
         vec(change((any::<String>(), annotation())), 0..3),
         digest(),
         any::<bool>(),
+        vec(change(record().prop_map(|r| r.update())), 0..3),
     )
         .prop_map(
-            |((mailbox, uv, expected, sender, uidnext), records, annotations, digest, full)| ChangeRequest {
-                mailbox: MailboxId(mailbox),
-                uidvalidity: UidValidity(uv),
-                expected_peer_modseq: expected,
-                sender_modseq: sender,
-                uidnext,
-                records,
-                annotations,
-                digest,
-                full,
+            |((mailbox, uv, expected, sender, uidnext), records, annotations, digest, full, updates)| {
+                ChangeRequest {
+                    mailbox: MailboxId(mailbox),
+                    uidvalidity: UidValidity(uv),
+                    expected_peer_modseq: expected,
+                    sender_modseq: sender,
+                    uidnext,
+                    records,
+                    updates,
+                    annotations,
+                    digest,
+                    full,
+                }
             },
         )
 }
@@ -306,6 +310,17 @@ fn request() -> impl Strategy<Value = Request> {
             }
         }),
         change_request().prop_map(Request::ChangeRequest),
+        vec((guid(), any::<u64>(), bytes(64), any::<bool>()), 0..4).prop_map(|parts| Request::Bodies {
+            parts: parts
+                .into_iter()
+                .map(|(guid, offset, data, last)| BodyPart {
+                    guid,
+                    offset,
+                    data,
+                    last
+                })
+                .collect()
+        }),
         (any::<String>(), vec(change(mailbox_entry()), 0..3))
             .prop_map(|(user, entries)| Request::Mailboxes { user, entries }),
         (any::<String>(), change(subscriptions()))
@@ -342,6 +357,7 @@ fn error_code() -> impl Strategy<Value = ErrorCode> {
             ErrorCode::UidValidityMismatch,
             ErrorCode::NoHistory,
             ErrorCode::MissingBody,
+            ErrorCode::UnknownRecord,
             ErrorCode::Busy,
             ErrorCode::Corrupt,
             ErrorCode::Storage,

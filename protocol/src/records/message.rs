@@ -104,6 +104,41 @@ impl Merge for MessageRecord {
     }
 }
 
+/// The parts of a message record that change after the append: what a peer that already has the
+/// record needs to merge a change. Leaving out the Guid, size and date keeps a flag change small
+/// on the wire (a Guid alone is 32 bytes of randomness no compressor shrinks).
+#[derive(Clone, PartialEq, Eq, Debug, Serialize, Deserialize)]
+pub struct RecordUpdate {
+    pub append_id: AppendId,
+    pub uid: Lww<Uid>,
+    pub flags: BTreeMap<Flag, Lww<bool>>,
+    pub expunged: Option<Version>,
+}
+
+impl MessageRecord {
+    pub fn update(&self) -> RecordUpdate {
+        RecordUpdate {
+            append_id: self.append_id.clone(),
+            uid: self.uid.clone(),
+            flags: self.flags.clone(),
+            expunged: self.expunged.clone(),
+        }
+    }
+
+    /// The record `update` describes, on top of the fixed parts of `self` (the same message).
+    pub fn updated_by(&self, update: &RecordUpdate) -> MessageRecord {
+        MessageRecord {
+            append_id: update.append_id.clone(),
+            uid: update.uid.clone(),
+            guid: self.guid,
+            size: self.size,
+            internaldate: self.internaldate,
+            flags: update.flags.clone(),
+            expunged: update.expunged.clone(),
+        }
+    }
+}
+
 /// A cheap, order-independent summary of a mailbox's records: their count and the XOR of their
 /// digests. It is maintained incrementally (XOR out the old record, XOR in the new) and carried in
 /// sync answers, so two replicas that silently diverged notice and fall back to a full sync.

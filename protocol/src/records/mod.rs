@@ -18,7 +18,7 @@ mod uid_conflict;
 
 pub use annotation::Annotation;
 pub use mailbox::{resolve_names, MailboxEntry, MailboxPath, MailboxTombstone, ResolvedName, UidNext};
-pub use message::{MailboxDigest, MessageRecord};
+pub use message::{MailboxDigest, MessageRecord, RecordUpdate};
 pub use sieve::{ScriptContent, UserSieve};
 pub use subscription::UserSubscriptions;
 pub use uid_conflict::{promote_uid_conflicts, uid_conflicts, Promotion};
