@@ -45,6 +45,17 @@ pub struct ReplicationCache {
 /// Bodies that came with a change, by Guid.
 pub type Bodies = BTreeMap<Guid, Arc<Vec<u8>>>;
 
+/// Records changed after a point, each with the modseq at which it first appeared here.
+type ChangedRecords = Vec<(Change<MessageRecord>, ModSeq)>;
+
+/// Changes arriving from a peer, in any of the three steps.
+struct Incoming {
+    records: Vec<Change<MessageRecord>>,
+    updates: Vec<Change<RecordUpdate>>,
+    annotations: Vec<Change<(String, Annotation)>>,
+    uidnext: UidNext,
+}
+
 /// What merging a set of incoming changes did.
 #[derive(Debug, Default)]
 struct MergeSummary {
@@ -101,7 +112,7 @@ impl Mailbox {
         upto: ModSeq,
         limit: usize,
         skip_for: Option<&NodeId>,
-    ) -> Result<(Vec<(Change<MessageRecord>, ModSeq)>, Option<ModSeq>), StoreError> {
+    ) -> Result<(ChangedRecords, Option<ModSeq>), StoreError> {
         let mut aids = Vec::new();
         let mut last = None;
         let start = keys::modseq(self.id, ModSeq(since.0.saturating_add(1)));
@@ -200,12 +211,15 @@ impl Mailbox {
         &mut self,
         writes: &mut Writes,
         from: &NodeId,
-        mut records: Vec<Change<MessageRecord>>,
-        updates: Vec<Change<RecordUpdate>>,
-        annotations: Vec<Change<(String, Annotation)>>,
-        uidnext: UidNext,
+        incoming: Incoming,
         bodies: &Bodies,
     ) -> Result<MergeSummary, MailError> {
+        let Incoming {
+            mut records,
+            updates,
+            annotations,
+            uidnext,
+        } = incoming;
         let me = self.ctx.node.clone();
         // An update completes a record this node has; without it, the sender must send it whole.
         for Change { origin, item: update } in updates {
@@ -695,15 +709,13 @@ impl Handler<ApplyChanges> for Mailbox {
                 return Ok((Writes::default(), response));
             }
             let mut writes = Writes::default();
-            let summary = match act.merge_in(
-                &mut writes,
-                &msg.from,
-                req.records,
-                req.updates,
-                req.annotations,
-                req.uidnext,
-                &msg.bodies,
-            ) {
+            let incoming = Incoming {
+                records: req.records,
+                updates: req.updates,
+                annotations: req.annotations,
+                uidnext: req.uidnext,
+            };
+            let summary = match act.merge_in(&mut writes, &msg.from, incoming, &msg.bodies) {
                 Ok(s) => s,
                 Err(MailError::BodyNotReceived(guid)) => {
                     return Ok((
@@ -759,15 +771,13 @@ impl Handler<MergeRemote> for Mailbox {
     fn handle(&mut self, msg: MergeRemote, _: &mut Self::Context) -> Self::Result {
         self.atomic(move |act| {
             let mut writes = Writes::default();
-            act.merge_in(
-                &mut writes,
-                &msg.from,
-                msg.records,
-                Vec::new(),
-                msg.annotations,
-                msg.uidnext,
-                &msg.bodies,
-            )?;
+            let incoming = Incoming {
+                records: msg.records,
+                updates: Vec::new(),
+                annotations: msg.annotations,
+                uidnext: msg.uidnext,
+            };
+            act.merge_in(&mut writes, &msg.from, incoming, &msg.bodies)?;
             Ok((writes, ()))
         })
     }
