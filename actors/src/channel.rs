@@ -525,7 +525,8 @@ impl SyncJob {
                     return Ok(());
                 }
                 Response::Mismatch { modseq, changes } => {
-                    rounds += 1;
+                    // The peer merged our changes and answered with its own since the point our
+                    // cache expected: take them, and both sides are in step.
                     let mut page = changes;
                     loop {
                         let next = page.next;
@@ -552,17 +553,21 @@ impl SyncJob {
                             }
                         };
                     }
+                    let complete = if plan.more { cache.complete } else { plan.upto };
                     let cache = ReplicationCache {
                         uidvalidity: plan.uidvalidity,
-                        acked: cache.acked,
+                        acked: plan.upto,
                         peer_modseq: modseq,
-                        complete: cache.complete,
+                        complete,
                     };
                     mb.send(SaveCache {
                         peer: self.peer.clone(),
                         cache,
                     })
                     .await??;
+                    if !plan.more {
+                        return Ok(());
+                    }
                 }
                 Response::Error {
                     code: ErrorCode::UnknownMailbox,

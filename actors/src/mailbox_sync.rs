@@ -692,21 +692,29 @@ impl Handler<ApplyChanges> for Mailbox {
                 ));
             }
             let highest = act.highestmodseq();
-            if !req.full && req.expected_peer_modseq != highest {
-                let response = if act.knows(req.expected_peer_modseq, highest) {
-                    let changes =
-                        act.change_page(req.expected_peer_modseq, msg.page_limit, Some(&msg.from))?;
-                    Response::Mismatch {
-                        modseq: highest,
-                        changes,
-                    }
-                } else {
-                    wire_error(
-                        ErrorCode::NoHistory,
-                        "the expected modseq is not a point of this node's history",
-                    )
-                };
-                return Ok((Writes::default(), response));
+            // Step 2 in one round trip: when this node is not where the sender's cache expected,
+            // it still merges the sender's changes (the merge is safe whatever the order) and
+            // answers with its own changes since the expected point, leaving out what the sender
+            // is sending in the same state.
+            let mismatch = !req.full && req.expected_peer_modseq != highest;
+            let mut page = None;
+            if mismatch {
+                if !act.knows(req.expected_peer_modseq, highest) {
+                    let message = "the expected modseq is not a point of this node's history";
+                    return Ok((Writes::default(), wire_error(ErrorCode::NoHistory, message)));
+                }
+                let mut changes =
+                    act.change_page(req.expected_peer_modseq, msg.page_limit, Some(&msg.from))?;
+                let sent: BTreeMap<&AppendId, &MessageRecord> =
+                    req.records.iter().map(|c| (&c.item.append_id, &c.item)).collect();
+                let updated: BTreeMap<&AppendId, &RecordUpdate> =
+                    req.updates.iter().map(|c| (&c.item.append_id, &c.item)).collect();
+                changes.records.retain(|c| {
+                    let aid = &c.item.append_id;
+                    sent.get(aid).is_none_or(|r| **r != c.item)
+                        && updated.get(aid).is_none_or(|u| **u != c.item.update())
+                });
+                page = Some(changes);
             }
             let mut writes = Writes::default();
             let incoming = Incoming {
@@ -729,6 +737,17 @@ impl Handler<ApplyChanges> for Mailbox {
                 }
                 Err(e) => return Err(e),
             };
+            if let Some(changes) = page {
+                // The sender ends up with everything here up to the new modseq, unless the merge
+                // combined both sides: then it only knows the point before the merge, and the
+                // combination reaches it through this node's own channel.
+                let modseq = if summary.combined || summary.promoted {
+                    highest
+                } else {
+                    act.highestmodseq()
+                };
+                return Ok((writes, Response::Mismatch { modseq, changes }));
+            }
             let modseq = act.highestmodseq();
             if !req.full && !summary.combined && !summary.promoted {
                 // This node now has exactly the sender's state up to its modseq: the cache for the
