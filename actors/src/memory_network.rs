@@ -18,7 +18,8 @@ use crate::transport::{Transport, TransportError, TransportFuture};
 #[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
 pub struct LinkStats {
     pub requests: u64,
-    /// Message records carried in either direction (change requests and their answers).
+    /// Message records that flowed from the first node to the second, in requests of the first
+    /// or in answers of the first to the second's requests.
     pub records: u64,
     pub request_bytes: u64,
     pub response_bytes: u64,
@@ -29,7 +30,7 @@ struct Net {
     nodes: BTreeMap<NodeId, Inbound>,
     /// Cut links, each as (smaller name, larger name).
     cut: BTreeSet<(NodeId, NodeId)>,
-    /// (from, to) -> what the requests from `from` to `to` carried.
+    /// (from, to) -> what flowed on the link from `from` to `to`.
     stats: BTreeMap<(NodeId, NodeId), LinkStats>,
     next_id: u64,
 }
@@ -178,9 +179,12 @@ impl Transport for MemoryTransport {
             let (frame, size) = through_the_wire(&Frame::Response { id, response }, &peer)?;
             {
                 let mut n = net.0.borrow_mut();
-                let s = n.stats.entry((from, peer.clone())).or_default();
-                s.response_bytes += size as u64;
-                s.records += records;
+                n.stats
+                    .entry((from.clone(), peer.clone()))
+                    .or_default()
+                    .response_bytes += size as u64;
+                // Records in an answer flow from the peer to the requester.
+                n.stats.entry((peer.clone(), from)).or_default().records += records;
             }
             match frame {
                 Frame::Response { response, .. } => Ok(response),
