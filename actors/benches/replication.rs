@@ -303,10 +303,8 @@ fn main() {
         actix::System::current().stop();
     });
     println!();
-    println!(
-        "{:<34} {:<36} {}",
-        "replication (in-process network)", "figure", "beside"
-    );
+    let (what, figure, beside) = ("replication (in-process network)", "figure", "beside");
+    println!("{what:<34} {figure:<36} {beside}");
     for (a, b, c) in rows {
         println!("{a:<34} {b:<36} {c}");
     }
