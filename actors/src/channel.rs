@@ -742,6 +742,10 @@ impl SyncJob {
             .map(|c| c.item.guid)
             .collect();
         for guid in guids {
+            if self.ctx.store.spooled(&guid).is_some() {
+                // In the spool this node shares with the peer: nothing to fetch.
+                continue;
+            }
             if self
                 .ctx
                 .store

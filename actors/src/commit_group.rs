@@ -22,7 +22,7 @@ use crate::counters::NodeCounters;
 use crate::error::StoreError;
 use crate::inflight::Inflight;
 use crate::store::batch::Op;
-use crate::store::bodies::{BodyLocation, SegmentWriter};
+use crate::store::bodies::{BodyLocation, SegmentWriter, SPOOL};
 use crate::store::{encode, keys, Batch, CounterState, Store, BODIES, META, META_COUNTERS, SEGMENT_BODIES};
 
 /// Default size at which a new segment file starts.
@@ -239,6 +239,7 @@ impl Writer {
     ) -> GroupResult {
         let txn = self.store.db().begin_write()?;
         let mut results = Vec::with_capacity(batches.len());
+        let mut spooled = false;
         {
             let mut bodies = txn.open_table(BODIES)?;
             let mut segment_bodies = txn.open_table(SEGMENT_BODIES)?;
@@ -283,13 +284,48 @@ impl Writer {
                                         bytes.as_ref().expect("check_bodies ensured bytes for a new body");
                                     bodies_written.0 += 1;
                                     bodies_written.1 += bytes.len() as u64;
-                                    let loc = self.segments.append(guid, bytes);
-                                    segment_bodies.insert(
-                                        keys::segment_body(loc.segment, loc.offset).as_slice(),
-                                        guid.0.as_slice(),
-                                    )?;
+                                    match self.store.spool() {
+                                        Some(spool) => {
+                                            // The shared spool is the exception to segments: peers
+                                            // mounting it find each body by name.
+                                            crate::store::bodies::write_spool(spool, guid, bytes)?;
+                                            spooled = true;
+                                            BodyLocation {
+                                                segment: SPOOL,
+                                                offset: 0,
+                                                len: bytes.len() as u32,
+                                                refs: 1,
+                                            }
+                                        }
+                                        None => {
+                                            let loc = self.segments.append(guid, bytes);
+                                            segment_bodies.insert(
+                                                keys::segment_body(loc.segment, loc.offset).as_slice(),
+                                                guid.0.as_slice(),
+                                            )?;
+                                            loc
+                                        }
+                                    }
+                                }
+                            };
+                            bodies.insert(guid.0.as_slice(), location.encode().as_slice())?;
+                        }
+                        Op::AddSpooledBody(guid, len) => {
+                            let existing = bodies
+                                .get(guid.0.as_slice())?
+                                .map(|v| BodyLocation::decode(v.value()));
+                            let location = match existing {
+                                Some(loc) => {
+                                    let mut loc = loc?;
+                                    loc.refs += 1;
                                     loc
                                 }
+                                None => BodyLocation {
+                                    segment: SPOOL,
+                                    offset: 0,
+                                    len: *len as u32,
+                                    refs: 1,
+                                },
                             };
                             bodies.insert(guid.0.as_slice(), location.encode().as_slice())?;
                         }
@@ -319,7 +355,16 @@ impl Writer {
             let mut meta = txn.open_table(META)?;
             meta.insert(META_COUNTERS, encode(&counters).as_slice())?;
         }
-        // The bodies must be durable before the commit that names them.
+        // The bodies must be durable before the commit that names them: spool files are synced
+        // one by one as written, their directory once here.
+        if spooled {
+            if let Some(spool) = self.store.spool() {
+                if let Err(e) = std::fs::File::open(spool).and_then(|d| d.sync_all()) {
+                    txn.abort()?;
+                    return Err(StoreError::io(spool.display(), e));
+                }
+            }
+        }
         if let Err(e) = self.segments.sync() {
             txn.abort()?;
             return Err(e);
@@ -361,7 +406,7 @@ impl Writer {
                 let mut idx = txn.open_table(BODIES)?;
                 let mut sb = txn.open_table(SEGMENT_BODIES)?;
                 for (guid, old) in &live {
-                    let body = crate::store::bodies::read_body(self.store.dir(), guid, old)?;
+                    let body = crate::store::bodies::read_body(self.store.dir(), None, guid, old)?;
                     let mut new = self.segments.append(guid, &body);
                     new.refs = old.refs;
                     idx.insert(guid.0.as_slice(), new.encode().as_slice())?;

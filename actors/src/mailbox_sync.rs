@@ -237,7 +237,10 @@ impl Mailbox {
             let local = self.stored(&change.item.append_id)?;
             if local.is_none() && !change.item.is_expunged() {
                 let guid = change.item.guid;
-                if !bodies.contains_key(&guid) && self.store.body_location(&guid)?.is_none() {
+                if !bodies.contains_key(&guid)
+                    && self.store.body_location(&guid)?.is_none()
+                    && self.store.spooled(&guid).is_none()
+                {
                     return Err(MailError::BodyNotReceived(guid));
                 }
             }
@@ -286,9 +289,18 @@ impl Mailbox {
             };
             match &local {
                 None if !merged.is_expunged() => {
-                    writes
-                        .batch
-                        .add_body(merged.guid, bodies.get(&merged.guid).cloned());
+                    let guid = merged.guid;
+                    match bodies.get(&guid) {
+                        Some(bytes) => writes.batch.add_body(guid, Some(bytes.clone())),
+                        // Here already (another message names it), or in the spool shared with
+                        // the sender, which then never sent it.
+                        None => match self.store.spooled(&guid) {
+                            Some(len) if self.store.body_location(&guid)?.is_none() => {
+                                writes.batch.add_spooled_body(guid, len)
+                            }
+                            _ => writes.batch.add_body(guid, None),
+                        },
+                    }
                 }
                 Some(l) if !l.record.is_expunged() && merged.is_expunged() => {
                     writes.batch.release_body(merged.guid)

@@ -52,6 +52,9 @@ pub struct NodeOptions {
     pub peers: Vec<PeerOptions>,
     /// Deliberate faults, for tests and the simulator only.
     pub faults: crate::context::Faults,
+    /// A body spool shared with some peers (NFS or the like): new bodies are stored there, each a
+    /// file named by its Guid, and peers marked `shared_bodies` are sent none.
+    pub shared_spool: Option<PathBuf>,
 }
 
 impl NodeOptions {
@@ -65,6 +68,7 @@ impl NodeOptions {
             flush_mode: FlushMode::Background,
             peers: Vec::new(),
             faults: Default::default(),
+            shared_spool: None,
         }
     }
 }
@@ -96,7 +100,11 @@ impl LocalNode {
         env: Env,
         transport: Option<Rc<dyn Transport>>,
     ) -> Result<LocalNode, StoreError> {
-        let store = Arc::new(Store::open(&options.data_dir, &options.node)?);
+        let store = Arc::new(Store::open_with_spool(
+            &options.data_dir,
+            &options.node,
+            options.shared_spool.as_deref(),
+        )?);
         let counters = NodeCounters::new(options.node.clone(), store.initial_counters());
         counters.incarnation(|| env.entropy.next_u128());
         let commit = CommitGroup::new(

@@ -162,6 +162,7 @@ impl Handler<InboundRequest> for PeerSession {
                     match self.ctx.store.body_location(&guid) {
                         Ok(Some(_)) => {}
                         Ok(None) if self.complete.contains_key(&guid) => {}
+                        Ok(None) if self.ctx.store.spooled(&guid).is_some() => {}
                         Ok(None) => missing.push(guid),
                         Err(e) => return immediate(error_response(e.into())),
                     }

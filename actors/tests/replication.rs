@@ -850,3 +850,36 @@ fn in_a_mesh_no_change_crosses_a_link_twice() {
         cluster.assert_quiet().await;
     });
 }
+
+/// Nodes that share a body spool (a partition on shared storage) send no bodies at all: each
+/// finds the body by its Guid in the spool.
+#[test]
+fn a_shared_spool_skips_body_transfer() {
+    run_virtual(|| async {
+        let spool = tempfile::tempdir().unwrap();
+        let cluster = Cluster::start_sharing(&["a", "b"], &[("a", "b")], spool.path());
+        create(&cluster, "a", "alice", "INBOX").await;
+        let mb = open(&cluster, "a", "alice", "INBOX").await;
+        let big = "x".repeat(100_000);
+        for i in 0..5 {
+            append_to(&mb, &format!("Subject: {i}\r\n\r\n{big}\r\n"), &[]).await;
+        }
+        cluster.settle().await;
+        let dump = cluster.assert_converged().await;
+        assert_eq!(inbox(&dump).messages.len(), 5);
+        let on_b = open(&cluster, "b", "alice", "INBOX").await;
+        let body = on_b.send(FetchBody { uid: Uid(3) }).await.unwrap().unwrap();
+        assert_eq!(body, format!("Subject: 2\r\n\r\n{big}\r\n").into_bytes());
+        assert!(
+            cluster.net.total_bytes() < 100_000,
+            "{} bytes crossed: bodies were sent",
+            cluster.net.total_bytes()
+        );
+        assert_eq!(
+            std::fs::read_dir(spool.path()).unwrap().count(),
+            5,
+            "each body stored once, in the spool"
+        );
+        cluster.assert_quiet().await;
+    });
+}

@@ -79,6 +79,8 @@ pub(crate) enum Op {
     AddBody(Guid, Option<Arc<Vec<u8>>>),
     /// One reference fewer; at zero the body is dead and compaction reclaims its bytes.
     ReleaseBody(Guid),
+    /// One more reference to a body a peer put in the shared spool (`u64` is its length).
+    AddSpooledBody(Guid, u64),
 }
 
 #[derive(Debug, Default)]
@@ -113,6 +115,10 @@ impl Batch {
 
     pub fn add_body(&mut self, guid: Guid, bytes: Option<Arc<Vec<u8>>>) {
         self.ops.push(Op::AddBody(guid, bytes));
+    }
+
+    pub fn add_spooled_body(&mut self, guid: Guid, len: u64) {
+        self.ops.push(Op::AddSpooledBody(guid, len));
     }
 
     pub fn release_body(&mut self, guid: Guid) {

@@ -17,6 +17,8 @@ use mailmesh_protocol::ids::Guid;
 use crate::error::StoreError;
 
 pub const SEGMENT_DIR: &str = "bodies";
+/// The segment number that means "a file named by its Guid in the shared spool".
+pub const SPOOL: u32 = u32::MAX;
 const MAGIC: &[u8; 4] = b"MMB1";
 pub const HEADER_LEN: u64 = 40;
 
@@ -63,31 +65,91 @@ pub fn segment_path(dir: &Path, segment: u32) -> PathBuf {
     dir.join(SEGMENT_DIR).join(format!("{segment:08}.seg"))
 }
 
+/// A body's file in a shared spool: its Guid in hex.
+pub fn spool_path(spool: &Path, guid: &Guid) -> PathBuf {
+    spool.join(guid.to_string())
+}
+
+/// Where a body's bytes are: the file, the offset of the body in it, and whether a segment
+/// header precedes it.
+fn locate(
+    dir: &Path,
+    spool: Option<&Path>,
+    guid: &Guid,
+    loc: &BodyLocation,
+) -> Result<(PathBuf, u64, bool), StoreError> {
+    if loc.segment == SPOOL {
+        let spool = spool.ok_or_else(|| StoreError::BodyCorrupt {
+            guid: *guid,
+            segment: loc.segment,
+            offset: 0,
+            reason: "indexed in a shared spool, but no shared spool is configured".into(),
+        })?;
+        Ok((spool_path(spool, guid), 0, false))
+    } else {
+        Ok((segment_path(dir, loc.segment), loc.offset, true))
+    }
+}
+
+/// Stores a body in the shared spool (once: a file already there is the same body, by its
+/// name). Written to a temporary name, synced, then renamed, so a reader never sees half a body.
+pub fn write_spool(spool: &Path, guid: &Guid, body: &[u8]) -> Result<(), StoreError> {
+    let path = spool_path(spool, guid);
+    if path.exists() {
+        return Ok(());
+    }
+    let tmp = spool.join(format!(".{guid}.tmp"));
+    let write = || -> std::io::Result<()> {
+        let mut file = File::create(&tmp)?;
+        std::io::Write::write_all(&mut file, body)?;
+        file.sync_data()?;
+        std::fs::rename(&tmp, &path)
+    };
+    write().map_err(|e| StoreError::io(path.display(), e))
+}
+
+/// Length of a body in the shared spool, if it is there.
+pub fn spool_len(spool: &Path, guid: &Guid) -> Option<u64> {
+    std::fs::metadata(spool_path(spool, guid)).ok().map(|m| m.len())
+}
+
 /// Reads one body and checks it against its Guid, so a flipped bit on disk is reported, never
 /// served.
-pub fn read_body(dir: &Path, guid: &Guid, loc: &BodyLocation) -> Result<Vec<u8>, StoreError> {
-    let path = segment_path(dir, loc.segment);
+pub fn read_body(
+    dir: &Path,
+    spool: Option<&Path>,
+    guid: &Guid,
+    loc: &BodyLocation,
+) -> Result<Vec<u8>, StoreError> {
+    let (path, offset, header) = locate(dir, spool, guid, loc)?;
     let file = File::open(&path).map_err(|e| StoreError::io(path.display(), e))?;
-    let mut buf = vec![0u8; loc.entry_len() as usize];
     let corrupt = |reason: String| StoreError::BodyCorrupt {
         guid: *guid,
         segment: loc.segment,
         offset: loc.offset,
         reason,
     };
-    file.read_exact_at(&mut buf, loc.offset)
-        .map_err(|e| corrupt(format!("cannot read entry: {e}")))?;
-    if &buf[0..4] != MAGIC || buf[4..36] != guid.0 {
-        return Err(corrupt("entry header does not match the index".into()));
-    }
-    let len = u32::from_be_bytes(buf[36..40].try_into().expect("4"));
-    if len != loc.len {
-        return Err(corrupt(format!(
-            "entry length {len} differs from indexed length {}",
-            loc.len
-        )));
-    }
-    let body = buf.split_off(HEADER_LEN as usize);
+    let body = if header {
+        let mut buf = vec![0u8; loc.entry_len() as usize];
+        file.read_exact_at(&mut buf, offset)
+            .map_err(|e| corrupt(format!("cannot read entry: {e}")))?;
+        if &buf[0..4] != MAGIC || buf[4..36] != guid.0 {
+            return Err(corrupt("entry header does not match the index".into()));
+        }
+        let len = u32::from_be_bytes(buf[36..40].try_into().expect("4"));
+        if len != loc.len {
+            return Err(corrupt(format!(
+                "entry length {len} differs from indexed length {}",
+                loc.len
+            )));
+        }
+        buf.split_off(HEADER_LEN as usize)
+    } else {
+        let mut buf = vec![0u8; loc.len as usize];
+        file.read_exact_at(&mut buf, 0)
+            .map_err(|e| corrupt(format!("cannot read spool file: {e}")))?;
+        buf
+    };
     if Guid::of(&body) != *guid {
         return Err(corrupt("content does not hash to its Guid".into()));
     }
@@ -97,18 +159,20 @@ pub fn read_body(dir: &Path, guid: &Guid, loc: &BodyLocation) -> Result<Vec<u8>,
 /// Up to `limit` bytes of a body from `offset`, and its whole length.
 pub fn read_range(
     dir: &Path,
+    spool: Option<&Path>,
     guid: &Guid,
     loc: &BodyLocation,
     offset: u64,
     limit: usize,
 ) -> Result<(Vec<u8>, u64), StoreError> {
+    let (path, base, header) = locate(dir, spool, guid, loc)?;
     let total = loc.len as u64;
     let start = offset.min(total);
     let len = (limit as u64).min(total - start) as usize;
-    let path = segment_path(dir, loc.segment);
     let file = File::open(&path).map_err(|e| StoreError::io(path.display(), e))?;
     let mut buf = vec![0u8; len];
-    file.read_exact_at(&mut buf, loc.offset + HEADER_LEN + start)
+    let at = base + if header { HEADER_LEN } else { 0 } + start;
+    file.read_exact_at(&mut buf, at)
         .map_err(|e| StoreError::BodyCorrupt {
             guid: *guid,
             segment: loc.segment,

@@ -99,6 +99,8 @@ pub struct CounterState {
 pub struct Store {
     db: Database,
     dir: PathBuf,
+    /// A body spool shared with some peers (each body a file named by its Guid), if any.
+    spool: Option<PathBuf>,
     db_path: PathBuf,
     node: NodeId,
     counters: CounterState,
@@ -108,6 +110,14 @@ impl Store {
     /// Opens (or creates) the store in `dir` for `node`. A store made by another node is refused:
     /// mixing two nodes' data would break every identity they minted.
     pub fn open(dir: &Path, node: &NodeId) -> Result<Store, StoreError> {
+        Self::open_with_spool(dir, node, None)
+    }
+
+    /// Opens the store; new bodies go to `spool` (shared with peers) instead of segments.
+    pub fn open_with_spool(dir: &Path, node: &NodeId, spool: Option<&Path>) -> Result<Store, StoreError> {
+        if let Some(spool) = spool {
+            std::fs::create_dir_all(spool).map_err(|e| StoreError::io(spool.display(), e))?;
+        }
         std::fs::create_dir_all(dir).map_err(|e| StoreError::io(dir.display(), e))?;
         std::fs::create_dir_all(dir.join(bodies::SEGMENT_DIR))
             .map_err(|e| StoreError::io(dir.join(bodies::SEGMENT_DIR).display(), e))?;
@@ -168,6 +178,7 @@ impl Store {
         Ok(Store {
             db,
             dir: dir.to_path_buf(),
+            spool: spool.map(Path::to_path_buf),
             db_path,
             node: node.clone(),
             counters,
@@ -180,6 +191,15 @@ impl Store {
 
     pub fn dir(&self) -> &Path {
         &self.dir
+    }
+
+    pub fn spool(&self) -> Option<&Path> {
+        self.spool.as_deref()
+    }
+
+    /// Whether the shared spool holds a body (a peer sharing it stored it): its length if so.
+    pub fn spooled(&self, guid: &Guid) -> Option<u64> {
+        self.spool.as_deref().and_then(|s| bodies::spool_len(s, guid))
     }
 
     pub fn db_path(&self) -> &Path {
@@ -270,7 +290,7 @@ impl Store {
         let location = self
             .body_location(guid)?
             .ok_or(StoreError::BodyMissing { guid: *guid })?;
-        bodies::read_range(&self.dir, guid, &location, offset, limit)
+        bodies::read_range(&self.dir, self.spool.as_deref(), guid, &location, offset, limit)
     }
 
     /// Reads and verifies a body.
@@ -278,7 +298,7 @@ impl Store {
         let location = self
             .body_location(guid)?
             .ok_or(StoreError::BodyMissing { guid: *guid })?;
-        bodies::read_body(&self.dir, guid, &location)
+        bodies::read_body(&self.dir, self.spool.as_deref(), guid, &location)
     }
 }
 

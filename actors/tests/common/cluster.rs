@@ -41,6 +41,8 @@ pub struct Cluster {
     pub nodes: BTreeMap<NodeId, LocalNode>,
     pub dirs: BTreeMap<NodeId, tempfile::TempDir>,
     pub neighbours: BTreeMap<NodeId, Vec<NodeId>>,
+    /// A body spool shared by every node, with channels that send no bodies.
+    pub shared_spool: Option<std::path::PathBuf>,
     seed: u64,
 }
 
@@ -64,6 +66,20 @@ pub struct NodeDump {
 impl Cluster {
     /// Starts `names` with a channel along every edge (both ways).
     pub fn start(names: &[&str], edges: &[(&str, &str)]) -> Cluster {
+        Self::start_with(names, edges, None)
+    }
+
+    /// Starts `names` along `edges`, all storing bodies in one shared spool, with channels that
+    /// send no bodies.
+    pub fn start_sharing(names: &[&str], edges: &[(&str, &str)], spool: &std::path::Path) -> Cluster {
+        Self::start_with(names, edges, Some(spool.to_path_buf()))
+    }
+
+    fn start_with(
+        names: &[&str],
+        edges: &[(&str, &str)],
+        shared_spool: Option<std::path::PathBuf>,
+    ) -> Cluster {
         let mut neighbours: BTreeMap<NodeId, Vec<NodeId>> =
             names.iter().map(|s| (n(s), Vec::new())).collect();
         for (a, b) in edges {
@@ -75,6 +91,7 @@ impl Cluster {
             nodes: BTreeMap::new(),
             dirs: BTreeMap::new(),
             neighbours,
+            shared_spool,
             seed: 1,
         };
         for name in names {
@@ -108,6 +125,12 @@ impl Cluster {
             .cloned()
             .map(PeerOptions::new)
             .collect();
+        if let Some(spool) = &self.shared_spool {
+            options.shared_spool = Some(spool.clone());
+            for peer in &mut options.peers {
+                peer.channel.shared_bodies = true;
+            }
+        }
         let env = Env::new(
             Arc::new(TokioClock::new(1_700_000_000_000)),
             Entropy::from_seed(self.seed),
