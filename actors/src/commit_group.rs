@@ -47,7 +47,7 @@ pub struct CommitGroup {
 pub enum FlushMode {
     /// On tokio's blocking pool, while the actors go on: batches that arrive during one flush
     /// form the next group, so group size adapts to load with no timer (the classic group
-    /// commit). What a node uses.
+    /// commit). What a node uses. Each flush starts after one scheduler yield, as in `Inline`.
     Background,
     /// On the actor thread, after one scheduler yield. Deterministic, so the simulator uses it.
     Inline,
@@ -491,19 +491,18 @@ pub struct Submit {
 
 impl CommitGroup {
     fn schedule(&mut self, ctx: &mut Context<Self>) {
-        match self.mode {
-            FlushMode::Background => self.start_flush(ctx),
-            FlushMode::Inline if !self.flush_scheduled => {
-                self.flush_scheduled = true;
-                // One yield lets every actor with work queued run first and add its batch.
-                ctx.spawn(
-                    tokio::task::yield_now()
-                        .into_actor(self)
-                        .map(|(), act, ctx| act.start_flush(ctx)),
-                );
-            }
-            FlushMode::Inline => {}
+        if self.flush_scheduled {
+            return;
         }
+        // Flushing right away would send the first of 100 appends that arrive together to disk
+        // alone. One yield lets every actor with work queued run first and add its batch; in
+        // Background mode, batches that arrive during the flush form the next group.
+        self.flush_scheduled = true;
+        ctx.spawn(
+            tokio::task::yield_now()
+                .into_actor(self)
+                .map(|(), act, ctx| act.start_flush(ctx)),
+        );
     }
 }
 
