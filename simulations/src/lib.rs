@@ -1,13 +1,19 @@
-//! Deterministic simulation of mailmesh nodes.
+//! Deterministic simulation of mailmesh nodes (DESIGN.md, "Deterministic simulation").
 //!
-//! Today: one node's real actors (Directory, Mailbox, CommitGroup on real storage in a temp dir)
-//! driven by a seeded workload on a single-threaded runtime with paused, virtual time. Every
-//! operation and its answer goes into a trace; the same seed gives the same trace byte for byte,
-//! and the checks below run on every step. The replication engine adds nodes, a simulated network
-//! and faults on top of this (DESIGN.md, "Deterministic simulation").
+//! Two simulators share the deterministic runtime ([`runtime`]): one node's actors under a
+//! seeded workload ([`single_node`]), and a whole cluster ([`run`]): 2 to 7 nodes' real actors
+//! on real stores, linked by a simulated network with faults ([`network`]), in a topology that
+//! changes as config reloads would ([`topology`], [`cluster`]), driven by seeded clients
+//! ([`workload`]), judged by invariant checks ([`checks`]) against what clients were told
+//! ([`model`]). One generator ([`rng`]) seeded from the run's seed draws everything; the
+//! [`trace`] of a seed is the same byte for byte on every run.
 
+pub mod network;
+pub mod rng;
 pub mod runtime;
 pub mod single_node;
+pub mod topology;
+pub mod trace;
 
 pub use runtime::deterministic_system;
 pub use single_node::{run_seed, SeedReport, Violation};
