@@ -8,12 +8,18 @@
 //! ([`model`]). One generator ([`rng`]) seeded from the run's seed draws everything; the
 //! [`trace`] of a seed is the same byte for byte on every run.
 
+pub mod checks;
+pub mod cluster;
+pub mod model;
 pub mod network;
 pub mod rng;
+pub mod run;
 pub mod runtime;
 pub mod single_node;
 pub mod topology;
 pub mod trace;
+pub mod worker;
+pub mod workload;
 
 pub use runtime::deterministic_system;
 pub use single_node::{run_seed, SeedReport, Violation};

@@ -1,0 +1,793 @@
+//! The invariant checks (DESIGN.md, "Deterministic simulation").
+//!
+//! Throughout the run, on sampled nodes:
+//! - UID safety: a node never shows one uid of one uidvalidity as two different messages;
+//! - monotonic: a node's UIDNEXT and HIGHESTMODSEQ of a mailbox never go down, restarts included;
+//! - tombstones: a mailbox a node saw deleted is never listed there again, and a message a node
+//!   holds expunged is never shown there again.
+//!
+//! Once the network has healed and gone quiet ([`Observer::final_checks`]):
+//! - convergence: every node shows the same mailboxes, messages (uid, AppendId, flags),
+//!   annotations, subscriptions and sieve scripts;
+//! - no loss: every acknowledged append that no client may have expunged or moved, in a mailbox no
+//!   client may have deleted, is visible on every node with its body (a record still hidden by an
+//!   unresolved uid conflict counts as lost: the primary has been reachable);
+//! - a uid that two nodes ever showed as two different messages shows neither now (the primary
+//!   promoted both);
+//! - no mailbox is gone that no client deleted; tombstones seen anywhere hold everywhere.
+
+use std::collections::{BTreeMap, BTreeSet};
+
+use actix::Addr;
+use mailmesh_actors::directory::{GetScript, ListMailboxes, ListScripts, ListSubscriptions, OpenMailboxById};
+use mailmesh_actors::mailbox::{
+    ChangedSince, Fetch, FetchBody, GetAnnotations, GetState, Mailbox, MailboxState, MessageView,
+    StoredRecord,
+};
+use mailmesh_actors::node::LocalNode;
+use mailmesh_actors::uid_set::UidSet;
+use mailmesh_actors::MailError;
+use mailmesh_protocol::ids::{AppendId, Guid, MailboxId, ModSeq, NodeId, Uid, UidValidity};
+
+use crate::cluster::SimCluster;
+use crate::model::Model;
+use crate::network::short_id;
+use crate::trace::Trace;
+use crate::workload::USERS;
+
+/// What kind of invariant a violation breaks. The kinds let a test tell a known engine bug's
+/// symptoms from anything new.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, PartialOrd, Ord)]
+pub enum Kind {
+    /// A node showed one uid of one uidvalidity as two different messages.
+    UidReused,
+    /// A uid two nodes showed as two different messages still shows one of them.
+    UidConflictKept,
+    /// A node showed one message at two uids at once.
+    ShownTwice,
+    /// UIDNEXT or HIGHESTMODSEQ went down on a node.
+    WentDown,
+    /// A deleted mailbox is listed again.
+    MailboxBack,
+    /// An expunged message is shown again.
+    MessageBack,
+    /// Replicas differ in mailboxes, names, messages, flags, subscriptions or sieve scripts.
+    NotConverged,
+    /// Replicas agree on everything but annotations.
+    AnnotationsDiverged,
+    /// An acknowledged append (or its mailbox) is missing.
+    Lost,
+    /// An acknowledged append is held hidden by an unresolved uid conflict.
+    StillHidden,
+    /// A message is expunged though no client expunged or moved it there.
+    Unrequested,
+    /// A mailbox is gone though no client deleted it.
+    MailboxGone,
+    /// A message's body is missing, unreadable or not the one appended.
+    WrongBody,
+    /// The healed cluster did not go quiet within the bound.
+    NotQuiescent,
+    /// Requests crossed a link after quiescence (echo or a retry loop).
+    Traffic,
+    /// One change crossed one link more often than the bound.
+    Crossings,
+    /// A node did not start or restart from its data dir.
+    Restart,
+    /// The final probe could not be made (a symptom of something else going wrong).
+    Probe,
+    /// The engine panicked (the runner saw the run's process die).
+    Panic,
+    /// The run did not finish within the runner's wall-clock timeout.
+    Hung,
+}
+
+impl Kind {
+    pub const ALL: [Kind; 20] = [
+        Kind::UidReused,
+        Kind::UidConflictKept,
+        Kind::ShownTwice,
+        Kind::WentDown,
+        Kind::MailboxBack,
+        Kind::MessageBack,
+        Kind::NotConverged,
+        Kind::AnnotationsDiverged,
+        Kind::Lost,
+        Kind::StillHidden,
+        Kind::Unrequested,
+        Kind::MailboxGone,
+        Kind::WrongBody,
+        Kind::NotQuiescent,
+        Kind::Traffic,
+        Kind::Crossings,
+        Kind::Restart,
+        Kind::Probe,
+        Kind::Panic,
+        Kind::Hung,
+    ];
+
+    /// The kebab-case tag printed before a violation, e.g. `uid-reused`.
+    pub fn tag(self) -> String {
+        let name = format!("{self:?}");
+        let mut out = String::new();
+        for (i, c) in name.chars().enumerate() {
+            if c.is_uppercase() && i > 0 {
+                out.push('-');
+            }
+            out.push(c.to_ascii_lowercase());
+        }
+        out
+    }
+
+    pub fn from_tag(tag: &str) -> Option<Kind> {
+        Kind::ALL.into_iter().find(|k| k.tag() == tag)
+    }
+}
+
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct Violation {
+    /// Virtual milliseconds since the run started.
+    pub at_ms: u128,
+    pub kind: Kind,
+    pub what: String,
+}
+
+impl std::fmt::Display for Violation {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        write!(f, "[{}] at {} ms: {}", self.kind.tag(), self.at_ms, self.what)
+    }
+}
+
+/// One mailbox as one node shows it.
+#[derive(Clone, Debug)]
+pub struct MailboxSnapshot {
+    pub user: String,
+    pub name: String,
+    pub uidvalidity: UidValidity,
+    pub visible: Vec<MessageView>,
+    /// Every record the node holds, expunged and hidden ones included.
+    pub records: Vec<StoredRecord>,
+    pub annotations: Vec<(String, Vec<u8>)>,
+    pub state: MailboxState,
+}
+
+/// What a client could see on one node.
+#[derive(Clone, Debug, Default)]
+pub struct NodeSnapshot {
+    pub mailboxes: BTreeMap<MailboxId, MailboxSnapshot>,
+    pub subscriptions: BTreeMap<String, Vec<String>>,
+    /// Per user: (script, active, content).
+    pub scripts: BTreeMap<String, Vec<(String, bool, Vec<u8>)>>,
+}
+
+/// One mailbox as every replica must show it.
+#[derive(Clone, Debug, PartialEq, Eq)]
+struct ReplicaMailbox {
+    user: String,
+    name: String,
+    uidvalidity: UidValidity,
+    /// (uid, message, flags), in uid order.
+    messages: Vec<(Uid, AppendId, Vec<String>)>,
+    annotations: Vec<(String, Vec<u8>)>,
+}
+
+/// The part of a snapshot every replica must agree on.
+#[derive(Clone, Debug, PartialEq, Eq)]
+struct ReplicaView {
+    mailboxes: BTreeMap<MailboxId, ReplicaMailbox>,
+    subscriptions: BTreeMap<String, Vec<String>>,
+    scripts: BTreeMap<String, Vec<(String, bool, Vec<u8>)>>,
+}
+
+impl NodeSnapshot {
+    fn replica_view(&self) -> ReplicaView {
+        ReplicaView {
+            mailboxes: self
+                .mailboxes
+                .iter()
+                .map(|(id, m)| {
+                    let messages = m
+                        .visible
+                        .iter()
+                        .map(|v| {
+                            let flags = v.flags.iter().map(|f| f.to_string()).collect();
+                            (v.uid, v.append_id.clone(), flags)
+                        })
+                        .collect();
+                    let value = ReplicaMailbox {
+                        user: m.user.clone(),
+                        name: m.name.clone(),
+                        uidvalidity: m.uidvalidity,
+                        messages,
+                        annotations: m.annotations.clone(),
+                    };
+                    (*id, value)
+                })
+                .collect(),
+            subscriptions: self.subscriptions.clone(),
+            scripts: self.scripts.clone(),
+        }
+    }
+}
+
+/// What the checks remember of one node between samples.
+#[derive(Default)]
+struct NodeMemory {
+    shown: BTreeMap<(MailboxId, UidValidity, Uid), AppendId>,
+    high: BTreeMap<MailboxId, (Uid, ModSeq)>,
+    listed: BTreeSet<MailboxId>,
+    deleted: BTreeSet<MailboxId>,
+    expunged: BTreeSet<(MailboxId, AppendId)>,
+}
+
+pub struct Observer {
+    nodes: BTreeMap<NodeId, NodeMemory>,
+    /// Every message any node ever showed at each uid.
+    global_shown: BTreeMap<(MailboxId, UidValidity, Uid), BTreeSet<AppendId>>,
+    pub violations: Vec<Violation>,
+    /// Problems already reported: one problem seen by many samples is reported once.
+    reported: BTreeSet<String>,
+    pub samples: u64,
+    trace: Trace,
+}
+
+async fn open_by_id(local: &LocalNode, id: MailboxId) -> Result<Addr<Mailbox>, Option<MailError>> {
+    match local.directory.send(OpenMailboxById { id }).await {
+        Ok(Ok(o)) => Ok(o.addr),
+        Ok(Err(e)) => Err(Some(e)),
+        Err(_) => Err(None),
+    }
+}
+
+/// Reads what a client could see on `local`; `full` adds subscriptions and sieve scripts.
+/// Mailboxes deleted while they are being read are left out.
+pub async fn snapshot(local: &LocalNode, full: bool) -> NodeSnapshot {
+    let mut snap = NodeSnapshot::default();
+    for user in USERS {
+        let Ok(Ok(list)) = local.directory.send(ListMailboxes { user: user.into() }).await else {
+            continue;
+        };
+        for info in list {
+            let Ok(mb) = open_by_id(local, info.id).await else {
+                continue;
+            };
+            let (Ok(Ok(state)), Ok(Ok(visible)), Ok(Ok(records)), Ok(Ok(annotations))) = (
+                mb.send(GetState).await,
+                mb.send(Fetch { uids: UidSet::all() }).await,
+                mb.send(ChangedSince {
+                    since: ModSeq::ZERO,
+                    limit: usize::MAX,
+                })
+                .await,
+                mb.send(GetAnnotations).await,
+            ) else {
+                continue;
+            };
+            snap.mailboxes.insert(
+                info.id,
+                MailboxSnapshot {
+                    user: info.user,
+                    name: info.name,
+                    uidvalidity: info.uidvalidity,
+                    visible,
+                    records,
+                    annotations,
+                    state,
+                },
+            );
+        }
+        if !full {
+            continue;
+        }
+        if let Ok(Ok(subs)) = local
+            .directory
+            .send(ListSubscriptions { user: user.into() })
+            .await
+        {
+            if !subs.is_empty() {
+                snap.subscriptions.insert(user.to_string(), subs);
+            }
+        }
+        if let Ok(Ok(scripts)) = local.directory.send(ListScripts { user: user.into() }).await {
+            let mut with_content = Vec::new();
+            for (name, active) in scripts {
+                let content = match local
+                    .directory
+                    .send(GetScript {
+                        user: user.into(),
+                        name: name.clone(),
+                    })
+                    .await
+                {
+                    Ok(Ok(c)) => c,
+                    _ => Vec::new(),
+                };
+                with_content.push((name, active, content));
+            }
+            if !with_content.is_empty() {
+                snap.scripts.insert(user.to_string(), with_content);
+            }
+        }
+    }
+    snap
+}
+
+impl Observer {
+    pub fn new(trace: Trace) -> Self {
+        Observer {
+            nodes: BTreeMap::new(),
+            global_shown: BTreeMap::new(),
+            violations: Vec::new(),
+            reported: BTreeSet::new(),
+            samples: 0,
+            trace,
+        }
+    }
+
+    /// Records a violation once per `key`.
+    fn violation(&mut self, kind: Kind, key: String, what: String) {
+        if self.reported.insert(key) {
+            let v = Violation {
+                at_ms: self.trace.elapsed().as_millis(),
+                kind,
+                what,
+            };
+            self.trace.log(format!("VIOLATION {v}"));
+            self.violations.push(v);
+        }
+    }
+
+    /// Reports a problem outside the per-node checks (the run could not settle, restart, ...).
+    pub fn report(&mut self, kind: Kind, what: String) {
+        self.violation(kind, what.clone(), what);
+    }
+
+    /// Samples one node and checks the running invariants against what it showed before.
+    pub async fn sample(&mut self, node: &NodeId, local: &LocalNode, full: bool) -> NodeSnapshot {
+        self.samples += 1;
+        let snap = snapshot(local, full).await;
+        let now_listed: BTreeSet<MailboxId> = snap.mailboxes.keys().copied().collect();
+        // A mailbox listed before and not now: deleted (confirmed by the node), or merely
+        // skipped because it was deleted while being read, which is the same.
+        let before: Vec<MailboxId> = {
+            let memory = self.nodes.entry(node.clone()).or_default();
+            memory.listed.difference(&now_listed).copied().collect()
+        };
+        for id in before {
+            if let Err(Some(MailError::MailboxDeleted(_))) = open_by_id(local, id).await {
+                self.nodes.get_mut(node).expect("seen").deleted.insert(id);
+            }
+        }
+        let mut found = Vec::new();
+        {
+            let memory = self.nodes.get_mut(node).expect("seen");
+            for id in &now_listed {
+                if memory.deleted.contains(id) {
+                    found.push((
+                        Kind::MailboxBack,
+                        format!("back {node} {id}"),
+                        format!(
+                            "mailbox {} was deleted on {node} and is listed there again",
+                            short_id(id.0)
+                        ),
+                    ));
+                }
+            }
+            memory.listed.extend(now_listed.iter().copied());
+            for (id, mb) in &snap.mailboxes {
+                let label = format!("{}/{} ({})", mb.user, mb.name, short_id(id.0));
+                let high = memory.high.entry(*id).or_insert((Uid(0), ModSeq::ZERO));
+                if mb.state.uidnext < high.0 || mb.state.highestmodseq < high.1 {
+                    found.push((
+                        Kind::WentDown,
+                        format!(
+                            "down {node} {id} {:?}",
+                            (mb.state.uidnext, mb.state.highestmodseq)
+                        ),
+                        format!(
+                            "{label} on {node}: UIDNEXT/HIGHESTMODSEQ went down from {}/{} to {}/{}",
+                            high.0, high.1, mb.state.uidnext, mb.state.highestmodseq
+                        ),
+                    ));
+                }
+                *high = (high.0.max(mb.state.uidnext), high.1.max(mb.state.highestmodseq));
+                let mut aids_seen = BTreeSet::new();
+                for view in &mb.visible {
+                    let key = (*id, mb.uidvalidity, view.uid);
+                    match memory.shown.get(&key) {
+                        Some(aid) if *aid != view.append_id => found.push((
+                            Kind::UidReused,
+                            format!("uid {node} {key:?} {}", view.append_id),
+                            format!(
+                                "{label} on {node}: uid {} shown as {aid} and later as {}",
+                                view.uid, view.append_id
+                            ),
+                        )),
+                        Some(_) => {}
+                        None => {
+                            memory.shown.insert(key, view.append_id.clone());
+                        }
+                    }
+                    self.global_shown
+                        .entry(key)
+                        .or_default()
+                        .insert(view.append_id.clone());
+                    if !aids_seen.insert(view.append_id.clone()) {
+                        found.push((
+                            Kind::ShownTwice,
+                            format!("twice {node} {id} {}", view.append_id),
+                            format!("{label} on {node}: {} shown at two uids", view.append_id),
+                        ));
+                    }
+                    if memory.expunged.contains(&(*id, view.append_id.clone())) {
+                        found.push((
+                            Kind::MessageBack,
+                            format!("unexpunged {node} {id} {}", view.append_id),
+                            format!(
+                                "{label} on {node}: {} was expunged and is shown again at uid {}",
+                                view.append_id, view.uid
+                            ),
+                        ));
+                    }
+                }
+                for r in &mb.records {
+                    if r.record.is_expunged() {
+                        memory.expunged.insert((*id, r.record.append_id.clone()));
+                    }
+                }
+            }
+        }
+        for (kind, key, what) in found {
+            self.violation(kind, key, what);
+        }
+        snap
+    }
+
+    /// The checks once the network has healed and gone quiet, on every node. With `dump`, every
+    /// node's records go into the trace first.
+    pub async fn final_checks(&mut self, cluster: &SimCluster, model: &Model, dump: bool) {
+        let mut snaps: BTreeMap<NodeId, NodeSnapshot> = BTreeMap::new();
+        for (node, local) in cluster.nodes() {
+            let snap = self.sample(node, local, true).await;
+            snaps.insert(node.clone(), snap);
+        }
+        if dump {
+            self.dump(&snaps);
+            dump_sync_state(cluster, &self.trace);
+        }
+        self.check_convergence(&snaps);
+        self.check_promoted_conflicts(&snaps);
+        let gone = self.check_gone_mailboxes(&snaps, model);
+        self.check_no_loss(cluster, &snaps, model, &gone).await;
+        self.check_tombstones_everywhere(&snaps);
+    }
+
+    fn dump(&self, snaps: &BTreeMap<NodeId, NodeSnapshot>) {
+        for (node, snap) in snaps {
+            for (id, mb) in &snap.mailboxes {
+                self.trace.log(format!(
+                    "dump {node} {} {}/{}: uidnext {} highestmodseq {} annotations {:?}",
+                    short_id(id.0),
+                    mb.user,
+                    mb.name,
+                    mb.state.uidnext,
+                    mb.state.highestmodseq,
+                    mb.annotations
+                ));
+                for s in &mb.records {
+                    let r = &s.record;
+                    let flags: Vec<&str> = r.set_flags().map(|f| f.as_str()).collect();
+                    let expunged = r.expunged.as_ref().map(|v| v.to_string());
+                    self.trace.log(format!(
+                        "dump {node} {} {} uid {} ({}) flags {flags:?} hidden {} expunged {expunged:?} origin {} arrived on {:?} modseq {}",
+                        short_id(id.0),
+                        r.append_id,
+                        r.uid.value,
+                        r.uid.version,
+                        s.hidden,
+                        s.origin,
+                        s.arrived_on,
+                        s.modseq
+                    ));
+                }
+            }
+        }
+    }
+
+    fn check_convergence(&mut self, snaps: &BTreeMap<NodeId, NodeSnapshot>) {
+        let mut views = snaps.iter().map(|(n, s)| (n, s.replica_view()));
+        let Some((first, reference)) = views.next() else {
+            return;
+        };
+        for (node, view) in views {
+            if view == reference {
+                continue;
+            }
+            let (kind, what) = describe_difference(first, &reference, node, &view);
+            self.violation(kind, format!("converge {node}"), format!("not converged: {what}"));
+        }
+    }
+
+    fn check_promoted_conflicts(&mut self, snaps: &BTreeMap<NodeId, NodeSnapshot>) {
+        let conflicts: Vec<((MailboxId, UidValidity, Uid), BTreeSet<AppendId>)> = self
+            .global_shown
+            .iter()
+            .filter(|(_, aids)| aids.len() > 1)
+            .map(|(k, v)| (*k, v.clone()))
+            .collect();
+        for ((id, uidvalidity, uid), aids) in conflicts {
+            for (node, snap) in snaps {
+                let Some(mb) = snap.mailboxes.get(&id).filter(|m| m.uidvalidity == uidvalidity) else {
+                    continue;
+                };
+                if let Some(view) = mb.visible.iter().find(|v| v.uid == uid) {
+                    let shown: Vec<String> = aids.iter().map(|a| a.to_string()).collect();
+                    self.violation(
+                        Kind::UidConflictKept,
+                        format!("kept {id} {uid}"),
+                        format!(
+                            "mailbox {} uid {uid} was shown as {} on different nodes, and {node} still shows {} there",
+                            short_id(id.0),
+                            shown.join(" and "),
+                            view.append_id
+                        ),
+                    );
+                }
+            }
+        }
+    }
+
+    /// Mailboxes that existed and are listed nowhere now. Returns them.
+    fn check_gone_mailboxes(
+        &mut self,
+        snaps: &BTreeMap<NodeId, NodeSnapshot>,
+        model: &Model,
+    ) -> BTreeSet<MailboxId> {
+        // Every mailbox known to have existed: seen listed by a sample, or named by a client's
+        // append or delete (a mailbox may live and die between two samples).
+        let ever: BTreeSet<MailboxId> = self
+            .nodes
+            .values()
+            .flat_map(|m| m.listed.iter().copied())
+            .chain(model.appends.values().map(|a| a.mailbox))
+            .chain(model.deleted.iter().copied())
+            .collect();
+        let now: BTreeSet<MailboxId> = snaps.values().flat_map(|s| s.mailboxes.keys().copied()).collect();
+        let gone: BTreeSet<MailboxId> = ever.difference(&now).copied().collect();
+        for id in &gone {
+            if !model.deleted.contains(id) && model.uncertain_deletes == 0 {
+                self.violation(
+                    Kind::MailboxGone,
+                    format!("gone {id}"),
+                    format!("mailbox {} is gone though no client deleted it", short_id(id.0)),
+                );
+            }
+        }
+        gone
+    }
+
+    async fn check_no_loss(
+        &mut self,
+        cluster: &SimCluster,
+        snaps: &BTreeMap<NodeId, NodeSnapshot>,
+        model: &Model,
+        gone: &BTreeSet<MailboxId>,
+    ) {
+        for (aid, acked) in &model.appends {
+            if gone.contains(&acked.mailbox) {
+                continue;
+            }
+            let label = format!(
+                "{aid} (appended on {} to {})",
+                acked.node,
+                short_id(acked.mailbox.0)
+            );
+            for (node, snap) in snaps {
+                let Some(mb) = snap.mailboxes.get(&acked.mailbox) else {
+                    self.violation(
+                        Kind::Lost,
+                        format!("nombox {node} {}", acked.mailbox),
+                        format!(
+                            "{node} does not show mailbox {}, which holds acknowledged appends",
+                            short_id(acked.mailbox.0)
+                        ),
+                    );
+                    continue;
+                };
+                if let Some(view) = mb.visible.iter().find(|v| &v.append_id == aid) {
+                    if view.guid != acked.guid {
+                        self.violation(
+                            Kind::WrongBody,
+                            format!("guid {node} {aid}"),
+                            format!("{label}: {node} shows it with another body"),
+                        );
+                    } else if let Some(local) = cluster.node(node) {
+                        self.check_body(node, local, acked.mailbox, view.uid, acked.guid, &label)
+                            .await;
+                    }
+                    continue;
+                }
+                let record = mb.records.iter().find(|r| &r.record.append_id == aid);
+                let (kind, problem) = match record {
+                    None => (Kind::Lost, format!("{label}: lost on {node}")),
+                    Some(r) => match &r.record.expunged {
+                        Some(v) if model.expunge_justified(acked.mailbox, aid, &v.node) => continue,
+                        Some(v) => (
+                            Kind::Unrequested,
+                            format!("{label}: expunged on {node} by {v}, though no client there expunged or moved it"),
+                        ),
+                        None if r.hidden => (
+                            Kind::StillHidden,
+                            format!("{label}: still hidden on {node} by an unresolved uid conflict"),
+                        ),
+                        None => (Kind::Lost, format!("{label}: held but not shown on {node}")),
+                    },
+                };
+                self.violation(kind, format!("loss {node} {aid}"), problem);
+            }
+        }
+    }
+
+    async fn check_body(
+        &mut self,
+        node: &NodeId,
+        local: &LocalNode,
+        id: MailboxId,
+        uid: Uid,
+        guid: Guid,
+        label: &str,
+    ) {
+        let body = match open_by_id(local, id).await {
+            Ok(mb) => mb.send(FetchBody { uid }).await,
+            Err(_) => return,
+        };
+        let problem = match body {
+            Ok(Ok(b)) if Guid::of(&b) == guid => return,
+            Ok(Ok(_)) => format!("{label}: {node} returns another body"),
+            Ok(Err(e)) => format!("{label}: body unreadable on {node}: {e}"),
+            Err(_) => return,
+        };
+        self.violation(Kind::WrongBody, format!("body {node} {label}"), problem);
+    }
+
+    fn check_tombstones_everywhere(&mut self, snaps: &BTreeMap<NodeId, NodeSnapshot>) {
+        let deleted: BTreeSet<MailboxId> = self
+            .nodes
+            .values()
+            .flat_map(|m| m.deleted.iter().copied())
+            .collect();
+        let expunged: BTreeSet<(MailboxId, AppendId)> = self
+            .nodes
+            .values()
+            .flat_map(|m| m.expunged.iter().cloned())
+            .collect();
+        let mut found = Vec::new();
+        for (node, snap) in snaps {
+            for (id, mb) in &snap.mailboxes {
+                if deleted.contains(id) {
+                    found.push((
+                        Kind::MailboxBack,
+                        format!("back {node} {id}"),
+                        format!("mailbox {} was deleted and {node} lists it", short_id(id.0)),
+                    ));
+                }
+                for v in &mb.visible {
+                    if expunged.contains(&(*id, v.append_id.clone())) {
+                        found.push((
+                            Kind::MessageBack,
+                            format!("unexpunged {node} {id} {}", v.append_id),
+                            format!(
+                                "{} was expunged and {node} shows it in {}",
+                                v.append_id,
+                                short_id(id.0)
+                            ),
+                        ));
+                    }
+                }
+            }
+        }
+        for (kind, key, what) in found {
+            self.violation(kind, key, what);
+        }
+    }
+}
+
+/// Adds each node's replication caches and pending sync log rows to the trace (read straight
+/// from the stores: engine internals, for diagnosing a failing seed).
+fn dump_sync_state(cluster: &SimCluster, trace: &Trace) {
+    use mailmesh_actors::mailbox_sync::ReplicationCache;
+    use mailmesh_actors::store::{decode, Table};
+    use mailmesh_actors::sync_log::SyncItem;
+    for (node, local) in cluster.nodes() {
+        let mut lines = Vec::new();
+        let _ = local.store.scan_prefix(Table::ReplCache, &[], None, |k, v| {
+            let (id, peer) = k.split_at(16.min(k.len()));
+            let id = MailboxId::from_bytes(id.try_into().unwrap_or_default());
+            let cache: Result<ReplicationCache, _> = decode(v, "replication cache");
+            lines.push(format!(
+                "dump {node} cache {} for {}: {cache:?}",
+                short_id(id.0),
+                String::from_utf8_lossy(peer)
+            ));
+            Ok(true)
+        });
+        let _ = local.store.scan_prefix(Table::SyncLog, &[], None, |k, v| {
+            let zero = k.iter().position(|b| *b == 0).unwrap_or(k.len());
+            let item = SyncItem::decode(&k[(zero + 1).min(k.len())..]);
+            lines.push(format!(
+                "dump {node} sync log row for {}: {item:?} generation {v:?}",
+                String::from_utf8_lossy(&k[..zero])
+            ));
+            Ok(true)
+        });
+        for line in lines {
+            trace.log(line);
+        }
+    }
+}
+
+/// Names the first thing two replica views disagree on, and whether only annotations differ.
+fn describe_difference(a: &NodeId, va: &ReplicaView, b: &NodeId, vb: &ReplicaView) -> (Kind, String) {
+    let without_annotations = |v: &ReplicaView| {
+        let mut v = v.clone();
+        for m in v.mailboxes.values_mut() {
+            m.annotations.clear();
+        }
+        v
+    };
+    let kind = if without_annotations(va) == without_annotations(vb) {
+        Kind::AnnotationsDiverged
+    } else {
+        Kind::NotConverged
+    };
+    (kind, first_difference(a, va, b, vb))
+}
+
+fn first_difference(a: &NodeId, va: &ReplicaView, b: &NodeId, vb: &ReplicaView) -> String {
+    let ids: BTreeSet<&MailboxId> = va.mailboxes.keys().chain(vb.mailboxes.keys()).collect();
+    for id in ids {
+        let (x, y) = (va.mailboxes.get(id), vb.mailboxes.get(id));
+        if x == y {
+            continue;
+        }
+        let mailbox = short_id(id.0);
+        return match (x, y) {
+            (Some(_), None) => format!("{a} shows mailbox {mailbox}, {b} does not"),
+            (None, Some(_)) => format!("{b} shows mailbox {mailbox}, {a} does not"),
+            (Some(x), Some(y)) if (&x.user, &x.name, x.uidvalidity) != (&y.user, &y.name, y.uidvalidity) => {
+                format!(
+                    "mailbox {mailbox} is {}/{} on {a} and {}/{} on {b}",
+                    x.user, x.name, y.user, y.name
+                )
+            }
+            (Some(x), Some(y)) if x.messages != y.messages => {
+                let i = x
+                    .messages
+                    .iter()
+                    .zip(&y.messages)
+                    .position(|(m, n)| m != n)
+                    .unwrap_or(x.messages.len().min(y.messages.len()));
+                format!(
+                    "mailbox {mailbox} ({}/{}): {} messages on {a}, {} on {b}; first difference: {:?} on {a}, {:?} on {b}",
+                    x.user,
+                    x.name,
+                    x.messages.len(),
+                    y.messages.len(),
+                    x.messages.get(i),
+                    y.messages.get(i)
+                )
+            }
+            (Some(x), Some(y)) => format!(
+                "mailbox {mailbox}: annotations {:?} on {a}, {:?} on {b}",
+                x.annotations, y.annotations
+            ),
+            (None, None) => unreachable!("differing entries"),
+        };
+    }
+    if va.subscriptions != vb.subscriptions {
+        return format!(
+            "subscriptions {:?} on {a}, {:?} on {b}",
+            va.subscriptions, vb.subscriptions
+        );
+    }
+    format!("sieve scripts {:?} on {a}, {:?} on {b}", va.scripts, vb.scripts)
+}

@@ -1,0 +1,259 @@
+//! The nodes of one run: real actors on real stores (in a temp dir, on tmpfs when the machine has
+//! one, since fsyncs there cost nothing and a run does thousands), linked by the simulated
+//! network. Nodes crash and restart from their data dir; the topology is edited the way a config
+//! reload would (`LocalNode::set_peers` on both ends of an edge).
+
+use std::collections::BTreeMap;
+use std::path::PathBuf;
+use std::sync::Arc;
+use std::time::Duration;
+
+use mailmesh_actors::channel::{ChannelConfig, ChannelStats};
+use mailmesh_actors::commit_group::FlushMode;
+use mailmesh_actors::context::Faults;
+use mailmesh_actors::directory::ActivationPolicy;
+use mailmesh_actors::env::{Entropy, Env, TokioClock};
+use mailmesh_actors::node::{LocalNode, NodeOptions, PeerOptions};
+use mailmesh_protocol::ids::NodeId;
+use tokio::time::Instant;
+
+use crate::network::{link, SimNetwork};
+use crate::rng::SimRng;
+use crate::topology::Topology;
+use crate::trace::Trace;
+
+/// The wall clock of the simulated world at virtual time zero.
+pub const EPOCH_MS: i64 = 1_700_000_000_000;
+
+/// How every node of a run is configured (drawn per seed).
+#[derive(Clone, Copy, Debug)]
+pub struct NodeSetup {
+    pub activation: ActivationPolicy,
+    pub channel: ChannelConfig,
+    /// Deliberate engine faults (off unless a test switches them on).
+    pub faults: Faults,
+}
+
+impl NodeSetup {
+    /// Small pages, chunks and activation sets now and then, so paging, chunked bodies and
+    /// actors being let go and reloaded are exercised, not only the easy paths.
+    pub fn random(rng: &SimRng, faults: Faults) -> Self {
+        let small = rng.chance(0.5);
+        NodeSetup {
+            activation: ActivationPolicy {
+                max_active: if small { rng.range(1..4) as usize } else { 10_000 },
+                idle_after: Duration::from_secs(rng.range(10..120)),
+            },
+            channel: ChannelConfig {
+                parallel: rng.range(1..5) as usize,
+                page: if small { rng.range(1..8) as usize } else { 500 },
+                body_chunk: if small {
+                    rng.range(16..200) as usize
+                } else {
+                    256 * 1024
+                },
+                shared_bodies: false,
+            },
+            faults,
+        }
+    }
+}
+
+pub struct SimCluster {
+    pub net: SimNetwork,
+    pub topology: Topology,
+    running: BTreeMap<NodeId, LocalNode>,
+    dirs: BTreeMap<NodeId, PathBuf>,
+    /// Holds the data dirs; removed when the run ends.
+    _root: tempfile::TempDir,
+    /// Each node's clock is off by a fixed amount, as real clocks are.
+    skew_ms: BTreeMap<NodeId, i64>,
+    setup: NodeSetup,
+    rng: SimRng,
+    trace: Trace,
+    run_start: Instant,
+}
+
+fn temp_root() -> std::io::Result<tempfile::TempDir> {
+    let shm = std::path::Path::new("/dev/shm");
+    if shm.is_dir() {
+        if let Ok(dir) = tempfile::Builder::new().prefix("mailmesh-sim").tempdir_in(shm) {
+            return Ok(dir);
+        }
+    }
+    tempfile::Builder::new().prefix("mailmesh-sim").tempdir()
+}
+
+impl SimCluster {
+    /// Starts every node of `topology`. Must run inside the simulation's actix System.
+    pub fn start(
+        topology: Topology,
+        net: SimNetwork,
+        setup: NodeSetup,
+        rng: SimRng,
+        trace: Trace,
+    ) -> Result<SimCluster, String> {
+        let root = temp_root().map_err(|e| format!("cannot make a temp dir: {e}"))?;
+        let mut dirs = BTreeMap::new();
+        let mut skew_ms = BTreeMap::new();
+        for node in &topology.nodes {
+            let dir = root.path().join(node.as_str());
+            std::fs::create_dir_all(&dir).map_err(|e| format!("cannot make {node}'s dir: {e}"))?;
+            dirs.insert(node.clone(), dir);
+            skew_ms.insert(node.clone(), rng.range(0..4000) as i64 - 2000);
+        }
+        let mut cluster = SimCluster {
+            net,
+            topology,
+            running: BTreeMap::new(),
+            dirs,
+            _root: root,
+            skew_ms,
+            setup,
+            rng,
+            trace,
+            run_start: Instant::now(),
+        };
+        for node in cluster.topology.nodes.clone() {
+            cluster.boot(&node)?;
+        }
+        Ok(cluster)
+    }
+
+    fn peers_of(&self, node: &NodeId) -> Vec<PeerOptions> {
+        self.topology
+            .neighbours(node)
+            .into_iter()
+            .map(|peer| PeerOptions {
+                node: peer,
+                channel: self.setup.channel,
+            })
+            .collect()
+    }
+
+    fn boot(&mut self, node: &NodeId) -> Result<(), String> {
+        let mut options = NodeOptions::new(node.clone(), &self.dirs[node]);
+        options.flush_mode = FlushMode::Inline;
+        options.activation = self.setup.activation;
+        options.faults = self.setup.faults;
+        options.peers = self.peers_of(node);
+        // The clock goes on from where the simulated world is, so a restart does not turn the
+        // node's wall clock back.
+        let now = EPOCH_MS + self.run_start.elapsed().as_millis() as i64 + self.skew_ms[node];
+        let env = Env::new(Arc::new(TokioClock::new(now)), Entropy::from_seed(self.rng.u64()));
+        let local = LocalNode::start_replicating(options, env, Some(self.net.transport(node)))
+            .map_err(|e| format!("node {node} does not start: {e}"))?;
+        self.net.attach(node.clone(), local.inbound.clone());
+        self.running.insert(node.clone(), local);
+        Ok(())
+    }
+
+    pub fn running(&self) -> Vec<NodeId> {
+        self.running.keys().cloned().collect()
+    }
+
+    pub fn down(&self) -> Vec<NodeId> {
+        self.topology
+            .nodes
+            .iter()
+            .filter(|n| !self.running.contains_key(*n))
+            .cloned()
+            .collect()
+    }
+
+    pub fn node(&self, node: &NodeId) -> Option<&LocalNode> {
+        self.running.get(node)
+    }
+
+    pub fn nodes(&self) -> impl Iterator<Item = (&NodeId, &LocalNode)> {
+        self.running.iter()
+    }
+
+    /// Crashes a node: it drops off the network at once (what it had in flight is lost), then
+    /// its actors stop. Everything it acknowledged is durable.
+    pub async fn crash(&mut self, node: &NodeId) {
+        self.net.detach(node);
+        if let Some(local) = self.running.remove(node) {
+            local.shutdown().await;
+        }
+    }
+
+    /// Starts a crashed node again from its data dir, with the current topology's peers.
+    pub fn restart(&mut self, node: &NodeId) -> Result<(), String> {
+        self.boot(node)
+    }
+
+    /// Adds or removes the edge a-b as a config reload on both ends would. An end that is down
+    /// picks the change up when it restarts.
+    pub fn set_edge(&mut self, a: &NodeId, b: &NodeId, present: bool) {
+        if present {
+            self.topology.edges.insert(link(a, b));
+        } else {
+            self.topology.edges.remove(&link(a, b));
+        }
+        for end in [a, b] {
+            let peers = self.peers_of(end);
+            if let Some(local) = self.running.get_mut(end) {
+                local.set_peers(peers);
+            }
+        }
+    }
+
+    /// Every channel's stats, by (node, peer).
+    pub async fn channel_stats(&self) -> BTreeMap<(NodeId, NodeId), ChannelStats> {
+        let mut out = BTreeMap::new();
+        for (node, local) in &self.running {
+            for (peer, stats) in local.channel_stats().await {
+                out.insert((node.clone(), peer), stats);
+            }
+        }
+        out
+    }
+
+    /// Waits (in virtual time) until every channel is drained, nothing is in flight and no
+    /// request has crossed the network for a while. Meant for a healed network with every node
+    /// up. Returns the virtual time it took, or what was still busy at `limit`.
+    pub async fn settle(&self, limit: Duration) -> Result<Duration, String> {
+        let start = Instant::now();
+        let mut last = self.net.total_requests();
+        let mut quiet_rounds = 0;
+        loop {
+            tokio::time::sleep(Duration::from_millis(500)).await;
+            let stats = self.channel_stats().await;
+            let busy: Vec<String> = stats
+                .iter()
+                .filter(|(_, s)| s.pending > 0 || s.running > 0)
+                .map(|((node, peer), s)| format!("{node}->{peer} {s:?}"))
+                .collect();
+            let now = self.net.total_requests();
+            if busy.is_empty() && self.net.in_flight() == 0 && now == last {
+                quiet_rounds += 1;
+                if quiet_rounds >= 4 {
+                    return Ok(start.elapsed());
+                }
+            } else {
+                quiet_rounds = 0;
+            }
+            last = now;
+            if start.elapsed() >= limit {
+                return Err(format!(
+                    "not quiescent after {limit:?}: {} requests in flight; busy channels: {}",
+                    self.net.in_flight(),
+                    busy.join("; ")
+                ));
+            }
+        }
+    }
+
+    /// Stops every node (the end of a run): actors with timers must stop before the System
+    /// goes away.
+    pub async fn shutdown(mut self) {
+        for node in self.running() {
+            self.net.detach(&node);
+            if let Some(local) = self.running.remove(&node) {
+                local.shutdown().await;
+            }
+        }
+        self.trace.log("all nodes stopped");
+    }
+}

@@ -1,0 +1,48 @@
+//! What clients were told: the acknowledged appends, and every client operation that may remove
+//! something legitimately (expunge, move, delete). The checks judge the nodes against this.
+//!
+//! A client operation whose answer never came (its node crashed under it) may or may not have
+//! happened, so operations that remove things are recorded before they are sent: the model
+//! holds a superset of what clients may have removed, and never blames the engine for a removal
+//! a client may have asked for.
+
+use std::collections::{BTreeMap, BTreeSet};
+
+use mailmesh_protocol::ids::{AppendId, Guid, MailboxId, NodeId};
+
+/// An append a client was told is stored.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct Acked {
+    pub mailbox: MailboxId,
+    pub guid: Guid,
+    pub node: NodeId,
+}
+
+#[derive(Clone, Debug, Default)]
+pub struct Model {
+    pub appends: BTreeMap<AppendId, Acked>,
+    /// Messages a client set \Deleted on at some point: an EXPUNGE may remove them.
+    pub deleted_flagged: BTreeSet<AppendId>,
+    /// (mailbox, node) where a client ran EXPUNGE.
+    pub expunged_on: BTreeSet<(MailboxId, NodeId)>,
+    /// (mailbox, node) where a client moved messages out (flagged or not).
+    pub moved_from: BTreeSet<(MailboxId, NodeId)>,
+    /// Mailboxes a client delete may have removed.
+    pub deleted: BTreeSet<MailboxId>,
+    /// Deletes whose target could not be pinned down (the name meant another mailbox by the time
+    /// the delete ran): with any of these, a mailbox gone for no known reason is not blamed.
+    pub uncertain_deletes: u64,
+    /// Client operations sent, and those acknowledged as having changed something.
+    pub ops: u64,
+    pub changes: u64,
+}
+
+impl Model {
+    /// Whether a client may have expunged `aid` from `mailbox` on `node` (the node whose clock
+    /// stamped the expunge).
+    pub fn expunge_justified(&self, mailbox: MailboxId, aid: &AppendId, node: &NodeId) -> bool {
+        let key = (mailbox, node.clone());
+        self.moved_from.contains(&key)
+            || (self.expunged_on.contains(&key) && self.deleted_flagged.contains(aid))
+    }
+}

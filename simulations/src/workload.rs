@@ -1,0 +1,568 @@
+//! Client operations against one node: mailboxes (create, rename, delete, move between users,
+//! preferred primary), messages (append, flags, expunge, copy and move), annotations,
+//! subscriptions and sieve scripts. Each operation draws its details from the run's generator,
+//! runs against the node's actors as an IMAP or ManageSieve session would, records what the
+//! client was told in the [`Model`], and returns a line for the trace.
+
+use std::cell::RefCell;
+use std::rc::Rc;
+
+use actix::{Addr, MailboxError};
+use mailmesh_actors::directory::*;
+use mailmesh_actors::mailbox::*;
+use mailmesh_actors::uid_set::UidSet;
+use mailmesh_actors::MailError;
+use mailmesh_protocol::ids::{Guid, MailboxId, NodeId, Uid};
+
+use crate::model::{Acked, Model};
+use crate::network::short_id;
+use crate::rng::SimRng;
+
+pub const USERS: [&str; 2] = ["alice", "bob"];
+const NAMES: [&str; 6] = ["INBOX", "Work", "Work/Reports", "Archive", "Lists", "Sent"];
+const FLAGS: [&str; 5] = ["\\Seen", "\\Flagged", "\\Deleted", "$Label1", "\\Answered"];
+const SCRIPTS: [&str; 3] = ["vacation", "spam", "filter"];
+const ENTRIES: [&str; 2] = ["/shared/comment", "/private/color"];
+
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum OpKind {
+    Create,
+    Rename,
+    Delete,
+    Append,
+    StoreFlags,
+    Expunge,
+    Transfer,
+    Annotate,
+    Subscribe,
+    Sieve,
+    SetPrimary,
+}
+
+impl OpKind {
+    /// A random operation, appends and flag changes the most common, as on a real mail server.
+    pub fn random(rng: &SimRng) -> OpKind {
+        match rng.range(0..100) {
+            0..=7 => OpKind::Create,
+            8..=11 => OpKind::Rename,
+            12..=15 => OpKind::Delete,
+            16..=49 => OpKind::Append,
+            50..=63 => OpKind::StoreFlags,
+            64..=69 => OpKind::Expunge,
+            70..=76 => OpKind::Transfer,
+            77..=82 => OpKind::Annotate,
+            83..=87 => OpKind::Subscribe,
+            88..=95 => OpKind::Sieve,
+            _ => OpKind::SetPrimary,
+        }
+    }
+}
+
+/// A client connected to one node.
+#[derive(Clone)]
+pub struct Client {
+    pub node: NodeId,
+    pub directory: Addr<Directory>,
+    pub model: Rc<RefCell<Model>>,
+    pub rng: SimRng,
+    /// Every node of the run (a primary may be named among them).
+    pub nodes: Vec<NodeId>,
+    /// Distinguishes the bodies of this run's appends.
+    pub serial: u64,
+}
+
+/// Why an operation failed, and whether it may have happened anyway.
+struct Failed {
+    text: String,
+    /// The node went away mid-operation: the change may be durable without an answer.
+    ambiguous: bool,
+}
+
+type Answer<T> = Result<T, Failed>;
+
+fn answer<T>(r: Result<Result<T, MailError>, MailboxError>) -> Answer<T> {
+    match r {
+        Ok(Ok(v)) => Ok(v),
+        Ok(Err(e)) => Err(Failed {
+            ambiguous: matches!(e, MailError::ShuttingDown | MailError::Store(_)),
+            text: e.to_string(),
+        }),
+        Err(_) => Err(Failed {
+            text: "node down".into(),
+            ambiguous: true,
+        }),
+    }
+}
+
+fn describe<T>(r: &Answer<T>, ok: impl FnOnce(&T) -> String) -> String {
+    match r {
+        Ok(v) => ok(v),
+        Err(f) => format!("error: {}", f.text),
+    }
+}
+
+impl Client {
+    fn user(&self) -> &'static str {
+        USERS[self.rng.below(USERS.len())]
+    }
+
+    /// A mailbox name: mostly one the node shows the user now (conflict copies included), else
+    /// one of the usual names, which may not exist.
+    async fn name(&self, user: &str) -> String {
+        if self.rng.chance(0.6) {
+            let listed = self.directory.send(ListMailboxes { user: user.into() }).await;
+            if let Ok(Ok(list)) = listed {
+                if !list.is_empty() {
+                    return self.rng.pick(&list).name.clone();
+                }
+            }
+        }
+        self.rng.pick(&NAMES).to_string()
+    }
+
+    async fn open(&self, user: &str, name: &str) -> Answer<OpenedMailbox> {
+        answer(
+            self.directory
+                .send(OpenMailbox {
+                    user: user.into(),
+                    name: name.into(),
+                })
+                .await,
+        )
+    }
+
+    /// Uids the mailbox shows now, to aim at.
+    async fn shown(&self, mb: &Addr<Mailbox>) -> Vec<MessageView> {
+        match mb.send(Fetch { uids: UidSet::all() }).await {
+            Ok(Ok(views)) => views,
+            _ => Vec::new(),
+        }
+    }
+
+    /// A small uid range starting at a shown message (or at a uid that may not exist).
+    fn aim(&self, shown: &[MessageView]) -> (Uid, Uid) {
+        let lo = if shown.is_empty() || self.rng.chance(0.1) {
+            Uid(self.rng.range(1..30) as u32)
+        } else {
+            self.rng.pick(shown).uid
+        };
+        (lo, Uid(lo.0 + self.rng.range(0..4) as u32))
+    }
+
+    pub async fn run(self, kind: OpKind) -> String {
+        self.model.borrow_mut().ops += 1;
+        let line = match kind {
+            OpKind::Create => self.create().await,
+            OpKind::Rename => self.rename().await,
+            OpKind::Delete => self.delete().await,
+            OpKind::Append => self.append().await,
+            OpKind::StoreFlags => self.store_flags().await,
+            OpKind::Expunge => self.expunge().await,
+            OpKind::Transfer => self.transfer().await,
+            OpKind::Annotate => self.annotate().await,
+            OpKind::Subscribe => self.subscribe().await,
+            OpKind::Sieve => self.sieve().await,
+            OpKind::SetPrimary => self.set_primary().await,
+        };
+        format!("on {}: {line}", self.node)
+    }
+
+    fn changed(&self) {
+        self.model.borrow_mut().changes += 1;
+    }
+
+    async fn create(&self) -> String {
+        let user = self.user();
+        let name = self.rng.pick(&NAMES).to_string();
+        let r = answer(
+            self.directory
+                .send(CreateMailbox {
+                    user: user.into(),
+                    name: name.clone(),
+                })
+                .await,
+        );
+        if r.is_ok() {
+            self.changed();
+        }
+        let shown = describe(&r, |i| {
+            format!("{} uidvalidity {}", short_id(i.id.0), i.uidvalidity)
+        });
+        format!("create {user}/{name}: {shown}")
+    }
+
+    async fn rename(&self) -> String {
+        let user = self.user();
+        let from = self.name(user).await;
+        let to_user = self.rng.chance(0.2).then(|| self.user().to_string());
+        let to = if self.rng.chance(0.3) {
+            format!("R{}", self.rng.range(0..20))
+        } else {
+            self.rng.pick(&NAMES).to_string()
+        };
+        let r = answer(
+            self.directory
+                .send(RenameMailbox {
+                    user: user.into(),
+                    from: from.clone(),
+                    to_user: to_user.clone(),
+                    to: to.clone(),
+                })
+                .await,
+        );
+        if r.is_ok() {
+            self.changed();
+        }
+        let target = to_user.unwrap_or_else(|| user.to_string());
+        format!(
+            "rename {user}/{from} -> {target}/{to}: {}",
+            describe(&r, |_| "ok".into())
+        )
+    }
+
+    async fn delete(&self) -> String {
+        let user = self.user();
+        let name = self.name(user).await;
+        let before = self.open(user, &name).await.ok().map(|o| o.info.id);
+        if let Some(id) = before {
+            // Recorded first: the delete may be durable even if its answer is lost.
+            self.model.borrow_mut().deleted.insert(id);
+        }
+        let r = answer(
+            self.directory
+                .send(DeleteMailbox {
+                    user: user.into(),
+                    name: name.clone(),
+                })
+                .await,
+        );
+        match &r {
+            Ok(()) => {
+                self.changed();
+                // The name may have meant another mailbox by the time the delete ran (a rename
+                // or a replicated change in between): then the model cannot say which it was.
+                let pinned = match before {
+                    Some(id) => matches!(
+                        self.directory.send(OpenMailboxById { id }).await,
+                        Ok(Err(MailError::MailboxDeleted(_)))
+                    ),
+                    None => false,
+                };
+                if !pinned {
+                    self.model.borrow_mut().uncertain_deletes += 1;
+                }
+            }
+            Err(f) if f.ambiguous => self.model.borrow_mut().uncertain_deletes += 1,
+            Err(_) => {}
+        }
+        let id = before.map(|i| short_id(i.0)).unwrap_or_else(|| "-".into());
+        format!("delete {user}/{name} ({id}): {}", describe(&r, |_| "ok".into()))
+    }
+
+    fn body(&self) -> Vec<u8> {
+        // Now and then the same bytes again: two appends of one body are two messages sharing
+        // one stored body.
+        if self.rng.chance(0.1) {
+            return format!("Subject: common {}\r\n\r\nsame body\r\n", self.rng.range(0..3)).into_bytes();
+        }
+        let filler = "x".repeat(self.rng.range(1..600) as usize);
+        format!(
+            "From: {}@example.org\r\nSubject: message {} of {}\r\n\r\n{filler}\r\n",
+            self.user(),
+            self.serial,
+            self.node
+        )
+        .into_bytes()
+    }
+
+    async fn append(&self) -> String {
+        let user = self.user();
+        let name = self.name(user).await;
+        let opened = match self.open(user, &name).await {
+            Ok(o) => o,
+            Err(f) => return format!("append {user}/{name}: {}", f.text),
+        };
+        let body = self.body();
+        let guid = Guid::of(&body);
+        let flags: Vec<String> = (0..self.rng.range(0..3))
+            .map(|_| self.rng.pick(&FLAGS).to_string())
+            .collect();
+        let r = answer(
+            opened
+                .addr
+                .send(Append {
+                    body,
+                    flags: flags.clone(),
+                    internaldate: None,
+                })
+                .await,
+        );
+        drop(opened.addr);
+        if let Ok(o) = &r {
+            self.changed();
+            let mut model = self.model.borrow_mut();
+            if flags.iter().any(|f| f == "\\Deleted") {
+                model.deleted_flagged.insert(o.append_id.clone());
+            }
+            model.appends.insert(
+                o.append_id.clone(),
+                Acked {
+                    mailbox: opened.info.id,
+                    guid,
+                    node: self.node.clone(),
+                },
+            );
+        }
+        let shown = describe(&r, |o| {
+            format!("uid {} {} modseq {}", o.uid, o.append_id, o.modseq)
+        });
+        format!("append {user}/{name} {flags:?}: {shown}")
+    }
+
+    async fn store_flags(&self) -> String {
+        let user = self.user();
+        let name = self.name(user).await;
+        let opened = match self.open(user, &name).await {
+            Ok(o) => o,
+            Err(f) => return format!("store {user}/{name}: {}", f.text),
+        };
+        let shown = self.shown(&opened.addr).await;
+        let (lo, hi) = self.aim(&shown);
+        let action = *self
+            .rng
+            .pick(&[FlagAction::Add, FlagAction::Remove, FlagAction::Replace]);
+        let flags: Vec<String> = (0..self.rng.range(1..3))
+            .map(|_| self.rng.pick(&FLAGS).to_string())
+            .collect();
+        // Now and then a CONDSTORE store, conditional on a modseq the client saw.
+        let unchanged_since = if !shown.is_empty() && self.rng.chance(0.15) {
+            Some(self.rng.pick(&shown).modseq)
+        } else {
+            None
+        };
+        let r = answer(
+            opened
+                .addr
+                .send(StoreFlags {
+                    uids: UidSet::range(lo, hi),
+                    action,
+                    flags: flags.clone(),
+                    unchanged_since,
+                })
+                .await,
+        );
+        if let Ok(o) = &r {
+            self.changed();
+            let mut model = self.model.borrow_mut();
+            for view in &o.updated {
+                if view.flags.iter().any(|f| f.as_str() == "\\Deleted") {
+                    model.deleted_flagged.insert(view.append_id.clone());
+                }
+            }
+        }
+        let outcome = describe(&r, |o| {
+            let updated: Vec<String> = o
+                .updated
+                .iter()
+                .map(|v| {
+                    let flags: Vec<&str> = v.flags.iter().map(|f| f.as_str()).collect();
+                    format!("{}={}{flags:?}", v.uid, v.append_id)
+                })
+                .collect();
+            format!("{} modified {:?}", updated.join(" "), o.modified)
+        });
+        let cond = if unchanged_since.is_some() {
+            " (unchanged since)"
+        } else {
+            ""
+        };
+        format!("store {user}/{name} {lo}:{hi} {action:?} {flags:?}{cond}: {outcome}")
+    }
+
+    async fn expunge(&self) -> String {
+        let user = self.user();
+        let name = self.name(user).await;
+        let opened = match self.open(user, &name).await {
+            Ok(o) => o,
+            Err(f) => return format!("expunge {user}/{name}: {}", f.text),
+        };
+        self.model
+            .borrow_mut()
+            .expunged_on
+            .insert((opened.info.id, self.node.clone()));
+        let r = answer(
+            opened
+                .addr
+                .send(Expunge {
+                    mode: ExpungeMode::Deleted,
+                })
+                .await,
+        );
+        if r.as_ref().is_ok_and(|gone| !gone.is_empty()) {
+            self.changed();
+        }
+        format!("expunge {user}/{name}: {}", describe(&r, |g| format!("{g:?}")))
+    }
+
+    async fn transfer(&self) -> String {
+        let user = self.user();
+        let from = self.name(user).await;
+        let to = self.name(user).await;
+        let (source, target) = match (self.open(user, &from).await, self.open(user, &to).await) {
+            (Ok(s), Ok(t)) => (s, t),
+            (Err(f), _) | (_, Err(f)) => return format!("transfer {user}/{from} -> {to}: {}", f.text),
+        };
+        let shown = self.shown(&source.addr).await;
+        let (lo, hi) = self.aim(&shown);
+        let remove = self.rng.chance(0.5);
+        if remove {
+            self.model
+                .borrow_mut()
+                .moved_from
+                .insert((source.info.id, self.node.clone()));
+        }
+        let r = answer(
+            source
+                .addr
+                .send(Transfer {
+                    uids: UidSet::range(lo, hi),
+                    target_id: target.info.id,
+                    target: target.addr.clone(),
+                    remove_source: remove,
+                })
+                .await,
+        );
+        if r.as_ref().is_ok_and(|pairs| !pairs.is_empty()) {
+            self.changed();
+        }
+        let verb = if remove { "move" } else { "copy" };
+        format!(
+            "{verb} {user}/{from} {lo}:{hi} -> {to}: {}",
+            describe(&r, |p| format!("{p:?}"))
+        )
+    }
+
+    async fn annotate(&self) -> String {
+        let user = self.user();
+        let name = self.name(user).await;
+        let opened = match self.open(user, &name).await {
+            Ok(o) => o,
+            Err(f) => return format!("annotate {user}/{name}: {}", f.text),
+        };
+        let entry = self.rng.pick(&ENTRIES).to_string();
+        let value = self
+            .rng
+            .chance(0.7)
+            .then(|| format!("v{}", self.rng.range(0..1000)).into_bytes());
+        let shown_value = value.as_ref().map(|v| String::from_utf8_lossy(v).into_owned());
+        let r = answer(
+            opened
+                .addr
+                .send(SetAnnotation {
+                    entry: entry.clone(),
+                    value,
+                })
+                .await,
+        );
+        if r.is_ok() {
+            self.changed();
+        }
+        format!(
+            "annotate {user}/{name} {entry}={shown_value:?}: {}",
+            describe(&r, |_| "ok".into())
+        )
+    }
+
+    async fn subscribe(&self) -> String {
+        let user = self.user();
+        let name = self.rng.pick(&NAMES).to_string();
+        let on = self.rng.chance(0.6);
+        let r = answer(
+            self.directory
+                .send(Subscribe {
+                    user: user.into(),
+                    name: name.clone(),
+                    subscribed: on,
+                })
+                .await,
+        );
+        if r.is_ok() {
+            self.changed();
+        }
+        format!("subscribe {user}/{name} {on}: {}", describe(&r, |_| "ok".into()))
+    }
+
+    async fn sieve(&self) -> String {
+        let user = self.user();
+        let script = self.rng.pick(&SCRIPTS).to_string();
+        let (what, r) = match self.rng.range(0..4) {
+            0 | 1 => {
+                let content = format!("# {} rev {}\r\nkeep;\r\n", script, self.rng.range(0..1000));
+                let r = self
+                    .directory
+                    .send(PutScript {
+                        user: user.into(),
+                        name: script.clone(),
+                        content: content.into_bytes(),
+                    })
+                    .await;
+                ("put", answer(r))
+            }
+            2 => {
+                let name = self.rng.chance(0.8).then(|| script.clone());
+                let r = self
+                    .directory
+                    .send(SetActiveScript {
+                        user: user.into(),
+                        name,
+                    })
+                    .await;
+                ("activate", answer(r))
+            }
+            _ => {
+                let r = self
+                    .directory
+                    .send(DeleteScript {
+                        user: user.into(),
+                        name: script.clone(),
+                    })
+                    .await;
+                ("delete", answer(r))
+            }
+        };
+        if r.is_ok() {
+            self.changed();
+        }
+        format!("sieve {what} {user}/{script}: {}", describe(&r, |_| "ok".into()))
+    }
+
+    /// Names another preferred primary (locations stay: every node), as an operator would when
+    /// the primary is gone or moved.
+    async fn set_primary(&self) -> String {
+        let user = self.user();
+        let name = self.name(user).await;
+        let primary = self.rng.pick(&self.nodes).clone();
+        let r = answer(
+            self.directory
+                .send(SetLocations {
+                    user: user.into(),
+                    name: name.clone(),
+                    locations: Vec::new(),
+                    primary: Some(primary.clone()),
+                })
+                .await,
+        );
+        if r.is_ok() {
+            self.changed();
+        }
+        format!(
+            "set primary {user}/{name} {primary}: {}",
+            describe(&r, |_| "ok".into())
+        )
+    }
+}
+
+/// The mailbox id a trace line names.
+pub fn mailbox_label(id: MailboxId) -> String {
+    short_id(id.0)
+}
