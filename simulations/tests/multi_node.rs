@@ -1,0 +1,189 @@
+//! The multi-node simulator: a seed replays byte for byte (in one process and across processes),
+//! a fixed seed range passes the invariant checks, and the checks catch a deliberately broken
+//! engine with a command that replays the failing seed.
+
+use std::collections::BTreeMap;
+use std::process::Command;
+
+use mailmesh_simulations::run::{run_seed, SimConfig};
+use mailmesh_simulations::trace::short_hash;
+
+/// What the runner binary printed.
+struct RunnerOutput {
+    success: bool,
+    stdout: String,
+    /// Failing seeds with their violation lines (`[kind] at .. ms: ..`).
+    failed: BTreeMap<u64, Vec<String>>,
+    /// Failing seeds with their replay commands.
+    replay: BTreeMap<u64, String>,
+}
+
+fn runner(args: &[&str]) -> RunnerOutput {
+    let out = Command::new(env!("CARGO_BIN_EXE_mailmesh-simulations"))
+        .args(args)
+        .output()
+        .expect("the runner starts");
+    let stdout = String::from_utf8_lossy(&out.stdout).into_owned();
+    let mut failed: BTreeMap<u64, Vec<String>> = BTreeMap::new();
+    let mut replay = BTreeMap::new();
+    let mut current = None;
+    for line in stdout.lines() {
+        if let Some(rest) = line.strip_prefix("seed ") {
+            let seed: Option<u64> = rest.split([' ', ':']).next().and_then(|s| s.parse().ok());
+            current = seed.filter(|_| line.contains("FAILED"));
+            if let Some(seed) = current {
+                failed.entry(seed).or_default();
+            }
+        } else if let (Some(seed), Some(v)) = (current, line.strip_prefix("  [")) {
+            failed.entry(seed).or_default().push(format!("[{v}"));
+        } else if let (Some(seed), Some(cmd)) = (current, line.strip_prefix("  replay: ")) {
+            replay.insert(seed, cmd.to_string());
+        }
+    }
+    RunnerOutput {
+        success: out.status.success(),
+        stdout,
+        failed,
+        replay,
+    }
+}
+
+/// Until engine bugs 1, 2, 4, 5 and 6 (tests/engine_bugs.rs) are fixed, the suite's seed range
+/// runs with the workload narrowed so they cannot happen: full pages (bugs 2, 4), two writing
+/// nodes that include every mailbox's primary (bug 1), and no change of primary (bug 5). Bug 6
+/// is rare enough to stay outside the range. Drop these flags as the bugs are fixed.
+const AVOID_KNOWN_BUGS: [&str; 5] = ["--page", "500", "--writers", "2", "--no-set-primary"];
+
+/// Bug 3's panic (tests/engine_bugs.rs) is the one violation the suite's range tolerates: its
+/// signature cannot be mistaken for anything else. Remove once bug 3 is fixed.
+fn is_known_bug_3(violation: &str) -> bool {
+    violation.starts_with("[panic]") && violation.contains("check_bodies ensured bytes for a new body")
+}
+
+#[test]
+fn same_seed_same_trace() {
+    let config = SimConfig::default();
+    let mut hashes = Vec::new();
+    for seed in [0, 5, 15] {
+        let a = run_seed(seed, &config);
+        let b = run_seed(seed, &config);
+        assert_eq!(a.trace, b.trace, "seed {seed} diverged");
+        assert_eq!(a.trace_hash, b.trace_hash);
+        // A trace worth comparing: faults, deliveries and client operations in it.
+        assert!(a.faults.total() > 0, "seed {seed} injected no faults");
+        assert!(a.trace.iter().any(|l| l.contains(" FAULT ")), "seed {seed}");
+        assert!(
+            a.trace.iter().any(|l| l.contains("ChangeRequest(")),
+            "seed {seed}"
+        );
+        assert!(
+            a.client_ops > 50 && a.changes > 10,
+            "seed {seed}: {} ops",
+            a.client_ops
+        );
+        assert!(a.samples > 10 && a.probe.is_some(), "seed {seed} was checked");
+        hashes.push(a.trace_hash);
+    }
+    hashes.dedup();
+    assert_eq!(hashes.len(), 3, "different seeds, different runs");
+}
+
+/// Determinism must not rest on anything a process has of its own (addresses, hash seeds,
+/// temp dir names): a seed run in two other processes gives this process's trace hash.
+#[test]
+fn same_seed_same_trace_in_other_processes() {
+    let seed = 24;
+    let here = short_hash(&run_seed(seed, &SimConfig::default()).trace_hash);
+    for _ in 0..2 {
+        let out = runner(&["--seed", &seed.to_string(), "--verbose"]);
+        assert!(
+            out.stdout.contains(&format!("trace {here}")),
+            "expected trace {here}:\n{}",
+            out.stdout
+        );
+    }
+}
+
+#[test]
+fn seed_range_passes_the_checks() {
+    let mut args = vec!["--seeds", "0..300", "--jobs", "2"];
+    args.extend(AVOID_KNOWN_BUGS);
+    let out = runner(&args);
+    assert!(out.stdout.contains("seeds run:          300"), "{}", out.stdout);
+    let unexpected: Vec<String> = out
+        .failed
+        .iter()
+        .flat_map(|(seed, vs)| {
+            vs.iter()
+                .filter(|v| !is_known_bug_3(v))
+                .map(move |v| format!("seed {seed}: {v}"))
+        })
+        .collect();
+    assert!(
+        unexpected.is_empty(),
+        "violations (replay with the command printed for the seed):\n{}\n{}",
+        unexpected.join("\n"),
+        out.stdout
+    );
+}
+
+#[test]
+#[ignore = "engine bugs 1 to 6 (tests/engine_bugs.rs) fail seeds of the full workload; un-ignore when they are fixed"]
+fn seed_range_passes_the_checks_with_the_full_workload() {
+    let out = runner(&["--seeds", "0..300", "--jobs", "2"]);
+    assert!(out.success, "{}", out.stdout);
+}
+
+/// Runs a seed range clean and with `sabotage`; returns the seeds that fail only with it, with
+/// their violations and replay commands.
+fn caught(sabotage: &str) -> Vec<(u64, Vec<String>, String)> {
+    let mut args = vec!["--seeds", "0..12", "--jobs", "2"];
+    args.extend(AVOID_KNOWN_BUGS);
+    let clean = runner(&args);
+    args.extend(["--sabotage", sabotage]);
+    let broken = runner(&args);
+    assert!(!broken.success, "the runner exits non-zero on violations");
+    broken
+        .failed
+        .into_iter()
+        .filter(|(seed, _)| !clean.failed.contains_key(seed))
+        .map(|(seed, vs)| {
+            let replay = broken.replay.get(&seed).cloned().unwrap_or_default();
+            (seed, vs, replay)
+        })
+        .collect()
+}
+
+#[test]
+fn a_primary_that_never_promotes_is_caught() {
+    let caught = caught("no-uid-promotion");
+    assert!(!caught.is_empty(), "no seed caught the missing promotion");
+    for (seed, violations, replay) in &caught {
+        assert!(
+            replay.ends_with(&format!(
+                "--seed {seed} --trace --page 500 --writers 2 --no-set-primary --sabotage no-uid-promotion"
+            )),
+            "{replay}"
+        );
+        // Unpromoted conflicts leave messages hidden and nodes showing different messages.
+        assert!(
+            violations.iter().any(|v| v.starts_with("[still-hidden]")
+                || v.starts_with("[not-converged]")
+                || v.starts_with("[uid-conflict-kept]")),
+            "seed {seed}: {violations:?}"
+        );
+    }
+}
+
+#[test]
+fn a_merge_that_drops_records_is_caught() {
+    let caught = caught("drop-incoming-records");
+    assert!(!caught.is_empty(), "no seed caught the lossy merge");
+    for (seed, violations, replay) in &caught {
+        assert!(replay.contains("--sabotage drop-incoming-records"), "{replay}");
+        assert!(
+            violations.iter().any(|v| v.starts_with("[lost]")),
+            "seed {seed}: {violations:?}"
+        );
+    }
+}
