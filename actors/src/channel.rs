@@ -498,6 +498,7 @@ impl SyncJob {
                 annotations: plan.annotations,
                 digest: plan.digest,
                 full: false,
+                pruned: None,
             };
             match self.request(Request::ChangeRequest(request)).await? {
                 Response::Applied { modseq, digest } => {
@@ -530,7 +531,7 @@ impl SyncJob {
                     let mut page = changes;
                     loop {
                         let next = page.next;
-                        self.merge_pulled(&mb, page.records, page.annotations, page.uidnext)
+                        self.merge_pulled(&mb, page.records, page.annotations, page.uidnext, None)
                             .await?;
                         let Some(since) = next else { break };
                         let request = Request::ChangesSince {
@@ -628,9 +629,11 @@ impl SyncJob {
                     annotations,
                     uidnext,
                     next,
+                    pruned,
                     ..
                 } => {
-                    self.merge_pulled(mb, records, annotations, uidnext).await?;
+                    self.merge_pulled(mb, records, annotations, uidnext, pruned)
+                        .await?;
                     after = next;
                     if after.is_none() {
                         break;
@@ -674,6 +677,7 @@ impl SyncJob {
                 annotations: page.annotations,
                 digest: page.digest,
                 full: true,
+                pruned: page.pruned,
             };
             match self.request(Request::ChangeRequest(request)).await? {
                 Response::Applied { modseq, digest } => {
@@ -714,13 +718,15 @@ impl SyncJob {
         records: Vec<Change<mailmesh_protocol::records::MessageRecord>>,
         annotations: Vec<Change<(String, mailmesh_protocol::records::Annotation)>>,
         uidnext: mailmesh_protocol::records::UidNext,
+        pruned: Option<mailmesh_protocol::records::PrunedSet>,
     ) -> Result<(), SyncError> {
-        if records.is_empty() && annotations.is_empty() {
+        if records.is_empty() && annotations.is_empty() && pruned.is_none() {
             return Ok(());
         }
         let bodies = self.fetch_bodies(&records).await?;
         mb.send(MergeRemote {
             from: self.peer.clone(),
+            pruned,
             records,
             annotations,
             uidnext,

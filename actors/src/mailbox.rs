@@ -18,7 +18,9 @@ use actix::prelude::*;
 use mailmesh_protocol::ids::{AppendId, Guid, MailboxId, ModSeq, NodeId, Uid, UidValidity};
 use mailmesh_protocol::merge::Lww;
 use mailmesh_protocol::names::{validate_annotation_entry, Flag};
-use mailmesh_protocol::records::{Annotation, MailboxDigest, MailboxEntry, MessageRecord, UidNext};
+use mailmesh_protocol::records::{
+    Annotation, MailboxDigest, MailboxEntry, MessageRecord, PrunedSet, UidNext,
+};
 use serde::{Deserialize, Serialize};
 use tracing::warn;
 
@@ -60,6 +62,9 @@ pub struct MailboxCounters {
     pub exists: u64,
     /// Messages not expunged and without \Seen.
     pub unseen: u64,
+    /// Expunged records up to this modseq have been considered for compaction.
+    #[serde(default)]
+    pub compacted_upto: ModSeq,
 }
 
 /// A message record as this node stores it: the replicated record plus local facts.
@@ -148,6 +153,8 @@ pub struct Mailbox {
     pub(crate) inflight: Inflight,
     /// Records that could not be read and were left out of a sync or a listing.
     quarantined: std::cell::Cell<u64>,
+    /// Expunged messages compacted out of their records.
+    pub(crate) pruned: PrunedSet,
     /// Set by a failed commit; the counters are recomputed from the records before the next write.
     needs_reload: Arc<AtomicBool>,
     deleted: bool,
@@ -161,6 +168,10 @@ impl Mailbox {
             .get::<MailboxCounters>(Table::MailboxState, &keys::mailbox(entry.id))?
             .unwrap_or_default();
         let modseq_tag = ctx.node.modseq_tag();
+        let pruned = ctx
+            .store
+            .get(Table::Pruned, &keys::mailbox(entry.id))?
+            .unwrap_or_default();
         Ok(Mailbox {
             id: entry.id,
             uidvalidity: entry.uidvalidity,
@@ -175,6 +186,7 @@ impl Mailbox {
             counters,
             inflight: Inflight::default(),
             quarantined: Default::default(),
+            pruned,
             needs_reload: Arc::new(AtomicBool::new(false)),
             deleted: false,
         })
@@ -475,6 +487,11 @@ fn account(c: &mut MailboxCounters, stored: &StoredRecord, sign: i64) {
     }
 }
 
+/// Takes a record out of the message counts (it is being compacted away).
+pub(crate) fn unaccount(c: &mut MailboxCounters, stored: &StoredRecord) {
+    account(c, stored, -1);
+}
+
 /// The node that resolves this mailbox's uid conflicts: the preferred primary, or while none is
 /// named, the node that created the mailbox.
 pub(crate) fn primary_of(entry: &MailboxEntry) -> NodeId {
@@ -684,7 +701,11 @@ impl Handler<Expunge> for Mailbox {
             .collect();
             let mut batch = Batch::new();
             let gone = act.expunge_records(&mut batch, records);
-            Ok((act.local_writes(batch), gone))
+            let mut writes = act.local_writes(batch);
+            // Earlier expunges every peer has acknowledged are compacted away now.
+            let stable = act.stable_point(None)?;
+            act.compact_tombstones(&mut writes, stable)?;
+            Ok((writes, gone))
         })
     }
 }

@@ -17,7 +17,7 @@ use actix::prelude::*;
 use mailmesh_protocol::ids::{AppendId, Guid, ModSeq, NodeId, Uid, UidValidity};
 use mailmesh_protocol::merge::{Merge, MergeEffect};
 use mailmesh_protocol::records::{
-    Annotation, MailboxDigest, MailboxEntry, MessageRecord, RecordUpdate, UidNext,
+    Annotation, MailboxDigest, MailboxEntry, MessageRecord, PrunedSet, RecordUpdate, UidNext,
 };
 use mailmesh_protocol::wire::{Change, ChangePage, ChangeRequest, ErrorCode, Response};
 use serde::{Deserialize, Serialize};
@@ -54,6 +54,8 @@ struct Incoming {
     updates: Vec<Change<RecordUpdate>>,
     annotations: Vec<Change<(String, Annotation)>>,
     uidnext: UidNext,
+    /// The sender's compacted expunged messages (with full syncs).
+    pruned: Option<PrunedSet>,
 }
 
 /// What merging a set of incoming changes did.
@@ -219,8 +221,20 @@ impl Mailbox {
             updates,
             annotations,
             uidnext,
+            pruned,
         } = incoming;
         let me = self.ctx.node.clone();
+        let mut learned_pruned = false;
+        if let Some(pruned) = pruned {
+            learned_pruned = self.learn_pruned(writes, &pruned)?;
+        }
+        // A message this node compacted away as expunged stays expunged, whatever a stale peer
+        // still holds: the pruned set is the tombstone watermark.
+        records.retain(|c| !self.pruned.contains(&c.item.append_id));
+        let updates: Vec<Change<RecordUpdate>> = updates
+            .into_iter()
+            .filter(|c| !self.pruned.contains(&c.item.append_id))
+            .collect();
         // An update completes a record this node has; without it, the sender must send it whole.
         for Change { origin, item: update } in updates {
             match self.stored(&update.append_id)? {
@@ -375,6 +389,9 @@ impl Mailbox {
                 },
             );
         }
+        if learned_pruned {
+            summary.changed = true;
+        }
         if summary.changed || summary.promoted {
             self.put_counters(&mut writes.batch);
             let provenance = if summary.combined || summary.promoted || summary.origins.len() != 1 {
@@ -405,6 +422,111 @@ impl Mailbox {
             writes.logged.merge(logged);
         }
         Ok(summary)
+    }
+
+    /// Takes in a peer's compacted expunged messages: a record of one of them held here is
+    /// compacted too (its body released if it was live), and one never seen is counted in the
+    /// digest. Returns whether anything changed.
+    fn learn_pruned(&mut self, writes: &mut Writes, incoming: &PrunedSet) -> Result<bool, StoreError> {
+        let mut changed = false;
+        for aid in incoming.iter() {
+            if self.pruned.contains(&aid) {
+                continue;
+            }
+            match self.stored(&aid)? {
+                Some(stored) => {
+                    if !stored.record.is_expunged() {
+                        writes.batch.release_body(stored.record.guid);
+                    }
+                    self.forget_record(&mut writes.batch, &stored);
+                    self.counters.digest.remove(&stored.record);
+                    self.counters.digest.add_pruned(&aid);
+                    crate::mailbox::unaccount(&mut self.counters, &stored);
+                }
+                None => self.counters.digest.add_pruned(&aid),
+            }
+            self.pruned.insert(&aid);
+            changed = true;
+        }
+        let merged = self.pruned.merge(incoming);
+        if changed || merged != self.pruned {
+            self.pruned = merged;
+            writes
+                .batch
+                .put(Table::Pruned, keys::mailbox(self.id), &self.pruned);
+            changed = true;
+        }
+        Ok(changed)
+    }
+
+    /// Removes a record's rows; its uid is retired (see `PrunedSet::uids`).
+    fn forget_record(&mut self, batch: &mut crate::store::Batch, stored: &StoredRecord) {
+        let aid = &stored.record.append_id;
+        batch.delete(Table::Messages, keys::message(self.id, aid));
+        batch.delete(Table::Uids, keys::uid(self.id, stored.record.uid.value, aid));
+        batch.delete(Table::Modseqs, keys::modseq(self.id, stored.modseq));
+        self.pruned.retire(stored.record.uid.value.0);
+    }
+
+    /// This node's modseq up to which every peer holding the mailbox has everything: expunged
+    /// records at or below it are tombstones nobody needs any more.
+    pub(crate) fn stable_point(
+        &self,
+        saving: Option<(&NodeId, &ReplicationCache)>,
+    ) -> Result<ModSeq, StoreError> {
+        let mut stable = self.highestmodseq();
+        for peer in self.ctx.sync_log.peers() {
+            if !self.holders.is_empty() && !self.holders.contains(&peer) {
+                continue;
+            }
+            let complete = match saving {
+                Some((p, cache)) if *p == peer => cache.complete,
+                _ => self
+                    .store
+                    .get::<ReplicationCache>(Table::ReplCache, &self.cache_key(&peer))?
+                    .filter(|c| c.uidvalidity == self.uidvalidity)
+                    .map(|c| c.complete)
+                    .unwrap_or(ModSeq::ZERO),
+            };
+            stable = stable.min(complete);
+        }
+        Ok(stable)
+    }
+
+    /// Compacts expunged records at or below the stable point into the pruned set, a bounded
+    /// number per call, picking up where the last call stopped.
+    pub(crate) fn compact_tombstones(
+        &mut self,
+        writes: &mut Writes,
+        stable: ModSeq,
+    ) -> Result<(), StoreError> {
+        const PER_CALL: usize = 1000;
+        // Only what is committed: records this very batch expunges are compacted next time.
+        let stable = stable.min(self.committed_highest()?.0);
+        let since = self.counters.compacted_upto;
+        if stable <= since {
+            return Ok(());
+        }
+        let (changed, next) = self.changes_after(since, stable, PER_CALL, None)?;
+        let mut compacted = false;
+        for (change, _) in changed {
+            if !change.item.is_expunged() {
+                continue;
+            }
+            if let Some(stored) = self.stored(&change.item.append_id)? {
+                self.forget_record(&mut writes.batch, &stored);
+                self.pruned.insert(&stored.record.append_id);
+                compacted = true;
+            }
+        }
+        self.counters.compacted_upto = next.unwrap_or(stable);
+        if compacted {
+            writes
+                .batch
+                .put(Table::Pruned, keys::mailbox(self.id), &self.pruned);
+        }
+        self.put_counters(&mut writes.batch);
+        Ok(())
     }
 
     /// The records at `uid`: committed ones, as changed by this batch (`overlay`).
@@ -454,7 +576,9 @@ impl Mailbox {
         let primary = self.primary == self.ctx.node && !self.ctx.faults.no_uid_promotion;
         for uid in uids {
             let at = self.records_at(uid, overlay)?;
-            if at.len() > 1 && primary {
+            // A uid a compacted (expunged) message held is as taken as one with a record.
+            let retired = self.pruned.retired(uid.0);
+            if primary && (at.len() > 1 || (retired && !at.is_empty())) {
                 for (aid, old) in at {
                     let mut record = old.record.clone();
                     self.node_counters.observe(&record.uid.version);
@@ -488,7 +612,7 @@ impl Mailbox {
             let keeper = match shown_before {
                 Some(aid) => Some(aid),
                 // A uid seen expunged here is never shown again as another message.
-                None if at.values().any(|r| r.record.is_expunged()) => None,
+                None if retired || at.values().any(|r| r.record.is_expunged()) => None,
                 None => at
                     .iter()
                     .find(|(_, r)| !r.record.is_expunged())
@@ -611,6 +735,8 @@ pub struct FullPushPage {
     pub highest: ModSeq,
     pub digest: MailboxDigest,
     pub next: Option<AppendId>,
+    /// On the first page: the messages compacted away as expunged.
+    pub pruned: Option<PrunedSet>,
 }
 
 impl Mailbox {
@@ -623,8 +749,14 @@ impl Mailbox {
             Table::Messages,
             &keys::mailbox(self.id),
             after_key.as_deref(),
-            |_, v| {
-                let s: StoredRecord = decode(v, "message record")?;
+            |k, v| {
+                let s: StoredRecord = match decode(v, "message record") {
+                    Ok(s) => s,
+                    Err(e) => {
+                        self.quarantine_key(AppendId::from_key_bytes(&k[16..]).as_ref(), &e);
+                        return Ok(true);
+                    }
+                };
                 last = Some(s.record.append_id.clone());
                 records.push(Change {
                     origin: s.origin,
@@ -639,6 +771,7 @@ impl Mailbox {
         } else {
             Vec::new()
         };
+        let pruned = (after.is_none() && !self.pruned.is_empty()).then(|| self.pruned.clone());
         Ok(FullPushPage {
             records,
             annotations,
@@ -646,6 +779,7 @@ impl Mailbox {
             highest,
             digest: counters.digest,
             next,
+            pruned,
         })
     }
 }
@@ -676,6 +810,8 @@ impl Handler<SaveCache> for Mailbox {
             writes
                 .batch
                 .put(Table::ReplCache, act.cache_key(&msg.peer), &msg.cache);
+            let stable = act.stable_point(Some((&msg.peer, &msg.cache)))?;
+            act.compact_tombstones(&mut writes, stable)?;
             Ok((writes, ()))
         })
     }
@@ -734,6 +870,7 @@ impl Handler<ApplyChanges> for Mailbox {
                 updates: req.updates,
                 annotations: req.annotations,
                 uidnext: req.uidnext,
+                pruned: req.pruned,
             };
             let summary = match act.merge_in(&mut writes, &msg.from, incoming, &msg.bodies) {
                 Ok(s) => s,
@@ -790,6 +927,8 @@ impl Handler<ApplyChanges> for Mailbox {
 #[rtype(result = "Result<(), MailError>")]
 pub struct MergeRemote {
     pub from: NodeId,
+    /// The peer's compacted expunged messages (first page of a full state).
+    pub pruned: Option<PrunedSet>,
     pub records: Vec<Change<MessageRecord>>,
     pub annotations: Vec<Change<(String, Annotation)>>,
     pub uidnext: UidNext,
@@ -807,6 +946,7 @@ impl Handler<MergeRemote> for Mailbox {
                 updates: Vec::new(),
                 annotations: msg.annotations,
                 uidnext: msg.uidnext,
+                pruned: msg.pruned,
             };
             act.merge_in(&mut writes, &msg.from, incoming, &msg.bodies)?;
             Ok((writes, ()))
@@ -866,6 +1006,7 @@ impl Handler<ListFull> for Mailbox {
         }
         let page = self.full_page(msg.after.as_ref(), msg.limit)?;
         Ok(Response::Full {
+            pruned: page.pruned,
             records: page.records,
             annotations: page.annotations,
             uidnext: page.uidnext,

@@ -6,6 +6,7 @@ use common::cluster::*;
 use common::message;
 use mailmesh_actors::directory::*;
 use mailmesh_actors::mailbox::*;
+use mailmesh_actors::node::PeerOptions;
 use mailmesh_actors::uid_set::UidSet;
 use mailmesh_protocol::ids::Uid;
 
@@ -879,6 +880,151 @@ fn a_shared_spool_skips_body_transfer() {
             std::fs::read_dir(spool.path()).unwrap().count(),
             5,
             "each body stored once, in the spool"
+        );
+        cluster.assert_quiet().await;
+    });
+}
+
+fn stored_records(cluster: &Cluster, node: &str, id: mailmesh_protocol::ids::MailboxId) -> usize {
+    let mut count = 0;
+    cluster
+        .node(node)
+        .store
+        .scan_prefix(
+            mailmesh_actors::store::Table::Messages,
+            &id.to_bytes(),
+            None,
+            |_, _| {
+                count += 1;
+                Ok(true)
+            },
+        )
+        .unwrap();
+    count
+}
+
+/// Expunged records are tombstones only until every peer holding the mailbox has them; then they
+/// are compacted into ranges of AppendIds, and stop costing a record each.
+#[test]
+fn tombstones_are_compacted_once_every_peer_has_them() {
+    run_virtual(|| async {
+        let cluster = Cluster::chain(&["a", "b"]);
+        create(&cluster, "a", "alice", "INBOX").await;
+        let mb = open(&cluster, "a", "alice", "INBOX").await;
+        for i in 0..50 {
+            append_to(&mb, &message(i), if i < 40 { &["\\Deleted"] } else { &[] }).await;
+        }
+        cluster.settle().await;
+        mb.send(Expunge {
+            mode: ExpungeMode::Deleted,
+        })
+        .await
+        .unwrap()
+        .unwrap();
+        cluster.settle().await;
+        // More traffic both ways moves the acknowledged points past the expunges.
+        append_to(&mb, &message(100), &[]).await;
+        cluster.settle().await;
+        append_to(&open(&cluster, "b", "alice", "INBOX").await, &message(101), &[]).await;
+        cluster.settle().await;
+        mb.send(Expunge {
+            mode: ExpungeMode::Deleted,
+        })
+        .await
+        .unwrap()
+        .unwrap();
+        open(&cluster, "b", "alice", "INBOX")
+            .await
+            .send(Expunge {
+                mode: ExpungeMode::Deleted,
+            })
+            .await
+            .unwrap()
+            .unwrap();
+        cluster.settle().await;
+        let dump = cluster.assert_converged().await;
+        let inbox_dump = inbox(&dump);
+        assert_eq!(inbox_dump.messages.len(), 12);
+        for node in ["a", "b"] {
+            assert_eq!(
+                stored_records(&cluster, node, inbox_dump.id),
+                12,
+                "{node} still stores tombstones"
+            );
+            let state = open(&cluster, node, "alice", "INBOX")
+                .await
+                .send(GetState)
+                .await
+                .unwrap()
+                .unwrap();
+            assert_eq!(state.digest.records, 52, "{node}: compaction keeps the digest");
+        }
+        cluster.assert_quiet().await;
+    });
+}
+
+/// A node removed from the topology while it held messages that were then deleted comes back
+/// with its stale copy: the compacted tombstones reject the stale records, and it learns the
+/// deletions instead of bringing them back.
+#[test]
+fn a_rejoining_stale_node_never_brings_deleted_messages_back() {
+    run_virtual(|| async {
+        let mut cluster = Cluster::chain(&["a", "b", "c"]);
+        create(&cluster, "a", "alice", "INBOX").await;
+        let mb = open(&cluster, "a", "alice", "INBOX").await;
+        for i in 0..20 {
+            append_to(&mb, &message(i), &["\\Deleted"]).await;
+        }
+        append_to(&mb, &message(99), &[]).await;
+        cluster.settle().await;
+        // c leaves the topology with its copy of the 21 messages.
+        cluster.stop("c").await;
+        cluster
+            .nodes
+            .get_mut(&n("b"))
+            .unwrap()
+            .set_peers(vec![PeerOptions::new(n("a"))]);
+        mb.send(Expunge {
+            mode: ExpungeMode::Deleted,
+        })
+        .await
+        .unwrap()
+        .unwrap();
+        cluster.settle().await;
+        append_to(&mb, &message(100), &[]).await;
+        cluster.settle().await;
+        mb.send(Expunge {
+            mode: ExpungeMode::Deleted,
+        })
+        .await
+        .unwrap()
+        .unwrap();
+        open(&cluster, "b", "alice", "INBOX")
+            .await
+            .send(Expunge {
+                mode: ExpungeMode::Deleted,
+            })
+            .await
+            .unwrap()
+            .unwrap();
+        cluster.settle().await;
+        let id = inbox(&cluster.dump("a").await).id;
+        assert_eq!(stored_records(&cluster, "a", id), 2, "a compacted its tombstones");
+        assert_eq!(stored_records(&cluster, "b", id), 2, "b compacted its tombstones");
+        // c comes back, stale, and is configured again.
+        cluster.restart("c");
+        cluster
+            .nodes
+            .get_mut(&n("b"))
+            .unwrap()
+            .set_peers(vec![PeerOptions::new(n("a")), PeerOptions::new(n("c"))]);
+        cluster.settle().await;
+        let dump = cluster.assert_converged().await;
+        assert_eq!(inbox(&dump).messages.len(), 2, "no deleted message came back");
+        assert_eq!(
+            stored_records(&cluster, "c", id),
+            2,
+            "c dropped its stale records"
         );
         cluster.assert_quiet().await;
     });

@@ -9,7 +9,7 @@ use serde_bytes::ByteBuf;
 
 use crate::ids::{AppendId, Guid, MailboxId, ModSeq, NodeId, UidValidity};
 use crate::records::{
-    Annotation, MailboxDigest, MailboxEntry, MessageRecord, RecordUpdate, UidNext, UserSieve,
+    Annotation, MailboxDigest, MailboxEntry, MessageRecord, PrunedSet, RecordUpdate, UidNext, UserSieve,
     UserSubscriptions,
 };
 
@@ -139,6 +139,8 @@ pub struct ChangeRequest {
     pub digest: MailboxDigest,
     /// The push half of a full sync: apply whatever the peer's modseq.
     pub full: bool,
+    /// With a full push: the messages the sender compacted away as expunged.
+    pub pruned: Option<PrunedSet>,
 }
 
 /// One page of changes, oldest change first. `next` is where the following page starts, `None`
@@ -182,6 +184,8 @@ pub enum Response {
         uidnext: UidNext,
         modseq: ModSeq,
         next: Option<AppendId>,
+        /// On the first page: the messages the peer compacted away as expunged.
+        pruned: Option<PrunedSet>,
     },
     Missing {
         guids: Vec<Guid>,

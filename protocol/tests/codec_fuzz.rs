@@ -9,8 +9,8 @@ use mailmesh_protocol::codec::{encode_frame, CodecError, FrameDecoder, DEFAULT_M
 use mailmesh_protocol::merge::Lww;
 use mailmesh_protocol::names::Flag;
 use mailmesh_protocol::records::{
-    Annotation, MailboxDigest, MailboxEntry, MailboxPath, MailboxTombstone, MessageRecord, UidNext,
-    UserSieve, UserSubscriptions,
+    Annotation, MailboxDigest, MailboxEntry, MailboxPath, MailboxTombstone, MessageRecord, PrunedSet,
+    UidNext, UserSieve, UserSubscriptions,
 };
 use mailmesh_protocol::wire::{
     BodyPart, Change, ChangePage, ChangeRequest, ErrorCode, Frame, Hello, Request, Response,
@@ -271,6 +271,7 @@ fn change_request() -> impl Strategy<Value = ChangeRequest> {
                     updates,
                     annotations,
                     digest,
+                    pruned: full.then(PrunedSet::default),
                     full,
                 }
             },
@@ -384,6 +385,14 @@ fn response() -> impl Strategy<Value = Response> {
             option::of((node_id(), any::<u64>())),
         )
             .prop_map(|(records, annotations, uidnext, modseq, next)| Response::Full {
+                pruned: next.as_ref().map(|(origin, counter)| {
+                    let mut p = PrunedSet::default();
+                    p.insert(&AppendId {
+                        origin: origin.clone(),
+                        counter: *counter,
+                    });
+                    p
+                }),
                 records,
                 annotations,
                 uidnext,

@@ -26,6 +26,7 @@ pub enum Table {
     ReplCache,
     UserEntries,
     Peers,
+    Pruned,
 }
 
 impl Table {
@@ -45,6 +46,7 @@ impl Table {
             Table::ReplCache => super::REPL_CACHE,
             Table::UserEntries => super::USER_ENTRIES,
             Table::Peers => super::PEERS,
+            Table::Pruned => super::PRUNED,
         }
     }
 
@@ -64,6 +66,7 @@ impl Table {
             Table::ReplCache => "replication cache",
             Table::UserEntries => "user entries",
             Table::Peers => "peers",
+            Table::Pruned => "pruned",
         }
     }
 }

@@ -59,8 +59,10 @@ pub(crate) const REPL_CACHE: RawTable = TableDefinition::new("repl_cache");
 pub(crate) const USER_ENTRIES: RawTable = TableDefinition::new("user_entries");
 /// peer -> the peer's store incarnation last seen.
 pub(crate) const PEERS: RawTable = TableDefinition::new("peers");
+/// MailboxId -> PrunedSet: expunged messages compacted out of their records.
+pub(crate) const PRUNED: RawTable = TableDefinition::new("pruned");
 
-const ALL_TABLES: [RawTable; 17] = [
+const ALL_TABLES: [RawTable; 18] = [
     META,
     MAILBOXES,
     NAMES,
@@ -78,6 +80,7 @@ const ALL_TABLES: [RawTable; 17] = [
     REPL_CACHE,
     USER_ENTRIES,
     PEERS,
+    PRUNED,
 ];
 
 pub(crate) const META_NODE: &[u8] = b"node";

@@ -68,8 +68,13 @@ impl MessageRecord {
         max
     }
 
-    /// 32 bytes that change whenever anything replicated in the record changes.
+    /// 32 bytes that change whenever anything replicated in a live record changes. An expunged
+    /// record counts only as its AppendId (see [`expunged_digest`]): nothing else of it matters
+    /// any more, and a node that compacted it into its `PrunedSet` must sum to the same digest.
     pub fn digest(&self) -> [u8; 32] {
+        if self.is_expunged() {
+            return expunged_digest(&self.append_id);
+        }
         let encoded = rmp_serde::to_vec(self).expect("a record always encodes");
         *blake3::hash(&encoded).as_bytes()
     }
@@ -139,6 +144,14 @@ impl MessageRecord {
     }
 }
 
+/// The digest contribution of an expunged message, stored as a record or compacted away.
+pub fn expunged_digest(aid: &AppendId) -> [u8; 32] {
+    let mut hasher = blake3::Hasher::new();
+    hasher.update(b"expunged\0");
+    hasher.update(&aid.to_key_bytes());
+    *hasher.finalize().as_bytes()
+}
+
 /// A cheap, order-independent summary of a mailbox's records: their count and the XOR of their
 /// digests. It is maintained incrementally (XOR out the old record, XOR in the new) and carried in
 /// sync answers, so two replicas that silently diverged notice and fall back to a full sync.
@@ -163,6 +176,12 @@ impl MailboxDigest {
     pub fn replace(&mut self, old: &MessageRecord, new: &MessageRecord) {
         self.toggle(&old.digest());
         self.toggle(&new.digest());
+    }
+
+    /// Counts an expunged message a node learns of only as a compacted AppendId.
+    pub fn add_pruned(&mut self, aid: &AppendId) {
+        self.records += 1;
+        self.toggle(&expunged_digest(aid));
     }
 
     fn toggle(&mut self, digest: &[u8; 32]) {
