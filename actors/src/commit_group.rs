@@ -250,7 +250,12 @@ impl Writer {
                     results.push(Err(e));
                     continue;
                 }
-                for op in &batch.ops {
+                // Releases go last: a batch may release a body's last reference and add another
+                // record naming the same body (an expunge and a copy merged together); adding
+                // first keeps the body (found by the simulator, seed 28).
+                let (releases, others): (Vec<&Op>, Vec<&Op>) =
+                    batch.ops.iter().partition(|op| matches!(op, Op::ReleaseBody(_)));
+                for op in others.into_iter().chain(releases) {
                     match op {
                         Op::Put(table, key, value) => {
                             let t = open_once(&mut tables, &txn, *table)?;
@@ -280,8 +285,11 @@ impl Writer {
                                     loc
                                 }
                                 None => {
-                                    let bytes =
-                                        bytes.as_ref().expect("check_bodies ensured bytes for a new body");
+                                    // check_bodies let the batch in only if a body it adds
+                                    // without bytes exists, and releases come last.
+                                    let Some(bytes) = bytes.as_ref() else {
+                                        return Err(StoreError::BodyMissing { guid: *guid });
+                                    };
                                     bodies_written.0 += 1;
                                     bodies_written.1 += bytes.len() as u64;
                                     match self.store.spool() {

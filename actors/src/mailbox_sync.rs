@@ -189,11 +189,9 @@ impl Mailbox {
         let (highest, counters) = self.committed_highest()?;
         let (records, next) = self.changes_after(since, highest, limit, peer)?;
         let records = records.into_iter().map(|(change, _)| change).collect();
-        let annotations = if next.is_none() {
-            self.annotations_after(since, highest, peer)?
-        } else {
-            Vec::new()
-        };
+        // Every page carries the annotations changed after its own starting point: a later
+        // page starts later, so one changed between two pages' records is never skipped.
+        let annotations = self.annotations_after(since, highest, peer)?;
         Ok(ChangePage {
             records,
             annotations,
@@ -225,6 +223,7 @@ impl Mailbox {
         } = incoming;
         let me = self.ctx.node.clone();
         let mut learned_pruned = false;
+        let mut pruned_changed = false;
         if let Some(pruned) = pruned {
             learned_pruned = self.learn_pruned(writes, &pruned)?;
         }
@@ -327,6 +326,11 @@ impl Mailbox {
                 Some(l) => {
                     touched.insert(l.record.uid.value);
                     moved.insert(aid.clone());
+                    // The message was promoted away from this uid. Clients may have seen it
+                    // there, so no other message is ever shown at it (found by the simulator,
+                    // seed 17).
+                    self.pruned.retire(l.record.uid.value.0);
+                    pruned_changed = true;
                 }
                 None => {
                     moved.insert(aid.clone());
@@ -347,6 +351,11 @@ impl Mailbox {
         }
         self.counters.uidnext = self.counters.uidnext.max(uidnext);
         summary.promoted = self.settle_uids(writes, &mut overlay, touched, &moved)?;
+        if pruned_changed || summary.promoted {
+            writes
+                .batch
+                .put(Table::Pruned, keys::mailbox(self.id), &self.pruned);
+        }
         for Change {
             origin,
             item: (entry, incoming),
@@ -579,6 +588,7 @@ impl Mailbox {
             // A uid a compacted (expunged) message held is as taken as one with a record.
             let retired = self.pruned.retired(uid.0);
             if primary && (at.len() > 1 || (retired && !at.is_empty())) {
+                self.pruned.retire(uid.0);
                 for (aid, old) in at {
                     let mut record = old.record.clone();
                     self.node_counters.observe(&record.uid.version);
@@ -695,14 +705,13 @@ impl Handler<PlanSync> for Mailbox {
                 records.push(change);
             }
         }
-        let (upto, more, annotations) = match next {
-            Some(last) => (last, true, Vec::new()),
-            None => (
-                highest,
-                false,
-                self.annotations_after(since, highest, Some(&msg.peer))?,
-            ),
+        let (upto, more) = match next {
+            Some(last) => (last, true),
+            None => (highest, false),
         };
+        // On every page, so none changed between the records of two pages is skipped (the
+        // merge is idempotent: one sent twice costs only its bytes).
+        let annotations = self.annotations_after(since, highest, Some(&msg.peer))?;
         Ok(SyncPlan {
             cache,
             uidvalidity: self.uidvalidity,
@@ -1026,9 +1035,72 @@ pub struct EntryUpdated {
 impl Handler<EntryUpdated> for Mailbox {
     type Result = ();
 
-    fn handle(&mut self, msg: EntryUpdated, _: &mut Self::Context) {
+    fn handle(&mut self, msg: EntryUpdated, ctx: &mut Self::Context) {
         self.holders = msg.entry.locations.value.clone();
-        self.primary = primary_of(&msg.entry);
+        let primary = primary_of(&msg.entry);
+        let became_primary = primary == self.ctx.node && self.primary != self.ctx.node;
+        self.primary = primary;
+        if became_primary {
+            // Conflicts this node holds hidden were waiting for a primary: settle them now
+            // (found by the simulator, seed 302).
+            ctx.notify(SettleHeldConflicts);
+        }
+    }
+}
+
+/// Promotes every uid conflict this node holds (it has just become the mailbox's primary).
+#[derive(Message)]
+#[rtype(result = "Result<(), MailError>")]
+pub struct SettleHeldConflicts;
+
+impl Handler<SettleHeldConflicts> for Mailbox {
+    type Result = AtomicResponse<Self, Result<(), MailError>>;
+
+    fn handle(&mut self, _: SettleHeldConflicts, _: &mut Self::Context) -> Self::Result {
+        self.atomic(move |act| {
+            // A uid with two records, or with a hidden one, is a conflict waiting.
+            let mut seen: BTreeMap<Uid, usize> = BTreeMap::new();
+            let mut uids = BTreeSet::new();
+            act.store
+                .scan_prefix(Table::Uids, &keys::mailbox(act.id), None, |k, _| {
+                    if let Some((uid, _)) = keys::parse_uid(k) {
+                        let n = seen.entry(uid).or_insert(0);
+                        *n += 1;
+                        if *n > 1 {
+                            uids.insert(uid);
+                        }
+                    }
+                    Ok(true)
+                })?;
+            act.store
+                .scan_prefix(Table::Messages, &keys::mailbox(act.id), None, |_, v| {
+                    if let Ok(s) = decode::<StoredRecord>(v, "message record") {
+                        if s.hidden {
+                            uids.insert(s.record.uid.value);
+                        }
+                    }
+                    Ok(true)
+                })?;
+            let mut writes = Writes::default();
+            if uids.is_empty() {
+                return Ok((writes, ()));
+            }
+            let mut overlay = BTreeMap::new();
+            if act.settle_uids(&mut writes, &mut overlay, uids, &BTreeSet::new())? {
+                writes
+                    .batch
+                    .put(Table::Pruned, keys::mailbox(act.id), &act.pruned);
+                act.put_counters(&mut writes.batch);
+                let logged = act.ctx.sync_log.log(
+                    &mut writes.batch,
+                    SyncItem::Mailbox(act.id),
+                    &Provenance::Local,
+                    Some(&act.holders),
+                );
+                writes.logged.merge(logged);
+            }
+            Ok((writes, ()))
+        })
     }
 }
 

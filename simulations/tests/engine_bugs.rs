@@ -205,7 +205,6 @@ fn replay(args: &[&str]) {
 // shows the third message at uid 1.
 
 #[test]
-#[ignore = "engine bug 1: uid promotion forgets the contested uid; a third concurrent append at that uid, arriving after the first two were promoted, takes the uid over on every node"]
 fn bug1_a_third_message_at_a_promoted_uid_is_promoted_too() {
     simulate(|| async {
         let mini = Mini::start(&["a", "b", "c"], &[("a", "b"), ("a", "c"), ("b", "c")], 500);
@@ -256,7 +255,6 @@ fn bug1_seed_17() {
 // holds (ChannelConfig.page; the simulator draws 1 to 7 now and then).
 
 #[test]
-#[ignore = "engine bug 2: a paged sync drops annotations changed between the records of an earlier page"]
 fn bug2_an_annotation_between_paged_records_reaches_the_peer() {
     simulate(|| async {
         let mini = Mini::start(&["a", "b"], &[("a", "b")], 1);
@@ -293,7 +291,6 @@ fn bug2_an_annotation_between_paged_records_reaches_the_peer() {
 }
 
 #[test]
-#[ignore = "engine bug 2: a paged sync drops annotations (seed 10)"]
 fn bug2_seed_10() {
     replay(&["--seed", "10"]);
 }
@@ -308,7 +305,6 @@ fn bug2_seed_10() {
 // unwinds through actix and aborts the process.
 
 #[test]
-#[ignore = "engine bug 3: a merge that releases a body's last reference and adds a record naming it in one batch panics the commit group (check_bodies ensured bytes for a new body)"]
 fn bug3_merge_expunging_and_adding_one_body_in_one_batch() {
     simulate(|| async {
         let mini = Mini::start(&["a"], &[], 500);
@@ -349,6 +345,7 @@ fn bug3_merge_expunging_and_adding_one_body_in_one_batch() {
         let merged = mb
             .send(MergeRemote {
                 from: peer.clone(),
+                pruned: None,
                 records: vec![
                     Change {
                         origin: peer.clone(),
@@ -371,7 +368,6 @@ fn bug3_merge_expunging_and_adding_one_body_in_one_batch() {
 }
 
 #[test]
-#[ignore = "engine bug 3: commit group panic, check_bodies ensured bytes for a new body (seed 28)"]
 fn bug3_seed_28() {
     replay(&["--seed", "28"]);
 }
@@ -386,7 +382,6 @@ fn bug3_seed_28() {
 // big mailbox from that peer) followed by any change from elsewhere.
 
 #[test]
-#[ignore = "engine bug 4: a step-1 page whose records are all echo-suppressed ends the sync; later changes never reach the peer"]
 fn bug4_a_suppressed_page_does_not_end_the_sync() {
     simulate(|| async {
         // b in the middle; one record per page.
@@ -425,7 +420,6 @@ fn bug4_seed_189() {
 // hidden on the other nodes for good.
 
 #[test]
-#[ignore = "engine bug 5: a node named primary does not promote the uid conflicts it already holds; the hidden messages stay hidden"]
 fn bug5_a_new_primary_settles_the_conflicts_it_holds() {
     simulate(|| async {
         let mini = Mini::start(&["a", "b", "c"], &[("a", "b"), ("a", "c"), ("b", "c")], 500);
