@@ -207,6 +207,9 @@ pub struct SimReport {
     pub records: u64,
     pub samples: u64,
     pub settle_time: Option<Duration>,
+    /// Virtual time until the healed cluster went quiet: the part of `virtual_time` in which
+    /// anything happens (the rest is the waits that prove nothing more does).
+    pub busy_time: Duration,
     pub probe: Option<ProbeCrossings>,
 }
 
@@ -261,17 +264,14 @@ async fn simulate(seed: u64, config: &SimConfig) -> SimReport {
         Ok(c) => c,
         Err(e) => {
             observer.report(Kind::Restart, e);
-            return report(
+            let parts = Parts {
                 seed,
-                cluster_name,
-                &trace,
+                cluster: cluster_name,
                 observer,
-                &net,
-                &Model::default(),
-                FaultCounts::default(),
-                None,
-                None,
-            );
+                model: Model::default(),
+                outcome: Outcome::default(),
+            };
+            return report(parts, &trace, &net);
         }
     };
     let topology_size = cluster.topology.nodes.len();
@@ -292,14 +292,17 @@ async fn simulate(seed: u64, config: &SimConfig) -> SimReport {
     for step in 0..config.steps {
         run.step(step).await;
     }
-    let settle_time = run.heal_and_settle(config).await;
-    let mut probe = None;
-    if settle_time.is_some() {
+    let mut outcome = Outcome {
+        settle_time: run.heal_and_settle(config).await,
+        busy_time: Some(trace.elapsed()),
+        ..Outcome::default()
+    };
+    if outcome.settle_time.is_some() {
         // Every client is done: a copy of the model is the final word on what they were told.
         let model = run.model.borrow().clone();
         run.observer.final_checks(&run.cluster, &model, config.dump).await;
         run.check_quiet(config.quiet_for, "after quiescence").await;
-        probe = run.probe(config).await;
+        outcome.probe = run.probe(config).await;
     }
     let Run {
         cluster,
@@ -313,34 +316,47 @@ async fn simulate(seed: u64, config: &SimConfig) -> SimReport {
     counts.dropped_requests = net_counts.dropped_requests;
     counts.dropped_responses = net_counts.dropped_responses;
     counts.duplicated = net_counts.duplicated;
-    let model = model.borrow();
-    report(
+    outcome.faults = counts;
+    let model = model.borrow().clone();
+    let parts = Parts {
         seed,
-        cluster_name,
-        &trace,
+        cluster: cluster_name,
         observer,
-        &net,
-        &model,
-        counts,
-        settle_time,
-        probe,
-    )
+        model,
+        outcome,
+    };
+    report(parts, &trace, &net)
 }
 
-#[allow(clippy::too_many_arguments)]
-fn report(
-    seed: u64,
-    cluster: String,
-    trace: &Trace,
-    observer: Observer,
-    net: &SimNetwork,
-    model: &Model,
+/// What the phases after the workload produced.
+#[derive(Default)]
+struct Outcome {
     faults: FaultCounts,
     settle_time: Option<Duration>,
+    /// Virtual time when the cluster went quiet (None: it never did).
+    busy_time: Option<Duration>,
     probe: Option<ProbeCrossings>,
-) -> SimReport {
+}
+
+/// Everything a report is made of besides the trace and the network.
+struct Parts {
+    seed: u64,
+    cluster: String,
+    observer: Observer,
+    model: Model,
+    outcome: Outcome,
+}
+
+fn report(parts: Parts, trace: &Trace, net: &SimNetwork) -> SimReport {
     let virtual_time = trace.elapsed();
     let lines = trace.take();
+    let Parts {
+        seed,
+        cluster,
+        observer,
+        model,
+        outcome,
+    } = parts;
     SimReport {
         seed,
         cluster,
@@ -348,14 +364,15 @@ fn report(
         trace: lines,
         violations: observer.violations,
         virtual_time,
-        faults,
+        faults: outcome.faults,
         client_ops: model.ops,
         changes: model.changes,
         requests: net.total_requests(),
         records: net.total_records(),
         samples: observer.samples,
-        settle_time,
-        probe,
+        settle_time: outcome.settle_time,
+        busy_time: outcome.busy_time.unwrap_or(virtual_time),
+        probe: outcome.probe,
     }
 }
 

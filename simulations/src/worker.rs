@@ -33,6 +33,7 @@ pub fn encode(r: &SimReport) -> String {
         format!("@cluster {}", r.cluster),
         format!("@hash {}", hex(&r.trace_hash)),
         format!("@virtual_ms {}", r.virtual_time.as_millis()),
+        format!("@busy_ms {}", r.busy_time.as_millis()),
         format!(
             "@faults {} {} {} {} {} {}",
             f.crashes, f.partitions, f.topology_edits, f.dropped_requests, f.dropped_responses, f.duplicated
@@ -89,6 +90,7 @@ pub fn decode(text: &str) -> Result<SimReport, String> {
         records: 0,
         samples: 0,
         settle_time: None,
+        busy_time: Duration::ZERO,
         probe: None,
     };
     let mut complete = false;
@@ -99,6 +101,7 @@ pub fn decode(text: &str) -> Result<SimReport, String> {
             "@cluster" => r.cluster = rest.to_string(),
             "@hash" => r.trace_hash = unhex(rest).ok_or("bad hash")?,
             "@virtual_ms" => r.virtual_time = Duration::from_millis(numbers::<1>(rest)?[0]),
+            "@busy_ms" => r.busy_time = Duration::from_millis(numbers::<1>(rest)?[0]),
             "@faults" => {
                 let [c, p, t, dq, dr, d] = numbers(rest)?;
                 r.faults = FaultCounts {
@@ -180,6 +183,7 @@ mod tests {
             records: 321,
             samples: 30,
             settle_time: Some(Duration::from_millis(2500)),
+            busy_time: Duration::from_millis(30_000),
             probe: Some(ProbeCrossings {
                 links: 5,
                 records: 6,
@@ -205,6 +209,7 @@ mod tests {
             (100, 50, 999, 321, 30)
         );
         assert_eq!(back.settle_time, report.settle_time);
+        assert_eq!(back.busy_time, report.busy_time);
         assert_eq!(back.probe, report.probe);
     }
 
