@@ -25,9 +25,11 @@ use mailmesh_actors::mailbox::{
     StoredRecord,
 };
 use mailmesh_actors::node::LocalNode;
+use mailmesh_actors::store::{keys, Table};
 use mailmesh_actors::uid_set::UidSet;
 use mailmesh_actors::MailError;
 use mailmesh_protocol::ids::{AppendId, Guid, MailboxId, ModSeq, NodeId, Uid, UidValidity};
+use mailmesh_protocol::records::PrunedSet;
 
 use crate::cluster::SimCluster;
 use crate::model::Model;
@@ -59,6 +61,9 @@ pub enum Kind {
     Lost,
     /// An acknowledged append is held hidden by an unresolved uid conflict.
     StillHidden,
+    /// A node holds neither an expunged message nor its tombstone (record or compacted range),
+    /// so nothing there would stop a stale copy from bringing it back.
+    NoTombstone,
     /// A message is expunged though no client expunged or moved it there.
     Unrequested,
     /// A mailbox is gone though no client deleted it.
@@ -82,7 +87,7 @@ pub enum Kind {
 }
 
 impl Kind {
-    pub const ALL: [Kind; 20] = [
+    pub const ALL: [Kind; 21] = [
         Kind::UidReused,
         Kind::UidConflictKept,
         Kind::ShownTwice,
@@ -93,6 +98,7 @@ impl Kind {
         Kind::AnnotationsDiverged,
         Kind::Lost,
         Kind::StillHidden,
+        Kind::NoTombstone,
         Kind::Unrequested,
         Kind::MailboxGone,
         Kind::WrongBody,
@@ -146,6 +152,9 @@ pub struct MailboxSnapshot {
     pub visible: Vec<MessageView>,
     /// Every record the node holds, expunged and hidden ones included.
     pub records: Vec<StoredRecord>,
+    /// Expunged messages compacted away (no longer held as records), read after `records` so a
+    /// record compacted in between is in one or the other.
+    pub pruned: PrunedSet,
     pub annotations: Vec<(String, Vec<u8>)>,
     pub state: MailboxState,
 }
@@ -262,6 +271,13 @@ pub async fn snapshot(local: &LocalNode, full: bool) -> NodeSnapshot {
             ) else {
                 continue;
             };
+            // No message reads the compacted set; the store is read as the Mailbox reads it.
+            let pruned = local
+                .store
+                .get::<PrunedSet>(Table::Pruned, &keys::mailbox(info.id))
+                .ok()
+                .flatten()
+                .unwrap_or_default();
             snap.mailboxes.insert(
                 info.id,
                 MailboxSnapshot {
@@ -270,6 +286,7 @@ pub async fn snapshot(local: &LocalNode, full: bool) -> NodeSnapshot {
                     uidvalidity: info.uidvalidity,
                     visible,
                     records,
+                    pruned,
                     annotations,
                     state,
                 },
@@ -434,6 +451,7 @@ impl Observer {
                         memory.expunged.insert((*id, r.record.append_id.clone()));
                     }
                 }
+                memory.expunged.extend(mb.pruned.iter().map(|aid| (*id, aid)));
             }
         }
         for (kind, key, what) in found {
@@ -465,13 +483,14 @@ impl Observer {
         for (node, snap) in snaps {
             for (id, mb) in &snap.mailboxes {
                 self.trace.log(format!(
-                    "dump {node} {} {}/{}: uidnext {} highestmodseq {} annotations {:?}",
+                    "dump {node} {} {}/{}: uidnext {} highestmodseq {} annotations {:?} compacted {:?}",
                     short_id(id.0),
                     mb.user,
                     mb.name,
                     mb.state.uidnext,
                     mb.state.highestmodseq,
-                    mb.annotations
+                    mb.annotations,
+                    mb.pruned
                 ));
                 for s in &mb.records {
                     let r = &s.record;
@@ -608,6 +627,29 @@ impl Observer {
                 }
                 let record = mb.records.iter().find(|r| &r.record.append_id == aid);
                 let (kind, problem) = match record {
+                    None if mb.pruned.contains(aid) => {
+                        if model.expunge_possible(acked.mailbox, aid) {
+                            continue;
+                        }
+                        (
+                            Kind::Unrequested,
+                            format!("{label}: expunged and compacted on {node}, though no client expunged or moved it"),
+                        )
+                    }
+                    // Expunged and compacted elsewhere: what is missing here is the tombstone.
+                    None if compacted_elsewhere(snaps, acked.mailbox, aid) => {
+                        if !model.expunge_possible(acked.mailbox, aid) {
+                            (
+                                Kind::Unrequested,
+                                format!("{label}: expunged and compacted, though no client expunged or moved it"),
+                            )
+                        } else {
+                            (
+                                Kind::NoTombstone,
+                                format!("{label}: expunged and compacted elsewhere; {node} holds neither the message nor its tombstone"),
+                            )
+                        }
+                    }
                     None => (Kind::Lost, format!("{label}: lost on {node}")),
                     Some(r) => match &r.record.expunged {
                         Some(v) if model.expunge_justified(acked.mailbox, aid, &v.node) => continue,
@@ -691,11 +733,19 @@ impl Observer {
     }
 }
 
+/// Whether some node holds `aid` of `mailbox` in its compacted (expunged) set.
+fn compacted_elsewhere(snaps: &BTreeMap<NodeId, NodeSnapshot>, mailbox: MailboxId, aid: &AppendId) -> bool {
+    snaps
+        .values()
+        .filter_map(|s| s.mailboxes.get(&mailbox))
+        .any(|m| m.pruned.contains(aid))
+}
+
 /// Adds each node's replication caches and pending sync log rows to the trace (read straight
 /// from the stores: engine internals, for diagnosing a failing seed).
 fn dump_sync_state(cluster: &SimCluster, trace: &Trace) {
     use mailmesh_actors::mailbox_sync::ReplicationCache;
-    use mailmesh_actors::store::{decode, Table};
+    use mailmesh_actors::store::decode;
     use mailmesh_actors::sync_log::SyncItem;
     for (node, local) in cluster.nodes() {
         let mut lines = Vec::new();

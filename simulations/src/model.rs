@@ -45,4 +45,11 @@ impl Model {
         self.moved_from.contains(&key)
             || (self.expunged_on.contains(&key) && self.deleted_flagged.contains(aid))
     }
+
+    /// Whether a client may have expunged `aid` from `mailbox` on any node (for a message
+    /// compacted away, whose expunge no longer says where it was made).
+    pub fn expunge_possible(&self, mailbox: MailboxId, aid: &AppendId) -> bool {
+        self.moved_from.iter().any(|(m, _)| *m == mailbox)
+            || (self.deleted_flagged.contains(aid) && self.expunged_on.iter().any(|(m, _)| *m == mailbox))
+    }
 }
