@@ -289,7 +289,10 @@ fn install_panic_hook() {
 
 fn run_here(seed: u64, config: &SimConfig) -> SimReport {
     *REPLAY.lock().expect("replay lock") = Some(config.replay_command(seed));
-    run_seed(seed, config)
+    let report = run_seed(seed, config);
+    // A panic from here on (a closed stdout, say) is not the engine's.
+    *REPLAY.lock().expect("replay lock") = None;
+    report
 }
 
 /// Runs one seed in a child process and reads its report; a child that dies or hangs is a
