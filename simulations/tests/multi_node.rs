@@ -48,16 +48,15 @@ fn runner(args: &[&str]) -> RunnerOutput {
     }
 }
 
-/// Until engine bugs 1, 2, 4, 5 and 6 (tests/engine_bugs.rs) are fixed, the suite's seed range
-/// runs with the workload narrowed so they cannot happen: full pages (bugs 2, 4), two writing
-/// nodes that include every mailbox's primary (bug 1), and no change of primary (bug 5). Bug 6
-/// is rare enough to stay outside the range. Drop these flags as the bugs are fixed.
-const AVOID_KNOWN_BUGS: [&str; 5] = ["--page", "500", "--writers", "2", "--no-set-primary"];
+/// Until engine bug 8 (tests/engine_bugs.rs) is fixed, the suite's seed range runs without
+/// primary changes, which it needs. Drop the flag once it is fixed.
+const AVOID_KNOWN_BUGS: [&str; 1] = ["--no-set-primary"];
 
-/// Bug 3's panic (tests/engine_bugs.rs) is the one violation the suite's range tolerates: its
-/// signature cannot be mistaken for anything else. Remove once bug 3 is fixed.
-fn is_known_bug_3(violation: &str) -> bool {
-    violation.starts_with("[panic]") && violation.contains("check_bodies ensured bytes for a new body")
+/// Bug 7's symptom (tests/engine_bugs.rs) is the one violation the suite's range tolerates: a
+/// node that never saw an expunged message lacks its tombstone. Nothing a client sees differs;
+/// remove once bug 7 is fixed.
+fn is_known_bug_7(violation: &str) -> bool {
+    violation.starts_with("[no-tombstone]")
 }
 
 #[test]
@@ -115,7 +114,7 @@ fn seed_range_passes_the_checks() {
         .iter()
         .flat_map(|(seed, vs)| {
             vs.iter()
-                .filter(|v| !is_known_bug_3(v))
+                .filter(|v| !is_known_bug_7(v))
                 .map(move |v| format!("seed {seed}: {v}"))
         })
         .collect();
@@ -128,7 +127,7 @@ fn seed_range_passes_the_checks() {
 }
 
 #[test]
-#[ignore = "engine bugs 1 to 6 (tests/engine_bugs.rs) fail seeds of the full workload; un-ignore when they are fixed"]
+#[ignore = "engine bugs 7 and 8 (tests/engine_bugs.rs) fail seeds of the full workload; un-ignore when they are fixed"]
 fn seed_range_passes_the_checks_with_the_full_workload() {
     let out = runner(&["--seeds", "0..300", "--jobs", "2"]);
     assert!(out.success, "{}", out.stdout);
@@ -161,7 +160,7 @@ fn a_primary_that_never_promotes_is_caught() {
     for (seed, violations, replay) in &caught {
         assert!(
             replay.ends_with(&format!(
-                "--seed {seed} --trace --page 500 --writers 2 --no-set-primary --sabotage no-uid-promotion"
+                "--seed {seed} --trace --no-set-primary --sabotage no-uid-promotion"
             )),
             "{replay}"
         );
@@ -181,8 +180,11 @@ fn a_merge_that_drops_records_is_caught() {
     assert!(!caught.is_empty(), "no seed caught the lossy merge");
     for (seed, violations, replay) in &caught {
         assert!(replay.contains("--sabotage drop-incoming-records"), "{replay}");
+        // Records missing on the nodes that dropped them (the runner prints the first ten).
         assert!(
-            violations.iter().any(|v| v.starts_with("[lost]")),
+            violations
+                .iter()
+                .any(|v| v.starts_with("[lost]") || v.starts_with("[not-converged]")),
             "seed {seed}: {violations:?}"
         );
     }
