@@ -481,7 +481,11 @@ impl SyncJob {
                 Some(cache) if !whole => cache,
                 _ => return self.full_sync(id, &mb, &info.user).await,
             };
-            if plan.records.is_empty() && plan.updates.is_empty() && plan.annotations.is_empty() {
+            if plan.records.is_empty()
+                && plan.updates.is_empty()
+                && plan.annotations.is_empty()
+                && plan.pruned.is_none()
+            {
                 // Everything in this page came from this peer or was made by it: nothing to say
                 // about it, but the pages after it may hold news (found by the simulator).
                 let complete = if plan.more { cache.complete } else { plan.upto };
@@ -513,7 +517,7 @@ impl SyncJob {
                 annotations: plan.annotations,
                 digest: plan.digest,
                 full: false,
-                pruned: None,
+                pruned: plan.pruned,
             };
             match self.request(Request::ChangeRequest(request)).await? {
                 Response::Applied { modseq, digest } => {
@@ -546,7 +550,7 @@ impl SyncJob {
                     let mut page = changes;
                     loop {
                         let next = page.next;
-                        self.merge_pulled(&mb, page.records, page.annotations, page.uidnext, None)
+                        self.merge_pulled(&mb, page.records, page.annotations, page.uidnext, page.pruned)
                             .await?;
                         let Some(since) = next else { break };
                         let request = Request::ChangesSince {

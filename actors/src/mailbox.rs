@@ -65,6 +65,10 @@ pub struct MailboxCounters {
     /// Expunged records up to this modseq have been considered for compaction.
     #[serde(default)]
     pub compacted_upto: ModSeq,
+    /// The modseq of the latest change to the pruned set (a compaction here, or new entries
+    /// learned from a peer): the set travels to a peer acknowledged before it.
+    #[serde(default)]
+    pub pruned_modseq: ModSeq,
 }
 
 /// A message record as this node stores it: the replicated record plus local facts.

@@ -192,11 +192,13 @@ impl Mailbox {
         // Every page carries the annotations changed after its own starting point: a later
         // page starts later, so one changed between two pages' records is never skipped.
         let annotations = self.annotations_after(since, highest, peer)?;
+        let pruned = (counters.pruned_modseq > since).then(|| self.pruned.clone());
         Ok(ChangePage {
             records,
             annotations,
             uidnext: counters.uidnext,
             next,
+            pruned,
         })
     }
 
@@ -224,8 +226,9 @@ impl Mailbox {
         let me = self.ctx.node.clone();
         let mut learned_pruned = false;
         let mut pruned_changed = false;
+        let mut touched: BTreeSet<Uid> = BTreeSet::new();
         if let Some(pruned) = pruned {
-            learned_pruned = self.learn_pruned(writes, &pruned)?;
+            learned_pruned = self.learn_pruned(writes, &pruned, &mut touched)?;
         }
         // A message this node compacted away as expunged stays expunged, whatever a stale peer
         // still holds: the pruned set is the tombstone watermark.
@@ -261,7 +264,6 @@ impl Mailbox {
         }
         let mut summary = MergeSummary::default();
         let mut overlay: BTreeMap<AppendId, StoredRecord> = BTreeMap::new();
-        let mut touched: BTreeSet<Uid> = BTreeSet::new();
         let mut moved: BTreeSet<AppendId> = BTreeSet::new();
         for Change {
             origin,
@@ -436,7 +438,12 @@ impl Mailbox {
     /// Takes in a peer's compacted expunged messages: a record of one of them held here is
     /// compacted too (its body released if it was live), and one never seen is counted in the
     /// digest. Returns whether anything changed.
-    fn learn_pruned(&mut self, writes: &mut Writes, incoming: &PrunedSet) -> Result<bool, StoreError> {
+    fn learn_pruned(
+        &mut self,
+        writes: &mut Writes,
+        incoming: &PrunedSet,
+        touched: &mut BTreeSet<Uid>,
+    ) -> Result<bool, StoreError> {
         let mut changed = false;
         for aid in incoming.iter() {
             if self.pruned.contains(&aid) {
@@ -458,12 +465,24 @@ impl Mailbox {
             changed = true;
         }
         let merged = self.pruned.merge(incoming);
-        if changed || merged != self.pruned {
+        if merged != self.pruned {
+            // Newly retired uids: a message sitting at one must be settled (promoted or hidden).
+            for &(lo, hi) in &merged.uids {
+                for uid in lo..=hi {
+                    if !self.pruned.retired(uid as u32) {
+                        touched.insert(Uid(uid as u32));
+                    }
+                }
+            }
             self.pruned = merged;
+            changed = true;
+        }
+        if changed {
+            // The set changed: it travels on to the other peers like any change.
+            self.counters.pruned_modseq = self.next_modseq();
             writes
                 .batch
                 .put(Table::Pruned, keys::mailbox(self.id), &self.pruned);
-            changed = true;
         }
         Ok(changed)
     }
@@ -668,6 +687,8 @@ pub struct SyncPlan {
     pub digest: MailboxDigest,
     /// More changes follow after `upto`.
     pub more: bool,
+    /// The pruned set, when it changed after the acknowledged point.
+    pub pruned: Option<PrunedSet>,
 }
 
 /// Plans the next step-1 page for `peer`: the changes since the cache's acknowledged point that
@@ -712,6 +733,7 @@ impl Handler<PlanSync> for Mailbox {
         // On every page, so none changed between the records of two pages is skipped (the
         // merge is idempotent: one sent twice costs only its bytes).
         let annotations = self.annotations_after(since, highest, Some(&msg.peer))?;
+        let pruned = (counters.pruned_modseq > since).then(|| self.pruned.clone());
         Ok(SyncPlan {
             cache,
             uidvalidity: self.uidvalidity,
@@ -722,6 +744,7 @@ impl Handler<PlanSync> for Mailbox {
             uidnext: counters.uidnext,
             digest: counters.digest,
             more,
+            pruned,
         })
     }
 }

@@ -139,7 +139,8 @@ pub struct ChangeRequest {
     pub digest: MailboxDigest,
     /// The push half of a full sync: apply whatever the peer's modseq.
     pub full: bool,
-    /// With a full push: the messages the sender compacted away as expunged.
+    /// The messages the sender compacted away as expunged: with a full push, and with a change
+    /// request when the set changed after the acknowledged point (it travels like any change).
     pub pruned: Option<PrunedSet>,
 }
 
@@ -151,6 +152,8 @@ pub struct ChangePage {
     pub annotations: Vec<Change<(String, Annotation)>>,
     pub uidnext: UidNext,
     pub next: Option<ModSeq>,
+    /// The messages compacted away as expunged, when that set changed after the page's start.
+    pub pruned: Option<PrunedSet>,
 }
 
 #[derive(Clone, PartialEq, Debug, Serialize, Deserialize)]

@@ -290,6 +290,7 @@ fn change_page() -> impl Strategy<Value = ChangePage> {
             annotations,
             uidnext,
             next,
+            pruned: None,
         })
 }
 

@@ -494,13 +494,11 @@ fn bug6_seed_374() {
 // DESIGN.md: "pruned only when every node among the item's locations has acknowledged them".
 
 #[test]
-#[ignore = "engine bug 7: tombstones are compacted once the direct peers acknowledged them; nodes further away may never get them (seed 261)"]
 fn bug7_seed_261() {
     replay(&["--seed", "261"]);
 }
 
 #[test]
-#[ignore = "engine bug 7: tombstones compacted before every holder has them (seed 10 without primary changes)"]
 fn bug7_seed_10_without_primary_changes() {
     replay(&["--seed", "10", "--no-set-primary"]);
 }
@@ -518,13 +516,11 @@ fn bug7_seed_10_without_primary_changes() {
 // only 1 and 3, so n6-2 at uid 2 is shown everywhere but on n5.
 
 #[test]
-#[ignore = "engine bug 8: retired uids diverge and a message at a retired uid is never promoted after a primary change (seed 298)"]
 fn bug8_seed_298() {
     replay(&["--seed", "298"]);
 }
 
 #[test]
-#[ignore = "engine bug 8: retired uids diverge between nodes, a message at a retired uid stays hidden on one node (seed 319)"]
 fn bug8_seed_319() {
     replay(&["--seed", "319"]);
 }
