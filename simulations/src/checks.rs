@@ -18,155 +18,18 @@
 
 use std::collections::{BTreeMap, BTreeSet};
 
-use actix::Addr;
-use mailmesh_actors::directory::{GetScript, ListMailboxes, ListScripts, ListSubscriptions, OpenMailboxById};
-use mailmesh_actors::mailbox::{
-    ChangedSince, Fetch, FetchBody, GetAnnotations, GetState, Mailbox, MailboxState, MessageView,
-    StoredRecord,
-};
+use mailmesh_actors::mailbox::FetchBody;
 use mailmesh_actors::node::LocalNode;
-use mailmesh_actors::store::{keys, Table};
-use mailmesh_actors::uid_set::UidSet;
 use mailmesh_actors::MailError;
 use mailmesh_protocol::ids::{AppendId, Guid, MailboxId, ModSeq, NodeId, Uid, UidValidity};
-use mailmesh_protocol::records::PrunedSet;
 
 use crate::cluster::SimCluster;
 use crate::model::Model;
 use crate::network::short_id;
+use crate::snapshot::{dump_snapshots, dump_sync_state, open_by_id, snapshot};
+pub use crate::snapshot::{MailboxSnapshot, NodeSnapshot};
 use crate::trace::Trace;
-use crate::workload::USERS;
-
-/// What kind of invariant a violation breaks. The kinds let a test tell a known engine bug's
-/// symptoms from anything new.
-#[derive(Clone, Copy, Debug, PartialEq, Eq, PartialOrd, Ord)]
-pub enum Kind {
-    /// A node showed one uid of one uidvalidity as two different messages.
-    UidReused,
-    /// A uid two nodes showed as two different messages still shows one of them.
-    UidConflictKept,
-    /// A node showed one message at two uids at once.
-    ShownTwice,
-    /// UIDNEXT or HIGHESTMODSEQ went down on a node.
-    WentDown,
-    /// A deleted mailbox is listed again.
-    MailboxBack,
-    /// An expunged message is shown again.
-    MessageBack,
-    /// Replicas differ in mailboxes, names, messages, flags, subscriptions or sieve scripts.
-    NotConverged,
-    /// Replicas agree on everything but annotations.
-    AnnotationsDiverged,
-    /// An acknowledged append (or its mailbox) is missing.
-    Lost,
-    /// An acknowledged append is held hidden by an unresolved uid conflict.
-    StillHidden,
-    /// A node holds neither an expunged message nor its tombstone (record or compacted range),
-    /// so nothing there would stop a stale copy from bringing it back.
-    NoTombstone,
-    /// A message is expunged though no client expunged or moved it there.
-    Unrequested,
-    /// A mailbox is gone though no client deleted it.
-    MailboxGone,
-    /// A message's body is missing, unreadable or not the one appended.
-    WrongBody,
-    /// The healed cluster did not go quiet within the bound.
-    NotQuiescent,
-    /// Requests crossed a link after quiescence (echo or a retry loop).
-    Traffic,
-    /// One change crossed one link more often than the bound.
-    Crossings,
-    /// A node did not start or restart from its data dir.
-    Restart,
-    /// The final probe could not be made (a symptom of something else going wrong).
-    Probe,
-    /// The engine panicked (the runner saw the run's process die).
-    Panic,
-    /// The run did not finish within the runner's wall-clock timeout.
-    Hung,
-}
-
-impl Kind {
-    pub const ALL: [Kind; 21] = [
-        Kind::UidReused,
-        Kind::UidConflictKept,
-        Kind::ShownTwice,
-        Kind::WentDown,
-        Kind::MailboxBack,
-        Kind::MessageBack,
-        Kind::NotConverged,
-        Kind::AnnotationsDiverged,
-        Kind::Lost,
-        Kind::StillHidden,
-        Kind::NoTombstone,
-        Kind::Unrequested,
-        Kind::MailboxGone,
-        Kind::WrongBody,
-        Kind::NotQuiescent,
-        Kind::Traffic,
-        Kind::Crossings,
-        Kind::Restart,
-        Kind::Probe,
-        Kind::Panic,
-        Kind::Hung,
-    ];
-
-    /// The kebab-case tag printed before a violation, e.g. `uid-reused`.
-    pub fn tag(self) -> String {
-        let name = format!("{self:?}");
-        let mut out = String::new();
-        for (i, c) in name.chars().enumerate() {
-            if c.is_uppercase() && i > 0 {
-                out.push('-');
-            }
-            out.push(c.to_ascii_lowercase());
-        }
-        out
-    }
-
-    pub fn from_tag(tag: &str) -> Option<Kind> {
-        Kind::ALL.into_iter().find(|k| k.tag() == tag)
-    }
-}
-
-#[derive(Clone, Debug, PartialEq, Eq)]
-pub struct Violation {
-    /// Virtual milliseconds since the run started.
-    pub at_ms: u128,
-    pub kind: Kind,
-    pub what: String,
-}
-
-impl std::fmt::Display for Violation {
-    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        write!(f, "[{}] at {} ms: {}", self.kind.tag(), self.at_ms, self.what)
-    }
-}
-
-/// One mailbox as one node shows it.
-#[derive(Clone, Debug)]
-pub struct MailboxSnapshot {
-    pub user: String,
-    pub name: String,
-    pub uidvalidity: UidValidity,
-    pub visible: Vec<MessageView>,
-    /// Every record the node holds, expunged and hidden ones included.
-    pub records: Vec<StoredRecord>,
-    /// Expunged messages compacted away (no longer held as records), read after `records` so a
-    /// record compacted in between is in one or the other.
-    pub pruned: PrunedSet,
-    pub annotations: Vec<(String, Vec<u8>)>,
-    pub state: MailboxState,
-}
-
-/// What a client could see on one node.
-#[derive(Clone, Debug, Default)]
-pub struct NodeSnapshot {
-    pub mailboxes: BTreeMap<MailboxId, MailboxSnapshot>,
-    pub subscriptions: BTreeMap<String, Vec<String>>,
-    /// Per user: (script, active, content).
-    pub scripts: BTreeMap<String, Vec<(String, bool, Vec<u8>)>>,
-}
+pub use crate::violation::{Kind, Violation};
 
 /// One mailbox as every replica must show it.
 #[derive(Clone, Debug, PartialEq, Eq)]
@@ -237,95 +100,6 @@ pub struct Observer {
     reported: BTreeSet<String>,
     pub samples: u64,
     trace: Trace,
-}
-
-async fn open_by_id(local: &LocalNode, id: MailboxId) -> Result<Addr<Mailbox>, Option<MailError>> {
-    match local.directory.send(OpenMailboxById { id }).await {
-        Ok(Ok(o)) => Ok(o.addr),
-        Ok(Err(e)) => Err(Some(e)),
-        Err(_) => Err(None),
-    }
-}
-
-/// Reads what a client could see on `local`; `full` adds subscriptions and sieve scripts.
-/// Mailboxes deleted while they are being read are left out.
-pub async fn snapshot(local: &LocalNode, full: bool) -> NodeSnapshot {
-    let mut snap = NodeSnapshot::default();
-    for user in USERS {
-        let Ok(Ok(list)) = local.directory.send(ListMailboxes { user: user.into() }).await else {
-            continue;
-        };
-        for info in list {
-            let Ok(mb) = open_by_id(local, info.id).await else {
-                continue;
-            };
-            let (Ok(Ok(state)), Ok(Ok(visible)), Ok(Ok(records)), Ok(Ok(annotations))) = (
-                mb.send(GetState).await,
-                mb.send(Fetch { uids: UidSet::all() }).await,
-                mb.send(ChangedSince {
-                    since: ModSeq::ZERO,
-                    limit: usize::MAX,
-                })
-                .await,
-                mb.send(GetAnnotations).await,
-            ) else {
-                continue;
-            };
-            // No message reads the compacted set; the store is read as the Mailbox reads it.
-            let pruned = local
-                .store
-                .get::<PrunedSet>(Table::Pruned, &keys::mailbox(info.id))
-                .ok()
-                .flatten()
-                .unwrap_or_default();
-            snap.mailboxes.insert(
-                info.id,
-                MailboxSnapshot {
-                    user: info.user,
-                    name: info.name,
-                    uidvalidity: info.uidvalidity,
-                    visible,
-                    records,
-                    pruned,
-                    annotations,
-                    state,
-                },
-            );
-        }
-        if !full {
-            continue;
-        }
-        if let Ok(Ok(subs)) = local
-            .directory
-            .send(ListSubscriptions { user: user.into() })
-            .await
-        {
-            if !subs.is_empty() {
-                snap.subscriptions.insert(user.to_string(), subs);
-            }
-        }
-        if let Ok(Ok(scripts)) = local.directory.send(ListScripts { user: user.into() }).await {
-            let mut with_content = Vec::new();
-            for (name, active) in scripts {
-                let content = match local
-                    .directory
-                    .send(GetScript {
-                        user: user.into(),
-                        name: name.clone(),
-                    })
-                    .await
-                {
-                    Ok(Ok(c)) => c,
-                    _ => Vec::new(),
-                };
-                with_content.push((name, active, content));
-            }
-            if !with_content.is_empty() {
-                snap.scripts.insert(user.to_string(), with_content);
-            }
-        }
-    }
-    snap
 }
 
 impl Observer {
@@ -469,7 +243,7 @@ impl Observer {
             snaps.insert(node.clone(), snap);
         }
         if dump {
-            self.dump(&snaps);
+            dump_snapshots(&snaps, &self.trace);
             dump_sync_state(cluster, &self.trace);
         }
         self.check_convergence(&snaps);
@@ -477,39 +251,6 @@ impl Observer {
         let gone = self.check_gone_mailboxes(&snaps, model);
         self.check_no_loss(cluster, &snaps, model, &gone).await;
         self.check_tombstones_everywhere(&snaps);
-    }
-
-    fn dump(&self, snaps: &BTreeMap<NodeId, NodeSnapshot>) {
-        for (node, snap) in snaps {
-            for (id, mb) in &snap.mailboxes {
-                self.trace.log(format!(
-                    "dump {node} {} {}/{}: uidnext {} highestmodseq {} annotations {:?} compacted {:?}",
-                    short_id(id.0),
-                    mb.user,
-                    mb.name,
-                    mb.state.uidnext,
-                    mb.state.highestmodseq,
-                    mb.annotations,
-                    mb.pruned
-                ));
-                for s in &mb.records {
-                    let r = &s.record;
-                    let flags: Vec<&str> = r.set_flags().map(|f| f.as_str()).collect();
-                    let expunged = r.expunged.as_ref().map(|v| v.to_string());
-                    self.trace.log(format!(
-                        "dump {node} {} {} uid {} ({}) flags {flags:?} hidden {} expunged {expunged:?} origin {} arrived on {:?} modseq {}",
-                        short_id(id.0),
-                        r.append_id,
-                        r.uid.value,
-                        r.uid.version,
-                        s.hidden,
-                        s.origin,
-                        s.arrived_on,
-                        s.modseq
-                    ));
-                }
-            }
-        }
     }
 
     fn check_convergence(&mut self, snaps: &BTreeMap<NodeId, NodeSnapshot>) {
@@ -739,40 +480,6 @@ fn compacted_elsewhere(snaps: &BTreeMap<NodeId, NodeSnapshot>, mailbox: MailboxI
         .values()
         .filter_map(|s| s.mailboxes.get(&mailbox))
         .any(|m| m.pruned.contains(aid))
-}
-
-/// Adds each node's replication caches and pending sync log rows to the trace (read straight
-/// from the stores: engine internals, for diagnosing a failing seed).
-fn dump_sync_state(cluster: &SimCluster, trace: &Trace) {
-    use mailmesh_actors::mailbox_sync::ReplicationCache;
-    use mailmesh_actors::store::decode;
-    use mailmesh_actors::sync_log::SyncItem;
-    for (node, local) in cluster.nodes() {
-        let mut lines = Vec::new();
-        let _ = local.store.scan_prefix(Table::ReplCache, &[], None, |k, v| {
-            let (id, peer) = k.split_at(16.min(k.len()));
-            let id = MailboxId::from_bytes(id.try_into().unwrap_or_default());
-            let cache: Result<ReplicationCache, _> = decode(v, "replication cache");
-            lines.push(format!(
-                "dump {node} cache {} for {}: {cache:?}",
-                short_id(id.0),
-                String::from_utf8_lossy(peer)
-            ));
-            Ok(true)
-        });
-        let _ = local.store.scan_prefix(Table::SyncLog, &[], None, |k, v| {
-            let zero = k.iter().position(|b| *b == 0).unwrap_or(k.len());
-            let item = SyncItem::decode(&k[(zero + 1).min(k.len())..]);
-            lines.push(format!(
-                "dump {node} sync log row for {}: {item:?} generation {v:?}",
-                String::from_utf8_lossy(&k[..zero])
-            ));
-            Ok(true)
-        });
-        for line in lines {
-            trace.log(line);
-        }
-    }
 }
 
 /// Names the first thing two replica views disagree on, and whether only annotations differ.

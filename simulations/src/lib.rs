@@ -10,14 +10,19 @@
 
 pub mod checks;
 pub mod cluster;
+pub mod config;
+pub mod faults;
 pub mod model;
 pub mod network;
+pub mod probe;
 pub mod rng;
 pub mod run;
 pub mod runtime;
 pub mod single_node;
+pub mod snapshot;
 pub mod topology;
 pub mod trace;
+pub mod violation;
 pub mod worker;
 pub mod workload;
 

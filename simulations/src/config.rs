@@ -1,0 +1,95 @@
+//! What a run is asked to do: how many steps, which faults, which restrictions, and the runner
+//! flags that ask for the same again (so a failing seed prints a command that replays it).
+
+use std::time::Duration;
+
+use mailmesh_actors::context::Faults;
+
+#[derive(Clone, Debug)]
+pub struct SimConfig {
+    /// Client operations and fault events before the faults stop.
+    pub steps: usize,
+    /// Nodes in the cluster (2 to 7 drawn from the seed when `None`).
+    pub nodes: Option<usize>,
+    /// Network faults, crashes, partitions and topology edits (off: a healthy cluster).
+    pub faults: bool,
+    /// Deliberately broken engine behaviour, to show that the checks catch it.
+    pub engine_faults: Faults,
+    /// How long the healed cluster may take to go quiet.
+    pub settle_limit: Duration,
+    /// How long nothing may cross the network once it is quiet.
+    pub quiet_for: Duration,
+    /// Print the trace to stderr as it happens (to see what led up to an engine panic).
+    pub live_trace: bool,
+    /// Add every node's message records (hidden and expunged ones too) to the trace at the end.
+    pub dump: bool,
+    /// Records per sync request on every channel (drawn from the seed when `None`: often 1 to 7,
+    /// so paging is exercised).
+    pub page: Option<usize>,
+    /// Only the first `writers` nodes create mailboxes and add messages (appends, copies, moves);
+    /// the others change flags, expunge, rename, delete and so on. `None`: every node writes.
+    pub writers: Option<usize>,
+    /// Clients name other preferred primaries now and then.
+    pub set_primary: bool,
+}
+
+impl Default for SimConfig {
+    fn default() -> Self {
+        SimConfig {
+            steps: 120,
+            nodes: None,
+            faults: true,
+            engine_faults: Faults::default(),
+            settle_limit: Duration::from_secs(30 * 60),
+            quiet_for: Duration::from_secs(10 * 60),
+            live_trace: false,
+            dump: false,
+            page: None,
+            writers: None,
+            set_primary: true,
+        }
+    }
+}
+
+impl SimConfig {
+    /// The runner's flags that select this configuration (defaults left out).
+    pub fn args(&self) -> Vec<String> {
+        let mut args = Vec::new();
+        let default = SimConfig::default();
+        if self.steps != default.steps {
+            args.extend(["--steps".to_string(), self.steps.to_string()]);
+        }
+        if let Some(n) = self.nodes {
+            args.extend(["--nodes".to_string(), n.to_string()]);
+        }
+        if !self.faults {
+            args.push("--no-faults".into());
+        }
+        if let Some(page) = self.page {
+            args.extend(["--page".to_string(), page.to_string()]);
+        }
+        if let Some(writers) = self.writers {
+            args.extend(["--writers".to_string(), writers.to_string()]);
+        }
+        if !self.set_primary {
+            args.push("--no-set-primary".into());
+        }
+        if self.engine_faults.no_uid_promotion {
+            args.extend(["--sabotage".into(), "no-uid-promotion".into()]);
+        }
+        if self.engine_faults.drop_incoming_records {
+            args.extend(["--sabotage".into(), "drop-incoming-records".into()]);
+        }
+        args
+    }
+
+    /// The command that replays `seed` with this configuration and prints its trace.
+    pub fn replay_command(&self, seed: u64) -> String {
+        let mut cmd = format!("cargo run --release -p mailmesh-simulations -- --seed {seed} --trace");
+        for arg in self.args() {
+            cmd.push(' ');
+            cmd.push_str(&arg);
+        }
+        cmd
+    }
+}

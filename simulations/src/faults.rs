@@ -1,0 +1,166 @@
+//! The faults a run injects besides the network's own (drops, delays, duplicates, which
+//! [`crate::network`] draws per request): node crashes and restarts, cut links and isolated
+//! nodes, and topology edits as a config reload would make them.
+
+use mailmesh_protocol::ids::NodeId;
+
+use crate::checks::Kind;
+use crate::network::{link, NetFaults};
+use crate::rng::SimRng;
+use crate::run::Run;
+
+/// How often each kind of fault happens in one run (drawn per seed).
+#[derive(Clone, Copy, Debug)]
+pub(crate) struct FaultProfile {
+    pub(crate) net: NetFaults,
+    /// Percent of steps that are a fault event rather than a client operation.
+    pub(crate) event_percent: u64,
+    crash_weight: u64,
+    partition_weight: u64,
+    topology_weight: u64,
+}
+
+impl FaultProfile {
+    pub(crate) fn random(rng: &SimRng, enabled: bool) -> Self {
+        // Some seeds run a healthy cluster: the plain path must hold as well as the faulty one.
+        if !enabled || rng.chance(0.15) {
+            return FaultProfile {
+                net: NetFaults::calm(),
+                event_percent: 0,
+                crash_weight: 0,
+                partition_weight: 0,
+                topology_weight: 0,
+            };
+        }
+        FaultProfile {
+            net: NetFaults::random(rng),
+            event_percent: rng.range(5..25),
+            crash_weight: rng.range(0..4),
+            partition_weight: rng.range(1..6),
+            topology_weight: rng.range(0..3),
+        }
+    }
+}
+
+/// Faults injected by the run, by kind.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct FaultCounts {
+    pub crashes: u64,
+    pub partitions: u64,
+    pub topology_edits: u64,
+    pub dropped_requests: u64,
+    pub dropped_responses: u64,
+    pub duplicated: u64,
+}
+
+impl FaultCounts {
+    pub fn total(&self) -> u64 {
+        self.crashes
+            + self.partitions
+            + self.topology_edits
+            + self.dropped_requests
+            + self.dropped_responses
+            + self.duplicated
+    }
+}
+
+impl Run {
+    pub(crate) async fn fault_event(&mut self) {
+        let p = self.profile;
+        let total = p.crash_weight + p.partition_weight + p.topology_weight;
+        if total == 0 {
+            return;
+        }
+        let roll = self.rng.range(0..total);
+        if roll < p.crash_weight {
+            self.crash_or_restart().await;
+        } else if roll < p.crash_weight + p.partition_weight {
+            self.partition();
+        } else {
+            self.edit_topology();
+        }
+    }
+
+    async fn crash_or_restart(&mut self) {
+        let running = self.cluster.running();
+        let down = self.cluster.down();
+        if !down.is_empty() && (running.len() < 2 || self.rng.chance(0.5)) {
+            let node = self.rng.pick(&down).clone();
+            self.restart(&node);
+        } else if running.len() >= 2 {
+            let node = self.rng.pick(&running).clone();
+            self.trace.log(format!("FAULT crash {node}"));
+            self.counts.crashes += 1;
+            self.cluster.crash(&node).await;
+            self.trace.log(format!("{node} is down"));
+        }
+    }
+
+    pub(crate) fn restart(&mut self, node: &NodeId) {
+        self.trace.log(format!("restart {node}"));
+        if let Err(e) = self.cluster.restart(node) {
+            self.observer.report(Kind::Restart, e);
+        }
+    }
+
+    fn partition(&mut self) {
+        let nodes = self.cluster.topology.nodes.clone();
+        let cut = self.net.cut_links();
+        match self.rng.range(0..10) {
+            0..=3 => {
+                // Cut a configured link (most of the time) or any pair.
+                let edges: Vec<(NodeId, NodeId)> = self.cluster.topology.edges.iter().cloned().collect();
+                let (a, b) = if !edges.is_empty() && self.rng.chance(0.8) {
+                    self.rng.pick(&edges).clone()
+                } else {
+                    let a = self.rng.pick(&nodes).clone();
+                    let b = self.rng.pick(&nodes).clone();
+                    if a == b {
+                        return;
+                    }
+                    link(&a, &b)
+                };
+                self.trace.log(format!("FAULT cut {a}-{b}"));
+                self.counts.partitions += 1;
+                self.net.set_link(&a, &b, false);
+            }
+            4..=5 => {
+                let node = self.rng.pick(&nodes).clone();
+                self.trace.log(format!("FAULT isolate {node}"));
+                self.counts.partitions += 1;
+                for other in nodes.iter().filter(|n| **n != node) {
+                    self.net.set_link(&node, other, false);
+                }
+            }
+            6..=8 if !cut.is_empty() => {
+                let (a, b) = self.rng.pick(&cut).clone();
+                self.trace.log(format!("heal {a}-{b}"));
+                self.net.set_link(&a, &b, true);
+            }
+            _ => {
+                self.trace.log("heal all links");
+                self.net.heal_all();
+            }
+        }
+    }
+
+    /// A config reload on both ends of an edge; the configured graph stays connected.
+    fn edit_topology(&mut self) {
+        let topology = &self.cluster.topology;
+        let removable = topology.removable_edges();
+        let missing = topology.missing_edges();
+        let remove = !removable.is_empty() && (missing.is_empty() || self.rng.chance(0.5));
+        if remove {
+            let (a, b) = self.rng.pick(&removable).clone();
+            self.trace.log(format!("FAULT reconfigure: remove edge {a}-{b}"));
+            self.cluster.set_edge(&a, &b, false);
+        } else if !missing.is_empty() {
+            let (a, b) = self.rng.pick(&missing).clone();
+            self.trace.log(format!("FAULT reconfigure: add edge {a}-{b}"));
+            self.cluster.set_edge(&a, &b, true);
+        } else {
+            return;
+        }
+        self.counts.topology_edits += 1;
+    }
+}
