@@ -1,12 +1,14 @@
 //! Deterministic simulation of mailmesh nodes (DESIGN.md, "Deterministic simulation").
 //!
 //! Two simulators share the deterministic runtime ([`runtime`]): one node's actors under a
-//! seeded workload ([`single_node`]), and a whole cluster ([`run`]): 2 to 7 nodes' real actors
-//! on real stores, linked by a simulated network with faults ([`network`]), in a topology that
-//! changes as config reloads would ([`topology`], [`cluster`]), driven by seeded clients
-//! ([`workload`]), judged by invariant checks ([`checks`]) against what clients were told
+//! seeded workload ([`single_node`]), and a whole cluster ([`run`], configured by [`config`]):
+//! 2 to 7 nodes' real actors on real stores, linked by a simulated network with faults
+//! ([`network`]), crashed, restarted, partitioned and reconfigured ([`faults`], [`cluster`],
+//! [`topology`]), driven by seeded clients ([`workload`]), read back ([`snapshot`]) and judged by
+//! invariant checks ([`checks`], [`probe`], [`violation`]) against what clients were told
 //! ([`model`]). One generator ([`rng`]) seeded from the run's seed draws everything; the
-//! [`trace`] of a seed is the same byte for byte on every run.
+//! [`trace`] of a seed is the same byte for byte on every run. The runner binary (`main.rs`)
+//! runs each seed in a worker process of its own ([`worker`]).
 
 pub mod checks;
 pub mod cluster;

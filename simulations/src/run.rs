@@ -291,8 +291,17 @@ impl Run {
         if !self.cluster.down().is_empty() {
             return None;
         }
+        // A client whose node was crashed under it gets an error, not silence: an operation that
+        // never answers is an engine hang, bounded here so the run ends and says so.
         for task in std::mem::take(&mut self.tasks) {
-            let _ = task.await;
+            if tokio::time::timeout(config.settle_limit, task).await.is_err() {
+                let what = format!(
+                    "a client operation got no answer within {:?}",
+                    config.settle_limit
+                );
+                self.observer.report(Kind::NotQuiescent, what);
+                return None;
+            }
         }
         match self.cluster.settle(config.settle_limit).await {
             Ok(took) => {
