@@ -304,6 +304,19 @@ impl Directory {
         if let Some(addr) = self.running(new.id) {
             addr.do_send(crate::mailbox_sync::EntryUpdated { entry: new.clone() });
         }
+        // A node that just became the primary settles the uid conflicts it holds, whether or not
+        // its Mailbox actor was running (found by the simulator, seed 250).
+        let me = &self.ctx.node;
+        let became_primary = crate::mailbox::primary_of(new) == *me
+            && old.is_none_or(|o| crate::mailbox::primary_of(o) != *me);
+        if became_primary && old.is_some() && new.located_on(me) {
+            match self.activate(new) {
+                Ok(addr) => addr.do_send(crate::mailbox_sync::SettleHeldConflicts),
+                Err(e) => {
+                    warn!(mailbox = %new.id, error = %e, "cannot open a mailbox to settle its uid conflicts")
+                }
+            }
+        }
         let held_before = old.is_some_and(|o| o.located_on(&self.ctx.node));
         if held_before && !new.located_on(&self.ctx.node) {
             self.release_when_drained(new.id, ctx);

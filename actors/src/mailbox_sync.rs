@@ -1058,16 +1058,11 @@ pub struct EntryUpdated {
 impl Handler<EntryUpdated> for Mailbox {
     type Result = ();
 
-    fn handle(&mut self, msg: EntryUpdated, ctx: &mut Self::Context) {
+    fn handle(&mut self, msg: EntryUpdated, _: &mut Self::Context) {
         self.holders = msg.entry.locations.value.clone();
-        let primary = primary_of(&msg.entry);
-        let became_primary = primary == self.ctx.node && self.primary != self.ctx.node;
-        self.primary = primary;
-        if became_primary {
-            // Conflicts this node holds hidden were waiting for a primary: settle them now
-            // (found by the simulator, seed 302).
-            ctx.notify(SettleHeldConflicts);
-        }
+        // Becoming the primary is handled by the Directory, which sends SettleHeldConflicts
+        // whether or not this actor was running.
+        self.primary = primary_of(&msg.entry);
     }
 }
 
