@@ -331,8 +331,10 @@ impl Mailbox {
                     // The message was promoted away from this uid. Clients may have seen it
                     // there, so no other message is ever shown at it (found by the simulator,
                     // seed 17).
-                    self.pruned.retire(l.record.uid.value.0);
-                    pruned_changed = true;
+                    if !self.pruned.retired(l.record.uid.value.0) {
+                        self.pruned.retire(l.record.uid.value.0);
+                        pruned_changed = true;
+                    }
                 }
                 None => {
                     moved.insert(aid.clone());
@@ -354,6 +356,10 @@ impl Mailbox {
         self.counters.uidnext = self.counters.uidnext.max(uidnext);
         summary.promoted = self.settle_uids(writes, &mut overlay, touched, &moved)?;
         if pruned_changed || summary.promoted {
+            // Retired uids travel to the peers with the set: a node that never saw the message
+            // that held one (the primary among them) learns not to show another there
+            // (simulator, seed 26).
+            self.counters.pruned_modseq = self.next_modseq();
             writes
                 .batch
                 .put(Table::Pruned, keys::mailbox(self.id), &self.pruned);
@@ -405,9 +411,12 @@ impl Mailbox {
         }
         if summary.changed || summary.promoted {
             self.put_counters(&mut writes.batch);
-            let provenance = if summary.combined || summary.promoted || summary.origins.len() != 1 {
+            // Uids retired here are this node's own news: the node that moved the message away
+            // (the origin) may never have shown it at the old uid (simulator, seed 26).
+            let news = summary.combined || summary.promoted || pruned_changed;
+            let provenance = if news || summary.origins.len() != 1 {
                 // New to everyone (or from several origins: only the sender can be skipped).
-                if summary.combined || summary.promoted {
+                if news {
                     Provenance::Local
                 } else {
                     Provenance::Remote {
@@ -929,8 +938,12 @@ impl Handler<ApplyChanges> for Mailbox {
                 };
                 return Ok((writes, Response::Mismatch { modseq, changes }));
             }
-            let modseq = act.highestmodseq();
-            if !req.full && !summary.combined && !summary.promoted {
+            // After a merge that combined both sides or promoted uids, the sender lacks what
+            // this node just made: it may only count on the point before the merge, so its next
+            // request reconciles and takes the news (simulator, seed 488).
+            let news = summary.combined || summary.promoted;
+            let modseq = if news { highest } else { act.highestmodseq() };
+            if !req.full && !news {
                 // This node now has exactly the sender's state up to its modseq: the cache for the
                 // way back is known without another round trip.
                 let cache = ReplicationCache {
@@ -1105,6 +1118,7 @@ impl Handler<SettleHeldConflicts> for Mailbox {
             }
             let mut overlay = BTreeMap::new();
             if act.settle_uids(&mut writes, &mut overlay, uids, &BTreeSet::new())? {
+                act.counters.pruned_modseq = act.next_modseq();
                 writes
                     .batch
                     .put(Table::Pruned, keys::mailbox(act.id), &act.pruned);

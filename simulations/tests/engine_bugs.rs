@@ -540,13 +540,11 @@ fn bug8_seed_319() {
 // that still shows the message, while its neighbour has compacted it.
 
 #[test]
-#[ignore = "engine bug 9: an Applied answer after a promotion or a combining merge gives the post-merge modseq; the sender's next request makes the receiver take its promotion for acknowledged (seed 488)"]
 fn bug9_seed_488_without_primary_changes() {
     replay(&["--seed", "488", "--no-set-primary"]);
 }
 
 #[test]
-#[ignore = "engine bug 9 (or 7): an expunge never reaches a node that still shows the message; its neighbour compacted it (seed 1600)"]
 fn bug9_seed_1600_without_primary_changes() {
     replay(&["--seed", "1600", "--no-set-primary"]);
 }
