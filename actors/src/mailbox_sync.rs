@@ -225,18 +225,22 @@ impl Mailbox {
         } = incoming;
         let me = self.ctx.node.clone();
         let mut learned_pruned = false;
-        let mut pruned_changed = false;
         let mut touched: BTreeSet<Uid> = BTreeSet::new();
         if let Some(pruned) = pruned {
             learned_pruned = self.learn_pruned(writes, &pruned, &mut touched)?;
         }
         // A message this node compacted away as expunged stays expunged, whatever a stale peer
         // still holds: the pruned set is the tombstone watermark.
+        let offered = records.len() + updates.len();
         records.retain(|c| !self.pruned.contains(&c.item.append_id));
         let updates: Vec<Change<RecordUpdate>> = updates
             .into_iter()
             .filter(|c| !self.pruned.contains(&c.item.append_id))
             .collect();
+        // The sender still holds a message this node compacted away: it missed the set, so
+        // the set is news again and goes to every peer, the sender included (simulator, seed
+        // 229: a node that never saw the expunge kept showing the message).
+        let mut pruned_changed = records.len() + updates.len() < offered;
         // An update completes a record this node has; without it, the sender must send it whole.
         for Change { origin, item: update } in updates {
             match self.stored(&update.append_id)? {
@@ -406,7 +410,7 @@ impl Mailbox {
                 },
             );
         }
-        if learned_pruned {
+        if learned_pruned || pruned_changed {
             summary.changed = true;
         }
         if summary.changed || summary.promoted {
