@@ -210,9 +210,11 @@ impl SimCluster {
         out
     }
 
-    /// Waits (in virtual time) until every channel is drained, nothing is in flight and no
-    /// request has crossed the network for a while. Meant for a healed network with every node
-    /// up. Returns the virtual time it took, or what was still busy at `limit`.
+    /// Waits (in virtual time) until every channel is drained with its link up, nothing is in
+    /// flight and no request has crossed the network for a while. Meant for a healed network with
+    /// every node up: a channel whose link failed during the faults says Hello again after its
+    /// backoff even with nothing to send, so quiet means every link is back. Returns the virtual
+    /// time it took, or what was still busy at `limit`.
     pub async fn settle(&self, limit: Duration) -> Result<Duration, String> {
         let start = Instant::now();
         let mut last = self.net.total_requests();
@@ -222,7 +224,7 @@ impl SimCluster {
             let stats = self.channel_stats().await;
             let busy: Vec<String> = stats
                 .iter()
-                .filter(|(_, s)| s.pending > 0 || s.running > 0)
+                .filter(|(_, s)| s.pending > 0 || s.running > 0 || !s.link_up)
                 .map(|((node, peer), s)| format!("{node}->{peer} {s:?}"))
                 .collect();
             let now = self.net.total_requests();

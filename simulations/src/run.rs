@@ -144,6 +144,14 @@ async fn simulate(seed: u64, config: &SimConfig) -> SimReport {
         run.observer.final_checks(&run.cluster, &model, config.dump).await;
         run.check_quiet(config.quiet_for, "after quiescence").await;
         outcome.probe = run.probe(config).await;
+    } else if config.dump {
+        // No checks on a cluster that never went quiet, but the state that kept it busy.
+        let mut snaps = std::collections::BTreeMap::new();
+        for (node, local) in run.cluster.nodes() {
+            snaps.insert(node.clone(), crate::snapshot::snapshot(local, true).await);
+        }
+        crate::snapshot::dump_snapshots(&snaps, &trace);
+        crate::snapshot::dump_sync_state(&run.cluster, &trace);
     }
     let Run {
         cluster,
