@@ -490,6 +490,12 @@ impl Mailbox {
             self.pruned = merged;
             changed = true;
         }
+        // A retired uid was in use somewhere: UIDNEXT must pass it, so a promotion never moves a
+        // message to it (simulator, seed 26).
+        if let Some(&(_, hi)) = self.pruned.uids.last() {
+            let after = UidNext(Uid((hi as u32).saturating_add(1)));
+            self.counters.uidnext = self.counters.uidnext.max(after);
+        }
         if changed {
             // The set changed: it travels on to the other peers like any change.
             self.counters.pruned_modseq = self.next_modseq();
@@ -586,6 +592,11 @@ impl Mailbox {
             })?;
         let mut at = BTreeMap::new();
         for aid in aids {
+            // Compacted in this very batch (its rows go when the batch commits): it is gone, and
+            // promoting it would bring it back live (simulator, seed 802).
+            if self.pruned.contains(&aid) {
+                continue;
+            }
             let record = match overlay.get(&aid) {
                 Some(r) => Some(r.clone()),
                 None => self.stored(&aid)?,

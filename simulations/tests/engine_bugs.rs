@@ -581,13 +581,11 @@ fn bug8_seed_26() {
 // drains (every full sync fails fetching that body), so the cluster never goes quiet.
 
 #[test]
-#[ignore = "engine bug 10: a primary's promotion brings a compacted (expunged) message back live without its body (seed 802)"]
 fn bug10_seed_802() {
     replay(&["--seed", "802"]);
 }
 
 #[test]
-#[ignore = "engine bug 10: a compacted message comes back live without its body; a peer's sync fails on it forever (seed 1272 without primary changes)"]
 fn bug10_seed_1272_without_primary_changes() {
     replay(&["--seed", "1272", "--no-set-primary"]);
 }
