@@ -66,6 +66,9 @@ struct MergeSummary {
     combined: bool,
     /// This node (the primary) moved conflicting records to fresh uids.
     promoted: bool,
+    /// The pruned set changed beyond what the sender sent (uids retired here, or the sender
+    /// offered a compacted message): news for the sender too.
+    pruned_news: bool,
     /// Origins of the states taken whole.
     origins: BTreeSet<NodeId>,
 }
@@ -417,6 +420,7 @@ impl Mailbox {
             self.put_counters(&mut writes.batch);
             // Uids retired here are this node's own news: the node that moved the message away
             // (the origin) may never have shown it at the old uid (simulator, seed 26).
+            summary.pruned_news = pruned_changed;
             let news = summary.combined || summary.promoted || pruned_changed;
             let provenance = if news || summary.origins.len() != 1 {
                 // New to everyone (or from several origins: only the sender can be skipped).
@@ -946,7 +950,7 @@ impl Handler<ApplyChanges> for Mailbox {
                 // The sender ends up with everything here up to the new modseq, unless the merge
                 // combined both sides: then it only knows the point before the merge, and the
                 // combination reaches it through this node's own channel.
-                let modseq = if summary.combined || summary.promoted {
+                let modseq = if summary.combined || summary.promoted || summary.pruned_news {
                     highest
                 } else {
                     act.highestmodseq()
@@ -956,7 +960,8 @@ impl Handler<ApplyChanges> for Mailbox {
             // After a merge that combined both sides or promoted uids, the sender lacks what
             // this node just made: it may only count on the point before the merge, so its next
             // request reconciles and takes the news (simulator, seed 488).
-            let news = summary.combined || summary.promoted;
+            // Retired uids count too (simulator, seed 26: the primary never learned one).
+            let news = summary.combined || summary.promoted || summary.pruned_news;
             let modseq = if news { highest } else { act.highestmodseq() };
             if !req.full && !news {
                 // This node now has exactly the sender's state up to its modseq: the cache for the

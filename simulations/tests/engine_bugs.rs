@@ -563,7 +563,6 @@ fn bug8_seed_1718() {
 }
 
 #[test]
-#[ignore = "engine bug 8 (rest): retired uid sets differ, the primary promotes into a uid others retired (seed 26)"]
 fn bug8_seed_26() {
     replay(&["--seed", "26"]);
 }

@@ -116,7 +116,6 @@ fn seed_range_passes_the_checks() {
 }
 
 #[test]
-#[ignore = "engine bug 8 (tests/engine_bugs.rs: seeds 26, 1718, 1924) fails seeds of the full workload; un-ignore when it is fixed"]
 fn seed_range_passes_the_checks_with_the_full_workload() {
     let out = runner(&["--seeds", "0..300", "--jobs", "2"]);
     assert!(out.success, "{}", out.stdout);
