@@ -559,7 +559,7 @@ impl Mailbox {
             return Ok(());
         }
         let (changed, next) = self.changes_after(since, stable, PER_CALL, None)?;
-        let mut compacted = false;
+        let mut retired = BTreeSet::new();
         for (change, _) in changed {
             if !change.item.is_expunged() {
                 continue;
@@ -567,14 +567,29 @@ impl Mailbox {
             if let Some(stored) = self.stored(&change.item.append_id)? {
                 self.forget_record(&mut writes.batch, &stored);
                 self.pruned.insert(&stored.record.append_id);
-                compacted = true;
+                retired.insert(stored.record.uid.value);
             }
         }
         self.counters.compacted_upto = next.unwrap_or(stable);
-        if compacted {
+        if !retired.is_empty() {
+            // A live message still at a uid just retired is settled: the primary promotes it,
+            // another node hides it (simulator, seed 1718).
+            let mut overlay = BTreeMap::new();
+            self.settle_uids(writes, &mut overlay, retired, &BTreeSet::new())?;
             writes
                 .batch
                 .put(Table::Pruned, keys::mailbox(self.id), &self.pruned);
+            // The peers learn of the compaction through the set: nodes beyond them may never
+            // have seen these messages, and no record of them is left to send (simulator, seed
+            // 261).
+            self.counters.pruned_modseq = self.next_modseq();
+            let logged = self.ctx.sync_log.log(
+                &mut writes.batch,
+                SyncItem::Mailbox(self.id),
+                &Provenance::Local,
+                Some(&self.holders),
+            );
+            writes.logged.merge(logged);
         }
         self.put_counters(&mut writes.batch);
         Ok(())
