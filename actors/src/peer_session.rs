@@ -9,7 +9,7 @@ use std::rc::Rc;
 use std::sync::Arc;
 
 use actix::prelude::*;
-use mailmesh_protocol::ids::{Guid, NodeId};
+use mailmesh_protocol::ids::{Guid, MailboxId, NodeId};
 use mailmesh_protocol::wire::{ErrorCode, Request, Response};
 use serde_bytes::ByteBuf;
 use tracing::{debug, warn};
@@ -18,6 +18,7 @@ use crate::context::NodeContext;
 use crate::directory::{Directory, OpenMailboxById};
 use crate::directory_sync::{ApplyEntries, ApplyUserItem, PeerHello, UserItemChange};
 use crate::error::MailError;
+use crate::mailbox::Mailbox;
 use crate::mailbox_sync::{wire_error, ApplyChanges, Bodies, ListChanges, ListFull};
 
 /// Bodies a session holds between their chunks and the change request that names them.
@@ -240,61 +241,50 @@ impl Handler<InboundRequest> for PeerSession {
                 uidvalidity,
                 since,
                 limit,
-            } => Box::pin(
-                async move {
-                    let opened = match directory.send(OpenMailboxById { id: mailbox }).await {
-                        Ok(Ok(o)) => o,
-                        Ok(Err(e)) => return error_response(e),
-                        Err(e) => return error_response(e.into()),
-                    };
-                    let limit = (limit as usize).clamp(1, MAX_PAGE);
-                    match opened
-                        .addr
-                        .send(ListChanges {
-                            peer,
-                            uidvalidity,
-                            since,
-                            limit,
-                        })
-                        .await
-                    {
-                        Ok(Ok(r)) => r,
-                        Ok(Err(e)) => error_response(e),
-                        Err(e) => error_response(e.into()),
-                    }
-                }
-                .into_actor(self),
-            ),
+            } => {
+                let limit = (limit as usize).clamp(1, MAX_PAGE);
+                let ask = ListChanges {
+                    peer,
+                    uidvalidity,
+                    since,
+                    limit,
+                };
+                Box::pin(ask_mailbox(directory, mailbox, ask).into_actor(self))
+            }
             Request::FullState {
                 mailbox,
                 uidvalidity,
                 after,
                 limit,
-            } => Box::pin(
-                async move {
-                    let opened = match directory.send(OpenMailboxById { id: mailbox }).await {
-                        Ok(Ok(o)) => o,
-                        Ok(Err(e)) => return error_response(e),
-                        Err(e) => return error_response(e.into()),
-                    };
-                    let limit = (limit as usize).clamp(1, MAX_PAGE);
-                    match opened
-                        .addr
-                        .send(ListFull {
-                            uidvalidity,
-                            after,
-                            limit,
-                        })
-                        .await
-                    {
-                        Ok(Ok(r)) => r,
-                        Ok(Err(e)) => error_response(e),
-                        Err(e) => error_response(e.into()),
-                    }
-                }
-                .into_actor(self),
-            ),
+            } => {
+                let limit = (limit as usize).clamp(1, MAX_PAGE);
+                let ask = ListFull {
+                    uidvalidity,
+                    after,
+                    limit,
+                };
+                Box::pin(ask_mailbox(directory, mailbox, ask).into_actor(self))
+            }
         }
+    }
+}
+
+/// Opens a mailbox by id and asks it a question whose answer is a wire response; every failure
+/// on the way is answered as a wire error.
+async fn ask_mailbox<M>(directory: Addr<Directory>, mailbox: MailboxId, ask: M) -> Response
+where
+    M: Message<Result = Result<Response, MailError>> + Send + 'static,
+    Mailbox: Handler<M>,
+{
+    let opened = match directory.send(OpenMailboxById { id: mailbox }).await {
+        Ok(Ok(o)) => o,
+        Ok(Err(e)) => return error_response(e),
+        Err(e) => return error_response(e.into()),
+    };
+    match opened.addr.send(ask).await {
+        Ok(Ok(r)) => r,
+        Ok(Err(e)) => error_response(e),
+        Err(e) => error_response(e.into()),
     }
 }
 
