@@ -1124,7 +1124,8 @@ impl Handler<SettleHeldConflicts> for Mailbox {
 
     fn handle(&mut self, _: SettleHeldConflicts, _: &mut Self::Context) -> Self::Result {
         self.atomic(move |act| {
-            // A uid with two records, or with a hidden one, is a conflict waiting.
+            // A uid with two records, with a hidden one, or retired with a live one, is a conflict
+            // waiting.
             let mut seen: BTreeMap<Uid, usize> = BTreeMap::new();
             let mut uids = BTreeSet::new();
             act.store
@@ -1141,7 +1142,10 @@ impl Handler<SettleHeldConflicts> for Mailbox {
             act.store
                 .scan_prefix(Table::Messages, &keys::mailbox(act.id), None, |_, v| {
                     if let Ok(s) = decode::<StoredRecord>(v, "message record") {
-                        if s.hidden {
+                        // A live message at a retired uid waits for the primary too: another
+                        // message was shown there somewhere (simulator, seed 1718).
+                        let at_retired = !s.record.is_expunged() && act.pruned.retired(s.record.uid.value.0);
+                        if s.hidden || at_retired {
                             uids.insert(s.record.uid.value);
                         }
                     }
