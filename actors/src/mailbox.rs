@@ -946,6 +946,25 @@ impl Handler<GetState> for Mailbox {
     }
 }
 
+/// The expunged messages compacted away (no longer held as records) and the uids they retired,
+/// as committed.
+#[derive(Message)]
+#[rtype(result = "Result<PrunedSet, MailError>")]
+pub struct GetPruned;
+
+impl Handler<GetPruned> for Mailbox {
+    type Result = Result<PrunedSet, MailError>;
+
+    fn handle(&mut self, _: GetPruned, _: &mut Self::Context) -> Self::Result {
+        self.check_usable()?;
+        // Committed: the in-memory set may include a compaction whose batch is not durable yet.
+        Ok(self
+            .store
+            .get::<PrunedSet>(Table::Pruned, &keys::mailbox(self.id))?
+            .unwrap_or_default())
+    }
+}
+
 /// The records changed after `since` (this node's modseq), oldest change first, at most `limit`;
 /// expunged records included, so a client or peer learns of expunges too.
 #[derive(Message)]

@@ -1,15 +1,14 @@
-//! What a client could see on one node, read through the node's actors (plus, for diagnosis,
-//! engine state read straight from the store).
+//! What a client could see on one node, read through the node's actors (plus, for diagnosing a
+//! failing seed, replication caches and sync logs read straight from the store).
 
 use std::collections::BTreeMap;
 
 use actix::Addr;
 use mailmesh_actors::directory::{GetScript, ListMailboxes, ListScripts, ListSubscriptions, OpenMailboxById};
 use mailmesh_actors::mailbox::{
-    ChangedSince, Fetch, GetAnnotations, GetState, Mailbox, MailboxState, MessageView, StoredRecord,
+    ChangedSince, Fetch, GetAnnotations, GetPruned, GetState, Mailbox, MailboxState, MessageView, StoredRecord,
 };
 use mailmesh_actors::node::LocalNode;
-use mailmesh_actors::store::{keys, Table};
 use mailmesh_actors::uid_set::UidSet;
 use mailmesh_actors::MailError;
 use mailmesh_protocol::ids::{MailboxId, ModSeq, NodeId, UidValidity};
@@ -65,7 +64,7 @@ pub async fn snapshot(local: &LocalNode, full: bool) -> NodeSnapshot {
             let Ok(mb) = open_by_id(local, info.id).await else {
                 continue;
             };
-            let (Ok(Ok(state)), Ok(Ok(visible)), Ok(Ok(records)), Ok(Ok(annotations))) = (
+            let (Ok(Ok(state)), Ok(Ok(visible)), Ok(Ok(records)), Ok(Ok(pruned)), Ok(Ok(annotations))) = (
                 mb.send(GetState).await,
                 mb.send(Fetch { uids: UidSet::all() }).await,
                 mb.send(ChangedSince {
@@ -73,17 +72,11 @@ pub async fn snapshot(local: &LocalNode, full: bool) -> NodeSnapshot {
                     limit: usize::MAX,
                 })
                 .await,
+                mb.send(GetPruned).await,
                 mb.send(GetAnnotations).await,
             ) else {
                 continue;
             };
-            // No message reads the compacted set; the store is read as the Mailbox reads it.
-            let pruned = local
-                .store
-                .get::<PrunedSet>(Table::Pruned, &keys::mailbox(info.id))
-                .ok()
-                .flatten()
-                .unwrap_or_default();
             snap.mailboxes.insert(
                 info.id,
                 MailboxSnapshot {
@@ -173,7 +166,7 @@ pub fn dump_snapshots(snaps: &BTreeMap<NodeId, NodeSnapshot>, trace: &Trace) {
 /// from the stores: engine internals, for diagnosing a failing seed).
 pub fn dump_sync_state(cluster: &SimCluster, trace: &Trace) {
     use mailmesh_actors::mailbox_sync::ReplicationCache;
-    use mailmesh_actors::store::decode;
+    use mailmesh_actors::store::{decode, Table};
     use mailmesh_actors::sync_log::SyncItem;
     for (node, local) in cluster.nodes() {
         let mut lines = Vec::new();
