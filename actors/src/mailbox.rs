@@ -253,8 +253,11 @@ impl Mailbox {
         }
     }
 
-    /// Recomputes the counters from the records after a failed commit. Runs only when nothing is
-    /// inflight, so the records on disk are the whole truth.
+    /// Rebuilds the in-memory state (counters, digest, pruned set) from what is committed, after
+    /// a failed commit or an operation that failed half way through. Runs only when nothing is
+    /// inflight, so the store is the whole truth. The counters row is not trusted: a batch
+    /// prepared while an earlier one was inflight carries that one's counts, and may have
+    /// committed when the earlier one failed.
     pub(crate) fn reload_if_needed(&mut self) -> Result<(), StoreError> {
         if !self.needs_reload.load(Ordering::Relaxed) || self.inflight.count() > 0 {
             return Ok(());
@@ -263,9 +266,15 @@ impl Mailbox {
             .store
             .get::<MailboxCounters>(Table::MailboxState, &keys::mailbox(self.id))?
             .unwrap_or_default();
+        let pruned: PrunedSet = self
+            .store
+            .get(Table::Pruned, &keys::mailbox(self.id))?
+            .unwrap_or_default();
         let mut fresh = MailboxCounters {
+            // Never back: a uid or modseq handed out in memory may have been seen by a client.
             uidnext: self.counters.uidnext.max(stored.uidnext),
             modseq: self.counters.modseq.max(stored.modseq),
+            compacted_upto: stored.compacted_upto,
             ..Default::default()
         };
         self.store
@@ -275,12 +284,28 @@ impl Mailbox {
                     .uidnext
                     .max(UidNext(Uid(s.record.uid.value.0.saturating_add(1))));
                 fresh.modseq = fresh.modseq.max(s.modseq.counter());
+                fresh.digest.add(&s.record);
                 account(&mut fresh, &s, 1);
                 Ok(true)
             })?;
+        for aid in pruned.iter() {
+            fresh.digest.add_pruned(&aid);
+        }
+        if let Some(&(_, hi)) = pruned.uids.last() {
+            fresh.uidnext = fresh.uidnext.max(UidNext(Uid((hi as u32).saturating_add(1))));
+        }
+        // Whether the peers have the committed set is not known: it travels to each once more.
+        fresh.pruned_modseq = ModSeq::new(fresh.modseq, self.modseq_tag);
         self.counters = fresh;
+        self.pruned = pruned;
         self.needs_reload.store(false, Ordering::Relaxed);
         Ok(())
+    }
+
+    /// Marks the in-memory state for a rebuild from the store before the next operation: an
+    /// operation failed after changing it, and its writes were never submitted.
+    pub(crate) fn discard_unsubmitted(&self) {
+        self.needs_reload.store(true, Ordering::Relaxed);
     }
 
     /// Adds the writes that store a local client's change to `record` (replacing `old`).
@@ -406,6 +431,11 @@ impl Mailbox {
                 act.reload_if_needed()?;
                 op(act)
             });
+            // Operations check their input before they change anything; a store error half way
+            // through leaves the in-memory state ahead of the store.
+            if let Err(MailError::Store(_)) = &prepared {
+                act.discard_unsubmitted();
+            }
             let pending = prepared.map(|(writes, result)| {
                 let done = if writes.is_empty() {
                     None

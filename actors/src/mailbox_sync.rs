@@ -227,16 +227,16 @@ impl Mailbox {
             pruned,
         } = incoming;
         let me = self.ctx.node.clone();
-        let mut learned_pruned = false;
-        let mut touched: BTreeSet<Uid> = BTreeSet::new();
-        if let Some(pruned) = pruned {
-            learned_pruned = self.learn_pruned(writes, &pruned, &mut touched)?;
-        }
+        // Nothing in memory or in `writes` changes until the input is known to be whole (every
+        // update's record here, every new body here): a request refused half way would leave
+        // this actor ahead of its store (simulator, seed 1312: a pruned set learned from a
+        // refused request, so the record it named was never removed).
+        //
         // A message this node compacted away as expunged stays expunged, whatever a stale peer
         // still holds: the pruned set is the tombstone watermark.
         let offered = records.len() + updates.len();
         records.retain(|c| !self.pruned.contains(&c.item.append_id));
-        let updates: Vec<Change<RecordUpdate>> = updates
+        let mut updates: Vec<Change<RecordUpdate>> = updates
             .into_iter()
             .filter(|c| !self.pruned.contains(&c.item.append_id))
             .collect();
@@ -244,6 +244,11 @@ impl Mailbox {
         // the set is news again and goes to every peer, the sender included (simulator, seed
         // 229: a node that never saw the expunge kept showing the message).
         let mut pruned_changed = records.len() + updates.len() < offered;
+        // What the sender compacted is gone here too (learn_pruned below removes it).
+        if let Some(pruned) = &pruned {
+            records.retain(|c| !pruned.contains(&c.item.append_id));
+            updates.retain(|c| !pruned.contains(&c.item.append_id));
+        }
         // An update completes a record this node has; without it, the sender must send it whole.
         for Change { origin, item: update } in updates {
             match self.stored(&update.append_id)? {
@@ -268,6 +273,13 @@ impl Mailbox {
                 }
             }
             locals.insert(change.item.append_id.clone(), local);
+        }
+        // The input is whole: from here on only store errors can stop the merge (and the
+        // Mailbox reloads its state from the store after one).
+        let mut learned_pruned = false;
+        let mut touched: BTreeSet<Uid> = BTreeSet::new();
+        if let Some(pruned) = pruned {
+            learned_pruned = self.learn_pruned(writes, &pruned, &mut touched)?;
         }
         let mut summary = MergeSummary::default();
         let mut overlay: BTreeMap<AppendId, StoredRecord> = BTreeMap::new();

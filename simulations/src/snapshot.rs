@@ -6,7 +6,8 @@ use std::collections::BTreeMap;
 use actix::Addr;
 use mailmesh_actors::directory::{GetScript, ListMailboxes, ListScripts, ListSubscriptions, OpenMailboxById};
 use mailmesh_actors::mailbox::{
-    ChangedSince, Fetch, GetAnnotations, GetPruned, GetState, Mailbox, MailboxState, MessageView, StoredRecord,
+    ChangedSince, Fetch, GetAnnotations, GetPruned, GetState, Mailbox, MailboxState, MessageView,
+    StoredRecord,
 };
 use mailmesh_actors::node::LocalNode;
 use mailmesh_actors::uid_set::UidSet;

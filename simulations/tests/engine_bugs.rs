@@ -29,7 +29,7 @@ use mailmesh_actors::node::{LocalNode, NodeOptions, PeerOptions};
 use mailmesh_actors::uid_set::UidSet;
 use mailmesh_protocol::ids::{AppendId, ModSeq, NodeId, Uid};
 use mailmesh_protocol::merge::Lww;
-use mailmesh_protocol::records::MessageRecord;
+use mailmesh_protocol::records::{MessageRecord, PrunedSet};
 use mailmesh_protocol::version::Version;
 use mailmesh_protocol::wire::Change;
 use mailmesh_simulations::deterministic_system;
@@ -642,4 +642,99 @@ fn bug10_seed_802() {
 #[test]
 fn bug10_seed_1272_without_primary_changes() {
     replay(&["--seed", "1272", "--no-set-primary"]);
+}
+
+// Bug 11: a refused request leaves the Mailbox actor ahead of its store.
+//
+// merge_in took in the sender's pruned set (in memory, and as writes) before it checked that
+// every new record's body had come along. When one had not, the request was refused with
+// MissingBody and its writes dropped, but the actor's in-memory pruned set already named the
+// compacted messages. The next request with the same set found them "already pruned" and never
+// removed their records: a message expunged and compacted everywhere stayed on this node, shown
+// (simulator, seed 1312 and 3534). Fixed in the change that added this text: merge_in checks its
+// input whole before it changes anything, and a store error half way makes the actor reload.
+#[test]
+fn bug11_a_refused_request_does_not_half_learn_the_pruned_set() {
+    simulate(|| async {
+        let mini = Mini::start(&["a"], &[], 500);
+        let peer = n("b");
+        mini.create("a", "INBOX").await;
+        let mb = mini.mailbox("a", "INBOX").await;
+        let compacted = mini.append("a", "INBOX", "Subject: old\r\n\r\nold\r\n").await;
+        let stored = mb
+            .send(ChangedSince {
+                since: ModSeq::ZERO,
+                limit: 10,
+            })
+            .await
+            .unwrap()
+            .unwrap();
+        // b expunged and compacted a's message, and sends a new message without its body.
+        let mut pruned = PrunedSet::default();
+        pruned.insert(&compacted);
+        pruned.retire(1);
+        let without_body = MessageRecord {
+            append_id: AppendId {
+                origin: peer.clone(),
+                counter: 1,
+            },
+            uid: Lww::new(
+                Uid(2),
+                Version {
+                    counter: 999,
+                    node: peer.clone(),
+                },
+            ),
+            guid: mailmesh_protocol::ids::Guid::of(b"a body b never sent"),
+            ..stored[0].record.clone()
+        };
+        let refused = mb
+            .send(MergeRemote {
+                from: peer.clone(),
+                pruned: Some(pruned.clone()),
+                records: vec![Change {
+                    origin: peer.clone(),
+                    item: without_body,
+                }],
+                annotations: Vec::new(),
+                uidnext: Default::default(),
+                bodies: Default::default(),
+            })
+            .await
+            .unwrap();
+        assert!(
+            refused.is_err(),
+            "a record without its body is refused: {refused:?}"
+        );
+        assert_eq!(
+            mini.shown("a", "INBOX").await.len(),
+            1,
+            "nothing of a refused request applies"
+        );
+        // b tries again with the set alone.
+        let merged = mb
+            .send(MergeRemote {
+                from: peer.clone(),
+                pruned: Some(pruned),
+                records: Vec::new(),
+                annotations: Vec::new(),
+                uidnext: Default::default(),
+                bodies: Default::default(),
+            })
+            .await
+            .unwrap();
+        assert!(merged.is_ok(), "{merged:?}");
+        let shown = mini.shown("a", "INBOX").await;
+        assert!(shown.is_empty(), "the compacted message is gone: {shown:?}");
+    });
+}
+
+#[test]
+fn bug11_seed_1312() {
+    replay(&["--seed", "1312"]);
+}
+
+#[test]
+fn bug11_seed_3534() {
+    replay(&["--seed", "3534"]);
 }
