@@ -651,7 +651,7 @@ fn bug10_seed_1272_without_primary_changes() {
 // MissingBody and its writes dropped, but the actor's in-memory pruned set already named the
 // compacted messages. The next request with the same set found them "already pruned" and never
 // removed their records: a message expunged and compacted everywhere stayed on this node, shown
-// (simulator, seed 1312 and 3534). Fixed in the change that added this text: merge_in checks its
+// (simulator, seeds 1312, 3534 and 5988). Fixed in the change that added this text: merge_in checks its
 // input whole before it changes anything, and a store error half way makes the actor reload.
 #[test]
 fn bug11_a_refused_request_does_not_half_learn_the_pruned_set() {
@@ -737,4 +737,9 @@ fn bug11_seed_1312() {
 #[test]
 fn bug11_seed_3534() {
     replay(&["--seed", "3534"]);
+}
+
+#[test]
+fn bug11_seed_5988() {
+    replay(&["--seed", "5988"]);
 }
