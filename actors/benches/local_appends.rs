@@ -6,11 +6,12 @@
 //! node can do at most about one append per fdatasync; the group commit lets appends that arrive
 //! together share one, which is what the "per fdatasync" column shows.
 
-use std::fs::OpenOptions;
-use std::io::Write;
-use std::path::Path;
+mod common;
+
 use std::sync::Arc;
 use std::time::Instant;
+
+use common::fdatasyncs_per_second;
 
 use mailmesh_actors::commit_group::GetCommitStats;
 use mailmesh_actors::directory::{CreateMailbox, OpenMailbox};
@@ -22,30 +23,7 @@ use mailmesh_protocol::ids::NodeId;
 const BODY_BYTES: usize = 2048;
 
 fn body(i: usize) -> Vec<u8> {
-    let mut b = format!("From: bench@example.org\r\nSubject: message {i}\r\n\r\n").into_bytes();
-    b.resize(BODY_BYTES, b'x');
-    b
-}
-
-/// 2 KB write + fdatasync, in a loop, on the same disk: the limit for one-at-a-time durability.
-fn fdatasyncs_per_second(dir: &Path) -> f64 {
-    let path = dir.join("fdatasync.probe");
-    let mut file = OpenOptions::new()
-        .create(true)
-        .write(true)
-        .truncate(true)
-        .open(&path)
-        .unwrap();
-    let block = vec![b'x'; BODY_BYTES];
-    let n = 2000;
-    let start = Instant::now();
-    for _ in 0..n {
-        file.write_all(&block).unwrap();
-        file.sync_data().unwrap();
-    }
-    let rate = n as f64 / start.elapsed().as_secs_f64();
-    std::fs::remove_file(path).unwrap();
-    rate
+    common::body(i, BODY_BYTES)
 }
 
 struct Row {

@@ -4,13 +4,14 @@
 //! and a 5-node chain. Run with `cargo bench -p mailmesh-actors --bench replication`. Printed,
 //! never asserted.
 
+mod common;
+
 use std::collections::BTreeMap;
-use std::fs::OpenOptions;
-use std::io::Write;
 use std::path::Path;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
+use common::{body, disk_write_mb_per_second, fdatasyncs_per_second};
 use mailmesh_actors::commit_group::GetCommitStats;
 use mailmesh_actors::directory::{CreateMailbox, OpenMailbox};
 use mailmesh_actors::env::{Entropy, Env, TokioClock};
@@ -22,52 +23,6 @@ use mailmesh_protocol::ids::NodeId;
 
 fn n(s: &str) -> NodeId {
     NodeId::new(s).unwrap()
-}
-
-fn body(i: usize, size: usize) -> Vec<u8> {
-    let mut b = format!("From: bench@example.org\r\nSubject: message {i}\r\n\r\n").into_bytes();
-    b.resize(size, b'x');
-    b
-}
-
-fn fdatasyncs_per_second(dir: &Path) -> f64 {
-    let path = dir.join("fdatasync.probe");
-    let mut file = OpenOptions::new()
-        .create(true)
-        .write(true)
-        .truncate(true)
-        .open(&path)
-        .unwrap();
-    let block = vec![b'x'; 2048];
-    let n = 1000;
-    let start = Instant::now();
-    for _ in 0..n {
-        file.write_all(&block).unwrap();
-        file.sync_data().unwrap();
-    }
-    let rate = n as f64 / start.elapsed().as_secs_f64();
-    std::fs::remove_file(path).unwrap();
-    rate
-}
-
-/// Sequential write rate of the disk under `dir`: 64 MB in 1 MB writes, then one fdatasync.
-fn disk_write_mb_per_second(dir: &Path) -> f64 {
-    let path = dir.join("write.probe");
-    let mut file = OpenOptions::new()
-        .create(true)
-        .write(true)
-        .truncate(true)
-        .open(&path)
-        .unwrap();
-    let block = vec![b'x'; 1 << 20];
-    let start = Instant::now();
-    for _ in 0..64 {
-        file.write_all(&block).unwrap();
-    }
-    file.sync_data().unwrap();
-    let rate = 64.0 * (1 << 20) as f64 / 1e6 / start.elapsed().as_secs_f64();
-    std::fs::remove_file(path).unwrap();
-    rate
 }
 
 struct Nodes {
