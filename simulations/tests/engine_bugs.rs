@@ -27,6 +27,7 @@ use mailmesh_actors::mailbox_sync::MergeRemote;
 use mailmesh_actors::memory_network::MemoryNetwork;
 use mailmesh_actors::node::{LocalNode, NodeOptions, PeerOptions};
 use mailmesh_actors::uid_set::UidSet;
+use mailmesh_actors::MailError;
 use mailmesh_protocol::ids::{AppendId, ModSeq, NodeId, Uid};
 use mailmesh_protocol::merge::Lww;
 use mailmesh_protocol::records::{MessageRecord, PrunedSet};
@@ -196,6 +197,51 @@ fn replay(args: &[&str]) {
     assert!(out.status.success(), "{stdout}\n{panic}");
 }
 
+/// `base` as if `peer` had appended it (its AppendId `peer`-`counter`) and placed it at `uid`.
+fn from_peer(base: &MessageRecord, peer: &NodeId, counter: u64, uid: u32) -> MessageRecord {
+    MessageRecord {
+        append_id: AppendId {
+            origin: peer.clone(),
+            counter,
+        },
+        uid: Lww::new(
+            Uid(uid),
+            Version {
+                counter: 999,
+                node: peer.clone(),
+            },
+        ),
+        flags: Default::default(),
+        expunged: None,
+        ..base.clone()
+    }
+}
+
+/// Merges records (and a pruned set) pulled from `peer`, with no bodies along.
+async fn merge_from(
+    mb: &Addr<Mailbox>,
+    peer: &NodeId,
+    pruned: Option<PrunedSet>,
+    records: Vec<MessageRecord>,
+) -> Result<(), MailError> {
+    mb.send(MergeRemote {
+        from: peer.clone(),
+        pruned,
+        records: records
+            .into_iter()
+            .map(|item| Change {
+                origin: peer.clone(),
+                item,
+            })
+            .collect(),
+        annotations: Vec::new(),
+        uidnext: Default::default(),
+        bodies: Default::default(),
+    })
+    .await
+    .unwrap()
+}
+
 // Bug 1: UID promotion forgets the contested uid.
 //
 // Three nodes append to one mailbox concurrently; all three messages get uid 1. The primary
@@ -326,42 +372,9 @@ fn bug3_merge_expunging_and_adding_one_body_in_one_batch() {
             counter: 1000,
             node: peer.clone(),
         });
-        let copy = MessageRecord {
-            append_id: AppendId {
-                origin: peer.clone(),
-                counter: 1,
-            },
-            uid: Lww::new(
-                Uid(2),
-                Version {
-                    counter: 999,
-                    node: peer.clone(),
-                },
-            ),
-            flags: Default::default(),
-            expunged: None,
-            ..expunged.clone()
-        };
-        let merged = mb
-            .send(MergeRemote {
-                from: peer.clone(),
-                pruned: None,
-                records: vec![
-                    Change {
-                        origin: peer.clone(),
-                        item: expunged,
-                    },
-                    Change {
-                        origin: peer.clone(),
-                        item: copy,
-                    },
-                ],
-                annotations: Vec::new(),
-                uidnext: Default::default(),
-                bodies: Default::default(),
-            })
-            .await;
-        assert!(matches!(merged, Ok(Ok(()))), "{merged:?}");
+        let copy = from_peer(&expunged, &peer, 1, 2);
+        let merged = merge_from(&mb, &peer, None, vec![expunged, copy]).await;
+        assert!(merged.is_ok(), "{merged:?}");
         let shown = mb.send(Fetch { uids: UidSet::all() }).await.unwrap().unwrap();
         assert_eq!(shown.len(), 1, "the copy is shown, the original is expunged");
     });
@@ -674,34 +687,10 @@ fn bug11_a_refused_request_does_not_half_learn_the_pruned_set() {
         pruned.insert(&compacted);
         pruned.retire(1);
         let without_body = MessageRecord {
-            append_id: AppendId {
-                origin: peer.clone(),
-                counter: 1,
-            },
-            uid: Lww::new(
-                Uid(2),
-                Version {
-                    counter: 999,
-                    node: peer.clone(),
-                },
-            ),
             guid: mailmesh_protocol::ids::Guid::of(b"a body b never sent"),
-            ..stored[0].record.clone()
+            ..from_peer(&stored[0].record, &peer, 1, 2)
         };
-        let refused = mb
-            .send(MergeRemote {
-                from: peer.clone(),
-                pruned: Some(pruned.clone()),
-                records: vec![Change {
-                    origin: peer.clone(),
-                    item: without_body,
-                }],
-                annotations: Vec::new(),
-                uidnext: Default::default(),
-                bodies: Default::default(),
-            })
-            .await
-            .unwrap();
+        let refused = merge_from(&mb, &peer, Some(pruned.clone()), vec![without_body]).await;
         assert!(
             refused.is_err(),
             "a record without its body is refused: {refused:?}"
@@ -712,17 +701,7 @@ fn bug11_a_refused_request_does_not_half_learn_the_pruned_set() {
             "nothing of a refused request applies"
         );
         // b tries again with the set alone.
-        let merged = mb
-            .send(MergeRemote {
-                from: peer.clone(),
-                pruned: Some(pruned),
-                records: Vec::new(),
-                annotations: Vec::new(),
-                uidnext: Default::default(),
-                bodies: Default::default(),
-            })
-            .await
-            .unwrap();
+        let merged = merge_from(&mb, &peer, Some(pruned), Vec::new()).await;
         assert!(merged.is_ok(), "{merged:?}");
         let shown = mini.shown("a", "INBOX").await;
         assert!(shown.is_empty(), "the compacted message is gone: {shown:?}");
