@@ -678,6 +678,43 @@ fn channels_change_at_runtime_and_logs_survive_restarts() {
     });
 }
 
+/// A channel re-pointed while nodes run: the middle of a chain leaves, its neighbours are linked
+/// to each other, and what was logged for the gone node reaches the new neighbour; when the old
+/// node comes back on its old link, what it missed reaches it too.
+#[test]
+fn a_channel_re_pointed_at_runtime_loses_nothing() {
+    run_virtual(|| async {
+        let mut cluster = Cluster::chain(&["a", "b", "c"]);
+        create(&cluster, "a", "alice", "INBOX").await;
+        cluster.settle().await;
+        cluster.stop("b").await;
+        let mb = open(&cluster, "a", "alice", "INBOX").await;
+        for i in 0..3 {
+            append_to(&mb, &message(i), &[]).await;
+        }
+        // The operator edits the topology: a and c link to each other instead of to b.
+        let peer = |name: &str| mailmesh_actors::node::PeerOptions::new(n(name));
+        cluster.nodes.get_mut(&n("a")).unwrap().set_peers(vec![peer("c")]);
+        cluster.nodes.get_mut(&n("c")).unwrap().set_peers(vec![peer("a")]);
+        cluster.settle().await;
+        let on_c = inbox(&cluster.assert_converged().await).messages.len();
+        assert_eq!(on_c, 3, "a's changes reached c over the re-pointed channel");
+        for i in 3..5 {
+            append_to(&mb, &message(i), &[]).await;
+        }
+        // b comes back and a links to it again as well.
+        cluster.restart("b");
+        cluster
+            .nodes
+            .get_mut(&n("a"))
+            .unwrap()
+            .set_peers(vec![peer("b"), peer("c")]);
+        cluster.settle().await;
+        assert_eq!(inbox(&cluster.assert_converged().await).messages.len(), 5);
+        cluster.assert_quiet().await;
+    });
+}
+
 /// Locations decide where a mailbox's messages live: a node outside them has the entry but no
 /// messages; adding it starts replication to it; removing the original holder (an XFER) moves the
 /// mailbox, and the old holder lets its copy go once its peers have everything.
