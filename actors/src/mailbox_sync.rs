@@ -58,6 +58,14 @@ struct Incoming {
     pruned: Option<PrunedSet>,
 }
 
+/// What taking in a peer's pruned set did here.
+struct Learned {
+    /// The set here changed.
+    changed: bool,
+    /// A record removed here sat at a uid the sender's set does not retire.
+    retired_news: bool,
+}
+
 /// What merging a set of incoming changes did.
 #[derive(Debug, Default)]
 struct MergeSummary {
@@ -279,7 +287,13 @@ impl Mailbox {
         let mut learned_pruned = false;
         let mut touched: BTreeSet<Uid> = BTreeSet::new();
         if let Some(pruned) = pruned {
-            learned_pruned = self.learn_pruned(writes, &pruned, &mut touched)?;
+            let learned = self.learn_pruned(writes, &pruned, &mut touched)?;
+            learned_pruned = learned.changed;
+            // A compacted message sat at a uid only this node gave it (a promotion here the
+            // sender never saw): that uid is retired here, and news for everyone, the sender
+            // included (simulator, seed 16014: the end of a chain retired it and told nobody, so
+            // the primary never moved another node's message off it).
+            pruned_changed |= learned.retired_news;
         }
         let mut summary = MergeSummary::default();
         let mut overlay: BTreeMap<AppendId, StoredRecord> = BTreeMap::new();
@@ -472,8 +486,9 @@ impl Mailbox {
         writes: &mut Writes,
         incoming: &PrunedSet,
         touched: &mut BTreeSet<Uid>,
-    ) -> Result<bool, StoreError> {
+    ) -> Result<Learned, StoreError> {
         let mut changed = false;
+        let mut retired_news = false;
         for aid in incoming.iter() {
             if self.pruned.contains(&aid) {
                 continue;
@@ -483,6 +498,8 @@ impl Mailbox {
                     if !stored.record.is_expunged() {
                         writes.batch.release_body(stored.record.guid);
                     }
+                    let at = stored.record.uid.value.0;
+                    retired_news |= !incoming.retired(at) && !self.pruned.retired(at);
                     self.forget_record(&mut writes.batch, &stored);
                     self.counters.digest.remove(&stored.record);
                     self.counters.digest.add_pruned(&aid);
@@ -519,7 +536,10 @@ impl Mailbox {
                 .batch
                 .put(Table::Pruned, keys::mailbox(self.id), &self.pruned);
         }
-        Ok(changed)
+        Ok(Learned {
+            changed,
+            retired_news,
+        })
     }
 
     /// Removes a record's rows; its uid is retired (see `PrunedSet::uids`).

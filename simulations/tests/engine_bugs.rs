@@ -21,7 +21,8 @@ use mailmesh_actors::commit_group::FlushMode;
 use mailmesh_actors::directory::{CreateMailbox, OpenMailbox, SetLocations};
 use mailmesh_actors::env::{Entropy, Env, TokioClock};
 use mailmesh_actors::mailbox::{
-    Append, ChangedSince, Expunge, ExpungeMode, Fetch, GetAnnotations, Mailbox, MessageView, SetAnnotation,
+    Append, ChangedSince, Expunge, ExpungeMode, Fetch, GetAnnotations, GetPruned, Mailbox, MessageView,
+    SetAnnotation,
 };
 use mailmesh_actors::mailbox_sync::MergeRemote;
 use mailmesh_actors::memory_network::MemoryNetwork;
@@ -721,4 +722,94 @@ fn bug11_seed_3534() {
 #[test]
 fn bug11_seed_5988() {
     replay(&["--seed", "5988"]);
+}
+
+// Bug 12: a uid retired on one node only, so the primary never moves another message off it.
+//
+// A node forgets a record the sender's pruned set names, and retires the uid the record sat at
+// here. When only this node had given the record that uid (it promoted it while it took itself
+// for the primary), the sender's set does not retire it, yet the merge was logged as the
+// sender's news: for every channel but the sender's. At the end of a chain nobody else heard of
+// it. Another node's message at that uid was hidden there and shown everywhere else, for good.
+// Seed 16014 (chain of 6): n6, cut off and still the primary in its own view, promoted n1-3 and
+// n5-3 to uids 4 and 6; they were compacted elsewhere at uids 2 and 3, so n6 retired 4 and 6 and
+// told nobody; n3 had moved n3-4 and n3-6 to uids 4 and 6. Fixed in the change that added this
+// text: a uid retired by forgetting a record is news for everyone, the sender included.
+#[test]
+fn bug12_a_uid_retired_while_learning_a_pruned_set_reaches_the_sender() {
+    simulate(|| async {
+        let mini = Mini::start(&["a", "b"], &[("a", "b")], 500);
+        let z = n("z");
+        mini.node("b")
+            .directory
+            .send(CreateMailbox {
+                user: "alice".into(),
+                name: "INBOX".into(),
+            })
+            .await
+            .unwrap()
+            .unwrap(); // b is the primary
+        mini.settle().await;
+        mini.cut("a", "b", true);
+        // a compacted a message of its own (a-1000) that sat at uid 1.
+        let gone = AppendId {
+            origin: n("a"),
+            counter: 1000,
+        };
+        let mut pruned = PrunedSet::default();
+        pruned.insert(&gone);
+        pruned.retire(1);
+        let on_a = mini.mailbox("a", "INBOX").await;
+        merge_from(&on_a, &z, Some(pruned), Vec::new()).await.unwrap();
+        // b never heard of that: it gets a-1000 live at uid 1, where its own message is, and
+        // promotes both.
+        mini.append("b", "INBOX", "Subject: b\r\n\r\nb\r\n").await;
+        let on_b = mini.mailbox("b", "INBOX").await;
+        let mine = on_b
+            .send(ChangedSince {
+                since: ModSeq::ZERO,
+                limit: 10,
+            })
+            .await
+            .unwrap()
+            .unwrap();
+        let stale = from_peer(&mine[0].record, &n("a"), 1000, 1);
+        merge_from(&on_b, &z, None, vec![stale]).await.unwrap();
+        let promoted_to = on_b
+            .send(ChangedSince {
+                since: ModSeq::ZERO,
+                limit: 10,
+            })
+            .await
+            .unwrap()
+            .unwrap()
+            .into_iter()
+            .find(|s| s.record.append_id == gone)
+            .expect("b holds a-1000")
+            .record
+            .uid
+            .value;
+        assert!(promoted_to > Uid(1));
+        mini.cut("a", "b", false);
+        mini.settle().await;
+        // b forgot a-1000 at the uid it gave it, and retired that uid: a must know it too.
+        for node in ["a", "b"] {
+            let retired = mini
+                .mailbox(node, "INBOX")
+                .await
+                .send(GetPruned)
+                .await
+                .unwrap()
+                .unwrap();
+            assert!(
+                retired.retired(promoted_to.0),
+                "{node} retires uid {promoted_to}: {retired:?}"
+            );
+        }
+    });
+}
+
+#[test]
+fn bug12_seed_16014() {
+    replay(&["--seed", "16014"]);
 }
