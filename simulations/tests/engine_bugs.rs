@@ -7,7 +7,9 @@
 //! through the runner binary (so a panic fails the test instead of aborting the test binary).
 //! Bugs 1 to 6 were found at commit e536e9b and fixed in 3929a63; bugs 7 and 8 were found at
 //! 3929a63 and fixed in 1c240ac (bug 8 only in part, see below); bug 9 was found at c347746 and
-//! fixed in a4c6790; bug 10 was found at a4c6790; the rest of bug 8 (seed 1718) was fixed in session 2. Any change to the engine reshuffles what a seed does, so a seed that passes after a
+//! fixed in a4c6790; bug 10 was found at a4c6790; the rest of bug 8 (seed 1718) was fixed in a1c4fc0;
+//! bugs 11 and 12 were found by a soak of seeds 0..30000 at a1c4fc0 and 016a4d9 and fixed in
+//! 016a4d9 and dcb110e. Any change to the engine reshuffles what a seed does, so a seed that passes after a
 //! change proves less than the minimal reproduction.
 
 use std::collections::BTreeMap;
