@@ -681,9 +681,13 @@ impl Mailbox {
             let at = self.records_at(uid, overlay)?;
             // A uid a compacted (expunged) message held is as taken as one with a record.
             let retired = self.pruned.retired(uid.0);
-            if primary && (at.len() > 1 || (retired && !at.is_empty())) {
+            let live = at.values().filter(|r| !r.record.is_expunged()).count();
+            if primary && live > 0 && (at.len() > 1 || retired) {
                 self.pruned.retire(uid.0);
-                for (aid, old) in at {
+                // Only live messages move: an expunged one is shown nowhere, and moving it would
+                // only spend a uid that some node then retires when it compacts the message
+                // (simulator, seed 16014).
+                for (aid, old) in at.into_iter().filter(|(_, r)| !r.record.is_expunged()) {
                     let mut record = old.record.clone();
                     self.node_counters.observe(&record.uid.version);
                     let version = self.node_counters.tick();
