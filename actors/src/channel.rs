@@ -488,17 +488,8 @@ impl SyncJob {
             {
                 // Everything in this page came from this peer or was made by it: nothing to say
                 // about it, but the pages after it may hold news (found by the simulator).
-                let complete = if plan.more { cache.complete } else { plan.upto };
-                let cache = ReplicationCache {
-                    acked: plan.upto,
-                    complete,
-                    ..cache
-                };
-                mb.send(SaveCache {
-                    peer: self.peer.clone(),
-                    cache,
-                })
-                .await??;
+                self.save_cache(&mb, cache.after_page(plan.upto, plan.more, cache.peer_modseq))
+                    .await?;
                 if plan.more {
                     continue;
                 }
@@ -521,20 +512,8 @@ impl SyncJob {
             };
             match self.request(Request::ChangeRequest(request)).await? {
                 Response::Applied { modseq, digest } => {
-                    // A page of a longer exchange leaves records behind it: only the last page
-                    // makes the peer complete up to here.
-                    let complete = if plan.more { cache.complete } else { plan.upto };
-                    let cache = ReplicationCache {
-                        uidvalidity: plan.uidvalidity,
-                        acked: plan.upto,
-                        peer_modseq: modseq,
-                        complete,
-                    };
-                    mb.send(SaveCache {
-                        peer: self.peer.clone(),
-                        cache,
-                    })
-                    .await??;
+                    self.save_cache(&mb, cache.after_page(plan.upto, plan.more, modseq))
+                        .await?;
                     if plan.more {
                         continue;
                     }
@@ -573,18 +552,8 @@ impl SyncJob {
                             }
                         };
                     }
-                    let complete = if plan.more { cache.complete } else { plan.upto };
-                    let cache = ReplicationCache {
-                        uidvalidity: plan.uidvalidity,
-                        acked: plan.upto,
-                        peer_modseq: modseq,
-                        complete,
-                    };
-                    mb.send(SaveCache {
-                        peer: self.peer.clone(),
-                        cache,
-                    })
-                    .await??;
+                    self.save_cache(&mb, cache.after_page(plan.upto, plan.more, modseq))
+                        .await?;
                     if !plan.more {
                         return Ok(());
                     }
@@ -715,11 +684,7 @@ impl SyncJob {
                             peer_modseq,
                             complete: acked,
                         };
-                        mb.send(SaveCache {
-                            peer: self.peer.clone(),
-                            cache,
-                        })
-                        .await??;
+                        self.save_cache(mb, cache).await?;
                         if digest != page.digest && !quarantined {
                             // Someone changed the mailbox meanwhile; those changes are logged
                             // and the next round, from the cache just saved, settles them.
@@ -823,6 +788,16 @@ impl SyncJob {
     /// Streams to the peer the bodies of these live records that it lacks, each body at most
     /// once. A body this node cannot read intact is not sent: the records naming it are
     /// quarantined (left out, logged and counted) and the rest goes on.
+    /// Saves what this channel now knows of the peer's copy of the mailbox.
+    async fn save_cache(&self, mb: &Addr<Mailbox>, cache: ReplicationCache) -> Result<(), SyncError> {
+        mb.send(SaveCache {
+            peer: self.peer.clone(),
+            cache,
+        })
+        .await??;
+        Ok(())
+    }
+
     async fn send_parts(&self, parts: Vec<BodyPart>) -> Result<(), SyncError> {
         match self.request(Request::Bodies { parts }).await? {
             Response::Ok => Ok(()),

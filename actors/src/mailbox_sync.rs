@@ -42,6 +42,20 @@ pub struct ReplicationCache {
     pub complete: ModSeq,
 }
 
+impl ReplicationCache {
+    /// The cache after the peer took a page of changes up to `upto` and stood at `peer_modseq`.
+    /// Only the last page (`more` false) makes the peer complete up to `upto`: the pages after
+    /// it may hold records created earlier.
+    pub fn after_page(&self, upto: ModSeq, more: bool, peer_modseq: ModSeq) -> ReplicationCache {
+        ReplicationCache {
+            uidvalidity: self.uidvalidity,
+            acked: upto,
+            peer_modseq,
+            complete: if more { self.complete } else { upto },
+        }
+    }
+}
+
 /// Bodies that came with a change, by Guid.
 pub type Bodies = BTreeMap<Guid, Arc<Vec<u8>>>;
 
