@@ -413,6 +413,12 @@ fn run_seeds(
 }
 
 fn main() -> ExitCode {
+    // Piped into `head` or `less`, the runner stops quietly when the reader goes away, as other
+    // command-line tools do, instead of panicking on the next print.
+    // SAFETY: setting a signal's disposition to the default, before any thread is started.
+    unsafe {
+        libc::signal(libc::SIGPIPE, libc::SIG_DFL);
+    }
     let cli = Cli::parse();
     let config = cli.config();
     install_panic_hook();
