@@ -85,6 +85,15 @@ enum MailboxCommand {
 
 fn main() -> ExitCode {
     let cli = Cli::parse();
+    if !matches!(cli.command, Command::Run) {
+        // A one-shot command piped into `head` stops quietly when the reader goes away, as other
+        // command-line tools do, instead of panicking on its next line. The node itself keeps
+        // Rust's default (SIGPIPE ignored): a closed pipe is an error it handles, not its death.
+        // SAFETY: setting a signal's disposition to the default, before any thread is started.
+        unsafe {
+            libc::signal(libc::SIGPIPE, libc::SIG_DFL);
+        }
+    }
     match execute(cli) {
         Ok(()) => ExitCode::SUCCESS,
         Err(e) => {

@@ -141,3 +141,37 @@ fn refused_operations_exit_1_with_the_reason_and_change_nothing() {
     assert_eq!(append("INBOX", &[]).expect_code(0).stdout, "1\n");
     assert_eq!(listed(&config, "alice", "INBOX")[1], "1");
 }
+
+/// A one-shot command whose reader has gone (`mailmesh mailbox list | head -1` on many
+/// mailboxes) ends as command-line tools do, by SIGPIPE, not with a panic and its backtrace.
+#[test]
+fn a_closed_output_pipe_ends_a_command_quietly() {
+    use std::os::unix::process::ExitStatusExt;
+    use std::process::Stdio;
+
+    let tmp = TempDir::new().unwrap();
+    let config = write_config(tmp.path(), "n1", &tmp.path().join("data"));
+    op(
+        &config,
+        &["mailbox", "create", "--user", "alice", "--name", "INBOX"],
+    )
+    .expect_code(0);
+    // The reading end is closed before the command starts: its first line hits a closed pipe.
+    let (reader, writer) = std::io::pipe().unwrap();
+    drop(reader);
+    let mut cmd = mailmesh(&["mailbox", "list", "--user", "alice"]);
+    cmd.arg("--config").arg(&config);
+    let out = cmd
+        .stdout(Stdio::from(writer))
+        .stderr(Stdio::piped())
+        .output()
+        .unwrap();
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert_eq!(
+        out.status.signal(),
+        Some(libc::SIGPIPE),
+        "{:?}: {stderr}",
+        out.status
+    );
+    assert!(!stderr.contains("panicked"), "{stderr}");
+}
