@@ -406,10 +406,7 @@ impl Mailbox {
             // Retired uids travel to the peers with the set: a node that never saw the message
             // that held one (the primary among them) learns not to show another there
             // (simulator, seed 26).
-            self.counters.pruned_modseq = self.next_modseq();
-            writes
-                .batch
-                .put(Table::Pruned, keys::mailbox(self.id), &self.pruned);
+            self.save_pruned(&mut writes.batch);
         }
         for Change {
             origin,
@@ -545,15 +542,18 @@ impl Mailbox {
         }
         if changed {
             // The set changed: it travels on to the other peers like any change.
-            self.counters.pruned_modseq = self.next_modseq();
-            writes
-                .batch
-                .put(Table::Pruned, keys::mailbox(self.id), &self.pruned);
+            self.save_pruned(&mut writes.batch);
         }
         Ok(Learned {
             changed,
             retired_news,
         })
+    }
+
+    /// Writes the pruned set, which changed: it travels to every peer acknowledged before now.
+    fn save_pruned(&mut self, batch: &mut crate::store::Batch) {
+        self.counters.pruned_modseq = self.next_modseq();
+        batch.put(Table::Pruned, keys::mailbox(self.id), &self.pruned);
     }
 
     /// Removes a record's rows; its uid is retired (see `PrunedSet::uids`).
@@ -622,20 +622,11 @@ impl Mailbox {
             // another node hides it (simulator, seed 1718).
             let mut overlay = BTreeMap::new();
             self.settle_uids(writes, &mut overlay, retired, &BTreeSet::new())?;
-            writes
-                .batch
-                .put(Table::Pruned, keys::mailbox(self.id), &self.pruned);
             // The peers learn of the compaction through the set: nodes beyond them may never
             // have seen these messages, and no record of them is left to send (simulator, seed
             // 261).
-            self.counters.pruned_modseq = self.next_modseq();
-            let logged = self.ctx.sync_log.log(
-                &mut writes.batch,
-                SyncItem::Mailbox(self.id),
-                &Provenance::Local,
-                Some(&self.holders),
-            );
-            writes.logged.merge(logged);
+            self.save_pruned(&mut writes.batch);
+            self.log_local(writes);
         }
         self.put_counters(&mut writes.batch);
         Ok(())
@@ -1207,18 +1198,9 @@ impl Handler<SettleHeldConflicts> for Mailbox {
             }
             let mut overlay = BTreeMap::new();
             if act.settle_uids(&mut writes, &mut overlay, uids, &BTreeSet::new())? {
-                act.counters.pruned_modseq = act.next_modseq();
-                writes
-                    .batch
-                    .put(Table::Pruned, keys::mailbox(act.id), &act.pruned);
+                act.save_pruned(&mut writes.batch);
                 act.put_counters(&mut writes.batch);
-                let logged = act.ctx.sync_log.log(
-                    &mut writes.batch,
-                    SyncItem::Mailbox(act.id),
-                    &Provenance::Local,
-                    Some(&act.holders),
-                );
-                writes.logged.merge(logged);
+                act.log_local(&mut writes);
             }
             Ok((writes, ()))
         })
