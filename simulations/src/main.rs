@@ -301,19 +301,8 @@ fn run_child(seed: u64, config: &SimConfig, timeout: Duration) -> SimReport {
     let failed = |kind: Kind, what: String| SimReport {
         seed,
         cluster: "?".into(),
-        trace: Vec::new(),
-        trace_hash: [0; 32],
         violations: vec![Violation { at_ms: 0, kind, what }],
-        virtual_time: Duration::ZERO,
-        faults: FaultCounts::default(),
-        client_ops: 0,
-        changes: 0,
-        requests: 0,
-        records: 0,
-        samples: 0,
-        settle_time: None,
-        busy_time: Duration::ZERO,
-        probe: None,
+        ..SimReport::default()
     };
     let exe = match std::env::current_exe() {
         Ok(exe) => exe,

@@ -28,7 +28,7 @@ use crate::topology::Topology;
 use crate::trace::{trace_hash, Trace};
 use crate::workload::{Client, OpKind};
 
-#[derive(Clone, Debug)]
+#[derive(Clone, Debug, Default)]
 pub struct SimReport {
     pub seed: u64,
     /// Shape and size, e.g. "ring of 5".

@@ -76,23 +76,7 @@ fn numbers<const N: usize>(rest: &str) -> Result<[u64; N], String> {
 
 /// Reads a report printed by [`encode`]; fails if it is incomplete (the process died).
 pub fn decode(text: &str) -> Result<SimReport, String> {
-    let mut r = SimReport {
-        seed: 0,
-        cluster: String::new(),
-        trace: Vec::new(),
-        trace_hash: [0; 32],
-        violations: Vec::new(),
-        virtual_time: Duration::ZERO,
-        faults: FaultCounts::default(),
-        client_ops: 0,
-        changes: 0,
-        requests: 0,
-        records: 0,
-        samples: 0,
-        settle_time: None,
-        busy_time: Duration::ZERO,
-        probe: None,
-    };
+    let mut r = SimReport::default();
     let mut complete = false;
     for line in text.lines() {
         let (key, rest) = line.split_once(' ').unwrap_or((line, ""));
