@@ -19,6 +19,7 @@ use tokio::sync::oneshot;
 use tracing::{debug, info, warn};
 
 use crate::counters::NodeCounters;
+use crate::disk::CrashPoint;
 use crate::error::StoreError;
 use crate::inflight::Inflight;
 use crate::store::batch::Op;
@@ -78,6 +79,8 @@ type GroupResult = Result<Vec<Result<(), StoreError>>, StoreError>;
 struct Writer {
     store: Arc<Store>,
     segments: SegmentWriter,
+    /// A simulated crash hit this writer: the node is gone, and nobody is answered again.
+    crashed: bool,
 }
 
 /// Everything one flush did, carried back from wherever it ran.
@@ -96,9 +99,13 @@ impl CommitGroup {
         segment_bytes: u64,
         mode: FlushMode,
     ) -> Result<Self, StoreError> {
-        let segments = SegmentWriter::open(store.dir(), segment_bytes)?;
+        let segments = SegmentWriter::open(store.disk().clone(), store.dir(), segment_bytes)?;
         Ok(CommitGroup {
-            writer: Some(Writer { store, segments }),
+            writer: Some(Writer {
+                store,
+                segments,
+                crashed: false,
+            }),
             counters,
             mode,
             queue: Vec::new(),
@@ -164,6 +171,18 @@ impl CommitGroup {
             bodies,
             compactions,
         } = flushed;
+        if writer.crashed {
+            // A crashed process answers nobody: whoever waits learns only that the node went
+            // away (the batches may or may not be durable). The inflight counts still go down,
+            // so no actor of the dying node waits forever.
+            for queued in &group {
+                if let Some(inflight) = &queued.inflight {
+                    inflight.end();
+                }
+            }
+            self.writer = Some(writer);
+            return;
+        }
         self.writer = Some(writer);
         for (reply, report) in compactions {
             let _ = reply.send(report);
@@ -211,14 +230,26 @@ impl Writer {
             Ok(Vec::new())
         } else {
             let batches: Vec<&Batch> = group.iter().map(|q| &q.batch).collect();
-            self.write_group(&batches, counters, &mut bodies)
+            let result = self.write_group(&batches, counters, &mut bodies);
+            if result.is_err() {
+                // Bodies the failed group queued are named by nothing: the next group must not
+                // write them as dead bytes in front of its own.
+                self.segments.discard_pending();
+            }
+            result
         };
         if let Err(e) = self.segments.rotate_if_full() {
             warn!(error = %e, "cannot start a new body segment; appending to the current one");
         }
         let compactions = compactions
             .into_iter()
-            .map(|(ratio, reply)| (reply, self.compact(ratio)))
+            .map(|(ratio, reply)| {
+                let report = self.compact(ratio);
+                if report.is_err() {
+                    self.segments.discard_pending();
+                }
+                (reply, report)
+            })
             .collect();
         Flushed {
             writer: self,
@@ -296,7 +327,12 @@ impl Writer {
                                         Some(spool) => {
                                             // The shared spool is the exception to segments: peers
                                             // mounting it find each body by name.
-                                            crate::store::bodies::write_spool(spool, guid, bytes)?;
+                                            crate::store::bodies::write_spool(
+                                                self.store.disk().as_ref(),
+                                                spool,
+                                                guid,
+                                                bytes,
+                                            )?;
                                             spooled = true;
                                             BodyLocation {
                                                 segment: SPOOL,
@@ -367,18 +403,36 @@ impl Writer {
         // one by one as written, their directory once here.
         if spooled {
             if let Some(spool) = self.store.spool() {
-                if let Err(e) = std::fs::File::open(spool).and_then(|d| d.sync_all()) {
+                if let Err(e) = self.store.disk().sync_dir(spool) {
                     txn.abort()?;
                     return Err(StoreError::io(spool.display(), e));
                 }
             }
         }
+        if let Err(e) = self.crash_point(CrashPoint::BeforeSegmentSync) {
+            txn.abort()?;
+            return Err(e);
+        }
         if let Err(e) = self.segments.sync() {
             txn.abort()?;
             return Err(e);
         }
+        if let Err(e) = self.crash_point(CrashPoint::AfterSegmentSync) {
+            txn.abort()?;
+            return Err(e);
+        }
         txn.commit()?;
+        self.crash_point(CrashPoint::AfterCommit)?;
         Ok(results)
+    }
+
+    /// A point where a simulated disk may crash the node (never a real one). Once crashed, the
+    /// writer is dead: it answers nobody again, as a process that is gone.
+    fn crash_point(&mut self, point: CrashPoint) -> Result<(), StoreError> {
+        self.store.disk().crash_point(point).map_err(|e| {
+            self.crashed = true;
+            StoreError::io(format!("{point:?}"), e)
+        })
     }
 
     /// Rewrites sealed segments whose live bytes are at most `max_live_ratio` of the file, then
@@ -414,7 +468,13 @@ impl Writer {
                 let mut idx = txn.open_table(BODIES)?;
                 let mut sb = txn.open_table(SEGMENT_BODIES)?;
                 for (guid, old) in &live {
-                    let body = crate::store::bodies::read_body(self.store.dir(), None, guid, old)?;
+                    let body = crate::store::bodies::read_body(
+                        self.store.disk().as_ref(),
+                        self.store.dir(),
+                        None,
+                        guid,
+                        old,
+                    )?;
                     let mut new = self.segments.append(guid, &body);
                     new.refs = old.refs;
                     idx.insert(guid.0.as_slice(), new.encode().as_slice())?;
@@ -547,7 +607,7 @@ pub fn commit(
         match rx.await {
             Ok(result) => result,
             Err(_) => Err(StoreError::Commit(
-                "the commit group stopped before the batch was written".into(),
+                "the commit group stopped before answering; the batch may or may not be durable".into(),
             )),
         }
     }

@@ -4,7 +4,8 @@
 //!   [`mailbox::Mailbox`] actors on demand and lets idle ones go.
 //! - [`mailbox::Mailbox`]: one mailbox's messages, flags, annotations.
 //! - [`commit_group::CommitGroup`]: the single writer; groups batches into one fdatasync.
-//! - [`store`]: the redb database and the body segments.
+//! - [`store`]: the redb database and the body segments, on a [`disk::Disk`] (the real file
+//!   system, or the simulator's [`sim_disk::SimDisk`], which loses unsynced writes on a crash).
 //! - [`env`]: the only way in for time and randomness; [`counters`]: the node's Lamport clock
 //!   and append counter.
 //! - [`node::LocalNode`]: starts all of the above for one node.
@@ -17,6 +18,7 @@ pub mod context;
 pub mod counters;
 pub mod directory;
 pub mod directory_sync;
+pub mod disk;
 pub mod env;
 pub mod error;
 pub mod inflight;
@@ -25,6 +27,7 @@ pub mod mailbox_sync;
 pub mod memory_network;
 pub mod node;
 pub mod peer_session;
+pub mod sim_disk;
 pub mod store;
 pub mod sync_log;
 pub mod transport;

@@ -14,6 +14,7 @@ use crate::commit_group::{CommitGroup, FlushMode, DEFAULT_SEGMENT_BYTES};
 use crate::context::NodeContext;
 use crate::counters::NodeCounters;
 use crate::directory::{ActivationPolicy, Directory};
+use crate::disk::{Disk, RealDisk};
 use crate::env::Env;
 use crate::error::StoreError;
 use crate::mailbox::Limits;
@@ -55,6 +56,8 @@ pub struct NodeOptions {
     /// A body spool shared with some peers (NFS or the like): new bodies are stored there, each a
     /// file named by its Guid, and peers marked `shared_bodies` are sent none.
     pub shared_spool: Option<PathBuf>,
+    /// The file system under the store: the real one, or the simulator's simulated disk.
+    pub disk: Arc<dyn Disk>,
 }
 
 impl NodeOptions {
@@ -69,6 +72,7 @@ impl NodeOptions {
             peers: Vec::new(),
             faults: Default::default(),
             shared_spool: None,
+            disk: Arc::new(RealDisk),
         }
     }
 }
@@ -100,7 +104,8 @@ impl LocalNode {
         env: Env,
         transport: Option<Rc<dyn Transport>>,
     ) -> Result<LocalNode, StoreError> {
-        let store = Arc::new(Store::open_with_spool(
+        let store = Arc::new(Store::open_on(
+            options.disk.clone(),
             &options.data_dir,
             &options.node,
             options.shared_spool.as_deref(),

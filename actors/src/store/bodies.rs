@@ -8,12 +8,12 @@
 //! reclaimed by compaction, which copies the live bodies of a mostly dead segment forward and
 //! deletes the file.
 
-use std::fs::{File, OpenOptions};
-use std::os::unix::fs::FileExt;
 use std::path::{Path, PathBuf};
+use std::sync::Arc;
 
 use mailmesh_protocol::ids::Guid;
 
+use crate::disk::{Disk, DiskFile};
 use crate::error::StoreError;
 
 pub const SEGMENT_DIR: &str = "bodies";
@@ -93,36 +93,39 @@ fn locate(
 
 /// Stores a body in the shared spool (once: a file already there is the same body, by its
 /// name). Written to a temporary name, synced, then renamed, so a reader never sees half a body.
-pub fn write_spool(spool: &Path, guid: &Guid, body: &[u8]) -> Result<(), StoreError> {
+/// The rename is durable once the caller syncs the spool directory, before it commits.
+pub fn write_spool(disk: &dyn Disk, spool: &Path, guid: &Guid, body: &[u8]) -> Result<(), StoreError> {
     let path = spool_path(spool, guid);
-    if path.exists() {
+    if disk.file_len(&path).is_ok() {
         return Ok(());
     }
     let tmp = spool.join(format!(".{guid}.tmp"));
     let write = || -> std::io::Result<()> {
-        let mut file = File::create(&tmp)?;
-        std::io::Write::write_all(&mut file, body)?;
+        let file = disk.open(&tmp, true)?;
+        file.set_len(0)?;
+        file.write_all_at(body, 0)?;
         file.sync_data()?;
-        std::fs::rename(&tmp, &path)
+        disk.rename(&tmp, &path)
     };
     write().map_err(|e| StoreError::io(path.display(), e))
 }
 
 /// Length of a body in the shared spool, if it is there.
-pub fn spool_len(spool: &Path, guid: &Guid) -> Option<u64> {
-    std::fs::metadata(spool_path(spool, guid)).ok().map(|m| m.len())
+pub fn spool_len(disk: &dyn Disk, spool: &Path, guid: &Guid) -> Option<u64> {
+    disk.file_len(&spool_path(spool, guid)).ok()
 }
 
 /// Reads one body and checks it against its Guid, so a flipped bit on disk is reported, never
 /// served.
 pub fn read_body(
+    disk: &dyn Disk,
     dir: &Path,
     spool: Option<&Path>,
     guid: &Guid,
     loc: &BodyLocation,
 ) -> Result<Vec<u8>, StoreError> {
     let (path, offset, header) = locate(dir, spool, guid, loc)?;
-    let file = File::open(&path).map_err(|e| StoreError::io(path.display(), e))?;
+    let file = disk.open(&path, false).map_err(|e| StoreError::io(path.display(), e))?;
     let corrupt = |reason: String| StoreError::BodyCorrupt {
         guid: *guid,
         segment: loc.segment,
@@ -158,6 +161,7 @@ pub fn read_body(
 
 /// Up to `limit` bytes of a body from `offset`, and its whole length.
 pub fn read_range(
+    disk: &dyn Disk,
     dir: &Path,
     spool: Option<&Path>,
     guid: &Guid,
@@ -169,7 +173,7 @@ pub fn read_range(
     let total = loc.len as u64;
     let start = offset.min(total);
     let len = (limit as u64).min(total - start) as usize;
-    let file = File::open(&path).map_err(|e| StoreError::io(path.display(), e))?;
+    let file = disk.open(&path, false).map_err(|e| StoreError::io(path.display(), e))?;
     let mut buf = vec![0u8; len];
     let at = base + if header { HEADER_LEN } else { 0 } + start;
     file.read_exact_at(&mut buf, at)
@@ -185,9 +189,10 @@ pub fn read_range(
 /// The segment the commit group appends to. Entries are buffered and written with one write and
 /// one fdatasync per group.
 pub struct SegmentWriter {
+    disk: Arc<dyn Disk>,
     dir: PathBuf,
     segment: u32,
-    file: File,
+    file: Box<dyn DiskFile>,
     /// Bytes durably part of the file (or at least written before this group).
     len: u64,
     pending: Vec<u8>,
@@ -197,24 +202,19 @@ pub struct SegmentWriter {
 impl SegmentWriter {
     /// Opens the newest segment for appending, or creates the first one. Bytes after the last
     /// committed entry (a crash between write and commit) are dead and stay until compaction.
-    pub fn open(dir: &Path, max_segment: u64) -> Result<Self, StoreError> {
+    pub fn open(disk: Arc<dyn Disk>, dir: &Path, max_segment: u64) -> Result<Self, StoreError> {
         let seg_dir = dir.join(SEGMENT_DIR);
         let mut newest = 0u32;
-        let entries = std::fs::read_dir(&seg_dir).map_err(|e| StoreError::io(seg_dir.display(), e))?;
-        for entry in entries {
-            let entry = entry.map_err(|e| StoreError::io(seg_dir.display(), e))?;
-            let name = entry.file_name();
-            if let Some(n) = name
-                .to_str()
-                .and_then(|n| n.strip_suffix(".seg"))
-                .and_then(|n| n.parse::<u32>().ok())
-            {
+        let names = disk.list_dir(&seg_dir).map_err(|e| StoreError::io(seg_dir.display(), e))?;
+        for name in names {
+            if let Some(n) = segment_number(&name) {
                 newest = newest.max(n);
             }
         }
         let segment = newest.max(1);
-        let (file, len) = open_segment(dir, segment)?;
+        let (file, len) = open_segment(disk.as_ref(), dir, segment)?;
         Ok(SegmentWriter {
+            disk,
             dir: dir.to_path_buf(),
             segment,
             file,
@@ -272,7 +272,8 @@ impl SegmentWriter {
         }
     }
 
-    /// Drops queued entries (their group failed before syncing).
+    /// Drops queued entries: their group failed, nothing will name them, and they must not be
+    /// written by the next group as dead bytes.
     pub fn discard_pending(&mut self) {
         self.pending.clear();
     }
@@ -283,12 +284,7 @@ impl SegmentWriter {
             return Ok(());
         }
         let next = self.segment + 1;
-        let (file, len) = open_segment(&self.dir, next)?;
-        // The new file's directory entry must be durable before any commit names it.
-        let seg_dir = self.dir.join(SEGMENT_DIR);
-        File::open(&seg_dir)
-            .and_then(|d| d.sync_all())
-            .map_err(|e| StoreError::io(seg_dir.display(), e))?;
+        let (file, len) = open_segment(self.disk.as_ref(), &self.dir, next)?;
         self.segment = next;
         self.file = file;
         self.len = len;
@@ -298,35 +294,34 @@ impl SegmentWriter {
     /// Size of a segment file on disk.
     pub fn file_len(&self, segment: u32) -> Result<u64, StoreError> {
         let path = segment_path(&self.dir, segment);
-        std::fs::metadata(&path)
-            .map(|m| m.len())
+        self.disk
+            .file_len(&path)
             .map_err(|e| StoreError::io(path.display(), e))
     }
 
     /// Numbers of all segment files except the one being appended to.
     pub fn sealed_segments(&self) -> Result<Vec<u32>, StoreError> {
         let seg_dir = self.dir.join(SEGMENT_DIR);
-        let mut out = Vec::new();
-        for entry in std::fs::read_dir(&seg_dir).map_err(|e| StoreError::io(seg_dir.display(), e))? {
-            let entry = entry.map_err(|e| StoreError::io(seg_dir.display(), e))?;
-            if let Some(n) = entry
-                .file_name()
-                .to_str()
-                .and_then(|n| n.strip_suffix(".seg"))
-                .and_then(|n| n.parse::<u32>().ok())
-            {
-                if n != self.segment {
-                    out.push(n);
-                }
-            }
-        }
+        let names = self
+            .disk
+            .list_dir(&seg_dir)
+            .map_err(|e| StoreError::io(seg_dir.display(), e))?;
+        let mut out: Vec<u32> = names
+            .iter()
+            .filter_map(|n| segment_number(n))
+            .filter(|n| *n != self.segment)
+            .collect();
         out.sort_unstable();
         Ok(out)
     }
 
+    /// Deletes a compacted segment. Its directory entry may come back after a crash (the removal
+    /// is not synced): then its bytes are dead, and the next compaction removes it again.
     pub fn remove_segment(&self, segment: u32) -> Result<(), StoreError> {
         let path = segment_path(&self.dir, segment);
-        std::fs::remove_file(&path).map_err(|e| StoreError::io(path.display(), e))
+        self.disk
+            .remove_file(&path)
+            .map_err(|e| StoreError::io(path.display(), e))
     }
 
     pub fn dir(&self) -> &Path {
@@ -334,18 +329,20 @@ impl SegmentWriter {
     }
 }
 
-fn open_segment(dir: &Path, segment: u32) -> Result<(File, u64), StoreError> {
+/// The number of a segment file's name (`NNNNNNNN.seg`).
+fn segment_number(name: &str) -> Option<u32> {
+    name.strip_suffix(".seg").and_then(|n| n.parse::<u32>().ok())
+}
+
+/// Opens a segment for appending, creating it if needed. The segment's directory entry is made
+/// durable before anything can name the file: a commit that indexes a body in a segment whose
+/// entry a crash undoes would lose the body with the file.
+fn open_segment(disk: &dyn Disk, dir: &Path, segment: u32) -> Result<(Box<dyn DiskFile>, u64), StoreError> {
     let path = segment_path(dir, segment);
-    let file = OpenOptions::new()
-        .create(true)
-        .read(true)
-        .write(true)
-        .truncate(false)
-        .open(&path)
-        .map_err(|e| StoreError::io(path.display(), e))?;
-    let len = file
-        .metadata()
-        .map_err(|e| StoreError::io(path.display(), e))?
-        .len();
+    let file = disk.open(&path, true).map_err(|e| StoreError::io(path.display(), e))?;
+    let len = file.len().map_err(|e| StoreError::io(path.display(), e))?;
+    let seg_dir = dir.join(SEGMENT_DIR);
+    disk.sync_dir(&seg_dir)
+        .map_err(|e| StoreError::io(seg_dir.display(), e))?;
     Ok((file, len))
 }

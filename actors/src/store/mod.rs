@@ -12,6 +12,7 @@ pub mod bodies;
 pub mod keys;
 
 use std::path::{Path, PathBuf};
+use std::sync::Arc;
 
 use mailmesh_protocol::ids::{Guid, NodeId};
 use redb::{Database, ReadableDatabase, ReadableTable, TableDefinition};
@@ -21,6 +22,7 @@ use serde::{Deserialize, Serialize};
 pub use batch::{Batch, Table};
 use bodies::BodyLocation;
 
+use crate::disk::{sync_parent, Disk, RealDisk};
 use crate::error::StoreError;
 
 pub(crate) type RawTable = TableDefinition<'static, &'static [u8], &'static [u8]>;
@@ -101,6 +103,8 @@ pub struct CounterState {
 
 pub struct Store {
     db: Database,
+    /// The file system the store lives on (the real one, or the simulator's).
+    disk: Arc<dyn Disk>,
     dir: PathBuf,
     /// A body spool shared with some peers (each body a file named by its Guid), if any.
     spool: Option<PathBuf>,
@@ -118,15 +122,41 @@ impl Store {
 
     /// Opens the store; new bodies go to `spool` (shared with peers) instead of segments.
     pub fn open_with_spool(dir: &Path, node: &NodeId, spool: Option<&Path>) -> Result<Store, StoreError> {
+        Self::open_on(Arc::new(RealDisk), dir, node, spool)
+    }
+
+    /// Opens the store on `disk` (the simulator passes its simulated disk).
+    ///
+    /// The directories and the store file are created if missing, and every directory entry on
+    /// the way is synced before anything is committed: a store file or bodies directory whose
+    /// entry a crash undoes would take every acknowledged write with it.
+    pub fn open_on(
+        disk: Arc<dyn Disk>,
+        dir: &Path,
+        node: &NodeId,
+        spool: Option<&Path>,
+    ) -> Result<Store, StoreError> {
+        let io_err = |path: &Path| {
+            let shown = path.display().to_string();
+            move |e| StoreError::io(shown, e)
+        };
         if let Some(spool) = spool {
-            std::fs::create_dir_all(spool).map_err(|e| StoreError::io(spool.display(), e))?;
+            disk.create_dir_all(spool).map_err(io_err(spool))?;
+            sync_parent(disk.as_ref(), spool).map_err(io_err(spool))?;
         }
-        std::fs::create_dir_all(dir).map_err(|e| StoreError::io(dir.display(), e))?;
-        std::fs::create_dir_all(dir.join(bodies::SEGMENT_DIR))
-            .map_err(|e| StoreError::io(dir.join(bodies::SEGMENT_DIR).display(), e))?;
+        let seg_dir = dir.join(bodies::SEGMENT_DIR);
+        // Every directory this creates is synced into its parent.
+        let missing: Vec<&Path> = seg_dir
+            .ancestors()
+            .take_while(|p| !p.as_os_str().is_empty() && disk.list_dir(p).is_err())
+            .collect();
+        disk.create_dir_all(&seg_dir).map_err(io_err(&seg_dir))?;
+        for created in missing.iter().rev() {
+            sync_parent(disk.as_ref(), created).map_err(io_err(created))?;
+        }
         let db_path = dir.join("store.redb");
         let shown = db_path.display().to_string();
-        let db = Database::builder().create(&db_path).map_err(|e| match e {
+        let db = disk.open_database(&Database::builder(), &db_path).map_err(|e| match e {
             redb::DatabaseError::DatabaseAlreadyOpen => StoreError::InUse {
                 path: dir.display().to_string(),
             },
@@ -177,9 +207,12 @@ impl Store {
                 None => CounterState::default(),
             }
         };
+        // The store file's entry is durable before the first commit that counts.
+        disk.sync_dir(dir).map_err(io_err(dir))?;
         txn.commit().map_err(|e| corrupt(&e))?;
         Ok(Store {
             db,
+            disk,
             dir: dir.to_path_buf(),
             spool: spool.map(Path::to_path_buf),
             db_path,
@@ -196,13 +229,17 @@ impl Store {
         &self.dir
     }
 
+    pub fn disk(&self) -> &Arc<dyn Disk> {
+        &self.disk
+    }
+
     pub fn spool(&self) -> Option<&Path> {
         self.spool.as_deref()
     }
 
     /// Whether the shared spool holds a body (a peer sharing it stored it): its length if so.
     pub fn spooled(&self, guid: &Guid) -> Option<u64> {
-        self.spool.as_deref().and_then(|s| bodies::spool_len(s, guid))
+        self.spool.as_deref().and_then(|s| bodies::spool_len(self.disk.as_ref(), s, guid))
     }
 
     pub fn db_path(&self) -> &Path {
@@ -293,7 +330,7 @@ impl Store {
         let location = self
             .body_location(guid)?
             .ok_or(StoreError::BodyMissing { guid: *guid })?;
-        bodies::read_range(&self.dir, self.spool.as_deref(), guid, &location, offset, limit)
+        bodies::read_range(self.disk.as_ref(), &self.dir, self.spool.as_deref(), guid, &location, offset, limit)
     }
 
     /// Reads and verifies a body.
@@ -301,7 +338,7 @@ impl Store {
         let location = self
             .body_location(guid)?
             .ok_or(StoreError::BodyMissing { guid: *guid })?;
-        bodies::read_body(&self.dir, self.spool.as_deref(), guid, &location)
+        bodies::read_body(self.disk.as_ref(), &self.dir, self.spool.as_deref(), guid, &location)
     }
 }
 
