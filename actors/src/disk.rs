@@ -36,6 +36,7 @@ impl CrashPoint {
 }
 
 /// A file opened on a [`Disk`].
+#[allow(clippy::len_without_is_empty)] // a file's length, as redb's StorageBackend has it
 pub trait DiskFile: Send + Sync {
     fn read_exact_at(&self, buf: &mut [u8], offset: u64) -> io::Result<()>;
     fn write_all_at(&self, data: &[u8], offset: u64) -> io::Result<()>;
@@ -62,7 +63,11 @@ pub trait Disk: Send + Sync + Debug + 'static {
     /// Renames a file within its directory (atomic: a crash leaves the old name or the new one).
     fn rename(&self, from: &Path, to: &Path) -> io::Result<()>;
     /// Opens (or creates) the redb database at `path` on this disk.
-    fn open_database(&self, builder: &redb::Builder, path: &Path) -> Result<redb::Database, redb::DatabaseError>;
+    fn open_database(
+        &self,
+        builder: &redb::Builder,
+        path: &Path,
+    ) -> Result<redb::Database, redb::DatabaseError>;
     /// A point in the commit path where a crash may be injected. An error means the node crashed
     /// right here: nothing after this point may reach the disk or anybody waiting for an answer.
     fn crash_point(&self, _point: CrashPoint) -> io::Result<()> {
@@ -141,7 +146,11 @@ impl Disk for RealDisk {
         std::fs::rename(from, to)
     }
 
-    fn open_database(&self, builder: &redb::Builder, path: &Path) -> Result<redb::Database, redb::DatabaseError> {
+    fn open_database(
+        &self,
+        builder: &redb::Builder,
+        path: &Path,
+    ) -> Result<redb::Database, redb::DatabaseError> {
         // redb's own file backend: its file locks refuse a second process on the same store.
         builder.create(path)
     }

@@ -127,7 +127,10 @@ fn dead() -> io::Error {
 }
 
 fn not_found(path: &Path) -> io::Error {
-    io::Error::new(io::ErrorKind::NotFound, format!("{}: no such file or directory", path.display()))
+    io::Error::new(
+        io::ErrorKind::NotFound,
+        format!("{}: no such file or directory", path.display()),
+    )
 }
 
 fn names(path: &Path) -> Vec<String> {
@@ -207,7 +210,9 @@ impl State {
     /// The directory holding `path` and the last name of `path`.
     fn parent_of(&self, path: &Path) -> io::Result<(Ino, String)> {
         let mut parts = names(path);
-        let last = parts.pop().ok_or_else(|| io::Error::other("the root has no parent"))?;
+        let last = parts
+            .pop()
+            .ok_or_else(|| io::Error::other("the root has no parent"))?;
         let mut ino = ROOT;
         for name in parts {
             ino = *self
@@ -247,7 +252,10 @@ impl State {
     fn check_space(&self, current: u64, wanted: u64) -> io::Result<()> {
         if let Some(capacity) = self.capacity {
             if wanted > current && self.used_bytes() + (wanted - current) > capacity {
-                return Err(io::Error::new(io::ErrorKind::StorageFull, "simulated disk is full"));
+                return Err(io::Error::new(
+                    io::ErrorKind::StorageFull,
+                    "simulated disk is full",
+                ));
             }
         }
         Ok(())
@@ -436,7 +444,10 @@ impl SimHandle {
         if self.write {
             Ok(())
         } else {
-            Err(io::Error::new(io::ErrorKind::PermissionDenied, "file opened read-only"))
+            Err(io::Error::new(
+                io::ErrorKind::PermissionDenied,
+                "file opened read-only",
+            ))
         }
     }
 }
@@ -450,10 +461,9 @@ impl DiskFile for SimHandle {
         self.with(|state, ino| {
             let file = state.file_mut(ino).ok_or_else(gone)?;
             let start = offset as usize;
-            let source = file
-                .visible
-                .get(start..start + buf.len())
-                .ok_or_else(|| io::Error::new(io::ErrorKind::UnexpectedEof, "read past the end of the file"))?;
+            let source = file.visible.get(start..start + buf.len()).ok_or_else(|| {
+                io::Error::new(io::ErrorKind::UnexpectedEof, "read past the end of the file")
+            })?;
             buf.copy_from_slice(source);
             Ok(())
         })
@@ -509,7 +519,12 @@ impl Disk for SimDisk {
         let mut state = self.live()?;
         let mut ino = ROOT;
         for name in names(path) {
-            let found = state.dir(ino).ok_or_else(|| not_found(path))?.visible.get(&name).copied();
+            let found = state
+                .dir(ino)
+                .ok_or_else(|| not_found(path))?
+                .visible
+                .get(&name)
+                .copied();
             ino = match found {
                 Some(child) => {
                     if state.dir(child).is_none() {
@@ -608,7 +623,11 @@ impl Disk for SimDisk {
         Ok(())
     }
 
-    fn open_database(&self, builder: &redb::Builder, path: &Path) -> Result<redb::Database, redb::DatabaseError> {
+    fn open_database(
+        &self,
+        builder: &redb::Builder,
+        path: &Path,
+    ) -> Result<redb::Database, redb::DatabaseError> {
         let file = self.open(path, true)?;
         builder.create_with_backend(SimBackend(file))
     }

@@ -46,7 +46,8 @@ fn an_acknowledged_append_survives_a_crash_that_loses_unsynced_directory_entries
         guid
     });
     assert!(
-        disk.durable_file(&dir.join("bodies").join("00000001.seg")).is_some(),
+        disk.durable_file(&dir.join("bodies").join("00000001.seg"))
+            .is_some(),
         "the first segment's directory entry is not durable"
     );
     disk.restart();
@@ -167,7 +168,9 @@ fn a_failed_group_leaves_no_dead_bytes_for_the_next_one() {
         {
             let bodies: redb::TableDefinition<&[u8], &[u8]> = redb::TableDefinition::new("bodies");
             let mut table = txn.open_table(bodies).unwrap();
-            table.insert(Guid::of(failing.as_bytes()).0.as_slice(), [1u8, 2, 3].as_slice()).unwrap();
+            table
+                .insert(Guid::of(failing.as_bytes()).0.as_slice(), [1u8, 2, 3].as_slice())
+                .unwrap();
         }
         txn.commit().unwrap();
     }
@@ -190,9 +193,15 @@ fn a_failed_group_leaves_no_dead_bytes_for_the_next_one() {
             internaldate: None,
         });
         let (first, second) = futures_join(first, second).await;
-        assert!(first.unwrap().is_err() && second.unwrap().is_err(), "the group fails");
+        assert!(
+            first.unwrap().is_err() && second.unwrap().is_err(),
+            "the group fails"
+        );
         append(&inbox, later, &[]).await;
-        assert_eq!(node.store.read_body(&Guid::of(later.as_bytes())).unwrap(), later.as_bytes());
+        assert_eq!(
+            node.store.read_body(&Guid::of(later.as_bytes())).unwrap(),
+            later.as_bytes()
+        );
         drop((inbox, work));
         node.shutdown().await;
     });

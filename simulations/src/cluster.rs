@@ -1,7 +1,12 @@
-//! The nodes of one run: real actors on real stores (in a temp dir, on tmpfs when the machine has
-//! one, since fsyncs there cost nothing and a run does thousands), linked by the simulated
-//! network. Nodes crash and restart from their data dir; the topology is edited the way a config
-//! reload would (`LocalNode::set_peers` on both ends of an edge).
+//! The nodes of one run: real actors on real stores, each on its own simulated disk
+//! ([`SimDisk`]: redb and the body segments in memory, with what is durable kept apart from what
+//! is only written), linked by the simulated network. A crash is a power cut: the node drops off
+//! the network, its disk loses what was not synced (keeping or tearing some of it, as the seed
+//! says), and its actors die without flushing anything; a crash may also be armed to fire inside
+//! the commit path (before the segment sync, between the segment's fdatasync and the store
+//! commit, between the commit and the answer, or at the n-th sync). A restart opens the store
+//! from what the disk kept. The topology is edited the way a config reload would
+//! (`LocalNode::set_peers` on both ends of an edge).
 
 use std::collections::BTreeMap;
 use std::path::PathBuf;
@@ -14,6 +19,7 @@ use mailmesh_actors::context::Faults;
 use mailmesh_actors::directory::ActivationPolicy;
 use mailmesh_actors::env::{Entropy, Env, TokioClock};
 use mailmesh_actors::node::{LocalNode, NodeOptions, PeerOptions};
+use mailmesh_actors::sim_disk::{CrashModel, CrashTrigger, SimDisk};
 use mailmesh_protocol::ids::NodeId;
 use tokio::time::Instant;
 
@@ -63,25 +69,15 @@ pub struct SimCluster {
     pub net: SimNetwork,
     pub topology: Topology,
     running: BTreeMap<NodeId, LocalNode>,
+    /// Each node's data dir on its disk.
     dirs: BTreeMap<NodeId, PathBuf>,
-    /// Holds the data dirs; removed when the run ends.
-    _root: tempfile::TempDir,
+    disks: BTreeMap<NodeId, SimDisk>,
     /// Each node's clock is off by a fixed amount, as real clocks are.
     skew_ms: BTreeMap<NodeId, i64>,
     setup: NodeSetup,
     rng: SimRng,
     trace: Trace,
     run_start: Instant,
-}
-
-fn temp_root() -> std::io::Result<tempfile::TempDir> {
-    let shm = std::path::Path::new("/dev/shm");
-    if shm.is_dir() {
-        if let Ok(dir) = tempfile::Builder::new().prefix("mailmesh-sim").tempdir_in(shm) {
-            return Ok(dir);
-        }
-    }
-    tempfile::Builder::new().prefix("mailmesh-sim").tempdir()
 }
 
 impl SimCluster {
@@ -93,21 +89,29 @@ impl SimCluster {
         rng: SimRng,
         trace: Trace,
     ) -> Result<SimCluster, String> {
-        let root = temp_root().map_err(|e| format!("cannot make a temp dir: {e}"))?;
         let mut dirs = BTreeMap::new();
+        let mut disks = BTreeMap::new();
         let mut skew_ms = BTreeMap::new();
+        // How much of the unsynced state a crash keeps: none, some, most (per run).
+        let model = CrashModel {
+            keep_unsynced: *rng.pick(&[0.0, 0.2, 0.6]),
+            tear_last: 0.5,
+        };
         for node in &topology.nodes {
-            let dir = root.path().join(node.as_str());
-            std::fs::create_dir_all(&dir).map_err(|e| format!("cannot make {node}'s dir: {e}"))?;
-            dirs.insert(node.clone(), dir);
+            dirs.insert(
+                node.clone(),
+                PathBuf::from("/var/lib/mailmesh").join(node.as_str()),
+            );
+            disks.insert(node.clone(), SimDisk::new(rng.u64(), model));
             skew_ms.insert(node.clone(), rng.range(0..4000) as i64 - 2000);
         }
+        trace.log(format!("disks {model:?}"));
         let mut cluster = SimCluster {
             net,
             topology,
             running: BTreeMap::new(),
             dirs,
-            _root: root,
+            disks,
             skew_ms,
             setup,
             rng,
@@ -133,6 +137,10 @@ impl SimCluster {
 
     fn boot(&mut self, node: &NodeId) -> Result<(), String> {
         let mut options = NodeOptions::new(node.clone(), &self.dirs[node]);
+        let disk = &self.disks[node];
+        // A new process on the disk the crashed one left.
+        disk.restart();
+        options.disk = Arc::new(disk.clone());
         options.flush_mode = FlushMode::Inline;
         options.activation = self.setup.activation;
         options.faults = self.setup.faults;
@@ -169,12 +177,40 @@ impl SimCluster {
         self.running.iter()
     }
 
-    /// Crashes a node: it drops off the network at once (what it had in flight is lost), then
-    /// its actors stop. Everything it acknowledged is durable.
+    /// Crashes a node: it drops off the network at once (what it had in flight is lost), its
+    /// disk loses what was not synced (batches queued for the next group never get there), then
+    /// its actors go, with every handle on the old disk dead. What it acknowledged must survive.
     pub async fn crash(&mut self, node: &NodeId) {
         self.net.detach(node);
+        self.disks[node].crash();
         if let Some(local) = self.running.remove(node) {
             local.shutdown().await;
+        }
+    }
+
+    /// Arms a crash inside a running node's commit path (or at its n-th sync from now).
+    pub fn arm_crash(&mut self, node: &NodeId, trigger: CrashTrigger) {
+        self.disks[node].arm(trigger);
+    }
+
+    /// Takes down every running node whose armed crash fired; returns them.
+    pub async fn reap_crashed(&mut self) -> Vec<NodeId> {
+        let fired: Vec<NodeId> = self
+            .running
+            .keys()
+            .filter(|n| self.disks[*n].crashed())
+            .cloned()
+            .collect();
+        for node in &fired {
+            self.crash(node).await;
+        }
+        fired
+    }
+
+    /// Disarms every crash not yet fired (the faults stop).
+    pub fn disarm_crashes(&mut self) {
+        for disk in self.disks.values() {
+            disk.disarm();
         }
     }
 

@@ -1,7 +1,14 @@
 //! The faults a run injects besides the network's own (drops, delays, duplicates, which
 //! [`crate::network`] draws per request): node crashes and restarts, cut links and isolated
 //! nodes, and topology edits as a config reload would make them.
+//!
+//! A crash is a power cut on the node's simulated disk (see [`crate::cluster`]): at once, between
+//! two client steps (batches queued for the next group are lost), or armed to fire inside the
+//! commit path at a [`CrashPoint`] or at the n-th sync from now (BUGGIFY); the run takes a node
+//! whose armed crash fired off the network and restarts it later from what its disk kept.
 
+use mailmesh_actors::disk::CrashPoint;
+use mailmesh_actors::sim_disk::CrashTrigger;
 use mailmesh_protocol::ids::NodeId;
 
 use crate::checks::Kind;
@@ -89,10 +96,31 @@ impl Run {
             self.restart(&node);
         } else if running.len() >= 2 {
             let node = self.rng.pick(&running).clone();
-            self.trace.log(format!("FAULT crash {node}"));
+            if self.rng.chance(0.5) {
+                self.trace.log(format!("FAULT crash {node}"));
+                self.counts.crashes += 1;
+                self.cluster.crash(&node).await;
+                self.trace.log(format!("{node} is down"));
+            } else {
+                let trigger = if self.rng.chance(0.7) {
+                    CrashTrigger::At(*self.rng.pick(&CrashPoint::ALL))
+                } else {
+                    CrashTrigger::Sync(self.rng.range(1..8) as u32)
+                };
+                self.trace
+                    .log(format!("FAULT arm crash of {node} at {trigger:?}"));
+                self.cluster.arm_crash(&node, trigger);
+            }
+        }
+    }
+
+    /// Takes down the nodes whose armed crash fired (their disk already lost what it loses).
+    pub(crate) async fn reap_crashes(&mut self) {
+        for node in self.cluster.reap_crashed().await {
             self.counts.crashes += 1;
-            self.cluster.crash(&node).await;
-            self.trace.log(format!("{node} is down"));
+            self.trace.log(format!(
+                "FAULT crashed {node} (armed crash fired); {node} is down"
+            ));
         }
     }
 

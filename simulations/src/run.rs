@@ -233,6 +233,7 @@ impl Run {
             self.client_op(step).await;
         }
         tokio::time::sleep(Duration::from_millis(self.rng.range(0..400))).await;
+        self.reap_crashes().await;
         self.tasks.retain(|t| !t.is_finished());
         if self.rng.chance(0.3) {
             let running = self.cluster.running();
@@ -293,6 +294,8 @@ impl Run {
         ));
         self.net.set_faults(NetFaults::calm());
         self.net.heal_all();
+        self.cluster.disarm_crashes();
+        self.reap_crashes().await;
         for node in self.cluster.down() {
             self.restart(&node);
         }

@@ -125,7 +125,9 @@ pub fn read_body(
     loc: &BodyLocation,
 ) -> Result<Vec<u8>, StoreError> {
     let (path, offset, header) = locate(dir, spool, guid, loc)?;
-    let file = disk.open(&path, false).map_err(|e| StoreError::io(path.display(), e))?;
+    let file = disk
+        .open(&path, false)
+        .map_err(|e| StoreError::io(path.display(), e))?;
     let corrupt = |reason: String| StoreError::BodyCorrupt {
         guid: *guid,
         segment: loc.segment,
@@ -173,7 +175,9 @@ pub fn read_range(
     let total = loc.len as u64;
     let start = offset.min(total);
     let len = (limit as u64).min(total - start) as usize;
-    let file = disk.open(&path, false).map_err(|e| StoreError::io(path.display(), e))?;
+    let file = disk
+        .open(&path, false)
+        .map_err(|e| StoreError::io(path.display(), e))?;
     let mut buf = vec![0u8; len];
     let at = base + if header { HEADER_LEN } else { 0 } + start;
     file.read_exact_at(&mut buf, at)
@@ -205,7 +209,9 @@ impl SegmentWriter {
     pub fn open(disk: Arc<dyn Disk>, dir: &Path, max_segment: u64) -> Result<Self, StoreError> {
         let seg_dir = dir.join(SEGMENT_DIR);
         let mut newest = 0u32;
-        let names = disk.list_dir(&seg_dir).map_err(|e| StoreError::io(seg_dir.display(), e))?;
+        let names = disk
+            .list_dir(&seg_dir)
+            .map_err(|e| StoreError::io(seg_dir.display(), e))?;
         for name in names {
             if let Some(n) = segment_number(&name) {
                 newest = newest.max(n);
@@ -339,7 +345,9 @@ fn segment_number(name: &str) -> Option<u32> {
 /// entry a crash undoes would lose the body with the file.
 fn open_segment(disk: &dyn Disk, dir: &Path, segment: u32) -> Result<(Box<dyn DiskFile>, u64), StoreError> {
     let path = segment_path(dir, segment);
-    let file = disk.open(&path, true).map_err(|e| StoreError::io(path.display(), e))?;
+    let file = disk
+        .open(&path, true)
+        .map_err(|e| StoreError::io(path.display(), e))?;
     let len = file.len().map_err(|e| StoreError::io(path.display(), e))?;
     let seg_dir = dir.join(SEGMENT_DIR);
     disk.sync_dir(&seg_dir)

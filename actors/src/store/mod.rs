@@ -156,20 +156,22 @@ impl Store {
         }
         let db_path = dir.join("store.redb");
         let shown = db_path.display().to_string();
-        let db = disk.open_database(&Database::builder(), &db_path).map_err(|e| match e {
-            redb::DatabaseError::DatabaseAlreadyOpen => StoreError::InUse {
-                path: dir.display().to_string(),
-            },
-            redb::DatabaseError::Storage(redb::StorageError::Io(io))
-                if io.kind() != std::io::ErrorKind::InvalidData =>
-            {
-                StoreError::io(&shown, io)
-            }
-            other => StoreError::Corrupt {
-                path: shown.clone(),
-                reason: other.to_string(),
-            },
-        })?;
+        let db = disk
+            .open_database(&Database::builder(), &db_path)
+            .map_err(|e| match e {
+                redb::DatabaseError::DatabaseAlreadyOpen => StoreError::InUse {
+                    path: dir.display().to_string(),
+                },
+                redb::DatabaseError::Storage(redb::StorageError::Io(io))
+                    if io.kind() != std::io::ErrorKind::InvalidData =>
+                {
+                    StoreError::io(&shown, io)
+                }
+                other => StoreError::Corrupt {
+                    path: shown.clone(),
+                    reason: other.to_string(),
+                },
+            })?;
         let corrupt = |e: &dyn std::fmt::Display| StoreError::Corrupt {
             path: shown.clone(),
             reason: e.to_string(),
@@ -239,7 +241,9 @@ impl Store {
 
     /// Whether the shared spool holds a body (a peer sharing it stored it): its length if so.
     pub fn spooled(&self, guid: &Guid) -> Option<u64> {
-        self.spool.as_deref().and_then(|s| bodies::spool_len(self.disk.as_ref(), s, guid))
+        self.spool
+            .as_deref()
+            .and_then(|s| bodies::spool_len(self.disk.as_ref(), s, guid))
     }
 
     pub fn db_path(&self) -> &Path {
@@ -330,7 +334,15 @@ impl Store {
         let location = self
             .body_location(guid)?
             .ok_or(StoreError::BodyMissing { guid: *guid })?;
-        bodies::read_range(self.disk.as_ref(), &self.dir, self.spool.as_deref(), guid, &location, offset, limit)
+        bodies::read_range(
+            self.disk.as_ref(),
+            &self.dir,
+            self.spool.as_deref(),
+            guid,
+            &location,
+            offset,
+            limit,
+        )
     }
 
     /// Reads and verifies a body.
@@ -338,7 +350,13 @@ impl Store {
         let location = self
             .body_location(guid)?
             .ok_or(StoreError::BodyMissing { guid: *guid })?;
-        bodies::read_body(self.disk.as_ref(), &self.dir, self.spool.as_deref(), guid, &location)
+        bodies::read_body(
+            self.disk.as_ref(),
+            &self.dir,
+            self.spool.as_deref(),
+            guid,
+            &location,
+        )
     }
 }
 
