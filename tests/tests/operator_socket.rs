@@ -293,7 +293,7 @@ fn a_stale_socket_of_a_killed_node_is_handled() {
     );
     assert_eq!(appended.expect_code(0).stdout, "1\n");
 
-    let mut running = start(&node);
+    let running = start(&node);
     let appended = op(
         config,
         &["append", "--user", "alice", "--mailbox", "INBOX", "--file", file],
