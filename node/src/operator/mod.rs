@@ -185,7 +185,7 @@ impl NodeHandle {
     }
 
     /// The node's peers: the engine's side from each Channel, the link's side from the transport.
-    async fn status(&self) -> Result<NodeStatus, OperatorError> {
+    pub(crate) async fn status(&self) -> Result<NodeStatus, OperatorError> {
         let (node, now_ms, channels, directory) = {
             let node = self.node.borrow();
             (
