@@ -24,6 +24,10 @@ pub enum Error {
         #[source]
         source: std::io::Error,
     },
+    #[error("error: {0}")]
+    Cluster(String),
+    #[error("error: {0}")]
+    Certs(#[from] crate::cluster::certs::CertError),
     #[error("error: the system clock reads a time before 1970; set the clock before starting a node")]
     ClockBeforeEpoch,
 }
