@@ -189,7 +189,7 @@ pub fn check_failed(e: &rustls::Error) -> String {
         rustls::Error::InvalidCertificate(c) => match c {
             C::UnknownIssuer => "unknown CA (the certificate does not chain to this cluster's CA)".into(),
             C::NotValidForName | C::NotValidForNameContext { .. } => {
-                "wrong name (the certificate names no configured peer)".into()
+                "wrong name (the certificate names another node)".into()
             }
             C::Expired | C::ExpiredContext { .. } => "expired".into(),
             C::NotValidYet | C::NotValidYetContext { .. } => "not valid yet".into(),
