@@ -27,12 +27,13 @@ fn client_config(ca: &Path, certs: &Path, name: &str) -> quinn::ClientConfig {
         .collect::<Result<Vec<_>, _>>()
         .unwrap();
     let key = PrivateKeyDer::from_pem_file(certs.join(format!("{name}.key"))).unwrap();
-    let mut tls = rustls::ClientConfig::builder_with_provider(Arc::new(rustls::crypto::ring::default_provider()))
-        .with_protocol_versions(&[&rustls::version::TLS13])
-        .unwrap()
-        .with_root_certificates(roots)
-        .with_client_auth_cert(chain, key)
-        .unwrap();
+    let mut tls =
+        rustls::ClientConfig::builder_with_provider(Arc::new(rustls::crypto::ring::default_provider()))
+            .with_protocol_versions(&[&rustls::version::TLS13])
+            .unwrap()
+            .with_root_certificates(roots)
+            .with_client_auth_cert(chain, key)
+            .unwrap();
     tls.alpn_protocols = vec![b"mailmesh/1".to_vec()];
     quinn::ClientConfig::new(Arc::new(
         quinn::crypto::rustls::QuicClientConfig::try_from(tls).unwrap(),
@@ -73,7 +74,11 @@ fn random_bytes_truncated_and_oversize_frames_reset_their_stream_only() {
             .unwrap()
             .await
             .expect("TLS handshake with a good certificate");
-        let ours = encode_frame(&hello(NodeId::new("n2").unwrap(), DEFAULT_MAX_FRAME), DEFAULT_MAX_FRAME).unwrap();
+        let ours = encode_frame(
+            &hello(NodeId::new("n2").unwrap(), DEFAULT_MAX_FRAME),
+            DEFAULT_MAX_FRAME,
+        )
+        .unwrap();
         let theirs = decode(&exchange(&conn, &ours).await.expect("Hello answered"));
         check_hello(&theirs, Some(&NodeId::new("n1").unwrap())).expect("n1's Hello");
 
@@ -111,19 +116,26 @@ fn random_bytes_truncated_and_oversize_frames_reset_their_stream_only() {
                 response: Response::Missing { guids: Vec::new() }
             }
         );
+
+        node1.wait_for_stderr_count("bad stream from peer", 4);
+        for line in node1.stderr_lines("bad stream from peer") {
+            assert!(line.contains("peer=n2"), "{line}");
+        }
+        // Each reason is named (random bytes read as some length: usually an oversize one).
+        for reason in ["exceeds the maximum", "malformed frame", "truncated frame"] {
+            assert!(
+                !node1.stderr_lines(reason).is_empty(),
+                "no {reason:?}:\n{}",
+                node1.stderr()
+            );
+        }
+        // The link stayed up through all of it.
+        assert!(node1.stderr_lines("link down").is_empty(), "{}", node1.stderr());
+        assert!(conn.close_reason().is_none());
         conn.close(0u32.into(), b"done");
         endpoint.wait_idle().await;
     });
 
-    node1.wait_for_stderr_count("bad stream from peer", 4);
-    for line in node1.stderr_lines("bad stream from peer") {
-        assert!(line.contains("peer=n2"), "{line}");
-    }
-    // Each reason is named (random bytes read as some length: usually an oversize one).
-    for reason in ["exceeds the maximum", "malformed frame", "truncated frame"] {
-        assert!(!node1.stderr_lines(reason).is_empty(), "no {reason:?}:\n{}", node1.stderr());
-    }
-    assert!(node1.stderr_lines("link down").is_empty(), "{}", node1.stderr());
     assert!(node1.is_running());
     node1.signal(libc::SIGTERM);
     node1.wait().expect_code(0).expect_no_panic();

@@ -27,6 +27,10 @@ use crate::cluster::reload::{self, ReloadTriggers};
 use crate::cluster::QuicTransport;
 use crate::config::Loaded;
 use crate::error::Error;
+use crate::operator::links::LinkReport;
+use crate::operator::protocol::FRAME_OVERHEAD;
+use crate::operator::server::OperatorServer;
+use crate::operator::NodeHandle;
 
 /// Runs a node configured by `loaded` (read from `config_path`, which a reload reads again)
 /// until a shutdown signal, then stops it.
@@ -51,11 +55,16 @@ pub fn run(loaded: Loaded, config_path: Option<&Path>) -> Result<(), Error> {
             None => None,
         };
         let engine_transport = transport.clone().map(|t| Rc::new(t) as Rc<dyn Transport>);
+        let max_frame = options.limits.max_message_bytes + FRAME_OVERHEAD;
+        let socket_dir = options.data_dir.clone();
         let node = LocalNode::start_replicating(options, node_env()?, engine_transport)?;
         if let Some(transport) = &transport {
             transport.start(node.inbound.clone());
         }
         let node = Rc::new(RefCell::new(node));
+        let links = transport.clone().map(|t| Rc::new(t) as Rc<dyn LinkReport>);
+        // Operator commands reach the node from here on; the socket goes before the actors stop.
+        let operator = OperatorServer::start(&socket_dir, NodeHandle::new(node.clone(), links), max_frame)?;
         info!(data_dir = %data_dir.display(), "node ready");
         let mut running = config;
         let signal = loop {
@@ -76,6 +85,7 @@ pub fn run(loaded: Loaded, config_path: Option<&Path>) -> Result<(), Error> {
             }
         };
         info!(signal, "shutting down");
+        drop(operator);
         if let Some(transport) = &transport {
             transport.close();
         }

@@ -49,6 +49,7 @@ use tracing::{debug, info, warn};
 
 use super::tls::{self, TlsIdentity};
 use super::{ClusterOptions, PeerAddress};
+use crate::operator::links::{LinkReport, LinkStatus};
 
 /// Largest frame this node accepts (and announces in its Hello).
 pub const MAX_FRAME: u32 = DEFAULT_MAX_FRAME;
@@ -80,24 +81,6 @@ const CLOSE_SHUTDOWN: u32 = 4;
 const STREAM_BAD_FRAME: u32 = 1;
 const STREAM_TIMEOUT: u32 = 2;
 const STREAM_NOT_READY: u32 = 3;
-
-/// One peer's link as `mailmesh status` shows it: cheap to take (no await, no lock held).
-#[derive(Clone, Debug, Default, PartialEq, Eq)]
-pub struct LinkStatus {
-    /// Where the peer is dialled (from `[[peers]]`), or, for a link it dialled, where it is.
-    pub address: Option<String>,
-    pub connected: bool,
-    /// Unix milliseconds since which the link has been up, or down, if it ever changed.
-    pub since_ms: Option<i64>,
-    /// UDP bytes sent to and received from the peer, over every connection so far.
-    pub bytes_sent: u64,
-    pub bytes_received: u64,
-    /// Requests sent to the peer, and those that failed.
-    pub requests: u64,
-    pub request_failures: u64,
-    /// The last failure of a dial, handshake, connection or request.
-    pub last_error: Option<String>,
-}
 
 struct Link {
     conn: Connection,
@@ -284,9 +267,23 @@ impl QuicTransport {
         }
     }
 
-    /// Each configured peer's link, now.
-    #[allow(dead_code)] // read by `mailmesh status` through the operator socket
-    pub fn links(&self) -> BTreeMap<NodeId, LinkStatus> {
+    /// Closes every link and stops dialling and accepting (the node is stopping).
+    pub fn close(&self) {
+        self.0.inbound.borrow_mut().take();
+        for peer in self.0.peers.borrow_mut().values_mut() {
+            if let Some(d) = peer.dialler.take() {
+                d.abort();
+            }
+        }
+        self.0
+            .endpoint
+            .close(VarInt::from_u32(CLOSE_SHUTDOWN), b"node stopping");
+    }
+}
+
+impl LinkReport for QuicTransport {
+    /// Each configured peer's link, now: what `mailmesh status` shows.
+    fn links(&self) -> BTreeMap<NodeId, LinkStatus> {
         self.0
             .peers
             .borrow()
@@ -301,19 +298,6 @@ impl QuicTransport {
                 (name.clone(), status)
             })
             .collect()
-    }
-
-    /// Closes every link and stops dialling and accepting (the node is stopping).
-    pub fn close(&self) {
-        self.0.inbound.borrow_mut().take();
-        for peer in self.0.peers.borrow_mut().values_mut() {
-            if let Some(d) = peer.dialler.take() {
-                d.abort();
-            }
-        }
-        self.0
-            .endpoint
-            .close(VarInt::from_u32(CLOSE_SHUTDOWN), b"node stopping");
     }
 }
 
