@@ -135,3 +135,70 @@ pub fn cluster_specs(root: &Path, names: &[&str]) -> Vec<NodeSpec> {
 pub fn link_up_line(peer: &str) -> String {
     format!("peer={peer} ")
 }
+
+/// Runs the operator command `args` against `node`'s running process (through its socket).
+pub fn op(node: &NodeSpec, args: &[&str]) -> super::Finished {
+    let mut cmd = mailmesh(args);
+    cmd.arg("--config").arg(node.config_path());
+    finish(&mut cmd)
+}
+
+/// Like [`op`], and the command must succeed; returns its stdout.
+pub fn op_ok(node: &NodeSpec, args: &[&str]) -> String {
+    let done = op(node, args);
+    done.expect_code(0);
+    done.stdout
+}
+
+/// Appends a message with a unique `subject` to `user`'s `mailbox` on `node`; returns its uid.
+pub fn append(node: &NodeSpec, user: &str, mailbox: &str, subject: &str) -> String {
+    let file = node.dir.join(format!("{subject}.eml"));
+    std::fs::write(&file, format!("Subject: {subject}\r\n\r\nbody of {subject}\r\n")).expect("write message");
+    let uid = op_ok(node, &["append", "--user", user, "--mailbox", mailbox, "--file", file.to_str().unwrap()]);
+    uid.trim().to_string()
+}
+
+/// The mailbox's messages on `node` as `fetch` lists them (uid, flags, size, hash), or `None` if
+/// the node does not have the mailbox (yet).
+pub fn listing(node: &NodeSpec, user: &str, mailbox: &str) -> Option<Vec<String>> {
+    let done = op(node, &["fetch", "--user", user, "--mailbox", mailbox]);
+    if done.status.code() != Some(0) {
+        return None;
+    }
+    let mut lines: Vec<String> = done.stdout.lines().map(str::to_string).collect();
+    lines.sort();
+    Some(lines)
+}
+
+/// Polls `check` until it holds, at most [`super::DEADLINE`] times four (replication across a
+/// chain of processes on a busy machine); panics with `what` and the last observation.
+pub fn eventually<T: std::fmt::Debug>(what: &str, mut check: impl FnMut() -> Result<T, String>) -> T {
+    let deadline = std::time::Instant::now() + super::DEADLINE * 4;
+    loop {
+        match check() {
+            Ok(value) => return value,
+            Err(last) => {
+                assert!(
+                    std::time::Instant::now() < deadline,
+                    "{what}: not within {:?}; last seen: {last}",
+                    super::DEADLINE * 4
+                );
+                std::thread::sleep(std::time::Duration::from_millis(200));
+            }
+        }
+    }
+}
+
+/// Waits until every node lists the same `count` messages (uids, flags, hashes) in the mailbox.
+pub fn converged(nodes: &[&NodeSpec], user: &str, mailbox: &str, count: usize) -> Vec<String> {
+    eventually(&format!("{user}/{mailbox} converged with {count} messages"), || {
+        let listings: Vec<Option<Vec<String>>> = nodes.iter().map(|n| listing(n, user, mailbox)).collect();
+        let first = listings[0].clone().unwrap_or_default();
+        let same = listings.iter().all(|l| l.as_ref() == Some(&first));
+        if same && first.len() == count {
+            Ok(first)
+        } else {
+            Err(format!("{listings:#?}"))
+        }
+    })
+}
