@@ -56,7 +56,19 @@ fn a_three_node_mesh_converges_after_appends_and_flag_changes_on_every_node() {
     let listing = converged(&all, USER, "INBOX", 9);
     // A flag set on n2 on the first message reaches the others.
     let uid = listing[0].split('\t').next().unwrap().to_string();
-    op_ok(&specs[1], &["flags", "--user", USER, "--mailbox", "INBOX", "--uid", &uid, "+\\Seen"]);
+    op_ok(
+        &specs[1],
+        &[
+            "flags",
+            "--user",
+            USER,
+            "--mailbox",
+            "INBOX",
+            "--uid",
+            &uid,
+            "+\\Seen",
+        ],
+    );
     let after = converged(&all, USER, "INBOX", 9);
     assert!(flagged(&after, &uid, "\\Seen"), "{after:#?}");
     stop(nodes);
@@ -85,7 +97,19 @@ fn a_five_node_chain_converges_through_its_middle() {
     append(&specs[2], USER, "INBOX", "chain-from-n3");
     let listing = converged(&all, USER, "INBOX", 3);
     let uid = listing[0].split('\t').next().unwrap().to_string();
-    op_ok(&specs[4], &["flags", "--user", USER, "--mailbox", "INBOX", "--uid", &uid, "+$Chain"]);
+    op_ok(
+        &specs[4],
+        &[
+            "flags",
+            "--user",
+            USER,
+            "--mailbox",
+            "INBOX",
+            "--uid",
+            &uid,
+            "+$Chain",
+        ],
+    );
     let after = converged(&all, USER, "INBOX", 3);
     assert!(flagged(&after, &uid, "$Chain"), "{after:#?}");
     stop(nodes);
@@ -133,7 +157,7 @@ fn a_node_killed_during_a_stream_of_appends_loses_no_acknowledged_message() {
     let (n1, n2) = (&specs[0], &specs[1]);
     n1.write_config(&[n2]);
     n2.write_config(&[n1]);
-    let mut node1 = n1.start();
+    let node1 = n1.start();
     let node2 = n2.start();
     create_everywhere(n1, &[n1, n2], "INBOX");
 
@@ -141,17 +165,42 @@ fn a_node_killed_during_a_stream_of_appends_loses_no_acknowledged_message() {
     // subjects n1 acknowledged (printed a uid).
     let acknowledged = Arc::new(Mutex::new(Vec::<(String, String)>::new()));
     let stop_appending = Arc::new(AtomicBool::new(false));
+    // While n1 is down an append opens its data directory itself (no socket to talk to), which
+    // would hold the store's lock against the restart: the appender pauses for the restart.
+    let paused = Arc::new(AtomicBool::new(false));
+    let idle = Arc::new(AtomicBool::new(false));
     let appender = {
         let (n1, acknowledged, stop_appending) = (n1.clone(), acknowledged.clone(), stop_appending.clone());
+        let (paused, idle) = (paused.clone(), idle.clone());
         std::thread::spawn(move || {
             let mut i = 0;
             while !stop_appending.load(Ordering::SeqCst) {
+                if paused.load(Ordering::SeqCst) {
+                    idle.store(true, Ordering::SeqCst);
+                    std::thread::sleep(std::time::Duration::from_millis(20));
+                    continue;
+                }
+                idle.store(false, Ordering::SeqCst);
                 let subject = format!("stream-{i}");
                 let file = n1.dir.join(format!("{subject}.eml"));
                 std::fs::write(&file, format!("Subject: {subject}\r\n\r\nbody {i}\r\n")).unwrap();
-                let done = op(&n1, &["append", "--user", USER, "--mailbox", "INBOX", "--file", file.to_str().unwrap()]);
+                let done = op(
+                    &n1,
+                    &[
+                        "append",
+                        "--user",
+                        USER,
+                        "--mailbox",
+                        "INBOX",
+                        "--file",
+                        file.to_str().unwrap(),
+                    ],
+                );
                 if done.status.code() == Some(0) {
-                    acknowledged.lock().unwrap().push((done.stdout.trim().to_string(), subject));
+                    acknowledged
+                        .lock()
+                        .unwrap()
+                        .push((done.stdout.trim().to_string(), subject));
                 }
                 i += 1;
             }
@@ -159,17 +208,34 @@ fn a_node_killed_during_a_stream_of_appends_loses_no_acknowledged_message() {
     };
     eventually("ten appends acknowledged", || {
         let n = acknowledged.lock().unwrap().len();
-        if n >= 10 { Ok(n) } else { Err(format!("{n}")) }
+        if n >= 10 {
+            Ok(n)
+        } else {
+            Err(format!("{n}"))
+        }
     });
     node1.signal(libc::SIGKILL);
     let killed = node1.wait();
     assert_eq!(killed.status.code(), None, "n1 should have died by SIGKILL");
+    paused.store(true, Ordering::SeqCst);
+    eventually("the appender paused", || {
+        if idle.load(Ordering::SeqCst) {
+            Ok(())
+        } else {
+            Err("appending".into())
+        }
+    });
     let before_restart = acknowledged.lock().unwrap().len();
 
     let node1 = n1.start();
+    paused.store(false, Ordering::SeqCst);
     eventually("appends acknowledged after the restart", || {
         let n = acknowledged.lock().unwrap().len();
-        if n >= before_restart + 5 { Ok(n) } else { Err(format!("{n}")) }
+        if n >= before_restart + 5 {
+            Ok(n)
+        } else {
+            Err(format!("{n}"))
+        }
     });
     stop_appending.store(true, Ordering::SeqCst);
     appender.join().unwrap();
@@ -194,7 +260,10 @@ fn a_node_killed_during_a_stream_of_appends_loses_no_acknowledged_message() {
             "uid {uid} ({subject}) missing: {listing:#?}"
         );
         let body = op_ok(n2, &["fetch", "--user", USER, "--mailbox", "INBOX", "--uid", uid]);
-        assert!(body.contains(&format!("Subject: {subject}\r\n")), "uid {uid} is not {subject}: {body}");
+        assert!(
+            body.contains(&format!("Subject: {subject}\r\n")),
+            "uid {uid} is not {subject}: {body}"
+        );
     }
     stop(vec![node1, node2]);
 }

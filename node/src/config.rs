@@ -39,6 +39,8 @@ pub struct Config {
     pub storage: StorageSection,
     pub limits: LimitsSection,
     pub mailboxes: MailboxesSection,
+    #[serde(default)]
+    pub metrics: MetricsSection,
     /// Absent: the node runs alone, as a single store with no network.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub cluster: Option<ClusterSection>,
@@ -106,6 +108,15 @@ pub struct MailboxesSection {
     pub idle_after_secs: u64,
 }
 
+/// The Prometheus endpoint: off unless `listen` is set.
+#[derive(Clone, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct MetricsSection {
+    /// `host:port` to serve `GET /metrics` on, e.g. "127.0.0.1:9464".
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub listen: Option<String>,
+}
+
 /// Why a configuration was refused. Each variant says which key or which source is at fault.
 #[derive(Debug, thiserror::Error)]
 pub enum ConfigError {
@@ -144,6 +155,8 @@ pub struct Loaded {
     pub options: NodeOptions,
     /// The cluster transport's settings, with the TLS files read; `None` for a node alone.
     pub cluster: Option<ClusterOptions>,
+    /// Where to serve metrics, if anywhere.
+    pub metrics_listen: Option<SocketAddr>,
 }
 
 impl Config {
@@ -168,10 +181,12 @@ impl Config {
             .map_err(|e| locate_unknown_key(e, &merged))?;
         let options = config.validate()?;
         let cluster = config.validate_cluster(&options.node)?;
+        let metrics_listen = config.metrics_listen()?;
         Ok(Loaded {
             config,
             options: with_peers(options, cluster.as_ref()),
             cluster,
+            metrics_listen,
         })
     }
 
@@ -283,6 +298,19 @@ impl Config {
         };
         let tls = TlsIdentity::load(&files, node).map_err(|e| ConfigError::invalid(e.key, e.problem))?;
         Ok(Some(ClusterOptions { listen, tls, peers }))
+    }
+
+    /// The metrics endpoint's address, checked.
+    pub fn metrics_listen(&self) -> Result<Option<SocketAddr>, ConfigError> {
+        let Some(listen) = &self.metrics.listen else {
+            return Ok(None);
+        };
+        listen.parse().map(Some).map_err(|_| {
+            ConfigError::invalid(
+                "metrics.listen",
+                format!("{listen:?} is not an address and port, e.g. \"127.0.0.1:9464\""),
+            )
+        })
     }
 
     /// The configuration as TOML, as `check-config` prints it.
@@ -421,6 +449,20 @@ mod tests {
             let message = config.validate().unwrap_err().to_string();
             assert!(message.starts_with(&format!("{key}: ")), "{key}: got {message:?}");
         }
+    }
+
+    #[test]
+    fn metrics_are_off_by_default_and_a_bad_address_names_its_key() {
+        let mut config = defaults();
+        assert_eq!(config.metrics_listen().unwrap(), None);
+        config.metrics.listen = Some("127.0.0.1:9464".into());
+        assert_eq!(
+            config.metrics_listen().unwrap(),
+            Some("127.0.0.1:9464".parse().unwrap())
+        );
+        config.metrics.listen = Some("localhost".into());
+        let message = config.metrics_listen().unwrap_err().to_string();
+        assert!(message.starts_with("metrics.listen: "), "{message}");
     }
 
     #[test]

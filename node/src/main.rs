@@ -8,6 +8,7 @@
 //! - [`cluster`]: QUIC links to the peers, mutual TLS, certificates, live reload;
 //! - [`operator`]: the operator socket, its protocol, and the one place requests are carried out;
 //! - [`ops`]: sends an operator command to the running node, or runs it on the data directory;
+//! - [`metrics`]: the Prometheus endpoint (`[metrics] listen`);
 //! - [`logging`]: `tracing` lines on stderr, filtered by `RUST_LOG`;
 //! - [`error`]: what can fail, and the exit code it gives (0 ok, 1 failure, 2 configuration).
 
@@ -15,6 +16,7 @@ mod cluster;
 mod config;
 mod error;
 mod logging;
+mod metrics;
 mod operator;
 mod ops;
 mod run;

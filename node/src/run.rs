@@ -27,6 +27,7 @@ use crate::cluster::reload::{self, ReloadTriggers};
 use crate::cluster::QuicTransport;
 use crate::config::Loaded;
 use crate::error::Error;
+use crate::metrics::MetricsServer;
 use crate::operator::links::LinkReport;
 use crate::operator::protocol::FRAME_OVERHEAD;
 use crate::operator::server::OperatorServer;
@@ -39,6 +40,7 @@ pub fn run(loaded: Loaded, config_path: Option<&Path>) -> Result<(), Error> {
         config,
         options,
         cluster,
+        metrics_listen,
     } = loaded;
     let (system, span) = node_system(&options.node)?;
     let _entered = span.enter();
@@ -64,7 +66,12 @@ pub fn run(loaded: Loaded, config_path: Option<&Path>) -> Result<(), Error> {
         let node = Rc::new(RefCell::new(node));
         let links = transport.clone().map(|t| Rc::new(t) as Rc<dyn LinkReport>);
         // Operator commands reach the node from here on; the socket goes before the actors stop.
-        let operator = OperatorServer::start(&socket_dir, NodeHandle::new(node.clone(), links), max_frame)?;
+        let handle = NodeHandle::new(node.clone(), links);
+        let operator = OperatorServer::start(&socket_dir, handle.clone(), max_frame)?;
+        let metrics = match metrics_listen {
+            Some(listen) => Some(MetricsServer::start(listen, handle).await?),
+            None => None,
+        };
         info!(data_dir = %data_dir.display(), "node ready");
         let mut running = config;
         let signal = loop {
@@ -85,6 +92,7 @@ pub fn run(loaded: Loaded, config_path: Option<&Path>) -> Result<(), Error> {
             }
         };
         info!(signal, "shutting down");
+        drop(metrics);
         drop(operator);
         if let Some(transport) = &transport {
             transport.close();

@@ -154,7 +154,18 @@ pub fn op_ok(node: &NodeSpec, args: &[&str]) -> String {
 pub fn append(node: &NodeSpec, user: &str, mailbox: &str, subject: &str) -> String {
     let file = node.dir.join(format!("{subject}.eml"));
     std::fs::write(&file, format!("Subject: {subject}\r\n\r\nbody of {subject}\r\n")).expect("write message");
-    let uid = op_ok(node, &["append", "--user", user, "--mailbox", mailbox, "--file", file.to_str().unwrap()]);
+    let uid = op_ok(
+        node,
+        &[
+            "append",
+            "--user",
+            user,
+            "--mailbox",
+            mailbox,
+            "--file",
+            file.to_str().unwrap(),
+        ],
+    );
     uid.trim().to_string()
 }
 
@@ -191,14 +202,18 @@ pub fn eventually<T: std::fmt::Debug>(what: &str, mut check: impl FnMut() -> Res
 
 /// Waits until every node lists the same `count` messages (uids, flags, hashes) in the mailbox.
 pub fn converged(nodes: &[&NodeSpec], user: &str, mailbox: &str, count: usize) -> Vec<String> {
-    eventually(&format!("{user}/{mailbox} converged with {count} messages"), || {
-        let listings: Vec<Option<Vec<String>>> = nodes.iter().map(|n| listing(n, user, mailbox)).collect();
-        let first = listings[0].clone().unwrap_or_default();
-        let same = listings.iter().all(|l| l.as_ref() == Some(&first));
-        if same && first.len() == count {
-            Ok(first)
-        } else {
-            Err(format!("{listings:#?}"))
-        }
-    })
+    eventually(
+        &format!("{user}/{mailbox} converged with {count} messages"),
+        || {
+            let listings: Vec<Option<Vec<String>>> =
+                nodes.iter().map(|n| listing(n, user, mailbox)).collect();
+            let first = listings[0].clone().unwrap_or_default();
+            let same = listings.iter().all(|l| l.as_ref() == Some(&first));
+            if same && first.len() == count {
+                Ok(first)
+            } else {
+                Err(format!("{listings:#?}"))
+            }
+        },
+    )
 }
