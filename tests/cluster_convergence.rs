@@ -71,6 +71,21 @@ fn a_three_node_mesh_converges_after_appends_and_flag_changes_on_every_node() {
     );
     let after = converged(&all, USER, "INBOX", 9);
     assert!(flagged(&after, &uid, "\\Seen"), "{after:#?}");
+
+    // `mailmesh status --json` shows each peer's link as the QUIC transport sees it.
+    let status: serde_json::Value = serde_json::from_str(&op_ok(&specs[0], &["status", "--json"])).unwrap();
+    let peers = status["peers"].as_array().expect("peers");
+    assert_eq!(peers.len(), 2, "{status:#}");
+    for peer in peers {
+        assert_eq!(peer["connected"], serde_json::json!(true), "{status:#}");
+        assert!(peer["bytes_sent"].as_u64().unwrap_or(0) > 0, "{status:#}");
+        assert!(
+            peer["address"]
+                .as_str()
+                .is_some_and(|a| a.starts_with("127.0.0.1:")),
+            "{status:#}"
+        );
+    }
     stop(nodes);
 }
 
