@@ -2,12 +2,14 @@
 //! node's counters and the flush-duration histogram as appends happen, and bad requests answered
 //! without disturbing the node.
 
+mod support;
+
 use std::io::{Read, Write};
 use std::net::TcpStream;
 use std::path::Path;
 use std::time::{Duration, Instant};
 
-use mailmesh_tests::{finish, mailmesh, write_config, Running, DEADLINE};
+use support::{finish, mailmesh, write_config, Running, DEADLINE};
 use tempfile::TempDir;
 
 /// Sends `request` to the endpoint and returns the whole response.
