@@ -23,8 +23,8 @@ use mailmesh_actors::commit_group::FlushMode;
 use mailmesh_actors::directory::{CreateMailbox, OpenMailbox, SetLocations};
 use mailmesh_actors::env::{Entropy, Env, TokioClock};
 use mailmesh_actors::mailbox::{
-    Append, ChangedSince, Expunge, ExpungeMode, Fetch, GetAnnotations, GetPruned, Mailbox, MessageView,
-    SetAnnotation,
+    Append, ChangedSince, Expunge, ExpungeMode, Fetch, FetchBody, GetAnnotations, GetPruned, Mailbox,
+    MessageView, SetAnnotation, Transfer,
 };
 use mailmesh_actors::mailbox_sync::MergeRemote;
 use mailmesh_actors::memory_network::MemoryNetwork;
@@ -814,4 +814,111 @@ fn bug12_a_uid_retired_while_learning_a_pruned_set_reaches_the_sender() {
 #[test]
 fn bug12_seed_16014() {
     replay(&["--seed", "16014"]);
+}
+
+// Bug 13: a move from A to B and one from B to A at the same time wait on each other forever.
+//
+// `Handler<Transfer>` held its mailbox in an `AtomicResponse` while it awaited `InsertCopies` on
+// the target. Two opposite moves each held their source and waited for the other's mailbox to
+// take the copies; every later message to either mailbox (a client's fetch, a Channel's sync)
+// hung behind them. Found by review (issue 9, item 2). Fixed in the change that added this text:
+// a transfer to another mailbox runs in steps that each hold one mailbox (read the sources,
+// insert the copies into the target, expunge the sources that are still there), so no cycle of
+// waits can form.
+#[test]
+fn bug13_opposite_concurrent_moves_both_complete() {
+    simulate(|| async {
+        let mini = Mini::start(&["a"], &[], 500);
+        mini.create("a", "INBOX").await;
+        mini.create("a", "Archive").await;
+        let inbox_msg = mini.append("a", "INBOX", "Subject: in\r\n\r\nin\r\n").await;
+        let archive_msg = mini.append("a", "Archive", "Subject: ar\r\n\r\nar\r\n").await;
+        let opened = |name: &'static str| {
+            mini.node("a").directory.send(OpenMailbox {
+                user: "alice".into(),
+                name: name.into(),
+            })
+        };
+        let inbox = opened("INBOX").await.unwrap().unwrap();
+        let archive = opened("Archive").await.unwrap().unwrap();
+        // Both requests are queued before either mailbox handles one.
+        let to_archive = inbox.addr.send(Transfer {
+            uids: UidSet::all(),
+            target_id: archive.info.id,
+            target: archive.addr.clone(),
+            remove_source: true,
+        });
+        let to_inbox = archive.addr.send(Transfer {
+            uids: UidSet::all(),
+            target_id: inbox.info.id,
+            target: inbox.addr.clone(),
+            remove_source: true,
+        });
+        // A deadline in virtual time: nothing else runs, so a wait this long is a deadlock.
+        let both = tokio::time::timeout(Duration::from_secs(24 * 3600), async {
+            (to_archive.await, to_inbox.await)
+        })
+        .await
+        .expect("two opposite moves complete (no deadlock)");
+        let (moved_out, moved_in) = both;
+        assert_eq!(moved_out.unwrap().unwrap().len(), 1);
+        assert_eq!(moved_in.unwrap().unwrap().len(), 1);
+        // Each mailbox now holds exactly the other's message (as a new message), once.
+        let in_inbox = mini.shown("a", "INBOX").await;
+        let in_archive = mini.shown("a", "Archive").await;
+        assert_eq!(in_inbox.len(), 1, "{in_inbox:?}");
+        assert_eq!(in_archive.len(), 1, "{in_archive:?}");
+        assert_ne!(in_inbox[0].append_id, inbox_msg);
+        assert_ne!(in_archive[0].append_id, archive_msg);
+        let body = |mb: &Addr<Mailbox>, uid| mb.send(FetchBody { uid });
+        assert_eq!(
+            body(&inbox.addr, in_inbox[0].uid).await.unwrap().unwrap(),
+            b"Subject: ar\r\n\r\nar\r\n".to_vec()
+        );
+        assert_eq!(
+            body(&archive.addr, in_archive[0].uid).await.unwrap().unwrap(),
+            b"Subject: in\r\n\r\nin\r\n".to_vec()
+        );
+    });
+}
+
+// With the steps of bug 13's fix, a move no longer holds its source while the target inserts the
+// copies; two moves of one message to two mailboxes at once must still leave one copy, not two.
+#[test]
+fn bug13_one_message_moved_twice_at_once_is_copied_once() {
+    simulate(|| async {
+        let mini = Mini::start(&["a"], &[], 500);
+        for name in ["INBOX", "One", "Two"] {
+            mini.create("a", name).await;
+        }
+        mini.append("a", "INBOX", "Subject: m\r\n\r\nm\r\n").await;
+        let mut opened = Vec::new();
+        for name in ["INBOX", "One", "Two"] {
+            let o = mini
+                .node("a")
+                .directory
+                .send(OpenMailbox {
+                    user: "alice".into(),
+                    name: name.into(),
+                })
+                .await
+                .unwrap()
+                .unwrap();
+            opened.push(o);
+        }
+        let move_to = |i: usize| {
+            opened[0].addr.send(Transfer {
+                uids: UidSet::all(),
+                target_id: opened[i].info.id,
+                target: opened[i].addr.clone(),
+                remove_source: true,
+            })
+        };
+        let (first, second) = (move_to(1), move_to(2));
+        let moved = first.await.unwrap().unwrap().len() + second.await.unwrap().unwrap().len();
+        assert_eq!(moved, 1, "one of the two moves takes the message");
+        let copies = mini.shown("a", "One").await.len() + mini.shown("a", "Two").await.len();
+        assert_eq!(copies, 1);
+        assert!(mini.shown("a", "INBOX").await.is_empty());
+    });
 }
