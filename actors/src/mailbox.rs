@@ -173,7 +173,12 @@ impl Mailbox {
         let counters = ctx
             .store
             .get::<MailboxCounters>(Table::MailboxState, &keys::mailbox(entry.id))?
-            .unwrap_or_default();
+            .unwrap_or_else(|| MailboxCounters {
+                // A replica new on this node (perhaps again, after a wipe): its modseqs start
+                // above any the lost one handed out.
+                modseq: crate::counters::modseq_floor(ctx.env.clock.unix_millis()),
+                ..Default::default()
+            });
         let modseq_tag = ctx.node.modseq_tag();
         let pruned = ctx
             .store

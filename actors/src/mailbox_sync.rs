@@ -318,6 +318,9 @@ impl Mailbox {
         } in records
         {
             let aid = incoming.append_id.clone();
+            // One of this node's own messages, minted before its store was lost: never mint
+            // that AppendId again.
+            self.node_counters.observe_append_id(&aid);
             if self.ctx.faults.drop_incoming_records && !locals.get(&aid).is_some_and(|l| l.is_some()) {
                 continue;
             }
@@ -500,6 +503,12 @@ impl Mailbox {
     ) -> Result<Learned, StoreError> {
         let mut changed = false;
         let mut retired_news = false;
+        if let Some(&(_, hi)) = incoming.ranges.get(&self.ctx.node).and_then(|r| r.last()) {
+            self.node_counters.observe_append_id(&AppendId {
+                origin: self.ctx.node.clone(),
+                counter: hi,
+            });
+        }
         for aid in incoming.iter() {
             if self.pruned.contains(&aid) {
                 continue;

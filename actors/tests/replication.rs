@@ -8,7 +8,7 @@ use mailmesh_actors::directory::*;
 use mailmesh_actors::mailbox::*;
 use mailmesh_actors::node::PeerOptions;
 use mailmesh_actors::uid_set::UidSet;
-use mailmesh_protocol::ids::Uid;
+use mailmesh_protocol::ids::{AppendId, ModSeq, Uid};
 
 async fn open(cluster: &Cluster, node: &str, user: &str, name: &str) -> actix::Addr<Mailbox> {
     cluster
@@ -499,6 +499,85 @@ fn wiped_node_is_rebuilt_from_its_peers() {
         cluster.settle().await;
         let after = cluster.assert_converged().await;
         assert_eq!(after, before, "the wiped node holds everything again");
+        cluster.assert_quiet().await;
+        // The node writes again under the same name: what it mints now never collides with what
+        // its lost store minted (issue 9, item 1; engine bug 14).
+        let work = open(&cluster, "b", "bob", "Work").await;
+        let new = append_to(&work, &message(1000), &[]).await;
+        let old_ids = appended_ids(&before);
+        assert!(!old_ids.contains(&new.append_id), "{} was minted before the wipe", new.append_id);
+        cluster.settle().await;
+        let last = cluster.assert_converged().await;
+        let work = &last.mailboxes[&("bob".to_string(), "Work".to_string())];
+        assert_eq!(work.messages.len(), 31, "the old messages and the new one: {work:?}");
+        let body = open(&cluster, "c", "bob", "Work")
+            .await
+            .send(FetchBody { uid: new.uid })
+            .await
+            .unwrap()
+            .unwrap();
+        assert_eq!(body, message(1000).into_bytes());
+        cluster.assert_quiet().await;
+    });
+}
+
+/// Every AppendId a dump shows.
+fn appended_ids(dump: &NodeDump) -> std::collections::BTreeSet<AppendId> {
+    dump.mailboxes
+        .values()
+        .flat_map(|m| m.messages.iter().map(|(_, aid, _)| aid.clone()))
+        .collect()
+}
+
+/// A wiped node that comes back with no peer reachable still writes (it cannot learn its old
+/// counters from anyone), and what it mints is new: AppendIds and Versions above what its lost
+/// store minted (engine bug 14).
+#[test]
+fn wiped_node_alone_mints_identities_it_never_minted_before() {
+    run_virtual(|| async {
+        let mut cluster = Cluster::chain(&["a", "b"]);
+        create(&cluster, "b", "bob", "Work").await;
+        let work = open(&cluster, "b", "bob", "Work").await;
+        for i in 0..5 {
+            append_to(&work, &message(i), &["\\Seen"]).await;
+        }
+        cluster.settle().await;
+        let before = cluster.assert_converged().await;
+        let old_versions = cluster.node("b").context.counters.snapshot().lamport;
+        tokio::time::sleep(std::time::Duration::from_secs(1)).await;
+        cluster.stop("b").await;
+        cluster.wipe("b");
+        cluster.net.set_link(&n("a"), &n("b"), false);
+        cluster.restart("b");
+        create(&cluster, "b", "bob", "Offline").await;
+        let offline = open(&cluster, "b", "bob", "Offline").await;
+        let new = append_to(&offline, &message(100), &["\\Seen"]).await;
+        assert!(
+            !appended_ids(&before).contains(&new.append_id),
+            "{} was minted before the wipe",
+            new.append_id
+        );
+        let version = offline
+            .send(ChangedSince {
+                since: ModSeq::ZERO,
+                limit: 10,
+            })
+            .await
+            .unwrap()
+            .unwrap()[0]
+            .record
+            .uid
+            .version
+            .clone();
+        assert!(
+            version.counter > old_versions,
+            "version {version} is not above {old_versions}, the old store's clock"
+        );
+        cluster.net.set_link(&n("a"), &n("b"), true);
+        cluster.settle().await;
+        let last = cluster.assert_converged().await;
+        assert_eq!(last.mailboxes.len(), 2);
+        assert_eq!(appended_ids(&last).len(), 6);
         cluster.assert_quiet().await;
     });
 }
