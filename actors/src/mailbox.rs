@@ -535,14 +535,10 @@ pub(crate) fn unaccount(c: &mut MailboxCounters, stored: &StoredRecord) {
     account(c, stored, -1);
 }
 
-/// The node that resolves this mailbox's uid conflicts: the preferred primary, or while none is
-/// named, the node that created the mailbox.
+/// The node that resolves this mailbox's uid conflicts (see `MailboxEntry::effective_primary`:
+/// always a holder).
 pub(crate) fn primary_of(entry: &MailboxEntry) -> NodeId {
-    entry
-        .primary
-        .value
-        .clone()
-        .unwrap_or_else(|| entry.created.node.clone())
+    entry.effective_primary()
 }
 
 impl Actor for Mailbox {

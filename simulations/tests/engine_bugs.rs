@@ -922,3 +922,47 @@ fn bug13_one_message_moved_twice_at_once_is_copied_once() {
         assert!(mini.shown("a", "INBOX").await.is_empty());
     });
 }
+
+// Bug 14: a node whose store was wiped mints the AppendIds and Versions it minted before. Its
+// reproductions are `wiped_node_is_rebuilt_from_its_peers` (it appends after the wipe) and
+// `wiped_node_alone_mints_identities_it_never_minted_before` in actors/tests/replication.rs,
+// where the cluster harness can wipe a node; ARCHITECTURE.md ("Identities across store
+// incarnations") gives the fix.
+
+// Bug 15: with no primary named, the creator settles uid conflicts even when it holds no
+// replica (issue 9, item 4).
+//
+// `primary_of` fell back to the node that created the mailbox. Created on a, placed on b and c:
+// a never sees the mailbox's records, b and c are not the primary, so a uid both of them gave a
+// message is never settled: each shows its own and hides the other's, for good (a loss by
+// DESIGN.md's own rule). Fixed in the change that added this text: the effective primary is
+// always a holder (`MailboxEntry::effective_primary`).
+#[test]
+fn bug15_a_primary_that_holds_no_replica_is_not_the_primary() {
+    simulate(|| async {
+        let mini = Mini::start(&["a", "b", "c"], &[("a", "b"), ("a", "c"), ("b", "c")], 500);
+        mini.create("a", "INBOX").await;
+        mini.node("a")
+            .directory
+            .send(SetLocations {
+                user: "alice".into(),
+                name: "INBOX".into(),
+                locations: vec![n("b"), n("c")],
+                primary: None,
+            })
+            .await
+            .unwrap()
+            .unwrap();
+        mini.settle().await;
+        mini.cut("b", "c", true);
+        mini.append("b", "INBOX", "Subject: b\r\n\r\nb\r\n").await;
+        mini.append("c", "INBOX", "Subject: c\r\n\r\nc\r\n").await;
+        mini.cut("b", "c", false);
+        mini.settle().await;
+        for node in ["b", "c"] {
+            let shown = mini.shown(node, "INBOX").await;
+            assert_eq!(shown.len(), 2, "{node} shows both messages: {shown:?}");
+            assert!(shown.iter().all(|v| v.uid > Uid(1)), "{node}: {shown:?}");
+        }
+    });
+}
