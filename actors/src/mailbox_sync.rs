@@ -462,7 +462,10 @@ impl Mailbox {
             // (the origin) may never have shown it at the old uid (simulator, seed 26).
             summary.pruned_news = pruned_changed;
             let news = summary.combined || summary.promoted || pruned_changed;
-            let provenance = if news || summary.origins.len() != 1 {
+            // A pruned set learned from the sender came from the sender, not from the origin of
+            // the records that came with it: only the sender may be skipped (engine bug 16).
+            let several_sources = summary.origins.len() != 1 || learned_pruned;
+            let provenance = if news || several_sources {
                 // New to everyone (or from several origins: only the sender can be skipped).
                 if news {
                     Provenance::Local

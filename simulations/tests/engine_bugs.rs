@@ -966,3 +966,75 @@ fn bug15_a_primary_that_holds_no_replica_is_not_the_primary() {
         }
     });
 }
+
+// Bug 16: a pruned set learned from the sender is not logged for the origin of the records that
+// came with it (issue 9, item 3).
+//
+// merge_in logged a merge that took records whole for every peer except the sender and the
+// records' origin, even when the sender's pruned set taught this node something: the set came
+// from the sender, not from the origin, which may never hear of the compacted messages and the
+// uids they retired (and, as the primary, never promote a live message at one). Fixed in the
+// change that added this text: a learned set makes the merge the sender's news, skipped for the
+// sender alone.
+#[test]
+fn bug16_a_learned_pruned_set_reaches_the_records_origin() {
+    simulate(|| async {
+        let mini = Mini::start(&["n", "x"], &[("n", "x")], 500);
+        mini.create("x", "INBOX").await;
+        mini.append("x", "INBOX", "Subject: x\r\n\r\nx\r\n").await;
+        mini.settle().await;
+        // A third node s (not linked here) sends n a change of x's message, made on x, together
+        // with its pruned set: s compacted s-1000, which sat at uid 7.
+        let on_x = mini
+            .mailbox("x", "INBOX")
+            .await
+            .send(ChangedSince {
+                since: ModSeq::ZERO,
+                limit: 10,
+            })
+            .await
+            .unwrap()
+            .unwrap();
+        let mut changed = on_x[0].record.clone();
+        let version = Version {
+            counter: changed.max_version().counter + 1,
+            node: n("x"),
+        };
+        changed.write_flag(mailmesh_protocol::names::Flag::seen(), true, version);
+        let compacted = AppendId {
+            origin: n("s"),
+            counter: 1000,
+        };
+        let mut pruned = PrunedSet::default();
+        pruned.insert(&compacted);
+        pruned.retire(7);
+        mini.mailbox("n", "INBOX")
+            .await
+            .send(MergeRemote {
+                from: n("s"),
+                pruned: Some(pruned),
+                records: vec![Change {
+                    origin: n("x"),
+                    item: changed,
+                }],
+                annotations: Vec::new(),
+                uidnext: Default::default(),
+                bodies: Default::default(),
+            })
+            .await
+            .unwrap()
+            .unwrap();
+        mini.settle().await;
+        let on_x = mini
+            .mailbox("x", "INBOX")
+            .await
+            .send(GetPruned)
+            .await
+            .unwrap()
+            .unwrap();
+        assert!(
+            on_x.contains(&compacted) && on_x.retired(7),
+            "x learns what s compacted: {on_x:?}"
+        );
+    });
+}
