@@ -536,11 +536,19 @@ fn wiped_node_is_rebuilt_from_its_peers() {
         let work = open(&cluster, "b", "bob", "Work").await;
         let new = append_to(&work, &message(1000), &[]).await;
         let old_ids = appended_ids(&before);
-        assert!(!old_ids.contains(&new.append_id), "{} was minted before the wipe", new.append_id);
+        assert!(
+            !old_ids.contains(&new.append_id),
+            "{} was minted before the wipe",
+            new.append_id
+        );
         cluster.settle().await;
         let last = cluster.assert_converged().await;
         let work = &last.mailboxes[&("bob".to_string(), "Work".to_string())];
-        assert_eq!(work.messages.len(), 31, "the old messages and the new one: {work:?}");
+        assert_eq!(
+            work.messages.len(),
+            31,
+            "the old messages and the new one: {work:?}"
+        );
         let body = open(&cluster, "c", "bob", "Work")
             .await
             .send(FetchBody { uid: new.uid })

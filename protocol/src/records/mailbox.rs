@@ -256,12 +256,24 @@ mod tests {
         let mut e = entry(1, "A", v(1, "creator"));
         assert_eq!(e.effective_primary(), n("creator"), "everyone holds it");
         e.locations.set(set(&["y", "x"]), v(2, "creator"));
-        assert_eq!(e.effective_primary(), n("x"), "the creator holds none: the lowest holder");
+        assert_eq!(
+            e.effective_primary(),
+            n("x"),
+            "the creator holds none: the lowest holder"
+        );
         e.primary.set(Some(n("y")), v(3, "x"));
         assert_eq!(e.effective_primary(), n("y"), "the named primary holds one");
         e.locations.set(set(&["x", "creator"]), v(4, "x"));
-        assert_eq!(e.effective_primary(), n("creator"), "the named one left: the creator");
+        assert_eq!(
+            e.effective_primary(),
+            n("creator"),
+            "the named one left: the creator"
+        );
         e.locations.set(BTreeSet::new(), v(5, "x"));
-        assert_eq!(e.effective_primary(), n("y"), "everyone holds it, the named one too");
+        assert_eq!(
+            e.effective_primary(),
+            n("y"),
+            "everyone holds it, the named one too"
+        );
     }
 }
