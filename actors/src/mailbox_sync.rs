@@ -14,7 +14,7 @@ use std::collections::{BTreeMap, BTreeSet};
 use std::sync::Arc;
 
 use actix::prelude::*;
-use mailmesh_protocol::ids::{AppendId, Guid, ModSeq, NodeId, Uid, UidValidity};
+use mailmesh_protocol::ids::{AppendId, Guid, MailboxId, ModSeq, NodeId, Uid, UidValidity};
 use mailmesh_protocol::merge::{Merge, MergeEffect};
 use mailmesh_protocol::records::{
     Annotation, MailboxDigest, MailboxEntry, MessageRecord, PrunedSet, RecordUpdate, UidNext,
@@ -97,9 +97,7 @@ struct MergeSummary {
 
 impl Mailbox {
     fn cache_key(&self, peer: &NodeId) -> Vec<u8> {
-        let mut k = keys::mailbox(self.id);
-        k.extend_from_slice(peer.as_str().as_bytes());
-        k
+        cache_key(self.id, peer)
     }
 
     fn committed_counters(&self) -> Result<MailboxCounters, StoreError> {
@@ -1217,6 +1215,13 @@ impl Handler<SettleHeldConflicts> for Mailbox {
             Ok((writes, ()))
         })
     }
+}
+
+/// The key of the replication cache of mailbox `id` for `peer`.
+pub(crate) fn cache_key(id: MailboxId, peer: &NodeId) -> Vec<u8> {
+    let mut k = keys::mailbox(id);
+    k.extend_from_slice(peer.as_str().as_bytes());
+    k
 }
 
 /// Forgets every replication cache of this mailbox for `peer` (the peer lost its data).

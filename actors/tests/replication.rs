@@ -915,6 +915,56 @@ fn locations_start_and_stop_replication_and_move_a_mailbox() {
     });
 }
 
+/// A node removed from a mailbox's locations lets its copy go; added back, it gets every message
+/// again and what it writes reaches the others (engine bug 17, issue 9 item 5: the holders kept
+/// their replication caches for it, so a's sync to the re-added b found nothing to send, and b's
+/// new modseqs were ones a's cache had acknowledged).
+#[test]
+fn a_location_dropped_and_added_back_gets_everything_again() {
+    run_virtual(|| async {
+        let cluster = Cluster::full_mesh(&["a", "b"]);
+        create(&cluster, "a", "alice", "INBOX").await;
+        let set = |locations: &[&str]| SetLocations {
+            user: "alice".into(),
+            name: "INBOX".into(),
+            locations: locations.iter().map(|s| n(s)).collect(),
+            primary: None,
+        };
+        let on_a = open(&cluster, "a", "alice", "INBOX").await;
+        for i in 0..3 {
+            append_to(&on_a, &message(i), &[]).await;
+        }
+        let on_b = open(&cluster, "b", "alice", "INBOX").await;
+        for i in 3..6 {
+            append_to(&on_b, &message(i), &[]).await;
+        }
+        drop(on_b);
+        cluster.settle().await;
+        let count = |dump: &NodeDump| inbox(dump).messages.len();
+        assert_eq!(count(&cluster.dump("b").await), 6);
+        let send = |node: &str, locations: &[&str]| {
+            cluster.node(node).directory.send(set(locations))
+        };
+        send("a", &["a"]).await.unwrap().unwrap();
+        cluster.settle().await;
+        let mut waited = 0;
+        while count(&cluster.dump("b").await) != 0 {
+            waited += 1;
+            assert!(waited < 60, "b never released its copy");
+            tokio::time::sleep(std::time::Duration::from_secs(1)).await;
+        }
+        send("a", &["a", "b"]).await.unwrap().unwrap();
+        cluster.settle().await;
+        assert_eq!(count(&cluster.dump("b").await), 6, "b holds every message again");
+        let on_b = open(&cluster, "b", "alice", "INBOX").await;
+        append_to(&on_b, &message(100), &[]).await;
+        cluster.settle().await;
+        let dump = cluster.assert_converged().await;
+        assert_eq!(count(&dump), 7);
+        cluster.assert_quiet().await;
+    });
+}
+
 /// A message whose body is corrupt on the sending node is quarantined: logged, counted, left out;
 /// the rest of its mailbox and every other mailbox replicate, and nothing retries forever.
 #[test]
