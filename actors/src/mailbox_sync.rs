@@ -247,6 +247,7 @@ impl Mailbox {
             pruned,
         } = incoming;
         let me = self.ctx.node.clone();
+        let uidnext_before = self.counters.uidnext;
         // Nothing in memory or in `writes` changes until the input is known to be whole (every
         // update's record here, every new body here): a request refused half way would leave
         // this actor ahead of its store (simulator, seed 1312: a pruned set learned from a
@@ -451,7 +452,9 @@ impl Mailbox {
                 },
             );
         }
-        if learned_pruned || pruned_changed {
+        // A raised UIDNEXT alone is a change too: stored with the counters and passed on, or a
+        // restart here forgets it (engine bug 18).
+        if learned_pruned || pruned_changed || self.counters.uidnext > uidnext_before {
             summary.changed = true;
         }
         if summary.changed || summary.promoted {
