@@ -11,6 +11,7 @@
 //! variable) is an error instead of a silently ignored setting. Values are then checked as a
 //! whole by [`Config::validate`], whose errors name the key at fault.
 
+use std::net::SocketAddr;
 use std::path::{Path, PathBuf};
 use std::time::Duration;
 
@@ -35,6 +36,8 @@ pub struct Config {
     pub storage: StorageSection,
     pub limits: LimitsSection,
     pub mailboxes: MailboxesSection,
+    #[serde(default)]
+    pub metrics: MetricsSection,
 }
 
 #[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
@@ -64,6 +67,15 @@ pub struct LimitsSection {
 pub struct MailboxesSection {
     pub max_active: u64,
     pub idle_after_secs: u64,
+}
+
+/// The Prometheus endpoint: off unless `listen` is set.
+#[derive(Clone, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct MetricsSection {
+    /// `host:port` to serve `GET /metrics` on, e.g. "127.0.0.1:9464".
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub listen: Option<String>,
 }
 
 /// Why a configuration was refused. Each variant says which key or which source is at fault.
@@ -102,6 +114,8 @@ pub struct Loaded {
     pub config: Config,
     /// What the actors are started with.
     pub options: NodeOptions,
+    /// Where to serve metrics, if anywhere.
+    pub metrics_listen: Option<SocketAddr>,
 }
 
 impl Config {
@@ -125,7 +139,12 @@ impl Config {
             .try_deserialize()
             .map_err(|e| locate_unknown_key(e, &merged))?;
         let options = config.validate()?;
-        Ok(Loaded { config, options })
+        let metrics_listen = config.metrics_listen()?;
+        Ok(Loaded {
+            config,
+            options,
+            metrics_listen,
+        })
     }
 
     /// Checks every value and builds the actors' options from them.
@@ -169,6 +188,19 @@ impl Config {
             idle_after: Duration::from_secs(idle_after_secs),
         };
         Ok(options)
+    }
+
+    /// The metrics endpoint's address, checked.
+    pub fn metrics_listen(&self) -> Result<Option<SocketAddr>, ConfigError> {
+        let Some(listen) = &self.metrics.listen else {
+            return Ok(None);
+        };
+        listen.parse().map(Some).map_err(|_| {
+            ConfigError::invalid(
+                "metrics.listen",
+                format!("{listen:?} is not an address and port, e.g. \"127.0.0.1:9464\""),
+            )
+        })
     }
 
     /// The configuration as TOML, as `check-config` prints it.
@@ -289,6 +321,20 @@ mod tests {
             let message = config.validate().unwrap_err().to_string();
             assert!(message.starts_with(&format!("{key}: ")), "{key}: got {message:?}");
         }
+    }
+
+    #[test]
+    fn metrics_are_off_by_default_and_a_bad_address_names_its_key() {
+        let mut config = defaults();
+        assert_eq!(config.metrics_listen().unwrap(), None);
+        config.metrics.listen = Some("127.0.0.1:9464".into());
+        assert_eq!(
+            config.metrics_listen().unwrap(),
+            Some("127.0.0.1:9464".parse().unwrap())
+        );
+        config.metrics.listen = Some("localhost".into());
+        let message = config.metrics_listen().unwrap_err().to_string();
+        assert!(message.starts_with("metrics.listen: "), "{message}");
     }
 
     #[test]

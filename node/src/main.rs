@@ -6,12 +6,14 @@
 //! - [`run`]: starts the actors and the operator socket, and waits for SIGINT or SIGTERM;
 //! - [`operator`]: the operator socket, its protocol, and the one place requests are carried out;
 //! - [`ops`]: sends an operator command to the running node, or runs it on the data directory;
+//! - [`metrics`]: the Prometheus endpoint (`[metrics] listen`);
 //! - [`logging`]: `tracing` lines on stderr, filtered by `RUST_LOG`;
 //! - [`error`]: what can fail, and the exit code it gives (0 ok, 1 failure, 2 configuration).
 
 mod config;
 mod error;
 mod logging;
+mod metrics;
 mod operator;
 mod ops;
 mod run;
@@ -164,7 +166,7 @@ fn execute(cli: Cli) -> Result<(), Error> {
     let request = match cli.command {
         Command::Run => {
             logging::init("info");
-            return run::run(loaded.options);
+            return run::run(loaded.options, loaded.metrics_listen);
         }
         Command::CheckConfig => {
             print!("{}", loaded.config.to_toml());

@@ -7,6 +7,7 @@
 //! never loses a write that was already submitted.
 
 use std::cell::RefCell;
+use std::net::SocketAddr;
 use std::rc::Rc;
 use std::sync::Arc;
 use std::time::{SystemTime, UNIX_EPOCH};
@@ -20,12 +21,13 @@ use tracing::span::EnteredSpan;
 use tracing::{info, info_span, Span};
 
 use crate::error::Error;
+use crate::metrics::MetricsServer;
 use crate::operator::protocol::FRAME_OVERHEAD;
 use crate::operator::server::OperatorServer;
 use crate::operator::NodeHandle;
 
 /// Runs a node with `options` until a shutdown signal, then stops it.
-pub fn run(options: NodeOptions) -> Result<(), Error> {
+pub fn run(options: NodeOptions, metrics_listen: Option<SocketAddr>) -> Result<(), Error> {
     let (system, span) = node_system(&options.node)?;
     let _entered = span.enter();
     // Logged absolute, so an operator sees where a relative data_dir really is.
@@ -39,10 +41,16 @@ pub fn run(options: NodeOptions) -> Result<(), Error> {
         let socket_dir = options.data_dir.clone();
         let node = Rc::new(RefCell::new(LocalNode::start(options, node_env()?)?));
         // Operator commands reach the node from here on; the socket goes before the actors stop.
-        let operator = OperatorServer::start(&socket_dir, NodeHandle::new(node.clone(), None), max_frame)?;
+        let handle = NodeHandle::new(node.clone(), None);
+        let operator = OperatorServer::start(&socket_dir, handle.clone(), max_frame)?;
+        let metrics = match metrics_listen {
+            Some(listen) => Some(MetricsServer::start(listen, handle).await?),
+            None => None,
+        };
         info!(data_dir = %data_dir.display(), "node ready");
         let signal = shutdown.recv().await;
         info!(signal, "shutting down");
+        drop(metrics);
         drop(operator);
         Ok::<_, Error>(node)
     });
