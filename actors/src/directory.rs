@@ -141,10 +141,7 @@ impl Directory {
                 for peer in self.ctx.sync_log.peers() {
                     let held_before = !old.is_deleted() && old.located_on(&peer);
                     if entry.located_on(&peer) && !held_before {
-                        batch.delete(
-                            Table::ReplCache,
-                            crate::mailbox_sync::cache_key(entry.id, &peer),
-                        );
+                        batch.delete(Table::ReplCache, crate::mailbox_sync::cache_key(entry.id, &peer));
                         let logged = self
                             .ctx
                             .sync_log

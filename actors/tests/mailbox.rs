@@ -481,7 +481,11 @@ fn an_incoming_uidnext_raise_alone_is_stored() {
     run(|| async {
         let node = start(dir.path());
         let mb = open(&node, "alice", "INBOX").await;
-        assert_eq!(append(&mb, &message(2), &[]).await.uid, Uid(50), "after a restart too");
+        assert_eq!(
+            append(&mb, &message(2), &[]).await.uid,
+            Uid(50),
+            "after a restart too"
+        );
     });
 }
 
@@ -542,6 +546,10 @@ fn clearing_a_flag_never_set_wins_over_an_older_concurrent_set() {
         .unwrap()
         .unwrap();
         let shown = mb.send(Fetch { uids: UidSet::all() }).await.unwrap().unwrap();
-        assert!(shown[0].flags.is_empty(), "the later clear wins: {:?}", shown[0].flags);
+        assert!(
+            shown[0].flags.is_empty(),
+            "the later clear wins: {:?}",
+            shown[0].flags
+        );
     });
 }

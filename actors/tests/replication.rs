@@ -942,9 +942,7 @@ fn a_location_dropped_and_added_back_gets_everything_again() {
         cluster.settle().await;
         let count = |dump: &NodeDump| inbox(dump).messages.len();
         assert_eq!(count(&cluster.dump("b").await), 6);
-        let send = |node: &str, locations: &[&str]| {
-            cluster.node(node).directory.send(set(locations))
-        };
+        let send = |node: &str, locations: &[&str]| cluster.node(node).directory.send(set(locations));
         send("a", &["a"]).await.unwrap().unwrap();
         cluster.settle().await;
         let mut waited = 0;
