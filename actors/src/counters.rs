@@ -32,6 +32,7 @@ struct Inner {
     last_uidvalidity: u32,
     log_generation: u64,
     incarnation: u128,
+    appended: u64,
 }
 
 impl NodeCounters {
@@ -42,6 +43,7 @@ impl NodeCounters {
             last_uidvalidity: state.last_uidvalidity,
             log_generation: state.log_generation,
             incarnation: state.incarnation,
+            appended: state.appended,
         })))
     }
 
@@ -83,6 +85,7 @@ impl NodeCounters {
     pub fn next_append_id(&self) -> AppendId {
         let mut inner = self.inner();
         inner.next_append += 1;
+        inner.appended += 1;
         AppendId {
             origin: inner.clock.node().clone(),
             counter: inner.next_append,
@@ -134,6 +137,7 @@ impl NodeCounters {
             last_uidvalidity: inner.last_uidvalidity,
             log_generation: inner.log_generation,
             incarnation: inner.incarnation,
+            appended: inner.appended,
         }
     }
 }
