@@ -2,6 +2,18 @@
 //! Shared by the actors of one node (all on one thread; the mutex is never contended) and
 //! persisted by the commit group with every commit, so a value handed out before a crash is never
 //! handed out again for anything that was acknowledged.
+//!
+//! A store can also be lost (a wiped disk, a node replaced under the same name) or rolled back (a
+//! restored backup); its counters go with it. So that the node never mints an AppendId or Version
+//! it minted before (DESIGN.md, "Identity"), both counters start at least at a floor read from the
+//! wall clock at every start: the milliseconds since the epoch times 2^20
+//! ([`identity_floor`]). A counter of an earlier incarnation of the store is below that floor
+//! unless the node minted more than 2^20 (about a million) identities per millisecond on average
+//! since it last started, or the wall clock went back. As a second line, a node that finds one of
+//! its own AppendIds or Versions among its peers' records moves its counters past it (the
+//! Lamport clock observes every version it merges; [`NodeCounters::observe_append_id`]).
+//! ARCHITECTURE.md ("Identities across store incarnations") says why this and not waiting for
+//! the peers.
 
 use std::sync::{Arc, Mutex};
 
@@ -20,6 +32,7 @@ struct Inner {
     last_uidvalidity: u32,
     log_generation: u64,
     incarnation: u128,
+    appended: u64,
 }
 
 impl NodeCounters {
@@ -30,6 +43,7 @@ impl NodeCounters {
             last_uidvalidity: state.last_uidvalidity,
             log_generation: state.log_generation,
             incarnation: state.incarnation,
+            appended: state.appended,
         })))
     }
 
@@ -49,9 +63,29 @@ impl NodeCounters {
         self.inner().clock.observe(seen)
     }
 
+    /// Raises the append counter and the Lamport clock to the wall-clock floor (see the module
+    /// documentation); never lowers them.
+    pub fn raise_to_clock(&self, unix_millis: i64) {
+        let floor = identity_floor(unix_millis);
+        let mut inner = self.inner();
+        inner.next_append = inner.next_append.max(floor);
+        let node = inner.clock.node().clone();
+        inner.clock.observe(&Version { counter: floor, node });
+    }
+
+    /// Moves the append counter past one of this node's own AppendIds found among a peer's
+    /// records (minted by an earlier incarnation of this store).
+    pub fn observe_append_id(&self, aid: &AppendId) {
+        let mut inner = self.inner();
+        if aid.origin == *inner.clock.node() {
+            inner.next_append = inner.next_append.max(aid.counter);
+        }
+    }
+
     pub fn next_append_id(&self) -> AppendId {
         let mut inner = self.inner();
         inner.next_append += 1;
+        inner.appended += 1;
         AppendId {
             origin: inner.clock.node().clone(),
             counter: inner.next_append,
@@ -103,6 +137,68 @@ impl NodeCounters {
             last_uidvalidity: inner.last_uidvalidity,
             log_generation: inner.log_generation,
             incarnation: inner.incarnation,
+            appended: inner.appended,
         }
+    }
+}
+
+/// Bits of counter below the wall-clock milliseconds in [`identity_floor`].
+const IDENTITY_FLOOR_SHIFT: u32 = 20;
+
+/// The lowest append counter and Lamport counter a node starting at `unix_millis` hands out.
+/// Good until the year 2527.
+pub fn identity_floor(unix_millis: i64) -> u64 {
+    (unix_millis.max(0) as u64) << IDENTITY_FLOOR_SHIFT
+}
+
+/// The lowest modseq counter of a mailbox's first change on this node, from the wall clock at that
+/// moment: modseqs of a replica made after a wipe are above those of the lost one (a client's
+/// cached CHANGEDSINCE point or a stale replication cache then asks for too much, never too
+/// little), unless the lost replica changed more than 64 times per millisecond on average.
+/// Fits the 48 counter bits of a [`mailmesh_protocol::ids::ModSeq`] until the year 2109.
+pub fn modseq_floor(unix_millis: i64) -> u64 {
+    (unix_millis.max(0) as u64) << 6
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use mailmesh_protocol::ids::NodeId;
+
+    #[test]
+    fn a_later_start_mints_above_everything_an_earlier_one_minted() {
+        let node = NodeId::new("a").unwrap();
+        let first = NodeCounters::new(node.clone(), CounterState::default());
+        first.raise_to_clock(1_700_000_000_000);
+        let mut last = (0, 0);
+        for _ in 0..10_000 {
+            last = (first.next_append_id().counter, first.tick().counter);
+        }
+        // The store is lost; the node starts again a millisecond later with nothing.
+        let second = NodeCounters::new(node.clone(), CounterState::default());
+        second.raise_to_clock(1_700_000_000_001);
+        assert!(second.next_append_id().counter > last.0);
+        assert!(second.tick().counter > last.1);
+        // A restart never lowers what a store already holds.
+        let restarted = NodeCounters::new(node.clone(), first.snapshot());
+        restarted.raise_to_clock(1_600_000_000_000);
+        assert!(restarted.next_append_id().counter > last.0);
+    }
+
+    #[test]
+    fn an_own_append_id_seen_at_a_peer_moves_the_counter_past_it() {
+        let node = NodeId::new("a").unwrap();
+        let counters = NodeCounters::new(node.clone(), CounterState::default());
+        let other = AppendId {
+            origin: NodeId::new("b").unwrap(),
+            counter: 500,
+        };
+        counters.observe_append_id(&other);
+        assert_eq!(counters.next_append_id().counter, 1);
+        counters.observe_append_id(&AppendId {
+            origin: node,
+            counter: 500,
+        });
+        assert_eq!(counters.next_append_id().counter, 501);
     }
 }

@@ -133,12 +133,15 @@ impl Directory {
             Vec::new(),
         );
         // A node newly among the locations needs the messages: every holder with a channel to it
-        // queues the mailbox for it.
+        // queues the mailbox for it. What this node knew of the peer's copy is forgotten: a node
+        // dropped from the locations let its copy go, and added back it holds nothing, whatever
+        // the cache says (engine bug 17); the next sync is a whole one.
         if let Some(old) = old {
             if !entry.is_deleted() && entry.located_on(&self.ctx.node) {
                 for peer in self.ctx.sync_log.peers() {
                     let held_before = !old.is_deleted() && old.located_on(&peer);
                     if entry.located_on(&peer) && !held_before {
+                        batch.delete(Table::ReplCache, crate::mailbox_sync::cache_key(entry.id, &peer));
                         let logged = self
                             .ctx
                             .sync_log

@@ -25,6 +25,7 @@ pub mod inflight;
 pub mod mailbox;
 pub mod mailbox_sync;
 pub mod memory_network;
+mod moving;
 pub mod node;
 pub mod peer_session;
 pub mod sim_disk;

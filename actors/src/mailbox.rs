@@ -29,6 +29,7 @@ use crate::counters::NodeCounters;
 use crate::env::Env;
 use crate::error::{MailError, StoreError};
 use crate::inflight::Inflight;
+use crate::moving::Moving;
 use crate::store::{decode, keys, Batch, Store, Table};
 use crate::sync_log::{Provenance, SyncItem};
 use crate::uid_set::UidSet;
@@ -162,6 +163,8 @@ pub struct Mailbox {
     /// Set by a failed commit; the counters are recomputed from the records before the next write.
     needs_reload: Arc<AtomicBool>,
     deleted: bool,
+    /// Messages a move to another mailbox is taking (between its first and last step).
+    moving: Moving,
 }
 
 impl Mailbox {
@@ -170,7 +173,12 @@ impl Mailbox {
         let counters = ctx
             .store
             .get::<MailboxCounters>(Table::MailboxState, &keys::mailbox(entry.id))?
-            .unwrap_or_default();
+            .unwrap_or_else(|| MailboxCounters {
+                // A replica new on this node (perhaps again, after a wipe): its modseqs start
+                // above any the lost one handed out.
+                modseq: crate::counters::modseq_floor(ctx.env.clock.unix_millis()),
+                ..Default::default()
+            });
         let modseq_tag = ctx.node.modseq_tag();
         let pruned = ctx
             .store
@@ -193,6 +201,7 @@ impl Mailbox {
             pruned,
             needs_reload: Arc::new(AtomicBool::new(false)),
             deleted: false,
+            moving: Moving::default(),
         })
     }
 
@@ -526,14 +535,10 @@ pub(crate) fn unaccount(c: &mut MailboxCounters, stored: &StoredRecord) {
     account(c, stored, -1);
 }
 
-/// The node that resolves this mailbox's uid conflicts: the preferred primary, or while none is
-/// named, the node that created the mailbox.
+/// The node that resolves this mailbox's uid conflicts (see `MailboxEntry::effective_primary`:
+/// always a holder).
 pub(crate) fn primary_of(entry: &MailboxEntry) -> NodeId {
-    entry
-        .primary
-        .value
-        .clone()
-        .unwrap_or_else(|| entry.created.node.clone())
+    entry.effective_primary()
 }
 
 impl Actor for Mailbox {
@@ -797,8 +802,15 @@ impl Handler<InsertCopies> for Mailbox {
 }
 
 /// IMAP COPY (`remove_source` false) or MOVE (true) of the messages in `uids` to `target`.
-/// For MOVE the source messages are expunged only after the copies are durable, so a crash in
-/// between leaves a duplicate, never a loss.
+/// Answers with the old and new uid of each message copied.
+///
+/// Between two mailboxes this runs in three steps, each holding at most one mailbox, so two
+/// transfers in opposite directions cannot wait on each other (DESIGN.md, "No deadlock by
+/// construction"): (1) this mailbox reads the messages from committed state and, for a move,
+/// claims them; (2) the target inserts the copies (durable before the next step); (3) for a move,
+/// this mailbox expunges the claimed messages that are still here. A crash between (2) and (3)
+/// leaves the message in both mailboxes, never in neither. Within one mailbox, copies and
+/// expunges share one atomic batch. ARCHITECTURE.md ("COPY and MOVE") gives the semantics.
 #[derive(Message)]
 #[rtype(result = "Result<Vec<(Uid, Uid)>, MailError>")]
 pub struct Transfer {
@@ -809,80 +821,139 @@ pub struct Transfer {
 }
 
 impl Handler<Transfer> for Mailbox {
-    type Result = AtomicResponse<Self, Result<Vec<(Uid, Uid)>, MailError>>;
+    // Not atomic: the steps that change this mailbox are messages of their own.
+    type Result = ResponseFuture<Result<Vec<(Uid, Uid)>, MailError>>;
 
-    fn handle(&mut self, msg: Transfer, _: &mut Self::Context) -> Self::Result {
-        let idle = self.inflight.idle();
-        AtomicResponse::new(Box::pin(idle.into_actor(self).then(move |(), act, _| {
-            let prepared = (|| {
-                act.check_usable()?;
-                act.reload_if_needed()?;
-                let records = act.records_in(&msg.uids)?;
-                let items: Vec<CopyItem> = records
-                    .iter()
-                    .map(|s| CopyItem {
-                        guid: s.record.guid,
-                        size: s.record.size,
-                        internaldate: s.record.internaldate,
-                        flags: s.record.set_flags().cloned().collect(),
-                    })
-                    .collect();
-                Ok::<_, MailError>((records, items))
-            })();
-            let same = msg.target_id == act.id;
-            let local = match (&prepared, same) {
-                // Within one mailbox: copies and expunges share one batch.
-                (Ok((records, items)), true) => {
-                    let mut batch = Batch::new();
-                    let new_uids = act.insert_copies(&mut batch, items);
-                    if msg.remove_source {
-                        act.expunge_records(&mut batch, records.clone());
-                    }
-                    Some((act.commit_writes(act.local_writes(batch)), new_uids))
-                }
-                _ => None,
+    fn handle(&mut self, msg: Transfer, ctx: &mut Self::Context) -> Self::Result {
+        let me = ctx.address();
+        if msg.target_id == self.id {
+            return Box::pin(async move {
+                me.send(TransferWithin {
+                    uids: msg.uids,
+                    remove_source: msg.remove_source,
+                })
+                .await?
+            });
+        }
+        // Step 1. Only committed records are read, so nothing a crash could take back is copied.
+        let prepared = (|| {
+            self.check_usable()?;
+            let mut records = self.records_in(&msg.uids)?;
+            let claim = if msg.remove_source {
+                // A message another move from this mailbox is taking already is not taken twice
+                // (two clients moving it to two mailboxes would leave two copies for good).
+                let claim = self.moving.claim(records.iter().map(|s| &s.record.append_id));
+                records.retain(|s| claim.holds(&s.record.append_id));
+                Some(claim)
+            } else {
+                None
             };
-            let target = msg.target.clone();
-            async move {
-                let (records, items) = prepared?;
-                let old: Vec<Uid> = records.iter().map(|s| s.record.uid.value).collect();
-                if let Some((done, new_uids)) = local {
-                    done.await?;
-                    return Ok((old.into_iter().zip(new_uids).collect::<Vec<_>>(), None));
-                }
-                let new_uids = if items.is_empty() {
-                    Vec::new()
-                } else {
-                    target.send(InsertCopies { items }).await??
-                };
-                let pairs = old.into_iter().zip(new_uids).collect::<Vec<_>>();
-                Ok((pairs, if msg.remove_source { Some(records) } else { None }))
+            Ok::<_, MailError>((records, claim))
+        })();
+        let target = msg.target;
+        Box::pin(async move {
+            let (records, claim) = prepared?;
+            if records.is_empty() {
+                return Ok(Vec::new());
             }
-            .into_actor(act)
-            .then(|result: Result<CopiedAndToExpunge, MailError>, act, _| {
-                let next = result.map(|(pairs, expunge)| match expunge {
-                    Some(records) if !records.is_empty() => {
-                        let mut batch = Batch::new();
-                        act.expunge_records(&mut batch, records);
-                        (pairs, Some(act.commit_writes(act.local_writes(batch))))
-                    }
-                    _ => (pairs, None),
-                });
-                async move {
-                    let (pairs, done) = next?;
-                    if let Some(done) = done {
-                        done.await?;
-                    }
-                    Ok(pairs)
+            let items = records.iter().map(CopyItem::of).collect();
+            // Step 2: the target takes the copies while this mailbox serves everyone else.
+            let new_uids = target.send(InsertCopies { items }).await??;
+            let pairs: Vec<(Uid, Uid)> = records.iter().map(|s| s.record.uid.value).zip(new_uids).collect();
+            if let Some(claim) = claim {
+                // Step 3: the sources go, those that are still here (by AppendId: a promotion
+                // since step 1 moved the message, it did not make it another one).
+                let moved = records.into_iter().map(|s| s.record.append_id).collect();
+                match me.send(ExpungeTransferred { moved }).await {
+                    Ok(Ok(())) | Ok(Err(MailError::MailboxDeleted(_))) => {}
+                    // The copies are durable: the message is in the target either way, and in
+                    // the source too until a client expunges it (a duplicate, never a loss).
+                    Ok(Err(e)) => return Err(e),
+                    Err(e) => return Err(e.into()),
                 }
-                .into_actor(act)
-            })
-        })))
+                drop(claim);
+            }
+            Ok(pairs)
+        })
     }
 }
 
-/// Old and new uid of each copied message, and the source records a move still has to expunge.
-type CopiedAndToExpunge = (Vec<(Uid, Uid)>, Option<Vec<StoredRecord>>);
+impl CopyItem {
+    fn of(stored: &StoredRecord) -> Self {
+        CopyItem {
+            guid: stored.record.guid,
+            size: stored.record.size,
+            internaldate: stored.record.internaldate,
+            flags: stored.record.set_flags().cloned().collect(),
+        }
+    }
+}
+
+/// Step 3 of a move to another mailbox: expunges the messages copied, those still here and not
+/// expunged meanwhile.
+#[derive(Message)]
+#[rtype(result = "Result<(), MailError>")]
+struct ExpungeTransferred {
+    moved: Vec<AppendId>,
+}
+
+impl Handler<ExpungeTransferred> for Mailbox {
+    type Result = AtomicResponse<Self, Result<(), MailError>>;
+
+    fn handle(&mut self, msg: ExpungeTransferred, _: &mut Self::Context) -> Self::Result {
+        self.atomic(move |act| {
+            let mut still = Vec::new();
+            for aid in &msg.moved {
+                if act.pruned.contains(aid) {
+                    continue;
+                }
+                let stored: Option<StoredRecord> =
+                    act.store.get(Table::Messages, &keys::message(act.id, aid))?;
+                if let Some(s) = stored.filter(|s| !s.record.is_expunged()) {
+                    still.push(s);
+                }
+            }
+            let mut batch = Batch::new();
+            act.expunge_records(&mut batch, still);
+            Ok((act.local_writes(batch), ()))
+        })
+    }
+}
+
+/// COPY or MOVE within one mailbox: copies and expunges in one atomic batch.
+#[derive(Message)]
+#[rtype(result = "Result<Vec<(Uid, Uid)>, MailError>")]
+struct TransferWithin {
+    uids: UidSet,
+    remove_source: bool,
+}
+
+impl Handler<TransferWithin> for Mailbox {
+    type Result = AtomicResponse<Self, Result<Vec<(Uid, Uid)>, MailError>>;
+
+    fn handle(&mut self, msg: TransferWithin, _: &mut Self::Context) -> Self::Result {
+        self.atomic(move |act| {
+            let records = act.records_in(&msg.uids)?;
+            let records: Vec<StoredRecord> = if msg.remove_source {
+                // Not while a move to another mailbox is taking them.
+                records
+                    .into_iter()
+                    .filter(|s| !act.moving.is_claimed(&s.record.append_id))
+                    .collect()
+            } else {
+                records
+            };
+            let items: Vec<CopyItem> = records.iter().map(CopyItem::of).collect();
+            let mut batch = Batch::new();
+            let new_uids = act.insert_copies(&mut batch, &items);
+            let old: Vec<Uid> = records.iter().map(|s| s.record.uid.value).collect();
+            if msg.remove_source {
+                act.expunge_records(&mut batch, records);
+            }
+            Ok((act.local_writes(batch), old.into_iter().zip(new_uids).collect()))
+        })
+    }
+}
 
 /// Sets (`Some`) or deletes (`None`) a mailbox annotation.
 #[derive(Message)]

@@ -14,7 +14,7 @@ use std::collections::{BTreeMap, BTreeSet};
 use std::sync::Arc;
 
 use actix::prelude::*;
-use mailmesh_protocol::ids::{AppendId, Guid, ModSeq, NodeId, Uid, UidValidity};
+use mailmesh_protocol::ids::{AppendId, Guid, MailboxId, ModSeq, NodeId, Uid, UidValidity};
 use mailmesh_protocol::merge::{Merge, MergeEffect};
 use mailmesh_protocol::records::{
     Annotation, MailboxDigest, MailboxEntry, MessageRecord, PrunedSet, RecordUpdate, UidNext,
@@ -97,9 +97,7 @@ struct MergeSummary {
 
 impl Mailbox {
     fn cache_key(&self, peer: &NodeId) -> Vec<u8> {
-        let mut k = keys::mailbox(self.id);
-        k.extend_from_slice(peer.as_str().as_bytes());
-        k
+        cache_key(self.id, peer)
     }
 
     fn committed_counters(&self) -> Result<MailboxCounters, StoreError> {
@@ -249,6 +247,7 @@ impl Mailbox {
             pruned,
         } = incoming;
         let me = self.ctx.node.clone();
+        let uidnext_before = self.counters.uidnext;
         // Nothing in memory or in `writes` changes until the input is known to be whole (every
         // update's record here, every new body here): a request refused half way would leave
         // this actor ahead of its store (simulator, seed 1312: a pruned set learned from a
@@ -318,6 +317,9 @@ impl Mailbox {
         } in records
         {
             let aid = incoming.append_id.clone();
+            // One of this node's own messages, minted before its store was lost: never mint
+            // that AppendId again.
+            self.node_counters.observe_append_id(&aid);
             if self.ctx.faults.drop_incoming_records && !locals.get(&aid).is_some_and(|l| l.is_some()) {
                 continue;
             }
@@ -450,7 +452,9 @@ impl Mailbox {
                 },
             );
         }
-        if learned_pruned || pruned_changed {
+        // A raised UIDNEXT alone is a change too: stored with the counters and passed on, or a
+        // restart here forgets it (engine bug 18).
+        if learned_pruned || pruned_changed || self.counters.uidnext > uidnext_before {
             summary.changed = true;
         }
         if summary.changed || summary.promoted {
@@ -459,7 +463,10 @@ impl Mailbox {
             // (the origin) may never have shown it at the old uid (simulator, seed 26).
             summary.pruned_news = pruned_changed;
             let news = summary.combined || summary.promoted || pruned_changed;
-            let provenance = if news || summary.origins.len() != 1 {
+            // A pruned set learned from the sender came from the sender, not from the origin of
+            // the records that came with it: only the sender may be skipped (engine bug 16).
+            let several_sources = summary.origins.len() != 1 || learned_pruned;
+            let provenance = if news || several_sources {
                 // New to everyone (or from several origins: only the sender can be skipped).
                 if news {
                     Provenance::Local
@@ -500,6 +507,12 @@ impl Mailbox {
     ) -> Result<Learned, StoreError> {
         let mut changed = false;
         let mut retired_news = false;
+        if let Some(&(_, hi)) = incoming.ranges.get(&self.ctx.node).and_then(|r| r.last()) {
+            self.node_counters.observe_append_id(&AppendId {
+                origin: self.ctx.node.clone(),
+                counter: hi,
+            });
+        }
         for aid in incoming.iter() {
             if self.pruned.contains(&aid) {
                 continue;
@@ -1205,6 +1218,13 @@ impl Handler<SettleHeldConflicts> for Mailbox {
             Ok((writes, ()))
         })
     }
+}
+
+/// The key of the replication cache of mailbox `id` for `peer`.
+pub(crate) fn cache_key(id: MailboxId, peer: &NodeId) -> Vec<u8> {
+    let mut k = keys::mailbox(id);
+    k.extend_from_slice(peer.as_str().as_bytes());
+    k
 }
 
 /// Forgets every replication cache of this mailbox for `peer` (the peer lost its data).

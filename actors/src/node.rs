@@ -112,6 +112,9 @@ impl LocalNode {
         )?);
         let counters = NodeCounters::new(options.node.clone(), store.initial_counters());
         counters.incarnation(|| env.entropy.next_u128());
+        // Never mint what an earlier incarnation of this store minted (a wiped or restored
+        // store): see `counters.rs`.
+        counters.raise_to_clock(env.clock.unix_millis());
         let commit = CommitGroup::new(
             store.clone(),
             counters.clone(),

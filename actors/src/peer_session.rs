@@ -103,6 +103,19 @@ impl PeerSession {
 #[rtype(result = "Response")]
 pub struct InboundRequest(pub Request);
 
+/// A peer's request about a mailbox this node is not among the locations of is refused, to be
+/// retried: the two nodes disagree on the entry, and once they agree either this node holds
+/// the mailbox again or the peer no longer sends it anything (engine bug 17: a node that had let
+/// its copy go took changes into a copy nobody would ever purge, and acknowledged them).
+fn not_held_here(opened: &crate::directory::OpenedMailbox, me: &NodeId) -> Option<Response> {
+    let locations = &opened.info.locations;
+    (!locations.is_empty() && !locations.contains(me)).then(|| Response::Error {
+        code: ErrorCode::Busy,
+        message: format!("mailbox {} is not held on {me}", opened.info.id),
+        retry: true,
+    })
+}
+
 fn error_response(e: MailError) -> Response {
     let (code, retry) = match &e {
         MailError::MailboxDeleted(_) => (ErrorCode::MailboxDeleted, false),
@@ -202,6 +215,7 @@ impl Handler<InboundRequest> for PeerSession {
                     .filter_map(|c| self.complete.get(&c.item.guid).map(|b| (c.item.guid, b.clone())))
                     .collect();
                 let mailbox = request.mailbox;
+                let me = self.ctx.node.clone();
                 Box::pin(
                     async move {
                         let opened = match directory.send(OpenMailboxById { id: mailbox }).await {
@@ -209,6 +223,9 @@ impl Handler<InboundRequest> for PeerSession {
                             Ok(Err(e)) => return (error_response(e), Vec::new()),
                             Err(e) => return (error_response(e.into()), Vec::new()),
                         };
+                        if let Some(refused) = not_held_here(&opened, &me) {
+                            return (refused, Vec::new());
+                        }
                         let used: Vec<Guid> = bodies.keys().copied().collect();
                         let apply = ApplyChanges {
                             from: peer,
@@ -249,7 +266,7 @@ impl Handler<InboundRequest> for PeerSession {
                     since,
                     limit,
                 };
-                Box::pin(ask_mailbox(directory, mailbox, ask).into_actor(self))
+                Box::pin(ask_mailbox(directory, self.ctx.node.clone(), mailbox, ask).into_actor(self))
             }
             Request::FullState {
                 mailbox,
@@ -263,7 +280,7 @@ impl Handler<InboundRequest> for PeerSession {
                     after,
                     limit,
                 };
-                Box::pin(ask_mailbox(directory, mailbox, ask).into_actor(self))
+                Box::pin(ask_mailbox(directory, self.ctx.node.clone(), mailbox, ask).into_actor(self))
             }
         }
     }
@@ -271,7 +288,7 @@ impl Handler<InboundRequest> for PeerSession {
 
 /// Opens a mailbox by id and asks it a question whose answer is a wire response; every failure
 /// on the way is answered as a wire error.
-async fn ask_mailbox<M>(directory: Addr<Directory>, mailbox: MailboxId, ask: M) -> Response
+async fn ask_mailbox<M>(directory: Addr<Directory>, me: NodeId, mailbox: MailboxId, ask: M) -> Response
 where
     M: Message<Result = Result<Response, MailError>> + Send + 'static,
     Mailbox: Handler<M>,
@@ -281,6 +298,9 @@ where
         Ok(Err(e)) => return error_response(e),
         Err(e) => return error_response(e.into()),
     };
+    if let Some(refused) = not_held_here(&opened, &me) {
+        return refused;
+    }
     match opened.addr.send(ask).await {
         Ok(Ok(r)) => r,
         Ok(Err(e)) => error_response(e),

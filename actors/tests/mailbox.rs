@@ -453,3 +453,103 @@ fn bad_messages_get_typed_errors() {
         assert!(matches!(missing, Err(MailError::NoSuchMessage(Uid(99)))));
     });
 }
+
+/// Engine bug 18 (issue 9, item 6): a peer's UIDNEXT above this node's, with nothing else new,
+/// was raised in memory only; the store (and so a restart, and every reader of committed state)
+/// kept the old value.
+#[test]
+fn an_incoming_uidnext_raise_alone_is_stored() {
+    let dir = tempfile::tempdir().unwrap();
+    run(|| async {
+        let node = start(dir.path());
+        let mb = mailbox(&node, "alice", "INBOX").await;
+        append(&mb, &message(1), &[]).await;
+        mb.send(mailmesh_actors::mailbox_sync::MergeRemote {
+            from: mailmesh_protocol::ids::NodeId::new("peer").unwrap(),
+            pruned: None,
+            records: Vec::new(),
+            annotations: Vec::new(),
+            uidnext: mailmesh_protocol::records::UidNext(Uid(50)),
+            bodies: Default::default(),
+        })
+        .await
+        .unwrap()
+        .unwrap();
+        let state = mb.send(GetState).await.unwrap().unwrap();
+        assert_eq!(state.uidnext, Uid(50), "the committed UIDNEXT");
+    });
+    run(|| async {
+        let node = start(dir.path());
+        let mb = open(&node, "alice", "INBOX").await;
+        assert_eq!(
+            append(&mb, &message(2), &[]).await.uid,
+            Uid(50),
+            "after a restart too"
+        );
+    });
+}
+
+/// Engine bug 19 (issue 9, item 6): clearing a flag the message never had recorded nothing, so a
+/// set made elsewhere with an older version, arriving afterwards, survived the later clear. Each
+/// flag is a last-writer-wins register (ARCHITECTURE.md, "Flags"): the later clear wins.
+#[test]
+fn clearing_a_flag_never_set_wins_over_an_older_concurrent_set() {
+    let dir = tempfile::tempdir().unwrap();
+    run(|| async {
+        let node = start(dir.path());
+        let mb = mailbox(&node, "alice", "INBOX").await;
+        append(&mb, &message(1), &[]).await;
+        mb.send(StoreFlags {
+            uids: UidSet::single(Uid(1)),
+            action: FlagAction::Remove,
+            flags: vec!["\\Flagged".into()],
+            unchanged_since: None,
+        })
+        .await
+        .unwrap()
+        .unwrap();
+        let mine = mb
+            .send(ChangedSince {
+                since: ModSeq::ZERO,
+                limit: 10,
+            })
+            .await
+            .unwrap()
+            .unwrap()
+            .remove(0)
+            .record;
+        let cleared_at = mine.max_version().clone();
+        // A peer set \Flagged concurrently, at an older version; its record arrives now.
+        let peer = mailmesh_protocol::ids::NodeId::new("peer").unwrap();
+        let mut theirs = mine.clone();
+        theirs.flags.clear();
+        theirs.write_flag(
+            mailmesh_protocol::names::Flag::new("\\Flagged").unwrap(),
+            true,
+            mailmesh_protocol::version::Version {
+                counter: cleared_at.counter - 1,
+                node: peer.clone(),
+            },
+        );
+        mb.send(mailmesh_actors::mailbox_sync::MergeRemote {
+            from: peer.clone(),
+            pruned: None,
+            records: vec![mailmesh_protocol::wire::Change {
+                origin: peer,
+                item: theirs,
+            }],
+            annotations: Vec::new(),
+            uidnext: Default::default(),
+            bodies: Default::default(),
+        })
+        .await
+        .unwrap()
+        .unwrap();
+        let shown = mb.send(Fetch { uids: UidSet::all() }).await.unwrap().unwrap();
+        assert!(
+            shown[0].flags.is_empty(),
+            "the later clear wins: {:?}",
+            shown[0].flags
+        );
+    });
+}

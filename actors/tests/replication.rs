@@ -8,7 +8,7 @@ use mailmesh_actors::directory::*;
 use mailmesh_actors::mailbox::*;
 use mailmesh_actors::node::PeerOptions;
 use mailmesh_actors::uid_set::UidSet;
-use mailmesh_protocol::ids::Uid;
+use mailmesh_protocol::ids::{AppendId, ModSeq, Uid};
 
 async fn open(cluster: &Cluster, node: &str, user: &str, name: &str) -> actix::Addr<Mailbox> {
     cluster
@@ -531,6 +531,93 @@ fn wiped_node_is_rebuilt_from_its_peers() {
         let after = cluster.assert_converged().await;
         assert_eq!(after, before, "the wiped node holds everything again");
         cluster.assert_quiet().await;
+        // The node writes again under the same name: what it mints now never collides with what
+        // its lost store minted (issue 9, item 1; engine bug 14).
+        let work = open(&cluster, "b", "bob", "Work").await;
+        let new = append_to(&work, &message(1000), &[]).await;
+        let old_ids = appended_ids(&before);
+        assert!(
+            !old_ids.contains(&new.append_id),
+            "{} was minted before the wipe",
+            new.append_id
+        );
+        cluster.settle().await;
+        let last = cluster.assert_converged().await;
+        let work = &last.mailboxes[&("bob".to_string(), "Work".to_string())];
+        assert_eq!(
+            work.messages.len(),
+            31,
+            "the old messages and the new one: {work:?}"
+        );
+        let body = open(&cluster, "c", "bob", "Work")
+            .await
+            .send(FetchBody { uid: new.uid })
+            .await
+            .unwrap()
+            .unwrap();
+        assert_eq!(body, message(1000).into_bytes());
+        cluster.assert_quiet().await;
+    });
+}
+
+/// Every AppendId a dump shows.
+fn appended_ids(dump: &NodeDump) -> std::collections::BTreeSet<AppendId> {
+    dump.mailboxes
+        .values()
+        .flat_map(|m| m.messages.iter().map(|(_, aid, _)| aid.clone()))
+        .collect()
+}
+
+/// A wiped node that comes back with no peer reachable still writes (it cannot learn its old
+/// counters from anyone), and what it mints is new: AppendIds and Versions above what its lost
+/// store minted (engine bug 14).
+#[test]
+fn wiped_node_alone_mints_identities_it_never_minted_before() {
+    run_virtual(|| async {
+        let mut cluster = Cluster::chain(&["a", "b"]);
+        create(&cluster, "b", "bob", "Work").await;
+        let work = open(&cluster, "b", "bob", "Work").await;
+        for i in 0..5 {
+            append_to(&work, &message(i), &["\\Seen"]).await;
+        }
+        cluster.settle().await;
+        let before = cluster.assert_converged().await;
+        let old_versions = cluster.node("b").context.counters.snapshot().lamport;
+        tokio::time::sleep(std::time::Duration::from_secs(1)).await;
+        cluster.stop("b").await;
+        cluster.wipe("b");
+        cluster.net.set_link(&n("a"), &n("b"), false);
+        cluster.restart("b");
+        create(&cluster, "b", "bob", "Offline").await;
+        let offline = open(&cluster, "b", "bob", "Offline").await;
+        let new = append_to(&offline, &message(100), &["\\Seen"]).await;
+        assert!(
+            !appended_ids(&before).contains(&new.append_id),
+            "{} was minted before the wipe",
+            new.append_id
+        );
+        let version = offline
+            .send(ChangedSince {
+                since: ModSeq::ZERO,
+                limit: 10,
+            })
+            .await
+            .unwrap()
+            .unwrap()[0]
+            .record
+            .uid
+            .version
+            .clone();
+        assert!(
+            version.counter > old_versions,
+            "version {version} is not above {old_versions}, the old store's clock"
+        );
+        cluster.net.set_link(&n("a"), &n("b"), true);
+        cluster.settle().await;
+        let last = cluster.assert_converged().await;
+        assert_eq!(last.mailboxes.len(), 2);
+        assert_eq!(appended_ids(&last).len(), 6);
+        cluster.assert_quiet().await;
     });
 }
 
@@ -824,6 +911,54 @@ fn locations_start_and_stop_replication_and_move_a_mailbox() {
             .unwrap()
             .info;
         assert_eq!(info.primary, Some(n("b")));
+        cluster.assert_quiet().await;
+    });
+}
+
+/// A node removed from a mailbox's locations lets its copy go; added back, it gets every message
+/// again and what it writes reaches the others (engine bug 17, issue 9 item 5: the holders kept
+/// their replication caches for it, so a's sync to the re-added b found nothing to send, and b's
+/// new modseqs were ones a's cache had acknowledged).
+#[test]
+fn a_location_dropped_and_added_back_gets_everything_again() {
+    run_virtual(|| async {
+        let cluster = Cluster::full_mesh(&["a", "b"]);
+        create(&cluster, "a", "alice", "INBOX").await;
+        let set = |locations: &[&str]| SetLocations {
+            user: "alice".into(),
+            name: "INBOX".into(),
+            locations: locations.iter().map(|s| n(s)).collect(),
+            primary: None,
+        };
+        let on_a = open(&cluster, "a", "alice", "INBOX").await;
+        for i in 0..3 {
+            append_to(&on_a, &message(i), &[]).await;
+        }
+        let on_b = open(&cluster, "b", "alice", "INBOX").await;
+        for i in 3..6 {
+            append_to(&on_b, &message(i), &[]).await;
+        }
+        drop(on_b);
+        cluster.settle().await;
+        let count = |dump: &NodeDump| inbox(dump).messages.len();
+        assert_eq!(count(&cluster.dump("b").await), 6);
+        let send = |node: &str, locations: &[&str]| cluster.node(node).directory.send(set(locations));
+        send("a", &["a"]).await.unwrap().unwrap();
+        cluster.settle().await;
+        let mut waited = 0;
+        while count(&cluster.dump("b").await) != 0 {
+            waited += 1;
+            assert!(waited < 60, "b never released its copy");
+            tokio::time::sleep(std::time::Duration::from_secs(1)).await;
+        }
+        send("a", &["a", "b"]).await.unwrap().unwrap();
+        cluster.settle().await;
+        assert_eq!(count(&cluster.dump("b").await), 6, "b holds every message again");
+        let on_b = open(&cluster, "b", "alice", "INBOX").await;
+        append_to(&on_b, &message(100), &[]).await;
+        cluster.settle().await;
+        let dump = cluster.assert_converged().await;
+        assert_eq!(count(&dump), 7);
         cluster.assert_quiet().await;
     });
 }

@@ -145,7 +145,7 @@ async fn scrape(handle: &NodeHandle) -> Result<String, Error> {
     let status = handle.status().await?;
     let (commit, appends) = {
         let node = handle.node.borrow();
-        (node.commit.clone(), node.context.counters.snapshot().next_append)
+        (node.commit.clone(), node.context.counters.snapshot().appended)
     };
     let commits = commit.send(GetCommitStats).await?;
     let mut registry = Registry::default();
@@ -322,7 +322,7 @@ impl Collector for Snapshot {
         Self::family(
             e,
             "mailmesh_appends",
-            "Messages appended on this node (its append counter, kept across restarts)",
+            "Messages appended on this node (copies included), kept across restarts",
             Counter,
             one(self.appends as f64),
         )?;

@@ -23,8 +23,8 @@ use mailmesh_actors::commit_group::FlushMode;
 use mailmesh_actors::directory::{CreateMailbox, OpenMailbox, SetLocations};
 use mailmesh_actors::env::{Entropy, Env, TokioClock};
 use mailmesh_actors::mailbox::{
-    Append, ChangedSince, Expunge, ExpungeMode, Fetch, GetAnnotations, GetPruned, Mailbox, MessageView,
-    SetAnnotation,
+    Append, ChangedSince, Expunge, ExpungeMode, Fetch, FetchBody, GetAnnotations, GetPruned, Mailbox,
+    MessageView, SetAnnotation, Transfer,
 };
 use mailmesh_actors::mailbox_sync::MergeRemote;
 use mailmesh_actors::memory_network::MemoryNetwork;
@@ -814,4 +814,227 @@ fn bug12_a_uid_retired_while_learning_a_pruned_set_reaches_the_sender() {
 #[test]
 fn bug12_seed_16014() {
     replay(&["--seed", "16014"]);
+}
+
+// Bug 13: a move from A to B and one from B to A at the same time wait on each other forever.
+//
+// `Handler<Transfer>` held its mailbox in an `AtomicResponse` while it awaited `InsertCopies` on
+// the target. Two opposite moves each held their source and waited for the other's mailbox to
+// take the copies; every later message to either mailbox (a client's fetch, a Channel's sync)
+// hung behind them. Found by review (issue 9, item 2). Fixed in the change that added this text:
+// a transfer to another mailbox runs in steps that each hold one mailbox (read the sources,
+// insert the copies into the target, expunge the sources that are still there), so no cycle of
+// waits can form.
+#[test]
+fn bug13_opposite_concurrent_moves_both_complete() {
+    simulate(|| async {
+        let mini = Mini::start(&["a"], &[], 500);
+        mini.create("a", "INBOX").await;
+        mini.create("a", "Archive").await;
+        let inbox_msg = mini.append("a", "INBOX", "Subject: in\r\n\r\nin\r\n").await;
+        let archive_msg = mini.append("a", "Archive", "Subject: ar\r\n\r\nar\r\n").await;
+        let opened = |name: &'static str| {
+            mini.node("a").directory.send(OpenMailbox {
+                user: "alice".into(),
+                name: name.into(),
+            })
+        };
+        let inbox = opened("INBOX").await.unwrap().unwrap();
+        let archive = opened("Archive").await.unwrap().unwrap();
+        // Both requests are queued before either mailbox handles one.
+        let to_archive = inbox.addr.send(Transfer {
+            uids: UidSet::all(),
+            target_id: archive.info.id,
+            target: archive.addr.clone(),
+            remove_source: true,
+        });
+        let to_inbox = archive.addr.send(Transfer {
+            uids: UidSet::all(),
+            target_id: inbox.info.id,
+            target: inbox.addr.clone(),
+            remove_source: true,
+        });
+        // A deadline in virtual time: nothing else runs, so a wait this long is a deadlock.
+        let both = tokio::time::timeout(Duration::from_secs(24 * 3600), async {
+            (to_archive.await, to_inbox.await)
+        })
+        .await
+        .expect("two opposite moves complete (no deadlock)");
+        let (moved_out, moved_in) = both;
+        assert_eq!(moved_out.unwrap().unwrap().len(), 1);
+        assert_eq!(moved_in.unwrap().unwrap().len(), 1);
+        // Each mailbox now holds exactly the other's message (as a new message), once.
+        let in_inbox = mini.shown("a", "INBOX").await;
+        let in_archive = mini.shown("a", "Archive").await;
+        assert_eq!(in_inbox.len(), 1, "{in_inbox:?}");
+        assert_eq!(in_archive.len(), 1, "{in_archive:?}");
+        assert_ne!(in_inbox[0].append_id, inbox_msg);
+        assert_ne!(in_archive[0].append_id, archive_msg);
+        let body = |mb: &Addr<Mailbox>, uid| mb.send(FetchBody { uid });
+        assert_eq!(
+            body(&inbox.addr, in_inbox[0].uid).await.unwrap().unwrap(),
+            b"Subject: ar\r\n\r\nar\r\n".to_vec()
+        );
+        assert_eq!(
+            body(&archive.addr, in_archive[0].uid).await.unwrap().unwrap(),
+            b"Subject: in\r\n\r\nin\r\n".to_vec()
+        );
+    });
+}
+
+// With the steps of bug 13's fix, a move no longer holds its source while the target inserts the
+// copies; two moves of one message to two mailboxes at once must still leave one copy, not two.
+#[test]
+fn bug13_one_message_moved_twice_at_once_is_copied_once() {
+    simulate(|| async {
+        let mini = Mini::start(&["a"], &[], 500);
+        for name in ["INBOX", "One", "Two"] {
+            mini.create("a", name).await;
+        }
+        mini.append("a", "INBOX", "Subject: m\r\n\r\nm\r\n").await;
+        let mut opened = Vec::new();
+        for name in ["INBOX", "One", "Two"] {
+            let o = mini
+                .node("a")
+                .directory
+                .send(OpenMailbox {
+                    user: "alice".into(),
+                    name: name.into(),
+                })
+                .await
+                .unwrap()
+                .unwrap();
+            opened.push(o);
+        }
+        let move_to = |i: usize| {
+            opened[0].addr.send(Transfer {
+                uids: UidSet::all(),
+                target_id: opened[i].info.id,
+                target: opened[i].addr.clone(),
+                remove_source: true,
+            })
+        };
+        let (first, second) = (move_to(1), move_to(2));
+        let moved = first.await.unwrap().unwrap().len() + second.await.unwrap().unwrap().len();
+        assert_eq!(moved, 1, "one of the two moves takes the message");
+        let copies = mini.shown("a", "One").await.len() + mini.shown("a", "Two").await.len();
+        assert_eq!(copies, 1);
+        assert!(mini.shown("a", "INBOX").await.is_empty());
+    });
+}
+
+// Bug 14: a node whose store was wiped mints the AppendIds and Versions it minted before. Its
+// reproductions are `wiped_node_is_rebuilt_from_its_peers` (it appends after the wipe) and
+// `wiped_node_alone_mints_identities_it_never_minted_before` in actors/tests/replication.rs,
+// where the cluster harness can wipe a node; ARCHITECTURE.md ("Identities across store
+// incarnations") gives the fix.
+
+// Bug 15: with no primary named, the creator settles uid conflicts even when it holds no
+// replica (issue 9, item 4).
+//
+// `primary_of` fell back to the node that created the mailbox. Created on a, placed on b and c:
+// a never sees the mailbox's records, b and c are not the primary, so a uid both of them gave a
+// message is never settled: each shows its own and hides the other's, for good (a loss by
+// DESIGN.md's own rule). Fixed in the change that added this text: the effective primary is
+// always a holder (`MailboxEntry::effective_primary`).
+#[test]
+fn bug15_a_primary_that_holds_no_replica_is_not_the_primary() {
+    simulate(|| async {
+        let mini = Mini::start(&["a", "b", "c"], &[("a", "b"), ("a", "c"), ("b", "c")], 500);
+        mini.create("a", "INBOX").await;
+        mini.node("a")
+            .directory
+            .send(SetLocations {
+                user: "alice".into(),
+                name: "INBOX".into(),
+                locations: vec![n("b"), n("c")],
+                primary: None,
+            })
+            .await
+            .unwrap()
+            .unwrap();
+        mini.settle().await;
+        mini.cut("b", "c", true);
+        mini.append("b", "INBOX", "Subject: b\r\n\r\nb\r\n").await;
+        mini.append("c", "INBOX", "Subject: c\r\n\r\nc\r\n").await;
+        mini.cut("b", "c", false);
+        mini.settle().await;
+        for node in ["b", "c"] {
+            let shown = mini.shown(node, "INBOX").await;
+            assert_eq!(shown.len(), 2, "{node} shows both messages: {shown:?}");
+            assert!(shown.iter().all(|v| v.uid > Uid(1)), "{node}: {shown:?}");
+        }
+    });
+}
+
+// Bug 16: a pruned set learned from the sender is not logged for the origin of the records that
+// came with it (issue 9, item 3).
+//
+// merge_in logged a merge that took records whole for every peer except the sender and the
+// records' origin, even when the sender's pruned set taught this node something: the set came
+// from the sender, not from the origin, which may never hear of the compacted messages and the
+// uids they retired (and, as the primary, never promote a live message at one). Fixed in the
+// change that added this text: a learned set makes the merge the sender's news, skipped for the
+// sender alone.
+#[test]
+fn bug16_a_learned_pruned_set_reaches_the_records_origin() {
+    simulate(|| async {
+        let mini = Mini::start(&["n", "x"], &[("n", "x")], 500);
+        mini.create("x", "INBOX").await;
+        mini.append("x", "INBOX", "Subject: x\r\n\r\nx\r\n").await;
+        mini.settle().await;
+        // A third node s (not linked here) sends n a change of x's message, made on x, together
+        // with its pruned set: s compacted s-1000, which sat at uid 7.
+        let on_x = mini
+            .mailbox("x", "INBOX")
+            .await
+            .send(ChangedSince {
+                since: ModSeq::ZERO,
+                limit: 10,
+            })
+            .await
+            .unwrap()
+            .unwrap();
+        let mut changed = on_x[0].record.clone();
+        let version = Version {
+            counter: changed.max_version().counter + 1,
+            node: n("x"),
+        };
+        changed.write_flag(mailmesh_protocol::names::Flag::seen(), true, version);
+        let compacted = AppendId {
+            origin: n("s"),
+            counter: 1000,
+        };
+        let mut pruned = PrunedSet::default();
+        pruned.insert(&compacted);
+        pruned.retire(7);
+        mini.mailbox("n", "INBOX")
+            .await
+            .send(MergeRemote {
+                from: n("s"),
+                pruned: Some(pruned),
+                records: vec![Change {
+                    origin: n("x"),
+                    item: changed,
+                }],
+                annotations: Vec::new(),
+                uidnext: Default::default(),
+                bodies: Default::default(),
+            })
+            .await
+            .unwrap()
+            .unwrap();
+        mini.settle().await;
+        let on_x = mini
+            .mailbox("x", "INBOX")
+            .await
+            .send(GetPruned)
+            .await
+            .unwrap()
+            .unwrap();
+        assert!(
+            on_x.contains(&compacted) && on_x.retired(7),
+            "x learns what s compacted: {on_x:?}"
+        );
+    });
 }

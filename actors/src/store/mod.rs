@@ -99,6 +99,10 @@ pub struct CounterState {
     /// Random at store creation: a peer that sees it change knows this node lost its data.
     #[serde(default)]
     pub incarnation: u128,
+    /// Messages appended here (copies included), for the metrics: the append counter is no
+    /// count, it starts at a floor from the clock (see `counters.rs`).
+    #[serde(default)]
+    pub appended: u64,
 }
 
 pub struct Store {

@@ -44,6 +44,8 @@ pub struct Cluster {
     /// A body spool shared by every node, with channels that send no bodies.
     pub shared_spool: Option<std::path::PathBuf>,
     seed: u64,
+    /// When the cluster started: a node's wall clock goes on from there across restarts.
+    started: tokio::time::Instant,
 }
 
 /// What a client could see of one mailbox on one node.
@@ -93,6 +95,7 @@ impl Cluster {
             neighbours,
             shared_spool,
             seed: 1,
+            started: tokio::time::Instant::now(),
         };
         for name in names {
             cluster.dirs.insert(n(name), tempfile::tempdir().unwrap());
@@ -131,10 +134,9 @@ impl Cluster {
                 peer.channel.shared_bodies = true;
             }
         }
-        let env = Env::new(
-            Arc::new(TokioClock::new(1_700_000_000_000)),
-            Entropy::from_seed(self.seed),
-        );
+        // A restarted node's clock goes on from where the world is, not back to the start.
+        let now = 1_700_000_000_000 + self.started.elapsed().as_millis() as i64;
+        let env = Env::new(Arc::new(TokioClock::new(now)), Entropy::from_seed(self.seed));
         let local = LocalNode::start_replicating(options, env, Some(self.net.transport(node))).unwrap();
         self.net.attach(node.clone(), local.inbound.clone());
         self.nodes.insert(node.clone(), local);

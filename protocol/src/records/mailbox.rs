@@ -67,6 +67,24 @@ impl MailboxEntry {
         self.locations.value.is_empty() || self.locations.value.contains(node)
     }
 
+    /// The node that settles this mailbox's uid conflicts: always one that holds a replica (a
+    /// node without one never sees the conflicting records, and its conflicts would stay
+    /// hidden for good). The named primary if it holds one, else the creator if it does, else
+    /// the lowest-named holder. Every node with the same entry picks the same node.
+    pub fn effective_primary(&self) -> NodeId {
+        if let Some(named) = self.primary.value.as_ref().filter(|p| self.located_on(p)) {
+            return named.clone();
+        }
+        if self.located_on(&self.created.node) {
+            return self.created.node.clone();
+        }
+        self.locations
+            .value
+            .first()
+            .cloned()
+            .expect("a non-empty location set: the creator is in every empty one")
+    }
+
     /// The newest version anywhere in the entry; a node's Lamport clock observes it.
     pub fn max_version(&self) -> &Version {
         let mut max = &self.created;
@@ -229,5 +247,33 @@ mod tests {
         assert_eq!(other.path.name, "Work.conflict-00000000");
         // Same answer whatever the order of the input.
         assert_eq!(resolve_names([&b, &a]), names);
+    }
+
+    #[test]
+    fn the_effective_primary_is_always_a_holder() {
+        let n = |s: &str| NodeId::new(s).unwrap();
+        let set = |names: &[&str]| names.iter().map(|s| n(s)).collect::<BTreeSet<_>>();
+        let mut e = entry(1, "A", v(1, "creator"));
+        assert_eq!(e.effective_primary(), n("creator"), "everyone holds it");
+        e.locations.set(set(&["y", "x"]), v(2, "creator"));
+        assert_eq!(
+            e.effective_primary(),
+            n("x"),
+            "the creator holds none: the lowest holder"
+        );
+        e.primary.set(Some(n("y")), v(3, "x"));
+        assert_eq!(e.effective_primary(), n("y"), "the named primary holds one");
+        e.locations.set(set(&["x", "creator"]), v(4, "x"));
+        assert_eq!(
+            e.effective_primary(),
+            n("creator"),
+            "the named one left: the creator"
+        );
+        e.locations.set(BTreeSet::new(), v(5, "x"));
+        assert_eq!(
+            e.effective_primary(),
+            n("y"),
+            "everyone holds it, the named one too"
+        );
     }
 }

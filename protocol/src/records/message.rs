@@ -40,19 +40,23 @@ impl MessageRecord {
         self.flags.iter().filter(|(_, f)| f.value).map(|(k, _)| k)
     }
 
-    /// Sets or clears `flag` at `version`; returns whether it changed anything.
+    /// Sets or clears `flag` at `version`; returns whether it changed the record.
+    ///
+    /// Each flag is a last-writer-wins register (DESIGN.md: per-flag {set, Version}). A write
+    /// that leaves the register's value as it is (setting a set flag) is no write. Clearing a
+    /// flag never set here is one: it records `false` at `version`, so a set made elsewhere
+    /// with an older version, arriving later, loses to it as it would to any later clear
+    /// (engine bug 19; without it the older set came back).
     pub fn write_flag(&mut self, flag: Flag, set: bool, version: Version) -> bool {
         match self.flags.get_mut(&flag) {
             Some(state) => {
                 let was = state.value;
                 state.set(set, version) && was != set
             }
-            None if set => {
-                self.flags.insert(flag, Lww::new(true, version));
+            None => {
+                self.flags.insert(flag, Lww::new(set, version));
                 true
             }
-            // Clearing a flag never set: nothing to record.
-            None => false,
         }
     }
 
