@@ -102,6 +102,12 @@ pub struct ChannelStats {
     /// Records left out because this node could not read them intact.
     pub quarantined: u64,
     pub link_up: bool,
+    /// When (the node clock's Unix milliseconds) the oldest change not yet sent was seen: the
+    /// replication lag is its age. `None` when nothing is pending. Rows found in the log at start
+    /// count from the start.
+    pub oldest_pending_ms: Option<i64>,
+    /// The last failure of the link or of an item, as logged.
+    pub last_error: Option<String>,
 }
 
 pub struct Channel {
@@ -120,6 +126,10 @@ pub struct Channel {
     link_failures: u32,
     requeue_mark: u64,
     stats: ChannelStats,
+    /// When each dirty item's oldest unsent change was seen, for the lag in [`ChannelStats`].
+    dirty_since: BTreeMap<SyncItem, i64>,
+    /// Items changed again while their sync ran, with when: what stays unsent once it succeeds.
+    dirtied_while_running: BTreeMap<SyncItem, i64>,
     full_syncs: Arc<AtomicU64>,
     quarantined: Rc<RefCell<BTreeSet<AppendId>>>,
 }
@@ -147,6 +157,8 @@ impl Channel {
             link_failures: 0,
             requeue_mark: 0,
             stats: ChannelStats::default(),
+            dirty_since: BTreeMap::new(),
+            dirtied_while_running: BTreeMap::new(),
             full_syncs: Arc::new(AtomicU64::new(0)),
             quarantined: Rc::default(),
         }
@@ -244,6 +256,7 @@ impl Channel {
     }
 
     fn link_failed(&mut self, e: SyncError, ctx: &mut Context<Self>) {
+        self.stats.last_error = Some(format!("link: {e:?}"));
         self.link_up = false;
         self.stats.link_up = false;
         self.stats.link_failures += 1;
@@ -265,12 +278,17 @@ impl Channel {
         ctx: &mut Context<Self>,
     ) {
         self.running.remove(&item);
+        let dirtied_meanwhile = self.dirtied_while_running.remove(&item);
         match result {
             Ok(()) => {
                 self.stats.synced += 1;
                 self.attempts.remove(&item);
+                if let Some(since) = dirtied_meanwhile {
+                    self.dirty_since.insert(item.clone(), since);
+                }
                 if self.dirty.get(&item) == Some(&generation) {
                     self.dirty.remove(&item);
+                    self.dirty_since.remove(&item);
                     // The row goes only if no newer change re-dirtied it meanwhile.
                     let mut writes = Writes::default();
                     writes.batch.delete_if_equals(
@@ -296,6 +314,7 @@ impl Channel {
             }
             Err(SyncError::Item(reason)) => {
                 self.stats.item_failures += 1;
+                self.stats.last_error = Some(format!("{item:?}: {reason}"));
                 let attempts = self.attempts.entry(item.clone()).or_insert(0);
                 *attempts += 1;
                 let delay = backoff(*attempts);
@@ -328,6 +347,9 @@ impl Actor for Channel {
         if let Err(e) = scanned {
             warn!(peer = %self.peer, error = %e, "cannot read the sync log");
         }
+        let now = self.ctx.env.clock.unix_millis();
+        self.dirty_since
+            .extend(rows.iter().map(|(item, _)| (item.clone(), now)));
         self.dirty.extend(rows);
         self.pump(ctx);
     }
@@ -337,6 +359,11 @@ impl Handler<Dirty> for Channel {
     type Result = ();
 
     fn handle(&mut self, msg: Dirty, ctx: &mut Self::Context) {
+        let now = self.ctx.env.clock.unix_millis();
+        self.dirty_since.entry(msg.item.clone()).or_insert(now);
+        if self.running.contains(&msg.item) {
+            self.dirtied_while_running.entry(msg.item.clone()).or_insert(now);
+        }
         let entry = self.dirty.entry(msg.item).or_insert(0);
         *entry = (*entry).max(msg.generation);
         self.pump(ctx);
@@ -364,6 +391,7 @@ impl Handler<GetChannelStats> for Channel {
         stats.running = self.running.len();
         stats.full_syncs = self.full_syncs.load(Ordering::Relaxed);
         stats.quarantined = self.quarantined.borrow().len() as u64;
+        stats.oldest_pending_ms = self.dirty_since.values().min().copied();
         MessageResult(stats)
     }
 }

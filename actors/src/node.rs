@@ -193,6 +193,15 @@ impl LocalNode {
         self.channels.keys().cloned().collect()
     }
 
+    /// The Channel actor of each configured peer, for status queries that must not hold the node
+    /// across an await (an operator request while the peers are reloaded).
+    pub fn channels(&self) -> Vec<(NodeId, Addr<Channel>)> {
+        self.channels
+            .iter()
+            .map(|(peer, (_, addr))| (peer.clone(), addr.clone()))
+            .collect()
+    }
+
     /// Each channel's state.
     pub async fn channel_stats(&self) -> BTreeMap<NodeId, ChannelStats> {
         let mut out = BTreeMap::new();

@@ -463,6 +463,37 @@ fn offline_node_catches_up_since_its_modseq() {
     });
 }
 
+/// A channel reports its oldest unsent change (the lag `mailmesh status` shows) and its last
+/// error while its peer is away, and neither once the peer caught up.
+#[test]
+fn channel_stats_show_lag_and_last_error_while_a_peer_is_away() {
+    run_virtual(|| async {
+        let mut cluster = Cluster::chain(&["a", "b"]);
+        create(&cluster, "a", "alice", "INBOX").await;
+        cluster.settle().await;
+        let synced = cluster.node("a").channel_stats().await[&n("b")].clone();
+        assert_eq!(synced.oldest_pending_ms, None, "{synced:?}");
+
+        cluster.stop("b").await;
+        let changed_at = cluster.node("a").context.env.clock.unix_millis();
+        append_to(&open(&cluster, "a", "alice", "INBOX").await, &message(0), &[]).await;
+        tokio::time::sleep(std::time::Duration::from_secs(5)).await;
+        let away = cluster.node("a").channel_stats().await[&n("b")].clone();
+        assert!(away.pending >= 1, "{away:?}");
+        let oldest = away.oldest_pending_ms.expect("a change is pending");
+        assert!(oldest >= changed_at, "{away:?}");
+        let now = cluster.node("a").context.env.clock.unix_millis();
+        assert!(now - oldest >= 5_000, "lag {} ms: {away:?}", now - oldest);
+        assert!(away.last_error.is_some(), "{away:?}");
+
+        cluster.restart("b");
+        cluster.settle().await;
+        let back = cluster.node("a").channel_stats().await[&n("b")].clone();
+        assert_eq!(back.oldest_pending_ms, None, "{back:?}");
+        assert_eq!(back.pending, 0, "{back:?}");
+    });
+}
+
 /// A node whose store was wiped gets everything back through full syncs, and nothing it lost
 /// is taken for "already there".
 #[test]

@@ -2,7 +2,10 @@
 
 use mailmesh_actors::{MailError, StoreError};
 
+use std::path::PathBuf;
+
 use crate::config::ConfigError;
+use crate::operator::protocol::OperatorError;
 
 /// Exit code of a configuration that cannot be loaded or is invalid (clap uses 2 for a bad
 /// command line too: both mean "fix how you called it").
@@ -24,6 +27,14 @@ pub enum Error {
         #[source]
         source: std::io::Error,
     },
+    /// The running node refused or failed the request (its message says why).
+    #[error("error: {0}")]
+    Operator(#[from] OperatorError),
+    #[error(
+        "error: no node is running on {} (its operator socket is absent); start it with `mailmesh run`",
+        .0.display()
+    )]
+    NotRunning(PathBuf),
     #[error("error: the system clock reads a time before 1970; set the clock before starting a node")]
     ClockBeforeEpoch,
 }

@@ -1,15 +1,18 @@
 //! `mailmesh`: runs a node of the mailmesh replicated mail store, checks its configuration, and
-//! offers a few operator commands on a stopped node's data.
+//! offers operator commands that work on a running node (through its operator socket) or on a
+//! stopped node's data.
 //!
 //! - [`config`]: defaults, TOML file and `MAILMESH_` environment, validated into node options;
-//! - [`run`]: starts the actors and waits for SIGINT or SIGTERM;
-//! - [`ops`]: mailbox and append commands on a stopped node's data directory;
+//! - [`run`]: starts the actors and the operator socket, and waits for SIGINT or SIGTERM;
+//! - [`operator`]: the operator socket, its protocol, and the one place requests are carried out;
+//! - [`ops`]: sends an operator command to the running node, or runs it on the data directory;
 //! - [`logging`]: `tracing` lines on stderr, filtered by `RUST_LOG`;
 //! - [`error`]: what can fail, and the exit code it gives (0 ok, 1 failure, 2 configuration).
 
 mod config;
 mod error;
 mod logging;
+mod operator;
 mod ops;
 mod run;
 
@@ -17,9 +20,11 @@ use std::path::PathBuf;
 use std::process::ExitCode;
 
 use clap::{Parser, Subcommand};
+use serde_bytes::ByteBuf;
 
 use crate::config::Config;
 use crate::error::Error;
+use crate::operator::protocol::{FlagChange, MailboxRow, MessageRow, NodeStatus, Reply, Request};
 
 #[derive(Debug, Parser)]
 #[command(
@@ -43,10 +48,16 @@ enum Command {
     Run,
     /// Validates the configuration and prints it, as the node would use it, in TOML.
     CheckConfig,
-    /// Creates or lists mailboxes (on a stopped node's data directory).
+    /// Prints the running node's peers: link, sync log, lag, traffic, errors; and moves under way.
+    Status {
+        /// Prints the status as JSON, for scripts.
+        #[arg(long)]
+        json: bool,
+    },
+    /// Creates, lists or moves mailboxes.
     #[command(subcommand)]
     Mailbox(MailboxCommand),
-    /// Appends a message to a mailbox and prints its uid (on a stopped node's data directory).
+    /// Appends a message to a mailbox and prints its uid.
     Append {
         /// The mailbox's owner.
         #[arg(long)]
@@ -61,6 +72,35 @@ enum Command {
         #[arg(long, value_delimiter = ',')]
         flags: Vec<String>,
     },
+    /// Changes a message's flags and prints them afterwards (uid, then the flags).
+    Flags {
+        /// The mailbox's owner.
+        #[arg(long)]
+        user: String,
+        /// The mailbox's name.
+        #[arg(long)]
+        mailbox: String,
+        /// The message's uid.
+        #[arg(long)]
+        uid: u32,
+        /// '+FLAGS' adds, '-FLAGS' removes, 'FLAGS' replaces them all (comma-separated, e.g.
+        /// '+\Seen,$Junk'; '' clears every flag).
+        #[arg(allow_hyphen_values = true, value_name = "[+|-]FLAGS")]
+        change: String,
+    },
+    /// Prints a message (raw, as stored) with --uid; without it lists the mailbox's messages, one
+    /// per line: uid, flags (space-separated), size, content hash (tab-separated).
+    Fetch {
+        /// The mailbox's owner.
+        #[arg(long)]
+        user: String,
+        /// The mailbox's name.
+        #[arg(long)]
+        mailbox: String,
+        /// The message to print.
+        #[arg(long)]
+        uid: Option<u32>,
+    },
 }
 
 #[derive(Debug, Subcommand)]
@@ -74,12 +114,28 @@ enum MailboxCommand {
         #[arg(long)]
         name: String,
     },
-    /// Lists a user's mailboxes, one per line: name, messages, uidnext, uidvalidity, mailbox id
-    /// (tab-separated).
+    /// Lists a user's mailboxes, one per line: name, messages, uidnext, uidvalidity, mailbox id,
+    /// locations (comma-separated, `*` for every node), primary (`-` for none) (tab-separated).
     List {
         /// Whose mailboxes to list.
         #[arg(long)]
         user: String,
+    },
+    /// Moves a mailbox: sets the nodes that hold it and its primary. The new nodes are sent the
+    /// mailbox; a node no longer among them lets its copy go once it has passed on its changes.
+    Move {
+        /// The mailbox's owner.
+        #[arg(long)]
+        user: String,
+        /// The mailbox's name.
+        #[arg(long)]
+        name: String,
+        /// The nodes to hold it, comma-separated; `*` for every node.
+        #[arg(long, value_delimiter = ',', required = true)]
+        to: Vec<String>,
+        /// The node to be its primary (among --to); the first of --to by default.
+        #[arg(long)]
+        primary: Option<String>,
     },
 }
 
@@ -105,46 +161,256 @@ fn main() -> ExitCode {
 
 fn execute(cli: Cli) -> Result<(), Error> {
     let loaded = Config::load(cli.config.as_deref())?;
-    // A one-shot command prints its result on stdout; only problems are worth a log line there.
-    match cli.command {
+    let request = match cli.command {
         Command::Run => {
             logging::init("info");
-            run::run(loaded.options)
+            return run::run(loaded.options);
         }
         Command::CheckConfig => {
             print!("{}", loaded.config.to_toml());
-            Ok(())
+            return Ok(());
         }
-        Command::Mailbox(MailboxCommand::Create { user, name }) => {
+        Command::Status { json } => {
             logging::init("warn");
-            let info = ops::create_mailbox(loaded.options, user, name)?;
-            println!(
-                "created mailbox {:?} of user {:?} (uidvalidity {}, id {})",
-                info.name, info.user, info.uidvalidity, info.id
-            );
-            Ok(())
-        }
-        Command::Mailbox(MailboxCommand::List { user }) => {
-            logging::init("warn");
-            for (info, state) in ops::list_mailboxes(loaded.options, user)? {
-                println!(
-                    "{}\t{}\t{}\t{}\t{}",
-                    info.name, state.exists, state.uidnext, info.uidvalidity, info.id
-                );
+            let Reply::Status(status) = ops::execute(loaded.options, Request::Status)? else {
+                return Err(unexpected_reply());
+            };
+            if json {
+                let text = serde_json::to_string_pretty(&status)
+                    .map_err(|e| Error::io("cannot print the status", e.into()))?;
+                println!("{text}");
+            } else {
+                print!("{}", status_table(&status));
             }
-            Ok(())
+            return Ok(());
+        }
+        Command::Mailbox(MailboxCommand::Create { user, name }) => Request::CreateMailbox { user, name },
+        Command::Mailbox(MailboxCommand::List { user }) => Request::ListMailboxes { user },
+        Command::Mailbox(MailboxCommand::Move {
+            user,
+            name,
+            to,
+            primary,
+        }) => {
+            let locations: Vec<String> = to.into_iter().filter(|n| n != "*").collect();
+            let primary = primary.or_else(|| locations.first().cloned());
+            Request::MoveMailbox {
+                user,
+                name,
+                locations,
+                primary,
+            }
         }
         Command::Append {
             user,
             mailbox,
             file,
             flags,
+        } => Request::Append {
+            user,
+            mailbox,
+            body: ByteBuf::from(ops::read_message(&file)?),
+            flags,
+        },
+        Command::Flags {
+            user,
+            mailbox,
+            uid,
+            change,
         } => {
-            logging::init("warn");
-            let body = ops::read_message(&file)?;
-            let outcome = ops::append(loaded.options, user, mailbox, body, flags)?;
-            println!("{}", outcome.uid);
-            Ok(())
+            let (change, list) = match change.as_bytes().first() {
+                Some(b'+') => (FlagChange::Add, &change[1..]),
+                Some(b'-') => (FlagChange::Remove, &change[1..]),
+                _ => (FlagChange::Replace, change.as_str()),
+            };
+            let flags = list
+                .split([',', ' '])
+                .filter(|f| !f.is_empty())
+                .map(str::to_string)
+                .collect();
+            Request::StoreFlags {
+                user,
+                mailbox,
+                uid,
+                change,
+                flags,
+            }
+        }
+        Command::Fetch { user, mailbox, uid } => match uid {
+            Some(uid) => Request::FetchBody { user, mailbox, uid },
+            None => Request::ListMessages { user, mailbox },
+        },
+    };
+    // A one-shot command prints its result on stdout; only problems are worth a log line there.
+    logging::init("warn");
+    print_reply(ops::execute(loaded.options, request)?)
+}
+
+fn print_reply(reply: Reply) -> Result<(), Error> {
+    use std::io::Write;
+    match reply {
+        Reply::Mailbox(row) => println!(
+            "mailbox {:?} of user {:?} (uidvalidity {}, id {}, locations {}, primary {})",
+            row.name,
+            row.user,
+            row.uidvalidity,
+            row.id,
+            locations(&row),
+            row.primary.as_deref().unwrap_or("-")
+        ),
+        Reply::Mailboxes(rows) => {
+            for row in rows {
+                println!(
+                    "{}\t{}\t{}\t{}\t{}\t{}\t{}",
+                    row.name,
+                    row.messages,
+                    row.uidnext,
+                    row.uidvalidity,
+                    row.id,
+                    locations(&row),
+                    row.primary.as_deref().unwrap_or("-")
+                );
+            }
+        }
+        Reply::Appended { uid, .. } => println!("{uid}"),
+        Reply::Flags(row) => println!("{}\t{}", row.uid, row.flags.join(" ")),
+        Reply::Messages(rows) => {
+            for row in rows {
+                println!("{}", message_line(&row));
+            }
+        }
+        Reply::Body(body) => {
+            let mut out = std::io::stdout().lock();
+            out.write_all(&body)
+                .and_then(|()| out.flush())
+                .map_err(|e| Error::io("cannot write the message", e))?;
+        }
+        Reply::Status(_) => return Err(unexpected_reply()),
+    }
+    Ok(())
+}
+
+fn locations(row: &MailboxRow) -> String {
+    if row.locations.is_empty() {
+        "*".to_string()
+    } else {
+        row.locations.join(",")
+    }
+}
+
+fn message_line(row: &MessageRow) -> String {
+    format!("{}\t{}\t{}\t{}", row.uid, row.flags.join(" "), row.size, row.guid)
+}
+
+fn unexpected_reply() -> Error {
+    Error::io(
+        "the node answered with something else than was asked",
+        std::io::Error::from(std::io::ErrorKind::InvalidData),
+    )
+}
+
+/// `mailmesh status` as a table: one row per peer, then the moves under way.
+fn status_table(status: &NodeStatus) -> String {
+    use std::fmt::Write;
+    let na = || "n/a".to_string();
+    let age = |ms: i64| {
+        let ms = ms.max(0);
+        if ms < 10_000 {
+            format!("{ms}ms")
+        } else if ms < 3_600_000 {
+            format!("{}s", ms / 1000)
+        } else {
+            format!("{}h{:02}m", ms / 3_600_000, ms / 60_000 % 60)
+        }
+    };
+    let mut out = String::new();
+    let _ = writeln!(
+        out,
+        "node {}: {} peer(s), {} active mailbox(es){}",
+        status.node,
+        status.peers.len(),
+        status.active_mailboxes,
+        if status.clustered {
+            ""
+        } else {
+            " (no cluster transport: running alone)"
+        }
+    );
+    let header = [
+        "PEER",
+        "CONNECTED",
+        "SINCE",
+        "ADDRESS",
+        "LOG",
+        "SYNCING",
+        "LAG",
+        "SENT",
+        "RECEIVED",
+        "FULL-SYNCS",
+        "QUARANTINED",
+        "LAST-ERROR",
+    ];
+    let mut rows: Vec<Vec<String>> = vec![header.iter().map(|h| h.to_string()).collect()];
+    for peer in &status.peers {
+        rows.push(vec![
+            peer.name.clone(),
+            match peer.connected {
+                Some(true) => "yes".into(),
+                Some(false) => "no".into(),
+                None if peer.replicating => "yes (engine)".into(),
+                None => "no (engine)".into(),
+            },
+            peer.since_ms
+                .map(|t| format!("{} ago", age(status.now_ms - t)))
+                .unwrap_or_else(na),
+            peer.address.clone().unwrap_or_else(na),
+            peer.log_depth.to_string(),
+            peer.syncing.to_string(),
+            peer.lag_ms.map(age).unwrap_or_else(|| "0".into()),
+            peer.bytes_sent.map(|b| b.to_string()).unwrap_or_else(na),
+            peer.bytes_received.map(|b| b.to_string()).unwrap_or_else(na),
+            peer.full_syncs.to_string(),
+            peer.quarantined.to_string(),
+            peer.last_error.clone().unwrap_or_else(|| "-".into()),
+        ]);
+    }
+    let widths: Vec<usize> = (0..header.len())
+        .map(|c| rows.iter().map(|r| r[c].chars().count()).max().unwrap_or(0))
+        .collect();
+    for row in &rows {
+        let line: Vec<String> = row
+            .iter()
+            .zip(&widths)
+            .map(|(cell, w)| format!("{cell:<w$}"))
+            .collect();
+        let _ = writeln!(out, "{}", line.join("  ").trim_end());
+    }
+    if !status.moves.is_empty() {
+        let _ = writeln!(out, "moves in progress:");
+        for m in &status.moves {
+            let _ = writeln!(
+                out,
+                "  {}/{} to {} (primary {}){}{}",
+                m.user,
+                m.name,
+                if m.locations.is_empty() {
+                    "*".to_string()
+                } else {
+                    m.locations.join(",")
+                },
+                m.primary.as_deref().unwrap_or("-"),
+                if m.sending_to.is_empty() {
+                    String::new()
+                } else {
+                    format!(", sending to {}", m.sending_to.join(","))
+                },
+                if m.leaving {
+                    ", leaving this node once drained"
+                } else {
+                    ""
+                }
+            );
         }
     }
+    out
 }

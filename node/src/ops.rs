@@ -1,74 +1,46 @@
-//! Operator commands on a stopped node's data directory: create and list mailboxes, append a
-//! message.
+//! Operator commands: mailboxes, messages, flags, moves and status, on a running node through its
+//! operator socket, or on a stopped node's data directory directly.
 //!
-//! Each command opens the store the way `mailmesh run` does (the same actors, the same checks),
-//! sends one message to the Directory or a Mailbox, waits until the result is durable, and stops.
-//! The store admits one process at a time, so while a node runs on the same data directory these
-//! commands fail with "in use by another mailmesh process" instead of writing behind its back.
-//! (Front ends of a running node come later; these work without one.)
+//! Either way a request is carried out by [`NodeHandle::handle`], so a command gives the same
+//! answer on a running node and a stopped one. Which one applies is decided by the socket: if a
+//! node answers on `<data_dir>/mailmesh.sock`, the request goes to it; otherwise this process opens
+//! the store the way `mailmesh run` does (the same actors, the same checks), carries the request
+//! out, waits until it is durable, and stops. The store admits one process at a time, so a node
+//! that runs but cannot be reached is reported as "in use by another mailmesh process" instead of
+//! being written behind its back.
 
-use std::future::Future;
+use std::cell::RefCell;
 use std::io::Read;
 use std::path::Path;
+use std::rc::Rc;
 
-use mailmesh_actors::directory::{CreateMailbox, ListMailboxes, MailboxInfo, OpenMailbox};
-use mailmesh_actors::mailbox::{Append, AppendOutcome, GetState, MailboxState};
 use mailmesh_actors::node::{LocalNode, NodeOptions};
 use mailmesh_actors::MailError;
 
 use crate::error::Error;
+use crate::operator::client::OperatorClient;
+use crate::operator::protocol::{Reply, Request};
+use crate::operator::NodeHandle;
 use crate::run::{node_env, node_system, stop};
 
-/// Creates mailbox `name` (and any missing parents of a hierarchical name) for `user`.
-pub fn create_mailbox(options: NodeOptions, user: String, name: String) -> Result<MailboxInfo, Error> {
-    with_node(options, |node| async move {
-        Ok(node.directory.send(CreateMailbox { user, name }).await??)
-    })
-}
-
-/// The user's mailboxes, sorted by name, each with its current state.
-pub fn list_mailboxes(options: NodeOptions, user: String) -> Result<Vec<(MailboxInfo, MailboxState)>, Error> {
-    with_node(options, |node| async move {
-        let mut out = Vec::new();
-        for info in node
-            .directory
-            .send(ListMailboxes { user: user.clone() })
-            .await??
-        {
-            let opened = node
-                .directory
-                .send(OpenMailbox {
-                    user: user.clone(),
-                    name: info.name.clone(),
-                })
-                .await??;
-            let state = opened.addr.send(GetState).await??;
-            out.push((info, state));
-        }
-        Ok(out)
-    })
-}
-
-/// Appends `body` with `flags` to the user's mailbox; answers once it is durable.
-pub fn append(
-    options: NodeOptions,
-    user: String,
-    mailbox: String,
-    body: Vec<u8>,
-    flags: Vec<String>,
-) -> Result<AppendOutcome, Error> {
-    with_node(options, |node| async move {
-        let opened = node.directory.send(OpenMailbox { user, name: mailbox }).await??;
-        let outcome = opened
-            .addr
-            .send(Append {
-                body,
-                flags,
-                internaldate: None,
-            })
-            .await??;
-        Ok(outcome)
-    })
+/// Carries out `request` on the node of `options`: through its socket if it runs, else on its
+/// data directory. `status` needs a running node.
+pub fn execute(options: NodeOptions, request: Request) -> Result<Reply, Error> {
+    if let Some(mut client) = OperatorClient::connect(&options.data_dir)? {
+        return client.call(request);
+    }
+    if matches!(request, Request::Status) {
+        return Err(Error::NotRunning(options.data_dir));
+    }
+    let (system, span) = node_system(&options.node)?;
+    let _entered = span.enter();
+    let result = system.block_on(async move {
+        let node = LocalNode::start(options, node_env()?)?;
+        let handle = NodeHandle::new(Rc::new(RefCell::new(node)), None);
+        Ok::<_, Error>(handle.handle(request).await?)
+    });
+    stop(system)?;
+    result
 }
 
 /// Reads a message from `path`, or from standard input for `-`.
@@ -81,22 +53,6 @@ pub fn read_message(path: &Path) -> Result<Vec<u8>, Error> {
         return Ok(body);
     }
     std::fs::read(path).map_err(|e| Error::io(format!("cannot read {}", path.display()), e))
-}
-
-/// Starts the node's actors in a short-lived System, runs `op` against them, and stops.
-fn with_node<T, F, Fut>(options: NodeOptions, op: F) -> Result<T, Error>
-where
-    F: FnOnce(LocalNode) -> Fut,
-    Fut: Future<Output = Result<T, Error>>,
-{
-    let (system, span) = node_system(&options.node)?;
-    let _entered = span.enter();
-    let result = system.block_on(async move {
-        let node = LocalNode::start(options, node_env()?)?;
-        op(node).await
-    });
-    stop(system)?;
-    result
 }
 
 /// `send(..).await??` needs the outer actix error as a `MailError` first: the only way a send

@@ -7,6 +7,7 @@
 //! never loses a write that was already submitted.
 
 use std::cell::RefCell;
+use std::rc::Rc;
 use std::sync::Arc;
 use std::time::{SystemTime, UNIX_EPOCH};
 
@@ -19,6 +20,9 @@ use tracing::span::EnteredSpan;
 use tracing::{info, info_span, Span};
 
 use crate::error::Error;
+use crate::operator::protocol::FRAME_OVERHEAD;
+use crate::operator::server::OperatorServer;
+use crate::operator::NodeHandle;
 
 /// Runs a node with `options` until a shutdown signal, then stops it.
 pub fn run(options: NodeOptions) -> Result<(), Error> {
@@ -31,10 +35,15 @@ pub fn run(options: NodeOptions) -> Result<(), Error> {
         // Handlers go in before "node ready": a SIGTERM sent as soon as the node says it is
         // ready must be caught here, not kill the process with the default action.
         let mut shutdown = ShutdownSignals::install()?;
-        let node = LocalNode::start(options, node_env()?)?;
+        let max_frame = options.limits.max_message_bytes + FRAME_OVERHEAD;
+        let socket_dir = options.data_dir.clone();
+        let node = Rc::new(RefCell::new(LocalNode::start(options, node_env()?)?));
+        // Operator commands reach the node from here on; the socket goes before the actors stop.
+        let operator = OperatorServer::start(&socket_dir, NodeHandle::new(node.clone(), None), max_frame)?;
         info!(data_dir = %data_dir.display(), "node ready");
         let signal = shutdown.recv().await;
         info!(signal, "shutting down");
+        drop(operator);
         Ok::<_, Error>(node)
     });
     let stopped = stop(system);

@@ -1,0 +1,309 @@
+//! The operator socket: one-shot commands work on a running node through
+//! `<data_dir>/mailmesh.sock`, on a stopped node's data directory without it, and bad input on the
+//! socket closes that connection only.
+
+use std::io::{Read, Write};
+use std::os::unix::fs::PermissionsExt;
+use std::os::unix::net::UnixStream;
+use std::path::{Path, PathBuf};
+
+use mailmesh_tests::{finish, mailmesh, write_config, Finished, Running};
+use tempfile::TempDir;
+
+fn op(config: &Path, args: &[&str]) -> Finished {
+    let mut cmd = mailmesh(args);
+    cmd.arg("--config").arg(config);
+    finish(&mut cmd)
+}
+
+/// `mailmesh fetch` without --uid: one line per message (uid, flags, size, hash).
+fn messages(config: &Path) -> Vec<Vec<String>> {
+    let done = op(config, &["fetch", "--user", "alice", "--mailbox", "INBOX"]);
+    done.expect_code(0);
+    done.stdout
+        .lines()
+        .map(|l| l.split('\t').map(str::to_string).collect())
+        .collect()
+}
+
+struct Node {
+    _tmp: TempDir,
+    data: PathBuf,
+    config: PathBuf,
+    message: PathBuf,
+}
+
+fn node_files() -> Node {
+    let tmp = TempDir::new().unwrap();
+    let data = tmp.path().join("data");
+    let config = write_config(tmp.path(), "n1", &data);
+    let message = tmp.path().join("m.eml");
+    std::fs::write(&message, "Subject: socket-31337\r\n\r\nHello\r\n").unwrap();
+    Node {
+        _tmp: tmp,
+        data,
+        config,
+        message,
+    }
+}
+
+fn start(node: &Node) -> Running {
+    let mut running = Running::start(&mut mailmesh(&["run", "--config", node.config.to_str().unwrap()]));
+    running.wait_for_stderr("node ready");
+    running
+}
+
+#[test]
+fn commands_work_on_a_running_node_and_on_its_stopped_data() {
+    let node = node_files();
+    let config = &node.config;
+    let file = node.message.to_str().unwrap();
+    let running = start(&node);
+
+    let socket = node.data.join("mailmesh.sock");
+    let mode = std::fs::metadata(&socket).unwrap().permissions().mode();
+    assert_eq!(mode & 0o777, 0o600, "socket mode {mode:o}");
+
+    op(
+        config,
+        &["mailbox", "create", "--user", "alice", "--name", "INBOX"],
+    )
+    .expect_code(0);
+    let appended = op(
+        config,
+        &[
+            "append",
+            "--user",
+            "alice",
+            "--mailbox",
+            "INBOX",
+            "--file",
+            file,
+            "--flags",
+            "\\Seen",
+        ],
+    );
+    assert_eq!(appended.expect_code(0).stdout, "1\n");
+    let add = op(
+        config,
+        &[
+            "flags",
+            "--user",
+            "alice",
+            "--mailbox",
+            "INBOX",
+            "--uid",
+            "1",
+            "+$Junk,\\Flagged",
+        ],
+    );
+    assert_eq!(add.expect_code(0).stdout, "1\t$Junk \\Flagged \\Seen\n");
+    let remove = op(
+        config,
+        &[
+            "flags",
+            "--user",
+            "alice",
+            "--mailbox",
+            "INBOX",
+            "--uid",
+            "1",
+            "-\\Seen",
+        ],
+    );
+    assert_eq!(remove.expect_code(0).stdout, "1\t$Junk \\Flagged\n");
+    let replace = op(
+        config,
+        &[
+            "flags",
+            "--user",
+            "alice",
+            "--mailbox",
+            "INBOX",
+            "--uid",
+            "1",
+            "\\Answered",
+        ],
+    );
+    assert_eq!(replace.expect_code(0).stdout, "1\t\\Answered\n");
+    op(
+        config,
+        &[
+            "flags",
+            "--user",
+            "alice",
+            "--mailbox",
+            "INBOX",
+            "--uid",
+            "7",
+            "+\\Seen",
+        ],
+    )
+    .expect_code(1)
+    .expect_stderr(&["no message with uid 7"]);
+
+    let fetched = op(
+        config,
+        &["fetch", "--user", "alice", "--mailbox", "INBOX", "--uid", "1"],
+    );
+    assert_eq!(
+        fetched.expect_code(0).stdout,
+        "Subject: socket-31337\r\n\r\nHello\r\n"
+    );
+    let listed = messages(config);
+    assert_eq!(listed.len(), 1, "{listed:?}");
+    assert_eq!(listed[0][..3], ["1", "\\Answered", "32"]);
+
+    let status = op(config, &["status"]);
+    assert!(
+        status
+            .expect_code(0)
+            .stdout
+            .starts_with("node n1: 0 peer(s), 1 active mailbox(es)"),
+        "{}",
+        status.stdout
+    );
+    let json = op(config, &["status", "--json"]);
+    let parsed: serde_json::Value = serde_json::from_str(&json.expect_code(0).stdout).unwrap();
+    assert_eq!(parsed["node"], "n1");
+    assert_eq!(parsed["peers"], serde_json::json!([]));
+
+    running.signal(libc::SIGTERM);
+    running.wait().expect_code(0);
+    assert!(!socket.exists(), "the socket outlived the node");
+
+    // Stopped: the same commands open the data directory, and find what the node wrote.
+    assert_eq!(messages(config), listed);
+    let appended = op(
+        config,
+        &["append", "--user", "alice", "--mailbox", "INBOX", "--file", file],
+    );
+    assert_eq!(appended.expect_code(0).stdout, "2\n");
+    op(config, &["status"])
+        .expect_code(1)
+        .expect_stderr(&["no node is running on", "mailmesh run"]);
+}
+
+/// Sends `bytes` on a fresh connection and returns whatever the node answers before closing it.
+fn send_raw(socket: &Path, bytes: &[u8], half_close: bool) -> Vec<u8> {
+    let mut stream = UnixStream::connect(socket).unwrap();
+    stream.write_all(bytes).unwrap();
+    if half_close {
+        stream.shutdown(std::net::Shutdown::Write).unwrap();
+    }
+    stream.set_read_timeout(Some(mailmesh_tests::DEADLINE)).unwrap();
+    let mut answer = Vec::new();
+    // The node closes the connection after answering a bad request: read_to_end returns.
+    stream.read_to_end(&mut answer).unwrap();
+    answer
+}
+
+#[test]
+fn bad_requests_close_their_connection_only() {
+    let node = node_files();
+    let config = &node.config;
+    let mut running = start(&node);
+    let socket = node.data.join("mailmesh.sock");
+    op(
+        config,
+        &["mailbox", "create", "--user", "alice", "--name", "INBOX"],
+    )
+    .expect_code(0);
+
+    // A connection opened before the bad ones stays usable after them.
+    let mut bystander = UnixStream::connect(&socket).unwrap();
+
+    let mut garbage = vec![0, 0, 0, 64];
+    garbage.extend((0..64u8).map(|i| i.wrapping_mul(37).wrapping_add(11)));
+    let answer = send_raw(&socket, &garbage, false);
+    assert!(contains(&answer, b"undecodable request"), "{answer:?}");
+
+    let answer = send_raw(&socket, &[0xff, 0xff, 0xff, 0xff], false);
+    assert!(contains(&answer, b"exceeds the limit"), "{answer:?}");
+
+    let answer = send_raw(&socket, &[0, 0, 1, 0, 1, 2, 3], true);
+    assert!(contains(&answer, b"truncated request"), "{answer:?}");
+
+    // A request of a protocol version this node does not speak: {version: 99, request: "Status"}.
+    let mut other_version = vec![0x82, 0xa7];
+    other_version.extend_from_slice(b"version");
+    other_version.push(99);
+    other_version.push(0xa7);
+    other_version.extend_from_slice(b"request");
+    other_version.push(0xa6);
+    other_version.extend_from_slice(b"Status");
+    let mut framed = (other_version.len() as u32).to_be_bytes().to_vec();
+    framed.extend_from_slice(&other_version);
+    let answer = send_raw(&socket, &framed, false);
+    assert!(
+        contains(&answer, b"operator protocol version 99 is not supported"),
+        "{answer:?}"
+    );
+
+    // The same request at version 1 on the bystander connection gets a status.
+    other_version[9] = 1;
+    let mut framed = (other_version.len() as u32).to_be_bytes().to_vec();
+    framed.extend_from_slice(&other_version);
+    bystander.write_all(&framed).unwrap();
+    let mut length = [0u8; 4];
+    bystander.read_exact(&mut length).unwrap();
+    let mut body = vec![0u8; u32::from_be_bytes(length) as usize];
+    bystander.read_exact(&mut body).unwrap();
+    assert!(contains(&body, b"Ok") && contains(&body, b"n1"), "{body:?}");
+
+    // Each bad request was logged, and the node still serves commands.
+    running.wait_for_stderr("operator protocol version 99 is not supported");
+    op(config, &["status"]).expect_code(0);
+    let file = node.message.to_str().unwrap();
+    let appended = op(
+        config,
+        &["append", "--user", "alice", "--mailbox", "INBOX", "--file", file],
+    );
+    assert_eq!(appended.expect_code(0).stdout, "1\n");
+
+    running.signal(libc::SIGTERM);
+    running.wait().expect_code(0).expect_no_panic();
+}
+
+/// A node killed with SIGKILL leaves its socket file behind: commands then work on the stopped
+/// data directory, and the next `run` replaces the stale socket.
+#[test]
+fn a_stale_socket_of_a_killed_node_is_handled() {
+    let node = node_files();
+    let config = &node.config;
+    let running = start(&node);
+    op(
+        config,
+        &["mailbox", "create", "--user", "alice", "--name", "INBOX"],
+    )
+    .expect_code(0);
+    running.signal(libc::SIGKILL);
+    let killed = running.wait();
+    assert_eq!(
+        std::os::unix::process::ExitStatusExt::signal(&killed.status),
+        Some(libc::SIGKILL)
+    );
+    let socket = node.data.join("mailmesh.sock");
+    assert!(socket.exists(), "SIGKILL cannot remove the socket");
+
+    let file = node.message.to_str().unwrap();
+    let appended = op(
+        config,
+        &["append", "--user", "alice", "--mailbox", "INBOX", "--file", file],
+    );
+    assert_eq!(appended.expect_code(0).stdout, "1\n");
+
+    let running = start(&node);
+    let appended = op(
+        config,
+        &["append", "--user", "alice", "--mailbox", "INBOX", "--file", file],
+    );
+    assert_eq!(appended.expect_code(0).stdout, "2\n");
+    assert_eq!(messages(config).len(), 2);
+    running.signal(libc::SIGTERM);
+    running.wait().expect_code(0);
+}
+
+fn contains(haystack: &[u8], needle: &[u8]) -> bool {
+    haystack.windows(needle.len()).any(|w| w == needle)
+}
