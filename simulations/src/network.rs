@@ -114,6 +114,8 @@ pub struct Crossing {
     pub to: NodeId,
     /// Copies of the record in the frame (a well-behaved sender puts one).
     pub copies: u64,
+    /// In an answer to `to`'s request (pulled), not in `from`'s own request (pushed).
+    pub in_answer: bool,
     pub sent: u64,
     pub arrived: u64,
 }
@@ -320,7 +322,13 @@ impl SimNetwork {
         found
     }
 
-    fn record_crossings(&self, from: &NodeId, to: &NodeId, records: BTreeMap<AppendId, u64>, sent: u64) {
+    fn record_crossings(
+        &self,
+        (from, to): (&NodeId, &NodeId),
+        in_answer: bool,
+        records: BTreeMap<AppendId, u64>,
+        sent: u64,
+    ) {
         if records.is_empty() {
             return;
         }
@@ -332,6 +340,7 @@ impl SimNetwork {
                 from: from.clone(),
                 to: to.clone(),
                 copies,
+                in_answer,
                 sent,
                 arrived,
             });
@@ -435,7 +444,7 @@ impl SimNetwork {
         };
         let (handled, to_epoch, duplicate) = match delivered {
             Ok(d) => {
-                self.record_crossings(&from, &to, watched, sent);
+                self.record_crossings((&from, &to), false, watched, sent);
                 d
             }
             Err(why) => {
@@ -473,7 +482,7 @@ impl SimNetwork {
         }
         let records = response_records(&response);
         let watched = self.watched_in(about, None, Some(&response));
-        self.record_crossings(&to, &from, watched, answer_sent);
+        self.record_crossings((&to, &from), true, watched, answer_sent);
         let (frame, size) = through_the_wire(&Frame::Response { id, response }, &to)?;
         self.add_stats(&from, &to, |s| s.response_bytes += size as u64);
         // Records in an answer flow from the peer to the requester.
