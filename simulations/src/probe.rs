@@ -3,16 +3,15 @@
 //! "Channels, sync log, echo suppression"): a node that took a change whole sends it to every peer
 //! but the one it came from and its origin. So in a healthy cluster the probe's record
 //! - never reaches its origin again, nor travels back over the link it first arrived on (echo);
-//! - crosses each directed link at most once;
-//! - crosses at most [`forwarding_bound`] links in all: the origin's links, plus each other
-//!   node's links but the one it arrived on and the one to the origin (on a tree, one crossing
-//!   per link).
+//! - is pushed over each directed link at most once, and carried back in answers over it at
+//!   most once (a node's push can race the peer's own sync with it, whose Mismatch answer lists
+//!   the change too: once pushed and once in an answer, never more);
+//! - is pushed over at most [`forwarding_bound`] links in all: the origin's links, plus each
+//!   other node's links but the one it arrived on and the one to the origin (on a tree, one
+//!   push per link).
 //!
-//! The first probe change travels with small even delays and is held to all three. The others
-//! travel with uneven latency (a change often reaches a node over a longer path first, where
-//! skipping the origin matters); there a node's push to a peer can race the peer's own sync with
-//! it, so a change may cross a directed link once pushed and once in an answer, never more; echo
-//! is never allowed.
+//! The first probe change travels with small even delays. The others travel with uneven latency:
+//! a change often reaches a node over a longer path first, where skipping the origin matters.
 
 use std::collections::BTreeMap;
 use std::time::Duration;
@@ -236,7 +235,7 @@ impl Run {
             .into_iter()
             .filter(|c| c.append_id == appended.append_id)
             .collect();
-        let bound = (!uneven).then(|| forwarding_bound(&self.cluster.topology, writer));
+        let bound = forwarding_bound(&self.cluster.topology, writer);
         for (kind, what) in judge_forwarding(&crossings_of_probe, writer, bound) {
             self.observer.report(
                 kind,
@@ -261,15 +260,13 @@ impl Run {
 }
 
 /// What is wrong with the way one change made on `origin` travelled (`crossings` in order of
-/// arrival), by the forwarding rule: no echo; with even delays (`bound` given) each directed
-/// link at most once and at most `bound` crossings in all; with uneven ones each directed link
-/// at most once pushed and once pulled.
-pub fn judge_forwarding(crossings: &[Crossing], origin: &NodeId, bound: Option<u64>) -> Vec<(Kind, String)> {
+/// arrival), by the forwarding rule: no echo; each directed link at most once pushed and once in
+/// answers; at most `bound` pushes in all.
+pub fn judge_forwarding(crossings: &[Crossing], origin: &NodeId, bound: u64) -> Vec<(Kind, String)> {
     let mut found = Vec::new();
     let mut per_link: BTreeMap<(&NodeId, &NodeId, bool), u64> = BTreeMap::new();
     for c in crossings {
-        let way = bound.is_none() && c.in_answer;
-        *per_link.entry((&c.from, &c.to, way)).or_default() += c.copies;
+        *per_link.entry((&c.from, &c.to, c.in_answer)).or_default() += c.copies;
         if &c.to == origin {
             found.push((
                 Kind::Echo,
@@ -295,22 +292,24 @@ pub fn judge_forwarding(crossings: &[Crossing], origin: &NodeId, bound: Option<u
     }
     for ((from, to, pulled), copies) in &per_link {
         if *copies > 1 {
-            let how = match (bound, pulled) {
-                (Some(_), _) => "",
-                (None, false) => " pushed",
-                (None, true) => " in answers",
-            };
+            let how = if *pulled { "in answers" } else { "pushed" };
             found.push((
                 Kind::Crossings,
-                format!("it crossed {from}->{to}{how} {copies} times (at most once)"),
+                format!("it crossed {from}->{to} {how} {copies} times (at most once)"),
             ));
         }
     }
-    let total: u64 = per_link.values().sum();
-    if let Some(bound) = bound.filter(|b| total > *b) {
+    let total: u64 = per_link
+        .iter()
+        .filter(|((_, _, pulled), _)| !pulled)
+        .map(|(_, copies)| copies)
+        .sum();
+    if total > bound {
         found.push((
             Kind::Crossings,
-            format!("it crossed links {total} times, more than the {bound} the forwarding rule allows"),
+            format!(
+                "it was pushed over links {total} times, more than the {bound} the forwarding rule allows"
+            ),
         ));
     }
     found
@@ -366,16 +365,16 @@ mod tests {
     #[test]
     fn forwarding_down_a_chain_is_clean() {
         let crossings = [crossing(0, 1, 1, 2), crossing(1, 2, 3, 4)];
-        assert!(judge_forwarding(&crossings, &node_name(0), Some(2)).is_empty());
+        assert!(judge_forwarding(&crossings, &node_name(0), 2).is_empty());
     }
 
     #[test]
     fn going_back_to_the_origin_or_over_the_arrival_link_is_echo() {
         let back_to_origin = [crossing(0, 1, 1, 2), crossing(1, 0, 3, 4)];
-        let found = judge_forwarding(&back_to_origin, &node_name(0), Some(2));
+        let found = judge_forwarding(&back_to_origin, &node_name(0), 2);
         assert!(found.iter().any(|(k, _)| *k == Kind::Echo), "{found:?}");
         let back_over_arrival = [crossing(0, 1, 1, 2), crossing(1, 2, 3, 4), crossing(2, 1, 5, 6)];
-        let found = judge_forwarding(&back_over_arrival, &node_name(0), Some(3));
+        let found = judge_forwarding(&back_over_arrival, &node_name(0), 3);
         assert_eq!(found.len(), 1, "{found:?}");
         assert_eq!(found[0].0, Kind::Echo);
         // Sent before anything arrived from the other side: a crossing, not an echo.
@@ -385,25 +384,24 @@ mod tests {
             crossing(1, 2, 4, 6),
             crossing(2, 1, 5, 7),
         ];
-        assert!(judge_forwarding(&crossed, &node_name(0), Some(4)).is_empty());
+        assert!(judge_forwarding(&crossed, &node_name(0), 4).is_empty());
     }
 
     #[test]
     fn a_directed_link_twice_or_too_many_crossings_are_caught() {
         let twice = [crossing(0, 1, 1, 2), crossing(0, 1, 3, 4)];
-        let found = judge_forwarding(&twice, &node_name(0), Some(5));
+        let found = judge_forwarding(&twice, &node_name(0), 5);
         assert_eq!(found.len(), 1, "{found:?}");
         assert_eq!(found[0].0, Kind::Crossings);
-        // With uneven delays: once pushed and once in an answer is a race, not a fault.
+        // Once pushed and once in an answer is a race of the two syncs of a link, not a fault.
         let mut pulled = crossing(0, 1, 3, 4);
         pulled.in_answer = true;
         let raced = [crossing(0, 1, 1, 2), pulled.clone()];
-        assert!(judge_forwarding(&raced, &node_name(0), None).is_empty());
-        assert_eq!(judge_forwarding(&raced, &node_name(0), Some(5)).len(), 1);
+        assert!(judge_forwarding(&raced, &node_name(0), 1).is_empty());
         let twice_pulled = [crossing(0, 1, 1, 2), pulled.clone(), pulled];
-        assert_eq!(judge_forwarding(&twice_pulled, &node_name(0), None).len(), 1);
+        assert_eq!(judge_forwarding(&twice_pulled, &node_name(0), 1).len(), 1);
         let many = [crossing(0, 1, 1, 2), crossing(0, 2, 1, 3)];
-        let found = judge_forwarding(&many, &node_name(0), Some(1));
+        let found = judge_forwarding(&many, &node_name(0), 1);
         assert_eq!(found.len(), 1, "{found:?}");
         assert_eq!(found[0].0, Kind::Crossings);
     }
