@@ -19,6 +19,7 @@ use tokio::sync::oneshot;
 use tracing::{debug, info, warn};
 
 use crate::counters::NodeCounters;
+use crate::env::Clock;
 use crate::error::StoreError;
 use crate::inflight::Inflight;
 use crate::store::batch::Op;
@@ -40,6 +41,10 @@ pub struct CommitGroup {
     /// A stop came while a background flush ran: stop once everything queued is written.
     stop_requested: bool,
     stats: CommitStats,
+    /// For the flush durations in [`CommitStats`]; none, none measured.
+    clock: Option<Arc<dyn Clock>>,
+    /// When the running flush started (the clock's Unix microseconds).
+    flush_started: Option<i64>,
 }
 
 /// Where the fdatasync and the commit run.
@@ -59,6 +64,11 @@ struct Queued {
     inflight: Option<Inflight>,
 }
 
+/// Upper bounds, in microseconds, of the buckets of [`CommitStats::flush_micros`].
+pub const FLUSH_BUCKETS_MICROS: [u64; 13] = [
+    100, 250, 500, 1_000, 2_500, 5_000, 10_000, 25_000, 50_000, 100_000, 250_000, 500_000, 1_000_000,
+];
+
 /// What the commit group has done since it started.
 #[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
 pub struct CommitStats {
@@ -67,6 +77,22 @@ pub struct CommitStats {
     pub failed_groups: u64,
     pub bodies_written: u64,
     pub body_bytes_written: u64,
+    /// How long flushes took (body writes, fdatasync, store commit): the count of flushes per
+    /// bucket of [`FLUSH_BUCKETS_MICROS`], the last one for longer ones. Measured only with a
+    /// clock (see [`CommitGroup::with_clock`]).
+    pub flush_micros: [u64; FLUSH_BUCKETS_MICROS.len() + 1],
+    pub flush_micros_sum: u64,
+}
+
+impl CommitStats {
+    fn record_flush(&mut self, micros: u64) {
+        let bucket = FLUSH_BUCKETS_MICROS
+            .iter()
+            .position(|&bound| micros <= bound)
+            .unwrap_or(FLUSH_BUCKETS_MICROS.len());
+        self.flush_micros[bucket] += 1;
+        self.flush_micros_sum += micros;
+    }
 }
 
 /// Where a compaction's report goes.
@@ -106,7 +132,19 @@ impl CommitGroup {
             flush_scheduled: false,
             stop_requested: false,
             stats: Default::default(),
+            clock: None,
+            flush_started: None,
         })
+    }
+
+    /// Measures how long each flush takes with `clock` (the node's injected clock).
+    pub fn with_clock(mut self, clock: Arc<dyn Clock>) -> Self {
+        self.clock = Some(clock);
+        self
+    }
+
+    fn flush_starts(&mut self) {
+        self.flush_started = self.clock.as_ref().map(|c| c.unix_micros());
     }
 
     fn has_work(&self) -> bool {
@@ -126,6 +164,7 @@ impl CommitGroup {
         let group = std::mem::take(&mut self.queue);
         let compactions = std::mem::take(&mut self.compactions);
         let counters = self.counters.snapshot();
+        self.flush_starts();
         match self.mode {
             FlushMode::Inline => {
                 let flushed = writer.flush(group, compactions, counters);
@@ -150,6 +189,7 @@ impl CommitGroup {
         if let Some(writer) = self.writer.take() {
             let group = std::mem::take(&mut self.queue);
             let compactions = std::mem::take(&mut self.compactions);
+            self.flush_starts();
             let flushed = writer.flush(group, compactions, self.counters.snapshot());
             self.finish(flushed);
         }
@@ -165,6 +205,7 @@ impl CommitGroup {
             compactions,
         } = flushed;
         self.writer = Some(writer);
+        let started = self.flush_started.take();
         for (reply, report) in compactions {
             let _ = reply.send(report);
         }
@@ -175,6 +216,10 @@ impl CommitGroup {
         self.stats.batches += group.len() as u64;
         self.stats.bodies_written += bodies.0;
         self.stats.body_bytes_written += bodies.1;
+        if let (Some(started), Some(clock)) = (started, &self.clock) {
+            let took = clock.unix_micros().saturating_sub(started).max(0);
+            self.stats.record_flush(took as u64);
+        }
         match result {
             Ok(results) => {
                 for (queued, result) in group.into_iter().zip(results) {

@@ -12,6 +12,12 @@ use rand_chacha::ChaCha8Rng;
 pub trait Clock: Send + Sync + 'static {
     /// Milliseconds since the Unix epoch.
     fn unix_millis(&self) -> i64;
+
+    /// Microseconds since the Unix epoch, for durations too short for milliseconds (an
+    /// fdatasync). A clock that knows no better answers in whole milliseconds.
+    fn unix_micros(&self) -> i64 {
+        self.unix_millis().saturating_mul(1000)
+    }
 }
 
 /// A clock that reads a fixed epoch plus tokio's time, which the simulator pauses and advances
@@ -34,6 +40,10 @@ impl TokioClock {
 impl Clock for TokioClock {
     fn unix_millis(&self) -> i64 {
         self.epoch_millis + self.start.elapsed().as_millis() as i64
+    }
+
+    fn unix_micros(&self) -> i64 {
+        self.epoch_millis * 1000 + self.start.elapsed().as_micros() as i64
     }
 }
 

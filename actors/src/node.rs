@@ -113,6 +113,7 @@ impl LocalNode {
             options.segment_bytes,
             options.flush_mode,
         )?
+        .with_clock(env.clock.clone())
         .start();
         let context = NodeContext {
             node: options.node.clone(),

@@ -11,6 +11,7 @@
 //! variable) is an error instead of a silently ignored setting. Values are then checked as a
 //! whole by [`Config::validate`], whose errors name the key at fault.
 
+use std::net::SocketAddr;
 use std::path::{Path, PathBuf};
 use std::time::Duration;
 
@@ -21,13 +22,16 @@ use mailmesh_actors::node::NodeOptions;
 use mailmesh_protocol::ids::NodeId;
 use serde::{Deserialize, Serialize};
 
+use crate::cluster::tls::{TlsFiles, TlsIdentity};
+use crate::cluster::{ClusterOptions, PeerAddress};
+
 /// The defaults, as TOML: one place that both the loader and an operator reading the source see.
 pub const DEFAULTS: &str = include_str!("defaults.toml");
 
 /// Prefix of the environment variables that override configuration keys.
 pub const ENV_PREFIX: &str = "MAILMESH";
 
-/// The whole configuration file. Sections to come (peers, quic, tls) get their own structs here.
+/// The whole configuration file.
 #[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(deny_unknown_fields)]
 pub struct Config {
@@ -35,6 +39,41 @@ pub struct Config {
     pub storage: StorageSection,
     pub limits: LimitsSection,
     pub mailboxes: MailboxesSection,
+    #[serde(default)]
+    pub metrics: MetricsSection,
+    /// Absent: the node runs alone, as a single store with no network.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub cluster: Option<ClusterSection>,
+    /// `[[peers]]`, the nodes this node replicates with (needs `[cluster]`). Last, because TOML
+    /// prints arrays of tables after every plain table.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub peers: Vec<PeerSection>,
+}
+
+/// `[cluster]`: where this node listens for its peers (QUIC over UDP) and its TLS identity.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct ClusterSection {
+    /// `ip:port`, e.g. `0.0.0.0:7100`.
+    pub listen: String,
+    /// PEM certificate of the cluster CA (`mailmesh certs ca`).
+    pub ca: PathBuf,
+    /// PEM certificate of this node, naming it (`mailmesh certs node NAME`).
+    pub cert: PathBuf,
+    /// PEM private key of `cert`.
+    pub key: PathBuf,
+}
+
+/// One `[[peers]]` entry.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct PeerSection {
+    pub name: String,
+    /// `host:port` of the peer's `cluster.listen`.
+    pub address: String,
+    /// The peer mounts this node's `storage.shared_spool`: bodies are not sent to it.
+    #[serde(default)]
+    pub shared_bodies: bool,
 }
 
 #[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
@@ -49,6 +88,9 @@ pub struct NodeSection {
 pub struct StorageSection {
     pub data_dir: PathBuf,
     pub segment_bytes: u64,
+    /// A body spool shared with some peers (see `peers.shared_bodies`).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub shared_spool: Option<PathBuf>,
 }
 
 #[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
@@ -64,6 +106,15 @@ pub struct LimitsSection {
 pub struct MailboxesSection {
     pub max_active: u64,
     pub idle_after_secs: u64,
+}
+
+/// The Prometheus endpoint: off unless `listen` is set.
+#[derive(Clone, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct MetricsSection {
+    /// `host:port` to serve `GET /metrics` on, e.g. "127.0.0.1:9464".
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub listen: Option<String>,
 }
 
 /// Why a configuration was refused. Each variant says which key or which source is at fault.
@@ -83,13 +134,13 @@ pub enum ConfigError {
     },
     /// A value parsed but is not acceptable.
     #[error("{key}: {problem}")]
-    Invalid { key: &'static str, problem: String },
+    Invalid { key: String, problem: String },
 }
 
 impl ConfigError {
-    fn invalid(key: &'static str, problem: impl Into<String>) -> Self {
+    fn invalid(key: impl Into<String>, problem: impl Into<String>) -> Self {
         ConfigError::Invalid {
-            key,
+            key: key.into(),
             problem: problem.into(),
         }
     }
@@ -102,6 +153,10 @@ pub struct Loaded {
     pub config: Config,
     /// What the actors are started with.
     pub options: NodeOptions,
+    /// The cluster transport's settings, with the TLS files read; `None` for a node alone.
+    pub cluster: Option<ClusterOptions>,
+    /// Where to serve metrics, if anywhere.
+    pub metrics_listen: Option<SocketAddr>,
 }
 
 impl Config {
@@ -125,7 +180,14 @@ impl Config {
             .try_deserialize()
             .map_err(|e| locate_unknown_key(e, &merged))?;
         let options = config.validate()?;
-        Ok(Loaded { config, options })
+        let cluster = config.validate_cluster(&options.node)?;
+        let metrics_listen = config.metrics_listen()?;
+        Ok(Loaded {
+            config,
+            options: with_peers(options, cluster.as_ref()),
+            cluster,
+            metrics_listen,
+        })
     }
 
     /// Checks every value and builds the actors' options from them.
@@ -158,6 +220,7 @@ impl Config {
         let idle_after_secs = positive("mailboxes.idle_after_secs", self.mailboxes.idle_after_secs)?;
 
         let mut options = NodeOptions::new(node, self.storage.data_dir.clone());
+        options.shared_spool = self.storage.shared_spool.clone();
         options.segment_bytes = segment_bytes;
         options.limits = Limits {
             max_message_bytes,
@@ -171,11 +234,108 @@ impl Config {
         Ok(options)
     }
 
+    /// Checks `[cluster]` and `[[peers]]` as a whole and reads the TLS files; `None` when there is
+    /// no `[cluster]` (and then there may be no peers).
+    pub fn validate_cluster(&self, node: &NodeId) -> Result<Option<ClusterOptions>, ConfigError> {
+        let Some(cluster) = &self.cluster else {
+            if !self.peers.is_empty() {
+                return Err(ConfigError::invalid(
+                    "peers",
+                    "peers need a [cluster] section (listen address, CA, certificate and key)",
+                ));
+            }
+            return Ok(None);
+        };
+        let listen: SocketAddr = cluster.listen.parse().map_err(|e| {
+            ConfigError::invalid(
+                "cluster.listen",
+                format!("{:?} is not an ip:port address: {e}", cluster.listen),
+            )
+        })?;
+        for (key, path) in [
+            ("cluster.ca", &cluster.ca),
+            ("cluster.cert", &cluster.cert),
+            ("cluster.key", &cluster.key),
+        ] {
+            if path.as_os_str().is_empty() {
+                return Err(ConfigError::invalid(key, "must not be empty"));
+            }
+        }
+        let mut peers: Vec<PeerAddress> = Vec::with_capacity(self.peers.len());
+        for (i, peer) in self.peers.iter().enumerate() {
+            let key = |field: &str| format!("peers[{i}].{field}");
+            let name = NodeId::new(peer.name.as_str())
+                .map_err(|e| ConfigError::invalid(key("name"), e.to_string()))?;
+            if &name == node {
+                return Err(ConfigError::invalid(
+                    key("name"),
+                    format!("{name} is this node's own name"),
+                ));
+            }
+            if let Some(j) = peers.iter().position(|p| p.node == name) {
+                return Err(ConfigError::invalid(
+                    key("name"),
+                    format!("{name} is configured twice (also peers[{j}])"),
+                ));
+            }
+            check_address(&peer.address).map_err(|problem| ConfigError::invalid(key("address"), problem))?;
+            if peer.shared_bodies && self.storage.shared_spool.is_none() {
+                return Err(ConfigError::invalid(
+                    key("shared_bodies"),
+                    "needs storage.shared_spool, the spool this peer shares",
+                ));
+            }
+            peers.push(PeerAddress {
+                node: name,
+                address: peer.address.clone(),
+                shared_bodies: peer.shared_bodies,
+            });
+        }
+        let files = TlsFiles {
+            ca: cluster.ca.clone(),
+            cert: cluster.cert.clone(),
+            key: cluster.key.clone(),
+        };
+        let tls = TlsIdentity::load(&files, node).map_err(|e| ConfigError::invalid(e.key, e.problem))?;
+        Ok(Some(ClusterOptions { listen, tls, peers }))
+    }
+
+    /// The metrics endpoint's address, checked.
+    pub fn metrics_listen(&self) -> Result<Option<SocketAddr>, ConfigError> {
+        let Some(listen) = &self.metrics.listen else {
+            return Ok(None);
+        };
+        listen.parse().map(Some).map_err(|_| {
+            ConfigError::invalid(
+                "metrics.listen",
+                format!("{listen:?} is not an address and port, e.g. \"127.0.0.1:9464\""),
+            )
+        })
+    }
+
     /// The configuration as TOML, as `check-config` prints it.
     pub fn to_toml(&self) -> String {
         // Serializing plain strings and integers into TOML cannot fail.
         toml::to_string(self)
             .unwrap_or_else(|e| format!("# cannot print the configuration as TOML: {e}\n{self:#?}\n"))
+    }
+}
+
+/// `options` with a Channel for every configured peer.
+fn with_peers(mut options: NodeOptions, cluster: Option<&ClusterOptions>) -> NodeOptions {
+    options.peers = cluster.map(ClusterOptions::peer_options).unwrap_or_default();
+    options
+}
+
+/// A peer address is `host:port`; the host is resolved when the peer is dialled (so a name in
+/// DNS may move), the port must be a number.
+fn check_address(address: &str) -> Result<(), String> {
+    if address.parse::<SocketAddr>().is_ok() {
+        return Ok(());
+    }
+    match address.rsplit_once(':') {
+        Some((host, port)) if !host.is_empty() && port.parse::<u16>().is_ok() => Ok(()),
+        _ => Err(format!("{address:?} is not host:port")),
     }
 }
 
@@ -289,6 +449,20 @@ mod tests {
             let message = config.validate().unwrap_err().to_string();
             assert!(message.starts_with(&format!("{key}: ")), "{key}: got {message:?}");
         }
+    }
+
+    #[test]
+    fn metrics_are_off_by_default_and_a_bad_address_names_its_key() {
+        let mut config = defaults();
+        assert_eq!(config.metrics_listen().unwrap(), None);
+        config.metrics.listen = Some("127.0.0.1:9464".into());
+        assert_eq!(
+            config.metrics_listen().unwrap(),
+            Some("127.0.0.1:9464".parse().unwrap())
+        );
+        config.metrics.listen = Some("localhost".into());
+        let message = config.metrics_listen().unwrap_err().to_string();
+        assert!(message.starts_with("metrics.listen: "), "{message}");
     }
 
     #[test]

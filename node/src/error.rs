@@ -27,6 +27,10 @@ pub enum Error {
         #[source]
         source: std::io::Error,
     },
+    #[error("error: {0}")]
+    Cluster(String),
+    #[error("error: {0}")]
+    Certs(#[from] crate::cluster::certs::CertError),
     /// The running node refused or failed the request (its message says why).
     #[error("error: {0}")]
     Operator(#[from] OperatorError),

@@ -3,15 +3,20 @@
 //! stopped node's data.
 //!
 //! - [`config`]: defaults, TOML file and `MAILMESH_` environment, validated into node options;
-//! - [`run`]: starts the actors and the operator socket, and waits for SIGINT or SIGTERM;
+//! - [`run`]: starts the actors, the cluster transport and the operator socket, and waits for
+//!   SIGINT or SIGTERM, reloading on SIGHUP;
+//! - [`cluster`]: QUIC links to the peers, mutual TLS, certificates, live reload;
 //! - [`operator`]: the operator socket, its protocol, and the one place requests are carried out;
 //! - [`ops`]: sends an operator command to the running node, or runs it on the data directory;
+//! - [`metrics`]: the Prometheus endpoint (`[metrics] listen`);
 //! - [`logging`]: `tracing` lines on stderr, filtered by `RUST_LOG`;
 //! - [`error`]: what can fail, and the exit code it gives (0 ok, 1 failure, 2 configuration).
 
+mod cluster;
 mod config;
 mod error;
 mod logging;
+mod metrics;
 mod operator;
 mod ops;
 mod run;
@@ -44,8 +49,12 @@ struct Cli {
 
 #[derive(Debug, Subcommand)]
 enum Command {
-    /// Runs the node until SIGINT or SIGTERM.
+    /// Runs the node until SIGINT or SIGTERM; SIGHUP (or a change of the --config file) reloads
+    /// the configuration.
     Run,
+    /// Makes the cluster's certificates: a CA, and one certificate per node.
+    #[command(subcommand)]
+    Certs(CertsCommand),
     /// Validates the configuration and prints it, as the node would use it, in TOML.
     CheckConfig,
     /// Prints the running node's peers: link, sync log, lag, traffic, errors; and moves under way.
@@ -100,6 +109,34 @@ enum Command {
         /// The message to print.
         #[arg(long)]
         uid: Option<u32>,
+    },
+}
+
+#[derive(Debug, Subcommand)]
+enum CertsCommand {
+    /// Makes a new cluster CA: DIR/ca.pem and DIR/ca.key (mode 0600). Keep ca.key safe: it can
+    /// admit any node to the cluster.
+    Ca {
+        /// Directory to write to (created if missing); existing files are never replaced.
+        #[arg(long, value_name = "DIR")]
+        out: PathBuf,
+        /// Days the CA is valid.
+        #[arg(long, default_value_t = 3650)]
+        days: u32,
+    },
+    /// Signs a certificate for node NAME with the CA: OUT/NAME.pem and OUT/NAME.key (mode 0600).
+    Node {
+        /// The node's name, as in its `node.name`.
+        name: String,
+        /// Directory of the CA (ca.pem and ca.key).
+        #[arg(long, value_name = "DIR")]
+        ca: PathBuf,
+        /// Directory to write to (created if missing); existing files are never replaced.
+        #[arg(long, value_name = "DIR")]
+        out: PathBuf,
+        /// Days the certificate is valid.
+        #[arg(long, default_value_t = 825)]
+        days: u32,
     },
 }
 
@@ -160,12 +197,22 @@ fn main() -> ExitCode {
 }
 
 fn execute(cli: Cli) -> Result<(), Error> {
+    // Certificates are made before any node has a configuration to load.
+    if let Command::Certs(certs) = cli.command {
+        let written = match certs {
+            CertsCommand::Ca { out, days } => cluster::certs::make_ca(&out, days)?,
+            CertsCommand::Node { name, ca, out, days } => cluster::certs::make_node(&name, &ca, &out, days)?,
+        };
+        println!("{}\n{}", written.cert.display(), written.key.display());
+        return Ok(());
+    }
     let loaded = Config::load(cli.config.as_deref())?;
     let request = match cli.command {
         Command::Run => {
             logging::init("info");
-            return run::run(loaded.options);
+            return run::run(loaded, cli.config.as_deref());
         }
+        Command::Certs(_) => unreachable!("handled before the configuration is loaded"),
         Command::CheckConfig => {
             print!("{}", loaded.config.to_toml());
             return Ok(());

@@ -1,4 +1,6 @@
-//! `mailmesh run`: starts one node and keeps it running until SIGINT or SIGTERM.
+//! `mailmesh run`: starts one node and keeps it running until SIGINT or SIGTERM; with a
+//! `[cluster]`, links it to its peers over QUIC and reloads its configuration on SIGHUP or when
+//! the file changes (see [`crate::cluster`]).
 //!
 //! The node is the actors of `mailmesh_actors` on one actix System: a current-thread tokio
 //! runtime, plus tokio's blocking pool where the CommitGroup runs its fdatasyncs. Shutting down
@@ -7,25 +9,39 @@
 //! never loses a write that was already submitted.
 
 use std::cell::RefCell;
+use std::path::Path;
 use std::rc::Rc;
 use std::sync::Arc;
 use std::time::{SystemTime, UNIX_EPOCH};
 
 use actix::{System, SystemRunner};
 use mailmesh_actors::env::{Entropy, Env, TokioClock};
-use mailmesh_actors::node::{LocalNode, NodeOptions};
+use mailmesh_actors::node::LocalNode;
+use mailmesh_actors::transport::Transport;
 use mailmesh_protocol::ids::NodeId;
 use tokio::signal::unix::{signal, Signal, SignalKind};
 use tracing::span::EnteredSpan;
-use tracing::{info, info_span, Span};
+use tracing::{error, info, info_span, Span};
 
+use crate::cluster::reload::{self, ReloadTriggers};
+use crate::cluster::QuicTransport;
+use crate::config::Loaded;
 use crate::error::Error;
+use crate::metrics::MetricsServer;
+use crate::operator::links::LinkReport;
 use crate::operator::protocol::FRAME_OVERHEAD;
 use crate::operator::server::OperatorServer;
 use crate::operator::NodeHandle;
 
-/// Runs a node with `options` until a shutdown signal, then stops it.
-pub fn run(options: NodeOptions) -> Result<(), Error> {
+/// Runs a node configured by `loaded` (read from `config_path`, which a reload reads again)
+/// until a shutdown signal, then stops it.
+pub fn run(loaded: Loaded, config_path: Option<&Path>) -> Result<(), Error> {
+    let Loaded {
+        config,
+        options,
+        cluster,
+        metrics_listen,
+    } = loaded;
     let (system, span) = node_system(&options.node)?;
     let _entered = span.enter();
     // Logged absolute, so an operator sees where a relative data_dir really is.
@@ -35,15 +51,52 @@ pub fn run(options: NodeOptions) -> Result<(), Error> {
         // Handlers go in before "node ready": a SIGTERM sent as soon as the node says it is
         // ready must be caught here, not kill the process with the default action.
         let mut shutdown = ShutdownSignals::install()?;
+        let mut reloads = ReloadTriggers::install(config_path)?;
+        let transport = match &cluster {
+            Some(cluster) => Some(QuicTransport::bind(options.node.clone(), cluster).map_err(Error::Cluster)?),
+            None => None,
+        };
+        let engine_transport = transport.clone().map(|t| Rc::new(t) as Rc<dyn Transport>);
         let max_frame = options.limits.max_message_bytes + FRAME_OVERHEAD;
         let socket_dir = options.data_dir.clone();
-        let node = Rc::new(RefCell::new(LocalNode::start(options, node_env()?)?));
+        let node = LocalNode::start_replicating(options, node_env()?, engine_transport)?;
+        if let Some(transport) = &transport {
+            transport.start(node.inbound.clone());
+        }
+        let node = Rc::new(RefCell::new(node));
+        let links = transport.clone().map(|t| Rc::new(t) as Rc<dyn LinkReport>);
         // Operator commands reach the node from here on; the socket goes before the actors stop.
-        let operator = OperatorServer::start(&socket_dir, NodeHandle::new(node.clone(), None), max_frame)?;
+        let handle = NodeHandle::new(node.clone(), links);
+        let operator = OperatorServer::start(&socket_dir, handle.clone(), max_frame)?;
+        let metrics = match metrics_listen {
+            Some(listen) => Some(MetricsServer::start(listen, handle).await?),
+            None => None,
+        };
         info!(data_dir = %data_dir.display(), "node ready");
-        let signal = shutdown.recv().await;
+        let mut running = config;
+        let signal = loop {
+            tokio::select! {
+                signal = shutdown.recv() => break signal,
+                reason = reloads.next() => {
+                    match reload::load_for_reload(config_path, &running) {
+                        Ok(loaded) => {
+                            let changes = reload::peer_changes(&running, &loaded.config);
+                            reload::apply_transport(transport.as_ref(), &loaded);
+                            node.borrow_mut().set_peers(loaded.options.peers.clone());
+                            reload::log_applied(reason, &changes);
+                            running = loaded.config;
+                        }
+                        Err(e) => error!(reason, error = %e, "configuration not reloaded; still running on the previous one"),
+                    }
+                }
+            }
+        };
         info!(signal, "shutting down");
+        drop(metrics);
         drop(operator);
+        if let Some(transport) = &transport {
+            transport.close();
+        }
         Ok::<_, Error>(node)
     });
     let stopped = stop(system);

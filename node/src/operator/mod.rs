@@ -6,11 +6,13 @@
 //! - [`server`]: the socket a running node serves (mode 0600; one task per connection);
 //! - [`client`]: what a one-shot command uses to reach it;
 //! - [`links`]: what the cluster transport reports about its links;
+//! - [`moves`]: mailbox moves under way, read from the store;
 //! - this module: [`NodeHandle::handle`], the one place a request becomes actor messages, used
 //!   by the socket server and, on a stopped node's data directory, by `ops`.
 
 pub mod client;
 pub mod links;
+pub mod moves;
 pub mod protocol;
 pub mod server;
 
@@ -51,7 +53,15 @@ impl NodeHandle {
     pub async fn handle(&self, request: Request) -> Result<Reply, OperatorError> {
         let directory = self.node.borrow().directory.clone();
         match request {
-            Request::Status => Ok(Reply::Status(self.status().await?)),
+            Request::Status => {
+                let mut status = self.status().await?;
+                let (store, me) = {
+                    let node = self.node.borrow();
+                    (node.store.clone(), node.node.clone())
+                };
+                status.moves = moves::moves_in_progress(&store, &me).map_err(MailError::from)?;
+                Ok(Reply::Status(status))
+            }
             Request::CreateMailbox { user, name } => {
                 directory
                     .send(CreateMailbox {
@@ -185,7 +195,7 @@ impl NodeHandle {
     }
 
     /// The node's peers: the engine's side from each Channel, the link's side from the transport.
-    async fn status(&self) -> Result<NodeStatus, OperatorError> {
+    pub(crate) async fn status(&self) -> Result<NodeStatus, OperatorError> {
         let (node, now_ms, channels, directory) = {
             let node = self.node.borrow();
             (

@@ -1,13 +1,12 @@
-//! Helpers shared by the integration tests in `tests/tests/`: they run the real `mailmesh` binary
-//! as a child process, read its output while it runs, signal it, and never wait without a
-//! deadline. A failing test kills its child (see [`Running`]'s `Drop`), so nothing is left behind.
+//! Helpers shared by the process tests in `tests/`: they run the real `mailmesh` binary as a
+//! child process, read its output while it runs, signal it, and never wait without a deadline. A
+//! failing test kills its child (see [`Running`]'s `Drop`), so nothing is left behind.
 //!
-//! Where the binary comes from: cargo builds a package's binaries, and sets
-//! `CARGO_BIN_EXE_<name>`, only for that same package's integration tests. `mailmesh` belongs to
-//! mailmesh-node, so these tests find it where `cargo build` puts it, in the same target directory
-//! and profile as the test executable itself: `<target>/<profile>/deps/<test>-<hash>` runs, the
-//! binary is `<target>/<profile>/mailmesh`. The test command (`cargo build --workspace && cargo
-//! nextest run --workspace`, see README.md) builds it first.
+//! Each test file in `tests/` is a test target of the mailmesh-node package (declared in
+//! `node/Cargo.toml`), so cargo builds the `mailmesh` binary before them and tells them where it
+//! is (`CARGO_BIN_EXE_mailmesh`): `cargo test` and `cargo nextest run` need no build step first.
+//! Each file includes this module with `mod support;`; each uses only some of it.
+#![allow(dead_code)]
 
 use std::io::{BufRead, BufReader, Read};
 use std::path::{Path, PathBuf};
@@ -19,21 +18,9 @@ use std::time::{Duration, Instant};
 /// The longest any test waits for a process to say something or to exit.
 pub const DEADLINE: Duration = Duration::from_secs(30);
 
-/// Path of the built `mailmesh` binary.
+/// Path of the `mailmesh` binary cargo built for these tests.
 pub fn mailmesh_bin() -> PathBuf {
-    let exe = std::env::current_exe().expect("the test executable's own path");
-    let profile_dir = exe
-        .parent()
-        .and_then(Path::parent)
-        .expect("the test executable lives in <target>/<profile>/deps");
-    let bin = profile_dir.join("mailmesh");
-    assert!(
-        bin.is_file(),
-        "{} does not exist: build the binary first with `cargo build -p mailmesh-node` \
-         (the README's test command, `cargo build --workspace && cargo nextest run --workspace`, does)",
-        bin.display()
-    );
-    bin
+    PathBuf::from(env!("CARGO_BIN_EXE_mailmesh"))
 }
 
 /// A `mailmesh` command with `args`, isolated from the environment the tests run in: no
@@ -272,4 +259,55 @@ fn collect(
             changed.notify_all();
         }
     });
+}
+
+pub mod cluster;
+
+impl Running {
+    /// Waits until stderr has at least `count` lines containing `needle`; returns the last one.
+    pub fn wait_for_stderr_count(&mut self, needle: &str, count: usize) -> String {
+        let deadline = Instant::now() + DEADLINE;
+        let output = self.output.clone();
+        let (lock, changed) = &*output;
+        let mut out = lock.lock().expect("output lock");
+        loop {
+            let found: Vec<&str> = out.stderr.lines().filter(|l| l.contains(needle)).collect();
+            if found.len() >= count {
+                return found[count - 1].to_string();
+            }
+            if out.open == 0 {
+                panic!(
+                    "process exited before printing {needle:?} {count} times\n--- stderr ---\n{}",
+                    out.stderr
+                );
+            }
+            let now = Instant::now();
+            assert!(
+                now < deadline,
+                "fewer than {count} {needle:?} on stderr within {DEADLINE:?}\n--- stderr ---\n{}",
+                out.stderr
+            );
+            out = changed.wait_timeout(out, deadline - now).expect("output lock").0;
+        }
+    }
+
+    /// Every line of stderr so far containing `needle`.
+    pub fn stderr_lines(&self, needle: &str) -> Vec<String> {
+        let out = self.output.0.lock().expect("output lock");
+        out.stderr
+            .lines()
+            .filter(|l| l.contains(needle))
+            .map(str::to_string)
+            .collect()
+    }
+
+    /// Everything on stderr so far.
+    pub fn stderr(&self) -> String {
+        self.output.0.lock().expect("output lock").stderr.clone()
+    }
+
+    /// Whether the process is still running.
+    pub fn is_running(&mut self) -> bool {
+        matches!(self.child.try_wait(), Ok(None))
+    }
 }

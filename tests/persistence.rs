@@ -3,7 +3,9 @@
 
 use std::path::Path;
 
-use mailmesh_tests::{finish, mailmesh, write_config, Finished, Running};
+mod support;
+
+use support::{finish, mailmesh, write_config, Finished, Running};
 use tempfile::TempDir;
 
 fn op(config: &Path, args: &[&str]) -> Finished {

@@ -2,12 +2,14 @@
 //! `<data_dir>/mailmesh.sock`, on a stopped node's data directory without it, and bad input on the
 //! socket closes that connection only.
 
+mod support;
+
 use std::io::{Read, Write};
 use std::os::unix::fs::PermissionsExt;
 use std::os::unix::net::UnixStream;
 use std::path::{Path, PathBuf};
 
-use mailmesh_tests::{finish, mailmesh, write_config, Finished, Running};
+use support::{finish, mailmesh, write_config, Finished, Running};
 use tempfile::TempDir;
 
 fn op(config: &Path, args: &[&str]) -> Finished {
@@ -191,7 +193,7 @@ fn send_raw(socket: &Path, bytes: &[u8], half_close: bool) -> Vec<u8> {
     if half_close {
         stream.shutdown(std::net::Shutdown::Write).unwrap();
     }
-    stream.set_read_timeout(Some(mailmesh_tests::DEADLINE)).unwrap();
+    stream.set_read_timeout(Some(support::DEADLINE)).unwrap();
     let mut answer = Vec::new();
     // The node closes the connection after answering a bad request: read_to_end returns.
     stream.read_to_end(&mut answer).unwrap();

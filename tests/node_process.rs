@@ -1,7 +1,9 @@
 //! `mailmesh run` as a process: start-up, clean shutdown on a signal, where the data goes, and
 //! the store's refusal of a second process or of another node's data.
 
-use mailmesh_tests::{finish, mailmesh, write_config, Running};
+mod support;
+
+use support::{finish, mailmesh, write_config, Running};
 use tempfile::TempDir;
 
 #[test]

@@ -3,7 +3,9 @@
 
 use std::path::Path;
 
-use mailmesh_tests::{finish, mailmesh, write_config, Finished};
+mod support;
+
+use support::{finish, mailmesh, write_config, Finished};
 use tempfile::TempDir;
 
 /// Runs `args` with `config` (and `env`), once as `check-config` and once as `run`: both must
