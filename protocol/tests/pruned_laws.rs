@@ -23,27 +23,20 @@ fn aid(origin: usize, counter: u64) -> AppendId {
 
 /// A set built the way a node builds one: AppendIds compacted one by one, uids retired.
 fn pruned() -> impl Strategy<Value = PrunedSet> + Clone {
-    (
-        vec((0..NODES.len(), 0..POOL), 0..16),
-        vec(1..POOL as u32, 0..8),
-    )
-        .prop_map(|(aids, uids)| {
-            let mut set = PrunedSet::default();
-            for (origin, counter) in aids {
-                set.insert(&aid(origin, counter));
-            }
-            for uid in uids {
-                set.retire(uid);
-            }
-            set
-        })
+    (vec((0..NODES.len(), 0..POOL), 0..16), vec(1..POOL as u32, 0..8)).prop_map(|(aids, uids)| {
+        let mut set = PrunedSet::default();
+        for (origin, counter) in aids {
+            set.insert(&aid(origin, counter));
+        }
+        for uid in uids {
+            set.retire(uid);
+        }
+        set
+    })
 }
 
 fn normalized(ranges: &[(u64, u64)]) -> bool {
-    ranges.iter().all(|(lo, hi)| lo <= hi)
-        && ranges
-            .windows(2)
-            .all(|w| w[0].1.saturating_add(1) < w[1].0)
+    ranges.iter().all(|(lo, hi)| lo <= hi) && ranges.windows(2).all(|w| w[0].1.saturating_add(1) < w[1].0)
 }
 
 proptest! {
