@@ -23,6 +23,11 @@ pub struct Faults {
     pub no_uid_promotion: bool,
     /// New records arriving from peers are acknowledged but not stored (a lossy merge).
     pub drop_incoming_records: bool,
+    /// No echo suppression: a change merged from a peer is logged for every peer, the one it
+    /// came from and its origin included.
+    pub no_echo_suppression: bool,
+    /// Echo suppression skips the peer a change came from but not the change's origin.
+    pub origin_not_skipped: bool,
 }
 
 #[derive(Clone)]

@@ -146,7 +146,9 @@ impl Handler<EntriesFor> for Directory {
         let mut out = Vec::new();
         for id in ids {
             if let Some(t) = self.stored_entry(id)? {
-                if t.item.path.value.user == msg.user && (msg.whole || !t.suppressed_for(&msg.peer)) {
+                if t.item.path.value.user == msg.user
+                    && (msg.whole || !t.suppressed_for(&msg.peer, &self.ctx.faults))
+                {
                     out.push(Change {
                         origin: t.origin,
                         item: t.item,
@@ -247,7 +249,7 @@ impl Handler<UserItemFor> for Directory {
 
     fn handle(&mut self, msg: UserItemFor, _: &mut Self::Context) -> Self::Result {
         let keep = |origin: &NodeId, arrived_on: Option<&NodeId>| {
-            msg.whole || !crate::sync_log::suppressed(origin, arrived_on, &msg.peer)
+            msg.whole || !crate::sync_log::suppressed(origin, arrived_on, &msg.peer, &self.ctx.faults)
         };
         Ok(match &msg.item {
             SyncItem::Subscriptions(user) => self

@@ -162,7 +162,8 @@ impl Mailbox {
         let mut out = Vec::with_capacity(aids.len());
         for aid in aids {
             if let Some(s) = self.readable(&aid)? {
-                if skip_for.is_some_and(|p| suppressed(&s.origin, s.arrived_on.as_ref(), p)) {
+                if skip_for.is_some_and(|p| suppressed(&s.origin, s.arrived_on.as_ref(), p, &self.ctx.faults))
+                {
                     continue;
                 }
                 out.push((
@@ -189,7 +190,8 @@ impl Mailbox {
                 let a: StoredAnnotation = decode(v, "annotation")?;
                 if a.modseq > since
                     && a.modseq <= upto
-                    && !skip_for.is_some_and(|p| suppressed(&a.origin, a.arrived_on.as_ref(), p))
+                    && !skip_for
+                        .is_some_and(|p| suppressed(&a.origin, a.arrived_on.as_ref(), p, &self.ctx.faults))
                 {
                     let entry = String::from_utf8_lossy(&k[16..]).into_owned();
                     out.push(Change {

@@ -127,7 +127,7 @@ impl LocalNode {
             node: options.node.clone(),
             store: store.clone(),
             commit: commit.clone(),
-            sync_log: SyncLog::new(counters.clone()),
+            sync_log: SyncLog::with_faults(counters.clone(), options.faults),
             counters,
             env,
             limits: options.limits,

@@ -19,6 +19,7 @@ use actix::Recipient;
 use mailmesh_protocol::ids::{MailboxId, NodeId};
 use mailmesh_protocol::merge::MergeEffect;
 
+use crate::context::Faults;
 use crate::counters::NodeCounters;
 use crate::store::{keys, Batch, Table};
 
@@ -81,15 +82,17 @@ pub enum Provenance {
 }
 
 impl Provenance {
-    /// The peers that must not be sent this change because they already have it.
-    fn skips(&self, peer: &NodeId) -> bool {
+    /// The peers that must not be sent this change because they already have it (`faults` may
+    /// break the rule on purpose, to show the simulator catches it).
+    fn skips(&self, peer: &NodeId, faults: &Faults) -> bool {
         match self {
             Provenance::Local => false,
+            _ if faults.no_echo_suppression => false,
             Provenance::Remote {
                 effect: MergeEffect::TookIncoming,
                 from,
                 origin,
-            } => peer == from || peer == origin,
+            } => peer == from || (peer == origin && !faults.origin_not_skipped),
             // A combined result is new to everyone, sender included. Unchanged logs nothing.
             Provenance::Remote { .. } => false,
         }
@@ -151,13 +154,21 @@ pub struct SyncLog {
     inner: Arc<Mutex<Inner>>,
     /// Hands out row generations; persisted with every commit, so they only grow.
     counters: NodeCounters,
+    /// Deliberate faults (all off in a real node).
+    faults: Faults,
 }
 
 impl SyncLog {
     pub fn new(counters: NodeCounters) -> Self {
+        Self::with_faults(counters, Faults::default())
+    }
+
+    /// A sync log whose skip rule `faults` may break on purpose (the simulator's sabotage).
+    pub fn with_faults(counters: NodeCounters, faults: Faults) -> Self {
         SyncLog {
             inner: Arc::new(Mutex::new(Inner::default())),
             counters,
+            faults,
         }
     }
 
@@ -205,7 +216,7 @@ impl SyncLog {
         let targets: Vec<NodeId> = inner
             .peers
             .iter()
-            .filter(|p| !provenance.skips(p))
+            .filter(|p| !provenance.skips(p, &self.faults))
             .filter(|p| holders.is_none_or(|h| h.is_empty() || h.contains(*p)))
             .cloned()
             .collect();
@@ -353,13 +364,14 @@ impl<T> Tagged<T> {
     }
 
     /// Whether `peer` already has this state.
-    pub fn suppressed_for(&self, peer: &NodeId) -> bool {
-        suppressed(&self.origin, self.arrived_on.as_ref(), peer)
+    pub fn suppressed_for(&self, peer: &NodeId, faults: &Faults) -> bool {
+        suppressed(&self.origin, self.arrived_on.as_ref(), peer, faults)
     }
 }
 
 /// Echo suppression for one stored state: a peer that sent it to us whole, or that produced it,
-/// has it already.
-pub fn suppressed(origin: &NodeId, arrived_on: Option<&NodeId>, peer: &NodeId) -> bool {
-    arrived_on.is_some_and(|from| from == peer || origin == peer)
+/// has it already (`faults` may break the rule on purpose, to show the simulator catches it).
+pub fn suppressed(origin: &NodeId, arrived_on: Option<&NodeId>, peer: &NodeId, faults: &Faults) -> bool {
+    !faults.no_echo_suppression
+        && arrived_on.is_some_and(|from| from == peer || (origin == peer && !faults.origin_not_skipped))
 }

@@ -24,7 +24,7 @@ use mailmesh_actors::MailError;
 use mailmesh_protocol::ids::{AppendId, Guid, MailboxId, ModSeq, NodeId, Uid, UidValidity};
 
 use crate::cluster::SimCluster;
-use crate::model::Model;
+use crate::model::{Model, Shown};
 use crate::network::short_id;
 use crate::snapshot::{dump_snapshots, dump_sync_state, open_by_id, snapshot};
 pub use crate::snapshot::{MailboxSnapshot, NodeSnapshot};
@@ -232,6 +232,50 @@ impl Observer {
             self.violation(kind, key, what);
         }
         snap
+    }
+
+    /// UID safety on what clients were shown (every FETCH, APPEND and STORE answer): on each node
+    /// a uid of one uidvalidity means one message for ever, and one answer never shows a message
+    /// at two uids.
+    pub fn clients_saw(&mut self, shown: Vec<Shown>) {
+        let mut found = Vec::new();
+        for seen in shown {
+            let node = &seen.node;
+            let id = seen.mailbox;
+            let memory = self.nodes.entry(node.clone()).or_default();
+            let mut aids_seen = BTreeSet::new();
+            for (uid, aid) in &seen.messages {
+                let key = (id, seen.uidvalidity, *uid);
+                match memory.shown.get(&key) {
+                    Some(before) if before != aid => found.push((
+                        Kind::UidReused,
+                        format!("uid {node} {key:?} {aid}"),
+                        format!(
+                            "mailbox {} on {node}: a client was shown uid {uid} as {before} and later as {aid}",
+                            short_id(id.0)
+                        ),
+                    )),
+                    Some(_) => {}
+                    None => {
+                        memory.shown.insert(key, aid.clone());
+                    }
+                }
+                self.global_shown.entry(key).or_default().insert(aid.clone());
+                if !aids_seen.insert(aid.clone()) {
+                    found.push((
+                        Kind::ShownTwice,
+                        format!("twice {node} {id} {aid}"),
+                        format!(
+                            "mailbox {} on {node}: a client was shown {aid} at two uids",
+                            short_id(id.0)
+                        ),
+                    ));
+                }
+            }
+        }
+        for (kind, key, what) in found {
+            self.violation(kind, key, what);
+        }
     }
 
     /// The checks once the network has healed and gone quiet, on every node. With `dump`, every

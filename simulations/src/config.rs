@@ -80,6 +80,12 @@ impl SimConfig {
         if self.engine_faults.drop_incoming_records {
             args.extend(["--sabotage".into(), "drop-incoming-records".into()]);
         }
+        if self.engine_faults.no_echo_suppression {
+            args.extend(["--sabotage".into(), "no-echo-suppression".into()]);
+        }
+        if self.engine_faults.origin_not_skipped {
+            args.extend(["--sabotage".into(), "origin-not-skipped".into()]);
+        }
         args
     }
 

@@ -94,6 +94,8 @@ enum Command {
 enum Sabotage {
     NoUidPromotion,
     DropIncomingRecords,
+    NoEchoSuppression,
+    OriginNotSkipped,
 }
 
 fn parse_range(s: &str) -> Result<Range<u64>, String> {
@@ -125,6 +127,8 @@ impl Cli {
             match s {
                 Sabotage::NoUidPromotion => config.engine_faults.no_uid_promotion = true,
                 Sabotage::DropIncomingRecords => config.engine_faults.drop_incoming_records = true,
+                Sabotage::NoEchoSuppression => config.engine_faults.no_echo_suppression = true,
+                Sabotage::OriginNotSkipped => config.engine_faults.origin_not_skipped = true,
             }
         }
         config

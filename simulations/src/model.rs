@@ -8,7 +8,7 @@
 
 use std::collections::{BTreeMap, BTreeSet};
 
-use mailmesh_protocol::ids::{AppendId, Guid, MailboxId, NodeId};
+use mailmesh_protocol::ids::{AppendId, Guid, MailboxId, NodeId, Uid, UidValidity};
 
 /// An append a client was told is stored.
 #[derive(Clone, Debug, PartialEq, Eq)]
@@ -18,8 +18,20 @@ pub struct Acked {
     pub node: NodeId,
 }
 
+/// Messages a client was shown at their uids by one answer of one node (a FETCH, an APPEND's or
+/// a STORE's answer), for the observer's UID safety check.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct Shown {
+    pub node: NodeId,
+    pub mailbox: MailboxId,
+    pub uidvalidity: UidValidity,
+    pub messages: Vec<(Uid, AppendId)>,
+}
+
 #[derive(Clone, Debug, Default)]
 pub struct Model {
+    /// What clients were shown since the observer last looked (it takes them every step).
+    pub shown: Vec<Shown>,
     pub appends: BTreeMap<AppendId, Acked>,
     /// Messages a client set \Deleted on at some point: an EXPUNGE may remove them.
     pub deleted_flagged: BTreeSet<AppendId>,

@@ -15,7 +15,7 @@ use std::time::Duration;
 use mailmesh_actors::peer_session::Inbound;
 use mailmesh_actors::transport::{Transport, TransportError, TransportFuture};
 use mailmesh_protocol::codec::{encode_frame, FrameDecoder, DEFAULT_MAX_FRAME};
-use mailmesh_protocol::ids::NodeId;
+use mailmesh_protocol::ids::{AppendId, MailboxId, NodeId};
 use mailmesh_protocol::wire::{Frame, Request, Response};
 
 use crate::rng::SimRng;
@@ -47,6 +47,16 @@ impl NetFaults {
             max_delay_ms: 5,
             slow: 0.0,
             slow_delay_ms: 0,
+        }
+    }
+
+    /// A healthy network whose latency varies a lot: nothing is lost or repeated, but one
+    /// delivery in three is slow, so a change often reaches a node over a longer path first.
+    pub fn uneven() -> Self {
+        NetFaults {
+            slow: 0.3,
+            slow_delay_ms: 1000,
+            ..NetFaults::calm()
         }
     }
 
@@ -94,6 +104,38 @@ impl NetFaultCounts {
     }
 }
 
+/// One crossing of a watched message record over one directed link: when it was sent and when it
+/// arrived, on one clock of network events (so "had `to` received it before it sent it on" can
+/// be told).
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct Crossing {
+    pub append_id: AppendId,
+    pub from: NodeId,
+    pub to: NodeId,
+    /// Copies of the record in the frame (a well-behaved sender puts one).
+    pub copies: u64,
+    /// In an answer to `to`'s request (pulled), not in `from`'s own request (pushed).
+    pub in_answer: bool,
+    pub sent: u64,
+    pub arrived: u64,
+}
+
+/// The crossings of one mailbox's message records (the final probe's), recorded while watched.
+#[derive(Default)]
+struct Watch {
+    mailbox: Option<MailboxId>,
+    crossings: Vec<Crossing>,
+    /// The clock of network events.
+    clock: u64,
+}
+
+impl Watch {
+    fn tick(&mut self) -> u64 {
+        self.clock += 1;
+        self.clock
+    }
+}
+
 #[derive(Default)]
 struct Net {
     attached: BTreeMap<NodeId, Inbound>,
@@ -106,6 +148,7 @@ struct Net {
     faults: Option<NetFaults>,
     counts: NetFaultCounts,
     next_id: u64,
+    watch: Watch,
 }
 
 impl Net {
@@ -229,6 +272,81 @@ impl SimNetwork {
         self.net.borrow().stats.values().map(|s| s.records).sum()
     }
 
+    /// Starts recording every crossing of the message records of `mailbox` (and forgets any
+    /// earlier watch).
+    pub fn watch(&self, mailbox: MailboxId) {
+        let mut net = self.net.borrow_mut();
+        net.watch.mailbox = Some(mailbox);
+        net.watch.crossings.clear();
+    }
+
+    /// The crossings of the watched records so far, in order of arrival.
+    pub fn watched(&self) -> Vec<Crossing> {
+        self.net.borrow().watch.crossings.clone()
+    }
+
+    /// The time on the clock of network events (for [`Crossing::sent`]).
+    fn watch_tick(&self) -> u64 {
+        self.net.borrow_mut().watch.tick()
+    }
+
+    /// The watched records in a request or in the answer to a request about `about`, each with
+    /// its number of copies.
+    fn watched_in(
+        &self,
+        about: Option<MailboxId>,
+        request: Option<&Request>,
+        response: Option<&Response>,
+    ) -> BTreeMap<AppendId, u64> {
+        let mut found = BTreeMap::new();
+        let net = self.net.borrow();
+        if net.watch.mailbox.is_none() || net.watch.mailbox != about {
+            return found;
+        }
+        let records: Vec<&AppendId> = match (request, response) {
+            (Some(Request::ChangeRequest(r)), _) => r
+                .records
+                .iter()
+                .map(|c| &c.item.append_id)
+                .chain(r.updates.iter().map(|c| &c.item.append_id))
+                .collect(),
+            (_, Some(Response::Mismatch { changes, .. } | Response::Changes(changes))) => {
+                changes.records.iter().map(|c| &c.item.append_id).collect()
+            }
+            (_, Some(Response::Full { records, .. })) => records.iter().map(|c| &c.item.append_id).collect(),
+            _ => Vec::new(),
+        };
+        for aid in records {
+            *found.entry(aid.clone()).or_default() += 1;
+        }
+        found
+    }
+
+    fn record_crossings(
+        &self,
+        (from, to): (&NodeId, &NodeId),
+        in_answer: bool,
+        records: BTreeMap<AppendId, u64>,
+        sent: u64,
+    ) {
+        if records.is_empty() {
+            return;
+        }
+        let mut net = self.net.borrow_mut();
+        let arrived = net.watch.tick();
+        for (append_id, copies) in records {
+            net.watch.crossings.push(Crossing {
+                append_id,
+                from: from.clone(),
+                to: to.clone(),
+                copies,
+                in_answer,
+                sent,
+                arrived,
+            });
+        }
+    }
+
     pub fn fault_counts(&self) -> NetFaultCounts {
         self.net.borrow().counts
     }
@@ -291,6 +409,9 @@ impl SimNetwork {
             return Err(unreachable(why));
         }
         let records = request_records(&request);
+        let about = request_mailbox(&request);
+        let watched = self.watched_in(about, Some(&request), None);
+        let sent = self.watch_tick();
         let (frame, size) = through_the_wire(&Frame::Request { id, request }, &to)?;
         self.add_stats(&from, &to, |s| {
             s.requests += 1;
@@ -322,7 +443,10 @@ impl SimNetwork {
             }
         };
         let (handled, to_epoch, duplicate) = match delivered {
-            Ok(d) => d,
+            Ok(d) => {
+                self.record_crossings((&from, &to), false, watched, sent);
+                d
+            }
             Err(why) => {
                 self.count(|c| c.lost_in_flight += 1);
                 self.trace.log(format!("{head}: lost in flight, {why}"));
@@ -336,6 +460,7 @@ impl SimNetwork {
             actix::spawn(net.deliver_again(id, from, from_epoch, to, copy, label, records));
         }
         let response = handled.await;
+        let answer_sent = self.watch_tick();
         tokio::time::sleep(self.delay()).await;
         let gone = {
             let net = self.net.borrow();
@@ -356,6 +481,8 @@ impl SimNetwork {
             return Err(closed("answer lost"));
         }
         let records = response_records(&response);
+        let watched = self.watched_in(about, None, Some(&response));
+        self.record_crossings((&to, &from), true, watched, answer_sent);
         let (frame, size) = through_the_wire(&Frame::Response { id, response }, &to)?;
         self.add_stats(&from, &to, |s| s.response_bytes += size as u64);
         // Records in an answer flow from the peer to the requester.
@@ -431,6 +558,15 @@ fn through_the_wire(frame: &Frame, peer: &NodeId) -> Result<(Frame, usize), Tran
         .map_err(|e| malformed(peer, &e.to_string()))?
         .ok_or_else(|| malformed(peer, "incomplete frame"))?;
     Ok((decoded, bytes.len()))
+}
+
+/// The mailbox a mailbox sync request is about.
+fn request_mailbox(request: &Request) -> Option<MailboxId> {
+    match request {
+        Request::ChangeRequest(r) => Some(r.mailbox),
+        Request::ChangesSince { mailbox, .. } | Request::FullState { mailbox, .. } => Some(*mailbox),
+        _ => None,
+    }
 }
 
 fn request_records(request: &Request) -> u64 {

@@ -235,6 +235,7 @@ impl Run {
         tokio::time::sleep(Duration::from_millis(self.rng.range(0..400))).await;
         self.reap_crashes().await;
         self.tasks.retain(|t| !t.is_finished());
+        self.judge_what_clients_saw();
         if self.rng.chance(0.3) {
             let running = self.cluster.running();
             if !running.is_empty() {
@@ -244,6 +245,12 @@ impl Run {
                 }
             }
         }
+    }
+
+    /// Hands everything clients were shown since the last step to the observer.
+    pub(crate) fn judge_what_clients_saw(&mut self) {
+        let shown = std::mem::take(&mut self.model.borrow_mut().shown);
+        self.observer.clients_saw(shown);
     }
 
     async fn client_op(&mut self, step: usize) {

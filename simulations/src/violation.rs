@@ -37,6 +37,8 @@ pub enum Kind {
     NotQuiescent,
     /// Requests crossed a link after quiescence (echo or a retry loop).
     Traffic,
+    /// In a healthy cluster a change went back to its origin or over the link it arrived on.
+    Echo,
     /// One change crossed one link more often than the bound.
     Crossings,
     /// A node did not start or restart from its data dir.
@@ -50,7 +52,7 @@ pub enum Kind {
 }
 
 impl Kind {
-    pub const ALL: [Kind; 21] = [
+    pub const ALL: [Kind; 22] = [
         Kind::UidReused,
         Kind::UidConflictKept,
         Kind::ShownTwice,
@@ -67,6 +69,7 @@ impl Kind {
         Kind::WrongBody,
         Kind::NotQuiescent,
         Kind::Traffic,
+        Kind::Echo,
         Kind::Crossings,
         Kind::Restart,
         Kind::Probe,

@@ -14,7 +14,7 @@ use mailmesh_actors::uid_set::UidSet;
 use mailmesh_actors::MailError;
 use mailmesh_protocol::ids::{Guid, MailboxId, NodeId, Uid};
 
-use crate::model::{Acked, Model};
+use crate::model::{Acked, Model, Shown};
 use crate::network::short_id;
 use crate::rng::SimRng;
 
@@ -131,12 +131,29 @@ impl Client {
         )
     }
 
-    /// Uids the mailbox shows now, to aim at.
-    async fn shown(&self, mb: &Addr<Mailbox>) -> Vec<MessageView> {
-        match mb.send(Fetch { uids: UidSet::all() }).await {
-            Ok(Ok(views)) => views,
+    /// Uids the mailbox shows now, to aim at (what the client saw goes to the observer).
+    async fn shown(&self, mb: &OpenedMailbox) -> Vec<MessageView> {
+        match mb.addr.send(Fetch { uids: UidSet::all() }).await {
+            Ok(Ok(views)) => {
+                self.saw(&mb.info, &views);
+                views
+            }
             _ => Vec::new(),
         }
+    }
+
+    /// Hands the messages an answer showed to the observer, which checks that no uid ever means
+    /// two messages.
+    fn saw(&self, info: &MailboxInfo, views: &[MessageView]) {
+        if views.is_empty() {
+            return;
+        }
+        self.model.borrow_mut().shown.push(Shown {
+            node: self.node.clone(),
+            mailbox: info.id,
+            uidvalidity: info.uidvalidity,
+            messages: views.iter().map(|v| (v.uid, v.append_id.clone())).collect(),
+        });
     }
 
     /// A small uid range starting at a shown message (or at a uid that may not exist).
@@ -301,6 +318,12 @@ impl Client {
         if let Ok(o) = &r {
             self.changed();
             let mut model = self.model.borrow_mut();
+            model.shown.push(Shown {
+                node: self.node.clone(),
+                mailbox: opened.info.id,
+                uidvalidity: opened.info.uidvalidity,
+                messages: vec![(o.uid, o.append_id.clone())],
+            });
             if flags.iter().any(|f| f == "\\Deleted") {
                 model.deleted_flagged.insert(o.append_id.clone());
             }
@@ -326,7 +349,7 @@ impl Client {
             Ok(o) => o,
             Err(f) => return format!("store {user}/{name}: {}", f.text),
         };
-        let shown = self.shown(&opened.addr).await;
+        let shown = self.shown(&opened).await;
         let (lo, hi) = self.aim(&shown);
         let action = *self
             .rng
@@ -353,6 +376,7 @@ impl Client {
         );
         if let Ok(o) = &r {
             self.changed();
+            self.saw(&opened.info, &o.updated);
             let mut model = self.model.borrow_mut();
             for view in &o.updated {
                 if view.flags.iter().any(|f| f.as_str() == "\\Deleted") {
@@ -412,7 +436,7 @@ impl Client {
             (Ok(s), Ok(t)) => (s, t),
             (Err(f), _) | (_, Err(f)) => return format!("transfer {user}/{from} -> {to}: {}", f.text),
         };
-        let shown = self.shown(&source.addr).await;
+        let shown = self.shown(&source).await;
         let (lo, hi) = self.aim(&shown);
         let remove = self.rng.chance(0.5);
         if remove {

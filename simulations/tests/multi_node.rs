@@ -186,3 +186,38 @@ fn a_merge_that_drops_records_is_caught() {
         );
     }
 }
+
+/// Echo suppression switched off (every peer is sent every change, the one it came from too):
+/// the probe changes travel back.
+#[test]
+fn echo_suppression_switched_off_is_caught() {
+    let caught = caught("no-echo-suppression");
+    assert!(!caught.is_empty(), "no seed caught the echo");
+    for (seed, violations, replay) in &caught {
+        assert!(replay.contains("--sabotage no-echo-suppression"), "{replay}");
+        assert!(
+            violations.iter().any(|v| v.starts_with("[echo]")),
+            "seed {seed}: {violations:?}"
+        );
+    }
+}
+
+/// Echo suppression that skips the peer a change came from but not its origin: a change that
+/// reaches a neighbour of its origin over a longer path goes back to the origin.
+#[test]
+fn origin_not_skipped_is_caught() {
+    let caught = caught("origin-not-skipped");
+    assert!(
+        !caught.is_empty(),
+        "no seed caught the origin being sent its own change"
+    );
+    for (seed, violations, replay) in &caught {
+        assert!(replay.contains("--sabotage origin-not-skipped"), "{replay}");
+        assert!(
+            violations
+                .iter()
+                .any(|v| v.starts_with("[echo]") && v.contains("back to its origin")),
+            "seed {seed}: {violations:?}"
+        );
+    }
+}
