@@ -121,6 +121,15 @@ mod tests {
             assert_eq!(status(&a).await.moves, Vec::new(), "an unplaced mailbox is not moving");
 
             net.set_link(&n("a"), &n("b"), false);
+            // A message b lacks: without it an empty mailbox b already has would leave nothing
+            // to send, and a would let its copy go (the move done) before status is asked.
+            let append = Request::Append {
+                user: "alice".into(),
+                mailbox: "INBOX".into(),
+                body: serde_bytes::ByteBuf::from(b"Subject: moving\r\n\r\nhi".to_vec()),
+                flags: Vec::new(),
+            };
+            a.handle(append).await.unwrap();
             let moved = Request::MoveMailbox {
                 user: "alice".into(),
                 name: "INBOX".into(),
