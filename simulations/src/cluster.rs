@@ -5,10 +5,11 @@
 //! says), and its actors die without flushing anything; a crash may also be armed to fire inside
 //! the commit path (before the segment sync, between the segment's fdatasync and the store
 //! commit, between the commit and the answer, or at the n-th sync). A restart opens the store
-//! from what the disk kept. The topology is edited the way a config reload would
-//! (`LocalNode::set_peers` on both ends of an edge).
+//! from what the disk kept. A wipe is a crash that loses the whole disk: the node comes back under
+//! the same name on a fresh one and must get everything back from its peers. The topology is
+//! edited the way a config reload would (`LocalNode::set_peers` on both ends of an edge).
 
-use std::collections::BTreeMap;
+use std::collections::{BTreeMap, BTreeSet};
 use std::path::PathBuf;
 use std::sync::Arc;
 use std::time::Duration;
@@ -18,9 +19,12 @@ use mailmesh_actors::commit_group::FlushMode;
 use mailmesh_actors::context::Faults;
 use mailmesh_actors::directory::ActivationPolicy;
 use mailmesh_actors::env::{Entropy, Env, TokioClock};
+use mailmesh_actors::mailbox::StoredRecord;
 use mailmesh_actors::node::{LocalNode, NodeOptions, PeerOptions};
 use mailmesh_actors::sim_disk::{CrashModel, CrashTrigger, SimDisk};
-use mailmesh_protocol::ids::NodeId;
+use mailmesh_actors::store::{decode, Store, Table};
+use mailmesh_protocol::ids::{AppendId, MailboxId, NodeId, Uid};
+use mailmesh_protocol::records::PrunedSet;
 use tokio::time::Instant;
 
 use crate::network::{link, SimNetwork};
@@ -65,6 +69,24 @@ impl NodeSetup {
     }
 }
 
+/// What one node's disk holds durably: its mailbox entries (tombstones too) and its messages,
+/// as records (expunged ones too) or compacted into a pruned set.
+#[derive(Clone, Debug, Default)]
+pub struct DurableContent {
+    pub mailboxes: BTreeSet<MailboxId>,
+    pub messages: BTreeSet<AppendId>,
+    /// Every record's place: (mailbox, the uid the record holds, message).
+    pub places: BTreeSet<(MailboxId, Uid, AppendId)>,
+    pub pruned: BTreeMap<MailboxId, PrunedSet>,
+}
+
+impl DurableContent {
+    /// Whether the disk holds `aid` of `mailbox`, as a record or a compacted tombstone.
+    pub fn holds(&self, mailbox: MailboxId, aid: &AppendId) -> bool {
+        self.messages.contains(aid) || self.pruned.get(&mailbox).is_some_and(|p| p.contains(aid))
+    }
+}
+
 pub struct SimCluster {
     pub net: SimNetwork,
     pub topology: Topology,
@@ -72,6 +94,10 @@ pub struct SimCluster {
     /// Each node's data dir on its disk.
     dirs: BTreeMap<NodeId, PathBuf>,
     disks: BTreeMap<NodeId, SimDisk>,
+    /// How the disks lose unsynced state in a crash (a wiped node's new disk gets the same).
+    crash_model: CrashModel,
+    /// How many times each node was wiped.
+    wipes: BTreeMap<NodeId, usize>,
     /// Each node's clock is off by a fixed amount, as real clocks are.
     skew_ms: BTreeMap<NodeId, i64>,
     setup: NodeSetup,
@@ -112,6 +138,8 @@ impl SimCluster {
             running: BTreeMap::new(),
             dirs,
             disks,
+            crash_model: model,
+            wipes: BTreeMap::new(),
             skew_ms,
             setup,
             rng,
@@ -217,6 +245,56 @@ impl SimCluster {
     /// Starts a crashed node again from its data dir, with the current topology's peers.
     pub fn restart(&mut self, node: &NodeId) -> Result<(), String> {
         self.boot(node)
+    }
+
+    /// Wipes a node: it crashes (if it runs) and loses its whole disk, then starts again under the
+    /// same name on a fresh one, with the current topology's peers, holding nothing.
+    pub async fn wipe(&mut self, node: &NodeId) -> Result<(), String> {
+        self.crash(node).await;
+        let disk = SimDisk::new(self.rng.u64(), self.crash_model);
+        self.disks.insert(node.clone(), disk);
+        *self.wipes.entry(node.clone()).or_default() += 1;
+        self.boot(node)
+    }
+
+    /// How many times `node` was wiped: its store's incarnation, as far as the run knows.
+    pub fn incarnation(&self, node: &NodeId) -> usize {
+        self.wipes.get(node).copied().unwrap_or(0)
+    }
+
+    /// What `node`'s disk holds durably now (what it would keep whatever happened next), read from
+    /// an image of its disk: the node, running or down, is not touched. A disk whose store does
+    /// not open holds nothing.
+    pub fn durable_content(&self, node: &NodeId) -> DurableContent {
+        let mut content = DurableContent::default();
+        let image = Arc::new(self.disks[node].durable_image());
+        let Ok(store) = Store::open_on(image, &self.dirs[node], node, None) else {
+            return content;
+        };
+        let mailbox_of = |k: &[u8]| {
+            k.get(..16)
+                .and_then(|b| b.try_into().ok())
+                .map(MailboxId::from_bytes)
+        };
+        let _ = store.scan_prefix(Table::Mailboxes, &[], None, |k, _| {
+            content.mailboxes.extend(mailbox_of(k));
+            Ok(true)
+        });
+        let _ = store.scan_prefix(Table::Messages, &[], None, |k, v| {
+            if let (Some(id), Ok(stored)) = (mailbox_of(k), decode::<StoredRecord>(v, "record")) {
+                let aid = stored.record.append_id;
+                content.places.insert((id, stored.record.uid.value, aid.clone()));
+                content.messages.insert(aid);
+            }
+            Ok(true)
+        });
+        let _ = store.scan_prefix(Table::Pruned, &[], None, |k, v| {
+            if let (Some(id), Ok(set)) = (mailbox_of(k), decode::<PrunedSet>(v, "pruned set")) {
+                content.pruned.insert(id, set);
+            }
+            Ok(true)
+        });
+        content
     }
 
     /// Adds or removes the edge a-b as a config reload on both ends would. An end that is down
