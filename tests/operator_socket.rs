@@ -354,10 +354,15 @@ fn expunge_rename_delete(config: &Path, message: &str, tag: &str) {
 
     let renamed = op(
         config,
-        &["mailbox", "rename", "--user", "alice", "--name", &work, "--to", &done],
+        &[
+            "mailbox", "rename", "--user", "alice", "--name", &work, "--to", &done,
+        ],
     );
     assert!(
-        renamed.expect_code(0).stdout.starts_with(&format!("mailbox {done:?}")),
+        renamed
+            .expect_code(0)
+            .stdout
+            .starts_with(&format!("mailbox {done:?}")),
         "{}",
         renamed.stdout
     );
@@ -368,9 +373,20 @@ fn expunge_rename_delete(config: &Path, message: &str, tag: &str) {
         .lines()
         .map(|l| l.split('\t').next().unwrap())
         .collect();
-    assert!(names.contains(&done.as_str()) && !names.contains(&work.as_str()), "{names:?}");
-    let row = listed.stdout.lines().find(|l| l.starts_with(&format!("{done}\t"))).unwrap();
-    assert_eq!(row.split('\t').nth(1), Some("1"), "the message moved with the name: {row}");
+    assert!(
+        names.contains(&done.as_str()) && !names.contains(&work.as_str()),
+        "{names:?}"
+    );
+    let row = listed
+        .stdout
+        .lines()
+        .find(|l| l.starts_with(&format!("{done}\t")))
+        .unwrap();
+    assert_eq!(
+        row.split('\t').nth(1),
+        Some("1"),
+        "the message moved with the name: {row}"
+    );
 
     let deleted = op(config, &["mailbox", "delete", "--user", "alice", "--name", &done]);
     assert_eq!(
@@ -396,7 +412,9 @@ fn expunge_rename_delete(config: &Path, message: &str, tag: &str) {
         "user \"nobody\" has no mailbox named \"INBOX\"",
     );
     no_such(
-        &["mailbox", "rename", "--user", "alice", "--name", &done, "--to", "X"],
+        &[
+            "mailbox", "rename", "--user", "alice", "--name", &done, "--to", "X",
+        ],
         &format!("user \"alice\" has no mailbox named {done:?}"),
     );
     no_such(
@@ -408,10 +426,15 @@ fn expunge_rename_delete(config: &Path, message: &str, tag: &str) {
         "user \"nobody\" has no mailbox named \"Foo\"",
     );
     no_such(
-        &["mailbox", "rename", "--user", "alice", "--name", "INBOX", "--to", "Old"],
+        &[
+            "mailbox", "rename", "--user", "alice", "--name", "INBOX", "--to", "Old",
+        ],
         "rename INBOX",
     );
-    no_such(&["mailbox", "delete", "--user", "alice", "--name", "INBOX"], "delete INBOX");
+    no_such(
+        &["mailbox", "delete", "--user", "alice", "--name", "INBOX"],
+        "delete INBOX",
+    );
 }
 
 #[test]

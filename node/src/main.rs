@@ -264,7 +264,9 @@ fn execute(cli: Cli) -> Result<(), Error> {
         }
         Command::Mailbox(MailboxCommand::Create { user, name }) => Request::CreateMailbox { user, name },
         Command::Mailbox(MailboxCommand::List { user }) => Request::ListMailboxes { user },
-        Command::Mailbox(MailboxCommand::Rename { user, name, to }) => Request::RenameMailbox { user, name, to },
+        Command::Mailbox(MailboxCommand::Rename { user, name, to }) => {
+            Request::RenameMailbox { user, name, to }
+        }
         Command::Mailbox(MailboxCommand::Delete { user, name }) => Request::DeleteMailbox { user, name },
         Command::Expunge { user, mailbox } => Request::Expunge { user, mailbox },
         Command::Mailbox(MailboxCommand::Move {

@@ -131,14 +131,20 @@ pub enum Reply {
     Status(NodeStatus),
     Mailbox(MailboxRow),
     Mailboxes(Vec<MailboxRow>),
-    Appended { uid: u32, uidvalidity: u32 },
+    Appended {
+        uid: u32,
+        uidvalidity: u32,
+    },
     Flags(MessageRow),
     Body(ByteBuf),
     Messages(Vec<MessageRow>),
     /// The uids an expunge removed, ascending.
     Expunged(Vec<u32>),
     /// The mailbox was deleted.
-    Deleted { user: String, name: String },
+    Deleted {
+        user: String,
+        name: String,
+    },
 }
 
 /// A mailbox as the operator commands show it.
