@@ -65,7 +65,7 @@ enum Command {
         #[arg(long)]
         json: bool,
     },
-    /// Creates, lists or moves mailboxes.
+    /// Creates, lists, renames, deletes or moves mailboxes.
     #[command(subcommand)]
     Mailbox(MailboxCommand),
     /// Appends a message to a mailbox and prints its uid.
@@ -98,6 +98,15 @@ enum Command {
         /// '+\Seen,$Junk'; '' clears every flag).
         #[arg(allow_hyphen_values = true, value_name = "[+|-]FLAGS")]
         change: String,
+    },
+    /// Removes the mailbox's messages flagged \Deleted and prints their uids, one per line.
+    Expunge {
+        /// The mailbox's owner.
+        #[arg(long)]
+        user: String,
+        /// The mailbox's name.
+        #[arg(long)]
+        mailbox: String,
     },
     /// Prints a message (raw, as stored) with --uid; without it lists the mailbox's messages, one
     /// per line: uid, flags (space-separated), size, content hash (tab-separated).
@@ -203,6 +212,28 @@ enum MailboxCommand {
         #[arg(long)]
         primary: Option<String>,
     },
+    /// Renames a mailbox and its inferiors (Archive/2024 goes along with Archive). The messages
+    /// stay; INBOX cannot be renamed.
+    Rename {
+        /// The mailbox's owner.
+        #[arg(long)]
+        user: String,
+        /// The mailbox's current name.
+        #[arg(long)]
+        name: String,
+        /// The new name.
+        #[arg(long)]
+        to: String,
+    },
+    /// Deletes a mailbox and its messages, on every node holding it. INBOX cannot be deleted.
+    Delete {
+        /// The mailbox's owner.
+        #[arg(long)]
+        user: String,
+        /// The mailbox's name.
+        #[arg(long)]
+        name: String,
+    },
 }
 
 fn main() -> ExitCode {
@@ -282,6 +313,11 @@ fn execute(cli: Cli) -> Result<(), Error> {
         }
         Command::Mailbox(MailboxCommand::Create { user, name }) => Request::CreateMailbox { user, name },
         Command::Mailbox(MailboxCommand::List { user }) => Request::ListMailboxes { user },
+        Command::Mailbox(MailboxCommand::Rename { user, name, to }) => {
+            Request::RenameMailbox { user, name, to }
+        }
+        Command::Mailbox(MailboxCommand::Delete { user, name }) => Request::DeleteMailbox { user, name },
+        Command::Expunge { user, mailbox } => Request::Expunge { user, mailbox },
         Command::Mailbox(MailboxCommand::Move {
             user,
             name,
@@ -381,6 +417,12 @@ fn print_reply(reply: Reply) -> Result<(), Error> {
                 .and_then(|()| out.flush())
                 .map_err(|e| Error::io("cannot write the message", e))?;
         }
+        Reply::Expunged(uids) => {
+            for uid in uids {
+                println!("{uid}");
+            }
+        }
+        Reply::Deleted { user, name } => println!("deleted mailbox {name:?} of user {user:?}"),
         Reply::Status(_) => return Err(unexpected_reply()),
     }
     Ok(())

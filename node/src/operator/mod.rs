@@ -1,6 +1,6 @@
 //! The operator interface of a node: a Unix socket in the data directory through which the
-//! one-shot `mailmesh` commands (status, mailbox, append, flags, fetch, messages, move) work on a
-//! running node.
+//! one-shot `mailmesh` commands (status, mailbox create/list/move/rename/delete, append, flags,
+//! expunge, fetch) work on a running node.
 //!
 //! - [`protocol`]: the request and reply types and their framing (versioned);
 //! - [`server`]: the socket a running node serves (mode 0600; one task per connection);
@@ -22,10 +22,11 @@ use std::rc::Rc;
 
 use mailmesh_actors::channel::GetChannelStats;
 use mailmesh_actors::directory::{
-    CreateMailbox, GetDirectoryStats, ListMailboxes, MailboxInfo, OpenMailbox, OpenedMailbox, SetLocations,
+    CreateMailbox, DeleteMailbox, GetDirectoryStats, ListMailboxes, MailboxInfo, OpenMailbox, OpenedMailbox,
+    RenameMailbox, SetLocations,
 };
 use mailmesh_actors::mailbox::{
-    Append, FetchBody, FlagAction, GetState, MessageView, StoreFlags, StoreOutcome,
+    Append, Expunge, ExpungeMode, FetchBody, FlagAction, GetState, MessageView, StoreFlags, StoreOutcome,
 };
 use mailmesh_actors::node::LocalNode;
 use mailmesh_actors::uid_set::UidSet;
@@ -186,6 +187,44 @@ impl NodeHandle {
                     .map_err(MailError::from)??;
                 let opened = self.open(&user, &name).await?;
                 Ok(Reply::Mailbox(mailbox_row(&opened).await?))
+            }
+            Request::Expunge { user, mailbox } => {
+                let opened = self.open(&user, &mailbox).await?;
+                let mut uids: Vec<u32> = opened
+                    .addr
+                    .send(Expunge {
+                        mode: ExpungeMode::Deleted,
+                    })
+                    .await
+                    .map_err(MailError::from)??
+                    .into_iter()
+                    .map(|uid| uid.0)
+                    .collect();
+                uids.sort_unstable();
+                Ok(Reply::Expunged(uids))
+            }
+            Request::RenameMailbox { user, name, to } => {
+                directory
+                    .send(RenameMailbox {
+                        user: user.clone(),
+                        from: name,
+                        to_user: None,
+                        to: to.clone(),
+                    })
+                    .await
+                    .map_err(MailError::from)??;
+                let opened = self.open(&user, &to).await?;
+                Ok(Reply::Mailbox(mailbox_row(&opened).await?))
+            }
+            Request::DeleteMailbox { user, name } => {
+                directory
+                    .send(DeleteMailbox {
+                        user: user.clone(),
+                        name: name.clone(),
+                    })
+                    .await
+                    .map_err(MailError::from)??;
+                Ok(Reply::Deleted { user, name })
             }
         }
     }

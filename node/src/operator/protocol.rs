@@ -92,6 +92,22 @@ pub enum Request {
         locations: Vec<String>,
         primary: Option<String>,
     },
+    /// Removes every message flagged \Deleted (IMAP EXPUNGE).
+    Expunge {
+        user: String,
+        mailbox: String,
+    },
+    /// Renames a mailbox and its inferiors; its id (and so its messages) stays.
+    RenameMailbox {
+        user: String,
+        name: String,
+        to: String,
+    },
+    /// Deletes a mailbox: its messages are purged, a tombstone stays.
+    DeleteMailbox {
+        user: String,
+        name: String,
+    },
 }
 
 impl Request {
@@ -107,6 +123,9 @@ impl Request {
             Request::FetchBody { .. } => "fetch-body",
             Request::ListMessages { .. } => "list-messages",
             Request::MoveMailbox { .. } => "move-mailbox",
+            Request::Expunge { .. } => "expunge",
+            Request::RenameMailbox { .. } => "rename-mailbox",
+            Request::DeleteMailbox { .. } => "delete-mailbox",
         }
     }
 }
@@ -123,10 +142,20 @@ pub enum Reply {
     Status(NodeStatus),
     Mailbox(MailboxRow),
     Mailboxes(Vec<MailboxRow>),
-    Appended { uid: u32, uidvalidity: u32 },
+    Appended {
+        uid: u32,
+        uidvalidity: u32,
+    },
     Flags(MessageRow),
     Body(ByteBuf),
     Messages(Vec<MessageRow>),
+    /// The uids an expunge removed, ascending.
+    Expunged(Vec<u32>),
+    /// The mailbox was deleted.
+    Deleted {
+        user: String,
+        name: String,
+    },
 }
 
 /// A mailbox as the operator commands show it.
