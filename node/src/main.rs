@@ -8,10 +8,12 @@
 //! - [`cluster`]: QUIC links to the peers, mutual TLS, certificates, live reload;
 //! - [`operator`]: the operator socket, its protocol, and the one place requests are carried out;
 //! - [`ops`]: sends an operator command to the running node, or runs it on the data directory;
+//! - [`bench`]: `mailmesh bench`, figures measured on real nodes of this executable;
 //! - [`metrics`]: the Prometheus endpoint (`[metrics] listen`);
 //! - [`logging`]: `tracing` lines on stderr, filtered by `RUST_LOG`;
 //! - [`error`]: what can fail, and the exit code it gives (0 ok, 1 failure, 2 configuration).
 
+mod bench;
 mod cluster;
 mod config;
 mod error;
@@ -118,6 +120,33 @@ enum Command {
         /// The message to print.
         #[arg(long)]
         uid: Option<u32>,
+    },
+    /// Measures real nodes of this executable on loopback (initial sync, flag changes, lag,
+    /// quiescent traffic, memory) beside this machine's limits, and prints a table.
+    Bench {
+        /// A reduced run (under a minute), for CI smoke tests: the figures are not the targets'.
+        #[arg(long)]
+        quick: bool,
+        /// Directory in which the run's own directory is made (the system's temporary directory
+        /// by default). Its disk is the one measured.
+        #[arg(long, value_name = "DIR")]
+        dir: Option<PathBuf>,
+        /// Keeps the run's directory (configs, data, logs of every node) afterwards.
+        #[arg(long)]
+        keep: bool,
+    },
+    /// A bare QUIC echo and sink server with the cluster's TLS, for `mailmesh bench` to measure
+    /// what QUIC itself carries on this machine.
+    #[command(hide = true)]
+    BenchPeer {
+        #[arg(long)]
+        ca: PathBuf,
+        #[arg(long)]
+        cert: PathBuf,
+        #[arg(long)]
+        key: PathBuf,
+        #[arg(long)]
+        listen: std::net::SocketAddr,
     },
 }
 
@@ -237,13 +266,33 @@ fn execute(cli: Cli) -> Result<(), Error> {
         println!("{}\n{}", written.cert.display(), written.key.display());
         return Ok(());
     }
+    // The benchmark makes its own nodes, each with a configuration file of its own.
+    match cli.command {
+        Command::Bench { quick, dir, keep } => return bench::run(bench::BenchOptions { quick, dir, keep }),
+        Command::BenchPeer {
+            ca,
+            cert,
+            key,
+            listen,
+        } => {
+            return bench::peer::serve(bench::peer::PeerArgs {
+                ca,
+                cert,
+                key,
+                listen,
+            })
+        }
+        _ => {}
+    }
     let loaded = Config::load(cli.config.as_deref())?;
     let request = match cli.command {
         Command::Run => {
             logging::init("info");
             return run::run(loaded, cli.config.as_deref());
         }
-        Command::Certs(_) => unreachable!("handled before the configuration is loaded"),
+        Command::Certs(_) | Command::Bench { .. } | Command::BenchPeer { .. } => {
+            unreachable!("handled before the configuration is loaded")
+        }
         Command::CheckConfig => {
             print!("{}", loaded.config.to_toml());
             return Ok(());

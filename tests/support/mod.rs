@@ -187,8 +187,14 @@ impl Running {
 
     /// Waits for the process to exit and for its output (at most [`DEADLINE`]); kills it and
     /// panics if it does not.
-    pub fn wait(mut self) -> Finished {
-        let status = self.wait_status();
+    pub fn wait(self) -> Finished {
+        self.wait_within(DEADLINE)
+    }
+
+    /// Like [`Running::wait`], for a process expected to run longer than [`DEADLINE`]: waits at
+    /// most `limit` for it to exit.
+    pub fn wait_within(mut self, limit: Duration) -> Finished {
+        let status = self.wait_status_within(limit);
         // The pipes close when the process exits (it starts no children that could hold them).
         let (lock, changed) = &*self.output;
         let out = lock.lock().expect("output lock");
@@ -207,7 +213,12 @@ impl Running {
 impl Running {
     /// The exit status, polled until [`DEADLINE`]; past it the process is killed and the test fails.
     fn wait_status(&mut self) -> ExitStatus {
-        let deadline = Instant::now() + DEADLINE;
+        self.wait_status_within(DEADLINE)
+    }
+
+    /// The exit status, polled until `limit`; past it the process is killed and the test fails.
+    fn wait_status_within(&mut self, limit: Duration) -> ExitStatus {
+        let deadline = Instant::now() + limit;
         loop {
             if let Some(status) = self.child.try_wait().expect("poll the child") {
                 return status;
@@ -217,7 +228,7 @@ impl Running {
                 let _ = self.child.wait();
                 let out = self.output.0.lock().expect("output lock");
                 panic!(
-                    "process did not exit within {DEADLINE:?}; killed it\n--- stdout ---\n{}\n--- stderr ---\n{}",
+                    "process did not exit within {limit:?}; killed it\n--- stdout ---\n{}\n--- stderr ---\n{}",
                     out.stdout, out.stderr
                 );
             }

@@ -26,7 +26,7 @@ use mailmesh_actors::directory::{
     RenameMailbox, SetLocations,
 };
 use mailmesh_actors::mailbox::{
-    Append, Expunge, ExpungeMode, FetchBody, FlagAction, GetState, MessageView, StoreFlags,
+    Append, Expunge, ExpungeMode, FetchBody, FlagAction, GetState, MessageView, StoreFlags, StoreOutcome,
 };
 use mailmesh_actors::node::LocalNode;
 use mailmesh_actors::uid_set::UidSet;
@@ -116,27 +116,32 @@ impl NodeHandle {
                 change,
                 flags,
             } => {
-                let opened = self.open(&user, &mailbox).await?;
-                let action = match change {
-                    FlagChange::Add => FlagAction::Add,
-                    FlagChange::Remove => FlagAction::Remove,
-                    FlagChange::Replace => FlagAction::Replace,
-                };
-                let outcome = opened
-                    .addr
-                    .send(StoreFlags {
-                        uids: UidSet::single(Uid(uid)),
-                        action,
-                        flags,
-                        unchanged_since: None,
-                    })
-                    .await
-                    .map_err(MailError::from)??;
+                let outcome = self
+                    .store_flags(&user, &mailbox, UidSet::single(Uid(uid)), change, flags)
+                    .await?;
                 let view = outcome
                     .updated
                     .first()
                     .ok_or(MailError::NoSuchMessage(Uid(uid)))?;
                 Ok(Reply::Flags(message_row(view)))
+            }
+            Request::StoreFlagsRange {
+                user,
+                mailbox,
+                first_uid,
+                last_uid,
+                change,
+                flags,
+            } => {
+                if first_uid == 0 || first_uid > last_uid {
+                    return Err(OperatorError::new(
+                        ErrorKind::Refused,
+                        format!("uid range {first_uid}:{last_uid} is empty or starts at 0"),
+                    ));
+                }
+                let uids = UidSet::range(Uid(first_uid), Uid(last_uid));
+                let outcome = self.store_flags(&user, &mailbox, uids, change, flags).await?;
+                Ok(Reply::Messages(outcome.updated.iter().map(message_row).collect()))
             }
             Request::FetchBody { user, mailbox, uid } => {
                 let opened = self.open(&user, &mailbox).await?;
@@ -222,6 +227,33 @@ impl NodeHandle {
                 Ok(Reply::Deleted { user, name })
             }
         }
+    }
+
+    /// One StoreFlags over `uids`: one commit, however many messages it changes.
+    async fn store_flags(
+        &self,
+        user: &str,
+        mailbox: &str,
+        uids: UidSet,
+        change: FlagChange,
+        flags: Vec<String>,
+    ) -> Result<StoreOutcome, OperatorError> {
+        let opened = self.open(user, mailbox).await?;
+        let action = match change {
+            FlagChange::Add => FlagAction::Add,
+            FlagChange::Remove => FlagAction::Remove,
+            FlagChange::Replace => FlagAction::Replace,
+        };
+        Ok(opened
+            .addr
+            .send(StoreFlags {
+                uids,
+                action,
+                flags,
+                unchanged_since: None,
+            })
+            .await
+            .map_err(MailError::from)??)
     }
 
     async fn open(&self, user: &str, name: &str) -> Result<OpenedMailbox, OperatorError> {

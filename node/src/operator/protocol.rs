@@ -64,6 +64,16 @@ pub enum Request {
         change: FlagChange,
         flags: Vec<String>,
     },
+    /// Adds, removes or replaces flags of every message with a uid in `first_uid..=last_uid`, in
+    /// one commit (as one IMAP STORE over a range). Answers with the messages changed.
+    StoreFlagsRange {
+        user: String,
+        mailbox: String,
+        first_uid: u32,
+        last_uid: u32,
+        change: FlagChange,
+        flags: Vec<String>,
+    },
     /// The raw message.
     FetchBody {
         user: String,
@@ -109,6 +119,7 @@ impl Request {
             Request::ListMailboxes { .. } => "list-mailboxes",
             Request::Append { .. } => "append",
             Request::StoreFlags { .. } => "store-flags",
+            Request::StoreFlagsRange { .. } => "store-flags-range",
             Request::FetchBody { .. } => "fetch-body",
             Request::ListMessages { .. } => "list-messages",
             Request::MoveMailbox { .. } => "move-mailbox",
