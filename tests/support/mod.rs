@@ -144,12 +144,21 @@ impl Running {
     /// Waits until stderr has a line containing `needle` and returns that line. Panics, with
     /// everything the process printed, if it exits first or the deadline passes.
     pub fn wait_for_stderr(&mut self, needle: &str) -> String {
+        self.wait_for_line("stderr", |o| &o.stderr, needle)
+    }
+
+    /// Like [`Running::wait_for_stderr`], on stdout.
+    pub fn wait_for_stdout(&mut self, needle: &str) -> String {
+        self.wait_for_line("stdout", |o| &o.stdout, needle)
+    }
+
+    fn wait_for_line(&mut self, stream: &str, pick: fn(&Output) -> &String, needle: &str) -> String {
         let deadline = Instant::now() + DEADLINE;
         let output = self.output.clone();
         let (lock, changed) = &*output;
         let mut out = lock.lock().expect("output lock");
         loop {
-            if let Some(line) = out.stderr.lines().find(|l| l.contains(needle)) {
+            if let Some(line) = pick(&out).lines().find(|l| l.contains(needle)) {
                 return line.to_string();
             }
             if out.open == 0 {
@@ -164,7 +173,8 @@ impl Running {
             let now = Instant::now();
             assert!(
                 now < deadline,
-                "no {needle:?} on stderr within {DEADLINE:?}\n--- stderr ---\n{}",
+                "no {needle:?} on {stream} within {DEADLINE:?}\n--- stdout ---\n{}\n--- stderr ---\n{}",
+                out.stdout,
                 out.stderr
             );
             out = changed.wait_timeout(out, deadline - now).expect("output lock").0;
