@@ -437,7 +437,7 @@ impl Observer {
                     }
                     None => (Kind::Lost, format!("{label}: lost on {node}")),
                     Some(r) => match &r.record.expunged {
-                        Some(v) if model.expunge_justified(acked.mailbox, aid, &v.node) => continue,
+                        Some(v) if model.expunge_justified(acked.mailbox, aid, r.record.uid.value, &v.node) => continue,
                         Some(v) => (
                             Kind::Unrequested,
                             format!("{label}: expunged on {node} by {v}, though no client there expunged or moved it"),

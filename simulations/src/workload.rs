@@ -363,6 +363,16 @@ impl Client {
         } else {
             None
         };
+        // A STORE that sets \Deleted is recorded before it is sent, like every operation that
+        // lets a later EXPUNGE remove something: its answer may be lost while the change is
+        // durable.
+        let sets_deleted = action != FlagAction::Remove && flags.iter().any(|f| f == "\\Deleted");
+        if sets_deleted {
+            let mut model = self.model.borrow_mut();
+            for view in shown.iter().filter(|v| lo <= v.uid && v.uid <= hi) {
+                model.deleted_flagged.insert(view.append_id.clone());
+            }
+        }
         let r = answer(
             opened
                 .addr
@@ -383,6 +393,12 @@ impl Client {
                     model.deleted_flagged.insert(view.append_id.clone());
                 }
             }
+        }
+        if sets_deleted && matches!(&r, Err(f) if f.ambiguous) {
+            self.model
+                .borrow_mut()
+                .maybe_deleted
+                .push((opened.info.id, lo, hi));
         }
         let outcome = describe(&r, |o| {
             let updated: Vec<String> = o

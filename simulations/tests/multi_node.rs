@@ -96,6 +96,27 @@ fn same_seed_same_trace_in_other_processes() {
     }
 }
 
+/// Seeds a soak once found failing, each kept once its cause was fixed (engine or judge), with
+/// what was wrong. They run with the default workload, as the soak that found them did.
+const SEEDS_THAT_FAILED_ONCE: &[(u64, &str)] = &[(
+    101386,
+    "judge: a STORE of \\Deleted whose answer was lost was durable; the model must let a later \
+     EXPUNGE remove what it may have flagged",
+)];
+
+#[test]
+fn seeds_that_failed_once_pass() {
+    for (seed, cause) in SEEDS_THAT_FAILED_ONCE {
+        let report = run_seed(*seed, &SimConfig::default());
+        let lines: Vec<String> = report.violations.iter().map(|v| v.to_string()).collect();
+        assert!(
+            lines.is_empty(),
+            "seed {seed} ({cause}) fails again:\n{}",
+            lines.join("\n")
+        );
+    }
+}
+
 #[test]
 fn seed_range_passes_the_checks() {
     let mut args = vec!["--seeds", "0..200", "--jobs", "2"];
