@@ -9,6 +9,8 @@
 use std::collections::{BTreeMap, BTreeSet};
 
 use mailmesh_protocol::ids::{AppendId, Guid, MailboxId, NodeId, Uid, UidValidity};
+use mailmesh_protocol::names::Flag;
+use mailmesh_protocol::version::Version;
 
 /// An append a client was told is stored.
 #[derive(Clone, Debug, PartialEq, Eq)]
@@ -28,11 +30,58 @@ pub struct Shown {
     pub messages: Vec<(Uid, AppendId)>,
 }
 
+/// A last-writer-wins register of the replicated state that a client wrote.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub enum Register {
+    Flag {
+        mailbox: MailboxId,
+        message: AppendId,
+        flag: Flag,
+    },
+    Annotation {
+        mailbox: MailboxId,
+        entry: String,
+    },
+    Subscription {
+        user: String,
+        name: String,
+    },
+    Script {
+        user: String,
+        name: String,
+    },
+    ActiveScript {
+        user: String,
+    },
+}
+
+/// The value a client wrote into a [`Register`].
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub enum Written {
+    Bool(bool),
+    /// Annotation value or script content; `None` removes it (a tombstone).
+    Bytes(Option<Vec<u8>>),
+    /// The active script's name; `None`: none active.
+    Name(Option<String>),
+}
+
+/// A write a client was told succeeded, with the version the node gave it. It must be in the
+/// final state unless a write with a higher version replaced it (the merge rule of every
+/// register), or its container is legitimately gone (message expunged, mailbox deleted).
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct AckedWrite {
+    pub register: Register,
+    pub value: Written,
+    pub version: Version,
+}
+
 #[derive(Clone, Debug, Default)]
 pub struct Model {
     /// What clients were shown since the observer last looked (it takes them every step).
     pub shown: Vec<Shown>,
     pub appends: BTreeMap<AppendId, Acked>,
+    /// Acknowledged flag, annotation, subscription and sieve writes.
+    pub writes: Vec<AckedWrite>,
     /// Messages a client set \Deleted on at some point: an EXPUNGE may remove them.
     pub deleted_flagged: BTreeSet<AppendId>,
     /// STOREs that may have set \Deleted and whose answer never came (the node went down under

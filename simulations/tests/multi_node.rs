@@ -242,3 +242,42 @@ fn origin_not_skipped_is_caught() {
         );
     }
 }
+
+/// A merge that keeps its own version of a flag whose value the incoming record shares: every
+/// node shows the same flags, but the versions underneath differ, which only the whole-state
+/// comparison sees (and the next concurrent write would resolve differently per node).
+#[test]
+fn flag_versions_that_diverge_under_equal_flags_are_caught() {
+    let caught = caught("stale-flag-versions");
+    assert!(!caught.is_empty(), "no seed caught the diverging versions");
+    assert!(
+        caught
+            .iter()
+            .any(|(_, violations, _)| violations.iter().any(|v| v.starts_with("[diverged]"))),
+        "{caught:?}"
+    );
+    for (seed, _, replay) in &caught {
+        assert!(
+            replay.contains("--sabotage stale-flag-versions"),
+            "seed {seed}: {replay}"
+        );
+    }
+}
+
+/// A STORE that answers as if it wrote the flags but stores the record unchanged: every node
+/// agrees (on the old flags), and only the model of acknowledged writes sees the loss.
+#[test]
+fn a_lost_flag_write_is_caught() {
+    let caught = caught("lost-flag-writes");
+    assert!(!caught.is_empty(), "no seed caught the lost flag write");
+    for (seed, violations, replay) in &caught {
+        assert!(
+            replay.contains("--sabotage lost-flag-writes"),
+            "seed {seed}: {replay}"
+        );
+        assert!(
+            violations.iter().any(|v| v.starts_with("[lost-write]")),
+            "seed {seed}: {violations:?}"
+        );
+    }
+}
