@@ -6,71 +6,156 @@ mod support;
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, Mutex};
 
-use support::cluster::{append, cluster_specs, converged, eventually, listing, op, op_ok, NodeSpec};
+use support::cluster::{
+    append, cluster_specs, converged, converged_with, create_everywhere, eventually, has_flag, listing,
+    mailboxes_converged, op, op_ok, set_flags, stop_all, wait_for_mailbox, write_chain_configs,
+    write_mesh_configs, NodeSpec,
+};
 use support::Running;
 use tempfile::TempDir;
 
 const USER: &str = "alice";
 
-fn stop(nodes: Vec<Running>) {
-    for node in nodes {
-        node.signal(libc::SIGTERM);
-        node.wait().expect_code(0).expect_no_panic();
-    }
+/// Which node (by index) makes each kind of change in [`every_kind_of_change`]: all different
+/// where the cluster has enough nodes, so every change has to travel.
+struct Roles {
+    flags_seen: usize,
+    flags_deleted: usize,
+    expunges: usize,
+    creates: usize,
+    renames: usize,
+    creates_trash: usize,
+    deletes_trash: usize,
 }
 
-/// Creates `mailbox` on `origin` and waits until every node has it.
-fn create_everywhere(origin: &NodeSpec, nodes: &[&NodeSpec], mailbox: &str) {
-    op_ok(origin, &["mailbox", "create", "--user", USER, "--name", mailbox]);
-    for node in nodes {
-        eventually(&format!("{mailbox} on {}", node.name), || {
-            listing(node, USER, mailbox).ok_or_else(|| "absent".to_string())
-        });
-    }
-}
-
-/// Whether the message with `subject`'s hash has `flag` in a listing.
-fn flagged(listing: &[String], uid: &str, flag: &str) -> bool {
-    listing
-        .iter()
-        .any(|l| l.split('\t').next() == Some(uid) && l.split('\t').nth(1).is_some_and(|f| f.contains(flag)))
-}
-
-#[test]
-fn a_three_node_mesh_converges_after_appends_and_flag_changes_on_every_node() {
-    let tmp = TempDir::new().unwrap();
-    let specs = cluster_specs(tmp.path(), &["n1", "n2", "n3"]);
+/// Appends on every node, a flag set on one node, \Deleted set on another and the expunge on a
+/// third, a mailbox created on one and renamed on another, a mailbox created on one and deleted
+/// on another; after each step every node must show the same messages (uids, flags, hashes) and
+/// in the end the same mailbox list (every column), all read through each node's operator
+/// socket.
+fn every_kind_of_change(specs: &[NodeSpec], roles: &Roles) {
     let all: Vec<&NodeSpec> = specs.iter().collect();
-    for spec in &specs {
-        let peers: Vec<&NodeSpec> = specs.iter().filter(|p| p.name != spec.name).collect();
-        spec.write_config(&peers);
-    }
-    let nodes: Vec<Running> = specs.iter().map(NodeSpec::start).collect();
-
-    create_everywhere(&specs[0], &all, "INBOX");
+    create_everywhere(&specs[0], &all, USER, "INBOX");
     for (i, spec) in specs.iter().enumerate() {
-        for j in 0..3 {
-            append(spec, USER, "INBOX", &format!("mesh-{i}-{j}"));
+        for j in 0..2 {
+            append(spec, USER, "INBOX", &format!("from-{i}-{j}"));
         }
     }
-    let listing = converged(&all, USER, "INBOX", 9);
-    // A flag set on n2 on the first message reaches the others.
-    let uid = listing[0].split('\t').next().unwrap().to_string();
+    let total = 2 * specs.len();
+    let first = converged(&all, USER, "INBOX", total);
+    let uid = |i: usize| first[i].split('\t').next().unwrap().to_string();
+    let (seen, gone1, gone2) = (uid(0), uid(1), uid(total - 1));
+
+    set_flags(&specs[roles.flags_seen], USER, "INBOX", &seen, "+\\Seen");
+    set_flags(&specs[roles.flags_deleted], USER, "INBOX", &gone1, "+\\Deleted");
+    set_flags(&specs[roles.flags_deleted], USER, "INBOX", &gone2, "+\\Deleted");
+    converged_with(&all, USER, "INBOX", total, |l| {
+        has_flag(l, &seen, "\\Seen") && has_flag(l, &gone1, "\\Deleted") && has_flag(l, &gone2, "\\Deleted")
+    });
+
+    // The expunging node saw the \Deleted flags arrive; it expunges exactly those two.
+    let expunged = op_ok(
+        &specs[roles.expunges],
+        &["expunge", "--user", USER, "--mailbox", "INBOX"],
+    );
+    let mut want: Vec<u32> = vec![gone1.parse().unwrap(), gone2.parse().unwrap()];
+    want.sort_unstable();
+    let got: Vec<u32> = expunged.lines().map(|l| l.parse().unwrap()).collect();
+    assert_eq!(got, want, "expunged uids");
+    let after = converged(&all, USER, "INBOX", total - 2);
+    assert!(has_flag(&after, &seen, "\\Seen"), "{after:#?}");
+    let uids: Vec<&str> = after.iter().map(|l| l.split('\t').next().unwrap()).collect();
+    assert!(
+        !uids.contains(&gone1.as_str()) && !uids.contains(&gone2.as_str()),
+        "{after:#?}"
+    );
+
+    // A mailbox with a message, created on one node and renamed on another: the message goes
+    // with the new name everywhere.
+    let creator = &specs[roles.creates];
     op_ok(
-        &specs[1],
+        creator,
+        &["mailbox", "create", "--user", USER, "--name", "Projects"],
+    );
+    append(creator, USER, "Projects", "project-plan");
+    let renamer = &specs[roles.renames];
+    eventually(
+        &format!("Projects with its message on {}", renamer.name),
+        || match listing(renamer, USER, "Projects") {
+            Some(l) if l.len() == 1 => Ok(()),
+            other => Err(format!("{other:?}")),
+        },
+    );
+    op_ok(
+        renamer,
         &[
-            "flags",
+            "mailbox", "rename", "--user", USER, "--name", "Projects", "--to", "Done",
+        ],
+    );
+
+    // A mailbox created on one node and deleted on another.
+    op_ok(
+        &specs[roles.creates_trash],
+        &["mailbox", "create", "--user", USER, "--name", "Trash"],
+    );
+    append(&specs[roles.creates_trash], USER, "Trash", "junk");
+    wait_for_mailbox(&specs[roles.deletes_trash], USER, "Trash");
+    op_ok(
+        &specs[roles.deletes_trash],
+        &["mailbox", "delete", "--user", USER, "--name", "Trash"],
+    );
+
+    let lists = mailboxes_converged(&all, USER, &["Done", "INBOX"]);
+    assert!(lists[0].starts_with("Done\t1\t"), "{lists:#?}");
+    let moved = converged(&all, USER, "Done", 1);
+    let body = op_ok(
+        &specs[roles.flags_seen],
+        &[
+            "fetch",
             "--user",
             USER,
             "--mailbox",
-            "INBOX",
+            "Done",
             "--uid",
-            &uid,
-            "+\\Seen",
+            moved[0].split('\t').next().unwrap(),
         ],
     );
-    let after = converged(&all, USER, "INBOX", 9);
-    assert!(flagged(&after, &uid, "\\Seen"), "{after:#?}");
+    assert!(body.contains("Subject: project-plan\r\n"), "{body}");
+    for node in &all {
+        assert_eq!(
+            listing(node, USER, "Projects"),
+            None,
+            "old name still on {}",
+            node.name
+        );
+        assert_eq!(
+            listing(node, USER, "Trash"),
+            None,
+            "deleted mailbox still on {}",
+            node.name
+        );
+    }
+}
+
+#[test]
+fn a_three_node_mesh_converges_after_every_kind_of_change_on_different_nodes() {
+    let tmp = TempDir::new().unwrap();
+    let specs = cluster_specs(tmp.path(), &["n1", "n2", "n3"]);
+    write_mesh_configs(&specs);
+    let nodes: Vec<Running> = specs.iter().map(NodeSpec::start).collect();
+
+    every_kind_of_change(
+        &specs,
+        &Roles {
+            flags_seen: 1,
+            flags_deleted: 2,
+            expunges: 0,
+            creates: 1,
+            renames: 2,
+            creates_trash: 0,
+            deletes_trash: 1,
+        },
+    );
 
     // `mailmesh status --json` shows each peer's link as the QUIC transport sees it.
     let status: serde_json::Value = serde_json::from_str(&op_ok(&specs[0], &["status", "--json"])).unwrap();
@@ -86,48 +171,30 @@ fn a_three_node_mesh_converges_after_appends_and_flag_changes_on_every_node() {
             "{status:#}"
         );
     }
-    stop(nodes);
+    stop_all(nodes);
 }
 
 #[test]
-fn a_five_node_chain_converges_through_its_middle() {
+fn a_five_node_chain_converges_after_every_kind_of_change_on_different_nodes() {
     let tmp = TempDir::new().unwrap();
     let specs = cluster_specs(tmp.path(), &["n1", "n2", "n3", "n4", "n5"]);
-    let all: Vec<&NodeSpec> = specs.iter().collect();
-    for (i, spec) in specs.iter().enumerate() {
-        let mut peers = Vec::new();
-        if i > 0 {
-            peers.push(&specs[i - 1]);
-        }
-        if i + 1 < specs.len() {
-            peers.push(&specs[i + 1]);
-        }
-        spec.write_config(&peers);
-    }
+    write_chain_configs(&specs);
     let nodes: Vec<Running> = specs.iter().map(NodeSpec::start).collect();
 
-    create_everywhere(&specs[0], &all, "INBOX");
-    append(&specs[0], USER, "INBOX", "chain-from-n1");
-    append(&specs[4], USER, "INBOX", "chain-from-n5");
-    append(&specs[2], USER, "INBOX", "chain-from-n3");
-    let listing = converged(&all, USER, "INBOX", 3);
-    let uid = listing[0].split('\t').next().unwrap().to_string();
-    op_ok(
-        &specs[4],
-        &[
-            "flags",
-            "--user",
-            USER,
-            "--mailbox",
-            "INBOX",
-            "--uid",
-            &uid,
-            "+$Chain",
-        ],
+    // Changes at both ends and in the middle: each crosses up to four links.
+    every_kind_of_change(
+        &specs,
+        &Roles {
+            flags_seen: 4,
+            flags_deleted: 1,
+            expunges: 3,
+            creates: 0,
+            renames: 4,
+            creates_trash: 4,
+            deletes_trash: 0,
+        },
     );
-    let after = converged(&all, USER, "INBOX", 3);
-    assert!(flagged(&after, &uid, "$Chain"), "{after:#?}");
-    stop(nodes);
+    stop_all(nodes);
 }
 
 #[test]
@@ -139,7 +206,7 @@ fn a_link_removed_and_re_added_by_reload_delivers_what_was_written_meanwhile() {
     n2.write_config(&[n1]);
     let mut node1 = n1.start();
     let mut node2 = n2.start();
-    create_everywhere(n1, &[n1, n2], "INBOX");
+    create_everywhere(n1, &[n1, n2], USER, "INBOX");
     append(n1, USER, "INBOX", "before");
     converged(&[n1, n2], USER, "INBOX", 1);
 
@@ -162,7 +229,7 @@ fn a_link_removed_and_re_added_by_reload_delivers_what_was_written_meanwhile() {
     n2.write_config(&[n1]);
     node2.signal(libc::SIGHUP);
     converged(&[n1, n2], USER, "INBOX", 3);
-    stop(vec![node1, node2]);
+    stop_all(vec![node1, node2]);
 }
 
 #[test]
@@ -174,7 +241,7 @@ fn a_node_killed_during_a_stream_of_appends_loses_no_acknowledged_message() {
     n2.write_config(&[n1]);
     let node1 = n1.start();
     let node2 = n2.start();
-    create_everywhere(n1, &[n1, n2], "INBOX");
+    create_everywhere(n1, &[n1, n2], USER, "INBOX");
 
     // Another thread appends to n1 without pause, one process per message, and records the
     // subjects n1 acknowledged (printed a uid).
@@ -280,5 +347,5 @@ fn a_node_killed_during_a_stream_of_appends_loses_no_acknowledged_message() {
             "uid {uid} is not {subject}: {body}"
         );
     }
-    stop(vec![node1, node2]);
+    stop_all(vec![node1, node2]);
 }

@@ -309,3 +309,160 @@ fn a_stale_socket_of_a_killed_node_is_handled() {
 fn contains(haystack: &[u8], needle: &[u8]) -> bool {
     haystack.windows(needle.len()).any(|w| w == needle)
 }
+
+/// Expunge, rename and delete on `config`'s node (running or not): each answers, and the
+/// mailbox list and message list show the change. `tag` keeps the names of two runs apart.
+fn expunge_rename_delete(config: &Path, message: &str, tag: &str) {
+    let work = format!("Work-{tag}");
+    let done = format!("Done-{tag}");
+    op(config, &["mailbox", "create", "--user", "alice", "--name", &work]).expect_code(0);
+    for _ in 0..3 {
+        op(
+            config,
+            &["append", "--user", "alice", "--mailbox", &work, "--file", message],
+        )
+        .expect_code(0);
+    }
+    for uid in ["1", "3"] {
+        op(
+            config,
+            &[
+                "flags",
+                "--user",
+                "alice",
+                "--mailbox",
+                &work,
+                "--uid",
+                uid,
+                "+\\Deleted",
+            ],
+        )
+        .expect_code(0);
+    }
+    let expunged = op(config, &["expunge", "--user", "alice", "--mailbox", &work]);
+    assert_eq!(expunged.expect_code(0).stdout, "1\n3\n");
+    let again = op(config, &["expunge", "--user", "alice", "--mailbox", &work]);
+    assert_eq!(again.expect_code(0).stdout, "", "nothing left to expunge");
+    let left = op(config, &["fetch", "--user", "alice", "--mailbox", &work]);
+    let uids: Vec<&str> = left
+        .expect_code(0)
+        .stdout
+        .lines()
+        .map(|l| l.split('\t').next().unwrap())
+        .collect();
+    assert_eq!(uids, ["2"]);
+
+    let renamed = op(
+        config,
+        &[
+            "mailbox", "rename", "--user", "alice", "--name", &work, "--to", &done,
+        ],
+    );
+    assert!(
+        renamed
+            .expect_code(0)
+            .stdout
+            .starts_with(&format!("mailbox {done:?}")),
+        "{}",
+        renamed.stdout
+    );
+    let listed = op(config, &["mailbox", "list", "--user", "alice"]);
+    let names: Vec<&str> = listed
+        .expect_code(0)
+        .stdout
+        .lines()
+        .map(|l| l.split('\t').next().unwrap())
+        .collect();
+    assert!(
+        names.contains(&done.as_str()) && !names.contains(&work.as_str()),
+        "{names:?}"
+    );
+    let row = listed
+        .stdout
+        .lines()
+        .find(|l| l.starts_with(&format!("{done}\t")))
+        .unwrap();
+    assert_eq!(
+        row.split('\t').nth(1),
+        Some("1"),
+        "the message moved with the name: {row}"
+    );
+
+    let deleted = op(config, &["mailbox", "delete", "--user", "alice", "--name", &done]);
+    assert_eq!(
+        deleted.expect_code(0).stdout,
+        format!("deleted mailbox {done:?} of user \"alice\"\n")
+    );
+    let listed = op(config, &["mailbox", "list", "--user", "alice"]);
+    assert!(!listed.expect_code(0).stdout.contains(&done), "{}", listed.stdout);
+
+    // Unknown mailboxes and users, and what no mailbox may do, are refused by name.
+    let no_such = |args: &[&str], needle: &str| {
+        op(config, args)
+            .expect_code(1)
+            .expect_no_panic()
+            .expect_stderr(&[needle]);
+    };
+    no_such(
+        &["expunge", "--user", "alice", "--mailbox", &work],
+        &format!("user \"alice\" has no mailbox named {work:?}"),
+    );
+    no_such(
+        &["expunge", "--user", "nobody", "--mailbox", "INBOX"],
+        "user \"nobody\" has no mailbox named \"INBOX\"",
+    );
+    no_such(
+        &[
+            "mailbox", "rename", "--user", "alice", "--name", &done, "--to", "X",
+        ],
+        &format!("user \"alice\" has no mailbox named {done:?}"),
+    );
+    no_such(
+        &["mailbox", "delete", "--user", "alice", "--name", &done],
+        &format!("user \"alice\" has no mailbox named {done:?}"),
+    );
+    no_such(
+        &["mailbox", "delete", "--user", "nobody", "--name", "Foo"],
+        "user \"nobody\" has no mailbox named \"Foo\"",
+    );
+    no_such(
+        &[
+            "mailbox", "rename", "--user", "alice", "--name", "INBOX", "--to", "Old",
+        ],
+        "rename INBOX",
+    );
+    no_such(
+        &["mailbox", "delete", "--user", "alice", "--name", "INBOX"],
+        "delete INBOX",
+    );
+}
+
+#[test]
+fn expunge_rename_and_delete_work_on_a_running_node_and_on_its_stopped_data() {
+    let node = node_files();
+    let config = &node.config;
+    let file = node.message.to_str().unwrap();
+    let running = start(&node);
+    op(
+        config,
+        &["mailbox", "create", "--user", "alice", "--name", "INBOX"],
+    )
+    .expect_code(0);
+    expunge_rename_delete(config, file, "running");
+    running.signal(libc::SIGTERM);
+    running.wait().expect_code(0);
+
+    expunge_rename_delete(config, file, "stopped");
+    // What the stopped-directory commands wrote is what the next node starts with.
+    let running = start(&node);
+    let listed = op(config, &["mailbox", "list", "--user", "alice"]);
+    let names: Vec<&str> = listed
+        .expect_code(0)
+        .stdout
+        .lines()
+        .map(|l| l.split('\t').next().unwrap())
+        .collect();
+    assert_eq!(names, ["INBOX"]);
+    running.signal(libc::SIGTERM);
+    running.wait().expect_code(0);
+}

@@ -134,11 +134,16 @@ impl Directory {
             Vec::new(),
         );
         // A node newly among the locations needs the messages: every holder with a channel to it
-        // queues the mailbox for it. What this node knew of the peer's copy is forgotten: a node
-        // dropped from the locations let its copy go, and added back it holds nothing, whatever
-        // the cache says (engine bug 17); the next sync is a whole one.
+        // queues the mailbox for it. A holder is also a node leaving the locations by this very
+        // change: it keeps its copy until that queue is drained, and when it was the only holder
+        // nobody else can send the messages (a move off a sole holder lost them all before).
+        // What this node knew of the peer's copy is forgotten: a node dropped from the locations
+        // let its copy go, and added back it holds nothing, whatever the cache says (engine bug
+        // 17); the next sync is a whole one.
         if let Some(old) = old {
-            if !entry.is_deleted() && entry.located_on(&self.ctx.node) {
+            let me = &self.ctx.node;
+            let holds = entry.located_on(me) || (!old.is_deleted() && old.located_on(me));
+            if !entry.is_deleted() && holds {
                 for peer in self.ctx.sync_log.peers() {
                     let held_before = !old.is_deleted() && old.located_on(&peer);
                     if entry.located_on(&peer) && !held_before {

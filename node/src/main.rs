@@ -8,12 +8,16 @@
 //! - [`cluster`]: QUIC links to the peers, mutual TLS, certificates, live reload;
 //! - [`operator`]: the operator socket, its protocol, and the one place requests are carried out;
 //! - [`ops`]: sends an operator command to the running node, or runs it on the data directory;
+//! - [`bench`]: `mailmesh bench`, figures measured on real nodes of this executable;
+//! - [`demo`]: `mailmesh demo`, a three-node cluster of this executable, shown replicating;
 //! - [`metrics`]: the Prometheus endpoint (`[metrics] listen`);
 //! - [`logging`]: `tracing` lines on stderr, filtered by `RUST_LOG`;
 //! - [`error`]: what can fail, and the exit code it gives (0 ok, 1 failure, 2 configuration).
 
+mod bench;
 mod cluster;
 mod config;
+mod demo;
 mod error;
 mod logging;
 mod metrics;
@@ -63,7 +67,7 @@ enum Command {
         #[arg(long)]
         json: bool,
     },
-    /// Creates, lists or moves mailboxes.
+    /// Creates, lists, renames, deletes or moves mailboxes.
     #[command(subcommand)]
     Mailbox(MailboxCommand),
     /// Appends a message to a mailbox and prints its uid.
@@ -97,6 +101,15 @@ enum Command {
         #[arg(allow_hyphen_values = true, value_name = "[+|-]FLAGS")]
         change: String,
     },
+    /// Removes the mailbox's messages flagged \Deleted and prints their uids, one per line.
+    Expunge {
+        /// The mailbox's owner.
+        #[arg(long)]
+        user: String,
+        /// The mailbox's name.
+        #[arg(long)]
+        mailbox: String,
+    },
     /// Prints a message (raw, as stored) with --uid; without it lists the mailbox's messages, one
     /// per line: uid, flags (space-separated), size, content hash (tab-separated).
     Fetch {
@@ -109,6 +122,45 @@ enum Command {
         /// The message to print.
         #[arg(long)]
         uid: Option<u32>,
+    },
+    /// Measures real nodes of this executable on loopback (initial sync, flag changes, lag,
+    /// quiescent traffic, memory) beside this machine's limits, and prints a table.
+    Bench {
+        /// A reduced run (under a minute), for CI smoke tests: the figures are not the targets'.
+        #[arg(long)]
+        quick: bool,
+        /// Directory in which the run's own directory is made (the system's temporary directory
+        /// by default). Its disk is the one measured.
+        #[arg(long, value_name = "DIR")]
+        dir: Option<PathBuf>,
+        /// Keeps the run's directory (configs, data, logs of every node) afterwards.
+        #[arg(long)]
+        keep: bool,
+    },
+    /// Starts a three-node cluster on this machine (CA, configs, `mailmesh run` processes on
+    /// loopback), shows appends replicating over a full mesh and then over a chain after a live
+    /// reload, and runs until Ctrl-C. Needs no set-up.
+    Demo {
+        /// Directory in which the demo's own directory is made (the system's temporary
+        /// directory by default); it is kept afterwards, with the nodes' logs.
+        #[arg(long, value_name = "DIR")]
+        dir: Option<PathBuf>,
+        /// Stops the nodes and exits after the chain step instead of waiting for Ctrl-C.
+        #[arg(long)]
+        exit_when_done: bool,
+    },
+    /// A bare QUIC echo and sink server with the cluster's TLS, for `mailmesh bench` to measure
+    /// what QUIC itself carries on this machine.
+    #[command(hide = true)]
+    BenchPeer {
+        #[arg(long)]
+        ca: PathBuf,
+        #[arg(long)]
+        cert: PathBuf,
+        #[arg(long)]
+        key: PathBuf,
+        #[arg(long)]
+        listen: std::net::SocketAddr,
     },
 }
 
@@ -174,6 +226,28 @@ enum MailboxCommand {
         #[arg(long)]
         primary: Option<String>,
     },
+    /// Renames a mailbox and its inferiors (Archive/2024 goes along with Archive). The messages
+    /// stay; INBOX cannot be renamed.
+    Rename {
+        /// The mailbox's owner.
+        #[arg(long)]
+        user: String,
+        /// The mailbox's current name.
+        #[arg(long)]
+        name: String,
+        /// The new name.
+        #[arg(long)]
+        to: String,
+    },
+    /// Deletes a mailbox and its messages, on every node holding it. INBOX cannot be deleted.
+    Delete {
+        /// The mailbox's owner.
+        #[arg(long)]
+        user: String,
+        /// The mailbox's name.
+        #[arg(long)]
+        name: String,
+    },
 }
 
 fn main() -> ExitCode {
@@ -206,13 +280,34 @@ fn execute(cli: Cli) -> Result<(), Error> {
         println!("{}\n{}", written.cert.display(), written.key.display());
         return Ok(());
     }
+    // The benchmark makes its own nodes, each with a configuration file of its own.
+    match cli.command {
+        Command::Bench { quick, dir, keep } => return bench::run(bench::BenchOptions { quick, dir, keep }),
+        Command::Demo { dir, exit_when_done } => return demo::run(demo::DemoOptions { dir, exit_when_done }),
+        Command::BenchPeer {
+            ca,
+            cert,
+            key,
+            listen,
+        } => {
+            return bench::peer::serve(bench::peer::PeerArgs {
+                ca,
+                cert,
+                key,
+                listen,
+            })
+        }
+        _ => {}
+    }
     let loaded = Config::load(cli.config.as_deref())?;
     let request = match cli.command {
         Command::Run => {
             logging::init("info");
             return run::run(loaded, cli.config.as_deref());
         }
-        Command::Certs(_) => unreachable!("handled before the configuration is loaded"),
+        Command::Certs(_) | Command::Bench { .. } | Command::Demo { .. } | Command::BenchPeer { .. } => {
+            unreachable!("handled before the configuration is loaded")
+        }
         Command::CheckConfig => {
             print!("{}", loaded.config.to_toml());
             return Ok(());
@@ -233,6 +328,11 @@ fn execute(cli: Cli) -> Result<(), Error> {
         }
         Command::Mailbox(MailboxCommand::Create { user, name }) => Request::CreateMailbox { user, name },
         Command::Mailbox(MailboxCommand::List { user }) => Request::ListMailboxes { user },
+        Command::Mailbox(MailboxCommand::Rename { user, name, to }) => {
+            Request::RenameMailbox { user, name, to }
+        }
+        Command::Mailbox(MailboxCommand::Delete { user, name }) => Request::DeleteMailbox { user, name },
+        Command::Expunge { user, mailbox } => Request::Expunge { user, mailbox },
         Command::Mailbox(MailboxCommand::Move {
             user,
             name,
@@ -332,6 +432,12 @@ fn print_reply(reply: Reply) -> Result<(), Error> {
                 .and_then(|()| out.flush())
                 .map_err(|e| Error::io("cannot write the message", e))?;
         }
+        Reply::Expunged(uids) => {
+            for uid in uids {
+                println!("{uid}");
+            }
+        }
+        Reply::Deleted { user, name } => println!("deleted mailbox {name:?} of user {user:?}"),
         Reply::Status(_) => return Err(unexpected_reply()),
     }
     Ok(())

@@ -202,6 +202,18 @@ pub fn eventually<T: std::fmt::Debug>(what: &str, mut check: impl FnMut() -> Res
 
 /// Waits until every node lists the same `count` messages (uids, flags, hashes) in the mailbox.
 pub fn converged(nodes: &[&NodeSpec], user: &str, mailbox: &str, count: usize) -> Vec<String> {
+    converged_with(nodes, user, mailbox, count, |_| true)
+}
+
+/// Like [`converged`], and the common listing must also satisfy `check` (flags that must have
+/// arrived, say).
+pub fn converged_with(
+    nodes: &[&NodeSpec],
+    user: &str,
+    mailbox: &str,
+    count: usize,
+    check: impl Fn(&[String]) -> bool,
+) -> Vec<String> {
     eventually(
         &format!("{user}/{mailbox} converged with {count} messages"),
         || {
@@ -209,11 +221,107 @@ pub fn converged(nodes: &[&NodeSpec], user: &str, mailbox: &str, count: usize) -
                 nodes.iter().map(|n| listing(n, user, mailbox)).collect();
             let first = listings[0].clone().unwrap_or_default();
             let same = listings.iter().all(|l| l.as_ref() == Some(&first));
-            if same && first.len() == count {
+            if same && first.len() == count && check(&first) {
                 Ok(first)
             } else {
                 Err(format!("{listings:#?}"))
             }
         },
     )
+}
+
+/// Writes each node's configuration so that every node peers with every other.
+pub fn write_mesh_configs(specs: &[NodeSpec]) {
+    for spec in specs {
+        let peers: Vec<&NodeSpec> = specs.iter().filter(|p| p.name != spec.name).collect();
+        spec.write_config(&peers);
+    }
+}
+
+/// Writes each node's configuration so that the nodes form a chain in order: each peers with its
+/// neighbours only.
+pub fn write_chain_configs(specs: &[NodeSpec]) {
+    for (i, spec) in specs.iter().enumerate() {
+        let mut peers = Vec::new();
+        if i > 0 {
+            peers.push(&specs[i - 1]);
+        }
+        if i + 1 < specs.len() {
+            peers.push(&specs[i + 1]);
+        }
+        spec.write_config(&peers);
+    }
+}
+
+/// Stops every node with SIGTERM; each must exit 0 without a panic.
+pub fn stop_all(nodes: Vec<Running>) {
+    for node in nodes {
+        node.signal(libc::SIGTERM);
+        node.wait().expect_code(0).expect_no_panic();
+    }
+}
+
+/// `user`'s mailboxes on `node` as `mailbox list` prints them (name, messages, uidnext,
+/// uidvalidity, id, locations, primary), or `None` if the command failed.
+pub fn mailbox_lines(node: &NodeSpec, user: &str) -> Option<Vec<String>> {
+    let done = op(node, &["mailbox", "list", "--user", user]);
+    if done.status.code() != Some(0) {
+        return None;
+    }
+    Some(done.stdout.lines().map(str::to_string).collect())
+}
+
+/// Waits until every node lists the same mailboxes for `user` (every column), named `names` in
+/// order; returns the list.
+pub fn mailboxes_converged(nodes: &[&NodeSpec], user: &str, names: &[&str]) -> Vec<String> {
+    eventually(&format!("{user}'s mailboxes converged to {names:?}"), || {
+        let lists: Vec<Option<Vec<String>>> = nodes.iter().map(|n| mailbox_lines(n, user)).collect();
+        let first = lists[0].clone().unwrap_or_default();
+        let shown: Vec<&str> = first.iter().map(|l| l.split('\t').next().unwrap_or("")).collect();
+        if shown == names && lists.iter().all(|l| l.as_ref() == Some(&first)) {
+            Ok(first)
+        } else {
+            Err(format!("{lists:#?}"))
+        }
+    })
+}
+
+/// Waits until `node` has `user`'s `mailbox`.
+pub fn wait_for_mailbox(node: &NodeSpec, user: &str, mailbox: &str) {
+    eventually(&format!("{user}/{mailbox} on {}", node.name), || {
+        listing(node, user, mailbox).ok_or_else(|| "absent".to_string())
+    });
+}
+
+/// Creates `mailbox` on `origin` and waits until every node in `nodes` has it.
+pub fn create_everywhere(origin: &NodeSpec, nodes: &[&NodeSpec], user: &str, mailbox: &str) {
+    op_ok(origin, &["mailbox", "create", "--user", user, "--name", mailbox]);
+    for node in nodes {
+        wait_for_mailbox(node, user, mailbox);
+    }
+}
+
+/// Changes the flags of message `uid` on `node` (`change` as `mailmesh flags` takes it).
+pub fn set_flags(node: &NodeSpec, user: &str, mailbox: &str, uid: &str, change: &str) {
+    op_ok(
+        node,
+        &[
+            "flags",
+            "--user",
+            user,
+            "--mailbox",
+            mailbox,
+            "--uid",
+            uid,
+            change,
+        ],
+    );
+}
+
+/// Whether the message `uid` has `flag` in a listing from [`listing`].
+pub fn has_flag(listing: &[String], uid: &str, flag: &str) -> bool {
+    listing.iter().any(|l| {
+        let mut cols = l.split('\t');
+        cols.next() == Some(uid) && cols.next().is_some_and(|f| f.split(' ').any(|x| x == flag))
+    })
 }

@@ -144,12 +144,21 @@ impl Running {
     /// Waits until stderr has a line containing `needle` and returns that line. Panics, with
     /// everything the process printed, if it exits first or the deadline passes.
     pub fn wait_for_stderr(&mut self, needle: &str) -> String {
+        self.wait_for_line("stderr", |o| &o.stderr, needle)
+    }
+
+    /// Like [`Running::wait_for_stderr`], on stdout.
+    pub fn wait_for_stdout(&mut self, needle: &str) -> String {
+        self.wait_for_line("stdout", |o| &o.stdout, needle)
+    }
+
+    fn wait_for_line(&mut self, stream: &str, pick: fn(&Output) -> &String, needle: &str) -> String {
         let deadline = Instant::now() + DEADLINE;
         let output = self.output.clone();
         let (lock, changed) = &*output;
         let mut out = lock.lock().expect("output lock");
         loop {
-            if let Some(line) = out.stderr.lines().find(|l| l.contains(needle)) {
+            if let Some(line) = pick(&out).lines().find(|l| l.contains(needle)) {
                 return line.to_string();
             }
             if out.open == 0 {
@@ -164,7 +173,8 @@ impl Running {
             let now = Instant::now();
             assert!(
                 now < deadline,
-                "no {needle:?} on stderr within {DEADLINE:?}\n--- stderr ---\n{}",
+                "no {needle:?} on {stream} within {DEADLINE:?}\n--- stdout ---\n{}\n--- stderr ---\n{}",
+                out.stdout,
                 out.stderr
             );
             out = changed.wait_timeout(out, deadline - now).expect("output lock").0;
@@ -187,8 +197,14 @@ impl Running {
 
     /// Waits for the process to exit and for its output (at most [`DEADLINE`]); kills it and
     /// panics if it does not.
-    pub fn wait(mut self) -> Finished {
-        let status = self.wait_status();
+    pub fn wait(self) -> Finished {
+        self.wait_within(DEADLINE)
+    }
+
+    /// Like [`Running::wait`], for a process expected to run longer than [`DEADLINE`]: waits at
+    /// most `limit` for it to exit.
+    pub fn wait_within(mut self, limit: Duration) -> Finished {
+        let status = self.wait_status_within(limit);
         // The pipes close when the process exits (it starts no children that could hold them).
         let (lock, changed) = &*self.output;
         let out = lock.lock().expect("output lock");
@@ -207,7 +223,12 @@ impl Running {
 impl Running {
     /// The exit status, polled until [`DEADLINE`]; past it the process is killed and the test fails.
     fn wait_status(&mut self) -> ExitStatus {
-        let deadline = Instant::now() + DEADLINE;
+        self.wait_status_within(DEADLINE)
+    }
+
+    /// The exit status, polled until `limit`; past it the process is killed and the test fails.
+    fn wait_status_within(&mut self, limit: Duration) -> ExitStatus {
+        let deadline = Instant::now() + limit;
         loop {
             if let Some(status) = self.child.try_wait().expect("poll the child") {
                 return status;
@@ -217,7 +238,7 @@ impl Running {
                 let _ = self.child.wait();
                 let out = self.output.0.lock().expect("output lock");
                 panic!(
-                    "process did not exit within {DEADLINE:?}; killed it\n--- stdout ---\n{}\n--- stderr ---\n{}",
+                    "process did not exit within {limit:?}; killed it\n--- stdout ---\n{}\n--- stderr ---\n{}",
                     out.stdout, out.stderr
                 );
             }

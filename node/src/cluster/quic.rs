@@ -337,7 +337,10 @@ fn transport_config() -> Arc<quinn::TransportConfig> {
     Arc::new(t)
 }
 
-fn server_config(identity: &TlsIdentity, peers: BTreeSet<NodeId>) -> Result<quinn::ServerConfig, String> {
+pub(crate) fn server_config(
+    identity: &TlsIdentity,
+    peers: BTreeSet<NodeId>,
+) -> Result<quinn::ServerConfig, String> {
     let tls = identity.server_config(peers).map_err(|e| e.to_string())?;
     let crypto = QuicServerConfig::try_from(tls).map_err(|e| format!("cluster TLS: {e}"))?;
     let mut config = quinn::ServerConfig::with_crypto(Arc::new(crypto));
@@ -345,7 +348,7 @@ fn server_config(identity: &TlsIdentity, peers: BTreeSet<NodeId>) -> Result<quin
     Ok(config)
 }
 
-fn client_config(identity: &TlsIdentity) -> Result<quinn::ClientConfig, String> {
+pub(crate) fn client_config(identity: &TlsIdentity) -> Result<quinn::ClientConfig, String> {
     let tls = identity.client_config().map_err(|e| e.to_string())?;
     let crypto = QuicClientConfig::try_from(tls).map_err(|e| format!("cluster TLS: {e}"))?;
     let mut config = quinn::ClientConfig::new(Arc::new(crypto));

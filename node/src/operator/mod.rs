@@ -1,6 +1,6 @@
 //! The operator interface of a node: a Unix socket in the data directory through which the
-//! one-shot `mailmesh` commands (status, mailbox, append, flags, fetch, messages, move) work on a
-//! running node.
+//! one-shot `mailmesh` commands (status, mailbox create/list/move/rename/delete, append, flags,
+//! expunge, fetch) work on a running node.
 //!
 //! - [`protocol`]: the request and reply types and their framing (versioned);
 //! - [`server`]: the socket a running node serves (mode 0600; one task per connection);
@@ -22,9 +22,12 @@ use std::rc::Rc;
 
 use mailmesh_actors::channel::GetChannelStats;
 use mailmesh_actors::directory::{
-    CreateMailbox, GetDirectoryStats, ListMailboxes, MailboxInfo, OpenMailbox, OpenedMailbox, SetLocations,
+    CreateMailbox, DeleteMailbox, GetDirectoryStats, ListMailboxes, MailboxInfo, OpenMailbox, OpenedMailbox,
+    RenameMailbox, SetLocations,
 };
-use mailmesh_actors::mailbox::{Append, FetchBody, FlagAction, GetState, MessageView, StoreFlags};
+use mailmesh_actors::mailbox::{
+    Append, Expunge, ExpungeMode, FetchBody, FlagAction, GetState, MessageView, StoreFlags, StoreOutcome,
+};
 use mailmesh_actors::node::LocalNode;
 use mailmesh_actors::uid_set::UidSet;
 use mailmesh_actors::MailError;
@@ -113,27 +116,32 @@ impl NodeHandle {
                 change,
                 flags,
             } => {
-                let opened = self.open(&user, &mailbox).await?;
-                let action = match change {
-                    FlagChange::Add => FlagAction::Add,
-                    FlagChange::Remove => FlagAction::Remove,
-                    FlagChange::Replace => FlagAction::Replace,
-                };
-                let outcome = opened
-                    .addr
-                    .send(StoreFlags {
-                        uids: UidSet::single(Uid(uid)),
-                        action,
-                        flags,
-                        unchanged_since: None,
-                    })
-                    .await
-                    .map_err(MailError::from)??;
+                let outcome = self
+                    .store_flags(&user, &mailbox, UidSet::single(Uid(uid)), change, flags)
+                    .await?;
                 let view = outcome
                     .updated
                     .first()
                     .ok_or(MailError::NoSuchMessage(Uid(uid)))?;
                 Ok(Reply::Flags(message_row(view)))
+            }
+            Request::StoreFlagsRange {
+                user,
+                mailbox,
+                first_uid,
+                last_uid,
+                change,
+                flags,
+            } => {
+                if first_uid == 0 || first_uid > last_uid {
+                    return Err(OperatorError::new(
+                        ErrorKind::Refused,
+                        format!("uid range {first_uid}:{last_uid} is empty or starts at 0"),
+                    ));
+                }
+                let uids = UidSet::range(Uid(first_uid), Uid(last_uid));
+                let outcome = self.store_flags(&user, &mailbox, uids, change, flags).await?;
+                Ok(Reply::Messages(outcome.updated.iter().map(message_row).collect()))
             }
             Request::FetchBody { user, mailbox, uid } => {
                 let opened = self.open(&user, &mailbox).await?;
@@ -180,7 +188,72 @@ impl NodeHandle {
                 let opened = self.open(&user, &name).await?;
                 Ok(Reply::Mailbox(mailbox_row(&opened).await?))
             }
+            Request::Expunge { user, mailbox } => {
+                let opened = self.open(&user, &mailbox).await?;
+                let mut uids: Vec<u32> = opened
+                    .addr
+                    .send(Expunge {
+                        mode: ExpungeMode::Deleted,
+                    })
+                    .await
+                    .map_err(MailError::from)??
+                    .into_iter()
+                    .map(|uid| uid.0)
+                    .collect();
+                uids.sort_unstable();
+                Ok(Reply::Expunged(uids))
+            }
+            Request::RenameMailbox { user, name, to } => {
+                directory
+                    .send(RenameMailbox {
+                        user: user.clone(),
+                        from: name,
+                        to_user: None,
+                        to: to.clone(),
+                    })
+                    .await
+                    .map_err(MailError::from)??;
+                let opened = self.open(&user, &to).await?;
+                Ok(Reply::Mailbox(mailbox_row(&opened).await?))
+            }
+            Request::DeleteMailbox { user, name } => {
+                directory
+                    .send(DeleteMailbox {
+                        user: user.clone(),
+                        name: name.clone(),
+                    })
+                    .await
+                    .map_err(MailError::from)??;
+                Ok(Reply::Deleted { user, name })
+            }
         }
+    }
+
+    /// One StoreFlags over `uids`: one commit, however many messages it changes.
+    async fn store_flags(
+        &self,
+        user: &str,
+        mailbox: &str,
+        uids: UidSet,
+        change: FlagChange,
+        flags: Vec<String>,
+    ) -> Result<StoreOutcome, OperatorError> {
+        let opened = self.open(user, mailbox).await?;
+        let action = match change {
+            FlagChange::Add => FlagAction::Add,
+            FlagChange::Remove => FlagAction::Remove,
+            FlagChange::Replace => FlagAction::Replace,
+        };
+        Ok(opened
+            .addr
+            .send(StoreFlags {
+                uids,
+                action,
+                flags,
+                unchanged_since: None,
+            })
+            .await
+            .map_err(MailError::from)??)
     }
 
     async fn open(&self, user: &str, name: &str) -> Result<OpenedMailbox, OperatorError> {

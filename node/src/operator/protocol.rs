@@ -64,6 +64,16 @@ pub enum Request {
         change: FlagChange,
         flags: Vec<String>,
     },
+    /// Adds, removes or replaces flags of every message with a uid in `first_uid..=last_uid`, in
+    /// one commit (as one IMAP STORE over a range). Answers with the messages changed.
+    StoreFlagsRange {
+        user: String,
+        mailbox: String,
+        first_uid: u32,
+        last_uid: u32,
+        change: FlagChange,
+        flags: Vec<String>,
+    },
     /// The raw message.
     FetchBody {
         user: String,
@@ -82,6 +92,22 @@ pub enum Request {
         locations: Vec<String>,
         primary: Option<String>,
     },
+    /// Removes every message flagged \Deleted (IMAP EXPUNGE).
+    Expunge {
+        user: String,
+        mailbox: String,
+    },
+    /// Renames a mailbox and its inferiors; its id (and so its messages) stays.
+    RenameMailbox {
+        user: String,
+        name: String,
+        to: String,
+    },
+    /// Deletes a mailbox: its messages are purged, a tombstone stays.
+    DeleteMailbox {
+        user: String,
+        name: String,
+    },
 }
 
 impl Request {
@@ -93,9 +119,13 @@ impl Request {
             Request::ListMailboxes { .. } => "list-mailboxes",
             Request::Append { .. } => "append",
             Request::StoreFlags { .. } => "store-flags",
+            Request::StoreFlagsRange { .. } => "store-flags-range",
             Request::FetchBody { .. } => "fetch-body",
             Request::ListMessages { .. } => "list-messages",
             Request::MoveMailbox { .. } => "move-mailbox",
+            Request::Expunge { .. } => "expunge",
+            Request::RenameMailbox { .. } => "rename-mailbox",
+            Request::DeleteMailbox { .. } => "delete-mailbox",
         }
     }
 }
@@ -112,10 +142,20 @@ pub enum Reply {
     Status(NodeStatus),
     Mailbox(MailboxRow),
     Mailboxes(Vec<MailboxRow>),
-    Appended { uid: u32, uidvalidity: u32 },
+    Appended {
+        uid: u32,
+        uidvalidity: u32,
+    },
     Flags(MessageRow),
     Body(ByteBuf),
     Messages(Vec<MessageRow>),
+    /// The uids an expunge removed, ascending.
+    Expunged(Vec<u32>),
+    /// The mailbox was deleted.
+    Deleted {
+        user: String,
+        name: String,
+    },
 }
 
 /// A mailbox as the operator commands show it.

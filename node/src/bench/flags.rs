@@ -1,0 +1,74 @@
+//! Flag changes replicated: `count` messages already on both nodes get a flag on the first in
+//! one request (one commit, as one IMAP STORE over a range); the clock runs from that request's
+//! answer until the second node's operator socket lists every message with the flag. The bytes
+//! are the QUIC datagrams both ways between the two nodes while the change crosses (the first
+//! node's per-peer counters in `status`, read when replication is idle before and after).
+
+use std::time::{Duration, Instant};
+
+use super::nodes::{load, poll_until, traffic, wait_quiet, NodeProcess};
+use crate::error::Error;
+use crate::operator::protocol::{FlagChange, Reply, Request};
+
+const USER: &str = "flags";
+const MAILBOX: &str = "INBOX";
+const FLAG: &str = "\\Flagged";
+
+#[derive(Clone, Copy, Debug)]
+pub struct FlagsResult {
+    pub changes: usize,
+    pub secs: f64,
+    pub bytes_per_change: f64,
+}
+
+/// `a` and `b` are linked to each other.
+pub fn flag_changes(a: &NodeProcess, b: &NodeProcess, count: usize) -> Result<FlagsResult, Error> {
+    a.create_mailbox(USER, MAILBOX)?;
+    load(a, USER, MAILBOX, count, 1024)?;
+    poll_until(
+        "the messages to flag on both nodes",
+        Duration::from_millis(5),
+        || Ok((b.message_count(USER, MAILBOX)? >= count as u64).then_some(())),
+    )?;
+    wait_quiet(a)?;
+    wait_quiet(b)?;
+    let uids: Vec<u32> = a.messages(USER, MAILBOX)?.iter().map(|m| m.uid).collect();
+    let (first, last) = (uids[0], uids[uids.len() - 1]);
+    if uids.len() != count || (last - first + 1) as usize != count {
+        return Err(Error::Bench(format!(
+            "expected {count} messages with consecutive uids, found {} ({first}..{last})",
+            uids.len()
+        )));
+    }
+
+    let (bytes_before, _) = traffic(&a.status()?);
+    let reply = a.call(Request::StoreFlagsRange {
+        user: USER.into(),
+        mailbox: MAILBOX.into(),
+        first_uid: first,
+        last_uid: last,
+        change: FlagChange::Add,
+        flags: vec![FLAG.into()],
+    })?;
+    let start = Instant::now();
+    match reply {
+        Reply::Messages(rows) if rows.len() == count => {}
+        _ => return Err(a.failed("did not flag every message")),
+    }
+    let (_, done) = poll_until("the flags on the second node", Duration::from_millis(1), || {
+        let rows = b.messages(USER, MAILBOX)?;
+        Ok(rows
+            .iter()
+            .all(|m| m.flags.iter().any(|f| f == FLAG))
+            .then_some(()))
+    })?;
+    let secs = done.duration_since(start).as_secs_f64();
+    wait_quiet(a)?;
+    wait_quiet(b)?;
+    let (bytes_after, _) = traffic(&a.status()?);
+    Ok(FlagsResult {
+        changes: count,
+        secs,
+        bytes_per_change: bytes_after.saturating_sub(bytes_before) as f64 / count as f64,
+    })
+}

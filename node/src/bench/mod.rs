@@ -1,0 +1,311 @@
+//! `mailmesh bench`: one table of figures measured on real `mailmesh run` processes of this
+//! executable, linked by real QUIC and TLS on loopback, each beside this machine's own limit
+//! measured in the same run. Nothing here is asserted; the table says which targets are met.
+//!
+//! - [`limits`]: fdatasyncs/s of the data disk, raw QUIC bytes/s and round trips/s (against
+//!   [`peer`], the hidden `mailmesh bench-peer`: bare QUIC with the cluster's TLS);
+//! - [`sync`]: initial sync of many small and of fewer large messages to an empty replica;
+//! - [`flags`]: a batch of flag changes replicated, its time and bytes on the wire;
+//! - [`lag`]: replication lag under a steady stream of appends;
+//! - [`quiet`]: traffic of a quiescent cluster;
+//! - [`memory`]: resident memory of a node holding many idle mailboxes;
+//! - [`nodes`]: starting, driving and stopping the nodes; [`table`]: the output.
+//!
+//! Everything lives in a fresh directory (under `--dir`, the system's temporary directory by
+//! default), removed at the end unless `--keep` is given or a row failed.
+
+pub mod flags;
+pub mod lag;
+pub mod limits;
+pub mod memory;
+pub mod nodes;
+pub mod peer;
+pub mod quiet;
+pub mod sync;
+pub mod table;
+
+use std::path::{Path, PathBuf};
+use std::time::{Duration, SystemTime, UNIX_EPOCH};
+
+use self::nodes::Cluster;
+use self::table::{count, duration, megabytes, rate, Heading, Row};
+use crate::error::Error;
+
+/// How much each row does: the figures, or a reduced set for a smoke run.
+#[derive(Clone, Copy, Debug)]
+pub struct Scale {
+    pub quick: bool,
+    pub small_messages: usize,
+    pub large_messages: usize,
+    pub flag_changes: usize,
+    pub lag_rate: u32,
+    pub lag_duration: Duration,
+    pub quiet_window: Duration,
+    pub mailboxes: usize,
+    /// How long each machine-limit probe runs.
+    pub probe: Duration,
+    pub quic_bytes: u64,
+}
+
+impl Scale {
+    pub fn full() -> Scale {
+        Scale {
+            quick: false,
+            small_messages: 10_000,
+            large_messages: 1_000,
+            flag_changes: 1_000,
+            lag_rate: 500,
+            lag_duration: Duration::from_secs(10),
+            quiet_window: Duration::from_secs(20),
+            mailboxes: 100_000,
+            probe: Duration::from_millis(1500),
+            quic_bytes: 512 << 20,
+        }
+    }
+
+    pub fn quick() -> Scale {
+        Scale {
+            quick: true,
+            small_messages: 1_000,
+            large_messages: 100,
+            flag_changes: 200,
+            lag_rate: 500,
+            lag_duration: Duration::from_secs(2),
+            quiet_window: Duration::from_secs(3),
+            mailboxes: 2_000,
+            probe: Duration::from_millis(500),
+            quic_bytes: 64 << 20,
+        }
+    }
+}
+
+pub struct BenchOptions {
+    pub quick: bool,
+    /// Where the run's directory is made.
+    pub dir: Option<PathBuf>,
+    pub keep: bool,
+}
+
+pub fn run(options: BenchOptions) -> Result<(), Error> {
+    let scale = if options.quick {
+        Scale::quick()
+    } else {
+        Scale::full()
+    };
+    let base = options.dir.unwrap_or_else(std::env::temp_dir);
+    let stamp = SystemTime::now()
+        .duration_since(UNIX_EPOCH)
+        .map(|d| d.as_millis())
+        .unwrap_or(0);
+    let root = std::path::absolute(base.join(format!("mailmesh-bench-{}-{stamp}", std::process::id())))
+        .map_err(|e| Error::io("cannot resolve the bench directory", e))?;
+    std::fs::create_dir_all(&root).map_err(|e| Error::io(format!("cannot create {}", root.display()), e))?;
+    eprintln!("bench: working in {}", root.display());
+    match measure(&root, &scale) {
+        Ok(text) => {
+            print!("{text}");
+            if options.keep {
+                eprintln!("bench: kept {}", root.display());
+            } else {
+                std::fs::remove_dir_all(&root)
+                    .map_err(|e| Error::io(format!("cannot remove {}", root.display()), e))?;
+            }
+            Ok(())
+        }
+        Err(e) => {
+            eprintln!(
+                "bench: failed; the nodes' files and logs are kept in {}",
+                root.display()
+            );
+            Err(e)
+        }
+    }
+}
+
+fn measure(root: &Path, scale: &Scale) -> Result<String, Error> {
+    eprintln!("bench: measuring this machine's limits");
+    let limits = limits::measure(&root.join("limits"), scale)?;
+    let mut rows = Vec::new();
+
+    for (name, messages, size, target, limit_s) in [
+        (
+            table::ROW_NAMES[0],
+            scale.small_messages,
+            2048,
+            "under 0.25 s for 10,000 [Cyrus 8.2 s / Dovecot dsync 6.9 s]",
+            0.25 * scale.small_messages as f64 / 10_000.0,
+        ),
+        (
+            table::ROW_NAMES[1],
+            scale.large_messages,
+            50 * 1024,
+            "over 25% of raw QUIC bytes/s [Cyrus 26 MB/s / Dovecot 46 MB/s]",
+            f64::INFINITY,
+        ),
+    ] {
+        eprintln!("bench: {name} ({messages} messages)");
+        let result = sync::initial_sync(&root.join(format!("sync-{size}")), messages, size)?;
+        let bytes_per_sec = result.bytes as f64 / result.secs;
+        let share = bytes_per_sec / limits.quic_bytes_per_sec;
+        rows.push(Row {
+            name,
+            measured: format!(
+                "{} for {} ({} msg/s, {})",
+                duration(result.secs),
+                count_usize(result.messages),
+                count(result.messages as f64 / result.secs),
+                rate(bytes_per_sec)
+            ),
+            vs_limit: format!("{:.0}% of raw QUIC bytes/s", share * 100.0),
+            target,
+            met: if limit_s.is_finite() {
+                result.secs < limit_s
+            } else {
+                share > 0.25
+            },
+        });
+    }
+
+    // One pair of linked nodes for the steady-state rows.
+    let cluster = Cluster::new(&root.join("steady"))?;
+    let spec_a = cluster.node("n1", "")?;
+    let spec_b = cluster.node("n2", "")?;
+    spec_a.write_config(&[&spec_b])?;
+    spec_b.write_config(&[&spec_a])?;
+    let a = spec_a.start()?;
+    let b = spec_b.start()?;
+
+    eprintln!("bench: {} flag changes", scale.flag_changes);
+    let flags = flags::flag_changes(&a, &b, scale.flag_changes)?;
+    let flags_target_s = 0.010 * scale.flag_changes as f64 / 1000.0;
+    rows.push(Row {
+        name: table::ROW_NAMES[2],
+        measured: format!("{} for {}", duration(flags.secs), count_usize(flags.changes)),
+        vs_limit: format!(
+            "{:.1} one-at-a-time QUIC round trips",
+            flags.secs * limits.round_trips_per_sec
+        ),
+        target: "under 10 ms for 1,000 [Cyrus 60 ms]",
+        met: flags.secs < flags_target_s,
+    });
+    rows.push(Row {
+        name: table::ROW_NAMES[3],
+        measured: format!("{:.1} B", flags.bytes_per_change),
+        vs_limit: String::new(),
+        target: "under 64 B [Cyrus about 40 B after deflate]",
+        met: flags.bytes_per_change < 64.0,
+    });
+
+    eprintln!(
+        "bench: replication lag at {} appends/s for {:?}",
+        scale.lag_rate, scale.lag_duration
+    );
+    let lag = lag::replication_lag(&a, &b, scale.lag_rate, scale.lag_duration)?;
+    let sustained = format!(
+        "{} appends at {} appends/s",
+        count_usize(lag.appends),
+        count(lag.achieved_rate)
+    );
+    rows.push(Row {
+        name: table::ROW_NAMES[4],
+        measured: format!("{:.2} ms ({sustained})", lag.p50_ms),
+        vs_limit: format!(
+            "{:.1} one-at-a-time QUIC round trips",
+            lag.p50_ms / 1000.0 * limits.round_trips_per_sec
+        ),
+        target: "under 5 ms at 500 appends/s for 10 s [Cyrus rolling 581 ms]",
+        met: lag.p50_ms < 5.0,
+    });
+    rows.push(Row {
+        name: table::ROW_NAMES[5],
+        measured: format!("{:.2} ms (max {:.2} ms)", lag.p99_ms, lag.max_ms),
+        vs_limit: format!(
+            "{:.1} one-at-a-time QUIC round trips",
+            lag.p99_ms / 1000.0 * limits.round_trips_per_sec
+        ),
+        target: "under 50 ms [Cyrus rolling 965 ms]",
+        met: lag.p99_ms < 50.0,
+    });
+
+    eprintln!("bench: quiescent traffic over {:?}", scale.quiet_window);
+    let quiet = quiet::quiescent_traffic(&a, &b, scale.quiet_window)?;
+    rows.push(Row {
+        name: table::ROW_NAMES[6],
+        measured: format!(
+            "{:.0} requests/min ({} B/min on the wire: QUIC keep-alives, over {:.0} s)",
+            quiet.requests_per_minute,
+            count(quiet.bytes_per_minute),
+            quiet.window_secs
+        ),
+        vs_limit: String::new(),
+        target: "0 bytes of replication per minute [Cyrus and Dovecot poll]",
+        met: quiet.requests_per_minute == 0.0,
+    });
+    b.stop()?;
+    a.stop()?;
+
+    eprintln!("bench: resident memory with {} idle mailboxes", scale.mailboxes);
+    let memory = memory::idle_mailboxes(&root.join("memory"), scale.mailboxes)?;
+    // A reduced run is judged by what its count extrapolates to for 100,000 mailboxes.
+    let per_mailbox =
+        memory.resident_bytes.saturating_sub(memory.empty_node_bytes) as f64 / memory.mailboxes as f64;
+    let for_100k = memory.empty_node_bytes as f64 + per_mailbox * 100_000.0;
+    rows.push(Row {
+        name: table::ROW_NAMES[7],
+        measured: format!(
+            "{} for {} (empty node {}, peak {})",
+            megabytes(memory.resident_bytes as f64),
+            count_usize(memory.mailboxes),
+            megabytes(memory.empty_node_bytes as f64),
+            megabytes(memory.peak_bytes as f64)
+        ),
+        vs_limit: format!("{:.2} KB per mailbox", per_mailbox / 1e3),
+        target: "under 300 MB for 100,000",
+        met: for_100k < 300e6,
+    });
+
+    let heading = Heading {
+        quick: scale.quick,
+        machine: machine(),
+        date: date(),
+        dir: root.display().to_string(),
+    };
+    Ok(table::render(&heading, &limits, &rows))
+}
+
+fn count_usize(n: usize) -> String {
+    count(n as f64)
+}
+
+/// The CPU and memory, from /proc.
+fn machine() -> String {
+    let cpuinfo = std::fs::read_to_string("/proc/cpuinfo").unwrap_or_default();
+    let model = cpuinfo
+        .lines()
+        .find_map(|l| l.strip_prefix("model name"))
+        .map(|v| v.trim_start_matches([' ', '\t', ':']).to_string())
+        .unwrap_or_else(|| "unknown CPU".into());
+    let cores = std::thread::available_parallelism().map_or(0, |n| n.get());
+    let memory = std::fs::read_to_string("/proc/meminfo")
+        .ok()
+        .and_then(|m| {
+            m.lines()
+                .find_map(|l| l.strip_prefix("MemTotal:"))
+                .and_then(|v| v.trim().trim_end_matches("kB").trim().parse::<u64>().ok())
+        })
+        .map(|kb| format!(", {:.0} GB RAM", kb as f64 / 1024.0 / 1024.0))
+        .unwrap_or_default();
+    format!("{model}, {cores} cores{memory}")
+}
+
+fn date() -> String {
+    let now = time::OffsetDateTime::now_utc();
+    format!(
+        "{}-{:02}-{:02} {:02}:{:02} UTC",
+        now.year(),
+        u8::from(now.month()),
+        now.day(),
+        now.hour(),
+        now.minute()
+    )
+}

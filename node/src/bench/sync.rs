@@ -1,0 +1,65 @@
+//! Initial sync to an empty replica: a source node holding `count` messages gains a new peer
+//! that has nothing, and the clock runs from the source's reload (SIGHUP with the new peer in its
+//! configuration) until the replica's operator socket counts every message.
+//!
+//! The source is loaded while it has no peer at all (over 16 operator connections at once, so it
+//! commits in groups), and the replica is started, already configured with the source, before
+//! the reload: what is timed is the link coming up (QUIC and TLS handshakes, Hello), the source
+//! queueing everything for a peer it has never seen, and the transfer itself.
+
+use std::path::Path;
+use std::time::{Duration, Instant};
+
+use super::nodes::{load, poll_until, Cluster};
+use crate::error::Error;
+
+const USER: &str = "sync";
+const MAILBOX: &str = "INBOX";
+
+#[derive(Clone, Copy, Debug)]
+pub struct SyncResult {
+    pub messages: usize,
+    pub bytes: u64,
+    pub secs: f64,
+}
+
+pub fn initial_sync(root: &Path, count: usize, size: usize) -> Result<SyncResult, Error> {
+    let cluster = Cluster::new(root)?;
+    let source = cluster.node("n1", "")?;
+    let replica = cluster.node("n2", "")?;
+    source.write_config(&[])?;
+    let a = source.start()?;
+    a.create_mailbox(USER, MAILBOX)?;
+    load(&a, USER, MAILBOX, count, size)?;
+
+    replica.write_config(&[&source])?;
+    let b = replica.start()?;
+    source.write_config(&[&replica])?;
+    let start = Instant::now();
+    a.reload()?;
+    let (_, done) = poll_until(
+        &format!("{count} messages on the replica"),
+        Duration::from_millis(1),
+        || Ok((b.message_count(USER, MAILBOX)? >= count as u64).then_some(())),
+    )?;
+    let secs = done.duration_since(start).as_secs_f64();
+
+    // Not timed: the replica holds exactly what the source does.
+    let ours = a.messages(USER, MAILBOX)?;
+    let theirs = b.messages(USER, MAILBOX)?;
+    if ours != theirs || ours.len() != count {
+        return Err(Error::Bench(format!(
+            "after the initial sync the replica lists {} messages, the source {} (of {count}), and they differ",
+            theirs.len(),
+            ours.len()
+        )));
+    }
+    let bytes = ours.iter().map(|m| m.size).sum();
+    b.stop()?;
+    a.stop()?;
+    Ok(SyncResult {
+        messages: count,
+        bytes,
+        secs,
+    })
+}
