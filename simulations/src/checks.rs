@@ -355,6 +355,9 @@ impl Observer {
                 self.violation(Kind::WrongBody, format!("body {bad}"), format!("body of {bad}"));
             }
             for (i, what) in replicated::lost_writes(&model.writes, node, state) {
+                if model.writes_lost_in_wipes.contains(&i) {
+                    continue;
+                }
                 self.violation(Kind::LostWrite, format!("lost write {i}"), what);
             }
         }

@@ -19,14 +19,17 @@ use mailmesh_actors::commit_group::FlushMode;
 use mailmesh_actors::context::Faults;
 use mailmesh_actors::directory::ActivationPolicy;
 use mailmesh_actors::env::{Entropy, Env, TokioClock};
-use mailmesh_actors::mailbox::StoredRecord;
+use mailmesh_actors::mailbox::{StoredAnnotation, StoredRecord};
 use mailmesh_actors::node::{LocalNode, NodeOptions, PeerOptions};
 use mailmesh_actors::sim_disk::{CrashModel, CrashTrigger, SimDisk};
 use mailmesh_actors::store::{decode, Store, Table};
+use mailmesh_actors::sync_log::Tagged;
 use mailmesh_protocol::ids::{AppendId, MailboxId, NodeId, Uid};
-use mailmesh_protocol::records::PrunedSet;
+use mailmesh_protocol::records::{MessageRecord, PrunedSet, UserSieve, UserSubscriptions};
+use mailmesh_protocol::version::Version;
 use tokio::time::Instant;
 
+use crate::model::Register;
 use crate::network::{link, SimNetwork};
 use crate::rng::SimRng;
 use crate::topology::Topology;
@@ -78,9 +81,43 @@ pub struct DurableContent {
     /// Every record's place: (mailbox, the uid the record holds, message).
     pub places: BTreeSet<(MailboxId, Uid, AppendId)>,
     pub pruned: BTreeMap<MailboxId, PrunedSet>,
+    /// The registers clients write, for the versions they hold.
+    pub records: BTreeMap<AppendId, MessageRecord>,
+    pub annotations: BTreeMap<(MailboxId, String), Version>,
+    pub subscriptions: BTreeMap<String, UserSubscriptions>,
+    pub sieve: BTreeMap<String, UserSieve>,
 }
 
 impl DurableContent {
+    /// The version `register` holds on this disk, if it holds it.
+    pub fn version_of(&self, register: &Register) -> Option<Version> {
+        match register {
+            Register::Flag { message, flag, .. } => self
+                .records
+                .get(message)
+                .and_then(|r| r.flags.get(flag))
+                .map(|f| f.version.clone()),
+            Register::Annotation { mailbox, entry } => {
+                self.annotations.get(&(*mailbox, entry.clone())).cloned()
+            }
+            Register::Subscription { user, name } => self
+                .subscriptions
+                .get(user)
+                .and_then(|s| s.names.get(name))
+                .map(|s| s.version.clone()),
+            Register::Script { user, name } => self
+                .sieve
+                .get(user)
+                .and_then(|s| s.scripts.get(name))
+                .map(|s| s.version.clone()),
+            Register::ActiveScript { user } => self
+                .sieve
+                .get(user)
+                .and_then(|s| s.active.as_ref())
+                .map(|a| a.version.clone()),
+        }
+    }
+
     /// Whether the disk holds `aid` of `mailbox`, as a record or a compacted tombstone.
     pub fn holds(&self, mailbox: MailboxId, aid: &AppendId) -> bool {
         self.messages.contains(aid) || self.pruned.get(&mailbox).is_some_and(|p| p.contains(aid))
@@ -282,9 +319,36 @@ impl SimCluster {
         });
         let _ = store.scan_prefix(Table::Messages, &[], None, |k, v| {
             if let (Some(id), Ok(stored)) = (mailbox_of(k), decode::<StoredRecord>(v, "record")) {
-                let aid = stored.record.append_id;
+                let aid = stored.record.append_id.clone();
                 content.places.insert((id, stored.record.uid.value, aid.clone()));
-                content.messages.insert(aid);
+                content.messages.insert(aid.clone());
+                content.records.insert(aid, stored.record);
+            }
+            Ok(true)
+        });
+        let _ = store.scan_prefix(Table::Annotations, &[], None, |k, v| {
+            let entry = k.get(16..).map(|e| String::from_utf8_lossy(e).into_owned());
+            let stored = decode::<StoredAnnotation>(v, "annotation");
+            if let (Some(id), Some(entry), Ok(stored)) = (mailbox_of(k), entry, stored) {
+                content
+                    .annotations
+                    .insert((id, entry), stored.annotation.0.version);
+            }
+            Ok(true)
+        });
+        let _ = store.scan_prefix(Table::Subscriptions, &[], None, |k, v| {
+            if let Ok(t) = decode::<Tagged<UserSubscriptions>>(v, "subscriptions") {
+                content
+                    .subscriptions
+                    .insert(String::from_utf8_lossy(k).into_owned(), t.item);
+            }
+            Ok(true)
+        });
+        let _ = store.scan_prefix(Table::Sieve, &[], None, |k, v| {
+            if let Ok(t) = decode::<Tagged<UserSieve>>(v, "sieve") {
+                content
+                    .sieve
+                    .insert(String::from_utf8_lossy(k).into_owned(), t.item);
             }
             Ok(true)
         });

@@ -149,6 +149,22 @@ impl Run {
                 .filter(|aid| others.iter().all(|o| o.pruned.values().all(|p| !p.contains(aid))))
                 .cloned(),
         );
+        // Writes whose register holds that version or a later one on no other disk.
+        let lost_writes: BTreeSet<usize> = {
+            let model = self.model.borrow();
+            model
+                .writes
+                .iter()
+                .enumerate()
+                .filter(|(i, w)| {
+                    !model.writes_lost_in_wipes.contains(i)
+                        && others
+                            .iter()
+                            .all(|o| o.version_of(&w.register).is_none_or(|v| v < w.version))
+                })
+                .map(|(i, _)| i)
+                .collect()
+        };
         self.trace.log(format!("FAULT wipe {node}"));
         self.counts.wipes += 1;
         let wiped = self.cluster.wipe(&node).await;
@@ -160,15 +176,17 @@ impl Run {
             }
         };
         self.trace.log(format!(
-            "{node} wiped and started empty; lost with it: appends {}; mailboxes {}",
+            "{node} wiped and started empty; lost with it: appends {}; mailboxes {}; {} acknowledged writes",
             names(lost.iter().map(|a| a.to_string()).collect()),
-            names(lost_mailboxes.iter().map(|m| short_id(m.0)).collect())
+            names(lost_mailboxes.iter().map(|m| short_id(m.0)).collect()),
+            lost_writes.len()
         ));
         {
             let mut model = self.model.borrow_mut();
             model.wipes.push((node.clone(), self.trace.elapsed().as_millis()));
             model.mailboxes_lost_in_wipes.extend(lost_mailboxes);
             model.lost_in_wipes.extend(lost.iter().cloned());
+            model.writes_lost_in_wipes.extend(lost_writes);
         }
         // What clients saw before the wipe goes to the observer before it forgets the node.
         self.judge_what_clients_saw();

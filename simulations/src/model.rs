@@ -106,6 +106,9 @@ pub struct Model {
     pub lost_in_wipes: BTreeSet<AppendId>,
     /// Mailboxes whose entry lived only on a wiped node's disk.
     pub mailboxes_lost_in_wipes: BTreeSet<MailboxId>,
+    /// Acknowledged writes (indices into `writes`) whose register held that version or a later
+    /// one on no other node's disk at a wipe: lost with the wiped node.
+    pub writes_lost_in_wipes: BTreeSet<usize>,
     /// Every wipe: the node, and the virtual milliseconds since the run started.
     pub wipes: Vec<(NodeId, u128)>,
     /// An AppendId a client was told of twice for two different messages (a node minted it
