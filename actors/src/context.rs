@@ -28,6 +28,11 @@ pub struct Faults {
     pub no_echo_suppression: bool,
     /// Echo suppression skips the peer a change came from but not the change's origin.
     pub origin_not_skipped: bool,
+    /// A merge keeps this node's version of a flag whose value the incoming record shares, so
+    /// replicas show the same flags under different versions (a hidden divergence).
+    pub stale_flag_versions: bool,
+    /// STORE answers as if it wrote the flags but stores the record unchanged (a lost write).
+    pub lost_flag_writes: bool,
 }
 
 #[derive(Clone)]

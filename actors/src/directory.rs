@@ -23,6 +23,7 @@ use mailmesh_protocol::names::{
 use mailmesh_protocol::records::{
     resolve_names, MailboxEntry, MailboxPath, MailboxTombstone, UserSieve, UserSubscriptions,
 };
+use mailmesh_protocol::version::Version;
 use tracing::{info, warn};
 
 use crate::context::{NodeContext, Writes};
@@ -133,11 +134,16 @@ impl Directory {
             Vec::new(),
         );
         // A node newly among the locations needs the messages: every holder with a channel to it
-        // queues the mailbox for it. What this node knew of the peer's copy is forgotten: a node
-        // dropped from the locations let its copy go, and added back it holds nothing, whatever
-        // the cache says (engine bug 17); the next sync is a whole one.
+        // queues the mailbox for it. A holder is also a node leaving the locations by this very
+        // change: it keeps its copy until that queue is drained, and when it was the only holder
+        // nobody else can send the messages (a move off a sole holder lost them all before).
+        // What this node knew of the peer's copy is forgotten: a node dropped from the locations
+        // let its copy go, and added back it holds nothing, whatever the cache says (engine bug
+        // 17); the next sync is a whole one.
         if let Some(old) = old {
-            if !entry.is_deleted() && entry.located_on(&self.ctx.node) {
+            let me = &self.ctx.node;
+            let holds = entry.located_on(me) || (!old.is_deleted() && old.located_on(me));
+            if !entry.is_deleted() && holds {
                 for peer in self.ctx.sync_log.peers() {
                     let held_before = !old.is_deleted() && old.located_on(&peer);
                     if entry.located_on(&peer) && !held_before {
@@ -793,8 +799,10 @@ impl Handler<SetLocations> for Directory {
 }
 
 /// Subscribes (`true`) or unsubscribes a user to a mailbox name (which need not exist).
+/// Subscribes or unsubscribes a name. Answers with the version written (`None`: the name was
+/// already in that state, nothing written).
 #[derive(Message)]
-#[rtype(result = "Result<(), MailError>")]
+#[rtype(result = "Result<Option<Version>, MailError>")]
 pub struct Subscribe {
     pub user: String,
     pub name: String,
@@ -802,7 +810,7 @@ pub struct Subscribe {
 }
 
 impl Handler<Subscribe> for Directory {
-    type Result = AtomicResponse<Self, Result<(), MailError>>;
+    type Result = AtomicResponse<Self, Result<Option<Version>, MailError>>;
 
     fn handle(&mut self, msg: Subscribe, _: &mut Self::Context) -> Self::Result {
         self.write(|act| {
@@ -811,8 +819,11 @@ impl Handler<Subscribe> for Directory {
             let mut subs = act.subscriptions(&msg.user)?.map(|t| t.item).unwrap_or_default();
             let mut writes = Writes::default();
             let currently = subs.names.get(&name).is_some_and(|s| s.value);
+            let mut written = None;
             if currently != msg.subscribed {
-                subs.set(&name, msg.subscribed, act.ctx.counters.tick());
+                let version = act.ctx.counters.tick();
+                written = Some(version.clone());
+                subs.set(&name, msg.subscribed, version);
                 let tagged = Tagged::local(subs, &act.ctx.node);
                 let item = SyncItem::Subscriptions(msg.user.clone());
                 act.write_user_item(
@@ -824,7 +835,7 @@ impl Handler<Subscribe> for Directory {
                     &Provenance::Local,
                 );
             }
-            Ok((writes, ()))
+            Ok((writes, written))
         })
     }
 }
@@ -850,9 +861,9 @@ impl Handler<ListSubscriptions> for Directory {
     }
 }
 
-/// Stores (creates or replaces) a sieve script.
+/// Stores (creates or replaces) a sieve script; answers with the version written.
 #[derive(Message)]
-#[rtype(result = "Result<(), MailError>")]
+#[rtype(result = "Result<Version, MailError>")]
 pub struct PutScript {
     pub user: String,
     pub name: String,
@@ -860,7 +871,7 @@ pub struct PutScript {
 }
 
 impl Handler<PutScript> for Directory {
-    type Result = AtomicResponse<Self, Result<(), MailError>>;
+    type Result = AtomicResponse<Self, Result<Version, MailError>>;
 
     fn handle(&mut self, msg: PutScript, _: &mut Self::Context) -> Self::Result {
         self.write(|act| {
@@ -873,24 +884,25 @@ impl Handler<PutScript> for Directory {
                 });
             }
             let mut sieve = act.sieve(&msg.user)?.map(|t| t.item).unwrap_or_default();
-            sieve.put(&msg.name, msg.content, act.ctx.counters.tick());
+            let version = act.ctx.counters.tick();
+            sieve.put(&msg.name, msg.content, version.clone());
             let mut writes = Writes::default();
             act.save_local_sieve(&mut writes, &msg.user, sieve);
-            Ok((writes, ()))
+            Ok((writes, version))
         })
     }
 }
 
-/// Deletes a sieve script, leaving a deleted marker.
+/// Deletes a sieve script, leaving a deleted marker; answers with the marker's version.
 #[derive(Message)]
-#[rtype(result = "Result<(), MailError>")]
+#[rtype(result = "Result<Version, MailError>")]
 pub struct DeleteScript {
     pub user: String,
     pub name: String,
 }
 
 impl Handler<DeleteScript> for Directory {
-    type Result = AtomicResponse<Self, Result<(), MailError>>;
+    type Result = AtomicResponse<Self, Result<Version, MailError>>;
 
     fn handle(&mut self, msg: DeleteScript, _: &mut Self::Context) -> Self::Result {
         self.write(|act| {
@@ -908,24 +920,25 @@ impl Handler<DeleteScript> for Directory {
                     "delete the active sieve script; deactivate it first",
                 ));
             }
-            sieve.delete(&msg.name, act.ctx.counters.tick());
+            let version = act.ctx.counters.tick();
+            sieve.delete(&msg.name, version.clone());
             let mut writes = Writes::default();
             act.save_local_sieve(&mut writes, &msg.user, sieve);
-            Ok((writes, ()))
+            Ok((writes, version))
         })
     }
 }
 
-/// Makes a script the active one (`None`: no script active).
+/// Makes a script the active one (`None`: no script active); answers with the version written.
 #[derive(Message)]
-#[rtype(result = "Result<(), MailError>")]
+#[rtype(result = "Result<Version, MailError>")]
 pub struct SetActiveScript {
     pub user: String,
     pub name: Option<String>,
 }
 
 impl Handler<SetActiveScript> for Directory {
-    type Result = AtomicResponse<Self, Result<(), MailError>>;
+    type Result = AtomicResponse<Self, Result<Version, MailError>>;
 
     fn handle(&mut self, msg: SetActiveScript, _: &mut Self::Context) -> Self::Result {
         self.write(|act| {
@@ -939,10 +952,11 @@ impl Handler<SetActiveScript> for Directory {
                     });
                 }
             }
-            sieve.set_active(msg.name, act.ctx.counters.tick());
+            let version = act.ctx.counters.tick();
+            sieve.set_active(msg.name, version.clone());
             let mut writes = Writes::default();
             act.save_local_sieve(&mut writes, &msg.user, sieve);
-            Ok((writes, ()))
+            Ok((writes, version))
         })
     }
 }

@@ -21,6 +21,7 @@ use mailmesh_protocol::names::{validate_annotation_entry, Flag};
 use mailmesh_protocol::records::{
     Annotation, MailboxDigest, MailboxEntry, MessageRecord, PrunedSet, UidNext,
 };
+use mailmesh_protocol::version::Version;
 use serde::{Deserialize, Serialize};
 use tracing::warn;
 
@@ -638,6 +639,11 @@ pub struct StoreOutcome {
     pub updated: Vec<MessageView>,
     /// Messages skipped because they changed after `unchanged_since`.
     pub modified: Vec<Uid>,
+    /// The flags this store wrote, per message, at `version`: a flag already in the asked state
+    /// is not written (it keeps its older version, and a concurrent newer write may win over it).
+    pub written: Vec<(AppendId, Vec<(Flag, bool)>)>,
+    /// The version of every flag in `written`.
+    pub version: Option<Version>,
 }
 
 impl Handler<StoreFlags> for Mailbox {
@@ -656,6 +662,7 @@ impl Handler<StoreFlags> for Mailbox {
                     continue;
                 }
                 let mut record = stored.record.clone();
+                let before = record.flags.clone();
                 let mut changed = false;
                 match msg.action {
                     FlagAction::Add => {
@@ -679,10 +686,20 @@ impl Handler<StoreFlags> for Mailbox {
                     }
                 }
                 if changed {
-                    let modseq = act.write_record(&mut batch, Some(&stored), record.clone());
+                    let written = record
+                        .flags
+                        .iter()
+                        .filter(|(f, state)| before.get(*f) != Some(*state))
+                        .map(|(f, state)| (f.clone(), state.value))
+                        .collect();
+                    outcome.written.push((record.append_id.clone(), written));
+                    outcome.version = Some(version.clone());
                     let mut view = MessageView::of(&stored);
                     view.flags = record.set_flags().cloned().collect();
-                    view.modseq = modseq;
+                    if act.ctx.faults.lost_flag_writes {
+                        record.flags = stored.record.flags.clone();
+                    }
+                    view.modseq = act.write_record(&mut batch, Some(&stored), record);
                     outcome.updated.push(view);
                 } else {
                     outcome.updated.push(MessageView::of(&stored));
@@ -956,15 +973,18 @@ impl Handler<TransferWithin> for Mailbox {
 }
 
 /// Sets (`Some`) or deletes (`None`) a mailbox annotation.
+/// Sets (or, with `None`, removes) one annotation of the mailbox. Answers with the version the
+/// write carries (`None`: removing an annotation that never existed writes nothing); a client's
+/// write is in the replicated state for good unless a write with a higher version replaces it.
 #[derive(Message)]
-#[rtype(result = "Result<(), MailError>")]
+#[rtype(result = "Result<Option<Version>, MailError>")]
 pub struct SetAnnotation {
     pub entry: String,
     pub value: Option<Vec<u8>>,
 }
 
 impl Handler<SetAnnotation> for Mailbox {
-    type Result = AtomicResponse<Self, Result<(), MailError>>;
+    type Result = AtomicResponse<Self, Result<Option<Version>, MailError>>;
 
     fn handle(&mut self, msg: SetAnnotation, _: &mut Self::Context) -> Self::Result {
         self.atomic(move |act| {
@@ -981,9 +1001,10 @@ impl Handler<SetAnnotation> for Mailbox {
             let existing = act.store.get::<StoredAnnotation>(Table::Annotations, &key)?;
             let mut batch = Batch::new();
             if existing.is_none() && msg.value.is_none() {
-                return Ok((Writes::default(), ()));
+                return Ok((Writes::default(), None));
             }
-            let annotation = Annotation::new(msg.value, act.node_counters.tick());
+            let version = act.node_counters.tick();
+            let annotation = Annotation::new(msg.value, version.clone());
             let modseq = act.next_modseq();
             let stored = StoredAnnotation {
                 annotation,
@@ -992,7 +1013,7 @@ impl Handler<SetAnnotation> for Mailbox {
                 arrived_on: None,
             };
             batch.put(Table::Annotations, key, &stored);
-            Ok((act.local_writes(batch), ()))
+            Ok((act.local_writes(batch), Some(version)))
         })
     }
 }

@@ -332,7 +332,17 @@ impl Mailbox {
             let (merged, effect) = match &local {
                 Some(l) => {
                     let mut m = l.record.clone();
-                    let effect = m.merge_from(&incoming);
+                    let mut effect = m.merge_from(&incoming);
+                    if self.ctx.faults.stale_flag_versions {
+                        for (flag, mine) in &l.record.flags {
+                            if m.flags.get(flag).is_some_and(|f| f.value == mine.value) {
+                                m.flags.insert(flag.clone(), mine.clone());
+                            }
+                        }
+                        if m == l.record {
+                            effect = MergeEffect::Unchanged;
+                        }
+                    }
                     (m, effect)
                 }
                 None => (incoming.clone(), MergeEffect::TookIncoming),

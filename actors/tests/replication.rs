@@ -915,6 +915,57 @@ fn locations_start_and_stop_replication_and_move_a_mailbox() {
     });
 }
 
+/// A mailbox held by one node alone, moved by that node to another (the seed's XFER: "move
+/// INBOX from a to b", typed on a): b is sent everything before a lets its copy go. Before the
+/// fix only a node still among the new locations queued the mailbox for the new ones, so a, which
+/// was leaving, queued nothing, found its log empty and purged the only copy (found by the
+/// mailbox move process test, tests/mailbox_move.rs).
+#[test]
+fn a_mailbox_moved_off_its_only_holder_reaches_the_new_one_before_the_old_lets_go() {
+    run_virtual(|| async {
+        let cluster = Cluster::full_mesh(&["a", "b"]);
+        create(&cluster, "a", "alice", "INBOX").await;
+        let set = |locations: &[&str]| SetLocations {
+            user: "alice".into(),
+            name: "INBOX".into(),
+            locations: locations.iter().map(|s| n(s)).collect(),
+            primary: Some(n(locations[0])),
+        };
+        cluster
+            .node("a")
+            .directory
+            .send(set(&["a"]))
+            .await
+            .unwrap()
+            .unwrap();
+        let on_a = open(&cluster, "a", "alice", "INBOX").await;
+        for i in 0..5 {
+            append_to(&on_a, &message(i), &[]).await;
+        }
+        drop(on_a);
+        cluster.settle().await;
+        let count = |dump: &NodeDump| inbox(dump).messages.len();
+        assert_eq!(count(&cluster.dump("b").await), 0, "b is not among the locations");
+
+        cluster
+            .node("a")
+            .directory
+            .send(set(&["b"]))
+            .await
+            .unwrap()
+            .unwrap();
+        cluster.settle().await;
+        let mut waited = 0;
+        while count(&cluster.dump("a").await) != 0 {
+            waited += 1;
+            assert!(waited < 60, "a never released its copy");
+            tokio::time::sleep(std::time::Duration::from_secs(1)).await;
+        }
+        assert_eq!(count(&cluster.dump("b").await), 5, "b holds every message a had");
+        cluster.assert_quiet().await;
+    });
+}
+
 /// A node removed from a mailbox's locations lets its copy go; added back, it gets every message
 /// again and what it writes reaches the others (engine bug 17, issue 9 item 5: the holders kept
 /// their replication caches for it, so a's sync to the re-added b found nothing to send, and b's

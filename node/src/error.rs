@@ -43,6 +43,9 @@ pub enum Error {
     /// passed); the message says which and where the logs are.
     #[error("error: bench: {0}")]
     Bench(String),
+    /// `mailmesh demo` could not go on (a node that would not start, a deadline passed).
+    #[error("error: demo: {0}")]
+    Demo(String),
     #[error("error: the system clock reads a time before 1970; set the clock before starting a node")]
     ClockBeforeEpoch,
 }

@@ -9,6 +9,7 @@
 //! - [`operator`]: the operator socket, its protocol, and the one place requests are carried out;
 //! - [`ops`]: sends an operator command to the running node, or runs it on the data directory;
 //! - [`bench`]: `mailmesh bench`, figures measured on real nodes of this executable;
+//! - [`demo`]: `mailmesh demo`, a three-node cluster of this executable, shown replicating;
 //! - [`metrics`]: the Prometheus endpoint (`[metrics] listen`);
 //! - [`logging`]: `tracing` lines on stderr, filtered by `RUST_LOG`;
 //! - [`error`]: what can fail, and the exit code it gives (0 ok, 1 failure, 2 configuration).
@@ -16,6 +17,7 @@
 mod bench;
 mod cluster;
 mod config;
+mod demo;
 mod error;
 mod logging;
 mod metrics;
@@ -134,6 +136,18 @@ enum Command {
         /// Keeps the run's directory (configs, data, logs of every node) afterwards.
         #[arg(long)]
         keep: bool,
+    },
+    /// Starts a three-node cluster on this machine (CA, configs, `mailmesh run` processes on
+    /// loopback), shows appends replicating over a full mesh and then over a chain after a live
+    /// reload, and runs until Ctrl-C. Needs no set-up.
+    Demo {
+        /// Directory in which the demo's own directory is made (the system's temporary
+        /// directory by default); it is kept afterwards, with the nodes' logs.
+        #[arg(long, value_name = "DIR")]
+        dir: Option<PathBuf>,
+        /// Stops the nodes and exits after the chain step instead of waiting for Ctrl-C.
+        #[arg(long)]
+        exit_when_done: bool,
     },
     /// A bare QUIC echo and sink server with the cluster's TLS, for `mailmesh bench` to measure
     /// what QUIC itself carries on this machine.
@@ -269,6 +283,7 @@ fn execute(cli: Cli) -> Result<(), Error> {
     // The benchmark makes its own nodes, each with a configuration file of its own.
     match cli.command {
         Command::Bench { quick, dir, keep } => return bench::run(bench::BenchOptions { quick, dir, keep }),
+        Command::Demo { dir, exit_when_done } => return demo::run(demo::DemoOptions { dir, exit_when_done }),
         Command::BenchPeer {
             ca,
             cert,
@@ -290,7 +305,7 @@ fn execute(cli: Cli) -> Result<(), Error> {
             logging::init("info");
             return run::run(loaded, cli.config.as_deref());
         }
-        Command::Certs(_) | Command::Bench { .. } | Command::BenchPeer { .. } => {
+        Command::Certs(_) | Command::Bench { .. } | Command::Demo { .. } | Command::BenchPeer { .. } => {
             unreachable!("handled before the configuration is loaded")
         }
         Command::CheckConfig => {

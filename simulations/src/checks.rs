@@ -26,6 +26,7 @@ use mailmesh_protocol::ids::{AppendId, Guid, MailboxId, ModSeq, NodeId, Uid, Uid
 use crate::cluster::SimCluster;
 use crate::model::{Model, Shown};
 use crate::network::short_id;
+use crate::replicated::{self, read_replicated};
 use crate::snapshot::{dump_snapshots, dump_sync_state, open_by_id, snapshot};
 pub use crate::snapshot::{MailboxSnapshot, NodeSnapshot};
 use crate::trace::Trace;
@@ -295,6 +296,47 @@ impl Observer {
         let gone = self.check_gone_mailboxes(&snaps, model);
         self.check_no_loss(cluster, &snaps, model, &gone).await;
         self.check_tombstones_everywhere(&snaps);
+        self.check_replicated_state(cluster, model).await;
+    }
+
+    /// Every node's whole replicated state against every other node's (see [`crate::replicated`]),
+    /// and every visible message's body on every node.
+    async fn check_replicated_state(&mut self, cluster: &SimCluster, model: &Model) {
+        let mut states = Vec::new();
+        for (node, local) in cluster.nodes() {
+            states.push((node.clone(), read_replicated(local).await));
+        }
+        for (node, state) in &states {
+            for (id, why) in &state.unreadable {
+                self.violation(
+                    Kind::Diverged,
+                    format!("unreadable {node} {id}"),
+                    format!(
+                        "{node} holds mailbox {} but cannot read it: {why}",
+                        short_id(id.0)
+                    ),
+                );
+            }
+            for bad in &state.bad_bodies {
+                self.violation(Kind::WrongBody, format!("body {bad}"), format!("body of {bad}"));
+            }
+            for (i, what) in replicated::lost_writes(&model.writes, node, state) {
+                self.violation(Kind::LostWrite, format!("lost write {i}"), what);
+            }
+        }
+        // Every pair: a mailbox held by only some nodes is compared among its holders.
+        for (i, (node, state)) in states.iter().enumerate() {
+            let difference = states[..i]
+                .iter()
+                .find_map(|(other, earlier)| replicated::first_difference(other, earlier, node, state));
+            if let Some(what) = difference {
+                self.violation(
+                    Kind::Diverged,
+                    format!("diverged {node}"),
+                    format!("replicated state differs: {what}"),
+                );
+            }
+        }
     }
 
     fn check_convergence(&mut self, snaps: &BTreeMap<NodeId, NodeSnapshot>) {
@@ -437,7 +479,7 @@ impl Observer {
                     }
                     None => (Kind::Lost, format!("{label}: lost on {node}")),
                     Some(r) => match &r.record.expunged {
-                        Some(v) if model.expunge_justified(acked.mailbox, aid, &v.node) => continue,
+                        Some(v) if model.expunge_justified(acked.mailbox, aid, r.record.uid.value, &v.node) => continue,
                         Some(v) => (
                             Kind::Unrequested,
                             format!("{label}: expunged on {node} by {v}, though no client there expunged or moved it"),

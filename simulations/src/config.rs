@@ -86,6 +86,12 @@ impl SimConfig {
         if self.engine_faults.origin_not_skipped {
             args.extend(["--sabotage".into(), "origin-not-skipped".into()]);
         }
+        if self.engine_faults.stale_flag_versions {
+            args.extend(["--sabotage".into(), "stale-flag-versions".into()]);
+        }
+        if self.engine_faults.lost_flag_writes {
+            args.extend(["--sabotage".into(), "lost-flag-writes".into()]);
+        }
         args
     }
 

@@ -4,7 +4,7 @@
 //! seeded workload ([`single_node`]), and a whole cluster ([`run`], configured by [`config`]):
 //! 2 to 7 nodes' real actors on real stores, linked by a simulated network with faults
 //! ([`network`]), crashed, restarted, partitioned and reconfigured ([`faults`], [`cluster`],
-//! [`topology`]), driven by seeded clients ([`workload`]), read back ([`snapshot`]) and judged by
+//! [`topology`]), driven by seeded clients ([`workload`]), read back ([`snapshot`], and whole replicated state: [`replicated`]) and judged by
 //! invariant checks ([`checks`], [`probe`], [`violation`]) against what clients were told
 //! ([`model`]). One generator ([`rng`]) seeded from the run's seed draws everything; the
 //! [`trace`] of a seed is the same byte for byte on every run. The runner binary (`main.rs`)
@@ -17,6 +17,7 @@ pub mod faults;
 pub mod model;
 pub mod network;
 pub mod probe;
+pub mod replicated;
 pub mod rng;
 pub mod run;
 pub mod runtime;

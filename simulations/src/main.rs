@@ -96,6 +96,8 @@ enum Sabotage {
     DropIncomingRecords,
     NoEchoSuppression,
     OriginNotSkipped,
+    StaleFlagVersions,
+    LostFlagWrites,
 }
 
 fn parse_range(s: &str) -> Result<Range<u64>, String> {
@@ -129,6 +131,8 @@ impl Cli {
                 Sabotage::DropIncomingRecords => config.engine_faults.drop_incoming_records = true,
                 Sabotage::NoEchoSuppression => config.engine_faults.no_echo_suppression = true,
                 Sabotage::OriginNotSkipped => config.engine_faults.origin_not_skipped = true,
+                Sabotage::StaleFlagVersions => config.engine_faults.stale_flag_versions = true,
+                Sabotage::LostFlagWrites => config.engine_faults.lost_flag_writes = true,
             }
         }
         config

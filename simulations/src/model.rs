@@ -9,6 +9,8 @@
 use std::collections::{BTreeMap, BTreeSet};
 
 use mailmesh_protocol::ids::{AppendId, Guid, MailboxId, NodeId, Uid, UidValidity};
+use mailmesh_protocol::names::Flag;
+use mailmesh_protocol::version::Version;
 
 /// An append a client was told is stored.
 #[derive(Clone, Debug, PartialEq, Eq)]
@@ -28,13 +30,64 @@ pub struct Shown {
     pub messages: Vec<(Uid, AppendId)>,
 }
 
+/// A last-writer-wins register of the replicated state that a client wrote.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub enum Register {
+    Flag {
+        mailbox: MailboxId,
+        message: AppendId,
+        flag: Flag,
+    },
+    Annotation {
+        mailbox: MailboxId,
+        entry: String,
+    },
+    Subscription {
+        user: String,
+        name: String,
+    },
+    Script {
+        user: String,
+        name: String,
+    },
+    ActiveScript {
+        user: String,
+    },
+}
+
+/// The value a client wrote into a [`Register`].
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub enum Written {
+    Bool(bool),
+    /// Annotation value or script content; `None` removes it (a tombstone).
+    Bytes(Option<Vec<u8>>),
+    /// The active script's name; `None`: none active.
+    Name(Option<String>),
+}
+
+/// A write a client was told succeeded, with the version the node gave it. It must be in the
+/// final state unless a write with a higher version replaced it (the merge rule of every
+/// register), or its container is legitimately gone (message expunged, mailbox deleted).
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct AckedWrite {
+    pub register: Register,
+    pub value: Written,
+    pub version: Version,
+}
+
 #[derive(Clone, Debug, Default)]
 pub struct Model {
     /// What clients were shown since the observer last looked (it takes them every step).
     pub shown: Vec<Shown>,
     pub appends: BTreeMap<AppendId, Acked>,
+    /// Acknowledged flag, annotation, subscription and sieve writes.
+    pub writes: Vec<AckedWrite>,
     /// Messages a client set \Deleted on at some point: an EXPUNGE may remove them.
     pub deleted_flagged: BTreeSet<AppendId>,
+    /// STOREs that may have set \Deleted and whose answer never came (the node went down under
+    /// them), as (mailbox, first uid, last uid): they may have flagged a message that reached the
+    /// node between the client's FETCH and its STORE, which the client never saw.
+    pub maybe_deleted: Vec<(MailboxId, Uid, Uid)>,
     /// (mailbox, node) where a client ran EXPUNGE.
     pub expunged_on: BTreeSet<(MailboxId, NodeId)>,
     /// (mailbox, node) where a client moved messages out (flagged or not).
@@ -52,16 +105,26 @@ pub struct Model {
 impl Model {
     /// Whether a client may have expunged `aid` from `mailbox` on `node` (the node whose clock
     /// stamped the expunge).
-    pub fn expunge_justified(&self, mailbox: MailboxId, aid: &AppendId, node: &NodeId) -> bool {
+    pub fn expunge_justified(&self, mailbox: MailboxId, aid: &AppendId, uid: Uid, node: &NodeId) -> bool {
         let key = (mailbox, node.clone());
         self.moved_from.contains(&key)
-            || (self.expunged_on.contains(&key) && self.deleted_flagged.contains(aid))
+            || (self.expunged_on.contains(&key) && self.may_carry_deleted(mailbox, aid, Some(uid)))
+    }
+
+    /// Whether a client may have set \Deleted on `aid` (at `uid`, when the caller knows it).
+    fn may_carry_deleted(&self, mailbox: MailboxId, aid: &AppendId, uid: Option<Uid>) -> bool {
+        self.deleted_flagged.contains(aid)
+            || self
+                .maybe_deleted
+                .iter()
+                .any(|(m, lo, hi)| *m == mailbox && uid.is_none_or(|u| *lo <= u && u <= *hi))
     }
 
     /// Whether a client may have expunged `aid` from `mailbox` on any node (for a message
     /// compacted away, whose expunge no longer says where it was made).
     pub fn expunge_possible(&self, mailbox: MailboxId, aid: &AppendId) -> bool {
         self.moved_from.iter().any(|(m, _)| *m == mailbox)
-            || (self.deleted_flagged.contains(aid) && self.expunged_on.iter().any(|(m, _)| *m == mailbox))
+            || (self.may_carry_deleted(mailbox, aid, None)
+                && self.expunged_on.iter().any(|(m, _)| *m == mailbox))
     }
 }

@@ -20,8 +20,16 @@ pub enum Kind {
     NotConverged,
     /// Replicas agree on everything but annotations.
     AnnotationsDiverged,
+    /// Replicas show clients the same but differ in the replicated state underneath: record
+    /// versions, hidden records, known expunged messages, UIDNEXT, annotation tombstones,
+    /// digests, mailbox entries (locations, primary, tombstones), subscription or sieve state; or
+    /// a holder cannot read a mailbox it holds.
+    Diverged,
     /// An acknowledged append (or its mailbox) is missing.
     Lost,
+    /// An acknowledged flag, annotation, subscription or sieve write is gone from the replicated
+    /// state though no write with a higher version replaced it.
+    LostWrite,
     /// An acknowledged append is held hidden by an unresolved uid conflict.
     StillHidden,
     /// A node holds neither an expunged message nor its tombstone (record or compacted range),
@@ -52,7 +60,7 @@ pub enum Kind {
 }
 
 impl Kind {
-    pub const ALL: [Kind; 22] = [
+    pub const ALL: [Kind; 24] = [
         Kind::UidReused,
         Kind::UidConflictKept,
         Kind::ShownTwice,
@@ -61,7 +69,9 @@ impl Kind {
         Kind::MessageBack,
         Kind::NotConverged,
         Kind::AnnotationsDiverged,
+        Kind::Diverged,
         Kind::Lost,
+        Kind::LostWrite,
         Kind::StillHidden,
         Kind::NoTombstone,
         Kind::Unrequested,

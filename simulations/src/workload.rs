@@ -14,7 +14,7 @@ use mailmesh_actors::uid_set::UidSet;
 use mailmesh_actors::MailError;
 use mailmesh_protocol::ids::{Guid, MailboxId, NodeId, Uid};
 
-use crate::model::{Acked, Model, Shown};
+use crate::model::{Acked, AckedWrite, Model, Register, Shown, Written};
 use crate::network::short_id;
 use crate::rng::SimRng;
 
@@ -363,6 +363,16 @@ impl Client {
         } else {
             None
         };
+        // A STORE that sets \Deleted is recorded before it is sent, like every operation that
+        // lets a later EXPUNGE remove something: its answer may be lost while the change is
+        // durable.
+        let sets_deleted = action != FlagAction::Remove && flags.iter().any(|f| f == "\\Deleted");
+        if sets_deleted {
+            let mut model = self.model.borrow_mut();
+            for view in shown.iter().filter(|v| lo <= v.uid && v.uid <= hi) {
+                model.deleted_flagged.insert(view.append_id.clone());
+            }
+        }
         let r = answer(
             opened
                 .addr
@@ -378,11 +388,32 @@ impl Client {
             self.changed();
             self.saw(&opened.info, &o.updated);
             let mut model = self.model.borrow_mut();
+            if let Some(version) = &o.version {
+                for (message, flags) in &o.written {
+                    for (flag, set) in flags {
+                        model.writes.push(AckedWrite {
+                            register: Register::Flag {
+                                mailbox: opened.info.id,
+                                message: message.clone(),
+                                flag: flag.clone(),
+                            },
+                            value: Written::Bool(*set),
+                            version: version.clone(),
+                        });
+                    }
+                }
+            }
             for view in &o.updated {
                 if view.flags.iter().any(|f| f.as_str() == "\\Deleted") {
                     model.deleted_flagged.insert(view.append_id.clone());
                 }
             }
+        }
+        if sets_deleted && matches!(&r, Err(f) if f.ambiguous) {
+            self.model
+                .borrow_mut()
+                .maybe_deleted
+                .push((opened.info.id, lo, hi));
         }
         let outcome = describe(&r, |o| {
             let updated: Vec<String> = o
@@ -484,12 +515,22 @@ impl Client {
                 .addr
                 .send(SetAnnotation {
                     entry: entry.clone(),
-                    value,
+                    value: value.clone(),
                 })
                 .await,
         );
-        if r.is_ok() {
+        if let Ok(written) = &r {
             self.changed();
+            if let Some(version) = written {
+                self.model.borrow_mut().writes.push(AckedWrite {
+                    register: Register::Annotation {
+                        mailbox: opened.info.id,
+                        entry: entry.clone(),
+                    },
+                    value: Written::Bytes(value),
+                    version: version.clone(),
+                });
+            }
         }
         format!(
             "annotate {user}/{name} {entry}={shown_value:?}: {}",
@@ -510,8 +551,18 @@ impl Client {
                 })
                 .await,
         );
-        if r.is_ok() {
+        if let Ok(written) = &r {
             self.changed();
+            if let Some(version) = written {
+                self.model.borrow_mut().writes.push(AckedWrite {
+                    register: Register::Subscription {
+                        user: user.into(),
+                        name: name.clone(),
+                    },
+                    value: Written::Bool(on),
+                    version: version.clone(),
+                });
+            }
         }
         format!("subscribe {user}/{name} {on}: {}", describe(&r, |_| "ok".into()))
     }
@@ -519,7 +570,7 @@ impl Client {
     async fn sieve(&self) -> String {
         let user = self.user();
         let script = self.rng.pick(&SCRIPTS).to_string();
-        let (what, r) = match self.rng.range(0..4) {
+        let (what, r, register, value) = match self.rng.range(0..4) {
             0 | 1 => {
                 let content = format!("# {} rev {}\r\nkeep;\r\n", script, self.rng.range(0..1000));
                 let r = self
@@ -527,10 +578,19 @@ impl Client {
                     .send(PutScript {
                         user: user.into(),
                         name: script.clone(),
-                        content: content.into_bytes(),
+                        content: content.clone().into_bytes(),
                     })
                     .await;
-                ("put", answer(r))
+                let register = Register::Script {
+                    user: user.into(),
+                    name: script.clone(),
+                };
+                (
+                    "put",
+                    answer(r),
+                    register,
+                    Written::Bytes(Some(content.into_bytes())),
+                )
             }
             2 => {
                 let name = self.rng.chance(0.8).then(|| script.clone());
@@ -538,10 +598,11 @@ impl Client {
                     .directory
                     .send(SetActiveScript {
                         user: user.into(),
-                        name,
+                        name: name.clone(),
                     })
                     .await;
-                ("activate", answer(r))
+                let register = Register::ActiveScript { user: user.into() };
+                ("activate", answer(r), register, Written::Name(name))
             }
             _ => {
                 let r = self
@@ -551,11 +612,20 @@ impl Client {
                         name: script.clone(),
                     })
                     .await;
-                ("delete", answer(r))
+                let register = Register::Script {
+                    user: user.into(),
+                    name: script.clone(),
+                };
+                ("delete", answer(r), register, Written::Bytes(None))
             }
         };
-        if r.is_ok() {
+        if let Ok(version) = &r {
             self.changed();
+            self.model.borrow_mut().writes.push(AckedWrite {
+                register,
+                value,
+                version: version.clone(),
+            });
         }
         format!("sieve {what} {user}/{script}: {}", describe(&r, |_| "ok".into()))
     }

@@ -96,6 +96,27 @@ fn same_seed_same_trace_in_other_processes() {
     }
 }
 
+/// Seeds a soak once found failing, each kept once its cause was fixed (engine or judge), with
+/// what was wrong. They run with the default workload, as the soak that found them did.
+const SEEDS_THAT_FAILED_ONCE: &[(u64, &str)] = &[(
+    101386,
+    "judge: a STORE of \\Deleted whose answer was lost was durable; the model must let a later \
+     EXPUNGE remove what it may have flagged",
+)];
+
+#[test]
+fn seeds_that_failed_once_pass() {
+    for (seed, cause) in SEEDS_THAT_FAILED_ONCE {
+        let report = run_seed(*seed, &SimConfig::default());
+        let lines: Vec<String> = report.violations.iter().map(|v| v.to_string()).collect();
+        assert!(
+            lines.is_empty(),
+            "seed {seed} ({cause}) fails again:\n{}",
+            lines.join("\n")
+        );
+    }
+}
+
 #[test]
 fn seed_range_passes_the_checks() {
     let mut args = vec!["--seeds", "0..200", "--jobs", "2"];
@@ -217,6 +238,45 @@ fn origin_not_skipped_is_caught() {
             violations
                 .iter()
                 .any(|v| v.starts_with("[echo]") && v.contains("back to its origin")),
+            "seed {seed}: {violations:?}"
+        );
+    }
+}
+
+/// A merge that keeps its own version of a flag whose value the incoming record shares: every
+/// node shows the same flags, but the versions underneath differ, which only the whole-state
+/// comparison sees (and the next concurrent write would resolve differently per node).
+#[test]
+fn flag_versions_that_diverge_under_equal_flags_are_caught() {
+    let caught = caught("stale-flag-versions");
+    assert!(!caught.is_empty(), "no seed caught the diverging versions");
+    assert!(
+        caught
+            .iter()
+            .any(|(_, violations, _)| violations.iter().any(|v| v.starts_with("[diverged]"))),
+        "{caught:?}"
+    );
+    for (seed, _, replay) in &caught {
+        assert!(
+            replay.contains("--sabotage stale-flag-versions"),
+            "seed {seed}: {replay}"
+        );
+    }
+}
+
+/// A STORE that answers as if it wrote the flags but stores the record unchanged: every node
+/// agrees (on the old flags), and only the model of acknowledged writes sees the loss.
+#[test]
+fn a_lost_flag_write_is_caught() {
+    let caught = caught("lost-flag-writes");
+    assert!(!caught.is_empty(), "no seed caught the lost flag write");
+    for (seed, violations, replay) in &caught {
+        assert!(
+            replay.contains("--sabotage lost-flag-writes"),
+            "seed {seed}: {replay}"
+        );
+        assert!(
+            violations.iter().any(|v| v.starts_with("[lost-write]")),
             "seed {seed}: {violations:?}"
         );
     }

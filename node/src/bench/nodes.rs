@@ -289,6 +289,16 @@ impl NodeProcess {
         }
     }
 
+    /// The node's process id.
+    pub fn pid(&self) -> u32 {
+        self.child.id()
+    }
+
+    /// Whether the process is still running (it has not exited).
+    pub fn is_running(&mut self) -> bool {
+        matches!(self.child.try_wait(), Ok(None))
+    }
+
     /// An error if the process has exited.
     fn check_alive(&mut self) -> Result<(), Error> {
         match self.child.try_wait() {
