@@ -367,6 +367,7 @@ fn collect(
 }
 
 pub mod cluster;
+pub mod quic;
 
 impl Running {
     /// Waits until stderr has at least `count` lines containing `needle`; returns the last one.
