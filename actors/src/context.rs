@@ -33,6 +33,8 @@ pub struct Faults {
     pub stale_flag_versions: bool,
     /// STORE answers as if it wrote the flags but stores the record unchanged (a lost write).
     pub lost_flag_writes: bool,
+    /// COPY and MOVE never answer (and do nothing): a client operation that hangs.
+    pub transfer_never_answers: bool,
 }
 
 #[derive(Clone)]

@@ -17,6 +17,9 @@ pub struct SimConfig {
     pub engine_faults: Faults,
     /// How long the healed cluster may take to go quiet.
     pub settle_limit: Duration,
+    /// How long a client operation may go unanswered (virtual time), counted from when it was
+    /// sent or, for one still open when the faults stop, from the heal.
+    pub answer_within: Duration,
     /// How long nothing may cross the network once it is quiet.
     pub quiet_for: Duration,
     /// Print the trace to stderr as it happens (to see what led up to an engine panic).
@@ -44,6 +47,7 @@ impl Default for SimConfig {
             engine_faults: Faults::default(),
             settle_limit: Duration::from_secs(30 * 60),
             quiet_for: Duration::from_secs(10 * 60),
+            answer_within: Duration::from_secs(10 * 60),
             live_trace: false,
             dump: false,
             page: None,
@@ -97,6 +101,9 @@ impl SimConfig {
         }
         if self.engine_faults.lost_flag_writes {
             args.extend(["--sabotage".into(), "lost-flag-writes".into()]);
+        }
+        if self.engine_faults.transfer_never_answers {
+            args.extend(["--sabotage".into(), "transfer-never-answers".into()]);
         }
         args
     }

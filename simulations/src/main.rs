@@ -101,6 +101,7 @@ enum Sabotage {
     OriginNotSkipped,
     StaleFlagVersions,
     LostFlagWrites,
+    TransferNeverAnswers,
 }
 
 fn parse_range(s: &str) -> Result<Range<u64>, String> {
@@ -137,6 +138,7 @@ impl Cli {
                 Sabotage::OriginNotSkipped => config.engine_faults.origin_not_skipped = true,
                 Sabotage::StaleFlagVersions => config.engine_faults.stale_flag_versions = true,
                 Sabotage::LostFlagWrites => config.engine_faults.lost_flag_writes = true,
+                Sabotage::TransferNeverAnswers => config.engine_faults.transfer_never_answers = true,
             }
         }
         config

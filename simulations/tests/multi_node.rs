@@ -301,3 +301,26 @@ fn a_lost_flag_write_is_caught() {
         );
     }
 }
+
+/// A COPY or MOVE that never answers (the handler waits for ever): every client operation must
+/// answer within the bound, so the hang is reported with the operation's trace line, and the
+/// seed replays with the sabotage.
+#[test]
+fn an_operation_that_never_answers_is_caught() {
+    let caught = caught("transfer-never-answers");
+    assert!(!caught.is_empty(), "no seed caught the hanging transfer");
+    for (seed, violations, replay) in &caught {
+        assert!(
+            replay.ends_with(&format!(
+                "--seed {seed} --trace --no-set-primary --sabotage transfer-never-answers"
+            )),
+            "{replay}"
+        );
+        assert!(
+            violations.iter().any(|v| v.starts_with("[no-answer]")
+                && (v.contains(" Transfer on n") || v.contains(" OppositeTransfers on n"))
+                && v.contains("no answer within")),
+            "seed {seed}: {violations:?}"
+        );
+    }
+}
