@@ -1284,7 +1284,7 @@ fn a_rejoining_stale_node_never_brings_deleted_messages_back() {
     });
 }
 
-/// Engine bug 20 (open; found by the simulator's wipes, seeds 46, 185 and 663 with `--wipes`):
+/// Engine bug 20 (open; found by the simulator's wipes, see simulations/tests/engine_bugs.rs):
 /// a change a node made before it was wiped, reaching one of its neighbours only after the wiped
 /// node came back, is never sent back to it. The neighbour takes it whole from a third node,
 /// tagged with the wiped node as its origin, and echo suppression skips the origin: the rule
