@@ -216,7 +216,7 @@ fn a_link_removed_and_re_added_by_reload_delivers_what_was_written_meanwhile() {
     n2.write_config(&[]);
     node2.signal(libc::SIGHUP);
     node2.wait_for_stderr("configuration reloaded");
-    node2.wait_for_stderr("link down");
+    node2.wait_for_link("link down", "n1");
 
     // Both sides write while apart.
     append(n1, USER, "INBOX", "while-apart-on-n1");

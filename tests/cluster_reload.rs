@@ -4,7 +4,7 @@
 
 mod support;
 
-use support::cluster::{cluster_specs, write_atomically};
+use support::cluster::{cluster_specs, stop_all, write_atomically};
 use tempfile::TempDir;
 
 #[test]
@@ -33,24 +33,21 @@ fn peers_added_and_removed_by_editing_the_file_and_by_sighup() {
     node2.signal(libc::SIGHUP);
     let by_signal = node2.wait_for_stderr("reason=\"SIGHUP\"");
     assert!(by_signal.contains("configuration reloaded"), "{by_signal}");
-    assert!(node1.wait_for_stderr("link up").contains("peer=n2"));
-    assert!(node2.wait_for_stderr("link up").contains("peer=n1"));
+    node1.wait_for_link("link up", "n2");
+    node2.wait_for_link("link up", "n1");
 
     // Removing the peer closes the link on both sides.
     n1.write_config(&[]);
     let removed = node1.wait_for_stderr_count("configuration reloaded", 2);
     assert!(removed.contains("removed=[\"n2\"]"), "{removed}");
-    node2.wait_for_stderr("link down");
+    node2.wait_for_link("link down", "n1");
 
     // And adding it back brings it back.
     n1.write_config(&[n2]);
     node1.wait_for_stderr_count("configuration reloaded", 3);
     node1.wait_for_stderr_count("link up", 2);
 
-    for node in [node1, node2] {
-        node.signal(libc::SIGTERM);
-        node.wait().expect_code(0).expect_no_panic();
-    }
+    stop_all(vec![node1, node2]);
 }
 
 #[test]
@@ -62,7 +59,7 @@ fn a_broken_file_or_a_change_needing_a_restart_keeps_the_running_configuration()
     n2.write_config(&[n1]);
     let mut node1 = n1.start();
     let mut node2 = n2.start();
-    node1.wait_for_stderr("link up");
+    node1.wait_for_link("link up", "n2");
 
     // A file that does not parse.
     write_atomically(&n1.config_path(), "[node\nname = \"n1\"\n");
@@ -101,8 +98,5 @@ fn a_broken_file_or_a_change_needing_a_restart_keeps_the_running_configuration()
     n1.write_config(&[n2]);
     node1.wait_for_stderr("configuration reloaded");
 
-    for node in [node1, node2] {
-        node.signal(libc::SIGTERM);
-        node.wait().expect_code(0).expect_no_panic();
-    }
+    stop_all(vec![node1, node2]);
 }

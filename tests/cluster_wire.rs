@@ -5,40 +5,12 @@
 
 mod support;
 
-use std::path::Path;
-use std::sync::Arc;
-
 use mailmesh_protocol::codec::{check_hello, encode_frame, hello, FrameDecoder, DEFAULT_MAX_FRAME};
 use mailmesh_protocol::ids::NodeId;
 use mailmesh_protocol::wire::{Frame, Request, Response};
-use rustls_pki_types::pem::PemObject;
-use rustls_pki_types::{CertificateDer, PrivateKeyDer};
 use support::cluster::cluster_specs;
+use support::quic::{client_config, runtime};
 use tempfile::TempDir;
-
-/// A QUIC client presenting `name`'s certificate and trusting the CA in `ca`.
-fn client_config(ca: &Path, certs: &Path, name: &str) -> quinn::ClientConfig {
-    let mut roots = rustls::RootCertStore::empty();
-    for cert in CertificateDer::pem_file_iter(ca.join("ca.pem")).unwrap() {
-        roots.add(cert.unwrap()).unwrap();
-    }
-    let chain = CertificateDer::pem_file_iter(certs.join(format!("{name}.pem")))
-        .unwrap()
-        .collect::<Result<Vec<_>, _>>()
-        .unwrap();
-    let key = PrivateKeyDer::from_pem_file(certs.join(format!("{name}.key"))).unwrap();
-    let mut tls =
-        rustls::ClientConfig::builder_with_provider(Arc::new(rustls::crypto::ring::default_provider()))
-            .with_protocol_versions(&[&rustls::version::TLS13])
-            .unwrap()
-            .with_root_certificates(roots)
-            .with_client_auth_cert(chain, key)
-            .unwrap();
-    tls.alpn_protocols = vec![b"mailmesh/1".to_vec()];
-    quinn::ClientConfig::new(Arc::new(
-        quinn::crypto::rustls::QuicClientConfig::try_from(tls).unwrap(),
-    ))
-}
 
 /// Sends `bytes` on a new stream, finishes it, and reads the whole answer.
 async fn exchange(conn: &quinn::Connection, bytes: &[u8]) -> Result<Vec<u8>, String> {
@@ -62,11 +34,7 @@ fn random_bytes_truncated_and_oversize_frames_reset_their_stream_only() {
     n1.write_config(&[n2]);
     let mut node1 = n1.start();
 
-    let runtime = tokio::runtime::Builder::new_current_thread()
-        .enable_all()
-        .build()
-        .unwrap();
-    runtime.block_on(async {
+    runtime().block_on(async {
         let endpoint = quinn::Endpoint::client("127.0.0.1:0".parse().unwrap()).unwrap();
         let config = client_config(&n2.ca, &n2.certs, "n2");
         let conn = endpoint

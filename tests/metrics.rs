@@ -9,7 +9,7 @@ use std::net::TcpStream;
 use std::path::Path;
 use std::time::{Duration, Instant};
 
-use support::{finish, mailmesh, write_config, Running, DEADLINE};
+use support::{append_file, finish, mailmesh, op, start_node, write_config, DEADLINE};
 use tempfile::TempDir;
 
 /// Sends `request` to the endpoint and returns the whole response.
@@ -35,16 +35,7 @@ fn sample(text: &str, series: &str) -> Option<f64> {
 }
 
 fn append(config: &Path, message: &Path) {
-    let mut cmd = mailmesh(&[
-        "append",
-        "--user",
-        "alice",
-        "--mailbox",
-        "INBOX",
-        "--file",
-        message.to_str().unwrap(),
-    ]);
-    finish(cmd.arg("--config").arg(config)).expect_code(0);
+    append_file(config, "alice", "INBOX", message, &[]).expect_code(0);
 }
 
 #[test]
@@ -55,12 +46,15 @@ fn a_scrape_shows_appends_commits_and_flush_durations() {
     text.push_str("\n[metrics]\nlisten = \"127.0.0.1:0\"\n");
     std::fs::write(&config, text).unwrap();
 
-    let mut node = Running::start(&mut mailmesh(&["run", "--config", config.to_str().unwrap()]));
+    let mut node = start_node(&config);
     let line = node.wait_for_stderr("metrics endpoint ready");
     let addr = line.rsplit("addr=").next().unwrap().trim().to_string();
 
-    let mut create = mailmesh(&["mailbox", "create", "--user", "alice", "--name", "INBOX"]);
-    finish(create.arg("--config").arg(&config)).expect_code(0);
+    op(
+        &config,
+        &["mailbox", "create", "--user", "alice", "--name", "INBOX"],
+    )
+    .expect_code(0);
     for i in 0..3 {
         let message = tmp.path().join(format!("m{i}.eml"));
         std::fs::write(&message, format!("Subject: metrics {i}\r\n\r\nbody {i}\r\n")).unwrap();
@@ -118,8 +112,7 @@ fn a_scrape_shows_appends_commits_and_flush_durations() {
 fn metrics_are_off_unless_configured_and_a_bad_address_is_a_config_error() {
     let tmp = TempDir::new().unwrap();
     let config = write_config(tmp.path(), "n1", &tmp.path().join("data"));
-    let mut node = Running::start(&mut mailmesh(&["run", "--config", config.to_str().unwrap()]));
-    node.wait_for_stderr("node ready");
+    let node = start_node(&config);
     node.signal(libc::SIGTERM);
     let done = node.wait();
     assert!(!done.stderr.contains("metrics endpoint"), "{}", done.stderr);

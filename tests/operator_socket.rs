@@ -7,16 +7,9 @@ mod support;
 use std::io::{Read, Write};
 use std::os::unix::fs::PermissionsExt;
 use std::os::unix::net::UnixStream;
-use std::path::{Path, PathBuf};
+use std::path::Path;
 
-use support::{finish, mailmesh, write_config, Finished, Running};
-use tempfile::TempDir;
-
-fn op(config: &Path, args: &[&str]) -> Finished {
-    let mut cmd = mailmesh(args);
-    cmd.arg("--config").arg(config);
-    finish(&mut cmd)
-}
+use support::{append_file, op, start_node, store_flags, NodeDir};
 
 /// `mailmesh fetch` without --uid: one line per message (uid, flags, size, hash).
 fn messages(config: &Path) -> Vec<Vec<String>> {
@@ -28,39 +21,15 @@ fn messages(config: &Path) -> Vec<Vec<String>> {
         .collect()
 }
 
-struct Node {
-    _tmp: TempDir,
-    data: PathBuf,
-    config: PathBuf,
-    message: PathBuf,
-}
-
-fn node_files() -> Node {
-    let tmp = TempDir::new().unwrap();
-    let data = tmp.path().join("data");
-    let config = write_config(tmp.path(), "n1", &data);
-    let message = tmp.path().join("m.eml");
-    std::fs::write(&message, "Subject: socket-31337\r\n\r\nHello\r\n").unwrap();
-    Node {
-        _tmp: tmp,
-        data,
-        config,
-        message,
-    }
-}
-
-fn start(node: &Node) -> Running {
-    let mut running = Running::start(&mut mailmesh(&["run", "--config", node.config.to_str().unwrap()]));
-    running.wait_for_stderr("node ready");
-    running
+fn node_files() -> NodeDir {
+    NodeDir::new("socket-31337")
 }
 
 #[test]
 fn commands_work_on_a_running_node_and_on_its_stopped_data() {
     let node = node_files();
     let config = &node.config;
-    let file = node.message.to_str().unwrap();
-    let running = start(&node);
+    let running = start_node(&node.config);
 
     let socket = node.data.join("mailmesh.sock");
     let mode = std::fs::metadata(&socket).unwrap().permissions().mode();
@@ -71,78 +40,17 @@ fn commands_work_on_a_running_node_and_on_its_stopped_data() {
         &["mailbox", "create", "--user", "alice", "--name", "INBOX"],
     )
     .expect_code(0);
-    let appended = op(
-        config,
-        &[
-            "append",
-            "--user",
-            "alice",
-            "--mailbox",
-            "INBOX",
-            "--file",
-            file,
-            "--flags",
-            "\\Seen",
-        ],
-    );
+    let appended = append_file(config, "alice", "INBOX", &node.message, &["--flags", "\\Seen"]);
     assert_eq!(appended.expect_code(0).stdout, "1\n");
-    let add = op(
-        config,
-        &[
-            "flags",
-            "--user",
-            "alice",
-            "--mailbox",
-            "INBOX",
-            "--uid",
-            "1",
-            "+$Junk,\\Flagged",
-        ],
-    );
+    let add = store_flags(config, "alice", "INBOX", "1", "+$Junk,\\Flagged");
     assert_eq!(add.expect_code(0).stdout, "1\t$Junk \\Flagged \\Seen\n");
-    let remove = op(
-        config,
-        &[
-            "flags",
-            "--user",
-            "alice",
-            "--mailbox",
-            "INBOX",
-            "--uid",
-            "1",
-            "-\\Seen",
-        ],
-    );
+    let remove = store_flags(config, "alice", "INBOX", "1", "-\\Seen");
     assert_eq!(remove.expect_code(0).stdout, "1\t$Junk \\Flagged\n");
-    let replace = op(
-        config,
-        &[
-            "flags",
-            "--user",
-            "alice",
-            "--mailbox",
-            "INBOX",
-            "--uid",
-            "1",
-            "\\Answered",
-        ],
-    );
+    let replace = store_flags(config, "alice", "INBOX", "1", "\\Answered");
     assert_eq!(replace.expect_code(0).stdout, "1\t\\Answered\n");
-    op(
-        config,
-        &[
-            "flags",
-            "--user",
-            "alice",
-            "--mailbox",
-            "INBOX",
-            "--uid",
-            "7",
-            "+\\Seen",
-        ],
-    )
-    .expect_code(1)
-    .expect_stderr(&["no message with uid 7"]);
+    store_flags(config, "alice", "INBOX", "7", "+\\Seen")
+        .expect_code(1)
+        .expect_stderr(&["no message with uid 7"]);
 
     let fetched = op(
         config,
@@ -176,10 +84,7 @@ fn commands_work_on_a_running_node_and_on_its_stopped_data() {
 
     // Stopped: the same commands open the data directory, and find what the node wrote.
     assert_eq!(messages(config), listed);
-    let appended = op(
-        config,
-        &["append", "--user", "alice", "--mailbox", "INBOX", "--file", file],
-    );
+    let appended = append_file(config, "alice", "INBOX", &node.message, &[]);
     assert_eq!(appended.expect_code(0).stdout, "2\n");
     op(config, &["status"])
         .expect_code(1)
@@ -204,7 +109,7 @@ fn send_raw(socket: &Path, bytes: &[u8], half_close: bool) -> Vec<u8> {
 fn bad_requests_close_their_connection_only() {
     let node = node_files();
     let config = &node.config;
-    let mut running = start(&node);
+    let mut running = start_node(&node.config);
     let socket = node.data.join("mailmesh.sock");
     op(
         config,
@@ -256,11 +161,7 @@ fn bad_requests_close_their_connection_only() {
     // Each bad request was logged, and the node still serves commands.
     running.wait_for_stderr("operator protocol version 99 is not supported");
     op(config, &["status"]).expect_code(0);
-    let file = node.message.to_str().unwrap();
-    let appended = op(
-        config,
-        &["append", "--user", "alice", "--mailbox", "INBOX", "--file", file],
-    );
+    let appended = append_file(config, "alice", "INBOX", &node.message, &[]);
     assert_eq!(appended.expect_code(0).stdout, "1\n");
 
     running.signal(libc::SIGTERM);
@@ -273,7 +174,7 @@ fn bad_requests_close_their_connection_only() {
 fn a_stale_socket_of_a_killed_node_is_handled() {
     let node = node_files();
     let config = &node.config;
-    let running = start(&node);
+    let running = start_node(&node.config);
     op(
         config,
         &["mailbox", "create", "--user", "alice", "--name", "INBOX"],
@@ -288,18 +189,11 @@ fn a_stale_socket_of_a_killed_node_is_handled() {
     let socket = node.data.join("mailmesh.sock");
     assert!(socket.exists(), "SIGKILL cannot remove the socket");
 
-    let file = node.message.to_str().unwrap();
-    let appended = op(
-        config,
-        &["append", "--user", "alice", "--mailbox", "INBOX", "--file", file],
-    );
+    let appended = append_file(config, "alice", "INBOX", &node.message, &[]);
     assert_eq!(appended.expect_code(0).stdout, "1\n");
 
-    let running = start(&node);
-    let appended = op(
-        config,
-        &["append", "--user", "alice", "--mailbox", "INBOX", "--file", file],
-    );
+    let running = start_node(&node.config);
+    let appended = append_file(config, "alice", "INBOX", &node.message, &[]);
     assert_eq!(appended.expect_code(0).stdout, "2\n");
     assert_eq!(messages(config).len(), 2);
     running.signal(libc::SIGTERM);
@@ -312,32 +206,15 @@ fn contains(haystack: &[u8], needle: &[u8]) -> bool {
 
 /// Expunge, rename and delete on `config`'s node (running or not): each answers, and the
 /// mailbox list and message list show the change. `tag` keeps the names of two runs apart.
-fn expunge_rename_delete(config: &Path, message: &str, tag: &str) {
+fn expunge_rename_delete(config: &Path, message: &Path, tag: &str) {
     let work = format!("Work-{tag}");
     let done = format!("Done-{tag}");
     op(config, &["mailbox", "create", "--user", "alice", "--name", &work]).expect_code(0);
     for _ in 0..3 {
-        op(
-            config,
-            &["append", "--user", "alice", "--mailbox", &work, "--file", message],
-        )
-        .expect_code(0);
+        append_file(config, "alice", &work, message, &[]).expect_code(0);
     }
     for uid in ["1", "3"] {
-        op(
-            config,
-            &[
-                "flags",
-                "--user",
-                "alice",
-                "--mailbox",
-                &work,
-                "--uid",
-                uid,
-                "+\\Deleted",
-            ],
-        )
-        .expect_code(0);
+        store_flags(config, "alice", &work, uid, "+\\Deleted").expect_code(0);
     }
     let expunged = op(config, &["expunge", "--user", "alice", "--mailbox", &work]);
     assert_eq!(expunged.expect_code(0).stdout, "1\n3\n");
@@ -441,20 +318,19 @@ fn expunge_rename_delete(config: &Path, message: &str, tag: &str) {
 fn expunge_rename_and_delete_work_on_a_running_node_and_on_its_stopped_data() {
     let node = node_files();
     let config = &node.config;
-    let file = node.message.to_str().unwrap();
-    let running = start(&node);
+    let running = start_node(&node.config);
     op(
         config,
         &["mailbox", "create", "--user", "alice", "--name", "INBOX"],
     )
     .expect_code(0);
-    expunge_rename_delete(config, file, "running");
+    expunge_rename_delete(config, &node.message, "running");
     running.signal(libc::SIGTERM);
     running.wait().expect_code(0);
 
-    expunge_rename_delete(config, file, "stopped");
+    expunge_rename_delete(config, &node.message, "stopped");
     // What the stopped-directory commands wrote is what the next node starts with.
-    let running = start(&node);
+    let running = start_node(&node.config);
     let listed = op(config, &["mailbox", "list", "--user", "alice"]);
     let names: Vec<&str> = listed
         .expect_code(0)

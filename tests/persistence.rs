@@ -5,14 +5,7 @@ use std::path::Path;
 
 mod support;
 
-use support::{finish, mailmesh, write_config, Finished, Running};
-use tempfile::TempDir;
-
-fn op(config: &Path, args: &[&str]) -> Finished {
-    let mut cmd = mailmesh(args);
-    cmd.arg("--config").arg(config);
-    finish(&mut cmd)
-}
+use support::{append_file, finish, mailmesh, op, start_node, NodeDir};
 
 /// The `mailbox list` line of `name`, split into its tab-separated columns.
 fn listed(config: &Path, user: &str, name: &str) -> Vec<String> {
@@ -27,51 +20,37 @@ fn listed(config: &Path, user: &str, name: &str) -> Vec<String> {
 
 #[test]
 fn mailboxes_and_uids_survive_a_node_run_and_stop() {
-    let tmp = TempDir::new().unwrap();
-    let data = tmp.path().join("data");
-    let config = write_config(tmp.path(), "n1", &data);
-    let message = tmp.path().join("m.eml");
-    std::fs::write(&message, "Subject: persisted-4711\r\n\r\nHello\r\n").unwrap();
-    let file = message.to_str().unwrap();
+    let node = NodeDir::new("persisted-4711");
+    let (config, data) = (&node.config, &node.data);
 
     op(
-        &config,
+        config,
         &["mailbox", "create", "--user", "alice", "--name", "INBOX"],
     )
     .expect_code(0);
-    let first = op(
-        &config,
-        &[
-            "append",
-            "--user",
-            "alice",
-            "--mailbox",
-            "INBOX",
-            "--file",
-            file,
-            "--flags",
-            "\\Seen,$Junk",
-        ],
+    let first = append_file(
+        config,
+        "alice",
+        "INBOX",
+        &node.message,
+        &["--flags", "\\Seen,$Junk"],
     );
     assert_eq!(first.expect_code(0).stdout, "1\n");
-    let before = listed(&config, "alice", "INBOX");
+    let before = listed(config, "alice", "INBOX");
     assert_eq!(before[1..3], ["1", "2"], "messages and uidnext: {before:?}");
 
-    let mut node = Running::start(&mut mailmesh(&["run", "--config", config.to_str().unwrap()]));
-    node.wait_for_stderr("node ready");
-    node.signal(libc::SIGINT);
-    node.wait()
+    let running = start_node(config);
+    running.signal(libc::SIGINT);
+    running
+        .wait()
         .expect_code(0)
         .expect_stderr(&["signal=\"SIGINT\"", "node stopped"]);
 
-    let after = listed(&config, "alice", "INBOX");
+    let after = listed(config, "alice", "INBOX");
     assert_eq!(after, before, "INBOX changed across a run");
-    let second = op(
-        &config,
-        &["append", "--user", "alice", "--mailbox", "INBOX", "--file", file],
-    );
+    let second = append_file(config, "alice", "INBOX", &node.message, &[]);
     assert_eq!(second.expect_code(0).stdout, "2\n");
-    let last = listed(&config, "alice", "INBOX");
+    let last = listed(config, "alice", "INBOX");
     assert_eq!(last[1..3], ["2", "3"], "messages and uidnext: {last:?}");
     // Same mailbox (id and uidvalidity), not a re-created one.
     assert_eq!(last[3..], before[3..]);
@@ -85,29 +64,23 @@ fn mailboxes_and_uids_survive_a_node_run_and_stop() {
 
 #[test]
 fn refused_operations_exit_1_with_the_reason_and_change_nothing() {
-    let tmp = TempDir::new().unwrap();
-    let config = write_config(tmp.path(), "n1", &tmp.path().join("data"));
-    let message = tmp.path().join("m.eml");
-    std::fs::write(&message, "Subject: x\r\n\r\nbody\r\n").unwrap();
-    let file = message.to_str().unwrap();
-    let append = |mailbox: &str, extra: &[&str]| {
-        let mut args = vec!["append", "--user", "alice", "--mailbox", mailbox, "--file", file];
-        args.extend_from_slice(extra);
-        op(&config, &args)
-    };
+    let node = NodeDir::new("x");
+    let config = &node.config;
+    let file = node.message.to_str().unwrap();
+    let append = |mailbox: &str, extra: &[&str]| append_file(config, "alice", mailbox, &node.message, extra);
 
     op(
-        &config,
+        config,
         &["mailbox", "create", "--user", "alice", "--name", "INBOX"],
     )
     .expect_code(0);
     op(
-        &config,
+        config,
         &["mailbox", "create", "--user", "alice", "--name", "INBOX"],
     )
     .expect_code(1)
     .expect_stderr(&["already has a mailbox named \"INBOX\""]);
-    op(&config, &["mailbox", "list", "--user", "Not A User"])
+    op(config, &["mailbox", "list", "--user", "Not A User"])
         .expect_code(1)
         .expect_stderr(&["invalid user name \"Not A User\""]);
     append("Nope", &[])
@@ -119,13 +92,13 @@ fn refused_operations_exit_1_with_the_reason_and_change_nothing() {
     let mut too_big = mailmesh(&["append", "--user", "alice", "--mailbox", "INBOX", "--file", file]);
     too_big
         .arg("--config")
-        .arg(&config)
+        .arg(config)
         .env("MAILMESH_LIMITS__MAX_MESSAGE_BYTES", "8");
     finish(&mut too_big)
         .expect_code(1)
         .expect_stderr(&["exceeds the maximum message size of 8 bytes"]);
     op(
-        &config,
+        config,
         &[
             "append",
             "--user",
@@ -141,7 +114,7 @@ fn refused_operations_exit_1_with_the_reason_and_change_nothing() {
 
     // None of the refusals used up a uid or left a message behind.
     assert_eq!(append("INBOX", &[]).expect_code(0).stdout, "1\n");
-    assert_eq!(listed(&config, "alice", "INBOX")[1], "1");
+    assert_eq!(listed(config, "alice", "INBOX")[1], "1");
 }
 
 /// A one-shot command whose reader has gone (`mailmesh mailbox list | head -1` on many
@@ -151,10 +124,10 @@ fn a_closed_output_pipe_ends_a_command_quietly() {
     use std::os::unix::process::ExitStatusExt;
     use std::process::Stdio;
 
-    let tmp = TempDir::new().unwrap();
-    let config = write_config(tmp.path(), "n1", &tmp.path().join("data"));
+    let node = NodeDir::new("x");
+    let config = &node.config;
     op(
-        &config,
+        config,
         &["mailbox", "create", "--user", "alice", "--name", "INBOX"],
     )
     .expect_code(0);
@@ -162,7 +135,7 @@ fn a_closed_output_pipe_ends_a_command_quietly() {
     let (reader, writer) = std::io::pipe().unwrap();
     drop(reader);
     let mut cmd = mailmesh(&["mailbox", "list", "--user", "alice"]);
-    cmd.arg("--config").arg(&config);
+    cmd.arg("--config").arg(config);
     let out = cmd
         .stdout(Stdio::from(writer))
         .stderr(Stdio::piped())

@@ -131,16 +131,9 @@ pub fn cluster_specs(root: &Path, names: &[&str]) -> Vec<NodeSpec> {
         .collect()
 }
 
-/// Whether a log line says the link to `peer` came up.
-pub fn link_up_line(peer: &str) -> String {
-    format!("peer={peer} ")
-}
-
 /// Runs the operator command `args` against `node`'s running process (through its socket).
 pub fn op(node: &NodeSpec, args: &[&str]) -> super::Finished {
-    let mut cmd = mailmesh(args);
-    cmd.arg("--config").arg(node.config_path());
-    finish(&mut cmd)
+    super::op(&node.config_path(), args)
 }
 
 /// Like [`op`], and the command must succeed; returns its stdout.
@@ -303,19 +296,7 @@ pub fn create_everywhere(origin: &NodeSpec, nodes: &[&NodeSpec], user: &str, mai
 
 /// Changes the flags of message `uid` on `node` (`change` as `mailmesh flags` takes it).
 pub fn set_flags(node: &NodeSpec, user: &str, mailbox: &str, uid: &str, change: &str) {
-    op_ok(
-        node,
-        &[
-            "flags",
-            "--user",
-            user,
-            "--mailbox",
-            mailbox,
-            "--uid",
-            uid,
-            change,
-        ],
-    );
+    super::store_flags(&node.config_path(), user, mailbox, uid, change).expect_code(0);
 }
 
 /// Whether the message `uid` has `flag` in a listing from [`listing`].

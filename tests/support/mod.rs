@@ -49,6 +49,72 @@ pub fn write_config(dir: &Path, name: &str, data_dir: &Path) -> PathBuf {
     path
 }
 
+/// Runs the one-shot command `args` with `--config config` (through the node's operator socket if
+/// it runs, on its data directory if not).
+pub fn op(config: &Path, args: &[&str]) -> Finished {
+    let mut cmd = mailmesh(args);
+    cmd.arg("--config").arg(config);
+    finish(&mut cmd)
+}
+
+/// `mailmesh append` of the message in `file` to `user`'s `mailbox`; `extra` adds arguments
+/// (e.g. `--flags`).
+pub fn append_file(config: &Path, user: &str, mailbox: &str, file: &Path, extra: &[&str]) -> Finished {
+    let file = file.to_str().expect("temporary paths are UTF-8");
+    let mut args = vec!["append", "--user", user, "--mailbox", mailbox, "--file", file];
+    args.extend_from_slice(extra);
+    op(config, &args)
+}
+
+/// `mailmesh flags` on message `uid` of `user`'s `mailbox` (`change` as the command takes it).
+pub fn store_flags(config: &Path, user: &str, mailbox: &str, uid: &str, change: &str) -> Finished {
+    op(
+        config,
+        &[
+            "flags",
+            "--user",
+            user,
+            "--mailbox",
+            mailbox,
+            "--uid",
+            uid,
+            change,
+        ],
+    )
+}
+
+/// Starts `mailmesh run --config config` and waits until the node is ready.
+pub fn start_node(config: &Path) -> Running {
+    let mut node = Running::start(mailmesh(&["run", "--config"]).arg(config));
+    node.wait_for_stderr("node ready");
+    node
+}
+
+/// A single node's files in a fresh temporary directory: `node.toml` naming it `n1`, its data
+/// directory (not created: the node makes it), and a message file `m.eml` with `subject`.
+pub struct NodeDir {
+    pub tmp: tempfile::TempDir,
+    pub data: PathBuf,
+    pub config: PathBuf,
+    pub message: PathBuf,
+}
+
+impl NodeDir {
+    pub fn new(subject: &str) -> NodeDir {
+        let tmp = tempfile::TempDir::new().expect("a temporary directory");
+        let data = tmp.path().join("data");
+        let config = write_config(tmp.path(), "n1", &data);
+        let message = tmp.path().join("m.eml");
+        std::fs::write(&message, format!("Subject: {subject}\r\n\r\nHello\r\n")).expect("write m.eml");
+        NodeDir {
+            tmp,
+            data,
+            config,
+            message,
+        }
+    }
+}
+
 /// Everything a finished process left.
 #[derive(Debug)]
 pub struct Finished {
@@ -144,21 +210,39 @@ impl Running {
     /// Waits until stderr has a line containing `needle` and returns that line. Panics, with
     /// everything the process printed, if it exits first or the deadline passes.
     pub fn wait_for_stderr(&mut self, needle: &str) -> String {
-        self.wait_for_line("stderr", |o| &o.stderr, needle)
+        self.wait_for_line("stderr", |o| &o.stderr, needle, |l| l.contains(needle))
     }
 
     /// Like [`Running::wait_for_stderr`], on stdout.
     pub fn wait_for_stdout(&mut self, needle: &str) -> String {
-        self.wait_for_line("stdout", |o| &o.stdout, needle)
+        self.wait_for_line("stdout", |o| &o.stdout, needle, |l| l.contains(needle))
     }
 
-    fn wait_for_line(&mut self, stream: &str, pick: fn(&Output) -> &String, needle: &str) -> String {
+    /// Waits until the node logs `event` ("link up", "link down") for its link to `peer`; returns
+    /// that line.
+    pub fn wait_for_link(&mut self, event: &str, peer: &str) -> String {
+        let what = format!("{event} peer={peer}");
+        self.wait_for_line(
+            "stderr",
+            |o| &o.stderr,
+            &what,
+            |l| l.contains(event) && l.split_whitespace().any(|w| w == format!("peer={peer}")),
+        )
+    }
+
+    fn wait_for_line(
+        &mut self,
+        stream: &str,
+        pick: fn(&Output) -> &String,
+        needle: &str,
+        matches: impl Fn(&str) -> bool,
+    ) -> String {
         let deadline = Instant::now() + DEADLINE;
         let output = self.output.clone();
         let (lock, changed) = &*output;
         let mut out = lock.lock().expect("output lock");
         loop {
-            if let Some(line) = pick(&out).lines().find(|l| l.contains(needle)) {
+            if let Some(line) = pick(&out).lines().find(|l| matches(l)) {
                 return line.to_string();
             }
             if out.open == 0 {
@@ -283,6 +367,7 @@ fn collect(
 }
 
 pub mod cluster;
+pub mod quic;
 
 impl Running {
     /// Waits until stderr has at least `count` lines containing `needle`; returns the last one.
