@@ -1283,3 +1283,72 @@ fn a_rejoining_stale_node_never_brings_deleted_messages_back() {
         cluster.assert_quiet().await;
     });
 }
+
+/// Appends on the sole holder while it moves the mailbox away (the move sent between them, not
+/// after them): every acknowledged append reaches the new location before the old one lets go,
+/// whether it was logged before or after the Mailbox actor learnt its new holders.
+#[test]
+fn appends_racing_a_move_off_the_sole_holder_all_reach_the_new_one() {
+    run_virtual(|| async {
+        let cluster = Cluster::full_mesh(&["a", "b"]);
+        create(&cluster, "a", "alice", "INBOX").await;
+        let set = |locations: &[&str]| SetLocations {
+            user: "alice".into(),
+            name: "INBOX".into(),
+            locations: locations.iter().map(|s| n(s)).collect(),
+            primary: Some(n(locations[0])),
+        };
+        cluster
+            .node("a")
+            .directory
+            .send(set(&["a"]))
+            .await
+            .unwrap()
+            .unwrap();
+        cluster.settle().await;
+        let on_a = open(&cluster, "a", "alice", "INBOX").await;
+        let mut handles = Vec::new();
+        for i in 0..60 {
+            if i == 30 {
+                let dir = cluster.node("a").directory.clone();
+                let msg = set(&["b"]);
+                handles.push(actix::spawn(async move {
+                    dir.send(msg).await.unwrap().unwrap();
+                    false
+                }));
+            }
+            let mb = on_a.clone();
+            handles.push(actix::spawn(async move {
+                mb.send(Append {
+                    body: message(i).into_bytes(),
+                    flags: Vec::new(),
+                    internaldate: Some(1_600_000_000),
+                })
+                .await
+                .unwrap()
+                .is_ok()
+            }));
+        }
+        let mut acked = 0;
+        for h in handles {
+            if h.await.unwrap() {
+                acked += 1;
+            }
+        }
+        drop(on_a);
+        cluster.settle().await;
+        let count = |dump: &NodeDump| inbox(dump).messages.len();
+        let mut waited = 0;
+        while count(&cluster.dump("a").await) != 0 {
+            waited += 1;
+            assert!(waited < 60, "a never released its copy");
+            tokio::time::sleep(std::time::Duration::from_secs(1)).await;
+        }
+        cluster.settle().await;
+        assert_eq!(
+            count(&cluster.dump("b").await),
+            acked,
+            "b holds every acknowledged append"
+        );
+    });
+}
