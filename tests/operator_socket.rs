@@ -342,3 +342,42 @@ fn expunge_rename_and_delete_work_on_a_running_node_and_on_its_stopped_data() {
     running.signal(libc::SIGTERM);
     running.wait().expect_code(0);
 }
+
+#[test]
+fn flags_over_a_uid_range_change_every_message_in_it_and_refuse_an_empty_range() {
+    let node = node_files();
+    let config = &node.config;
+    op(
+        config,
+        &["mailbox", "create", "--user", "alice", "--name", "INBOX"],
+    )
+    .expect_code(0);
+    for _ in 0..4 {
+        append_file(config, "alice", "INBOX", &node.message, &[]).expect_code(0);
+    }
+    let running = start_node(config);
+    let changed = store_flags(config, "alice", "INBOX", "2:3", "+\\Seen");
+    let uids: Vec<&str> = changed
+        .expect_code(0)
+        .stdout
+        .lines()
+        .map(|l| l.split('\t').next().unwrap())
+        .collect();
+    assert_eq!(uids, ["2", "3"]);
+    let flagged: Vec<(String, bool)> = messages(config)
+        .into_iter()
+        .map(|m| (m[0].clone(), m[1].contains("\\Seen")))
+        .collect();
+    assert_eq!(
+        flagged,
+        [("1", false), ("2", true), ("3", true), ("4", false)].map(|(u, f)| (u.to_string(), f))
+    );
+    store_flags(config, "alice", "INBOX", "3:2", "+\\Seen")
+        .expect_code(2)
+        .expect_stderr(&["empty"]);
+    store_flags(config, "alice", "INBOX", "0:2", "+\\Seen")
+        .expect_code(2)
+        .expect_stderr(&["not a uid"]);
+    running.signal(libc::SIGTERM);
+    running.wait().expect_code(0);
+}

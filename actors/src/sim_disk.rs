@@ -413,6 +413,46 @@ impl SimDisk {
         }
     }
 
+    /// A new disk holding exactly what this one holds durably now (what a crash that keeps
+    /// nothing unsynced would leave), as a process starting on it would find it. This disk is
+    /// left as it is: the simulator reads another node's durable state through the copy (what
+    /// survives elsewhere when a node is wiped) without touching that node.
+    pub fn durable_image(&self) -> SimDisk {
+        let state = self.lock();
+        let nodes = state
+            .nodes
+            .iter()
+            .map(|(ino, node)| {
+                let copy = match node {
+                    Inode::File(f) => Inode::File(SimFile {
+                        visible: f.durable.clone(),
+                        durable: f.durable.clone(),
+                        pending: Vec::new(),
+                    }),
+                    Inode::Dir(d) => Inode::Dir(SimDir {
+                        visible: d.durable.clone(),
+                        durable: d.durable.clone(),
+                        pending: Vec::new(),
+                    }),
+                };
+                (*ino, copy)
+            })
+            .collect();
+        SimDisk {
+            state: Arc::new(Mutex::new(State {
+                epoch: 0,
+                dead: false,
+                crashes: 0,
+                rng: ChaCha8Rng::seed_from_u64(0),
+                model: CrashModel::LOSE_ALL,
+                armed: None,
+                nodes,
+                next_ino: state.next_ino,
+                capacity: None,
+            })),
+        }
+    }
+
     fn handle(&self, ino: Ino, epoch: u64, write: bool) -> SimHandle {
         SimHandle {
             disk: self.clone(),

@@ -216,3 +216,40 @@ fn a_failed_group_leaves_no_dead_bytes_for_the_next_one() {
 async fn futures_join<A: std::future::Future, B: std::future::Future>(a: A, b: B) -> (A::Output, B::Output) {
     tokio::join!(a, b)
 }
+
+/// The image of a disk holds what the disk holds durably (the simulator reads a running node's
+/// durable state through it when another node is wiped), and taking it leaves the disk as it was.
+#[test]
+fn a_durable_image_holds_what_is_synced_and_leaves_the_disk_alone() {
+    use mailmesh_actors::disk::Disk;
+    let disk = SimDisk::new(3, CrashModel::LOSE_ALL);
+    let dir = Path::new("/data");
+    disk.create_dir_all(dir).unwrap();
+    disk.sync_dir(Path::new("/")).unwrap();
+    let synced = dir.join("synced");
+    let file = disk.open(&synced, true).unwrap();
+    file.write_all_at(b"durable", 0).unwrap();
+    file.sync_data().unwrap();
+    disk.sync_dir(dir).unwrap();
+    file.write_all_at(b" and more", 7).unwrap();
+    let unsynced = disk.open(&dir.join("unsynced"), true).unwrap();
+    unsynced.write_all_at(b"never synced", 0).unwrap();
+    let image = disk.durable_image();
+    let mut buf = vec![0; 7];
+    let in_image = image.open(&synced, false).unwrap();
+    assert_eq!(
+        in_image.len().unwrap(),
+        7,
+        "the unsynced tail is not in the image"
+    );
+    in_image.read_exact_at(&mut buf, 0).unwrap();
+    assert_eq!(buf, b"durable");
+    assert!(
+        image.open(&dir.join("unsynced"), false).is_err(),
+        "a file whose entry was never synced is not in the image"
+    );
+    let mut all = vec![0; 16];
+    file.read_exact_at(&mut all, 0).unwrap();
+    assert_eq!(&all, b"durable and more", "the disk itself is unchanged");
+    assert_eq!(disk.list_dir(dir).unwrap().len(), 2);
+}

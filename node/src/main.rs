@@ -85,7 +85,8 @@ enum Command {
         #[arg(long, value_delimiter = ',')]
         flags: Vec<String>,
     },
-    /// Changes a message's flags and prints them afterwards (uid, then the flags).
+    /// Changes a message's flags and prints them afterwards (uid, then the flags); with a uid
+    /// range, prints each message changed as `fetch` lists it.
     Flags {
         /// The mailbox's owner.
         #[arg(long)]
@@ -93,9 +94,9 @@ enum Command {
         /// The mailbox's name.
         #[arg(long)]
         mailbox: String,
-        /// The message's uid.
-        #[arg(long)]
-        uid: u32,
+        /// The message's uid, or a range FIRST:LAST (one commit for all of them).
+        #[arg(long, value_name = "UID|FIRST:LAST", value_parser = parse_uids)]
+        uid: (u32, u32),
         /// '+FLAGS' adds, '-FLAGS' removes, 'FLAGS' replaces them all (comma-separated, e.g.
         /// '+\Seen,$Junk'; '' clears every flag).
         #[arg(allow_hyphen_values = true, value_name = "[+|-]FLAGS")]
@@ -375,12 +376,22 @@ fn execute(cli: Cli) -> Result<(), Error> {
                 .filter(|f| !f.is_empty())
                 .map(str::to_string)
                 .collect();
-            Request::StoreFlags {
-                user,
-                mailbox,
-                uid,
-                change,
-                flags,
+            match uid {
+                (uid, last) if uid == last => Request::StoreFlags {
+                    user,
+                    mailbox,
+                    uid,
+                    change,
+                    flags,
+                },
+                (first_uid, last_uid) => Request::StoreFlagsRange {
+                    user,
+                    mailbox,
+                    first_uid,
+                    last_uid,
+                    change,
+                    flags,
+                },
             }
         }
         Command::Fetch { user, mailbox, uid } => match uid {
@@ -391,6 +402,22 @@ fn execute(cli: Cli) -> Result<(), Error> {
     // A one-shot command prints its result on stdout; only problems are worth a log line there.
     logging::init("warn");
     print_reply(ops::execute(loaded.options, request)?)
+}
+
+/// `N` or `FIRST:LAST`, both at least 1, FIRST not above LAST.
+fn parse_uids(text: &str) -> Result<(u32, u32), String> {
+    let uid = |t: &str| match t.trim().parse::<u32>() {
+        Ok(n) if n > 0 => Ok(n),
+        _ => Err(format!("{t:?} is not a uid (a number from 1)")),
+    };
+    let (first, last) = match text.split_once(':') {
+        Some((first, last)) => (uid(first)?, uid(last)?),
+        None => (uid(text)?, uid(text)?),
+    };
+    if first > last {
+        return Err(format!("the range {first}:{last} is empty (FIRST above LAST)"));
+    }
+    Ok((first, last))
 }
 
 fn print_reply(reply: Reply) -> Result<(), Error> {

@@ -101,6 +101,9 @@ pub struct Observer {
     reported: BTreeSet<String>,
     pub samples: u64,
     trace: Trace,
+    /// Mailboxes wiped nodes had listed before their wipes (they existed, whatever the node
+    /// shows now).
+    listed_before_wipes: BTreeSet<MailboxId>,
 }
 
 impl Observer {
@@ -112,7 +115,38 @@ impl Observer {
             reported: BTreeSet::new(),
             samples: 0,
             trace,
+            listed_before_wipes: BTreeSet::new(),
         }
+    }
+
+    /// A node lost its whole store: what it showed before (uids, counters, tombstones) is no
+    /// promise any more. Messages `lost` with it (on no other disk) are forgotten wherever any
+    /// node showed them, and a message it alone showed at a uid where no other disk holds it
+    /// (`survives` says which places did) is forgotten there: that uid assignment (an append, or
+    /// a promotion by the primary) was lost with the store, and the uid may go to another
+    /// message.
+    pub fn node_wiped(
+        &mut self,
+        node: &NodeId,
+        lost: &BTreeSet<AppendId>,
+        survives: impl Fn(MailboxId, Uid, &AppendId) -> bool,
+    ) {
+        for aids in self.global_shown.values_mut() {
+            aids.retain(|aid| !lost.contains(aid));
+        }
+        let Some(memory) = self.nodes.remove(node) else {
+            return;
+        };
+        for (key, aid) in &memory.shown {
+            let (id, _, uid) = *key;
+            let elsewhere = self.nodes.values().any(|m| m.shown.get(key) == Some(aid));
+            if !elsewhere && !survives(id, uid, aid) {
+                if let Some(aids) = self.global_shown.get_mut(key) {
+                    aids.remove(aid);
+                }
+            }
+        }
+        self.listed_before_wipes.extend(memory.listed);
     }
 
     /// Records a violation once per `key`.
@@ -321,6 +355,9 @@ impl Observer {
                 self.violation(Kind::WrongBody, format!("body {bad}"), format!("body of {bad}"));
             }
             for (i, what) in replicated::lost_writes(&model.writes, node, state) {
+                if model.writes_lost_in_wipes.contains(&i) {
+                    continue;
+                }
                 self.violation(Kind::LostWrite, format!("lost write {i}"), what);
             }
         }
@@ -396,11 +433,13 @@ impl Observer {
             .flat_map(|m| m.listed.iter().copied())
             .chain(model.appends.values().map(|a| a.mailbox))
             .chain(model.deleted.iter().copied())
+            .chain(self.listed_before_wipes.iter().copied())
             .collect();
         let now: BTreeSet<MailboxId> = snaps.values().flat_map(|s| s.mailboxes.keys().copied()).collect();
         let gone: BTreeSet<MailboxId> = ever.difference(&now).copied().collect();
         for id in &gone {
-            if !model.deleted.contains(id) && model.uncertain_deletes == 0 {
+            let excused = model.deleted.contains(id) || model.mailboxes_lost_in_wipes.contains(id);
+            if !excused && model.uncertain_deletes == 0 {
                 self.violation(
                     Kind::MailboxGone,
                     format!("gone {id}"),
@@ -419,7 +458,7 @@ impl Observer {
         gone: &BTreeSet<MailboxId>,
     ) {
         for (aid, acked) in &model.appends {
-            if gone.contains(&acked.mailbox) {
+            if gone.contains(&acked.mailbox) || model.lost_in_wipes.contains(aid) {
                 continue;
             }
             let label = format!(

@@ -5,10 +5,11 @@
 //! says), and its actors die without flushing anything; a crash may also be armed to fire inside
 //! the commit path (before the segment sync, between the segment's fdatasync and the store
 //! commit, between the commit and the answer, or at the n-th sync). A restart opens the store
-//! from what the disk kept. The topology is edited the way a config reload would
-//! (`LocalNode::set_peers` on both ends of an edge).
+//! from what the disk kept. A wipe is a crash that loses the whole disk: the node comes back under
+//! the same name on a fresh one and must get everything back from its peers. The topology is
+//! edited the way a config reload would (`LocalNode::set_peers` on both ends of an edge).
 
-use std::collections::BTreeMap;
+use std::collections::{BTreeMap, BTreeSet};
 use std::path::PathBuf;
 use std::sync::Arc;
 use std::time::Duration;
@@ -18,11 +19,17 @@ use mailmesh_actors::commit_group::FlushMode;
 use mailmesh_actors::context::Faults;
 use mailmesh_actors::directory::ActivationPolicy;
 use mailmesh_actors::env::{Entropy, Env, TokioClock};
+use mailmesh_actors::mailbox::{StoredAnnotation, StoredRecord};
 use mailmesh_actors::node::{LocalNode, NodeOptions, PeerOptions};
 use mailmesh_actors::sim_disk::{CrashModel, CrashTrigger, SimDisk};
-use mailmesh_protocol::ids::NodeId;
+use mailmesh_actors::store::{decode, Store, Table};
+use mailmesh_actors::sync_log::Tagged;
+use mailmesh_protocol::ids::{AppendId, MailboxId, NodeId, Uid};
+use mailmesh_protocol::records::{MessageRecord, PrunedSet, UserSieve, UserSubscriptions};
+use mailmesh_protocol::version::Version;
 use tokio::time::Instant;
 
+use crate::model::Register;
 use crate::network::{link, SimNetwork};
 use crate::rng::SimRng;
 use crate::topology::Topology;
@@ -65,6 +72,58 @@ impl NodeSetup {
     }
 }
 
+/// What one node's disk holds durably: its mailbox entries (tombstones too) and its messages,
+/// as records (expunged ones too) or compacted into a pruned set.
+#[derive(Clone, Debug, Default)]
+pub struct DurableContent {
+    pub mailboxes: BTreeSet<MailboxId>,
+    pub messages: BTreeSet<AppendId>,
+    /// Every record's place: (mailbox, the uid the record holds, message).
+    pub places: BTreeSet<(MailboxId, Uid, AppendId)>,
+    pub pruned: BTreeMap<MailboxId, PrunedSet>,
+    /// The registers clients write, for the versions they hold.
+    pub records: BTreeMap<AppendId, MessageRecord>,
+    pub annotations: BTreeMap<(MailboxId, String), Version>,
+    pub subscriptions: BTreeMap<String, UserSubscriptions>,
+    pub sieve: BTreeMap<String, UserSieve>,
+}
+
+impl DurableContent {
+    /// The version `register` holds on this disk, if it holds it.
+    pub fn version_of(&self, register: &Register) -> Option<Version> {
+        match register {
+            Register::Flag { message, flag, .. } => self
+                .records
+                .get(message)
+                .and_then(|r| r.flags.get(flag))
+                .map(|f| f.version.clone()),
+            Register::Annotation { mailbox, entry } => {
+                self.annotations.get(&(*mailbox, entry.clone())).cloned()
+            }
+            Register::Subscription { user, name } => self
+                .subscriptions
+                .get(user)
+                .and_then(|s| s.names.get(name))
+                .map(|s| s.version.clone()),
+            Register::Script { user, name } => self
+                .sieve
+                .get(user)
+                .and_then(|s| s.scripts.get(name))
+                .map(|s| s.version.clone()),
+            Register::ActiveScript { user } => self
+                .sieve
+                .get(user)
+                .and_then(|s| s.active.as_ref())
+                .map(|a| a.version.clone()),
+        }
+    }
+
+    /// Whether the disk holds `aid` of `mailbox`, as a record or a compacted tombstone.
+    pub fn holds(&self, mailbox: MailboxId, aid: &AppendId) -> bool {
+        self.messages.contains(aid) || self.pruned.get(&mailbox).is_some_and(|p| p.contains(aid))
+    }
+}
+
 pub struct SimCluster {
     pub net: SimNetwork,
     pub topology: Topology,
@@ -72,6 +131,10 @@ pub struct SimCluster {
     /// Each node's data dir on its disk.
     dirs: BTreeMap<NodeId, PathBuf>,
     disks: BTreeMap<NodeId, SimDisk>,
+    /// How the disks lose unsynced state in a crash (a wiped node's new disk gets the same).
+    crash_model: CrashModel,
+    /// How many times each node was wiped.
+    wipes: BTreeMap<NodeId, usize>,
     /// Each node's clock is off by a fixed amount, as real clocks are.
     skew_ms: BTreeMap<NodeId, i64>,
     setup: NodeSetup,
@@ -112,6 +175,8 @@ impl SimCluster {
             running: BTreeMap::new(),
             dirs,
             disks,
+            crash_model: model,
+            wipes: BTreeMap::new(),
             skew_ms,
             setup,
             rng,
@@ -217,6 +282,83 @@ impl SimCluster {
     /// Starts a crashed node again from its data dir, with the current topology's peers.
     pub fn restart(&mut self, node: &NodeId) -> Result<(), String> {
         self.boot(node)
+    }
+
+    /// Wipes a node: it crashes (if it runs) and loses its whole disk, then starts again under the
+    /// same name on a fresh one, with the current topology's peers, holding nothing.
+    pub async fn wipe(&mut self, node: &NodeId) -> Result<(), String> {
+        self.crash(node).await;
+        let disk = SimDisk::new(self.rng.u64(), self.crash_model);
+        self.disks.insert(node.clone(), disk);
+        *self.wipes.entry(node.clone()).or_default() += 1;
+        self.boot(node)
+    }
+
+    /// How many times `node` was wiped: its store's incarnation, as far as the run knows.
+    pub fn incarnation(&self, node: &NodeId) -> usize {
+        self.wipes.get(node).copied().unwrap_or(0)
+    }
+
+    /// What `node`'s disk holds durably now (what it would keep whatever happened next), read from
+    /// an image of its disk: the node, running or down, is not touched. A disk whose store does
+    /// not open holds nothing.
+    pub fn durable_content(&self, node: &NodeId) -> DurableContent {
+        let mut content = DurableContent::default();
+        let image = Arc::new(self.disks[node].durable_image());
+        let Ok(store) = Store::open_on(image, &self.dirs[node], node, None) else {
+            return content;
+        };
+        let mailbox_of = |k: &[u8]| {
+            k.get(..16)
+                .and_then(|b| b.try_into().ok())
+                .map(MailboxId::from_bytes)
+        };
+        let _ = store.scan_prefix(Table::Mailboxes, &[], None, |k, _| {
+            content.mailboxes.extend(mailbox_of(k));
+            Ok(true)
+        });
+        let _ = store.scan_prefix(Table::Messages, &[], None, |k, v| {
+            if let (Some(id), Ok(stored)) = (mailbox_of(k), decode::<StoredRecord>(v, "record")) {
+                let aid = stored.record.append_id.clone();
+                content.places.insert((id, stored.record.uid.value, aid.clone()));
+                content.messages.insert(aid.clone());
+                content.records.insert(aid, stored.record);
+            }
+            Ok(true)
+        });
+        let _ = store.scan_prefix(Table::Annotations, &[], None, |k, v| {
+            let entry = k.get(16..).map(|e| String::from_utf8_lossy(e).into_owned());
+            let stored = decode::<StoredAnnotation>(v, "annotation");
+            if let (Some(id), Some(entry), Ok(stored)) = (mailbox_of(k), entry, stored) {
+                content
+                    .annotations
+                    .insert((id, entry), stored.annotation.0.version);
+            }
+            Ok(true)
+        });
+        let _ = store.scan_prefix(Table::Subscriptions, &[], None, |k, v| {
+            if let Ok(t) = decode::<Tagged<UserSubscriptions>>(v, "subscriptions") {
+                content
+                    .subscriptions
+                    .insert(String::from_utf8_lossy(k).into_owned(), t.item);
+            }
+            Ok(true)
+        });
+        let _ = store.scan_prefix(Table::Sieve, &[], None, |k, v| {
+            if let Ok(t) = decode::<Tagged<UserSieve>>(v, "sieve") {
+                content
+                    .sieve
+                    .insert(String::from_utf8_lossy(k).into_owned(), t.item);
+            }
+            Ok(true)
+        });
+        let _ = store.scan_prefix(Table::Pruned, &[], None, |k, v| {
+            if let (Some(id), Ok(set)) = (mailbox_of(k), decode::<PrunedSet>(v, "pruned set")) {
+                content.pruned.insert(id, set);
+            }
+            Ok(true)
+        });
+        content
     }
 
     /// Adds or removes the edge a-b as a config reload on both ends would. An end that is down

@@ -31,6 +31,8 @@ pub struct SimConfig {
     pub writers: Option<usize>,
     /// Clients name other preferred primaries now and then.
     pub set_primary: bool,
+    /// Nodes are wiped now and then (lose their whole disk and rejoin under the same name).
+    pub wipes: bool,
 }
 
 impl Default for SimConfig {
@@ -47,6 +49,7 @@ impl Default for SimConfig {
             page: None,
             writers: None,
             set_primary: true,
+            wipes: false,
         }
     }
 }
@@ -73,6 +76,9 @@ impl SimConfig {
         }
         if !self.set_primary {
             args.push("--no-set-primary".into());
+        }
+        if self.wipes {
+            args.push("--wipes".into());
         }
         if self.engine_faults.no_uid_promotion {
             args.extend(["--sabotage".into(), "no-uid-promotion".into()]);

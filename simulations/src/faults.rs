@@ -1,17 +1,27 @@
 //! The faults a run injects besides the network's own (drops, delays, duplicates, which
-//! [`crate::network`] draws per request): node crashes and restarts, cut links and isolated
+//! [`crate::network`] draws per request): node crashes and restarts, wipes, cut links and isolated
 //! nodes, and topology edits as a config reload would make them.
 //!
 //! A crash is a power cut on the node's simulated disk (see [`crate::cluster`]): at once, between
 //! two client steps (batches queued for the next group are lost), or armed to fire inside the
 //! commit path at a [`CrashPoint`] or at the n-th sync from now (BUGGIFY); the run takes a node
 //! whose armed crash fired off the network and restarts it later from what its disk kept.
+//!
+//! A wipe takes a node's whole disk: it comes back at once under the same name, empty. What it
+//! alone held durably is lost for good, and only that is excused: at the wipe, every other node's
+//! durable state is read (running or down, from an image of its disk) and the acknowledged
+//! appends and mailboxes found on none of them go into the model as lost. The next client
+//! operations favour the wiped node, so it writes again (new identities that must not collide
+//! with the ones its lost store minted) while it is being rebuilt.
 
 use mailmesh_actors::disk::CrashPoint;
 use mailmesh_actors::sim_disk::CrashTrigger;
-use mailmesh_protocol::ids::NodeId;
+use std::collections::BTreeSet;
+
+use mailmesh_protocol::ids::{AppendId, MailboxId, NodeId};
 
 use crate::checks::Kind;
+use crate::network::short_id;
 use crate::network::{link, NetFaults};
 use crate::rng::SimRng;
 use crate::run::Run;
@@ -25,10 +35,13 @@ pub(crate) struct FaultProfile {
     crash_weight: u64,
     partition_weight: u64,
     topology_weight: u64,
+    wipe_weight: u64,
 }
 
 impl FaultProfile {
-    pub(crate) fn random(rng: &SimRng, enabled: bool) -> Self {
+    /// `wipes`: whether nodes may be wiped (drawn only then, so runs without wipes keep the
+    /// histories they had before wipes existed).
+    pub(crate) fn random(rng: &SimRng, enabled: bool, wipes: bool) -> Self {
         // Some seeds run a healthy cluster: the plain path must hold as well as the faulty one.
         if !enabled || rng.chance(0.15) {
             return FaultProfile {
@@ -37,6 +50,7 @@ impl FaultProfile {
                 crash_weight: 0,
                 partition_weight: 0,
                 topology_weight: 0,
+                wipe_weight: 0,
             };
         }
         FaultProfile {
@@ -45,6 +59,8 @@ impl FaultProfile {
             crash_weight: rng.range(0..4),
             partition_weight: rng.range(1..6),
             topology_weight: rng.range(0..3),
+            // Half the faulty runs wipe nodes: a wipe costs a full resync of the node.
+            wipe_weight: if wipes && rng.chance(0.5) { 1 } else { 0 },
         }
     }
 }
@@ -58,6 +74,7 @@ pub struct FaultCounts {
     pub dropped_requests: u64,
     pub dropped_responses: u64,
     pub duplicated: u64,
+    pub wipes: u64,
 }
 
 impl FaultCounts {
@@ -68,13 +85,14 @@ impl FaultCounts {
             + self.dropped_requests
             + self.dropped_responses
             + self.duplicated
+            + self.wipes
     }
 }
 
 impl Run {
     pub(crate) async fn fault_event(&mut self) {
         let p = self.profile;
-        let total = p.crash_weight + p.partition_weight + p.topology_weight;
+        let total = p.crash_weight + p.partition_weight + p.topology_weight + p.wipe_weight;
         if total == 0 {
             return;
         }
@@ -83,9 +101,102 @@ impl Run {
             self.crash_or_restart().await;
         } else if roll < p.crash_weight + p.partition_weight {
             self.partition();
-        } else {
+        } else if roll < p.crash_weight + p.partition_weight + p.topology_weight {
             self.edit_topology();
+        } else {
+            self.wipe().await;
         }
+    }
+
+    /// Wipes a node (running or down) and starts it again, empty, under the same name.
+    async fn wipe(&mut self) {
+        let node = self.rng.pick(&self.cluster.topology.nodes).clone();
+        // What survives is what the other disks hold durably at this instant: read before the
+        // wipe, with no await in between.
+        let others: Vec<_> = self
+            .cluster
+            .topology
+            .nodes
+            .iter()
+            .filter(|n| **n != node)
+            .map(|n| self.cluster.durable_content(n))
+            .collect();
+        let own = self.cluster.durable_content(&node);
+        let lost_mailboxes: BTreeSet<MailboxId> = own
+            .mailboxes
+            .iter()
+            .filter(|id| others.iter().all(|o| !o.mailboxes.contains(id)))
+            .copied()
+            .collect();
+        // Acknowledged appends found on no other disk, and every other message the node alone
+        // held (copies made by COPY and MOVE, appends whose answer was lost): a client may have
+        // been shown any of them.
+        let mut lost: BTreeSet<AppendId> = {
+            let model = self.model.borrow();
+            model
+                .appends
+                .iter()
+                .filter(|(aid, acked)| {
+                    !model.lost_in_wipes.contains(*aid) && others.iter().all(|o| !o.holds(acked.mailbox, aid))
+                })
+                .map(|(aid, _)| aid.clone())
+                .collect()
+        };
+        lost.extend(
+            own.messages
+                .iter()
+                .filter(|aid| others.iter().all(|o| !o.messages.contains(*aid)))
+                .filter(|aid| others.iter().all(|o| o.pruned.values().all(|p| !p.contains(aid))))
+                .cloned(),
+        );
+        // Writes whose register holds that version or a later one on no other disk.
+        let lost_writes: BTreeSet<usize> = {
+            let model = self.model.borrow();
+            model
+                .writes
+                .iter()
+                .enumerate()
+                .filter(|(i, w)| {
+                    !model.writes_lost_in_wipes.contains(i)
+                        && others
+                            .iter()
+                            .all(|o| o.version_of(&w.register).is_none_or(|v| v < w.version))
+                })
+                .map(|(i, _)| i)
+                .collect()
+        };
+        self.trace.log(format!("FAULT wipe {node}"));
+        self.counts.wipes += 1;
+        let wiped = self.cluster.wipe(&node).await;
+        let names = |ids: Vec<String>| {
+            if ids.is_empty() {
+                "none".to_string()
+            } else {
+                ids.join(" ")
+            }
+        };
+        self.trace.log(format!(
+            "{node} wiped and started empty; lost with it: appends {}; mailboxes {}; {} acknowledged writes",
+            names(lost.iter().map(|a| a.to_string()).collect()),
+            names(lost_mailboxes.iter().map(|m| short_id(m.0)).collect()),
+            lost_writes.len()
+        ));
+        {
+            let mut model = self.model.borrow_mut();
+            model.wipes.push((node.clone(), self.trace.elapsed().as_millis()));
+            model.mailboxes_lost_in_wipes.extend(lost_mailboxes);
+            model.lost_in_wipes.extend(lost.iter().cloned());
+            model.writes_lost_in_wipes.extend(lost_writes);
+        }
+        // What clients saw before the wipe goes to the observer before it forgets the node.
+        self.judge_what_clients_saw();
+        self.observer.node_wiped(&node, &lost, |id, uid, aid| {
+            others.iter().any(|o| o.places.contains(&(id, uid, aid.clone())))
+        });
+        if let Err(e) = wiped {
+            self.observer.report(Kind::Restart, e);
+        }
+        self.rejoined = Some((node, 12));
     }
 
     async fn crash_or_restart(&mut self) {

@@ -60,6 +60,9 @@ struct Cli {
     /// Clients never name another preferred primary.
     #[arg(long)]
     no_set_primary: bool,
+    /// Wipe nodes now and then (a node loses its whole disk and rejoins under the same name).
+    #[arg(long)]
+    wipes: bool,
     /// Records per sync request on every channel (drawn from the seed when absent).
     #[arg(long, value_parser = clap::value_parser!(u32).range(1..))]
     page: Option<u32>,
@@ -120,6 +123,7 @@ impl Cli {
             page: self.page.map(|p| p as usize),
             writers: self.writers.map(usize::from),
             set_primary: !self.no_set_primary,
+            wipes: self.wipes,
             faults: !self.no_faults,
             live_trace: self.live,
             dump: self.dump,
@@ -169,6 +173,7 @@ impl Summary {
         self.busy_time += r.busy_time;
         let f = &r.faults;
         self.faults.crashes += f.crashes;
+        self.faults.wipes += f.wipes;
         self.faults.partitions += f.partitions;
         self.faults.topology_edits += f.topology_edits;
         self.faults.dropped_requests += f.dropped_requests;
@@ -198,9 +203,10 @@ impl Summary {
             per_real(self.busy_time.as_secs_f64())
         );
         println!(
-            "faults injected:    {} (crashes {}, partitions {}, topology edits {}, requests dropped {}, answers dropped {}, duplicated {})",
+            "faults injected:    {} (crashes {}, wipes {}, partitions {}, topology edits {}, requests dropped {}, answers dropped {}, duplicated {})",
             f.total(),
             f.crashes,
+            f.wipes,
             f.partitions,
             f.topology_edits,
             f.dropped_requests,

@@ -28,6 +28,9 @@ pub struct Shown {
     pub mailbox: MailboxId,
     pub uidvalidity: UidValidity,
     pub messages: Vec<(Uid, AppendId)>,
+    /// How many times the node had been wiped when the client connected: an answer of a store
+    /// since wiped promises nothing about the new one.
+    pub incarnation: usize,
 }
 
 /// A last-writer-wins register of the replicated state that a client wrote.
@@ -97,6 +100,20 @@ pub struct Model {
     /// Deletes whose target could not be pinned down (the name meant another mailbox by the time
     /// the delete ran): with any of these, a mailbox gone for no known reason is not blamed.
     pub uncertain_deletes: u64,
+    /// Acknowledged appends that lived only on a wiped node (no other node's disk held them
+    /// durably, as a record or a tombstone, at the wipe): lost with it, so no node must show
+    /// them. Nothing else is excused by a wipe.
+    pub lost_in_wipes: BTreeSet<AppendId>,
+    /// Mailboxes whose entry lived only on a wiped node's disk.
+    pub mailboxes_lost_in_wipes: BTreeSet<MailboxId>,
+    /// Acknowledged writes (indices into `writes`) whose register held that version or a later
+    /// one on no other node's disk at a wipe: lost with the wiped node.
+    pub writes_lost_in_wipes: BTreeSet<usize>,
+    /// Every wipe: the node, and the virtual milliseconds since the run started.
+    pub wipes: Vec<(NodeId, u128)>,
+    /// An AppendId a client was told of twice for two different messages (a node minted it
+    /// again): what was seen, for the run to report.
+    pub reused_ids: Vec<String>,
     /// Client operations sent, and those acknowledged as having changed something.
     pub ops: u64,
     pub changes: u64,

@@ -27,6 +27,7 @@ use crate::runtime::deterministic_system;
 use crate::topology::Topology;
 use crate::trace::{trace_hash, Trace};
 use crate::workload::{Client, OpKind};
+use mailmesh_protocol::ids::NodeId;
 
 #[derive(Clone, Debug, Default)]
 pub struct SimReport {
@@ -80,6 +81,8 @@ pub(crate) struct Run {
     pub(crate) max_in_flight: usize,
     pub(crate) writers: Option<usize>,
     pub(crate) set_primary: bool,
+    /// A node wiped a few steps ago, and how many more client operations favour it.
+    pub(crate) rejoined: Option<(NodeId, u32)>,
 }
 
 async fn simulate(seed: u64, config: &SimConfig) -> SimReport {
@@ -95,7 +98,7 @@ async fn simulate(seed: u64, config: &SimConfig) -> SimReport {
     if let Some(page) = config.page {
         setup.channel.page = page;
     }
-    let profile = FaultProfile::random(&rng, config.faults);
+    let profile = FaultProfile::random(&rng, config.faults, config.wipes);
     trace.log(format!("seed {seed}: {cluster_name}: {}", topology.describe()));
     trace.log(format!("setup {setup:?}"));
     trace.log(format!("faults {profile:?}"));
@@ -129,6 +132,7 @@ async fn simulate(seed: u64, config: &SimConfig) -> SimReport {
         tasks: Vec::new(),
         writers: config.writers.map(|w| w.clamp(1, topology_size)),
         set_primary: config.set_primary,
+        rejoined: None,
     };
     for step in 0..config.steps {
         run.step(step).await;
@@ -249,8 +253,19 @@ impl Run {
 
     /// Hands everything clients were shown since the last step to the observer.
     pub(crate) fn judge_what_clients_saw(&mut self) {
-        let shown = std::mem::take(&mut self.model.borrow_mut().shown);
+        let (mut shown, reused) = {
+            let mut model = self.model.borrow_mut();
+            (
+                std::mem::take(&mut model.shown),
+                std::mem::take(&mut model.reused_ids),
+            )
+        };
+        // An answer a wiped store gave (it arrived after the wipe) says nothing of the new one.
+        shown.retain(|s| s.incarnation == self.cluster.incarnation(&s.node));
         self.observer.clients_saw(shown);
+        for what in reused {
+            self.observer.report(Kind::IdentityReused, what);
+        }
     }
 
     async fn client_op(&mut self, step: usize) {
@@ -258,7 +273,19 @@ impl Run {
         if running.is_empty() {
             return;
         }
-        let node = self.rng.pick(&running).clone();
+        // After a wipe, the wiped node takes the next operations more often than not: it must
+        // write again while it is being rebuilt.
+        let node = match self.rejoined.take() {
+            Some((node, left)) if left > 0 && running.contains(&node) => {
+                self.rejoined = Some((node.clone(), left - 1));
+                if self.rng.chance(0.5) {
+                    node
+                } else {
+                    self.rng.pick(&running).clone()
+                }
+            }
+            _ => self.rng.pick(&running).clone(),
+        };
         let local = self.cluster.node(&node).expect("running");
         let client = Client {
             node: node.clone(),
@@ -267,6 +294,7 @@ impl Run {
             rng: self.rng.clone(),
             nodes: self.cluster.topology.nodes.clone(),
             serial: step as u64,
+            incarnation: self.cluster.incarnation(&node),
         };
         let writer = self
             .writers

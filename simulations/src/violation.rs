@@ -51,6 +51,9 @@ pub enum Kind {
     Crossings,
     /// A node did not start or restart from its data dir.
     Restart,
+    /// A node minted an identity (an AppendId) it had minted before for another message (after
+    /// a wipe, say).
+    IdentityReused,
     /// The final probe could not be made (a symptom of something else going wrong).
     Probe,
     /// The engine panicked (the runner saw the run's process die).
@@ -60,7 +63,7 @@ pub enum Kind {
 }
 
 impl Kind {
-    pub const ALL: [Kind; 24] = [
+    pub const ALL: [Kind; 25] = [
         Kind::UidReused,
         Kind::UidConflictKept,
         Kind::ShownTwice,
@@ -82,6 +85,7 @@ impl Kind {
         Kind::Echo,
         Kind::Crossings,
         Kind::Restart,
+        Kind::IdentityReused,
         Kind::Probe,
         Kind::Panic,
         Kind::Hung,

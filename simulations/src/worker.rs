@@ -35,8 +35,14 @@ pub fn encode(r: &SimReport) -> String {
         format!("@virtual_ms {}", r.virtual_time.as_millis()),
         format!("@busy_ms {}", r.busy_time.as_millis()),
         format!(
-            "@faults {} {} {} {} {} {}",
-            f.crashes, f.partitions, f.topology_edits, f.dropped_requests, f.dropped_responses, f.duplicated
+            "@faults {} {} {} {} {} {} {}",
+            f.crashes,
+            f.partitions,
+            f.topology_edits,
+            f.dropped_requests,
+            f.dropped_responses,
+            f.duplicated,
+            f.wipes
         ),
         format!(
             "@counts {} {} {} {} {}",
@@ -87,7 +93,7 @@ pub fn decode(text: &str) -> Result<SimReport, String> {
             "@virtual_ms" => r.virtual_time = Duration::from_millis(numbers::<1>(rest)?[0]),
             "@busy_ms" => r.busy_time = Duration::from_millis(numbers::<1>(rest)?[0]),
             "@faults" => {
-                let [c, p, t, dq, dr, d] = numbers(rest)?;
+                let [c, p, t, dq, dr, d, w] = numbers(rest)?;
                 r.faults = FaultCounts {
                     crashes: c,
                     partitions: p,
@@ -95,6 +101,7 @@ pub fn decode(text: &str) -> Result<SimReport, String> {
                     dropped_requests: dq,
                     dropped_responses: dr,
                     duplicated: d,
+                    wipes: w,
                 };
             }
             "@counts" => {
@@ -160,6 +167,7 @@ mod tests {
                 dropped_requests: 4,
                 dropped_responses: 5,
                 duplicated: 6,
+                wipes: 7,
             },
             client_ops: 100,
             changes: 50,

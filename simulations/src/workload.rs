@@ -69,6 +69,8 @@ pub struct Client {
     pub nodes: Vec<NodeId>,
     /// Distinguishes the bodies of this run's appends.
     pub serial: u64,
+    /// How many times the node had been wiped when this client connected.
+    pub incarnation: usize,
 }
 
 /// Why an operation failed, and whether it may have happened anyway.
@@ -153,6 +155,7 @@ impl Client {
             mailbox: info.id,
             uidvalidity: info.uidvalidity,
             messages: views.iter().map(|v| (v.uid, v.append_id.clone())).collect(),
+            incarnation: self.incarnation,
         });
     }
 
@@ -323,18 +326,30 @@ impl Client {
                 mailbox: opened.info.id,
                 uidvalidity: opened.info.uidvalidity,
                 messages: vec![(o.uid, o.append_id.clone())],
+                incarnation: self.incarnation,
             });
             if flags.iter().any(|f| f == "\\Deleted") {
                 model.deleted_flagged.insert(o.append_id.clone());
             }
-            model.appends.insert(
-                o.append_id.clone(),
-                Acked {
-                    mailbox: opened.info.id,
-                    guid,
-                    node: self.node.clone(),
-                },
-            );
+            let acked = Acked {
+                mailbox: opened.info.id,
+                guid,
+                node: self.node.clone(),
+            };
+            if let Some(before) = model.appends.insert(o.append_id.clone(), acked.clone()) {
+                if before != acked {
+                    model.reused_ids.push(format!(
+                        "{} was acknowledged for {} in {} on {} and again for {} in {} on {}",
+                        o.append_id,
+                        before.guid,
+                        short_id(before.mailbox.0),
+                        before.node,
+                        acked.guid,
+                        short_id(acked.mailbox.0),
+                        acked.node
+                    ));
+                }
+            }
         }
         let shown = describe(&r, |o| {
             format!("uid {} {} modseq {}", o.uid, o.append_id, o.modseq)

@@ -96,6 +96,26 @@ fn same_seed_same_trace_in_other_processes() {
     }
 }
 
+/// Wipes: a node loses its whole disk and rejoins under the same name. The run replays byte for
+/// byte, wipes happen, the wiped node writes again, and a range passes the checks (what lived
+/// only on a wiped disk is excused, nothing else). 200..300 because seeds of 0..200 hit engine
+/// bug 20, still open (see engine_bugs.rs).
+#[test]
+fn wipes_replay_and_a_range_with_them_passes_the_checks() {
+    let config = SimConfig {
+        wipes: true,
+        ..SimConfig::default()
+    };
+    let a = run_seed(203, &config);
+    let b = run_seed(203, &config);
+    assert_eq!(a.trace_hash, b.trace_hash, "the run with wipes replays");
+    assert!(a.faults.wipes > 0, "seed 203 wiped no node");
+    assert!(a.violations.is_empty(), "{:?}", a.violations);
+    let out = runner(&["--seeds", "200..300", "--jobs", "2", "--wipes"]);
+    assert!(out.stdout.contains("seeds run:          100"), "{}", out.stdout);
+    assert!(out.success, "{}", out.stdout);
+}
+
 /// Seeds a soak once found failing, each kept once its cause was fixed (engine or judge), with
 /// what was wrong. They run with the default workload, as the soak that found them did.
 const SEEDS_THAT_FAILED_ONCE: &[(u64, &str)] = &[(

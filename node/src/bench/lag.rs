@@ -1,5 +1,5 @@
 //! Replication lag under a steady stream of appends: `rate` appends/s to one mailbox on the first
-//! node for `duration`, each sent at its own slot of a fixed schedule (four operator connections,
+//! node for `duration`, each sent at its own slot of a fixed schedule (eight operator connections,
 //! so a slow append does not delay the next one's send). A message's lag is the time from the
 //! first node's answer to its append (durable there) until the second node shows it.
 //!
@@ -21,7 +21,7 @@ use crate::operator::protocol::{Reply, Request};
 
 const USER: &str = "lag";
 const MAILBOX: &str = "INBOX";
-const SENDERS: usize = 4;
+const SENDERS: usize = 8;
 const POLL_EVERY: Duration = Duration::from_micros(500);
 const SIZE: usize = 2048;
 

@@ -123,6 +123,7 @@ pub fn run(options: BenchOptions) -> Result<(), Error> {
 }
 
 fn measure(root: &Path, scale: &Scale) -> Result<String, Error> {
+    let load_at_start = load_average();
     eprintln!("bench: measuring this machine's limits");
     let limits = limits::measure(&root.join("limits"), scale)?;
     let mut rows = Vec::new();
@@ -181,10 +182,7 @@ fn measure(root: &Path, scale: &Scale) -> Result<String, Error> {
     rows.push(Row {
         name: table::ROW_NAMES[2],
         measured: format!("{} for {}", duration(flags.secs), count_usize(flags.changes)),
-        vs_limit: format!(
-            "{:.1} one-at-a-time QUIC round trips",
-            flags.secs * limits.round_trips_per_sec
-        ),
+        vs_limit: latency_vs_limits(flags.secs, &limits),
         target: "under 10 ms for 1,000 [Cyrus 60 ms]",
         met: flags.secs < flags_target_s,
     });
@@ -201,6 +199,8 @@ fn measure(root: &Path, scale: &Scale) -> Result<String, Error> {
         scale.lag_rate, scale.lag_duration
     );
     let lag = lag::replication_lag(&a, &b, scale.lag_rate, scale.lag_duration)?;
+    // The target holds at the rate asked for; a slower run does not meet it, whatever its lag.
+    let sustained_rate = lag.achieved_rate >= 0.95 * f64::from(scale.lag_rate);
     let sustained = format!(
         "{} appends at {} appends/s",
         count_usize(lag.appends),
@@ -209,22 +209,16 @@ fn measure(root: &Path, scale: &Scale) -> Result<String, Error> {
     rows.push(Row {
         name: table::ROW_NAMES[4],
         measured: format!("{:.2} ms ({sustained})", lag.p50_ms),
-        vs_limit: format!(
-            "{:.1} one-at-a-time QUIC round trips",
-            lag.p50_ms / 1000.0 * limits.round_trips_per_sec
-        ),
+        vs_limit: latency_vs_limits(lag.p50_ms / 1000.0, &limits),
         target: "under 5 ms at 500 appends/s for 10 s [Cyrus rolling 581 ms]",
-        met: lag.p50_ms < 5.0,
+        met: lag.p50_ms < 5.0 && sustained_rate,
     });
     rows.push(Row {
         name: table::ROW_NAMES[5],
         measured: format!("{:.2} ms (max {:.2} ms)", lag.p99_ms, lag.max_ms),
-        vs_limit: format!(
-            "{:.1} one-at-a-time QUIC round trips",
-            lag.p99_ms / 1000.0 * limits.round_trips_per_sec
-        ),
+        vs_limit: latency_vs_limits(lag.p99_ms / 1000.0, &limits),
         target: "under 50 ms [Cyrus rolling 965 ms]",
-        met: lag.p99_ms < 50.0,
+        met: lag.p99_ms < 50.0 && sustained_rate,
     });
 
     eprintln!("bench: quiescent traffic over {:?}", scale.quiet_window);
@@ -266,11 +260,25 @@ fn measure(root: &Path, scale: &Scale) -> Result<String, Error> {
 
     let heading = Heading {
         quick: scale.quick,
-        machine: machine(),
+        machine: format!(
+            "{}, load average {load_at_start} at the start and {} at the end",
+            machine(),
+            load_average()
+        ),
         date: date(),
         dir: root.display().to_string(),
     };
     Ok(table::render(&heading, &limits, &rows))
+}
+
+/// A time in the units that bound it: a change is durable on each node (fdatasyncs) and crosses
+/// the link (round trips).
+fn latency_vs_limits(secs: f64, limits: &limits::Limits) -> String {
+    format!(
+        "{:.1} fdatasyncs, {:.0} QUIC round trips",
+        secs * limits.fdatasyncs_per_sec,
+        secs * limits.round_trips_per_sec
+    )
 }
 
 fn count_usize(n: usize) -> String {
@@ -296,6 +304,14 @@ fn machine() -> String {
         .map(|kb| format!(", {:.0} GB RAM", kb as f64 / 1024.0 / 1024.0))
         .unwrap_or_default();
     format!("{model}, {cores} cores{memory}")
+}
+
+/// The 1-minute load average: other work on the machine changes every figure.
+fn load_average() -> String {
+    std::fs::read_to_string("/proc/loadavg")
+        .ok()
+        .and_then(|l| l.split_whitespace().next().map(str::to_string))
+        .unwrap_or_else(|| "unknown".into())
 }
 
 fn date() -> String {

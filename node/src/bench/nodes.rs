@@ -150,7 +150,11 @@ impl NodeSpec {
             .stdin(Stdio::null())
             .stdout(log)
             .stderr(log_err)
-            .env("RUST_LOG", "info");
+            // The nodes log at info unless RUST_LOG asks for more (to see where time goes).
+            .env(
+                "RUST_LOG",
+                std::env::var("RUST_LOG").unwrap_or_else(|_| "info".into()),
+            );
         // The node reads its configuration from the file alone, whatever the shell exports.
         for (key, _) in std::env::vars_os() {
             if key.to_string_lossy().starts_with("MAILMESH_") {

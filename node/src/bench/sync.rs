@@ -1,14 +1,16 @@
 //! Initial sync to an empty replica: a source node holding `count` messages gains a new peer
-//! that has nothing, and the clock runs from the source's reload (SIGHUP with the new peer in its
-//! configuration) until the replica's operator socket counts every message.
+//! that has nothing (its configuration file rewritten with the peer, and SIGHUP), and the clock
+//! runs until the replica's operator socket counts every message.
 //!
 //! The source is loaded while it has no peer at all (over 16 operator connections at once, so it
 //! commits in groups), and the replica is started, already configured with the source, before
-//! the reload: what is timed is the link coming up (QUIC and TLS handshakes, Hello), the source
-//! queueing everything for a peer it has never seen, and the transfer itself.
+//! the reload. The clock starts when the source's status lists the new peer (the reload applied):
+//! what is timed is the link coming up (QUIC and TLS handshakes, Hello), the source queueing
+//! everything for a peer it has never seen, and the transfer itself, until the replica's count
+//! (polled every millisecond) is complete.
 
 use std::path::Path;
-use std::time::{Duration, Instant};
+use std::time::Duration;
 
 use super::nodes::{load, poll_until, Cluster};
 use crate::error::Error;
@@ -35,8 +37,21 @@ pub fn initial_sync(root: &Path, count: usize, size: usize) -> Result<SyncResult
     replica.write_config(&[&source])?;
     let b = replica.start()?;
     source.write_config(&[&replica])?;
-    let start = Instant::now();
     a.reload()?;
+    // The node also reloads when it sees its file change, after a 300 ms debounce that SIGHUP
+    // may wait behind: the clock starts when the source has taken the new peer, as its status
+    // shows (the transport dials and the engine starts its channel in that same step).
+    let (_, start) = poll_until(
+        "the source to take the new peer",
+        Duration::from_micros(500),
+        || {
+            Ok(a.status()?
+                .peers
+                .iter()
+                .any(|p| p.name == replica.name)
+                .then_some(()))
+        },
+    )?;
     let (_, done) = poll_until(
         &format!("{count} messages on the replica"),
         Duration::from_millis(1),
