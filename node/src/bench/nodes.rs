@@ -332,6 +332,66 @@ impl NodeProcess {
     }
 }
 
+impl NodeProcess {
+    /// CPU this node has used (all its threads, from /proc/PID/stat, in clock ticks), and how
+    /// long its actor thread (the main one, where every actor and the QUIC transport run) has
+    /// waited for a core while runnable (/proc/PID/task/PID/schedstat).
+    pub fn cpu_time(&self) -> Result<CpuTime, Error> {
+        let pid = self.child.id();
+        let read = |path: String| {
+            std::fs::read_to_string(&path).map_err(|e| Error::io(format!("cannot read {path}"), e))
+        };
+        let stat = read(format!("/proc/{pid}/stat"))?;
+        // The fields after the command's closing parenthesis, from the state (field 3) on.
+        let fields: Vec<&str> = stat
+            .rsplit_once(')')
+            .map(|(_, rest)| rest.split_whitespace().collect())
+            .unwrap_or_default();
+        let ticks = |i: usize| fields.get(i).and_then(|f| f.parse::<u64>().ok()).unwrap_or(0);
+        // SAFETY: sysconf reads a constant of the system.
+        let per_second = unsafe { libc::sysconf(libc::_SC_CLK_TCK) }.max(1) as f64;
+        let schedstat = read(format!("/proc/{pid}/task/{pid}/schedstat"))?;
+        let waiting_ns = schedstat
+            .split_whitespace()
+            .nth(1)
+            .and_then(|f| f.parse::<u64>().ok())
+            .unwrap_or(0);
+        Ok(CpuTime {
+            // utime and stime are fields 14 and 15: 11 and 12 counted from the state.
+            busy: (ticks(11) + ticks(12)) as f64 / per_second,
+            waiting: waiting_ns as f64 / 1e9,
+        })
+    }
+}
+
+/// Seconds of CPU used and of waiting for a core; summed over nodes, subtracted over a window.
+#[derive(Clone, Copy, Debug, Default)]
+pub struct CpuTime {
+    pub busy: f64,
+    pub waiting: f64,
+}
+
+impl CpuTime {
+    /// The sum over `nodes`, now.
+    pub fn of(nodes: &[&NodeProcess]) -> Result<CpuTime, Error> {
+        nodes.iter().try_fold(CpuTime::default(), |sum, node| {
+            let one = node.cpu_time()?;
+            Ok(CpuTime {
+                busy: sum.busy + one.busy,
+                waiting: sum.waiting + one.waiting,
+            })
+        })
+    }
+
+    /// What was used between `earlier` and this sample.
+    pub fn since(self, earlier: CpuTime) -> CpuTime {
+        CpuTime {
+            busy: (self.busy - earlier.busy).max(0.0),
+            waiting: (self.waiting - earlier.waiting).max(0.0),
+        }
+    }
+}
+
 impl Drop for NodeProcess {
     fn drop(&mut self) {
         if let Ok(None) = self.child.try_wait() {
