@@ -171,7 +171,7 @@ pub struct Mailbox {
 impl Mailbox {
     /// Loads a mailbox's counters from the store (a new mailbox starts empty).
     pub fn load(entry: &MailboxEntry, ctx: NodeContext) -> Result<Self, StoreError> {
-        let counters = ctx
+        let mut counters = ctx
             .store
             .get::<MailboxCounters>(Table::MailboxState, &keys::mailbox(entry.id))?
             .unwrap_or_else(|| MailboxCounters {
@@ -180,6 +180,11 @@ impl Mailbox {
                 modseq: crate::counters::modseq_floor(ctx.env.clock.unix_millis()),
                 ..Default::default()
             });
+        let forget_counters = ctx.faults.counters_from_records;
+        if forget_counters {
+            counters.uidnext = UidNext::default();
+            counters.modseq = 0;
+        }
         let modseq_tag = ctx.node.modseq_tag();
         let pruned = ctx
             .store
@@ -200,7 +205,7 @@ impl Mailbox {
             inflight: Inflight::default(),
             quarantined: Default::default(),
             pruned,
-            needs_reload: Arc::new(AtomicBool::new(false)),
+            needs_reload: Arc::new(AtomicBool::new(forget_counters)),
             deleted: false,
             moving: Moving::default(),
         })
@@ -309,6 +314,10 @@ impl Mailbox {
             compacted_upto: stored.compacted_upto,
             ..Default::default()
         };
+        if self.ctx.faults.counters_from_records {
+            fresh.uidnext = UidNext::default();
+            fresh.modseq = 0;
+        }
         self.store
             .scan_prefix(Table::Messages, &keys::mailbox(self.id), None, |_, v| {
                 let s: StoredRecord = decode(v, "message record")?;
@@ -323,7 +332,11 @@ impl Mailbox {
         for aid in pruned.iter() {
             fresh.digest.add_pruned(&aid);
         }
-        if let Some(&(_, hi)) = pruned.uids.last() {
+        if let Some(&(_, hi)) = pruned
+            .uids
+            .last()
+            .filter(|_| !self.ctx.faults.counters_from_records)
+        {
             fresh.uidnext = fresh.uidnext.max(UidNext(Uid((hi as u32).saturating_add(1))));
         }
         // Whether the peers have the committed set is not known: it travels to each once more.
@@ -614,8 +627,12 @@ impl Handler<Append> for Mailbox {
             self.reload_if_needed()?;
             let guid = Guid::of(&msg.body);
             let aid = self.node_counters.next_append_id();
-            let uid = self.counters.uidnext.0;
-            self.counters.uidnext = UidNext(Uid(uid.0 + 1));
+            let mut uid = self.counters.uidnext.0;
+            if self.ctx.faults.reuse_uids && uid.0 > 1 && aid.counter.is_multiple_of(4) {
+                uid = Uid(uid.0 - 1);
+            } else {
+                self.counters.uidnext = UidNext(Uid(uid.0 + 1));
+            }
             let internaldate = msg.internaldate.unwrap_or_else(|| self.env.unix_seconds());
             let record = self.new_record(aid.clone(), uid, guid, size, internaldate, &flags);
             let mut batch = Batch::new();
