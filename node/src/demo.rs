@@ -9,7 +9,9 @@
 //! The nodes are started and driven with the benchmark's [`crate::bench::nodes`]: the same
 //! configuration files an operator would write, the same operator socket `mailmesh status` uses.
 //! Every way out (done, Ctrl-C, SIGTERM, an error) stops the three children: cleanly by SIGTERM
-//! where they answer, killed where they do not. The directory is kept, for its logs.
+//! where they answer, killed where they do not; if the demo itself is killed, the kernel sends
+//! them SIGTERM (parent-death signal, set where they are started). The directory is kept, for
+//! its logs.
 
 use std::path::{Path, PathBuf};
 use std::sync::atomic::{AtomicBool, Ordering};
