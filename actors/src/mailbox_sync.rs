@@ -333,6 +333,11 @@ impl Mailbox {
                 Some(l) => {
                     let mut m = l.record.clone();
                     let mut effect = m.merge_from(&incoming);
+                    if self.ctx.faults.expunge_not_sticky && l.record.is_expunged() && !incoming.is_expunged()
+                    {
+                        m = incoming.clone();
+                        effect = MergeEffect::TookIncoming;
+                    }
                     if self.ctx.faults.stale_flag_versions {
                         for (flag, mine) in &l.record.flags {
                             if m.flags.get(flag).is_some_and(|f| f.value == mine.value) {

@@ -98,6 +98,15 @@ impl SimConfig {
         if self.engine_faults.lost_flag_writes {
             args.extend(["--sabotage".into(), "lost-flag-writes".into()]);
         }
+        if self.engine_faults.reuse_uids {
+            args.extend(["--sabotage".into(), "reuse-uids".into()]);
+        }
+        if self.engine_faults.counters_from_records {
+            args.extend(["--sabotage".into(), "counters-from-records".into()]);
+        }
+        if self.engine_faults.expunge_not_sticky {
+            args.extend(["--sabotage".into(), "expunge-not-sticky".into()]);
+        }
         args
     }
 

@@ -101,6 +101,9 @@ enum Sabotage {
     OriginNotSkipped,
     StaleFlagVersions,
     LostFlagWrites,
+    ReuseUids,
+    CountersFromRecords,
+    ExpungeNotSticky,
 }
 
 fn parse_range(s: &str) -> Result<Range<u64>, String> {
@@ -137,6 +140,9 @@ impl Cli {
                 Sabotage::OriginNotSkipped => config.engine_faults.origin_not_skipped = true,
                 Sabotage::StaleFlagVersions => config.engine_faults.stale_flag_versions = true,
                 Sabotage::LostFlagWrites => config.engine_faults.lost_flag_writes = true,
+                Sabotage::ReuseUids => config.engine_faults.reuse_uids = true,
+                Sabotage::CountersFromRecords => config.engine_faults.counters_from_records = true,
+                Sabotage::ExpungeNotSticky => config.engine_faults.expunge_not_sticky = true,
             }
         }
         config
