@@ -268,6 +268,28 @@ impl Mailbox {
         }
     }
 
+    /// A client may change a mailbox only on a node among its locations. A node the mailbox moved
+    /// away from keeps its copy only until its changes have reached the new locations, then lets
+    /// it go; a write taken meanwhile would rebuild a copy nobody lets go (and pull the whole
+    /// mailbox back to it), so the client is told where the mailbox lives instead, as the seed's
+    /// XFER refers clients to the new server. Replication is not a client: it does not ask.
+    pub(crate) fn check_writable(&self) -> Result<(), MailError> {
+        self.check_usable()?;
+        if self.holders.is_empty() || self.holders.contains(&self.ctx.node) {
+            return Ok(());
+        }
+        Err(MailError::NotHeldHere {
+            id: self.id,
+            node: self.ctx.node.to_string(),
+            locations: self
+                .holders
+                .iter()
+                .map(|n| n.to_string())
+                .collect::<Vec<_>>()
+                .join(","),
+        })
+    }
+
     /// Rebuilds the in-memory state (counters, digest, pruned set) from what is committed, after
     /// a failed commit or an operation that failed half way through. Runs only when nothing is
     /// inflight, so the store is the whole truth. The counters row is not trusted: a batch
@@ -591,7 +613,7 @@ impl Handler<Append> for Mailbox {
 
     fn handle(&mut self, msg: Append, _: &mut Self::Context) -> Self::Result {
         let prepared = (|| {
-            self.check_usable()?;
+            self.check_writable()?;
             let size = msg.body.len() as u64;
             if size == 0 {
                 return Err(MailError::EmptyMessage);
@@ -668,6 +690,7 @@ impl Handler<StoreFlags> for Mailbox {
 
     fn handle(&mut self, msg: StoreFlags, _: &mut Self::Context) -> Self::Result {
         self.atomic(move |act| {
+            act.check_writable()?;
             let flags = Self::validate_flags(&msg.flags)?;
             let records = act.records_in(&msg.uids)?;
             let mut batch = Batch::new();
@@ -764,6 +787,7 @@ impl Handler<Expunge> for Mailbox {
 
     fn handle(&mut self, msg: Expunge, _: &mut Self::Context) -> Self::Result {
         self.atomic(move |act| {
+            act.check_writable()?;
             let deleted = Flag::deleted();
             let records: Vec<StoredRecord> = match &msg.mode {
                 ExpungeMode::Deleted => act.records_in(&UidSet::all())?,
@@ -821,7 +845,7 @@ impl Handler<InsertCopies> for Mailbox {
 
     fn handle(&mut self, msg: InsertCopies, _: &mut Self::Context) -> Self::Result {
         let prepared = (|| {
-            self.check_usable()?;
+            self.check_writable()?;
             self.reload_if_needed()?;
             let mut batch = Batch::new();
             let uids = self.insert_copies(&mut batch, &msg.items);
@@ -871,7 +895,11 @@ impl Handler<Transfer> for Mailbox {
         }
         // Step 1. Only committed records are read, so nothing a crash could take back is copied.
         let prepared = (|| {
-            self.check_usable()?;
+            if msg.remove_source {
+                self.check_writable()?;
+            } else {
+                self.check_usable()?;
+            }
             let mut records = self.records_in(&msg.uids)?;
             let claim = if msg.remove_source {
                 // A message another move from this mailbox is taking already is not taken twice
@@ -967,6 +995,7 @@ impl Handler<TransferWithin> for Mailbox {
 
     fn handle(&mut self, msg: TransferWithin, _: &mut Self::Context) -> Self::Result {
         self.atomic(move |act| {
+            act.check_writable()?;
             let records = act.records_in(&msg.uids)?;
             let records: Vec<StoredRecord> = if msg.remove_source {
                 // Not while a move to another mailbox is taking them.
@@ -1005,6 +1034,7 @@ impl Handler<SetAnnotation> for Mailbox {
 
     fn handle(&mut self, msg: SetAnnotation, _: &mut Self::Context) -> Self::Result {
         self.atomic(move |act| {
+            act.check_writable()?;
             validate_annotation_entry(&msg.entry)?;
             if let Some(v) = &msg.value {
                 if v.len() > act.limits.max_annotation_bytes {

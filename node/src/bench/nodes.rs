@@ -161,6 +161,7 @@ impl NodeSpec {
                 cmd.env_remove(key);
             }
         }
+        stop_with_parent(&mut cmd);
         let child = cmd
             .spawn()
             .map_err(|e| Error::io(format!("cannot start node {}", self.name), e))?;
@@ -186,6 +187,34 @@ impl NodeSpec {
             std::thread::sleep(Duration::from_millis(5));
         }
     }
+}
+
+/// Asks the kernel to send the child SIGTERM when this process dies, however it dies (SIGKILL
+/// included, which runs no destructor): a killed `mailmesh demo` or `bench` leaves no node
+/// behind. The signal follows the thread that started the child; every node is started from the
+/// main thread, which lives as long as the process.
+fn stop_with_parent(cmd: &mut Command) {
+    #[cfg(target_os = "linux")]
+    {
+        use std::os::unix::process::CommandExt;
+        // SAFETY: runs in the child between fork and exec, calling only async-signal-safe system
+        // calls (prctl, getppid) and allocating nothing.
+        let parent = std::process::id();
+        unsafe {
+            cmd.pre_exec(move || {
+                if libc::prctl(libc::PR_SET_PDEATHSIG, libc::SIGTERM) != 0 {
+                    return Err(std::io::Error::last_os_error());
+                }
+                // The parent may have died before the request took effect.
+                if libc::getppid() as u32 != parent {
+                    return Err(std::io::Error::other("the parent exited while starting the node"));
+                }
+                Ok(())
+            });
+        }
+    }
+    #[cfg(not(target_os = "linux"))]
+    let _ = cmd;
 }
 
 /// A running node; dropping it kills the process if [`NodeProcess::stop`] was not called.
