@@ -82,7 +82,11 @@ fn the_demo_shows_mesh_and_chain_replication_and_stops_its_nodes() {
             "{out}"
         );
         let log = std::fs::read_to_string(root.join(node).join("node.log")).unwrap();
-        assert!(log.contains("configuration reloaded"), "{node}: {log}");
+        // n2 keeps both its peers in the chain: the demo sees n1's and n3's reloads in their
+        // links, and may stop n2 before its (empty) reload is logged.
+        if node != "n2" {
+            assert!(log.contains("configuration reloaded"), "{node}: {log}");
+        }
         assert!(log.contains("node stopped"), "{node} did not stop cleanly: {log}");
     }
     // The configurations were left as the chain: n1 and n3 peer with n2 alone.
@@ -90,7 +94,7 @@ fn the_demo_shows_mesh_and_chain_replication_and_stops_its_nodes() {
         let text = std::fs::read_to_string(root.join(node).join("node.toml")).unwrap();
         assert_eq!(text.matches("[[peers]]").count(), peers, "{node}: {text}");
     }
-    assert!(out.contains("stopped the three nodes"), "{out}");
+    assert!(out.contains("stopped the nodes"), "{out}");
 
     // No node outlives the demo; n3's data (read as a stopped node's) holds all four messages.
     let pids = node_pids(out);
@@ -123,11 +127,47 @@ fn ctrl_c_stops_the_demo_and_its_three_nodes_cleanly() {
     assert_eq!(unsafe { libc::kill(-group, libc::SIGINT) }, 0);
     let done = demo.wait_within(DEMO_DEADLINE);
     done.expect_code(0).expect_no_panic();
-    assert!(done.stdout.contains("stopped the three nodes"), "{}", done.stdout);
+    assert!(done.stdout.contains("stopped the nodes"), "{}", done.stdout);
     for pid in node_pids(&done.stdout) {
         assert!(!exists(pid), "node process {pid} outlived the demo");
     }
     let root = demo_root(tmp.path());
+    for node in ["n1", "n2", "n3"] {
+        let log = std::fs::read_to_string(root.join(node).join("node.log")).unwrap();
+        assert!(log.contains("node stopped"), "{node} did not stop cleanly: {log}");
+    }
+}
+
+/// Whether `pid` is gone or a zombie (its new parent may not reap it at once).
+fn exited(pid: libc::pid_t) -> bool {
+    match std::fs::read_to_string(format!("/proc/{pid}/stat")) {
+        Err(_) => true,
+        Ok(stat) => stat
+            .rsplit_once(')')
+            .is_some_and(|(_, rest)| rest.trim_start().starts_with('Z')),
+    }
+}
+
+/// A demo killed outright (SIGKILL runs no clean-up of its own) still takes its nodes with it:
+/// the kernel signals them as their parent dies, and they stop cleanly.
+#[test]
+fn a_killed_demo_leaves_no_node_running() {
+    let tmp = TempDir::new().unwrap();
+    let mut demo = Running::start(mailmesh(&["demo", "--dir"]).arg(tmp.path()));
+    demo.wait_for_stdout("press Ctrl-C to stop all three");
+    demo.signal(libc::SIGKILL);
+    let done = demo.wait_within(DEMO_DEADLINE);
+    let pids = node_pids(&done.stdout);
+    assert_eq!(pids.len(), 3, "{}", done.stdout);
+    let root = demo_root(tmp.path());
+    support::cluster::eventually("the nodes stopped after the demo was killed", || {
+        let running: Vec<_> = pids.iter().filter(|p| !exited(**p)).collect();
+        if running.is_empty() {
+            Ok(())
+        } else {
+            Err(format!("{running:?}"))
+        }
+    });
     for node in ["n1", "n2", "n3"] {
         let log = std::fs::read_to_string(root.join(node).join("node.log")).unwrap();
         assert!(log.contains("node stopped"), "{node} did not stop cleanly: {log}");

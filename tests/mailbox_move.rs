@@ -216,6 +216,23 @@ fn a_mailbox_moved_while_a_client_appends_loses_nothing_and_the_old_node_lets_go
     });
     let row = inbox_row(n1);
     assert_eq!(row[1], "0", "n1's INBOX row: {row:?}");
+    // n1 no longer takes writes to it, and says where it lives.
+    let file = n1.dir.join("late.eml");
+    std::fs::write(&file, "Subject: late\r\n\r\ntoo late\r\n").unwrap();
+    op(
+        n1,
+        &[
+            "append",
+            "--user",
+            USER,
+            "--mailbox",
+            "INBOX",
+            "--file",
+            file.to_str().unwrap(),
+        ],
+    )
+    .expect_code(1)
+    .expect_stderr(&["lives on n2, not on this node (n1)"]);
     assert_eq!(row[5..7], ["n2", "n2"], "n1's INBOX row: {row:?}");
 
     // Every acknowledged append is on n2, once each; n2 has nothing left to send.

@@ -35,6 +35,13 @@ pub struct Faults {
     pub lost_flag_writes: bool,
     /// COPY and MOVE never answer (and do nothing): a client operation that hangs.
     pub transfer_never_answers: bool,
+    /// APPEND now and then gives a new message the uid of the previous one.
+    pub reuse_uids: bool,
+    /// A mailbox opening or reloading its counters takes UIDNEXT and HIGHESTMODSEQ from its
+    /// records only, forgetting what was handed out before (they go down after a restart).
+    pub counters_from_records: bool,
+    /// A live copy arriving from a peer replaces an expunged record (expunge not sticky).
+    pub expunge_not_sticky: bool,
 }
 
 #[derive(Clone)]

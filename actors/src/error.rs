@@ -97,6 +97,12 @@ pub enum MailError {
     BodyNotReceived(Guid),
     #[error("the node is shutting down")]
     ShuttingDown,
+    #[error("mailbox {id} lives on {locations}, not on this node ({node}); write to one of those")]
+    NotHeldHere {
+        id: MailboxId,
+        node: String,
+        locations: String,
+    },
 }
 
 impl From<actix::MailboxError> for MailError {

@@ -171,7 +171,7 @@ pub struct Mailbox {
 impl Mailbox {
     /// Loads a mailbox's counters from the store (a new mailbox starts empty).
     pub fn load(entry: &MailboxEntry, ctx: NodeContext) -> Result<Self, StoreError> {
-        let counters = ctx
+        let mut counters = ctx
             .store
             .get::<MailboxCounters>(Table::MailboxState, &keys::mailbox(entry.id))?
             .unwrap_or_else(|| MailboxCounters {
@@ -180,6 +180,11 @@ impl Mailbox {
                 modseq: crate::counters::modseq_floor(ctx.env.clock.unix_millis()),
                 ..Default::default()
             });
+        let forget_counters = ctx.faults.counters_from_records;
+        if forget_counters {
+            counters.uidnext = UidNext::default();
+            counters.modseq = 0;
+        }
         let modseq_tag = ctx.node.modseq_tag();
         let pruned = ctx
             .store
@@ -200,7 +205,7 @@ impl Mailbox {
             inflight: Inflight::default(),
             quarantined: Default::default(),
             pruned,
-            needs_reload: Arc::new(AtomicBool::new(false)),
+            needs_reload: Arc::new(AtomicBool::new(forget_counters)),
             deleted: false,
             moving: Moving::default(),
         })
@@ -263,6 +268,28 @@ impl Mailbox {
         }
     }
 
+    /// A client may change a mailbox only on a node among its locations. A node the mailbox moved
+    /// away from keeps its copy only until its changes have reached the new locations, then lets
+    /// it go; a write taken meanwhile would rebuild a copy nobody lets go (and pull the whole
+    /// mailbox back to it), so the client is told where the mailbox lives instead, as the seed's
+    /// XFER refers clients to the new server. Replication is not a client: it does not ask.
+    pub(crate) fn check_writable(&self) -> Result<(), MailError> {
+        self.check_usable()?;
+        if self.holders.is_empty() || self.holders.contains(&self.ctx.node) {
+            return Ok(());
+        }
+        Err(MailError::NotHeldHere {
+            id: self.id,
+            node: self.ctx.node.to_string(),
+            locations: self
+                .holders
+                .iter()
+                .map(|n| n.to_string())
+                .collect::<Vec<_>>()
+                .join(","),
+        })
+    }
+
     /// Rebuilds the in-memory state (counters, digest, pruned set) from what is committed, after
     /// a failed commit or an operation that failed half way through. Runs only when nothing is
     /// inflight, so the store is the whole truth. The counters row is not trusted: a batch
@@ -287,6 +314,10 @@ impl Mailbox {
             compacted_upto: stored.compacted_upto,
             ..Default::default()
         };
+        if self.ctx.faults.counters_from_records {
+            fresh.uidnext = UidNext::default();
+            fresh.modseq = 0;
+        }
         self.store
             .scan_prefix(Table::Messages, &keys::mailbox(self.id), None, |_, v| {
                 let s: StoredRecord = decode(v, "message record")?;
@@ -301,7 +332,11 @@ impl Mailbox {
         for aid in pruned.iter() {
             fresh.digest.add_pruned(&aid);
         }
-        if let Some(&(_, hi)) = pruned.uids.last() {
+        if let Some(&(_, hi)) = pruned
+            .uids
+            .last()
+            .filter(|_| !self.ctx.faults.counters_from_records)
+        {
             fresh.uidnext = fresh.uidnext.max(UidNext(Uid((hi as u32).saturating_add(1))));
         }
         // Whether the peers have the committed set is not known: it travels to each once more.
@@ -578,7 +613,7 @@ impl Handler<Append> for Mailbox {
 
     fn handle(&mut self, msg: Append, _: &mut Self::Context) -> Self::Result {
         let prepared = (|| {
-            self.check_usable()?;
+            self.check_writable()?;
             let size = msg.body.len() as u64;
             if size == 0 {
                 return Err(MailError::EmptyMessage);
@@ -592,8 +627,12 @@ impl Handler<Append> for Mailbox {
             self.reload_if_needed()?;
             let guid = Guid::of(&msg.body);
             let aid = self.node_counters.next_append_id();
-            let uid = self.counters.uidnext.0;
-            self.counters.uidnext = UidNext(Uid(uid.0 + 1));
+            let mut uid = self.counters.uidnext.0;
+            if self.ctx.faults.reuse_uids && uid.0 > 1 && aid.counter.is_multiple_of(4) {
+                uid = Uid(uid.0 - 1);
+            } else {
+                self.counters.uidnext = UidNext(Uid(uid.0 + 1));
+            }
             let internaldate = msg.internaldate.unwrap_or_else(|| self.env.unix_seconds());
             let record = self.new_record(aid.clone(), uid, guid, size, internaldate, &flags);
             let mut batch = Batch::new();
@@ -651,6 +690,7 @@ impl Handler<StoreFlags> for Mailbox {
 
     fn handle(&mut self, msg: StoreFlags, _: &mut Self::Context) -> Self::Result {
         self.atomic(move |act| {
+            act.check_writable()?;
             let flags = Self::validate_flags(&msg.flags)?;
             let records = act.records_in(&msg.uids)?;
             let mut batch = Batch::new();
@@ -747,6 +787,7 @@ impl Handler<Expunge> for Mailbox {
 
     fn handle(&mut self, msg: Expunge, _: &mut Self::Context) -> Self::Result {
         self.atomic(move |act| {
+            act.check_writable()?;
             let deleted = Flag::deleted();
             let records: Vec<StoredRecord> = match &msg.mode {
                 ExpungeMode::Deleted => act.records_in(&UidSet::all())?,
@@ -804,7 +845,7 @@ impl Handler<InsertCopies> for Mailbox {
 
     fn handle(&mut self, msg: InsertCopies, _: &mut Self::Context) -> Self::Result {
         let prepared = (|| {
-            self.check_usable()?;
+            self.check_writable()?;
             self.reload_if_needed()?;
             let mut batch = Batch::new();
             let uids = self.insert_copies(&mut batch, &msg.items);
@@ -858,7 +899,11 @@ impl Handler<Transfer> for Mailbox {
         }
         // Step 1. Only committed records are read, so nothing a crash could take back is copied.
         let prepared = (|| {
-            self.check_usable()?;
+            if msg.remove_source {
+                self.check_writable()?;
+            } else {
+                self.check_usable()?;
+            }
             let mut records = self.records_in(&msg.uids)?;
             let claim = if msg.remove_source {
                 // A message another move from this mailbox is taking already is not taken twice
@@ -954,6 +999,7 @@ impl Handler<TransferWithin> for Mailbox {
 
     fn handle(&mut self, msg: TransferWithin, _: &mut Self::Context) -> Self::Result {
         self.atomic(move |act| {
+            act.check_writable()?;
             let records = act.records_in(&msg.uids)?;
             let records: Vec<StoredRecord> = if msg.remove_source {
                 // Not while a move to another mailbox is taking them.
@@ -992,6 +1038,7 @@ impl Handler<SetAnnotation> for Mailbox {
 
     fn handle(&mut self, msg: SetAnnotation, _: &mut Self::Context) -> Self::Result {
         self.atomic(move |act| {
+            act.check_writable()?;
             validate_annotation_entry(&msg.entry)?;
             if let Some(v) = &msg.value {
                 if v.len() > act.limits.max_annotation_bytes {

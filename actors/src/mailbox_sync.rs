@@ -17,7 +17,8 @@ use actix::prelude::*;
 use mailmesh_protocol::ids::{AppendId, Guid, MailboxId, ModSeq, NodeId, Uid, UidValidity};
 use mailmesh_protocol::merge::{Merge, MergeEffect};
 use mailmesh_protocol::records::{
-    Annotation, MailboxDigest, MailboxEntry, MessageRecord, PrunedSet, RecordUpdate, UidNext,
+    settle_uid, Annotation, AtUid, MailboxDigest, MailboxEntry, MessageRecord, PrunedSet, RecordUpdate,
+    Settlement, UidNext,
 };
 use mailmesh_protocol::wire::{Change, ChangePage, ChangeRequest, ErrorCode, Response};
 use serde::{Deserialize, Serialize};
@@ -333,6 +334,11 @@ impl Mailbox {
                 Some(l) => {
                     let mut m = l.record.clone();
                     let mut effect = m.merge_from(&incoming);
+                    if self.ctx.faults.expunge_not_sticky && l.record.is_expunged() && !incoming.is_expunged()
+                    {
+                        m = incoming.clone();
+                        effect = MergeEffect::TookIncoming;
+                    }
                     if self.ctx.faults.stale_flag_versions {
                         for (flag, mine) in &l.record.flags {
                             if m.flags.get(flag).is_some_and(|f| f.value == mine.value) {
@@ -711,66 +717,65 @@ impl Mailbox {
             let at = self.records_at(uid, overlay)?;
             // A uid a compacted (expunged) message held is as taken as one with a record.
             let retired = self.pruned.retired(uid.0);
-            let live = at.values().filter(|r| !r.record.is_expunged()).count();
-            if primary && live > 0 && (at.len() > 1 || retired) {
-                self.pruned.retire(uid.0);
-                // Only live messages move: an expunged one is shown nowhere, and moving it would
-                // only spend a uid that some node then retires when it compacts the message
-                // (simulator, seed 16014).
-                for (aid, old) in at.into_iter().filter(|(_, r)| !r.record.is_expunged()) {
-                    let mut record = old.record.clone();
-                    self.node_counters.observe(&record.uid.version);
-                    let version = self.node_counters.tick();
-                    let to = self.counters.uidnext.0;
-                    record.uid.set(to, version);
-                    let new = StoredRecord {
-                        record,
-                        modseq: ModSeq::ZERO,
-                        origin: self.ctx.node.clone(),
-                        arrived_on: None,
-                        hidden: false,
-                        created: ModSeq::ZERO,
-                    };
-                    self.write_stored(&mut writes.batch, Some(&old), new.clone());
-                    overlay.insert(
-                        aid,
-                        StoredRecord {
-                            modseq: self.highestmodseq(),
-                            ..new
-                        },
-                    );
-                    promoted = true;
-                }
-                continue;
-            }
-            let shown_before = at
+            let seen: Vec<AtUid> = at
                 .iter()
-                .find(|(aid, r)| !r.hidden && !r.record.is_expunged() && !moved.contains(*aid))
-                .map(|(a, _)| a.clone());
-            let keeper = match shown_before {
-                Some(aid) => Some(aid),
-                // A uid seen expunged here is never shown again as another message.
-                None if retired || at.values().any(|r| r.record.is_expunged()) => None,
-                None => at
-                    .iter()
-                    .find(|(_, r)| !r.record.is_expunged())
-                    .map(|(a, _)| a.clone()),
-            };
-            for (aid, old) in at {
-                let hide = !old.record.is_expunged() && keeper.as_ref() != Some(&aid);
-                if old.hidden != hide {
-                    let new = StoredRecord {
-                        hidden: hide,
-                        ..old.clone()
-                    };
-                    self.write_stored(&mut writes.batch, Some(&old), new.clone());
-                    overlay.insert(
-                        aid,
-                        StoredRecord {
-                            modseq: self.highestmodseq(),
-                            ..new
-                        },
-                    );
+                .map(|(aid, r)| AtUid {
+                    append_id: aid.clone(),
+                    expunged: r.record.is_expunged(),
+                    hidden: r.hidden,
+                    arrived: moved.contains(aid),
+                })
+                .collect();
+            match settle_uid(&seen, retired, primary) {
+                Settlement::Promote(ids) => {
+                    self.pruned.retire(uid.0);
+                    // Only live messages move: an expunged one is shown nowhere, and moving it
+                    // would only spend a uid that some node then retires when it compacts the
+                    // message (simulator, seed 16014).
+                    for aid in ids {
+                        let old = &at[&aid];
+                        let mut record = old.record.clone();
+                        self.node_counters.observe(&record.uid.version);
+                        let version = self.node_counters.tick();
+                        let to = self.counters.uidnext.0;
+                        record.uid.set(to, version);
+                        let new = StoredRecord {
+                            record,
+                            modseq: ModSeq::ZERO,
+                            origin: self.ctx.node.clone(),
+                            arrived_on: None,
+                            hidden: false,
+                            created: ModSeq::ZERO,
+                        };
+                        self.write_stored(&mut writes.batch, Some(old), new.clone());
+                        overlay.insert(
+                            aid,
+                            StoredRecord {
+                                modseq: self.highestmodseq(),
+                                ..new
+                            },
+                        );
+                        promoted = true;
+                    }
+                }
+                Settlement::Show { keeper } => {
+                    for (aid, old) in at {
+                        let hide = !old.record.is_expunged() && keeper.as_ref() != Some(&aid);
+                        if old.hidden != hide {
+                            let new = StoredRecord {
+                                hidden: hide,
+                                ..old.clone()
+                            };
+                            self.write_stored(&mut writes.batch, Some(&old), new.clone());
+                            overlay.insert(
+                                aid,
+                                StoredRecord {
+                                    modseq: self.highestmodseq(),
+                                    ..new
+                                },
+                            );
+                        }
+                    }
                 }
             }
         }

@@ -1284,6 +1284,155 @@ fn a_rejoining_stale_node_never_brings_deleted_messages_back() {
     });
 }
 
+/// Appends on the sole holder while it moves the mailbox away (the move sent between them, not
+/// after them): every acknowledged append reaches the new location before the old one lets go,
+/// whether it was logged before or after the Mailbox actor learnt its new holders.
+#[test]
+fn appends_racing_a_move_off_the_sole_holder_all_reach_the_new_one() {
+    run_virtual(|| async {
+        let cluster = Cluster::full_mesh(&["a", "b"]);
+        create(&cluster, "a", "alice", "INBOX").await;
+        let set = |locations: &[&str]| SetLocations {
+            user: "alice".into(),
+            name: "INBOX".into(),
+            locations: locations.iter().map(|s| n(s)).collect(),
+            primary: Some(n(locations[0])),
+        };
+        cluster
+            .node("a")
+            .directory
+            .send(set(&["a"]))
+            .await
+            .unwrap()
+            .unwrap();
+        cluster.settle().await;
+        let on_a = open(&cluster, "a", "alice", "INBOX").await;
+        let mut handles = Vec::new();
+        for i in 0..60 {
+            if i == 30 {
+                let dir = cluster.node("a").directory.clone();
+                let msg = set(&["b"]);
+                handles.push(actix::spawn(async move {
+                    dir.send(msg).await.unwrap().unwrap();
+                    false
+                }));
+            }
+            let mb = on_a.clone();
+            handles.push(actix::spawn(async move {
+                mb.send(Append {
+                    body: message(i).into_bytes(),
+                    flags: Vec::new(),
+                    internaldate: Some(1_600_000_000),
+                })
+                .await
+                .unwrap()
+                .is_ok()
+            }));
+        }
+        let mut acked = 0;
+        for h in handles {
+            if h.await.unwrap() {
+                acked += 1;
+            }
+        }
+        drop(on_a);
+        cluster.settle().await;
+        let count = |dump: &NodeDump| inbox(dump).messages.len();
+        let mut waited = 0;
+        while count(&cluster.dump("a").await) != 0 {
+            waited += 1;
+            assert!(waited < 60, "a never released its copy");
+            tokio::time::sleep(std::time::Duration::from_secs(1)).await;
+        }
+        cluster.settle().await;
+        assert_eq!(
+            count(&cluster.dump("b").await),
+            acked,
+            "b holds every acknowledged append"
+        );
+    });
+}
+
+/// A client that keeps writing to the old node after a move (opening the mailbox by name for
+/// each append, as the operator socket does) is refused, told where the mailbox lives; what it
+/// was acknowledged reaches the new location, and the old node lets its copy go. Before, the old
+/// node took the writes into a new copy, pulled the whole mailbox back into it from the new
+/// location, and never let it go.
+#[test]
+fn writes_to_the_old_node_after_a_move_are_refused_and_its_copy_goes() {
+    run_virtual(|| async {
+        let cluster = Cluster::full_mesh(&["a", "b"]);
+        create(&cluster, "a", "alice", "INBOX").await;
+        let set = |locations: &[&str]| SetLocations {
+            user: "alice".into(),
+            name: "INBOX".into(),
+            locations: locations.iter().map(|s| n(s)).collect(),
+            primary: Some(n(locations[0])),
+        };
+        cluster
+            .node("a")
+            .directory
+            .send(set(&["a"]))
+            .await
+            .unwrap()
+            .unwrap();
+        let on_a = open(&cluster, "a", "alice", "INBOX").await;
+        for i in 0..5 {
+            append_to(&on_a, &message(i), &[]).await;
+        }
+        drop(on_a);
+        cluster.settle().await;
+        cluster
+            .node("a")
+            .directory
+            .send(set(&["b"]))
+            .await
+            .unwrap()
+            .unwrap();
+        let mut refusals = Vec::new();
+        for i in 5..100 {
+            let mb = open(&cluster, "a", "alice", "INBOX").await;
+            let outcome = mb
+                .send(Append {
+                    body: message(i).into_bytes(),
+                    flags: Vec::new(),
+                    internaldate: Some(1_600_000_000),
+                })
+                .await;
+            match outcome {
+                Ok(Ok(_)) => panic!("append {i} taken on a, which the mailbox left"),
+                Ok(Err(e)) => refusals.push(e.to_string()),
+                Err(_) => refusals.push("the old actor stopped".into()),
+            }
+            drop(mb);
+            tokio::time::sleep(std::time::Duration::from_millis(100)).await;
+        }
+        assert!(
+            refusals
+                .iter()
+                .any(|r| r.contains("lives on b, not on this node (a)")),
+            "{refusals:?}"
+        );
+        cluster.settle().await;
+        let count = |dump: &NodeDump| inbox(dump).messages.len();
+        let mut waited = 0;
+        while count(&cluster.dump("a").await) != 0 {
+            waited += 1;
+            assert!(waited < 60, "a never released its copy");
+            tokio::time::sleep(std::time::Duration::from_secs(1)).await;
+        }
+        assert_eq!(count(&cluster.dump("b").await), 5);
+        // b, where it lives, takes writes.
+        let on_b = open(&cluster, "b", "alice", "INBOX").await;
+        append_to(&on_b, &message(100), &[]).await;
+        drop(on_b);
+        cluster.settle().await;
+        assert_eq!(count(&cluster.dump("b").await), 6);
+        assert_eq!(count(&cluster.dump("a").await), 0, "nothing comes back to a");
+        cluster.assert_quiet().await;
+    });
+}
+
 /// Engine bug 20 (open; found by the simulator's wipes, see simulations/tests/engine_bugs.rs):
 /// a change a node made before it was wiped, reaching one of its neighbours only after the wiped
 /// node came back, is never sent back to it. The neighbour takes it whole from a third node,

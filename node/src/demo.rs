@@ -9,7 +9,9 @@
 //! The nodes are started and driven with the benchmark's [`crate::bench::nodes`]: the same
 //! configuration files an operator would write, the same operator socket `mailmesh status` uses.
 //! Every way out (done, Ctrl-C, SIGTERM, an error) stops the three children: cleanly by SIGTERM
-//! where they answer, killed where they do not. The directory is kept, for its logs.
+//! where they answer, killed where they do not; if the demo itself is killed, the kernel sends
+//! them SIGTERM (parent-death signal, set where they are started). The directory is kept, for
+//! its logs.
 
 use std::path::{Path, PathBuf};
 use std::sync::atomic::{AtomicBool, Ordering};
@@ -133,7 +135,17 @@ fn demo(root: &Path, exit_when_done: bool) -> Result<(), Error> {
         if interrupted() {
             break;
         }
-        let node = spec.start()?;
+        let node = match spec.start() {
+            Ok(node) => node,
+            // A Ctrl-C reaches the node being started too: it stops, which is no failure.
+            Err(_) if interrupted() => break,
+            Err(e) => {
+                if let Err(also) = stop_all(nodes) {
+                    eprintln!("{also}");
+                }
+                return Err(e);
+            }
+        };
         println!(
             "  {} started: pid {}, QUIC on {}, config {}, log {}",
             spec.name,
@@ -150,10 +162,15 @@ fn demo(root: &Path, exit_when_done: bool) -> Result<(), Error> {
         Err(Stop::Interrupted)
     };
     let stopped = stop_all(nodes);
+    // A step cut short by a Ctrl-C (a node stopped under it) is the Ctrl-C, not a failure.
+    let outcome = match outcome {
+        Err(Stop::Failed(_)) if interrupted() => Err(Stop::Interrupted),
+        other => other,
+    };
     match outcome {
         Ok(()) | Err(Stop::Interrupted) => {
             stopped?;
-            println!("stopped the three nodes");
+            println!("stopped the nodes");
             Ok(())
         }
         Err(Stop::Failed(e)) => {

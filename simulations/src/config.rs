@@ -105,6 +105,15 @@ impl SimConfig {
         if self.engine_faults.transfer_never_answers {
             args.extend(["--sabotage".into(), "transfer-never-answers".into()]);
         }
+        if self.engine_faults.reuse_uids {
+            args.extend(["--sabotage".into(), "reuse-uids".into()]);
+        }
+        if self.engine_faults.counters_from_records {
+            args.extend(["--sabotage".into(), "counters-from-records".into()]);
+        }
+        if self.engine_faults.expunge_not_sticky {
+            args.extend(["--sabotage".into(), "expunge-not-sticky".into()]);
+        }
         args
     }
 

@@ -102,6 +102,9 @@ enum Sabotage {
     StaleFlagVersions,
     LostFlagWrites,
     TransferNeverAnswers,
+    ReuseUids,
+    CountersFromRecords,
+    ExpungeNotSticky,
 }
 
 fn parse_range(s: &str) -> Result<Range<u64>, String> {
@@ -139,6 +142,9 @@ impl Cli {
                 Sabotage::StaleFlagVersions => config.engine_faults.stale_flag_versions = true,
                 Sabotage::LostFlagWrites => config.engine_faults.lost_flag_writes = true,
                 Sabotage::TransferNeverAnswers => config.engine_faults.transfer_never_answers = true,
+                Sabotage::ReuseUids => config.engine_faults.reuse_uids = true,
+                Sabotage::CountersFromRecords => config.engine_faults.counters_from_records = true,
+                Sabotage::ExpungeNotSticky => config.engine_faults.expunge_not_sticky = true,
             }
         }
         config

@@ -329,3 +329,41 @@ fn an_operation_that_never_answers_is_caught() {
         );
     }
 }
+
+/// Asserts that `sabotage` is caught on some seed with a violation of one of `kinds`, and that
+/// every caught seed's replay command names the sabotage.
+fn assert_caught_as(sabotage: &str, kinds: &[&str]) {
+    let caught = caught(sabotage);
+    assert!(!caught.is_empty(), "no seed caught --sabotage {sabotage}");
+    for (seed, _, replay) in &caught {
+        assert!(
+            replay.contains(&format!("--sabotage {sabotage}")),
+            "seed {seed}: {replay}"
+        );
+    }
+    assert!(
+        caught.iter().any(|(_, violations, _)| violations
+            .iter()
+            .any(|v| kinds.iter().any(|k| v.starts_with(&format!("[{k}]"))))),
+        "--sabotage {sabotage} caught, but never as {kinds:?}: {caught:?}"
+    );
+}
+
+/// APPEND giving a new message the previous message's uid: clients see one uid as two messages.
+#[test]
+fn uid_reuse_is_caught() {
+    assert_caught_as("reuse-uids", &["uid-reused"]);
+}
+
+/// Counters rebuilt from the records alone when a mailbox opens: UIDNEXT or HIGHESTMODSEQ goes
+/// down after a restart.
+#[test]
+fn counters_going_down_are_caught() {
+    assert_caught_as("counters-from-records", &["went-down"]);
+}
+
+/// A live copy from a peer replacing an expunged record: the message comes back.
+#[test]
+fn a_message_coming_back_is_caught() {
+    assert_caught_as("expunge-not-sticky", &["message-back"]);
+}

@@ -6,7 +6,7 @@
 
 use std::time::{Duration, Instant};
 
-use super::nodes::{load, poll_until, traffic, wait_quiet, NodeProcess};
+use super::nodes::{load, poll_until, traffic, wait_quiet, CpuTime, NodeProcess};
 use crate::error::Error;
 use crate::operator::protocol::{FlagChange, Reply, Request};
 
@@ -19,6 +19,8 @@ pub struct FlagsResult {
     pub changes: usize,
     pub secs: f64,
     pub bytes_per_change: f64,
+    /// What both nodes used from the answer until the second node showed every change.
+    pub cpu: CpuTime,
 }
 
 /// `a` and `b` are linked to each other.
@@ -51,6 +53,7 @@ pub fn flag_changes(a: &NodeProcess, b: &NodeProcess, count: usize) -> Result<Fl
         flags: vec![FLAG.into()],
     })?;
     let start = Instant::now();
+    let cpu_before = CpuTime::of(&[a, b])?;
     match reply {
         Reply::Messages(rows) if rows.len() == count => {}
         _ => return Err(a.failed("did not flag every message")),
@@ -63,6 +66,7 @@ pub fn flag_changes(a: &NodeProcess, b: &NodeProcess, count: usize) -> Result<Fl
             .then_some(()))
     })?;
     let secs = done.duration_since(start).as_secs_f64();
+    let cpu = CpuTime::of(&[a, b])?.since(cpu_before);
     wait_quiet(a)?;
     wait_quiet(b)?;
     let (bytes_after, _) = traffic(&a.status()?);
@@ -70,5 +74,6 @@ pub fn flag_changes(a: &NodeProcess, b: &NodeProcess, count: usize) -> Result<Fl
         changes: count,
         secs,
         bytes_per_change: bytes_after.saturating_sub(bytes_before) as f64 / count as f64,
+        cpu,
     })
 }

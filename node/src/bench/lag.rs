@@ -15,7 +15,7 @@ use std::time::{Duration, Instant};
 
 use serde_bytes::ByteBuf;
 
-use super::nodes::{join_all, message, poll_until, wait_quiet, NodeProcess, DEADLINE};
+use super::nodes::{join_all, message, poll_until, wait_quiet, CpuTime, NodeProcess, DEADLINE};
 use crate::error::Error;
 use crate::operator::protocol::{Reply, Request};
 
@@ -33,6 +33,8 @@ pub struct LagResult {
     pub p50_ms: f64,
     pub p99_ms: f64,
     pub max_ms: f64,
+    /// What both nodes used during the run.
+    pub cpu: CpuTime,
 }
 
 /// `a` and `b` are linked to each other.
@@ -56,6 +58,7 @@ pub fn replication_lag(
     let acks: Mutex<Vec<(u32, Instant)>> = Mutex::new(Vec::with_capacity(count));
     let next = AtomicUsize::new(0);
     let start = Instant::now() + Duration::from_millis(20);
+    let cpu_before = CpuTime::of(&[a, b])?;
 
     let visible = std::thread::scope(|scope| {
         let workers: Vec<_> = senders
@@ -116,6 +119,7 @@ pub fn replication_lag(
         watched
     })?;
 
+    let cpu = CpuTime::of(&[a, b])?.since(cpu_before);
     let acks = acks.into_inner().expect("acks lock");
     let first_uid = acks.iter().map(|(uid, _)| *uid).min().unwrap_or(1);
     let mut lags: Vec<f64> = acks
@@ -134,5 +138,6 @@ pub fn replication_lag(
         p50_ms: percentile(50),
         p99_ms: percentile(99),
         max_ms: lags[lags.len() - 1],
+        cpu,
     })
 }

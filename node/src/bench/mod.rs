@@ -158,6 +158,7 @@ fn measure(root: &Path, scale: &Scale) -> Result<String, Error> {
                 rate(bytes_per_sec)
             ),
             vs_limit: format!("{:.0}% of raw QUIC bytes/s", share * 100.0),
+            cpu: cpu_use(result.cpu),
             target,
             met: if limit_s.is_finite() {
                 result.secs < limit_s
@@ -183,6 +184,7 @@ fn measure(root: &Path, scale: &Scale) -> Result<String, Error> {
         name: table::ROW_NAMES[2],
         measured: format!("{} for {}", duration(flags.secs), count_usize(flags.changes)),
         vs_limit: latency_vs_limits(flags.secs, &limits),
+        cpu: cpu_use(flags.cpu),
         target: "under 10 ms for 1,000 [Cyrus 60 ms]",
         met: flags.secs < flags_target_s,
     });
@@ -190,6 +192,7 @@ fn measure(root: &Path, scale: &Scale) -> Result<String, Error> {
         name: table::ROW_NAMES[3],
         measured: format!("{:.1} B", flags.bytes_per_change),
         vs_limit: String::new(),
+        cpu: String::new(),
         target: "under 64 B [Cyrus about 40 B after deflate]",
         met: flags.bytes_per_change < 64.0,
     });
@@ -210,6 +213,11 @@ fn measure(root: &Path, scale: &Scale) -> Result<String, Error> {
         name: table::ROW_NAMES[4],
         measured: format!("{:.2} ms ({sustained})", lag.p50_ms),
         vs_limit: latency_vs_limits(lag.p50_ms / 1000.0, &limits),
+        cpu: format!(
+            "{}; {:.2} ms busy per append",
+            cpu_use(lag.cpu),
+            lag.cpu.busy * 1000.0 / lag.appends as f64
+        ),
         target: "under 5 ms at 500 appends/s for 10 s [Cyrus rolling 581 ms]",
         met: lag.p50_ms < 5.0 && sustained_rate,
     });
@@ -217,6 +225,7 @@ fn measure(root: &Path, scale: &Scale) -> Result<String, Error> {
         name: table::ROW_NAMES[5],
         measured: format!("{:.2} ms (max {:.2} ms)", lag.p99_ms, lag.max_ms),
         vs_limit: latency_vs_limits(lag.p99_ms / 1000.0, &limits),
+        cpu: String::new(),
         target: "under 50 ms [Cyrus rolling 965 ms]",
         met: lag.p99_ms < 50.0 && sustained_rate,
     });
@@ -232,6 +241,7 @@ fn measure(root: &Path, scale: &Scale) -> Result<String, Error> {
             quiet.window_secs
         ),
         vs_limit: String::new(),
+        cpu: String::new(),
         target: "0 bytes of replication per minute [Cyrus and Dovecot poll]",
         met: quiet.requests_per_minute == 0.0,
     });
@@ -254,6 +264,7 @@ fn measure(root: &Path, scale: &Scale) -> Result<String, Error> {
             megabytes(memory.peak_bytes as f64)
         ),
         vs_limit: format!("{:.2} KB per mailbox", per_mailbox / 1e3),
+        cpu: String::new(),
         target: "under 300 MB for 100,000",
         met: for_100k < 300e6,
     });
@@ -278,6 +289,15 @@ fn latency_vs_limits(secs: f64, limits: &limits::Limits) -> String {
         "{:.1} fdatasyncs, {:.0} QUIC round trips",
         secs * limits.fdatasyncs_per_sec,
         secs * limits.round_trips_per_sec
+    )
+}
+
+/// Both nodes' CPU over a measurement: busy, and their actor threads runnable but not running.
+fn cpu_use(cpu: nodes::CpuTime) -> String {
+    format!(
+        "{} busy, {} waiting for a core",
+        duration(cpu.busy),
+        duration(cpu.waiting)
     )
 }
 

@@ -161,6 +161,7 @@ impl NodeSpec {
                 cmd.env_remove(key);
             }
         }
+        stop_with_parent(&mut cmd);
         let child = cmd
             .spawn()
             .map_err(|e| Error::io(format!("cannot start node {}", self.name), e))?;
@@ -186,6 +187,34 @@ impl NodeSpec {
             std::thread::sleep(Duration::from_millis(5));
         }
     }
+}
+
+/// Asks the kernel to send the child SIGTERM when this process dies, however it dies (SIGKILL
+/// included, which runs no destructor): a killed `mailmesh demo` or `bench` leaves no node
+/// behind. The signal follows the thread that started the child; every node is started from the
+/// main thread, which lives as long as the process.
+fn stop_with_parent(cmd: &mut Command) {
+    #[cfg(target_os = "linux")]
+    {
+        use std::os::unix::process::CommandExt;
+        // SAFETY: runs in the child between fork and exec, calling only async-signal-safe system
+        // calls (prctl, getppid) and allocating nothing.
+        let parent = std::process::id();
+        unsafe {
+            cmd.pre_exec(move || {
+                if libc::prctl(libc::PR_SET_PDEATHSIG, libc::SIGTERM) != 0 {
+                    return Err(std::io::Error::last_os_error());
+                }
+                // The parent may have died before the request took effect.
+                if libc::getppid() as u32 != parent {
+                    return Err(std::io::Error::other("the parent exited while starting the node"));
+                }
+                Ok(())
+            });
+        }
+    }
+    #[cfg(not(target_os = "linux"))]
+    let _ = cmd;
 }
 
 /// A running node; dropping it kills the process if [`NodeProcess::stop`] was not called.
@@ -329,6 +358,66 @@ impl NodeProcess {
                 .ok_or_else(|| Error::Bench(format!("{path} has no {name}")))
         };
         Ok((field("VmRSS:")?, field("VmHWM:")?))
+    }
+}
+
+impl NodeProcess {
+    /// CPU this node has used (all its threads, from /proc/PID/stat, in clock ticks), and how
+    /// long its actor thread (the main one, where every actor and the QUIC transport run) has
+    /// waited for a core while runnable (/proc/PID/task/PID/schedstat).
+    pub fn cpu_time(&self) -> Result<CpuTime, Error> {
+        let pid = self.child.id();
+        let read = |path: String| {
+            std::fs::read_to_string(&path).map_err(|e| Error::io(format!("cannot read {path}"), e))
+        };
+        let stat = read(format!("/proc/{pid}/stat"))?;
+        // The fields after the command's closing parenthesis, from the state (field 3) on.
+        let fields: Vec<&str> = stat
+            .rsplit_once(')')
+            .map(|(_, rest)| rest.split_whitespace().collect())
+            .unwrap_or_default();
+        let ticks = |i: usize| fields.get(i).and_then(|f| f.parse::<u64>().ok()).unwrap_or(0);
+        // SAFETY: sysconf reads a constant of the system.
+        let per_second = unsafe { libc::sysconf(libc::_SC_CLK_TCK) }.max(1) as f64;
+        let schedstat = read(format!("/proc/{pid}/task/{pid}/schedstat"))?;
+        let waiting_ns = schedstat
+            .split_whitespace()
+            .nth(1)
+            .and_then(|f| f.parse::<u64>().ok())
+            .unwrap_or(0);
+        Ok(CpuTime {
+            // utime and stime are fields 14 and 15: 11 and 12 counted from the state.
+            busy: (ticks(11) + ticks(12)) as f64 / per_second,
+            waiting: waiting_ns as f64 / 1e9,
+        })
+    }
+}
+
+/// Seconds of CPU used and of waiting for a core; summed over nodes, subtracted over a window.
+#[derive(Clone, Copy, Debug, Default)]
+pub struct CpuTime {
+    pub busy: f64,
+    pub waiting: f64,
+}
+
+impl CpuTime {
+    /// The sum over `nodes`, now.
+    pub fn of(nodes: &[&NodeProcess]) -> Result<CpuTime, Error> {
+        nodes.iter().try_fold(CpuTime::default(), |sum, node| {
+            let one = node.cpu_time()?;
+            Ok(CpuTime {
+                busy: sum.busy + one.busy,
+                waiting: sum.waiting + one.waiting,
+            })
+        })
+    }
+
+    /// What was used between `earlier` and this sample.
+    pub fn since(self, earlier: CpuTime) -> CpuTime {
+        CpuTime {
+            busy: (self.busy - earlier.busy).max(0.0),
+            waiting: (self.waiting - earlier.waiting).max(0.0),
+        }
     }
 }
 

@@ -12,7 +12,7 @@
 use std::path::Path;
 use std::time::Duration;
 
-use super::nodes::{load, poll_until, Cluster};
+use super::nodes::{load, poll_until, Cluster, CpuTime};
 use crate::error::Error;
 
 const USER: &str = "sync";
@@ -23,6 +23,8 @@ pub struct SyncResult {
     pub messages: usize,
     pub bytes: u64,
     pub secs: f64,
+    /// What both nodes used while it ran.
+    pub cpu: CpuTime,
 }
 
 pub fn initial_sync(root: &Path, count: usize, size: usize) -> Result<SyncResult, Error> {
@@ -52,12 +54,14 @@ pub fn initial_sync(root: &Path, count: usize, size: usize) -> Result<SyncResult
                 .then_some(()))
         },
     )?;
+    let cpu_before = CpuTime::of(&[&a, &b])?;
     let (_, done) = poll_until(
         &format!("{count} messages on the replica"),
         Duration::from_millis(1),
         || Ok((b.message_count(USER, MAILBOX)? >= count as u64).then_some(())),
     )?;
     let secs = done.duration_since(start).as_secs_f64();
+    let cpu = CpuTime::of(&[&a, &b])?.since(cpu_before);
 
     // Not timed: the replica holds exactly what the source does.
     let ours = a.messages(USER, MAILBOX)?;
@@ -76,5 +80,6 @@ pub fn initial_sync(root: &Path, count: usize, size: usize) -> Result<SyncResult
         messages: count,
         bytes,
         secs,
+        cpu,
     })
 }

@@ -23,6 +23,9 @@ pub struct Row {
     pub measured: String,
     /// The figure beside the machine's own limit, where one applies.
     pub vs_limit: String,
+    /// CPU the nodes used while the figure was measured, and time their actor threads waited
+    /// for a core: whether a slow figure was work, the disk, or other load on the machine.
+    pub cpu: String,
     pub target: &'static str,
     pub met: bool,
 }
@@ -75,25 +78,30 @@ pub fn render(heading: &Heading, limits: &Limits, rows: &[Row]) -> String {
     let _ = writeln!(out);
     let _ = writeln!(
         out,
-        "| figure | measured | vs machine limit | target [Cyrus 3.6 / Dovecot 2.3] | met |"
+        "| figure | measured | vs machine limit | nodes' CPU meanwhile | target [Cyrus 3.6 / Dovecot 2.3] | met |"
     );
-    let _ = writeln!(out, "| --- | --- | --- | --- | --- |");
+    let _ = writeln!(out, "| --- | --- | --- | --- | --- | --- |");
     for row in rows {
         let _ = writeln!(
             out,
-            "| {} | {} | {} | {} | {} |",
+            "| {} | {} | {} | {} | {} | {} |",
             row.name,
             row.measured,
-            if row.vs_limit.is_empty() {
-                "-"
-            } else {
-                &row.vs_limit
-            },
+            or_dash(&row.vs_limit),
+            or_dash(&row.cpu),
             row.target,
             if row.met { "yes" } else { "NO" }
         );
     }
     out
+}
+
+fn or_dash(cell: &str) -> &str {
+    if cell.is_empty() {
+        "-"
+    } else {
+        cell
+    }
 }
 
 /// 12345.6 as "12,346".
