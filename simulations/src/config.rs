@@ -36,6 +36,9 @@ pub struct SimConfig {
     pub set_primary: bool,
     /// Nodes are wiped now and then (lose their whole disk and rejoin under the same name).
     pub wipes: bool,
+    /// Clients set mailboxes' locations to random subsets of the nodes now and then (copies
+    /// dropped and made again), sometimes with a named primary among them.
+    pub locations: bool,
 }
 
 impl Default for SimConfig {
@@ -54,6 +57,7 @@ impl Default for SimConfig {
             writers: None,
             set_primary: true,
             wipes: false,
+            locations: false,
         }
     }
 }
@@ -83,6 +87,9 @@ impl SimConfig {
         }
         if self.wipes {
             args.push("--wipes".into());
+        }
+        if self.locations {
+            args.push("--locations".into());
         }
         if self.engine_faults.no_uid_promotion {
             args.extend(["--sabotage".into(), "no-uid-promotion".into()]);

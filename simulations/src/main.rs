@@ -63,6 +63,9 @@ struct Cli {
     /// Wipe nodes now and then (a node loses its whole disk and rejoins under the same name).
     #[arg(long)]
     wipes: bool,
+    /// Set mailboxes' locations to random subsets of the nodes now and then.
+    #[arg(long)]
+    locations: bool,
     /// Records per sync request on every channel (drawn from the seed when absent).
     #[arg(long, value_parser = clap::value_parser!(u32).range(1..))]
     page: Option<u32>,
@@ -128,6 +131,7 @@ impl Cli {
             writers: self.writers.map(usize::from),
             set_primary: !self.no_set_primary,
             wipes: self.wipes,
+            locations: self.locations,
             faults: !self.no_faults,
             live_trace: self.live,
             dump: self.dump,

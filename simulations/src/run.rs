@@ -84,6 +84,8 @@ pub(crate) struct Run {
     pub(crate) max_in_flight: usize,
     pub(crate) writers: Option<usize>,
     pub(crate) set_primary: bool,
+    /// Clients set locations now and then.
+    pub(crate) locations: bool,
     /// A node wiped a few steps ago, and how many more client operations favour it.
     pub(crate) rejoined: Option<(NodeId, u32)>,
 }
@@ -137,6 +139,7 @@ async fn simulate(seed: u64, config: &SimConfig) -> SimReport {
         writers: config.writers.map(|w| w.clamp(1, topology_size)),
         set_primary: config.set_primary,
         rejoined: None,
+        locations: config.locations,
     };
     for step in 0..config.steps {
         run.step(step).await;
@@ -314,14 +317,20 @@ impl Run {
         let writer = self
             .writers
             .is_none_or(|w| self.cluster.topology.nodes[..w].contains(&node));
-        let kind = loop {
-            let kind = OpKind::random(&self.rng);
-            let adds = matches!(
-                kind,
-                OpKind::Create | OpKind::Append | OpKind::Transfer | OpKind::OppositeTransfers
-            );
-            if (writer || !adds) && (self.set_primary || kind != OpKind::SetPrimary) {
-                break kind;
+        // Drawn only with --locations, so runs without it keep their histories.
+        let set_locations = self.locations && self.writers.is_none() && self.rng.chance(0.08);
+        let kind = if set_locations {
+            OpKind::SetLocations
+        } else {
+            loop {
+                let kind = OpKind::random(&self.rng);
+                let adds = matches!(
+                    kind,
+                    OpKind::Create | OpKind::Append | OpKind::Transfer | OpKind::OppositeTransfers
+                );
+                if (writer || !adds) && (self.set_primary || kind != OpKind::SetPrimary) {
+                    break kind;
+                }
             }
         };
         let sent = format!("op{step} {kind:?} on {node}");

@@ -40,6 +40,9 @@ pub enum OpKind {
     /// A MOVE (or COPY) from one mailbox to another and one back, at the same moment, on one
     /// node or on two.
     OppositeTransfers,
+    /// Where a mailbox lives: a random non-empty subset of the nodes, or every node, sometimes
+    /// with a named primary among them (only with `--locations`).
+    SetLocations,
 }
 
 impl OpKind {
@@ -190,6 +193,7 @@ impl Client {
             OpKind::Sieve => self.sieve().await,
             OpKind::SetPrimary => self.set_primary().await,
             OpKind::OppositeTransfers => self.opposite_transfers().await,
+            OpKind::SetLocations => self.set_locations().await,
         };
         format!("on {}: {line}", self.node)
     }
@@ -741,6 +745,56 @@ impl Client {
             });
         }
         format!("sieve {what} {user}/{script}: {}", describe(&r, |_| "ok".into()))
+    }
+
+    /// Moves a mailbox: its locations become a random non-empty subset of the nodes (now and
+    /// then every node again), with a named primary among them or none. Nodes left out let their
+    /// copies go once drained, nodes added get everything; nothing acknowledged may be lost.
+    async fn set_locations(&self) -> String {
+        let user = self.user();
+        let name = self.name(user).await;
+        let locations: Vec<NodeId> = if self.rng.chance(0.15) {
+            Vec::new()
+        } else {
+            let mut chosen: Vec<NodeId> = self
+                .nodes
+                .iter()
+                .filter(|_| self.rng.chance(0.5))
+                .cloned()
+                .collect();
+            if chosen.is_empty() {
+                chosen.push(self.rng.pick(&self.nodes).clone());
+            }
+            chosen
+        };
+        let primary = if self.rng.chance(0.5) {
+            let among = if locations.is_empty() {
+                &self.nodes
+            } else {
+                &locations
+            };
+            Some(self.rng.pick(among).clone())
+        } else {
+            None
+        };
+        let r = answer(
+            self.directory
+                .send(SetLocations {
+                    user: user.into(),
+                    name: name.clone(),
+                    locations: locations.clone(),
+                    primary: primary.clone(),
+                })
+                .await,
+        );
+        if r.is_ok() {
+            self.changed();
+        }
+        let shown: Vec<&str> = locations.iter().map(|n| n.as_str()).collect();
+        format!(
+            "set locations {user}/{name} {shown:?} primary {primary:?}: {}",
+            describe(&r, |_| "ok".into())
+        )
     }
 
     /// Names another preferred primary (locations stay: every node), as an operator would when

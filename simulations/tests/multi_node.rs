@@ -367,3 +367,27 @@ fn counters_going_down_are_caught() {
 fn a_message_coming_back_is_caught() {
     assert_caught_as("expunge-not-sticky", &["message-back"]);
 }
+
+/// Locations added, removed and re-added (`--locations`): the run replays byte for byte and its
+/// clients move mailboxes between random subsets of the nodes. Not yet a clean range: holders
+/// that reach each other only through a node outside the locations never replicate (issue 9
+/// item 5, open in the engine; e.g. seed 5, a chain n1-n2-n3 with a mailbox on n1 and n3).
+#[test]
+fn location_changes_replay() {
+    let config = SimConfig {
+        locations: true,
+        ..SimConfig::default()
+    };
+    let a = run_seed(5, &config);
+    let b = run_seed(5, &config);
+    assert_eq!(
+        a.trace_hash, b.trace_hash,
+        "the run with location changes replays"
+    );
+    let moves = a
+        .trace
+        .iter()
+        .filter(|l| l.contains("set locations") && l.ends_with(": ok"))
+        .count();
+    assert!(moves >= 3, "seed 5 moved {moves} mailboxes");
+}
