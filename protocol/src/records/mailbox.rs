@@ -249,6 +249,57 @@ mod tests {
         assert_eq!(resolve_names([&b, &a]), names);
     }
 
+    /// A derived name that is itself taken (by a real mailbox, or by another derived name)
+    /// takes four more digits of the id, until it is free (cargo mutants found this untested).
+    #[test]
+    fn a_taken_conflict_name_takes_more_digits() {
+        // Two losers whose ids share their first 8 hex digits, and a real mailbox already named
+        // as the first loser's short derived name.
+        let keeper = entry(0x1, "Work", v(1, "n1"));
+        let loser_a = entry(0xabcd_ef01_0000_0000_0000_0000_0000_0002, "Work", v(1, "n2"));
+        let loser_b = entry(0xabcd_ef01_1234_0000_0000_0000_0000_0003, "Work", v(1, "n3"));
+        let squatter = entry(0x5, "Work.conflict-abcdef01", v(1, "n4"));
+        let names = resolve_names([&keeper, &loser_a, &loser_b, &squatter]);
+        let name_of = |id: u128| {
+            names
+                .iter()
+                .find(|r| r.id == MailboxId(id))
+                .map(|r| r.path.name.clone())
+                .unwrap()
+        };
+        assert_eq!(name_of(0x1), "Work");
+        assert_eq!(
+            name_of(0x5),
+            "Work.conflict-abcdef01",
+            "a real name is never derived away"
+        );
+        assert_eq!(
+            name_of(0xabcd_ef01_0000_0000_0000_0000_0000_0002),
+            "Work.conflict-abcdef010000"
+        );
+        assert_eq!(
+            name_of(0xabcd_ef01_1234_0000_0000_0000_0000_0003),
+            "Work.conflict-abcdef011234"
+        );
+        let distinct: BTreeSet<String> = names.iter().map(|r| r.path.name.clone()).collect();
+        assert_eq!(
+            distinct.len(),
+            names.len(),
+            "every mailbox keeps a name of its own"
+        );
+    }
+
+    /// Two copies that disagree on what never changes (only corruption does that): the smaller
+    /// (created, uidvalidity, id) wins on both sides, as documented.
+    #[test]
+    fn disagreeing_immutable_fields_resolve_to_the_smaller_triple() {
+        let a = entry(0x10, "A", v(1, "n1"));
+        let mut b = a.clone();
+        b.uidvalidity = UidValidity(7);
+        assert_eq!(a.merge(&b).uidvalidity, UidValidity(1));
+        assert_eq!(b.merge(&a).uidvalidity, UidValidity(1));
+    }
+
     #[test]
     fn the_effective_primary_is_always_a_holder() {
         let n = |s: &str| NodeId::new(s).unwrap();
