@@ -255,4 +255,73 @@ mod tests {
         d2.replace(&b2, &b);
         assert_eq!(d1, d2);
     }
+
+    /// What `write_flag` answers is what the Mailbox records as a change (and sends on): a write
+    /// that leaves the flag as it is, is none; clearing a flag never set is one (bug 19).
+    #[test]
+    fn write_flag_says_whether_the_record_changed() {
+        let mut r = record();
+        assert!(
+            r.write_flag(Flag::seen(), true, v(2, "n1")),
+            "setting an unset flag"
+        );
+        assert!(!r.write_flag(Flag::seen(), true, v(3, "n1")), "setting it again");
+        assert!(r.write_flag(Flag::seen(), false, v(4, "n1")), "clearing it");
+        assert!(
+            !r.write_flag(Flag::seen(), true, v(1, "n2")),
+            "an older set loses"
+        );
+        assert!(
+            r.write_flag(Flag::new("\\Flagged").unwrap(), false, v(5, "n1")),
+            "clearing a never-set flag"
+        );
+        let set: Vec<&Flag> = r.set_flags().collect();
+        assert!(set.is_empty(), "{set:?}");
+        r.write_flag(Flag::new("\\Flagged").unwrap(), true, v(6, "n1"));
+        assert_eq!(
+            r.set_flags().collect::<Vec<_>>(),
+            vec![&Flag::new("\\Flagged").unwrap()]
+        );
+    }
+
+    /// Two copies disagreeing on what never changes after append (only corruption does that):
+    /// the smaller (guid, size, internaldate) wins on both sides.
+    #[test]
+    fn disagreeing_append_fields_resolve_to_the_smaller_triple() {
+        let a = record();
+        let mut b = record();
+        b.size = 99;
+        assert_eq!(a.merge(&b).size, 5);
+        assert_eq!(b.merge(&a).size, 5);
+    }
+
+    /// The digest counts records and tells sets apart: an expunged record counts as its
+    /// AppendId alone, exactly as a compacted one does, so a node that compacted and one that did
+    /// not agree.
+    #[test]
+    fn digest_counts_and_an_expunged_record_equals_its_compacted_id() {
+        let live = record();
+        let mut gone = record();
+        gone.append_id.counter = 2;
+        gone.expunged = Some(v(4, "n1"));
+        let mut holding = MailboxDigest::default();
+        holding.add(&live);
+        holding.add(&gone);
+        assert_eq!(holding.records, 2);
+        let mut compacted = MailboxDigest::default();
+        compacted.add(&live);
+        compacted.add_pruned(&gone.append_id);
+        assert_eq!(holding, compacted);
+        assert_ne!(holding.xor, [0; 32]);
+        // Another expunged message is another digest.
+        assert_ne!(expunged_digest(&gone.append_id), expunged_digest(&live.append_id));
+        assert_ne!(expunged_digest(&gone.append_id), live.digest());
+        holding.remove(&gone);
+        assert_eq!(holding.records, 1);
+        let mut only_live = MailboxDigest::default();
+        only_live.add(&live);
+        assert_eq!(holding, only_live);
+        holding.remove(&live);
+        assert_eq!(holding, MailboxDigest::default());
+    }
 }

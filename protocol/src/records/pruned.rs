@@ -123,6 +123,17 @@ mod tests {
     }
 
     #[test]
+    fn empty_until_an_id_or_a_uid_is_added() {
+        let mut s = PrunedSet::default();
+        assert!(s.is_empty());
+        s.insert(&aid("n1", 3));
+        assert!(!s.is_empty());
+        let mut u = PrunedSet::default();
+        u.retire(7);
+        assert!(!u.is_empty(), "a retired uid alone");
+    }
+
+    #[test]
     fn ranges_fold_and_merge() {
         let mut a = PrunedSet::default();
         for c in [1, 2, 3, 7, 5, 6] {
