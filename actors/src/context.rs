@@ -33,6 +33,8 @@ pub struct Faults {
     pub stale_flag_versions: bool,
     /// STORE answers as if it wrote the flags but stores the record unchanged (a lost write).
     pub lost_flag_writes: bool,
+    /// COPY and MOVE never answer (and do nothing): a client operation that hangs.
+    pub transfer_never_answers: bool,
     /// APPEND now and then gives a new message the uid of the previous one.
     pub reuse_uids: bool,
     /// A mailbox opening or reloading its counters takes UIDNEXT and HIGHESTMODSEQ from its

@@ -883,6 +883,10 @@ impl Handler<Transfer> for Mailbox {
     type Result = ResponseFuture<Result<Vec<(Uid, Uid)>, MailError>>;
 
     fn handle(&mut self, msg: Transfer, ctx: &mut Self::Context) -> Self::Result {
+        if self.ctx.faults.transfer_never_answers {
+            // Sabotage (simulator only): the client waits for ever.
+            return Box::pin(std::future::pending());
+        }
         let me = ctx.address();
         if msg.target_id == self.id {
             return Box::pin(async move {

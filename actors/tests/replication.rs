@@ -1433,7 +1433,7 @@ fn writes_to_the_old_node_after_a_move_are_refused_and_its_copy_goes() {
     });
 }
 
-/// Engine bug 20 (open; found by the simulator's wipes, seeds 46, 185 and 663 with `--wipes`):
+/// Engine bug 20 (open; found by the simulator's wipes, see simulations/tests/engine_bugs.rs):
 /// a change a node made before it was wiped, reaching one of its neighbours only after the wiped
 /// node came back, is never sent back to it. The neighbour takes it whole from a third node,
 /// tagged with the wiped node as its origin, and echo suppression skips the origin: the rule

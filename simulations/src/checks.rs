@@ -201,8 +201,13 @@ impl Observer {
             memory.listed.extend(now_listed.iter().copied());
             for (id, mb) in &snap.mailboxes {
                 let label = format!("{}/{} ({})", mb.user, mb.name, short_id(id.0));
+                // A copy let go starts again from nothing when the node is added back (its
+                // counters go with it): UIDNEXT and HIGHESTMODSEQ are judged while held.
+                if !mb.held {
+                    memory.high.remove(id);
+                }
                 let high = memory.high.entry(*id).or_insert((Uid(0), ModSeq::ZERO));
-                if mb.state.uidnext < high.0 || mb.state.highestmodseq < high.1 {
+                if mb.held && (mb.state.uidnext < high.0 || mb.state.highestmodseq < high.1) {
                     found.push((
                         Kind::WentDown,
                         format!(
@@ -216,6 +221,9 @@ impl Observer {
                     ));
                 }
                 *high = (high.0.max(mb.state.uidnext), high.1.max(mb.state.highestmodseq));
+                if !mb.held {
+                    memory.high.remove(id);
+                }
                 let mut aids_seen = BTreeSet::new();
                 for view in &mb.visible {
                     let key = (*id, mb.uidvalidity, view.uid);
@@ -377,11 +385,24 @@ impl Observer {
     }
 
     fn check_convergence(&mut self, snaps: &BTreeMap<NodeId, NodeSnapshot>) {
-        let mut views = snaps.iter().map(|(n, s)| (n, s.replica_view()));
-        let Some((first, reference)) = views.next() else {
+        let mut views = snaps.iter().map(|(n, s)| (n, s.replica_view(), s));
+        let Some((first, reference, first_snap)) = views.next() else {
             return;
         };
-        for (node, view) in views {
+        for (node, mut view, snap) in views {
+            // Messages and annotations are compared where both nodes hold the mailbox.
+            let mut reference = reference.clone();
+            for (id, mb) in reference.mailboxes.iter_mut() {
+                let held = |s: &NodeSnapshot| s.mailboxes.get(id).is_none_or(|m| m.held);
+                if !held(first_snap) || !held(snap) {
+                    mb.messages.clear();
+                    mb.annotations.clear();
+                    if let Some(other) = view.mailboxes.get_mut(id) {
+                        other.messages.clear();
+                        other.annotations.clear();
+                    }
+                }
+            }
             if view == reference {
                 continue;
             }
@@ -478,6 +499,10 @@ impl Observer {
                     );
                     continue;
                 };
+                if !mb.held {
+                    // Not among the locations: its copy is gone or going, by design.
+                    continue;
+                }
                 if let Some(view) = mb.visible.iter().find(|v| &v.append_id == aid) {
                     if view.guid != acked.guid {
                         self.violation(

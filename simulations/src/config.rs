@@ -17,6 +17,9 @@ pub struct SimConfig {
     pub engine_faults: Faults,
     /// How long the healed cluster may take to go quiet.
     pub settle_limit: Duration,
+    /// How long a client operation may go unanswered (virtual time), counted from when it was
+    /// sent or, for one still open when the faults stop, from the heal.
+    pub answer_within: Duration,
     /// How long nothing may cross the network once it is quiet.
     pub quiet_for: Duration,
     /// Print the trace to stderr as it happens (to see what led up to an engine panic).
@@ -33,6 +36,9 @@ pub struct SimConfig {
     pub set_primary: bool,
     /// Nodes are wiped now and then (lose their whole disk and rejoin under the same name).
     pub wipes: bool,
+    /// Clients set mailboxes' locations to random subsets of the nodes now and then (copies
+    /// dropped and made again), sometimes with a named primary among them.
+    pub locations: bool,
 }
 
 impl Default for SimConfig {
@@ -44,12 +50,14 @@ impl Default for SimConfig {
             engine_faults: Faults::default(),
             settle_limit: Duration::from_secs(30 * 60),
             quiet_for: Duration::from_secs(10 * 60),
+            answer_within: Duration::from_secs(10 * 60),
             live_trace: false,
             dump: false,
             page: None,
             writers: None,
             set_primary: true,
             wipes: false,
+            locations: false,
         }
     }
 }
@@ -80,6 +88,9 @@ impl SimConfig {
         if self.wipes {
             args.push("--wipes".into());
         }
+        if self.locations {
+            args.push("--locations".into());
+        }
         if self.engine_faults.no_uid_promotion {
             args.extend(["--sabotage".into(), "no-uid-promotion".into()]);
         }
@@ -97,6 +108,9 @@ impl SimConfig {
         }
         if self.engine_faults.lost_flag_writes {
             args.extend(["--sabotage".into(), "lost-flag-writes".into()]);
+        }
+        if self.engine_faults.transfer_never_answers {
+            args.extend(["--sabotage".into(), "transfer-never-answers".into()]);
         }
         if self.engine_faults.reuse_uids {
             args.extend(["--sabotage".into(), "reuse-uids".into()]);

@@ -63,6 +63,9 @@ struct Cli {
     /// Wipe nodes now and then (a node loses its whole disk and rejoins under the same name).
     #[arg(long)]
     wipes: bool,
+    /// Set mailboxes' locations to random subsets of the nodes now and then.
+    #[arg(long)]
+    locations: bool,
     /// Records per sync request on every channel (drawn from the seed when absent).
     #[arg(long, value_parser = clap::value_parser!(u32).range(1..))]
     page: Option<u32>,
@@ -101,6 +104,7 @@ enum Sabotage {
     OriginNotSkipped,
     StaleFlagVersions,
     LostFlagWrites,
+    TransferNeverAnswers,
     ReuseUids,
     CountersFromRecords,
     ExpungeNotSticky,
@@ -127,6 +131,7 @@ impl Cli {
             writers: self.writers.map(usize::from),
             set_primary: !self.no_set_primary,
             wipes: self.wipes,
+            locations: self.locations,
             faults: !self.no_faults,
             live_trace: self.live,
             dump: self.dump,
@@ -140,6 +145,7 @@ impl Cli {
                 Sabotage::OriginNotSkipped => config.engine_faults.origin_not_skipped = true,
                 Sabotage::StaleFlagVersions => config.engine_faults.stale_flag_versions = true,
                 Sabotage::LostFlagWrites => config.engine_faults.lost_flag_writes = true,
+                Sabotage::TransferNeverAnswers => config.engine_faults.transfer_never_answers = true,
                 Sabotage::ReuseUids => config.engine_faults.reuse_uids = true,
                 Sabotage::CountersFromRecords => config.engine_faults.counters_from_records = true,
                 Sabotage::ExpungeNotSticky => config.engine_faults.expunge_not_sticky = true,

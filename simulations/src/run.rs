@@ -77,10 +77,15 @@ pub(crate) struct Run {
     pub(crate) observer: Observer,
     pub(crate) profile: FaultProfile,
     pub(crate) counts: FaultCounts,
-    pub(crate) tasks: Vec<tokio::task::JoinHandle<()>>,
+    /// Client operations in flight: the task, the operation's trace line, when it was sent.
+    pub(crate) tasks: Vec<(tokio::task::JoinHandle<()>, String, tokio::time::Instant)>,
+    /// How long a client operation may go unanswered.
+    pub(crate) answer_within: Duration,
     pub(crate) max_in_flight: usize,
     pub(crate) writers: Option<usize>,
     pub(crate) set_primary: bool,
+    /// Clients set locations now and then.
+    pub(crate) locations: bool,
     /// A node wiped a few steps ago, and how many more client operations favour it.
     pub(crate) rejoined: Option<(NodeId, u32)>,
 }
@@ -130,9 +135,11 @@ async fn simulate(seed: u64, config: &SimConfig) -> SimReport {
         profile,
         counts: FaultCounts::default(),
         tasks: Vec::new(),
+        answer_within: config.answer_within,
         writers: config.writers.map(|w| w.clamp(1, topology_size)),
         set_primary: config.set_primary,
         rejoined: None,
+        locations: config.locations,
     };
     for step in 0..config.steps {
         run.step(step).await;
@@ -238,7 +245,8 @@ impl Run {
         }
         tokio::time::sleep(Duration::from_millis(self.rng.range(0..400))).await;
         self.reap_crashes().await;
-        self.tasks.retain(|t| !t.is_finished());
+        self.tasks.retain(|(t, _, _)| !t.is_finished());
+        self.report_unanswered(None);
         self.judge_what_clients_saw();
         if self.rng.chance(0.3) {
             let running = self.cluster.running();
@@ -295,27 +303,75 @@ impl Run {
             nodes: self.cluster.topology.nodes.clone(),
             serial: step as u64,
             incarnation: self.cluster.incarnation(&node),
+            other: {
+                let others: Vec<&NodeId> = running.iter().filter(|n| **n != node).collect();
+                // Two-node operations add messages on the second node: only when every node
+                // writes.
+                (!others.is_empty() && self.writers.is_none()).then(|| {
+                    let other = (*self.rng.pick(&others)).clone();
+                    let directory = self.cluster.node(&other).expect("running").directory.clone();
+                    (other, directory)
+                })
+            },
         };
         let writer = self
             .writers
             .is_none_or(|w| self.cluster.topology.nodes[..w].contains(&node));
-        let kind = loop {
-            let kind = OpKind::random(&self.rng);
-            let adds = matches!(kind, OpKind::Create | OpKind::Append | OpKind::Transfer);
-            if (writer || !adds) && (self.set_primary || kind != OpKind::SetPrimary) {
-                break kind;
+        // Drawn only with --locations, so runs without it keep their histories.
+        let set_locations = self.locations && self.writers.is_none() && self.rng.chance(0.08);
+        let kind = if set_locations {
+            OpKind::SetLocations
+        } else {
+            loop {
+                let kind = OpKind::random(&self.rng);
+                let adds = matches!(
+                    kind,
+                    OpKind::Create | OpKind::Append | OpKind::Transfer | OpKind::OppositeTransfers
+                );
+                if (writer || !adds) && (self.set_primary || kind != OpKind::SetPrimary) {
+                    break kind;
+                }
             }
         };
-        self.trace.log(format!("op{step} {kind:?} on {node}"));
+        let sent = format!("op{step} {kind:?} on {node}");
+        self.trace.log(sent.clone());
         let trace = self.trace.clone();
         let op = async move {
             let line = client.run(kind).await;
             trace.log(format!("op{step} {line}"));
         };
         if self.tasks.len() < self.max_in_flight && self.rng.chance(0.6) {
-            self.tasks.push(actix::spawn(op));
-        } else {
-            op.await;
+            self.tasks
+                .push((actix::spawn(op), sent, tokio::time::Instant::now()));
+        } else if tokio::time::timeout(self.answer_within, op).await.is_err() {
+            self.no_answer(&sent);
+        }
+    }
+
+    /// A client operation that never answers is an engine hang (a deadlock, a lost wake-up):
+    /// reported with the operation's trace line. The client gives up on it.
+    fn no_answer(&mut self, sent: &str) {
+        let what = format!("{sent}: no answer within {:?}", self.answer_within);
+        self.observer.report(Kind::NoAnswer, what);
+    }
+
+    /// Reports (and gives up on) every operation in flight for longer than the bound, counted
+    /// from when it was sent or from `healed_at`, whichever is later.
+    fn report_unanswered(&mut self, healed_at: Option<tokio::time::Instant>) {
+        let now = tokio::time::Instant::now();
+        let mut late = Vec::new();
+        self.tasks.retain(|(task, sent, at)| {
+            let since = healed_at.map_or(*at, |h| h.max(*at));
+            if now.duration_since(since) >= self.answer_within {
+                task.abort();
+                late.push(sent.clone());
+                false
+            } else {
+                true
+            }
+        });
+        for sent in late {
+            self.no_answer(&sent);
         }
     }
 
@@ -337,17 +393,13 @@ impl Run {
         if !self.cluster.down().is_empty() {
             return None;
         }
-        // A client whose node was crashed under it gets an error, not silence: an operation that
-        // never answers is an engine hang, bounded here so the run ends and says so.
-        for task in std::mem::take(&mut self.tasks) {
-            if tokio::time::timeout(config.settle_limit, task).await.is_err() {
-                let what = format!(
-                    "a client operation got no answer within {:?}",
-                    config.settle_limit
-                );
-                self.observer.report(Kind::NotQuiescent, what);
-                return None;
-            }
+        // A client whose node was crashed under it gets an error, not silence: every operation
+        // must answer within the bound of the heal, or it is reported (and given up on).
+        let healed_at = tokio::time::Instant::now();
+        while !self.tasks.is_empty() {
+            tokio::time::sleep(Duration::from_millis(100)).await;
+            self.tasks.retain(|(t, _, _)| !t.is_finished());
+            self.report_unanswered(Some(healed_at));
         }
         match self.cluster.settle(config.settle_limit).await {
             Ok(took) => {

@@ -34,6 +34,9 @@ pub struct MailboxSnapshot {
     pub pruned: PrunedSet,
     pub annotations: Vec<(String, Vec<u8>)>,
     pub state: MailboxState,
+    /// Whether the node is among the mailbox's locations (as it sees them): a node that is not
+    /// holds nothing of it once its copy is released, and is not judged on its messages.
+    pub held: bool,
 }
 
 /// What a client could see on one node.
@@ -62,6 +65,7 @@ pub async fn snapshot(local: &LocalNode, full: bool) -> NodeSnapshot {
             continue;
         };
         for info in list {
+            let held = info.locations.is_empty() || info.locations.contains(&local.node);
             let Ok(mb) = open_by_id(local, info.id).await else {
                 continue;
             };
@@ -89,6 +93,7 @@ pub async fn snapshot(local: &LocalNode, full: bool) -> NodeSnapshot {
                     pruned,
                     annotations,
                     state,
+                    held,
                 },
             );
         }

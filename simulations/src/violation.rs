@@ -43,6 +43,9 @@ pub enum Kind {
     WrongBody,
     /// The healed cluster did not go quiet within the bound.
     NotQuiescent,
+    /// A client operation got no answer within the bound (an engine hang: a deadlock, a lost
+    /// wake-up); the violation names the operation as the trace does.
+    NoAnswer,
     /// Requests crossed a link after quiescence (echo or a retry loop).
     Traffic,
     /// In a healthy cluster a change went back to its origin or over the link it arrived on.
@@ -63,7 +66,7 @@ pub enum Kind {
 }
 
 impl Kind {
-    pub const ALL: [Kind; 25] = [
+    pub const ALL: [Kind; 26] = [
         Kind::UidReused,
         Kind::UidConflictKept,
         Kind::ShownTwice,
@@ -81,6 +84,7 @@ impl Kind {
         Kind::MailboxGone,
         Kind::WrongBody,
         Kind::NotQuiescent,
+        Kind::NoAnswer,
         Kind::Traffic,
         Kind::Echo,
         Kind::Crossings,

