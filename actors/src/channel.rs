@@ -26,7 +26,9 @@ use crate::directory::{Directory, OpenMailboxById};
 use crate::directory_sync::{EntriesFor, RequeueMark, UserItemChange, UserItemFor};
 use crate::error::{MailError, StoreError};
 use crate::mailbox::Mailbox;
-use crate::mailbox_sync::{Bodies, MergeRemote, PlanFullPush, PlanSync, ReplicationCache, SaveCache};
+use crate::mailbox_sync::{
+    Bodies, MergeRemote, PageBudget, PlanFullPush, PlanSync, ReplicationCache, SaveCache,
+};
 use crate::store::Table;
 use crate::sync_log::{row_key, Dirty, Requeued, SyncItem};
 use crate::transport::{Transport, TransportError};
@@ -36,8 +38,13 @@ use crate::transport::{Transport, TransportError};
 pub struct ChannelConfig {
     /// Items synced at once.
     pub parallel: usize,
-    /// Records per request.
+    /// Records per page (one change request, or one page asked of the peer) at most.
     pub page: usize,
+    /// Stored bytes of records per page at most (the page is cut at whichever bound comes
+    /// first; at least one record per page).
+    pub page_bytes: usize,
+    /// Bytes of bodies the records of one page may bring along at most.
+    pub page_body_bytes: usize,
     /// Bytes of a body per request.
     pub body_chunk: usize,
     /// The peer mounts the same body spool: bodies are never sent, it finds them by Guid.
@@ -48,9 +55,22 @@ impl Default for ChannelConfig {
     fn default() -> Self {
         ChannelConfig {
             parallel: 4,
-            page: 500,
+            page: 5000,
+            page_bytes: PageBudget::RECORD_BYTES,
+            page_body_bytes: PageBudget::BODY_BYTES,
             body_chunk: 1024 * 1024,
             shared_bodies: false,
+        }
+    }
+}
+
+impl ChannelConfig {
+    /// The bounds of one page of records this channel sends.
+    pub fn page_budget(&self) -> PageBudget {
+        PageBudget {
+            records: self.page,
+            record_bytes: self.page_bytes,
+            body_bytes: self.page_body_bytes,
         }
     }
 }
@@ -502,7 +522,7 @@ impl SyncJob {
             let plan = mb
                 .send(PlanSync {
                     peer: self.peer.clone(),
-                    limit: self.config.page,
+                    page: self.config.page_budget(),
                 })
                 .await??;
             let cache = match plan.cache.clone() {
@@ -626,7 +646,7 @@ impl SyncJob {
         let uidvalidity = mb
             .send(PlanSync {
                 peer: self.peer.clone(),
-                limit: 0,
+                page: PageBudget::records(0),
             })
             .await??
             .uidvalidity;
@@ -680,7 +700,7 @@ impl SyncJob {
             let page = mb
                 .send(PlanFullPush {
                     after: after.clone(),
-                    limit: self.config.page,
+                    page: self.config.page_budget(),
                 })
                 .await??;
             let acked = *acked.get_or_insert(page.highest);

@@ -63,6 +63,65 @@ pub type Bodies = BTreeMap<Guid, Arc<Vec<u8>>>;
 /// Records changed after a point, each with the modseq at which it first appeared here.
 type ChangedRecords = Vec<(Change<MessageRecord>, ModSeq)>;
 
+/// How much one page of records may hold, whichever bound comes first: a count of records, the
+/// stored bytes of those records (a page goes in one frame, so this keeps it far below the frame
+/// limit), and the bytes of the bodies it names that the peer may lack (they travel just before
+/// the page and wait in the receiver's memory, or the fetcher's, until the page is merged).
+/// Every page holds at least one record, whatever the bounds.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct PageBudget {
+    pub records: usize,
+    pub record_bytes: usize,
+    pub body_bytes: usize,
+}
+
+impl PageBudget {
+    /// Stored bytes of records in one page: about 5,000 small records.
+    pub const RECORD_BYTES: usize = 1024 * 1024;
+    /// Bytes of bodies one page may bring along: a page in flight on each of a channel's
+    /// parallel items stays well within what a receiving session stages.
+    pub const BODY_BYTES: usize = 32 * 1024 * 1024;
+
+    /// At most `records` records, weighed by the default byte bounds.
+    pub fn records(records: usize) -> Self {
+        PageBudget {
+            records,
+            record_bytes: Self::RECORD_BYTES,
+            body_bytes: Self::BODY_BYTES,
+        }
+    }
+
+    /// At most `records` records, whatever they weigh (a local scan that sends nothing).
+    pub fn records_only(records: usize) -> Self {
+        PageBudget {
+            records,
+            record_bytes: usize::MAX,
+            body_bytes: usize::MAX,
+        }
+    }
+
+    fn filled_by(&self, fill: &PageFill) -> bool {
+        fill.record_bytes >= self.record_bytes || fill.body_bytes >= self.body_bytes
+    }
+}
+
+/// What a page being read holds so far, in the units of its [`PageBudget`].
+#[derive(Default)]
+struct PageFill {
+    record_bytes: usize,
+    body_bytes: usize,
+}
+
+impl PageFill {
+    fn add(&mut self, record: &MessageRecord, stored_len: usize, with_body: bool) {
+        self.record_bytes = self.record_bytes.saturating_add(stored_len);
+        if with_body && !record.is_expunged() {
+            let size = usize::try_from(record.size).unwrap_or(usize::MAX);
+            self.body_bytes = self.body_bytes.saturating_add(size);
+        }
+    }
+}
+
 /// Changes arriving from a peer, in any of the three steps.
 struct Incoming {
     records: Vec<Change<MessageRecord>>,
@@ -117,10 +176,14 @@ impl Mailbox {
         self.store.get(Table::Messages, &keys::message(self.id, aid))
     }
 
-    /// A stored record for sending; one that cannot be decoded is quarantined (logged, counted,
-    /// left out) so that the rest of the mailbox still replicates.
-    fn readable(&self, aid: &AppendId) -> Result<Option<StoredRecord>, StoreError> {
-        match self.stored(aid) {
+    /// A stored record for sending, with the length of its stored encoding; one that cannot be
+    /// decoded is quarantined (logged, counted, left out) so that the rest of the mailbox still
+    /// replicates.
+    fn readable(&self, aid: &AppendId) -> Result<Option<(StoredRecord, usize)>, StoreError> {
+        match self
+            .store
+            .get_sized(Table::Messages, &keys::message(self.id, aid))
+        {
             Err(e @ StoreError::Decode { .. }) => {
                 self.quarantine(aid, &e);
                 Ok(None)
@@ -129,18 +192,20 @@ impl Mailbox {
         }
     }
 
-    /// Records changed after `since` with modseq at most `upto`, oldest first, at most `limit`;
+    /// Records changed after `since` with modseq at most `upto`, oldest first, within `budget`
+    /// (bodies counted for live records created after `bodies_known`, which the peer may lack);
     /// `skip_for` leaves out what that peer already has. Returns the page and the modseq of the
     /// last record scanned when the page is full.
     fn changes_after(
         &self,
         since: ModSeq,
         upto: ModSeq,
-        limit: usize,
+        budget: PageBudget,
+        bodies_known: ModSeq,
         skip_for: Option<&NodeId>,
     ) -> Result<(ChangedRecords, Option<ModSeq>), StoreError> {
+        let limit = budget.records;
         let mut aids = Vec::new();
-        let mut last = None;
         let start = keys::modseq(self.id, ModSeq(since.0.saturating_add(1)));
         self.store
             .scan_from(Table::Modseqs, &keys::mailbox(self.id), &start, |k, v| {
@@ -155,28 +220,40 @@ impl Mailbox {
                     what: "modseq index".into(),
                     reason: "malformed AppendId".into(),
                 })?;
-                aids.push(aid);
-                last = Some(modseq);
+                aids.push((aid, modseq));
                 Ok(aids.len() < limit)
             })?;
-        let full = aids.len() >= limit;
+        let scanned = aids.len();
+        let mut next = if scanned >= limit {
+            aids.last().map(|(_, m)| *m)
+        } else {
+            None
+        };
+        let mut fill = PageFill::default();
         let mut out = Vec::with_capacity(aids.len());
-        for aid in aids {
-            if let Some(s) = self.readable(&aid)? {
-                if skip_for.is_some_and(|p| suppressed(&s.origin, s.arrived_on.as_ref(), p, &self.ctx.faults))
+        for (i, (aid, modseq)) in aids.into_iter().enumerate() {
+            if let Some((s, len)) = self.readable(&aid)? {
+                if !skip_for
+                    .is_some_and(|p| suppressed(&s.origin, s.arrived_on.as_ref(), p, &self.ctx.faults))
                 {
-                    continue;
+                    let body_known = s.created != ModSeq::ZERO && s.created <= bodies_known;
+                    fill.add(&s.record, len, !body_known);
+                    out.push((
+                        Change {
+                            origin: s.origin,
+                            item: s.record,
+                        },
+                        s.created,
+                    ));
                 }
-                out.push((
-                    Change {
-                        origin: s.origin,
-                        item: s.record,
-                    },
-                    s.created,
-                ));
+            }
+            // Cut the page by bytes too: everything up to this modseq is in it or left out.
+            if i + 1 < scanned && budget.filled_by(&fill) {
+                next = Some(modseq);
+                break;
             }
         }
-        Ok((out, if full { last } else { None }))
+        Ok((out, next))
     }
 
     fn annotations_after(
@@ -209,11 +286,11 @@ impl Mailbox {
     fn change_page(
         &self,
         since: ModSeq,
-        limit: usize,
+        budget: PageBudget,
         peer: Option<&NodeId>,
     ) -> Result<ChangePage, StoreError> {
         let (highest, counters) = self.committed_highest()?;
-        let (records, next) = self.changes_after(since, highest, limit, peer)?;
+        let (records, next) = self.changes_after(since, highest, budget, ModSeq::ZERO, peer)?;
         let records = records.into_iter().map(|(change, _)| change).collect();
         // Every page carries the annotations changed after its own starting point: a later
         // page starts later, so one changed between two pages' records is never skipped.
@@ -635,7 +712,13 @@ impl Mailbox {
         if stable <= since {
             return Ok(());
         }
-        let (changed, next) = self.changes_after(since, stable, PER_CALL, None)?;
+        let (changed, next) = self.changes_after(
+            since,
+            stable,
+            PageBudget::records_only(PER_CALL),
+            ModSeq::ZERO,
+            None,
+        )?;
         let mut retired = BTreeSet::new();
         for (change, _) in changed {
             if !change.item.is_expunged() {
@@ -811,7 +894,7 @@ pub struct SyncPlan {
 #[rtype(result = "Result<SyncPlan, MailError>")]
 pub struct PlanSync {
     pub peer: NodeId,
-    pub limit: usize,
+    pub page: PageBudget,
 }
 
 impl Handler<PlanSync> for Mailbox {
@@ -825,12 +908,13 @@ impl Handler<PlanSync> for Mailbox {
             .filter(|c| c.uidvalidity == self.uidvalidity);
         let (highest, counters) = self.committed_highest()?;
         let since = cache.as_ref().map(|c| c.acked).unwrap_or(ModSeq::ZERO);
-        let (changed, next) = self.changes_after(since, highest, msg.limit, Some(&msg.peer))?;
+        // Appended before the acknowledged point: the peer has the record's fixed parts (and
+        // its body), so it goes as an update and weighs no body in the page.
+        let complete = cache.as_ref().map(|c| c.complete).unwrap_or(ModSeq::ZERO);
+        let (changed, next) = self.changes_after(since, highest, msg.page, complete, Some(&msg.peer))?;
         let mut records = Vec::new();
         let mut updates = Vec::new();
         for (change, created) in changed {
-            // Appended before the acknowledged point: the peer has the record's fixed parts.
-            let complete = cache.as_ref().map(|c| c.complete).unwrap_or(ModSeq::ZERO);
             if created != ModSeq::ZERO && created <= complete {
                 updates.push(Change {
                     origin: change.origin,
@@ -869,7 +953,7 @@ impl Handler<PlanSync> for Mailbox {
 #[rtype(result = "Result<FullPushPage, MailError>")]
 pub struct PlanFullPush {
     pub after: Option<AppendId>,
-    pub limit: usize,
+    pub page: PageBudget,
 }
 
 #[derive(Clone, Debug)]
@@ -886,11 +970,12 @@ pub struct FullPushPage {
 }
 
 impl Mailbox {
-    fn full_page(&self, after: Option<&AppendId>, limit: usize) -> Result<FullPushPage, StoreError> {
+    fn full_page(&self, after: Option<&AppendId>, budget: PageBudget) -> Result<FullPushPage, StoreError> {
         let (highest, counters) = self.committed_highest()?;
         let after_key = after.map(|a| keys::message(self.id, a));
         let mut records = Vec::new();
         let mut last = None;
+        let mut fill = PageFill::default();
         self.store.scan_prefix(
             Table::Messages,
             &keys::mailbox(self.id),
@@ -904,14 +989,16 @@ impl Mailbox {
                     }
                 };
                 last = Some(s.record.append_id.clone());
+                fill.add(&s.record, v.len(), true);
                 records.push(Change {
                     origin: s.origin,
                     item: s.record,
                 });
-                Ok(records.len() < limit)
+                Ok(records.len() < budget.records && !budget.filled_by(&fill))
             },
         )?;
-        let next = if records.len() >= limit { last } else { None };
+        let full = records.len() >= budget.records || budget.filled_by(&fill);
+        let next = if full { last } else { None };
         let annotations = if after.is_none() {
             self.annotations_after(ModSeq::ZERO, highest, None)?
         } else {
@@ -935,7 +1022,7 @@ impl Handler<PlanFullPush> for Mailbox {
 
     fn handle(&mut self, msg: PlanFullPush, _: &mut Self::Context) -> Self::Result {
         self.check_usable()?;
-        Ok(self.full_page(msg.after.as_ref(), msg.limit)?)
+        Ok(self.full_page(msg.after.as_ref(), msg.page)?)
     }
 }
 
@@ -970,7 +1057,8 @@ pub struct ApplyChanges {
     pub from: NodeId,
     pub request: ChangeRequest,
     pub bodies: Bodies,
-    pub page_limit: usize,
+    /// How much of its own changes this node answers a mismatch with.
+    pub page: PageBudget,
 }
 
 impl Handler<ApplyChanges> for Mailbox {
@@ -997,8 +1085,7 @@ impl Handler<ApplyChanges> for Mailbox {
                     let message = "the expected modseq is not a point of this node's history";
                     return Ok((Writes::default(), wire_error(ErrorCode::NoHistory, message)));
                 }
-                let mut changes =
-                    act.change_page(req.expected_peer_modseq, msg.page_limit, Some(&msg.from))?;
+                let mut changes = act.change_page(req.expected_peer_modseq, msg.page, Some(&msg.from))?;
                 let sent: BTreeMap<&AppendId, &MessageRecord> =
                     req.records.iter().map(|c| (&c.item.append_id, &c.item)).collect();
                 let updated: BTreeMap<&AppendId, &RecordUpdate> =
@@ -1112,7 +1199,7 @@ pub struct ListChanges {
     pub peer: NodeId,
     pub uidvalidity: UidValidity,
     pub since: ModSeq,
-    pub limit: usize,
+    pub page: PageBudget,
 }
 
 impl Handler<ListChanges> for Mailbox {
@@ -1132,7 +1219,7 @@ impl Handler<ListChanges> for Mailbox {
         }
         Ok(Response::Changes(self.change_page(
             msg.since,
-            msg.limit,
+            msg.page,
             Some(&msg.peer),
         )?))
     }
@@ -1144,7 +1231,7 @@ impl Handler<ListChanges> for Mailbox {
 pub struct ListFull {
     pub uidvalidity: UidValidity,
     pub after: Option<AppendId>,
-    pub limit: usize,
+    pub page: PageBudget,
 }
 
 impl Handler<ListFull> for Mailbox {
@@ -1155,7 +1242,7 @@ impl Handler<ListFull> for Mailbox {
         if msg.uidvalidity != self.uidvalidity {
             return Ok(wire_error(ErrorCode::UidValidityMismatch, "uidvalidity differs"));
         }
-        let page = self.full_page(msg.after.as_ref(), msg.limit)?;
+        let page = self.full_page(msg.after.as_ref(), msg.page)?;
         Ok(Response::Full {
             pruned: page.pruned,
             records: page.records,

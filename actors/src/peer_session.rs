@@ -19,12 +19,12 @@ use crate::directory::{Directory, OpenMailboxById};
 use crate::directory_sync::{ApplyEntries, ApplyUserItem, PeerHello, UserItemChange};
 use crate::error::MailError;
 use crate::mailbox::Mailbox;
-use crate::mailbox_sync::{wire_error, ApplyChanges, Bodies, ListChanges, ListFull};
+use crate::mailbox_sync::{wire_error, ApplyChanges, Bodies, ListChanges, ListFull, PageBudget};
 
 /// Bodies a session holds between their chunks and the change request that names them.
 const MAX_STAGED_BYTES: usize = 256 * 1024 * 1024;
 /// Largest page a session answers with.
-const MAX_PAGE: usize = 2000;
+const MAX_PAGE: usize = 5000;
 
 pub struct PeerSession {
     peer: NodeId,
@@ -231,7 +231,7 @@ impl Handler<InboundRequest> for PeerSession {
                             from: peer,
                             request,
                             bodies,
-                            page_limit: MAX_PAGE / 4,
+                            page: PageBudget::records(MAX_PAGE / 4),
                         };
                         match opened.addr.send(apply).await {
                             Ok(Ok(response)) => {
@@ -264,7 +264,7 @@ impl Handler<InboundRequest> for PeerSession {
                     peer,
                     uidvalidity,
                     since,
-                    limit,
+                    page: PageBudget::records(limit),
                 };
                 Box::pin(ask_mailbox(directory, self.ctx.node.clone(), mailbox, ask).into_actor(self))
             }
@@ -278,7 +278,7 @@ impl Handler<InboundRequest> for PeerSession {
                 let ask = ListFull {
                     uidvalidity,
                     after,
-                    limit,
+                    page: PageBudget::records(limit),
                 };
                 Box::pin(ask_mailbox(directory, self.ctx.node.clone(), mailbox, ask).into_actor(self))
             }

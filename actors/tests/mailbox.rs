@@ -553,3 +553,100 @@ fn clearing_a_flag_never_set_wins_over_an_older_concurrent_set() {
         );
     });
 }
+
+/// Pages of records for a peer are cut by bytes as well as by count: by the bodies they bring
+/// along and by the records' own bytes, whichever bound comes first, and paging by either still
+/// covers every record exactly once.
+#[test]
+fn pages_for_a_peer_are_cut_by_bytes_and_by_count() {
+    use mailmesh_actors::mailbox_sync::{PageBudget, PlanFullPush, PlanSync};
+    use mailmesh_protocol::ids::NodeId;
+    let dir = tempfile::tempdir().unwrap();
+    run(|| async {
+        let node = start(dir.path());
+        let mb = mailbox(&node, "alice", "INBOX").await;
+        let mut appended = Vec::new();
+        for i in 0..10 {
+            appended.push(append(&mb, &message(i), &[]).await.append_id);
+        }
+        let body = message(0).len();
+        let budgets = [
+            // Bodies: the third body reaches the bound, so three records a page.
+            (
+                PageBudget {
+                    records: 1000,
+                    record_bytes: usize::MAX,
+                    body_bytes: 3 * body - 1,
+                },
+                3,
+            ),
+            // Records' bytes: a one-byte bound still puts one record in each page.
+            (
+                PageBudget {
+                    records: 1000,
+                    record_bytes: 1,
+                    body_bytes: usize::MAX,
+                },
+                1,
+            ),
+            // The count, when it comes first.
+            (
+                PageBudget {
+                    records: 4,
+                    ..PageBudget::records(4)
+                },
+                4,
+            ),
+        ];
+        for (budget, per_page) in budgets {
+            let mut after = None;
+            let mut seen = Vec::new();
+            loop {
+                let page = mb
+                    .send(PlanFullPush {
+                        after: after.clone(),
+                        page: budget,
+                    })
+                    .await
+                    .unwrap()
+                    .unwrap();
+                assert!(
+                    page.records.len() <= per_page,
+                    "{budget:?}: a page of {}",
+                    page.records.len()
+                );
+                seen.extend(page.records.iter().map(|c| c.item.append_id.clone()));
+                if page.next.is_none() {
+                    break;
+                }
+                assert_eq!(page.records.len(), per_page, "{budget:?}: a page cut early");
+                after = page.next;
+            }
+            let mut expected = appended.clone();
+            expected.sort();
+            assert_eq!(seen, expected, "{budget:?}: every record exactly once");
+
+            let plan = mb
+                .send(PlanSync {
+                    peer: NodeId::new("peer").unwrap(),
+                    page: budget,
+                })
+                .await
+                .unwrap()
+                .unwrap();
+            assert_eq!(plan.records.len(), per_page, "{budget:?}");
+            assert!(plan.more, "{budget:?}: the rest follows in later pages");
+            let first: Vec<_> = plan.records.iter().map(|c| c.item.append_id.clone()).collect();
+            assert_eq!(first, appended[..per_page], "{budget:?}: oldest changes first");
+        }
+        let whole = mb
+            .send(PlanSync {
+                peer: NodeId::new("peer").unwrap(),
+                page: PageBudget::records(5000),
+            })
+            .await
+            .unwrap()
+            .unwrap();
+        assert_eq!((whole.records.len(), whole.more), (10, false));
+    });
+}

@@ -20,6 +20,7 @@ use mailmesh_actors::context::Faults;
 use mailmesh_actors::directory::ActivationPolicy;
 use mailmesh_actors::env::{Entropy, Env, TokioClock};
 use mailmesh_actors::mailbox::{StoredAnnotation, StoredRecord};
+use mailmesh_actors::mailbox_sync::PageBudget;
 use mailmesh_actors::node::{LocalNode, NodeOptions, PeerOptions};
 use mailmesh_actors::sim_disk::{CrashModel, CrashTrigger, SimDisk};
 use mailmesh_actors::store::{decode, Store, Table};
@@ -59,7 +60,11 @@ impl NodeSetup {
             },
             channel: ChannelConfig {
                 parallel: rng.range(1..5) as usize,
-                page: if small { rng.range(1..8) as usize } else { 500 },
+                page: if small { rng.range(1..8) as usize } else { 5000 },
+                // Large pages are cut by bytes here, so that cut is exercised too (a simulated
+                // mailbox never weighs the megabytes of the defaults).
+                page_bytes: if small { PageBudget::RECORD_BYTES } else { 8 * 1024 },
+                page_body_bytes: if small { PageBudget::BODY_BYTES } else { 32 * 1024 },
                 body_chunk: if small {
                     rng.range(16..200) as usize
                 } else {

@@ -15,7 +15,7 @@ use std::collections::BTreeMap;
 
 use mailmesh_actors::directory_sync::{EntriesFor, UserItemChange, UserItemFor};
 use mailmesh_actors::mailbox::{ChangedSince, Fetch, FetchBody, GetPruned, GetState};
-use mailmesh_actors::mailbox_sync::ListFull;
+use mailmesh_actors::mailbox_sync::{ListFull, PageBudget};
 use mailmesh_actors::node::LocalNode;
 use mailmesh_actors::sync_log::SyncItem;
 use mailmesh_actors::uid_set::UidSet;
@@ -145,7 +145,7 @@ async fn read_mailbox(
         .send(ListFull {
             uidvalidity: entry.uidvalidity,
             after: None,
-            limit: usize::MAX,
+            page: PageBudget::records_only(usize::MAX),
         })
         .await
         .map_err(|_| fail("full state"))?

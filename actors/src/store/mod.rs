@@ -273,6 +273,20 @@ impl Store {
         }
     }
 
+    /// Reads one value with the length of its stored encoding (what a page of them weighs).
+    pub fn get_sized<T: DeserializeOwned>(
+        &self,
+        table: Table,
+        key: &[u8],
+    ) -> Result<Option<(T, usize)>, StoreError> {
+        let txn = self.db.begin_read()?;
+        let t = txn.open_table(table.definition())?;
+        match t.get(key)? {
+            Some(v) => Ok(Some((decode(v.value(), table.name())?, v.value().len()))),
+            None => Ok(None),
+        }
+    }
+
     /// Visits the rows whose keys start with `prefix`, in key order, starting after `after` if
     /// given, until `visit` returns false. One read transaction; nothing is collected unless the
     /// visitor collects it, so a scan of a huge mailbox holds one row at a time.
