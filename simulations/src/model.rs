@@ -120,6 +120,15 @@ pub struct Model {
 }
 
 impl Model {
+    /// Records a write a client was told succeeded, with the version its answer carried.
+    pub fn acknowledged(&mut self, register: Register, value: Written, version: &Version) {
+        self.writes.push(AckedWrite {
+            register,
+            value,
+            version: version.clone(),
+        });
+    }
+
     /// Whether a client may have expunged `aid` from `mailbox` on `node` (the node whose clock
     /// stamped the expunge).
     pub fn expunge_justified(&self, mailbox: MailboxId, aid: &AppendId, uid: Uid, node: &NodeId) -> bool {

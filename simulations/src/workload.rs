@@ -14,7 +14,7 @@ use mailmesh_actors::uid_set::UidSet;
 use mailmesh_actors::MailError;
 use mailmesh_protocol::ids::{Guid, MailboxId, NodeId, Uid};
 
-use crate::model::{Acked, AckedWrite, Model, Register, Shown, Written};
+use crate::model::{Acked, Model, Register, Shown, Written};
 use crate::network::short_id;
 use crate::rng::SimRng;
 
@@ -417,15 +417,12 @@ impl Client {
             if let Some(version) = &o.version {
                 for (message, flags) in &o.written {
                     for (flag, set) in flags {
-                        model.writes.push(AckedWrite {
-                            register: Register::Flag {
-                                mailbox: opened.info.id,
-                                message: message.clone(),
-                                flag: flag.clone(),
-                            },
-                            value: Written::Bool(*set),
-                            version: version.clone(),
-                        });
+                        let register = Register::Flag {
+                            mailbox: opened.info.id,
+                            message: message.clone(),
+                            flag: flag.clone(),
+                        };
+                        model.acknowledged(register, Written::Bool(*set), version);
                     }
                 }
             }
@@ -639,14 +636,13 @@ impl Client {
         if let Ok(written) = &r {
             self.changed();
             if let Some(version) = written {
-                self.model.borrow_mut().writes.push(AckedWrite {
-                    register: Register::Annotation {
-                        mailbox: opened.info.id,
-                        entry: entry.clone(),
-                    },
-                    value: Written::Bytes(value),
-                    version: version.clone(),
-                });
+                let register = Register::Annotation {
+                    mailbox: opened.info.id,
+                    entry: entry.clone(),
+                };
+                self.model
+                    .borrow_mut()
+                    .acknowledged(register, Written::Bytes(value), version);
             }
         }
         format!(
@@ -671,14 +667,13 @@ impl Client {
         if let Ok(written) = &r {
             self.changed();
             if let Some(version) = written {
-                self.model.borrow_mut().writes.push(AckedWrite {
-                    register: Register::Subscription {
-                        user: user.into(),
-                        name: name.clone(),
-                    },
-                    value: Written::Bool(on),
-                    version: version.clone(),
-                });
+                let register = Register::Subscription {
+                    user: user.into(),
+                    name: name.clone(),
+                };
+                self.model
+                    .borrow_mut()
+                    .acknowledged(register, Written::Bool(on), version);
             }
         }
         format!("subscribe {user}/{name} {on}: {}", describe(&r, |_| "ok".into()))
@@ -738,11 +733,7 @@ impl Client {
         };
         if let Ok(version) = &r {
             self.changed();
-            self.model.borrow_mut().writes.push(AckedWrite {
-                register,
-                value,
-                version: version.clone(),
-            });
+            self.model.borrow_mut().acknowledged(register, value, version);
         }
         format!("sieve {what} {user}/{script}: {}", describe(&r, |_| "ok".into()))
     }
