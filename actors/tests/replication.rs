@@ -836,21 +836,30 @@ fn a_channel_re_pointed_at_runtime_loses_nothing() {
 /// Locations decide where a mailbox's messages live: a node outside them has the entry but no
 /// messages; adding it starts replication to it; removing the original holder (an XFER) moves the
 /// mailbox, and the old holder lets its copy go once its peers have everything.
+/// Places alice's INBOX on `locations`, with `primary` as its preferred primary (or none).
+fn alice_inbox_at(locations: &[&str], primary: Option<&str>) -> SetLocations {
+    SetLocations {
+        user: "alice".into(),
+        name: "INBOX".into(),
+        locations: locations.iter().map(|s| n(s)).collect(),
+        primary: primary.map(n),
+    }
+}
+
+/// Places alice's INBOX on `locations`, the first of them its preferred primary.
+fn alice_inbox_on(locations: &[&str]) -> SetLocations {
+    alice_inbox_at(locations, Some(locations[0]))
+}
+
 #[test]
 fn locations_start_and_stop_replication_and_move_a_mailbox() {
     run_virtual(|| async {
         let cluster = Cluster::full_mesh(&["a", "b", "c"]);
         create(&cluster, "a", "alice", "INBOX").await;
-        let set = |locations: &[&str], primary: &str| SetLocations {
-            user: "alice".into(),
-            name: "INBOX".into(),
-            locations: locations.iter().map(|s| n(s)).collect(),
-            primary: Some(n(primary)),
-        };
         cluster
             .node("a")
             .directory
-            .send(set(&["a", "b"], "a"))
+            .send(alice_inbox_at(&["a", "b"], Some("a")))
             .await
             .unwrap()
             .unwrap();
@@ -868,7 +877,7 @@ fn locations_start_and_stop_replication_and_move_a_mailbox() {
         cluster
             .node("b")
             .directory
-            .send(set(&["a", "b", "c"], "a"))
+            .send(alice_inbox_at(&["a", "b", "c"], Some("a")))
             .await
             .unwrap()
             .unwrap();
@@ -881,7 +890,7 @@ fn locations_start_and_stop_replication_and_move_a_mailbox() {
         cluster
             .node("a")
             .directory
-            .send(set(&["b", "c"], "b"))
+            .send(alice_inbox_at(&["b", "c"], Some("b")))
             .await
             .unwrap()
             .unwrap();
@@ -925,16 +934,10 @@ fn a_mailbox_moved_off_its_only_holder_reaches_the_new_one_before_the_old_lets_g
     run_virtual(|| async {
         let cluster = Cluster::full_mesh(&["a", "b"]);
         create(&cluster, "a", "alice", "INBOX").await;
-        let set = |locations: &[&str]| SetLocations {
-            user: "alice".into(),
-            name: "INBOX".into(),
-            locations: locations.iter().map(|s| n(s)).collect(),
-            primary: Some(n(locations[0])),
-        };
         cluster
             .node("a")
             .directory
-            .send(set(&["a"]))
+            .send(alice_inbox_on(&["a"]))
             .await
             .unwrap()
             .unwrap();
@@ -950,7 +953,7 @@ fn a_mailbox_moved_off_its_only_holder_reaches_the_new_one_before_the_old_lets_g
         cluster
             .node("a")
             .directory
-            .send(set(&["b"]))
+            .send(alice_inbox_on(&["b"]))
             .await
             .unwrap()
             .unwrap();
@@ -975,12 +978,7 @@ fn a_location_dropped_and_added_back_gets_everything_again() {
     run_virtual(|| async {
         let cluster = Cluster::full_mesh(&["a", "b"]);
         create(&cluster, "a", "alice", "INBOX").await;
-        let set = |locations: &[&str]| SetLocations {
-            user: "alice".into(),
-            name: "INBOX".into(),
-            locations: locations.iter().map(|s| n(s)).collect(),
-            primary: None,
-        };
+        let set = |locations: &[&str]| alice_inbox_at(locations, None);
         let on_a = open(&cluster, "a", "alice", "INBOX").await;
         for i in 0..3 {
             append_to(&on_a, &message(i), &[]).await;
@@ -1292,16 +1290,10 @@ fn appends_racing_a_move_off_the_sole_holder_all_reach_the_new_one() {
     run_virtual(|| async {
         let cluster = Cluster::full_mesh(&["a", "b"]);
         create(&cluster, "a", "alice", "INBOX").await;
-        let set = |locations: &[&str]| SetLocations {
-            user: "alice".into(),
-            name: "INBOX".into(),
-            locations: locations.iter().map(|s| n(s)).collect(),
-            primary: Some(n(locations[0])),
-        };
         cluster
             .node("a")
             .directory
-            .send(set(&["a"]))
+            .send(alice_inbox_on(&["a"]))
             .await
             .unwrap()
             .unwrap();
@@ -1311,7 +1303,7 @@ fn appends_racing_a_move_off_the_sole_holder_all_reach_the_new_one() {
         for i in 0..60 {
             if i == 30 {
                 let dir = cluster.node("a").directory.clone();
-                let msg = set(&["b"]);
+                let msg = alice_inbox_on(&["b"]);
                 handles.push(actix::spawn(async move {
                     dir.send(msg).await.unwrap().unwrap();
                     false
@@ -1363,16 +1355,10 @@ fn writes_to_the_old_node_after_a_move_are_refused_and_its_copy_goes() {
     run_virtual(|| async {
         let cluster = Cluster::full_mesh(&["a", "b"]);
         create(&cluster, "a", "alice", "INBOX").await;
-        let set = |locations: &[&str]| SetLocations {
-            user: "alice".into(),
-            name: "INBOX".into(),
-            locations: locations.iter().map(|s| n(s)).collect(),
-            primary: Some(n(locations[0])),
-        };
         cluster
             .node("a")
             .directory
-            .send(set(&["a"]))
+            .send(alice_inbox_on(&["a"]))
             .await
             .unwrap()
             .unwrap();
@@ -1385,7 +1371,7 @@ fn writes_to_the_old_node_after_a_move_are_refused_and_its_copy_goes() {
         cluster
             .node("a")
             .directory
-            .send(set(&["b"]))
+            .send(alice_inbox_on(&["b"]))
             .await
             .unwrap()
             .unwrap();
