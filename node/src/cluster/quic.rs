@@ -229,9 +229,12 @@ impl QuicTransport {
                 if let Some(d) = peer.dialler.take() {
                     d.abort();
                 }
-                if let Some(link) = &peer.link {
+                if let Some(link) = peer.link.take() {
                     link.conn
                         .close(VarInt::from_u32(CLOSE_NOT_A_PEER), b"no longer a configured peer");
+                    // The link's own task finds the peer gone and stays silent: say it here, so
+                    // the log tells every link that went down, whichever side noticed first.
+                    info!(peer = %name, reason = "peer removed", "link down");
                 }
                 false
             });
