@@ -23,7 +23,7 @@ use tracing::{debug, info, warn};
 
 use crate::context::{NodeContext, Writes};
 use crate::directory::{Directory, OpenMailboxById};
-use crate::directory_sync::{EntriesFor, RequeueMark, UserItemChange, UserItemFor};
+use crate::directory_sync::{EntriesFor, LinksFor, RequeueMark, UserItemChange, UserItemFor};
 use crate::error::{MailError, StoreError};
 use crate::mailbox::Mailbox;
 use crate::mailbox_sync::{
@@ -442,6 +442,7 @@ impl SyncJob {
 
     async fn sync(&self, item: &SyncItem, whole: bool) -> Result<(), SyncError> {
         match item {
+            SyncItem::Links => self.sync_links(whole).await,
             SyncItem::MailboxList(user) => self.sync_list(user, whole).await,
             SyncItem::Subscriptions(_) | SyncItem::Sieve(_) => self.sync_user_item(item, whole).await,
             SyncItem::Mailbox(id) => self.sync_mailbox(*id, whole).await,
@@ -472,6 +473,23 @@ impl SyncJob {
                 "mailbox list of {user}: {}",
                 response_name(&other)
             ))),
+        }
+    }
+
+    async fn sync_links(&self, whole: bool) -> Result<(), SyncError> {
+        let links = self
+            .directory
+            .send(LinksFor {
+                peer: self.peer.clone(),
+                whole,
+            })
+            .await??;
+        let Some(links) = links else {
+            return Ok(());
+        };
+        match self.request(Request::Links { links }).await? {
+            Response::Ok => Ok(()),
+            other => Err(SyncError::Item(format!("link graph: {}", response_name(&other)))),
         }
     }
 
@@ -512,7 +530,7 @@ impl SyncJob {
             Err(e) => return Err(e.into()),
         };
         let info = opened.info;
-        if !info.locations.is_empty() && !info.locations.contains(&self.peer) {
+        if !info.holders.is_empty() && !info.holders.contains(&self.peer) {
             return Ok(());
         }
         let mb = opened.addr;

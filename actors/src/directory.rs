@@ -11,7 +11,7 @@
 //! Every write here is atomic: the Directory handles no other message until its batch is
 //! durable. Directory writes are rare next to message writes, and this keeps name checks exact.
 
-use std::collections::BTreeMap;
+use std::collections::{BTreeMap, BTreeSet};
 use std::time::Duration;
 
 use actix::prelude::*;
@@ -21,7 +21,7 @@ use mailmesh_protocol::names::{
     normalize_mailbox_name, validate_script_name, validate_user, HIERARCHY_SEPARATOR,
 };
 use mailmesh_protocol::records::{
-    resolve_names, MailboxEntry, MailboxPath, MailboxTombstone, UserSieve, UserSubscriptions,
+    resolve_names, LinkGraph, MailboxEntry, MailboxPath, MailboxTombstone, UserSieve, UserSubscriptions,
 };
 use mailmesh_protocol::version::Version;
 use tracing::{info, warn};
@@ -57,8 +57,10 @@ pub struct MailboxInfo {
     pub uidvalidity: UidValidity,
     /// This mailbox lost a name collision with a concurrently created one and shows a derived name.
     pub conflict_renamed: bool,
-    /// Nodes holding a replica; empty means all.
+    /// Where clients may write it (its placement); empty means every node.
     pub locations: Vec<NodeId>,
+    /// The nodes holding a replica: the locations and the relays between them; empty means all.
+    pub holders: Vec<NodeId>,
     pub primary: Option<NodeId>,
 }
 
@@ -67,6 +69,14 @@ pub struct Directory {
     policy: ActivationPolicy,
     active: BTreeMap<MailboxId, ActiveMailbox>,
     dormant: BTreeMap<MailboxId, WeakAddr<Mailbox>>,
+    /// The cluster's link graph as this node knows it (stored in the peers table), from which
+    /// every mailbox's effective holders follow.
+    pub(crate) links: LinkGraph,
+}
+
+/// Whether `node` is among `holders` (empty: every node).
+pub(crate) fn holds(holders: &BTreeSet<NodeId>, node: &NodeId) -> bool {
+    holders.is_empty() || holders.contains(node)
 }
 
 struct ActiveMailbox {
@@ -76,12 +86,27 @@ struct ActiveMailbox {
 
 impl Directory {
     pub fn new(ctx: NodeContext, policy: ActivationPolicy) -> Self {
+        let links = match ctx.store.get::<Tagged<LinkGraph>>(Table::Peers, crate::directory_sync::LINKS_KEY) {
+            Ok(links) => links.map(|t| t.item).unwrap_or_default(),
+            Err(e) => {
+                // Learned again from the peers; until then mailboxes get no relays.
+                warn!(error = %e, "cannot read the stored link graph");
+                LinkGraph::default()
+            }
+        };
         Directory {
             ctx,
             policy,
             active: BTreeMap::new(),
             dormant: BTreeMap::new(),
+            links,
         }
+    }
+
+    /// The nodes that keep a copy of `entry`'s mailbox (empty: every node): its locations and
+    /// the relays that connect them in the link graph.
+    pub(crate) fn holders_of(&self, entry: &MailboxEntry) -> BTreeSet<NodeId> {
+        self.links.holders(&entry.locations.value)
     }
 
     pub(crate) fn stored_entry(&self, id: MailboxId) -> Result<Option<Tagged<MailboxEntry>>, StoreError> {
@@ -140,13 +165,15 @@ impl Directory {
         // What this node knew of the peer's copy is forgotten: a node dropped from the locations
         // let its copy go, and added back it holds nothing, whatever the cache says (engine bug
         // 17); the next sync is a whole one.
+        // Holders are the effective ones: a relay the new locations need is queued like a location.
         if let Some(old) = old {
             let me = &self.ctx.node;
-            let holds = entry.located_on(me) || (!old.is_deleted() && old.located_on(me));
-            if !entry.is_deleted() && holds {
+            let (now, before) = (self.holders_of(entry), self.holders_of(old));
+            let held = holds(&now, me) || (!old.is_deleted() && holds(&before, me));
+            if !entry.is_deleted() && held {
                 for peer in self.ctx.sync_log.peers() {
-                    let held_before = !old.is_deleted() && old.located_on(&peer);
-                    if entry.located_on(&peer) && !held_before {
+                    let held_before = !old.is_deleted() && holds(&before, &peer);
+                    if holds(&now, &peer) && !held_before {
                         batch.delete(Table::ReplCache, crate::mailbox_sync::cache_key(entry.id, &peer));
                         let logged = self
                             .ctx
@@ -217,7 +244,7 @@ impl Directory {
         })
     }
 
-    fn info(entry: &MailboxEntry, shown: Option<(&str, bool)>) -> MailboxInfo {
+    fn info(&self, entry: &MailboxEntry, shown: Option<(&str, bool)>) -> MailboxInfo {
         let (name, renamed) = shown.unwrap_or((&entry.path.value.name, false));
         MailboxInfo {
             id: entry.id,
@@ -226,6 +253,7 @@ impl Directory {
             uidvalidity: entry.uidvalidity,
             conflict_renamed: renamed,
             locations: entry.locations.value.iter().cloned().collect(),
+            holders: self.holders_of(entry).into_iter().collect(),
             primary: entry.primary.value.clone(),
         }
     }
@@ -261,7 +289,7 @@ impl Directory {
         }
         let addr = match self.dormant.remove(&entry.id).and_then(|w| w.upgrade()) {
             Some(addr) => addr,
-            None => Mailbox::load(entry, self.ctx.clone())?.start(),
+            None => Mailbox::load(entry, self.holders_of(entry), self.ctx.clone())?.start(),
         };
         self.active.insert(
             entry.id,
@@ -311,7 +339,10 @@ impl Directory {
             return;
         }
         if let Some(addr) = self.running(new.id) {
-            addr.do_send(crate::mailbox_sync::EntryUpdated { entry: new.clone() });
+            addr.do_send(crate::mailbox_sync::EntryUpdated {
+                entry: new.clone(),
+                holders: self.holders_of(new),
+            });
         }
         // A node that just became the primary settles the uid conflicts it holds, whether or not
         // its Mailbox actor was running (found by the simulator, seed 250).
@@ -326,23 +357,25 @@ impl Directory {
                 }
             }
         }
-        let held_before = old.is_some_and(|o| o.located_on(&self.ctx.node));
-        if held_before && !new.located_on(&self.ctx.node) {
+        let me = &self.ctx.node;
+        let held_before = old.is_some_and(|o| holds(&self.holders_of(o), me));
+        if held_before && !holds(&self.holders_of(new), me) {
             self.release_when_drained(new.id, ctx);
         }
     }
 
-    /// Drops this node's copy of a mailbox it no longer holds, once no sync log row for it is
-    /// left (every change made here has reached a peer). The entry stays.
-    fn release_when_drained(&mut self, id: MailboxId, ctx: &mut Context<Self>) {
+    /// Drops this node's copy of a mailbox it no longer holds (no longer among its locations, or
+    /// no longer a relay between them), once no sync log row for it is left (every change made
+    /// here has reached a peer). The entry stays.
+    pub(crate) fn release_when_drained(&mut self, id: MailboxId, ctx: &mut Context<Self>) {
         let item = SyncItem::Mailbox(id).encode();
         let mut pending = false;
         let scanned = self.ctx.store.scan_prefix(Table::SyncLog, &[], None, |k, _| {
             pending = k.ends_with(&item);
             Ok(!pending)
         });
-        let still_released =
-            matches!(self.entry(id), Ok(Some(e)) if !e.is_deleted() && !e.located_on(&self.ctx.node));
+        let still_released = matches!(self.entry(id), Ok(Some(e))
+            if !e.is_deleted() && !holds(&self.holders_of(&e), &self.ctx.node));
         if !still_released {
             return;
         }
@@ -352,7 +385,7 @@ impl Directory {
             });
             return;
         }
-        info!(mailbox = %id, "this node is no longer among the mailbox's locations: releasing its copy");
+        info!(mailbox = %id, "this node no longer holds the mailbox (not among its locations, not a relay): releasing its copy");
         self.purge(id, ctx);
     }
 
@@ -493,6 +526,10 @@ async fn purge_mailbox(node: NodeContext, id: MailboxId) -> Result<(), StoreErro
         Ok(true)
     })?;
     batch.delete(Table::MailboxState, keys::mailbox(id));
+    // The compacted expunged messages go with the records: a copy let go and later held again
+    // starts from nothing, and a stale set would keep what a peer sends from being counted in
+    // the digest (found by the simulator with --locations, seed 43).
+    batch.delete(Table::Pruned, keys::mailbox(id));
     batch.delete(Table::Purges, keys::mailbox(id));
     node.commit(
         Writes {
@@ -557,7 +594,7 @@ impl Handler<CreateMailbox> for Directory {
                 }
             }
             let entry = act.create_into(&mut writes, &msg.user, &name);
-            Ok((writes, Directory::info(&entry, None)))
+            Ok((writes, act.info(&entry, None)))
         })
     }
 }
@@ -691,7 +728,7 @@ impl Handler<ListMailboxes> for Directory {
         let mut out: Vec<MailboxInfo> = self
             .user_mailboxes(&msg.user)?
             .iter()
-            .map(|(e, shown, renamed)| Directory::info(e, Some((shown, *renamed))))
+            .map(|(e, shown, renamed)| self.info(e, Some((shown, *renamed))))
             .collect();
         out.sort_by(|a, b| a.name.cmp(&b.name));
         Ok(out)
@@ -719,7 +756,7 @@ impl Handler<OpenMailbox> for Directory {
         let entry = self.require(&msg.user, &msg.name)?;
         let addr = self.activate(&entry)?;
         Ok(OpenedMailbox {
-            info: Directory::info(&entry, None),
+            info: self.info(&entry, None),
             addr,
         })
     }
@@ -742,7 +779,7 @@ impl Handler<OpenMailboxById> for Directory {
         }
         let addr = self.activate(&entry)?;
         Ok(OpenedMailbox {
-            info: Directory::info(&entry, None),
+            info: self.info(&entry, None),
             addr,
         })
     }

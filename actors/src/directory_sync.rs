@@ -7,13 +7,13 @@ use std::collections::BTreeSet;
 use actix::prelude::*;
 use mailmesh_protocol::ids::NodeId;
 use mailmesh_protocol::merge::{Merge, MergeEffect};
-use mailmesh_protocol::records::{MailboxEntry, UserSieve, UserSubscriptions};
+use mailmesh_protocol::records::{LinkGraph, MailboxEntry, UserSieve, UserSubscriptions};
 use mailmesh_protocol::wire::Change;
 use serde::{Deserialize, Serialize};
 use tracing::info;
 
 use crate::context::Writes;
-use crate::directory::Directory;
+use crate::directory::{holds, Directory};
 use crate::error::{MailError, StoreError};
 use crate::mailbox_sync::forget_peer_caches;
 use crate::store::{decode, keys, Table};
@@ -41,7 +41,7 @@ impl Directory {
         self.ctx.store.scan_prefix(Table::Mailboxes, &[], None, |_, v| {
             let t: Tagged<MailboxEntry> = decode(v, "mailbox entry")?;
             users.insert(t.item.path.value.user.clone());
-            if !t.item.is_deleted() && t.item.located_on(peer) {
+            if !t.item.is_deleted() && holds(&self.holders_of(&t.item), peer) {
                 mailboxes.push(t.item.id);
             }
             Ok(true)
@@ -59,9 +59,10 @@ impl Directory {
             Ok(true)
         })?;
         let log = &self.ctx.sync_log;
-        let items = users
+        let links = (!self.links.peers.is_empty()).then_some(SyncItem::Links);
+        let items = links
             .into_iter()
-            .map(SyncItem::MailboxList)
+            .chain(users.into_iter().map(SyncItem::MailboxList))
             .chain(sub_users.into_iter().map(SyncItem::Subscriptions))
             .chain(sieve_users.into_iter().map(SyncItem::Sieve))
             .chain(mailboxes.into_iter().map(SyncItem::Mailbox));
@@ -371,13 +372,23 @@ impl Handler<ConfiguredPeers> for Directory {
     type Result = AtomicResponse<Self, Result<(), MailError>>;
 
     fn handle(&mut self, msg: ConfiguredPeers, _: &mut Self::Context) -> Self::Result {
-        self.write(|act| {
+        let prepared = (|| {
+            let act = &*self;
             let before: BTreeSet<NodeId> = act
                 .ctx
                 .store
                 .get(Table::Peers, CONFIGURED_KEY)?
                 .unwrap_or_default();
             let mut writes = Writes::default();
+            // This node's own links, published for the whole cluster to compute relays from.
+            let mut links = act.links.clone();
+            let me = act.ctx.node.clone();
+            let mut relinked = Vec::new();
+            if links.published(&me) != Some(&msg.peers) {
+                links.publish(&me, msg.peers.clone(), act.ctx.counters.tick());
+                let tagged = Tagged::local(links.clone(), &me);
+                relinked = act.store_links(&mut writes, &tagged, &Provenance::Local)?;
+            }
             if before != msg.peers {
                 for gone in before.difference(&msg.peers) {
                     info!(peer = %gone, "peer no longer configured; it gets everything if it comes back");
@@ -389,7 +400,171 @@ impl Handler<ConfiguredPeers> for Directory {
                     .batch
                     .put(Table::Peers, CONFIGURED_KEY.to_vec(), &msg.peers);
             }
-            Ok((writes, ()))
-        })
+            Ok::<_, MailError>((writes, links, relinked))
+        })();
+        self.commit_links(prepared)
+    }
+}
+
+/// Key of the link graph in the peers table.
+pub(crate) const LINKS_KEY: &[u8] = b"\0links";
+
+/// A mailbox whose effective holders a link graph change altered.
+pub(crate) struct Relinked {
+    entry: MailboxEntry,
+    before: BTreeSet<NodeId>,
+    after: BTreeSet<NodeId>,
+}
+
+impl Directory {
+    /// Adds the writes that store `links` (the graph after a change) and log it for the peers,
+    /// and, for every mailbox whose effective holders change with it, queues the mailbox for each
+    /// peer that newly holds it (as a new location is: by every node that holds it before or
+    /// after, with that peer's replication cache forgotten, since a former relay let its copy go).
+    fn store_links(
+        &self,
+        writes: &mut Writes,
+        links: &Tagged<LinkGraph>,
+        provenance: &Provenance,
+    ) -> Result<Vec<Relinked>, StoreError> {
+        writes.batch.put(Table::Peers, LINKS_KEY.to_vec(), links);
+        let logged = self
+            .ctx
+            .sync_log
+            .log(&mut writes.batch, SyncItem::Links, provenance, None);
+        writes.logged.merge(logged);
+        let mut entries = Vec::new();
+        self.ctx.store.scan_prefix(Table::Mailboxes, &[], None, |_, v| {
+            let t: Tagged<MailboxEntry> = decode(v, "mailbox entry")?;
+            if !t.item.is_deleted() && !t.item.locations.value.is_empty() {
+                entries.push(t.item);
+            }
+            Ok(true)
+        })?;
+        let me = &self.ctx.node;
+        let peers = self.ctx.sync_log.peers();
+        let mut relinked = Vec::new();
+        for entry in entries {
+            let before = self.links.holders(&entry.locations.value);
+            let after = links.item.holders(&entry.locations.value);
+            if before == after {
+                continue;
+            }
+            if before.contains(me) || after.contains(me) {
+                for peer in peers.iter().filter(|p| after.contains(*p) && !before.contains(*p)) {
+                    writes
+                        .batch
+                        .delete(Table::ReplCache, crate::mailbox_sync::cache_key(entry.id, peer));
+                    let logged = self
+                        .ctx
+                        .sync_log
+                        .log_for(&mut writes.batch, peer, SyncItem::Mailbox(entry.id));
+                    writes.logged.merge(logged);
+                }
+            }
+            relinked.push(Relinked { entry, before, after });
+        }
+        Ok(relinked)
+    }
+
+    /// Commits a link graph change prepared by [`Directory::store_links`]; once durable, the
+    /// graph is the one this node computes holders from, running Mailbox actors learn their new
+    /// holders, and a node no longer needed as a relay lets its copy go once drained.
+    fn commit_links(
+        &mut self,
+        prepared: Result<(Writes, LinkGraph, Vec<Relinked>), MailError>,
+    ) -> AtomicResponse<Self, Result<(), MailError>> {
+        let pending = prepared.map(|(writes, links, relinked)| {
+            let done = (!writes.is_empty()).then(|| self.ctx.commit(writes, None));
+            (done, links, relinked)
+        });
+        AtomicResponse::new(Box::pin(
+            async move {
+                let (done, links, relinked) = pending?;
+                if let Some(done) = done {
+                    done.await?;
+                }
+                Ok::<_, MailError>((links, relinked))
+            }
+            .into_actor(self)
+            .map(|result, act, ctx| {
+                let (links, relinked) = result?;
+                act.links = links;
+                let me = act.ctx.node.clone();
+                for Relinked { entry, before, after } in relinked {
+                    if !after.contains(&me) && before.contains(&me) {
+                        info!(mailbox = %entry.id, "the link graph changed: this node is no longer a relay of the mailbox");
+                    }
+                    if let Some(addr) = act.running(entry.id) {
+                        addr.do_send(crate::mailbox_sync::EntryUpdated {
+                            entry: entry.clone(),
+                            holders: after.clone(),
+                        });
+                    }
+                    if before.contains(&me) && !after.contains(&me) {
+                        act.release_when_drained(entry.id, ctx);
+                    }
+                }
+                Ok(())
+            }),
+        ))
+    }
+}
+
+/// The link graph to send to a peer (`None`: nothing it lacks).
+#[derive(Message)]
+#[rtype(result = "Result<Option<Change<LinkGraph>>, MailError>")]
+pub struct LinksFor {
+    pub peer: NodeId,
+    pub whole: bool,
+}
+
+impl Handler<LinksFor> for Directory {
+    type Result = Result<Option<Change<LinkGraph>>, MailError>;
+
+    fn handle(&mut self, msg: LinksFor, _: &mut Self::Context) -> Self::Result {
+        let stored: Option<Tagged<LinkGraph>> = self.ctx.store.get(Table::Peers, LINKS_KEY)?;
+        Ok(stored
+            .filter(|t| msg.whole || !t.suppressed_for(&msg.peer, &self.ctx.faults))
+            .map(|t| Change {
+                origin: t.origin,
+                item: t.item,
+            }))
+    }
+}
+
+/// Merges a peer's link graph.
+#[derive(Message)]
+#[rtype(result = "Result<(), MailError>")]
+pub struct ApplyLinks {
+    pub from: NodeId,
+    pub links: Change<LinkGraph>,
+}
+
+impl Handler<ApplyLinks> for Directory {
+    type Result = AtomicResponse<Self, Result<(), MailError>>;
+
+    fn handle(&mut self, msg: ApplyLinks, _: &mut Self::Context) -> Self::Result {
+        let prepared = (|| {
+            let Change { origin, item: incoming } = msg.links;
+            if let Some(v) = incoming.max_version() {
+                self.ctx.counters.observe(v);
+            }
+            let mut merged = self.links.clone();
+            let effect = merged.merge_from(&incoming);
+            let mut writes = Writes::default();
+            let mut relinked = Vec::new();
+            if effect.changed() {
+                let provenance = Provenance::Remote {
+                    from: msg.from.clone(),
+                    origin: origin.clone(),
+                    effect,
+                };
+                let tagged = Tagged::merged(merged.clone(), effect, &msg.from, &origin, &self.ctx.node);
+                relinked = self.store_links(&mut writes, &tagged, &provenance)?;
+            }
+            Ok::<_, MailError>((writes, merged, relinked))
+        })();
+        self.commit_links(prepared)
     }
 }

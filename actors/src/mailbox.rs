@@ -152,8 +152,12 @@ pub struct Mailbox {
     env: Env,
     limits: Limits,
     modseq_tag: u16,
-    /// Nodes holding a replica (empty: all) and the preferred primary, from the mailbox entry.
+    /// The nodes a client may write on (empty: all), from the mailbox entry.
+    pub(crate) locations: BTreeSet<NodeId>,
+    /// The nodes holding a replica (empty: all): the locations and the relays that connect them
+    /// (`LinkGraph::holders`, computed by the Directory). Changes are logged for these peers.
     pub(crate) holders: BTreeSet<NodeId>,
+    /// The node that settles uid conflicts, from the mailbox entry.
     pub(crate) primary: NodeId,
     pub(crate) counters: MailboxCounters,
     pub(crate) inflight: Inflight,
@@ -169,8 +173,9 @@ pub struct Mailbox {
 }
 
 impl Mailbox {
-    /// Loads a mailbox's counters from the store (a new mailbox starts empty).
-    pub fn load(entry: &MailboxEntry, ctx: NodeContext) -> Result<Self, StoreError> {
+    /// Loads a mailbox's counters from the store (a new mailbox starts empty). `holders` are its
+    /// effective holders (see the field).
+    pub fn load(entry: &MailboxEntry, holders: BTreeSet<NodeId>, ctx: NodeContext) -> Result<Self, StoreError> {
         let mut counters = ctx
             .store
             .get::<MailboxCounters>(Table::MailboxState, &keys::mailbox(entry.id))?
@@ -197,7 +202,8 @@ impl Mailbox {
             node_counters: ctx.counters.clone(),
             env: ctx.env.clone(),
             limits: ctx.limits,
-            holders: entry.locations.value.clone(),
+            locations: entry.locations.value.clone(),
+            holders,
             primary: primary_of(entry),
             ctx,
             modseq_tag,
@@ -272,17 +278,19 @@ impl Mailbox {
     /// away from keeps its copy only until its changes have reached the new locations, then lets
     /// it go; a write taken meanwhile would rebuild a copy nobody lets go (and pull the whole
     /// mailbox back to it), so the client is told where the mailbox lives instead, as the seed's
-    /// XFER refers clients to the new server. Replication is not a client: it does not ask.
+    /// XFER refers clients to the new server. A relay (a holder outside the locations) refuses
+    /// too: it keeps a copy only while the graph needs it. Replication is not a client: it does
+    /// not ask.
     pub(crate) fn check_writable(&self) -> Result<(), MailError> {
         self.check_usable()?;
-        if self.holders.is_empty() || self.holders.contains(&self.ctx.node) {
+        if self.locations.is_empty() || self.locations.contains(&self.ctx.node) {
             return Ok(());
         }
         Err(MailError::NotHeldHere {
             id: self.id,
             node: self.ctx.node.to_string(),
             locations: self
-                .holders
+                .locations
                 .iter()
                 .map(|n| n.to_string())
                 .collect::<Vec<_>>()

@@ -1254,18 +1254,21 @@ impl Handler<ListFull> for Mailbox {
     }
 }
 
-/// The Directory tells a running Mailbox that its entry changed (locations, primary).
+/// The Directory tells a running Mailbox that its entry (locations, primary) or its effective
+/// holders (the link graph changed) changed.
 #[derive(Message)]
 #[rtype(result = "()")]
 pub struct EntryUpdated {
     pub entry: MailboxEntry,
+    pub holders: BTreeSet<NodeId>,
 }
 
 impl Handler<EntryUpdated> for Mailbox {
     type Result = ();
 
     fn handle(&mut self, msg: EntryUpdated, _: &mut Self::Context) {
-        self.holders = msg.entry.locations.value.clone();
+        self.locations = msg.entry.locations.value.clone();
+        self.holders = msg.holders;
         // Becoming the primary is handled by the Directory, which sends SettleHeldConflicts
         // whether or not this actor was running.
         self.primary = primary_of(&msg.entry);

@@ -16,7 +16,7 @@ use tracing::{debug, warn};
 
 use crate::context::NodeContext;
 use crate::directory::{Directory, OpenMailboxById};
-use crate::directory_sync::{ApplyEntries, ApplyUserItem, PeerHello, UserItemChange};
+use crate::directory_sync::{ApplyEntries, ApplyLinks, ApplyUserItem, PeerHello, UserItemChange};
 use crate::error::MailError;
 use crate::mailbox::Mailbox;
 use crate::mailbox_sync::{wire_error, ApplyChanges, Bodies, ListChanges, ListFull, PageBudget};
@@ -103,13 +103,14 @@ impl PeerSession {
 #[rtype(result = "Response")]
 pub struct InboundRequest(pub Request);
 
-/// A peer's request about a mailbox this node is not among the locations of is refused, to be
+/// A peer's request about a mailbox this node does not hold (not among its locations, not a
+/// relay between them) is refused, to be
 /// retried: the two nodes disagree on the entry, and once they agree either this node holds
 /// the mailbox again or the peer no longer sends it anything (engine bug 17: a node that had let
 /// its copy go took changes into a copy nobody would ever purge, and acknowledged them).
 fn not_held_here(opened: &crate::directory::OpenedMailbox, me: &NodeId) -> Option<Response> {
-    let locations = &opened.info.locations;
-    (!locations.is_empty() && !locations.contains(me)).then(|| Response::Error {
+    let holders = &opened.info.holders;
+    (!holders.is_empty() && !holders.contains(me)).then(|| Response::Error {
         code: ErrorCode::Busy,
         message: format!("mailbox {} is not held on {me}", opened.info.id),
         retry: true,
@@ -155,6 +156,16 @@ impl Handler<InboundRequest> for PeerSession {
             Request::Mailboxes { entries, .. } => Box::pin(
                 async move {
                     match directory.send(ApplyEntries { from: peer, entries }).await {
+                        Ok(Ok(())) => Response::Ok,
+                        Ok(Err(e)) => error_response(e),
+                        Err(e) => error_response(e.into()),
+                    }
+                }
+                .into_actor(self),
+            ),
+            Request::Links { links } => Box::pin(
+                async move {
+                    match directory.send(ApplyLinks { from: peer, links }).await {
                         Ok(Ok(())) => Response::Ok,
                         Ok(Err(e)) => error_response(e),
                         Err(e) => error_response(e.into()),
@@ -327,6 +338,7 @@ fn request_name(r: &Request) -> &'static str {
         Request::Mailboxes { .. } => "Mailboxes",
         Request::Subscriptions { .. } => "Subscriptions",
         Request::Sieve { .. } => "Sieve",
+        Request::Links { .. } => "Links",
         Request::ChangeRequest(_) => "ChangeRequest",
         Request::ChangesSince { .. } => "ChangesSince",
         Request::FullState { .. } => "FullState",

@@ -10,7 +10,8 @@
 //!
 //! Which peers a change is logged for (DESIGN.md, "Channels, sync log, echo suppression"): every
 //! peer, except the one the change arrived from and the change's origin, when the merge left the
-//! local state exactly as it arrived, and except peers that do not hold the mailbox.
+//! local state exactly as it arrived, and except peers that do not hold the mailbox (its
+//! effective holders: the locations and the relays between them, `LinkGraph::holders`).
 
 use std::collections::{BTreeMap, BTreeSet};
 use std::sync::{Arc, Mutex};
@@ -26,6 +27,9 @@ use crate::store::{keys, Batch, Table};
 /// Something a Channel syncs as a unit.
 #[derive(Clone, Debug, PartialEq, Eq, PartialOrd, Ord, Hash)]
 pub enum SyncItem {
+    /// The cluster's link graph (every node's configured peers): first, so a peer knows the
+    /// relays of a mailbox before its entries and messages arrive.
+    Links,
     /// The directory entries of one user (creates, renames, deletes, locations). Ordered first,
     /// so a peer learns of a mailbox before its messages arrive.
     MailboxList(String),
@@ -41,6 +45,7 @@ impl SyncItem {
             SyncItem::Subscriptions(u) => (2, u.as_bytes().to_vec()),
             SyncItem::Sieve(u) => (3, u.as_bytes().to_vec()),
             SyncItem::Mailbox(id) => (4, id.to_bytes().to_vec()),
+            SyncItem::Links => (5, Vec::new()),
         };
         let mut out = vec![tag];
         out.extend(body);
@@ -55,6 +60,7 @@ impl SyncItem {
             2 => Some(SyncItem::Subscriptions(user()?)),
             3 => Some(SyncItem::Sieve(user()?)),
             4 => Some(SyncItem::Mailbox(MailboxId::from_bytes(body.try_into().ok()?))),
+            5 if body.is_empty() => Some(SyncItem::Links),
             _ => None,
         }
     }

@@ -9,13 +9,13 @@ use serde_bytes::ByteBuf;
 
 use crate::ids::{AppendId, Guid, MailboxId, ModSeq, NodeId, UidValidity};
 use crate::records::{
-    Annotation, MailboxDigest, MailboxEntry, MessageRecord, PrunedSet, RecordUpdate, UidNext, UserSieve,
+    Annotation, LinkGraph, MailboxDigest, MailboxEntry, MessageRecord, PrunedSet, RecordUpdate, UidNext, UserSieve,
     UserSubscriptions,
 };
 
 /// Bumped on every incompatible change to these types. Peers with different versions refuse each
 /// other in the handshake with a message naming both versions.
-pub const PROTOCOL_VERSION: u32 = 1;
+pub const PROTOCOL_VERSION: u32 = 2;
 
 #[derive(Clone, PartialEq, Debug, Serialize, Deserialize)]
 pub enum Frame {
@@ -70,6 +70,11 @@ pub enum Request {
     Sieve {
         user: String,
         sieve: Change<UserSieve>,
+    },
+    /// The cluster's link graph (every node's configured peers), from which each node computes
+    /// the relays a mailbox placed on some nodes needs.
+    Links {
+        links: Change<LinkGraph>,
     },
     /// Step 1 of a mailbox sync: the records changed since the last acknowledged point, and the
     /// peer modseq the sender's replication cache expects. Applied only if it matches (or, for the

@@ -9,7 +9,7 @@ use mailmesh_protocol::codec::{encode_frame, CodecError, FrameDecoder, DEFAULT_M
 use mailmesh_protocol::merge::Lww;
 use mailmesh_protocol::names::Flag;
 use mailmesh_protocol::records::{
-    Annotation, MailboxDigest, MailboxEntry, MailboxPath, MailboxTombstone, MessageRecord, PrunedSet,
+    Annotation, LinkGraph, MailboxDigest, MailboxEntry, MailboxPath, MailboxTombstone, MessageRecord, PrunedSet,
     UidNext, UserSieve, UserSubscriptions,
 };
 use mailmesh_protocol::wire::{
@@ -236,6 +236,15 @@ fn subscriptions() -> impl Strategy<Value = UserSubscriptions> {
     })
 }
 
+fn links() -> impl Strategy<Value = LinkGraph> {
+    btree_map(node_id(), (btree_set(node_id(), 0..4), version()), 0..4).prop_map(|peers| LinkGraph {
+        peers: peers
+            .into_iter()
+            .map(|(n, (set, v))| (n, Lww::new(set, v)))
+            .collect(),
+    })
+}
+
 fn sieve() -> impl Strategy<Value = UserSieve> {
     (
         btree_map(any::<String>(), (option::of(bytes(32)), version()), 0..3),
@@ -328,6 +337,7 @@ fn request() -> impl Strategy<Value = Request> {
         (any::<String>(), change(subscriptions()))
             .prop_map(|(user, subscriptions)| Request::Subscriptions { user, subscriptions }),
         (any::<String>(), change(sieve())).prop_map(|(user, sieve)| Request::Sieve { user, sieve }),
+        change(links()).prop_map(|links| Request::Links { links }),
         (any::<u128>(), any::<u32>(), modseq(), any::<u32>()).prop_map(|(m, uv, since, limit)| {
             Request::ChangesSince {
                 mailbox: MailboxId(m),

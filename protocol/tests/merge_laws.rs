@@ -15,7 +15,7 @@ use std::fmt::Debug;
 use mailmesh_protocol::merge::{Lww, Merge, MergeEffect};
 use mailmesh_protocol::names::Flag;
 use mailmesh_protocol::records::{
-    promote_uid_conflicts, uid_conflicts, Annotation, MailboxEntry, MailboxPath, MailboxTombstone,
+    promote_uid_conflicts, uid_conflicts, Annotation, LinkGraph, MailboxEntry, MailboxPath, MailboxTombstone,
     MessageRecord, ScriptContent, UidNext, UserSieve, UserSubscriptions,
 };
 use mailmesh_protocol::{AppendId, Guid, LamportClock, MailboxId, NodeId, Uid, UidValidity, Version};
@@ -279,6 +279,30 @@ fn subscriptions_arbitrary() -> impl Strategy<Value = UserSubscriptions> + Clone
         names: names
             .into_iter()
             .map(|(name, (set, v))| (name.to_string(), Lww::new(set, v)))
+            .collect(),
+    })
+}
+
+/// A link graph: per node, its published peers, minted (one value per version) or arbitrary.
+fn links_minted() -> impl Strategy<Value = LinkGraph> + Clone {
+    btree_map(select(&NODES[..]), version(), 0..=NODES.len()).prop_map(|peers| LinkGraph {
+        peers: peers
+            .into_iter()
+            .map(|(n, v)| (node(n), minted(v, n, locations_from)))
+            .collect(),
+    })
+}
+
+fn links_arbitrary() -> impl Strategy<Value = LinkGraph> + Clone {
+    btree_map(
+        select(&NODES[..]),
+        (btree_set(select(&NODES[..]), 0..=NODES.len()), version()),
+        0..=NODES.len(),
+    )
+    .prop_map(|peers| LinkGraph {
+        peers: peers
+            .into_iter()
+            .map(|(n, (set, v))| (node(n), Lww::new(set.into_iter().map(node).collect(), v)))
             .collect(),
     })
 }
@@ -550,12 +574,12 @@ proptest! {
 // ---------------------------------------------------------------------------------------------
 // Annotation, UserSubscriptions, UserSieve
 
-fn check_map_registers<T: Clone + Ord + Debug>(
-    a: &BTreeMap<String, Lww<T>>,
-    b: &BTreeMap<String, Lww<T>>,
-    m: &BTreeMap<String, Lww<T>>,
+fn check_map_registers<K: Ord + Debug, T: Clone + Ord + Debug>(
+    a: &BTreeMap<K, Lww<T>>,
+    b: &BTreeMap<K, Lww<T>>,
+    m: &BTreeMap<K, Lww<T>>,
 ) -> Result<(), TestCaseError> {
-    let keys: BTreeSet<&String> = a.keys().chain(b.keys()).collect();
+    let keys: BTreeSet<&K> = a.keys().chain(b.keys()).collect();
     prop_assert_eq!(
         m.keys().collect::<BTreeSet<_>>(),
         keys,
@@ -564,7 +588,7 @@ fn check_map_registers<T: Clone + Ord + Debug>(
     for (k, v) in m {
         for side in [a, b] {
             if let Some(s) = side.get(k) {
-                prop_assert!(v.version >= s.version, "register {} went back", k);
+                prop_assert!(v.version >= s.version, "register {:?} went back", k);
             }
         }
     }
@@ -605,6 +629,19 @@ proptest! {
         }
         check_join(&a, &b, &c)?;
         check_map_registers(&a.names, &b.names, &a.merge(&b).names)?;
+    }
+
+    #[test]
+    fn link_graph_minted_join(a in links_minted(), b in links_minted(), c in links_minted()) {
+        check_join(&a, &b, &c)?;
+        check_merge_from(&a, &b)?;
+        check_map_registers(&a.peers, &b.peers, &a.merge(&b).peers)?;
+    }
+
+    #[test]
+    fn link_graph_arbitrary_join(a in links_arbitrary(), b in links_arbitrary(), c in links_arbitrary()) {
+        check_join(&a, &b, &c)?;
+        check_map_registers(&a.peers, &b.peers, &a.merge(&b).peers)?;
     }
 
     #[test]

@@ -349,6 +349,18 @@ impl Observer {
             states.push((node.clone(), read_replicated(local).await));
         }
         for (node, state) in &states {
+            // Every node knows the configured topology: relays are computed from it.
+            let links = state.links.links();
+            if links != cluster.topology.edges {
+                self.violation(
+                    Kind::Diverged,
+                    format!("links {node}"),
+                    format!(
+                        "{node} knows the links {links:?}, the cluster is configured with {:?}",
+                        cluster.topology.edges
+                    ),
+                );
+            }
             for (id, why) in &state.unreadable {
                 self.violation(
                     Kind::Diverged,
@@ -420,7 +432,13 @@ impl Observer {
             .collect();
         for ((id, uidvalidity, uid), aids) in conflicts {
             for (node, snap) in snaps {
-                let Some(mb) = snap.mailboxes.get(&id).filter(|m| m.uidvalidity == uidvalidity) else {
+                // A node that does not hold the mailbox shows what its copy held when it let go
+                // (or nothing): no primary's decision reaches it, by design.
+                let Some(mb) = snap
+                    .mailboxes
+                    .get(&id)
+                    .filter(|m| m.uidvalidity == uidvalidity && m.held)
+                else {
                     continue;
                 };
                 if let Some(view) = mb.visible.iter().find(|v| v.uid == uid) {

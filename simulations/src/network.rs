@@ -591,6 +591,7 @@ pub fn request_label(request: &Request) -> String {
         Request::Mailboxes { user, entries } => format!("Mailboxes({user}, {})", entries.len()),
         Request::Subscriptions { user, .. } => format!("Subscriptions({user})"),
         Request::Sieve { user, .. } => format!("Sieve({user})"),
+        Request::Links { links } => format!("Links({})", links.item.peers.len()),
         Request::ChangeRequest(r) => format!(
             "ChangeRequest({}, rec={}, upd={}, ann={}{})",
             short_id(r.mailbox.0),

@@ -8,12 +8,14 @@
 //! merge rules work on: every live record with all its versions (and whether it is hidden), the
 //! messages known expunged (as records or compacted ranges), UIDNEXT, annotations with their
 //! tombstones, the per-mailbox digest; on every node, the mailbox entries (locations, primary,
-//! tombstones), subscriptions and sieve state with their versions; and every visible message's
-//! body by content.
+//! tombstones), the link graph, subscriptions and sieve state with their versions; and every
+//! visible message's body by content. A mailbox's holders are its locations plus the relays the
+//! link graph needs between them (`LinkGraph::holders`); the checks compare the graph itself with
+//! the simulated topology.
 
 use std::collections::BTreeMap;
 
-use mailmesh_actors::directory_sync::{EntriesFor, UserItemChange, UserItemFor};
+use mailmesh_actors::directory_sync::{EntriesFor, LinksFor, UserItemChange, UserItemFor};
 use mailmesh_actors::mailbox::{ChangedSince, Fetch, FetchBody, GetPruned, GetState};
 use mailmesh_actors::mailbox_sync::{ListFull, PageBudget};
 use mailmesh_actors::node::LocalNode;
@@ -21,7 +23,7 @@ use mailmesh_actors::sync_log::SyncItem;
 use mailmesh_actors::uid_set::UidSet;
 use mailmesh_protocol::ids::{AppendId, Guid, MailboxId, ModSeq, NodeId};
 use mailmesh_protocol::records::{
-    Annotation, MailboxDigest, MailboxEntry, MessageRecord, PrunedSet, UidNext, UserSieve, UserSubscriptions,
+    Annotation, LinkGraph, MailboxDigest, MailboxEntry, MessageRecord, PrunedSet, UidNext, UserSieve, UserSubscriptions,
 };
 use mailmesh_protocol::version::Version;
 use mailmesh_protocol::wire::Response;
@@ -52,7 +54,9 @@ pub struct ReplicatedState {
     pub entries: BTreeMap<MailboxId, MailboxEntry>,
     pub subscriptions: BTreeMap<String, UserSubscriptions>,
     pub sieve: BTreeMap<String, UserSieve>,
-    /// The live mailboxes this node holds a replica of (by the entry's locations).
+    /// The cluster's link graph as this node knows it.
+    pub links: LinkGraph,
+    /// The live mailboxes this node holds a replica of (its locations and relays).
     pub mailboxes: BTreeMap<MailboxId, ReplicatedMailbox>,
     /// Holders that could not read a mailbox they hold, with why.
     pub unreadable: BTreeMap<MailboxId, String>,
@@ -99,10 +103,20 @@ pub async fn read_replicated(local: &LocalNode) -> ReplicatedState {
             }
         }
     }
+    if let Ok(Ok(Some(links))) = local
+        .directory
+        .send(LinksFor {
+            peer: label.clone(),
+            whole: true,
+        })
+        .await
+    {
+        state.links = links.item;
+    }
     let held: Vec<MailboxEntry> = state
         .entries
         .values()
-        .filter(|e| !e.is_deleted() && e.located_on(&local.node))
+        .filter(|e| !e.is_deleted() && holds(&state.links, e, &local.node))
         .cloned()
         .collect();
     for entry in held {
@@ -200,8 +214,15 @@ async fn read_mailbox(
     Ok(out)
 }
 
+/// Whether `node` holds `entry`'s mailbox: among its locations, or a relay between them.
+pub fn holds(links: &LinkGraph, entry: &MailboxEntry, node: &NodeId) -> bool {
+    let holders = links.holders(&entry.locations.value);
+    holders.is_empty() || holders.contains(node)
+}
+
 /// The first difference between two nodes' replicated states, if any. Mailbox contents are
-/// compared only where both nodes hold the mailbox (by `a`'s entry, which must equal `b`'s).
+/// compared only where both nodes hold the mailbox (by `a`'s entry and graph, which must equal
+/// `b`'s).
 pub fn first_difference(
     a: &NodeId,
     sa: &ReplicatedState,
@@ -222,6 +243,9 @@ pub fn first_difference(
             sb.entries.get(id)
         ));
     }
+    if sa.links != sb.links {
+        return Some(format!("link graph {:?} on {a}, {:?} on {b}", sa.links, sb.links));
+    }
     if sa.subscriptions != sb.subscriptions {
         return Some(format!(
             "subscription state {:?} on {a}, {:?} on {b}",
@@ -235,7 +259,7 @@ pub fn first_difference(
         ));
     }
     for (id, entry) in &sa.entries {
-        if entry.is_deleted() || !entry.located_on(a) || !entry.located_on(b) {
+        if entry.is_deleted() || !holds(&sa.links, entry, a) || !holds(&sa.links, entry, b) {
             continue;
         }
         let mailbox = short_id(id.0);

@@ -65,7 +65,7 @@ pub async fn snapshot(local: &LocalNode, full: bool) -> NodeSnapshot {
             continue;
         };
         for info in list {
-            let held = info.locations.is_empty() || info.locations.contains(&local.node);
+            let held = info.holders.is_empty() || info.holders.contains(&local.node);
             let Ok(mb) = open_by_id(local, info.id).await else {
                 continue;
             };

@@ -9,8 +9,10 @@
 //! | [`Annotation`] | (MailboxId, entry) | LWW, a deleted value is a tombstone |
 //! | [`UserSubscriptions`] | user | per mailbox name LWW bool |
 //! | [`UserSieve`] | user | per script LWW content with deleted markers; active script LWW |
+//! | [`LinkGraph`] | (one per cluster) | per node LWW set of its configured peers |
 
 mod annotation;
+mod links;
 mod mailbox;
 mod message;
 mod pruned;
@@ -19,6 +21,7 @@ mod subscription;
 mod uid_conflict;
 
 pub use annotation::Annotation;
+pub use links::LinkGraph;
 pub use mailbox::{resolve_names, MailboxEntry, MailboxPath, MailboxTombstone, ResolvedName, UidNext};
 pub use message::{expunged_digest, MailboxDigest, MessageRecord, RecordUpdate};
 pub use pruned::PrunedSet;

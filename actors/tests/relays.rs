@@ -1,0 +1,193 @@
+//! Relays (issue 9 item 5): a mailbox placed on nodes that reach each other only through nodes
+//! outside its locations is still replicated between them. Every node publishes its configured
+//! peers; from that link graph each node computes the same relays (the nodes on shortest paths
+//! joining the locations), which keep a copy and replicate it like a holder, take no client
+//! write, and let their copy go when the graph no longer needs them.
+
+mod common;
+
+use common::cluster::*;
+use common::message;
+use mailmesh_actors::directory::*;
+use mailmesh_actors::error::MailError;
+use mailmesh_actors::mailbox::*;
+use mailmesh_actors::node::PeerOptions;
+
+async fn open(cluster: &Cluster, node: &str) -> actix::Addr<Mailbox> {
+    cluster
+        .node(node)
+        .directory
+        .send(OpenMailbox {
+            user: "alice".into(),
+            name: "INBOX".into(),
+        })
+        .await
+        .unwrap()
+        .unwrap()
+        .addr
+}
+
+async fn append(mb: &actix::Addr<Mailbox>, i: usize) -> Result<AppendOutcome, MailError> {
+    mb.send(Append {
+        body: message(i).into_bytes(),
+        flags: Vec::new(),
+        internaldate: Some(1_600_000_000),
+    })
+    .await
+    .unwrap()
+}
+
+async fn place_on(cluster: &Cluster, node: &str, locations: &[&str]) {
+    cluster
+        .node(node)
+        .directory
+        .send(SetLocations {
+            user: "alice".into(),
+            name: "INBOX".into(),
+            locations: locations.iter().map(|s| n(s)).collect(),
+            primary: Some(n(locations[0])),
+        })
+        .await
+        .unwrap()
+        .unwrap();
+}
+
+async fn count(cluster: &Cluster, node: &str) -> usize {
+    let dump = cluster.dump(node).await;
+    dump.mailboxes[&("alice".to_string(), "INBOX".to_string())]
+        .messages
+        .len()
+}
+
+/// Waits (virtual time) until `node` shows `want` messages in alice's INBOX.
+async fn wait_for_count(cluster: &Cluster, node: &str, want: usize, what: &str) {
+    let mut waited = 0;
+    while count(cluster, node).await != want {
+        waited += 1;
+        assert!(waited < 120, "{what}: {node} shows {} messages, not {want}", count(cluster, node).await);
+        tokio::time::sleep(std::time::Duration::from_secs(1)).await;
+    }
+}
+
+async fn holders(cluster: &Cluster, node: &str) -> Vec<String> {
+    let opened = cluster
+        .node(node)
+        .directory
+        .send(OpenMailbox {
+            user: "alice".into(),
+            name: "INBOX".into(),
+        })
+        .await
+        .unwrap()
+        .unwrap();
+    opened.info.holders.iter().map(|n| n.to_string()).collect()
+}
+
+/// A config reload on `node` that leaves it with `peers`.
+fn reconfigure(cluster: &mut Cluster, node: &str, peers: &[&str]) {
+    let peers = peers.iter().map(|s| PeerOptions::new(n(s))).collect();
+    cluster.nodes.get_mut(&n(node)).unwrap().set_peers(peers);
+}
+
+/// Chain a-b-c, mailbox on {a, c}: b relays, so an append on a reaches c and one on c reaches a;
+/// b refuses client writes. Then a and c are linked directly: b is no longer needed, lets its
+/// copy go, and replication between a and c goes on without it. Before relays, c never got a
+/// single message (b, outside the locations, was skipped by every sync log).
+#[test]
+fn holders_linked_only_through_a_non_holder_replicate_through_it_as_a_relay() {
+    run_virtual(|| async {
+        let mut cluster = Cluster::chain(&["a", "b", "c"]);
+        let created = cluster
+            .node("a")
+            .directory
+            .send(CreateMailbox {
+                user: "alice".into(),
+                name: "INBOX".into(),
+            })
+            .await
+            .unwrap();
+        created.unwrap();
+        cluster.settle().await;
+        place_on(&cluster, "a", &["a", "c"]).await;
+        cluster.settle().await;
+        for node in ["a", "b", "c"] {
+            assert_eq!(holders(&cluster, node).await, ["a", "b", "c"], "b relays, as {node} sees it");
+        }
+        let on_a = open(&cluster, "a").await;
+        for i in 0..5 {
+            append(&on_a, i).await.unwrap();
+        }
+        cluster.settle().await;
+        assert_eq!(count(&cluster, "c").await, 5, "a's appends reached c through b");
+        assert_eq!(count(&cluster, "b").await, 5, "the relay keeps a copy");
+        let on_c = open(&cluster, "c").await;
+        append(&on_c, 5).await.unwrap();
+        let on_b = open(&cluster, "b").await;
+        match append(&on_b, 6).await {
+            Err(MailError::NotHeldHere { .. }) => {}
+            other => panic!("a relay took a client write: {other:?}"),
+        }
+        drop(on_b);
+        cluster.settle().await;
+        assert_eq!(count(&cluster, "a").await, 6, "c's append reached a through b");
+
+        // The operator links a and c directly: b is not needed any more.
+        reconfigure(&mut cluster, "a", &["b", "c"]);
+        reconfigure(&mut cluster, "c", &["a", "b"]);
+        cluster.settle().await;
+        for node in ["a", "b", "c"] {
+            assert_eq!(holders(&cluster, node).await, ["a", "c"], "no relay, as {node} sees it");
+        }
+        wait_for_count(&cluster, "b", 0, "the former relay lets its copy go").await;
+        append(&on_a, 7).await.unwrap();
+        drop((on_a, on_c));
+        cluster.settle().await;
+        assert_eq!(count(&cluster, "c").await, 7);
+        assert_eq!(count(&cluster, "a").await, 7);
+        assert_eq!(count(&cluster, "b").await, 0, "nothing comes back to b");
+        cluster.assert_quiet().await;
+    });
+}
+
+/// Full mesh a-b-c, mailbox on {a, c}; then the a-c link is removed (a reload on both ends): b
+/// becomes a relay and is sent everything, and changes keep flowing between a and c.
+#[test]
+fn a_link_removed_after_the_placement_makes_a_relay_that_gets_everything() {
+    run_virtual(|| async {
+        let mut cluster = Cluster::full_mesh(&["a", "b", "c"]);
+        cluster
+            .node("a")
+            .directory
+            .send(CreateMailbox {
+                user: "alice".into(),
+                name: "INBOX".into(),
+            })
+            .await
+            .unwrap()
+            .unwrap();
+        place_on(&cluster, "a", &["a", "c"]).await;
+        let on_a = open(&cluster, "a").await;
+        for i in 0..4 {
+            append(&on_a, i).await.unwrap();
+        }
+        cluster.settle().await;
+        assert_eq!(count(&cluster, "c").await, 4);
+        assert_eq!(count(&cluster, "b").await, 0, "b is not among the locations");
+
+        reconfigure(&mut cluster, "a", &["b"]);
+        reconfigure(&mut cluster, "c", &["b"]);
+        cluster.settle().await;
+        assert_eq!(count(&cluster, "b").await, 4, "the new relay was sent everything");
+        for i in 4..6 {
+            append(&on_a, i).await.unwrap();
+        }
+        let on_c = open(&cluster, "c").await;
+        append(&on_c, 6).await.unwrap();
+        drop((on_a, on_c));
+        cluster.settle().await;
+        for node in ["a", "b", "c"] {
+            assert_eq!(count(&cluster, node).await, 7, "on {node}");
+        }
+        cluster.assert_quiet().await;
+    });
+}

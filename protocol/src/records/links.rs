@@ -1,0 +1,256 @@
+//! The cluster's link graph, and the relays a mailbox placed on some nodes needs.
+//!
+//! Mailbox contents replicate only between the nodes that hold the mailbox (its locations), over
+//! configured links. Locations that reach each other only through nodes outside them would never
+//! replicate, so every node publishes its configured peers (one last-writer-wins register per
+//! node, replicated like the other directory items) and every node computes from the same graph
+//! the same *effective holders*: the locations plus the relay nodes that connect them
+//! ([`LinkGraph::holders`]). A relay keeps a copy and replicates like a holder; it takes no
+//! client write and is never the primary (that is the mailbox entry's business, not this one's).
+
+use std::collections::{BTreeMap, BTreeSet, VecDeque};
+
+use serde::{Deserialize, Serialize};
+
+use crate::ids::NodeId;
+use crate::merge::{Lww, Merge};
+use crate::version::Version;
+
+/// Node -> the peers it configured, as it last published them.
+#[derive(Clone, PartialEq, Eq, Debug, Default, Serialize, Deserialize)]
+pub struct LinkGraph {
+    pub peers: BTreeMap<NodeId, Lww<BTreeSet<NodeId>>>,
+}
+
+impl LinkGraph {
+    /// `node` publishes its configured peers at `version`; returns whether the graph changed.
+    pub fn publish(&mut self, node: &NodeId, peers: BTreeSet<NodeId>, version: Version) -> bool {
+        match self.peers.get_mut(node) {
+            Some(register) => register.value != peers && register.set(peers, version),
+            None => {
+                self.peers.insert(node.clone(), Lww::new(peers, version));
+                true
+            }
+        }
+    }
+
+    /// The peers `node` published (empty if it published none).
+    pub fn published(&self, node: &NodeId) -> Option<&BTreeSet<NodeId>> {
+        self.peers.get(node).map(|r| &r.value)
+    }
+
+    /// Whether `a` and `b` replicate with each other: each names the other as a peer (a link is
+    /// a channel both ways, and a node accepts only peers it configured).
+    pub fn linked(&self, a: &NodeId, b: &NodeId) -> bool {
+        a != b
+            && self.published(a).is_some_and(|p| p.contains(b))
+            && self.published(b).is_some_and(|p| p.contains(a))
+    }
+
+    /// The nodes linked with `node`, in name order.
+    pub fn neighbours<'a>(&'a self, node: &'a NodeId) -> impl Iterator<Item = &'a NodeId> + 'a {
+        self.published(node)
+            .into_iter()
+            .flatten()
+            .filter(move |p| self.linked(node, p))
+    }
+
+    /// Every link, each once as (smaller name, larger name).
+    pub fn links(&self) -> BTreeSet<(NodeId, NodeId)> {
+        let mut out = BTreeSet::new();
+        for node in self.peers.keys() {
+            for peer in self.neighbours(node) {
+                if node < peer {
+                    out.insert((node.clone(), peer.clone()));
+                }
+            }
+        }
+        out
+    }
+
+    /// The nodes that must keep a copy of a mailbox placed on `locations` (empty: every node,
+    /// returned as empty): the locations, plus relays so that the locations reach each other
+    /// through copy holders only. Deterministic: while the holders fall apart into more than
+    /// one connected group, the group holding the lowest name (or, if it reaches no other, the
+    /// next one that does) is joined to the nearest other holder by a shortest path, ties broken
+    /// by name order, and the nodes on that path become holders. Locations the graph does not
+    /// connect at all stay apart (nothing can join them).
+    pub fn holders(&self, locations: &BTreeSet<NodeId>) -> BTreeSet<NodeId> {
+        let mut held = locations.clone();
+        if held.len() < 2 {
+            return held;
+        }
+        loop {
+            let groups = self.groups(&held);
+            if groups.len() < 2 {
+                return held;
+            }
+            let Some(path) = groups.iter().find_map(|g| self.path_out_of(g, &held)) else {
+                return held;
+            };
+            held.extend(path);
+        }
+    }
+
+    /// The connected groups of `held` through links among `held` only, each group's nodes in
+    /// name order, the groups ordered by their lowest name.
+    fn groups(&self, held: &BTreeSet<NodeId>) -> Vec<BTreeSet<NodeId>> {
+        let mut seen = BTreeSet::new();
+        let mut groups = Vec::new();
+        for start in held {
+            if !seen.insert(start.clone()) {
+                continue;
+            }
+            let mut group = BTreeSet::from([start.clone()]);
+            let mut queue = VecDeque::from([start.clone()]);
+            while let Some(n) = queue.pop_front() {
+                for p in self.neighbours(&n) {
+                    if held.contains(p) && seen.insert(p.clone()) {
+                        group.insert(p.clone());
+                        queue.push_back(p.clone());
+                    }
+                }
+            }
+            groups.push(group);
+        }
+        groups
+    }
+
+    /// The inner nodes of a shortest path from `group` to a holder outside it (breadth first,
+    /// nodes in name order), or `None` if no other holder is reachable.
+    fn path_out_of(&self, group: &BTreeSet<NodeId>, held: &BTreeSet<NodeId>) -> Option<Vec<NodeId>> {
+        let mut parent: BTreeMap<NodeId, Option<NodeId>> = group.iter().map(|n| (n.clone(), None)).collect();
+        let mut queue: VecDeque<NodeId> = group.iter().cloned().collect();
+        while let Some(n) = queue.pop_front() {
+            for p in self.neighbours(&n) {
+                if parent.contains_key(p) {
+                    continue;
+                }
+                parent.insert(p.clone(), Some(n.clone()));
+                if held.contains(p) {
+                    let mut inner = Vec::new();
+                    let mut at = parent[p].clone();
+                    while let Some(node) = at {
+                        if group.contains(&node) {
+                            break;
+                        }
+                        at = parent[&node].clone();
+                        inner.push(node);
+                    }
+                    return Some(inner);
+                }
+                queue.push_back(p.clone());
+            }
+        }
+        None
+    }
+
+    /// The newest version in the graph; a node's Lamport clock observes it.
+    pub fn max_version(&self) -> Option<&Version> {
+        self.peers.values().map(|r| &r.version).max()
+    }
+}
+
+impl Merge for LinkGraph {
+    fn merge(&self, other: &Self) -> Self {
+        let mut peers = self.peers.clone();
+        for (node, theirs) in &other.peers {
+            peers
+                .entry(node.clone())
+                .and_modify(|ours| *ours = ours.merge(theirs))
+                .or_insert_with(|| theirs.clone());
+        }
+        LinkGraph { peers }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn n(s: &str) -> NodeId {
+        NodeId::new(s).unwrap()
+    }
+
+    fn set(names: &[&str]) -> BTreeSet<NodeId> {
+        names.iter().map(|s| n(s)).collect()
+    }
+
+    fn v(counter: u64, node: &str) -> Version {
+        Version { counter, node: n(node) }
+    }
+
+    /// A graph of undirected links, each published by both ends.
+    fn graph(links: &[(&str, &str)]) -> LinkGraph {
+        let mut peers: BTreeMap<&str, Vec<&str>> = BTreeMap::new();
+        for (a, b) in links {
+            peers.entry(a).or_default().push(b);
+            peers.entry(b).or_default().push(a);
+        }
+        let mut g = LinkGraph::default();
+        for (node, ps) in peers {
+            g.publish(&n(node), set(&ps), v(1, node));
+        }
+        g
+    }
+
+    #[test]
+    fn a_chain_gets_its_middle_as_relay() {
+        let g = graph(&[("a", "b"), ("b", "c")]);
+        assert_eq!(g.holders(&set(&["a", "c"])), set(&["a", "b", "c"]));
+        assert_eq!(g.holders(&set(&["a", "b"])), set(&["a", "b"]), "already connected");
+        assert_eq!(g.holders(&set(&["c"])), set(&["c"]));
+        assert_eq!(g.holders(&BTreeSet::new()), BTreeSet::new(), "everyone holds it");
+    }
+
+    #[test]
+    fn a_long_chain_relays_through_every_node_between() {
+        let g = graph(&[("a", "b"), ("b", "c"), ("c", "d"), ("d", "e")]);
+        assert_eq!(g.holders(&set(&["a", "e"])), set(&["a", "b", "c", "d", "e"]));
+        assert_eq!(g.holders(&set(&["b", "d"])), set(&["b", "c", "d"]));
+        assert_eq!(g.holders(&set(&["a", "c", "e"])), set(&["a", "b", "c", "d", "e"]));
+    }
+
+    #[test]
+    fn ties_go_to_the_lower_name_and_shortest_paths_win() {
+        // a reaches d through b or c (two hops each) or through x, y (three hops).
+        let g = graph(&[("a", "c"), ("c", "d"), ("a", "b"), ("b", "d"), ("a", "x"), ("x", "y"), ("y", "d")]);
+        assert_eq!(g.holders(&set(&["a", "d"])), set(&["a", "b", "d"]));
+    }
+
+    #[test]
+    fn a_link_needs_both_ends_and_unreachable_locations_stay_apart() {
+        let mut g = graph(&[("a", "b")]);
+        g.publish(&n("b"), set(&["a", "c"]), v(2, "b"));
+        g.publish(&n("c"), BTreeSet::new(), v(1, "c"));
+        assert!(!g.linked(&n("b"), &n("c")), "c does not name b");
+        assert_eq!(g.holders(&set(&["a", "c"])), set(&["a", "c"]));
+        g.publish(&n("c"), set(&["b"]), v(2, "c"));
+        assert_eq!(g.holders(&set(&["a", "c"])), set(&["a", "b", "c"]));
+        assert_eq!(g.links(), [(n("a"), n("b")), (n("b"), n("c"))].into());
+    }
+
+    #[test]
+    fn three_groups_are_all_joined() {
+        // a-b-c-d-e-f chain: locations a, d, f.
+        let g = graph(&[("a", "b"), ("b", "c"), ("c", "d"), ("d", "e"), ("e", "f")]);
+        assert_eq!(g.holders(&set(&["a", "d", "f"])), set(&["a", "b", "c", "d", "e", "f"]));
+        // A star: the hub relays for every pair of leaves.
+        let star = graph(&[("h", "l1"), ("h", "l2"), ("h", "l3")]);
+        assert_eq!(star.holders(&set(&["l1", "l3"])), set(&["h", "l1", "l3"]));
+    }
+
+    #[test]
+    fn publishing_is_last_writer_wins_per_node() {
+        let mut a = graph(&[("a", "b")]);
+        let mut b = a.clone();
+        assert!(a.publish(&n("a"), set(&["b", "c"]), v(5, "a")));
+        assert!(!a.publish(&n("a"), set(&["b", "c"]), v(6, "a")), "same peers: nothing new");
+        assert!(b.publish(&n("b"), set(&["a", "c"]), v(3, "b")));
+        assert_eq!(a.merge(&b), b.merge(&a));
+        let m = a.merge(&b);
+        assert_eq!(m.published(&n("a")), Some(&set(&["b", "c"])));
+        assert_eq!(m.published(&n("b")), Some(&set(&["a", "c"])));
+        assert_eq!(m.merge(&a), m);
+    }
+}
