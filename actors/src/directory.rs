@@ -86,7 +86,10 @@ struct ActiveMailbox {
 
 impl Directory {
     pub fn new(ctx: NodeContext, policy: ActivationPolicy) -> Self {
-        let links = match ctx.store.get::<Tagged<LinkGraph>>(Table::Peers, crate::directory_sync::LINKS_KEY) {
+        let links = match ctx
+            .store
+            .get::<Tagged<LinkGraph>>(Table::Peers, crate::directory_sync::LINKS_KEY)
+        {
             Ok(links) => links.map(|t| t.item).unwrap_or_default(),
             Err(e) => {
                 // Learned again from the peers; until then mailboxes get no relays.

@@ -451,14 +451,17 @@ impl Directory {
                 continue;
             }
             if before.contains(me) || after.contains(me) {
-                for peer in peers.iter().filter(|p| after.contains(*p) && !before.contains(*p)) {
+                for peer in peers
+                    .iter()
+                    .filter(|p| after.contains(*p) && !before.contains(*p))
+                {
                     writes
                         .batch
                         .delete(Table::ReplCache, crate::mailbox_sync::cache_key(entry.id, peer));
-                    let logged = self
-                        .ctx
-                        .sync_log
-                        .log_for(&mut writes.batch, peer, SyncItem::Mailbox(entry.id));
+                    let logged =
+                        self.ctx
+                            .sync_log
+                            .log_for(&mut writes.batch, peer, SyncItem::Mailbox(entry.id));
                     writes.logged.merge(logged);
                 }
             }
@@ -546,7 +549,10 @@ impl Handler<ApplyLinks> for Directory {
 
     fn handle(&mut self, msg: ApplyLinks, _: &mut Self::Context) -> Self::Result {
         let prepared = (|| {
-            let Change { origin, item: incoming } = msg.links;
+            let Change {
+                origin,
+                item: incoming,
+            } = msg.links;
             if let Some(v) = incoming.max_version() {
                 self.ctx.counters.observe(v);
             }

@@ -175,7 +175,11 @@ pub struct Mailbox {
 impl Mailbox {
     /// Loads a mailbox's counters from the store (a new mailbox starts empty). `holders` are its
     /// effective holders (see the field).
-    pub fn load(entry: &MailboxEntry, holders: BTreeSet<NodeId>, ctx: NodeContext) -> Result<Self, StoreError> {
+    pub fn load(
+        entry: &MailboxEntry,
+        holders: BTreeSet<NodeId>,
+        ctx: NodeContext,
+    ) -> Result<Self, StoreError> {
         let mut counters = ctx
             .store
             .get::<MailboxCounters>(Table::MailboxState, &keys::mailbox(entry.id))?

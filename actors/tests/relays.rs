@@ -64,7 +64,11 @@ async fn wait_for_count(cluster: &Cluster, node: &str, want: usize, what: &str) 
     let mut waited = 0;
     while count(cluster, node).await != want {
         waited += 1;
-        assert!(waited < 120, "{what}: {node} shows {} messages, not {want}", count(cluster, node).await);
+        assert!(
+            waited < 120,
+            "{what}: {node} shows {} messages, not {want}",
+            count(cluster, node).await
+        );
         tokio::time::sleep(std::time::Duration::from_secs(1)).await;
     }
 }
@@ -111,7 +115,11 @@ fn holders_linked_only_through_a_non_holder_replicate_through_it_as_a_relay() {
         place_on(&cluster, "a", &["a", "c"]).await;
         cluster.settle().await;
         for node in ["a", "b", "c"] {
-            assert_eq!(holders(&cluster, node).await, ["a", "b", "c"], "b relays, as {node} sees it");
+            assert_eq!(
+                holders(&cluster, node).await,
+                ["a", "b", "c"],
+                "b relays, as {node} sees it"
+            );
         }
         let on_a = open(&cluster, "a").await;
         for i in 0..5 {
@@ -136,7 +144,11 @@ fn holders_linked_only_through_a_non_holder_replicate_through_it_as_a_relay() {
         reconfigure(&mut cluster, "c", &["a", "b"]);
         cluster.settle().await;
         for node in ["a", "b", "c"] {
-            assert_eq!(holders(&cluster, node).await, ["a", "c"], "no relay, as {node} sees it");
+            assert_eq!(
+                holders(&cluster, node).await,
+                ["a", "c"],
+                "no relay, as {node} sees it"
+            );
         }
         wait_for_count(&cluster, "b", 0, "the former relay lets its copy go").await;
         append(&on_a, 7).await.unwrap();

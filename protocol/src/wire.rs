@@ -9,8 +9,8 @@ use serde_bytes::ByteBuf;
 
 use crate::ids::{AppendId, Guid, MailboxId, ModSeq, NodeId, UidValidity};
 use crate::records::{
-    Annotation, LinkGraph, MailboxDigest, MailboxEntry, MessageRecord, PrunedSet, RecordUpdate, UidNext, UserSieve,
-    UserSubscriptions,
+    Annotation, LinkGraph, MailboxDigest, MailboxEntry, MessageRecord, PrunedSet, RecordUpdate, UidNext,
+    UserSieve, UserSubscriptions,
 };
 
 /// Bumped on every incompatible change to these types. Peers with different versions refuse each

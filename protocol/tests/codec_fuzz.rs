@@ -9,8 +9,8 @@ use mailmesh_protocol::codec::{encode_frame, CodecError, FrameDecoder, DEFAULT_M
 use mailmesh_protocol::merge::Lww;
 use mailmesh_protocol::names::Flag;
 use mailmesh_protocol::records::{
-    Annotation, LinkGraph, MailboxDigest, MailboxEntry, MailboxPath, MailboxTombstone, MessageRecord, PrunedSet,
-    UidNext, UserSieve, UserSubscriptions,
+    Annotation, LinkGraph, MailboxDigest, MailboxEntry, MailboxPath, MailboxTombstone, MessageRecord,
+    PrunedSet, UidNext, UserSieve, UserSubscriptions,
 };
 use mailmesh_protocol::wire::{
     BodyPart, Change, ChangePage, ChangeRequest, ErrorCode, Frame, Hello, Request, Response,

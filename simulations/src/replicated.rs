@@ -23,7 +23,8 @@ use mailmesh_actors::sync_log::SyncItem;
 use mailmesh_actors::uid_set::UidSet;
 use mailmesh_protocol::ids::{AppendId, Guid, MailboxId, ModSeq, NodeId};
 use mailmesh_protocol::records::{
-    Annotation, LinkGraph, MailboxDigest, MailboxEntry, MessageRecord, PrunedSet, UidNext, UserSieve, UserSubscriptions,
+    Annotation, LinkGraph, MailboxDigest, MailboxEntry, MessageRecord, PrunedSet, UidNext, UserSieve,
+    UserSubscriptions,
 };
 use mailmesh_protocol::version::Version;
 use mailmesh_protocol::wire::Response;

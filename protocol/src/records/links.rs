@@ -177,7 +177,10 @@ mod tests {
     }
 
     fn v(counter: u64, node: &str) -> Version {
-        Version { counter, node: n(node) }
+        Version {
+            counter,
+            node: n(node),
+        }
     }
 
     /// A graph of undirected links, each published by both ends.
@@ -198,7 +201,11 @@ mod tests {
     fn a_chain_gets_its_middle_as_relay() {
         let g = graph(&[("a", "b"), ("b", "c")]);
         assert_eq!(g.holders(&set(&["a", "c"])), set(&["a", "b", "c"]));
-        assert_eq!(g.holders(&set(&["a", "b"])), set(&["a", "b"]), "already connected");
+        assert_eq!(
+            g.holders(&set(&["a", "b"])),
+            set(&["a", "b"]),
+            "already connected"
+        );
         assert_eq!(g.holders(&set(&["c"])), set(&["c"]));
         assert_eq!(g.holders(&BTreeSet::new()), BTreeSet::new(), "everyone holds it");
     }
@@ -214,7 +221,15 @@ mod tests {
     #[test]
     fn ties_go_to_the_lower_name_and_shortest_paths_win() {
         // a reaches d through b or c (two hops each) or through x, y (three hops).
-        let g = graph(&[("a", "c"), ("c", "d"), ("a", "b"), ("b", "d"), ("a", "x"), ("x", "y"), ("y", "d")]);
+        let g = graph(&[
+            ("a", "c"),
+            ("c", "d"),
+            ("a", "b"),
+            ("b", "d"),
+            ("a", "x"),
+            ("x", "y"),
+            ("y", "d"),
+        ]);
         assert_eq!(g.holders(&set(&["a", "d"])), set(&["a", "b", "d"]));
     }
 
@@ -234,7 +249,10 @@ mod tests {
     fn three_groups_are_all_joined() {
         // a-b-c-d-e-f chain: locations a, d, f.
         let g = graph(&[("a", "b"), ("b", "c"), ("c", "d"), ("d", "e"), ("e", "f")]);
-        assert_eq!(g.holders(&set(&["a", "d", "f"])), set(&["a", "b", "c", "d", "e", "f"]));
+        assert_eq!(
+            g.holders(&set(&["a", "d", "f"])),
+            set(&["a", "b", "c", "d", "e", "f"])
+        );
         // A star: the hub relays for every pair of leaves.
         let star = graph(&[("h", "l1"), ("h", "l2"), ("h", "l3")]);
         assert_eq!(star.holders(&set(&["l1", "l3"])), set(&["h", "l1", "l3"]));
@@ -245,7 +263,10 @@ mod tests {
         let mut a = graph(&[("a", "b")]);
         let mut b = a.clone();
         assert!(a.publish(&n("a"), set(&["b", "c"]), v(5, "a")));
-        assert!(!a.publish(&n("a"), set(&["b", "c"]), v(6, "a")), "same peers: nothing new");
+        assert!(
+            !a.publish(&n("a"), set(&["b", "c"]), v(6, "a")),
+            "same peers: nothing new"
+        );
         assert!(b.publish(&n("b"), set(&["a", "c"]), v(3, "b")));
         assert_eq!(a.merge(&b), b.merge(&a));
         let m = a.merge(&b);
