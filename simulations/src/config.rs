@@ -113,7 +113,7 @@ impl SimConfig {
 
 /// Every sabotage the runner's `--sabotage NAME` switches on, by name: one list for parsing the
 /// flag and for printing it back in a replay command.
-pub fn sabotage_switches(faults: &mut Faults) -> [(&'static str, &mut bool); 11] {
+pub fn sabotage_switches(faults: &mut Faults) -> [(&'static str, &mut bool); 12] {
     [
         ("no-uid-promotion", &mut faults.no_uid_promotion),
         ("drop-incoming-records", &mut faults.drop_incoming_records),
@@ -126,5 +126,6 @@ pub fn sabotage_switches(faults: &mut Faults) -> [(&'static str, &mut bool); 11]
         ("counters-from-records", &mut faults.counters_from_records),
         ("expunge-not-sticky", &mut faults.expunge_not_sticky),
         ("identities-from-zero", &mut faults.identities_from_zero),
+        ("hidden-stays-hidden", &mut faults.hidden_stays_hidden),
     ]
 }

@@ -354,6 +354,13 @@ fn identities_reused_after_a_wipe_are_caught() {
     assert_caught_with_as("identities-from-zero", &["--wipes"], &["identity-reused"]);
 }
 
+/// A node that keeps a record hidden after its uid conflict was settled: every record and version
+/// agrees, only the hidden bit differs, and only the whole-state comparison sees it.
+#[test]
+fn a_record_left_hidden_on_one_replica_is_caught() {
+    assert_caught_as("hidden-stays-hidden", &["diverged"]);
+}
+
 /// APPEND giving a new message the previous message's uid: clients see one uid as two messages.
 #[test]
 fn uid_reuse_is_caught() {
