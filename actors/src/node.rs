@@ -114,7 +114,9 @@ impl LocalNode {
         counters.incarnation(|| env.entropy.next_u128());
         // Never mint what an earlier incarnation of this store minted (a wiped or restored
         // store): see `counters.rs`.
-        counters.raise_to_clock(env.clock.unix_millis());
+        if !options.faults.identities_from_zero {
+            counters.raise_to_clock(env.clock.unix_millis());
+        }
         let commit = CommitGroup::new(
             store.clone(),
             counters.clone(),
