@@ -227,13 +227,12 @@ impl Channel {
         self.hello_running = true;
         let job = self.job();
         let fut = async move {
-            let ours = job.ctx.counters.incarnation(|| unreachable!("minted at start"));
-            let theirs = match job
-                .transport
-                .request(&job.peer, Request::Hello { incarnation: ours })
-                .await?
-            {
-                Response::Hello { incarnation } => incarnation,
+            let hello = Request::Hello {
+                incarnation: job.ctx.counters.incarnation(),
+                floor: job.ctx.counters.incarnation_floor(),
+            };
+            let (incarnation, floor) = match job.transport.request(&job.peer, hello).await? {
+                Response::Hello { incarnation, floor } => (incarnation, floor),
                 other => {
                     return Err(SyncError::Item(format!(
                         "unexpected answer to Hello: {}",
@@ -244,7 +243,8 @@ impl Channel {
             job.directory
                 .send(crate::directory_sync::PeerHello {
                     peer: job.peer.clone(),
-                    incarnation: theirs,
+                    incarnation,
+                    floor,
                 })
                 .await??;
             Ok(job

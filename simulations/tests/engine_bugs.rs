@@ -1039,8 +1039,8 @@ fn bug16_a_learned_pruned_set_reaches_the_records_origin() {
     });
 }
 
-// Bug 20 (open): a change a node made before it was wiped, reaching one of its neighbours only
-// after the wiped node came back, is never sent back to it. The neighbour takes the change whole
+// Bug 20: a change a node made before it was wiped, reaching one of its neighbours only after
+// the wiped node came back, was never sent back to it. The neighbour takes the change whole
 // from a third node, tagged with the wiped node as its origin, and echo suppression skips the
 // origin: the rule assumes the origin holds what it produced, which a wiped store does not (the
 // requeue at the neighbour's Hello covers only what it held then). Found by the simulator's
@@ -1049,11 +1049,11 @@ fn bug16_a_learned_pruned_set_reaches_the_records_origin() {
 // messages never return to it); the opposite-transfers workload reshuffled those histories, and
 // seed 214 fails now (a mailbox tombstone never reaches the wiped n1). The minimal reproduction
 // is `a_wiped_nodes_own_change_reaching_its_neighbour_late_is_sent_back_to_it` in
-// actors/tests/replication.rs, where the cluster harness can wipe a node. A fix needs the
-// origin's store incarnation with the origin tag (on the wire and in the store), so a neighbour
-// skips the origin only for what its current store produced.
+// actors/tests/replication.rs, where the cluster harness can wipe a node. Fixed: Hello announces
+// the floor of the store incarnation (the lowest Version counter it mints), and a neighbour skips
+// the origin only for a change whose newest Version is at or above the origin's current floor
+// (ARCHITECTURE.md, "Identities across store incarnations").
 #[test]
-#[ignore = "engine bug 20 is open"]
 fn bug20_seed_214_with_wipes() {
     replay(&["--seed", "214", "--wipes"]);
 }
