@@ -245,8 +245,7 @@ impl Mailbox {
             if let Some((s, len)) = self.readable(&aid)? {
                 if !skip_for.is_some_and(|p| {
                     (self.ctx.sync_log).suppressed(&s.origin, s.arrived_on.as_ref(), s.record.newest(), p)
-                })
-                {
+                }) {
                     let body_known = s.created != ModSeq::ZERO && s.created <= bodies_known;
                     fill.add(&s.record, len, !body_known);
                     out.push((

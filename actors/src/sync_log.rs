@@ -192,12 +192,20 @@ impl Inner {
     /// Echo suppression for one change: whether `peer` already has a state that arrived here
     /// from `from` (if it arrived whole from a peer), was produced by `origin` and is dated
     /// `newest`.
-    fn skips(&self, from: Option<&NodeId>, origin: &NodeId, newest: u64, peer: &NodeId, faults: &Faults) -> bool {
+    fn skips(
+        &self,
+        from: Option<&NodeId>,
+        origin: &NodeId,
+        newest: u64,
+        peer: &NodeId,
+        faults: &Faults,
+    ) -> bool {
         if faults.no_echo_suppression {
             return false;
         }
         let Some(from) = from else { return false };
-        from == peer || (origin == peer && !faults.origin_not_skipped && self.made_by_current_store(peer, newest))
+        from == peer
+            || (origin == peer && !faults.origin_not_skipped && self.made_by_current_store(peer, newest))
     }
 
     /// Whether a state `peer` produced, dated `newest`, was made by the peer's current store.
@@ -256,7 +264,13 @@ impl SyncLog {
     /// Echo suppression for one stored state (see the module documentation): whether `peer`
     /// has it already, because it sent it to us whole (`arrived_on`), or because it produced it
     /// (`origin`) with its current store (the state is dated `newest`).
-    pub fn suppressed(&self, origin: &NodeId, arrived_on: Option<&NodeId>, newest: u64, peer: &NodeId) -> bool {
+    pub fn suppressed(
+        &self,
+        origin: &NodeId,
+        arrived_on: Option<&NodeId>,
+        newest: u64,
+        peer: &NodeId,
+    ) -> bool {
         self.inner().skips(arrived_on, origin, newest, peer, &self.faults)
     }
 
@@ -432,16 +446,35 @@ mod tests {
             newest,
         };
         let targets = |newest| {
-            let logged = log.log(&mut Batch::new(), SyncItem::Mailbox(MailboxId(1)), &took(newest), None);
-            logged.rows.into_iter().map(|(p, _, _)| p.to_string()).collect::<Vec<_>>()
+            let logged = log.log(
+                &mut Batch::new(),
+                SyncItem::Mailbox(MailboxId(1)),
+                &took(newest),
+                None,
+            );
+            logged
+                .rows
+                .into_iter()
+                .map(|(p, _, _)| p.to_string())
+                .collect::<Vec<_>>()
         };
         assert_eq!(targets(100), vec!["c"], "made by b's current store");
-        assert_eq!(targets(99), vec!["b", "c"], "made by b's lost store: b gets it back");
+        assert_eq!(
+            targets(99),
+            vec!["b", "c"],
+            "made by b's lost store: b gets it back"
+        );
         // The same at sync time, for a stored state.
         assert!(log.suppressed(&n("b"), Some(&n("a")), 100, &n("b")));
         assert!(!log.suppressed(&n("b"), Some(&n("a")), 99, &n("b")));
-        assert!(log.suppressed(&n("b"), Some(&n("a")), 99, &n("a")), "the sender has it");
-        assert!(!log.suppressed(&n("b"), None, 100, &n("b")), "made here: new to everyone");
+        assert!(
+            log.suppressed(&n("b"), Some(&n("a")), 99, &n("a")),
+            "the sender has it"
+        );
+        assert!(
+            !log.suppressed(&n("b"), None, 100, &n("b")),
+            "made here: new to everyone"
+        );
         // A peer never heard of has floor 0; a peer no longer configured is forgotten.
         assert!(log.suppressed(&n("c"), Some(&n("a")), 0, &n("c")));
         log.set_peers([n("a"), n("c")].into());
