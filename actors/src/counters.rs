@@ -68,7 +68,10 @@ impl NodeCounters {
     /// Raises the append counter and the Lamport clock to the wall-clock floor (see the module
     /// documentation); never lowers them.
     pub fn raise_to_clock(&self, unix_millis: i64) {
-        let floor = identity_floor(unix_millis);
+        self.raise_to(identity_floor(unix_millis));
+    }
+
+    fn raise_to(&self, floor: u64) {
         let mut inner = self.inner();
         inner.next_append = inner.next_append.max(floor);
         let node = inner.clock.node().clone();
@@ -115,19 +118,18 @@ impl NodeCounters {
         inner.last_uidvalidity = inner.last_uidvalidity.max(seen.0);
     }
 
-    /// Starts the counters of a node starting at `unix_millis`: mints the store's incarnation
-    /// from `fresh` if it has none yet (a new or wiped store), with the identity floor of this
-    /// moment as the incarnation's floor, then raises the counters to the floor
-    /// ([`NodeCounters::raise_to_clock`]).
-    pub fn start(&self, fresh: impl FnOnce() -> u128, unix_millis: i64) {
+    /// Starts the counters of a node whose identity floor is `floor` ([`identity_floor`] of the
+    /// wall clock now): mints the store's incarnation from `fresh` if it has none yet (a new or
+    /// wiped store), with `floor` as the incarnation's floor, then raises the counters to it.
+    pub fn start(&self, fresh: impl FnOnce() -> u128, floor: u64) {
         {
             let mut inner = self.inner();
             if inner.incarnation == 0 {
                 inner.incarnation = fresh().max(1);
-                inner.incarnation_floor = identity_floor(unix_millis);
+                inner.incarnation_floor = floor;
             }
         }
-        self.raise_to_clock(unix_millis);
+        self.raise_to(floor);
     }
 
     /// This store's incarnation (minted by [`NodeCounters::start`]).

@@ -855,7 +855,8 @@ impl Mailbox {
                 }
                 Settlement::Show { keeper } => {
                     for (aid, old) in at {
-                        let hide = !old.record.is_expunged() && keeper.as_ref() != Some(&aid);
+                        let hide = (!old.record.is_expunged() && keeper.as_ref() != Some(&aid))
+                            || (old.hidden && self.ctx.faults.hidden_stays_hidden);
                         if old.hidden != hide {
                             let new = StoredRecord {
                                 hidden: hide,

@@ -113,7 +113,12 @@ impl LocalNode {
         let counters = NodeCounters::new(options.node.clone(), store.initial_counters());
         // Never mint what an earlier incarnation of this store minted (a wiped or restored
         // store): see `counters.rs`.
-        counters.start(|| env.entropy.next_u128(), env.clock.unix_millis());
+        // (The sabotage `identities_from_zero` starts a store's counters at zero instead.)
+        let floor = match options.faults.identities_from_zero {
+            false => crate::counters::identity_floor(env.clock.unix_millis()),
+            true => 0,
+        };
+        counters.start(|| env.entropy.next_u128(), floor);
         let commit = CommitGroup::new(
             store.clone(),
             counters.clone(),

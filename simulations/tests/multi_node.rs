@@ -173,8 +173,15 @@ fn seed_range_with_long_workloads_passes_the_checks() {
 /// Runs a seed range clean and with `sabotage`; returns the seeds that fail only with it, with
 /// their violations and replay commands.
 fn caught(sabotage: &str) -> Vec<(u64, Vec<String>, String)> {
+    caught_with(sabotage, &[])
+}
+
+/// Like [`caught`], with more of the workload switched on (`workload`, e.g. `--wipes`) in both
+/// runs.
+fn caught_with(sabotage: &str, workload: &[&str]) -> Vec<(u64, Vec<String>, String)> {
     let mut args = vec!["--seeds", "0..12", "--jobs", "2"];
     args.extend(WITHOUT_PRIMARY_CHANGES);
+    args.extend(workload);
     let clean = runner(&args);
     args.extend(["--sabotage", sabotage]);
     let broken = runner(&args);
@@ -314,7 +321,11 @@ fn an_operation_that_never_answers_is_caught() {
 /// Asserts that `sabotage` is caught on some seed with a violation of one of `kinds`, and that
 /// every caught seed's replay command names the sabotage.
 fn assert_caught_as(sabotage: &str, kinds: &[&str]) {
-    let caught = caught(sabotage);
+    assert_caught_with_as(sabotage, &[], kinds)
+}
+
+fn assert_caught_with_as(sabotage: &str, workload: &[&str], kinds: &[&str]) {
+    let caught = caught_with(sabotage, workload);
     assert!(!caught.is_empty(), "no seed caught --sabotage {sabotage}");
     for (seed, _, replay) in &caught {
         assert!(
@@ -328,6 +339,20 @@ fn assert_caught_as(sabotage: &str, kinds: &[&str]) {
             .any(|v| kinds.iter().any(|k| v.starts_with(&format!("[{k}]"))))),
         "--sabotage {sabotage} caught, but never as {kinds:?}: {caught:?}"
     );
+}
+
+/// A wiped store minting identities from zero again: a new message gets an AppendId its lost
+/// store gave another one.
+#[test]
+fn identities_reused_after_a_wipe_are_caught() {
+    assert_caught_with_as("identities-from-zero", &["--wipes"], &["identity-reused"]);
+}
+
+/// A node that keeps a record hidden after its uid conflict was settled: every record and version
+/// agrees, only the hidden bit differs, and only the whole-state comparison sees it.
+#[test]
+fn a_record_left_hidden_on_one_replica_is_caught() {
+    assert_caught_as("hidden-stays-hidden", &["diverged"]);
 }
 
 /// APPEND giving a new message the previous message's uid: clients see one uid as two messages.
