@@ -567,7 +567,7 @@ impl Handler<LinksFor> for Directory {
     fn handle(&mut self, msg: LinksFor, _: &mut Self::Context) -> Self::Result {
         let stored: Option<Tagged<LinkGraph>> = self.ctx.store.get(Table::Peers, LINKS_KEY)?;
         Ok(stored
-            .filter(|t| msg.whole || !t.suppressed_for(&msg.peer, &self.ctx.faults))
+            .filter(|t| msg.whole || !t.suppressed_for(&msg.peer, &self.ctx.sync_log))
             .map(|t| Change {
                 origin: t.origin,
                 item: t.item,
@@ -604,6 +604,7 @@ impl Handler<ApplyLinks> for Directory {
                     from: msg.from.clone(),
                     origin: origin.clone(),
                     effect,
+                    newest: merged.newest(),
                 };
                 let tagged = Tagged::merged(merged.clone(), effect, &msg.from, &origin, &self.ctx.node);
                 relinked = self.store_links(&mut writes, &tagged, &provenance)?;

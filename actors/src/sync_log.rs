@@ -23,7 +23,9 @@ use std::sync::{Arc, Mutex};
 use actix::Recipient;
 use mailmesh_protocol::ids::{MailboxId, NodeId};
 use mailmesh_protocol::merge::MergeEffect;
-use mailmesh_protocol::records::{Annotation, MailboxEntry, MessageRecord, UserSieve, UserSubscriptions};
+use mailmesh_protocol::records::{
+    Annotation, LinkGraph, MailboxEntry, MessageRecord, UserSieve, UserSubscriptions,
+};
 
 use crate::context::Faults;
 use crate::counters::NodeCounters;
@@ -129,6 +131,12 @@ impl Dated for MailboxEntry {
 impl Dated for UserSubscriptions {
     fn newest(&self) -> u64 {
         self.names.values().map(|s| s.version.counter).max().unwrap_or(0)
+    }
+}
+
+impl Dated for LinkGraph {
+    fn newest(&self) -> u64 {
+        self.max_version().map(|v| v.counter).unwrap_or(0)
     }
 }
 
