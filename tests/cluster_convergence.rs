@@ -8,7 +8,7 @@ use std::sync::{Arc, Mutex};
 
 use support::cluster::{
     append, cluster_specs, converged, converged_with, create_everywhere, eventually, has_flag, listing,
-    mailboxes_converged, op, op_ok, set_flags, stop_all, wait_for_mailbox, write_chain_configs,
+    mailboxes_converged, op_ok, set_flags, stop_all, try_append, wait_for_mailbox, write_chain_configs,
     write_mesh_configs, NodeSpec,
 };
 use support::Running;
@@ -201,9 +201,8 @@ fn a_five_node_chain_converges_after_every_kind_of_change_on_different_nodes() {
 fn a_link_removed_and_re_added_by_reload_delivers_what_was_written_meanwhile() {
     let tmp = TempDir::new().unwrap();
     let specs = cluster_specs(tmp.path(), &["n1", "n2"]);
+    write_mesh_configs(&specs);
     let (n1, n2) = (&specs[0], &specs[1]);
-    n1.write_config(&[n2]);
-    n2.write_config(&[n1]);
     let mut node1 = n1.start();
     let mut node2 = n2.start();
     create_everywhere(n1, &[n1, n2], USER, "INBOX");
@@ -236,9 +235,8 @@ fn a_link_removed_and_re_added_by_reload_delivers_what_was_written_meanwhile() {
 fn a_node_killed_during_a_stream_of_appends_loses_no_acknowledged_message() {
     let tmp = TempDir::new().unwrap();
     let specs = cluster_specs(tmp.path(), &["n1", "n2"]);
+    write_mesh_configs(&specs);
     let (n1, n2) = (&specs[0], &specs[1]);
-    n1.write_config(&[n2]);
-    n2.write_config(&[n1]);
     let node1 = n1.start();
     let node2 = n2.start();
     create_everywhere(n1, &[n1, n2], USER, "INBOX");
@@ -264,20 +262,7 @@ fn a_node_killed_during_a_stream_of_appends_loses_no_acknowledged_message() {
                 }
                 idle.store(false, Ordering::SeqCst);
                 let subject = format!("stream-{i}");
-                let file = n1.dir.join(format!("{subject}.eml"));
-                std::fs::write(&file, format!("Subject: {subject}\r\n\r\nbody {i}\r\n")).unwrap();
-                let done = op(
-                    &n1,
-                    &[
-                        "append",
-                        "--user",
-                        USER,
-                        "--mailbox",
-                        "INBOX",
-                        "--file",
-                        file.to_str().unwrap(),
-                    ],
-                );
+                let done = try_append(&n1, USER, "INBOX", &subject);
                 if done.status.code() == Some(0) {
                     acknowledged
                         .lock()

@@ -10,7 +10,7 @@ use rcgen::{CertificateParams, DnType, ExtendedKeyUsagePurpose, Issuer, KeyPair,
 use rustls_pki_types::CertificateDer;
 use support::cluster::{
     append, cluster_specs, converged, create_everywhere, eventually, free_udp_port, make_node_cert, op_ok,
-    stop_all, write_atomically, NodeSpec,
+    stop_all, write_atomically, write_mesh_configs, NodeSpec,
 };
 use support::quic::{certificate_chain, client_config, runtime};
 use tempfile::TempDir;
@@ -159,9 +159,8 @@ fn a_certificate_renewed_on_disk_is_taken_on_reload_without_a_restart() {
 fn a_changed_listen_address_is_applied_on_reload() {
     let tmp = TempDir::new().unwrap();
     let specs = cluster_specs(tmp.path(), &["n1", "n2"]);
+    write_mesh_configs(&specs);
     let (n1, n2) = (&specs[0], &specs[1]);
-    n1.write_config(&[n2]);
-    n2.write_config(&[n1]);
     let node1 = n1.start();
     let mut node2 = n2.start();
     node2.wait_for_link("link up", "n1");

@@ -4,7 +4,7 @@
 
 mod support;
 
-use support::cluster::{cluster_specs, stop_all, write_atomically};
+use support::cluster::{cluster_specs, stop_all, write_atomically, write_mesh_configs};
 use tempfile::TempDir;
 
 #[test]
@@ -54,9 +54,8 @@ fn peers_added_and_removed_by_editing_the_file_and_by_sighup() {
 fn a_broken_file_or_a_change_needing_a_restart_keeps_the_running_configuration() {
     let tmp = TempDir::new().unwrap();
     let specs = cluster_specs(tmp.path(), &["n1", "n2"]);
+    write_mesh_configs(&specs);
     let (n1, n2) = (&specs[0], &specs[1]);
-    n1.write_config(&[n2]);
-    n2.write_config(&[n1]);
     let mut node1 = n1.start();
     let mut node2 = n2.start();
     node1.wait_for_link("link up", "n2");

@@ -8,8 +8,8 @@ use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, Mutex};
 
 use support::cluster::{
-    append, cluster_specs, eventually, listing, mailbox_lines, op, op_ok, stop_all, wait_for_mailbox,
-    write_mesh_configs, NodeSpec,
+    append, cluster_specs, eventually, listing, mailbox_lines, op, op_ok, stop_all, try_append,
+    wait_for_mailbox, write_mesh_configs, NodeSpec,
 };
 use tempfile::TempDir;
 
@@ -116,20 +116,7 @@ fn a_mailbox_moved_while_a_client_appends_loses_nothing_and_the_old_node_lets_go
                     &n1
                 };
                 let subject = format!("live-{i}-via-{}", target.name);
-                let file = target.dir.join(format!("{subject}.eml"));
-                std::fs::write(&file, format!("Subject: {subject}\r\n\r\nbody {i}\r\n")).unwrap();
-                let done = op(
-                    target,
-                    &[
-                        "append",
-                        "--user",
-                        USER,
-                        "--mailbox",
-                        "INBOX",
-                        "--file",
-                        file.to_str().unwrap(),
-                    ],
-                );
+                let done = try_append(target, USER, "INBOX", &subject);
                 if done.status.code() == Some(0) {
                     live.lock().unwrap().push((target.name.clone(), subject));
                 } else {

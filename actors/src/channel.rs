@@ -137,6 +137,12 @@ pub struct Channel {
     transport: Rc<dyn Transport>,
     config: ChannelConfig,
     dirty: BTreeMap<SyncItem, u64>,
+    /// The oldest generation of each dirty item that no sync started since covers. It decides
+    /// whether the sync goes whole (at or below the requeue mark): an item queued again for a
+    /// peer that lost its data stays whole until a sync of it succeeds, even when a newer change
+    /// re-dirties it first (that used to lift its generation above the mark, and the sync then
+    /// left out what the peer had sent or made before it lost it: simulator seed 214 with wipes).
+    oldest: BTreeMap<SyncItem, u64>,
     running: BTreeSet<SyncItem>,
     /// Items waiting out a backoff, with their failed attempts.
     waiting: BTreeMap<SyncItem, u32>,
@@ -169,6 +175,7 @@ impl Channel {
             transport,
             config,
             dirty: BTreeMap::new(),
+            oldest: BTreeMap::new(),
             running: BTreeSet::new(),
             waiting: BTreeMap::new(),
             attempts: BTreeMap::new(),
@@ -211,15 +218,23 @@ impl Channel {
                 .map(|(item, generation)| (item.clone(), *generation));
             let Some((item, generation)) = next else { break };
             self.running.insert(item.clone());
-            let whole = generation <= self.requeue_mark;
+            let oldest = self.oldest.remove(&item).unwrap_or(generation);
+            let whole = oldest <= self.requeue_mark;
             let job = self.job();
             let fut = async move {
                 let result = job.sync(&item, whole).await;
                 (item, generation, result)
             };
-            ctx.spawn(fut.into_actor(self).map(|(item, generation, result), act, ctx| {
-                act.finished(item, generation, result, ctx);
-            }));
+            ctx.spawn(
+                fut.into_actor(self)
+                    .map(move |(item, generation, result), act, ctx| {
+                        if result.is_err() {
+                            // Not synced: what the sync was to cover is still to cover.
+                            act.note_dirty(&item, oldest);
+                        }
+                        act.finished(item, generation, result, ctx);
+                    }),
+            );
         }
     }
 
@@ -227,13 +242,12 @@ impl Channel {
         self.hello_running = true;
         let job = self.job();
         let fut = async move {
-            let ours = job.ctx.counters.incarnation(|| unreachable!("minted at start"));
-            let theirs = match job
-                .transport
-                .request(&job.peer, Request::Hello { incarnation: ours })
-                .await?
-            {
-                Response::Hello { incarnation } => incarnation,
+            let hello = Request::Hello {
+                incarnation: job.ctx.counters.incarnation(),
+                floor: job.ctx.counters.incarnation_floor(),
+            };
+            let (incarnation, floor) = match job.transport.request(&job.peer, hello).await? {
+                Response::Hello { incarnation, floor } => (incarnation, floor),
                 other => {
                     return Err(SyncError::Item(format!(
                         "unexpected answer to Hello: {}",
@@ -244,7 +258,8 @@ impl Channel {
             job.directory
                 .send(crate::directory_sync::PeerHello {
                     peer: job.peer.clone(),
-                    incarnation: theirs,
+                    incarnation,
+                    floor,
                 })
                 .await??;
             Ok(job
@@ -350,6 +365,14 @@ impl Channel {
     }
 }
 
+impl Channel {
+    /// Counts `generation` among the unsynced generations of `item` (see `oldest`).
+    fn note_dirty(&mut self, item: &SyncItem, generation: u64) {
+        let oldest = self.oldest.entry(item.clone()).or_insert(generation);
+        *oldest = (*oldest).min(generation);
+    }
+}
+
 impl Actor for Channel {
     type Context = Context<Self>;
 
@@ -370,6 +393,9 @@ impl Actor for Channel {
         let now = self.ctx.env.clock.unix_millis();
         self.dirty_since
             .extend(rows.iter().map(|(item, _)| (item.clone(), now)));
+        for (item, generation) in &rows {
+            self.note_dirty(item, *generation);
+        }
         self.dirty.extend(rows);
         self.pump(ctx);
     }
@@ -384,6 +410,7 @@ impl Handler<Dirty> for Channel {
         if self.running.contains(&msg.item) {
             self.dirtied_while_running.entry(msg.item.clone()).or_insert(now);
         }
+        self.note_dirty(&msg.item, msg.generation);
         let entry = self.dirty.entry(msg.item).or_insert(0);
         *entry = (*entry).max(msg.generation);
         self.pump(ctx);

@@ -42,6 +42,12 @@ pub struct Faults {
     pub counters_from_records: bool,
     /// A live copy arriving from a peer replaces an expunged record (expunge not sticky).
     pub expunge_not_sticky: bool,
+    /// A store starting empty (new or wiped) mints identities from zero instead of above the
+    /// wall-clock floor: a wiped node reuses AppendIds and Versions it minted before.
+    pub identities_from_zero: bool,
+    /// A record this node hid (a uid conflict) stays hidden after its conflict is settled: the
+    /// replicas agree on every record but not on what they show.
+    pub hidden_stays_hidden: bool,
 }
 
 #[derive(Clone)]

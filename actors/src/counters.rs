@@ -32,6 +32,7 @@ struct Inner {
     last_uidvalidity: u32,
     log_generation: u64,
     incarnation: u128,
+    incarnation_floor: u64,
     appended: u64,
 }
 
@@ -43,6 +44,7 @@ impl NodeCounters {
             last_uidvalidity: state.last_uidvalidity,
             log_generation: state.log_generation,
             incarnation: state.incarnation,
+            incarnation_floor: state.incarnation_floor,
             appended: state.appended,
         })))
     }
@@ -66,7 +68,10 @@ impl NodeCounters {
     /// Raises the append counter and the Lamport clock to the wall-clock floor (see the module
     /// documentation); never lowers them.
     pub fn raise_to_clock(&self, unix_millis: i64) {
-        let floor = identity_floor(unix_millis);
+        self.raise_to(identity_floor(unix_millis));
+    }
+
+    fn raise_to(&self, floor: u64) {
         let mut inner = self.inner();
         inner.next_append = inner.next_append.max(floor);
         let node = inner.clock.node().clone();
@@ -113,13 +118,34 @@ impl NodeCounters {
         inner.last_uidvalidity = inner.last_uidvalidity.max(seen.0);
     }
 
-    /// This store's incarnation, minted from `fresh` the first time (a new or wiped store).
-    pub fn incarnation(&self, fresh: impl FnOnce() -> u128) -> u128 {
-        let mut inner = self.inner();
-        if inner.incarnation == 0 {
-            inner.incarnation = fresh().max(1);
+    /// Starts the counters of a node whose identity floor is `floor` ([`identity_floor`] of the
+    /// wall clock now): mints the store's incarnation from `fresh` if it has none yet (a new or
+    /// wiped store), with `floor` as the incarnation's floor, then raises the counters to it.
+    pub fn start(&self, fresh: impl FnOnce() -> u128, floor: u64) {
+        {
+            let mut inner = self.inner();
+            if inner.incarnation == 0 {
+                inner.incarnation = fresh().max(1);
+                inner.incarnation_floor = floor;
+            }
         }
+        self.raise_to(floor);
+    }
+
+    /// This store's incarnation (minted by [`NodeCounters::start`]).
+    pub fn incarnation(&self) -> u128 {
+        let inner = self.inner();
+        assert_ne!(inner.incarnation, 0, "the incarnation is minted at start");
         inner.incarnation
+    }
+
+    /// The lowest Version counter this store incarnation mints: every Version it made is at or
+    /// above it, and (by the identity floor) every Version an earlier incarnation of the store
+    /// made is below it. Peers learn it in Hello; echo suppression skips a change's origin only
+    /// for a change at or above it (engine bug 20, ARCHITECTURE.md "Identities across store
+    /// incarnations").
+    pub fn incarnation_floor(&self) -> u64 {
+        self.inner().incarnation_floor
     }
 
     /// A fresh sync log row generation.
@@ -137,6 +163,7 @@ impl NodeCounters {
             last_uidvalidity: inner.last_uidvalidity,
             log_generation: inner.log_generation,
             incarnation: inner.incarnation,
+            incarnation_floor: inner.incarnation_floor,
             appended: inner.appended,
         }
     }

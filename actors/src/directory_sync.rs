@@ -17,7 +17,7 @@ use crate::directory::Directory;
 use crate::error::{MailError, StoreError};
 use crate::mailbox_sync::forget_peer_caches;
 use crate::store::{decode, keys, Table};
-use crate::sync_log::{Provenance, SyncItem, Tagged};
+use crate::sync_log::{Dated, Provenance, SyncItem, Tagged};
 
 /// What this node knows of a peer's store.
 #[derive(Clone, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
@@ -26,6 +26,28 @@ pub struct PeerRecord {
     /// Log rows up to this generation were queued because the peer lost its data (or is new):
     /// they are sent whole, without echo suppression, since the peer may have lost what it sent.
     pub requeue_mark: u64,
+    /// The lowest Version counter the peer's store incarnation mints: the peer is skipped as
+    /// the origin of a change only if the change is at or above it (engine bug 20).
+    #[serde(default)]
+    pub floor: u64,
+}
+
+/// The floor of every peer's store incarnation this node has a record of, for the sync log at
+/// start (so a change merged before the first Hello is judged by the floor last announced).
+pub fn known_peer_floors(store: &crate::store::Store) -> Result<Vec<(NodeId, u64)>, StoreError> {
+    let mut floors = Vec::new();
+    store.scan_prefix(Table::Peers, &[], None, |k, v| {
+        // The configured peer set sits under a key starting with a zero byte; no node id does.
+        if k.first() == Some(&0) {
+            return Ok(true);
+        }
+        let record: PeerRecord = decode(v, "peer record")?;
+        if let Ok(peer) = NodeId::new(String::from_utf8_lossy(k).into_owned()) {
+            floors.push((peer, record.floor));
+        }
+        Ok(true)
+    })?;
+    Ok(floors)
 }
 
 impl Directory {
@@ -74,32 +96,49 @@ impl Directory {
     }
 }
 
-/// A peer introduced itself (on a new link, or after a failure). If its store incarnation is new
-/// to this node, everything is queued for it again. Answers with this node's incarnation.
+/// A peer introduced itself (on a new link, or after a failure) with its store incarnation and
+/// that incarnation's floor. If the incarnation is new to this node, everything is queued for it
+/// again. Answers with this node's incarnation and floor.
 #[derive(Message)]
-#[rtype(result = "Result<u128, MailError>")]
+#[rtype(result = "Result<(u128, u64), MailError>")]
 pub struct PeerHello {
     pub peer: NodeId,
     pub incarnation: u128,
+    pub floor: u64,
 }
 
 impl Handler<PeerHello> for Directory {
-    type Result = AtomicResponse<Self, Result<u128, MailError>>;
+    type Result = AtomicResponse<Self, Result<(u128, u64), MailError>>;
 
     fn handle(&mut self, msg: PeerHello, _: &mut Self::Context) -> Self::Result {
         self.write(|act| {
-            let ours = act.ctx.counters.incarnation(|| unreachable!("minted at start"));
+            let ours = (act.ctx.counters.incarnation(), act.ctx.counters.incarnation_floor());
             let known = act.peer_record(&msg.peer)?;
             let mut writes = Writes::default();
-            if known.as_ref().map(|k| k.incarnation) != Some(msg.incarnation) {
+            let record = if known.as_ref().map(|k| k.incarnation) != Some(msg.incarnation) {
                 if known.is_some() {
                     info!(peer = %msg.peer, "peer's store is new (wiped or replaced): queueing everything for it");
                 }
                 let requeue_mark = act.requeue_all(&mut writes, &msg.peer)?;
                 writes.logged.requeued(msg.peer.clone(), requeue_mark);
-                let record = PeerRecord { incarnation: msg.incarnation, requeue_mark };
+                PeerRecord {
+                    incarnation: msg.incarnation,
+                    requeue_mark,
+                    floor: msg.floor,
+                }
+            } else {
+                // The same store (a record kept from before floors were announced gets it now).
+                PeerRecord {
+                    floor: msg.floor,
+                    ..known.clone().expect("known: same incarnation")
+                }
+            };
+            if known.as_ref() != Some(&record) {
                 writes.batch.put(Table::Peers, msg.peer.as_str().as_bytes().to_vec(), &record);
             }
+            // From here on, a change this peer made with a store it no longer has is sent back
+            // to it (what this node holds already is queued above).
+            act.ctx.sync_log.set_peer_floor(&msg.peer, msg.floor);
             Ok((writes, ours))
         })
     }
@@ -147,7 +186,7 @@ impl Handler<EntriesFor> for Directory {
         for id in ids {
             if let Some(t) = self.stored_entry(id)? {
                 if t.item.path.value.user == msg.user
-                    && (msg.whole || !t.suppressed_for(&msg.peer, &self.ctx.faults))
+                    && (msg.whole || !t.suppressed_for(&msg.peer, &self.ctx.sync_log))
                 {
                     out.push(Change {
                         origin: t.origin,
@@ -204,6 +243,7 @@ impl Handler<ApplyEntries> for Directory {
                     from: msg.from.clone(),
                     origin: origin.clone(),
                     effect,
+                    newest: merged.newest(),
                 };
                 let tagged = Tagged::merged(merged.clone(), effect, &msg.from, &origin, &self.ctx.node);
                 self.write_entry(&mut writes, local.as_ref().map(|l| &l.item), &tagged, &provenance);
@@ -248,13 +288,11 @@ impl Handler<UserItemFor> for Directory {
     type Result = Result<Option<UserItemChange>, MailError>;
 
     fn handle(&mut self, msg: UserItemFor, _: &mut Self::Context) -> Self::Result {
-        let keep = |origin: &NodeId, arrived_on: Option<&NodeId>| {
-            msg.whole || !crate::sync_log::suppressed(origin, arrived_on, &msg.peer, &self.ctx.faults)
-        };
+        let log = &self.ctx.sync_log;
         Ok(match &msg.item {
             SyncItem::Subscriptions(user) => self
                 .subscriptions(user)?
-                .filter(|t| keep(&t.origin, t.arrived_on.as_ref()))
+                .filter(|t| msg.whole || !t.suppressed_for(&msg.peer, log))
                 .map(|t| {
                     UserItemChange::Subscriptions(Change {
                         origin: t.origin,
@@ -263,7 +301,7 @@ impl Handler<UserItemFor> for Directory {
                 }),
             SyncItem::Sieve(user) => self
                 .sieve(user)?
-                .filter(|t| keep(&t.origin, t.arrived_on.as_ref()))
+                .filter(|t| msg.whole || !t.suppressed_for(&msg.peer, log))
                 .map(|t| {
                     UserItemChange::Sieve(Change {
                         origin: t.origin,
@@ -294,7 +332,7 @@ impl Directory {
         local: Option<Tagged<T>>,
         incoming: Change<T>,
     ) where
-        T: Merge + Serialize,
+        T: Merge + Dated + Serialize,
     {
         let (table, user) = match &item {
             SyncItem::Subscriptions(user) => (Table::Subscriptions, user.clone()),
@@ -316,6 +354,7 @@ impl Directory {
             from: from.clone(),
             origin: incoming.origin.clone(),
             effect,
+            newest: merged.newest(),
         };
         let tagged = Tagged::merged(merged, effect, from, &incoming.origin, &self.ctx.node);
         self.write_user_item(writes, table, &user, &tagged, item, &provenance);

@@ -817,31 +817,39 @@ pub struct CopyItem {
 }
 
 /// Adds copies of messages whose bodies this node already stores (target side of COPY/MOVE).
-/// Each copy is a new message with its own AppendId. Answers with the new uids, in order.
+/// Each copy is a new message with its own AppendId. Answers with the new uids and AppendIds, in
+/// order.
 #[derive(Message)]
-#[rtype(result = "Result<Vec<Uid>, MailError>")]
+#[rtype(result = "Result<Vec<(Uid, AppendId)>, MailError>")]
 pub struct InsertCopies {
     pub items: Vec<CopyItem>,
 }
 
 impl Mailbox {
-    fn insert_copies(&mut self, batch: &mut Batch, items: &[CopyItem]) -> Vec<Uid> {
-        let mut uids = Vec::with_capacity(items.len());
+    fn insert_copies(&mut self, batch: &mut Batch, items: &[CopyItem]) -> Vec<(Uid, AppendId)> {
+        let mut copies = Vec::with_capacity(items.len());
         for item in items {
             let aid = self.node_counters.next_append_id();
             let uid = self.counters.uidnext.0;
             self.counters.uidnext = UidNext(Uid(uid.0 + 1));
-            let record = self.new_record(aid, uid, item.guid, item.size, item.internaldate, &item.flags);
+            let record = self.new_record(
+                aid.clone(),
+                uid,
+                item.guid,
+                item.size,
+                item.internaldate,
+                &item.flags,
+            );
             batch.add_body(item.guid, None);
             self.write_record(batch, None, record);
-            uids.push(uid);
+            copies.push((uid, aid));
         }
-        uids
+        copies
     }
 }
 
 impl Handler<InsertCopies> for Mailbox {
-    type Result = ResponseFuture<Result<Vec<Uid>, MailError>>;
+    type Result = ResponseFuture<Result<Vec<(Uid, AppendId)>, MailError>>;
 
     fn handle(&mut self, msg: InsertCopies, _: &mut Self::Context) -> Self::Result {
         let prepared = (|| {
@@ -859,8 +867,29 @@ impl Handler<InsertCopies> for Mailbox {
     }
 }
 
+/// One message a COPY or MOVE took: where it was and what it is now (COPYUID gives the two uids;
+/// the AppendIds say which message the source was and which new one the copy is).
+#[derive(Clone, PartialEq, Eq, Debug)]
+pub struct Transferred {
+    pub from: Uid,
+    pub to: Uid,
+    pub source: AppendId,
+    pub copy: AppendId,
+}
+
+impl Transferred {
+    fn pair(source: &StoredRecord, (to, copy): (Uid, AppendId)) -> Self {
+        Transferred {
+            from: source.record.uid.value,
+            to,
+            source: source.record.append_id.clone(),
+            copy,
+        }
+    }
+}
+
 /// IMAP COPY (`remove_source` false) or MOVE (true) of the messages in `uids` to `target`.
-/// Answers with the old and new uid of each message copied.
+/// Answers with each message copied, in the source's uid order.
 ///
 /// Between two mailboxes this runs in three steps, each holding at most one mailbox, so two
 /// transfers in opposite directions cannot wait on each other (DESIGN.md, "No deadlock by
@@ -870,7 +899,7 @@ impl Handler<InsertCopies> for Mailbox {
 /// leaves the message in both mailboxes, never in neither. Within one mailbox, copies and
 /// expunges share one atomic batch. ARCHITECTURE.md ("COPY and MOVE") gives the semantics.
 #[derive(Message)]
-#[rtype(result = "Result<Vec<(Uid, Uid)>, MailError>")]
+#[rtype(result = "Result<Vec<Transferred>, MailError>")]
 pub struct Transfer {
     pub uids: UidSet,
     pub target_id: MailboxId,
@@ -880,7 +909,7 @@ pub struct Transfer {
 
 impl Handler<Transfer> for Mailbox {
     // Not atomic: the steps that change this mailbox are messages of their own.
-    type Result = ResponseFuture<Result<Vec<(Uid, Uid)>, MailError>>;
+    type Result = ResponseFuture<Result<Vec<Transferred>, MailError>>;
 
     fn handle(&mut self, msg: Transfer, ctx: &mut Self::Context) -> Self::Result {
         if self.ctx.faults.transfer_never_answers {
@@ -924,8 +953,12 @@ impl Handler<Transfer> for Mailbox {
             }
             let items = records.iter().map(CopyItem::of).collect();
             // Step 2: the target takes the copies while this mailbox serves everyone else.
-            let new_uids = target.send(InsertCopies { items }).await??;
-            let pairs: Vec<(Uid, Uid)> = records.iter().map(|s| s.record.uid.value).zip(new_uids).collect();
+            let copies = target.send(InsertCopies { items }).await??;
+            let pairs: Vec<Transferred> = records
+                .iter()
+                .zip(copies)
+                .map(|(s, c)| Transferred::pair(s, c))
+                .collect();
             if let Some(claim) = claim {
                 // Step 3: the sources go, those that are still here (by AppendId: a promotion
                 // since step 1 moved the message, it did not make it another one).
@@ -988,14 +1021,14 @@ impl Handler<ExpungeTransferred> for Mailbox {
 
 /// COPY or MOVE within one mailbox: copies and expunges in one atomic batch.
 #[derive(Message)]
-#[rtype(result = "Result<Vec<(Uid, Uid)>, MailError>")]
+#[rtype(result = "Result<Vec<Transferred>, MailError>")]
 struct TransferWithin {
     uids: UidSet,
     remove_source: bool,
 }
 
 impl Handler<TransferWithin> for Mailbox {
-    type Result = AtomicResponse<Self, Result<Vec<(Uid, Uid)>, MailError>>;
+    type Result = AtomicResponse<Self, Result<Vec<Transferred>, MailError>>;
 
     fn handle(&mut self, msg: TransferWithin, _: &mut Self::Context) -> Self::Result {
         self.atomic(move |act| {
@@ -1012,12 +1045,16 @@ impl Handler<TransferWithin> for Mailbox {
             };
             let items: Vec<CopyItem> = records.iter().map(CopyItem::of).collect();
             let mut batch = Batch::new();
-            let new_uids = act.insert_copies(&mut batch, &items);
-            let old: Vec<Uid> = records.iter().map(|s| s.record.uid.value).collect();
+            let copies = act.insert_copies(&mut batch, &items);
+            let pairs: Vec<Transferred> = records
+                .iter()
+                .zip(copies)
+                .map(|(s, c)| Transferred::pair(s, c))
+                .collect();
             if msg.remove_source {
                 act.expunge_records(&mut batch, records);
             }
-            Ok((act.local_writes(batch), old.into_iter().zip(new_uids).collect()))
+            Ok((act.local_writes(batch), pairs))
         })
     }
 }

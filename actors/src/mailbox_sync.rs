@@ -27,7 +27,7 @@ use crate::context::Writes;
 use crate::error::{MailError, StoreError};
 use crate::mailbox::{primary_of, Mailbox, MailboxCounters, StoredAnnotation, StoredRecord};
 use crate::store::{decode, keys, Snapshot, Table};
-use crate::sync_log::{suppressed, Provenance, SyncItem};
+use crate::sync_log::{Dated, Provenance, SyncItem};
 
 /// What a node remembers about one mailbox on one peer after the last successful exchange.
 #[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
@@ -193,6 +193,16 @@ struct MergeSummary {
     pruned_news: bool,
     /// Origins of the states taken whole.
     origins: BTreeSet<NodeId>,
+    /// The lowest newest Version counter ([`Dated`]) of the states taken whole: the origin is
+    /// skipped only if its current store made them all.
+    oldest_whole: Option<u64>,
+}
+
+impl MergeSummary {
+    fn took_whole(&mut self, origin: &NodeId, newest: u64) {
+        self.origins.insert(origin.clone());
+        self.oldest_whole = Some(self.oldest_whole.map_or(newest, |o| o.min(newest)));
+    }
 }
 
 impl Mailbox {
@@ -278,9 +288,9 @@ impl Mailbox {
         let mut out = Vec::with_capacity(aids.len());
         for (i, (aid, modseq)) in aids.into_iter().enumerate() {
             if let Some((s, len)) = self.readable_in(&snapshot, &aid)? {
-                if !skip_for
-                    .is_some_and(|p| suppressed(&s.origin, s.arrived_on.as_ref(), p, &self.ctx.faults))
-                {
+                if !skip_for.is_some_and(|p| {
+                    (self.ctx.sync_log).suppressed(&s.origin, s.arrived_on.as_ref(), s.record.newest(), p)
+                }) {
                     let body_known = s.created != ModSeq::ZERO && s.created <= bodies_known;
                     fill.add(&s.record, len, !body_known);
                     out.push((
@@ -313,8 +323,10 @@ impl Mailbox {
                 let a: StoredAnnotation = decode(v, "annotation")?;
                 if a.modseq > since
                     && a.modseq <= upto
-                    && !skip_for
-                        .is_some_and(|p| suppressed(&a.origin, a.arrived_on.as_ref(), p, &self.ctx.faults))
+                    && !skip_for.is_some_and(|p| {
+                        let newest = a.annotation.newest();
+                        (self.ctx.sync_log).suppressed(&a.origin, a.arrived_on.as_ref(), newest, p)
+                    })
                 {
                     let entry = String::from_utf8_lossy(&k[16..]).into_owned();
                     out.push(Change {
@@ -494,9 +506,7 @@ impl Mailbox {
             summary.changed = true;
             match effect {
                 MergeEffect::Combined => summary.combined = true,
-                _ => {
-                    summary.origins.insert(origin.clone());
-                }
+                _ => summary.took_whole(&origin, merged.newest()),
             }
             let (origin, arrived_on) = if effect == MergeEffect::TookIncoming {
                 (origin, Some(from.clone()))
@@ -584,7 +594,7 @@ impl Mailbox {
             summary.changed = true;
             let (origin, arrived_on) = match effect {
                 MergeEffect::TookIncoming => {
-                    summary.origins.insert(origin.clone());
+                    summary.took_whole(&origin, merged.newest());
                     (origin, Some(from.clone()))
                 }
                 _ => {
@@ -627,6 +637,7 @@ impl Mailbox {
                         from: from.clone(),
                         origin: from.clone(),
                         effect: MergeEffect::TookIncoming,
+                        newest: summary.oldest_whole.unwrap_or(0),
                     }
                 }
             } else {
@@ -635,6 +646,7 @@ impl Mailbox {
                     from: from.clone(),
                     origin,
                     effect: MergeEffect::TookIncoming,
+                    newest: summary.oldest_whole.expect("a state taken whole"),
                 }
             };
             let logged = self.ctx.sync_log.log(
@@ -906,7 +918,8 @@ impl Mailbox {
                 }
                 Settlement::Show { keeper } => {
                     for (aid, old) in at {
-                        let hide = !old.record.is_expunged() && keeper.as_ref() != Some(&aid);
+                        let hide = (!old.record.is_expunged() && keeper.as_ref() != Some(&aid))
+                            || (old.hidden && self.ctx.faults.hidden_stays_hidden);
                         if old.hidden != hide {
                             let new = StoredRecord {
                                 hidden: hide,

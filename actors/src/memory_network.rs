@@ -7,6 +7,8 @@ use std::cell::RefCell;
 use std::collections::{BTreeMap, BTreeSet};
 use std::rc::Rc;
 
+use tokio::sync::Notify;
+
 use mailmesh_protocol::codec::{encode_frame, FrameDecoder, DEFAULT_MAX_FRAME};
 use mailmesh_protocol::ids::NodeId;
 use mailmesh_protocol::wire::{Frame, Request, Response};
@@ -30,6 +32,9 @@ struct Net {
     nodes: BTreeMap<NodeId, Inbound>,
     /// Cut links, each as (smaller name, larger name).
     cut: BTreeSet<(NodeId, NodeId)>,
+    /// Held directions (from, to): their requests wait until released, as over a link that
+    /// stalls one way. Lets a test put something in between two steps of a node's work.
+    held: BTreeMap<(NodeId, NodeId), Rc<Notify>>,
     /// (from, to) -> what flowed on the link from `from` to `to`.
     stats: BTreeMap<(NodeId, NodeId), LinkStats>,
     next_id: u64,
@@ -67,6 +72,17 @@ impl MemoryNetwork {
             net.cut.remove(&link(a, b));
         } else {
             net.cut.insert(link(a, b));
+        }
+    }
+
+    /// Holds (`true`) or releases the requests `from` sends to `to`; held ones wait.
+    pub fn hold(&self, from: &NodeId, to: &NodeId, held: bool) {
+        let mut net = self.0.borrow_mut();
+        let key = (from.clone(), to.clone());
+        if held {
+            net.held.entry(key).or_default();
+        } else if let Some(waiting) = net.held.remove(&key) {
+            waiting.notify_waiters();
         }
     }
 
@@ -127,6 +143,14 @@ impl Transport for MemoryTransport {
                 peer: peer.clone(),
                 reason: reason.into(),
             };
+            loop {
+                let held = net.0.borrow().held.get(&(from.clone(), peer.clone())).cloned();
+                match held {
+                    // Registered at creation: a release before the first poll still wakes it.
+                    Some(released) => released.notified().await,
+                    None => break,
+                }
+            }
             let (inbound, id) = {
                 let mut n = net.0.borrow_mut();
                 if n.cut.contains(&link(&from, &peer)) {

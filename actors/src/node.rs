@@ -111,10 +111,14 @@ impl LocalNode {
             options.shared_spool.as_deref(),
         )?);
         let counters = NodeCounters::new(options.node.clone(), store.initial_counters());
-        counters.incarnation(|| env.entropy.next_u128());
         // Never mint what an earlier incarnation of this store minted (a wiped or restored
         // store): see `counters.rs`.
-        counters.raise_to_clock(env.clock.unix_millis());
+        // (The sabotage `identities_from_zero` starts a store's counters at zero instead.)
+        let floor = match options.faults.identities_from_zero {
+            false => crate::counters::identity_floor(env.clock.unix_millis()),
+            true => 0,
+        };
+        counters.start(|| env.entropy.next_u128(), floor);
         let commit = CommitGroup::new(
             store.clone(),
             counters.clone(),
@@ -123,11 +127,15 @@ impl LocalNode {
         )?
         .with_clock(env.clock.clone())
         .start();
+        let sync_log = SyncLog::with_faults(counters.clone(), options.faults);
+        for (peer, floor) in crate::directory_sync::known_peer_floors(&store)? {
+            sync_log.set_peer_floor(&peer, floor);
+        }
         let context = NodeContext {
             node: options.node.clone(),
             store: store.clone(),
             commit: commit.clone(),
-            sync_log: SyncLog::with_faults(counters.clone(), options.faults),
+            sync_log,
             counters,
             env,
             limits: options.limits,

@@ -142,10 +142,17 @@ impl Handler<InboundRequest> for PeerSession {
         debug!(%peer, request = request_name(&msg.0), "inbound request");
         let immediate = |r: Response| -> Self::Result { Box::pin(actix::fut::ready(r)) };
         match msg.0 {
-            Request::Hello { incarnation } => Box::pin(
+            Request::Hello { incarnation, floor } => Box::pin(
                 async move {
-                    match directory.send(PeerHello { peer, incarnation }).await {
-                        Ok(Ok(ours)) => Response::Hello { incarnation: ours },
+                    match directory
+                        .send(PeerHello {
+                            peer,
+                            incarnation,
+                            floor,
+                        })
+                        .await
+                    {
+                        Ok(Ok((incarnation, floor))) => Response::Hello { incarnation, floor },
                         Ok(Err(e)) => error_response(e),
                         Err(e) => error_response(e.into()),
                     }

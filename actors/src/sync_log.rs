@@ -10,7 +10,11 @@
 //!
 //! Which peers a change is logged for (DESIGN.md, "Channels, sync log, echo suppression"): every
 //! peer, except the one the change arrived from and the change's origin, when the merge left the
-//! local state exactly as it arrived, and except peers that do not hold the mailbox.
+//! local state exactly as it arrived, and except peers that do not hold the mailbox. The origin
+//! is skipped only for a state its current store made: one whose newest Version is at or above
+//! the floor of the origin's store incarnation, as the origin announced it in its last Hello. An
+//! older state was made by a store the origin may have lost (wiped), and goes back to it like to
+//! any other peer (engine bug 20).
 
 use std::collections::{BTreeMap, BTreeSet};
 use std::sync::{Arc, Mutex};
@@ -18,6 +22,7 @@ use std::sync::{Arc, Mutex};
 use actix::Recipient;
 use mailmesh_protocol::ids::{MailboxId, NodeId};
 use mailmesh_protocol::merge::MergeEffect;
+use mailmesh_protocol::records::{Annotation, MailboxEntry, MessageRecord, UserSieve, UserSubscriptions};
 
 use crate::context::Faults;
 use crate::counters::NodeCounters;
@@ -73,29 +78,61 @@ pub enum Provenance {
     /// A client wrote it here.
     Local,
     /// A peer's change was merged in with `effect`; `origin` is the node that produced the
-    /// incoming state.
+    /// incoming state, and `newest` the newest Version counter in it ([`Dated`]; of several
+    /// states taken whole, the lowest such): the origin holds the state only if its current
+    /// store made it, that is if `newest` is at or above that store's floor.
     Remote {
         from: NodeId,
         origin: NodeId,
         effect: MergeEffect,
+        newest: u64,
     },
 }
 
-impl Provenance {
-    /// The peers that must not be sent this change because they already have it (`faults` may
-    /// break the rule on purpose, to show the simulator catches it).
-    fn skips(&self, peer: &NodeId, faults: &Faults) -> bool {
-        match self {
-            Provenance::Local => false,
-            _ if faults.no_echo_suppression => false,
-            Provenance::Remote {
-                effect: MergeEffect::TookIncoming,
-                from,
-                origin,
-            } => peer == from || (peer == origin && !faults.origin_not_skipped),
-            // A combined result is new to everyone, sender included. Unchanged logs nothing.
-            Provenance::Remote { .. } => false,
-        }
+/// The newest Version counter anywhere in a replicated state. A node's Version counters only
+/// grow, and a store incarnation mints nothing below its floor, so a state whose newest Version
+/// is below the floor of its origin's current store was made by an earlier store of that node.
+pub trait Dated {
+    fn newest(&self) -> u64;
+}
+
+impl Dated for MessageRecord {
+    fn newest(&self) -> u64 {
+        self.max_version().counter
+    }
+}
+
+impl Dated for Annotation {
+    fn newest(&self) -> u64 {
+        self.version().counter
+    }
+}
+
+impl<T: Dated> Dated for (String, T) {
+    fn newest(&self) -> u64 {
+        self.1.newest()
+    }
+}
+
+impl Dated for MailboxEntry {
+    fn newest(&self) -> u64 {
+        self.max_version().counter
+    }
+}
+
+impl Dated for UserSubscriptions {
+    fn newest(&self) -> u64 {
+        self.names.values().map(|s| s.version.counter).max().unwrap_or(0)
+    }
+}
+
+impl Dated for UserSieve {
+    fn newest(&self) -> u64 {
+        let scripts = self.scripts.values().map(|s| s.version.counter);
+        scripts
+            .chain(self.active.as_ref().map(|a| a.version.counter))
+            .max()
+            .unwrap_or(0)
     }
 }
 
@@ -146,6 +183,35 @@ struct Inner {
     peers: BTreeSet<NodeId>,
     /// The running Channel of each peer, to wake.
     channels: BTreeMap<NodeId, (Recipient<Dirty>, Recipient<Requeued>)>,
+    /// The floor of each peer's store incarnation, as its last Hello announced it (kept with
+    /// the peer's record in the store; a peer not in here has floor 0).
+    floors: BTreeMap<NodeId, u64>,
+}
+
+impl Inner {
+    /// Echo suppression for one change: whether `peer` already has a state that arrived here
+    /// from `from` (if it arrived whole from a peer), was produced by `origin` and is dated
+    /// `newest`.
+    fn skips(
+        &self,
+        from: Option<&NodeId>,
+        origin: &NodeId,
+        newest: u64,
+        peer: &NodeId,
+        faults: &Faults,
+    ) -> bool {
+        if faults.no_echo_suppression {
+            return false;
+        }
+        let Some(from) = from else { return false };
+        from == peer
+            || (origin == peer && !faults.origin_not_skipped && self.made_by_current_store(peer, newest))
+    }
+
+    /// Whether a state `peer` produced, dated `newest`, was made by the peer's current store.
+    fn made_by_current_store(&self, peer: &NodeId, newest: u64) -> bool {
+        newest >= self.floors.get(peer).copied().unwrap_or(0)
+    }
 }
 
 /// The node's handle on its sync logs, shared by every writer. Cheap to clone.
@@ -183,7 +249,29 @@ impl SyncLog {
     pub fn set_peers(&self, peers: BTreeSet<NodeId>) {
         let mut inner = self.inner();
         inner.channels.retain(|p, _| peers.contains(p));
+        // A peer no longer configured is forgotten (its record too): it is new when it returns.
+        inner.floors.retain(|p, _| peers.contains(p));
         inner.peers = peers;
+    }
+
+    /// Records the floor of `peer`'s store incarnation (from its Hello, or from the store at
+    /// start). Called before the Hello's requeue is committed, so that every change merged from
+    /// then on is judged by the new floor.
+    pub fn set_peer_floor(&self, peer: &NodeId, floor: u64) {
+        self.inner().floors.insert(peer.clone(), floor);
+    }
+
+    /// Echo suppression for one stored state (see the module documentation): whether `peer`
+    /// has it already, because it sent it to us whole (`arrived_on`), or because it produced it
+    /// (`origin`) with its current store (the state is dated `newest`).
+    pub fn suppressed(
+        &self,
+        origin: &NodeId,
+        arrived_on: Option<&NodeId>,
+        newest: u64,
+        peer: &NodeId,
+    ) -> bool {
+        self.inner().skips(arrived_on, origin, newest, peer, &self.faults)
     }
 
     pub fn attach_channel(&self, peer: NodeId, dirty: Recipient<Dirty>, requeued: Recipient<Requeued>) {
@@ -213,10 +301,21 @@ impl SyncLog {
             return Logged::default();
         }
         let inner = self.inner();
+        let skips = |peer: &NodeId| match provenance {
+            Provenance::Local => false,
+            Provenance::Remote {
+                effect: MergeEffect::TookIncoming,
+                from,
+                origin,
+                newest,
+            } => inner.skips(Some(from), origin, *newest, peer, &self.faults),
+            // A combined result is new to everyone, sender included. Unchanged logs nothing.
+            Provenance::Remote { .. } => false,
+        };
         let targets: Vec<NodeId> = inner
             .peers
             .iter()
-            .filter(|p| !provenance.skips(p, &self.faults))
+            .filter(|p| !skips(p))
             .filter(|p| holders.is_none_or(|h| h.is_empty() || h.contains(*p)))
             .cloned()
             .collect();
@@ -294,6 +393,7 @@ mod tests {
             from: n("a"),
             origin: n("b"),
             effect: MergeEffect::TookIncoming,
+            newest: 10,
         };
         let logged = log.log(&mut batch, SyncItem::Mailbox(MailboxId(1)), &took, None);
         assert_eq!(
@@ -304,6 +404,7 @@ mod tests {
             from: n("a"),
             origin: n("b"),
             effect: MergeEffect::Combined,
+            newest: 10,
         };
         assert_eq!(
             log.log(&mut batch, SyncItem::Mailbox(MailboxId(1)), &combined, None)
@@ -315,6 +416,7 @@ mod tests {
             from: n("a"),
             origin: n("b"),
             effect: MergeEffect::Unchanged,
+            newest: 10,
         };
         assert!(log
             .log(&mut batch, SyncItem::Mailbox(MailboxId(1)), &unchanged, None)
@@ -328,6 +430,55 @@ mod tests {
         );
         assert_eq!(local.rows.len(), 1);
         assert_eq!(local.rows[0].0, n("b"));
+    }
+
+    /// Engine bug 20: the origin is skipped only for what its current store made.
+    #[test]
+    fn the_origin_is_skipped_only_for_what_its_current_store_made() {
+        let log = SyncLog::new(NodeCounters::new(n("x"), crate::store::CounterState::default()));
+        log.set_peers([n("a"), n("b"), n("c")].into());
+        // b's store was wiped; its new incarnation mints Versions from 100 up.
+        log.set_peer_floor(&n("b"), 100);
+        let took = |newest| Provenance::Remote {
+            from: n("a"),
+            origin: n("b"),
+            effect: MergeEffect::TookIncoming,
+            newest,
+        };
+        let targets = |newest| {
+            let logged = log.log(
+                &mut Batch::new(),
+                SyncItem::Mailbox(MailboxId(1)),
+                &took(newest),
+                None,
+            );
+            logged
+                .rows
+                .into_iter()
+                .map(|(p, _, _)| p.to_string())
+                .collect::<Vec<_>>()
+        };
+        assert_eq!(targets(100), vec!["c"], "made by b's current store");
+        assert_eq!(
+            targets(99),
+            vec!["b", "c"],
+            "made by b's lost store: b gets it back"
+        );
+        // The same at sync time, for a stored state.
+        assert!(log.suppressed(&n("b"), Some(&n("a")), 100, &n("b")));
+        assert!(!log.suppressed(&n("b"), Some(&n("a")), 99, &n("b")));
+        assert!(
+            log.suppressed(&n("b"), Some(&n("a")), 99, &n("a")),
+            "the sender has it"
+        );
+        assert!(
+            !log.suppressed(&n("b"), None, 100, &n("b")),
+            "made here: new to everyone"
+        );
+        // A peer never heard of has floor 0; a peer no longer configured is forgotten.
+        assert!(log.suppressed(&n("c"), Some(&n("a")), 0, &n("c")));
+        log.set_peers([n("a"), n("c")].into());
+        assert!(log.suppressed(&n("b"), Some(&n("a")), 99, &n("b")));
     }
 }
 
@@ -364,14 +515,10 @@ impl<T> Tagged<T> {
     }
 
     /// Whether `peer` already has this state.
-    pub fn suppressed_for(&self, peer: &NodeId, faults: &Faults) -> bool {
-        suppressed(&self.origin, self.arrived_on.as_ref(), peer, faults)
+    pub fn suppressed_for(&self, peer: &NodeId, log: &SyncLog) -> bool
+    where
+        T: Dated,
+    {
+        log.suppressed(&self.origin, self.arrived_on.as_ref(), self.item.newest(), peer)
     }
-}
-
-/// Echo suppression for one stored state: a peer that sent it to us whole, or that produced it,
-/// has it already (`faults` may break the rule on purpose, to show the simulator catches it).
-pub fn suppressed(origin: &NodeId, arrived_on: Option<&NodeId>, peer: &NodeId, faults: &Faults) -> bool {
-    !faults.no_echo_suppression
-        && arrived_on.is_some_and(|from| from == peer || (origin == peer && !faults.origin_not_skipped))
 }

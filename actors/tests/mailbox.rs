@@ -302,7 +302,8 @@ fn copy_and_move_share_bodies_and_keep_messages() {
             .await
             .unwrap()
             .unwrap();
-        assert_eq!(copied, vec![(Uid(1), Uid(1)), (Uid(2), Uid(2))]);
+        let pairs: Vec<(Uid, Uid)> = copied.iter().map(|t| (t.from, t.to)).collect();
+        assert_eq!(pairs, vec![(Uid(1), Uid(1)), (Uid(2), Uid(2))]);
         let moved = inbox
             .send(Transfer {
                 uids: UidSet::single(Uid(3)),
@@ -313,7 +314,7 @@ fn copy_and_move_share_bodies_and_keep_messages() {
             .await
             .unwrap()
             .unwrap();
-        assert_eq!(moved, vec![(Uid(3), Uid(3))]);
+        assert_eq!((moved[0].from, moved[0].to, moved.len()), (Uid(3), Uid(3), 1));
         let in_inbox = inbox.send(Fetch { uids: UidSet::all() }).await.unwrap().unwrap();
         assert_eq!(in_inbox.len(), 2);
         let in_archive = archive
@@ -329,6 +330,10 @@ fn copy_and_move_share_bodies_and_keep_messages() {
             in_archive[0].append_id, in_inbox[0].append_id,
             "a copy is a new message"
         );
+        // The answer names each source and its copy by AppendId.
+        assert_eq!(copied[0].source, in_inbox[0].append_id);
+        assert_eq!(copied[0].copy, in_archive[0].append_id);
+        assert_eq!(moved[0].copy, in_archive[2].append_id);
         assert_eq!(in_archive[0].guid, in_inbox[0].guid, "and shares the body");
         let body = archive.send(FetchBody { uid: Uid(3) }).await.unwrap().unwrap();
         assert_eq!(body, message(2).into_bytes());
@@ -343,7 +348,8 @@ fn copy_and_move_share_bodies_and_keep_messages() {
             .await
             .unwrap()
             .unwrap();
-        assert_eq!(same, vec![(Uid(1), Uid(4))]);
+        assert_eq!((same[0].from, same[0].to, same.len()), (Uid(1), Uid(4), 1));
+        assert_eq!(same[0].source, in_inbox[0].append_id);
         let uids: Vec<Uid> = inbox
             .send(Fetch { uids: UidSet::all() })
             .await

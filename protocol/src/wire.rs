@@ -53,9 +53,12 @@ pub struct Change<T> {
 pub enum Request {
     /// First request on a link, and again after any transport failure: each side learns the
     /// other's store incarnation. A changed incarnation means the peer lost its data (a wiped or
-    /// replaced store), and everything is queued for it again.
+    /// replaced store), and everything is queued for it again. `floor` is the lowest Version
+    /// counter the incarnation mints: a change that node made with an older newest Version was
+    /// made by a store it may have lost, so echo suppression does not skip it (engine bug 20).
     Hello {
         incarnation: u128,
+        floor: u64,
     },
     /// The directory entries of one user's mailboxes (creates, renames, moves, deletes, location
     /// and primary changes).
@@ -159,8 +162,10 @@ pub struct ChangePage {
 #[derive(Clone, PartialEq, Debug, Serialize, Deserialize)]
 pub enum Response {
     Ok,
+    /// The answer to a Hello: this node's store incarnation and its floor (see the request).
     Hello {
         incarnation: u128,
+        floor: u64,
     },
     /// A piece of a body; `total` is the body's whole length.
     Body {

@@ -297,7 +297,7 @@ fn change_page() -> impl Strategy<Value = ChangePage> {
 fn request() -> impl Strategy<Value = Request> {
     prop_oneof![
         vec(guid(), 0..5).prop_map(|guids| Request::MissingBodies { guids }),
-        any::<u128>().prop_map(|incarnation| Request::Hello { incarnation }),
+        (any::<u128>(), any::<u64>()).prop_map(|(incarnation, floor)| Request::Hello { incarnation, floor }),
         (guid(), any::<u64>(), any::<u32>()).prop_map(|(guid, offset, limit)| Request::FetchBody {
             guid,
             offset,
@@ -371,7 +371,7 @@ fn error_code() -> impl Strategy<Value = ErrorCode> {
 fn response() -> impl Strategy<Value = Response> {
     prop_oneof![
         Just(Response::Ok),
-        any::<u128>().prop_map(|incarnation| Response::Hello { incarnation }),
+        (any::<u128>(), any::<u64>()).prop_map(|(incarnation, floor)| Response::Hello { incarnation, floor }),
         (bytes(256), any::<u64>()).prop_map(|(data, total)| Response::Body { data, total }),
         (error_code(), any::<String>(), any::<bool>())
             .prop_map(|(code, message, retry)| { Response::Error { code, message, retry } }),

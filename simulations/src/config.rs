@@ -91,35 +91,11 @@ impl SimConfig {
         if self.locations {
             args.push("--locations".into());
         }
-        if self.engine_faults.no_uid_promotion {
-            args.extend(["--sabotage".into(), "no-uid-promotion".into()]);
-        }
-        if self.engine_faults.drop_incoming_records {
-            args.extend(["--sabotage".into(), "drop-incoming-records".into()]);
-        }
-        if self.engine_faults.no_echo_suppression {
-            args.extend(["--sabotage".into(), "no-echo-suppression".into()]);
-        }
-        if self.engine_faults.origin_not_skipped {
-            args.extend(["--sabotage".into(), "origin-not-skipped".into()]);
-        }
-        if self.engine_faults.stale_flag_versions {
-            args.extend(["--sabotage".into(), "stale-flag-versions".into()]);
-        }
-        if self.engine_faults.lost_flag_writes {
-            args.extend(["--sabotage".into(), "lost-flag-writes".into()]);
-        }
-        if self.engine_faults.transfer_never_answers {
-            args.extend(["--sabotage".into(), "transfer-never-answers".into()]);
-        }
-        if self.engine_faults.reuse_uids {
-            args.extend(["--sabotage".into(), "reuse-uids".into()]);
-        }
-        if self.engine_faults.counters_from_records {
-            args.extend(["--sabotage".into(), "counters-from-records".into()]);
-        }
-        if self.engine_faults.expunge_not_sticky {
-            args.extend(["--sabotage".into(), "expunge-not-sticky".into()]);
+        let mut faults = self.engine_faults;
+        for (name, on) in sabotage_switches(&mut faults) {
+            if *on {
+                args.extend(["--sabotage".into(), name.into()]);
+            }
         }
         args
     }
@@ -133,4 +109,23 @@ impl SimConfig {
         }
         cmd
     }
+}
+
+/// Every sabotage the runner's `--sabotage NAME` switches on, by name: one list for parsing the
+/// flag and for printing it back in a replay command.
+pub fn sabotage_switches(faults: &mut Faults) -> [(&'static str, &mut bool); 12] {
+    [
+        ("no-uid-promotion", &mut faults.no_uid_promotion),
+        ("drop-incoming-records", &mut faults.drop_incoming_records),
+        ("no-echo-suppression", &mut faults.no_echo_suppression),
+        ("origin-not-skipped", &mut faults.origin_not_skipped),
+        ("stale-flag-versions", &mut faults.stale_flag_versions),
+        ("lost-flag-writes", &mut faults.lost_flag_writes),
+        ("transfer-never-answers", &mut faults.transfer_never_answers),
+        ("reuse-uids", &mut faults.reuse_uids),
+        ("counters-from-records", &mut faults.counters_from_records),
+        ("expunge-not-sticky", &mut faults.expunge_not_sticky),
+        ("identities-from-zero", &mut faults.identities_from_zero),
+        ("hidden-stays-hidden", &mut faults.hidden_stays_hidden),
+    ]
 }

@@ -16,8 +16,9 @@ use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::Mutex;
 use std::time::{Duration, Instant};
 
-use clap::{Parser, Subcommand, ValueEnum};
+use clap::{Parser, Subcommand};
 use mailmesh_simulations::checks::{Kind, Violation};
+use mailmesh_simulations::config::sabotage_switches;
 use mailmesh_simulations::run::{run_seed, FaultCounts, SimConfig, SimReport};
 use mailmesh_simulations::trace::short_hash;
 use mailmesh_simulations::worker;
@@ -70,8 +71,8 @@ struct Cli {
     #[arg(long, value_parser = clap::value_parser!(u32).range(1..))]
     page: Option<u32>,
     /// Switch on a deliberately broken engine behaviour (to see the checks catch it).
-    #[arg(long, value_enum)]
-    sabotage: Vec<Sabotage>,
+    #[arg(long, value_parser = parse_sabotage)]
+    sabotage: Vec<String>,
     /// Seeds run at once (each in its own process).
     #[arg(long, default_value_t = 1)]
     jobs: usize,
@@ -96,18 +97,18 @@ enum Command {
     },
 }
 
-#[derive(Clone, Copy, PartialEq, Eq, ValueEnum)]
-enum Sabotage {
-    NoUidPromotion,
-    DropIncomingRecords,
-    NoEchoSuppression,
-    OriginNotSkipped,
-    StaleFlagVersions,
-    LostFlagWrites,
-    TransferNeverAnswers,
-    ReuseUids,
-    CountersFromRecords,
-    ExpungeNotSticky,
+/// A `--sabotage` name, checked against the list the replay command prints from.
+fn parse_sabotage(name: &str) -> Result<String, String> {
+    let mut faults = Default::default();
+    let names: Vec<&str> = sabotage_switches(&mut faults)
+        .into_iter()
+        .map(|(n, _)| n)
+        .collect();
+    if names.contains(&name) {
+        Ok(name.to_string())
+    } else {
+        Err(format!("unknown sabotage; one of: {}", names.join(", ")))
+    }
 }
 
 fn parse_range(s: &str) -> Result<Range<u64>, String> {
@@ -137,18 +138,11 @@ impl Cli {
             dump: self.dump,
             ..SimConfig::default()
         };
-        for s in &self.sabotage {
-            match s {
-                Sabotage::NoUidPromotion => config.engine_faults.no_uid_promotion = true,
-                Sabotage::DropIncomingRecords => config.engine_faults.drop_incoming_records = true,
-                Sabotage::NoEchoSuppression => config.engine_faults.no_echo_suppression = true,
-                Sabotage::OriginNotSkipped => config.engine_faults.origin_not_skipped = true,
-                Sabotage::StaleFlagVersions => config.engine_faults.stale_flag_versions = true,
-                Sabotage::LostFlagWrites => config.engine_faults.lost_flag_writes = true,
-                Sabotage::TransferNeverAnswers => config.engine_faults.transfer_never_answers = true,
-                Sabotage::ReuseUids => config.engine_faults.reuse_uids = true,
-                Sabotage::CountersFromRecords => config.engine_faults.counters_from_records = true,
-                Sabotage::ExpungeNotSticky => config.engine_faults.expunge_not_sticky = true,
+        for name in &self.sabotage {
+            for (known, on) in sabotage_switches(&mut config.engine_faults) {
+                if known == name {
+                    *on = true;
+                }
             }
         }
         config

@@ -8,9 +8,12 @@
 
 use std::collections::{BTreeMap, BTreeSet};
 
+use mailmesh_actors::mailbox::Transferred;
 use mailmesh_protocol::ids::{AppendId, Guid, MailboxId, NodeId, Uid, UidValidity};
 use mailmesh_protocol::names::Flag;
 use mailmesh_protocol::version::Version;
+
+use crate::network::short_id;
 
 /// An append a client was told is stored.
 #[derive(Clone, Debug, PartialEq, Eq)]
@@ -93,8 +96,12 @@ pub struct Model {
     pub maybe_deleted: Vec<(MailboxId, Uid, Uid)>,
     /// (mailbox, node) where a client ran EXPUNGE.
     pub expunged_on: BTreeSet<(MailboxId, NodeId)>,
-    /// (mailbox, node) where a client moved messages out (flagged or not).
-    pub moved_from: BTreeSet<(MailboxId, NodeId)>,
+    /// Messages an answered MOVE took out of a mailbox: (source mailbox, source AppendId).
+    pub moved: BTreeSet<(MailboxId, AppendId)>,
+    /// MOVEs whose answer never came or was an error, as (mailbox, first uid, last uid): they may
+    /// have taken any message of the range, including one that reached the node between the
+    /// client's FETCH and its MOVE.
+    pub maybe_moved: Vec<(MailboxId, Uid, Uid)>,
     /// Mailboxes a client delete may have removed.
     pub deleted: BTreeSet<MailboxId>,
     /// Deletes whose target could not be pinned down (the name meant another mailbox by the time
@@ -129,12 +136,71 @@ impl Model {
         });
     }
 
+    /// Records what a COPY or MOVE from `source` to `target` on `node` answered: each copy is a
+    /// new acknowledged message, as an append is (same body, and a \Deleted the source may have
+    /// carried), and a move took exactly the sources it names. `None`: no answer, or an error
+    /// (a move may then have taken anything of `lo..=hi`).
+    pub fn transferred(
+        &mut self,
+        (source, target): (MailboxId, MailboxId),
+        node: &NodeId,
+        remove: bool,
+        (lo, hi): (Uid, Uid),
+        answer: Option<&[Transferred]>,
+    ) {
+        let Some(taken) = answer else {
+            if remove {
+                self.maybe_moved.push((source, lo, hi));
+            }
+            return;
+        };
+        for t in taken {
+            if remove {
+                self.moved.insert((source, t.source.clone()));
+            }
+            // A source this model does not know (lost in a wipe) gives nothing to check.
+            let Some(guid) = self.appends.get(&t.source).map(|a| a.guid) else {
+                continue;
+            };
+            if self.may_carry_deleted(source, &t.source, Some(t.from)) {
+                self.deleted_flagged.insert(t.copy.clone());
+            }
+            let acked = Acked {
+                mailbox: target,
+                guid,
+                node: node.clone(),
+            };
+            if let Some(before) = self.appends.insert(t.copy.clone(), acked.clone()) {
+                if before != acked {
+                    self.reused_ids.push(format!(
+                        "{} was acknowledged for {} in {} on {} and again as a copy in {} on {}",
+                        t.copy,
+                        before.guid,
+                        short_id(before.mailbox.0),
+                        before.node,
+                        short_id(target.0),
+                        node
+                    ));
+                }
+            }
+        }
+    }
+
     /// Whether a client may have expunged `aid` from `mailbox` on `node` (the node whose clock
     /// stamped the expunge).
     pub fn expunge_justified(&self, mailbox: MailboxId, aid: &AppendId, uid: Uid, node: &NodeId) -> bool {
-        let key = (mailbox, node.clone());
-        self.moved_from.contains(&key)
-            || (self.expunged_on.contains(&key) && self.may_carry_deleted(mailbox, aid, Some(uid)))
+        self.may_have_moved(mailbox, aid, Some(uid))
+            || (self.expunged_on.contains(&(mailbox, node.clone()))
+                && self.may_carry_deleted(mailbox, aid, Some(uid)))
+    }
+
+    /// Whether a MOVE may have taken `aid` out of `mailbox` (at `uid`, when the caller knows it).
+    fn may_have_moved(&self, mailbox: MailboxId, aid: &AppendId, uid: Option<Uid>) -> bool {
+        self.moved.contains(&(mailbox, aid.clone()))
+            || self
+                .maybe_moved
+                .iter()
+                .any(|(m, lo, hi)| *m == mailbox && uid.is_none_or(|u| *lo <= u && u <= *hi))
     }
 
     /// Whether a client may have set \Deleted on `aid` (at `uid`, when the caller knows it).
@@ -149,7 +215,7 @@ impl Model {
     /// Whether a client may have expunged `aid` from `mailbox` on any node (for a message
     /// compacted away, whose expunge no longer says where it was made).
     pub fn expunge_possible(&self, mailbox: MailboxId, aid: &AppendId) -> bool {
-        self.moved_from.iter().any(|(m, _)| *m == mailbox)
+        self.may_have_moved(mailbox, aid, None)
             || (self.may_carry_deleted(mailbox, aid, None)
                 && self.expunged_on.iter().any(|(m, _)| *m == mailbox))
     }

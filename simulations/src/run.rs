@@ -26,7 +26,7 @@ use crate::rng::SimRng;
 use crate::runtime::deterministic_system;
 use crate::topology::Topology;
 use crate::trace::{trace_hash, Trace};
-use crate::workload::{Client, OpKind};
+use crate::workload::{Client, OpKind, OtherNode};
 use mailmesh_protocol::ids::NodeId;
 
 #[derive(Clone, Debug, Default)]
@@ -310,7 +310,12 @@ impl Run {
                 (!others.is_empty() && self.writers.is_none()).then(|| {
                     let other = (*self.rng.pick(&others)).clone();
                     let directory = self.cluster.node(&other).expect("running").directory.clone();
-                    (other, directory)
+                    let incarnation = self.cluster.incarnation(&other);
+                    OtherNode {
+                        node: other,
+                        directory,
+                        incarnation,
+                    }
                 })
             },
         };

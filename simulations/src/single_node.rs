@@ -295,25 +295,16 @@ async fn one_step(node: &LocalNode, rng: &mut ChaCha8Rng, model: &mut Model) -> 
                 })
                 .await
                 .unwrap();
-            if let Ok(pairs) = &r {
-                for (old, new) in pairs {
+            if let Ok(transferred) = &r {
+                for t in transferred {
                     let entry = if remove {
-                        model.live.remove(&(from.id, *old))
+                        model.live.remove(&(from.id, t.from))
                     } else {
-                        model.live.get(&(from.id, *old)).cloned()
+                        model.live.get(&(from.id, t.from)).cloned()
                     };
                     if let Some((_, body)) = entry {
-                        // The copy is a new message; its AppendId is checked by uid below.
-                        model.live.insert(
-                            (to.id, *new),
-                            (
-                                AppendId {
-                                    origin: NodeId::new("copy").unwrap(),
-                                    counter: 0,
-                                },
-                                body,
-                            ),
-                        );
+                        // The copy is a new message, with its own AppendId.
+                        model.live.insert((to.id, t.to), (t.copy.clone(), body));
                     }
                 }
             }

@@ -78,8 +78,17 @@ pub struct Client {
     pub serial: u64,
     /// How many times the node had been wiped when this client connected.
     pub incarnation: usize,
-    /// Another running node and its directory, for operations made on two nodes at once.
-    pub other: Option<(NodeId, Addr<Directory>)>,
+    /// Another running node, for operations made on two nodes at once.
+    pub other: Option<OtherNode>,
+}
+
+/// The second node of a two-node operation.
+#[derive(Clone)]
+pub struct OtherNode {
+    pub node: NodeId,
+    pub directory: Addr<Directory>,
+    /// How many times it had been wiped when the operation began.
+    pub incarnation: usize,
 }
 
 /// Why an operation failed, and whether it may have happened anyway.
@@ -103,6 +112,15 @@ fn answer<T>(r: Result<Result<T, MailError>, MailboxError>) -> Answer<T> {
             ambiguous: true,
         }),
     }
+}
+
+/// A COPY or MOVE answer in the trace: `old->new=copy` per message.
+fn uid_pairs(taken: &[Transferred]) -> String {
+    let pairs: Vec<String> = taken
+        .iter()
+        .map(|t| format!("{}->{}={}", t.from, t.to, t.copy))
+        .collect();
+    format!("[{}]", pairs.join(" "))
 }
 
 fn describe<T>(r: &Answer<T>, ok: impl FnOnce(&T) -> String) -> String {
@@ -144,9 +162,15 @@ impl Client {
 
     /// Uids the mailbox shows now, to aim at (what the client saw goes to the observer).
     async fn shown(&self, mb: &OpenedMailbox) -> Vec<MessageView> {
+        self.shown_by(&self.node, self.incarnation, mb).await
+    }
+
+    /// Like [`Client::shown`], for a mailbox opened on `node` (this client's or the other one)
+    /// in its `incarnation`.
+    async fn shown_by(&self, node: &NodeId, incarnation: usize, mb: &OpenedMailbox) -> Vec<MessageView> {
         match mb.addr.send(Fetch { uids: UidSet::all() }).await {
             Ok(Ok(views)) => {
-                self.saw(&mb.info, &views);
+                self.saw_on(node, incarnation, &mb.info, &views);
                 views
             }
             _ => Vec::new(),
@@ -156,15 +180,19 @@ impl Client {
     /// Hands the messages an answer showed to the observer, which checks that no uid ever means
     /// two messages.
     fn saw(&self, info: &MailboxInfo, views: &[MessageView]) {
+        self.saw_on(&self.node, self.incarnation, info, views)
+    }
+
+    fn saw_on(&self, node: &NodeId, incarnation: usize, info: &MailboxInfo, views: &[MessageView]) {
         if views.is_empty() {
             return;
         }
         self.model.borrow_mut().shown.push(Shown {
-            node: self.node.clone(),
+            node: node.clone(),
             mailbox: info.id,
             uidvalidity: info.uidvalidity,
             messages: views.iter().map(|v| (v.uid, v.append_id.clone())).collect(),
-            incarnation: self.incarnation,
+            incarnation,
         });
     }
 
@@ -493,12 +521,6 @@ impl Client {
         let shown = self.shown(&source).await;
         let (lo, hi) = self.aim(&shown);
         let remove = self.rng.chance(0.5);
-        if remove {
-            self.model
-                .borrow_mut()
-                .moved_from
-                .insert((source.info.id, self.node.clone()));
-        }
         let r = answer(
             source
                 .addr
@@ -510,14 +532,45 @@ impl Client {
                 })
                 .await,
         );
-        if r.as_ref().is_ok_and(|pairs| !pairs.is_empty()) {
-            self.changed();
-        }
+        self.took(
+            (&source, &target),
+            (&self.node, self.incarnation),
+            remove,
+            (lo, hi),
+            &r,
+        );
         let verb = if remove { "move" } else { "copy" };
         format!(
             "{verb} {user}/{from} {lo}:{hi} -> {to}: {}",
-            describe(&r, |p| format!("{p:?}"))
+            describe(&r, |p| uid_pairs(p))
         )
+    }
+
+    /// Puts what a COPY or MOVE of `lo..=hi` from `source` to `target` on `node` answered into
+    /// the model: the copies as acknowledged messages the client was shown at their new uids,
+    /// the sources a move took (or, without an answer, the range it may have taken).
+    fn took(
+        &self,
+        (source, target): (&OpenedMailbox, &OpenedMailbox),
+        (node, incarnation): (&NodeId, usize),
+        remove: bool,
+        range: (Uid, Uid),
+        r: &Answer<Vec<Transferred>>,
+    ) {
+        let taken = r.as_ref().ok().map(Vec::as_slice);
+        self.model
+            .borrow_mut()
+            .transferred((source.info.id, target.info.id), node, remove, range, taken);
+        if let Some(taken) = taken.filter(|t| !t.is_empty()) {
+            self.changed();
+            self.model.borrow_mut().shown.push(Shown {
+                node: node.clone(),
+                mailbox: target.info.id,
+                uidvalidity: target.info.uidvalidity,
+                messages: taken.iter().map(|t| (t.to, t.copy.clone())).collect(),
+                incarnation,
+            });
+        }
     }
 
     /// A MOVE from A to B and a MOVE from B to A of one user's mailboxes (or a COPY pair), sent
@@ -537,9 +590,11 @@ impl Client {
         } else {
             (self.name(user).await, self.name(user).await)
         };
-        let (second_node, second_dir) = match &self.other {
-            Some((node, dir)) if self.rng.chance(0.5) => (node.clone(), dir.clone()),
-            _ => (self.node.clone(), self.directory.clone()),
+        let (second_node, second_dir, second_incarnation) = match &self.other {
+            Some(other) if self.rng.chance(0.5) => {
+                (other.node.clone(), other.directory.clone(), other.incarnation)
+            }
+            _ => (self.node.clone(), self.directory.clone(), self.incarnation),
         };
         let open_on = |dir: &Addr<Directory>, name: &str| {
             dir.send(OpenMailbox {
@@ -565,13 +620,8 @@ impl Client {
         let remove = self.rng.chance(0.7);
         let forth_shown = self.shown(&a_here).await;
         let (lo1, hi1) = self.aim(&forth_shown);
-        let back_shown = self.shown_on(&second_node, &b_there).await;
+        let back_shown = self.shown_by(&second_node, second_incarnation, &b_there).await;
         let (lo2, hi2) = self.aim(&back_shown);
-        if remove {
-            let mut model = self.model.borrow_mut();
-            model.moved_from.insert((a_here.info.id, self.node.clone()));
-            model.moved_from.insert((b_there.info.id, second_node.clone()));
-        }
         let forth = a_here.addr.send(Transfer {
             uids: UidSet::range(lo1, hi1),
             target_id: b_here.info.id,
@@ -586,29 +636,27 @@ impl Client {
         });
         let (forth, back) = tokio::join!(forth, back);
         let (forth, back) = (answer(forth), answer(back));
-        if forth.as_ref().is_ok_and(|p| !p.is_empty()) || back.as_ref().is_ok_and(|p| !p.is_empty()) {
-            self.changed();
-        }
+        self.took(
+            (&a_here, &b_here),
+            (&self.node, self.incarnation),
+            remove,
+            (lo1, hi1),
+            &forth,
+        );
+        self.took(
+            (&b_there, &a_there),
+            (&second_node, second_incarnation),
+            remove,
+            (lo2, hi2),
+            &back,
+        );
         let verb = if remove { "moves" } else { "copies" };
         format!(
             "opposite {verb} {user}/{a} {lo1}:{hi1} -> {b} on {}: {}; {user}/{b} {lo2}:{hi2} -> {a} on {second_node}: {}",
             self.node,
-            describe(&forth, |p| format!("{p:?}")),
-            describe(&back, |p| format!("{p:?}"))
+            describe(&forth, |p| uid_pairs(p)),
+            describe(&back, |p| uid_pairs(p))
         )
-    }
-
-    /// Like [`Client::shown`], for a mailbox opened on `node` (this client's or the other one).
-    async fn shown_on(&self, node: &NodeId, mb: &OpenedMailbox) -> Vec<MessageView> {
-        if *node == self.node {
-            return self.shown(mb).await;
-        }
-        // What the other node shows goes to the observer under its own name, only when no wipe
-        // can have come in between (the other node's incarnation is not tracked here).
-        match mb.addr.send(Fetch { uids: UidSet::all() }).await {
-            Ok(Ok(views)) => views,
-            _ => Vec::new(),
-        }
     }
 
     async fn annotate(&self) -> String {

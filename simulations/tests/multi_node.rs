@@ -96,14 +96,9 @@ fn same_seed_same_trace_in_other_processes() {
     }
 }
 
-/// Seeds of 200..300 with wipes that fail through engine bug 20 alone (open, see engine_bugs.rs):
-/// a wiped node's own change reaching its neighbour late is never sent back to it. Empty this
-/// list when the bug is fixed.
-const WIPE_SEEDS_HIT_BY_BUG_20: [u64; 1] = [214];
-
 /// Wipes: a node loses its whole disk and rejoins under the same name. The run replays byte for
 /// byte, wipes happen, the wiped node writes again, and a range passes the checks (what lived
-/// only on a wiped disk is excused, nothing else) but for the seeds of engine bug 20.
+/// only on a wiped disk is excused, nothing else; seed 214 of this range found engine bug 20).
 #[test]
 fn wipes_replay_and_a_range_with_them_passes_the_checks() {
     let config = SimConfig {
@@ -117,8 +112,7 @@ fn wipes_replay_and_a_range_with_them_passes_the_checks() {
     assert!(a.violations.is_empty(), "{:?}", a.violations);
     let out = runner(&["--seeds", "200..300", "--jobs", "2", "--wipes"]);
     assert!(out.stdout.contains("seeds run:          100"), "{}", out.stdout);
-    let failed: Vec<u64> = out.failed.keys().copied().collect();
-    assert_eq!(failed, WIPE_SEEDS_HIT_BY_BUG_20, "{}", out.stdout);
+    assert!(out.failed.is_empty(), "{}", out.stdout);
 }
 
 /// Seeds a soak once found failing, each kept once its cause was fixed (engine or judge), with
@@ -179,8 +173,15 @@ fn seed_range_with_long_workloads_passes_the_checks() {
 /// Runs a seed range clean and with `sabotage`; returns the seeds that fail only with it, with
 /// their violations and replay commands.
 fn caught(sabotage: &str) -> Vec<(u64, Vec<String>, String)> {
+    caught_with(sabotage, &[])
+}
+
+/// Like [`caught`], with more of the workload switched on (`workload`, e.g. `--wipes`) in both
+/// runs.
+fn caught_with(sabotage: &str, workload: &[&str]) -> Vec<(u64, Vec<String>, String)> {
     let mut args = vec!["--seeds", "0..12", "--jobs", "2"];
     args.extend(WITHOUT_PRIMARY_CHANGES);
+    args.extend(workload);
     let clean = runner(&args);
     args.extend(["--sabotage", sabotage]);
     let broken = runner(&args);
@@ -320,7 +321,11 @@ fn an_operation_that_never_answers_is_caught() {
 /// Asserts that `sabotage` is caught on some seed with a violation of one of `kinds`, and that
 /// every caught seed's replay command names the sabotage.
 fn assert_caught_as(sabotage: &str, kinds: &[&str]) {
-    let caught = caught(sabotage);
+    assert_caught_with_as(sabotage, &[], kinds)
+}
+
+fn assert_caught_with_as(sabotage: &str, workload: &[&str], kinds: &[&str]) {
+    let caught = caught_with(sabotage, workload);
     assert!(!caught.is_empty(), "no seed caught --sabotage {sabotage}");
     for (seed, _, replay) in &caught {
         assert!(
@@ -334,6 +339,20 @@ fn assert_caught_as(sabotage: &str, kinds: &[&str]) {
             .any(|v| kinds.iter().any(|k| v.starts_with(&format!("[{k}]"))))),
         "--sabotage {sabotage} caught, but never as {kinds:?}: {caught:?}"
     );
+}
+
+/// A wiped store minting identities from zero again: a new message gets an AppendId its lost
+/// store gave another one.
+#[test]
+fn identities_reused_after_a_wipe_are_caught() {
+    assert_caught_with_as("identities-from-zero", &["--wipes"], &["identity-reused"]);
+}
+
+/// A node that keeps a record hidden after its uid conflict was settled: every record and version
+/// agrees, only the hidden bit differs, and only the whole-state comparison sees it.
+#[test]
+fn a_record_left_hidden_on_one_replica_is_caught() {
+    assert_caught_as("hidden-stays-hidden", &["diverged"]);
 }
 
 /// APPEND giving a new message the previous message's uid: clients see one uid as two messages.

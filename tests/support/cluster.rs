@@ -145,9 +145,17 @@ pub fn op_ok(node: &NodeSpec, args: &[&str]) -> String {
 
 /// Appends a message with a unique `subject` to `user`'s `mailbox` on `node`; returns its uid.
 pub fn append(node: &NodeSpec, user: &str, mailbox: &str, subject: &str) -> String {
+    let done = try_append(node, user, mailbox, subject);
+    done.expect_code(0);
+    done.stdout.trim().to_string()
+}
+
+/// Runs `mailmesh append` of a message with a unique `subject`, whatever the outcome: for tests
+/// that count what the node acknowledged while it may be killed or moving the mailbox.
+pub fn try_append(node: &NodeSpec, user: &str, mailbox: &str, subject: &str) -> super::Finished {
     let file = node.dir.join(format!("{subject}.eml"));
     std::fs::write(&file, format!("Subject: {subject}\r\n\r\nbody of {subject}\r\n")).expect("write message");
-    let uid = op_ok(
+    op(
         node,
         &[
             "append",
@@ -158,8 +166,7 @@ pub fn append(node: &NodeSpec, user: &str, mailbox: &str, subject: &str) -> Stri
             "--file",
             file.to_str().unwrap(),
         ],
-    );
-    uid.trim().to_string()
+    )
 }
 
 /// The mailbox's messages on `node` as `fetch` lists them (uid, flags, size, hash), or `None` if

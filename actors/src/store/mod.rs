@@ -108,6 +108,11 @@ pub struct CounterState {
     /// count, it starts at a floor from the clock (see `counters.rs`).
     #[serde(default)]
     pub appended: u64,
+    /// The identity floor when the incarnation was minted: the lowest Version counter this store
+    /// mints (0 for a store made before the floor was kept: its peers then skip it as the origin
+    /// of everything it made, as they did before).
+    #[serde(default)]
+    pub incarnation_floor: u64,
 }
 
 pub struct Store {

@@ -24,4 +24,4 @@ pub use message::{expunged_digest, MailboxDigest, MessageRecord, RecordUpdate};
 pub use pruned::PrunedSet;
 pub use sieve::{ScriptContent, UserSieve};
 pub use subscription::UserSubscriptions;
-pub use uid_conflict::{promote_uid_conflicts, settle_uid, uid_conflicts, AtUid, Promotion, Settlement};
+pub use uid_conflict::{settle_uid, AtUid, Settlement};
