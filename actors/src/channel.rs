@@ -455,6 +455,17 @@ struct SyncJob {
     quarantined: Rc<RefCell<BTreeSet<AppendId>>>,
 }
 
+/// Where a channel is in streaming the bodies a peer lacks.
+struct BodyReader {
+    missing: std::vec::IntoIter<Guid>,
+    /// A body sent in chunks, with the offset of its next chunk.
+    body: Option<(Guid, Vec<u8>, usize)>,
+    /// Bytes of bodies per request.
+    chunk: usize,
+    /// Bodies that could not be read intact.
+    bad: BTreeSet<Guid>,
+}
+
 fn response_name(r: &Response) -> String {
     match r {
         Response::Error { code, message, .. } => format!("error {code:?}: {message}"),
@@ -738,19 +749,21 @@ impl SyncJob {
                 other => return Err(SyncError::Item(format!("full state: {}", response_name(&other)))),
             }
         }
-        let mut after: Option<AppendId> = None;
+        // The push, pipelined: while the peer merges and commits page n, this node reads page
+        // n+1 and streams its bodies, so both nodes work at once. Each page is still
+        // acknowledged only once the peer has committed it, and its change request goes only
+        // after the previous page's answer (a refused page is read and sent again before any
+        // later one).
         let mut acked: Option<ModSeq> = None;
         let mut quarantined = false;
+        let mut after: Option<AppendId> = None;
+        let mut ready = self.prepare_full_page(id, mb, after.clone()).await?;
         loop {
-            let page = mb
-                .send(PlanFullPush {
-                    after: after.clone(),
-                    page: self.config.page_budget(),
-                })
-                .await??;
+            let (page, page_quarantined) = ready;
+            quarantined |= page_quarantined;
             let acked = *acked.get_or_insert(page.highest);
-            let mut page = page;
-            quarantined |= self.send_bodies(id, &mut page.records).await?;
+            let next = page.next.clone();
+            let digest = page.digest;
             let request = ChangeRequest {
                 mailbox: id,
                 uidvalidity,
@@ -760,40 +773,74 @@ impl SyncJob {
                 records: page.records,
                 updates: Vec::new(),
                 annotations: page.annotations,
-                digest: page.digest,
+                digest,
                 full: true,
                 pruned: page.pruned,
             };
-            match self.request(Request::ChangeRequest(request)).await? {
-                Response::Applied { digest, .. } => {
-                    if page.next.is_none() {
-                        // Not the modseq of this answer: records the peer took between the pull
-                        // and now are not here yet (found by the simulator, seed 374). The next
-                        // change request expects the pull's point and reconciles the rest.
-                        let peer_modseq = pulled_at.unwrap_or(ModSeq::ZERO);
-                        let cache = ReplicationCache {
-                            uidvalidity,
-                            acked,
-                            peer_modseq,
-                            complete: acked,
-                        };
-                        self.save_cache(mb, cache).await?;
-                        if digest != page.digest && !quarantined {
-                            // Someone changed the mailbox meanwhile; those changes are logged
-                            // and the next round, from the cache just saved, settles them.
-                            debug!(peer = %self.peer, mailbox = %id, "mailbox changed during a full sync");
-                        }
-                        return Ok(());
+            let (answer, prepared) = tokio::join!(self.request(Request::ChangeRequest(request)), async {
+                match &next {
+                    Some(from) => {
+                        // Let the change request leave before this node reads on.
+                        tokio::task::yield_now().await;
+                        Some(self.prepare_full_page(id, mb, Some(from.clone())).await)
                     }
-                    after = page.next;
+                    None => None,
+                }
+            });
+            match answer? {
+                Response::Applied { digest: theirs, .. } => {
+                    if let Some(prepared) = prepared {
+                        after = next;
+                        ready = prepared?;
+                        continue;
+                    }
+                    // Not the modseq of this answer: records the peer took between the pull
+                    // and now are not here yet (found by the simulator, seed 374). The next
+                    // change request expects the pull's point and reconciles the rest.
+                    let peer_modseq = pulled_at.unwrap_or(ModSeq::ZERO);
+                    let cache = ReplicationCache {
+                        uidvalidity,
+                        acked,
+                        peer_modseq,
+                        complete: acked,
+                    };
+                    self.save_cache(mb, cache).await?;
+                    if theirs != digest && !quarantined {
+                        // Someone changed the mailbox meanwhile; those changes are logged
+                        // and the next round, from the cache just saved, settles them.
+                        debug!(peer = %self.peer, mailbox = %id, "mailbox changed during a full sync");
+                    }
+                    return Ok(());
                 }
                 Response::Error {
                     code: ErrorCode::MissingBody,
                     ..
-                } => {}
+                } => {
+                    // The page again (the bodies the peer dropped go again); what was read
+                    // ahead is read again after it.
+                    ready = self.prepare_full_page(id, mb, after.clone()).await?;
+                }
                 other => return Err(SyncError::Item(format!("full push: {}", response_name(&other)))),
             }
         }
+    }
+
+    /// Reads the page of the full push after `after` and streams the bodies its records name
+    /// that the peer lacks. Returns the page and whether a record of it was quarantined.
+    async fn prepare_full_page(
+        &self,
+        id: MailboxId,
+        mb: &Addr<Mailbox>,
+        after: Option<AppendId>,
+    ) -> Result<(crate::mailbox_sync::FullPushPage, bool), SyncError> {
+        let mut page = mb
+            .send(PlanFullPush {
+                after,
+                page: self.config.page_budget(),
+            })
+            .await??;
+        let quarantined = self.send_bodies(id, &mut page.records).await?;
+        Ok((page, quarantined))
     }
 
     async fn merge_pulled(
@@ -881,6 +928,61 @@ impl SyncJob {
     /// Streams to the peer the bodies of these live records that it lacks, each body at most
     /// once. A body this node cannot read intact is not sent: the records naming it are
     /// quarantined (left out, logged and counted) and the rest goes on.
+    /// The next request's worth of body parts (many small bodies, or one chunk of a large
+    /// one); empty when every body is sent. A body this node cannot read intact is skipped and
+    /// its records are reported.
+    fn next_parts(
+        &self,
+        reader: &mut BodyReader,
+        mailbox: MailboxId,
+        records: &[Change<MessageRecord>],
+    ) -> Result<Vec<BodyPart>, SyncError> {
+        let mut parts = Vec::new();
+        let mut pending_bytes = 0usize;
+        let snapshot = self.ctx.store.snapshot().map_err(MailError::from)?;
+        // Many small bodies share a request; a large one goes in chunk-sized pieces.
+        while pending_bytes < reader.chunk {
+            let (guid, body, offset) = match reader.body.take() {
+                Some(next) => next,
+                None => {
+                    let Some(guid) = reader.missing.next() else { break };
+                    match snapshot.read_body(&guid) {
+                        Ok(body) => (guid, body, 0),
+                        Err(e @ (StoreError::BodyCorrupt { .. } | StoreError::BodyMissing { .. })) => {
+                            for c in records.iter().filter(|c| c.item.guid == guid) {
+                                warn!(peer = %self.peer, %mailbox, append_id = %c.item.append_id, error = %e,
+                                    "record quarantined: its body cannot be read intact; the rest of the mailbox goes on");
+                            }
+                            reader.bad.insert(guid);
+                            continue;
+                        }
+                        Err(e) => return Err(MailError::from(e).into()),
+                    }
+                }
+            };
+            let end = (offset + reader.chunk).min(body.len());
+            let last = end == body.len();
+            pending_bytes += end - offset;
+            let data = if offset == 0 && last {
+                // A whole body in one part: no copy.
+                ByteBuf::from(body)
+            } else {
+                let data = ByteBuf::from(body[offset..end].to_vec());
+                if !last {
+                    reader.body = Some((guid, body, end));
+                }
+                data
+            };
+            parts.push(BodyPart {
+                guid,
+                offset: offset as u64,
+                data,
+                last,
+            });
+        }
+        Ok(parts)
+    }
+
     /// Saves what this channel now knows of the peer's copy of the mailbox.
     async fn save_cache(&self, mb: &Addr<Mailbox>, cache: ReplicationCache) -> Result<(), SyncError> {
         mb.send(SaveCache {
@@ -929,48 +1031,25 @@ impl SyncJob {
                 )))
             }
         };
-        let mut bad = BTreeSet::new();
-        let mut parts: Vec<BodyPart> = Vec::new();
-        let mut pending_bytes = 0usize;
-        for guid in missing {
-            let body = match self.ctx.store.read_body(&guid) {
-                Ok(body) => body,
-                Err(e @ (StoreError::BodyCorrupt { .. } | StoreError::BodyMissing { .. })) => {
-                    for c in records.iter().filter(|c| c.item.guid == guid) {
-                        warn!(peer = %self.peer, %mailbox, append_id = %c.item.append_id, error = %e,
-                            "record quarantined: its body cannot be read intact; the rest of the mailbox goes on");
-                    }
-                    bad.insert(guid);
-                    continue;
-                }
-                Err(e) => return Err(MailError::from(e).into()),
-            };
-            let chunk = self.config.body_chunk.max(1);
-            let mut offset = 0usize;
-            loop {
-                let end = (offset + chunk).min(body.len());
-                let last = end == body.len();
-                pending_bytes += end - offset;
-                parts.push(BodyPart {
-                    guid,
-                    offset: offset as u64,
-                    data: ByteBuf::from(body[offset..end].to_vec()),
-                    last,
-                });
-                // Many small bodies share a request; a large one goes in chunk-sized pieces.
-                if pending_bytes >= chunk {
-                    self.send_parts(std::mem::take(&mut parts)).await?;
-                    pending_bytes = 0;
-                }
-                offset = end;
-                if last {
-                    break;
-                }
-            }
+        // Pipelined: the next request's bodies are read while the peer takes the previous one
+        // (one request in flight, so a large body's chunks still arrive in order).
+        let mut reader = BodyReader {
+            missing: missing.into_iter(),
+            body: None,
+            chunk: self.config.body_chunk.max(1),
+            bad: BTreeSet::new(),
+        };
+        let mut parts = self.next_parts(&mut reader, mailbox, records)?;
+        while !parts.is_empty() {
+            let (sent, next) = tokio::join!(self.send_parts(parts), async {
+                // Let the request leave before this node reads on.
+                tokio::task::yield_now().await;
+                self.next_parts(&mut reader, mailbox, records)
+            });
+            sent?;
+            parts = next?;
         }
-        if !parts.is_empty() {
-            self.send_parts(parts).await?;
-        }
+        let bad = reader.bad;
         if bad.is_empty() {
             return Ok(false);
         }

@@ -26,7 +26,7 @@ use serde::{Deserialize, Serialize};
 use crate::context::Writes;
 use crate::error::{MailError, StoreError};
 use crate::mailbox::{primary_of, Mailbox, MailboxCounters, StoredAnnotation, StoredRecord};
-use crate::store::{decode, keys, Table};
+use crate::store::{decode, keys, Snapshot, Table};
 use crate::sync_log::{Dated, Provenance, SyncItem};
 
 /// What a node remembers about one mailbox on one peer after the last successful exchange.
@@ -132,6 +132,46 @@ struct Incoming {
     pruned: Option<PrunedSet>,
 }
 
+/// Records as this batch changes them (read before its commit), indexed by uid too: settling
+/// a page's uids looks up each uid's records here, once per uid rather than by a walk over
+/// every record of the page (quadratic in the page size).
+#[derive(Default)]
+struct Overlay {
+    records: BTreeMap<AppendId, StoredRecord>,
+    by_uid: BTreeMap<Uid, BTreeSet<AppendId>>,
+}
+
+impl Overlay {
+    fn get(&self, aid: &AppendId) -> Option<&StoredRecord> {
+        self.records.get(aid)
+    }
+
+    fn insert(&mut self, aid: AppendId, record: StoredRecord) {
+        let uid = record.record.uid.value;
+        if let Some(old) = self.records.insert(aid.clone(), record) {
+            let old_uid = old.record.uid.value;
+            if old_uid != uid {
+                if let Some(at) = self.by_uid.get_mut(&old_uid) {
+                    at.remove(&aid);
+                    if at.is_empty() {
+                        self.by_uid.remove(&old_uid);
+                    }
+                }
+            }
+        }
+        self.by_uid.entry(uid).or_default().insert(aid);
+    }
+
+    /// The records of this batch now at `uid`.
+    fn at(&self, uid: Uid) -> impl Iterator<Item = (&AppendId, &StoredRecord)> {
+        self.by_uid
+            .get(&uid)
+            .into_iter()
+            .flatten()
+            .filter_map(|aid| self.records.get_key_value(aid))
+    }
+}
+
 /// What taking in a peer's pruned set did here.
 struct Learned {
     /// The set here changed.
@@ -186,14 +226,19 @@ impl Mailbox {
         self.store.get(Table::Messages, &keys::message(self.id, aid))
     }
 
+    fn stored_in(&self, snapshot: &Snapshot, aid: &AppendId) -> Result<Option<StoredRecord>, StoreError> {
+        snapshot.get(Table::Messages, &keys::message(self.id, aid))
+    }
+
     /// A stored record for sending, with the length of its stored encoding; one that cannot be
     /// decoded is quarantined (logged, counted, left out) so that the rest of the mailbox still
     /// replicates.
-    fn readable(&self, aid: &AppendId) -> Result<Option<(StoredRecord, usize)>, StoreError> {
-        match self
-            .store
-            .get_sized(Table::Messages, &keys::message(self.id, aid))
-        {
+    fn readable_in(
+        &self,
+        snapshot: &Snapshot,
+        aid: &AppendId,
+    ) -> Result<Option<(StoredRecord, usize)>, StoreError> {
+        match snapshot.get_sized(Table::Messages, &keys::message(self.id, aid)) {
             Err(e @ StoreError::Decode { .. }) => {
                 self.quarantine(aid, &e);
                 Ok(None)
@@ -217,22 +262,22 @@ impl Mailbox {
         let limit = budget.records;
         let mut aids = Vec::new();
         let start = keys::modseq(self.id, ModSeq(since.0.saturating_add(1)));
-        self.store
-            .scan_from(Table::Modseqs, &keys::mailbox(self.id), &start, |k, v| {
-                let modseq = keys::parse_modseq(k).ok_or_else(|| StoreError::Decode {
-                    what: "modseq index".into(),
-                    reason: "malformed key".into(),
-                })?;
-                if modseq > upto {
-                    return Ok(false);
-                }
-                let aid = AppendId::from_key_bytes(v).ok_or_else(|| StoreError::Decode {
-                    what: "modseq index".into(),
-                    reason: "malformed AppendId".into(),
-                })?;
-                aids.push((aid, modseq));
-                Ok(aids.len() < limit)
+        let snapshot = self.store.snapshot()?;
+        snapshot.scan_from(Table::Modseqs, &keys::mailbox(self.id), &start, |k, v| {
+            let modseq = keys::parse_modseq(k).ok_or_else(|| StoreError::Decode {
+                what: "modseq index".into(),
+                reason: "malformed key".into(),
             })?;
+            if modseq > upto {
+                return Ok(false);
+            }
+            let aid = AppendId::from_key_bytes(v).ok_or_else(|| StoreError::Decode {
+                what: "modseq index".into(),
+                reason: "malformed AppendId".into(),
+            })?;
+            aids.push((aid, modseq));
+            Ok(aids.len() < limit)
+        })?;
         let scanned = aids.len();
         let mut next = if scanned >= limit {
             aids.last().map(|(_, m)| *m)
@@ -242,7 +287,7 @@ impl Mailbox {
         let mut fill = PageFill::default();
         let mut out = Vec::with_capacity(aids.len());
         for (i, (aid, modseq)) in aids.into_iter().enumerate() {
-            if let Some((s, len)) = self.readable(&aid)? {
+            if let Some((s, len)) = self.readable_in(&snapshot, &aid)? {
                 if !skip_for.is_some_and(|p| {
                     (self.ctx.sync_log).suppressed(&s.origin, s.arrived_on.as_ref(), s.record.newest(), p)
                 }) {
@@ -362,24 +407,36 @@ impl Mailbox {
             records.retain(|c| !pruned.contains(&c.item.append_id));
             updates.retain(|c| !pruned.contains(&c.item.append_id));
         }
+        // Every read of the merge from one snapshot of committed state (nothing this mailbox
+        // writes commits while it runs: the handler is atomic and waited for its inflight
+        // batches).
+        let store = self.store.clone();
+        let snapshot = store.snapshot()?;
+        // The stored record of each incoming one, read once.
+        let mut locals: BTreeMap<AppendId, Option<StoredRecord>> = BTreeMap::new();
         // An update completes a record this node has; without it, the sender must send it whole.
         for Change { origin, item: update } in updates {
-            match self.stored(&update.append_id)? {
-                Some(base) => records.push(Change {
-                    origin,
-                    item: base.record.updated_by(&update),
-                }),
+            match self.stored_in(&snapshot, &update.append_id)? {
+                Some(base) => {
+                    records.push(Change {
+                        origin,
+                        item: base.record.updated_by(&update),
+                    });
+                    locals.insert(update.append_id, Some(base));
+                }
                 None => return Err(MailError::UnknownRecord(update.append_id)),
             }
         }
         // Bodies first: a node never shows a record whose body it lacks.
-        let mut locals = BTreeMap::new();
         for change in &records {
-            let local = self.stored(&change.item.append_id)?;
+            if locals.contains_key(&change.item.append_id) {
+                continue;
+            }
+            let local = self.stored_in(&snapshot, &change.item.append_id)?;
             if local.is_none() && !change.item.is_expunged() {
                 let guid = change.item.guid;
                 if !bodies.contains_key(&guid)
-                    && self.store.body_location(&guid)?.is_none()
+                    && snapshot.body_location(&guid)?.is_none()
                     && self.store.spooled(&guid).is_none()
                 {
                     return Err(MailError::BodyNotReceived(guid));
@@ -401,7 +458,7 @@ impl Mailbox {
             pruned_changed |= learned.retired_news;
         }
         let mut summary = MergeSummary::default();
-        let mut overlay: BTreeMap<AppendId, StoredRecord> = BTreeMap::new();
+        let mut overlay = Overlay::default();
         let mut moved: BTreeSet<AppendId> = BTreeSet::new();
         for Change {
             origin,
@@ -464,7 +521,7 @@ impl Mailbox {
                         // Here already (another message names it), or in the spool shared with
                         // the sender, which then never sent it.
                         None => match self.store.spooled(&guid) {
-                            Some(len) if self.store.body_location(&guid)?.is_none() => {
+                            Some(len) if snapshot.body_location(&guid)?.is_none() => {
                                 writes.batch.add_spooled_body(guid, len)
                             }
                             _ => writes.batch.add_body(guid, None),
@@ -508,7 +565,7 @@ impl Mailbox {
             overlay.insert(aid, StoredRecord { modseq, ..new });
         }
         self.counters.uidnext = self.counters.uidnext.max(uidnext);
-        summary.promoted = self.settle_uids(writes, &mut overlay, touched, &moved)?;
+        summary.promoted = self.settle_uids(&snapshot, writes, &mut overlay, touched, &moved)?;
         if pruned_changed || summary.promoted {
             // Retired uids travel to the peers with the set: a node that never saw the message
             // that held one (the primary among them) learns not to show another there
@@ -746,8 +803,15 @@ impl Mailbox {
         if !retired.is_empty() {
             // A live message still at a uid just retired is settled: the primary promotes it,
             // another node hides it (simulator, seed 1718).
-            let mut overlay = BTreeMap::new();
-            self.settle_uids(writes, &mut overlay, retired, &BTreeSet::new())?;
+            let mut overlay = Overlay::default();
+            let store = self.store.clone();
+            self.settle_uids(
+                &store.snapshot()?,
+                writes,
+                &mut overlay,
+                retired,
+                &BTreeSet::new(),
+            )?;
             // The peers learn of the compaction through the set: nodes beyond them may never
             // have seen these messages, and no record of them is left to send (simulator, seed
             // 261).
@@ -761,17 +825,17 @@ impl Mailbox {
     /// The records at `uid`: committed ones, as changed by this batch (`overlay`).
     fn records_at(
         &self,
+        snapshot: &Snapshot,
         uid: Uid,
-        overlay: &BTreeMap<AppendId, StoredRecord>,
+        overlay: &Overlay,
     ) -> Result<BTreeMap<AppendId, StoredRecord>, StoreError> {
         let mut aids = Vec::new();
-        self.store
-            .scan_prefix(Table::Uids, &keys::uid_prefix(self.id, uid), None, |k, _| {
-                if let Some((_, aid)) = keys::parse_uid(k) {
-                    aids.push(aid);
-                }
-                Ok(true)
-            })?;
+        snapshot.scan_prefix(Table::Uids, &keys::uid_prefix(self.id, uid), |k, _| {
+            if let Some((_, aid)) = keys::parse_uid(k) {
+                aids.push(aid);
+            }
+            Ok(true)
+        })?;
         let mut at = BTreeMap::new();
         for aid in aids {
             // Compacted in this very batch (its rows go when the batch commits): it is gone, and
@@ -781,16 +845,14 @@ impl Mailbox {
             }
             let record = match overlay.get(&aid) {
                 Some(r) => Some(r.clone()),
-                None => self.stored(&aid)?,
+                None => self.stored_in(snapshot, &aid)?,
             };
             if let Some(r) = record.filter(|r| r.record.uid.value == uid) {
                 at.insert(aid, r);
             }
         }
-        for (aid, r) in overlay {
-            if r.record.uid.value == uid {
-                at.insert(aid.clone(), r.clone());
-            }
+        for (aid, r) in overlay.at(uid) {
+            at.insert(aid.clone(), r.clone());
         }
         Ok(at)
     }
@@ -801,15 +863,16 @@ impl Mailbox {
     /// Returns whether this node promoted.
     fn settle_uids(
         &mut self,
+        snapshot: &Snapshot,
         writes: &mut Writes,
-        overlay: &mut BTreeMap<AppendId, StoredRecord>,
+        overlay: &mut Overlay,
         uids: BTreeSet<Uid>,
         moved: &BTreeSet<AppendId>,
     ) -> Result<bool, StoreError> {
         let mut promoted = false;
         let primary = self.primary == self.ctx.node && !self.ctx.faults.no_uid_promotion;
         for uid in uids {
-            let at = self.records_at(uid, overlay)?;
+            let at = self.records_at(snapshot, uid, overlay)?;
             // A uid a compacted (expunged) message held is as taken as one with a record.
             let retired = self.pruned.retired(uid.0);
             let seen: Vec<AtUid> = at
@@ -1329,8 +1392,15 @@ impl Handler<SettleHeldConflicts> for Mailbox {
             if uids.is_empty() {
                 return Ok((writes, ()));
             }
-            let mut overlay = BTreeMap::new();
-            if act.settle_uids(&mut writes, &mut overlay, uids, &BTreeSet::new())? {
+            let mut overlay = Overlay::default();
+            let store = act.store.clone();
+            if act.settle_uids(
+                &store.snapshot()?,
+                &mut writes,
+                &mut overlay,
+                uids,
+                &BTreeSet::new(),
+            )? {
                 act.save_pruned(&mut writes.batch);
                 act.put_counters(&mut writes.batch);
                 act.log_local(&mut writes);

@@ -189,9 +189,13 @@ impl Handler<InboundRequest> for PeerSession {
                 Box::pin(apply_user_item(directory, peer, user, change).into_actor(self))
             }
             Request::MissingBodies { guids } => {
+                let snapshot = match self.ctx.store.snapshot() {
+                    Ok(s) => s,
+                    Err(e) => return immediate(error_response(e.into())),
+                };
                 let mut missing = Vec::new();
                 for guid in guids {
-                    match self.ctx.store.body_location(&guid) {
+                    match snapshot.body_location(&guid) {
                         Ok(Some(_)) => {}
                         Ok(None) if self.complete.contains_key(&guid) => {}
                         Ok(None) if self.ctx.store.spooled(&guid).is_some() => {}

@@ -137,6 +137,11 @@ enum Command {
         /// Keeps the run's directory (configs, data, logs of every node) afterwards.
         #[arg(long)]
         keep: bool,
+        /// Runs only these row groups (comma-separated; all by default): `sync-small`,
+        /// `sync-large`, `flags`, `lag`, `quiet`, `memory`. The machine's limits are always
+        /// measured.
+        #[arg(long, value_name = "ROWS", value_delimiter = ',', value_enum)]
+        only: Vec<bench::RowGroup>,
     },
     /// Starts a three-node cluster on this machine (CA, configs, `mailmesh run` processes on
     /// loopback), shows appends replicating over a full mesh and then over a chain after a live
@@ -283,7 +288,19 @@ fn execute(cli: Cli) -> Result<(), Error> {
     }
     // The benchmark makes its own nodes, each with a configuration file of its own.
     match cli.command {
-        Command::Bench { quick, dir, keep } => return bench::run(bench::BenchOptions { quick, dir, keep }),
+        Command::Bench {
+            quick,
+            dir,
+            keep,
+            only,
+        } => {
+            return bench::run(bench::BenchOptions {
+                quick,
+                dir,
+                keep,
+                only,
+            })
+        }
         Command::Demo { dir, exit_when_done } => return demo::run(demo::DemoOptions { dir, exit_when_done }),
         Command::BenchPeer {
             ca,

@@ -384,16 +384,21 @@ fn location_changes_replay() {
         locations: true,
         ..SimConfig::default()
     };
-    let a = run_seed(5, &config);
-    let b = run_seed(5, &config);
+    // Which seed moves several mailboxes depends on the engine's scheduling (pipelined sync
+    // pages changed seed 5's run): the first of a few seeds that does is the one replayed.
+    let moved = |trace: &[String]| {
+        trace
+            .iter()
+            .filter(|l| l.contains("set locations") && l.ends_with(": ok"))
+            .count()
+    };
+    let (seed, a) = (5..15)
+        .map(|seed| (seed, run_seed(seed, &config)))
+        .find(|(_, run)| moved(&run.trace) >= 3)
+        .expect("one of seeds 5 to 14 moves at least 3 mailboxes");
+    let b = run_seed(seed, &config);
     assert_eq!(
         a.trace_hash, b.trace_hash,
-        "the run with location changes replays"
+        "the run of seed {seed} with location changes replays"
     );
-    let moves = a
-        .trace
-        .iter()
-        .filter(|l| l.contains("set locations") && l.ends_with(": ok"))
-        .count();
-    assert!(moves >= 3, "seed 5 moved {moves} mailboxes");
 }

@@ -124,10 +124,32 @@ pub fn read_body(
     guid: &Guid,
     loc: &BodyLocation,
 ) -> Result<Vec<u8>, StoreError> {
-    let (path, offset, header) = locate(dir, spool, guid, loc)?;
+    let (path, _, _) = locate(dir, spool, guid, loc)?;
     let file = disk
         .open(&path, false)
         .map_err(|e| StoreError::io(path.display(), e))?;
+    read_body_in(file.as_ref(), dir, spool, guid, loc)
+}
+
+/// The path of the file holding a body.
+pub fn body_path(
+    dir: &Path,
+    spool: Option<&Path>,
+    guid: &Guid,
+    loc: &BodyLocation,
+) -> Result<PathBuf, StoreError> {
+    Ok(locate(dir, spool, guid, loc)?.0)
+}
+
+/// Reads and verifies a body from `file`, already open: the one [`body_path`] names.
+pub fn read_body_in(
+    file: &dyn DiskFile,
+    dir: &Path,
+    spool: Option<&Path>,
+    guid: &Guid,
+    loc: &BodyLocation,
+) -> Result<Vec<u8>, StoreError> {
+    let (_, offset, header) = locate(dir, spool, guid, loc)?;
     let corrupt = |reason: String| StoreError::BodyCorrupt {
         guid: *guid,
         segment: loc.segment,
@@ -148,7 +170,9 @@ pub fn read_body(
                 loc.len
             )));
         }
-        buf.split_off(HEADER_LEN as usize)
+        // In place: no second allocation and copy of the body.
+        buf.drain(..HEADER_LEN as usize);
+        buf
     } else {
         let mut buf = vec![0u8; loc.len as usize];
         file.read_exact_at(&mut buf, 0)

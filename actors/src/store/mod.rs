@@ -11,18 +11,23 @@ pub mod batch;
 pub mod bodies;
 pub mod keys;
 
+use std::cell::RefCell;
+use std::collections::BTreeMap;
 use std::path::{Path, PathBuf};
+use std::rc::Rc;
 use std::sync::Arc;
 
 use mailmesh_protocol::ids::{Guid, NodeId};
-use redb::{Database, ReadableDatabase, ReadableTable, TableDefinition};
+use redb::{
+    Database, ReadOnlyTable, ReadTransaction, ReadableDatabase, ReadableTable, TableDefinition, TableHandle,
+};
 use serde::de::DeserializeOwned;
 use serde::{Deserialize, Serialize};
 
 pub use batch::{Batch, Table};
 use bodies::BodyLocation;
 
-use crate::disk::{sync_parent, Disk, RealDisk};
+use crate::disk::{sync_parent, Disk, DiskFile, RealDisk};
 use crate::error::StoreError;
 
 pub(crate) type RawTable = TableDefinition<'static, &'static [u8], &'static [u8]>;
@@ -380,6 +385,123 @@ impl Store {
             guid,
             &location,
         )
+    }
+}
+
+impl Store {
+    /// One read transaction for many reads of committed state: an operation that reads
+    /// thousands of rows (the records of a page, the bodies a peer lacks) opens a transaction
+    /// and each table once, not once per row. Reads see the state committed when it was taken.
+    pub fn snapshot(&self) -> Result<Snapshot<'_>, StoreError> {
+        Ok(Snapshot {
+            store: self,
+            txn: self.db.begin_read()?,
+            tables: RefCell::new(BTreeMap::new()),
+            segment: RefCell::new(None),
+        })
+    }
+}
+
+type ReadTable = ReadOnlyTable<&'static [u8], &'static [u8]>;
+
+/// Reads of one [`Store`] in one read transaction (see [`Store::snapshot`]).
+pub struct Snapshot<'s> {
+    store: &'s Store,
+    txn: ReadTransaction,
+    /// Tables opened so far, by name.
+    tables: RefCell<BTreeMap<String, Rc<ReadTable>>>,
+    /// The body file read last, kept open: consecutive bodies mostly share a segment.
+    segment: RefCell<Option<(PathBuf, Box<dyn DiskFile>)>>,
+}
+
+impl Snapshot<'_> {
+    fn table(&self, definition: RawTable) -> Result<Rc<ReadTable>, StoreError> {
+        let name = definition.name();
+        if let Some(t) = self.tables.borrow().get(name) {
+            return Ok(t.clone());
+        }
+        let t = Rc::new(self.txn.open_table(definition)?);
+        self.tables.borrow_mut().insert(name.to_string(), t.clone());
+        Ok(t)
+    }
+
+    /// Reads one value.
+    pub fn get<T: DeserializeOwned>(&self, table: Table, key: &[u8]) -> Result<Option<T>, StoreError> {
+        match self.table(table.definition())?.get(key)? {
+            Some(v) => Ok(Some(decode(v.value(), table.name())?)),
+            None => Ok(None),
+        }
+    }
+
+    /// Reads one value with the length of its stored encoding.
+    pub fn get_sized<T: DeserializeOwned>(
+        &self,
+        table: Table,
+        key: &[u8],
+    ) -> Result<Option<(T, usize)>, StoreError> {
+        match self.table(table.definition())?.get(key)? {
+            Some(v) => Ok(Some((decode(v.value(), table.name())?, v.value().len()))),
+            None => Ok(None),
+        }
+    }
+
+    /// Visits the rows with keys `>= start` that start with `prefix`, in key order, until
+    /// `visit` returns false.
+    pub fn scan_from(
+        &self,
+        table: Table,
+        prefix: &[u8],
+        start: &[u8],
+        mut visit: impl FnMut(&[u8], &[u8]) -> Result<bool, StoreError>,
+    ) -> Result<(), StoreError> {
+        let t = self.table(table.definition())?;
+        for row in t.range::<&[u8]>(start..)? {
+            let (k, v) = row?;
+            if !k.value().starts_with(prefix) {
+                break;
+            }
+            if !visit(k.value(), v.value())? {
+                break;
+            }
+        }
+        Ok(())
+    }
+
+    /// Visits the rows whose keys start with `prefix`, in key order.
+    pub fn scan_prefix(
+        &self,
+        table: Table,
+        prefix: &[u8],
+        visit: impl FnMut(&[u8], &[u8]) -> Result<bool, StoreError>,
+    ) -> Result<(), StoreError> {
+        self.scan_from(table, prefix, prefix, visit)
+    }
+
+    /// Where a body is stored, if this node has it.
+    pub fn body_location(&self, guid: &Guid) -> Result<Option<BodyLocation>, StoreError> {
+        match self.table(BODIES)?.get(guid.0.as_slice())? {
+            Some(v) => Ok(Some(BodyLocation::decode(v.value())?)),
+            None => Ok(None),
+        }
+    }
+
+    /// Reads and verifies a body.
+    pub fn read_body(&self, guid: &Guid) -> Result<Vec<u8>, StoreError> {
+        let store = self.store;
+        let location = self
+            .body_location(guid)?
+            .ok_or(StoreError::BodyMissing { guid: *guid })?;
+        let path = bodies::body_path(&store.dir, store.spool.as_deref(), guid, &location)?;
+        let mut segment = self.segment.borrow_mut();
+        if segment.as_ref().is_none_or(|(open, _)| *open != path) {
+            let file = store
+                .disk
+                .open(&path, false)
+                .map_err(|e| StoreError::io(path.display(), e))?;
+            *segment = Some((path, file));
+        }
+        let (_, file) = segment.as_ref().expect("opened above");
+        bodies::read_body_in(file.as_ref(), &store.dir, store.spool.as_deref(), guid, &location)
     }
 }
 

@@ -6,7 +6,7 @@
 
 use std::time::{Duration, Instant};
 
-use super::nodes::{load, poll_until, traffic, wait_quiet, CpuTime, NodeProcess};
+use super::nodes::{load, poll_until, report_window, traffic, wait_quiet, CpuTime, NodeProcess};
 use crate::error::Error;
 use crate::operator::protocol::{FlagChange, Reply, Request};
 
@@ -67,6 +67,7 @@ pub fn flag_changes(a: &NodeProcess, b: &NodeProcess, count: usize) -> Result<Fl
     })?;
     let secs = done.duration_since(start).as_secs_f64();
     let cpu = CpuTime::of(&[a, b])?.since(cpu_before);
+    report_window("flag changes", secs);
     wait_quiet(a)?;
     wait_quiet(b)?;
     let (bytes_after, _) = traffic(&a.status()?);

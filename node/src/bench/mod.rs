@@ -79,11 +79,30 @@ impl Scale {
     }
 }
 
+/// A group of rows measured together, to run some alone (`mailmesh bench --only`).
+#[derive(Clone, Copy, Debug, PartialEq, Eq, clap::ValueEnum)]
+pub enum RowGroup {
+    /// Initial sync of many 2 KB messages.
+    SyncSmall,
+    /// Initial sync of fewer 50 KB messages.
+    SyncLarge,
+    /// Flag changes replicated: time and bytes per change.
+    Flags,
+    /// Replication lag p50 and p99.
+    Lag,
+    /// Quiescent replication traffic.
+    Quiet,
+    /// Resident memory of idle mailboxes.
+    Memory,
+}
+
 pub struct BenchOptions {
     pub quick: bool,
     /// Where the run's directory is made.
     pub dir: Option<PathBuf>,
     pub keep: bool,
+    /// The row groups to measure; empty for all.
+    pub only: Vec<RowGroup>,
 }
 
 pub fn run(options: BenchOptions) -> Result<(), Error> {
@@ -101,7 +120,8 @@ pub fn run(options: BenchOptions) -> Result<(), Error> {
         .map_err(|e| Error::io("cannot resolve the bench directory", e))?;
     std::fs::create_dir_all(&root).map_err(|e| Error::io(format!("cannot create {}", root.display()), e))?;
     eprintln!("bench: working in {}", root.display());
-    match measure(&root, &scale) {
+    let selected = |group: RowGroup| options.only.is_empty() || options.only.contains(&group);
+    match measure(&root, &scale, &selected) {
         Ok(text) => {
             print!("{text}");
             if options.keep {
@@ -122,14 +142,15 @@ pub fn run(options: BenchOptions) -> Result<(), Error> {
     }
 }
 
-fn measure(root: &Path, scale: &Scale) -> Result<String, Error> {
+fn measure(root: &Path, scale: &Scale, selected: &dyn Fn(RowGroup) -> bool) -> Result<String, Error> {
     let load_at_start = load_average();
     eprintln!("bench: measuring this machine's limits");
     let limits = limits::measure(&root.join("limits"), scale)?;
     let mut rows = Vec::new();
 
-    for (name, messages, size, target, limit_s) in [
+    for (group, name, messages, size, target, limit_s) in [
         (
+            RowGroup::SyncSmall,
             table::ROW_NAMES[0],
             scale.small_messages,
             2048,
@@ -137,6 +158,7 @@ fn measure(root: &Path, scale: &Scale) -> Result<String, Error> {
             0.25 * scale.small_messages as f64 / 10_000.0,
         ),
         (
+            RowGroup::SyncLarge,
             table::ROW_NAMES[1],
             scale.large_messages,
             50 * 1024,
@@ -144,6 +166,9 @@ fn measure(root: &Path, scale: &Scale) -> Result<String, Error> {
             f64::INFINITY,
         ),
     ] {
+        if !selected(group) {
+            continue;
+        }
         eprintln!("bench: {name} ({messages} messages)");
         let result = sync::initial_sync(&root.join(format!("sync-{size}")), messages, size)?;
         let bytes_per_sec = result.bytes as f64 / result.secs;
@@ -168,106 +193,114 @@ fn measure(root: &Path, scale: &Scale) -> Result<String, Error> {
         });
     }
 
-    // One pair of linked nodes for the steady-state rows.
-    let cluster = Cluster::new(&root.join("steady"))?;
-    let spec_a = cluster.node("n1", "")?;
-    let spec_b = cluster.node("n2", "")?;
-    spec_a.write_config(&[&spec_b])?;
-    spec_b.write_config(&[&spec_a])?;
-    let a = spec_a.start()?;
-    let b = spec_b.start()?;
+    if selected(RowGroup::Flags) || selected(RowGroup::Lag) || selected(RowGroup::Quiet) {
+        // One pair of linked nodes for the steady-state rows.
+        let cluster = Cluster::new(&root.join("steady"))?;
+        let spec_a = cluster.node("n1", "")?;
+        let spec_b = cluster.node("n2", "")?;
+        spec_a.write_config(&[&spec_b])?;
+        spec_b.write_config(&[&spec_a])?;
+        let a = spec_a.start()?;
+        let b = spec_b.start()?;
 
-    eprintln!("bench: {} flag changes", scale.flag_changes);
-    let flags = flags::flag_changes(&a, &b, scale.flag_changes)?;
-    let flags_target_s = 0.010 * scale.flag_changes as f64 / 1000.0;
-    rows.push(Row {
-        name: table::ROW_NAMES[2],
-        measured: format!("{} for {}", duration(flags.secs), count_usize(flags.changes)),
-        vs_limit: latency_vs_limits(flags.secs, &limits),
-        cpu: cpu_use(flags.cpu),
-        target: "under 10 ms for 1,000 [Cyrus 60 ms]",
-        met: flags.secs < flags_target_s,
-    });
-    rows.push(Row {
-        name: table::ROW_NAMES[3],
-        measured: format!("{:.1} B", flags.bytes_per_change),
-        vs_limit: String::new(),
-        cpu: String::new(),
-        target: "under 64 B [Cyrus about 40 B after deflate]",
-        met: flags.bytes_per_change < 64.0,
-    });
+        if selected(RowGroup::Flags) {
+            eprintln!("bench: {} flag changes", scale.flag_changes);
+            let flags = flags::flag_changes(&a, &b, scale.flag_changes)?;
+            let flags_target_s = 0.010 * scale.flag_changes as f64 / 1000.0;
+            rows.push(Row {
+                name: table::ROW_NAMES[2],
+                measured: format!("{} for {}", duration(flags.secs), count_usize(flags.changes)),
+                vs_limit: latency_vs_limits(flags.secs, &limits),
+                cpu: cpu_use(flags.cpu),
+                target: "under 10 ms for 1,000 [Cyrus 60 ms]",
+                met: flags.secs < flags_target_s,
+            });
+            rows.push(Row {
+                name: table::ROW_NAMES[3],
+                measured: format!("{:.1} B", flags.bytes_per_change),
+                vs_limit: String::new(),
+                cpu: String::new(),
+                target: "under 64 B [Cyrus about 40 B after deflate]",
+                met: flags.bytes_per_change < 64.0,
+            });
+        }
+        if selected(RowGroup::Lag) {
+            eprintln!(
+                "bench: replication lag at {} appends/s for {:?}",
+                scale.lag_rate, scale.lag_duration
+            );
+            let lag = lag::replication_lag(&a, &b, scale.lag_rate, scale.lag_duration)?;
+            // The target holds at the rate asked for; a slower run does not meet it, whatever its lag.
+            let sustained_rate = lag.achieved_rate >= 0.95 * f64::from(scale.lag_rate);
+            let sustained = format!(
+                "{} appends at {} appends/s",
+                count_usize(lag.appends),
+                count(lag.achieved_rate)
+            );
+            rows.push(Row {
+                name: table::ROW_NAMES[4],
+                measured: format!("{:.2} ms ({sustained})", lag.p50_ms),
+                vs_limit: latency_vs_limits(lag.p50_ms / 1000.0, &limits),
+                cpu: format!(
+                    "{}; {:.2} ms busy per append",
+                    cpu_use(lag.cpu),
+                    lag.cpu.busy * 1000.0 / lag.appends as f64
+                ),
+                target: "under 5 ms at 500 appends/s for 10 s [Cyrus rolling 581 ms]",
+                met: lag.p50_ms < 5.0 && sustained_rate,
+            });
+            rows.push(Row {
+                name: table::ROW_NAMES[5],
+                measured: format!("{:.2} ms (max {:.2} ms)", lag.p99_ms, lag.max_ms),
+                vs_limit: latency_vs_limits(lag.p99_ms / 1000.0, &limits),
+                cpu: String::new(),
+                target: "under 50 ms [Cyrus rolling 965 ms]",
+                met: lag.p99_ms < 50.0 && sustained_rate,
+            });
+        }
+        if selected(RowGroup::Quiet) {
+            eprintln!("bench: quiescent traffic over {:?}", scale.quiet_window);
+            let quiet = quiet::quiescent_traffic(&a, &b, scale.quiet_window)?;
+            rows.push(Row {
+                name: table::ROW_NAMES[6],
+                measured: format!(
+                    "{:.0} requests/min ({} B/min on the wire: QUIC keep-alives, over {:.0} s)",
+                    quiet.requests_per_minute,
+                    count(quiet.bytes_per_minute),
+                    quiet.window_secs
+                ),
+                vs_limit: String::new(),
+                cpu: String::new(),
+                target: "0 bytes of replication per minute [Cyrus and Dovecot poll]",
+                met: quiet.requests_per_minute == 0.0,
+            });
+        }
+        b.stop()?;
+        a.stop()?;
+    }
 
-    eprintln!(
-        "bench: replication lag at {} appends/s for {:?}",
-        scale.lag_rate, scale.lag_duration
-    );
-    let lag = lag::replication_lag(&a, &b, scale.lag_rate, scale.lag_duration)?;
-    // The target holds at the rate asked for; a slower run does not meet it, whatever its lag.
-    let sustained_rate = lag.achieved_rate >= 0.95 * f64::from(scale.lag_rate);
-    let sustained = format!(
-        "{} appends at {} appends/s",
-        count_usize(lag.appends),
-        count(lag.achieved_rate)
-    );
-    rows.push(Row {
-        name: table::ROW_NAMES[4],
-        measured: format!("{:.2} ms ({sustained})", lag.p50_ms),
-        vs_limit: latency_vs_limits(lag.p50_ms / 1000.0, &limits),
-        cpu: format!(
-            "{}; {:.2} ms busy per append",
-            cpu_use(lag.cpu),
-            lag.cpu.busy * 1000.0 / lag.appends as f64
-        ),
-        target: "under 5 ms at 500 appends/s for 10 s [Cyrus rolling 581 ms]",
-        met: lag.p50_ms < 5.0 && sustained_rate,
-    });
-    rows.push(Row {
-        name: table::ROW_NAMES[5],
-        measured: format!("{:.2} ms (max {:.2} ms)", lag.p99_ms, lag.max_ms),
-        vs_limit: latency_vs_limits(lag.p99_ms / 1000.0, &limits),
-        cpu: String::new(),
-        target: "under 50 ms [Cyrus rolling 965 ms]",
-        met: lag.p99_ms < 50.0 && sustained_rate,
-    });
-
-    eprintln!("bench: quiescent traffic over {:?}", scale.quiet_window);
-    let quiet = quiet::quiescent_traffic(&a, &b, scale.quiet_window)?;
-    rows.push(Row {
-        name: table::ROW_NAMES[6],
-        measured: format!(
-            "{:.0} requests/min ({} B/min on the wire: QUIC keep-alives, over {:.0} s)",
-            quiet.requests_per_minute,
-            count(quiet.bytes_per_minute),
-            quiet.window_secs
-        ),
-        vs_limit: String::new(),
-        cpu: String::new(),
-        target: "0 bytes of replication per minute [Cyrus and Dovecot poll]",
-        met: quiet.requests_per_minute == 0.0,
-    });
-    b.stop()?;
-    a.stop()?;
-
-    eprintln!("bench: resident memory with {} idle mailboxes", scale.mailboxes);
-    let memory = memory::idle_mailboxes(&root.join("memory"), scale.mailboxes)?;
-    // A reduced run is judged by what its count extrapolates to for 100,000 mailboxes.
-    let per_mailbox =
-        memory.resident_bytes.saturating_sub(memory.empty_node_bytes) as f64 / memory.mailboxes as f64;
-    let for_100k = memory.empty_node_bytes as f64 + per_mailbox * 100_000.0;
-    rows.push(Row {
-        name: table::ROW_NAMES[7],
-        measured: format!(
-            "{} for {} (empty node {}, peak {})",
-            megabytes(memory.resident_bytes as f64),
-            count_usize(memory.mailboxes),
-            megabytes(memory.empty_node_bytes as f64),
-            megabytes(memory.peak_bytes as f64)
-        ),
-        vs_limit: format!("{:.2} KB per mailbox", per_mailbox / 1e3),
-        cpu: String::new(),
-        target: "under 300 MB for 100,000",
-        met: for_100k < 300e6,
-    });
+    if selected(RowGroup::Memory) {
+        eprintln!("bench: resident memory with {} idle mailboxes", scale.mailboxes);
+        let memory = memory::idle_mailboxes(&root.join("memory"), scale.mailboxes)?;
+        // A reduced run is judged by what its count extrapolates to for 100,000 mailboxes.
+        let per_mailbox =
+            memory.resident_bytes.saturating_sub(memory.empty_node_bytes) as f64 / memory.mailboxes as f64;
+        let for_100k = memory.empty_node_bytes as f64 + per_mailbox * 100_000.0;
+        rows.push(Row {
+            name: table::ROW_NAMES[7],
+            measured: format!(
+                "{} for {} (empty node {}, peak {})",
+                megabytes(memory.resident_bytes as f64),
+                count_usize(memory.mailboxes),
+                megabytes(memory.empty_node_bytes as f64),
+                megabytes(memory.peak_bytes as f64)
+            ),
+            vs_limit: format!("{:.2} KB per mailbox", per_mailbox / 1e3),
+            cpu: String::new(),
+            target: "under 300 MB for 100,000",
+            met: for_100k < 300e6,
+        });
+    }
 
     let heading = Heading {
         quick: scale.quick,

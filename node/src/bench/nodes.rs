@@ -432,6 +432,19 @@ impl Drop for NodeProcess {
 
 /// Polls `check` every `every` until it gives a value, at most [`DEADLINE`]; returns the value
 /// and the moment the poll that found it returned.
+/// Prints on stderr the wall-clock window (Unix seconds) of a timed figure, ending now, so a
+/// system-wide `perf record -k realtime` of the run can be cut to it (`perf report --time`).
+pub fn report_window(what: &str, secs: f64) {
+    let now = std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map(|d| d.as_secs_f64())
+        .unwrap_or(0.0);
+    eprintln!(
+        "bench: {what} timed from {:.6} to {now:.6} (Unix seconds)",
+        now - secs
+    );
+}
+
 pub fn poll_until<T>(
     what: &str,
     every: Duration,

@@ -12,7 +12,7 @@
 use std::path::Path;
 use std::time::Duration;
 
-use super::nodes::{load, poll_until, Cluster, CpuTime};
+use super::nodes::{load, poll_until, report_window, Cluster, CpuTime};
 use crate::error::Error;
 
 const USER: &str = "sync";
@@ -62,6 +62,7 @@ pub fn initial_sync(root: &Path, count: usize, size: usize) -> Result<SyncResult
     )?;
     let secs = done.duration_since(start).as_secs_f64();
     let cpu = CpuTime::of(&[&a, &b])?.since(cpu_before);
+    report_window("initial sync", secs);
 
     // Not timed: the replica holds exactly what the source does.
     let ours = a.messages(USER, MAILBOX)?;
