@@ -376,8 +376,10 @@ fn a_message_coming_back_is_caught() {
 
 /// Locations added, removed and re-added (`--locations`): the run replays byte for byte and its
 /// clients move mailboxes between random subsets of the nodes. Not yet a clean range: holders
-/// that reach each other only through a node outside the locations never replicate (issue 9
-/// item 5, open in the engine; e.g. seed 5, a chain n1-n2-n3 with a mailbox on n1 and n3).
+/// that reach each other only through nodes outside the locations now replicate through relays
+/// (seed 5, a chain n1-n2-n3 with a mailbox on n1 and n3, is clean), but a move between two
+/// nodes with no link between them still strands the old copy, and a copy let go and held
+/// again may show a uid differently (issue 9 item 5, open).
 #[test]
 fn location_changes_replay() {
     let config = SimConfig {
