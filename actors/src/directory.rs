@@ -132,6 +132,11 @@ impl Directory {
         let entry = &new.item;
         let batch = &mut writes.batch;
         batch.put(Table::Mailboxes, keys::mailbox(entry.id), new);
+        if becomes_primary_here(old, entry, &self.ctx.node) {
+            // Settled after the commit (`after_entry_commit`); the row makes a restart settle
+            // them should the node stop first (simulator, seed 21623).
+            batch.put_raw(Table::Settles, keys::mailbox(entry.id), Vec::new());
+        }
         let path = &entry.path.value;
         if let Some(old) = old {
             let old_path = &old.path.value;
@@ -349,21 +354,23 @@ impl Directory {
         }
         // A node that just became the primary settles the uid conflicts it holds, whether or not
         // its Mailbox actor was running (found by the simulator, seed 250).
-        let me = &self.ctx.node;
-        let became_primary = crate::mailbox::primary_of(new) == *me
-            && old.is_none_or(|o| crate::mailbox::primary_of(o) != *me);
-        if became_primary && old.is_some() && new.located_on(me) {
-            match self.activate(new) {
-                Ok(addr) => addr.do_send(crate::mailbox_sync::SettleHeldConflicts),
-                Err(e) => {
-                    warn!(mailbox = %new.id, error = %e, "cannot open a mailbox to settle its uid conflicts")
-                }
-            }
+        if becomes_primary_here(old, new, &self.ctx.node) {
+            self.settle_held_conflicts(new);
         }
         let me = &self.ctx.node;
         let held_before = old.is_some_and(|o| holds(&self.holders_of(o), me));
         if held_before && !holds(&self.holders_of(new), me) {
             self.release_when_drained(new.id, ctx);
+        }
+    }
+
+    /// Has the mailbox's actor promote the uid conflicts this node holds (it became the primary).
+    fn settle_held_conflicts(&mut self, entry: &MailboxEntry) {
+        match self.activate(entry) {
+            Ok(addr) => addr.do_send(crate::mailbox_sync::SettleHeldConflicts),
+            Err(e) => {
+                warn!(mailbox = %entry.id, error = %e, "cannot open a mailbox to settle its uid conflicts")
+            }
         }
     }
 
@@ -534,6 +541,7 @@ async fn purge_mailbox(node: NodeContext, id: MailboxId) -> Result<(), StoreErro
     // the digest (found by the simulator with --locations, seed 43).
     batch.delete(Table::Pruned, keys::mailbox(id));
     batch.delete(Table::Purges, keys::mailbox(id));
+    batch.delete(Table::Settles, keys::mailbox(id));
     node.commit(
         Writes {
             batch,
@@ -561,6 +569,23 @@ impl Actor for Directory {
         }
         for id in unfinished {
             self.purge(id, ctx);
+        }
+        // Primaries this node became whose uid conflicts were not settled before it stopped.
+        let mut unsettled = Vec::new();
+        if let Err(e) = self.ctx.store.scan_prefix(Table::Settles, &[], None, |k, _| {
+            if let Ok(bytes) = <[u8; 16]>::try_from(k) {
+                unsettled.push(MailboxId::from_bytes(bytes));
+            }
+            Ok(true)
+        }) {
+            warn!(error = %e, "cannot read the mailboxes left to settle");
+        }
+        for id in unsettled {
+            match self.entry(id) {
+                Ok(Some(entry)) if !entry.is_deleted() => self.settle_held_conflicts(&entry),
+                Ok(_) => {}
+                Err(e) => warn!(mailbox = %id, error = %e, "cannot read a mailbox left to settle"),
+            }
         }
         let sweep = (self.policy.idle_after / 2).max(Duration::from_millis(10));
         ctx.run_interval(sweep, |act, _| {
@@ -1065,4 +1090,11 @@ impl Handler<GetDirectoryStats> for Directory {
             dormant_running: self.dormant.values().filter(|w| w.upgrade().is_some()).count(),
         })
     }
+}
+
+/// Whether `new` makes this node (`me`) the primary of a mailbox it holds, which it was not by
+/// `old`: it must then settle the uid conflicts it holds. A mailbox new here has none.
+fn becomes_primary_here(old: Option<&MailboxEntry>, new: &MailboxEntry, me: &NodeId) -> bool {
+    let Some(old) = old else { return false };
+    crate::mailbox::primary_of(new) == *me && crate::mailbox::primary_of(old) != *me && new.located_on(me)
 }

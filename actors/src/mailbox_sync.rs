@@ -1389,6 +1389,8 @@ impl Handler<SettleHeldConflicts> for Mailbox {
                     Ok(true)
                 })?;
             let mut writes = Writes::default();
+            // Done with, whatever follows: the row only says a settle is owed.
+            writes.batch.delete(Table::Settles, keys::mailbox(act.id));
             if uids.is_empty() {
                 return Ok((writes, ()));
             }

@@ -117,11 +117,19 @@ fn wipes_replay_and_a_range_with_them_passes_the_checks() {
 
 /// Seeds a soak once found failing, each kept once its cause was fixed (engine or judge), with
 /// what was wrong. They run with the default workload, as the soak that found them did.
-const SEEDS_THAT_FAILED_ONCE: &[(u64, &str)] = &[(
-    101386,
-    "judge: a STORE of \\Deleted whose answer was lost was durable; the model must let a later \
-     EXPUNGE remove what it may have flagged",
-)];
+const SEEDS_THAT_FAILED_ONCE: &[(u64, &str)] = &[
+    (
+        101386,
+        "judge: a STORE of \\Deleted whose answer was lost was durable; the model must let a later \
+         EXPUNGE remove what it may have flagged",
+    ),
+    (
+        21623,
+        "engine bug 22: a node made the primary crashed after the entry committed and before it \
+         settled the uid conflicts it held; after the restart nothing settled them (now a durable \
+         `settles` row, written with the entry, is resumed at start)",
+    ),
+];
 
 #[test]
 fn seeds_that_failed_once_pass() {

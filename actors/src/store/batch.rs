@@ -27,6 +27,7 @@ pub enum Table {
     UserEntries,
     Peers,
     Pruned,
+    Settles,
 }
 
 impl Table {
@@ -47,6 +48,7 @@ impl Table {
             Table::UserEntries => super::USER_ENTRIES,
             Table::Peers => super::PEERS,
             Table::Pruned => super::PRUNED,
+            Table::Settles => super::SETTLES,
         }
     }
 
@@ -67,6 +69,7 @@ impl Table {
             Table::UserEntries => "user entries",
             Table::Peers => "peers",
             Table::Pruned => "pruned",
+            Table::Settles => "settles",
         }
     }
 }

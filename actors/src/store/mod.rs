@@ -68,8 +68,11 @@ pub(crate) const USER_ENTRIES: RawTable = TableDefinition::new("user_entries");
 pub(crate) const PEERS: RawTable = TableDefinition::new("peers");
 /// MailboxId -> PrunedSet: expunged messages compacted out of their records.
 pub(crate) const PRUNED: RawTable = TableDefinition::new("pruned");
+/// MailboxId -> (): mailboxes whose primary this node became, written with the entry, until it
+/// has settled the uid conflicts it holds (so a crash between the two does not skip them).
+pub(crate) const SETTLES: RawTable = TableDefinition::new("settles");
 
-const ALL_TABLES: [RawTable; 18] = [
+const ALL_TABLES: [RawTable; 19] = [
     META,
     MAILBOXES,
     NAMES,
@@ -88,6 +91,7 @@ const ALL_TABLES: [RawTable; 18] = [
     USER_ENTRIES,
     PEERS,
     PRUNED,
+    SETTLES,
 ];
 
 pub(crate) const META_NODE: &[u8] = b"node";
