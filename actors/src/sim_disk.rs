@@ -370,10 +370,12 @@ impl SimDisk {
         self.lock().dead
     }
 
-    /// The disk is ready for a new process (a node restarting after its crash).
+    /// The disk is ready for a new process (a node restarting after its crash). A trigger armed
+    /// for the old process goes with it.
     pub fn restart(&self) {
         let mut state = self.lock();
         state.dead = false;
+        state.armed = None;
     }
 
     /// How many times this disk crashed.
@@ -381,9 +383,14 @@ impl SimDisk {
         self.lock().crashes
     }
 
-    /// Crashes when `trigger` happens (replacing an earlier trigger).
+    /// Crashes when `trigger` happens (replacing an earlier trigger). A disk whose process has
+    /// crashed already is not armed: the trigger would otherwise fire inside the restarted
+    /// process's start (simulator, seed 22421).
     pub fn arm(&self, trigger: CrashTrigger) {
-        self.lock().armed = Some(trigger);
+        let mut state = self.lock();
+        if !state.dead {
+            state.armed = Some(trigger);
+        }
     }
 
     pub fn disarm(&self) {

@@ -129,6 +129,11 @@ const SEEDS_THAT_FAILED_ONCE: &[(u64, &str)] = &[
          settled the uid conflicts it held; after the restart nothing settled them (now a durable \
          `settles` row, written with the entry, is resumed at start)",
     ),
+    (
+        22421,
+        "simulator: a crash armed on a disk whose process had crashed already stayed armed and \
+         fired inside the restarted node's start, reported as a node that does not start",
+    ),
 ];
 
 #[test]
