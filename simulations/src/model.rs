@@ -136,6 +136,24 @@ impl Model {
         });
     }
 
+    /// Records a message a client was told is stored (an append or a copy); an AppendId told
+    /// before for another message is kept for the run to report as `identity-reused`.
+    pub fn acknowledged_message(&mut self, aid: &AppendId, acked: Acked) {
+        if let Some(before) = self.appends.insert(aid.clone(), acked.clone()) {
+            if before != acked {
+                self.reused_ids.push(format!(
+                    "{aid} was acknowledged for {} in {} on {} and again for {} in {} on {}",
+                    before.guid,
+                    short_id(before.mailbox.0),
+                    before.node,
+                    acked.guid,
+                    short_id(acked.mailbox.0),
+                    acked.node
+                ));
+            }
+        }
+    }
+
     /// Records what a COPY or MOVE from `source` to `target` on `node` answered: each copy is a
     /// new acknowledged message, as an append is (same body, and a \Deleted the source may have
     /// carried), and a move took exactly the sources it names. `None`: no answer, or an error
@@ -170,19 +188,7 @@ impl Model {
                 guid,
                 node: node.clone(),
             };
-            if let Some(before) = self.appends.insert(t.copy.clone(), acked.clone()) {
-                if before != acked {
-                    self.reused_ids.push(format!(
-                        "{} was acknowledged for {} in {} on {} and again as a copy in {} on {}",
-                        t.copy,
-                        before.guid,
-                        short_id(before.mailbox.0),
-                        before.node,
-                        short_id(target.0),
-                        node
-                    ));
-                }
-            }
+            self.acknowledged_message(&t.copy, acked);
         }
     }
 

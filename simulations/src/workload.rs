@@ -375,20 +375,7 @@ impl Client {
                 guid,
                 node: self.node.clone(),
             };
-            if let Some(before) = model.appends.insert(o.append_id.clone(), acked.clone()) {
-                if before != acked {
-                    model.reused_ids.push(format!(
-                        "{} was acknowledged for {} in {} on {} and again for {} in {} on {}",
-                        o.append_id,
-                        before.guid,
-                        short_id(before.mailbox.0),
-                        before.node,
-                        acked.guid,
-                        short_id(acked.mailbox.0),
-                        acked.node
-                    ));
-                }
-            }
+            model.acknowledged_message(&o.append_id, acked);
         }
         let shown = describe(&r, |o| {
             format!("uid {} {} modseq {}", o.uid, o.append_id, o.modseq)
