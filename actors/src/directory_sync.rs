@@ -222,6 +222,14 @@ impl Handler<ApplyEntries> for Directory {
             {
                 let local = self.stored_entry(incoming.id)?;
                 let (merged, effect) = match &local {
+                    Some(l)
+                        if self.ctx.faults.mailbox_tombstone_not_sticky
+                            && l.item.is_deleted()
+                            && !incoming.is_deleted() =>
+                    {
+                        // Sabotage (simulator only): the live entry wins over the tombstone.
+                        (incoming, MergeEffect::TookIncoming)
+                    }
                     Some(l) => {
                         let mut m = l.item.clone();
                         let effect = m.merge_from(&incoming);

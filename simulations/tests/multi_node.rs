@@ -401,6 +401,34 @@ fn a_record_left_hidden_on_one_replica_is_caught() {
     assert_caught_as("hidden-stays-hidden", &["diverged"]);
 }
 
+/// Every change request pushed twice over its link: nothing echoes and nothing is lost, only the
+/// per-link and per-topology crossing bound sees the waste.
+#[test]
+fn changes_pushed_twice_are_caught_as_crossings_alone() {
+    let caught = caught("changes-pushed-twice");
+    assert!(!caught.is_empty(), "no seed caught the doubled pushes");
+    for (seed, violations, replay) in &caught {
+        assert!(replay.contains("--sabotage changes-pushed-twice"), "{replay}");
+        assert!(
+            violations.iter().all(|v| v.starts_with("[crossings]")),
+            "seed {seed}: only the crossing bound should fire: {violations:?}"
+        );
+    }
+}
+
+/// A primary that promotes all but one record of a contested uid: the replicas agree and nothing
+/// is hidden or lost, but a uid clients saw as two messages still shows one of them.
+#[test]
+fn a_uid_conflict_kept_at_its_uid_is_caught() {
+    assert_caught_as("promotion-keeps-one", &["uid-conflict-kept"]);
+}
+
+/// A live mailbox entry from a peer replacing the DELETED tombstone: the mailbox comes back.
+#[test]
+fn a_mailbox_coming_back_is_caught() {
+    assert_caught_as("mailbox-tombstone-not-sticky", &["mailbox-back"]);
+}
+
 /// APPEND giving a new message the previous message's uid: clients see one uid as two messages.
 #[test]
 fn uid_reuse_is_caught() {
