@@ -85,6 +85,21 @@ struct ActiveMailbox {
 }
 
 impl Directory {
+    /// The mailboxes with a row in `table`, a durable "work left to do" list that `started`
+    /// resumes (`what` names it in the warning if the store cannot be read).
+    fn mailboxes_left_in(&self, table: Table, what: &str) -> Vec<MailboxId> {
+        let mut ids = Vec::new();
+        if let Err(e) = self.ctx.store.scan_prefix(table, &[], None, |k, _| {
+            if let Ok(bytes) = <[u8; 16]>::try_from(k) {
+                ids.push(MailboxId::from_bytes(bytes));
+            }
+            Ok(true)
+        }) {
+            warn!(error = %e, "cannot read the {what}");
+        }
+        ids
+    }
+
     pub fn new(ctx: NodeContext, policy: ActivationPolicy) -> Self {
         let links = match ctx
             .store
@@ -596,29 +611,11 @@ impl Actor for Directory {
     type Context = Context<Self>;
 
     fn started(&mut self, ctx: &mut Self::Context) {
-        let mut unfinished = Vec::new();
-        if let Err(e) = self.ctx.store.scan_prefix(Table::Purges, &[], None, |k, _| {
-            if let Ok(bytes) = <[u8; 16]>::try_from(k) {
-                unfinished.push(MailboxId::from_bytes(bytes));
-            }
-            Ok(true)
-        }) {
-            warn!(error = %e, "cannot read unfinished purges");
-        }
-        for id in unfinished {
+        for id in self.mailboxes_left_in(Table::Purges, "unfinished purges") {
             self.purge(id, ctx);
         }
         // Primaries this node became whose uid conflicts were not settled before it stopped.
-        let mut unsettled = Vec::new();
-        if let Err(e) = self.ctx.store.scan_prefix(Table::Settles, &[], None, |k, _| {
-            if let Ok(bytes) = <[u8; 16]>::try_from(k) {
-                unsettled.push(MailboxId::from_bytes(bytes));
-            }
-            Ok(true)
-        }) {
-            warn!(error = %e, "cannot read the mailboxes left to settle");
-        }
-        for id in unsettled {
+        for id in self.mailboxes_left_in(Table::Settles, "mailboxes left to settle") {
             match self.entry(id) {
                 Ok(Some(entry)) if !entry.is_deleted() => self.settle_held_conflicts(&entry),
                 Ok(_) => {}
