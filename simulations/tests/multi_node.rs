@@ -150,6 +150,12 @@ const LOCATION_SEEDS_THAT_FAILED_ONCE: &[(u64, &str)] = &[
         "engine bug 23: a copy held again showed UIDNEXT 1 and a HIGHESTMODSEQ below the ones it \
          had shown before it let go, then reused uid 1",
     ),
+    (
+        83,
+        "engine bug 24: a node that had let its copy go got a new link to a holder, queued the \
+         mailbox for it and pulled the holder's stale records into a copy outside the holders, \
+         which nothing let go again; it showed uid 1 as another message than it had before",
+    ),
 ];
 
 #[test]
