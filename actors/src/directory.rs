@@ -28,7 +28,7 @@ use tracing::{info, warn};
 
 use crate::context::{NodeContext, Writes};
 use crate::error::{MailError, StoreError};
-use crate::mailbox::{Mailbox, MarkDeleted, ResumeMoves, StoredAnnotation, StoredRecord};
+use crate::mailbox::{Mailbox, MailboxCounters, MarkDeleted, ResumeMoves, StoredAnnotation, StoredRecord};
 use crate::store::{decode, keys, Batch, Store, Table};
 use crate::sync_log::{Provenance, SyncItem, Tagged};
 
@@ -436,7 +436,7 @@ impl Directory {
             return;
         }
         info!(mailbox = %id, "this node no longer holds the mailbox (not among its locations, not a relay): releasing its copy");
-        self.purge(id, ctx);
+        self.purge_as(id, Purge::Released, ctx);
     }
 
     /// The running actor of a mailbox, if any.
@@ -450,6 +450,11 @@ impl Directory {
     /// Stops the actor of a deleted mailbox, then removes its records in chunks. A crash part way
     /// leaves the purge row, and the next start finishes the job.
     pub(crate) fn purge(&mut self, id: MailboxId, ctx: &mut Context<Self>) {
+        self.purge_as(id, Purge::Deleted, ctx)
+    }
+
+    /// Stops the actor of a mailbox and removes its records in chunks, keeping what `purge` says.
+    fn purge_as(&mut self, id: MailboxId, purge: Purge, ctx: &mut Context<Self>) {
         let addr = self
             .active
             .remove(&id)
@@ -461,7 +466,7 @@ impl Directory {
                 if let Some(addr) = addr {
                     let _ = addr.send(MarkDeleted).await;
                 }
-                if let Err(e) = purge_mailbox(node, id).await {
+                if let Err(e) = purge_mailbox(node, id, purge).await {
                     warn!(mailbox = %id, error = %e, "purging a deleted mailbox failed; it will be retried at the next start");
                 }
             }
@@ -556,8 +561,18 @@ fn forget_moves_into(store: &Store, batch: &mut Batch, id: MailboxId) -> Result<
     })
 }
 
-/// Deletes every row of a deleted mailbox, 1,000 records per batch, releasing its bodies.
-async fn purge_mailbox(node: NodeContext, id: MailboxId) -> Result<(), StoreError> {
+/// Why a mailbox's rows go.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+enum Purge {
+    /// The mailbox is deleted: nothing of it is kept.
+    Deleted,
+    /// This node no longer holds it: the copy goes, its UIDNEXT and modseq counter stay.
+    Released,
+}
+
+/// Deletes every row of a deleted mailbox, 1,000 records per batch, releasing its bodies; a
+/// released copy keeps its counters' floor.
+async fn purge_mailbox(node: NodeContext, id: MailboxId, purge: Purge) -> Result<(), StoreError> {
     let store = &node.store;
     loop {
         let mut batch = Batch::new();
@@ -597,7 +612,27 @@ async fn purge_mailbox(node: NodeContext, id: MailboxId) -> Result<(), StoreErro
         Ok(true)
     })?;
     forget_moves_into(store, &mut batch, id)?;
-    batch.delete(Table::MailboxState, keys::mailbox(id));
+    let kept = match purge {
+        Purge::Deleted => None,
+        Purge::Released => store.get::<MailboxCounters>(Table::MailboxState, &keys::mailbox(id))?,
+    };
+    match kept {
+        // A copy let go may be held again (the mailbox placed back here) and take client writes
+        // before it hears from another holder: with counters from nothing it showed UIDNEXT 1
+        // and handed out uids this node's clients had seen name other messages (engine bug 23,
+        // simulator seed 82 with --locations). So the floor stays: UIDNEXT and the modseq
+        // counter, with the counts and digest of the empty copy.
+        Some(counters) => batch.put(
+            Table::MailboxState,
+            keys::mailbox(id),
+            &MailboxCounters {
+                uidnext: counters.uidnext,
+                modseq: counters.modseq,
+                ..Default::default()
+            },
+        ),
+        None => batch.delete(Table::MailboxState, keys::mailbox(id)),
+    }
     // The compacted expunged messages go with the records: a copy let go and later held again
     // starts from nothing, and a stale set would keep what a peer sends from being counted in
     // the digest (found by the simulator with --locations, seed 43).
@@ -612,7 +647,10 @@ async fn purge_mailbox(node: NodeContext, id: MailboxId) -> Result<(), StoreErro
         None,
     )
     .await?;
-    info!(mailbox = %id, "deleted mailbox purged");
+    match purge {
+        Purge::Deleted => info!(mailbox = %id, "deleted mailbox purged"),
+        Purge::Released => info!(mailbox = %id, "released copy purged"),
+    }
     Ok(())
 }
 
