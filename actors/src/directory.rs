@@ -28,8 +28,8 @@ use tracing::{info, warn};
 
 use crate::context::{NodeContext, Writes};
 use crate::error::{MailError, StoreError};
-use crate::mailbox::{Mailbox, MarkDeleted, StoredAnnotation, StoredRecord};
-use crate::store::{decode, keys, Batch, Table};
+use crate::mailbox::{Mailbox, MailboxCounters, MarkDeleted, ResumeMoves, StoredAnnotation, StoredRecord};
+use crate::store::{decode, keys, Batch, Store, Table};
 use crate::sync_log::{Provenance, SyncItem, Tagged};
 
 /// How many Mailbox actors stay active, and for how long an unused one is kept.
@@ -85,6 +85,22 @@ struct ActiveMailbox {
 }
 
 impl Directory {
+    /// The mailboxes with a row in `table`, a durable "work left to do" list that `started`
+    /// resumes (`what` names it in the warning if the store cannot be read).
+    fn mailboxes_left_in(&self, table: Table, what: &str) -> Vec<MailboxId> {
+        // Keys start with the MailboxId (some tables add more after it): each id once.
+        let mut ids = BTreeSet::new();
+        if let Err(e) = self.ctx.store.scan_prefix(table, &[], None, |k, _| {
+            if let Some(bytes) = k.get(..16).and_then(|b| <[u8; 16]>::try_from(b).ok()) {
+                ids.insert(MailboxId::from_bytes(bytes));
+            }
+            Ok(true)
+        }) {
+            warn!(error = %e, "cannot read the {what}");
+        }
+        ids.into_iter().collect()
+    }
+
     pub fn new(ctx: NodeContext, policy: ActivationPolicy) -> Self {
         let links = match ctx
             .store
@@ -374,6 +390,30 @@ impl Directory {
         }
     }
 
+    /// Finishes the moves out of mailbox `id` that a stop interrupted ([`ResumeMoves`]); of a
+    /// mailbox deleted since, only the rows go (its messages went with it).
+    fn resume_moves(&mut self, id: MailboxId, ctx: &mut Context<Self>) {
+        let addr = match self.entry(id) {
+            Ok(Some(entry)) if !entry.is_deleted() => self.activate(&entry).map(Some),
+            Ok(_) => Ok(None),
+            Err(e) => Err(e),
+        };
+        let node = self.ctx.clone();
+        ctx.spawn(
+            async move {
+                let done = match addr {
+                    Ok(Some(addr)) => addr.send(ResumeMoves).await.map_err(MailError::from).and_then(|r| r.map(|_| ())),
+                    Ok(None) => forget_moves(&node, id).await.map_err(MailError::from),
+                    Err(e) => Err(e.into()),
+                };
+                if let Err(e) = done {
+                    warn!(mailbox = %id, error = %e, "cannot finish the moves a stop interrupted; the next start tries again");
+                }
+            }
+            .into_actor(self),
+        );
+    }
+
     /// Drops this node's copy of a mailbox it no longer holds (no longer among its locations, or
     /// no longer a relay between them), once no sync log row for it is left (every change made
     /// here has reached a peer). The entry stays.
@@ -396,7 +436,7 @@ impl Directory {
             return;
         }
         info!(mailbox = %id, "this node no longer holds the mailbox (not among its locations, not a relay): releasing its copy");
-        self.purge(id, ctx);
+        self.purge_as(id, Purge::Released, ctx);
     }
 
     /// The running actor of a mailbox, if any.
@@ -410,6 +450,11 @@ impl Directory {
     /// Stops the actor of a deleted mailbox, then removes its records in chunks. A crash part way
     /// leaves the purge row, and the next start finishes the job.
     pub(crate) fn purge(&mut self, id: MailboxId, ctx: &mut Context<Self>) {
+        self.purge_as(id, Purge::Deleted, ctx)
+    }
+
+    /// Stops the actor of a mailbox and removes its records in chunks, keeping what `purge` says.
+    fn purge_as(&mut self, id: MailboxId, purge: Purge, ctx: &mut Context<Self>) {
         let addr = self
             .active
             .remove(&id)
@@ -421,7 +466,7 @@ impl Directory {
                 if let Some(addr) = addr {
                     let _ = addr.send(MarkDeleted).await;
                 }
-                if let Err(e) = purge_mailbox(node, id).await {
+                if let Err(e) = purge_mailbox(node, id, purge).await {
                     warn!(mailbox = %id, error = %e, "purging a deleted mailbox failed; it will be retried at the next start");
                 }
             }
@@ -495,8 +540,39 @@ impl Directory {
     }
 }
 
-/// Deletes every row of a deleted mailbox, 1,000 records per batch, releasing its bodies.
-async fn purge_mailbox(node: NodeContext, id: MailboxId) -> Result<(), StoreError> {
+/// Deletes the `moves` rows of mailbox `id` (a mailbox deleted or let go: nothing to expunge).
+async fn forget_moves(node: &NodeContext, id: MailboxId) -> Result<(), StoreError> {
+    let mut batch = Batch::new();
+    forget_moves_into(&node.store, &mut batch, id)?;
+    node.commit(
+        Writes {
+            batch,
+            logged: Default::default(),
+        },
+        None,
+    )
+    .await
+}
+
+fn forget_moves_into(store: &Store, batch: &mut Batch, id: MailboxId) -> Result<(), StoreError> {
+    store.scan_prefix(Table::Moves, &keys::mailbox(id), None, |k, _| {
+        batch.delete(Table::Moves, k.to_vec());
+        Ok(true)
+    })
+}
+
+/// Why a mailbox's rows go.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+enum Purge {
+    /// The mailbox is deleted: nothing of it is kept.
+    Deleted,
+    /// This node no longer holds it: the copy goes, its UIDNEXT and modseq counter stay.
+    Released,
+}
+
+/// Deletes every row of a deleted mailbox, 1,000 records per batch, releasing its bodies; a
+/// released copy keeps its counters' floor.
+async fn purge_mailbox(node: NodeContext, id: MailboxId, purge: Purge) -> Result<(), StoreError> {
     let store = &node.store;
     loop {
         let mut batch = Batch::new();
@@ -535,7 +611,28 @@ async fn purge_mailbox(node: NodeContext, id: MailboxId) -> Result<(), StoreErro
         batch.delete(Table::ReplCache, k.to_vec());
         Ok(true)
     })?;
-    batch.delete(Table::MailboxState, keys::mailbox(id));
+    forget_moves_into(store, &mut batch, id)?;
+    let kept = match purge {
+        Purge::Deleted => None,
+        Purge::Released => store.get::<MailboxCounters>(Table::MailboxState, &keys::mailbox(id))?,
+    };
+    match kept {
+        // A copy let go may be held again (the mailbox placed back here) and take client writes
+        // before it hears from another holder: with counters from nothing it showed UIDNEXT 1
+        // and handed out uids this node's clients had seen name other messages (engine bug 23,
+        // simulator seed 82 with --locations). So the floor stays: UIDNEXT and the modseq
+        // counter, with the counts and digest of the empty copy.
+        Some(counters) => batch.put(
+            Table::MailboxState,
+            keys::mailbox(id),
+            &MailboxCounters {
+                uidnext: counters.uidnext,
+                modseq: counters.modseq,
+                ..Default::default()
+            },
+        ),
+        None => batch.delete(Table::MailboxState, keys::mailbox(id)),
+    }
     // The compacted expunged messages go with the records: a copy let go and later held again
     // starts from nothing, and a stale set would keep what a peer sends from being counted in
     // the digest (found by the simulator with --locations, seed 43).
@@ -550,7 +647,10 @@ async fn purge_mailbox(node: NodeContext, id: MailboxId) -> Result<(), StoreErro
         None,
     )
     .await?;
-    info!(mailbox = %id, "deleted mailbox purged");
+    match purge {
+        Purge::Deleted => info!(mailbox = %id, "deleted mailbox purged"),
+        Purge::Released => info!(mailbox = %id, "released copy purged"),
+    }
     Ok(())
 }
 
@@ -558,34 +658,20 @@ impl Actor for Directory {
     type Context = Context<Self>;
 
     fn started(&mut self, ctx: &mut Self::Context) {
-        let mut unfinished = Vec::new();
-        if let Err(e) = self.ctx.store.scan_prefix(Table::Purges, &[], None, |k, _| {
-            if let Ok(bytes) = <[u8; 16]>::try_from(k) {
-                unfinished.push(MailboxId::from_bytes(bytes));
-            }
-            Ok(true)
-        }) {
-            warn!(error = %e, "cannot read unfinished purges");
-        }
-        for id in unfinished {
+        for id in self.mailboxes_left_in(Table::Purges, "unfinished purges") {
             self.purge(id, ctx);
         }
         // Primaries this node became whose uid conflicts were not settled before it stopped.
-        let mut unsettled = Vec::new();
-        if let Err(e) = self.ctx.store.scan_prefix(Table::Settles, &[], None, |k, _| {
-            if let Ok(bytes) = <[u8; 16]>::try_from(k) {
-                unsettled.push(MailboxId::from_bytes(bytes));
-            }
-            Ok(true)
-        }) {
-            warn!(error = %e, "cannot read the mailboxes left to settle");
-        }
-        for id in unsettled {
+        for id in self.mailboxes_left_in(Table::Settles, "mailboxes left to settle") {
             match self.entry(id) {
                 Ok(Some(entry)) if !entry.is_deleted() => self.settle_held_conflicts(&entry),
                 Ok(_) => {}
                 Err(e) => warn!(mailbox = %id, error = %e, "cannot read a mailbox left to settle"),
             }
+        }
+        // Moves whose copies were durable when the node stopped, their sources not yet expunged.
+        for id in self.mailboxes_left_in(Table::Moves, "interrupted moves") {
+            self.resume_moves(id, ctx);
         }
         let sweep = (self.policy.idle_after / 2).max(Duration::from_millis(10));
         ctx.run_interval(sweep, |act, _| {

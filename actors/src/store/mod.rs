@@ -71,8 +71,12 @@ pub(crate) const PRUNED: RawTable = TableDefinition::new("pruned");
 /// MailboxId -> (): mailboxes whose primary this node became, written with the entry, until it
 /// has settled the uid conflicts it holds (so a crash between the two does not skip them).
 pub(crate) const SETTLES: RawTable = TableDefinition::new("settles");
+/// source MailboxId, first copy's AppendId -> Vec<AppendId>: moves to another mailbox whose
+/// copies are durable and whose sources are not expunged yet. Written with the copies, deleted
+/// with the expunge; what a crash leaves here is finished at start (no duplicate stays).
+pub(crate) const MOVES: RawTable = TableDefinition::new("moves");
 
-const ALL_TABLES: [RawTable; 19] = [
+const ALL_TABLES: [RawTable; 20] = [
     META,
     MAILBOXES,
     NAMES,
@@ -92,6 +96,7 @@ const ALL_TABLES: [RawTable; 19] = [
     PEERS,
     PRUNED,
     SETTLES,
+    MOVES,
 ];
 
 pub(crate) const META_NODE: &[u8] = b"node";
