@@ -436,10 +436,12 @@ impl Mailbox {
     /// The visible records with uids in `set`, in uid order.
     pub(crate) fn records_in(&self, set: &UidSet) -> Result<Vec<StoredRecord>, StoreError> {
         let mut out = Vec::new();
+        // One read transaction for the whole listing, not one per message.
+        let snapshot = self.store.snapshot()?;
         for (lo, hi) in set.ranges() {
             let start = keys::uid_prefix(self.id, Uid(lo));
             let mut ids = Vec::new();
-            self.store.scan_from(
+            snapshot.scan_from(
                 Table::Uids,
                 &keys::mailbox(self.id),
                 &start,
@@ -456,16 +458,14 @@ impl Mailbox {
                 },
             )?;
             for aid in ids {
-                let stored = match self
-                    .store
-                    .get::<StoredRecord>(Table::Messages, &keys::message(self.id, &aid))
-                {
-                    Err(e @ StoreError::Decode { .. }) => {
-                        self.quarantine(&aid, &e);
-                        None
-                    }
-                    other => other?,
-                };
+                let stored =
+                    match snapshot.get::<StoredRecord>(Table::Messages, &keys::message(self.id, &aid)) {
+                        Err(e @ StoreError::Decode { .. }) => {
+                            self.quarantine(&aid, &e);
+                            None
+                        }
+                        other => other?,
+                    };
                 if let Some(s) = stored {
                     if !s.record.is_expunged() && !s.hidden {
                         out.push(s);

@@ -419,8 +419,9 @@ pub struct Snapshot<'s> {
     txn: ReadTransaction,
     /// Tables opened so far, by name.
     tables: RefCell<BTreeMap<String, Rc<ReadTable>>>,
-    /// The body file read last, kept open: consecutive bodies mostly share a segment.
-    segment: RefCell<Option<(PathBuf, Box<dyn DiskFile>)>>,
+    /// The body file read last (by segment number), kept open: consecutive bodies mostly share
+    /// a segment.
+    segment: RefCell<Option<(u32, Box<dyn DiskFile>)>>,
 }
 
 impl Snapshot<'_> {
@@ -500,14 +501,19 @@ impl Snapshot<'_> {
         let location = self
             .body_location(guid)?
             .ok_or(StoreError::BodyMissing { guid: *guid })?;
-        let path = bodies::body_path(&store.dir, store.spool.as_deref(), guid, &location)?;
         let mut segment = self.segment.borrow_mut();
-        if segment.as_ref().is_none_or(|(open, _)| *open != path) {
+        // The segment open already is known by its number (a spool file is one per body).
+        let same_segment = location.segment != bodies::SPOOL
+            && segment
+                .as_ref()
+                .is_some_and(|(open, _)| *open == location.segment);
+        if !same_segment {
+            let path = bodies::body_path(&store.dir, store.spool.as_deref(), guid, &location)?;
             let file = store
                 .disk
                 .open(&path, false)
                 .map_err(|e| StoreError::io(path.display(), e))?;
-            *segment = Some((path, file));
+            *segment = Some((location.segment, file));
         }
         let (_, file) = segment.as_ref().expect("opened above");
         bodies::read_body_in(file.as_ref(), &store.dir, store.spool.as_deref(), guid, &location)
