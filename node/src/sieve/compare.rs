@@ -7,6 +7,33 @@ use std::cmp::Ordering;
 
 use super::ast::{Comparator, Comparison, MatchType, Relation};
 
+/// The comparison work one delivery may still do, in characters compared (for `:matches`,
+/// pattern x value states). A hostile script cannot make a delivery slow or large: past the
+/// budget the run fails and the message is kept.
+#[derive(Debug, Clone, Copy)]
+pub struct Budget {
+    remaining: u64,
+}
+
+/// The budget ran out.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct OverBudget;
+
+impl Budget {
+    pub fn new(units: u64) -> Self {
+        Self { remaining: units }
+    }
+
+    pub fn charge(&mut self, units: u64) -> Result<(), OverBudget> {
+        self.remaining = self.remaining.checked_sub(units).ok_or(OverBudget)?;
+        Ok(())
+    }
+}
+
+fn cost(value: &str, key: &str) -> u64 {
+    value.len() as u64 + key.len() as u64 + 1
+}
+
 /// Whether any of `values` matches any of `keys`. On a `:matches` success, `captures` (when
 /// given) receives the match variables. `:count` counts `values`.
 pub fn test_values(
@@ -14,38 +41,51 @@ pub fn test_values(
     values: &[String],
     keys: &[String],
     mut captures: Option<&mut Vec<String>>,
-) -> bool {
+    budget: &mut Budget,
+) -> Result<bool, OverBudget> {
     let comparator = comparison.comparator;
-    match comparison.match_type {
-        MatchType::Count(relation) => {
-            let count = values.len().to_string();
-            keys.iter()
-                .any(|key| relation.holds(order(comparator, &count, key)))
+    if let MatchType::Count(relation) = comparison.match_type {
+        let count = values.len().to_string();
+        for key in keys {
+            budget.charge(cost(&count, key))?;
+            if relation.holds(order(comparator, &count, key)) {
+                return Ok(true);
+            }
         }
-        MatchType::Value(relation) => values.iter().any(|value| {
-            keys.iter()
-                .any(|key| relation.holds(order(comparator, value, key)))
-        }),
-        MatchType::Is => values
-            .iter()
-            .any(|value| keys.iter().any(|key| equal(comparator, value, key))),
-        MatchType::Contains => values
-            .iter()
-            .any(|value| keys.iter().any(|key| contains(comparator, value, key))),
-        MatchType::Matches => {
-            for value in values {
-                for key in keys {
-                    if let Some(found) = wildcard_match(comparator, value, key) {
+        return Ok(false);
+    }
+    for value in values {
+        for key in keys {
+            let matched = match comparison.match_type {
+                MatchType::Value(relation) => {
+                    budget.charge(cost(value, key))?;
+                    relation.holds(order(comparator, value, key))
+                }
+                MatchType::Is => {
+                    budget.charge(cost(value, key))?;
+                    equal(comparator, value, key)
+                }
+                MatchType::Contains => {
+                    budget.charge(cost(value, key))?;
+                    contains(comparator, value, key)
+                }
+                MatchType::Matches => match wildcard_match(comparator, value, key, budget)? {
+                    Some(found) => {
                         if let Some(captures) = captures.as_deref_mut() {
                             *captures = found;
                         }
-                        return true;
+                        true
                     }
-                }
+                    None => false,
+                },
+                MatchType::Count(_) => unreachable!("handled above"),
+            };
+            if matched {
+                return Ok(true);
             }
-            false
         }
     }
+    Ok(false)
 }
 
 impl Relation {
@@ -133,8 +173,15 @@ fn pattern_pieces(pattern: &str) -> Vec<Piece> {
 
 /// `:matches`: `*` any sequence, `?` one character, `\` escapes the next character. Returns the
 /// match variables on success. Runs in time and memory proportional to pattern x value (each
-/// (pattern position, value position) state is explored at most once), on an explicit stack.
-pub fn wildcard_match(comparator: Comparator, value: &str, pattern: &str) -> Option<Vec<String>> {
+/// (pattern position, value position) state is explored at most once), on an explicit stack;
+/// that product is charged to `budget` before any work.
+pub fn wildcard_match(
+    comparator: Comparator,
+    value: &str,
+    pattern: &str,
+    budget: &mut Budget,
+) -> Result<Option<Vec<String>>, OverBudget> {
+    budget.charge((pattern.len() as u64 + 1).saturating_mul(value.len() as u64 + 1))?;
     let pieces = pattern_pieces(pattern);
     let text: Vec<char> = value.chars().collect();
     let same = |a: char, b: char| match comparator {
@@ -153,7 +200,7 @@ pub fn wildcard_match(comparator: Comparator, value: &str, pattern: &str) -> Opt
     while let Some(&mut (p, s, ref mut alternative)) = stack.last_mut() {
         if p == m {
             if s == n {
-                return Some(captures(&pieces, &text, &stack));
+                return Ok(Some(captures(&pieces, &text, &stack)));
             }
         } else {
             let next = match (pieces[p], *alternative) {
@@ -176,7 +223,7 @@ pub fn wildcard_match(comparator: Comparator, value: &str, pattern: &str) -> Opt
         failed[bit / 64] |= 1 << (bit % 64);
         stack.pop();
     }
-    None
+    Ok(None)
 }
 
 /// Reads the match variables off the successful path through the states.
@@ -201,7 +248,13 @@ mod tests {
     use super::*;
 
     fn captured(value: &str, pattern: &str) -> Option<Vec<String>> {
-        wildcard_match(Comparator::AsciiCasemap, value, pattern)
+        wildcard_match(
+            Comparator::AsciiCasemap,
+            value,
+            pattern,
+            &mut Budget::new(u64::MAX),
+        )
+        .unwrap()
     }
 
     #[test]
@@ -230,7 +283,16 @@ mod tests {
         assert!(captured("axb", "a\\*b").is_none());
         assert!(captured("a?b", "a\\?b").is_some());
         assert!(captured("ABC", "a*").is_some());
-        assert!(wildcard_match(Comparator::Octet, "ABC", "a*").is_none());
+        assert!(
+            wildcard_match(Comparator::Octet, "ABC", "a*", &mut Budget::new(100))
+                .unwrap()
+                .is_none()
+        );
+        // The pattern x value product is charged before the work: 4 x 4 here.
+        assert_eq!(
+            wildcard_match(Comparator::Octet, "ABC", "a*b", &mut Budget::new(15)),
+            Err(OverBudget)
+        );
     }
 
     #[test]
@@ -266,32 +328,42 @@ mod tests {
             comparison(MatchType::Count(Relation::Equal)),
             &values,
             &["3".to_string()],
-            None
-        ));
+            None,
+            &mut Budget::new(1000)
+        )
+        .unwrap());
         assert!(test_values(
             comparison(MatchType::Count(Relation::Greater)),
             &values,
             &["2".to_string()],
-            None
-        ));
+            None,
+            &mut Budget::new(1000)
+        )
+        .unwrap());
         assert!(!test_values(
             comparison(MatchType::Count(Relation::Less)),
             &values,
             &["3".to_string()],
-            None
-        ));
+            None,
+            &mut Budget::new(1000)
+        )
+        .unwrap());
         let numbers = vec!["5".to_string()];
         assert!(test_values(
             comparison(MatchType::Value(Relation::GreaterOrEqual)),
             &numbers,
             &["5".to_string()],
-            None
-        ));
+            None,
+            &mut Budget::new(1000)
+        )
+        .unwrap());
         assert!(test_values(
             comparison(MatchType::Value(Relation::NotEqual)),
             &numbers,
             &["4".to_string()],
-            None
-        ));
+            None,
+            &mut Budget::new(1000)
+        )
+        .unwrap());
     }
 }

@@ -70,6 +70,10 @@ pub enum RuntimeError {
     TooManyVariables {
         limit: usize,
     },
+    /// The comparisons went over [`super::limits::MAX_MATCH_WORK`].
+    TooMuchWork {
+        limit: u64,
+    },
     /// RFC 5429: reject cannot be combined with keep or fileinto, nor used twice.
     RejectConflict,
 }
@@ -86,6 +90,9 @@ impl fmt::Display for RuntimeError {
             Self::TooManyIncludes { limit } => write!(f, "more than {limit} includes"),
             Self::TooManyActions { limit } => write!(f, "more than {limit} actions"),
             Self::TooManyVariables { limit } => write!(f, "more than {limit} variables"),
+            Self::TooMuchWork { limit } => {
+                write!(f, "comparisons over the work limit of {limit} characters")
+            }
             Self::RejectConflict => {
                 write!(
                     f,

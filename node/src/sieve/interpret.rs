@@ -9,9 +9,11 @@ use std::collections::{BTreeMap, BTreeSet};
 use super::ast::{
     AddressPart, BodyTransform, Command, Extension, FlagChange, MatchType, Script, SetModifier, Test,
 };
-use super::compare::test_values;
+use super::compare::{test_values, Budget, OverBudget};
 use super::error::RuntimeError;
-use super::limits::{MAX_ACTIONS, MAX_INCLUDES, MAX_INCLUDE_DEPTH, MAX_VARIABLES, MAX_VARIABLE_BYTES};
+use super::limits::{
+    MAX_ACTIONS, MAX_INCLUDES, MAX_INCLUDE_DEPTH, MAX_MATCH_WORK, MAX_VARIABLES, MAX_VARIABLE_BYTES,
+};
 use super::message::Message;
 
 /// The SMTP envelope of the delivery (RFC 5228 5.4): the reverse path (empty for the null
@@ -78,6 +80,8 @@ pub fn evaluate(
         include_stack: vec![name.to_string()],
         included: BTreeSet::new(),
         includes: 0,
+        budget: Budget::new(MAX_MATCH_WORK),
+        bodies: BTreeMap::new(),
     };
     let mut frame = Frame::new(script);
     run.block(&mut frame, &script.commands)?;
@@ -139,6 +143,9 @@ struct Run<'r, 'm> {
     include_stack: Vec<String>,
     included: BTreeSet<String>,
     includes: usize,
+    budget: Budget,
+    /// The body as each transform gave it, decoded once per delivery.
+    bodies: BTreeMap<String, Vec<String>>,
 }
 
 impl Run<'_, '_> {
@@ -359,7 +366,7 @@ impl Run<'_, '_> {
                     .iter()
                     .flat_map(|name| self.message.header_values(&self.expand(frame, name)))
                     .collect();
-                self.compare(frame, *comparison, &values, keys)
+                self.compare(frame, *comparison, &values, keys)?
             }
             Test::Address {
                 comparison,
@@ -372,7 +379,7 @@ impl Run<'_, '_> {
                     .flat_map(|name| self.message.addresses(&self.expand(frame, name)))
                     .filter_map(|address| address_part(&address, *part))
                     .collect();
-                self.compare(frame, *comparison, &values, keys)
+                self.compare(frame, *comparison, &values, keys)?
             }
             Test::Envelope {
                 comparison,
@@ -396,7 +403,7 @@ impl Run<'_, '_> {
                         values.push(value);
                     }
                 }
-                self.compare(frame, *comparison, &values, keys)
+                self.compare(frame, *comparison, &values, keys)?
             }
             Test::Exists { names } => names
                 .iter()
@@ -413,17 +420,33 @@ impl Run<'_, '_> {
                 transform,
                 keys,
             } => {
-                let values = match transform {
-                    BodyTransform::Raw => vec![self.message.raw_body()],
-                    BodyTransform::Text => self.message.body_parts(&["text".to_string()]),
+                let (cache_key, types) = match transform {
+                    BodyTransform::Raw => ("raw".to_string(), None),
+                    BodyTransform::Text => ("text".to_string(), Some(vec!["text".to_string()])),
                     BodyTransform::Content(types) => {
                         let types: Vec<String> = types.iter().map(|t| self.expand(frame, t)).collect();
-                        self.message.body_parts(&types)
+                        (format!("content:{}", types.join("\n")), Some(types))
                     }
                 };
+                if !self.bodies.contains_key(&cache_key) {
+                    let values = match types {
+                        None => vec![self.message.raw_body()],
+                        Some(types) => self.message.body_parts(&types),
+                    };
+                    let decoded: u64 = values.iter().map(|v| v.len() as u64).sum();
+                    self.budget.charge(decoded.max(1)).map_err(over_budget)?;
+                    self.bodies.insert(cache_key.clone(), values);
+                }
                 let keys: Vec<String> = keys.iter().map(|k| self.expand(frame, k)).collect();
                 // The body sets no match variables: bodies are large and RFC 5173 does not ask it.
-                test_values(*comparison, &values, &keys, None)
+                test_values(
+                    *comparison,
+                    &self.bodies[&cache_key],
+                    &keys,
+                    None,
+                    &mut self.budget,
+                )
+                .map_err(over_budget)?
             }
             Test::String {
                 comparison,
@@ -435,7 +458,7 @@ impl Run<'_, '_> {
                     // RFC 5229 5: :count counts the strings that are not empty.
                     values.retain(|v| !v.is_empty());
                 }
-                self.compare(frame, *comparison, &values, keys)
+                self.compare(frame, *comparison, &values, keys)?
             }
             Test::MailboxExists { names } => names
                 .iter()
@@ -453,29 +476,30 @@ impl Run<'_, '_> {
                         .flat_map(|name| split_flags(&self.variable(frame, name)))
                         .collect()
                 };
-                self.compare(frame, *comparison, &values, keys)
+                self.compare(frame, *comparison, &values, keys)?
             }
         })
     }
 
     /// Compares with the keys expanded, setting the match variables on a `:matches` success.
     fn compare(
-        &self,
+        &mut self,
         frame: &mut Frame<'_>,
         comparison: super::ast::Comparison,
         values: &[String],
         keys: &[String],
-    ) -> bool {
+    ) -> Result<bool, RuntimeError> {
         let keys: Vec<String> = keys.iter().map(|k| self.expand(frame, k)).collect();
         if frame.has_variables() && comparison.match_type == MatchType::Matches {
             let mut captured = Vec::new();
-            let matched = test_values(comparison, values, &keys, Some(&mut captured));
+            let matched = test_values(comparison, values, &keys, Some(&mut captured), &mut self.budget)
+                .map_err(over_budget)?;
             if matched {
                 frame.matched = captured.into_iter().map(truncate).collect();
             }
-            matched
+            Ok(matched)
         } else {
-            test_values(comparison, values, &keys, None)
+            test_values(comparison, values, &keys, None, &mut self.budget).map_err(over_budget)
         }
     }
 
@@ -537,6 +561,12 @@ impl Run<'_, '_> {
         }
         out.push_str(rest);
         out
+    }
+}
+
+fn over_budget(_: OverBudget) -> RuntimeError {
+    RuntimeError::TooMuchWork {
+        limit: MAX_MATCH_WORK,
     }
 }
 

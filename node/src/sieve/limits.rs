@@ -20,3 +20,6 @@ pub const MAX_ACTIONS: usize = 64;
 pub const MAX_BODY_BYTES: usize = 1024 * 1024;
 /// MIME nesting the body test descends into.
 pub const MAX_MIME_DEPTH: usize = 16;
+/// Comparison work one delivery may do: characters compared, and for `:matches` pattern x value
+/// states (which also bounds the memory of its memo table, one bit a state: 16 MiB).
+pub const MAX_MATCH_WORK: u64 = 1 << 27;

@@ -763,3 +763,95 @@ fn header_values_are_decoded_before_comparison() {
         vec![Action::Discard]
     );
 }
+
+#[test]
+fn a_script_that_compares_too_much_fails_instead_of_running_long() {
+    // A long pattern on a long body: the pattern x value states are over the work limit.
+    let pattern = "*a".repeat(40_000);
+    let script = format!("require \"body\";\nif body :raw :matches \"{pattern}\" {{ discard; }}");
+    let message = format!("Subject: x\n\n{}\n", "a".repeat(200_000));
+    let outcome = run_in(
+        &Store::default(),
+        &script,
+        &message,
+        Envelope { from: "", to: TO },
+    );
+    assert_eq!(
+        outcome,
+        Err(RuntimeError::TooMuchWork {
+            limit: crate::sieve::limits::MAX_MATCH_WORK
+        })
+    );
+    // Many cheap tests add up: each compares the whole 200 KB body again.
+    let many = "if body :raw :contains \"zzz\" { discard; }\n".repeat(1000);
+    let script = format!("require \"body\";\n{many}");
+    let outcome = run_in(
+        &Store::default(),
+        &script,
+        &message,
+        Envelope { from: "", to: TO },
+    );
+    assert_eq!(
+        outcome,
+        Err(RuntimeError::TooMuchWork {
+            limit: crate::sieve::limits::MAX_MATCH_WORK
+        })
+    );
+    // A body test decodes the body once per delivery, however many tests look at it.
+    let few = "if body :text :contains \"zzz\" { discard; }\n".repeat(20);
+    let script = format!("require \"body\";\n{few}");
+    let outcome = run_in(
+        &Store::default(),
+        &script,
+        &message,
+        Envelope { from: "", to: TO },
+    )
+    .unwrap();
+    assert_eq!(outcome.actions, vec![keep()]);
+}
+
+/// The deepest script the limits allow, included as deep as they allow, runs on a thread with a
+/// 2 MiB stack (Rust's default for spawned threads) without overflowing it.
+#[test]
+fn the_deepest_allowed_nesting_fits_a_small_stack() {
+    use crate::sieve::limits::{MAX_INCLUDE_DEPTH, MAX_NESTING};
+    // Blocks and tests share the nesting limit: 16 nested ifs, each testing a chain of 17 tests
+    // (anyof, not, ..., true), reach it exactly at the innermost if.
+    let blocks = MAX_NESTING / 2;
+    let pairs = (MAX_NESTING - blocks).div_ceil(2);
+    let tests = format!("{}true{}", "anyof(not ".repeat(pairs), ")".repeat(pairs));
+    let body = |inner: &str| {
+        format!(
+            "{}{inner}{}",
+            format!("if {tests} {{ ").repeat(blocks),
+            " }".repeat(blocks)
+        )
+    };
+    let one_deeper = format!("if true {{ {} }}", body("keep;"));
+    assert!(compile(one_deeper.as_bytes())
+        .unwrap_err()
+        .reason
+        .contains("nested deeper"));
+    let mut store = Store::default();
+    for level in 0..MAX_INCLUDE_DEPTH {
+        let source = format!(
+            "require \"include\";\n{}",
+            body(&format!("include \"s{}\";", level + 1))
+        );
+        store = store.script(&format!("s{level}"), &source);
+    }
+    store = store.script(&format!("s{MAX_INCLUDE_DEPTH}"), &body("discard;"));
+    let top = format!("require \"include\";\n{}", body("include \"s0\";"));
+    compile(top.as_bytes()).expect("the deepest allowed script compiles");
+    let outcome = std::thread::Builder::new()
+        .stack_size(2 << 20)
+        .spawn(move || run_in(&store, &top, "S: x\n\nb\n", Envelope { from: "", to: TO }))
+        .unwrap()
+        .join()
+        .expect("no stack overflow");
+    // One level more than the limit allows: the include depth error, not a crash.
+    assert!(
+        matches!(outcome, Err(RuntimeError::IncludeTooDeep { .. })),
+        "{outcome:?}"
+    );
+}
