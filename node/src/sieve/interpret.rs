@@ -476,7 +476,14 @@ impl Run<'_, '_> {
                         .flat_map(|name| split_flags(&self.variable(frame, name)))
                         .collect()
                 };
-                self.compare(frame, *comparison, &values, keys)?
+                // Each variable's flags once (RFC 5232 3: duplicates are ignored, :count too).
+                let values = normalize_flags(values);
+                // The keys are lists of flags too: "b A" is the flags b and A.
+                let keys: Vec<String> = keys
+                    .iter()
+                    .flat_map(|k| split_flags(&self.expand(frame, k)))
+                    .collect();
+                self.compare_expanded(frame, *comparison, &values, keys)?
             }
         })
     }
@@ -490,6 +497,16 @@ impl Run<'_, '_> {
         keys: &[String],
     ) -> Result<bool, RuntimeError> {
         let keys: Vec<String> = keys.iter().map(|k| self.expand(frame, k)).collect();
+        self.compare_expanded(frame, comparison, values, keys)
+    }
+
+    fn compare_expanded(
+        &mut self,
+        frame: &mut Frame<'_>,
+        comparison: super::ast::Comparison,
+        values: &[String],
+        keys: Vec<String>,
+    ) -> Result<bool, RuntimeError> {
         if frame.has_variables() && comparison.match_type == MatchType::Matches {
             let mut captured = Vec::new();
             let matched = test_values(comparison, values, &keys, Some(&mut captured), &mut self.budget)

@@ -855,3 +855,34 @@ fn the_deepest_allowed_nesting_fits_a_small_stack() {
         "{outcome:?}"
     );
 }
+
+/// RFC 5232 3.2's hasflag examples: keys and variables are lists of flags, duplicates ignored.
+#[test]
+fn rfc_5232_hasflag_examples() {
+    let yes = |test: &str| {
+        let script = format!(
+            "require [\"imap4flags\", \"variables\", \"relational\", \"comparator-i;ascii-numeric\"];\n\
+             setflag \"A B\";\n\
+             set \"MyVar\" \"NonJunk Junk gnus-forward $Forwarded NotJunk JunkRecorded $Junk $NotJunk\";\n\
+             set \"Flags\" \"A B C D E F A B C D E F\";\n\
+             if {test} {{ discard; }}"
+        );
+        run(&script, "S: x\n\nb\n") == vec![Action::Discard]
+    };
+    assert!(yes("hasflag [\"b\", \"A\"]"));
+    assert!(yes("hasflag :is \"b A\""));
+    assert!(yes("hasflag :contains \"MyVar\" \"Junk\""));
+    assert!(yes("hasflag :contains \"MyVar\" \"forward\""));
+    assert!(yes("hasflag :contains \"MyVar\" [\"label\", \"forward\"]"));
+    assert!(yes("hasflag :contains \"MyVar\" \"junk forward\""));
+    assert!(!yes("hasflag :contains \"MyVar\" \"label\""));
+    assert!(!yes("hasflag :contains \"MyVar\" [\"label\", \"logger\"]"));
+    assert!(!yes("hasflag \"\""));
+    assert!(!yes(
+        "hasflag :count \"gt\" :comparator \"i;ascii-numeric\" \"Flags\" \"6\""
+    ));
+    assert!(yes(
+        "hasflag :count \"eq\" :comparator \"i;ascii-numeric\" \"Flags\" \"6\""
+    ));
+    assert!(yes("hasflag :count \"eq\" :comparator \"i;ascii-numeric\" \"2\""));
+}
