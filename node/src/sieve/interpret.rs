@@ -197,6 +197,10 @@ impl Run<'_, '_> {
                 }
                 if mailbox.eq_ignore_ascii_case("INBOX") {
                     self.add(Action::Keep { flags })?;
+                } else if mailbox.is_empty() {
+                    self.notes
+                        .push("fileinto an empty mailbox name: kept in INBOX instead".to_string());
+                    self.add(Action::Keep { flags })?;
                 } else if *create || self.environment.mailbox_exists(&mailbox) {
                     self.add(Action::FileInto {
                         mailbox,
@@ -533,7 +537,9 @@ impl Run<'_, '_> {
 
     fn set_variable(&mut self, frame: &mut Frame<'_>, name: &str, value: String) -> Result<(), RuntimeError> {
         let value = truncate(value);
-        let (scope, key) = if frame.global_names.contains(name) {
+        let (scope, key) = if let Some(global) = name.strip_prefix("global.") {
+            (&mut self.globals, global)
+        } else if frame.global_names.contains(name) {
             (&mut self.globals, name)
         } else {
             (&mut frame.variables, name)

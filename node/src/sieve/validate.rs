@@ -271,7 +271,7 @@ impl Validator {
                 )?;
                 expect_count(name, at, &positional, 2)?;
                 let variable = single_string(name, positional[0])?;
-                check_variable_name(&variable, positional[0].at())?;
+                check_settable_name(&variable, positional[0].at())?;
                 let mut modifiers = tags.modifiers;
                 modifiers.sort_by_key(|m| std::cmp::Reverse(m.precedence()));
                 Command::Set {
@@ -293,7 +293,7 @@ impl Validator {
                     [variable, flags] => {
                         self.need(Extension::Variables, variable.at(), "a flag variable")?;
                         let variable_name = single_string(name, variable)?;
-                        check_variable_name(&variable_name, variable.at())?;
+                        check_settable_name(&variable_name, variable.at())?;
                         (Some(variable_name.to_ascii_lowercase()), strings(name, flags)?)
                     }
                     _ => return Err(ParseError::at(at, format!("{name} takes [variable] flags"))),
@@ -525,7 +525,7 @@ impl Validator {
                         self.need(Extension::Variables, variables.at(), "hasflag with variables")?;
                         let variables = strings(name, variables)?;
                         for variable in &variables {
-                            check_variable_name(variable, at)?;
+                            check_settable_name(variable, at)?;
                         }
                         (
                             variables.iter().map(|v| v.to_ascii_lowercase()).collect(),
@@ -763,6 +763,14 @@ fn single_string(name: &str, argument: &Argument) -> Result<String, ParseError> 
             other.at(),
             format!("{name} expects a single string here"),
         )),
+    }
+}
+
+/// A variable name, or RFC 6609's `global.name` for a global variable.
+fn check_settable_name(name: &str, at: Position) -> Result<(), ParseError> {
+    match name.get(..7) {
+        Some(prefix) if prefix.eq_ignore_ascii_case("global.") => check_variable_name(&name[7..], at),
+        _ => check_variable_name(name, at),
     }
 }
 

@@ -886,3 +886,23 @@ fn rfc_5232_hasflag_examples() {
     ));
     assert!(yes("hasflag :count \"eq\" :comparator \"i;ascii-numeric\" \"2\""));
 }
+
+/// RFC 6609 3.5: the `global.` namespace reaches the globals without a `global` command.
+#[test]
+fn rfc_6609_global_namespace_and_an_empty_mailbox_name() {
+    let store = Store::with_mailboxes(&["away"]).script(
+        "check",
+        "require [\"variables\", \"include\", \"fileinto\"];\nif string :is \"${global.i_am_on_vacation}\" \"1\" { fileinto \"away\"; }",
+    );
+    let script =
+        "require [\"variables\", \"include\"];\nset \"global.i_am_on_vacation\" \"1\";\ninclude \"check\";";
+    let outcome = run_in(&store, script, "S: x\n\nb\n", Envelope { from: "", to: TO }).unwrap();
+    assert_eq!(outcome.actions, vec![fileinto("away")]);
+    let script = "require [\"variables\", \"include\"];\nset \"i_am_on_vacation\" \"1\";\ninclude \"check\";";
+    let outcome = run_in(&store, script, "S: x\n\nb\n", Envelope { from: "", to: TO }).unwrap();
+    assert_eq!(outcome.actions, vec![keep()], "a local variable is not global");
+    let empty = "require [\"variables\", \"fileinto\", \"mailbox\"];\nfileinto :create \"${nothing}\";";
+    let outcome = run_in(&store, empty, "S: x\n\nb\n", Envelope { from: "", to: TO }).unwrap();
+    assert_eq!(outcome.actions, vec![keep()]);
+    assert!(outcome.notes[0].contains("empty mailbox name"));
+}
