@@ -72,6 +72,8 @@ pub struct Directory {
     /// The cluster's link graph as this node knows it (stored in the peers table), from which
     /// every mailbox's effective holders follow.
     pub(crate) links: LinkGraph,
+    /// Mailboxes whose copy this node is letting go, waiting for its sync log to drain.
+    releasing: BTreeSet<MailboxId>,
 }
 
 /// Whether `node` is among `holders` (empty: every node).
@@ -103,13 +105,30 @@ impl Directory {
             active: BTreeMap::new(),
             dormant: BTreeMap::new(),
             links,
+            releasing: BTreeSet::new(),
         }
     }
 
     /// The nodes that keep a copy of `entry`'s mailbox (empty: every node): its locations and
     /// the relays that connect them in the link graph.
     pub(crate) fn holders_of(&self, entry: &MailboxEntry) -> BTreeSet<NodeId> {
-        self.links.holders(&entry.locations.value)
+        self.links.holders_of(entry)
+    }
+
+    /// Marks this node in `new` as letting its copy go when it held one under `old` and is not
+    /// needed any more (see `MailboxEntry::leaving`), and unmarks it when it is needed again.
+    /// Returns whether `new` changed.
+    pub(crate) fn mark_leaving(&self, old: Option<&MailboxEntry>, new: &mut MailboxEntry) -> bool {
+        let me = &self.ctx.node;
+        if new.is_deleted() {
+            return false;
+        }
+        let needed = self.links.needs(new, me);
+        if new.is_leaving(me) {
+            return needed && new.set_leaving(me, false, self.ctx.counters.tick());
+        }
+        let held = old.is_some_and(|o| !o.is_deleted() && holds(&self.holders_of(o), me));
+        held && !needed && new.set_leaving(me, true, self.ctx.counters.tick())
     }
 
     pub(crate) fn stored_entry(&self, id: MailboxId) -> Result<Option<Tagged<MailboxEntry>>, StoreError> {
@@ -357,9 +376,7 @@ impl Directory {
         if becomes_primary_here(old, new, &self.ctx.node) {
             self.settle_held_conflicts(new);
         }
-        let me = &self.ctx.node;
-        let held_before = old.is_some_and(|o| holds(&self.holders_of(o), me));
-        if held_before && !holds(&self.holders_of(new), me) {
+        if new.is_leaving(&self.ctx.node) && !self.links.needs(new, &self.ctx.node) {
             self.release_when_drained(new.id, ctx);
         }
     }
@@ -378,25 +395,65 @@ impl Directory {
     /// no longer a relay between them), once no sync log row for it is left (every change made
     /// here has reached a peer). The entry stays.
     pub(crate) fn release_when_drained(&mut self, id: MailboxId, ctx: &mut Context<Self>) {
+        if self.releasing.insert(id) {
+            self.try_release(id, ctx);
+        }
+    }
+
+    /// How many mailboxes this node is letting go of.
+    pub(crate) fn releasing(&self) -> usize {
+        self.releasing.len()
+    }
+
+    fn try_release(&mut self, id: MailboxId, ctx: &mut Context<Self>) {
         let item = SyncItem::Mailbox(id).encode();
         let mut pending = false;
         let scanned = self.ctx.store.scan_prefix(Table::SyncLog, &[], None, |k, _| {
             pending = k.ends_with(&item);
             Ok(!pending)
         });
-        let still_released = matches!(self.entry(id), Ok(Some(e))
-            if !e.is_deleted() && !holds(&self.holders_of(&e), &self.ctx.node));
-        if !still_released {
-            return;
-        }
+        let me = self.ctx.node.clone();
+        let entry = match self.entry(id) {
+            Ok(Some(e)) if !e.is_deleted() && e.is_leaving(&me) && !self.links.needs(&e, &me) => e,
+            _ => {
+                self.releasing.remove(&id);
+                return;
+            }
+        };
         if pending || scanned.is_err() {
-            ctx.run_later(Duration::from_secs(5), move |act, ctx| {
-                act.release_when_drained(id, ctx)
-            });
+            ctx.run_later(Duration::from_secs(5), move |act, ctx| act.try_release(id, ctx));
             return;
         }
-        info!(mailbox = %id, "this node no longer holds the mailbox (not among its locations, not a relay): releasing its copy");
-        self.purge(id, ctx);
+        // Drained: this node says it is gone (so the relays it needed can go too) before its
+        // copy goes, so no peer sends it anything for a copy it no longer has.
+        let mut gone = entry.clone();
+        gone.set_leaving(&me, false, self.ctx.counters.tick());
+        let mut writes = Writes::default();
+        self.write_entry(
+            &mut writes,
+            Some(&entry),
+            &Tagged::local(gone.clone(), &me),
+            &Provenance::Local,
+        );
+        // A crash part way through the purge leaves this row, and the next start finishes it.
+        writes
+            .batch
+            .put_raw(Table::Purges, keys::mailbox(id), Vec::new());
+        let done = self.ctx.commit(writes, None);
+        ctx.wait(async move { done.await }.into_actor(self).map(move |result, act, ctx| {
+            act.releasing.remove(&id);
+            match result {
+                Ok(()) => {
+                    info!(mailbox = %id, "this node no longer holds the mailbox (not among its locations, not a relay): releasing its copy");
+                    act.purge(id, ctx);
+                    act.after_entry_commit(Some(&entry), &gone, ctx);
+                }
+                Err(e) => {
+                    warn!(mailbox = %id, error = %e, "cannot record that this node let its copy go; retrying");
+                    act.release_when_drained(id, ctx);
+                }
+            }
+        }));
     }
 
     /// The running actor of a mailbox, if any.
@@ -464,13 +521,17 @@ impl Directory {
     }
 
     /// Stores an entry a client changed here, and tells its running Mailbox actor.
-    pub(crate) fn write_local_entry(&self, writes: &mut Writes, old: &MailboxEntry, new: MailboxEntry) {
-        self.write_entry(
-            writes,
-            Some(old),
-            &Tagged::local(new, &self.ctx.node),
-            &Provenance::Local,
-        );
+    /// Returns the entry as written (this node marked as leaving, if the change lets it go).
+    pub(crate) fn write_local_entry(
+        &self,
+        writes: &mut Writes,
+        old: &MailboxEntry,
+        mut new: MailboxEntry,
+    ) -> MailboxEntry {
+        self.mark_leaving(Some(old), &mut new);
+        let tagged = Tagged::local(new, &self.ctx.node);
+        self.write_entry(writes, Some(old), &tagged, &Provenance::Local);
+        tagged.item
     }
 
     fn save_local_sieve(&self, writes: &mut Writes, user: &str, sieve: UserSieve) {
@@ -586,6 +647,21 @@ impl Actor for Directory {
                 Ok(_) => {}
                 Err(e) => warn!(mailbox = %id, error = %e, "cannot read a mailbox left to settle"),
             }
+        }
+        // Copies this node was letting go when it stopped.
+        let me = self.ctx.node.clone();
+        let mut leaving = Vec::new();
+        if let Err(e) = self.ctx.store.scan_prefix(Table::Mailboxes, &[], None, |_, v| {
+            let t: Tagged<MailboxEntry> = decode(v, "mailbox entry")?;
+            if !t.item.is_deleted() && t.item.is_leaving(&me) {
+                leaving.push(t.item.id);
+            }
+            Ok(true)
+        }) {
+            warn!(error = %e, "cannot read the mailboxes this node was letting go");
+        }
+        for id in leaving {
+            self.release_when_drained(id, ctx);
         }
         let sweep = (self.policy.idle_after / 2).max(Duration::from_millis(10));
         ctx.run_interval(sweep, |act, _| {
@@ -844,7 +920,7 @@ impl Handler<SetLocations> for Directory {
                 .set(msg.locations.into_iter().collect(), version.clone());
             entry.primary.set(msg.primary, version);
             let mut writes = Writes::default();
-            self.write_local_entry(&mut writes, &old, entry.clone());
+            let entry = self.write_local_entry(&mut writes, &old, entry);
             Ok((self.ctx.commit(writes, None), old, entry))
         })();
         AtomicResponse::new(Box::pin(
@@ -1079,6 +1155,8 @@ pub struct GetDirectoryStats;
 pub struct DirectoryStats {
     pub active: usize,
     pub dormant_running: usize,
+    /// Mailboxes whose copy this node is letting go (waiting for its sync log to drain).
+    pub releasing: usize,
 }
 
 impl Handler<GetDirectoryStats> for Directory {
@@ -1088,6 +1166,7 @@ impl Handler<GetDirectoryStats> for Directory {
         MessageResult(DirectoryStats {
             active: self.active.len(),
             dormant_running: self.dormant.values().filter(|w| w.upgrade().is_some()).count(),
+            releasing: self.releasing(),
         })
     }
 }

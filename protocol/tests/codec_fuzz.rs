@@ -210,9 +210,10 @@ fn mailbox_entry() -> impl Strategy<Value = MailboxEntry> {
         (btree_set(node_id(), 0..3), version()),
         (option::of(node_id()), version()),
         option::of((version(), any::<u32>())),
+        btree_map(node_id(), (any::<bool>(), version()), 0..3),
     )
         .prop_map(
-            |((id, uv, created), (user, name, pv), (locations, lv), (primary, prv), deleted)| MailboxEntry {
+            |((id, uv, created), (user, name, pv), (locations, lv), (primary, prv), deleted, leaving)| MailboxEntry {
                 id: MailboxId(id),
                 uidvalidity: UidValidity(uv),
                 created,
@@ -223,6 +224,7 @@ fn mailbox_entry() -> impl Strategy<Value = MailboxEntry> {
                     version,
                     uidvalidity: UidValidity(uv),
                 }),
+                leaving: leaving.into_iter().map(|(n, (l, v))| (n, Lww::new(l, v))).collect(),
             },
         )
 }
