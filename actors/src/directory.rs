@@ -72,8 +72,9 @@ pub struct Directory {
     /// The cluster's link graph as this node knows it (stored in the peers table), from which
     /// every mailbox's effective holders follow.
     pub(crate) links: LinkGraph,
-    /// Mailboxes whose copy this node is letting go, waiting for its sync log to drain.
-    releasing: BTreeSet<MailboxId>,
+    /// Mailboxes whose copy this node is letting go, each with the peers its sync log still
+    /// has changes of it for (empty: not looked yet, or the entry is being written).
+    releasing: BTreeMap<MailboxId, BTreeSet<NodeId>>,
 }
 
 /// Whether `node` is among `holders` (empty: every node).
@@ -105,7 +106,7 @@ impl Directory {
             active: BTreeMap::new(),
             dormant: BTreeMap::new(),
             links,
-            releasing: BTreeSet::new(),
+            releasing: BTreeMap::new(),
         }
     }
 
@@ -199,7 +200,13 @@ impl Directory {
             let held = holds(&now, me) || (!old.is_deleted() && holds(&before, me));
             if !entry.is_deleted() && held {
                 for peer in self.ctx.sync_log.peers() {
-                    let held_before = !old.is_deleted() && holds(&before, &peer);
+                    // A peer that wrote its leaving register back to false let its copy go (or
+                    // is needed again and kept it: a whole sync then costs only time). Counted
+                    // as a holder all along here (leaving, then a relay again by the graph), it
+                    // was never queued, and its empty copy stayed empty (--locations seed 2).
+                    let held_before = !old.is_deleted()
+                        && holds(&before, &peer)
+                        && !entry.let_go_since(old, &peer);
                     if holds(&now, &peer) && !held_before {
                         batch.delete(Table::ReplCache, crate::mailbox_sync::cache_key(entry.id, &peer));
                         let logged = self
@@ -395,23 +402,33 @@ impl Directory {
     /// no longer a relay between them), once no sync log row for it is left (every change made
     /// here has reached a peer). The entry stays.
     pub(crate) fn release_when_drained(&mut self, id: MailboxId, ctx: &mut Context<Self>) {
-        if self.releasing.insert(id) {
+        if self.releasing.insert(id, BTreeSet::new()).is_none() {
             self.try_release(id, ctx);
         }
     }
 
-    /// How many mailboxes this node is letting go of.
-    pub(crate) fn releasing(&self) -> usize {
-        self.releasing.len()
+    /// The mailboxes this node is letting go of, each with the peers it still has changes of it
+    /// for.
+    pub(crate) fn releasing(&self) -> BTreeMap<MailboxId, BTreeSet<NodeId>> {
+        self.releasing.clone()
     }
 
     fn try_release(&mut self, id: MailboxId, ctx: &mut Context<Self>) {
-        let item = SyncItem::Mailbox(id).encode();
-        let mut pending = false;
+        // Only rows for configured peers count: the rows of a peer removed from the
+        // configuration stay in the log but no channel drains them (the peer gets everything
+        // again if it comes back), and waiting for them kept a copy from going for good.
+        let item = SyncItem::Mailbox(id);
+        let configured = self.ctx.sync_log.peers();
+        let mut waiting = BTreeSet::new();
         let scanned = self.ctx.store.scan_prefix(Table::SyncLog, &[], None, |k, _| {
-            pending = k.ends_with(&item);
-            Ok(!pending)
+            if let Some((peer, logged)) = crate::sync_log::split_row_key(k) {
+                if logged == item && configured.contains(&peer) {
+                    waiting.insert(peer);
+                }
+            }
+            Ok(true)
         });
+        let pending = !waiting.is_empty();
         let me = self.ctx.node.clone();
         let entry = match self.entry(id) {
             Ok(Some(e)) if !e.is_deleted() && e.is_leaving(&me) && !self.links.needs(&e, &me) => e,
@@ -420,6 +437,9 @@ impl Directory {
                 return;
             }
         };
+        if let Some(w) = self.releasing.get_mut(&id) {
+            *w = waiting;
+        }
         if pending || scanned.is_err() {
             ctx.run_later(Duration::from_secs(5), move |act, ctx| act.try_release(id, ctx));
             return;
@@ -1151,12 +1171,15 @@ impl Handler<ListScripts> for Directory {
 #[rtype(result = "DirectoryStats")]
 pub struct GetDirectoryStats;
 
-#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+#[derive(Clone, Debug, PartialEq, Eq)]
 pub struct DirectoryStats {
     pub active: usize,
     pub dormant_running: usize,
     /// Mailboxes whose copy this node is letting go (waiting for its sync log to drain).
     pub releasing: usize,
+    /// The mailboxes this node is letting go of, each with the peers it still has changes of it
+    /// for (shown when a cluster does not go quiet).
+    pub releasing_waits: BTreeMap<MailboxId, BTreeSet<NodeId>>,
 }
 
 impl Handler<GetDirectoryStats> for Directory {
@@ -1166,7 +1189,8 @@ impl Handler<GetDirectoryStats> for Directory {
         MessageResult(DirectoryStats {
             active: self.active.len(),
             dormant_running: self.dormant.values().filter(|w| w.upgrade().is_some()).count(),
-            releasing: self.releasing(),
+            releasing: self.releasing.len(),
+            releasing_waits: self.releasing(),
         })
     }
 }

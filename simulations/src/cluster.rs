@@ -413,8 +413,13 @@ impl SimCluster {
             // A node letting a copy go still has an entry to write once its log drains.
             for (node, local) in &self.running {
                 if let Ok(d) = local.directory.send(GetDirectoryStats).await {
-                    if d.releasing > 0 {
-                        busy.push(format!("{node} letting {} mailbox copies go", d.releasing));
+                    for (id, waits) in &d.releasing_waits {
+                        let waits: Vec<String> = waits.iter().map(|p| p.to_string()).collect();
+                        busy.push(format!(
+                            "{node} letting {} go (log rows for [{}])",
+                            crate::network::short_id(id.0),
+                            waits.join(",")
+                        ));
                     }
                 }
             }

@@ -85,6 +85,15 @@ impl MailboxEntry {
         self.leaving.get(node).is_some_and(|l| l.value)
     }
 
+    /// Whether `node` wrote its leaving register back to `false` (it let its copy go, or is
+    /// needed again) since `before`: the register is `false` here and was not this one there.
+    pub fn let_go_since(&self, before: &MailboxEntry, node: &NodeId) -> bool {
+        match self.leaving.get(node) {
+            Some(now) if !now.value => before.leaving.get(node) != Some(now),
+            _ => false,
+        }
+    }
+
     /// Marks `node` as leaving (`true`) or gone (`false`) at `version`; returns whether that
     /// changed anything.
     pub fn set_leaving(&mut self, node: &NodeId, leaving: bool, version: Version) -> bool {
