@@ -475,6 +475,10 @@ fn response_name(r: &Response) -> String {
 
 impl SyncJob {
     async fn request(&self, request: Request) -> Result<Response, SyncError> {
+        if self.ctx.faults.changes_pushed_twice && matches!(request, Request::ChangeRequest(_)) {
+            // Sabotage (simulator only): the same push crosses the link once more.
+            self.transport.request(&self.peer, request.clone()).await?;
+        }
         Ok(self.transport.request(&self.peer, request).await?)
     }
 

@@ -48,6 +48,16 @@ pub struct Faults {
     /// A record this node hid (a uid conflict) stays hidden after its conflict is settled: the
     /// replicas agree on every record but not on what they show.
     pub hidden_stays_hidden: bool,
+    /// Every change request a Channel sends goes over the link twice: no echo, no loss, only
+    /// more crossings than the forwarding rule allows.
+    pub changes_pushed_twice: bool,
+    /// The primary settling a uid conflict leaves the lowest AppendId at the contested uid and
+    /// promotes only the others: every replica agrees, but a uid clients saw as two different
+    /// messages still shows one of them.
+    pub promotion_keeps_one: bool,
+    /// A live mailbox entry arriving from a peer replaces this node's DELETED tombstone of it:
+    /// a deleted mailbox comes back.
+    pub mailbox_tombstone_not_sticky: bool,
 }
 
 #[derive(Clone)]

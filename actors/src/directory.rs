@@ -28,7 +28,7 @@ use tracing::{info, warn};
 
 use crate::context::{NodeContext, Writes};
 use crate::error::{MailError, StoreError};
-use crate::mailbox::{Mailbox, MarkDeleted, StoredAnnotation, StoredRecord};
+use crate::mailbox::{Mailbox, MailboxCounters, MarkDeleted, StoredAnnotation, StoredRecord};
 use crate::store::{decode, keys, Batch, Table};
 use crate::sync_log::{Provenance, SyncItem, Tagged};
 
@@ -88,6 +88,21 @@ struct ActiveMailbox {
 }
 
 impl Directory {
+    /// The mailboxes with a row in `table`, a durable "work left to do" list that `started`
+    /// resumes (`what` names it in the warning if the store cannot be read).
+    fn mailboxes_left_in(&self, table: Table, what: &str) -> Vec<MailboxId> {
+        let mut ids = Vec::new();
+        if let Err(e) = self.ctx.store.scan_prefix(table, &[], None, |k, _| {
+            if let Ok(bytes) = <[u8; 16]>::try_from(k) {
+                ids.push(MailboxId::from_bytes(bytes));
+            }
+            Ok(true)
+        }) {
+            warn!(error = %e, "cannot read the {what}");
+        }
+        ids
+    }
+
     pub fn new(ctx: NodeContext, policy: ActivationPolicy) -> Self {
         let links = match ctx
             .store
@@ -465,7 +480,7 @@ impl Directory {
             match result {
                 Ok(()) => {
                     info!(mailbox = %id, "this node no longer holds the mailbox (not among its locations, not a relay): releasing its copy");
-                    act.purge(id, ctx);
+                    act.purge_as(id, Purge::Released, ctx);
                     act.after_entry_commit(Some(&entry), &gone, ctx);
                 }
                 Err(e) => {
@@ -487,6 +502,11 @@ impl Directory {
     /// Stops the actor of a deleted mailbox, then removes its records in chunks. A crash part way
     /// leaves the purge row, and the next start finishes the job.
     pub(crate) fn purge(&mut self, id: MailboxId, ctx: &mut Context<Self>) {
+        self.purge_as(id, Purge::Deleted, ctx)
+    }
+
+    /// Stops the actor of a mailbox and removes its records in chunks, keeping what `purge` says.
+    fn purge_as(&mut self, id: MailboxId, purge: Purge, ctx: &mut Context<Self>) {
         let addr = self
             .active
             .remove(&id)
@@ -498,7 +518,7 @@ impl Directory {
                 if let Some(addr) = addr {
                     let _ = addr.send(MarkDeleted).await;
                 }
-                if let Err(e) = purge_mailbox(node, id).await {
+                if let Err(e) = purge_mailbox(node, id, purge).await {
                     warn!(mailbox = %id, error = %e, "purging a deleted mailbox failed; it will be retried at the next start");
                 }
             }
@@ -576,8 +596,18 @@ impl Directory {
     }
 }
 
-/// Deletes every row of a deleted mailbox, 1,000 records per batch, releasing its bodies.
-async fn purge_mailbox(node: NodeContext, id: MailboxId) -> Result<(), StoreError> {
+/// Why a mailbox's rows go.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+enum Purge {
+    /// The mailbox is deleted: nothing of it is kept.
+    Deleted,
+    /// This node no longer holds it: the copy goes, its UIDNEXT and modseq counter stay.
+    Released,
+}
+
+/// Deletes every row of a deleted mailbox, 1,000 records per batch, releasing its bodies; a
+/// released copy keeps its counters' floor.
+async fn purge_mailbox(node: NodeContext, id: MailboxId, purge: Purge) -> Result<(), StoreError> {
     let store = &node.store;
     loop {
         let mut batch = Batch::new();
@@ -616,7 +646,27 @@ async fn purge_mailbox(node: NodeContext, id: MailboxId) -> Result<(), StoreErro
         batch.delete(Table::ReplCache, k.to_vec());
         Ok(true)
     })?;
-    batch.delete(Table::MailboxState, keys::mailbox(id));
+    let kept = match purge {
+        Purge::Deleted => None,
+        Purge::Released => store.get::<MailboxCounters>(Table::MailboxState, &keys::mailbox(id))?,
+    };
+    match kept {
+        // A copy let go may be held again (the mailbox placed back here) and take client writes
+        // before it hears from another holder: with counters from nothing it showed UIDNEXT 1
+        // and handed out uids this node's clients had seen name other messages (engine bug 23,
+        // simulator seed 82 with --locations). So the floor stays: UIDNEXT and the modseq
+        // counter, with the counts and digest of the empty copy.
+        Some(counters) => batch.put(
+            Table::MailboxState,
+            keys::mailbox(id),
+            &MailboxCounters {
+                uidnext: counters.uidnext,
+                modseq: counters.modseq,
+                ..Default::default()
+            },
+        ),
+        None => batch.delete(Table::MailboxState, keys::mailbox(id)),
+    }
     // The compacted expunged messages go with the records: a copy let go and later held again
     // starts from nothing, and a stale set would keep what a peer sends from being counted in
     // the digest (found by the simulator with --locations, seed 43).
@@ -631,7 +681,10 @@ async fn purge_mailbox(node: NodeContext, id: MailboxId) -> Result<(), StoreErro
         None,
     )
     .await?;
-    info!(mailbox = %id, "deleted mailbox purged");
+    match purge {
+        Purge::Deleted => info!(mailbox = %id, "deleted mailbox purged"),
+        Purge::Released => info!(mailbox = %id, "released copy purged"),
+    }
     Ok(())
 }
 
@@ -639,29 +692,17 @@ impl Actor for Directory {
     type Context = Context<Self>;
 
     fn started(&mut self, ctx: &mut Self::Context) {
-        let mut unfinished = Vec::new();
-        if let Err(e) = self.ctx.store.scan_prefix(Table::Purges, &[], None, |k, _| {
-            if let Ok(bytes) = <[u8; 16]>::try_from(k) {
-                unfinished.push(MailboxId::from_bytes(bytes));
-            }
-            Ok(true)
-        }) {
-            warn!(error = %e, "cannot read unfinished purges");
-        }
-        for id in unfinished {
-            self.purge(id, ctx);
+        // A purge row is written with a tombstone, or with the entry in which this node let
+        // its copy go: a live entry means a released copy, whose counters' floor stays.
+        for id in self.mailboxes_left_in(Table::Purges, "unfinished purges") {
+            let purge = match self.entry(id) {
+                Ok(Some(entry)) if !entry.is_deleted() => Purge::Released,
+                _ => Purge::Deleted,
+            };
+            self.purge_as(id, purge, ctx);
         }
         // Primaries this node became whose uid conflicts were not settled before it stopped.
-        let mut unsettled = Vec::new();
-        if let Err(e) = self.ctx.store.scan_prefix(Table::Settles, &[], None, |k, _| {
-            if let Ok(bytes) = <[u8; 16]>::try_from(k) {
-                unsettled.push(MailboxId::from_bytes(bytes));
-            }
-            Ok(true)
-        }) {
-            warn!(error = %e, "cannot read the mailboxes left to settle");
-        }
-        for id in unsettled {
+        for id in self.mailboxes_left_in(Table::Settles, "mailboxes left to settle") {
             match self.entry(id) {
                 Ok(Some(entry)) if !entry.is_deleted() => self.settle_held_conflicts(&entry),
                 Ok(_) => {}

@@ -222,6 +222,14 @@ impl Handler<ApplyEntries> for Directory {
             {
                 let local = self.stored_entry(incoming.id)?;
                 let (mut merged, mut effect) = match &local {
+                    Some(l)
+                        if self.ctx.faults.mailbox_tombstone_not_sticky
+                            && l.item.is_deleted()
+                            && !incoming.is_deleted() =>
+                    {
+                        // Sabotage (simulator only): the live entry wins over the tombstone.
+                        (incoming, MergeEffect::TookIncoming)
+                    }
                     Some(l) => {
                         let mut m = l.item.clone();
                         let effect = m.merge_from(&incoming);
@@ -244,13 +252,8 @@ impl Handler<ApplyEntries> for Directory {
                         .batch
                         .put_raw(Table::Purges, keys::mailbox(merged.id), Vec::new());
                 }
-                let provenance = Provenance::Remote {
-                    from: msg.from.clone(),
-                    origin: origin.clone(),
-                    effect,
-                    newest: merged.newest(),
-                };
-                let tagged = Tagged::merged(merged.clone(), effect, &msg.from, &origin, &self.ctx.node);
+                let (tagged, provenance) =
+                    Tagged::merged_remote(merged.clone(), effect, &msg.from, &origin, &self.ctx.node);
                 self.write_entry(&mut writes, local.as_ref().map(|l| &l.item), &tagged, &provenance);
                 changed.push((local.map(|l| l.item), merged));
             }
@@ -355,13 +358,8 @@ impl Directory {
         if effect == MergeEffect::Unchanged {
             return;
         }
-        let provenance = Provenance::Remote {
-            from: from.clone(),
-            origin: incoming.origin.clone(),
-            effect,
-            newest: merged.newest(),
-        };
-        let tagged = Tagged::merged(merged, effect, from, &incoming.origin, &self.ctx.node);
+        let (tagged, provenance) =
+            Tagged::merged_remote(merged, effect, from, &incoming.origin, &self.ctx.node);
         self.write_user_item(writes, table, &user, &tagged, item, &provenance);
     }
 }
@@ -615,13 +613,8 @@ impl Handler<ApplyLinks> for Directory {
             let mut writes = Writes::default();
             let mut relinked = Vec::new();
             if effect.changed() {
-                let provenance = Provenance::Remote {
-                    from: msg.from.clone(),
-                    origin: origin.clone(),
-                    effect,
-                    newest: merged.newest(),
-                };
-                let tagged = Tagged::merged(merged.clone(), effect, &msg.from, &origin, &self.ctx.node);
+                let (tagged, provenance) =
+                    Tagged::merged_remote(merged.clone(), effect, &msg.from, &origin, &self.ctx.node);
                 relinked = self.store_links(&mut writes, &tagged, &provenance)?;
             }
             Ok::<_, MailError>((writes, merged, relinked))

@@ -885,8 +885,13 @@ impl Mailbox {
                 })
                 .collect();
             match settle_uid(&seen, retired, primary) {
-                Settlement::Promote(ids) => {
-                    self.pruned.retire(uid.0);
+                Settlement::Promote(mut ids) => {
+                    if self.ctx.faults.promotion_keeps_one {
+                        // Sabotage (simulator only): the lowest record keeps the contested uid.
+                        ids.remove(0);
+                    } else {
+                        self.pruned.retire(uid.0);
+                    }
                     // Only live messages move: an expunged one is shown nowhere, and moving it
                     // would only spend a uid that some node then retires when it compacts the
                     // message (simulator, seed 16014).

@@ -535,6 +535,27 @@ impl<T> Tagged<T> {
         }
     }
 
+    /// [`Tagged::merged`] together with the [`Provenance`] its log rows are written under: the
+    /// pair every handler that stores a peer's change needs.
+    pub fn merged_remote(
+        item: T,
+        effect: MergeEffect,
+        from: &NodeId,
+        origin: &NodeId,
+        me: &NodeId,
+    ) -> (Self, Provenance)
+    where
+        T: Dated,
+    {
+        let provenance = Provenance::Remote {
+            from: from.clone(),
+            origin: origin.clone(),
+            effect,
+            newest: item.newest(),
+        };
+        (Tagged::merged(item, effect, from, origin, me), provenance)
+    }
+
     /// Whether `peer` already has this state.
     pub fn suppressed_for(&self, peer: &NodeId, log: &SyncLog) -> bool
     where

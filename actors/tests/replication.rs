@@ -1012,6 +1012,89 @@ fn a_location_dropped_and_added_back_gets_everything_again() {
     });
 }
 
+/// A copy let go and held again keeps its UIDNEXT and HIGHESTMODSEQ: b showed uids 1 to 3, lets
+/// its copy go, and is made a location again while cut off from a. Before it hears from a it
+/// neither shows a lower UIDNEXT nor hands a client's append a uid it already showed for another
+/// message (engine bug 23, simulator seed 82 with --locations: releasing deleted the counters, so
+/// the re-held copy appended at uid 1, which b's clients had seen as a's first message).
+#[test]
+fn a_copy_held_again_never_reuses_a_uid_it_showed() {
+    run_virtual(|| async {
+        let cluster = Cluster::full_mesh(&["a", "b"]);
+        create(&cluster, "a", "alice", "INBOX").await;
+        let on_a = open(&cluster, "a", "alice", "INBOX").await;
+        for i in 0..3 {
+            append_to(&on_a, &message(i), &[]).await;
+        }
+        drop(on_a);
+        cluster.settle().await;
+        let shown = inbox(&cluster.dump("b").await).messages.clone();
+        assert_eq!(shown.len(), 3);
+        let before = open(&cluster, "b", "alice", "INBOX")
+            .await
+            .send(GetState)
+            .await
+            .unwrap()
+            .unwrap();
+        assert_eq!(before.uidnext, Uid(4));
+
+        let set = |locations: &[&str]| alice_inbox_at(locations, None);
+        cluster
+            .node("a")
+            .directory
+            .send(set(&["a"]))
+            .await
+            .unwrap()
+            .unwrap();
+        cluster.settle().await;
+        let mut waited = 0;
+        while !inbox(&cluster.dump("b").await).messages.is_empty() {
+            waited += 1;
+            assert!(waited < 60, "b never released its copy");
+            tokio::time::sleep(std::time::Duration::from_secs(1)).await;
+        }
+
+        cluster.net.set_link(&n("a"), &n("b"), false);
+        cluster
+            .node("b")
+            .directory
+            .send(set(&["a", "b"]))
+            .await
+            .unwrap()
+            .unwrap();
+        let on_b = open(&cluster, "b", "alice", "INBOX").await;
+        let again = on_b.send(GetState).await.unwrap().unwrap();
+        assert!(
+            again.uidnext >= before.uidnext && again.highestmodseq >= before.highestmodseq,
+            "UIDNEXT/HIGHESTMODSEQ went down from {}/{} to {}/{}",
+            before.uidnext,
+            before.highestmodseq,
+            again.uidnext,
+            again.highestmodseq
+        );
+        let appended = append_to(&on_b, &message(100), &[]).await;
+        assert!(
+            appended.uid >= before.uidnext,
+            "the re-held copy gave uid {} to a new message; b had shown uids 1 to 3 for a's",
+            appended.uid.0
+        );
+        drop(on_b);
+
+        cluster.net.set_link(&n("a"), &n("b"), true);
+        cluster.settle().await;
+        let dump = cluster.assert_converged().await;
+        let messages = &inbox(&dump).messages;
+        assert_eq!(messages.len(), 4);
+        for (uid, aid, _) in &shown {
+            assert!(
+                messages.iter().any(|(u, a, _)| u == uid && a == aid),
+                "uid {uid:?} no longer names {aid:?}: {messages:?}"
+            );
+        }
+        cluster.assert_quiet().await;
+    });
+}
+
 /// A message whose body is corrupt on the sending node is quarantined: logged, counted, left out;
 /// the rest of its mailbox and every other mailbox replicate, and nothing retries forever.
 #[test]

@@ -113,7 +113,7 @@ impl SimConfig {
 
 /// Every sabotage the runner's `--sabotage NAME` switches on, by name: one list for parsing the
 /// flag and for printing it back in a replay command.
-pub fn sabotage_switches(faults: &mut Faults) -> [(&'static str, &mut bool); 12] {
+pub fn sabotage_switches(faults: &mut Faults) -> [(&'static str, &mut bool); 15] {
     [
         ("no-uid-promotion", &mut faults.no_uid_promotion),
         ("drop-incoming-records", &mut faults.drop_incoming_records),
@@ -127,5 +127,11 @@ pub fn sabotage_switches(faults: &mut Faults) -> [(&'static str, &mut bool); 12]
         ("expunge-not-sticky", &mut faults.expunge_not_sticky),
         ("identities-from-zero", &mut faults.identities_from_zero),
         ("hidden-stays-hidden", &mut faults.hidden_stays_hidden),
+        ("changes-pushed-twice", &mut faults.changes_pushed_twice),
+        ("promotion-keeps-one", &mut faults.promotion_keeps_one),
+        (
+            "mailbox-tombstone-not-sticky",
+            &mut faults.mailbox_tombstone_not_sticky,
+        ),
     ]
 }

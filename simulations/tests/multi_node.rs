@@ -136,6 +136,39 @@ const SEEDS_THAT_FAILED_ONCE: &[(u64, &str)] = &[
     ),
 ];
 
+/// Seeds a `--locations` run once found failing (mailboxes moved between random subsets of the
+/// nodes), each kept once its cause was fixed, with what was wrong.
+const LOCATION_SEEDS_THAT_FAILED_ONCE: &[(u64, &str)] = &[
+    (
+        82,
+        "engine bug 23: a copy let go and held again started its counters from nothing and, cut \
+         off from the other holder, gave a client's append uid 1, which this node had shown for \
+         another message",
+    ),
+    (
+        241,
+        "engine bug 23: a copy held again showed UIDNEXT 1 and a HIGHESTMODSEQ below the ones it \
+         had shown before it let go, then reused uid 1",
+    ),
+];
+
+#[test]
+fn location_seeds_that_failed_once_pass() {
+    let config = SimConfig {
+        locations: true,
+        ..SimConfig::default()
+    };
+    for (seed, cause) in LOCATION_SEEDS_THAT_FAILED_ONCE {
+        let report = run_seed(*seed, &config);
+        let lines: Vec<String> = report.violations.iter().map(|v| v.to_string()).collect();
+        assert!(
+            lines.is_empty(),
+            "seed {seed} with --locations ({cause}) fails again:\n{}",
+            lines.join("\n")
+        );
+    }
+}
+
 #[test]
 fn seeds_that_failed_once_pass() {
     for (seed, cause) in SEEDS_THAT_FAILED_ONCE {
@@ -368,6 +401,34 @@ fn a_record_left_hidden_on_one_replica_is_caught() {
     assert_caught_as("hidden-stays-hidden", &["diverged"]);
 }
 
+/// Every change request pushed twice over its link: nothing echoes and nothing is lost, only the
+/// per-link and per-topology crossing bound sees the waste.
+#[test]
+fn changes_pushed_twice_are_caught_as_crossings_alone() {
+    let caught = caught("changes-pushed-twice");
+    assert!(!caught.is_empty(), "no seed caught the doubled pushes");
+    for (seed, violations, replay) in &caught {
+        assert!(replay.contains("--sabotage changes-pushed-twice"), "{replay}");
+        assert!(
+            violations.iter().all(|v| v.starts_with("[crossings]")),
+            "seed {seed}: only the crossing bound should fire: {violations:?}"
+        );
+    }
+}
+
+/// A primary that promotes all but one record of a contested uid: the replicas agree and nothing
+/// is hidden or lost, but a uid clients saw as two messages still shows one of them.
+#[test]
+fn a_uid_conflict_kept_at_its_uid_is_caught() {
+    assert_caught_as("promotion-keeps-one", &["uid-conflict-kept"]);
+}
+
+/// A live mailbox entry from a peer replacing the DELETED tombstone: the mailbox comes back.
+#[test]
+fn a_mailbox_coming_back_is_caught() {
+    assert_caught_as("mailbox-tombstone-not-sticky", &["mailbox-back"]);
+}
+
 /// APPEND giving a new message the previous message's uid: clients see one uid as two messages.
 #[test]
 fn uid_reuse_is_caught() {
@@ -391,8 +452,7 @@ fn a_message_coming_back_is_caught() {
 /// clients move mailboxes between random subsets of the nodes. Not yet a clean range: holders
 /// that reach each other only through nodes outside the locations now replicate through relays
 /// (seed 5, a chain n1-n2-n3 with a mailbox on n1 and n3, is clean), but a move between two
-/// nodes with no link between them still strands the old copy, and a copy let go and held
-/// again may show a uid differently (issue 9 item 5, open).
+/// nodes with no link between them still strands the old copy (issue 9 item 5, open).
 #[test]
 fn location_changes_replay() {
     let config = SimConfig {
