@@ -219,9 +219,8 @@ impl Directory {
                     // is needed again and kept it: a whole sync then costs only time). Counted
                     // as a holder all along here (leaving, then a relay again by the graph), it
                     // was never queued, and its empty copy stayed empty (--locations seed 2).
-                    let held_before = !old.is_deleted()
-                        && holds(&before, &peer)
-                        && !entry.let_go_since(old, &peer);
+                    let held_before =
+                        !old.is_deleted() && holds(&before, &peer) && !entry.let_go_since(old, &peer);
                     if holds(&now, &peer) && !held_before {
                         batch.delete(Table::ReplCache, crate::mailbox_sync::cache_key(entry.id, &peer));
                         let logged = self
@@ -471,21 +470,21 @@ impl Directory {
             &Provenance::Local,
         );
         // A crash part way through the purge leaves this row, and the next start finishes it.
-        writes
-            .batch
-            .put_raw(Table::Purges, keys::mailbox(id), Vec::new());
+        writes.batch.put_raw(Table::Purges, keys::mailbox(id), Vec::new());
         let done = self.ctx.commit(writes, None);
-        ctx.wait(async move { done.await }.into_actor(self).map(move |result, act, ctx| {
-            act.releasing.remove(&id);
+        ctx.wait(done.into_actor(self).map(move |result, act, ctx| {
             match result {
                 Ok(()) => {
+                    act.releasing.remove(&id);
                     info!(mailbox = %id, "this node no longer holds the mailbox (not among its locations, not a relay): releasing its copy");
                     act.purge_as(id, Purge::Released, ctx);
                     act.after_entry_commit(Some(&entry), &gone, ctx);
                 }
                 Err(e) => {
+                    // Later, not at once: a store that keeps failing (a crashed disk) made an
+                    // immediate retry spin without end (simulator --locations, seed 244).
                     warn!(mailbox = %id, error = %e, "cannot record that this node let its copy go; retrying");
-                    act.release_when_drained(id, ctx);
+                    ctx.run_later(Duration::from_secs(5), move |act, ctx| act.try_release(id, ctx));
                 }
             }
         }));

@@ -448,7 +448,7 @@ impl Handler<ConfiguredPeers> for Directory {
 }
 
 /// Key of the link graph in the peers table.
-pub(crate) const LINKS_KEY: &[u8] = b"\0links";
+pub const LINKS_KEY: &[u8] = b"\0links";
 
 /// A mailbox whose effective holders a link graph change altered: its entry as stored after the
 /// change, and its holders after.

@@ -168,7 +168,10 @@ impl Merge for MailboxEntry {
 }
 
 /// Merges two maps of registers key by key (a key on one side only is kept as it is).
-fn merge_registers(a: &BTreeMap<NodeId, Lww<bool>>, b: &BTreeMap<NodeId, Lww<bool>>) -> BTreeMap<NodeId, Lww<bool>> {
+fn merge_registers(
+    a: &BTreeMap<NodeId, Lww<bool>>,
+    b: &BTreeMap<NodeId, Lww<bool>>,
+) -> BTreeMap<NodeId, Lww<bool>> {
     let mut out = a.clone();
     for (k, theirs) in b {
         out.entry(k.clone())
