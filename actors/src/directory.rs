@@ -28,8 +28,8 @@ use tracing::{info, warn};
 
 use crate::context::{NodeContext, Writes};
 use crate::error::{MailError, StoreError};
-use crate::mailbox::{Mailbox, MailboxCounters, MarkDeleted, StoredAnnotation, StoredRecord};
-use crate::store::{decode, keys, Batch, Table};
+use crate::mailbox::{Mailbox, MailboxCounters, MarkDeleted, ResumeMoves, StoredAnnotation, StoredRecord};
+use crate::store::{decode, keys, Batch, Store, Table};
 use crate::sync_log::{Provenance, SyncItem, Tagged};
 
 /// How many Mailbox actors stay active, and for how long an unused one is kept.
@@ -91,16 +91,17 @@ impl Directory {
     /// The mailboxes with a row in `table`, a durable "work left to do" list that `started`
     /// resumes (`what` names it in the warning if the store cannot be read).
     fn mailboxes_left_in(&self, table: Table, what: &str) -> Vec<MailboxId> {
-        let mut ids = Vec::new();
+        // Keys start with the MailboxId (some tables add more after it): each id once.
+        let mut ids = BTreeSet::new();
         if let Err(e) = self.ctx.store.scan_prefix(table, &[], None, |k, _| {
-            if let Ok(bytes) = <[u8; 16]>::try_from(k) {
-                ids.push(MailboxId::from_bytes(bytes));
+            if let Some(bytes) = k.get(..16).and_then(|b| <[u8; 16]>::try_from(b).ok()) {
+                ids.insert(MailboxId::from_bytes(bytes));
             }
             Ok(true)
         }) {
             warn!(error = %e, "cannot read the {what}");
         }
-        ids
+        ids.into_iter().collect()
     }
 
     pub fn new(ctx: NodeContext, policy: ActivationPolicy) -> Self {
@@ -412,6 +413,30 @@ impl Directory {
         }
     }
 
+    /// Finishes the moves out of mailbox `id` that a stop interrupted ([`ResumeMoves`]); of a
+    /// mailbox deleted since, only the rows go (its messages went with it).
+    fn resume_moves(&mut self, id: MailboxId, ctx: &mut Context<Self>) {
+        let addr = match self.entry(id) {
+            Ok(Some(entry)) if !entry.is_deleted() => self.activate(&entry).map(Some),
+            Ok(_) => Ok(None),
+            Err(e) => Err(e),
+        };
+        let node = self.ctx.clone();
+        ctx.spawn(
+            async move {
+                let done = match addr {
+                    Ok(Some(addr)) => addr.send(ResumeMoves).await.map_err(MailError::from).and_then(|r| r.map(|_| ())),
+                    Ok(None) => forget_moves(&node, id).await.map_err(MailError::from),
+                    Err(e) => Err(e.into()),
+                };
+                if let Err(e) = done {
+                    warn!(mailbox = %id, error = %e, "cannot finish the moves a stop interrupted; the next start tries again");
+                }
+            }
+            .into_actor(self),
+        );
+    }
+
     /// Drops this node's copy of a mailbox it no longer holds (no longer among its locations, or
     /// no longer a relay between them), once no sync log row for it is left (every change made
     /// here has reached a peer). The entry stays.
@@ -595,6 +620,27 @@ impl Directory {
     }
 }
 
+/// Deletes the `moves` rows of mailbox `id` (a mailbox deleted or let go: nothing to expunge).
+async fn forget_moves(node: &NodeContext, id: MailboxId) -> Result<(), StoreError> {
+    let mut batch = Batch::new();
+    forget_moves_into(&node.store, &mut batch, id)?;
+    node.commit(
+        Writes {
+            batch,
+            logged: Default::default(),
+        },
+        None,
+    )
+    .await
+}
+
+fn forget_moves_into(store: &Store, batch: &mut Batch, id: MailboxId) -> Result<(), StoreError> {
+    store.scan_prefix(Table::Moves, &keys::mailbox(id), None, |k, _| {
+        batch.delete(Table::Moves, k.to_vec());
+        Ok(true)
+    })
+}
+
 /// Why a mailbox's rows go.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 enum Purge {
@@ -645,6 +691,7 @@ async fn purge_mailbox(node: NodeContext, id: MailboxId, purge: Purge) -> Result
         batch.delete(Table::ReplCache, k.to_vec());
         Ok(true)
     })?;
+    forget_moves_into(store, &mut batch, id)?;
     let kept = match purge {
         Purge::Deleted => None,
         Purge::Released => store.get::<MailboxCounters>(Table::MailboxState, &keys::mailbox(id))?,
@@ -722,6 +769,10 @@ impl Actor for Directory {
         }
         for id in leaving {
             self.release_when_drained(id, ctx);
+        }
+        // Moves whose copies were durable when the node stopped, their sources not yet expunged.
+        for id in self.mailboxes_left_in(Table::Moves, "interrupted moves") {
+            self.resume_moves(id, ctx);
         }
         let sweep = (self.policy.idle_after / 2).max(Duration::from_millis(10));
         ctx.run_interval(sweep, |act, _| {

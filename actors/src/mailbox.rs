@@ -23,7 +23,7 @@ use mailmesh_protocol::records::{
 };
 use mailmesh_protocol::version::Version;
 use serde::{Deserialize, Serialize};
-use tracing::warn;
+use tracing::{info, warn};
 
 use crate::context::{NodeContext, Writes};
 use crate::counters::NodeCounters;
@@ -436,10 +436,12 @@ impl Mailbox {
     /// The visible records with uids in `set`, in uid order.
     pub(crate) fn records_in(&self, set: &UidSet) -> Result<Vec<StoredRecord>, StoreError> {
         let mut out = Vec::new();
+        // One read transaction for the whole listing, not one per message.
+        let snapshot = self.store.snapshot()?;
         for (lo, hi) in set.ranges() {
             let start = keys::uid_prefix(self.id, Uid(lo));
             let mut ids = Vec::new();
-            self.store.scan_from(
+            snapshot.scan_from(
                 Table::Uids,
                 &keys::mailbox(self.id),
                 &start,
@@ -456,16 +458,14 @@ impl Mailbox {
                 },
             )?;
             for aid in ids {
-                let stored = match self
-                    .store
-                    .get::<StoredRecord>(Table::Messages, &keys::message(self.id, &aid))
-                {
-                    Err(e @ StoreError::Decode { .. }) => {
-                        self.quarantine(&aid, &e);
-                        None
-                    }
-                    other => other?,
-                };
+                let stored =
+                    match snapshot.get::<StoredRecord>(Table::Messages, &keys::message(self.id, &aid)) {
+                        Err(e @ StoreError::Decode { .. }) => {
+                            self.quarantine(&aid, &e);
+                            None
+                        }
+                        other => other?,
+                    };
                 if let Some(s) = stored {
                     if !s.record.is_expunged() && !s.hidden {
                         out.push(s);
@@ -835,6 +835,10 @@ pub struct CopyItem {
 #[rtype(result = "Result<Vec<(Uid, AppendId)>, MailError>")]
 pub struct InsertCopies {
     pub items: Vec<CopyItem>,
+    /// For a move: the source mailbox and the messages it will expunge. The copies are written
+    /// with a `moves` row naming them, so a crash before the source's expunge is finished at
+    /// start instead of leaving the message in both mailboxes.
+    pub moving_from: Option<(MailboxId, Vec<AppendId>)>,
 }
 
 impl Mailbox {
@@ -869,6 +873,9 @@ impl Handler<InsertCopies> for Mailbox {
             self.reload_if_needed()?;
             let mut batch = Batch::new();
             let uids = self.insert_copies(&mut batch, &msg.items);
+            if let (Some((source, moved)), Some((_, first))) = (&msg.moving_from, uids.first()) {
+                batch.put(Table::Moves, keys::message(*source, first), moved);
+            }
             Ok::<_, MailError>((self.commit_writes(self.local_writes(batch)), uids))
         })();
         Box::pin(async move {
@@ -908,7 +915,8 @@ impl Transferred {
 /// construction"): (1) this mailbox reads the messages from committed state and, for a move,
 /// claims them; (2) the target inserts the copies (durable before the next step); (3) for a move,
 /// this mailbox expunges the claimed messages that are still here. A crash between (2) and (3)
-/// leaves the message in both mailboxes, never in neither. Within one mailbox, copies and
+/// never leaves the message in neither; it leaves a `moves` row, written with the copies, that the
+/// node finishes at start ([`ResumeMoves`]), so not in both either. Within one mailbox, copies and
 /// expunges share one atomic batch. ARCHITECTURE.md ("COPY and MOVE") gives the semantics.
 #[derive(Message)]
 #[rtype(result = "Result<Vec<Transferred>, MailError>")]
@@ -958,14 +966,21 @@ impl Handler<Transfer> for Mailbox {
             Ok::<_, MailError>((records, claim))
         })();
         let target = msg.target;
+        let source = self.id;
         Box::pin(async move {
             let (records, claim) = prepared?;
             if records.is_empty() {
                 return Ok(Vec::new());
             }
             let items = records.iter().map(CopyItem::of).collect();
+            let moving_from = claim.as_ref().map(|_| {
+                (
+                    source,
+                    records.iter().map(|s| s.record.append_id.clone()).collect(),
+                )
+            });
             // Step 2: the target takes the copies while this mailbox serves everyone else.
-            let copies = target.send(InsertCopies { items }).await??;
+            let copies = target.send(InsertCopies { items, moving_from }).await??;
             let pairs: Vec<Transferred> = records
                 .iter()
                 .zip(copies)
@@ -974,11 +989,12 @@ impl Handler<Transfer> for Mailbox {
             if let Some(claim) = claim {
                 // Step 3: the sources go, those that are still here (by AppendId: a promotion
                 // since step 1 moved the message, it did not make it another one).
+                let intent = keys::message(source, &pairs[0].copy);
                 let moved = records.into_iter().map(|s| s.record.append_id).collect();
-                match me.send(ExpungeTransferred { moved }).await {
+                match me.send(ExpungeTransferred { moved, intent }).await {
                     Ok(Ok(())) | Ok(Err(MailError::MailboxDeleted(_))) => {}
-                    // The copies are durable: the message is in the target either way, and in
-                    // the source too until a client expunges it (a duplicate, never a loss).
+                    // The copies are durable: the message is in the target either way, and the
+                    // `moves` row left behind finishes the expunge when the node next starts.
                     Ok(Err(e)) => return Err(e),
                     Err(e) => return Err(e.into()),
                 }
@@ -1001,11 +1017,30 @@ impl CopyItem {
 }
 
 /// Step 3 of a move to another mailbox: expunges the messages copied, those still here and not
-/// expunged meanwhile.
+/// expunged meanwhile, and deletes the move's `moves` row (`intent`) in the same batch.
 #[derive(Message)]
 #[rtype(result = "Result<(), MailError>")]
 struct ExpungeTransferred {
     moved: Vec<AppendId>,
+    intent: Vec<u8>,
+}
+
+impl Mailbox {
+    /// The records of `moved` still here and not expunged: what step 3 of a move expunges.
+    fn still_to_move(&self, moved: &[AppendId]) -> Result<Vec<StoredRecord>, MailError> {
+        let mut still = Vec::new();
+        for aid in moved {
+            if self.pruned.contains(aid) {
+                continue;
+            }
+            let stored: Option<StoredRecord> =
+                self.store.get(Table::Messages, &keys::message(self.id, aid))?;
+            if let Some(s) = stored.filter(|s| !s.record.is_expunged()) {
+                still.push(s);
+            }
+        }
+        Ok(still)
+    }
 }
 
 impl Handler<ExpungeTransferred> for Mailbox {
@@ -1013,20 +1048,48 @@ impl Handler<ExpungeTransferred> for Mailbox {
 
     fn handle(&mut self, msg: ExpungeTransferred, _: &mut Self::Context) -> Self::Result {
         self.atomic(move |act| {
-            let mut still = Vec::new();
-            for aid in &msg.moved {
-                if act.pruned.contains(aid) {
-                    continue;
-                }
-                let stored: Option<StoredRecord> =
-                    act.store.get(Table::Messages, &keys::message(act.id, aid))?;
-                if let Some(s) = stored.filter(|s| !s.record.is_expunged()) {
-                    still.push(s);
-                }
-            }
+            let still = act.still_to_move(&msg.moved)?;
             let mut batch = Batch::new();
             act.expunge_records(&mut batch, still);
+            batch.delete(Table::Moves, msg.intent);
             Ok((act.local_writes(batch), ()))
+        })
+    }
+}
+
+/// Finishes the moves out of this mailbox that a stop interrupted after their copies were
+/// durable (the `moves` rows with this mailbox's prefix): their sources are expunged now, so a
+/// moved message ends in the target only. The Directory sends it at start. Answers how many
+/// messages it expunged.
+#[derive(Message)]
+#[rtype(result = "Result<usize, MailError>")]
+pub struct ResumeMoves;
+
+impl Handler<ResumeMoves> for Mailbox {
+    type Result = AtomicResponse<Self, Result<usize, MailError>>;
+
+    fn handle(&mut self, _: ResumeMoves, _: &mut Self::Context) -> Self::Result {
+        self.atomic(move |act| {
+            let mut rows: Vec<(Vec<u8>, Vec<AppendId>)> = Vec::new();
+            act.store
+                .scan_prefix(Table::Moves, &keys::mailbox(act.id), None, |k, v| {
+                    rows.push((k.to_vec(), decode(v, "move")?));
+                    Ok(true)
+                })?;
+            let mut batch = Batch::new();
+            let mut still = Vec::new();
+            for (key, moved) in rows {
+                still.extend(act.still_to_move(&moved)?);
+                batch.delete(Table::Moves, key);
+            }
+            still.sort_by(|a, b| a.record.append_id.cmp(&b.record.append_id));
+            still.dedup_by(|a, b| a.record.append_id == b.record.append_id);
+            let expunged = still.len();
+            if expunged > 0 {
+                info!(mailbox = %act.id, expunged, "finished moves a stop interrupted: their copies were durable, the sources are expunged now");
+            }
+            act.expunge_records(&mut batch, still);
+            Ok((act.local_writes(batch), expunged))
         })
     }
 }

@@ -460,6 +460,17 @@ impl Mailbox {
         let mut summary = MergeSummary::default();
         let mut overlay = Overlay::default();
         let mut moved: BTreeSet<AppendId> = BTreeSet::new();
+        // The records held here before the merge, for the injected fault that drops the others
+        // (taken out of `locals` below as the merge goes).
+        let held_before: BTreeSet<AppendId> = if self.ctx.faults.drop_incoming_records {
+            locals
+                .iter()
+                .filter(|(_, l)| l.is_some())
+                .map(|(aid, _)| aid.clone())
+                .collect()
+        } else {
+            BTreeSet::new()
+        };
         for Change {
             origin,
             item: incoming,
@@ -469,13 +480,15 @@ impl Mailbox {
             // One of this node's own messages, minted before its store was lost: never mint
             // that AppendId again.
             self.node_counters.observe_append_id(&aid);
-            if self.ctx.faults.drop_incoming_records && !locals.get(&aid).is_some_and(|l| l.is_some()) {
+            if self.ctx.faults.drop_incoming_records && !held_before.contains(&aid) {
                 continue;
             }
-            let local = overlay
-                .get(&aid)
-                .cloned()
-                .or_else(|| locals.get(&aid).cloned().flatten());
+            // Taken out of `locals`, not copied (put back below if this record changes nothing,
+            // for a later change to the same record in this request).
+            let local = match overlay.get(&aid) {
+                Some(o) => Some(o.clone()),
+                None => locals.remove(&aid).flatten(),
+            };
             let (merged, effect) = match &local {
                 Some(l) => {
                     let mut m = l.record.clone();
@@ -500,6 +513,9 @@ impl Mailbox {
                 None => (incoming.clone(), MergeEffect::TookIncoming),
             };
             if effect == MergeEffect::Unchanged {
+                if overlay.get(&aid).is_none() {
+                    locals.insert(aid, local);
+                }
                 continue;
             }
             self.node_counters.observe(merged.max_version());
@@ -533,7 +549,18 @@ impl Mailbox {
                 }
                 _ => {}
             }
-            touched.insert(merged.uid.value);
+            // A record that stays at its uid, shown, live or expunged as it was (a flag change)
+            // leaves what its uid shows as it was: settling that uid again would read its rows
+            // for nothing (1,000 flag changes were 1,000 index scans). Anything else may change
+            // who shows there.
+            let settled_as_before = local.as_ref().is_some_and(|l| {
+                l.record.uid.value == merged.uid.value
+                    && l.record.is_expunged() == merged.is_expunged()
+                    && !l.hidden
+            });
+            if !settled_as_before {
+                touched.insert(merged.uid.value);
+            }
             match &local {
                 Some(l) if l.record.uid.value == merged.uid.value => {}
                 Some(l) => {

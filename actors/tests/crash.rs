@@ -253,3 +253,101 @@ fn a_durable_image_holds_what_is_synced_and_leaves_the_disk_alone() {
     assert_eq!(&all, b"durable and more", "the disk itself is unchanged");
     assert_eq!(disk.list_dir(dir).unwrap().len(), 2);
 }
+
+/// A crash after a MOVE's copies are durable and before its source is expunged (step 2 done,
+/// step 3 not) left the message in both mailboxes for good. The copies are written with a `moves`
+/// row, and the next start finishes the expunge: the message is in the target once, and gone
+/// from the source.
+#[test]
+fn a_move_interrupted_by_a_crash_after_its_copies_is_finished_at_start() {
+    let disk = SimDisk::new(3, CrashModel::LOSE_ALL);
+    let dir = Path::new("/data/node");
+    let moved = "Subject: moved when the node crashed\r\n\r\nonce\r\n";
+    let stays = "Subject: stays in the inbox\r\n\r\nhere\r\n";
+    run(|| async {
+        let node = start_on(&disk, dir);
+        let inbox = mailbox(&node, "alice", "INBOX").await;
+        let archive = mailbox(&node, "alice", "Archive").await;
+        append(&inbox, stays, &[]).await;
+        append(&inbox, moved, &["\\Seen"]).await;
+        let archive_id = node
+            .directory
+            .send(mailmesh_actors::directory::OpenMailbox {
+                user: "alice".into(),
+                name: "Archive".into(),
+            })
+            .await
+            .unwrap()
+            .unwrap()
+            .info
+            .id;
+        // The next commit (the copies, step 2) is durable; the node dies before answering.
+        disk.arm(CrashTrigger::At(CrashPoint::AfterCommit));
+        let answer = inbox
+            .send(Transfer {
+                uids: UidSet::single(mailmesh_protocol::ids::Uid(2)),
+                target_id: archive_id,
+                target: archive.clone(),
+                remove_source: true,
+            })
+            .await;
+        assert!(disk.crashed(), "the crash fired: {answer:?}");
+        assert!(
+            !matches!(answer, Ok(Ok(_))),
+            "no client was told the move succeeded"
+        );
+        drop((inbox, archive));
+        node.shutdown().await;
+    });
+    disk.restart();
+    run(|| async {
+        let node = start_on(&disk, dir);
+        let inbox = open(&node, "alice", "INBOX").await;
+        let archive = open(&node, "alice", "Archive").await;
+        let guid = Guid::of(moved.as_bytes());
+        // The Directory finishes the move as it starts; wait for it by the source's contents.
+        let mut in_inbox = Vec::new();
+        for _ in 0..1000 {
+            in_inbox = inbox.send(Fetch { uids: UidSet::all() }).await.unwrap().unwrap();
+            if in_inbox.iter().all(|v| v.guid != guid) {
+                break;
+            }
+            actix::clock::sleep(std::time::Duration::from_millis(10)).await;
+        }
+        let in_archive = archive
+            .send(Fetch { uids: UidSet::all() })
+            .await
+            .unwrap()
+            .unwrap();
+        let guids = |views: &[MessageView]| views.iter().map(|v| v.guid).collect::<Vec<_>>();
+        assert_eq!(
+            guids(&in_archive),
+            vec![guid],
+            "the copy was durable: the message is in the target once"
+        );
+        assert_eq!(
+            guids(&in_inbox),
+            vec![Guid::of(stays.as_bytes())],
+            "the interrupted move was finished: the source is expunged, the other message stays"
+        );
+        assert_eq!(
+            moves_rows(&node),
+            0,
+            "the finished move's row is deleted with the expunge"
+        );
+        drop((inbox, archive));
+        node.shutdown().await;
+    });
+}
+
+/// How many `moves` rows (moves whose source is not expunged yet) the node's store holds.
+fn moves_rows(node: &LocalNode) -> usize {
+    let mut rows = 0;
+    node.store
+        .scan_prefix(mailmesh_actors::store::Table::Moves, &[], None, |_, _| {
+            rows += 1;
+            Ok(true)
+        })
+        .unwrap();
+    rows
+}

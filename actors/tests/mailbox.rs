@@ -315,6 +315,14 @@ fn copy_and_move_share_bodies_and_keep_messages() {
             .unwrap()
             .unwrap();
         assert_eq!((moved[0].from, moved[0].to, moved.len()), (Uid(3), Uid(3), 1));
+        let mut intents = 0;
+        node.store
+            .scan_prefix(mailmesh_actors::store::Table::Moves, &[], None, |_, _| {
+                intents += 1;
+                Ok(true)
+            })
+            .unwrap();
+        assert_eq!(intents, 0, "a finished move leaves no row to resume");
         let in_inbox = inbox.send(Fetch { uids: UidSet::all() }).await.unwrap().unwrap();
         assert_eq!(in_inbox.len(), 2);
         let in_archive = archive

@@ -95,23 +95,33 @@ impl FrameDecoder {
         if self.buf.len() < LENGTH_PREFIX + len {
             return Ok(None);
         }
-        let body = &self.buf[LENGTH_PREFIX..LENGTH_PREFIX + len];
-        let mut de = rmp_serde::Deserializer::new(body);
-        // Frames nest about ten levels deep. rmp-serde's default limit (1024) lets a frame that
-        // hides deeply nested arrays in an ignored field overflow a 2 MiB thread stack in a debug
-        // build (tests/codec_fuzz.rs, deeply_nested_unknown_field_is_malformed).
-        de.set_max_depth(MAX_DEPTH);
-        let frame: Frame =
-            serde::Deserialize::deserialize(&mut de).map_err(|e| CodecError::Malformed(e.to_string()))?;
-        let consumed = de.get_ref().len();
-        if consumed != 0 {
-            return Err(CodecError::Malformed(format!(
-                "{consumed} trailing bytes after the frame"
-            )));
-        }
+        let frame = decode_frame_body(&self.buf[LENGTH_PREFIX..LENGTH_PREFIX + len])?;
         self.buf.drain(..LENGTH_PREFIX + len);
         Ok(Some(frame))
     }
+}
+
+/// Decodes one frame's bytes (what follows its length prefix), for a transport that has read
+/// the whole frame already: no copy into a [`FrameDecoder`]'s buffer first (a body request is
+/// megabytes). The caller has checked the length against its limit.
+pub fn decode_frame_body(body: &[u8]) -> Result<Frame, CodecError> {
+    if body.is_empty() {
+        return Err(CodecError::Empty);
+    }
+    let mut de = rmp_serde::Deserializer::new(body);
+    // Frames nest about ten levels deep. rmp-serde's default limit (1024) lets a frame that
+    // hides deeply nested arrays in an ignored field overflow a 2 MiB thread stack in a debug
+    // build (tests/codec_fuzz.rs, deeply_nested_unknown_field_is_malformed).
+    de.set_max_depth(MAX_DEPTH);
+    let frame: Frame =
+        serde::Deserialize::deserialize(&mut de).map_err(|e| CodecError::Malformed(e.to_string()))?;
+    let consumed = de.get_ref().len();
+    if consumed != 0 {
+        return Err(CodecError::Malformed(format!(
+            "{consumed} trailing bytes after the frame"
+        )));
+    }
+    Ok(frame)
 }
 
 /// The Hello this node sends.

@@ -28,6 +28,7 @@ pub enum Table {
     Peers,
     Pruned,
     Settles,
+    Moves,
 }
 
 impl Table {
@@ -49,6 +50,7 @@ impl Table {
             Table::Peers => super::PEERS,
             Table::Pruned => super::PRUNED,
             Table::Settles => super::SETTLES,
+            Table::Moves => super::MOVES,
         }
     }
 
@@ -70,6 +72,7 @@ impl Table {
             Table::Peers => "peers",
             Table::Pruned => "pruned",
             Table::Settles => "settles",
+            Table::Moves => "moves",
         }
     }
 }

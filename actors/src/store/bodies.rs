@@ -149,7 +149,13 @@ pub fn read_body_in(
     guid: &Guid,
     loc: &BodyLocation,
 ) -> Result<Vec<u8>, StoreError> {
-    let (_, offset, header) = locate(dir, spool, guid, loc)?;
+    // Where in the file, without building the file's path again (a path per body read was a
+    // good part of streaming many small bodies).
+    let (offset, header) = if loc.segment == SPOOL {
+        locate(dir, spool, guid, loc).map(|(_, offset, header)| (offset, header))?
+    } else {
+        (loc.offset, true)
+    };
     let corrupt = |reason: String| StoreError::BodyCorrupt {
         guid: *guid,
         segment: loc.segment,

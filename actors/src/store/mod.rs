@@ -71,8 +71,12 @@ pub(crate) const PRUNED: RawTable = TableDefinition::new("pruned");
 /// MailboxId -> (): mailboxes whose primary this node became, written with the entry, until it
 /// has settled the uid conflicts it holds (so a crash between the two does not skip them).
 pub(crate) const SETTLES: RawTable = TableDefinition::new("settles");
+/// source MailboxId, first copy's AppendId -> Vec<AppendId>: moves to another mailbox whose
+/// copies are durable and whose sources are not expunged yet. Written with the copies, deleted
+/// with the expunge; what a crash leaves here is finished at start (no duplicate stays).
+pub(crate) const MOVES: RawTable = TableDefinition::new("moves");
 
-const ALL_TABLES: [RawTable; 19] = [
+const ALL_TABLES: [RawTable; 20] = [
     META,
     MAILBOXES,
     NAMES,
@@ -92,6 +96,7 @@ const ALL_TABLES: [RawTable; 19] = [
     PEERS,
     PRUNED,
     SETTLES,
+    MOVES,
 ];
 
 pub(crate) const META_NODE: &[u8] = b"node";
@@ -414,8 +419,9 @@ pub struct Snapshot<'s> {
     txn: ReadTransaction,
     /// Tables opened so far, by name.
     tables: RefCell<BTreeMap<String, Rc<ReadTable>>>,
-    /// The body file read last, kept open: consecutive bodies mostly share a segment.
-    segment: RefCell<Option<(PathBuf, Box<dyn DiskFile>)>>,
+    /// The body file read last (by segment number), kept open: consecutive bodies mostly share
+    /// a segment.
+    segment: RefCell<Option<(u32, Box<dyn DiskFile>)>>,
 }
 
 impl Snapshot<'_> {
@@ -495,14 +501,19 @@ impl Snapshot<'_> {
         let location = self
             .body_location(guid)?
             .ok_or(StoreError::BodyMissing { guid: *guid })?;
-        let path = bodies::body_path(&store.dir, store.spool.as_deref(), guid, &location)?;
         let mut segment = self.segment.borrow_mut();
-        if segment.as_ref().is_none_or(|(open, _)| *open != path) {
+        // The segment open already is known by its number (a spool file is one per body).
+        let same_segment = location.segment != bodies::SPOOL
+            && segment
+                .as_ref()
+                .is_some_and(|(open, _)| *open == location.segment);
+        if !same_segment {
+            let path = bodies::body_path(&store.dir, store.spool.as_deref(), guid, &location)?;
             let file = store
                 .disk
                 .open(&path, false)
                 .map_err(|e| StoreError::io(path.display(), e))?;
-            *segment = Some((path, file));
+            *segment = Some((location.segment, file));
         }
         let (_, file) = segment.as_ref().expect("opened above");
         bodies::read_body_in(file.as_ref(), &store.dir, store.spool.as_deref(), guid, &location)

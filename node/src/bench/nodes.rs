@@ -284,6 +284,25 @@ impl NodeProcess {
         }
     }
 
+    /// Messages in the user's mailbox `name` with a uid in `first..=last`.
+    pub fn message_range(
+        &self,
+        user: &str,
+        name: &str,
+        first: u32,
+        last: u32,
+    ) -> Result<Vec<MessageRow>, Error> {
+        match self.call(Request::ListMessageRange {
+            user: user.into(),
+            mailbox: name.into(),
+            first_uid: first,
+            last_uid: last,
+        })? {
+            Reply::Messages(rows) => Ok(rows),
+            _ => Err(self.failed("answered list-message-range with something else")),
+        }
+    }
+
     /// Asks the node to reload its configuration file (SIGHUP).
     pub fn reload(&self) -> Result<(), Error> {
         self.signal(libc::SIGHUP)

@@ -35,10 +35,11 @@ use std::rc::Rc;
 use std::sync::Arc;
 use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
 
+use bytes::Bytes;
 use mailmesh_actors::peer_session::Inbound;
 use mailmesh_actors::transport::{Transport, TransportError, TransportFuture};
 use mailmesh_protocol::codec::{
-    check_hello, encode_frame, hello, CodecError, FrameDecoder, DEFAULT_MAX_FRAME,
+    check_hello, decode_frame_body, encode_frame, hello, CodecError, DEFAULT_MAX_FRAME,
 };
 use mailmesh_protocol::ids::NodeId;
 use mailmesh_protocol::wire::{ErrorCode, Frame, Request, Response};
@@ -391,7 +392,8 @@ async fn send_request(
     })?;
     let exchange = async {
         let (mut send, mut recv) = conn.open_bi().await.map_err(|e| LinkError::Io(e.to_string()))?;
-        send.write_all(&bytes)
+        // Handed to quinn whole (`write_all` would copy the frame into its buffers first).
+        send.write_chunk(Bytes::from(bytes))
             .await
             .map_err(|e| LinkError::Io(e.to_string()))?;
         send.finish().map_err(|e| LinkError::Io(e.to_string()))?;
@@ -760,7 +762,7 @@ async fn serve_stream(shared: Rc<Shared>, peer: NodeId, mut send: SendStream, mu
             }
         }
     };
-    if let Err(e) = send.write_all(&bytes).await {
+    if let Err(e) = send.write_chunk(Bytes::from(bytes)).await {
         debug!(%peer, error = %e, "cannot send an answer; the peer will ask again");
         return;
     }
@@ -792,11 +794,8 @@ async fn read_frame(recv: &mut RecvStream, max_frame: u32) -> Result<Frame, Link
     if body.len() < len as usize {
         return Err(LinkError::Truncated);
     }
-    let mut decoder = FrameDecoder::new(max_frame);
-    decoder.push(&prefix);
-    decoder.push(&body);
-    drop(body);
-    decoder.next_frame()?.ok_or(LinkError::Truncated)
+    // Decoded where quinn put it: a body request is megabytes, not worth copying again.
+    Ok(decode_frame_body(&body)?)
 }
 
 fn frame_name(frame: &Frame) -> &'static str {

@@ -161,6 +161,28 @@ impl NodeHandle {
                     .map_err(MailError::from)??;
                 Ok(Reply::Messages(views.iter().map(message_row).collect()))
             }
+            Request::ListMessageRange {
+                user,
+                mailbox,
+                first_uid,
+                last_uid,
+            } => {
+                if first_uid == 0 || first_uid > last_uid {
+                    return Err(OperatorError::new(
+                        ErrorKind::Refused,
+                        format!("uid range {first_uid}:{last_uid} is empty or starts at 0"),
+                    ));
+                }
+                let opened = self.open(&user, &mailbox).await?;
+                let views = opened
+                    .addr
+                    .send(mailmesh_actors::mailbox::Fetch {
+                        uids: UidSet::range(Uid(first_uid), Uid(last_uid)),
+                    })
+                    .await
+                    .map_err(MailError::from)??;
+                Ok(Reply::Messages(views.iter().map(message_row).collect()))
+            }
             Request::MoveMailbox {
                 user,
                 name,

@@ -85,6 +85,14 @@ pub enum Request {
         user: String,
         mailbox: String,
     },
+    /// The visible messages with a uid in `first_uid..=last_uid` (a few rows of a large
+    /// mailbox without listing all of it).
+    ListMessageRange {
+        user: String,
+        mailbox: String,
+        first_uid: u32,
+        last_uid: u32,
+    },
     /// Sets where a mailbox is replicated (empty: every node) and its primary.
     MoveMailbox {
         user: String,
@@ -122,6 +130,7 @@ impl Request {
             Request::StoreFlagsRange { .. } => "store-flags-range",
             Request::FetchBody { .. } => "fetch-body",
             Request::ListMessages { .. } => "list-messages",
+            Request::ListMessageRange { .. } => "list-message-range",
             Request::MoveMailbox { .. } => "move-mailbox",
             Request::Expunge { .. } => "expunge",
             Request::RenameMailbox { .. } => "rename-mailbox",
