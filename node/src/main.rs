@@ -11,6 +11,7 @@
 //! - [`bench`]: `mailmesh bench`, figures measured on real nodes of this executable;
 //! - [`demo`]: `mailmesh demo`, a three-node cluster of this executable, shown replicating;
 //! - [`metrics`]: the Prometheus endpoint (`[metrics] listen`);
+//! - [`sieve`]: the Sieve interpreter (RFC 5228 and extensions) run at delivery, pure;
 //! - [`logging`]: `tracing` lines on stderr, filtered by `RUST_LOG`;
 //! - [`error`]: what can fail, and the exit code it gives (0 ok, 1 failure, 2 configuration).
 
@@ -24,6 +25,10 @@ mod metrics;
 mod operator;
 mod ops;
 mod run;
+// The LMTP and ManageSieve front ends (issue 11) call the interpreter; until they land only its
+// tests do.
+#[allow(dead_code, unused_imports)]
+mod sieve;
 
 use std::path::PathBuf;
 use std::process::ExitCode;
