@@ -72,6 +72,9 @@ pub struct Directory {
     /// The cluster's link graph as this node knows it (stored in the peers table), from which
     /// every mailbox's effective holders follow.
     pub(crate) links: LinkGraph,
+    /// Mailboxes whose copy this node is letting go, each with the peers its sync log still
+    /// has changes of it for (empty: not looked yet, or the entry is being written).
+    releasing: BTreeMap<MailboxId, BTreeSet<NodeId>>,
 }
 
 /// Whether `node` is among `holders` (empty: every node).
@@ -119,13 +122,30 @@ impl Directory {
             active: BTreeMap::new(),
             dormant: BTreeMap::new(),
             links,
+            releasing: BTreeMap::new(),
         }
     }
 
     /// The nodes that keep a copy of `entry`'s mailbox (empty: every node): its locations and
     /// the relays that connect them in the link graph.
     pub(crate) fn holders_of(&self, entry: &MailboxEntry) -> BTreeSet<NodeId> {
-        self.links.holders(&entry.locations.value)
+        self.links.holders_of(entry)
+    }
+
+    /// Marks this node in `new` as letting its copy go when it held one under `old` and is not
+    /// needed any more (see `MailboxEntry::leaving`), and unmarks it when it is needed again.
+    /// Returns whether `new` changed.
+    pub(crate) fn mark_leaving(&self, old: Option<&MailboxEntry>, new: &mut MailboxEntry) -> bool {
+        let me = &self.ctx.node;
+        if new.is_deleted() {
+            return false;
+        }
+        let needed = self.links.needs(new, me);
+        if new.is_leaving(me) {
+            return needed && new.set_leaving(me, false, self.ctx.counters.tick());
+        }
+        let held = old.is_some_and(|o| !o.is_deleted() && holds(&self.holders_of(o), me));
+        held && !needed && new.set_leaving(me, true, self.ctx.counters.tick())
     }
 
     pub(crate) fn stored_entry(&self, id: MailboxId) -> Result<Option<Tagged<MailboxEntry>>, StoreError> {
@@ -196,7 +216,12 @@ impl Directory {
             let held = holds(&now, me) || (!old.is_deleted() && holds(&before, me));
             if !entry.is_deleted() && held {
                 for peer in self.ctx.sync_log.peers() {
-                    let held_before = !old.is_deleted() && holds(&before, &peer);
+                    // A peer that wrote its leaving register back to false let its copy go (or
+                    // is needed again and kept it: a whole sync then costs only time). Counted
+                    // as a holder all along here (leaving, then a relay again by the graph), it
+                    // was never queued, and its empty copy stayed empty (--locations seed 2).
+                    let held_before =
+                        !old.is_deleted() && holds(&before, &peer) && !entry.let_go_since(old, &peer);
                     if holds(&now, &peer) && !held_before {
                         batch.delete(Table::ReplCache, crate::mailbox_sync::cache_key(entry.id, &peer));
                         let logged = self
@@ -373,9 +398,7 @@ impl Directory {
         if becomes_primary_here(old, new, &self.ctx.node) {
             self.settle_held_conflicts(new);
         }
-        let me = &self.ctx.node;
-        let held_before = old.is_some_and(|o| holds(&self.holders_of(o), me));
-        if held_before && !holds(&self.holders_of(new), me) {
+        if new.is_leaving(&self.ctx.node) && !self.links.needs(new, &self.ctx.node) {
             self.release_when_drained(new.id, ctx);
         }
     }
@@ -418,25 +441,78 @@ impl Directory {
     /// no longer a relay between them), once no sync log row for it is left (every change made
     /// here has reached a peer). The entry stays.
     pub(crate) fn release_when_drained(&mut self, id: MailboxId, ctx: &mut Context<Self>) {
-        let item = SyncItem::Mailbox(id).encode();
-        let mut pending = false;
+        if self.releasing.insert(id, BTreeSet::new()).is_none() {
+            self.try_release(id, ctx);
+        }
+    }
+
+    /// The mailboxes this node is letting go of, each with the peers it still has changes of it
+    /// for.
+    pub(crate) fn releasing(&self) -> BTreeMap<MailboxId, BTreeSet<NodeId>> {
+        self.releasing.clone()
+    }
+
+    fn try_release(&mut self, id: MailboxId, ctx: &mut Context<Self>) {
+        // Only rows for configured peers count: the rows of a peer removed from the
+        // configuration stay in the log but no channel drains them (the peer gets everything
+        // again if it comes back), and waiting for them kept a copy from going for good.
+        let item = SyncItem::Mailbox(id);
+        let configured = self.ctx.sync_log.peers();
+        let mut waiting = BTreeSet::new();
         let scanned = self.ctx.store.scan_prefix(Table::SyncLog, &[], None, |k, _| {
-            pending = k.ends_with(&item);
-            Ok(!pending)
+            if let Some((peer, logged)) = crate::sync_log::split_row_key(k) {
+                if logged == item && configured.contains(&peer) {
+                    waiting.insert(peer);
+                }
+            }
+            Ok(true)
         });
-        let still_released = matches!(self.entry(id), Ok(Some(e))
-            if !e.is_deleted() && !holds(&self.holders_of(&e), &self.ctx.node));
-        if !still_released {
-            return;
+        let pending = !waiting.is_empty();
+        let me = self.ctx.node.clone();
+        let entry = match self.entry(id) {
+            Ok(Some(e)) if !e.is_deleted() && e.is_leaving(&me) && !self.links.needs(&e, &me) => e,
+            _ => {
+                self.releasing.remove(&id);
+                return;
+            }
+        };
+        if let Some(w) = self.releasing.get_mut(&id) {
+            *w = waiting;
         }
         if pending || scanned.is_err() {
-            ctx.run_later(Duration::from_secs(5), move |act, ctx| {
-                act.release_when_drained(id, ctx)
-            });
+            ctx.run_later(Duration::from_secs(5), move |act, ctx| act.try_release(id, ctx));
             return;
         }
-        info!(mailbox = %id, "this node no longer holds the mailbox (not among its locations, not a relay): releasing its copy");
-        self.purge_as(id, Purge::Released, ctx);
+        // Drained: this node says it is gone (so the relays it needed can go too) before its
+        // copy goes, so no peer sends it anything for a copy it no longer has.
+        let mut gone = entry.clone();
+        gone.set_leaving(&me, false, self.ctx.counters.tick());
+        let mut writes = Writes::default();
+        self.write_entry(
+            &mut writes,
+            Some(&entry),
+            &Tagged::local(gone.clone(), &me),
+            &Provenance::Local,
+        );
+        // A crash part way through the purge leaves this row, and the next start finishes it.
+        writes.batch.put_raw(Table::Purges, keys::mailbox(id), Vec::new());
+        let done = self.ctx.commit(writes, None);
+        ctx.wait(done.into_actor(self).map(move |result, act, ctx| {
+            match result {
+                Ok(()) => {
+                    act.releasing.remove(&id);
+                    info!(mailbox = %id, "this node no longer holds the mailbox (not among its locations, not a relay): releasing its copy");
+                    act.purge_as(id, Purge::Released, ctx);
+                    act.after_entry_commit(Some(&entry), &gone, ctx);
+                }
+                Err(e) => {
+                    // Later, not at once: a store that keeps failing (a crashed disk) made an
+                    // immediate retry spin without end (simulator --locations, seed 244).
+                    warn!(mailbox = %id, error = %e, "cannot record that this node let its copy go; retrying");
+                    ctx.run_later(Duration::from_secs(5), move |act, ctx| act.try_release(id, ctx));
+                }
+            }
+        }));
     }
 
     /// The running actor of a mailbox, if any.
@@ -509,13 +585,17 @@ impl Directory {
     }
 
     /// Stores an entry a client changed here, and tells its running Mailbox actor.
-    pub(crate) fn write_local_entry(&self, writes: &mut Writes, old: &MailboxEntry, new: MailboxEntry) {
-        self.write_entry(
-            writes,
-            Some(old),
-            &Tagged::local(new, &self.ctx.node),
-            &Provenance::Local,
-        );
+    /// Returns the entry as written (this node marked as leaving, if the change lets it go).
+    pub(crate) fn write_local_entry(
+        &self,
+        writes: &mut Writes,
+        old: &MailboxEntry,
+        mut new: MailboxEntry,
+    ) -> MailboxEntry {
+        self.mark_leaving(Some(old), &mut new);
+        let tagged = Tagged::local(new, &self.ctx.node);
+        self.write_entry(writes, Some(old), &tagged, &Provenance::Local);
+        tagged.item
     }
 
     fn save_local_sieve(&self, writes: &mut Writes, user: &str, sieve: UserSieve) {
@@ -658,8 +738,14 @@ impl Actor for Directory {
     type Context = Context<Self>;
 
     fn started(&mut self, ctx: &mut Self::Context) {
+        // A purge row is written with a tombstone, or with the entry in which this node let
+        // its copy go: a live entry means a released copy, whose counters' floor stays.
         for id in self.mailboxes_left_in(Table::Purges, "unfinished purges") {
-            self.purge(id, ctx);
+            let purge = match self.entry(id) {
+                Ok(Some(entry)) if !entry.is_deleted() => Purge::Released,
+                _ => Purge::Deleted,
+            };
+            self.purge_as(id, purge, ctx);
         }
         // Primaries this node became whose uid conflicts were not settled before it stopped.
         for id in self.mailboxes_left_in(Table::Settles, "mailboxes left to settle") {
@@ -668,6 +754,21 @@ impl Actor for Directory {
                 Ok(_) => {}
                 Err(e) => warn!(mailbox = %id, error = %e, "cannot read a mailbox left to settle"),
             }
+        }
+        // Copies this node was letting go when it stopped.
+        let me = self.ctx.node.clone();
+        let mut leaving = Vec::new();
+        if let Err(e) = self.ctx.store.scan_prefix(Table::Mailboxes, &[], None, |_, v| {
+            let t: Tagged<MailboxEntry> = decode(v, "mailbox entry")?;
+            if !t.item.is_deleted() && t.item.is_leaving(&me) {
+                leaving.push(t.item.id);
+            }
+            Ok(true)
+        }) {
+            warn!(error = %e, "cannot read the mailboxes this node was letting go");
+        }
+        for id in leaving {
+            self.release_when_drained(id, ctx);
         }
         // Moves whose copies were durable when the node stopped, their sources not yet expunged.
         for id in self.mailboxes_left_in(Table::Moves, "interrupted moves") {
@@ -930,7 +1031,7 @@ impl Handler<SetLocations> for Directory {
                 .set(msg.locations.into_iter().collect(), version.clone());
             entry.primary.set(msg.primary, version);
             let mut writes = Writes::default();
-            self.write_local_entry(&mut writes, &old, entry.clone());
+            let entry = self.write_local_entry(&mut writes, &old, entry);
             Ok((self.ctx.commit(writes, None), old, entry))
         })();
         AtomicResponse::new(Box::pin(
@@ -1161,10 +1262,15 @@ impl Handler<ListScripts> for Directory {
 #[rtype(result = "DirectoryStats")]
 pub struct GetDirectoryStats;
 
-#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+#[derive(Clone, Debug, PartialEq, Eq)]
 pub struct DirectoryStats {
     pub active: usize,
     pub dormant_running: usize,
+    /// Mailboxes whose copy this node is letting go (waiting for its sync log to drain).
+    pub releasing: usize,
+    /// The mailboxes this node is letting go of, each with the peers it still has changes of it
+    /// for (shown when a cluster does not go quiet).
+    pub releasing_waits: BTreeMap<MailboxId, BTreeSet<NodeId>>,
 }
 
 impl Handler<GetDirectoryStats> for Directory {
@@ -1174,6 +1280,8 @@ impl Handler<GetDirectoryStats> for Directory {
         MessageResult(DirectoryStats {
             active: self.active.len(),
             dormant_running: self.dormant.values().filter(|w| w.upgrade().is_some()).count(),
+            releasing: self.releasing.len(),
+            releasing_waits: self.releasing(),
         })
     }
 }

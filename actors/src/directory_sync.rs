@@ -233,7 +233,7 @@ impl Handler<ApplyEntries> for Directory {
             } in msg.entries
             {
                 let local = self.stored_entry(incoming.id)?;
-                let (merged, effect) = match &local {
+                let (mut merged, mut effect) = match &local {
                     Some(l)
                         if self.ctx.faults.mailbox_tombstone_not_sticky
                             && l.item.is_deleted()
@@ -253,6 +253,10 @@ impl Handler<ApplyEntries> for Directory {
                     continue;
                 }
                 self.ctx.counters.observe(merged.max_version());
+                // This node's own leaving mark is news to everyone, the sender included.
+                if self.mark_leaving(local.as_ref().map(|l| &l.item), &mut merged) {
+                    effect = MergeEffect::Combined;
+                }
                 self.ctx.counters.observe_uidvalidity(merged.uidvalidity);
                 let was_live = local.as_ref().is_some_and(|l| !l.item.is_deleted());
                 if merged.is_deleted() && (was_live || local.is_none()) {
@@ -456,12 +460,12 @@ impl Handler<ConfiguredPeers> for Directory {
 }
 
 /// Key of the link graph in the peers table.
-pub(crate) const LINKS_KEY: &[u8] = b"\0links";
+pub const LINKS_KEY: &[u8] = b"\0links";
 
-/// A mailbox whose effective holders a link graph change altered.
+/// A mailbox whose effective holders a link graph change altered: its entry as stored after the
+/// change, and its holders after.
 pub(crate) struct Relinked {
     entry: MailboxEntry,
-    before: BTreeSet<NodeId>,
     after: BTreeSet<NodeId>,
 }
 
@@ -493,10 +497,23 @@ impl Directory {
         let me = &self.ctx.node;
         let peers = self.ctx.sync_log.peers();
         let mut relinked = Vec::new();
-        for entry in entries {
-            let before = self.links.holders(&entry.locations.value);
-            let after = links.item.holders(&entry.locations.value);
-            if before == after {
+        for old in entries {
+            let before = self.links.holders_of(&old);
+            let mut entry = old.clone();
+            // A node the new graph does not need any more lets its copy go (and is marked so);
+            // one needed again stops.
+            let needed = links.item.needs(&entry, me);
+            let marked = if entry.is_leaving(me) {
+                needed && entry.set_leaving(me, false, self.ctx.counters.tick())
+            } else {
+                before.contains(me) && !needed && entry.set_leaving(me, true, self.ctx.counters.tick())
+            };
+            if marked {
+                let tagged = Tagged::local(entry.clone(), me);
+                self.write_entry(writes, Some(&old), &tagged, &Provenance::Local);
+            }
+            let after = links.item.holders_of(&entry);
+            if before == after && !marked {
                 continue;
             }
             if before.contains(me) || after.contains(me) {
@@ -514,7 +531,7 @@ impl Directory {
                     writes.logged.merge(logged);
                 }
             }
-            relinked.push(Relinked { entry, before, after });
+            relinked.push(Relinked { entry, after });
         }
         Ok(relinked)
     }
@@ -543,17 +560,15 @@ impl Directory {
                 let (links, relinked) = result?;
                 act.links = links;
                 let me = act.ctx.node.clone();
-                for Relinked { entry, before, after } in relinked {
-                    if !after.contains(&me) && before.contains(&me) {
-                        info!(mailbox = %entry.id, "the link graph changed: this node is no longer a relay of the mailbox");
-                    }
+                for Relinked { entry, after, .. } in relinked {
                     if let Some(addr) = act.running(entry.id) {
                         addr.do_send(crate::mailbox_sync::EntryUpdated {
                             entry: entry.clone(),
-                            holders: after.clone(),
+                            holders: after,
                         });
                     }
-                    if before.contains(&me) && !after.contains(&me) {
+                    if entry.is_leaving(&me) && !act.links.needs(&entry, &me) {
+                        info!(mailbox = %entry.id, "the link graph changed: this node is no longer needed as a relay of the mailbox");
                         act.release_when_drained(entry.id, ctx);
                     }
                 }

@@ -1309,7 +1309,7 @@ impl Handler<MergeRemote> for Mailbox {
             // A node outside the holders builds no copy: what it pulled into one it has not (let
             // go, or never had) would stay, as a copy is let go once, when the entry or the graph
             // changes, and that stale copy could show a uid as another message than the one the
-            // node showed there before letting go (engine bug 24, simulator seed 83 with
+            // node showed there before letting go (engine bug 25, simulator seed 83 with
             // --locations: a new link made a node that had let its copy go queue the mailbox for
             // its new peer, and its channel pulled the peer's records back). A copy still being
             // let go keeps merging: it drains what it has, and stays in step until it goes.

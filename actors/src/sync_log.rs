@@ -80,6 +80,13 @@ pub fn row_key(peer: &NodeId, item: &SyncItem) -> Vec<u8> {
     k
 }
 
+/// The peer and item of a log row's storage key (`None` for a key not made by [`row_key`]).
+pub fn split_row_key(key: &[u8]) -> Option<(NodeId, SyncItem)> {
+    let zero = key.iter().position(|b| *b == 0)?;
+    let peer = NodeId::new(std::str::from_utf8(&key[..zero]).ok()?).ok()?;
+    Some((peer, SyncItem::decode(&key[zero + 1..])?))
+}
+
 /// How a change came to be, which decides the peers it is logged for.
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub enum Provenance {

@@ -592,7 +592,7 @@ fn status_table(status: &NodeStatus) -> String {
         for m in &status.moves {
             let _ = writeln!(
                 out,
-                "  {}/{} to {} (primary {}){}{}",
+                "  {}/{} to {} (primary {}){}{}{}{}",
                 m.user,
                 m.name,
                 if m.locations.is_empty() {
@@ -610,6 +610,16 @@ fn status_table(status: &NodeStatus) -> String {
                     ", leaving this node once drained"
                 } else {
                     ""
+                },
+                if m.holders.is_empty() || m.holders == m.locations {
+                    String::new()
+                } else {
+                    format!(", held on {}", m.holders.join(","))
+                },
+                if m.letting_go.is_empty() {
+                    String::new()
+                } else {
+                    format!(", still letting go: {}", m.letting_go.join(","))
                 }
             );
         }

@@ -210,19 +210,26 @@ fn mailbox_entry() -> impl Strategy<Value = MailboxEntry> {
         (btree_set(node_id(), 0..3), version()),
         (option::of(node_id()), version()),
         option::of((version(), any::<u32>())),
+        btree_map(node_id(), (any::<bool>(), version()), 0..3),
     )
         .prop_map(
-            |((id, uv, created), (user, name, pv), (locations, lv), (primary, prv), deleted)| MailboxEntry {
-                id: MailboxId(id),
-                uidvalidity: UidValidity(uv),
-                created,
-                path: Lww::new(MailboxPath { user, name }, pv),
-                locations: Lww::new(locations, lv),
-                primary: Lww::new(primary, prv),
-                deleted: deleted.map(|(version, uv)| MailboxTombstone {
-                    version,
+            |((id, uv, created), (user, name, pv), (locations, lv), (primary, prv), deleted, leaving)| {
+                MailboxEntry {
+                    id: MailboxId(id),
                     uidvalidity: UidValidity(uv),
-                }),
+                    created,
+                    path: Lww::new(MailboxPath { user, name }, pv),
+                    locations: Lww::new(locations, lv),
+                    primary: Lww::new(primary, prv),
+                    deleted: deleted.map(|(version, uv)| MailboxTombstone {
+                        version,
+                        uidvalidity: UidValidity(uv),
+                    }),
+                    leaving: leaving
+                        .into_iter()
+                        .map(|(n, (l, v))| (n, Lww::new(l, v)))
+                        .collect(),
+                }
             },
         )
 }

@@ -135,8 +135,14 @@ fn entry_replica(
     uidvalidity: UidValidity,
     created: Version,
 ) -> impl Strategy<Value = MailboxEntry> + Clone {
-    (version(), version(), version(), tombstone(uidvalidity)).prop_map(move |(p, l, pr, deleted)| {
-        MailboxEntry {
+    (
+        version(),
+        version(),
+        version(),
+        tombstone(uidvalidity),
+        btree_map(select(&NODES[..]), version(), 0..=NODES.len()),
+    )
+        .prop_map(move |(p, l, pr, deleted, leaving)| MailboxEntry {
             id,
             uidvalidity,
             created: created.clone(),
@@ -144,8 +150,11 @@ fn entry_replica(
             locations: minted(l, "locations", locations_from),
             primary: minted(pr, "primary", primary_from),
             deleted,
-        }
-    })
+            leaving: leaving
+                .into_iter()
+                .map(|(n, v)| (node(n), minted(v, n, |h| h % 2 == 0)))
+                .collect(),
+        })
 }
 
 /// Three replicas of one mailbox entry: the realistic case.
@@ -164,9 +173,10 @@ fn entry_arbitrary() -> impl Strategy<Value = MailboxEntry> + Clone {
         (0u64..8, version()),
         (0u64..4, version()),
         option::of((version(), 1u32..3)),
+        btree_map(select(&NODES[..]), (any::<bool>(), version()), 0..=NODES.len()),
     )
         .prop_map(
-            |((id, uv, created), (p, pv), (l, lv), (pr, prv), deleted)| MailboxEntry {
+            |((id, uv, created), (p, pv), (l, lv), (pr, prv), deleted, leaving)| MailboxEntry {
                 id: MailboxId(id),
                 uidvalidity: UidValidity(uv),
                 created,
@@ -177,6 +187,10 @@ fn entry_arbitrary() -> impl Strategy<Value = MailboxEntry> + Clone {
                     version,
                     uidvalidity: UidValidity(uv),
                 }),
+                leaving: leaving
+                    .into_iter()
+                    .map(|(n, (l, v))| (node(n), Lww::new(l, v)))
+                    .collect(),
             },
         )
 }
@@ -506,6 +520,7 @@ fn check_entry_laws(a: &MailboxEntry, b: &MailboxEntry) -> Result<(), TestCaseEr
     check_lww(&a.path, &b.path)?;
     check_lww(&a.locations, &b.locations)?;
     check_lww(&a.primary, &b.primary)?;
+    check_map_registers(&a.leaving, &b.leaving, &m.leaving)?;
     Ok(())
 }
 

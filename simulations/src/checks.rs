@@ -344,6 +344,22 @@ impl Observer {
             states.push((node.clone(), read_replicated(local).await));
         }
         for (node, state) in &states {
+            // A quiet cluster has no copy left half let go: every node that was leaving a
+            // mailbox has handed its changes on and said so.
+            for (id, entry) in &state.entries {
+                let leaving: Vec<String> = entry.leaving_nodes().map(|n| n.to_string()).collect();
+                if !entry.is_deleted() && !leaving.is_empty() {
+                    self.violation(
+                        Kind::Diverged,
+                        format!("leaving {node} {id}"),
+                        format!(
+                            "{node}: mailbox {} still has {} letting their copy go",
+                            short_id(id.0),
+                            leaving.join(",")
+                        ),
+                    );
+                }
+            }
             // Every node knows the configured topology: relays are computed from it.
             let links = state.links.links();
             if links != cluster.topology.edges {

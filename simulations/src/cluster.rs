@@ -17,7 +17,7 @@ use std::time::Duration;
 use mailmesh_actors::channel::{ChannelConfig, ChannelStats};
 use mailmesh_actors::commit_group::FlushMode;
 use mailmesh_actors::context::Faults;
-use mailmesh_actors::directory::ActivationPolicy;
+use mailmesh_actors::directory::{ActivationPolicy, GetDirectoryStats};
 use mailmesh_actors::env::{Entropy, Env, TokioClock};
 use mailmesh_actors::mailbox::{StoredAnnotation, StoredRecord};
 use mailmesh_actors::mailbox_sync::PageBudget;
@@ -405,11 +405,24 @@ impl SimCluster {
         loop {
             tokio::time::sleep(Duration::from_millis(500)).await;
             let stats = self.channel_stats().await;
-            let busy: Vec<String> = stats
+            let mut busy: Vec<String> = stats
                 .iter()
                 .filter(|(_, s)| s.pending > 0 || s.running > 0 || !s.link_up)
                 .map(|((node, peer), s)| format!("{node}->{peer} {s:?}"))
                 .collect();
+            // A node letting a copy go still has an entry to write once its log drains.
+            for (node, local) in &self.running {
+                if let Ok(d) = local.directory.send(GetDirectoryStats).await {
+                    for (id, waits) in &d.releasing_waits {
+                        let waits: Vec<String> = waits.iter().map(|p| p.to_string()).collect();
+                        busy.push(format!(
+                            "{node} letting {} go (log rows for [{}])",
+                            crate::network::short_id(id.0),
+                            waits.join(",")
+                        ));
+                    }
+                }
+            }
             let now = self.net.total_requests();
             if busy.is_empty() && self.net.in_flight() == 0 && now == last {
                 quiet_rounds += 1;

@@ -215,9 +215,10 @@ async fn read_mailbox(
     Ok(out)
 }
 
-/// Whether `node` holds `entry`'s mailbox: among its locations, or a relay between them.
+/// Whether `node` holds `entry`'s mailbox: among its locations, a relay between them, or
+/// letting a copy go (none should be left once the cluster is quiet: see the checks).
 pub fn holds(links: &LinkGraph, entry: &MailboxEntry, node: &NodeId) -> bool {
-    let holders = links.holders(&entry.locations.value);
+    let holders = links.holders_of(entry);
     holders.is_empty() || holders.contains(node)
 }
 

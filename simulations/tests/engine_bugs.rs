@@ -20,7 +20,7 @@ use std::time::Duration;
 use actix::Addr;
 use mailmesh_actors::channel::ChannelConfig;
 use mailmesh_actors::commit_group::FlushMode;
-use mailmesh_actors::directory::{CreateMailbox, OpenMailbox, SetLocations};
+use mailmesh_actors::directory::{CreateMailbox, GetDirectoryStats, OpenMailbox, SetLocations};
 use mailmesh_actors::env::{Entropy, Env, TokioClock};
 use mailmesh_actors::mailbox::{
     Append, ChangedSince, Expunge, ExpungeMode, Fetch, FetchBody, GetAnnotations, GetPruned, Mailbox,
@@ -109,6 +109,10 @@ impl Mini {
                     if stats.running > 0 || (stats.pending > 0 && stats.link_up) {
                         idle = false;
                     }
+                }
+                // A node letting a copy go is still among the holders until it has said so.
+                if local.directory.send(GetDirectoryStats).await.unwrap().releasing > 0 {
+                    idle = false;
                 }
             }
             let now = self.net.total_requests();

@@ -6,7 +6,9 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use mailmesh_actors::commit_group::FlushMode;
-use mailmesh_actors::directory::{ListMailboxes, ListScripts, ListSubscriptions, OpenMailboxById};
+use mailmesh_actors::directory::{
+    GetDirectoryStats, ListMailboxes, ListScripts, ListSubscriptions, OpenMailboxById,
+};
 use mailmesh_actors::env::{Entropy, Env, TokioClock};
 use mailmesh_actors::mailbox::{Fetch, GetAnnotations, GetState, Mailbox};
 use mailmesh_actors::memory_network::MemoryNetwork;
@@ -176,6 +178,11 @@ impl Cluster {
             let now = self.net.total_requests();
             let mut idle = true;
             for local in self.nodes.values() {
+                // A node letting a copy go writes its entry once its log drains.
+                let directory = local.directory.send(GetDirectoryStats).await.unwrap();
+                if directory.releasing > 0 {
+                    idle = false;
+                }
                 for stats in local.channel_stats().await.values() {
                     // A channel whose link is down waits; it is idle until the link heals.
                     if stats.running > 0 || (stats.pending > 0 && stats.link_up) {

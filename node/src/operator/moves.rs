@@ -1,17 +1,20 @@
 //! Mailbox moves under way, for `mailmesh status`: read from the store, nothing kept in memory.
 //!
-//! A mailbox placed on some nodes (non-empty locations) is moving while this node still has
-//! changes of it to send: to a location (the new node being filled), or anywhere while this node
-//! is no longer among the locations (its copy is let go once that log is drained). The node
-//! cannot tell a move's first sync from ordinary replication of a placed mailbox, so both show.
+//! A mailbox placed on some nodes (non-empty locations) is moving while a node still lets its
+//! copy go (`MailboxEntry::leaving`: this node or another, as the entry here says), or while this
+//! node still has changes of it to send to a holder: a location, a relay between them, or a node
+//! letting its copy go (the effective holders, from the link graph as this node knows it). The
+//! node cannot tell a move's first sync from ordinary replication of a placed mailbox, so both
+//! show.
 
 use std::collections::{BTreeMap, BTreeSet};
 
+use mailmesh_actors::directory_sync::LINKS_KEY;
 use mailmesh_actors::store::{decode, Store, Table};
 use mailmesh_actors::sync_log::{SyncItem, Tagged};
 use mailmesh_actors::StoreError;
 use mailmesh_protocol::ids::{MailboxId, NodeId};
-use mailmesh_protocol::records::MailboxEntry;
+use mailmesh_protocol::records::{LinkGraph, MailboxEntry};
 
 use super::protocol::MoveStatus;
 
@@ -28,6 +31,10 @@ pub fn moves_in_progress(store: &Store, me: &NodeId) -> Result<Vec<MoveStatus>, 
         }
         Ok(true)
     })?;
+    let links: LinkGraph = store
+        .get::<Tagged<LinkGraph>>(Table::Peers, LINKS_KEY)?
+        .map(|t| t.item)
+        .unwrap_or_default();
     let mut moves = Vec::new();
     store.scan_prefix(Table::Mailboxes, &[], None, |_, value| {
         let entry: Tagged<MailboxEntry> = decode(value, "mailbox entry")?;
@@ -35,20 +42,23 @@ pub fn moves_in_progress(store: &Store, me: &NodeId) -> Result<Vec<MoveStatus>, 
         if entry.is_deleted() || entry.locations.value.is_empty() {
             return Ok(true);
         }
-        let Some(peers) = pending.get(&entry.id) else {
-            return Ok(true);
-        };
-        let locations: Vec<String> = entry.locations.value.iter().map(|n| n.to_string()).collect();
-        let leaving = !entry.located_on(me);
-        let sending_to: Vec<String> = peers.iter().filter(|p| locations.contains(p)).cloned().collect();
-        if leaving || !sending_to.is_empty() {
+        let holders: Vec<String> = links.holders_of(&entry).iter().map(|n| n.to_string()).collect();
+        let letting_go: Vec<String> = entry.leaving_nodes().map(|n| n.to_string()).collect();
+        let leaving = entry.is_leaving(me);
+        let sending_to: Vec<String> = pending
+            .get(&entry.id)
+            .map(|peers| peers.iter().filter(|p| holders.contains(p)).cloned().collect())
+            .unwrap_or_default();
+        if leaving || !letting_go.is_empty() || !sending_to.is_empty() {
             moves.push(MoveStatus {
                 user: entry.path.value.user.clone(),
                 name: entry.path.value.name.clone(),
-                locations,
+                locations: entry.locations.value.iter().map(|n| n.to_string()).collect(),
                 primary: entry.primary.value.as_ref().map(|n| n.to_string()),
                 sending_to,
                 leaving,
+                holders,
+                letting_go,
             });
         }
         Ok(true)
@@ -150,7 +160,11 @@ mod tests {
                 matches!(b.handle(list.clone()).await, Ok(Reply::Mailboxes(rows)) if rows[0].locations == ["b"])
             })
             .await;
-            assert_eq!(status(&b).await.moves, Vec::new(), "b has nothing left to send");
+            // b lists the move until it hears that a let its copy go (a's entry, sent after).
+            wait_until("b has nothing left to send and knows a let go", || async {
+                status(&b).await.moves.is_empty()
+            })
+            .await;
         });
     }
 }

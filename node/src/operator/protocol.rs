@@ -245,10 +245,19 @@ pub struct MoveStatus {
     pub name: String,
     pub locations: Vec<String>,
     pub primary: Option<String>,
-    /// Peers among the locations still to be sent (part of) the mailbox.
+    /// Peers among the holders (locations, relays, nodes letting a copy go) still to be sent
+    /// (part of) the mailbox.
     pub sending_to: Vec<String>,
-    /// This node is no longer a location and keeps its copy until it is drained.
+    /// This node is no longer needed (not a location, not a relay) and keeps its copy until
+    /// its changes are handed on.
     pub leaving: bool,
+    /// The nodes that hold a copy as this node knows them: the locations, relays between them,
+    /// and nodes still letting a copy go.
+    #[serde(default)]
+    pub holders: Vec<String>,
+    /// The nodes still letting their copy go, as this node last heard (this one included).
+    #[serde(default)]
+    pub letting_go: Vec<String>,
 }
 
 #[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize, thiserror::Error)]

@@ -14,6 +14,7 @@ use serde::{Deserialize, Serialize};
 
 use crate::ids::NodeId;
 use crate::merge::{Lww, Merge};
+use crate::records::MailboxEntry;
 use crate::version::Version;
 
 /// Node -> the peers it configured, as it last published them.
@@ -66,6 +67,29 @@ impl LinkGraph {
             }
         }
         out
+    }
+
+    /// The nodes that keep a copy of `entry`'s mailbox (empty: every node): its locations, the
+    /// nodes still letting a copy go (`MailboxEntry::leaving`), and the relays joining them.
+    pub fn holders_of(&self, entry: &MailboxEntry) -> BTreeSet<NodeId> {
+        if entry.locations.value.is_empty() {
+            return BTreeSet::new();
+        }
+        let mut base = entry.locations.value.clone();
+        base.extend(entry.leaving_nodes().cloned());
+        self.holders(&base)
+    }
+
+    /// Whether `node` must keep its copy of `entry`'s mailbox for the others' sake: it is among
+    /// the locations or a relay they (or another node letting its copy go) need. A node holding
+    /// a copy it is not needed for lets it go (and is among the holders while it does).
+    pub fn needs(&self, entry: &MailboxEntry, node: &NodeId) -> bool {
+        if entry.locations.value.is_empty() || entry.locations.value.contains(node) {
+            return true;
+        }
+        let mut base = entry.locations.value.clone();
+        base.extend(entry.leaving_nodes().filter(|n| *n != node).cloned());
+        self.holders(&base).contains(node)
     }
 
     /// The nodes that must keep a copy of a mailbox placed on `locations` (empty: every node,

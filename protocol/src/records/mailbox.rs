@@ -43,6 +43,13 @@ pub struct MailboxEntry {
     /// The preferred primary: clients are directed here, and it alone promotes conflicting UIDs.
     pub primary: Lww<Option<NodeId>>,
     pub deleted: Option<MailboxTombstone>,
+    /// Nodes letting their copy go, each register written only by its own node: `true` from
+    /// when the node, holding a copy, found itself no longer needed (outside the locations and
+    /// not a relay), `false` once its changes have reached the others and the copy is gone.
+    /// While a node is leaving, the relays between it and the holders stay (so a move to a node
+    /// it has no link to still reaches it): see `LinkGraph::holders_of`.
+    #[serde(default)]
+    pub leaving: BTreeMap<NodeId, Lww<bool>>,
 }
 
 impl MailboxEntry {
@@ -55,6 +62,7 @@ impl MailboxEntry {
             primary: Lww::new(None, created.clone()),
             created,
             deleted: None,
+            leaving: BTreeMap::new(),
         }
     }
 
@@ -65,6 +73,40 @@ impl MailboxEntry {
     /// Whether `node` holds a replica of this mailbox.
     pub fn located_on(&self, node: &NodeId) -> bool {
         self.locations.value.is_empty() || self.locations.value.contains(node)
+    }
+
+    /// The nodes letting their copy go (see the field).
+    pub fn leaving_nodes(&self) -> impl Iterator<Item = &NodeId> {
+        self.leaving.iter().filter(|(_, l)| l.value).map(|(n, _)| n)
+    }
+
+    /// Whether `node` is letting its copy go.
+    pub fn is_leaving(&self, node: &NodeId) -> bool {
+        self.leaving.get(node).is_some_and(|l| l.value)
+    }
+
+    /// Whether `node` wrote its leaving register back to `false` (it let its copy go, or is
+    /// needed again) since `before`: the register is `false` here and was not this one there.
+    pub fn let_go_since(&self, before: &MailboxEntry, node: &NodeId) -> bool {
+        match self.leaving.get(node) {
+            Some(now) if !now.value => before.leaving.get(node) != Some(now),
+            _ => false,
+        }
+    }
+
+    /// Marks `node` as leaving (`true`) or gone (`false`) at `version`; returns whether that
+    /// changed anything.
+    pub fn set_leaving(&mut self, node: &NodeId, leaving: bool, version: Version) -> bool {
+        if self.is_leaving(node) == leaving {
+            return false;
+        }
+        match self.leaving.get_mut(node) {
+            Some(register) => register.set(leaving, version),
+            None => {
+                self.leaving.insert(node.clone(), Lww::new(leaving, version));
+                true
+            }
+        }
     }
 
     /// The node that settles this mailbox's uid conflicts: always one that holds a replica (a
@@ -94,6 +136,9 @@ impl MailboxEntry {
         if let Some(t) = &self.deleted {
             max = max.max(&t.version);
         }
+        for l in self.leaving.values() {
+            max = max.max(&l.version);
+        }
         max
     }
 }
@@ -117,8 +162,23 @@ impl Merge for MailboxEntry {
             locations: self.locations.merge(&other.locations),
             primary: self.primary.merge(&other.primary),
             deleted: merge_option(&self.deleted, &other.deleted),
+            leaving: merge_registers(&self.leaving, &other.leaving),
         }
     }
+}
+
+/// Merges two maps of registers key by key (a key on one side only is kept as it is).
+fn merge_registers(
+    a: &BTreeMap<NodeId, Lww<bool>>,
+    b: &BTreeMap<NodeId, Lww<bool>>,
+) -> BTreeMap<NodeId, Lww<bool>> {
+    let mut out = a.clone();
+    for (k, theirs) in b {
+        out.entry(k.clone())
+            .and_modify(|ours| *ours = ours.merge(theirs))
+            .or_insert_with(|| theirs.clone());
+    }
+    out
 }
 
 /// UIDNEXT of one mailbox. Merges by max, so a UID below it is never handed out again.
