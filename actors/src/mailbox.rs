@@ -157,6 +157,11 @@ pub struct Mailbox {
     /// The nodes holding a replica (empty: all): the locations and the relays that connect them
     /// (`LinkGraph::holders`, computed by the Directory). Changes are logged for these peers.
     pub(crate) holders: BTreeSet<NodeId>,
+    /// For each node that let its copy of this mailbox go (its leaving register written back to
+    /// false), the date of that register: a state dated before it, even one that node made or
+    /// sent us, may be gone from its copy (purged), so it is not skipped as already there
+    /// (`peer_has`).
+    pub(crate) let_go: BTreeMap<NodeId, u64>,
     /// The node that settles uid conflicts, from the mailbox entry.
     pub(crate) primary: NodeId,
     pub(crate) counters: MailboxCounters,
@@ -208,6 +213,7 @@ impl Mailbox {
             limits: ctx.limits,
             locations: entry.locations.value.clone(),
             holders,
+            let_go: let_go_dates(entry),
             primary: primary_of(entry),
             ctx,
             modseq_tag,
@@ -248,6 +254,23 @@ impl Mailbox {
         };
         self.log_local(&mut writes);
         writes
+    }
+
+    /// Echo suppression for one stored state of this mailbox: whether `peer` has it already
+    /// (`SyncLog::suppressed`), unless the state is older than `peer` letting its copy go.
+    pub(crate) fn peer_has(
+        &self,
+        origin: &NodeId,
+        arrived_on: Option<&NodeId>,
+        newest: u64,
+        peer: &NodeId,
+    ) -> bool {
+        !self.let_go_after(peer, newest) && self.ctx.sync_log.suppressed(origin, arrived_on, newest, peer)
+    }
+
+    /// Whether `node` let its copy go after a state dated `newest` (so it may have lost it).
+    pub(crate) fn let_go_after(&self, node: &NodeId, newest: u64) -> bool {
+        self.let_go.get(node).is_some_and(|date| newest <= *date)
     }
 
     /// Adds the sync log rows for a change made here by a client.
@@ -1337,4 +1360,12 @@ impl Handler<MarkDeleted> for Mailbox {
             ctx.stop();
         })))
     }
+}
+
+/// The dates at which nodes let their copies of `entry`'s mailbox go (see `Mailbox::let_go`).
+pub(crate) fn let_go_dates(entry: &MailboxEntry) -> BTreeMap<NodeId, u64> {
+    (entry.leaving.iter())
+        .filter(|(_, register)| !register.value)
+        .map(|(node, register)| (node.clone(), register.version.counter))
+        .collect()
 }

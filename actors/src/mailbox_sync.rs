@@ -307,9 +307,9 @@ impl Mailbox {
         let mut out = Vec::with_capacity(aids.len());
         for (i, (aid, modseq)) in aids.into_iter().enumerate() {
             if let Some((s, len)) = self.readable_in(&snapshot, &aid)? {
-                if !skip_for.is_some_and(|p| {
-                    (self.ctx.sync_log).suppressed(&s.origin, s.arrived_on.as_ref(), s.record.newest(), p)
-                }) {
+                if !skip_for
+                    .is_some_and(|p| self.peer_has(&s.origin, s.arrived_on.as_ref(), s.record.newest(), p))
+                {
                     let body_known = s.created != ModSeq::ZERO && s.created <= bodies_known;
                     fill.add(&s.record, len, !body_known);
                     out.push((
@@ -344,7 +344,7 @@ impl Mailbox {
                     && a.modseq <= upto
                     && !skip_for.is_some_and(|p| {
                         let newest = a.annotation.newest();
-                        (self.ctx.sync_log).suppressed(&a.origin, a.arrived_on.as_ref(), newest, p)
+                        self.peer_has(&a.origin, a.arrived_on.as_ref(), newest, p)
                     })
                 {
                     let entry = String::from_utf8_lossy(&k[16..]).into_owned();
@@ -674,17 +674,22 @@ impl Mailbox {
             // A pruned set learned from the sender came from the sender, not from the origin of
             // the records that came with it: only the sender may be skipped (engine bug 16).
             let several_sources = summary.origins.len() != 1 || learned_pruned;
-            let provenance = if news || several_sources {
-                // New to everyone (or from several origins: only the sender can be skipped).
-                if news {
-                    Provenance::Local
-                } else {
-                    Provenance::Remote {
-                        from: from.clone(),
-                        origin: from.clone(),
-                        effect: MergeEffect::TookIncoming,
-                        newest: summary.oldest_whole.unwrap_or(0),
-                    }
+            // A sender or origin that let its copy go after the oldest state taken whole may
+            // have lost it with the copy (purged, then held again): skip no one (a relay kept a
+            // write its origin lost, --wipes --locations seed 276).
+            let lost_by_a_source = summary.oldest_whole.is_some_and(|newest| {
+                self.let_go_after(from, newest)
+                    || summary.origins.iter().any(|o| self.let_go_after(o, newest))
+            });
+            let provenance = if news || lost_by_a_source {
+                Provenance::Local
+            } else if several_sources {
+                // From several origins: only the sender can be skipped.
+                Provenance::Remote {
+                    from: from.clone(),
+                    origin: from.clone(),
+                    effect: MergeEffect::TookIncoming,
+                    newest: summary.oldest_whole.unwrap_or(0),
                 }
             } else {
                 let origin = summary.origins.iter().next().expect("one origin").clone();
@@ -1406,6 +1411,7 @@ impl Handler<EntryUpdated> for Mailbox {
     fn handle(&mut self, msg: EntryUpdated, _: &mut Self::Context) {
         self.locations = msg.entry.locations.value.clone();
         self.holders = msg.holders;
+        self.let_go = crate::mailbox::let_go_dates(&msg.entry);
         // Becoming the primary is handled by the Directory, which sends SettleHeldConflicts
         // whether or not this actor was running.
         self.primary = primary_of(&msg.entry);
