@@ -372,3 +372,78 @@ fn a_node_that_let_its_copy_go_takes_nothing_back_from_a_new_peer() {
         cluster.assert_quiet().await;
     });
 }
+
+async fn annotations(cluster: &Cluster, node: &str) -> Vec<(String, Vec<u8>)> {
+    let dump = cluster.dump(node).await;
+    dump.mailboxes[&("alice".to_string(), "INBOX".to_string())]
+        .annotations
+        .clone()
+}
+
+/// Engine bug 26 (simulator --wipes --locations, seeds 262 and 276): chain a-b-c; c writes an
+/// annotation, which reaches b and a; the mailbox moves to {a}, so b and c let their copies go
+/// (the purge deletes the annotation there). With a down, it moves to {a, c}: c holds it again, b
+/// relays, and they have nothing to send each other. When a is back, b takes the annotation from
+/// it, but skipped c, the node that made it, as already having it: c's own acknowledged write was
+/// gone on c for good. Now a node's leaving register written back to false dates its let-go, and
+/// an older state is sent to it again.
+#[test]
+fn a_node_holding_a_mailbox_again_gets_back_its_own_writes_it_let_go() {
+    run_virtual(|| async {
+        let mut cluster = Cluster::chain(&["a", "b", "c"]);
+        cluster
+            .node("a")
+            .directory
+            .send(CreateMailbox {
+                user: "alice".into(),
+                name: "INBOX".into(),
+            })
+            .await
+            .unwrap()
+            .unwrap();
+        cluster.settle().await;
+        let on_c = open(&cluster, "c").await;
+        on_c.send(SetAnnotation {
+            entry: "/shared/comment".into(),
+            value: Some(b"from c".to_vec()),
+        })
+        .await
+        .unwrap()
+        .unwrap();
+        drop(on_c);
+        cluster.settle().await;
+        let written = vec![("/shared/comment".to_string(), b"from c".to_vec())];
+        for node in ["a", "b", "c"] {
+            assert_eq!(annotations(&cluster, node).await, written, "on {node}");
+        }
+
+        place_on(&cluster, "a", &["a"]).await;
+        cluster.settle().await;
+        for node in ["b", "c"] {
+            let mut waited = 0;
+            while !annotations(&cluster, node).await.is_empty() {
+                waited += 1;
+                assert!(waited < 120, "{node} never let its copy go");
+                tokio::time::sleep(std::time::Duration::from_secs(1)).await;
+            }
+        }
+
+        cluster.stop("a").await;
+        place_on(&cluster, "c", &["a", "c"]).await;
+        tokio::time::sleep(std::time::Duration::from_secs(30)).await;
+        cluster.restart("a");
+        cluster.settle().await;
+        for node in ["a", "b", "c"] {
+            let mut waited = 0;
+            while annotations(&cluster, node).await != written {
+                waited += 1;
+                assert!(
+                    waited < 120,
+                    "{node}, holding the mailbox again, lacks the annotation"
+                );
+                tokio::time::sleep(std::time::Duration::from_secs(1)).await;
+            }
+        }
+        cluster.assert_quiet().await;
+    });
+}
