@@ -143,6 +143,10 @@ pub struct Channel {
     /// re-dirties it first (that used to lift its generation above the mark, and the sync then
     /// left out what the peer had sent or made before it lost it: simulator seed 214 with wipes).
     oldest: BTreeMap<SyncItem, u64>,
+    /// Items queued again for this peer (its store was new) that no sync has sent whole since,
+    /// with the requeue mark of their durable marker (`Table::SyncWhole`), read at start: the
+    /// memory above does not survive a restart, the marker does (engine bug 21's restart gap).
+    whole_until_synced: BTreeMap<SyncItem, u64>,
     running: BTreeSet<SyncItem>,
     /// Items waiting out a backoff, with their failed attempts.
     waiting: BTreeMap<SyncItem, u32>,
@@ -176,6 +180,7 @@ impl Channel {
             config,
             dirty: BTreeMap::new(),
             oldest: BTreeMap::new(),
+            whole_until_synced: BTreeMap::new(),
             running: BTreeSet::new(),
             waiting: BTreeMap::new(),
             attempts: BTreeMap::new(),
@@ -219,7 +224,11 @@ impl Channel {
             let Some((item, generation)) = next else { break };
             self.running.insert(item.clone());
             let oldest = self.oldest.remove(&item).unwrap_or(generation);
-            let whole = oldest <= self.requeue_mark;
+            let marker = self.whole_until_synced.get(&item).copied();
+            let whole = oldest <= self.requeue_mark || marker.is_some();
+            // The marker a successful whole sync clears: the one read at start, else the one the
+            // latest requeue wrote (a requeue after this point writes a higher mark, which stays).
+            let clears = whole.then(|| marker.unwrap_or(self.requeue_mark));
             let job = self.job();
             let fut = async move {
                 let result = job.sync(&item, whole).await;
@@ -228,9 +237,11 @@ impl Channel {
             ctx.spawn(
                 fut.into_actor(self)
                     .map(move |(item, generation, result), act, ctx| {
-                        if result.is_err() {
+                        match (&result, clears) {
                             // Not synced: what the sync was to cover is still to cover.
-                            act.note_dirty(&item, oldest);
+                            (Err(_), _) => act.note_dirty(&item, oldest),
+                            (Ok(()), Some(mark)) => act.sent_whole(&item, mark, ctx),
+                            (Ok(()), None) => {}
                         }
                         act.finished(item, generation, result, ctx);
                     }),
@@ -366,6 +377,30 @@ impl Channel {
 }
 
 impl Channel {
+    /// A sync of `item` that went whole succeeded: its durable marker goes, unless a later
+    /// requeue wrote another (`mark` is the one the sync covered).
+    fn sent_whole(&mut self, item: &SyncItem, mark: u64, ctx: &mut Context<Self>) {
+        if self.whole_until_synced.get(item) == Some(&mark) {
+            self.whole_until_synced.remove(item);
+        }
+        let mut writes = Writes::default();
+        writes.batch.delete_if_equals(
+            Table::SyncWhole,
+            row_key(&self.peer, item),
+            mark.to_be_bytes().to_vec(),
+        );
+        let done = self.ctx.commit(writes, None);
+        let peer = self.peer.clone();
+        ctx.spawn(
+            async move {
+                if let Err(e) = done.await {
+                    warn!(%peer, error = %e, "cannot clear a whole-sync marker; the item will go whole again");
+                }
+            }
+            .into_actor(self),
+        );
+    }
+
     /// Counts `generation` among the unsynced generations of `item` (see `oldest`).
     fn note_dirty(&mut self, item: &SyncItem, generation: u64) {
         let oldest = self.oldest.entry(item.clone()).or_insert(generation);
@@ -390,6 +425,21 @@ impl Actor for Channel {
         if let Err(e) = scanned {
             warn!(peer = %self.peer, error = %e, "cannot read the sync log");
         }
+        let mut markers = Vec::new();
+        let scanned = self
+            .ctx
+            .store
+            .scan_prefix(Table::SyncWhole, &prefix, None, |k, v| {
+                if let (Some(item), Ok(mark)) = (SyncItem::decode(&k[prefix.len()..]), <[u8; 8]>::try_from(v))
+                {
+                    markers.push((item, u64::from_be_bytes(mark)));
+                }
+                Ok(true)
+            });
+        if let Err(e) = scanned {
+            warn!(peer = %self.peer, error = %e, "cannot read the whole-sync markers");
+        }
+        self.whole_until_synced.extend(markers);
         let now = self.ctx.env.clock.unix_millis();
         self.dirty_since
             .extend(rows.iter().map(|(item, _)| (item.clone(), now)));

@@ -88,12 +88,24 @@ impl Directory {
             .chain(sub_users.into_iter().map(SyncItem::Subscriptions))
             .chain(sieve_users.into_iter().map(SyncItem::Sieve))
             .chain(mailboxes.into_iter().map(SyncItem::Mailbox));
-        for item in items {
-            let logged = log.log_for(&mut writes.batch, peer, item);
+        let items: Vec<SyncItem> = items.collect();
+        for item in &items {
+            let logged = log.log_for(&mut writes.batch, peer, item.clone());
             writes.logged.merge(logged);
         }
         forget_peer_caches(writes, &self.ctx.store, peer)?;
-        Ok(self.ctx.counters.next_log_generation())
+        let mark = self.ctx.counters.next_log_generation();
+        // Each item goes whole until a sync of it succeeds, across restarts too: a newer change
+        // lifts its row's generation above the mark, and the Channel's memory of the older one
+        // does not survive a restart (engine bug 21's restart gap).
+        for item in &items {
+            writes.batch.put_raw(
+                Table::SyncWhole,
+                crate::sync_log::row_key(peer, item),
+                mark.to_be_bytes().to_vec(),
+            );
+        }
+        Ok(mark)
     }
 }
 

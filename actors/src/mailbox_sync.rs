@@ -210,6 +210,25 @@ impl Mailbox {
         cache_key(self.id, peer)
     }
 
+    /// Whether this node has anything of the mailbox: a record, an annotation or a compacted set.
+    fn has_copy(&self) -> Result<bool, StoreError> {
+        if !self.pruned.is_empty() {
+            return Ok(true);
+        }
+        let mut found = false;
+        for table in [Table::Messages, Table::Annotations] {
+            self.store
+                .scan_prefix(table, &keys::mailbox(self.id), None, |_, _| {
+                    found = true;
+                    Ok(false)
+                })?;
+            if found {
+                return Ok(true);
+            }
+        }
+        Ok(false)
+    }
+
     fn committed_counters(&self) -> Result<MailboxCounters, StoreError> {
         Ok(self
             .store
@@ -1295,6 +1314,16 @@ impl Handler<MergeRemote> for Mailbox {
     fn handle(&mut self, msg: MergeRemote, _: &mut Self::Context) -> Self::Result {
         self.atomic(move |act| {
             let mut writes = Writes::default();
+            // A node outside the holders builds no copy: what it pulled into one it has not (let
+            // go, or never had) would stay, as a copy is let go once, when the entry or the graph
+            // changes, and that stale copy could show a uid as another message than the one the
+            // node showed there before letting go (engine bug 25, simulator seed 83 with
+            // --locations: a new link made a node that had let its copy go queue the mailbox for
+            // its new peer, and its channel pulled the peer's records back). A copy still being
+            // let go keeps merging: it drains what it has, and stays in step until it goes.
+            if !act.holders.is_empty() && !act.holders.contains(&act.ctx.node) && !act.has_copy()? {
+                return Ok((writes, ()));
+            }
             let incoming = Incoming {
                 records: msg.records,
                 updates: Vec::new(),

@@ -322,3 +322,53 @@ fn a_release_does_not_wait_for_a_peer_no_longer_configured() {
         wait_for_count(&cluster, "a", 0, "the old holder lets its copy go").await;
     });
 }
+
+/// Chain a-b-c with alice's INBOX everywhere, then moved to {b, c}: a lets its copy go. Then a
+/// and c are linked: a queues for its new peer everything c holds, this mailbox among them.
+/// Before the fix a's channel pulled c's records into a copy a no longer holds, which nothing
+/// ever let go again (engine bug 25, simulator seed 83 with --locations: c had been down since
+/// before a conflict was settled, and the copy rebuilt from its stale state showed a uid as
+/// another message than a had shown there before letting go).
+#[test]
+fn a_node_that_let_its_copy_go_takes_nothing_back_from_a_new_peer() {
+    run_virtual(|| async {
+        let mut cluster = Cluster::chain(&["a", "b", "c"]);
+        cluster
+            .node("a")
+            .directory
+            .send(CreateMailbox {
+                user: "alice".into(),
+                name: "INBOX".into(),
+            })
+            .await
+            .unwrap()
+            .unwrap();
+        let on_a = open(&cluster, "a").await;
+        for i in 0..3 {
+            append(&on_a, i).await.unwrap();
+        }
+        drop(on_a);
+        cluster.settle().await;
+        assert_eq!(count(&cluster, "c").await, 3);
+        place_on(&cluster, "b", &["b", "c"]).await;
+        cluster.settle().await;
+        wait_for_count(&cluster, "a", 0, "a lets its copy go").await;
+
+        reconfigure(&mut cluster, "a", &["b", "c"]);
+        reconfigure(&mut cluster, "c", &["a", "b"]);
+        cluster.settle().await;
+        assert_eq!(holders(&cluster, "a").await, ["b", "c"]);
+        assert_eq!(
+            count(&cluster, "a").await,
+            0,
+            "a, outside the holders, rebuilt a copy from its new peer"
+        );
+        let on_b = open(&cluster, "b").await;
+        append(&on_b, 3).await.unwrap();
+        drop(on_b);
+        cluster.settle().await;
+        assert_eq!(count(&cluster, "c").await, 4);
+        assert_eq!(count(&cluster, "a").await, 0, "nothing comes back to a");
+        cluster.assert_quiet().await;
+    });
+}

@@ -201,11 +201,9 @@ impl Observer {
             memory.listed.extend(now_listed.iter().copied());
             for (id, mb) in &snap.mailboxes {
                 let label = format!("{}/{} ({})", mb.user, mb.name, short_id(id.0));
-                // A copy let go starts again from nothing when the node is added back (its
-                // counters go with it): UIDNEXT and HIGHESTMODSEQ are judged while held.
-                if !mb.held {
-                    memory.high.remove(id);
-                }
+                // UIDNEXT and HIGHESTMODSEQ are judged while held, against everything this node
+                // showed before, a copy it let go and holds again included (a released copy keeps
+                // its counters, engine bug 23).
                 let high = memory.high.entry(*id).or_insert((Uid(0), ModSeq::ZERO));
                 if mb.held && (mb.state.uidnext < high.0 || mb.state.highestmodseq < high.1) {
                     found.push((
@@ -221,9 +219,6 @@ impl Observer {
                     ));
                 }
                 *high = (high.0.max(mb.state.uidnext), high.1.max(mb.state.highestmodseq));
-                if !mb.held {
-                    memory.high.remove(id);
-                }
                 let mut aids_seen = BTreeSet::new();
                 for view in &mb.visible {
                     let key = (*id, mb.uidvalidity, view.uid);

@@ -151,6 +151,12 @@ const LOCATION_SEEDS_THAT_FAILED_ONCE: &[(u64, &str)] = &[
          had shown before it let go, then reused uid 1",
     ),
     (
+        83,
+        "engine bug 25: a node that had let its copy go got a new link to a holder, queued the \
+         mailbox for it and pulled the holder's stale records into a copy outside the holders, \
+         which nothing let go again; it showed uid 1 as another message than it had before",
+    ),
+    (
         34,
         "engine bug 24: a mailbox moved between two nodes of a ring with no link between them: \
          the old holder, no longer among the holders, had no holder next to it to hand its \

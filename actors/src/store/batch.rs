@@ -29,6 +29,7 @@ pub enum Table {
     Pruned,
     Settles,
     Moves,
+    SyncWhole,
 }
 
 impl Table {
@@ -51,6 +52,7 @@ impl Table {
             Table::Pruned => super::PRUNED,
             Table::Settles => super::SETTLES,
             Table::Moves => super::MOVES,
+            Table::SyncWhole => super::SYNC_WHOLE,
         }
     }
 
@@ -73,6 +75,7 @@ impl Table {
             Table::Pruned => "pruned",
             Table::Settles => "settles",
             Table::Moves => "moves",
+            Table::SyncWhole => "sync whole",
         }
     }
 }

@@ -75,8 +75,13 @@ pub(crate) const SETTLES: RawTable = TableDefinition::new("settles");
 /// copies are durable and whose sources are not expunged yet. Written with the copies, deleted
 /// with the expunge; what a crash leaves here is finished at start (no duplicate stays).
 pub(crate) const MOVES: RawTable = TableDefinition::new("moves");
+/// peer, item (as the sync log) -> requeue mark (u64 BE): an item queued again for a peer whose
+/// store is new, to be sent whole until a sync of it succeeds (so a restart in between does not
+/// send it with echo suppression, engine bug 21). Written with the requeue, deleted by the
+/// Channel after the whole sync.
+pub(crate) const SYNC_WHOLE: RawTable = TableDefinition::new("sync_whole");
 
-const ALL_TABLES: [RawTable; 20] = [
+const ALL_TABLES: [RawTable; 21] = [
     META,
     MAILBOXES,
     NAMES,
@@ -97,6 +102,7 @@ const ALL_TABLES: [RawTable; 20] = [
     PRUNED,
     SETTLES,
     MOVES,
+    SYNC_WHOLE,
 ];
 
 pub(crate) const META_NODE: &[u8] = b"node";
