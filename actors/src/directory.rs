@@ -705,9 +705,12 @@ async fn purge_mailbox(node: NodeContext, id: MailboxId, purge: Purge) -> Result
         Some(counters) => batch.put(
             Table::MailboxState,
             keys::mailbox(id),
+            // The new history starts one above the old one's last point, so that a peer's
+            // cache at that last point is recognised as stale (engine bug 26).
             &MailboxCounters {
                 uidnext: counters.uidnext,
-                modseq: counters.modseq,
+                modseq: counters.modseq + 1,
+                history_from: counters.modseq + 1,
                 ..Default::default()
             },
         ),

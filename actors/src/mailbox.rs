@@ -71,6 +71,14 @@ pub struct MailboxCounters {
     /// learned from a peer): the set travels to a peer acknowledged before it.
     #[serde(default)]
     pub pruned_modseq: ModSeq,
+    /// Where this copy's history starts (a modseq counter; 0: from the beginning). A copy let go
+    /// keeps its counters (engine bug 23) but not its records, so a peer whose replication
+    /// cache points below this counter was told of records this copy no longer has: such a
+    /// point is no point of its history, and the peer must send the mailbox whole (engine bug
+    /// 26, simulator --locations seed 825: the kept modseq matched a peer's stale cache, the
+    /// delta was applied, and the message the cache said was there never came back).
+    #[serde(default)]
+    pub history_from: u64,
 }
 
 /// A message record as this node stores it: the replicated record plus local facts.
@@ -347,6 +355,7 @@ impl Mailbox {
             uidnext: self.counters.uidnext.max(stored.uidnext),
             modseq: self.counters.modseq.max(stored.modseq),
             compacted_upto: stored.compacted_upto,
+            history_from: self.counters.history_from.max(stored.history_from),
             ..Default::default()
         };
         if self.ctx.faults.counters_from_records {

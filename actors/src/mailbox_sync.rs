@@ -383,7 +383,9 @@ impl Mailbox {
 
     /// Whether `since` is a point of this node's history the changes can be listed from.
     fn knows(&self, since: ModSeq, highest: ModSeq) -> bool {
-        since.minted_by(self.ctx.node.modseq_tag()) && since <= highest
+        since.minted_by(self.ctx.node.modseq_tag())
+            && since <= highest
+            && since.counter() >= self.counters.history_from
     }
 
     /// Merges incoming changes into `writes`. Nothing is written unless every new live record's
@@ -1206,6 +1208,12 @@ impl Handler<ApplyChanges> for Mailbox {
                 ));
             }
             let highest = act.highestmodseq();
+            // A point from before this copy was let go names records it no longer has, even
+            // when it equals where the counters stayed: the sender sends it whole.
+            if !req.full && req.expected_peer_modseq.counter() < act.counters.history_from {
+                let message = "the expected modseq is from before this copy was let go";
+                return Ok((Writes::default(), wire_error(ErrorCode::NoHistory, message)));
+            }
             // Step 2 in one round trip: when this node is not where the sender's cache expected,
             // it still merges the sender's changes (the merge is safe whatever the order) and
             // answers with its own changes since the expected point, leaving out what the sender

@@ -174,6 +174,12 @@ const LOCATION_SEEDS_THAT_FAILED_ONCE: &[(u64, &str)] = &[
          again: its copy stayed empty",
     ),
     (
+        825,
+        "engine bug 26: a copy let go kept its modseq counter (engine bug 23), which matched a \
+         peer's stale replication cache: the peer's delta was applied and the message the cache \
+         said was there never came back",
+    ),
+    (
         244,
         "a store write failing for good (a crashed disk) made the release's retry spin without \
          end inside the Directory: the seed never finished",
