@@ -380,7 +380,7 @@ async fn annotations(cluster: &Cluster, node: &str) -> Vec<(String, Vec<u8>)> {
         .clone()
 }
 
-/// Engine bug 26 (simulator --wipes --locations, seeds 262 and 276): chain a-b-c; c writes an
+/// Engine bug 27 (simulator --wipes --locations, seeds 262 and 276): chain a-b-c; c writes an
 /// annotation, which reaches b and a; the mailbox moves to {a}, so b and c let their copies go
 /// (the purge deletes the annotation there). With a down, it moves to {a, c}: c holds it again, b
 /// relays, and they have nothing to send each other. When a is back, b takes the annotation from

@@ -190,13 +190,13 @@ const LOCATION_SEEDS_THAT_FAILED_ONCE: &[(u64, &str)] = &[
 const WIPE_AND_LOCATION_SEEDS_THAT_FAILED_ONCE: &[(u64, &str)] = &[
     (
         276,
-        "engine bug 26: a node let its copy go (the purge deleted its own annotation) and held the \
+        "engine bug 27: a node let its copy go (the purge deleted its own annotation) and held the \
          mailbox again; a relay that took the annotation later skipped it as its origin, so the \
          acknowledged write never came back to it",
     ),
     (
         262,
-        "engine bug 26: a copy let go and held again never got back an annotation its peers took \
+        "engine bug 27: a copy let go and held again never got back an annotation its peers took \
          it for having (echo suppression by origin and sender ignored the let-go)",
     ),
 ];
