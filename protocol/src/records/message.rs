@@ -79,8 +79,51 @@ impl MessageRecord {
         if self.is_expunged() {
             return expunged_digest(&self.append_id);
         }
-        let encoded = rmp_serde::to_vec(self).expect("a record always encodes");
+        let mut encoded = Vec::with_capacity(128 + 48 * self.flags.len());
+        self.encode_for_digest(&mut encoded);
         *blake3::hash(&encoded).as_bytes()
+    }
+
+    /// The record's MessagePack encoding as protocol version 2 wrote it (struct fields in an
+    /// array, the Guid as an array of 32 numbers), written directly rather than through serde:
+    /// every change to a record encodes it twice for the mailbox digest (old and new), and the
+    /// digest must keep its value across versions, as stores and peers keep summed digests.
+    fn encode_for_digest(&self, out: &mut Vec<u8>) {
+        fn version(out: &mut Vec<u8>, v: &Version) -> Result<(), rmp::encode::ValueWriteError> {
+            rmp::encode::write_array_len(out, 2)?;
+            rmp::encode::write_uint(out, v.counter)?;
+            rmp::encode::write_str(out, v.node.as_str())
+        }
+        let write = |out: &mut Vec<u8>| -> Result<(), rmp::encode::ValueWriteError> {
+            use rmp::encode::{
+                write_array_len, write_bool, write_map_len, write_sint, write_str, write_uint,
+            };
+            write_array_len(out, 7)?;
+            write_array_len(out, 2)?;
+            write_str(out, self.append_id.origin.as_str())?;
+            write_uint(out, self.append_id.counter)?;
+            write_array_len(out, 2)?;
+            write_uint(out, u64::from(self.uid.value.0))?;
+            version(out, &self.uid.version)?;
+            write_array_len(out, 32)?;
+            for b in self.guid.0 {
+                write_uint(out, u64::from(b))?;
+            }
+            write_uint(out, self.size)?;
+            write_sint(out, self.internaldate)?;
+            write_map_len(out, self.flags.len() as u32)?;
+            for (flag, state) in &self.flags {
+                write_str(out, flag.as_str())?;
+                write_array_len(out, 2)?;
+                write_bool(out, state.value).map_err(rmp::encode::ValueWriteError::InvalidMarkerWrite)?;
+                version(out, &state.version)?;
+            }
+            match &self.expunged {
+                Some(v) => version(out, v),
+                None => rmp::encode::write_nil(out).map_err(rmp::encode::ValueWriteError::InvalidMarkerWrite),
+            }
+        };
+        write(out).expect("writing to a Vec cannot fail");
     }
 }
 
