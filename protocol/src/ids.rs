@@ -177,8 +177,54 @@ impl fmt::Debug for AppendId {
 }
 
 /// Content hash (BLAKE3) of a raw message. Bodies are stored once per node, by Guid.
-#[derive(Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Hash, Serialize, Deserialize)]
+///
+/// Encoded as one byte string (MessagePack `bin 8`, 34 bytes), not as an array of 32 numbers:
+/// the array took 32 encoder and decoder calls per Guid, and every record, body part and
+/// missing-bodies list carries Guids (a good part of decoding an initial sync's pages). The
+/// array form, which stores written before protocol version 3 hold, is still read.
+#[derive(Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Hash)]
 pub struct Guid(pub [u8; 32]);
+
+impl Serialize for Guid {
+    fn serialize<S: serde::Serializer>(&self, serializer: S) -> Result<S::Ok, S::Error> {
+        serializer.serialize_bytes(&self.0)
+    }
+}
+
+impl<'de> Deserialize<'de> for Guid {
+    fn deserialize<D: serde::Deserializer<'de>>(deserializer: D) -> Result<Self, D::Error> {
+        struct GuidVisitor;
+
+        impl<'de> serde::de::Visitor<'de> for GuidVisitor {
+            type Value = Guid;
+
+            fn expecting(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+                f.write_str("a 32-byte Guid")
+            }
+
+            fn visit_bytes<E: serde::de::Error>(self, v: &[u8]) -> Result<Guid, E> {
+                <[u8; 32]>::try_from(v)
+                    .map(Guid)
+                    .map_err(|_| E::invalid_length(v.len(), &self))
+            }
+
+            fn visit_seq<A: serde::de::SeqAccess<'de>>(self, mut seq: A) -> Result<Guid, A::Error> {
+                let mut out = [0u8; 32];
+                for (i, b) in out.iter_mut().enumerate() {
+                    *b = seq
+                        .next_element()?
+                        .ok_or_else(|| serde::de::Error::invalid_length(i, &self))?;
+                }
+                if seq.next_element::<serde::de::IgnoredAny>()?.is_some() {
+                    return Err(serde::de::Error::invalid_length(33, &self));
+                }
+                Ok(Guid(out))
+            }
+        }
+
+        deserializer.deserialize_bytes(GuidVisitor)
+    }
+}
 
 impl Guid {
     pub fn of(body: &[u8]) -> Self {

@@ -14,8 +14,9 @@ use crate::records::{
 };
 
 /// Bumped on every incompatible change to these types. Peers with different versions refuse each
-/// other in the handshake with a message naming both versions.
-pub const PROTOCOL_VERSION: u32 = 2;
+/// other in the handshake with a message naming both versions. 3: a Guid travels as one byte
+/// string instead of an array of 32 numbers.
+pub const PROTOCOL_VERSION: u32 = 3;
 
 #[derive(Clone, PartialEq, Debug, Serialize, Deserialize)]
 pub enum Frame {
