@@ -501,3 +501,59 @@ fn old_holders_leaving_together_keep_their_copies_until_a_staying_holder_has_the
         cluster.assert_quiet().await;
     });
 }
+
+/// Engine bug 29 (simulator --wipes --locations, seed 80): ring a-b-c-d-e-f-a with alice's INBOX
+/// on every node, then placed on {b, c, e}: d relays between c and e, and a and f let their
+/// copies go. The relays used to be computed from the locations and the leaving nodes together,
+/// so a leaving node could change the locations' own relays: with f leaving, the group {b, c}
+/// reached e through a, not d; with a leaving, through f. Whichever of a and f let go first
+/// became, by that very write, the relay the other's leaving needed: it got the mailbox again,
+/// and once the other had let go it was not needed, left, and made the other a relay again,
+/// every release poll, for ever (the cluster never went quiet). Now the locations' relays are
+/// fixed by the locations alone, and a leaving node only adds a path of its own to them, through
+/// nodes nearer to them than itself, so no relay ever needs the node it relayed for.
+#[test]
+fn copies_let_go_on_a_ring_do_not_make_each_other_relays_for_ever() {
+    run_virtual(|| async {
+        let names = ["a", "b", "c", "d", "e", "f"];
+        let ring = [("a", "b"), ("b", "c"), ("c", "d"), ("d", "e"), ("e", "f"), ("f", "a")];
+        let cluster = Cluster::start(&names, &ring);
+        cluster
+            .node("a")
+            .directory
+            .send(CreateMailbox {
+                user: "alice".into(),
+                name: "INBOX".into(),
+            })
+            .await
+            .unwrap()
+            .unwrap();
+        cluster.settle().await;
+        let on_a = open(&cluster, "a").await;
+        for i in 0..3 {
+            append(&on_a, i).await.unwrap();
+        }
+        drop(on_a);
+        cluster.settle().await;
+        for node in names {
+            assert_eq!(count(&cluster, node).await, 3, "on {node} before the move");
+        }
+
+        place_on(&cluster, "a", &["b", "c", "e"]).await;
+        cluster.settle().await;
+        for node in names {
+            assert_eq!(
+                holders(&cluster, node).await,
+                ["b", "c", "d", "e"],
+                "as {node} sees it: the locations and d, their relay"
+            );
+        }
+        for node in ["b", "c", "d", "e"] {
+            assert_eq!(count(&cluster, node).await, 3, "on {node}");
+        }
+        for node in ["a", "f"] {
+            assert_eq!(count(&cluster, node).await, 0, "{node} let its copy go");
+        }
+        cluster.assert_quiet().await;
+    });
+}
