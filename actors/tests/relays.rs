@@ -569,7 +569,14 @@ fn a_copy_is_not_let_go_on_the_cache_of_a_peer_wiped_while_this_node_was_down() 
 fn copies_let_go_on_a_ring_do_not_make_each_other_relays_for_ever() {
     run_virtual(|| async {
         let names = ["a", "b", "c", "d", "e", "f"];
-        let ring = [("a", "b"), ("b", "c"), ("c", "d"), ("d", "e"), ("e", "f"), ("f", "a")];
+        let ring = [
+            ("a", "b"),
+            ("b", "c"),
+            ("c", "d"),
+            ("d", "e"),
+            ("e", "f"),
+            ("f", "a"),
+        ];
         let cluster = Cluster::start(&names, &ring);
         cluster
             .node("a")

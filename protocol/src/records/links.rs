@@ -420,15 +420,38 @@ mod tests {
             ring(&names),
             ring(&names[..5]),
             // A ladder: two rows joined at every rung.
-            graph(&[("a", "b"), ("b", "c"), ("d", "e"), ("e", "f"), ("a", "d"), ("b", "e"), ("c", "f")]),
+            graph(&[
+                ("a", "b"),
+                ("b", "c"),
+                ("d", "e"),
+                ("e", "f"),
+                ("a", "d"),
+                ("b", "e"),
+                ("c", "f"),
+            ]),
             // A ring with a chord.
-            graph(&[("a", "b"), ("b", "c"), ("c", "d"), ("d", "e"), ("e", "f"), ("f", "a"), ("b", "e")]),
+            graph(&[
+                ("a", "b"),
+                ("b", "c"),
+                ("c", "d"),
+                ("d", "e"),
+                ("e", "f"),
+                ("f", "a"),
+                ("b", "e"),
+            ]),
         ];
         let mut checked = 0;
         for g in &graphs {
-            let nodes: Vec<&str> = names.iter().copied().filter(|x| g.published(&n(x)).is_some()).collect();
+            let nodes: Vec<&str> = names
+                .iter()
+                .copied()
+                .filter(|x| g.published(&n(x)).is_some())
+                .collect();
             for mask in 1..(1u32 << nodes.len()) {
-                let locations: Vec<&str> = (0..nodes.len()).filter(|i| mask & (1 << i) != 0).map(|i| nodes[i]).collect();
+                let locations: Vec<&str> = (0..nodes.len())
+                    .filter(|i| mask & (1 << i) != 0)
+                    .map(|i| nodes[i])
+                    .collect();
                 // The locations and their relays are needed whoever is leaving.
                 let kept = g.holders_of(&placed(&locations, &[]));
                 for x in &nodes {
