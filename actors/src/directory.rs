@@ -1260,6 +1260,23 @@ impl Handler<ListScripts> for Directory {
     }
 }
 
+/// A user's whole sieve state (every script and which one is active), as delivery needs it:
+/// the active script to run and the personal scripts it may include.
+#[derive(Message)]
+#[rtype(result = "Result<UserSieve, MailError>")]
+pub struct GetUserSieve {
+    pub user: String,
+}
+
+impl Handler<GetUserSieve> for Directory {
+    type Result = Result<UserSieve, MailError>;
+
+    fn handle(&mut self, msg: GetUserSieve, _: &mut Self::Context) -> Self::Result {
+        validate_user(&msg.user)?;
+        Ok(self.sieve(&msg.user)?.map(|t| t.item).unwrap_or_default())
+    }
+}
+
 /// How many Mailbox actors are active and how many let-go ones are still running.
 #[derive(Message)]
 #[rtype(result = "DirectoryStats")]

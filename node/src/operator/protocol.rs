@@ -116,6 +116,17 @@ pub enum Request {
         user: String,
         name: String,
     },
+    /// Stores a user's sieve script (refused, nothing stored, if it does not compile).
+    PutScript {
+        user: String,
+        name: String,
+        content: ByteBuf,
+    },
+    /// Makes a script the user's active one (`None`: none active).
+    SetActiveScript {
+        user: String,
+        name: Option<String>,
+    },
 }
 
 impl Request {
@@ -135,6 +146,8 @@ impl Request {
             Request::Expunge { .. } => "expunge",
             Request::RenameMailbox { .. } => "rename-mailbox",
             Request::DeleteMailbox { .. } => "delete-mailbox",
+            Request::PutScript { .. } => "put-script",
+            Request::SetActiveScript { .. } => "set-active-script",
         }
     }
 }
@@ -164,6 +177,10 @@ pub enum Reply {
     Deleted {
         user: String,
         name: String,
+    },
+    /// A sieve write was stored (PutScript, SetActiveScript).
+    ScriptsChanged {
+        user: String,
     },
 }
 
@@ -206,6 +223,22 @@ pub struct NodeStatus {
     pub moves: Vec<MoveStatus>,
     /// Mailbox actors active now.
     pub active_mailboxes: u64,
+    /// Client listeners (LMTP, ...) and their connections. Absent from an older node's answer.
+    #[serde(default)]
+    pub listeners: Vec<ListenerStatus>,
+}
+
+/// One client listener as `mailmesh status` shows it.
+#[derive(Clone, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
+pub struct ListenerStatus {
+    pub protocol: String,
+    pub address: String,
+    /// Connections open now.
+    pub open: u64,
+    /// Connections accepted since the node started.
+    pub accepted: u64,
+    /// Connections refused over the per-address or total limit.
+    pub refused: u64,
 }
 
 #[derive(Clone, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
