@@ -483,6 +483,38 @@ impl Directory {
             ctx.run_later(Duration::from_secs(5), move |act, ctx| act.try_release(id, ctx));
             return;
         }
+        // Drained is not enough: the rows may have gone to peers that are letting their copies
+        // go too, and each let go on the strength of the other (--wipes --locations seed 267:
+        // the locations moved to a node no one had a link to yet, both old holders drained to
+        // each other and purged, and a message was lost). The copy goes only once a peer that
+        // keeps the mailbox has acknowledged everything this copy holds; until then it is sent
+        // to every such peer, and where there is none yet the copy stays.
+        match self.handed_over(&entry) {
+            Ok(HandOver::Done) => {}
+            Ok(HandOver::SendTo(peers)) => {
+                let mut writes = Writes::default();
+                for peer in &peers {
+                    let logged = self.ctx.sync_log.log_for(&mut writes.batch, peer, item.clone());
+                    writes.logged.merge(logged);
+                }
+                if let Some(w) = self.releasing.get_mut(&id) {
+                    w.extend(peers);
+                }
+                let done = self.ctx.commit(writes, None);
+                ctx.spawn(done.into_actor(self).map(move |result, _, _| {
+                    if let Err(e) = result {
+                        warn!(mailbox = %id, error = %e, "cannot queue a copy being let go for a peer that keeps it; retrying");
+                    }
+                }));
+                ctx.run_later(Duration::from_secs(5), move |act, ctx| act.try_release(id, ctx));
+                return;
+            }
+            Err(e) => {
+                warn!(mailbox = %id, error = %e, "cannot read what the peers that keep a mailbox have; retrying");
+                ctx.run_later(Duration::from_secs(5), move |act, ctx| act.try_release(id, ctx));
+                return;
+            }
+        }
         // Drained: this node says it is gone (so the relays it needed can go too) before its
         // copy goes, so no peer sends it anything for a copy it no longer has.
         let mut gone = entry.clone();
@@ -515,6 +547,37 @@ impl Directory {
         }));
     }
 
+    /// Whether a configured peer that keeps `entry`'s mailbox (a holder not letting its copy go)
+    /// has acknowledged everything this node's copy holds, by its replication cache; if not,
+    /// the peers to send the copy to (empty: no such peer is configured yet).
+    fn handed_over(&self, entry: &MailboxEntry) -> Result<HandOver, StoreError> {
+        let me = &self.ctx.node;
+        let highest = self
+            .ctx
+            .store
+            .get::<MailboxCounters>(Table::MailboxState, &keys::mailbox(entry.id))?;
+        // A copy that never stored anything has nothing to hand over.
+        let Some(highest) = highest.map(|c| c.modseq) else {
+            return Ok(HandOver::Done);
+        };
+        let keepers = self.holders_of(entry);
+        let mut send_to = Vec::new();
+        for peer in self.ctx.sync_log.peers() {
+            if peer == *me || !keepers.contains(&peer) || entry.is_leaving(&peer) {
+                continue;
+            }
+            let cache: Option<crate::mailbox_sync::ReplicationCache> = self
+                .ctx
+                .store
+                .get(Table::ReplCache, &crate::mailbox_sync::cache_key(entry.id, &peer))?;
+            if cache.is_some_and(|c| c.uidvalidity == entry.uidvalidity && c.acked.counter() >= highest) {
+                return Ok(HandOver::Done);
+            }
+            send_to.push(peer);
+        }
+        Ok(HandOver::SendTo(send_to))
+    }
+
     /// The running actor of a mailbox, if any.
     pub(crate) fn running(&self, id: MailboxId) -> Option<Addr<Mailbox>> {
         self.active
@@ -537,7 +600,12 @@ impl Directory {
             .map(|a| a.addr)
             .or_else(|| self.dormant.remove(&id).and_then(|w| w.upgrade()));
         let node = self.ctx.clone();
-        ctx.spawn(
+        // The Directory handles nothing else until the rows are gone: a message meanwhile could
+        // start a new Mailbox actor on the half-purged rows (this node a holder again), whose
+        // counters still counted the records the purge then deleted under it; the same records
+        // coming back were counted twice and its digest never matched (simulator --locations,
+        // seed 175). A purge is 1,000 records per commit, so the pause is short.
+        ctx.wait(
             async move {
                 if let Some(addr) = addr {
                     let _ = addr.send(MarkDeleted).await;
@@ -648,6 +716,12 @@ enum Purge {
     Deleted,
     /// This node no longer holds it: the copy goes, its UIDNEXT and modseq counter stay.
     Released,
+}
+
+/// Whether a copy being let go has reached a node that keeps the mailbox (`handed_over`).
+enum HandOver {
+    Done,
+    SendTo(Vec<NodeId>),
 }
 
 /// Deletes every row of a deleted mailbox, 1,000 records per batch, releasing its bodies; a

@@ -447,3 +447,57 @@ fn a_node_holding_a_mailbox_again_gets_back_its_own_writes_it_let_go() {
         cluster.assert_quiet().await;
     });
 }
+
+/// Engine bug 28 (simulator --wipes --locations, seed 267; --locations, seed 909): a and b hold
+/// alice's INBOX; it is moved to c, which neither has a link to yet. Both old holders are
+/// leaving, each counted the other as a holder, drained its sync log to it and purged: the
+/// message was gone from every node. Now a copy goes only once a peer that keeps the mailbox (a
+/// holder not itself leaving) has acknowledged all of it, so both copies wait for c; when a
+/// gets a link to c it sends the mailbox there, and only then do a and b let go.
+#[test]
+fn old_holders_leaving_together_keep_their_copies_until_a_staying_holder_has_them() {
+    run_virtual(|| async {
+        let mut cluster = Cluster::start(&["a", "b", "c"], &[("a", "b")]);
+        cluster
+            .node("a")
+            .directory
+            .send(CreateMailbox {
+                user: "alice".into(),
+                name: "INBOX".into(),
+            })
+            .await
+            .unwrap()
+            .unwrap();
+        cluster.settle().await;
+        let on_a = open(&cluster, "a").await;
+        for i in 0..3 {
+            append(&on_a, i).await.unwrap();
+        }
+        drop(on_a);
+        place_on(&cluster, "a", &["a", "b"]).await;
+        cluster.settle().await;
+        wait_for_count(&cluster, "b", 3, "b holds the messages").await;
+
+        place_on(&cluster, "a", &["c"]).await;
+        // Not `settle`: both copies are being let go, and wait for c for as long as it takes.
+        tokio::time::sleep(std::time::Duration::from_secs(60)).await;
+        assert_eq!(
+            count(&cluster, "a").await,
+            3,
+            "a keeps its copy: no one that stays has it"
+        );
+        assert_eq!(
+            count(&cluster, "b").await,
+            3,
+            "b keeps its copy: no one that stays has it"
+        );
+
+        reconfigure(&mut cluster, "a", &["b", "c"]);
+        reconfigure(&mut cluster, "c", &["a"]);
+        cluster.settle().await;
+        wait_for_count(&cluster, "c", 3, "the new location gets the messages").await;
+        wait_for_count(&cluster, "a", 0, "a lets its copy go").await;
+        wait_for_count(&cluster, "b", 0, "b lets its copy go").await;
+        cluster.assert_quiet().await;
+    });
+}
