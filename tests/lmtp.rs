@@ -480,3 +480,43 @@ fn a_reload_adds_a_user_without_a_restart() {
         std::thread::sleep(Duration::from_millis(50));
     }
 }
+
+#[test]
+fn connections_over_the_per_address_limit_are_refused_and_others_still_served() {
+    let n = lmtp_node("max_connections_per_address = 2\n", "", false);
+    let first = connect(&n.target);
+    let _second = connect(&n.target);
+    let mut third = TcpStream::connect(&n.target).unwrap();
+    let refused = read_replies(&mut third, 1);
+    assert!(refused[0].starts_with("421 4.7.0"), "{refused:?}");
+    let mut rest = Vec::new();
+    third.set_read_timeout(Some(DEADLINE)).unwrap();
+    assert_eq!(
+        third.read_to_end(&mut rest).unwrap(),
+        0,
+        "the refused connection is closed"
+    );
+    // Once one closes, a new connection is served again.
+    drop(first);
+    let deadline = Instant::now() + DEADLINE;
+    loop {
+        let mut s = TcpStream::connect(&n.target).unwrap();
+        let greeting = read_replies(&mut s, 1);
+        if greeting[0].starts_with("220 ") {
+            break;
+        }
+        assert!(
+            Instant::now() < deadline,
+            "the freed place was never given back: {greeting:?}"
+        );
+        std::thread::sleep(Duration::from_millis(20));
+    }
+    let status = op(&n.config, &["status"]);
+    status.expect_code(0);
+    assert!(status.stdout.contains("lmtp 127.0.0.1:"), "{}", status.stdout);
+    assert!(
+        status.stdout.contains(", 1 refused over the limits"),
+        "{}",
+        status.stdout
+    );
+}
