@@ -42,6 +42,16 @@ pub struct TlsFiles {
     pub key: PathBuf,
 }
 
+impl ListenerTlsOptions {
+    /// Whether a listener may take a password on a connection in this state: always under TLS,
+    /// without it only if `allow_plaintext_auth`. A listener that refuses says so in its
+    /// protocol's words (e.g. ManageSieve's `NO (ENCRYPT-NEEDED)`).
+    #[cfg_attr(not(test), allow(dead_code))]
+    pub fn password_allowed(&self, connection_is_tls: bool) -> bool {
+        connection_is_tls || self.allow_plaintext_auth
+    }
+}
+
 /// Loopback listeners (and Unix sockets) allow plaintext authentication by default: nothing
 /// crosses a network, and the README's first command works with no certificate. Any other
 /// address needs TLS or an explicit `allow_plaintext_auth = true`.
@@ -277,6 +287,104 @@ mod tests {
         )
         .unwrap_err();
         assert_eq!(err.key, "lmtp.tls_key");
+    }
+
+    #[test]
+    fn passwords_need_tls_unless_plaintext_is_allowed() {
+        let strict = ListenerTlsOptions {
+            files: None,
+            implicit: false,
+            allow_plaintext_auth: false,
+        };
+        assert!(!strict.password_allowed(false));
+        assert!(strict.password_allowed(true));
+        let lax = ListenerTlsOptions {
+            allow_plaintext_auth: true,
+            ..strict
+        };
+        assert!(lax.password_allowed(false));
+    }
+
+    /// The certificate a client is shown by `server` in a handshake.
+    async fn presented(server: &ServerTls) -> CertificateDer<'static> {
+        let (client_io, server_io) = tokio::io::duplex(64 * 1024);
+        let acceptor = server.acceptor();
+        let accept = tokio::spawn(async move {
+            let _ = Connection::plain(server_io).start_tls(acceptor).await;
+        });
+        let config = rustls::ClientConfig::builder_with_provider(provider())
+            .with_safe_default_protocol_versions()
+            .unwrap()
+            .dangerous()
+            .with_custom_certificate_verifier(Arc::new(AcceptAny))
+            .with_no_client_auth();
+        let connector = tokio_rustls::TlsConnector::from(Arc::new(config));
+        let name = rustls_pki_types::ServerName::try_from("localhost").unwrap();
+        let client = connector.connect(name, client_io).await.unwrap();
+        let cert = client.get_ref().1.peer_certificates().unwrap()[0]
+            .clone()
+            .into_owned();
+        drop(client);
+        let _ = accept.await;
+        cert
+    }
+
+    /// Accepts any certificate: the test only looks at which one is presented.
+    #[derive(Debug)]
+    struct AcceptAny;
+
+    impl rustls::client::danger::ServerCertVerifier for AcceptAny {
+        fn verify_server_cert(
+            &self,
+            _: &CertificateDer<'_>,
+            _: &[CertificateDer<'_>],
+            _: &rustls_pki_types::ServerName<'_>,
+            _: &[u8],
+            _: rustls_pki_types::UnixTime,
+        ) -> Result<rustls::client::danger::ServerCertVerified, rustls::Error> {
+            Ok(rustls::client::danger::ServerCertVerified::assertion())
+        }
+        fn verify_tls12_signature(
+            &self,
+            _: &[u8],
+            _: &CertificateDer<'_>,
+            _: &rustls::DigitallySignedStruct,
+        ) -> Result<rustls::client::danger::HandshakeSignatureValid, rustls::Error> {
+            Ok(rustls::client::danger::HandshakeSignatureValid::assertion())
+        }
+        fn verify_tls13_signature(
+            &self,
+            _: &[u8],
+            _: &CertificateDer<'_>,
+            _: &rustls::DigitallySignedStruct,
+        ) -> Result<rustls::client::danger::HandshakeSignatureValid, rustls::Error> {
+            Ok(rustls::client::danger::HandshakeSignatureValid::assertion())
+        }
+        fn supported_verify_schemes(&self) -> Vec<rustls::SignatureScheme> {
+            provider().signature_verification_algorithms.supported_schemes()
+        }
+    }
+
+    #[tokio::test(flavor = "current_thread")]
+    async fn a_reload_presents_the_new_certificate_and_a_bad_one_keeps_the_old() {
+        let dir = tempfile::TempDir::new().unwrap();
+        let files = write_cert(dir.path());
+        let first = CertificateDer::from_pem_file(&files.cert).unwrap();
+        let server = ServerTls::load("lmtp", &files).unwrap();
+        assert_eq!(presented(&server).await, first);
+        // Renewed in place, as a certificate manager does.
+        let renewed = write_cert(dir.path());
+        let second = CertificateDer::from_pem_file(&renewed.cert).unwrap();
+        assert_ne!(first, second);
+        server.reload(&renewed).unwrap();
+        assert_eq!(presented(&server).await, second);
+        std::fs::write(&files.key, "garbage").unwrap();
+        assert!(server.reload(&files).is_err());
+        assert_eq!(
+            presented(&server).await,
+            second,
+            "a failed reload keeps the certificate"
+        );
     }
 
     #[tokio::test(flavor = "current_thread")]
