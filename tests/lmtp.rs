@@ -99,7 +99,7 @@ fn lmtp_node(lmtp_extra: &str, limits: &str, unix: bool) -> LmtpNode {
     let config = tmp.path().join("node.toml");
     std::fs::write(&config, text).unwrap();
     let mut node = start_node(&config);
-    let line = node.wait_for_stderr("listening");
+    let line = node.wait_for_stderr("protocol=\"lmtp\"");
     let target = if unix {
         listen
     } else {

@@ -200,6 +200,12 @@ enum SieveCommand {
         #[arg(long, value_name = "PATH")]
         file: PathBuf,
     },
+    /// Lists a user's scripts, one per line; the active one is marked `(active)`.
+    List {
+        /// The scripts' owner.
+        #[arg(long)]
+        user: String,
+    },
     /// Makes a script the user's active one; without --name, none is active.
     Activate {
         /// The script's owner.
@@ -472,6 +478,7 @@ fn execute(cli: Cli) -> Result<(), Error> {
             content: ByteBuf::from(ops::read_message(&file)?),
         },
         Command::Sieve(SieveCommand::Activate { user, name }) => Request::SetActiveScript { user, name },
+        Command::Sieve(SieveCommand::List { user }) => Request::ListScripts { user },
         Command::Fetch { user, mailbox, uid } => match uid {
             Some(uid) => Request::FetchBody { user, mailbox, uid },
             None => Request::ListMessages { user, mailbox },
@@ -566,6 +573,11 @@ fn print_reply(reply: Reply) -> Result<(), Error> {
         }
         Reply::Deleted { user, name } => println!("deleted mailbox {name:?} of user {user:?}"),
         Reply::ScriptsChanged { user } => println!("sieve scripts of user {user:?} changed"),
+        Reply::Scripts(scripts) => {
+            for (name, active) in scripts {
+                println!("{name}{}", if active { " (active)" } else { "" });
+            }
+        }
         Reply::Status(_) => return Err(unexpected_reply()),
     }
     Ok(())

@@ -23,8 +23,8 @@ use std::sync::Arc;
 
 use mailmesh_actors::channel::GetChannelStats;
 use mailmesh_actors::directory::{
-    CreateMailbox, DeleteMailbox, GetDirectoryStats, ListMailboxes, MailboxInfo, OpenMailbox, OpenedMailbox,
-    PutScript, RenameMailbox, SetActiveScript, SetLocations,
+    CreateMailbox, DeleteMailbox, GetDirectoryStats, ListMailboxes, ListScripts, MailboxInfo, OpenMailbox,
+    OpenedMailbox, PutScript, RenameMailbox, SetActiveScript, SetLocations,
 };
 use mailmesh_actors::mailbox::{
     Append, Expunge, ExpungeMode, FetchBody, FlagAction, GetState, MessageView, StoreFlags, StoreOutcome,
@@ -276,6 +276,12 @@ impl NodeHandle {
                     .map_err(MailError::from)??;
                 Ok(Reply::ScriptsChanged { user })
             }
+            Request::ListScripts { user } => Ok(Reply::Scripts(
+                directory
+                    .send(ListScripts { user })
+                    .await
+                    .map_err(MailError::from)??,
+            )),
             Request::SetActiveScript { user, name } => {
                 directory
                     .send(SetActiveScript {

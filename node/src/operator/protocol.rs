@@ -127,6 +127,10 @@ pub enum Request {
         user: String,
         name: Option<String>,
     },
+    /// A user's scripts, and which is active.
+    ListScripts {
+        user: String,
+    },
 }
 
 impl Request {
@@ -148,6 +152,7 @@ impl Request {
             Request::DeleteMailbox { .. } => "delete-mailbox",
             Request::PutScript { .. } => "put-script",
             Request::SetActiveScript { .. } => "set-active-script",
+            Request::ListScripts { .. } => "list-scripts",
         }
     }
 }
@@ -182,6 +187,8 @@ pub enum Reply {
     ScriptsChanged {
         user: String,
     },
+    /// A user's scripts by name, with whether each is the active one.
+    Scripts(Vec<(String, bool)>),
 }
 
 /// A mailbox as the operator commands show it.
