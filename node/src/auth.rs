@@ -36,6 +36,10 @@ pub const FIRST_DELAY: Duration = Duration::from_millis(250);
 pub const MAX_DELAY: Duration = Duration::from_secs(16);
 /// An address with no failure for this long starts again from no delay.
 pub const FORGET_AFTER: Duration = Duration::from_secs(15 * 60);
+/// Password hashes verified at once. Each argon2 run takes 19 MiB and a core for tens of
+/// milliseconds; without a bound, a crowd of clients trying passwords at once would take the
+/// node's memory.
+pub const MAX_CONCURRENT_VERIFICATIONS: usize = 4;
 /// Addresses tracked at most; beyond this the one idle longest is forgotten, so a flood of
 /// addresses costs bounded memory.
 pub const MAX_TRACKED: usize = 65_536;
@@ -189,6 +193,7 @@ pub struct Authenticator {
     users: Arc<RwLock<Arc<UserTable>>>,
     failures: Arc<Mutex<FailureDelays>>,
     failed_logins: Arc<AtomicU64>,
+    verifications: Arc<tokio::sync::Semaphore>,
 }
 
 impl Authenticator {
@@ -197,6 +202,7 @@ impl Authenticator {
             users: Arc::new(RwLock::new(Arc::new(users))),
             failures: Arc::new(Mutex::new(FailureDelays::default())),
             failed_logins: Arc::new(AtomicU64::new(0)),
+            verifications: Arc::new(tokio::sync::Semaphore::new(MAX_CONCURRENT_VERIFICATIONS)),
         }
     }
 
@@ -245,9 +251,12 @@ impl Authenticator {
         let known = hash.is_some();
         let hash = hash.unwrap_or_else(|| DECOY_HASH.to_string());
         let password = password.to_vec();
-        let matched = tokio::task::spawn_blocking(move || password_matches(&hash, &password))
-            .await
-            .unwrap_or(false);
+        let matched = match self.verifications.acquire().await {
+            Ok(_permit) => tokio::task::spawn_blocking(move || password_matches(&hash, &password))
+                .await
+                .unwrap_or(false),
+            Err(_) => false,
+        };
         let mut failures = self.failures.lock().unwrap_or_else(|p| p.into_inner());
         if known && matched {
             if let Some(address) = address {
