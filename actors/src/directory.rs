@@ -75,6 +75,10 @@ pub struct Directory {
     /// Mailboxes whose copy this node is letting go, each with the peers its sync log still
     /// has changes of it for (empty: not looked yet, or the entry is being written).
     releasing: BTreeMap<MailboxId, BTreeSet<NodeId>>,
+    /// Peers whose store this node has heard from (a Hello, its incarnation recorded and a new
+    /// one's rows queued) since it started: only their replication caches are trusted to let a
+    /// copy go (`handed_over`).
+    pub(crate) greeted: BTreeSet<NodeId>,
 }
 
 /// Whether `node` is among `holders` (empty: every node).
@@ -123,6 +127,7 @@ impl Directory {
             dormant: BTreeMap::new(),
             links,
             releasing: BTreeMap::new(),
+            greeted: BTreeSet::new(),
         }
     }
 
@@ -566,6 +571,15 @@ impl Directory {
             if peer == *me || !keepers.contains(&peer) || entry.is_leaving(&peer) {
                 continue;
             }
+            // A cache from before this node last started may describe a store the peer has lost
+            // since (wiped while this node was down): it counts only once the peer's Hello has
+            // shown the same store, or queued everything again for a new one (--seed 1651: a
+            // node restarted, let its copy go on the cache of a peer wiped meanwhile, and the
+            // mailbox was lost).
+            if !self.greeted.contains(&peer) {
+                send_to.push(peer);
+                continue;
+            }
             let cache: Option<crate::mailbox_sync::ReplicationCache> = self
                 .ctx
                 .store
@@ -624,6 +638,15 @@ impl Directory {
         &mut self,
         op: impl FnOnce(&mut Self) -> Result<(Writes, R), MailError>,
     ) -> AtomicResponse<Self, Result<R, MailError>> {
+        self.write_then(op, |_| {})
+    }
+
+    /// Like [`Directory::write`], and runs `then` once the writes are durable (not if they fail).
+    pub(crate) fn write_then<R: 'static>(
+        &mut self,
+        op: impl FnOnce(&mut Self) -> Result<(Writes, R), MailError>,
+        then: impl FnOnce(&mut Self) + 'static,
+    ) -> AtomicResponse<Self, Result<R, MailError>> {
         let pending = op(self).map(|(writes, r)| {
             let done = if writes.is_empty() {
                 None
@@ -640,7 +663,13 @@ impl Directory {
                 }
                 Ok(r)
             }
-            .into_actor(self),
+            .into_actor(self)
+            .map(move |result, act, _| {
+                if result.is_ok() {
+                    then(act);
+                }
+                result
+            }),
         ))
     }
 

@@ -501,3 +501,55 @@ fn old_holders_leaving_together_keep_their_copies_until_a_staying_holder_has_the
         cluster.assert_quiet().await;
     });
 }
+
+/// Engine bug 29 (simulator, seed 1651): a, b and c hold alice's INBOX; it moves to b while c is
+/// down. a hands everything to b (b's cache on a says so) but waits for its rows for c. a stops;
+/// b loses its disk and comes back empty; a restarts without c in its configuration. Before
+/// the fix a let its copy go at once on the strength of b's cache, from before b's wipe, and
+/// the messages were gone from every node. Now a trusts a peer's cache only after that peer's
+/// Hello since a started: b's new store is seen, everything is queued for it again, and a lets
+/// go only once b has it.
+#[test]
+fn a_copy_is_not_let_go_on_the_cache_of_a_peer_wiped_while_this_node_was_down() {
+    run_virtual(|| async {
+        let mut cluster = Cluster::full_mesh(&["a", "b", "c"]);
+        cluster
+            .node("a")
+            .directory
+            .send(CreateMailbox {
+                user: "alice".into(),
+                name: "INBOX".into(),
+            })
+            .await
+            .unwrap()
+            .unwrap();
+        cluster.settle().await;
+        cluster.stop("c").await;
+        let on_a = open(&cluster, "a").await;
+        for i in 0..3 {
+            append(&on_a, i).await.unwrap();
+        }
+        drop(on_a);
+        place_on(&cluster, "a", &["b"]).await;
+        wait_for_count(&cluster, "b", 3, "b, the new location, has the messages").await;
+        tokio::time::sleep(std::time::Duration::from_secs(30)).await;
+        assert_eq!(count(&cluster, "a").await, 3, "a waits for its rows for c");
+
+        cluster.stop("a").await;
+        cluster.stop("b").await;
+        cluster.wipe("b");
+        cluster.neighbours.insert(n("a"), vec![n("b")]);
+        cluster.neighbours.insert(n("b"), vec![n("a")]);
+        cluster.restart("b");
+        cluster.restart("a");
+        cluster.settle().await;
+        wait_for_count(
+            &cluster,
+            "b",
+            3,
+            "the wiped location gets the messages back from a",
+        )
+        .await;
+        wait_for_count(&cluster, "a", 0, "and only then does a let its copy go").await;
+    });
+}

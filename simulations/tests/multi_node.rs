@@ -228,6 +228,11 @@ const WIPE_AND_LOCATION_SEEDS_THAT_FAILED_ONCE: &[(u64, &str)] = &[
          that was leaving too, which took nothing in; the rows never drained and the cluster \
          never went quiet",
     ),
+    (
+        1651,
+        "engine bug 29: a node restarted and let its copy go at once on the replication cache of \
+         the only location, which had been wiped while it was down: the mailbox was lost",
+    ),
 ];
 
 #[test]
