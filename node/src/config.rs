@@ -95,6 +95,10 @@ pub struct LmtpSection {
     /// Connections held open at once in all.
     #[serde(default = "default_connections")]
     pub max_connections: u64,
+    /// Message data all sessions together may hold while reading DATA; unset: four times
+    /// `limits.max_message_bytes`. Over it, a message is refused with 452 (try later).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub max_data_bytes: Option<u64>,
 }
 
 fn default_per_address() -> u64 {
@@ -408,11 +412,21 @@ impl Config {
             )?,
             total: positive_usize("lmtp.max_connections", lmtp.max_connections)?,
         };
+        let max_data_bytes = lmtp.max_data_bytes.unwrap_or(max_message_bytes.saturating_mul(4));
+        if max_data_bytes < max_message_bytes {
+            return Err(ConfigError::invalid(
+                "lmtp.max_data_bytes",
+                format!(
+                    "{max_data_bytes} is less than limits.max_message_bytes ({max_message_bytes}): a message of the largest size could never be taken"
+                ),
+            ));
+        }
         Ok(Some(LmtpOptions {
             listen,
             tls,
             limits,
             max_message_bytes,
+            max_data_bytes,
         }))
     }
 
@@ -611,6 +625,69 @@ mod tests {
         config.metrics.listen = Some("localhost".into());
         let message = config.metrics_listen().unwrap_err().to_string();
         assert!(message.starts_with("metrics.listen: "), "{message}");
+    }
+
+    #[test]
+    fn lmtp_settings_are_checked_and_name_their_key() {
+        let mut config = defaults();
+        assert_eq!(config.lmtp(1000).unwrap(), None);
+        let section = LmtpSection {
+            listen: "127.0.0.1:2424".into(),
+            tls_cert: None,
+            tls_key: None,
+            implicit_tls: false,
+            allow_plaintext_auth: None,
+            max_connections_per_address: 8,
+            max_connections: 100,
+            max_data_bytes: None,
+        };
+        config.lmtp = Some(section.clone());
+        let options = config.lmtp(1000).unwrap().unwrap();
+        assert_eq!(
+            options.max_data_bytes, 4000,
+            "four messages of the largest size by default"
+        );
+        assert!(options.tls.allow_plaintext_auth, "loopback");
+        let cases: [(&str, LmtpSection); 4] = [
+            (
+                "lmtp.listen",
+                LmtpSection {
+                    listen: "nowhere".into(),
+                    ..section.clone()
+                },
+            ),
+            (
+                "lmtp.max_data_bytes",
+                LmtpSection {
+                    max_data_bytes: Some(999),
+                    ..section.clone()
+                },
+            ),
+            (
+                "lmtp.implicit_tls",
+                LmtpSection {
+                    implicit_tls: true,
+                    ..section.clone()
+                },
+            ),
+            (
+                "lmtp.tls_key",
+                LmtpSection {
+                    tls_cert: Some("c.pem".into()),
+                    ..section.clone()
+                },
+            ),
+        ];
+        for (key, bad) in cases {
+            config.lmtp = Some(bad);
+            let message = config.lmtp(1000).unwrap_err().to_string();
+            assert!(message.starts_with(&format!("{key}: ")), "{key}: got {message:?}");
+        }
+        config.lmtp = Some(LmtpSection {
+            listen: "0.0.0.0:24".into(),
+            ..section
+        });
+        assert!(!config.lmtp(1000).unwrap().unwrap().tls.allow_plaintext_auth);
     }
 
     #[test]

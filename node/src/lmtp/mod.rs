@@ -17,6 +17,7 @@ pub mod session;
 #[cfg(test)]
 mod tests;
 
+use std::cell::Cell;
 use std::rc::Rc;
 use std::sync::Arc;
 
@@ -37,6 +38,8 @@ pub struct LmtpOptions {
     pub tls: ListenerTlsOptions,
     pub limits: ConnectionLimits,
     pub max_message_bytes: u64,
+    /// Message data all sessions together may hold while reading DATA.
+    pub max_data_bytes: u64,
 }
 
 /// What every session of the listener shares.
@@ -47,6 +50,60 @@ pub struct LmtpContext {
     /// For STARTTLS (`None`: no certificate configured, or implicit TLS does it already).
     pub tls: Option<ServerTls>,
     pub deliverer: Deliverer,
+    pub data_budget: DataBudget,
+}
+
+/// The message data every session together holds while reading DATA, bounded: the per-address
+/// connection limit bounds what one address holds, this what all of them hold. A session that
+/// would go over drops its message's data and refuses it with 452 (the MTA tries again later).
+#[derive(Debug)]
+pub struct DataBudget {
+    limit: u64,
+    used: Cell<u64>,
+}
+
+impl DataBudget {
+    pub fn new(limit: u64) -> DataBudget {
+        DataBudget {
+            limit,
+            used: Cell::new(0),
+        }
+    }
+
+    #[cfg(test)]
+    pub fn used(&self) -> u64 {
+        self.used.get()
+    }
+}
+
+/// What one session holds of the [`DataBudget`]; given back when dropped.
+pub struct Reservation<'a> {
+    budget: &'a DataBudget,
+    held: u64,
+}
+
+impl<'a> Reservation<'a> {
+    pub fn new(budget: &'a DataBudget) -> Reservation<'a> {
+        Reservation { budget, held: 0 }
+    }
+
+    /// Holds `bytes` in all (more or less than before); false, holding what it held, if the
+    /// budget has not that much left.
+    pub fn resize(&mut self, bytes: u64) -> bool {
+        let used = self.budget.used.get();
+        if bytes > self.held && used + (bytes - self.held) > self.budget.limit {
+            return false;
+        }
+        self.budget.used.set(used - self.held + bytes);
+        self.held = bytes;
+        true
+    }
+}
+
+impl Drop for Reservation<'_> {
+    fn drop(&mut self) {
+        self.resize(0);
+    }
 }
 
 /// The running LMTP listener.
@@ -74,6 +131,7 @@ impl LmtpServer {
             auth,
             tls: if implicit { None } else { tls.clone() },
             deliverer: Deliverer::new(directory, counters),
+            data_budget: DataBudget::new(options.max_data_bytes),
         });
         let spec = ListenerSpec {
             protocol: "lmtp",

@@ -283,6 +283,9 @@ pub enum Event<R> {
     },
     /// The message was larger than the limit: send one 552 per accepted recipient.
     MessageTooLarge { recipients: usize },
+    /// The session dropped the message's data for lack of memory ([`Machine::drop_data`]):
+    /// send one 452 (try again later) per accepted recipient.
+    MessageDropped { recipients: usize },
     /// STARTTLS was accepted: send 220, then the TLS handshake; then [`Machine::tls_started`].
     StartTls,
     /// QUIT: send the reply (221), then close.
@@ -296,9 +299,16 @@ enum Mode {
     SkipLine,
     Data {
         body: Vec<u8>,
-        too_large: bool,
+        dropped: Option<Dropped>,
         at_line_start: bool,
     },
+}
+
+/// Why a message's data is being read and thrown away.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Dropped {
+    TooLarge,
+    NoMemory,
 }
 
 /// One LMTP session's protocol state; `R` is what the session knows of an accepted recipient.
@@ -358,6 +368,23 @@ impl<R> Machine<R> {
         self.waiting = false;
     }
 
+    /// Bytes of message data held now (0 outside DATA).
+    pub fn data_bytes(&self) -> usize {
+        match &self.mode {
+            Mode::Data { body, .. } => body.len(),
+            _ => 0,
+        }
+    }
+
+    /// Frees the message data read so far and drops the rest as it comes: the session has no
+    /// memory left for it. The message is then refused with 452 once its end arrives.
+    pub fn drop_data(&mut self) {
+        if let Mode::Data { body, dropped, .. } = &mut self.mode {
+            *body = Vec::new();
+            dropped.get_or_insert(Dropped::NoMemory);
+        }
+    }
+
     /// After the handshake: RFC 3207 4.2, the client starts over, and anything it pipelined
     /// after STARTTLS in plaintext is dropped (it could be an attacker's injection).
     pub fn tls_started(&mut self) {
@@ -413,7 +440,7 @@ impl<R> Machine<R> {
                 }
                 Mode::Data {
                     body,
-                    too_large,
+                    dropped,
                     at_line_start,
                 } => {
                     if self.input.is_empty() {
@@ -427,20 +454,22 @@ impl<R> Machine<R> {
                                 let consumed = if self.input[1] == b'\n' { 2 } else { 3 };
                                 self.input.drain(..consumed);
                                 let body = std::mem::take(body);
-                                let too_large = *too_large;
+                                let dropped = *dropped;
                                 self.mode = Mode::Command;
                                 let from = self.from.take().unwrap_or_default();
                                 let recipients = std::mem::take(&mut self.recipients);
-                                return Some(if too_large {
-                                    Event::MessageTooLarge {
+                                return Some(match dropped {
+                                    Some(Dropped::TooLarge) => Event::MessageTooLarge {
                                         recipients: recipients.len(),
-                                    }
-                                } else {
-                                    Event::Message {
+                                    },
+                                    Some(Dropped::NoMemory) => Event::MessageDropped {
+                                        recipients: recipients.len(),
+                                    },
+                                    None => Event::Message {
                                         from,
                                         recipients,
                                         body,
-                                    }
+                                    },
                                 });
                             }
                             // Dot-unstuffing (RFC 5321 4.5.2): a leading dot is removed.
@@ -455,9 +484,9 @@ impl<R> Machine<R> {
                         Some(i) => (i + 1, true),
                         None => (self.input.len(), false),
                     };
-                    if !*too_large {
+                    if dropped.is_none() {
                         if (body.len() + take) as u64 > self.max_message {
-                            *too_large = true;
+                            *dropped = Some(Dropped::TooLarge);
                             *body = Vec::new();
                         } else {
                             body.extend_from_slice(&self.input[..take]);
@@ -532,7 +561,7 @@ impl<R> Machine<R> {
                 }
                 self.mode = Mode::Data {
                     body: Vec::new(),
-                    too_large: false,
+                    dropped: None,
                     at_line_start: true,
                 };
                 Event::Reply(Reply::plain(354, vec!["end data with <CR><LF>.<CR><LF>".into()]))

@@ -15,7 +15,7 @@ use tracing::debug;
 
 use super::delivery::{Delivered, Recipient};
 use super::protocol::{split_address, Event, Machine, Reply};
-use super::LmtpContext;
+use super::{LmtpContext, Reservation};
 use crate::client_tls::Connection;
 use crate::listener::Peer;
 
@@ -31,6 +31,7 @@ pub async fn serve(mut conn: Connection, peer: Peer, ctx: Rc<LmtpContext>) {
     let mut out = Vec::with_capacity(512);
     Reply::plain(220, vec![format!("{} LMTP mailmesh ready", ctx.node_name)]).encode(&mut out);
     let mut buf = vec![0u8; READ_CHUNK];
+    let mut reservation = Reservation::new(&ctx.data_budget);
     loop {
         while let Some(event) = machine.next_event() {
             match event {
@@ -91,6 +92,16 @@ pub async fn serve(mut conn: Connection, peer: Peer, ctx: Rc<LmtpContext>) {
                         .encode(&mut out);
                     }
                 }
+                Event::MessageDropped { recipients } => {
+                    for _ in 0..recipients {
+                        Reply::new(
+                            452,
+                            "4.3.1",
+                            "the server has no memory for this message now; try again later",
+                        )
+                        .encode(&mut out);
+                    }
+                }
                 Event::StartTls => {
                     let Some(tls) = &ctx.tls else {
                         return;
@@ -118,6 +129,12 @@ pub async fn serve(mut conn: Connection, peer: Peer, ctx: Rc<LmtpContext>) {
                     return;
                 }
             }
+        }
+        // Account for the message data the machine now holds; over the budget, it is dropped.
+        if !reservation.resize(machine.data_bytes() as u64) {
+            debug!(peer = %peer.display, "LMTP data budget exhausted; dropping this message");
+            machine.drop_data();
+            reservation.resize(0);
         }
         if !out.is_empty() && write(&mut conn, &mut out).await.is_err() {
             return;

@@ -4,6 +4,7 @@
 use proptest::prelude::*;
 
 use super::protocol::{parse_command, split_address, Command, Event, Machine, Reply, MAX_LINE};
+use super::{DataBudget, Reservation};
 
 type M = Machine<String>;
 
@@ -28,6 +29,7 @@ fn codes(events: &[Event<String>]) -> Vec<u16> {
             Event::Recipient(_) => 250,
             Event::Message { .. } => 1,
             Event::MessageTooLarge { .. } => 552,
+            Event::MessageDropped { .. } => 452,
             Event::StartTls => 220,
         })
         .collect()
@@ -104,6 +106,40 @@ fn data_over_the_limit_is_dropped_and_refused_once_it_ends() {
     input.extend_from_slice(b".\r\nNOOP\r\n");
     let events = run(&mut m, &input);
     assert_eq!(codes(&events), vec![250, 250, 250, 354, 552, 250]);
+}
+
+#[test]
+fn dropped_data_is_freed_and_refused_for_now_once_it_ends() {
+    let mut m = M::new(1000, false);
+    let events = run(
+        &mut m,
+        b"LHLO h\r\nMAIL FROM:<>\r\nRCPT TO:<b@y>\r\nRCPT TO:<c@y>\r\nDATA\r\nsome data\r\n",
+    );
+    assert_eq!(codes(&events), vec![250, 250, 250, 250, 354]);
+    assert_eq!(m.data_bytes(), 11);
+    m.drop_data();
+    assert_eq!(m.data_bytes(), 0);
+    let events = run(&mut m, b"more\r\n.\r\nNOOP\r\n");
+    assert_eq!(m.data_bytes(), 0);
+    assert_eq!(events[0], Event::MessageDropped { recipients: 2 });
+    assert_eq!(codes(&events), vec![452, 250]);
+}
+
+#[test]
+fn sessions_share_the_data_budget_and_give_it_back() {
+    let budget = DataBudget::new(100);
+    let mut a = Reservation::new(&budget);
+    let mut b = Reservation::new(&budget);
+    assert!(a.resize(60));
+    assert!(!b.resize(50), "over the budget together");
+    assert_eq!(budget.used(), 60, "a refused resize holds what it held");
+    assert!(b.resize(40));
+    assert!(a.resize(10), "shrinking always works");
+    assert!(b.resize(90));
+    drop(b);
+    assert_eq!(budget.used(), 10, "a session's end gives its part back");
+    drop(a);
+    assert_eq!(budget.used(), 0);
 }
 
 #[test]
