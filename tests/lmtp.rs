@@ -18,6 +18,28 @@ const CLIENT: &str = r#"
 import json, smtplib, ssl, sys
 
 target, scenario = sys.argv[1], sys.argv[2]
+if scenario == 'implicit':
+    # TLS from the first byte: smtplib.LMTP has no such mode, so a raw TLS socket speaks it.
+    import socket
+    host, port = target.rsplit(':', 1)
+    context = ssl.create_default_context(cafile=sys.argv[3])
+    context.check_hostname = False
+    sock = context.wrap_socket(socket.create_connection((host, int(port)), timeout=30))
+    stream = sock.makefile('rwb')
+    def finals(count):
+        got = []
+        while len(got) < count:
+            line = stream.readline().decode()
+            if len(line) > 3 and line[3] == ' ':
+                got.append(int(line[:3]))
+        return got
+    out = {'greeting': finals(1)}
+    stream.write(b'LHLO mta.example\r\nMAIL FROM:<s@x>\r\nRCPT TO:<alice@x>\r\nDATA\r\nSubject: implicit\r\n\r\nhi\r\n.\r\nQUIT\r\n')
+    stream.flush()
+    out['replies'] = finals(6)
+    out['version'] = sock.version()
+    print(json.dumps(out))
+    sys.exit(0)
 if target.startswith('/'):
     lmtp = smtplib.LMTP(target, timeout=30)
 else:
@@ -65,6 +87,8 @@ elif scenario == 'starttls':
     lmtp.ehlo('mta.example')
     out['offered_after'] = lmtp.has_extn('starttls')
     out['tls'] = deliver('s@ext.example', ['alice@example.org'], b'Subject: secret\r\n\r\nover TLS\r\n')
+elif scenario == 'implicit':
+    pass
 elif scenario == 'plain':
     lmtp.ehlo('mta.example')
     out['plain'] = deliver('s@ext.example', ['alice@example.org'], b'Subject: via socket\r\n\r\nhi\r\n')
@@ -444,6 +468,53 @@ fn starttls_and_the_unix_socket_deliver_too() {
     assert_eq!(codes(&out["plain"]["data"]), vec![250]);
     let text = String::from_utf8(body(&u.config, "alice", "INBOX", "1")).unwrap();
     assert!(text.contains("Received: from mta.example (unix)"), "{text}");
+}
+
+#[test]
+fn implicit_tls_speaks_tls_from_the_first_byte() {
+    let certs = tempfile::TempDir::new().unwrap();
+    let ca = certs.path().join("ca");
+    op_plain(&["certs", "ca", "--out", ca.to_str().unwrap()]);
+    op_plain(&[
+        "certs",
+        "node",
+        "n1",
+        "--ca",
+        ca.to_str().unwrap(),
+        "--out",
+        certs.path().to_str().unwrap(),
+    ]);
+    let extra = format!(
+        "tls_cert = {:?}\ntls_key = {:?}\nimplicit_tls = true\n",
+        certs.path().join("n1.pem").to_str().unwrap(),
+        certs.path().join("n1.key").to_str().unwrap()
+    );
+    let n = lmtp_node(&extra, "", false);
+    let out = python(
+        n.tmp.path(),
+        &n.target,
+        "implicit",
+        &[ca.join("ca.pem").to_str().unwrap()],
+    );
+    assert_eq!(codes(&out["greeting"]), vec![220]);
+    assert_eq!(codes(&out["replies"]), vec![250, 250, 250, 354, 250, 221]);
+    assert!(out["version"].as_str().unwrap().starts_with("TLS"), "{out}");
+    let text = String::from_utf8(body(&n.config, "alice", "INBOX", "1")).unwrap();
+    assert!(
+        text.contains("with LMTPS;") && text.contains("Subject: implicit"),
+        "{text}"
+    );
+    // A plaintext client gets no LMTP greeting: the server waits for a TLS hello.
+    let mut plain = TcpStream::connect(&n.target).unwrap();
+    plain.write_all(b"LHLO plain\r\n").unwrap();
+    plain.set_read_timeout(Some(DEADLINE)).unwrap();
+    let mut answer = Vec::new();
+    let _ = plain.read_to_end(&mut answer);
+    assert!(
+        !answer.starts_with(b"220"),
+        "{:?}",
+        String::from_utf8_lossy(&answer)
+    );
 }
 
 fn op_plain(args: &[&str]) {
