@@ -765,6 +765,15 @@ async fn purge_mailbox(node: NodeContext, id: MailboxId, purge: Purge) -> Result
             let aid = &s.record.append_id;
             batch.delete(Table::Messages, k.to_vec());
             batch.delete(Table::Uids, keys::uid(id, s.record.uid.value, aid));
+            if purge == Purge::Released && !s.record.is_expunged() && !s.hidden {
+                // Held again, this copy shows no other message at this uid first (engine bug
+                // 30, --locations seed 150: a contested uid showed the other message).
+                batch.put_raw(
+                    Table::ShownBefore,
+                    keys::uid(id, s.record.uid.value, aid),
+                    Vec::new(),
+                );
+            }
             batch.delete(Table::Modseqs, keys::modseq(id, s.modseq));
             if !s.record.is_expunged() {
                 batch.release_body(s.record.guid);
@@ -794,6 +803,12 @@ async fn purge_mailbox(node: NodeContext, id: MailboxId, purge: Purge) -> Result
         batch.delete(Table::ReplCache, k.to_vec());
         Ok(true)
     })?;
+    if purge == Purge::Deleted {
+        store.scan_prefix(Table::ShownBefore, &keys::mailbox(id), None, |k, _| {
+            batch.delete(Table::ShownBefore, k.to_vec());
+            Ok(true)
+        })?;
+    }
     forget_moves_into(store, &mut batch, id)?;
     let kept = match purge {
         Purge::Deleted => None,
@@ -1360,6 +1375,23 @@ impl Handler<ListScripts> for Directory {
             .names()
             .map(|n| (n.to_string(), Some(n) == active))
             .collect())
+    }
+}
+
+/// A user's whole sieve state (every script and which one is active), as delivery needs it:
+/// the active script to run and the personal scripts it may include.
+#[derive(Message)]
+#[rtype(result = "Result<UserSieve, MailError>")]
+pub struct GetUserSieve {
+    pub user: String,
+}
+
+impl Handler<GetUserSieve> for Directory {
+    type Result = Result<UserSieve, MailError>;
+
+    fn handle(&mut self, msg: GetUserSieve, _: &mut Self::Context) -> Self::Result {
+        validate_user(&msg.user)?;
+        Ok(self.sieve(&msg.user)?.map(|t| t.item).unwrap_or_default())
     }
 }
 

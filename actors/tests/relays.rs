@@ -12,6 +12,7 @@ use mailmesh_actors::directory::*;
 use mailmesh_actors::error::MailError;
 use mailmesh_actors::mailbox::*;
 use mailmesh_actors::node::PeerOptions;
+use mailmesh_protocol::ids::Uid;
 
 async fn open(cluster: &Cluster, node: &str) -> actix::Addr<Mailbox> {
     cluster
@@ -554,7 +555,71 @@ fn a_copy_is_not_let_go_on_the_cache_of_a_peer_wiped_while_this_node_was_down() 
     });
 }
 
-/// Engine bug 30 (simulator --wipes --locations, seed 80): ring a-b-c-d-e-f-a with alice's INBOX
+/// Engine bug 30 (simulator --locations, seed 150): b shows a's message X at uid 1; c, cut off,
+/// appends Y, also at uid 1. b lets its copy go (moved to {a, c}), then, with a (the primary)
+/// down, holds it again and gets the mailbox from c: only Y, at uid 1. Before the fix b showed
+/// Y at uid 1, where its clients had seen X. Now a copy let go remembers what it showed at each
+/// uid: held again it shows nothing at uid 1 until X is back or the primary settles the uid;
+/// when a is back it promotes both messages and every node shows both.
+#[test]
+fn a_copy_held_again_shows_no_other_message_at_a_uid_it_showed_before() {
+    run_virtual(|| async {
+        let mut cluster = Cluster::full_mesh(&["a", "b", "c"]);
+        cluster
+            .node("a")
+            .directory
+            .send(CreateMailbox {
+                user: "alice".into(),
+                name: "INBOX".into(),
+            })
+            .await
+            .unwrap()
+            .unwrap();
+        cluster.settle().await;
+        reconfigure(&mut cluster, "a", &["b"]);
+        reconfigure(&mut cluster, "b", &["a"]);
+        reconfigure(&mut cluster, "c", &[]);
+        cluster.settle().await;
+        let x = append(&open(&cluster, "a").await, 0).await.unwrap();
+        let y = append(&open(&cluster, "c").await, 1).await.unwrap();
+        assert_eq!((x.uid, y.uid), (Uid(1), Uid(1)), "both at uid 1");
+        cluster.settle().await;
+        let on_b = cluster.dump("b").await;
+        let shown = &on_b.mailboxes[&("alice".to_string(), "INBOX".to_string())].messages;
+        assert_eq!(
+            shown.iter().map(|m| (m.0, m.1.clone())).collect::<Vec<_>>(),
+            [(Uid(1), x.append_id.clone())]
+        );
+
+        place_on(&cluster, "a", &["a", "c"]).await;
+        wait_for_count(&cluster, "b", 0, "b lets its copy go").await;
+        cluster.stop("a").await;
+        reconfigure(&mut cluster, "b", &["c"]);
+        reconfigure(&mut cluster, "c", &["b"]);
+        cluster.settle().await;
+        place_on(&cluster, "b", &["a", "b", "c"]).await;
+        cluster.settle().await;
+        assert_eq!(count(&cluster, "c").await, 1, "c holds Y");
+        let on_b = cluster.dump("b").await;
+        let shown = &on_b.mailboxes[&("alice".to_string(), "INBOX".to_string())].messages;
+        assert!(
+            !shown.iter().any(|m| m.0 == Uid(1) && m.1 != x.append_id),
+            "b shows another message at uid 1 than the one it showed there: {shown:?}"
+        );
+
+        cluster.neighbours.insert(n("a"), vec![n("b"), n("c")]);
+        cluster.restart("a");
+        reconfigure(&mut cluster, "b", &["a", "c"]);
+        reconfigure(&mut cluster, "c", &["a", "b"]);
+        cluster.settle().await;
+        for node in ["a", "b", "c"] {
+            wait_for_count(&cluster, node, 2, "the primary settles uid 1: both messages show").await;
+        }
+        cluster.assert_converged().await;
+    });
+}
+
+/// Engine bug 31 (simulator --wipes --locations, seed 80): ring a-b-c-d-e-f-a with alice's INBOX
 /// on every node, then placed on {b, c, e}: d relays between c and e, and a and f let their
 /// copies go. The relays used to be computed from the locations and the leaving nodes together,
 /// so a leaving node changed the locations' own relays: with f leaving, the group {b, c} reached

@@ -75,7 +75,7 @@ impl LinkGraph {
     /// ([`LinkGraph::leaving_path`]).
     ///
     /// The locations' relays never depend on who is leaving, and each leaving node is joined on
-    /// its own (engine bug 30, --wipes --locations seed 80). When the leaving nodes were joined
+    /// its own (engine bug 31, --wipes --locations seed 80). When the leaving nodes were joined
     /// together with the locations, a leaving node could change the locations' own relays: on
     /// the ring n1..n6 with the mailbox on {n2, n3, n5}, n4 joins n3 to n5, but with n1 leaving
     /// the group {n1, n2, n3} reached n5 through n6 (n4 not needed), and with n6 leaving
@@ -369,7 +369,7 @@ mod tests {
         graph(&links)
     }
 
-    /// Engine bug 30 (--wipes --locations seed 80), on the graph alone: the ring n1..n6 with the
+    /// Engine bug 31 (--wipes --locations seed 80), on the graph alone: the ring n1..n6 with the
     /// mailbox on {n2, n3, n5}. n4 relays between n3 and n5 whoever is leaving, and n1 and n6,
     /// each letting its copy go, reach the locations directly and need no relay. Before, n1's
     /// leaving made n6 the relay (n4 not needed) and n6's leaving made n1 the relay: each needed
@@ -409,7 +409,7 @@ mod tests {
         assert!(!g.needs(&entry, &n("d")), "no node relays through d");
     }
 
-    /// The fixed point behind engine bug 30, over every placement and every pair of nodes on a
+    /// The fixed point behind engine bug 31, over every placement and every pair of nodes on a
     /// few graphs with tied shortest paths: whenever r relays for a leaving node x, x is not a
     /// relay r's own leaving needs (so two nodes never hold a copy for each other's sake in
     /// turn), and a node's relays do not depend on which other nodes are leaving.
