@@ -124,7 +124,8 @@ impl Handler<PeerHello> for Directory {
     type Result = AtomicResponse<Self, Result<(u128, u64), MailError>>;
 
     fn handle(&mut self, msg: PeerHello, _: &mut Self::Context) -> Self::Result {
-        self.write(|act| {
+        let peer = msg.peer.clone();
+        self.write_then(|act| {
             let ours = (act.ctx.counters.incarnation(), act.ctx.counters.incarnation_floor());
             let known = act.peer_record(&msg.peer)?;
             let mut writes = Writes::default();
@@ -153,6 +154,10 @@ impl Handler<PeerHello> for Directory {
             // to it (what this node holds already is queued above).
             act.ctx.sync_log.set_peer_floor(&msg.peer, msg.floor);
             Ok((writes, ours))
+        },
+        // Greeted once the rows a new store needs are durable (see `Directory::greeted`).
+        move |act| {
+            act.greeted.insert(peer);
         })
     }
 }

@@ -183,6 +183,9 @@ pub struct Mailbox {
     deleted: bool,
     /// Messages a move to another mailbox is taking (between its first and last step).
     moving: Moving,
+    /// This copy was let go before and remembers what it showed at some uids
+    /// (`Table::ShownBefore`): uid settling reads those rows (and only then).
+    pub(crate) remembers_shown: bool,
 }
 
 impl Mailbox {
@@ -212,6 +215,12 @@ impl Mailbox {
             .store
             .get(Table::Pruned, &keys::mailbox(entry.id))?
             .unwrap_or_default();
+        let mut remembers_shown = false;
+        ctx.store
+            .scan_prefix(Table::ShownBefore, &keys::mailbox(entry.id), None, |_, _| {
+                remembers_shown = true;
+                Ok(false)
+            })?;
         Ok(Mailbox {
             id: entry.id,
             uidvalidity: entry.uidvalidity,
@@ -232,6 +241,7 @@ impl Mailbox {
             needs_reload: Arc::new(AtomicBool::new(forget_counters)),
             deleted: false,
             moving: Moving::default(),
+            remembers_shown,
         })
     }
 

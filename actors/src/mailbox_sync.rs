@@ -875,6 +875,16 @@ impl Mailbox {
         Ok(())
     }
 
+    /// The message this copy showed at `uid` before it was let go, if it remembers one.
+    fn shown_before(&self, snapshot: &Snapshot, uid: Uid) -> Result<Option<AppendId>, StoreError> {
+        let mut shown = None;
+        snapshot.scan_prefix(Table::ShownBefore, &keys::uid_prefix(self.id, uid), |k, _| {
+            shown = keys::parse_uid(k).map(|(_, aid)| aid);
+            Ok(false)
+        })?;
+        Ok(shown)
+    }
+
     /// The records at `uid`: committed ones, as changed by this batch (`overlay`).
     fn records_at(
         &self,
@@ -928,7 +938,7 @@ impl Mailbox {
             let at = self.records_at(snapshot, uid, overlay)?;
             // A uid a compacted (expunged) message held is as taken as one with a record.
             let retired = self.pruned.retired(uid.0);
-            let seen: Vec<AtUid> = at
+            let mut seen: Vec<AtUid> = at
                 .iter()
                 .map(|(aid, r)| AtUid {
                     append_id: aid.clone(),
@@ -937,11 +947,44 @@ impl Mailbox {
                     arrived: moved.contains(aid),
                 })
                 .collect();
-            match settle_uid(&seen, retired, primary) {
+            // Before this copy was let go it showed `shown` here: that message is the one shown
+            // first, whether it is back yet or not (until it is, nothing shows at the uid), and
+            // the memory goes once the message is back or the uid retired (engine bug 30).
+            let shown = match self.remembers_shown {
+                true => self.shown_before(snapshot, uid)?,
+                false => None,
+            };
+            if let Some(shown) = &shown {
+                for r in &mut seen {
+                    r.hidden = r.append_id != *shown;
+                    r.arrived &= r.append_id != *shown;
+                }
+                if !at.contains_key(shown) {
+                    seen.push(AtUid {
+                        append_id: shown.clone(),
+                        expunged: false,
+                        hidden: false,
+                        arrived: false,
+                    });
+                }
+            }
+            let settlement = settle_uid(&seen, retired, primary);
+            if let Some(shown) = &shown {
+                if at.contains_key(shown) || retired || matches!(settlement, Settlement::Promote(_)) {
+                    writes
+                        .batch
+                        .delete(Table::ShownBefore, keys::uid(self.id, uid, shown));
+                }
+            }
+            match settlement {
                 Settlement::Promote(mut ids) => {
+                    // Only records here move (not one remembered and not back yet).
+                    ids.retain(|aid| at.contains_key(aid));
                     if self.ctx.faults.promotion_keeps_one {
                         // Sabotage (simulator only): the lowest record keeps the contested uid.
-                        ids.remove(0);
+                        if !ids.is_empty() {
+                            ids.remove(0);
+                        }
                     } else {
                         self.pruned.retire(uid.0);
                     }

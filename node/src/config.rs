@@ -22,8 +22,12 @@ use mailmesh_actors::node::NodeOptions;
 use mailmesh_protocol::ids::NodeId;
 use serde::{Deserialize, Serialize};
 
-use crate::cluster::tls::{TlsFiles, TlsIdentity};
+use crate::auth::UserTable;
+use crate::client_tls::{plaintext_auth_default, ListenAddress, ListenerTlsOptions, ServerTls, TlsFiles};
+use crate::cluster::tls::TlsIdentity;
 use crate::cluster::{ClusterOptions, PeerAddress};
+use crate::listener::ConnectionLimits;
+use crate::lmtp::LmtpOptions;
 
 /// The defaults, as TOML: one place that both the loader and an operator reading the source see.
 pub const DEFAULTS: &str = include_str!("defaults.toml");
@@ -44,10 +48,65 @@ pub struct Config {
     /// Absent: the node runs alone, as a single store with no network.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub cluster: Option<ClusterSection>,
+    /// `[lmtp]`: the LMTP listener MTAs deliver to. Absent: no LMTP.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub lmtp: Option<LmtpSection>,
     /// `[[peers]]`, the nodes this node replicates with (needs `[cluster]`). Last, because TOML
     /// prints arrays of tables after every plain table.
     #[serde(default, skip_serializing_if = "Vec::is_empty")]
     pub peers: Vec<PeerSection>,
+    /// `[[users]]`: who may log in, and whom LMTP delivers to.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub users: Vec<UserSection>,
+}
+
+/// One `[[users]]` entry.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct UserSection {
+    /// The user's name, as mailboxes are owned (`a-z 0-9 . _ - + @`).
+    pub name: String,
+    /// An argon2 PHC string (`mailmesh user hash` makes one).
+    pub password_hash: String,
+}
+
+/// `[lmtp]`.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct LmtpSection {
+    /// `ip:port` (e.g. "127.0.0.1:2424") or a Unix socket path (anything with a `/`).
+    pub listen: String,
+    /// PEM certificate chain offered with STARTTLS (or from the first byte with
+    /// `implicit_tls`); with `tls_key`. Read again on every reload.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub tls_cert: Option<PathBuf>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub tls_key: Option<PathBuf>,
+    /// TLS from the first byte instead of STARTTLS.
+    #[serde(default)]
+    pub implicit_tls: bool,
+    /// Whether a password may cross a connection without TLS; unset: only on loopback addresses
+    /// and Unix sockets. (LMTP itself has no login; the key is here for every listener alike.)
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub allow_plaintext_auth: Option<bool>,
+    /// Connections one IP address may hold open at once.
+    #[serde(default = "default_per_address")]
+    pub max_connections_per_address: u64,
+    /// Connections held open at once in all.
+    #[serde(default = "default_connections")]
+    pub max_connections: u64,
+    /// Message data all sessions together may hold while reading DATA; unset: four times
+    /// `limits.max_message_bytes`. Over it, a message is refused with 452 (try later).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub max_data_bytes: Option<u64>,
+}
+
+fn default_per_address() -> u64 {
+    64
+}
+
+fn default_connections() -> u64 {
+    1024
 }
 
 /// `[cluster]`: where this node listens for its peers (QUIC over UDP) and its TLS identity.
@@ -157,6 +216,10 @@ pub struct Loaded {
     pub cluster: Option<ClusterOptions>,
     /// Where to serve metrics, if anywhere.
     pub metrics_listen: Option<SocketAddr>,
+    /// `[[users]]`, validated.
+    pub users: UserTable,
+    /// `[lmtp]`, validated (its TLS files read once to check them); `None`: no LMTP.
+    pub lmtp: Option<LmtpOptions>,
 }
 
 impl Config {
@@ -182,11 +245,15 @@ impl Config {
         let options = config.validate()?;
         let cluster = config.validate_cluster(&options.node)?;
         let metrics_listen = config.metrics_listen()?;
+        let users = config.users()?;
+        let lmtp = config.lmtp(options.limits.max_message_bytes)?;
         Ok(Loaded {
             config,
             options: with_peers(options, cluster.as_ref()),
             cluster,
             metrics_listen,
+            users,
+            lmtp,
         })
     }
 
@@ -291,7 +358,7 @@ impl Config {
                 shared_bodies: peer.shared_bodies,
             });
         }
-        let files = TlsFiles {
+        let files = crate::cluster::tls::TlsFiles {
             ca: cluster.ca.clone(),
             cert: cluster.cert.clone(),
             key: cluster.key.clone(),
@@ -313,12 +380,107 @@ impl Config {
         })
     }
 
+    /// `[[users]]`, checked.
+    pub fn users(&self) -> Result<UserTable, ConfigError> {
+        let entries: Vec<(String, String)> = self
+            .users
+            .iter()
+            .map(|u| (u.name.clone(), u.password_hash.clone()))
+            .collect();
+        UserTable::new(&entries).map_err(|(key, problem)| ConfigError::invalid(key, problem))
+    }
+
+    /// `[lmtp]`, checked, with its TLS files read once so that a bad one is reported now.
+    pub fn lmtp(&self, max_message_bytes: u64) -> Result<Option<LmtpOptions>, ConfigError> {
+        let Some(lmtp) = &self.lmtp else {
+            return Ok(None);
+        };
+        let listen =
+            ListenAddress::parse(&lmtp.listen).map_err(|p| ConfigError::invalid("lmtp.listen", p))?;
+        let tls = listener_tls(
+            "lmtp",
+            &listen,
+            &lmtp.tls_cert,
+            &lmtp.tls_key,
+            lmtp.implicit_tls,
+            lmtp.allow_plaintext_auth,
+        )?;
+        let limits = ConnectionLimits {
+            per_address: positive_usize(
+                "lmtp.max_connections_per_address",
+                lmtp.max_connections_per_address,
+            )?,
+            total: positive_usize("lmtp.max_connections", lmtp.max_connections)?,
+        };
+        let max_data_bytes = lmtp.max_data_bytes.unwrap_or(max_message_bytes.saturating_mul(4));
+        if max_data_bytes < max_message_bytes {
+            return Err(ConfigError::invalid(
+                "lmtp.max_data_bytes",
+                format!(
+                    "{max_data_bytes} is less than limits.max_message_bytes ({max_message_bytes}): a message of the largest size could never be taken"
+                ),
+            ));
+        }
+        Ok(Some(LmtpOptions {
+            listen,
+            tls,
+            limits,
+            max_message_bytes,
+            max_data_bytes,
+        }))
+    }
+
     /// The configuration as TOML, as `check-config` prints it.
     pub fn to_toml(&self) -> String {
         // Serializing plain strings and integers into TOML cannot fail.
         toml::to_string(self)
             .unwrap_or_else(|e| format!("# cannot print the configuration as TOML: {e}\n{self:#?}\n"))
     }
+}
+
+/// A client listener's TLS keys (`tls_cert`, `tls_key`, `implicit_tls`, `allow_plaintext_auth`
+/// of `[section]`), checked and the files read once. Every client listener takes these keys.
+pub fn listener_tls(
+    section: &'static str,
+    listen: &ListenAddress,
+    cert: &Option<PathBuf>,
+    key: &Option<PathBuf>,
+    implicit: bool,
+    allow_plaintext_auth: Option<bool>,
+) -> Result<ListenerTlsOptions, ConfigError> {
+    let files = match (cert, key) {
+        (Some(cert), Some(key)) => Some(TlsFiles {
+            cert: cert.clone(),
+            key: key.clone(),
+        }),
+        (None, None) => None,
+        (Some(_), None) => {
+            return Err(ConfigError::invalid(
+                format!("{section}.tls_key"),
+                "tls_cert needs tls_key",
+            ))
+        }
+        (None, Some(_)) => {
+            return Err(ConfigError::invalid(
+                format!("{section}.tls_cert"),
+                "tls_key needs tls_cert",
+            ))
+        }
+    };
+    if implicit && files.is_none() {
+        return Err(ConfigError::invalid(
+            format!("{section}.implicit_tls"),
+            "needs tls_cert and tls_key",
+        ));
+    }
+    if let Some(files) = &files {
+        ServerTls::load(section, files).map_err(|e| ConfigError::invalid(e.key, e.problem))?;
+    }
+    Ok(ListenerTlsOptions {
+        files,
+        implicit,
+        allow_plaintext_auth: allow_plaintext_auth.unwrap_or_else(|| plaintext_auth_default(listen)),
+    })
 }
 
 /// `options` with a Channel for every configured peer.
@@ -463,6 +625,69 @@ mod tests {
         config.metrics.listen = Some("localhost".into());
         let message = config.metrics_listen().unwrap_err().to_string();
         assert!(message.starts_with("metrics.listen: "), "{message}");
+    }
+
+    #[test]
+    fn lmtp_settings_are_checked_and_name_their_key() {
+        let mut config = defaults();
+        assert_eq!(config.lmtp(1000).unwrap(), None);
+        let section = LmtpSection {
+            listen: "127.0.0.1:2424".into(),
+            tls_cert: None,
+            tls_key: None,
+            implicit_tls: false,
+            allow_plaintext_auth: None,
+            max_connections_per_address: 8,
+            max_connections: 100,
+            max_data_bytes: None,
+        };
+        config.lmtp = Some(section.clone());
+        let options = config.lmtp(1000).unwrap().unwrap();
+        assert_eq!(
+            options.max_data_bytes, 4000,
+            "four messages of the largest size by default"
+        );
+        assert!(options.tls.allow_plaintext_auth, "loopback");
+        let cases: [(&str, LmtpSection); 4] = [
+            (
+                "lmtp.listen",
+                LmtpSection {
+                    listen: "nowhere".into(),
+                    ..section.clone()
+                },
+            ),
+            (
+                "lmtp.max_data_bytes",
+                LmtpSection {
+                    max_data_bytes: Some(999),
+                    ..section.clone()
+                },
+            ),
+            (
+                "lmtp.implicit_tls",
+                LmtpSection {
+                    implicit_tls: true,
+                    ..section.clone()
+                },
+            ),
+            (
+                "lmtp.tls_key",
+                LmtpSection {
+                    tls_cert: Some("c.pem".into()),
+                    ..section.clone()
+                },
+            ),
+        ];
+        for (key, bad) in cases {
+            config.lmtp = Some(bad);
+            let message = config.lmtp(1000).unwrap_err().to_string();
+            assert!(message.starts_with(&format!("{key}: ")), "{key}: got {message:?}");
+        }
+        config.lmtp = Some(LmtpSection {
+            listen: "0.0.0.0:24".into(),
+            ..section
+        });
+        assert!(!config.lmtp(1000).unwrap().unwrap().tls.allow_plaintext_auth);
     }
 
     #[test]

@@ -29,6 +29,9 @@ pub enum Error {
     },
     #[error("error: {0}")]
     Cluster(String),
+    /// A client listener could not start (its TLS files, its address).
+    #[error("error: {0}")]
+    Listener(String),
     #[error("error: {0}")]
     Certs(#[from] crate::cluster::certs::CertError),
     /// The running node refused or failed the request (its message says why).

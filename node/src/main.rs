@@ -12,22 +12,27 @@
 //! - [`demo`]: `mailmesh demo`, a three-node cluster of this executable, shown replicating;
 //! - [`metrics`]: the Prometheus endpoint (`[metrics] listen`);
 //! - [`sieve`]: the Sieve interpreter (RFC 5228 and extensions) run at delivery, pure;
+//! - [`auth`]: `[[users]]`, password checks (PLAIN, LOGIN) and the per-address failure delay;
+//! - [`client_tls`]: TLS for client listeners (certificate files, STARTTLS, implicit TLS);
+//! - [`listener`]: accepting client connections (TCP or Unix socket, limits, counts);
+//! - [`lmtp`]: the LMTP front end (RFC 2033) with sieve at delivery;
 //! - [`logging`]: `tracing` lines on stderr, filtered by `RUST_LOG`;
 //! - [`error`]: what can fail, and the exit code it gives (0 ok, 1 failure, 2 configuration).
 
+mod auth;
 mod bench;
+mod client_tls;
 mod cluster;
 mod config;
 mod demo;
 mod error;
+mod listener;
+mod lmtp;
 mod logging;
 mod metrics;
 mod operator;
 mod ops;
 mod run;
-// The LMTP and ManageSieve front ends (issue 11) call the interpreter; until they land only its
-// tests do.
-#[allow(dead_code, unused_imports)]
 mod sieve;
 
 use std::path::PathBuf;
@@ -61,6 +66,12 @@ enum Command {
     /// Runs the node until SIGINT or SIGTERM; SIGHUP (or a change of the --config file) reloads
     /// the configuration.
     Run,
+    /// Stores a user's sieve script or makes one active.
+    #[command(subcommand)]
+    Sieve(SieveCommand),
+    /// Users: `mailmesh user hash` makes a password hash for `[[users]]`.
+    #[command(subcommand)]
+    User(UserCommand),
     /// Makes the cluster's certificates: a CA, and one certificate per node.
     #[command(subcommand)]
     Certs(CertsCommand),
@@ -143,7 +154,7 @@ enum Command {
         #[arg(long)]
         keep: bool,
         /// Runs only these row groups (comma-separated; all by default): `sync-small`,
-        /// `sync-large`, `flags`, `lag`, `quiet`, `memory`. The machine's limits are always
+        /// `sync-large`, `flags`, `lag`, `quiet`, `memory`, `lmtp`. The machine's limits are always
         /// measured.
         #[arg(long, value_name = "ROWS", value_delimiter = ',', value_enum)]
         only: Vec<bench::RowGroup>,
@@ -173,6 +184,44 @@ enum Command {
         #[arg(long)]
         listen: std::net::SocketAddr,
     },
+}
+
+#[derive(Debug, Subcommand)]
+enum SieveCommand {
+    /// Stores a script (a script that does not compile is refused with its line and reason).
+    Put {
+        /// The script's owner.
+        #[arg(long)]
+        user: String,
+        /// The script's name.
+        #[arg(long)]
+        name: String,
+        /// The script (UTF-8); `-` reads standard input.
+        #[arg(long, value_name = "PATH")]
+        file: PathBuf,
+    },
+    /// Lists a user's scripts, one per line; the active one is marked `(active)`.
+    List {
+        /// The scripts' owner.
+        #[arg(long)]
+        user: String,
+    },
+    /// Makes a script the user's active one; without --name, none is active.
+    Activate {
+        /// The script's owner.
+        #[arg(long)]
+        user: String,
+        /// The script to run at delivery.
+        #[arg(long)]
+        name: Option<String>,
+    },
+}
+
+#[derive(Debug, Subcommand)]
+enum UserCommand {
+    /// Reads a password from standard input (its first line) and prints an argon2id hash of it
+    /// for `password_hash` in `[[users]]`.
+    Hash,
 }
 
 #[derive(Debug, Subcommand)]
@@ -291,6 +340,9 @@ fn execute(cli: Cli) -> Result<(), Error> {
         println!("{}\n{}", written.cert.display(), written.key.display());
         return Ok(());
     }
+    if let Command::User(UserCommand::Hash) = cli.command {
+        return print_password_hash();
+    }
     // The benchmark makes its own nodes, each with a configuration file of its own.
     match cli.command {
         Command::Bench {
@@ -328,7 +380,11 @@ fn execute(cli: Cli) -> Result<(), Error> {
             logging::init("info");
             return run::run(loaded, cli.config.as_deref());
         }
-        Command::Certs(_) | Command::Bench { .. } | Command::Demo { .. } | Command::BenchPeer { .. } => {
+        Command::Certs(_)
+        | Command::User(_)
+        | Command::Bench { .. }
+        | Command::Demo { .. }
+        | Command::BenchPeer { .. } => {
             unreachable!("handled before the configuration is loaded")
         }
         Command::CheckConfig => {
@@ -416,6 +472,13 @@ fn execute(cli: Cli) -> Result<(), Error> {
                 },
             }
         }
+        Command::Sieve(SieveCommand::Put { user, name, file }) => Request::PutScript {
+            user,
+            name,
+            content: ByteBuf::from(ops::read_message(&file)?),
+        },
+        Command::Sieve(SieveCommand::Activate { user, name }) => Request::SetActiveScript { user, name },
+        Command::Sieve(SieveCommand::List { user }) => Request::ListScripts { user },
         Command::Fetch { user, mailbox, uid } => match uid {
             Some(uid) => Request::FetchBody { user, mailbox, uid },
             None => Request::ListMessages { user, mailbox },
@@ -424,6 +487,28 @@ fn execute(cli: Cli) -> Result<(), Error> {
     // A one-shot command prints its result on stdout; only problems are worth a log line there.
     logging::init("warn");
     print_reply(ops::execute(loaded.options, request)?)
+}
+
+/// `mailmesh user hash`: one line of stdin (without its line ending) to a PHC string on stdout.
+fn print_password_hash() -> Result<(), Error> {
+    use std::io::BufRead;
+    let mut line = String::new();
+    std::io::stdin()
+        .lock()
+        .read_line(&mut line)
+        .map_err(|e| Error::io("cannot read the password from standard input", e))?;
+    let password = line.strip_suffix('\n').unwrap_or(&line);
+    let password = password.strip_suffix('\r').unwrap_or(password);
+    if password.is_empty() {
+        return Err(Error::io(
+            "no password on standard input",
+            std::io::Error::from(std::io::ErrorKind::UnexpectedEof),
+        ));
+    }
+    let hash = auth::hash_password(password.as_bytes())
+        .map_err(|e| Error::io("cannot hash the password", std::io::Error::other(e)))?;
+    println!("{hash}");
+    Ok(())
 }
 
 /// `N` or `FIRST:LAST`, both at least 1, FIRST not above LAST.
@@ -487,6 +572,12 @@ fn print_reply(reply: Reply) -> Result<(), Error> {
             }
         }
         Reply::Deleted { user, name } => println!("deleted mailbox {name:?} of user {user:?}"),
+        Reply::ScriptsChanged { user } => println!("sieve scripts of user {user:?} changed"),
+        Reply::Scripts(scripts) => {
+            for (name, active) in scripts {
+                println!("{name}{}", if active { " (active)" } else { "" });
+            }
+        }
         Reply::Status(_) => return Err(unexpected_reply()),
     }
     Ok(())
@@ -586,6 +677,16 @@ fn status_table(status: &NodeStatus) -> String {
             .map(|(cell, w)| format!("{cell:<w$}"))
             .collect();
         let _ = writeln!(out, "{}", line.join("  ").trim_end());
+    }
+    if !status.listeners.is_empty() {
+        let _ = writeln!(out, "listeners:");
+        for l in &status.listeners {
+            let _ = writeln!(
+                out,
+                "  {} {}: {} connection(s) open, {} accepted, {} refused over the limits",
+                l.protocol, l.address, l.open, l.accepted, l.refused
+            );
+        }
     }
     if !status.moves.is_empty() {
         let _ = writeln!(out, "moves in progress:");

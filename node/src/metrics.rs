@@ -139,6 +139,40 @@ struct Snapshot {
     status: NodeStatus,
     commits: CommitStats,
     appends: u64,
+    front: FrontEndCounts,
+}
+
+/// The front ends' counters at the scrape.
+#[derive(Debug, Default)]
+struct FrontEndCounts {
+    /// (outcome, count): delivered, rejected, failed.
+    deliveries: Vec<(&'static str, u64)>,
+    /// (action, count): keep, fileinto, discard, reject.
+    sieve_actions: Vec<(&'static str, u64)>,
+    sieve_errors: u64,
+    failed_logins: u64,
+}
+
+impl FrontEndCounts {
+    fn take(handle: &NodeHandle) -> FrontEndCounts {
+        use std::sync::atomic::Ordering::Relaxed;
+        let d = &handle.front_ends.deliveries;
+        FrontEndCounts {
+            deliveries: vec![
+                ("delivered", d.delivered.load(Relaxed)),
+                ("rejected", d.rejected.load(Relaxed)),
+                ("failed", d.failed.load(Relaxed)),
+            ],
+            sieve_actions: vec![
+                ("keep", d.sieve_keep.load(Relaxed)),
+                ("fileinto", d.sieve_fileinto.load(Relaxed)),
+                ("discard", d.sieve_discard.load(Relaxed)),
+                ("reject", d.sieve_reject.load(Relaxed)),
+            ],
+            sieve_errors: d.sieve_errors.load(Relaxed),
+            failed_logins: handle.front_ends.auth.as_ref().map_or(0, |a| a.failed_logins()),
+        }
+    }
 }
 
 async fn scrape(handle: &NodeHandle) -> Result<String, Error> {
@@ -153,6 +187,7 @@ async fn scrape(handle: &NodeHandle) -> Result<String, Error> {
         status,
         commits,
         appends,
+        front: FrontEndCounts::take(handle),
     }));
     let mut text = String::new();
     prometheus_client::encoding::text::encode(&mut text, &registry)
@@ -362,6 +397,74 @@ impl Collector for Snapshot {
             one(self.status.active_mailboxes as f64),
         )?;
 
+        // Client front ends.
+        let labelled = |label: &'static str, rows: &[(&'static str, u64)]| -> Series {
+            rows.iter()
+                .map(|(l, v)| (vec![(label, l.to_string())], *v as f64))
+                .collect()
+        };
+        Self::family(
+            e,
+            "mailmesh_lmtp_deliveries",
+            "LMTP deliveries, one per recipient, by outcome (rejected: by the user's sieve script; failed: 4xx, the MTA retries)",
+            Counter,
+            labelled("outcome", &self.front.deliveries),
+        )?;
+        Self::family(
+            e,
+            "mailmesh_sieve_actions",
+            "Sieve actions carried out at delivery",
+            Counter,
+            labelled("action", &self.front.sieve_actions),
+        )?;
+        Self::family(
+            e,
+            "mailmesh_sieve_errors",
+            "Sieve scripts that failed at delivery (the message was kept in INBOX)",
+            Counter,
+            one(self.front.sieve_errors as f64),
+        )?;
+        Self::family(
+            e,
+            "mailmesh_failed_logins",
+            "Failed logins on every client listener",
+            Counter,
+            one(self.front.failed_logins as f64),
+        )?;
+        let per_listener = |value: fn(&crate::operator::protocol::ListenerStatus) -> u64| -> Series {
+            self.status
+                .listeners
+                .iter()
+                .map(|l| {
+                    (
+                        vec![("protocol", l.protocol.clone()), ("address", l.address.clone())],
+                        value(l) as f64,
+                    )
+                })
+                .collect()
+        };
+        Self::family(
+            e,
+            "mailmesh_listener_connections",
+            "Client connections open now",
+            Gauge,
+            per_listener(|l| l.open),
+        )?;
+        Self::family(
+            e,
+            "mailmesh_listener_accepted_connections",
+            "Client connections accepted",
+            Counter,
+            per_listener(|l| l.accepted),
+        )?;
+        Self::family(
+            e,
+            "mailmesh_listener_refused_connections",
+            "Client connections refused over a connection limit",
+            Counter,
+            per_listener(|l| l.refused),
+        )?;
+
         // Per-bucket counts, as prometheus-client's own histogram keeps them: the encoder makes
         // them cumulative, and writes the last bound, f64::MAX, as +Inf.
         let buckets: Vec<(f64, u64)> = self
@@ -436,9 +539,22 @@ mod tests {
                 peers: vec![linked, engine_only],
                 moves: Vec::new(),
                 active_mailboxes: 2,
+                listeners: vec![crate::operator::protocol::ListenerStatus {
+                    protocol: "lmtp".into(),
+                    address: "127.0.0.1:2424".into(),
+                    open: 4,
+                    accepted: 10,
+                    refused: 1,
+                }],
             },
             commits,
             appends: 9,
+            front: FrontEndCounts {
+                deliveries: vec![("delivered", 8), ("rejected", 1)],
+                sieve_actions: vec![("fileinto", 3)],
+                sieve_errors: 0,
+                failed_logins: 5,
+            },
         });
         for line in [
             "mailmesh_peer_connected{peer=\"n2\"} 1",
@@ -453,6 +569,10 @@ mod tests {
             "mailmesh_commit_flush_seconds_bucket{le=\"0.001\"} 2",
             "mailmesh_commit_flush_seconds_bucket{le=\"1.0\"} 2",
             "mailmesh_commit_flush_seconds_bucket{le=\"+Inf\"} 3",
+            "mailmesh_lmtp_deliveries_total{outcome=\"delivered\"} 8",
+            "mailmesh_sieve_actions_total{action=\"fileinto\"} 3",
+            "mailmesh_failed_logins_total 5",
+            "mailmesh_listener_connections{protocol=\"lmtp\",address=\"127.0.0.1:2424\"} 4",
         ] {
             assert!(
                 text.lines().any(|l| l.starts_with(line)),

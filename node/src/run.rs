@@ -23,10 +23,12 @@ use tokio::signal::unix::{signal, Signal, SignalKind};
 use tracing::span::EnteredSpan;
 use tracing::{error, info, info_span, Span};
 
+use crate::auth::Authenticator;
 use crate::cluster::reload::{self, ReloadTriggers};
 use crate::cluster::QuicTransport;
 use crate::config::Loaded;
 use crate::error::Error;
+use crate::lmtp::LmtpServer;
 use crate::metrics::MetricsServer;
 use crate::operator::links::LinkReport;
 use crate::operator::protocol::FRAME_OVERHEAD;
@@ -41,7 +43,10 @@ pub fn run(loaded: Loaded, config_path: Option<&Path>) -> Result<(), Error> {
         options,
         cluster,
         metrics_listen,
+        users,
+        lmtp,
     } = loaded;
+    let auth = Authenticator::new(users);
     let (system, span) = node_system(&options.node)?;
     let _entered = span.enter();
     // Logged absolute, so an operator sees where a relative data_dir really is.
@@ -66,7 +71,27 @@ pub fn run(loaded: Loaded, config_path: Option<&Path>) -> Result<(), Error> {
         let node = Rc::new(RefCell::new(node));
         let links = transport.clone().map(|t| Rc::new(t) as Rc<dyn LinkReport>);
         // Operator commands reach the node from here on; the socket goes before the actors stop.
-        let handle = NodeHandle::new(node.clone(), links);
+        let mut handle = NodeHandle::new(node.clone(), links);
+        let lmtp_server = match &lmtp {
+            Some(lmtp) => {
+                let (directory, name) = {
+                    let node = node.borrow();
+                    (node.directory.clone(), node.node.to_string())
+                };
+                let server = LmtpServer::start(
+                    lmtp,
+                    name,
+                    auth.clone(),
+                    directory,
+                    handle.front_ends.deliveries.clone(),
+                )
+                .await?;
+                handle.front_ends.listeners.push(server.stats());
+                Some(server)
+            }
+            None => None,
+        };
+        handle.front_ends.auth = Some(auth.clone());
         let operator = OperatorServer::start(&socket_dir, handle.clone(), max_frame)?;
         let metrics = match metrics_listen {
             Some(listen) => Some(MetricsServer::start(listen, handle).await?),
@@ -83,6 +108,10 @@ pub fn run(loaded: Loaded, config_path: Option<&Path>) -> Result<(), Error> {
                             let changes = reload::peer_changes(&running, &loaded.config);
                             reload::apply_transport(transport.as_ref(), &loaded);
                             node.borrow_mut().set_peers(loaded.options.peers.clone());
+                            auth.replace_users(loaded.users.clone());
+                            if let Some(server) = &lmtp_server {
+                                server.reload(loaded.lmtp.as_ref());
+                            }
                             reload::log_applied(reason, &changes);
                             running = loaded.config;
                         }
@@ -93,6 +122,7 @@ pub fn run(loaded: Loaded, config_path: Option<&Path>) -> Result<(), Error> {
         };
         info!(signal, "shutting down");
         drop(metrics);
+        drop(lmtp_server);
         drop(operator);
         if let Some(transport) = &transport {
             transport.close();

@@ -56,13 +56,23 @@ impl Default for SimConfig {
             page: None,
             writers: None,
             set_primary: true,
-            wipes: false,
-            locations: false,
+            wipes: true,
+            locations: true,
         }
     }
 }
 
 impl SimConfig {
+    /// The workload before wipes and mailbox moves were part of the default: the seeds kept
+    /// from those soaks replay the histories they were found with.
+    pub fn without_wipes_or_moves() -> SimConfig {
+        SimConfig {
+            wipes: false,
+            locations: false,
+            ..SimConfig::default()
+        }
+    }
+
     /// The runner's flags that select this configuration (defaults left out).
     pub fn args(&self) -> Vec<String> {
         let mut args = Vec::new();
@@ -85,11 +95,11 @@ impl SimConfig {
         if !self.set_primary {
             args.push("--no-set-primary".into());
         }
-        if self.wipes {
-            args.push("--wipes".into());
+        if !self.wipes {
+            args.push("--no-wipes".into());
         }
-        if self.locations {
-            args.push("--locations".into());
+        if !self.locations {
+            args.push("--no-locations".into());
         }
         let mut faults = self.engine_faults;
         for (name, on) in sabotage_switches(&mut faults) {

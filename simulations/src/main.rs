@@ -61,12 +61,14 @@ struct Cli {
     /// Clients never name another preferred primary.
     #[arg(long)]
     no_set_primary: bool,
-    /// Wipe nodes now and then (a node loses its whole disk and rejoins under the same name).
+    /// Never wipe a node (by default nodes now and then lose their whole disk and rejoin under
+    /// the same name).
     #[arg(long)]
-    wipes: bool,
-    /// Set mailboxes' locations to random subsets of the nodes now and then.
+    no_wipes: bool,
+    /// Never move mailboxes (by default clients now and then set mailboxes' locations to random
+    /// subsets of the nodes).
     #[arg(long)]
-    locations: bool,
+    no_locations: bool,
     /// Records per sync request on every channel (drawn from the seed when absent).
     #[arg(long, value_parser = clap::value_parser!(u32).range(1..))]
     page: Option<u32>,
@@ -131,8 +133,8 @@ impl Cli {
             page: self.page.map(|p| p as usize),
             writers: self.writers.map(usize::from),
             set_primary: !self.no_set_primary,
-            wipes: self.wipes,
-            locations: self.locations,
+            wipes: !self.no_wipes,
+            locations: !self.no_locations,
             faults: !self.no_faults,
             live_trace: self.live,
             dump: self.dump,

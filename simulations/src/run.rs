@@ -322,7 +322,7 @@ impl Run {
         let writer = self
             .writers
             .is_none_or(|w| self.cluster.topology.nodes[..w].contains(&node));
-        // Drawn only with --locations, so runs without it keep their histories.
+        // Not drawn with --no-locations, so runs without moves keep their histories.
         let set_locations = self.locations && self.writers.is_none() && self.rng.chance(0.08);
         let kind = if set_locations {
             OpKind::SetLocations

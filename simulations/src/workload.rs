@@ -41,7 +41,7 @@ pub enum OpKind {
     /// node or on two.
     OppositeTransfers,
     /// Where a mailbox lives: a random non-empty subset of the nodes, or every node, sometimes
-    /// with a named primary among them (only with `--locations`).
+    /// with a named primary among them (not with `--no-locations`).
     SetLocations,
 }
 

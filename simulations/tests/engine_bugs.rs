@@ -187,7 +187,9 @@ where
     });
 }
 
-/// Replays a seed through the runner binary and asserts it is clean.
+/// Replays a seed through the runner binary and asserts it is clean. Each call names the
+/// workload its seed was found with: seeds found before wipes and mailbox moves were part of the
+/// default pass `--no-wipes --no-locations`, so they replay the same history.
 fn replay(args: &[&str]) {
     let out = Command::new(env!("CARGO_BIN_EXE_mailmesh-simulations"))
         .args(args)
@@ -297,7 +299,7 @@ fn bug1_a_third_message_at_a_promoted_uid_is_promoted_too() {
 
 #[test]
 fn bug1_seed_17() {
-    replay(&["--seed", "17"]);
+    replay(&["--seed", "17", "--no-wipes", "--no-locations"]);
 }
 
 // Bug 2: a paged step-1 sync (or step-2 answer) drops annotations.
@@ -345,7 +347,7 @@ fn bug2_an_annotation_between_paged_records_reaches_the_peer() {
 
 #[test]
 fn bug2_seed_10() {
-    replay(&["--seed", "10"]);
+    replay(&["--seed", "10", "--no-wipes", "--no-locations"]);
 }
 
 // Bug 3: one batch that releases a body's last reference and then adds a record naming the same
@@ -389,7 +391,7 @@ fn bug3_merge_expunging_and_adding_one_body_in_one_batch() {
 
 #[test]
 fn bug3_seed_28() {
-    replay(&["--seed", "28"]);
+    replay(&["--seed", "28", "--no-wipes", "--no-locations"]);
 }
 
 // Bug 4: a page whose records are all echo-suppressed ends a step-1 sync.
@@ -428,7 +430,7 @@ fn bug4_a_suppressed_page_does_not_end_the_sync() {
 
 #[test]
 fn bug4_seed_189() {
-    replay(&["--seed", "189"]);
+    replay(&["--seed", "189", "--no-wipes", "--no-locations"]);
 }
 
 // Bug 5: a node named primary does not settle the uid conflicts it already holds.
@@ -474,7 +476,7 @@ fn bug5_a_new_primary_settles_the_conflicts_it_holds() {
 
 #[test]
 fn bug5_seed_302() {
-    replay(&["--seed", "302", "--page", "500"]);
+    replay(&["--seed", "302", "--page", "500", "--no-wipes", "--no-locations"]);
 }
 
 // Bug 6: after a full sync the pusher trusts a peer modseq it has not caught up with.
@@ -498,6 +500,8 @@ fn bug6_seed_374() {
         "--writers",
         "2",
         "--no-set-primary",
+        "--no-wipes",
+        "--no-locations",
     ]);
 }
 
@@ -516,12 +520,12 @@ fn bug6_seed_374() {
 
 #[test]
 fn bug7_seed_261() {
-    replay(&["--seed", "261"]);
+    replay(&["--seed", "261", "--no-wipes", "--no-locations"]);
 }
 
 #[test]
 fn bug7_seed_10_without_primary_changes() {
-    replay(&["--seed", "10", "--no-set-primary"]);
+    replay(&["--seed", "10", "--no-set-primary", "--no-wipes", "--no-locations"]);
 }
 
 // Bug 8: the retired uids of compacted messages differ between nodes, and a message at a retired
@@ -538,12 +542,12 @@ fn bug7_seed_10_without_primary_changes() {
 
 #[test]
 fn bug8_seed_298() {
-    replay(&["--seed", "298"]);
+    replay(&["--seed", "298", "--no-wipes", "--no-locations"]);
 }
 
 #[test]
 fn bug8_seed_319() {
-    replay(&["--seed", "319"]);
+    replay(&["--seed", "319", "--no-wipes", "--no-locations"]);
 }
 
 // Bug 9: a change the receiving node made while applying a request (a promotion, or a merge that
@@ -562,12 +566,24 @@ fn bug8_seed_319() {
 
 #[test]
 fn bug9_seed_488_without_primary_changes() {
-    replay(&["--seed", "488", "--no-set-primary"]);
+    replay(&[
+        "--seed",
+        "488",
+        "--no-set-primary",
+        "--no-wipes",
+        "--no-locations",
+    ]);
 }
 
 #[test]
 fn bug9_seed_1600_without_primary_changes() {
-    replay(&["--seed", "1600", "--no-set-primary"]);
+    replay(&[
+        "--seed",
+        "1600",
+        "--no-set-primary",
+        "--no-wipes",
+        "--no-locations",
+    ]);
 }
 
 // Bug 8, what was left of it after 1c240ac: a message at a retired uid is still shown by the
@@ -634,12 +650,12 @@ async fn set_primary(mini: &Mini, on: &str, primary: &str) {
 
 #[test]
 fn bug8_seed_1718() {
-    replay(&["--seed", "1718"]);
+    replay(&["--seed", "1718", "--no-wipes", "--no-locations"]);
 }
 
 #[test]
 fn bug8_seed_26() {
-    replay(&["--seed", "26"]);
+    replay(&["--seed", "26", "--no-wipes", "--no-locations"]);
 }
 
 // Bug 10: a message compacted away as expunged comes back live, without its body.
@@ -656,12 +672,18 @@ fn bug8_seed_26() {
 
 #[test]
 fn bug10_seed_802() {
-    replay(&["--seed", "802"]);
+    replay(&["--seed", "802", "--no-wipes", "--no-locations"]);
 }
 
 #[test]
 fn bug10_seed_1272_without_primary_changes() {
-    replay(&["--seed", "1272", "--no-set-primary"]);
+    replay(&[
+        "--seed",
+        "1272",
+        "--no-set-primary",
+        "--no-wipes",
+        "--no-locations",
+    ]);
 }
 
 // Bug 11: a refused request leaves the Mailbox actor ahead of its store.
@@ -717,17 +739,17 @@ fn bug11_a_refused_request_does_not_half_learn_the_pruned_set() {
 
 #[test]
 fn bug11_seed_1312() {
-    replay(&["--seed", "1312"]);
+    replay(&["--seed", "1312", "--no-wipes", "--no-locations"]);
 }
 
 #[test]
 fn bug11_seed_3534() {
-    replay(&["--seed", "3534"]);
+    replay(&["--seed", "3534", "--no-wipes", "--no-locations"]);
 }
 
 #[test]
 fn bug11_seed_5988() {
-    replay(&["--seed", "5988"]);
+    replay(&["--seed", "5988", "--no-wipes", "--no-locations"]);
 }
 
 // Bug 12: a uid retired on one node only, so the primary never moves another message off it.
@@ -817,7 +839,7 @@ fn bug12_a_uid_retired_while_learning_a_pruned_set_reaches_the_sender() {
 
 #[test]
 fn bug12_seed_16014() {
-    replay(&["--seed", "16014"]);
+    replay(&["--seed", "16014", "--no-wipes", "--no-locations"]);
 }
 
 // Bug 13: a move from A to B and one from B to A at the same time wait on each other forever.
@@ -1061,13 +1083,13 @@ fn bug16_a_learned_pruned_set_reaches_the_records_origin() {
 // (ARCHITECTURE.md, "Identities across store incarnations").
 #[test]
 fn bug20_seed_214_with_wipes() {
-    replay(&["--seed", "214", "--wipes"]);
+    replay(&["--seed", "214", "--no-locations"]);
 }
 
 #[test]
 fn bug20_seeds_54_and_152_with_wipes() {
-    replay(&["--seed", "54", "--wipes"]);
-    replay(&["--seed", "152", "--wipes"]);
+    replay(&["--seed", "54", "--no-locations"]);
+    replay(&["--seed", "152", "--no-locations"]);
 }
 
 // Bug 21: an item queued again for a peer that lost its data (everything a node holds is queued
@@ -1082,5 +1104,5 @@ fn bug20_seeds_54_and_152_with_wipes() {
 // succeeds.
 #[test]
 fn bug21_seed_904_with_wipes() {
-    replay(&["--seed", "904", "--wipes"]);
+    replay(&["--seed", "904", "--no-locations"]);
 }

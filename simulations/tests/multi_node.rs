@@ -52,6 +52,10 @@ fn runner(args: &[&str]) -> RunnerOutput {
 /// the primary), so the same seeds explore other histories.
 const WITHOUT_PRIMARY_CHANGES: [&str; 1] = ["--no-set-primary"];
 
+/// The workload before wipes and mailbox moves were part of the default: the sabotage checks
+/// and the kept ranges were written against it, and keep it so their histories stay the same.
+const WITHOUT_WIPES_OR_MOVES: [&str; 2] = ["--no-wipes", "--no-locations"];
+
 #[test]
 fn same_seed_same_trace() {
     let config = SimConfig::default();
@@ -102,7 +106,7 @@ fn same_seed_same_trace_in_other_processes() {
 #[test]
 fn wipes_replay_and_a_range_with_them_passes_the_checks() {
     let config = SimConfig {
-        wipes: true,
+        locations: false,
         ..SimConfig::default()
     };
     let a = run_seed(203, &config);
@@ -110,13 +114,14 @@ fn wipes_replay_and_a_range_with_them_passes_the_checks() {
     assert_eq!(a.trace_hash, b.trace_hash, "the run with wipes replays");
     assert!(a.faults.wipes > 0, "seed 203 wiped no node");
     assert!(a.violations.is_empty(), "{:?}", a.violations);
-    let out = runner(&["--seeds", "200..300", "--jobs", "2", "--wipes"]);
+    let out = runner(&["--seeds", "200..300", "--jobs", "2", "--no-locations"]);
     assert!(out.stdout.contains("seeds run:          100"), "{}", out.stdout);
     assert!(out.failed.is_empty(), "{}", out.stdout);
 }
 
 /// Seeds a soak once found failing, each kept once its cause was fixed (engine or judge), with
-/// what was wrong. They run with the default workload, as the soak that found them did.
+/// what was wrong. They run with the workload of the soak that found them (before wipes and
+/// mailbox moves were part of the default).
 const SEEDS_THAT_FAILED_ONCE: &[(u64, &str)] = &[
     (
         101386,
@@ -184,9 +189,21 @@ const LOCATION_SEEDS_THAT_FAILED_ONCE: &[(u64, &str)] = &[
         "a store write failing for good (a crashed disk) made the release's retry spin without \
          end inside the Directory: the seed never finished",
     ),
+    (
+        909,
+        "engine bug 28: two old holders let go after draining their logs to each other, both \
+         leaving; the new location got the mailbox from neither and a message was lost",
+    ),
+    (
+        175,
+        "a release's purge ran while the Directory went on: a Mailbox actor started on the \
+         half-purged rows (the node a relay again) kept counters that counted records deleted \
+         under it, counted them again when they came back, and its digest never matched",
+    ),
 ];
 
-/// Seeds that failed with `--wipes --locations` together (each alone passed), with the cause.
+/// Seeds that failed with wipes and mailbox moves together (the default workload now), with the
+/// cause.
 const WIPE_AND_LOCATION_SEEDS_THAT_FAILED_ONCE: &[(u64, &str)] = &[
     (
         276,
@@ -198,6 +215,24 @@ const WIPE_AND_LOCATION_SEEDS_THAT_FAILED_ONCE: &[(u64, &str)] = &[
         262,
         "engine bug 27: a copy let go and held again never got back an annotation its peers took \
          it for having (echo suppression by origin and sender ignored the let-go)",
+    ),
+    (
+        267,
+        "engine bug 28: a mailbox moved to a node neither old holder had a link to yet; both old \
+         holders were leaving, drained their logs to each other and purged: a message lost on \
+         every node",
+    ),
+    (
+        80,
+        "engine bug 31: on a ring, two nodes letting their copies go were each the other's \
+         relay (leaving nodes changed the locations' own relays); whichever let go first was \
+         made a relay again by its own release, got the mailbox back and left again, for ever: \
+         the cluster never went quiet (engine bug 28's change hid it in this seed)",
+    ),
+    (
+        1651,
+        "engine bug 29: a node restarted and let its copy go at once on the replication cache of \
+         the only location, which had been wiped while it was down: the mailbox was lost",
     ),
 ];
 
@@ -214,7 +249,7 @@ fn wipe_and_location_seeds_that_failed_once_pass() {
         let lines: Vec<String> = report.violations.iter().map(|v| v.to_string()).collect();
         assert!(
             lines.is_empty(),
-            "seed {seed} with --wipes --locations ({cause}) fails again:\n{}",
+            "seed {seed} with wipes and moves ({cause}) fails again:\n{}",
             lines.join("\n")
         );
     }
@@ -223,6 +258,7 @@ fn wipe_and_location_seeds_that_failed_once_pass() {
 #[test]
 fn location_seeds_that_failed_once_pass() {
     let config = SimConfig {
+        wipes: false,
         locations: true,
         ..SimConfig::default()
     };
@@ -231,7 +267,7 @@ fn location_seeds_that_failed_once_pass() {
         let lines: Vec<String> = report.violations.iter().map(|v| v.to_string()).collect();
         assert!(
             lines.is_empty(),
-            "seed {seed} with --locations ({cause}) fails again:\n{}",
+            "seed {seed} with moves and no wipes ({cause}) fails again:\n{}",
             lines.join("\n")
         );
     }
@@ -240,7 +276,7 @@ fn location_seeds_that_failed_once_pass() {
 #[test]
 fn seeds_that_failed_once_pass() {
     for (seed, cause) in SEEDS_THAT_FAILED_ONCE {
-        let report = run_seed(*seed, &SimConfig::default());
+        let report = run_seed(*seed, &SimConfig::without_wipes_or_moves());
         let lines: Vec<String> = report.violations.iter().map(|v| v.to_string()).collect();
         assert!(
             lines.is_empty(),
@@ -254,6 +290,7 @@ fn seeds_that_failed_once_pass() {
 fn seed_range_passes_the_checks() {
     let mut args = vec!["--seeds", "0..200", "--jobs", "2"];
     args.extend(WITHOUT_PRIMARY_CHANGES);
+    args.extend(WITHOUT_WIPES_OR_MOVES);
     let out = runner(&args);
     assert!(out.stdout.contains("seeds run:          200"), "{}", out.stdout);
     let unexpected: Vec<String> = out
@@ -279,7 +316,7 @@ fn seed_range_passes_the_checks_with_the_full_workload() {
 /// the leaving node when it has no link to a holder), copies held again.
 #[test]
 fn seed_range_with_location_changes_passes_the_checks() {
-    let out = runner(&["--seeds", "0..100", "--locations", "--jobs", "2"]);
+    let out = runner(&["--seeds", "0..100", "--no-wipes", "--jobs", "2"]);
     assert!(out.stdout.contains("seeds run:          100"), "{}", out.stdout);
     assert!(out.success, "{}", out.stdout);
 }
@@ -296,11 +333,11 @@ fn seed_range_with_long_workloads_passes_the_checks() {
 /// Runs a seed range clean and with `sabotage`; returns the seeds that fail only with it, with
 /// their violations and replay commands.
 fn caught(sabotage: &str) -> Vec<(u64, Vec<String>, String)> {
-    caught_with(sabotage, &[])
+    caught_with(sabotage, &WITHOUT_WIPES_OR_MOVES)
 }
 
-/// Like [`caught`], with more of the workload switched on (`workload`, e.g. `--wipes`) in both
-/// runs.
+/// Like [`caught`], with the workload flags `workload` (e.g. `--no-locations`: wipes only) in
+/// both runs.
 fn caught_with(sabotage: &str, workload: &[&str]) -> Vec<(u64, Vec<String>, String)> {
     let mut args = vec!["--seeds", "0..12", "--jobs", "2"];
     args.extend(WITHOUT_PRIMARY_CHANGES);
@@ -327,7 +364,7 @@ fn a_primary_that_never_promotes_is_caught() {
     for (seed, violations, replay) in &caught {
         assert!(
             replay.ends_with(&format!(
-                "--seed {seed} --trace --no-set-primary --sabotage no-uid-promotion"
+                "--seed {seed} --trace --no-set-primary --no-wipes --no-locations --sabotage no-uid-promotion"
             )),
             "{replay}"
         );
@@ -428,7 +465,7 @@ fn an_operation_that_never_answers_is_caught() {
     for (seed, violations, replay) in &caught {
         assert!(
             replay.ends_with(&format!(
-                "--seed {seed} --trace --no-set-primary --sabotage transfer-never-answers"
+                "--seed {seed} --trace --no-set-primary --no-wipes --no-locations --sabotage transfer-never-answers"
             )),
             "{replay}"
         );
@@ -444,7 +481,7 @@ fn an_operation_that_never_answers_is_caught() {
 /// Asserts that `sabotage` is caught on some seed with a violation of one of `kinds`, and that
 /// every caught seed's replay command names the sabotage.
 fn assert_caught_as(sabotage: &str, kinds: &[&str]) {
-    assert_caught_with_as(sabotage, &[], kinds)
+    assert_caught_with_as(sabotage, &WITHOUT_WIPES_OR_MOVES, kinds)
 }
 
 fn assert_caught_with_as(sabotage: &str, workload: &[&str], kinds: &[&str]) {
@@ -468,7 +505,7 @@ fn assert_caught_with_as(sabotage: &str, workload: &[&str], kinds: &[&str]) {
 /// store gave another one.
 #[test]
 fn identities_reused_after_a_wipe_are_caught() {
-    assert_caught_with_as("identities-from-zero", &["--wipes"], &["identity-reused"]);
+    assert_caught_with_as("identities-from-zero", &["--no-locations"], &["identity-reused"]);
 }
 
 /// A node that keeps a record hidden after its uid conflict was settled: every record and version
@@ -531,7 +568,7 @@ fn a_message_coming_back_is_caught() {
 #[test]
 fn location_changes_replay() {
     let config = SimConfig {
-        locations: true,
+        wipes: false,
         ..SimConfig::default()
     };
     // Which seed moves several mailboxes depends on the engine's scheduling (pipelined sync

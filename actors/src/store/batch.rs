@@ -30,6 +30,7 @@ pub enum Table {
     Settles,
     Moves,
     SyncWhole,
+    ShownBefore,
 }
 
 impl Table {
@@ -53,6 +54,7 @@ impl Table {
             Table::Settles => super::SETTLES,
             Table::Moves => super::MOVES,
             Table::SyncWhole => super::SYNC_WHOLE,
+            Table::ShownBefore => super::SHOWN_BEFORE,
         }
     }
 
@@ -76,6 +78,7 @@ impl Table {
             Table::Settles => "settles",
             Table::Moves => "moves",
             Table::SyncWhole => "sync whole",
+            Table::ShownBefore => "shown before",
         }
     }
 }

@@ -80,8 +80,13 @@ pub(crate) const MOVES: RawTable = TableDefinition::new("moves");
 /// send it with echo suppression, engine bug 21). Written with the requeue, deleted by the
 /// Channel after the whole sync.
 pub(crate) const SYNC_WHOLE: RawTable = TableDefinition::new("sync_whole");
+/// MailboxId, uid, AppendId -> (): what a copy let go showed at each uid (its live, shown
+/// records, written by the purge), so that held again it never shows another message there
+/// first. A row goes once its uid is settled again here (the message back at it, or the uid
+/// retired).
+pub(crate) const SHOWN_BEFORE: RawTable = TableDefinition::new("shown_before");
 
-const ALL_TABLES: [RawTable; 21] = [
+const ALL_TABLES: [RawTable; 22] = [
     META,
     MAILBOXES,
     NAMES,
@@ -103,6 +108,7 @@ const ALL_TABLES: [RawTable; 21] = [
     SETTLES,
     MOVES,
     SYNC_WHOLE,
+    SHOWN_BEFORE,
 ];
 
 pub(crate) const META_NODE: &[u8] = b"node";

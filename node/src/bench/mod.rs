@@ -9,6 +9,7 @@
 //! - [`lag`]: replication lag under a steady stream of appends;
 //! - [`quiet`]: traffic of a quiescent cluster;
 //! - [`memory`]: resident memory of a node holding many idle mailboxes;
+//! - [`lmtp`]: durable LMTP deliveries per second over 16 concurrent sessions;
 //! - [`nodes`]: starting, driving and stopping the nodes; [`table`]: the output.
 //!
 //! Everything lives in a fresh directory (under `--dir`, the system's temporary directory by
@@ -17,6 +18,7 @@
 pub mod flags;
 pub mod lag;
 pub mod limits;
+pub mod lmtp;
 pub mod memory;
 pub mod nodes;
 pub mod peer;
@@ -45,6 +47,8 @@ pub struct Scale {
     /// How long each machine-limit probe runs.
     pub probe: Duration,
     pub quic_bytes: u64,
+    /// LMTP deliveries timed (2 KB, one recipient each).
+    pub lmtp_messages: usize,
 }
 
 impl Scale {
@@ -60,6 +64,7 @@ impl Scale {
             mailboxes: 100_000,
             probe: Duration::from_millis(1500),
             quic_bytes: 512 << 20,
+            lmtp_messages: 50_000,
         }
     }
 
@@ -75,6 +80,7 @@ impl Scale {
             mailboxes: 2_000,
             probe: Duration::from_millis(500),
             quic_bytes: 64 << 20,
+            lmtp_messages: 2_000,
         }
     }
 }
@@ -94,6 +100,8 @@ pub enum RowGroup {
     Quiet,
     /// Resident memory of idle mailboxes.
     Memory,
+    /// LMTP durable deliveries per second.
+    Lmtp,
 }
 
 pub struct BenchOptions {
@@ -299,6 +307,30 @@ fn measure(root: &Path, scale: &Scale, selected: &dyn Fn(RowGroup) -> bool) -> R
             cpu: String::new(),
             target: "under 300 MB for 100,000",
             met: for_100k < 300e6,
+        });
+    }
+
+    if selected(RowGroup::Lmtp) {
+        eprintln!(
+            "bench: {} LMTP deliveries over {} sessions",
+            scale.lmtp_messages,
+            lmtp::SESSIONS
+        );
+        let result = lmtp::deliveries(&root.join("lmtp"), scale.lmtp_messages, 2048)?;
+        let per_sec = result.deliveries as f64 / result.secs;
+        let ratio = per_sec / limits.fdatasyncs_per_sec;
+        rows.push(Row {
+            name: table::ROW_NAMES[8],
+            measured: format!(
+                "{}/s ({} in {})",
+                count(per_sec),
+                count_usize(result.deliveries),
+                duration(result.secs)
+            ),
+            vs_limit: format!("{ratio:.1}x the disk's fdatasyncs/s"),
+            cpu: cpu_use(result.cpu),
+            target: "over 10,000/s and over 2x fdatasyncs/s [Dovecot 2.3 600-980/s]",
+            met: per_sec > 10_000.0 && ratio > 2.0,
         });
     }
 

@@ -146,6 +146,24 @@ pub fn load_for_reload(path: Option<&Path>, running: &Config) -> Result<Loaded, 
         ),
         ("[limits]", new.limits != running.limits),
         ("[mailboxes]", new.mailboxes != running.mailboxes),
+        (
+            "lmtp.listen (and the listener's limits)",
+            new.lmtp.as_ref().map(|l| {
+                (
+                    &l.listen,
+                    l.implicit_tls,
+                    l.max_connections,
+                    l.max_connections_per_address,
+                )
+            }) != running.lmtp.as_ref().map(|l| {
+                (
+                    &l.listen,
+                    l.implicit_tls,
+                    l.max_connections,
+                    l.max_connections_per_address,
+                )
+            }),
+        ),
     ]
     .into_iter()
     .filter_map(|(key, changed)| changed.then_some(key))

@@ -19,11 +19,12 @@ pub mod server;
 use std::cell::RefCell;
 use std::collections::BTreeMap;
 use std::rc::Rc;
+use std::sync::Arc;
 
 use mailmesh_actors::channel::GetChannelStats;
 use mailmesh_actors::directory::{
-    CreateMailbox, DeleteMailbox, GetDirectoryStats, ListMailboxes, MailboxInfo, OpenMailbox, OpenedMailbox,
-    RenameMailbox, SetLocations,
+    CreateMailbox, DeleteMailbox, GetDirectoryStats, ListMailboxes, ListScripts, MailboxInfo, OpenMailbox,
+    OpenedMailbox, PutScript, RenameMailbox, SetActiveScript, SetLocations,
 };
 use mailmesh_actors::mailbox::{
     Append, Expunge, ExpungeMode, FetchBody, FlagAction, GetState, MessageView, StoreFlags, StoreOutcome,
@@ -36,8 +37,12 @@ use serde_bytes::ByteBuf;
 
 use self::links::LinkReport;
 use self::protocol::{
-    ErrorKind, FlagChange, MailboxRow, MessageRow, NodeStatus, OperatorError, PeerStatus, Reply, Request,
+    ErrorKind, FlagChange, ListenerStatus, MailboxRow, MessageRow, NodeStatus, OperatorError, PeerStatus,
+    Reply, Request,
 };
+use crate::auth::Authenticator;
+use crate::listener::ListenerStats;
+use crate::lmtp::delivery::DeliveryCounters;
 
 /// What an operator request acts on: the node's actors, and the transport's view of its links.
 #[derive(Clone)]
@@ -45,11 +50,25 @@ pub struct NodeHandle {
     /// Shared with whoever reloads the peers; borrowed only between awaits, never across one.
     pub node: Rc<RefCell<LocalNode>>,
     pub links: Option<Rc<dyn LinkReport>>,
+    pub front_ends: FrontEnds,
+}
+
+/// The client front ends' counts, for the status and the metrics.
+#[derive(Clone, Default)]
+pub struct FrontEnds {
+    pub listeners: Vec<Arc<ListenerStats>>,
+    pub deliveries: Arc<DeliveryCounters>,
+    /// Failed logins are counted by the authenticator.
+    pub auth: Option<Authenticator>,
 }
 
 impl NodeHandle {
     pub fn new(node: Rc<RefCell<LocalNode>>, links: Option<Rc<dyn LinkReport>>) -> Self {
-        NodeHandle { node, links }
+        NodeHandle {
+            node,
+            links,
+            front_ends: FrontEnds::default(),
+        }
     }
 
     /// Carries out one request.
@@ -238,6 +257,41 @@ impl NodeHandle {
                 let opened = self.open(&user, &to).await?;
                 Ok(Reply::Mailbox(mailbox_row(&opened).await?))
             }
+            Request::PutScript { user, name, content } => {
+                // The same check ManageSieve's PUTSCRIPT makes: a script that would fail every
+                // delivery is refused with the parser's line and reason.
+                if let Err(e) = crate::sieve::compile(&content) {
+                    return Err(OperatorError::new(
+                        ErrorKind::Refused,
+                        format!("sieve script {name:?} does not compile: {e}"),
+                    ));
+                }
+                directory
+                    .send(PutScript {
+                        user: user.clone(),
+                        name,
+                        content: content.into_vec(),
+                    })
+                    .await
+                    .map_err(MailError::from)??;
+                Ok(Reply::ScriptsChanged { user })
+            }
+            Request::ListScripts { user } => Ok(Reply::Scripts(
+                directory
+                    .send(ListScripts { user })
+                    .await
+                    .map_err(MailError::from)??,
+            )),
+            Request::SetActiveScript { user, name } => {
+                directory
+                    .send(SetActiveScript {
+                        user: user.clone(),
+                        name,
+                    })
+                    .await
+                    .map_err(MailError::from)??;
+                Ok(Reply::ScriptsChanged { user })
+            }
             Request::DeleteMailbox { user, name } => {
                 directory
                     .send(DeleteMailbox {
@@ -353,6 +407,18 @@ impl NodeHandle {
             peers: peers.into_values().collect(),
             moves: Vec::new(),
             active_mailboxes,
+            listeners: self
+                .front_ends
+                .listeners
+                .iter()
+                .map(|l| ListenerStatus {
+                    protocol: l.protocol.to_string(),
+                    address: l.address.clone(),
+                    open: l.open(),
+                    accepted: l.accepted(),
+                    refused: l.refused(),
+                })
+                .collect(),
         })
     }
 }

@@ -116,6 +116,21 @@ pub enum Request {
         user: String,
         name: String,
     },
+    /// Stores a user's sieve script (refused, nothing stored, if it does not compile).
+    PutScript {
+        user: String,
+        name: String,
+        content: ByteBuf,
+    },
+    /// Makes a script the user's active one (`None`: none active).
+    SetActiveScript {
+        user: String,
+        name: Option<String>,
+    },
+    /// A user's scripts, and which is active.
+    ListScripts {
+        user: String,
+    },
 }
 
 impl Request {
@@ -135,6 +150,9 @@ impl Request {
             Request::Expunge { .. } => "expunge",
             Request::RenameMailbox { .. } => "rename-mailbox",
             Request::DeleteMailbox { .. } => "delete-mailbox",
+            Request::PutScript { .. } => "put-script",
+            Request::SetActiveScript { .. } => "set-active-script",
+            Request::ListScripts { .. } => "list-scripts",
         }
     }
 }
@@ -165,6 +183,12 @@ pub enum Reply {
         user: String,
         name: String,
     },
+    /// A sieve write was stored (PutScript, SetActiveScript).
+    ScriptsChanged {
+        user: String,
+    },
+    /// A user's scripts by name, with whether each is the active one.
+    Scripts(Vec<(String, bool)>),
 }
 
 /// A mailbox as the operator commands show it.
@@ -206,6 +230,22 @@ pub struct NodeStatus {
     pub moves: Vec<MoveStatus>,
     /// Mailbox actors active now.
     pub active_mailboxes: u64,
+    /// Client listeners (LMTP, ...) and their connections. Absent from an older node's answer.
+    #[serde(default)]
+    pub listeners: Vec<ListenerStatus>,
+}
+
+/// One client listener as `mailmesh status` shows it.
+#[derive(Clone, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
+pub struct ListenerStatus {
+    pub protocol: String,
+    pub address: String,
+    /// Connections open now.
+    pub open: u64,
+    /// Connections accepted since the node started.
+    pub accepted: u64,
+    /// Connections refused over the per-address or total limit.
+    pub refused: u64,
 }
 
 #[derive(Clone, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]

@@ -1,0 +1,178 @@
+//! LMTP durable deliveries per second: 16 concurrent sessions, each delivering 2 KB messages
+//! with one recipient, a transaction pipelined per write (MAIL, RCPT, DATA and the message), the
+//! next sent only after the previous one's final 250, which the node gives once the message is
+//! durable. A server that fsynced each message alone would be capped at the disk's
+//! fdatasyncs/s; the node's group commit lets concurrent sessions share them.
+
+use std::io::{Read, Write};
+use std::net::TcpStream;
+use std::sync::atomic::{AtomicUsize, Ordering};
+use std::time::Instant;
+
+use super::nodes::{join_all, message, Cluster, CpuTime, DEADLINE};
+use crate::error::Error;
+
+/// Concurrent sessions, as the figure asks.
+pub const SESSIONS: usize = 16;
+
+pub struct LmtpResult {
+    pub deliveries: usize,
+    pub secs: f64,
+    pub cpu: CpuTime,
+}
+
+/// Starts a node with `[lmtp]` and `SESSIONS` users, delivers `count` messages of `size` bytes.
+pub fn deliveries(root: &std::path::Path, count: usize, size: usize) -> Result<LmtpResult, Error> {
+    let cluster = Cluster::new(root)?;
+    let port = free_tcp_port()?;
+    let hash = crate::auth::hash_password(b"bench").map_err(Error::Bench)?;
+    let mut extra = format!("\n[lmtp]\nlisten = \"127.0.0.1:{port}\"\n");
+    for user in 0..SESSIONS {
+        extra.push_str(&format!(
+            "\n[[users]]\nname = \"u{user}\"\npassword_hash = {hash:?}\n"
+        ));
+    }
+    let spec = cluster.node("n1", &extra)?;
+    spec.write_config(&[])?;
+    let node = spec.start()?;
+    let target = format!("127.0.0.1:{port}");
+    // Each user's INBOX is made by its first delivery: one warm-up message each, not timed.
+    let sessions = (0..SESSIONS)
+        .map(|user| Session::open(&target, user))
+        .collect::<Result<Vec<_>, _>>()?;
+    let sessions = sessions
+        .into_iter()
+        .map(|mut s| s.deliver(&message(usize::MAX - s.user, size)).map(|()| s))
+        .collect::<Result<Vec<_>, _>>()?;
+    let next = AtomicUsize::new(0);
+    let cpu_before = CpuTime::of(&[&node])?;
+    let start = Instant::now();
+    std::thread::scope(|scope| {
+        let workers: Vec<_> = sessions
+            .into_iter()
+            .map(|mut session| {
+                let next = &next;
+                scope.spawn(move || -> Result<(), Error> {
+                    loop {
+                        let i = next.fetch_add(1, Ordering::Relaxed);
+                        if i >= count {
+                            return Ok(());
+                        }
+                        session.deliver(&message(i, size))?;
+                    }
+                })
+            })
+            .collect();
+        join_all(workers)
+    })?;
+    let secs = start.elapsed().as_secs_f64();
+    let cpu = CpuTime::of(&[&node])?.since(cpu_before);
+    let stored: u64 = (0..SESSIONS)
+        .map(|u| node.message_count(&format!("u{u}"), "INBOX"))
+        .sum::<Result<u64, Error>>()?;
+    if stored != (count + SESSIONS) as u64 {
+        return Err(Error::Bench(format!(
+            "LMTP: {stored} messages stored, {} were acknowledged",
+            count + SESSIONS
+        )));
+    }
+    node.stop()?;
+    Ok(LmtpResult {
+        deliveries: count,
+        secs,
+        cpu,
+    })
+}
+
+fn free_tcp_port() -> Result<u16, Error> {
+    let listener =
+        std::net::TcpListener::bind("127.0.0.1:0").map_err(|e| Error::io("cannot bind a TCP port", e))?;
+    listener
+        .local_addr()
+        .map(|a| a.port())
+        .map_err(|e| Error::io("cannot read a TCP port", e))
+}
+
+struct Session {
+    stream: TcpStream,
+    user: usize,
+    buffer: Vec<u8>,
+}
+
+impl Session {
+    fn open(target: &str, user: usize) -> Result<Session, Error> {
+        let stream = TcpStream::connect(target)
+            .map_err(|e| Error::io(format!("cannot connect to LMTP on {target}"), e))?;
+        stream
+            .set_read_timeout(Some(DEADLINE))
+            .map_err(|e| Error::io("socket", e))?;
+        let _ = stream.set_nodelay(true);
+        let mut session = Session {
+            stream,
+            user,
+            buffer: Vec::new(),
+        };
+        session.expect(&["220"])?;
+        session.send(b"LHLO bench\r\n")?;
+        session.expect(&["250"])?;
+        Ok(session)
+    }
+
+    /// One pipelined transaction; returns once the final reply (durable) came.
+    fn deliver(&mut self, body: &[u8]) -> Result<(), Error> {
+        let mut out = format!(
+            "MAIL FROM:<bench@example.org>\r\nRCPT TO:<u{}@example.org>\r\nDATA\r\n",
+            self.user
+        )
+        .into_bytes();
+        for line in body.split_inclusive(|&b| b == b'\n') {
+            if line.first() == Some(&b'.') {
+                out.push(b'.');
+            }
+            out.extend_from_slice(line);
+        }
+        if !out.ends_with(b"\r\n") {
+            out.extend_from_slice(b"\r\n");
+        }
+        out.extend_from_slice(b".\r\n");
+        self.send(&out)?;
+        self.expect(&["250", "250", "354", "250"])
+    }
+
+    fn send(&mut self, bytes: &[u8]) -> Result<(), Error> {
+        self.stream
+            .write_all(bytes)
+            .map_err(|e| Error::io("LMTP write", e))
+    }
+
+    /// Reads final reply lines until one per code in `codes` came, each with that code.
+    fn expect(&mut self, codes: &[&str]) -> Result<(), Error> {
+        let mut seen = 0;
+        let mut chunk = [0u8; 4096];
+        while seen < codes.len() {
+            if let Some(end) = self.buffer.iter().position(|&b| b == b'\n') {
+                let line: Vec<u8> = self.buffer.drain(..=end).collect();
+                if line.len() >= 4 && line[3] == b' ' {
+                    if &line[..3] != codes[seen].as_bytes() {
+                        return Err(Error::Bench(format!(
+                            "LMTP answered {:?} where {} was expected",
+                            String::from_utf8_lossy(&line).trim_end(),
+                            codes[seen]
+                        )));
+                    }
+                    seen += 1;
+                }
+                continue;
+            }
+            let n = self
+                .stream
+                .read(&mut chunk)
+                .map_err(|e| Error::io("LMTP read", e))?;
+            if n == 0 {
+                return Err(Error::Bench("the LMTP server closed the connection".into()));
+            }
+            self.buffer.extend_from_slice(&chunk[..n]);
+        }
+        Ok(())
+    }
+}

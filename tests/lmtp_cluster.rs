@@ -1,0 +1,102 @@
+//! Sieve state is replicated: a script set on one node runs on deliveries to another, and the
+//! message delivered there replicates back. Two real nodes over QUIC; LMTP spoken on the second.
+
+mod support;
+
+use std::io::{Read, Write};
+use std::net::TcpStream;
+
+use support::cluster::{cluster_specs, converged, eventually, op_ok, write_mesh_configs};
+use support::{mailmesh, DEADLINE};
+
+fn password_hash() -> String {
+    let mut child = mailmesh(&["user", "hash"])
+        .stdin(std::process::Stdio::piped())
+        .stdout(std::process::Stdio::piped())
+        .spawn()
+        .unwrap();
+    child.stdin.take().unwrap().write_all(b"pw\n").unwrap();
+    let out = child.wait_with_output().unwrap();
+    assert!(out.status.success());
+    String::from_utf8(out.stdout).unwrap().trim().to_string()
+}
+
+/// One LMTP transaction to `target`; returns the final reply to DATA.
+fn deliver(target: &str, to: &str, subject: &str) -> String {
+    let mut s = TcpStream::connect(target).unwrap();
+    s.set_read_timeout(Some(DEADLINE)).unwrap();
+    s.write_all(
+        format!(
+            "LHLO test\r\nMAIL FROM:<a@x>\r\nRCPT TO:<{to}>\r\nDATA\r\nSubject: {subject}\r\n\r\nbody\r\n.\r\nQUIT\r\n"
+        )
+        .as_bytes(),
+    )
+    .unwrap();
+    let mut text = String::new();
+    s.read_to_string(&mut text).unwrap();
+    let finals: Vec<&str> = text
+        .lines()
+        .filter(|l| l.len() > 3 && l.as_bytes()[3] == b' ')
+        .collect();
+    assert_eq!(finals.len(), 7, "{text}");
+    finals[5].to_string()
+}
+
+#[test]
+fn a_script_set_on_one_node_files_deliveries_on_another() {
+    let tmp = tempfile::TempDir::new().unwrap();
+    let specs = cluster_specs(tmp.path(), &["n1", "n2"]);
+    write_mesh_configs(&specs);
+    let hash = password_hash();
+    for spec in &specs {
+        let mut text = std::fs::read_to_string(spec.config_path()).unwrap();
+        text.push_str(&format!(
+            "\n[lmtp]\nlisten = \"127.0.0.1:0\"\n\n[[users]]\nname = \"alice\"\npassword_hash = {hash:?}\n"
+        ));
+        std::fs::write(spec.config_path(), text).unwrap();
+    }
+    let (n1, n2) = (&specs[0], &specs[1]);
+    let _r1 = n1.start();
+    let mut r2 = n2.start();
+    let line = r2.wait_for_stderr("protocol=\"lmtp\"");
+    let target = line
+        .split_whitespace()
+        .find_map(|w| w.strip_prefix("address="))
+        .unwrap()
+        .to_string();
+
+    let script = tmp.path().join("s.sieve");
+    std::fs::write(
+        &script,
+        "require [\"fileinto\", \"mailbox\"];\nif header :contains \"subject\" \"report\" { fileinto :create \"Reports\"; }\n",
+    )
+    .unwrap();
+    op_ok(
+        n1,
+        &[
+            "sieve",
+            "put",
+            "--user",
+            "alice",
+            "--name",
+            "s",
+            "--file",
+            script.to_str().unwrap(),
+        ],
+    );
+    op_ok(n1, &["sieve", "activate", "--user", "alice", "--name", "s"]);
+    // The script arrives on n2 by replication.
+    eventually("the active script replicated to n2", || {
+        let listed = op_ok(n2, &["sieve", "list", "--user", "alice"]);
+        if listed.trim() == "s (active)" {
+            Ok(())
+        } else {
+            Err(listed)
+        }
+    });
+    let reply = deliver(&target, "alice@example.org", "weekly report");
+    assert!(reply.starts_with("250 2.0.0"), "{reply}");
+    // Filed on n2 by n1's script, and replicated back to n1.
+    let listing = converged(&[n1, n2], "alice", "Reports", 1);
+    assert_eq!(listing.len(), 1);
+}
