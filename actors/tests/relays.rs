@@ -618,3 +618,90 @@ fn a_copy_held_again_shows_no_other_message_at_a_uid_it_showed_before() {
         cluster.assert_converged().await;
     });
 }
+
+/// Engine bug 31 (simulator --wipes --locations, seed 80): ring a-b-c-d-e-f-a with alice's INBOX
+/// on every node, then placed on {b, c, e}: d relays between c and e, and a and f let their
+/// copies go. The relays used to be computed from the locations and the leaving nodes together,
+/// so a leaving node changed the locations' own relays: with f leaving, the group {b, c} reached
+/// {e, f} through a (d not needed); with a leaving, {a, b, c} reached e through f. Whichever of a
+/// and f let go first became, by that very write, the relay the other's leaving needed: it got
+/// the mailbox back, and once the other had let go it was not needed, left, and made the other a
+/// relay again, each release poll (seed 80 never went quiet; here, with f's link to e down so
+/// that a lets go first, a held the mailbox again and let it go three times in the first two
+/// minutes). Now the locations' relays are fixed by the locations alone, and a leaving node only
+/// adds a path of its own to them, through nodes nearer to them than itself.
+#[test]
+fn copies_let_go_on_a_ring_do_not_make_each_other_relays_for_ever() {
+    run_virtual(|| async {
+        let names = ["a", "b", "c", "d", "e", "f"];
+        let ring = [
+            ("a", "b"),
+            ("b", "c"),
+            ("c", "d"),
+            ("d", "e"),
+            ("e", "f"),
+            ("f", "a"),
+        ];
+        let cluster = Cluster::start(&names, &ring);
+        cluster
+            .node("a")
+            .directory
+            .send(CreateMailbox {
+                user: "alice".into(),
+                name: "INBOX".into(),
+            })
+            .await
+            .unwrap()
+            .unwrap();
+        cluster.settle().await;
+        let on_a = open(&cluster, "a").await;
+        for i in 0..3 {
+            append(&on_a, i).await.unwrap();
+        }
+        drop(on_a);
+        cluster.settle().await;
+        for node in names {
+            assert_eq!(count(&cluster, node).await, 3, "on {node} before the move");
+        }
+
+        // f hears of the move only through a, so a lets go first and f is still leaving after.
+        cluster.net.set_link(&n("e"), &n("f"), false);
+        place_on(&cluster, "b", &["b", "c", "e"]).await;
+        // Not `settle`: f may wait for e to have its copy for as long as the link is down.
+        tokio::time::sleep(std::time::Duration::from_secs(120)).await;
+        let seen = holders(&cluster, "b").await;
+        assert!(
+            !seen.contains(&"a".to_string()) && seen.contains(&"d".to_string()),
+            "a let its copy go and is no relay of f's; d stays the locations' relay: {seen:?}"
+        );
+        assert_eq!(count(&cluster, "a").await, 0, "a got the mailbox back");
+        assert_eq!(count(&cluster, "d").await, 3, "d relays between c and e");
+
+        cluster.net.set_link(&n("e"), &n("f"), true);
+        // `settle` counts a channel waiting for its link as idle: first let e and f see the
+        // link back (their channels retry with backoff).
+        for (from, to) in [("e", "f"), ("f", "e")] {
+            let mut waited = 0;
+            while !cluster.node(from).channel_stats().await[&n(to)].link_up {
+                waited += 1;
+                assert!(waited < 600, "{from} never saw its link to {to} back");
+                tokio::time::sleep(std::time::Duration::from_secs(1)).await;
+            }
+        }
+        cluster.settle().await;
+        for node in names {
+            assert_eq!(
+                holders(&cluster, node).await,
+                ["b", "c", "d", "e"],
+                "as {node} sees it: the locations and d, their relay"
+            );
+        }
+        for node in ["b", "c", "d", "e"] {
+            assert_eq!(count(&cluster, node).await, 3, "on {node}");
+        }
+        for node in ["a", "f"] {
+            assert_eq!(count(&cluster, node).await, 0, "{node} let its copy go");
+        }
+        cluster.assert_quiet().await;
+    });
+}

@@ -224,9 +224,10 @@ const WIPE_AND_LOCATION_SEEDS_THAT_FAILED_ONCE: &[(u64, &str)] = &[
     ),
     (
         80,
-        "engine bug 28: a node letting a copy go in a ring had log rows only for a neighbour \
-         that was leaving too, which took nothing in; the rows never drained and the cluster \
-         never went quiet",
+        "engine bug 31: on a ring, two nodes letting their copies go were each the other's \
+         relay (leaving nodes changed the locations' own relays); whichever let go first was \
+         made a relay again by its own release, got the mailbox back and left again, for ever: \
+         the cluster never went quiet (engine bug 28's change hid it in this seed)",
     ),
     (
         1651,

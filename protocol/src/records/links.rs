@@ -69,27 +69,61 @@ impl LinkGraph {
         out
     }
 
-    /// The nodes that keep a copy of `entry`'s mailbox (empty: every node): its locations, the
-    /// nodes still letting a copy go (`MailboxEntry::leaving`), and the relays joining them.
+    /// The nodes that keep a copy of `entry`'s mailbox (empty: every node): its locations and
+    /// their relays ([`LinkGraph::holders`] of the locations alone), plus each node still letting
+    /// a copy go (`MailboxEntry::leaving`) with the relays joining it to them
+    /// ([`LinkGraph::leaving_path`]).
+    ///
+    /// The locations' relays never depend on who is leaving, and each leaving node is joined on
+    /// its own (engine bug 31, --wipes --locations seed 80). When the leaving nodes were joined
+    /// together with the locations, a leaving node could change the locations' own relays: on
+    /// the ring n1..n6 with the mailbox on {n2, n3, n5}, n4 joins n3 to n5, but with n1 leaving
+    /// the group {n1, n2, n3} reached n5 through n6 (n4 not needed), and with n6 leaving
+    /// {n2, n3} reached {n5, n6} through n1. Whichever of n1 and n6 let go first made the other
+    /// a relay of its leaving, and once the other let go, the first was a relay no longer needed,
+    /// left, and made the other a relay again, every release, for ever. Joined one by one to a
+    /// fixed set, a leaving node's relays lie on a shortest path from it to that set, each
+    /// strictly nearer to the set than the leaving node: a relay never needs the node it relays
+    /// for, so "needed for" has no cycle and the leaving marks reach a fixed point.
     pub fn holders_of(&self, entry: &MailboxEntry) -> BTreeSet<NodeId> {
         if entry.locations.value.is_empty() {
             return BTreeSet::new();
         }
-        let mut base = entry.locations.value.clone();
-        base.extend(entry.leaving_nodes().cloned());
-        self.holders(&base)
+        let kept = self.holders(&entry.locations.value);
+        let mut held = kept.clone();
+        for node in entry.leaving_nodes() {
+            held.extend(self.leaving_path(&kept, node));
+        }
+        held
     }
 
     /// Whether `node` must keep its copy of `entry`'s mailbox for the others' sake: it is among
-    /// the locations or a relay they (or another node letting its copy go) need. A node holding
-    /// a copy it is not needed for lets it go (and is among the holders while it does).
+    /// the locations, a relay between them, or a relay another node letting its copy go needs
+    /// to reach them. A node holding a copy it is not needed for lets it go (and is among the
+    /// holders while it does).
     pub fn needs(&self, entry: &MailboxEntry, node: &NodeId) -> bool {
         if entry.locations.value.is_empty() || entry.locations.value.contains(node) {
             return true;
         }
-        let mut base = entry.locations.value.clone();
-        base.extend(entry.leaving_nodes().filter(|n| *n != node).cloned());
-        self.holders(&base).contains(node)
+        let kept = self.holders(&entry.locations.value);
+        kept.contains(node)
+            || entry
+                .leaving_nodes()
+                .filter(|n| *n != node)
+                .any(|leaving| self.leaving_path(&kept, leaving).contains(node))
+    }
+
+    /// `leaving` and the relays joining it to `kept` (the locations and their relays, whose
+    /// groups, if several, the graph cannot join): the inner nodes of a shortest path between it
+    /// and the nearest of them, by [`LinkGraph::holders`]' rule.
+    fn leaving_path(&self, kept: &BTreeSet<NodeId>, leaving: &NodeId) -> BTreeSet<NodeId> {
+        let mut base = kept.clone();
+        if !base.insert(leaving.clone()) {
+            return BTreeSet::new();
+        }
+        let mut joined = self.holders(&base);
+        joined.retain(|n| !kept.contains(n));
+        joined
     }
 
     /// The nodes that must keep a copy of a mailbox placed on `locations` (empty: every node,
@@ -310,5 +344,141 @@ mod tests {
         assert_eq!(m.published(&n("a")), Some(&set(&["b", "c"])));
         assert_eq!(m.published(&n("b")), Some(&set(&["a", "c"])));
         assert_eq!(m.merge(&a), m);
+    }
+
+    /// An entry placed on `locations` with `leaving` marked as letting their copies go.
+    fn placed(locations: &[&str], leaving: &[&str]) -> MailboxEntry {
+        use crate::ids::{MailboxId, UidValidity};
+        use crate::records::MailboxPath;
+        let path = MailboxPath {
+            user: "u".into(),
+            name: "INBOX".into(),
+        };
+        let mut entry = MailboxEntry::new(MailboxId(1), UidValidity(1), path, v(1, "a"));
+        entry.locations = Lww::new(set(locations), v(2, "a"));
+        for (i, node) in leaving.iter().enumerate() {
+            entry.set_leaving(&n(node), true, v(3 + i as u64, node));
+        }
+        entry
+    }
+
+    fn ring(names: &[&'static str]) -> LinkGraph {
+        let links: Vec<(&str, &str)> = (0..names.len())
+            .map(|i| (names[i], names[(i + 1) % names.len()]))
+            .collect();
+        graph(&links)
+    }
+
+    /// Engine bug 31 (--wipes --locations seed 80), on the graph alone: the ring n1..n6 with the
+    /// mailbox on {n2, n3, n5}. n4 relays between n3 and n5 whoever is leaving, and n1 and n6,
+    /// each letting its copy go, reach the locations directly and need no relay. Before, n1's
+    /// leaving made n6 the relay (n4 not needed) and n6's leaving made n1 the relay: each needed
+    /// the other, and they took turns holding the mailbox for ever.
+    #[test]
+    fn leaving_nodes_leave_the_locations_relays_as_they_are() {
+        let g = ring(&["n1", "n2", "n3", "n4", "n5", "n6"]);
+        let locations = ["n2", "n3", "n5"];
+        assert_eq!(
+            g.holders_of(&placed(&locations, &[])),
+            set(&["n2", "n3", "n4", "n5"])
+        );
+        let n1_leaving = placed(&locations, &["n1"]);
+        assert_eq!(g.holders_of(&n1_leaving), set(&["n1", "n2", "n3", "n4", "n5"]));
+        assert!(!g.needs(&n1_leaving, &n("n6")), "n1 reaches n2 directly");
+        assert!(g.needs(&n1_leaving, &n("n4")));
+        let n6_leaving = placed(&locations, &["n6"]);
+        assert_eq!(g.holders_of(&n6_leaving), set(&["n2", "n3", "n4", "n5", "n6"]));
+        assert!(!g.needs(&n6_leaving, &n("n1")), "n6 reaches n5 directly");
+        let both = placed(&locations, &["n1", "n6"]);
+        assert_eq!(g.holders_of(&both), set(&["n1", "n2", "n3", "n4", "n5", "n6"]));
+        assert!(!g.needs(&both, &n("n1")) && !g.needs(&both, &n("n6")));
+    }
+
+    /// A node letting its copy go far from the locations keeps the nodes between as relays, each
+    /// nearer to the locations than it is, and they may go once it has.
+    #[test]
+    fn a_far_leaving_node_keeps_the_path_to_the_locations() {
+        let g = graph(&[("a", "b"), ("b", "c"), ("c", "d")]);
+        let entry = placed(&["a"], &["d"]);
+        assert_eq!(g.holders_of(&entry), set(&["a", "b", "c", "d"]));
+        assert!(g.needs(&entry, &n("b")) && g.needs(&entry, &n("c")));
+        assert!(!g.needs(&entry, &n("d")), "d itself is only leaving");
+        // c, still leaving too, is needed by d, and needs nobody beyond what d needs.
+        let entry = placed(&["a"], &["c", "d"]);
+        assert!(g.needs(&entry, &n("c")));
+        assert!(!g.needs(&entry, &n("d")), "no node relays through d");
+    }
+
+    /// The fixed point behind engine bug 31, over every placement and every pair of nodes on a
+    /// few graphs with tied shortest paths: whenever r relays for a leaving node x, x is not a
+    /// relay r's own leaving needs (so two nodes never hold a copy for each other's sake in
+    /// turn), and a node's relays do not depend on which other nodes are leaving.
+    #[test]
+    fn no_node_relays_for_a_node_it_needs() {
+        let names = ["a", "b", "c", "d", "e", "f"];
+        let graphs = [
+            ring(&names),
+            ring(&names[..5]),
+            // A ladder: two rows joined at every rung.
+            graph(&[
+                ("a", "b"),
+                ("b", "c"),
+                ("d", "e"),
+                ("e", "f"),
+                ("a", "d"),
+                ("b", "e"),
+                ("c", "f"),
+            ]),
+            // A ring with a chord.
+            graph(&[
+                ("a", "b"),
+                ("b", "c"),
+                ("c", "d"),
+                ("d", "e"),
+                ("e", "f"),
+                ("f", "a"),
+                ("b", "e"),
+            ]),
+        ];
+        let mut checked = 0;
+        for g in &graphs {
+            let nodes: Vec<&str> = names
+                .iter()
+                .copied()
+                .filter(|x| g.published(&n(x)).is_some())
+                .collect();
+            for mask in 1..(1u32 << nodes.len()) {
+                let locations: Vec<&str> = (0..nodes.len())
+                    .filter(|i| mask & (1 << i) != 0)
+                    .map(|i| nodes[i])
+                    .collect();
+                // The locations and their relays are needed whoever is leaving.
+                let kept = g.holders_of(&placed(&locations, &[]));
+                for x in &nodes {
+                    for r in &nodes {
+                        if x == r || kept.contains(&n(x)) || kept.contains(&n(r)) {
+                            continue;
+                        }
+                        let x_leaving = placed(&locations, &[x]);
+                        if !g.needs(&x_leaving, &n(r)) {
+                            continue;
+                        }
+                        checked += 1;
+                        let r_leaving = placed(&locations, &[r]);
+                        assert!(
+                            !g.needs(&r_leaving, &n(x)),
+                            "{r} relays for {x} and {x} for {r}, locations {locations:?}"
+                        );
+                        // Another node leaving too changes nothing of what x needs of r.
+                        for other in &nodes {
+                            if other != x && other != r {
+                                assert!(g.needs(&placed(&locations, &[x, other]), &n(r)));
+                            }
+                        }
+                    }
+                }
+            }
+        }
+        assert!(checked > 50, "only {checked} relays checked");
     }
 }
