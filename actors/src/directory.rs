@@ -21,7 +21,8 @@ use mailmesh_protocol::names::{
     normalize_mailbox_name, validate_script_name, validate_user, HIERARCHY_SEPARATOR,
 };
 use mailmesh_protocol::records::{
-    resolve_names, LinkGraph, MailboxEntry, MailboxPath, MailboxTombstone, UserSieve, UserSubscriptions,
+    resolve_names, LinkGraph, MailboxEntry, MailboxPath, MailboxTombstone, PrunedSet, UserSieve,
+    UserSubscriptions,
 };
 use mailmesh_protocol::version::Version;
 use tracing::{info, warn};
@@ -836,8 +837,28 @@ async fn purge_mailbox(node: NodeContext, id: MailboxId, purge: Purge) -> Result
     }
     // The compacted expunged messages go with the records: a copy let go and later held again
     // starts from nothing, and a stale set would keep what a peer sends from being counted in
-    // the digest (found by the simulator with --locations, seed 43).
-    batch.delete(Table::Pruned, keys::mailbox(id));
+    // the digest (found by the simulator with --locations, seed 43). The uids they held stay
+    // retired in a released copy, as its counters' floor does: held again, it shows nothing at
+    // a uid it once showed expunged (or a promoted message left), and tells the others so
+    // (engine bug 31, seed 4062: the only holder, wiped, gave uid 1 to a new message, which a
+    // copy held again showed where its clients had seen another).
+    let retired = match purge {
+        Purge::Released => store
+            .get::<PrunedSet>(Table::Pruned, &keys::mailbox(id))?
+            .filter(|p| !p.uids.is_empty()),
+        Purge::Deleted => None,
+    };
+    match retired {
+        Some(pruned) => batch.put(
+            Table::Pruned,
+            keys::mailbox(id),
+            &PrunedSet {
+                uids: pruned.uids,
+                ..Default::default()
+            },
+        ),
+        None => batch.delete(Table::Pruned, keys::mailbox(id)),
+    }
     batch.delete(Table::Purges, keys::mailbox(id));
     batch.delete(Table::Settles, keys::mailbox(id));
     node.commit(
