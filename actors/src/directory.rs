@@ -840,7 +840,7 @@ async fn purge_mailbox(node: NodeContext, id: MailboxId, purge: Purge) -> Result
     // the digest (found by the simulator with --locations, seed 43). The uids they held stay
     // retired in a released copy, as its counters' floor does: held again, it shows nothing at
     // a uid it once showed expunged (or a promoted message left), and tells the others so
-    // (engine bug 31, seed 4062: the only holder, wiped, gave uid 1 to a new message, which a
+    // (engine bug 32, seed 4062: the only holder, wiped, gave uid 1 to a new message, which a
     // copy held again showed where its clients had seen another).
     let retired = match purge {
         Purge::Released => store

@@ -234,6 +234,17 @@ const WIPE_AND_LOCATION_SEEDS_THAT_FAILED_ONCE: &[(u64, &str)] = &[
         "engine bug 29: a node restarted and let its copy go at once on the replication cache of \
          the only location, which had been wiped while it was down: the mailbox was lost",
     ),
+    (
+        4062,
+        "engine bug 32: a copy let go forgot the uids it had retired; the only holder, wiped, gave \
+         uid 1 to a new message, and the copy held again showed it where its clients had seen \
+         another",
+    ),
+    (
+        2428,
+        "engine bug 31: a ring with no faults at all; leaving nodes recruited relays that then had \
+         to leave in turn, for ever (not quiescent)",
+    ),
 ];
 
 #[test]
