@@ -629,7 +629,22 @@ impl Handler<ApplyLinks> for Directory {
             let effect = merged.merge_from(&incoming);
             let mut writes = Writes::default();
             let mut relinked = Vec::new();
-            if effect.changed() {
+            // This node's own register says what it has configured, whatever a peer sends: a
+            // list of its own that wins by version (one its store published before a wipe, say)
+            // is written over at once, as news for every peer (engine bug 33, seed 8990: every
+            // node lost a link the configuration had, for good).
+            let me = self.ctx.node.clone();
+            let configured: Option<BTreeSet<NodeId>> = self.ctx.store.get(Table::Peers, CONFIGURED_KEY)?;
+            let restored = match configured {
+                Some(peers) if merged.published(&me) != Some(&peers) => {
+                    merged.publish(&me, peers, self.ctx.counters.tick())
+                }
+                _ => false,
+            };
+            if restored {
+                let tagged = Tagged::local(merged.clone(), &me);
+                relinked = self.store_links(&mut writes, &tagged, &Provenance::Local)?;
+            } else if effect.changed() {
                 let (tagged, provenance) =
                     Tagged::merged_remote(merged.clone(), effect, &msg.from, &origin, &self.ctx.node);
                 relinked = self.store_links(&mut writes, &tagged, &provenance)?;

@@ -245,6 +245,11 @@ const WIPE_AND_LOCATION_SEEDS_THAT_FAILED_ONCE: &[(u64, &str)] = &[
         "engine bug 31: a ring with no faults at all; leaving nodes recruited relays that then had \
          to leave in turn, for ever (not quiescent)",
     ),
+    (
+        8990,
+        "engine bug 33: a wiped node's links register from before the wipe won by version over \
+         the one it published after; no node ever knew the link the configuration had",
+    ),
 ];
 
 #[test]
