@@ -733,8 +733,18 @@ async fn forget_moves(node: &NodeContext, id: MailboxId) -> Result<(), StoreErro
 }
 
 fn forget_moves_into(store: &Store, batch: &mut Batch, id: MailboxId) -> Result<(), StoreError> {
-    store.scan_prefix(Table::Moves, &keys::mailbox(id), None, |k, _| {
-        batch.delete(Table::Moves, k.to_vec());
+    delete_mailbox_rows(store, batch, Table::Moves, id)
+}
+
+/// Adds to `batch` the deletion of every row of `table` keyed under mailbox `id`.
+fn delete_mailbox_rows(
+    store: &Store,
+    batch: &mut Batch,
+    table: Table,
+    id: MailboxId,
+) -> Result<(), StoreError> {
+    store.scan_prefix(table, &keys::mailbox(id), None, |k, _| {
+        batch.delete(table, k.to_vec());
         Ok(true)
     })
 }
@@ -800,15 +810,9 @@ async fn purge_mailbox(node: NodeContext, id: MailboxId, purge: Purge) -> Result
         batch.delete(Table::Annotations, k.to_vec());
         Ok(true)
     })?;
-    store.scan_prefix(Table::ReplCache, &keys::mailbox(id), None, |k, _| {
-        batch.delete(Table::ReplCache, k.to_vec());
-        Ok(true)
-    })?;
+    delete_mailbox_rows(store, &mut batch, Table::ReplCache, id)?;
     if purge == Purge::Deleted {
-        store.scan_prefix(Table::ShownBefore, &keys::mailbox(id), None, |k, _| {
-            batch.delete(Table::ShownBefore, k.to_vec());
-            Ok(true)
-        })?;
+        delete_mailbox_rows(store, &mut batch, Table::ShownBefore, id)?;
     }
     forget_moves_into(store, &mut batch, id)?;
     let kept = match purge {
