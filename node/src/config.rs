@@ -28,6 +28,7 @@ use crate::cluster::tls::TlsIdentity;
 use crate::cluster::{ClusterOptions, PeerAddress};
 use crate::listener::ConnectionLimits;
 use crate::lmtp::LmtpOptions;
+use crate::managesieve::ManageSieveOptions;
 
 /// The defaults, as TOML: one place that both the loader and an operator reading the source see.
 pub const DEFAULTS: &str = include_str!("defaults.toml");
@@ -51,6 +52,10 @@ pub struct Config {
     /// `[lmtp]`: the LMTP listener MTAs deliver to. Absent: no LMTP.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub lmtp: Option<LmtpSection>,
+    /// `[managesieve]`: the ManageSieve listener users manage their sieve scripts with. Absent:
+    /// no ManageSieve.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub managesieve: Option<ManageSieveSection>,
     /// `[[peers]]`, the nodes this node replicates with (needs `[cluster]`). Last, because TOML
     /// prints arrays of tables after every plain table.
     #[serde(default, skip_serializing_if = "Vec::is_empty")]
@@ -99,6 +104,33 @@ pub struct LmtpSection {
     /// `limits.max_message_bytes`. Over it, a message is refused with 452 (try later).
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub max_data_bytes: Option<u64>,
+}
+
+/// `[managesieve]`.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct ManageSieveSection {
+    /// `ip:port` (RFC 5804's port is 4190, e.g. "0.0.0.0:4190") or a Unix socket path.
+    pub listen: String,
+    /// PEM certificate chain offered with STARTTLS (or from the first byte with
+    /// `implicit_tls`); with `tls_key`. Read again on every reload.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub tls_cert: Option<PathBuf>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub tls_key: Option<PathBuf>,
+    /// TLS from the first byte instead of STARTTLS.
+    #[serde(default)]
+    pub implicit_tls: bool,
+    /// Whether a password may cross a connection without TLS; unset: only on loopback addresses
+    /// and Unix sockets.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub allow_plaintext_auth: Option<bool>,
+    /// Connections one IP address may hold open at once.
+    #[serde(default = "default_per_address")]
+    pub max_connections_per_address: u64,
+    /// Connections held open at once in all.
+    #[serde(default = "default_connections")]
+    pub max_connections: u64,
 }
 
 fn default_per_address() -> u64 {
@@ -220,6 +252,8 @@ pub struct Loaded {
     pub users: UserTable,
     /// `[lmtp]`, validated (its TLS files read once to check them); `None`: no LMTP.
     pub lmtp: Option<LmtpOptions>,
+    /// `[managesieve]`, validated; `None`: no ManageSieve.
+    pub managesieve: Option<ManageSieveOptions>,
 }
 
 impl Config {
@@ -247,6 +281,7 @@ impl Config {
         let metrics_listen = config.metrics_listen()?;
         let users = config.users()?;
         let lmtp = config.lmtp(options.limits.max_message_bytes)?;
+        let managesieve = config.managesieve()?;
         Ok(Loaded {
             config,
             options: with_peers(options, cluster.as_ref()),
@@ -254,6 +289,7 @@ impl Config {
             metrics_listen,
             users,
             lmtp,
+            managesieve,
         })
     }
 
@@ -428,6 +464,31 @@ impl Config {
             max_message_bytes,
             max_data_bytes,
         }))
+    }
+
+    /// `[managesieve]`, checked, with its TLS files read once so that a bad one is reported now.
+    pub fn managesieve(&self) -> Result<Option<ManageSieveOptions>, ConfigError> {
+        let Some(section) = &self.managesieve else {
+            return Ok(None);
+        };
+        let listen = ListenAddress::parse(&section.listen)
+            .map_err(|p| ConfigError::invalid("managesieve.listen", p))?;
+        let tls = listener_tls(
+            "managesieve",
+            &listen,
+            &section.tls_cert,
+            &section.tls_key,
+            section.implicit_tls,
+            section.allow_plaintext_auth,
+        )?;
+        let limits = ConnectionLimits {
+            per_address: positive_usize(
+                "managesieve.max_connections_per_address",
+                section.max_connections_per_address,
+            )?,
+            total: positive_usize("managesieve.max_connections", section.max_connections)?,
+        };
+        Ok(Some(ManageSieveOptions { listen, tls, limits }))
     }
 
     /// The configuration as TOML, as `check-config` prints it.

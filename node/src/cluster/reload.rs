@@ -164,6 +164,24 @@ pub fn load_for_reload(path: Option<&Path>, running: &Config) -> Result<Loaded, 
                 )
             }),
         ),
+        (
+            "managesieve.listen (and the listener's limits)",
+            new.managesieve.as_ref().map(|l| {
+                (
+                    &l.listen,
+                    l.implicit_tls,
+                    l.max_connections,
+                    l.max_connections_per_address,
+                )
+            }) != running.managesieve.as_ref().map(|l| {
+                (
+                    &l.listen,
+                    l.implicit_tls,
+                    l.max_connections,
+                    l.max_connections_per_address,
+                )
+            }),
+        ),
     ]
     .into_iter()
     .filter_map(|(key, changed)| changed.then_some(key))
