@@ -752,6 +752,70 @@ mod tests {
     }
 
     #[test]
+    fn managesieve_settings_are_checked_and_name_their_key() {
+        let mut config = defaults();
+        assert_eq!(config.managesieve().unwrap(), None, "off unless configured");
+        let section = ManageSieveSection {
+            listen: "127.0.0.1:4190".into(),
+            tls_cert: None,
+            tls_key: None,
+            implicit_tls: false,
+            allow_plaintext_auth: None,
+            max_connections_per_address: 8,
+            max_connections: 100,
+        };
+        config.managesieve = Some(section.clone());
+        let options = config.managesieve().unwrap().unwrap();
+        assert!(options.tls.allow_plaintext_auth, "loopback");
+        assert_eq!(options.limits.per_address, 8);
+        let cases: [(&str, ManageSieveSection); 4] = [
+            (
+                "managesieve.listen",
+                ManageSieveSection {
+                    listen: "nowhere".into(),
+                    ..section.clone()
+                },
+            ),
+            (
+                "managesieve.implicit_tls",
+                ManageSieveSection {
+                    implicit_tls: true,
+                    ..section.clone()
+                },
+            ),
+            (
+                "managesieve.tls_cert",
+                ManageSieveSection {
+                    tls_key: Some("k.pem".into()),
+                    ..section.clone()
+                },
+            ),
+            (
+                "managesieve.max_connections",
+                ManageSieveSection {
+                    max_connections: 0,
+                    ..section.clone()
+                },
+            ),
+        ];
+        for (key, bad) in cases {
+            config.managesieve = Some(bad);
+            let message = config.managesieve().unwrap_err().to_string();
+            assert!(message.starts_with(&format!("{key}: ")), "{key}: got {message:?}");
+        }
+        config.managesieve = Some(ManageSieveSection {
+            listen: "0.0.0.0:4190".into(),
+            ..section
+        });
+        assert!(
+            !config.managesieve().unwrap().unwrap().tls.allow_plaintext_auth,
+            "a password needs TLS on a network address"
+        );
+        let back: Config = toml::from_str(&config.to_toml()).unwrap();
+        assert_eq!(back, config);
+    }
+
+    #[test]
     fn printed_toml_reads_back_as_the_same_config() {
         let config = defaults();
         let back: Config = toml::from_str(&config.to_toml()).unwrap();
