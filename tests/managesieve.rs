@@ -120,6 +120,7 @@ if scenario == 'scripts':
     out['put'] = s.command(b'PUTSCRIPT "rules" ' + literal(rules) + b'\r\n')
     out['put_bad'] = s.command(b'PUTSCRIPT "bad" ' + literal('require "fileinto";\r\nif true {\r\n  fileinto "x"\r\n}\r\n') + b'\r\n')
     out['put_redirect'] = s.command(b'PUTSCRIPT "fwd" ' + literal('redirect "elsewhere@example.org";\r\n') + b'\r\n')
+    out['put_latin1'] = s.command(b'PUTSCRIPT "latin1" {9+}\r\n# caf\xe9 \r\n\r\n')
     out['check_good'] = s.command(b'CHECKSCRIPT ' + literal('keep;\r\n') + b'\r\n')
     out['check_bad'] = s.command(b'CHECKSCRIPT {31+}\r\n#comment\r\nInvalidSieveCommand\r\n\r\n')
     out['put_spare'] = s.command(b'PUTSCRIPT "spare" "keep;"\r\n')
@@ -340,6 +341,7 @@ fn scripts_are_managed_over_managesieve_and_filter_lmtp_deliveries() {
     // Refused with the compiler's line and reason; nothing stored.
     expect(&out["put_bad"], "NO", None, "line 4");
     expect(&out["put_redirect"], "NO", None, "outgoing mail");
+    expect(&out["put_latin1"], "NO", None, "not valid UTF-8");
     expect(&out["check_good"], "OK", None, "");
     expect(&out["check_bad"], "NO", None, "line 2");
     expect(&out["put_spare"], "OK", None, "");
@@ -370,6 +372,15 @@ fn scripts_are_managed_over_managesieve_and_filter_lmtp_deliveries() {
     assert!(after.contains(&"OWNER alice".to_string()), "{after:?}");
     assert!(after.contains(&"SASL ".to_string()), "{after:?}");
     expect(&out["logout"], "OK", None, "");
+
+    // The listener is in the status with its connections.
+    let status = op(&n.config, &["status"]);
+    status.expect_code(0);
+    assert!(
+        status.stdout.contains("managesieve 127.0.0.1:"),
+        "{}",
+        status.stdout
+    );
 
     // The same replicated state the operator commands read.
     let listed = op(&n.config, &["sieve", "list", "--user", "alice"]);
