@@ -1,5 +1,6 @@
 //! ManageSieve against a real `mailmesh run`: a Python client (standard library socket and ssl,
-//! nothing of ours) speaks RFC 5804 line by line, as the RFC's examples do; Python's
+//! nothing of ours) speaks RFC 5804 line by line, as the RFC's examples do; a client library no
+//! one here wrote (sievelib) manages scripts its way; Python's
 //! `smtplib.LMTP` delivers through the script it uploaded; the operator commands and the metrics
 //! endpoint show what the node did.
 
@@ -179,6 +180,33 @@ elif scenario == 'starttls':
     out['plain_continued'] = s.response()
     out['logout'] = s.command(b'LOGOUT\r\n')
     out['plain_challenge'] = [x.decode() for x in out['plain_challenge']]
+elif scenario == 'sievelib':
+    # A ManageSieve client library no one here wrote (sievelib, MIT; .ci/run installs it).
+    import warnings
+    warnings.simplefilter('ignore')  # it warns about a password over plaintext: loopback here
+    from sievelib.managesieve import Client
+    c = Client(host, int(port))
+    out['connect'] = c.connect('alice', 'secret', starttls=False, authmech='PLAIN')
+    out['implementation'] = c.get_implementation()
+    out['sasl'] = c.get_sasl_mechanisms()
+    out['sieve'] = c.get_sieve_capabilities()
+    out['havespace'] = c.havespace('rules', 100)
+    out['put'] = c.putscript('rules', 'require ["fileinto"];\nif header :contains "subject" "x" { fileinto "X"; }\n')
+    out['put_bad'] = c.putscript('bad', 'if true {\n')
+    out['put_bad_error'] = c.errmsg.decode()
+    out['check'] = c.checkscript('keep;\n')
+    out['activate'] = c.setactive('rules')
+    out['list'] = list(c.listscripts())
+    out['get'] = c.getscript('rules')
+    out['rename'] = c.renamescript('rules', 'filters')
+    out['delete_active'] = c.deletescript('filters')
+    out['deactivate'] = c.setactive('')
+    out['list_inactive'] = list(c.listscripts())
+    out['delete'] = c.deletescript('filters')
+    out['list_empty'] = list(c.listscripts())
+    c.logout()
+    out['login_mechanism'] = Client(host, int(port)).connect('alice', 'secret', starttls=False, authmech='LOGIN')
+    out['wrong_password'] = Client(host, int(port)).connect('alice', 'nope', starttls=False, authmech='PLAIN')
 elif scenario == 'delay':
     # Two wrong passwords from 127.0.0.1, then the right one from 127.0.0.2.
     out['start'] = metrics()
@@ -451,6 +479,41 @@ fn authentication_needs_starttls_where_plaintext_is_not_allowed() {
     expect(&out["cancelled"], "NO", None, "cancelled");
     expect(&out["plain_continued"], "OK", None, "");
     expect(&out["logout"], "OK", None, "");
+}
+
+#[test]
+fn a_third_party_client_library_manages_scripts() {
+    let n = sieve_node("");
+    let out = python(n.tmp.path(), &n.managesieve, "sievelib", &[]);
+    assert_eq!(out["connect"], true, "{out}");
+    assert!(
+        out["implementation"].as_str().unwrap().starts_with("mailmesh"),
+        "{out}"
+    );
+    assert_eq!(out["sasl"], serde_json::json!(["PLAIN", "LOGIN"]));
+    assert!(
+        out["sieve"]
+            .as_array()
+            .unwrap()
+            .contains(&serde_json::json!("fileinto")),
+        "{out}"
+    );
+    assert_eq!(out["havespace"], true);
+    assert_eq!(out["put"], true);
+    assert_eq!(out["put_bad"], false);
+    assert!(out["put_bad_error"].as_str().unwrap().contains("line 1"), "{out}");
+    assert_eq!(out["check"], true);
+    assert_eq!(out["activate"], true);
+    assert_eq!(out["list"], serde_json::json!(["rules", []]));
+    assert!(out["get"].as_str().unwrap().contains("fileinto \"X\""), "{out}");
+    assert_eq!(out["rename"], true);
+    assert_eq!(out["delete_active"], false, "the active script stays");
+    assert_eq!(out["deactivate"], true);
+    assert_eq!(out["list_inactive"], serde_json::json!([null, ["filters"]]));
+    assert_eq!(out["delete"], true);
+    assert_eq!(out["list_empty"], serde_json::json!([null, []]));
+    assert_eq!(out["login_mechanism"], true);
+    assert_eq!(out["wrong_password"], false);
 }
 
 #[test]
