@@ -115,6 +115,8 @@ if scenario == 'scripts':
     s = Sieve()
     out['greeting'] = s.response()
     out['before_login'] = s.command(b'LISTSCRIPTS\r\n')
+    # Before a login no command needs a large string: a literal over 8 KiB is refused.
+    out['big_before_login'] = s.command(b'CHECKSCRIPT {10000+}\r\n' + b'#' * 10000 + b'\r\n')
     out['login'] = s.command(b'AUTHENTICATE "PLAIN" "' + plain('alice', 'secret') + b'"\r\n')
     rules = ('require ["fileinto", "mailbox"];\r\n'
              'if header :contains "subject" "report" { fileinto :create "Reports"; }\r\n')
@@ -364,6 +366,7 @@ fn scripts_are_managed_over_managesieve_and_filter_lmtp_deliveries() {
     }
 
     expect(&out["before_login"], "NO", None, "authenticate first");
+    expect(&out["big_before_login"], "NO", Some("QUOTA/MAXSIZE"), "8192");
     expect(&out["login"], "OK", None, "");
     expect(&out["put"], "OK", None, "");
     // Refused with the compiler's line and reason; nothing stored.

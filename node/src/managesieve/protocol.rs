@@ -81,6 +81,12 @@ impl Machine {
         }
     }
 
+    /// Changes the literal limit for the lines to come (a session raises it once a user has
+    /// logged in: before that, no command needs a large string).
+    pub fn set_max_literal(&mut self, max_literal: usize) {
+        self.max_literal = max_literal;
+    }
+
     pub fn feed(&mut self, bytes: &[u8]) {
         self.input.extend_from_slice(bytes);
     }

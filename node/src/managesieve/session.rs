@@ -34,6 +34,9 @@ use crate::sieve;
 pub const IDLE_TIMEOUT: Duration = Duration::from_secs(30 * 60);
 /// Read buffer per connection.
 const READ_CHUNK: usize = 16 * 1024;
+/// The longest string a client may send before it has logged in: PLAIN's and LOGIN's answers
+/// are a few hundred bytes, so a connection that has not logged in holds little memory.
+pub const MAX_LITERAL_BEFORE_LOGIN: usize = 8 * 1024;
 /// Responses gathered beyond this are written before the next command is carried out, so a
 /// client pipelining GETSCRIPTs cannot make the server hold them all.
 const FLUSH_AT: usize = 64 * 1024;
@@ -56,7 +59,7 @@ enum Flow {
 }
 
 pub async fn serve(mut conn: Connection, peer: Peer, ctx: Rc<SieveContext>) {
-    let mut machine = Machine::new(ctx.max_script_bytes);
+    let mut machine = Machine::new(MAX_LITERAL_BEFORE_LOGIN);
     let mut out = Vec::with_capacity(512);
     let mut state = Stage::Anonymous;
     ctx.capabilities(&conn, &state).encode(&mut out);
@@ -128,6 +131,10 @@ pub async fn serve(mut conn: Connection, peer: Peer, ctx: Rc<SieveContext>) {
                     ctx.capabilities(&conn, &state).encode(&mut out);
                 }
             }
+            machine.set_max_literal(match state {
+                Stage::Authenticated(_) => ctx.max_script_bytes,
+                _ => MAX_LITERAL_BEFORE_LOGIN,
+            });
             if out.len() >= FLUSH_AT && write(&mut conn, &mut out).await.is_err() {
                 return;
             }

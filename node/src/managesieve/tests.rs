@@ -342,6 +342,27 @@ fn an_oversized_literal_is_dropped_and_refused_with_maxsize() {
 }
 
 #[test]
+fn a_raised_literal_limit_applies_to_the_lines_after_it() {
+    let mut machine = Machine::new(8);
+    machine.feed(b"CHECKSCRIPT {9+}\r\nkeep;\r\n\r\n\r\n");
+    let Some(Parsed::Invalid(refusal)) = machine.next_line() else {
+        panic!("over the first limit")
+    };
+    assert_eq!(refusal.code, Some(Code::QuotaMaxSize));
+    machine.set_max_literal(16);
+    machine.feed(b"CHECKSCRIPT {9+}\r\nkeep;\r\n\r\n\r\n");
+    assert_eq!(
+        parse_command(match machine.next_line() {
+            Some(Parsed::Line(tokens)) => tokens,
+            other => panic!("{other:?}"),
+        }),
+        Ok(Command::CheckScript {
+            script: s("keep;\r\n\r\n")
+        })
+    );
+}
+
+#[test]
 fn long_lines_and_long_quoted_strings_are_refused_without_buffering() {
     let mut machine = Machine::new(LIMIT);
     let mut got = Vec::new();
