@@ -126,6 +126,8 @@ if scenario == 'scripts':
     out['put_latin1'] = s.command(b'PUTSCRIPT "latin1" {9+}\r\n# caf\xe9 \r\n\r\n')
     out['check_good'] = s.command(b'CHECKSCRIPT ' + literal('keep;\r\n') + b'\r\n')
     out['check_bad'] = s.command(b'CHECKSCRIPT {31+}\r\n#comment\r\nInvalidSieveCommand\r\n\r\n')
+    out['put_warn'] = s.command(b'PUTSCRIPT "warn" ' + literal('require ["fileinto", "include"];\r\nfileinto "Archive";\r\nfileinto "INBOX";\r\ninclude "helper";\r\n') + b'\r\n')
+    out['check_warn'] = s.command(b'CHECKSCRIPT ' + literal('require "fileinto";\r\nfileinto "Reports";\r\n') + b'\r\n')
     out['put_spare'] = s.command(b'PUTSCRIPT "spare" "keep;"\r\n')
     out['activate'] = s.command(b'SETACTIVE "rules"\r\n')
     out['activate_missing'] = s.command(b'SETACTIVE "nope"\r\n')
@@ -375,6 +377,13 @@ fn scripts_are_managed_over_managesieve_and_filter_lmtp_deliveries() {
     expect(&out["put_latin1"], "NO", None, "not valid UTF-8");
     expect(&out["check_good"], "OK", None, "");
     expect(&out["check_bad"], "NO", None, "line 2");
+    // Stored, and told what will not work as written: a missing mailbox without :create, a
+    // missing include. ("Reports" does not exist yet either: only a delivery's :create makes it.)
+    expect(&out["put_warn"], "OK", Some("WARNINGS"), "fileinto \"Archive\"");
+    let warned = out["put_warn"]["text"].as_str().unwrap();
+    assert!(warned.contains("include \"helper\""), "{warned}");
+    assert!(!warned.contains("INBOX\":"), "INBOX always exists: {warned}");
+    expect(&out["check_warn"], "OK", Some("WARNINGS"), "fileinto \"Reports\"");
     expect(&out["put_spare"], "OK", None, "");
     expect(&out["activate"], "OK", None, "");
     expect(&out["activate_missing"], "NO", Some("NONEXISTENT"), "");
@@ -386,7 +395,7 @@ fn scripts_are_managed_over_managesieve_and_filter_lmtp_deliveries() {
     expect(&out["list"], "OK", None, "");
     assert_eq!(
         out["list"]["data"],
-        serde_json::json!([["filters", "ACTIVE"]]),
+        serde_json::json!([["filters", "ACTIVE"], ["warn"]]),
         "{}",
         out["list"]
     );
@@ -416,7 +425,12 @@ fn scripts_are_managed_over_managesieve_and_filter_lmtp_deliveries() {
     // The same replicated state the operator commands read.
     let listed = op(&n.config, &["sieve", "list", "--user", "alice"]);
     listed.expect_code(0);
-    assert_eq!(listed.stdout.trim(), "filters (active)", "{}", listed.stdout);
+    assert_eq!(
+        listed.stdout.lines().collect::<Vec<_>>(),
+        vec!["filters (active)", "warn"],
+        "{}",
+        listed.stdout
+    );
 
     // The uploaded script ran on the LMTP deliveries.
     assert_eq!(out["lmtp weekly report"], 250);

@@ -542,6 +542,8 @@ pub enum Code {
     Active,
     NonExistent,
     AlreadyExists,
+    /// The script was stored (or checked) but will not do all it says (RFC 5804 1.3).
+    Warnings,
     /// NOOP's tag, echoed.
     Tag(Vec<u8>),
 }
@@ -606,6 +608,7 @@ impl Response {
                 Code::Active => out.extend_from_slice(b"ACTIVE"),
                 Code::NonExistent => out.extend_from_slice(b"NONEXISTENT"),
                 Code::AlreadyExists => out.extend_from_slice(b"ALREADYEXISTS"),
+                Code::Warnings => out.extend_from_slice(b"WARNINGS"),
                 Code::Tag(tag) => {
                     out.extend_from_slice(b"TAG ");
                     encode_string(tag, out);

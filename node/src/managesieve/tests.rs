@@ -238,6 +238,10 @@ fn rfc_setactive_getscript_deletescript_renamescript_examples() {
         }
     );
     assert_eq!(
+        encoded(Response::ok_text("line 2: fileinto \"X\": no such mailbox").with_code(Code::Warnings)),
+        "OK (WARNINGS) \"line 2: fileinto \\\"X\\\": no such mailbox\"\r\n"
+    );
+    assert_eq!(
         encoded(Response::no("bar already exists").with_code(Code::AlreadyExists)),
         "NO (ALREADYEXISTS) \"bar already exists\"\r\n"
     );
