@@ -184,6 +184,18 @@ elif scenario == 'starttls':
     out['plain_continued'] = s.response()
     out['logout'] = s.command(b'LOGOUT\r\n')
     out['plain_challenge'] = [x.decode() for x in out['plain_challenge']]
+elif scenario == 'implicit':
+    # TLS from the first byte (the listener's implicit_tls), then RFC 5804 as usual.
+    s = Sieve()
+    context = ssl.create_default_context(cafile=args[0])
+    context.check_hostname = False
+    s.sock = context.wrap_socket(s.sock)
+    s.file = s.sock.makefile('rb')
+    out['tls_version'] = s.sock.version()
+    out['greeting'] = s.response()
+    out['login'] = s.command(b'AUTHENTICATE "PLAIN" "' + plain('alice', 'secret') + b'"\r\n')
+    out['starttls'] = s.command(b'STARTTLS\r\n')
+    out['logout'] = s.command(b'LOGOUT\r\n')
 elif scenario == 'sievelib':
     # A ManageSieve client library no one here wrote (sievelib, MIT; .ci/run installs it).
     import warnings
@@ -495,6 +507,27 @@ fn authentication_needs_starttls_where_plaintext_is_not_allowed() {
     assert_eq!(out["plain_challenge"], serde_json::json!([""]));
     expect(&out["cancelled"], "NO", None, "cancelled");
     expect(&out["plain_continued"], "OK", None, "");
+    expect(&out["logout"], "OK", None, "");
+
+    // The same certificate from the first byte: the greeting comes under TLS, a password is
+    // taken, and STARTTLS is neither offered nor accepted.
+    let implicit = sieve_node(&format!(
+        "tls_cert = {:?}\ntls_key = {:?}\nallow_plaintext_auth = false\nimplicit_tls = true\n",
+        certs.path().join("n1.pem").to_str().unwrap(),
+        certs.path().join("n1.key").to_str().unwrap()
+    ));
+    let out = python(
+        implicit.tmp.path(),
+        &implicit.managesieve,
+        "implicit",
+        &[ca_pem.to_str().unwrap()],
+    );
+    assert!(out["tls_version"].as_str().unwrap().starts_with("TLS"), "{out}");
+    let greeting = capabilities(&out["greeting"]);
+    assert!(greeting.contains(&"SASL PLAIN LOGIN".to_string()), "{greeting:?}");
+    assert!(!greeting.contains(&"STARTTLS".to_string()), "{greeting:?}");
+    expect(&out["login"], "OK", None, "");
+    expect(&out["starttls"], "NO", None, "");
     expect(&out["logout"], "OK", None, "");
 }
 
