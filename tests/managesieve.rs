@@ -590,3 +590,36 @@ fn failed_logins_delay_the_failing_address_only() {
     assert_eq!(value("after_other", delayed), 1.0);
     assert_eq!(value("after_other", failed), 2.0);
 }
+
+#[test]
+fn connections_over_the_limit_get_bye_and_the_others_are_served() {
+    use std::io::{BufRead, BufReader};
+    use std::net::TcpStream;
+
+    let n = sieve_node("max_connections_per_address = 1\n");
+    let first_line = |stream: &TcpStream| {
+        stream.set_read_timeout(Some(support::DEADLINE)).unwrap();
+        let mut line = String::new();
+        BufReader::new(stream).read_line(&mut line).unwrap();
+        line
+    };
+    let held = TcpStream::connect(&n.managesieve).unwrap();
+    assert!(first_line(&held).starts_with("\"IMPLEMENTATION\""));
+    let refused = TcpStream::connect(&n.managesieve).unwrap();
+    assert_eq!(
+        first_line(&refused),
+        "BYE \"too many connections; try again later\"\r\n"
+    );
+    // Once the first goes, a new connection is greeted again (the slot is freed when the server
+    // sees the close, so this waits for it with a deadline).
+    drop(held);
+    support::cluster::eventually("a freed slot greets a new connection", || {
+        let again = TcpStream::connect(&n.managesieve).unwrap();
+        let line = first_line(&again);
+        if line.starts_with("\"IMPLEMENTATION\"") {
+            Ok(())
+        } else {
+            Err(line)
+        }
+    });
+}
