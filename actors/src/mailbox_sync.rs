@@ -923,7 +923,7 @@ impl Mailbox {
     /// Makes every uid in `uids` show at most one message. The primary promotes conflicting
     /// records to fresh uids; another node keeps showing the message it showed first and hides
     /// the rest (never dropping them), and shows a hidden one again once its conflict is gone.
-    /// Returns whether this node promoted.
+    /// Returns whether this node promoted or retired a uid (the pruned set changed).
     fn settle_uids(
         &mut self,
         snapshot: &Snapshot,
@@ -968,9 +968,26 @@ impl Mailbox {
                     });
                 }
             }
+            // The remembered message is not here and another live one is, hidden for it: the
+            // uid is retired, so the primary, which may never have known the remembered one
+            // (simulator seed 14875: every disk that knew it was wiped), promotes the live one.
+            // Hiding it until a settlement that never comes kept it hidden here for good.
+            let mut retired_here = false;
+            if let Some(shown) = &shown {
+                let others_live = at.iter().any(|(aid, r)| aid != shown && !r.record.is_expunged());
+                if !primary && !retired && !at.contains_key(shown) && others_live {
+                    self.pruned.retire(uid.0);
+                    retired_here = true;
+                    promoted = true;
+                }
+            }
             let settlement = settle_uid(&seen, retired, primary);
             if let Some(shown) = &shown {
-                if at.contains_key(shown) || retired || matches!(settlement, Settlement::Promote(_)) {
+                if at.contains_key(shown)
+                    || retired
+                    || retired_here
+                    || matches!(settlement, Settlement::Promote(_))
+                {
                     writes
                         .batch
                         .delete(Table::ShownBefore, keys::uid(self.id, uid, shown));

@@ -251,6 +251,13 @@ const WIPE_AND_LOCATION_SEEDS_THAT_FAILED_ONCE: &[(u64, &str)] = &[
          the one it published after; no node ever knew the link the configuration had",
     ),
     (
+        14875,
+        "engine bug 37: a copy held again remembered a message at uid 1 that every disk that knew \
+         it had lost (wiped); it hid the live message at uid 1 for a settlement the primary, never \
+         seeing a conflict, never made",
+    ),
+    (16184, "engine bug 37: as 14875, on a chain of 4"),
+    (
         8921,
         "engine bug 36: n4, cut off, placed the mailbox on the others and let its copy go on n1's \
          replication cache, while n1, not knowing, let its copy go on n4's: a message and an \
