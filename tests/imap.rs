@@ -106,6 +106,13 @@ if scenario == 'session':
     out['list_end'] = attempt(m.list)
     out['noop'] = attempt(m.noop)
     out['logout'] = attempt(m.logout)
+    # Bob has had no delivery: INBOX is listed, and selecting it works (empty).
+    b = imaplib.IMAP4(host, port, timeout=30)
+    b.login('bob', 'secret')
+    out['bob_list'] = attempt(b.list)
+    out['bob_select'] = attempt(b.select, 'INBOX')
+    out['bob_status'] = attempt(b.status, 'INBOX', '(MESSAGES UIDNEXT)')
+    b.logout()
 elif scenario == 'bad_input':
     s = socket.create_connection((host, port), timeout=30)
     s.recv(65536)
@@ -194,7 +201,8 @@ fn imap_node(imap: &str) -> ImapNode {
     let hash = password_hash("secret");
     let text = format!(
         "[node]\nname = \"n1\"\n\n[storage]\ndata_dir = {:?}\n\n[lmtp]\nlisten = \"127.0.0.1:0\"\n\n\
-         [imap]\n{imap}\n\n[[users]]\nname = \"alice\"\npassword_hash = {hash:?}\n",
+         [imap]\n{imap}\n\n[[users]]\nname = \"alice\"\npassword_hash = {hash:?}\n\n\
+         [[users]]\nname = \"bob\"\npassword_hash = {hash:?}\n",
         data.to_str().unwrap()
     );
     let config = tmp.path().join("node.toml");
@@ -393,6 +401,9 @@ fn a_mail_client_logs_in_lists_creates_selects_and_asks_status() {
     assert_eq!(names(&out["list_end"]), ["Archive", "INBOX", "Projects"], "{out}");
     expect(&out["noop"], "OK", &[]);
     expect(&out["logout"], "BYE", &[]);
+    assert_eq!(names(&out["bob_list"]), ["INBOX"], "{out}");
+    expect(&out["bob_select"], "OK", &["0"]);
+    expect(&out["bob_status"], "OK", &["MESSAGES 0"]);
 }
 
 #[test]

@@ -633,13 +633,30 @@ async fn list(
 }
 
 async fn mailbox_state(ctx: &ImapContext, user: &str, name: &str) -> Result<MailboxState, MailError> {
-    let opened = ctx
-        .directory
-        .send(OpenMailbox {
-            user: user.to_string(),
-            name: name.to_string(),
-        })
-        .await??;
+    let open = || OpenMailbox {
+        user: user.to_string(),
+        name: name.to_string(),
+    };
+    let opened = match ctx.directory.send(open()).await? {
+        // INBOX always exists for a client (LIST shows it): made here when a user selects it
+        // before the first delivery did, as LMTP does for the first message.
+        Err(MailError::UnknownMailbox { .. }) if name == "INBOX" => {
+            match ctx
+                .directory
+                .send(CreateMailbox {
+                    user: user.to_string(),
+                    name: name.to_string(),
+                })
+                .await?
+            {
+                // Another session (or a delivery) made it in between: as good.
+                Ok(_) | Err(MailError::MailboxExists { .. }) => {}
+                Err(e) => return Err(e),
+            }
+            ctx.directory.send(open()).await??
+        }
+        other => other?,
+    };
     opened.addr.send(GetState).await?
 }
 
