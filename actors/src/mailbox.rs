@@ -71,6 +71,11 @@ pub struct MailboxCounters {
     /// learned from a peer): the set travels to a peer acknowledged before it.
     #[serde(default)]
     pub pruned_modseq: ModSeq,
+    /// The modseq of the latest UIDNEXT raise a merge brought (a peer's counter above this
+    /// node's): it travels to a peer acknowledged before it, with or without records (engine
+    /// bug 35). A client's append needs none: its record carries the uid.
+    #[serde(default)]
+    pub uidnext_modseq: ModSeq,
     /// Where this copy's history starts (a modseq counter; 0: from the beginning). A copy let go
     /// keeps its counters (engine bug 23) but not its records, so a peer whose replication
     /// cache points below this counter was told of records this copy no longer has: such a
@@ -395,6 +400,7 @@ impl Mailbox {
         }
         // Whether the peers have the committed set is not known: it travels to each once more.
         fresh.pruned_modseq = ModSeq::new(fresh.modseq, self.modseq_tag);
+        fresh.uidnext_modseq = fresh.pruned_modseq;
         self.counters = fresh;
         self.pruned = pruned;
         self.needs_reload.store(false, Ordering::Relaxed);

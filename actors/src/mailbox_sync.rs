@@ -667,6 +667,14 @@ impl Mailbox {
         if learned_pruned || pruned_changed || self.counters.uidnext > uidnext_before {
             summary.changed = true;
         }
+        // Dated by a modseq of its own, so a sync to a peer acknowledged before it carries it
+        // even with no record to send: a raise with no record behind it here (a peer's kept
+        // counter, engine bug 23) was logged for the other holders, and then dropped as an empty
+        // plan (engine bug 35, seed 7931: a wiped holder learned UIDNEXT 2 from a node that had
+        // let its copy go, and the other holder stayed at 1).
+        if self.counters.uidnext > uidnext_before {
+            self.counters.uidnext_modseq = self.next_modseq();
+        }
         if summary.changed || summary.promoted {
             self.put_counters(&mut writes.batch);
             // Uids retired here are this node's own news: the node that moved the message away
@@ -1057,6 +1065,9 @@ pub struct SyncPlan {
     pub updates: Vec<Change<RecordUpdate>>,
     pub annotations: Vec<Change<(String, Annotation)>>,
     pub uidnext: UidNext,
+    /// UIDNEXT was raised by a merge after the acknowledged point: the plan is news even with
+    /// nothing else in it.
+    pub uidnext_news: bool,
     /// The digest at `upto` (meaningful when `more` is false).
     pub digest: MailboxDigest,
     /// More changes follow after `upto`.
@@ -1110,6 +1121,7 @@ impl Handler<PlanSync> for Mailbox {
         let annotations = self.annotations_after(since, highest, Some(&msg.peer))?;
         let pruned = (counters.pruned_modseq > since).then(|| self.pruned.clone());
         Ok(SyncPlan {
+            uidnext_news: counters.uidnext_modseq > since,
             cache,
             uidvalidity: self.uidvalidity,
             upto,
