@@ -156,9 +156,7 @@ impl Handler<PeerHello> for Directory {
             Ok((writes, ours))
         },
         // Greeted once the rows a new store needs are durable (see `Directory::greeted`).
-        move |act| {
-            act.greeted.insert(peer);
-        })
+        move |act, ctx| act.greeted_by(peer, ctx))
     }
 }
 

@@ -201,6 +201,7 @@ impl LocalNode {
                 peer.clone(),
                 channel.clone().recipient(),
                 channel.clone().recipient(),
+                channel.clone().recipient(),
             );
             self.channels.insert(peer, (options, channel));
         }
