@@ -250,6 +250,19 @@ const WIPE_AND_LOCATION_SEEDS_THAT_FAILED_ONCE: &[(u64, &str)] = &[
         "engine bug 33: a wiped node's links register from before the wipe won by version over \
          the one it published after; no node ever knew the link the configuration had",
     ),
+    (
+        5990,
+        "engine bug 34: a relay let its copy go on the replication cache of the only location, \
+         which had been wiped behind a cut link since; an acknowledged annotation the relay and \
+         the node beyond it still held at the wipe was gone (now a Hello after the decision must \
+         show the same store)",
+    ),
+    (
+        7931,
+        "engine bug 35: a wiped holder learned UIDNEXT 2 from a node that had let its copy go; \
+         the raise, with no record behind it, was logged for the other holder but its channel \
+         found no record to send and sent nothing (UIDNEXT 2 on one holder, 1 on the other)",
+    ),
 ];
 
 #[test]
