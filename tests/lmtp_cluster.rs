@@ -1,9 +1,10 @@
-//! Sieve state is replicated: a script set on one node runs on deliveries to another, and the
-//! message delivered there replicates back. Two real nodes over QUIC; LMTP spoken on the second.
+//! Sieve state is replicated: a script set on one node (by the operator command, or uploaded over
+//! ManageSieve) runs on deliveries to another, and the message delivered there replicates back.
+//! Two real nodes over QUIC; LMTP spoken on the second.
 
 mod support;
 
-use std::io::{Read, Write};
+use std::io::{BufRead, BufReader, Read, Write};
 use std::net::TcpStream;
 
 use support::cluster::{cluster_specs, converged, eventually, op_ok, write_mesh_configs};
@@ -98,5 +99,88 @@ fn a_script_set_on_one_node_files_deliveries_on_another() {
     assert!(reply.starts_with("250 2.0.0"), "{reply}");
     // Filed on n2 by n1's script, and replicated back to n1.
     let listing = converged(&[n1, n2], "alice", "Reports", 1);
+    assert_eq!(listing.len(), 1);
+}
+
+/// Reads ManageSieve lines up to the final `OK`, `NO` or `BYE` line, which it answers.
+fn sieve_response(reader: &mut BufReader<TcpStream>) -> String {
+    loop {
+        let mut line = String::new();
+        assert!(
+            reader.read_line(&mut line).unwrap() > 0,
+            "the server closed the connection"
+        );
+        let upper = line.to_ascii_uppercase();
+        if upper.starts_with("OK") || upper.starts_with("NO") || upper.starts_with("BYE") {
+            return line.trim_end().to_string();
+        }
+    }
+}
+
+#[test]
+fn a_script_uploaded_over_managesieve_on_one_node_files_deliveries_on_another() {
+    use base64::Engine;
+
+    let tmp = tempfile::TempDir::new().unwrap();
+    let specs = cluster_specs(tmp.path(), &["n1", "n2"]);
+    write_mesh_configs(&specs);
+    let hash = password_hash();
+    for spec in &specs {
+        let mut text = std::fs::read_to_string(spec.config_path()).unwrap();
+        text.push_str(&format!(
+            "\n[lmtp]\nlisten = \"127.0.0.1:0\"\n\n[managesieve]\nlisten = \"127.0.0.1:0\"\n\n\
+             [[users]]\nname = \"alice\"\npassword_hash = {hash:?}\n"
+        ));
+        std::fs::write(spec.config_path(), text).unwrap();
+    }
+    let (n1, n2) = (&specs[0], &specs[1]);
+    let address = |line: String| {
+        line.split_whitespace()
+            .find_map(|w| w.strip_prefix("address="))
+            .unwrap()
+            .to_string()
+    };
+    let mut r1 = n1.start();
+    let mut r2 = n2.start();
+    let sieve_target = address(r1.wait_for_stderr("protocol=\"managesieve\""));
+    let lmtp_target = address(r2.wait_for_stderr("protocol=\"lmtp\""));
+
+    // RFC 5804 line by line on n1: greeting, login, upload, activate.
+    let stream = TcpStream::connect(&sieve_target).unwrap();
+    stream.set_read_timeout(Some(DEADLINE)).unwrap();
+    let mut writer = stream.try_clone().unwrap();
+    let mut reader = BufReader::new(stream);
+    assert_eq!(sieve_response(&mut reader), "OK");
+    let credentials = base64::engine::general_purpose::STANDARD.encode(b"\0alice\0pw");
+    writer
+        .write_all(format!("AUTHENTICATE \"PLAIN\" \"{credentials}\"\r\n").as_bytes())
+        .unwrap();
+    assert!(sieve_response(&mut reader).starts_with("OK"));
+    let script = "require [\"fileinto\", \"mailbox\"];\r\nif header :contains \"subject\" \"invoice\" { fileinto :create \"Invoices\"; }\r\n";
+    writer
+        .write_all(
+            format!(
+                "PUTSCRIPT \"billing\" {{{}+}}\r\n{script}\r\nSETACTIVE \"billing\"\r\n",
+                script.len()
+            )
+            .as_bytes(),
+        )
+        .unwrap();
+    assert_eq!(sieve_response(&mut reader), "OK");
+    assert_eq!(sieve_response(&mut reader), "OK");
+    writer.write_all(b"LOGOUT\r\n").unwrap();
+    assert!(sieve_response(&mut reader).starts_with("OK"));
+
+    eventually("the script uploaded on n1 replicated to n2", || {
+        let listed = op_ok(n2, &["sieve", "list", "--user", "alice"]);
+        if listed.trim() == "billing (active)" {
+            Ok(())
+        } else {
+            Err(listed)
+        }
+    });
+    let reply = deliver(&lmtp_target, "alice@example.org", "invoice 42");
+    assert!(reply.starts_with("250 2.0.0"), "{reply}");
+    let listing = converged(&[n1, n2], "alice", "Invoices", 1);
     assert_eq!(listing.len(), 1);
 }

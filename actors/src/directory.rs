@@ -1421,6 +1421,54 @@ impl Handler<SetActiveScript> for Directory {
     }
 }
 
+/// Renames a sieve script in one write: the content under the new name, a deleted marker under
+/// the old one, and the active register moved along if the old name was active (ManageSieve's
+/// RENAMESCRIPT; done as separate writes, a delivery between them could find no active script).
+/// Answers with the version written.
+#[derive(Message)]
+#[rtype(result = "Result<Version, MailError>")]
+pub struct RenameScript {
+    pub user: String,
+    pub from: String,
+    pub to: String,
+}
+
+impl Handler<RenameScript> for Directory {
+    type Result = AtomicResponse<Self, Result<Version, MailError>>;
+
+    fn handle(&mut self, msg: RenameScript, _: &mut Self::Context) -> Self::Result {
+        self.write(|act| {
+            validate_user(&msg.user)?;
+            validate_script_name(&msg.to)?;
+            let mut sieve = act.sieve(&msg.user)?.map(|t| t.item).unwrap_or_default();
+            let Some(content) = sieve.script(&msg.from).map(<[u8]>::to_vec) else {
+                return Err(MailError::UnknownScript {
+                    user: msg.user,
+                    name: msg.from,
+                });
+            };
+            if sieve.script(&msg.to).is_some() {
+                return Err(MailError::ScriptExists {
+                    user: msg.user,
+                    name: msg.to,
+                });
+            }
+            let was_active = sieve.active_script() == Some(msg.from.as_str());
+            // One tick for the three registers: each is its own register, so they need no order
+            // among themselves, and a peer merging them sees one change.
+            let version = act.ctx.counters.tick();
+            sieve.put(&msg.to, content, version.clone());
+            sieve.delete(&msg.from, version.clone());
+            if was_active {
+                sieve.set_active(Some(msg.to), version.clone());
+            }
+            let mut writes = Writes::default();
+            act.save_local_sieve(&mut writes, &msg.user, sieve);
+            Ok((writes, version))
+        })
+    }
+}
+
 #[derive(Message)]
 #[rtype(result = "Result<Vec<u8>, MailError>")]
 pub struct GetScript {

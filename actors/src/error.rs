@@ -83,6 +83,8 @@ pub enum MailError {
     NoSuchMessage(Uid),
     #[error("sieve script {name:?} of user {user:?} does not exist")]
     UnknownScript { user: String, name: String },
+    #[error("user {user:?} already has a sieve script named {name:?}")]
+    ScriptExists { user: String, name: String },
     #[error("sieve script of {size} bytes exceeds the maximum of {max} bytes")]
     ScriptTooLarge { size: usize, max: usize },
     #[error("annotation value of {size} bytes exceeds the maximum of {max} bytes")]

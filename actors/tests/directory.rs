@@ -338,6 +338,38 @@ fn subscriptions_and_sieve_scripts() {
         assert!(matches!(big.unwrap(), Err(MailError::ScriptTooLarge { .. })));
         let bad_name = d.send(put("a/b", "x")).await.unwrap();
         assert!(matches!(bad_name, Err(MailError::InvalidName(_))));
+
+        // A rename moves the content and, for the active script, the active register with it.
+        let rename = |from: &str, to: &str| RenameScript {
+            user: "alice".into(),
+            from: from.into(),
+            to: to.into(),
+        };
+        d.send(rename("spam", "junk")).await.unwrap().unwrap();
+        let list = d
+            .send(ListScripts { user: "alice".into() })
+            .await
+            .unwrap()
+            .unwrap();
+        assert_eq!(
+            list,
+            vec![("junk".to_string(), true), ("vacation".to_string(), false)]
+        );
+        let moved = d
+            .send(GetScript {
+                user: "alice".into(),
+                name: "junk".into(),
+            })
+            .await
+            .unwrap()
+            .unwrap();
+        assert_eq!(moved, b"require \"fileinto\";");
+        let taken = d.send(rename("vacation", "junk")).await.unwrap();
+        assert!(matches!(taken, Err(MailError::ScriptExists { .. })));
+        let absent = d.send(rename("spam", "other")).await.unwrap();
+        assert!(matches!(absent, Err(MailError::UnknownScript { .. })));
+        let bad_target = d.send(rename("vacation", "a/b")).await.unwrap();
+        assert!(matches!(bad_target, Err(MailError::InvalidName(_))));
     });
 }
 

@@ -46,7 +46,6 @@ impl ListenerTlsOptions {
     /// Whether a listener may take a password on a connection in this state: always under TLS,
     /// without it only if `allow_plaintext_auth`. A listener that refuses says so in its
     /// protocol's words (e.g. ManageSieve's `NO (ENCRYPT-NEEDED)`).
-    #[cfg_attr(not(test), allow(dead_code))]
     pub fn password_allowed(&self, connection_is_tls: bool) -> bool {
         connection_is_tls || self.allow_plaintext_auth
     }

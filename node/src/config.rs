@@ -28,6 +28,7 @@ use crate::cluster::tls::TlsIdentity;
 use crate::cluster::{ClusterOptions, PeerAddress};
 use crate::listener::ConnectionLimits;
 use crate::lmtp::LmtpOptions;
+use crate::managesieve::ManageSieveOptions;
 
 /// The defaults, as TOML: one place that both the loader and an operator reading the source see.
 pub const DEFAULTS: &str = include_str!("defaults.toml");
@@ -51,6 +52,10 @@ pub struct Config {
     /// `[lmtp]`: the LMTP listener MTAs deliver to. Absent: no LMTP.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub lmtp: Option<LmtpSection>,
+    /// `[managesieve]`: the ManageSieve listener users manage their sieve scripts with. Absent:
+    /// no ManageSieve.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub managesieve: Option<ManageSieveSection>,
     /// `[[peers]]`, the nodes this node replicates with (needs `[cluster]`). Last, because TOML
     /// prints arrays of tables after every plain table.
     #[serde(default, skip_serializing_if = "Vec::is_empty")]
@@ -76,6 +81,10 @@ pub struct UserSection {
 pub struct LmtpSection {
     /// `ip:port` (e.g. "127.0.0.1:2424") or a Unix socket path (anything with a `/`).
     pub listen: String,
+    /// For a Unix socket `listen`: the socket file's permissions, octal (e.g. "0660" so that an
+    /// MTA in the node's group may connect); unset: as the process's umask leaves them.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub socket_mode: Option<String>,
     /// PEM certificate chain offered with STARTTLS (or from the first byte with
     /// `implicit_tls`); with `tls_key`. Read again on every reload.
     #[serde(default, skip_serializing_if = "Option::is_none")]
@@ -99,6 +108,37 @@ pub struct LmtpSection {
     /// `limits.max_message_bytes`. Over it, a message is refused with 452 (try later).
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub max_data_bytes: Option<u64>,
+}
+
+/// `[managesieve]`.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct ManageSieveSection {
+    /// `ip:port` (RFC 5804's port is 4190, e.g. "0.0.0.0:4190") or a Unix socket path.
+    pub listen: String,
+    /// For a Unix socket `listen`: the socket file's permissions, octal (e.g. "0660" so that an
+    /// MTA in the node's group may connect); unset: as the process's umask leaves them.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub socket_mode: Option<String>,
+    /// PEM certificate chain offered with STARTTLS (or from the first byte with
+    /// `implicit_tls`); with `tls_key`. Read again on every reload.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub tls_cert: Option<PathBuf>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub tls_key: Option<PathBuf>,
+    /// TLS from the first byte instead of STARTTLS.
+    #[serde(default)]
+    pub implicit_tls: bool,
+    /// Whether a password may cross a connection without TLS; unset: only on loopback addresses
+    /// and Unix sockets.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub allow_plaintext_auth: Option<bool>,
+    /// Connections one IP address may hold open at once.
+    #[serde(default = "default_per_address")]
+    pub max_connections_per_address: u64,
+    /// Connections held open at once in all.
+    #[serde(default = "default_connections")]
+    pub max_connections: u64,
 }
 
 fn default_per_address() -> u64 {
@@ -220,6 +260,8 @@ pub struct Loaded {
     pub users: UserTable,
     /// `[lmtp]`, validated (its TLS files read once to check them); `None`: no LMTP.
     pub lmtp: Option<LmtpOptions>,
+    /// `[managesieve]`, validated; `None`: no ManageSieve.
+    pub managesieve: Option<ManageSieveOptions>,
 }
 
 impl Config {
@@ -247,6 +289,7 @@ impl Config {
         let metrics_listen = config.metrics_listen()?;
         let users = config.users()?;
         let lmtp = config.lmtp(options.limits.max_message_bytes)?;
+        let managesieve = config.managesieve()?;
         Ok(Loaded {
             config,
             options: with_peers(options, cluster.as_ref()),
@@ -254,6 +297,7 @@ impl Config {
             metrics_listen,
             users,
             lmtp,
+            managesieve,
         })
     }
 
@@ -397,6 +441,7 @@ impl Config {
         };
         let listen =
             ListenAddress::parse(&lmtp.listen).map_err(|p| ConfigError::invalid("lmtp.listen", p))?;
+        let socket_mode = socket_mode("lmtp", &listen, &lmtp.socket_mode)?;
         let tls = listener_tls(
             "lmtp",
             &listen,
@@ -423,10 +468,42 @@ impl Config {
         }
         Ok(Some(LmtpOptions {
             listen,
+            socket_mode,
             tls,
             limits,
             max_message_bytes,
             max_data_bytes,
+        }))
+    }
+
+    /// `[managesieve]`, checked, with its TLS files read once so that a bad one is reported now.
+    pub fn managesieve(&self) -> Result<Option<ManageSieveOptions>, ConfigError> {
+        let Some(section) = &self.managesieve else {
+            return Ok(None);
+        };
+        let listen = ListenAddress::parse(&section.listen)
+            .map_err(|p| ConfigError::invalid("managesieve.listen", p))?;
+        let socket_mode = socket_mode("managesieve", &listen, &section.socket_mode)?;
+        let tls = listener_tls(
+            "managesieve",
+            &listen,
+            &section.tls_cert,
+            &section.tls_key,
+            section.implicit_tls,
+            section.allow_plaintext_auth,
+        )?;
+        let limits = ConnectionLimits {
+            per_address: positive_usize(
+                "managesieve.max_connections_per_address",
+                section.max_connections_per_address,
+            )?,
+            total: positive_usize("managesieve.max_connections", section.max_connections)?,
+        };
+        Ok(Some(ManageSieveOptions {
+            listen,
+            socket_mode,
+            tls,
+            limits,
         }))
     }
 
@@ -435,6 +512,32 @@ impl Config {
         // Serializing plain strings and integers into TOML cannot fail.
         toml::to_string(self)
             .unwrap_or_else(|e| format!("# cannot print the configuration as TOML: {e}\n{self:#?}\n"))
+    }
+}
+
+/// `socket_mode` of `[section]`: octal permission bits for a Unix socket listener.
+pub fn socket_mode(
+    section: &'static str,
+    listen: &ListenAddress,
+    mode: &Option<String>,
+) -> Result<Option<u32>, ConfigError> {
+    let Some(text) = mode else {
+        return Ok(None);
+    };
+    let key = format!("{section}.socket_mode");
+    if !matches!(listen, ListenAddress::Unix(_)) {
+        return Err(ConfigError::invalid(
+            key,
+            "applies only when listen is a Unix socket path",
+        ));
+    }
+    let digits = text.strip_prefix("0o").unwrap_or(text);
+    match u32::from_str_radix(digits, 8) {
+        Ok(bits) if !digits.is_empty() && digits.len() <= 4 && bits <= 0o777 => Ok(Some(bits)),
+        _ => Err(ConfigError::invalid(
+            key,
+            format!("{text:?} is not octal permission bits such as \"0660\""),
+        )),
     }
 }
 
@@ -633,6 +736,7 @@ mod tests {
         assert_eq!(config.lmtp(1000).unwrap(), None);
         let section = LmtpSection {
             listen: "127.0.0.1:2424".into(),
+            socket_mode: None,
             tls_cert: None,
             tls_key: None,
             implicit_tls: false,
@@ -688,6 +792,92 @@ mod tests {
             ..section
         });
         assert!(!config.lmtp(1000).unwrap().unwrap().tls.allow_plaintext_auth);
+    }
+
+    #[test]
+    fn managesieve_settings_are_checked_and_name_their_key() {
+        let mut config = defaults();
+        assert_eq!(config.managesieve().unwrap(), None, "off unless configured");
+        let section = ManageSieveSection {
+            listen: "127.0.0.1:4190".into(),
+            socket_mode: None,
+            tls_cert: None,
+            tls_key: None,
+            implicit_tls: false,
+            allow_plaintext_auth: None,
+            max_connections_per_address: 8,
+            max_connections: 100,
+        };
+        config.managesieve = Some(section.clone());
+        let options = config.managesieve().unwrap().unwrap();
+        assert!(options.tls.allow_plaintext_auth, "loopback");
+        assert_eq!(options.limits.per_address, 8);
+        let cases: [(&str, ManageSieveSection); 6] = [
+            (
+                "managesieve.socket_mode",
+                ManageSieveSection {
+                    socket_mode: Some("0660".into()),
+                    ..section.clone()
+                },
+            ),
+            (
+                "managesieve.socket_mode",
+                ManageSieveSection {
+                    listen: "/run/mailmesh/sieve.sock".into(),
+                    socket_mode: Some("rw-rw----".into()),
+                    ..section.clone()
+                },
+            ),
+            (
+                "managesieve.listen",
+                ManageSieveSection {
+                    listen: "nowhere".into(),
+                    ..section.clone()
+                },
+            ),
+            (
+                "managesieve.implicit_tls",
+                ManageSieveSection {
+                    implicit_tls: true,
+                    ..section.clone()
+                },
+            ),
+            (
+                "managesieve.tls_cert",
+                ManageSieveSection {
+                    tls_key: Some("k.pem".into()),
+                    ..section.clone()
+                },
+            ),
+            (
+                "managesieve.max_connections",
+                ManageSieveSection {
+                    max_connections: 0,
+                    ..section.clone()
+                },
+            ),
+        ];
+        for (key, bad) in cases {
+            config.managesieve = Some(bad);
+            let message = config.managesieve().unwrap_err().to_string();
+            assert!(message.starts_with(&format!("{key}: ")), "{key}: got {message:?}");
+        }
+        config.managesieve = Some(ManageSieveSection {
+            listen: "/run/mailmesh/sieve.sock".into(),
+            socket_mode: Some("0660".into()),
+            ..section.clone()
+        });
+        assert_eq!(config.managesieve().unwrap().unwrap().socket_mode, Some(0o660));
+        config.managesieve = Some(ManageSieveSection {
+            listen: "0.0.0.0:4190".into(),
+            ..section
+        });
+        assert!(
+            !config.managesieve().unwrap().unwrap().tls.allow_plaintext_auth,
+            "a password needs TLS on a network address"
+        );
+        let back: Config = toml::from_str(&config.to_toml()).unwrap();
+        assert_eq!(back, config);
     }
 
     #[test]

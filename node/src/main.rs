@@ -16,6 +16,7 @@
 //! - [`client_tls`]: TLS for client listeners (certificate files, STARTTLS, implicit TLS);
 //! - [`listener`]: accepting client connections (TCP or Unix socket, limits, counts);
 //! - [`lmtp`]: the LMTP front end (RFC 2033) with sieve at delivery;
+//! - [`managesieve`]: the ManageSieve front end (RFC 5804): users manage their sieve scripts;
 //! - [`logging`]: `tracing` lines on stderr, filtered by `RUST_LOG`;
 //! - [`error`]: what can fail, and the exit code it gives (0 ok, 1 failure, 2 configuration).
 
@@ -29,6 +30,7 @@ mod error;
 mod listener;
 mod lmtp;
 mod logging;
+mod managesieve;
 mod metrics;
 mod operator;
 mod ops;

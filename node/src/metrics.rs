@@ -151,6 +151,7 @@ struct FrontEndCounts {
     sieve_actions: Vec<(&'static str, u64)>,
     sieve_errors: u64,
     failed_logins: u64,
+    delayed_logins: u64,
 }
 
 impl FrontEndCounts {
@@ -171,6 +172,11 @@ impl FrontEndCounts {
             ],
             sieve_errors: d.sieve_errors.load(Relaxed),
             failed_logins: handle.front_ends.auth.as_ref().map_or(0, |a| a.failed_logins()),
+            delayed_logins: handle
+                .front_ends
+                .auth
+                .as_ref()
+                .map_or(0, |a| a.delayed_attempts()),
         }
     }
 }
@@ -431,6 +437,13 @@ impl Collector for Snapshot {
             Counter,
             one(self.front.failed_logins as f64),
         )?;
+        Self::family(
+            e,
+            "mailmesh_delayed_logins",
+            "Login attempts that waited out their address's failure delay before being checked",
+            Counter,
+            one(self.front.delayed_logins as f64),
+        )?;
         let per_listener = |value: fn(&crate::operator::protocol::ListenerStatus) -> u64| -> Series {
             self.status
                 .listeners
@@ -554,6 +567,7 @@ mod tests {
                 sieve_actions: vec![("fileinto", 3)],
                 sieve_errors: 0,
                 failed_logins: 5,
+                delayed_logins: 2,
             },
         });
         for line in [
@@ -572,6 +586,7 @@ mod tests {
             "mailmesh_lmtp_deliveries_total{outcome=\"delivered\"} 8",
             "mailmesh_sieve_actions_total{action=\"fileinto\"} 3",
             "mailmesh_failed_logins_total 5",
+            "mailmesh_delayed_logins_total 2",
             "mailmesh_listener_connections{protocol=\"lmtp\",address=\"127.0.0.1:2424\"} 4",
         ] {
             assert!(

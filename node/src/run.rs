@@ -29,6 +29,7 @@ use crate::cluster::QuicTransport;
 use crate::config::Loaded;
 use crate::error::Error;
 use crate::lmtp::LmtpServer;
+use crate::managesieve::ManageSieveServer;
 use crate::metrics::MetricsServer;
 use crate::operator::links::LinkReport;
 use crate::operator::protocol::FRAME_OVERHEAD;
@@ -45,6 +46,7 @@ pub fn run(loaded: Loaded, config_path: Option<&Path>) -> Result<(), Error> {
         metrics_listen,
         users,
         lmtp,
+        managesieve,
     } = loaded;
     let auth = Authenticator::new(users);
     let (system, span) = node_system(&options.node)?;
@@ -64,6 +66,7 @@ pub fn run(loaded: Loaded, config_path: Option<&Path>) -> Result<(), Error> {
         let engine_transport = transport.clone().map(|t| Rc::new(t) as Rc<dyn Transport>);
         let max_frame = options.limits.max_message_bytes + FRAME_OVERHEAD;
         let socket_dir = options.data_dir.clone();
+        let max_script_bytes = options.limits.max_script_bytes;
         let node = LocalNode::start_replicating(options, node_env()?, engine_transport)?;
         if let Some(transport) = &transport {
             transport.start(node.inbound.clone());
@@ -91,6 +94,16 @@ pub fn run(loaded: Loaded, config_path: Option<&Path>) -> Result<(), Error> {
             }
             None => None,
         };
+        let managesieve_server = match &managesieve {
+            Some(managesieve) => {
+                let directory = node.borrow().directory.clone();
+                let server =
+                    ManageSieveServer::start(managesieve, max_script_bytes, auth.clone(), directory).await?;
+                handle.front_ends.listeners.push(server.stats());
+                Some(server)
+            }
+            None => None,
+        };
         handle.front_ends.auth = Some(auth.clone());
         let operator = OperatorServer::start(&socket_dir, handle.clone(), max_frame)?;
         let metrics = match metrics_listen {
@@ -112,6 +125,9 @@ pub fn run(loaded: Loaded, config_path: Option<&Path>) -> Result<(), Error> {
                             if let Some(server) = &lmtp_server {
                                 server.reload(loaded.lmtp.as_ref());
                             }
+                            if let Some(server) = &managesieve_server {
+                                server.reload(loaded.managesieve.as_ref());
+                            }
                             reload::log_applied(reason, &changes);
                             running = loaded.config;
                         }
@@ -123,6 +139,7 @@ pub fn run(loaded: Loaded, config_path: Option<&Path>) -> Result<(), Error> {
         info!(signal, "shutting down");
         drop(metrics);
         drop(lmtp_server);
+        drop(managesieve_server);
         drop(operator);
         if let Some(transport) = &transport {
             transport.close();

@@ -3,7 +3,7 @@
 //! panics on any input; everything wrong with the bytes is a [`CodecError`].
 
 use crate::ids::NodeId;
-use crate::wire::{Frame, Hello, PROTOCOL_VERSION};
+use crate::wire::{Frame, Hello, Request, Response, PROTOCOL_VERSION};
 
 /// Default largest frame: 16 MiB. Bodies travel in chunks well below it.
 pub const DEFAULT_MAX_FRAME: u32 = 16 * 1024 * 1024;
@@ -38,7 +38,8 @@ pub enum HandshakeError {
 /// Encodes one frame with its length prefix. Fails (without writing) if the frame would exceed
 /// `max_frame`, so an oversize batch is the sender's error, never the receiver's surprise.
 pub fn encode_frame(frame: &Frame, max_frame: u32) -> Result<Vec<u8>, CodecError> {
-    let mut out = vec![0u8; LENGTH_PREFIX];
+    let mut out = Vec::with_capacity(LENGTH_PREFIX + body_bytes(frame));
+    out.resize(LENGTH_PREFIX, 0);
     rmp_serde::encode::write(&mut out, frame).map_err(|e| CodecError::Encode(e.to_string()))?;
     let len = out.len() - LENGTH_PREFIX;
     if len > max_frame as usize {
@@ -49,6 +50,28 @@ pub fn encode_frame(frame: &Frame, max_frame: u32) -> Result<Vec<u8>, CodecError
     }
     out[..LENGTH_PREFIX].copy_from_slice(&(len as u32).to_be_bytes());
     Ok(out)
+}
+
+/// The body bytes a frame carries, to size its buffer once: a frame of bodies grown by doubling
+/// from empty copied each megabyte about once more through its reallocations.
+fn body_bytes(frame: &Frame) -> usize {
+    // Per part: its Guid, offset, flag and MessagePack markers, well under 64 bytes.
+    const PART_OVERHEAD: usize = 64;
+    match frame {
+        Frame::Request {
+            request: Request::Bodies { parts },
+            ..
+        } => parts.iter().map(|p| p.data.len() + PART_OVERHEAD).sum::<usize>() + PART_OVERHEAD,
+        Frame::Request {
+            request: Request::BodyChunk { data, .. },
+            ..
+        }
+        | Frame::Response {
+            response: Response::Body { data, .. },
+            ..
+        } => data.len() + PART_OVERHEAD,
+        _ => 0,
+    }
 }
 
 /// Incremental decoder for one byte stream.
@@ -162,7 +185,33 @@ pub fn check_hello(frame: &Frame, expected: Option<&NodeId>) -> Result<Hello, Ha
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::wire::{Request, Response};
+    use crate::wire::BodyPart;
+
+    /// A frame of bodies is written into one buffer sized up front: had the size been short,
+    /// the buffer would have doubled past the frame's length.
+    #[test]
+    fn body_frames_are_encoded_into_one_presized_buffer() {
+        let parts: Vec<BodyPart> = (0..500u32)
+            .map(|i| BodyPart {
+                guid: crate::Guid::of(&i.to_be_bytes()),
+                offset: u64::from(i) * 1_000_000_007,
+                data: serde_bytes::ByteBuf::from(vec![(i % 251) as u8; 2048 + i as usize]),
+                last: i % 2 == 0,
+            })
+            .collect();
+        let frame = Frame::Request {
+            id: u64::MAX,
+            request: Request::Bodies { parts },
+        };
+        let out = encode_frame(&frame, DEFAULT_MAX_FRAME).unwrap();
+        assert!(
+            out.capacity() <= LENGTH_PREFIX + body_bytes(&frame),
+            "the buffer grew"
+        );
+        let mut dec = FrameDecoder::new(DEFAULT_MAX_FRAME);
+        dec.push(&out);
+        assert_eq!(dec.next_frame().unwrap(), Some(frame));
+    }
 
     #[test]
     fn frames_round_trip_across_arbitrary_splits() {

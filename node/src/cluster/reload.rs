@@ -151,6 +151,7 @@ pub fn load_for_reload(path: Option<&Path>, running: &Config) -> Result<Loaded, 
             new.lmtp.as_ref().map(|l| {
                 (
                     &l.listen,
+                    &l.socket_mode,
                     l.implicit_tls,
                     l.max_connections,
                     l.max_connections_per_address,
@@ -158,6 +159,27 @@ pub fn load_for_reload(path: Option<&Path>, running: &Config) -> Result<Loaded, 
             }) != running.lmtp.as_ref().map(|l| {
                 (
                     &l.listen,
+                    &l.socket_mode,
+                    l.implicit_tls,
+                    l.max_connections,
+                    l.max_connections_per_address,
+                )
+            }),
+        ),
+        (
+            "managesieve.listen (and the listener's limits)",
+            new.managesieve.as_ref().map(|l| {
+                (
+                    &l.listen,
+                    &l.socket_mode,
+                    l.implicit_tls,
+                    l.max_connections,
+                    l.max_connections_per_address,
+                )
+            }) != running.managesieve.as_ref().map(|l| {
+                (
+                    &l.listen,
+                    &l.socket_mode,
                     l.implicit_tls,
                     l.max_connections,
                     l.max_connections_per_address,

@@ -25,18 +25,19 @@ mod message;
 mod parser;
 mod validate;
 
-// Extension, RuntimeError and Outcome are the interpreter's API for its tests and ManageSieve
-// (issue 11 item 5); LMTP needs only the rest.
-#[cfg_attr(not(test), allow(unused_imports))]
-pub use ast::{Extension, Script};
-#[cfg_attr(not(test), allow(unused_imports))]
-pub use error::{ParseError, RuntimeError};
-#[cfg_attr(not(test), allow(unused_imports))]
-pub use interpret::{evaluate, Action, Envelope, Environment, Outcome};
+pub use ast::Script;
+pub use error::ParseError;
+pub use interpret::{evaluate, Action, Envelope, Environment};
+// The interpreter's own tests reach these through the module root; nothing else needs them.
+#[cfg(test)]
+pub use ast::Extension;
+#[cfg(test)]
+pub use error::RuntimeError;
+#[cfg(test)]
+pub use interpret::Outcome;
 pub use message::Message;
 
 /// The extensions this interpreter supports, as ManageSieve's CAPABILITY "SIEVE" line lists them.
-#[cfg_attr(not(test), allow(dead_code))]
 pub const SIEVE_EXTENSIONS: &[&str] = &[
     "fileinto",
     "reject",
