@@ -30,7 +30,7 @@ use crate::mailbox_sync::{
     Bodies, MergeRemote, PageBudget, PlanFullPush, PlanSync, ReplicationCache, SaveCache,
 };
 use crate::store::Table;
-use crate::sync_log::{row_key, Dirty, Reintroduce, Requeued, SyncItem};
+use crate::sync_log::{row_key, Dirty, Requeued, SyncItem};
 use crate::transport::{Transport, TransportError};
 
 /// How a Channel works; the defaults suit a LAN link.
@@ -472,19 +472,6 @@ impl Handler<Requeued> for Channel {
 
     fn handle(&mut self, msg: Requeued, _: &mut Self::Context) {
         self.requeue_mark = self.requeue_mark.max(msg.mark);
-    }
-}
-
-impl Handler<Reintroduce> for Channel {
-    type Result = ();
-
-    /// A Hello now, unless one is on its way (its answer, processed after this, serves as well):
-    /// the Directory hears the peer's store from it. A Hello that fails marks the link down as
-    /// any failure does.
-    fn handle(&mut self, _: Reintroduce, ctx: &mut Self::Context) {
-        if !self.hello_running {
-            self.hello(ctx);
-        }
     }
 }
 

@@ -77,16 +77,9 @@ pub struct Directory {
     /// has changes of it for (empty: not looked yet, or the entry is being written).
     releasing: BTreeMap<MailboxId, BTreeSet<NodeId>>,
     /// Peers whose store this node has heard from (a Hello, its incarnation recorded and a new
-    /// one's rows queued) since it started, each with how many such Hellos: only their
-    /// replication caches are trusted to let a copy go (`handed_over`), and only once a Hello
-    /// asked for after the cache was found sufficient shows the same store (`confirming`).
-    pub(crate) greeted: BTreeMap<NodeId, u64>,
-    /// Copies ready to go on the strength of one peer's replication cache, each with that peer
-    /// and its Hello count when its Hello was asked for: the copy goes once a later Hello came
-    /// (engine bug 34).
-    confirming: BTreeMap<MailboxId, (NodeId, u64)>,
-    /// Copies being let go with a retry of `try_release` already scheduled.
-    release_retry: BTreeSet<MailboxId>,
+    /// one's rows queued) since it started: only their replication caches are trusted to let a
+    /// copy go (`handed_over`).
+    pub(crate) greeted: BTreeSet<NodeId>,
 }
 
 /// Whether `node` is among `holders` (empty: every node).
@@ -135,9 +128,7 @@ impl Directory {
             dormant: BTreeMap::new(),
             links,
             releasing: BTreeMap::new(),
-            greeted: BTreeMap::new(),
-            confirming: BTreeMap::new(),
-            release_retry: BTreeSet::new(),
+            greeted: BTreeSet::new(),
         }
     }
 
@@ -461,33 +452,6 @@ impl Directory {
         }
     }
 
-    /// Runs `try_release` for `id` again later, unless a run is already scheduled (a Hello that
-    /// confirms a hand-over runs it at once too, and each run would otherwise schedule its own).
-    fn retry_release(&mut self, id: MailboxId, ctx: &mut Context<Self>) {
-        if self.release_retry.insert(id) {
-            ctx.run_later(Duration::from_secs(5), move |act, ctx| {
-                act.release_retry.remove(&id);
-                act.try_release(id, ctx);
-            });
-        }
-    }
-
-    /// A Hello from `peer` was recorded: the copies waiting for it to confirm a hand-over go on.
-    pub(crate) fn greeted_by(&mut self, peer: NodeId, ctx: &mut Context<Self>) {
-        *self.greeted.entry(peer.clone()).or_default() += 1;
-        let waiting: Vec<MailboxId> = self
-            .confirming
-            .iter()
-            .filter(|(_, (keeper, _))| *keeper == peer)
-            .map(|(id, _)| *id)
-            .collect();
-        for id in waiting {
-            if self.releasing.contains_key(&id) {
-                self.try_release(id, ctx);
-            }
-        }
-    }
-
     /// The mailboxes this node is letting go of, each with the peers it still has changes of it
     /// for.
     pub(crate) fn releasing(&self) -> BTreeMap<MailboxId, BTreeSet<NodeId>> {
@@ -515,7 +479,6 @@ impl Directory {
             Ok(Some(e)) if !e.is_deleted() && e.is_leaving(&me) && !self.links.needs(&e, &me) => e,
             _ => {
                 self.releasing.remove(&id);
-                self.confirming.remove(&id);
                 return;
             }
         };
@@ -523,8 +486,7 @@ impl Directory {
             *w = waiting;
         }
         if pending || scanned.is_err() {
-            self.confirming.remove(&id);
-            self.retry_release(id, ctx);
+            ctx.run_later(Duration::from_secs(5), move |act, ctx| act.try_release(id, ctx));
             return;
         }
         // Drained is not enough: the rows may have gone to peers that are letting their copies
@@ -534,31 +496,8 @@ impl Directory {
         // keeps the mailbox has acknowledged everything this copy holds; until then it is sent
         // to every such peer, and where there is none yet the copy stays.
         match self.handed_over(&entry) {
-            Ok(HandOver::Done(None)) => {}
-            // The cache says the keeper has everything, but it describes the keeper's store as
-            // it was: the keeper may have lost it since (wiped), and this node hears of that only
-            // from its next Hello, which comes only when a link is made again (engine bug 34,
-            // seed 5990: a relay let its copy go on the cache of a location that had been wiped
-            // behind a cut link, and an acknowledged annotation that the relay and the node
-            // beyond it held was gone). So a Hello is asked for, and the copy goes once one came
-            // after it and showed the same store (a new one forgets the cache, which then no
-            // longer says Done).
-            Ok(HandOver::Done(Some(keeper))) => {
-                let heard = self.greeted.get(&keeper).copied().unwrap_or(0);
-                match self.confirming.get(&id) {
-                    Some((asked_of, asked_at)) if *asked_of == keeper && heard > *asked_at => {
-                        self.confirming.remove(&id);
-                    }
-                    _ => {
-                        self.confirming.insert(id, (keeper.clone(), heard));
-                        self.ctx.sync_log.reintroduce(&keeper);
-                        self.retry_release(id, ctx);
-                        return;
-                    }
-                }
-            }
+            Ok(HandOver::Done) => {}
             Ok(HandOver::SendTo(peers)) => {
-                self.confirming.remove(&id);
                 let mut writes = Writes::default();
                 for peer in &peers {
                     let logged = self.ctx.sync_log.log_for(&mut writes.batch, peer, item.clone());
@@ -573,12 +512,12 @@ impl Directory {
                         warn!(mailbox = %id, error = %e, "cannot queue a copy being let go for a peer that keeps it; retrying");
                     }
                 }));
-                self.retry_release(id, ctx);
+                ctx.run_later(Duration::from_secs(5), move |act, ctx| act.try_release(id, ctx));
                 return;
             }
             Err(e) => {
                 warn!(mailbox = %id, error = %e, "cannot read what the peers that keep a mailbox have; retrying");
-                self.retry_release(id, ctx);
+                ctx.run_later(Duration::from_secs(5), move |act, ctx| act.try_release(id, ctx));
                 return;
             }
         }
@@ -608,7 +547,7 @@ impl Directory {
                     // Later, not at once: a store that keeps failing (a crashed disk) made an
                     // immediate retry spin without end (simulator --locations, seed 244).
                     warn!(mailbox = %id, error = %e, "cannot record that this node let its copy go; retrying");
-                    act.retry_release(id, ctx);
+                    ctx.run_later(Duration::from_secs(5), move |act, ctx| act.try_release(id, ctx));
                 }
             }
         }));
@@ -625,7 +564,7 @@ impl Directory {
             .get::<MailboxCounters>(Table::MailboxState, &keys::mailbox(entry.id))?;
         // A copy that never stored anything has nothing to hand over.
         let Some(highest) = highest.map(|c| c.modseq) else {
-            return Ok(HandOver::Done(None));
+            return Ok(HandOver::Done);
         };
         let keepers = self.holders_of(entry);
         let mut send_to = Vec::new();
@@ -638,7 +577,7 @@ impl Directory {
             // shown the same store, or queued everything again for a new one (--seed 1651: a
             // node restarted, let its copy go on the cache of a peer wiped meanwhile, and the
             // mailbox was lost).
-            if !self.greeted.contains_key(&peer) {
+            if !self.greeted.contains(&peer) {
                 send_to.push(peer);
                 continue;
             }
@@ -647,7 +586,7 @@ impl Directory {
                 .store
                 .get(Table::ReplCache, &crate::mailbox_sync::cache_key(entry.id, &peer))?;
             if cache.is_some_and(|c| c.uidvalidity == entry.uidvalidity && c.acked.counter() >= highest) {
-                return Ok(HandOver::Done(Some(peer)));
+                return Ok(HandOver::Done);
             }
             send_to.push(peer);
         }
@@ -700,14 +639,14 @@ impl Directory {
         &mut self,
         op: impl FnOnce(&mut Self) -> Result<(Writes, R), MailError>,
     ) -> AtomicResponse<Self, Result<R, MailError>> {
-        self.write_then(op, |_, _| {})
+        self.write_then(op, |_| {})
     }
 
     /// Like [`Directory::write`], and runs `then` once the writes are durable (not if they fail).
     pub(crate) fn write_then<R: 'static>(
         &mut self,
         op: impl FnOnce(&mut Self) -> Result<(Writes, R), MailError>,
-        then: impl FnOnce(&mut Self, &mut Context<Self>) + 'static,
+        then: impl FnOnce(&mut Self) + 'static,
     ) -> AtomicResponse<Self, Result<R, MailError>> {
         let pending = op(self).map(|(writes, r)| {
             let done = if writes.is_empty() {
@@ -726,9 +665,9 @@ impl Directory {
                 Ok(r)
             }
             .into_actor(self)
-            .map(move |result, act, ctx| {
+            .map(move |result, act, _| {
                 if result.is_ok() {
-                    then(act, ctx);
+                    then(act);
                 }
                 result
             }),
@@ -821,8 +760,7 @@ enum Purge {
 
 /// Whether a copy being let go has reached a node that keeps the mailbox (`handed_over`).
 enum HandOver {
-    /// Nothing to hand over (`None`), or this peer's replication cache says it has it all.
-    Done(Option<NodeId>),
+    Done,
     SendTo(Vec<NodeId>),
 }
 

@@ -156,7 +156,9 @@ impl Handler<PeerHello> for Directory {
             Ok((writes, ours))
         },
         // Greeted once the rows a new store needs are durable (see `Directory::greeted`).
-        move |act, ctx| act.greeted_by(peer, ctx))
+        move |act| {
+            act.greeted.insert(peer);
+        })
     }
 }
 

@@ -201,7 +201,6 @@ impl LocalNode {
                 peer.clone(),
                 channel.clone().recipient(),
                 channel.clone().recipient(),
-                channel.clone().recipient(),
             );
             self.channels.insert(peer, (options, channel));
         }

@@ -198,25 +198,12 @@ pub struct Dirty {
     pub generation: u64,
 }
 
-/// What the sync log sends a peer's Channel.
-struct ChannelRecipients {
-    dirty: Recipient<Dirty>,
-    requeued: Recipient<Requeued>,
-    reintroduce: Recipient<Reintroduce>,
-}
-
-/// Asks a Channel to send its peer a Hello now, so the Directory hears which store the peer
-/// has (the Directory lets a copy go only once a Hello after its decision showed the same one).
-#[derive(actix::Message, Clone, Debug)]
-#[rtype(result = "()")]
-pub struct Reintroduce;
-
 #[derive(Default)]
 struct Inner {
     /// The configured peers, in order.
     peers: BTreeSet<NodeId>,
     /// The running Channel of each peer, to wake.
-    channels: BTreeMap<NodeId, ChannelRecipients>,
+    channels: BTreeMap<NodeId, (Recipient<Dirty>, Recipient<Requeued>)>,
     /// The floor of each peer's store incarnation, as its last Hello announced it (kept with
     /// the peer's record in the store; a peer not in here has floor 0).
     floors: BTreeMap<NodeId, u64>,
@@ -308,28 +295,8 @@ impl SyncLog {
         self.inner().skips(arrived_on, origin, newest, peer, &self.faults)
     }
 
-    pub fn attach_channel(
-        &self,
-        peer: NodeId,
-        dirty: Recipient<Dirty>,
-        requeued: Recipient<Requeued>,
-        reintroduce: Recipient<Reintroduce>,
-    ) {
-        self.inner().channels.insert(
-            peer,
-            ChannelRecipients {
-                dirty,
-                requeued,
-                reintroduce,
-            },
-        );
-    }
-
-    /// Asks `peer`'s Channel for a Hello (see [`Reintroduce`]); nothing if none runs.
-    pub fn reintroduce(&self, peer: &NodeId) {
-        if let Some(channel) = self.inner().channels.get(peer) {
-            channel.reintroduce.do_send(Reintroduce);
-        }
+    pub fn attach_channel(&self, peer: NodeId, dirty: Recipient<Dirty>, requeued: Recipient<Requeued>) {
+        self.inner().channels.insert(peer, (dirty, requeued));
     }
 
     pub fn detach_channel(&self, peer: &NodeId) {
@@ -405,13 +372,13 @@ impl SyncLog {
     pub fn notify(&self, logged: Logged) {
         let inner = self.inner();
         for (peer, mark) in logged.requeues {
-            if let Some(channel) = inner.channels.get(&peer) {
-                channel.requeued.do_send(Requeued { mark });
+            if let Some((_, channel)) = inner.channels.get(&peer) {
+                channel.do_send(Requeued { mark });
             }
         }
         for (peer, item, generation) in logged.rows {
-            if let Some(channel) = inner.channels.get(&peer) {
-                channel.dirty.do_send(Dirty { item, generation });
+            if let Some((channel, _)) = inner.channels.get(&peer) {
+                channel.do_send(Dirty { item, generation });
             }
         }
     }
