@@ -706,14 +706,68 @@ fn copies_let_go_on_a_ring_do_not_make_each_other_relays_for_ever() {
     });
 }
 
+/// Engine bug 36 (simulator, seed 8921): a and b hold alice's INBOX, each has acknowledged all
+/// of the other's copy, and the link between them goes down. On a the mailbox is placed on
+/// {b}; on b, at the same time, on {a}. Each let its copy go on the strength of the other's
+/// replication cache (a keeper, by its own entry), and the messages were gone from every node
+/// once the link came back. Now a copy goes only after the keeper itself answers, after this
+/// node started leaving, that it still holds a copy and is not letting it go: with the link
+/// down neither gets that answer, so both keep their copies, and when the link is back the
+/// entries merge and the mailbox stays where the winning placement says, messages and all.
+#[test]
+fn two_holders_placing_the_mailbox_on_each_other_while_cut_off_keep_it() {
+    run_virtual(|| async {
+        let cluster = Cluster::full_mesh(&["a", "b"]);
+        cluster
+            .node("a")
+            .directory
+            .send(CreateMailbox {
+                user: "alice".into(),
+                name: "INBOX".into(),
+            })
+            .await
+            .unwrap()
+            .unwrap();
+        cluster.settle().await;
+        let on_a = open(&cluster, "a").await;
+        for i in 0..3 {
+            append(&on_a, i).await.unwrap();
+        }
+        drop(on_a);
+        cluster.settle().await;
+        wait_for_count(&cluster, "b", 3, "b holds the messages").await;
+
+        cluster.net.set_link(&n("a"), &n("b"), false);
+        place_on(&cluster, "a", &["b"]).await;
+        place_on(&cluster, "b", &["a"]).await;
+        tokio::time::sleep(std::time::Duration::from_secs(60)).await;
+        assert_eq!(
+            count(&cluster, "a").await,
+            3,
+            "a keeps its copy: b has not said it keeps one"
+        );
+        assert_eq!(
+            count(&cluster, "b").await,
+            3,
+            "b keeps its copy: a has not said it keeps one"
+        );
+
+        cluster.net.set_link(&n("a"), &n("b"), true);
+        cluster.settle().await;
+        let held: usize = count(&cluster, "a").await + count(&cluster, "b").await;
+        assert_eq!(held, 3, "one node holds the messages, the other let its copy go");
+        cluster.assert_quiet().await;
+    });
+}
+
 /// Engine bug 34 (simulator, seed 5990): a and b hold alice's INBOX, and a has everything b
 /// has (b's replication cache of a says so). The link between them is cut; a loses its disk and
 /// comes back empty behind the cut, so b hears nothing of it. The INBOX then moves to a alone.
 /// Before the fix b let its copy go at once on the strength of a's cache, from before a's wipe,
 /// and the message and the annotation, which only b still held, were gone from every node once
-/// the link was back. Now b asks a for a Hello before it lets go and goes only once one came
-/// and showed the same store: here none comes while the link is cut, and the one after the heal
-/// shows a new store, so everything is sent to a again first.
+/// the link was back. Now (engine bug 36's change) b lets go only once a itself answers that it
+/// keeps the mailbox, with the store incarnation b greeted: none answers while the link is cut,
+/// and after the heal a's Hello shows a new store, so everything is sent to a again first.
 #[test]
 fn a_copy_is_not_let_go_on_the_cache_of_a_peer_wiped_behind_a_cut_link() {
     run_virtual(|| async {
