@@ -463,7 +463,10 @@ fn starttls_and_the_unix_socket_deliver_too() {
     let text = String::from_utf8(body(&n.config, "alice", "INBOX", "1")).unwrap();
     assert!(text.contains("with LMTPS;"), "{text}");
 
-    let u = lmtp_node("", "", true);
+    // The socket gets the configured permissions (an MTA in the node's group may connect).
+    let u = lmtp_node("socket_mode = \"0660\"\n", "", true);
+    let mode = std::os::unix::fs::PermissionsExt::mode(&std::fs::metadata(&u.target).unwrap().permissions());
+    assert_eq!(mode & 0o777, 0o660, "{mode:o}");
     let out = python(u.tmp.path(), &u.target, "plain", &[]);
     assert_eq!(codes(&out["plain"]["data"]), vec![250]);
     let text = String::from_utf8(body(&u.config, "alice", "INBOX", "1")).unwrap();

@@ -1,5 +1,6 @@
 //! ManageSieve against a real `mailmesh run`: a Python client (standard library socket and ssl,
-//! nothing of ours) speaks RFC 5804 line by line, as the RFC's examples do; Python's
+//! nothing of ours) speaks RFC 5804 line by line, as the RFC's examples do; a client library no
+//! one here wrote (sievelib) manages scripts its way; Python's
 //! `smtplib.LMTP` delivers through the script it uploaded; the operator commands and the metrics
 //! endpoint show what the node did.
 
@@ -114,14 +115,19 @@ if scenario == 'scripts':
     s = Sieve()
     out['greeting'] = s.response()
     out['before_login'] = s.command(b'LISTSCRIPTS\r\n')
+    # Before a login no command needs a large string: a literal over 8 KiB is refused.
+    out['big_before_login'] = s.command(b'CHECKSCRIPT {10000+}\r\n' + b'#' * 10000 + b'\r\n')
     out['login'] = s.command(b'AUTHENTICATE "PLAIN" "' + plain('alice', 'secret') + b'"\r\n')
     rules = ('require ["fileinto", "mailbox"];\r\n'
              'if header :contains "subject" "report" { fileinto :create "Reports"; }\r\n')
     out['put'] = s.command(b'PUTSCRIPT "rules" ' + literal(rules) + b'\r\n')
     out['put_bad'] = s.command(b'PUTSCRIPT "bad" ' + literal('require "fileinto";\r\nif true {\r\n  fileinto "x"\r\n}\r\n') + b'\r\n')
     out['put_redirect'] = s.command(b'PUTSCRIPT "fwd" ' + literal('redirect "elsewhere@example.org";\r\n') + b'\r\n')
+    out['put_latin1'] = s.command(b'PUTSCRIPT "latin1" {9+}\r\n# caf\xe9 \r\n\r\n')
     out['check_good'] = s.command(b'CHECKSCRIPT ' + literal('keep;\r\n') + b'\r\n')
     out['check_bad'] = s.command(b'CHECKSCRIPT {31+}\r\n#comment\r\nInvalidSieveCommand\r\n\r\n')
+    out['put_warn'] = s.command(b'PUTSCRIPT "warn" ' + literal('require ["fileinto", "include"];\r\nfileinto "Archive";\r\nfileinto "INBOX";\r\ninclude "helper";\r\n') + b'\r\n')
+    out['check_warn'] = s.command(b'CHECKSCRIPT ' + literal('require "fileinto";\r\nfileinto "Reports";\r\n') + b'\r\n')
     out['put_spare'] = s.command(b'PUTSCRIPT "spare" "keep;"\r\n')
     out['activate'] = s.command(b'SETACTIVE "rules"\r\n')
     out['activate_missing'] = s.command(b'SETACTIVE "nope"\r\n')
@@ -178,6 +184,45 @@ elif scenario == 'starttls':
     out['plain_continued'] = s.response()
     out['logout'] = s.command(b'LOGOUT\r\n')
     out['plain_challenge'] = [x.decode() for x in out['plain_challenge']]
+elif scenario == 'implicit':
+    # TLS from the first byte (the listener's implicit_tls), then RFC 5804 as usual.
+    s = Sieve()
+    context = ssl.create_default_context(cafile=args[0])
+    context.check_hostname = False
+    s.sock = context.wrap_socket(s.sock)
+    s.file = s.sock.makefile('rb')
+    out['tls_version'] = s.sock.version()
+    out['greeting'] = s.response()
+    out['login'] = s.command(b'AUTHENTICATE "PLAIN" "' + plain('alice', 'secret') + b'"\r\n')
+    out['starttls'] = s.command(b'STARTTLS\r\n')
+    out['logout'] = s.command(b'LOGOUT\r\n')
+elif scenario == 'sievelib':
+    # A ManageSieve client library no one here wrote (sievelib, MIT; .ci/run installs it).
+    import warnings
+    warnings.simplefilter('ignore')  # it warns about a password over plaintext: loopback here
+    from sievelib.managesieve import Client
+    c = Client(host, int(port))
+    out['connect'] = c.connect('alice', 'secret', starttls=False, authmech='PLAIN')
+    out['implementation'] = c.get_implementation()
+    out['sasl'] = c.get_sasl_mechanisms()
+    out['sieve'] = c.get_sieve_capabilities()
+    out['havespace'] = c.havespace('rules', 100)
+    out['put'] = c.putscript('rules', 'require ["fileinto"];\nif header :contains "subject" "x" { fileinto "X"; }\n')
+    out['put_bad'] = c.putscript('bad', 'if true {\n')
+    out['put_bad_error'] = c.errmsg.decode()
+    out['check'] = c.checkscript('keep;\n')
+    out['activate'] = c.setactive('rules')
+    out['list'] = list(c.listscripts())
+    out['get'] = c.getscript('rules')
+    out['rename'] = c.renamescript('rules', 'filters')
+    out['delete_active'] = c.deletescript('filters')
+    out['deactivate'] = c.setactive('')
+    out['list_inactive'] = list(c.listscripts())
+    out['delete'] = c.deletescript('filters')
+    out['list_empty'] = list(c.listscripts())
+    c.logout()
+    out['login_mechanism'] = Client(host, int(port)).connect('alice', 'secret', starttls=False, authmech='LOGIN')
+    out['wrong_password'] = Client(host, int(port)).connect('alice', 'nope', starttls=False, authmech='PLAIN')
 elif scenario == 'delay':
     # Two wrong passwords from 127.0.0.1, then the right one from 127.0.0.2.
     out['start'] = metrics()
@@ -335,13 +380,22 @@ fn scripts_are_managed_over_managesieve_and_filter_lmtp_deliveries() {
     }
 
     expect(&out["before_login"], "NO", None, "authenticate first");
+    expect(&out["big_before_login"], "NO", Some("QUOTA/MAXSIZE"), "8192");
     expect(&out["login"], "OK", None, "");
     expect(&out["put"], "OK", None, "");
     // Refused with the compiler's line and reason; nothing stored.
     expect(&out["put_bad"], "NO", None, "line 4");
     expect(&out["put_redirect"], "NO", None, "outgoing mail");
+    expect(&out["put_latin1"], "NO", None, "not valid UTF-8");
     expect(&out["check_good"], "OK", None, "");
     expect(&out["check_bad"], "NO", None, "line 2");
+    // Stored, and told what will not work as written: a missing mailbox without :create, a
+    // missing include. ("Reports" does not exist yet either: only a delivery's :create makes it.)
+    expect(&out["put_warn"], "OK", Some("WARNINGS"), "fileinto \"Archive\"");
+    let warned = out["put_warn"]["text"].as_str().unwrap();
+    assert!(warned.contains("include \"helper\""), "{warned}");
+    assert!(!warned.contains("INBOX\":"), "INBOX always exists: {warned}");
+    expect(&out["check_warn"], "OK", Some("WARNINGS"), "fileinto \"Reports\"");
     expect(&out["put_spare"], "OK", None, "");
     expect(&out["activate"], "OK", None, "");
     expect(&out["activate_missing"], "NO", Some("NONEXISTENT"), "");
@@ -353,7 +407,7 @@ fn scripts_are_managed_over_managesieve_and_filter_lmtp_deliveries() {
     expect(&out["list"], "OK", None, "");
     assert_eq!(
         out["list"]["data"],
-        serde_json::json!([["filters", "ACTIVE"]]),
+        serde_json::json!([["filters", "ACTIVE"], ["warn"]]),
         "{}",
         out["list"]
     );
@@ -371,10 +425,24 @@ fn scripts_are_managed_over_managesieve_and_filter_lmtp_deliveries() {
     assert!(after.contains(&"SASL ".to_string()), "{after:?}");
     expect(&out["logout"], "OK", None, "");
 
+    // The listener is in the status with its connections.
+    let status = op(&n.config, &["status"]);
+    status.expect_code(0);
+    assert!(
+        status.stdout.contains("managesieve 127.0.0.1:"),
+        "{}",
+        status.stdout
+    );
+
     // The same replicated state the operator commands read.
     let listed = op(&n.config, &["sieve", "list", "--user", "alice"]);
     listed.expect_code(0);
-    assert_eq!(listed.stdout.trim(), "filters (active)", "{}", listed.stdout);
+    assert_eq!(
+        listed.stdout.lines().collect::<Vec<_>>(),
+        vec!["filters (active)", "warn"],
+        "{}",
+        listed.stdout
+    );
 
     // The uploaded script ran on the LMTP deliveries.
     assert_eq!(out["lmtp weekly report"], 250);
@@ -440,6 +508,62 @@ fn authentication_needs_starttls_where_plaintext_is_not_allowed() {
     expect(&out["cancelled"], "NO", None, "cancelled");
     expect(&out["plain_continued"], "OK", None, "");
     expect(&out["logout"], "OK", None, "");
+
+    // The same certificate from the first byte: the greeting comes under TLS, a password is
+    // taken, and STARTTLS is neither offered nor accepted.
+    let implicit = sieve_node(&format!(
+        "tls_cert = {:?}\ntls_key = {:?}\nallow_plaintext_auth = false\nimplicit_tls = true\n",
+        certs.path().join("n1.pem").to_str().unwrap(),
+        certs.path().join("n1.key").to_str().unwrap()
+    ));
+    let out = python(
+        implicit.tmp.path(),
+        &implicit.managesieve,
+        "implicit",
+        &[ca_pem.to_str().unwrap()],
+    );
+    assert!(out["tls_version"].as_str().unwrap().starts_with("TLS"), "{out}");
+    let greeting = capabilities(&out["greeting"]);
+    assert!(greeting.contains(&"SASL PLAIN LOGIN".to_string()), "{greeting:?}");
+    assert!(!greeting.contains(&"STARTTLS".to_string()), "{greeting:?}");
+    expect(&out["login"], "OK", None, "");
+    expect(&out["starttls"], "NO", None, "");
+    expect(&out["logout"], "OK", None, "");
+}
+
+#[test]
+fn a_third_party_client_library_manages_scripts() {
+    let n = sieve_node("");
+    let out = python(n.tmp.path(), &n.managesieve, "sievelib", &[]);
+    assert_eq!(out["connect"], true, "{out}");
+    assert!(
+        out["implementation"].as_str().unwrap().starts_with("mailmesh"),
+        "{out}"
+    );
+    assert_eq!(out["sasl"], serde_json::json!(["PLAIN", "LOGIN"]));
+    assert!(
+        out["sieve"]
+            .as_array()
+            .unwrap()
+            .contains(&serde_json::json!("fileinto")),
+        "{out}"
+    );
+    assert_eq!(out["havespace"], true);
+    assert_eq!(out["put"], true);
+    assert_eq!(out["put_bad"], false);
+    assert!(out["put_bad_error"].as_str().unwrap().contains("line 1"), "{out}");
+    assert_eq!(out["check"], true);
+    assert_eq!(out["activate"], true);
+    assert_eq!(out["list"], serde_json::json!(["rules", []]));
+    assert!(out["get"].as_str().unwrap().contains("fileinto \"X\""), "{out}");
+    assert_eq!(out["rename"], true);
+    assert_eq!(out["delete_active"], false, "the active script stays");
+    assert_eq!(out["deactivate"], true);
+    assert_eq!(out["list_inactive"], serde_json::json!([null, ["filters"]]));
+    assert_eq!(out["delete"], true);
+    assert_eq!(out["list_empty"], serde_json::json!([null, []]));
+    assert_eq!(out["login_mechanism"], true);
+    assert_eq!(out["wrong_password"], false);
 }
 
 #[test]
@@ -465,4 +589,37 @@ fn failed_logins_delay_the_failing_address_only() {
     expect(&out["other"], "OK", None, "");
     assert_eq!(value("after_other", delayed), 1.0);
     assert_eq!(value("after_other", failed), 2.0);
+}
+
+#[test]
+fn connections_over_the_limit_get_bye_and_the_others_are_served() {
+    use std::io::{BufRead, BufReader};
+    use std::net::TcpStream;
+
+    let n = sieve_node("max_connections_per_address = 1\n");
+    let first_line = |stream: &TcpStream| {
+        stream.set_read_timeout(Some(support::DEADLINE)).unwrap();
+        let mut line = String::new();
+        BufReader::new(stream).read_line(&mut line).unwrap();
+        line
+    };
+    let held = TcpStream::connect(&n.managesieve).unwrap();
+    assert!(first_line(&held).starts_with("\"IMPLEMENTATION\""));
+    let refused = TcpStream::connect(&n.managesieve).unwrap();
+    assert_eq!(
+        first_line(&refused),
+        "BYE \"too many connections; try again later\"\r\n"
+    );
+    // Once the first goes, a new connection is greeted again (the slot is freed when the server
+    // sees the close, so this waits for it with a deadline).
+    drop(held);
+    support::cluster::eventually("a freed slot greets a new connection", || {
+        let again = TcpStream::connect(&n.managesieve).unwrap();
+        let line = first_line(&again);
+        if line.starts_with("\"IMPLEMENTATION\"") {
+            Ok(())
+        } else {
+            Err(line)
+        }
+    });
 }

@@ -12,6 +12,7 @@
 //! durable. Directory writes are rare next to message writes, and this keeps name checks exact.
 
 use std::collections::{BTreeMap, BTreeSet};
+use std::rc::Rc;
 use std::time::Duration;
 
 use actix::prelude::*;
@@ -25,13 +26,15 @@ use mailmesh_protocol::records::{
     UserSubscriptions,
 };
 use mailmesh_protocol::version::Version;
-use tracing::{info, warn};
+use mailmesh_protocol::wire::{Request, Response};
+use tracing::{debug, info, warn};
 
 use crate::context::{NodeContext, Writes};
 use crate::error::{MailError, StoreError};
 use crate::mailbox::{Mailbox, MailboxCounters, MarkDeleted, ResumeMoves, StoredAnnotation, StoredRecord};
 use crate::store::{decode, keys, Batch, Store, Table};
 use crate::sync_log::{Provenance, SyncItem, Tagged};
+use crate::transport::Transport;
 
 /// How many Mailbox actors stay active, and for how long an unused one is kept.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
@@ -80,6 +83,12 @@ pub struct Directory {
     /// one's rows queued) since it started: only their replication caches are trusted to let a
     /// copy go (`handed_over`).
     pub(crate) greeted: BTreeSet<NodeId>,
+    /// How this node asks a peer whether it keeps a mailbox before letting its own copy go
+    /// (`None`: no peers, so nothing is ever handed over).
+    transport: Option<Rc<dyn Transport>>,
+    /// Per mailbox being let go: the peer that answered it keeps the mailbox, and this node's
+    /// leaving register when it asked. Only a yes to the current register lets the copy go.
+    keeper_said_yes: BTreeMap<MailboxId, (NodeId, Version)>,
 }
 
 /// Whether `node` is among `holders` (empty: every node).
@@ -109,7 +118,7 @@ impl Directory {
         ids.into_iter().collect()
     }
 
-    pub fn new(ctx: NodeContext, policy: ActivationPolicy) -> Self {
+    pub fn new(ctx: NodeContext, policy: ActivationPolicy, transport: Option<Rc<dyn Transport>>) -> Self {
         let links = match ctx
             .store
             .get::<Tagged<LinkGraph>>(Table::Peers, crate::directory_sync::LINKS_KEY)
@@ -129,6 +138,8 @@ impl Directory {
             links,
             releasing: BTreeMap::new(),
             greeted: BTreeSet::new(),
+            transport,
+            keeper_said_yes: BTreeMap::new(),
         }
     }
 
@@ -479,6 +490,7 @@ impl Directory {
             Ok(Some(e)) if !e.is_deleted() && e.is_leaving(&me) && !self.links.needs(&e, &me) => e,
             _ => {
                 self.releasing.remove(&id);
+                self.keeper_said_yes.remove(&id);
                 return;
             }
         };
@@ -496,7 +508,24 @@ impl Directory {
         // keeps the mailbox has acknowledged everything this copy holds; until then it is sent
         // to every such peer, and where there is none yet the copy stays.
         match self.handed_over(&entry) {
-            Ok(HandOver::Done) => {}
+            Ok(HandOver::Nothing) => {}
+            Ok(HandOver::AckedBy(keepers)) => {
+                // The caches say what the keepers stored, not that they still hold it: each may
+                // be letting its own copy go on the strength of this one (simulator seed 8921:
+                // two nodes cut off from each other placed the mailbox on each other, and both
+                // let go). The copy goes only on a keeper's own yes, asked after this node
+                // started leaving; a node that is leaving answers no, so two copies can never
+                // go on each other's word.
+                let leaving = entry.leaving.get(&me).map(|l| l.version.clone());
+                let confirmed = self
+                    .keeper_said_yes
+                    .get(&id)
+                    .is_some_and(|(peer, asked)| keepers.contains(peer) && Some(asked) == leaving.as_ref());
+                if !confirmed {
+                    self.ask_keepers(id, entry.uidvalidity, keepers, leaving, ctx);
+                    return;
+                }
+            }
             Ok(HandOver::SendTo(peers)) => {
                 let mut writes = Writes::default();
                 for peer in &peers {
@@ -564,10 +593,11 @@ impl Directory {
             .get::<MailboxCounters>(Table::MailboxState, &keys::mailbox(entry.id))?;
         // A copy that never stored anything has nothing to hand over.
         let Some(highest) = highest.map(|c| c.modseq) else {
-            return Ok(HandOver::Done);
+            return Ok(HandOver::Nothing);
         };
         let keepers = self.holders_of(entry);
         let mut send_to = Vec::new();
+        let mut acked_by = Vec::new();
         for peer in self.ctx.sync_log.peers() {
             if peer == *me || !keepers.contains(&peer) || entry.is_leaving(&peer) {
                 continue;
@@ -586,11 +616,93 @@ impl Directory {
                 .store
                 .get(Table::ReplCache, &crate::mailbox_sync::cache_key(entry.id, &peer))?;
             if cache.is_some_and(|c| c.uidvalidity == entry.uidvalidity && c.acked.counter() >= highest) {
-                return Ok(HandOver::Done);
+                acked_by.push(peer);
+            } else {
+                send_to.push(peer);
             }
-            send_to.push(peer);
         }
-        Ok(HandOver::SendTo(send_to))
+        if acked_by.is_empty() {
+            Ok(HandOver::SendTo(send_to))
+        } else {
+            Ok(HandOver::AckedBy(acked_by))
+        }
+    }
+
+    /// Asks `keepers` in turn whether each still keeps mailbox `id` (and is not letting it go);
+    /// on the first yes from the store this node greeted, remembers it for this node's leaving
+    /// register `leaving` and tries the release again at once, else in 5 s.
+    fn ask_keepers(
+        &mut self,
+        id: MailboxId,
+        uidvalidity: UidValidity,
+        keepers: Vec<NodeId>,
+        leaving: Option<Version>,
+        ctx: &mut Context<Self>,
+    ) {
+        let Some(transport) = self.transport.clone() else {
+            return;
+        };
+        let mut known = Vec::new();
+        for peer in keepers {
+            match self
+                .ctx
+                .store
+                .get::<crate::directory_sync::PeerRecord>(Table::Peers, peer.as_str().as_bytes())
+            {
+                Ok(Some(record)) => known.push((peer, record.incarnation)),
+                Ok(None) => {}
+                Err(e) => warn!(peer = %peer, error = %e, "cannot read what this node knows of a peer"),
+            }
+        }
+        let ask = async move {
+            for (peer, incarnation) in known {
+                let answer = transport
+                    .request(
+                        &peer,
+                        Request::Keeps {
+                            mailbox: id,
+                            uidvalidity,
+                        },
+                    )
+                    .await;
+                match answer {
+                    Ok(Response::Keeps {
+                        keeps: true,
+                        incarnation: theirs,
+                    }) if theirs == incarnation => {
+                        return Some(peer);
+                    }
+                    Ok(_) => {}
+                    Err(e) => debug!(peer = %peer, mailbox = %id, error = %e, "cannot ask a keeper"),
+                }
+            }
+            None
+        };
+        ctx.spawn(
+            ask.into_actor(self)
+                .map(move |yes, act, ctx| match (yes, leaving) {
+                    (Some(peer), Some(leaving)) => {
+                        act.keeper_said_yes.insert(id, (peer, leaving));
+                        act.try_release(id, ctx);
+                    }
+                    _ => {
+                        ctx.run_later(Duration::from_secs(5), move |act, ctx| act.try_release(id, ctx));
+                    }
+                }),
+        );
+    }
+
+    /// Whether this node keeps mailbox `id` of `uidvalidity`: it holds a copy by its entry and is
+    /// not letting it go (the answer to a peer's `Keeps`).
+    pub(crate) fn keeps(&self, id: MailboxId, uidvalidity: UidValidity) -> Result<bool, StoreError> {
+        let me = &self.ctx.node;
+        Ok(self.entry(id)?.is_some_and(|e| {
+            !e.is_deleted()
+                && e.uidvalidity == uidvalidity
+                && !e.is_leaving(me)
+                && !self.releasing.contains_key(&id)
+                && holds(&self.holders_of(&e), me)
+        }))
     }
 
     /// The running actor of a mailbox, if any.
@@ -760,7 +872,12 @@ enum Purge {
 
 /// Whether a copy being let go has reached a node that keeps the mailbox (`handed_over`).
 enum HandOver {
-    Done,
+    /// The copy never stored anything.
+    Nothing,
+    /// These keepers have acknowledged all of it (by their replication caches); one of them must
+    /// still say it keeps the mailbox.
+    AckedBy(Vec<NodeId>),
+    /// No keeper has all of it: queue it for these.
     SendTo(Vec<NodeId>),
 }
 

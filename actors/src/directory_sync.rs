@@ -5,7 +5,7 @@
 use std::collections::BTreeSet;
 
 use actix::prelude::*;
-use mailmesh_protocol::ids::NodeId;
+use mailmesh_protocol::ids::{MailboxId, NodeId, UidValidity};
 use mailmesh_protocol::merge::{Merge, MergeEffect};
 use mailmesh_protocol::records::{LinkGraph, MailboxEntry, UserSieve, UserSubscriptions};
 use mailmesh_protocol::wire::Change;
@@ -652,5 +652,23 @@ impl Handler<ApplyLinks> for Directory {
             Ok::<_, MailError>((writes, merged, relinked))
         })();
         self.commit_links(prepared)
+    }
+}
+
+/// A peer letting its copy of a mailbox go asks whether this node keeps it (see
+/// `Request::Keeps`). Answers with this store's incarnation.
+#[derive(Message)]
+#[rtype(result = "Result<(bool, u128), MailError>")]
+pub struct KeepsMailbox {
+    pub mailbox: MailboxId,
+    pub uidvalidity: UidValidity,
+}
+
+impl Handler<KeepsMailbox> for Directory {
+    type Result = Result<(bool, u128), MailError>;
+
+    fn handle(&mut self, msg: KeepsMailbox, _: &mut Self::Context) -> Self::Result {
+        let keeps = self.keeps(msg.mailbox, msg.uidvalidity)?;
+        Ok((keeps, self.ctx.counters.incarnation()))
     }
 }

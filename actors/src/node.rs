@@ -141,7 +141,7 @@ impl LocalNode {
             limits: options.limits,
             faults: options.faults,
         };
-        let directory = Directory::new(context.clone(), options.activation).start();
+        let directory = Directory::new(context.clone(), options.activation, transport.clone()).start();
         let inbound = Inbound::new(context.clone(), directory.clone());
         let mut node = LocalNode {
             node: options.node,

@@ -16,7 +16,9 @@ use tracing::{debug, warn};
 
 use crate::context::NodeContext;
 use crate::directory::{Directory, OpenMailboxById};
-use crate::directory_sync::{ApplyEntries, ApplyLinks, ApplyUserItem, PeerHello, UserItemChange};
+use crate::directory_sync::{
+    ApplyEntries, ApplyLinks, ApplyUserItem, KeepsMailbox, PeerHello, UserItemChange,
+};
 use crate::error::MailError;
 use crate::mailbox::Mailbox;
 use crate::mailbox_sync::{wire_error, ApplyChanges, Bodies, ListChanges, ListFull, PageBudget};
@@ -188,6 +190,16 @@ impl Handler<InboundRequest> for PeerSession {
                 let change = UserItemChange::Sieve(sieve);
                 Box::pin(apply_user_item(directory, peer, user, change).into_actor(self))
             }
+            Request::Keeps { mailbox, uidvalidity } => Box::pin(
+                async move {
+                    match directory.send(KeepsMailbox { mailbox, uidvalidity }).await {
+                        Ok(Ok((keeps, incarnation))) => Response::Keeps { keeps, incarnation },
+                        Ok(Err(e)) => error_response(e),
+                        Err(e) => error_response(e.into()),
+                    }
+                }
+                .into_actor(self),
+            ),
             Request::MissingBodies { guids } => {
                 let snapshot = match self.ctx.store.snapshot() {
                     Ok(s) => s,
@@ -354,6 +366,7 @@ fn request_name(r: &Request) -> &'static str {
         Request::ChangesSince { .. } => "ChangesSince",
         Request::FullState { .. } => "FullState",
         Request::MissingBodies { .. } => "MissingBodies",
+        Request::Keeps { .. } => "Keeps",
         Request::FetchBody { .. } => "FetchBody",
         Request::BodyChunk { .. } => "BodyChunk",
         Request::Bodies { .. } => "Bodies",

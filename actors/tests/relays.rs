@@ -705,3 +705,57 @@ fn copies_let_go_on_a_ring_do_not_make_each_other_relays_for_ever() {
         cluster.assert_quiet().await;
     });
 }
+
+/// Engine bug 36 (simulator, seed 8921): a and b hold alice's INBOX, each has acknowledged all
+/// of the other's copy, and the link between them goes down. On a the mailbox is placed on
+/// {b}; on b, at the same time, on {a}. Each let its copy go on the strength of the other's
+/// replication cache (a keeper, by its own entry), and the messages were gone from every node
+/// once the link came back. Now a copy goes only after the keeper itself answers, after this
+/// node started leaving, that it still holds a copy and is not letting it go: with the link
+/// down neither gets that answer, so both keep their copies, and when the link is back the
+/// entries merge and the mailbox stays where the winning placement says, messages and all.
+#[test]
+fn two_holders_placing_the_mailbox_on_each_other_while_cut_off_keep_it() {
+    run_virtual(|| async {
+        let cluster = Cluster::full_mesh(&["a", "b"]);
+        cluster
+            .node("a")
+            .directory
+            .send(CreateMailbox {
+                user: "alice".into(),
+                name: "INBOX".into(),
+            })
+            .await
+            .unwrap()
+            .unwrap();
+        cluster.settle().await;
+        let on_a = open(&cluster, "a").await;
+        for i in 0..3 {
+            append(&on_a, i).await.unwrap();
+        }
+        drop(on_a);
+        cluster.settle().await;
+        wait_for_count(&cluster, "b", 3, "b holds the messages").await;
+
+        cluster.net.set_link(&n("a"), &n("b"), false);
+        place_on(&cluster, "a", &["b"]).await;
+        place_on(&cluster, "b", &["a"]).await;
+        tokio::time::sleep(std::time::Duration::from_secs(60)).await;
+        assert_eq!(
+            count(&cluster, "a").await,
+            3,
+            "a keeps its copy: b has not said it keeps one"
+        );
+        assert_eq!(
+            count(&cluster, "b").await,
+            3,
+            "b keeps its copy: a has not said it keeps one"
+        );
+
+        cluster.net.set_link(&n("a"), &n("b"), true);
+        cluster.settle().await;
+        let held: usize = count(&cluster, "a").await + count(&cluster, "b").await;
+        assert_eq!(held, 3, "one node holds the messages, the other let its copy go");
+        cluster.assert_quiet().await;
+    });
+}

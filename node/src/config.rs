@@ -81,6 +81,10 @@ pub struct UserSection {
 pub struct LmtpSection {
     /// `ip:port` (e.g. "127.0.0.1:2424") or a Unix socket path (anything with a `/`).
     pub listen: String,
+    /// For a Unix socket `listen`: the socket file's permissions, octal (e.g. "0660" so that an
+    /// MTA in the node's group may connect); unset: as the process's umask leaves them.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub socket_mode: Option<String>,
     /// PEM certificate chain offered with STARTTLS (or from the first byte with
     /// `implicit_tls`); with `tls_key`. Read again on every reload.
     #[serde(default, skip_serializing_if = "Option::is_none")]
@@ -112,6 +116,10 @@ pub struct LmtpSection {
 pub struct ManageSieveSection {
     /// `ip:port` (RFC 5804's port is 4190, e.g. "0.0.0.0:4190") or a Unix socket path.
     pub listen: String,
+    /// For a Unix socket `listen`: the socket file's permissions, octal (e.g. "0660" so that an
+    /// MTA in the node's group may connect); unset: as the process's umask leaves them.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub socket_mode: Option<String>,
     /// PEM certificate chain offered with STARTTLS (or from the first byte with
     /// `implicit_tls`); with `tls_key`. Read again on every reload.
     #[serde(default, skip_serializing_if = "Option::is_none")]
@@ -433,6 +441,7 @@ impl Config {
         };
         let listen =
             ListenAddress::parse(&lmtp.listen).map_err(|p| ConfigError::invalid("lmtp.listen", p))?;
+        let socket_mode = socket_mode("lmtp", &listen, &lmtp.socket_mode)?;
         let tls = listener_tls(
             "lmtp",
             &listen,
@@ -459,6 +468,7 @@ impl Config {
         }
         Ok(Some(LmtpOptions {
             listen,
+            socket_mode,
             tls,
             limits,
             max_message_bytes,
@@ -473,6 +483,7 @@ impl Config {
         };
         let listen = ListenAddress::parse(&section.listen)
             .map_err(|p| ConfigError::invalid("managesieve.listen", p))?;
+        let socket_mode = socket_mode("managesieve", &listen, &section.socket_mode)?;
         let tls = listener_tls(
             "managesieve",
             &listen,
@@ -488,7 +499,12 @@ impl Config {
             )?,
             total: positive_usize("managesieve.max_connections", section.max_connections)?,
         };
-        Ok(Some(ManageSieveOptions { listen, tls, limits }))
+        Ok(Some(ManageSieveOptions {
+            listen,
+            socket_mode,
+            tls,
+            limits,
+        }))
     }
 
     /// The configuration as TOML, as `check-config` prints it.
@@ -496,6 +512,32 @@ impl Config {
         // Serializing plain strings and integers into TOML cannot fail.
         toml::to_string(self)
             .unwrap_or_else(|e| format!("# cannot print the configuration as TOML: {e}\n{self:#?}\n"))
+    }
+}
+
+/// `socket_mode` of `[section]`: octal permission bits for a Unix socket listener.
+pub fn socket_mode(
+    section: &'static str,
+    listen: &ListenAddress,
+    mode: &Option<String>,
+) -> Result<Option<u32>, ConfigError> {
+    let Some(text) = mode else {
+        return Ok(None);
+    };
+    let key = format!("{section}.socket_mode");
+    if !matches!(listen, ListenAddress::Unix(_)) {
+        return Err(ConfigError::invalid(
+            key,
+            "applies only when listen is a Unix socket path",
+        ));
+    }
+    let digits = text.strip_prefix("0o").unwrap_or(text);
+    match u32::from_str_radix(digits, 8) {
+        Ok(bits) if !digits.is_empty() && digits.len() <= 4 && bits <= 0o777 => Ok(Some(bits)),
+        _ => Err(ConfigError::invalid(
+            key,
+            format!("{text:?} is not octal permission bits such as \"0660\""),
+        )),
     }
 }
 
@@ -694,6 +736,7 @@ mod tests {
         assert_eq!(config.lmtp(1000).unwrap(), None);
         let section = LmtpSection {
             listen: "127.0.0.1:2424".into(),
+            socket_mode: None,
             tls_cert: None,
             tls_key: None,
             implicit_tls: false,
@@ -757,6 +800,7 @@ mod tests {
         assert_eq!(config.managesieve().unwrap(), None, "off unless configured");
         let section = ManageSieveSection {
             listen: "127.0.0.1:4190".into(),
+            socket_mode: None,
             tls_cert: None,
             tls_key: None,
             implicit_tls: false,
@@ -768,7 +812,22 @@ mod tests {
         let options = config.managesieve().unwrap().unwrap();
         assert!(options.tls.allow_plaintext_auth, "loopback");
         assert_eq!(options.limits.per_address, 8);
-        let cases: [(&str, ManageSieveSection); 4] = [
+        let cases: [(&str, ManageSieveSection); 6] = [
+            (
+                "managesieve.socket_mode",
+                ManageSieveSection {
+                    socket_mode: Some("0660".into()),
+                    ..section.clone()
+                },
+            ),
+            (
+                "managesieve.socket_mode",
+                ManageSieveSection {
+                    listen: "/run/mailmesh/sieve.sock".into(),
+                    socket_mode: Some("rw-rw----".into()),
+                    ..section.clone()
+                },
+            ),
             (
                 "managesieve.listen",
                 ManageSieveSection {
@@ -803,6 +862,12 @@ mod tests {
             let message = config.managesieve().unwrap_err().to_string();
             assert!(message.starts_with(&format!("{key}: ")), "{key}: got {message:?}");
         }
+        config.managesieve = Some(ManageSieveSection {
+            listen: "/run/mailmesh/sieve.sock".into(),
+            socket_mode: Some("0660".into()),
+            ..section.clone()
+        });
+        assert_eq!(config.managesieve().unwrap().unwrap().socket_mode, Some(0o660));
         config.managesieve = Some(ManageSieveSection {
             listen: "0.0.0.0:4190".into(),
             ..section

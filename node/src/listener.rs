@@ -135,6 +135,8 @@ impl Drop for Listener {
 pub struct ListenerSpec {
     pub protocol: &'static str,
     pub address: ListenAddress,
+    /// Permission bits for a Unix socket (`None`: as the umask leaves them).
+    pub socket_mode: Option<u32>,
     /// TLS from the first byte, when configured.
     pub implicit_tls: Option<ServerTls>,
     pub limits: ConnectionLimits,
@@ -197,7 +199,7 @@ where
                 // mistake that this makes visible at once (the first stops receiving).
                 let _ = std::fs::remove_file(path);
             }
-            let listener = UnixListener::bind(path).map_err(cannot)?;
+            let listener = bind_unix(path, spec.socket_mode).map_err(cannot)?;
             info!(protocol = spec.protocol, socket = %path.display(), "listening");
             let stats = stats.clone();
             let spec = Rc::new(spec);
@@ -226,6 +228,30 @@ where
         accept,
         unix_path,
     })
+}
+
+/// Binds a Unix socket at `path` with `mode`: under a temporary name in the same directory,
+/// given its permissions, then renamed into place, so no client ever finds it with others.
+fn bind_unix(path: &std::path::Path, mode: Option<u32>) -> std::io::Result<UnixListener> {
+    let Some(mode) = mode else {
+        return UnixListener::bind(path);
+    };
+    let name = path
+        .file_name()
+        .ok_or_else(|| std::io::Error::other("the socket path has no file name"))?;
+    let mut temporary_name = std::ffi::OsString::from(".");
+    temporary_name.push(name);
+    temporary_name.push(format!(".{}.tmp", std::process::id()));
+    let temporary = path.with_file_name(temporary_name);
+    let _ = std::fs::remove_file(&temporary);
+    let listener = UnixListener::bind(&temporary)?;
+    let placed = std::fs::set_permissions(&temporary, std::os::unix::fs::PermissionsExt::from_mode(mode))
+        .and_then(|()| std::fs::rename(&temporary, path));
+    if let Err(e) = placed {
+        let _ = std::fs::remove_file(&temporary);
+        return Err(e);
+    }
+    Ok(listener)
 }
 
 fn admit<F, Fut>(

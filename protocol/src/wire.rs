@@ -15,8 +15,8 @@ use crate::records::{
 
 /// Bumped on every incompatible change to these types. Peers with different versions refuse each
 /// other in the handshake with a message naming both versions. 3: a Guid travels as one byte
-/// string instead of an array of 32 numbers.
-pub const PROTOCOL_VERSION: u32 = 3;
+/// string instead of an array of 32 numbers. 4: `Keeps`, asked before a copy is let go.
+pub const PROTOCOL_VERSION: u32 = 4;
 
 #[derive(Clone, PartialEq, Debug, Serialize, Deserialize)]
 pub enum Frame {
@@ -97,6 +97,14 @@ pub enum Request {
         uidvalidity: UidValidity,
         after: Option<AppendId>,
         limit: u32,
+    },
+    /// Asked by a node letting its copy of a mailbox go, of the peer it hands the mailbox to:
+    /// does the peer hold a copy now, and is it not letting that copy go itself? A copy goes
+    /// only on a yes asked after its node started leaving, so two nodes can never each let go
+    /// on the strength of the other (engine bug 36).
+    Keeps {
+        mailbox: MailboxId,
+        uidvalidity: UidValidity,
     },
     /// Which of these bodies does the peer lack?
     MissingBodies {
@@ -203,6 +211,12 @@ pub enum Response {
     },
     Missing {
         guids: Vec<Guid>,
+    },
+    /// The answer to `Keeps`, with the store incarnation that gives it (a wiped store's yes
+    /// says nothing about what the asker's replication cache records).
+    Keeps {
+        keeps: bool,
+        incarnation: u128,
     },
     /// The request could not be served; `retry` says whether trying later may succeed.
     Error {

@@ -313,6 +313,10 @@ fn change_page() -> impl Strategy<Value = ChangePage> {
 fn request() -> impl Strategy<Value = Request> {
     prop_oneof![
         vec(guid(), 0..5).prop_map(|guids| Request::MissingBodies { guids }),
+        (any::<u128>(), any::<u32>()).prop_map(|(mailbox, uidvalidity)| Request::Keeps {
+            mailbox: MailboxId(mailbox),
+            uidvalidity: UidValidity(uidvalidity),
+        }),
         (any::<u128>(), any::<u64>()).prop_map(|(incarnation, floor)| Request::Hello { incarnation, floor }),
         (guid(), any::<u64>(), any::<u32>()).prop_map(|(guid, offset, limit)| Request::FetchBody {
             guid,
@@ -418,6 +422,8 @@ fn response() -> impl Strategy<Value = Response> {
                 next: next.map(|(origin, counter)| AppendId { origin, counter }),
             }),
         vec(guid(), 0..5).prop_map(|guids| Response::Missing { guids }),
+        (any::<bool>(), any::<u128>())
+            .prop_map(|(keeps, incarnation)| Response::Keeps { keeps, incarnation }),
     ]
 }
 

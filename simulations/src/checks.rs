@@ -121,10 +121,10 @@ impl Observer {
 
     /// A node lost its whole store: what it showed before (uids, counters, tombstones) is no
     /// promise any more. Messages `lost` with it (on no other disk) are forgotten wherever any
-    /// node showed them, and a message it alone showed at a uid where no other disk holds it
-    /// (`survives` says which places did) is forgotten there: that uid assignment (an append, or
-    /// a promotion by the primary) was lost with the store, and the uid may go to another
-    /// message.
+    /// node showed them, and a message shown at a uid by no node still remembered (this one and
+    /// nodes wiped before) where no other disk holds it (`survives` says which places did) is
+    /// forgotten there: that uid assignment (an append, or a promotion by the primary) was lost
+    /// with the stores, and the uid may go to another message.
     pub fn node_wiped(
         &mut self,
         node: &NodeId,
@@ -134,19 +134,19 @@ impl Observer {
         for aids in self.global_shown.values_mut() {
             aids.retain(|aid| !lost.contains(aid));
         }
-        let Some(memory) = self.nodes.remove(node) else {
-            return;
-        };
-        for (key, aid) in &memory.shown {
-            let (id, _, uid) = *key;
-            let elsewhere = self.nodes.values().any(|m| m.shown.get(key) == Some(aid));
-            if !elsewhere && !survives(id, uid, aid) {
-                if let Some(aids) = self.global_shown.get_mut(key) {
-                    aids.remove(aid);
-                }
-            }
+        if let Some(memory) = self.nodes.remove(node) {
+            self.listed_before_wipes.extend(memory.listed);
         }
-        self.listed_before_wipes.extend(memory.listed);
+        // Every assignment no running memory shows is judged again, not only those this node
+        // showed: one shown by a node wiped earlier was kept because this node's disk still held
+        // it (seed 4840), and that disk is gone now.
+        let nodes = &self.nodes;
+        for (key, aids) in self.global_shown.iter_mut() {
+            let (id, _, uid) = *key;
+            aids.retain(|aid| {
+                nodes.values().any(|m| m.shown.get(key) == Some(aid)) || survives(id, uid, aid)
+            });
+        }
     }
 
     /// Records a violation once per `key`.
@@ -726,4 +726,64 @@ fn first_difference(a: &NodeId, va: &ReplicaView, b: &NodeId, vb: &ReplicaView) 
         );
     }
     format!("sieve scripts {:?} on {a}, {:?} on {b}", va.scripts, vb.scripts)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn node(name: &str) -> NodeId {
+        NodeId::new(name).unwrap()
+    }
+
+    fn shown(on: &str, uid: u32, aid: &AppendId) -> Shown {
+        Shown {
+            node: node(on),
+            mailbox: MailboxId(7),
+            uidvalidity: UidValidity(1),
+            messages: vec![(Uid(uid), aid.clone())],
+            incarnation: 0,
+        }
+    }
+
+    fn shown_at(observer: &Observer, uid: u32) -> BTreeSet<AppendId> {
+        let key = (MailboxId(7), UidValidity(1), Uid(uid));
+        observer.global_shown.get(&key).cloned().unwrap_or_default()
+    }
+
+    /// Seed 4840: a promotion shown only on n3 survived n3's wipe on n2's disk; when n2 is
+    /// wiped too, no memory and no disk keeps it, so the uid is free again.
+    #[test]
+    fn an_assignment_is_forgotten_when_the_last_disk_holding_it_is_wiped() {
+        let mut observer = Observer::new(Trace::new());
+        let promoted = AppendId {
+            origin: node("n2"),
+            counter: 1,
+        };
+        observer.clients_saw(vec![shown("n3", 3, &promoted)]);
+        observer.clients_saw(vec![shown("n2", 1, &promoted)]);
+        let nothing_lost = BTreeSet::new();
+        // n2's disk still holds the promotion when n3 is wiped.
+        observer.node_wiped(&node("n3"), &nothing_lost, |_, uid, _| uid == Uid(3));
+        assert_eq!(shown_at(&observer, 3), BTreeSet::from([promoted.clone()]));
+        // Then n2 is wiped and no other disk holds it at uid 3.
+        observer.node_wiped(&node("n2"), &nothing_lost, |_, _, _| false);
+        assert!(shown_at(&observer, 3).is_empty());
+        assert!(observer.violations.is_empty());
+    }
+
+    /// The other side: an assignment a remembered node showed stays a promise through any wipe.
+    #[test]
+    fn an_assignment_a_remembered_node_showed_survives_other_nodes_wipes() {
+        let mut observer = Observer::new(Trace::new());
+        let promoted = AppendId {
+            origin: node("n2"),
+            counter: 1,
+        };
+        observer.clients_saw(vec![shown("n1", 3, &promoted), shown("n3", 3, &promoted)]);
+        let nothing_lost = BTreeSet::new();
+        observer.node_wiped(&node("n3"), &nothing_lost, |_, _, _| false);
+        observer.node_wiped(&node("n2"), &nothing_lost, |_, _, _| false);
+        assert_eq!(shown_at(&observer, 3), BTreeSet::from([promoted]));
+    }
 }

@@ -603,6 +603,7 @@ pub fn request_label(request: &Request) -> String {
         Request::ChangesSince { mailbox, .. } => format!("ChangesSince({})", short_id(mailbox.0)),
         Request::FullState { mailbox, .. } => format!("FullState({})", short_id(mailbox.0)),
         Request::MissingBodies { guids } => format!("MissingBodies({})", guids.len()),
+        Request::Keeps { mailbox, .. } => format!("Keeps({})", short_id(mailbox.0)),
         Request::FetchBody { offset, .. } => format!("FetchBody(@{offset})"),
         Request::BodyChunk {
             offset, data, last, ..
@@ -630,6 +631,7 @@ pub fn response_label(response: &Response) -> String {
         Response::Changes(p) => format!("Changes(rec={})", p.records.len()),
         Response::Full { records, .. } => format!("Full(rec={})", records.len()),
         Response::Missing { guids } => format!("Missing({})", guids.len()),
+        Response::Keeps { keeps, .. } => format!("Keeps({keeps})"),
         Response::Error { code, .. } => format!("Error({code:?})"),
         #[allow(unreachable_patterns)]
         other => variant_name(&format!("{other:?}")),

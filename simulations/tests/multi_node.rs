@@ -250,6 +250,18 @@ const WIPE_AND_LOCATION_SEEDS_THAT_FAILED_ONCE: &[(u64, &str)] = &[
         "engine bug 33: a wiped node's links register from before the wipe won by version over \
          the one it published after; no node ever knew the link the configuration had",
     ),
+    (
+        8921,
+        "engine bug 36: n4, cut off, placed the mailbox on the others and let its copy go on n1's \
+         replication cache, while n1, not knowing, let its copy go on n4's: a message and an \
+         annotation gone from every node",
+    ),
+    (
+        4840,
+        "a checker mistake, not an engine bug: a promotion shown only on n3 was kept as a promise \
+         after n3's wipe because n2's disk held it, and still kept after n2 was wiped too, when no \
+         disk held it any more; the primary then gave the uid to another message, which was right",
+    ),
 ];
 
 #[test]

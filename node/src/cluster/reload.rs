@@ -151,6 +151,7 @@ pub fn load_for_reload(path: Option<&Path>, running: &Config) -> Result<Loaded, 
             new.lmtp.as_ref().map(|l| {
                 (
                     &l.listen,
+                    &l.socket_mode,
                     l.implicit_tls,
                     l.max_connections,
                     l.max_connections_per_address,
@@ -158,6 +159,7 @@ pub fn load_for_reload(path: Option<&Path>, running: &Config) -> Result<Loaded, 
             }) != running.lmtp.as_ref().map(|l| {
                 (
                     &l.listen,
+                    &l.socket_mode,
                     l.implicit_tls,
                     l.max_connections,
                     l.max_connections_per_address,
@@ -169,6 +171,7 @@ pub fn load_for_reload(path: Option<&Path>, running: &Config) -> Result<Loaded, 
             new.managesieve.as_ref().map(|l| {
                 (
                     &l.listen,
+                    &l.socket_mode,
                     l.implicit_tls,
                     l.max_connections,
                     l.max_connections_per_address,
@@ -176,6 +179,7 @@ pub fn load_for_reload(path: Option<&Path>, running: &Config) -> Result<Loaded, 
             }) != running.managesieve.as_ref().map(|l| {
                 (
                     &l.listen,
+                    &l.socket_mode,
                     l.implicit_tls,
                     l.max_connections,
                     l.max_connections_per_address,

@@ -35,6 +35,8 @@ use crate::listener::{self, ConnectionLimits, Listener, ListenerSpec, ListenerSt
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub struct LmtpOptions {
     pub listen: ListenAddress,
+    /// Permission bits of a Unix socket.
+    pub socket_mode: Option<u32>,
     pub tls: ListenerTlsOptions,
     pub limits: ConnectionLimits,
     pub max_message_bytes: u64,
@@ -136,6 +138,7 @@ impl LmtpServer {
         let spec = ListenerSpec {
             protocol: "lmtp",
             address: options.listen.clone(),
+            socket_mode: options.socket_mode,
             implicit_tls: if implicit { tls.clone() } else { None },
             limits: options.limits,
             refusal: b"421 4.7.0 too many connections; try again later\r\n",

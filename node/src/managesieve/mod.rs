@@ -37,6 +37,8 @@ pub const SASL_MECHANISMS: &[&str] = &["PLAIN", "LOGIN"];
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub struct ManageSieveOptions {
     pub listen: ListenAddress,
+    /// Permission bits of a Unix socket.
+    pub socket_mode: Option<u32>,
     pub tls: ListenerTlsOptions,
     pub limits: ConnectionLimits,
 }
@@ -83,6 +85,7 @@ impl ManageSieveServer {
         let spec = ListenerSpec {
             protocol: "managesieve",
             address: options.listen.clone(),
+            socket_mode: options.socket_mode,
             implicit_tls: if implicit { tls.clone() } else { None },
             limits: options.limits,
             refusal: b"BYE \"too many connections; try again later\"\r\n",

@@ -81,6 +81,12 @@ impl Machine {
         }
     }
 
+    /// Changes the literal limit for the lines to come (a session raises it once a user has
+    /// logged in: before that, no command needs a large string).
+    pub fn set_max_literal(&mut self, max_literal: usize) {
+        self.max_literal = max_literal;
+    }
+
     pub fn feed(&mut self, bytes: &[u8]) {
         self.input.extend_from_slice(bytes);
     }
@@ -536,6 +542,8 @@ pub enum Code {
     Active,
     NonExistent,
     AlreadyExists,
+    /// The script was stored (or checked) but will not do all it says (RFC 5804 1.3).
+    Warnings,
     /// NOOP's tag, echoed.
     Tag(Vec<u8>),
 }
@@ -600,6 +608,7 @@ impl Response {
                 Code::Active => out.extend_from_slice(b"ACTIVE"),
                 Code::NonExistent => out.extend_from_slice(b"NONEXISTENT"),
                 Code::AlreadyExists => out.extend_from_slice(b"ALREADYEXISTS"),
+                Code::Warnings => out.extend_from_slice(b"WARNINGS"),
                 Code::Tag(tag) => {
                     out.extend_from_slice(b"TAG ");
                     encode_string(tag, out);

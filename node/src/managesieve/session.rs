@@ -13,7 +13,7 @@ use std::rc::Rc;
 use std::time::Duration;
 
 use mailmesh_actors::directory::{
-    DeleteScript, GetScript, ListScripts, PutScript, RenameScript, SetActiveScript,
+    DeleteScript, GetScript, ListMailboxes, ListScripts, PutScript, RenameScript, SetActiveScript,
 };
 use mailmesh_actors::MailError;
 use mailmesh_protocol::names::validate_script_name;
@@ -34,6 +34,9 @@ use crate::sieve;
 pub const IDLE_TIMEOUT: Duration = Duration::from_secs(30 * 60);
 /// Read buffer per connection.
 const READ_CHUNK: usize = 16 * 1024;
+/// The longest string a client may send before it has logged in: PLAIN's and LOGIN's answers
+/// are a few hundred bytes, so a connection that has not logged in holds little memory.
+pub const MAX_LITERAL_BEFORE_LOGIN: usize = 8 * 1024;
 /// Responses gathered beyond this are written before the next command is carried out, so a
 /// client pipelining GETSCRIPTs cannot make the server hold them all.
 const FLUSH_AT: usize = 64 * 1024;
@@ -56,7 +59,7 @@ enum Flow {
 }
 
 pub async fn serve(mut conn: Connection, peer: Peer, ctx: Rc<SieveContext>) {
-    let mut machine = Machine::new(ctx.max_script_bytes);
+    let mut machine = Machine::new(MAX_LITERAL_BEFORE_LOGIN);
     let mut out = Vec::with_capacity(512);
     let mut state = Stage::Anonymous;
     ctx.capabilities(&conn, &state).encode(&mut out);
@@ -128,6 +131,10 @@ pub async fn serve(mut conn: Connection, peer: Peer, ctx: Rc<SieveContext>) {
                     ctx.capabilities(&conn, &state).encode(&mut out);
                 }
             }
+            machine.set_max_literal(match state {
+                Stage::Authenticated(_) => ctx.max_script_bytes,
+                _ => MAX_LITERAL_BEFORE_LOGIN,
+            });
             if out.len() >= FLUSH_AT && write(&mut conn, &mut out).await.is_err() {
                 return;
             }
@@ -361,13 +368,14 @@ async fn script_command(
         }
         Command::CheckScript { script } => {
             ctx.check_size(script.len() as u64)?;
-            compile(&script)?;
-            Ok(Response::ok())
+            let compiled = compile(&script)?;
+            warnings(ctx, &user, &compiled, None).await
         }
         Command::PutScript { name, script } => {
             check_name(&name)?;
             ctx.check_size(script.len() as u64)?;
-            compile(&script)?;
+            let compiled = compile(&script)?;
+            let answer = warnings(ctx, &user, &compiled, Some(&name)).await?;
             directory
                 .send(PutScript {
                     user,
@@ -378,7 +386,7 @@ async fn script_command(
                 .map_err(MailError::from)
                 .and_then(|r| r)
                 .map_err(refusal)?;
-            Ok(Response::ok())
+            Ok(answer)
         }
         Command::ListScripts => {
             let scripts = directory
@@ -474,10 +482,67 @@ fn check_name(name: &str) -> Result<(), Response> {
     validate_script_name(name).map_err(|e| Response::no(e.to_string()))
 }
 
-fn compile(script: &[u8]) -> Result<(), Response> {
-    sieve::compile(script)
-        .map(|_| ())
-        .map_err(|e| Response::no(e.to_string()))
+fn compile(script: &[u8]) -> Result<sieve::Script, Response> {
+    sieve::compile(script).map_err(|e| Response::no(e.to_string()))
+}
+
+/// `OK`, or `OK (WARNINGS)` naming what the script refers to that does not exist now: a
+/// `fileinto` mailbox without `:create` (the message would be kept in INBOX) and an `include`d
+/// script without `:optional` (a run-time error: kept in INBOX). `name` is the script being
+/// stored, which counts as existing.
+async fn warnings(
+    ctx: &SieveContext,
+    user: &str,
+    script: &sieve::Script,
+    name: Option<&str>,
+) -> Result<Response, Response> {
+    let targets = script.fileinto_without_create();
+    let includes = script.required_includes();
+    let mut notes = Vec::new();
+    if !targets.is_empty() {
+        let mailboxes: Vec<String> = ctx
+            .directory
+            .send(ListMailboxes {
+                user: user.to_string(),
+            })
+            .await
+            .map_err(MailError::from)
+            .and_then(|r| r)
+            .map_err(refusal)?
+            .into_iter()
+            .map(|info| info.name)
+            .collect();
+        for target in targets {
+            if !target.eq_ignore_ascii_case("INBOX") && !mailboxes.iter().any(|m| m == target) {
+                notes.push(format!(
+                    "fileinto {target:?}: no such mailbox, so those messages are kept in INBOX until it exists (or use :create)"
+                ));
+            }
+        }
+    }
+    if !includes.is_empty() {
+        let scripts = ctx
+            .directory
+            .send(ListScripts {
+                user: user.to_string(),
+            })
+            .await
+            .map_err(MailError::from)
+            .and_then(|r| r)
+            .map_err(refusal)?;
+        for include in includes {
+            if Some(include) != name && !scripts.iter().any(|(s, _)| s == include) {
+                notes.push(format!(
+                    "include {include:?}: no such script, so deliveries keep every message in INBOX until it exists (or use :optional)"
+                ));
+            }
+        }
+    }
+    if notes.is_empty() {
+        Ok(Response::ok())
+    } else {
+        Ok(Response::ok_text(notes.join("; ")).with_code(Code::Warnings))
+    }
 }
 
 /// The answer to a Directory error.

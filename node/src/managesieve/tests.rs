@@ -238,6 +238,10 @@ fn rfc_setactive_getscript_deletescript_renamescript_examples() {
         }
     );
     assert_eq!(
+        encoded(Response::ok_text("line 2: fileinto \"X\": no such mailbox").with_code(Code::Warnings)),
+        "OK (WARNINGS) \"line 2: fileinto \\\"X\\\": no such mailbox\"\r\n"
+    );
+    assert_eq!(
         encoded(Response::no("bar already exists").with_code(Code::AlreadyExists)),
         "NO (ALREADYEXISTS) \"bar already exists\"\r\n"
     );
@@ -339,6 +343,27 @@ fn an_oversized_literal_is_dropped_and_refused_with_maxsize() {
     };
     assert_eq!(refusal.code, Some(Code::QuotaMaxSize));
     assert_eq!(got[1], Parsed::Line(vec![Token::Atom("NOOP".into())]));
+}
+
+#[test]
+fn a_raised_literal_limit_applies_to_the_lines_after_it() {
+    let mut machine = Machine::new(8);
+    machine.feed(b"CHECKSCRIPT {9+}\r\nkeep;\r\n\r\n\r\n");
+    let Some(Parsed::Invalid(refusal)) = machine.next_line() else {
+        panic!("over the first limit")
+    };
+    assert_eq!(refusal.code, Some(Code::QuotaMaxSize));
+    machine.set_max_literal(16);
+    machine.feed(b"CHECKSCRIPT {9+}\r\nkeep;\r\n\r\n\r\n");
+    assert_eq!(
+        parse_command(match machine.next_line() {
+            Some(Parsed::Line(tokens)) => tokens,
+            other => panic!("{other:?}"),
+        }),
+        Ok(Command::CheckScript {
+            script: s("keep;\r\n\r\n")
+        })
+    );
 }
 
 #[test]

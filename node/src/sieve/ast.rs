@@ -252,4 +252,58 @@ impl Script {
     pub fn requires(&self, extension: Extension) -> bool {
         self.extensions.contains(&extension)
     }
+
+    /// The mailboxes `fileinto` without `:create` names, each once, in order; names holding a
+    /// variable are left out (their value is known only at delivery). A missing one means the
+    /// message is kept in INBOX, which ManageSieve warns about at upload.
+    pub fn fileinto_without_create(&self) -> Vec<&str> {
+        let mut found = Vec::new();
+        walk(&self.commands, &mut |command| {
+            if let Command::FileInto {
+                mailbox,
+                create: false,
+                ..
+            } = command
+            {
+                if !mailbox.contains("${") && !found.contains(&mailbox.as_str()) {
+                    found.push(mailbox.as_str());
+                }
+            }
+        });
+        found
+    }
+
+    /// The personal scripts `include` without `:optional` names, each once, in order (a missing
+    /// one is a run-time error at delivery).
+    pub fn required_includes(&self) -> Vec<&str> {
+        let mut found = Vec::new();
+        walk(&self.commands, &mut |command| {
+            if let Command::Include {
+                name,
+                optional: false,
+                ..
+            } = command
+            {
+                if !name.contains("${") && !found.contains(&name.as_str()) {
+                    found.push(name.as_str());
+                }
+            }
+        });
+        found
+    }
+}
+
+/// Every command of `commands`, those inside `if` blocks included.
+fn walk<'a>(commands: &'a [Command], visit: &mut impl FnMut(&'a Command)) {
+    for command in commands {
+        visit(command);
+        if let Command::If { branches, otherwise } = command {
+            for (_, block) in branches {
+                walk(block, visit);
+            }
+            if let Some(block) = otherwise {
+                walk(block, visit);
+            }
+        }
+    }
 }

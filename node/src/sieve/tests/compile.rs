@@ -3,6 +3,21 @@
 use crate::sieve::ast::{AddressPart, Command, Comparator, MatchType, Relation, Test};
 use crate::sieve::{compile, Extension, ParseError};
 
+#[test]
+fn fileinto_targets_and_includes_are_listed_for_upload_warnings() {
+    let script = compile(
+        br#"require ["fileinto", "include", "mailbox", "variables"];
+        fileinto "Top";
+        if header :contains "subject" "a" { fileinto "Lists/a"; fileinto :create "Made"; }
+        elsif true { include "helper"; include :optional "maybe"; }
+        else { if true { fileinto "Deep"; fileinto "Top"; fileinto "${1}"; } }
+        "#,
+    )
+    .unwrap();
+    assert_eq!(script.fileinto_without_create(), vec!["Top", "Lists/a", "Deep"]);
+    assert_eq!(script.required_includes(), vec!["helper"]);
+}
+
 fn refused(source: &str) -> ParseError {
     compile(source.as_bytes()).expect_err("the script should be refused")
 }
