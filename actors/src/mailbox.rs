@@ -1296,6 +1296,21 @@ impl Handler<GetState> for Mailbox {
     }
 }
 
+/// Whether a client may write this mailbox on this node now (the check every client write
+/// makes first): a front end that writes one message to several mailboxes checks them all
+/// before writing any, so that a refusal leaves nothing half-written.
+#[derive(Message)]
+#[rtype(result = "Result<(), MailError>")]
+pub struct CheckWritable;
+
+impl Handler<CheckWritable> for Mailbox {
+    type Result = Result<(), MailError>;
+
+    fn handle(&mut self, _: CheckWritable, _: &mut Self::Context) -> Self::Result {
+        self.check_writable()
+    }
+}
+
 /// The expunged messages compacted away (no longer held as records) and the uids they retired,
 /// as committed.
 #[derive(Message)]

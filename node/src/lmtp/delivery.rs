@@ -10,6 +10,10 @@
 //! A script's run-time error (a missing include, a limit) never fails a delivery: the message is
 //! kept in INBOX and the error logged. A script stored that does not compile (it could only
 //! come from a node with another interpreter version) is treated the same way.
+//!
+//! Every copy's target is checked writable on this node before any copy is written, so a
+//! delivery is all or nothing as the MTA sees it: a refusal (451) leaves nothing its retry
+//! would duplicate. See [`Deliverer::resolve_copies`].
 
 use std::cell::RefCell;
 use std::collections::{BTreeMap, BTreeSet};
@@ -18,8 +22,10 @@ use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::Arc;
 
 use actix::Addr;
-use mailmesh_actors::directory::{CreateMailbox, Directory, GetUserSieve, ListMailboxes, OpenMailbox};
-use mailmesh_actors::mailbox::Append;
+use mailmesh_actors::directory::{
+    CreateMailbox, Directory, GetUserSieve, ListMailboxes, OpenMailbox, OpenedMailbox,
+};
+use mailmesh_actors::mailbox::{Append, CheckWritable};
 use mailmesh_actors::MailError;
 use mailmesh_protocol::records::UserSieve;
 use mailmesh_protocol::version::Version;
@@ -128,11 +134,27 @@ impl Deliverer {
             DeliveryCounters::add(&self.counters.sieve_reject);
             return Ok(Delivered::Rejected(reason));
         }
+        let copies = self.resolve_copies(user, &keep_target, actions).await?;
+        self.write_copies(user, message, copies).await?;
+        Ok(Delivered::Stored)
+    }
+
+    /// Where each copy goes, every target checked writable here before anything is written: a
+    /// refusal after some copies were durable would make the MTA's retry duplicate them. A
+    /// target that is missing, refuses its name or is held on other nodes only is replaced by
+    /// INBOX (the message is kept rather than lost or delayed); INBOX itself not writable here
+    /// fails the whole delivery with nothing written. Copies to one mailbox are one copy (RFC
+    /// 5228 section 2.10.3), with the flags of all of them.
+    async fn resolve_copies(
+        &self,
+        user: &str,
+        keep_target: &str,
+        actions: Vec<Action>,
+    ) -> Result<Vec<Copy>, MailError> {
+        let mut copies: Vec<Copy> = Vec::new();
         for action in actions {
-            match action {
-                Action::Keep { flags } => {
-                    self.append(user, &keep_target, message, flags).await?;
-                }
+            let (target, flags) = match action {
+                Action::Keep { flags } => (keep_target.to_string(), flags),
                 Action::FileInto {
                     mailbox,
                     create,
@@ -143,34 +165,85 @@ impl Deliverer {
                         match self
                             .directory
                             .send(CreateMailbox {
-                                user: user.clone(),
+                                user: user.to_string(),
                                 name: mailbox.clone(),
                             })
                             .await?
                         {
-                            Ok(_) | Err(MailError::MailboxExists { .. }) => {}
+                            Ok(_) | Err(MailError::MailboxExists { .. }) => (mailbox, flags),
                             Err(e) => {
                                 warn!(%user, %mailbox, error = %e, "sieve fileinto :create failed; keeping in INBOX");
-                                self.append(user, "INBOX", message, flags).await?;
-                                continue;
+                                ("INBOX".to_string(), flags)
                             }
                         }
-                    }
-                    match self.append(user, &mailbox, message, flags.clone()).await {
-                        Err(MailError::UnknownMailbox { .. }) | Err(MailError::InvalidName(_)) => {
-                            // Deleted between the script's check and now, or a name the store
-                            // refuses: the message is kept rather than lost.
-                            warn!(%user, %mailbox, "sieve fileinto target is not usable; keeping in INBOX");
-                            self.append(user, "INBOX", message, flags).await?;
-                        }
-                        other => other?,
+                    } else {
+                        (mailbox, flags)
                     }
                 }
-                Action::Discard => {}
+                Action::Discard => continue,
                 Action::Reject { .. } => unreachable!("rejects are handled before any append"),
+            };
+            let opened = match self.writable(user, &target).await {
+                Ok(opened) => opened,
+                Err(e) if !target.eq_ignore_ascii_case("INBOX") && Self::unusable_target(&e) => {
+                    // Deleted since the script's check, a name the store refuses, or a mailbox
+                    // placed on other nodes: kept in INBOX rather than lost.
+                    warn!(%user, mailbox = %target, error = %e, "delivery target is not writable here; keeping in INBOX");
+                    self.writable(user, "INBOX").await?
+                }
+                Err(e) => return Err(e),
+            };
+            match copies.iter_mut().find(|c| c.opened.info.id == opened.info.id) {
+                Some(copy) => {
+                    for flag in flags {
+                        if !copy.flags.contains(&flag) {
+                            copy.flags.push(flag);
+                        }
+                    }
+                }
+                None => copies.push(Copy { opened, flags }),
             }
         }
-        Ok(Delivered::Stored)
+        Ok(copies)
+    }
+
+    /// A target error that sends the copy to INBOX instead of failing the delivery.
+    fn unusable_target(error: &MailError) -> bool {
+        matches!(
+            error,
+            MailError::UnknownMailbox { .. }
+                | MailError::InvalidName(_)
+                | MailError::NotHeldHere { .. }
+                | MailError::MailboxDeleted(_)
+        )
+    }
+
+    /// Appends every copy at once (they share the group commit) and waits until all are
+    /// durable. Once the targets were checked, a copy can still fail (the disk, a move made
+    /// meanwhile): if another copy is durable the delivery counts as done (a 4xx would make the
+    /// MTA deliver that copy again), with the lost copy logged; if none is, it fails.
+    async fn write_copies(
+        &self,
+        user: &str,
+        message: &Rc<Vec<u8>>,
+        copies: Vec<Copy>,
+    ) -> Result<(), MailError> {
+        let writes = copies.iter().map(|copy| self.append(user, copy, message));
+        let results = futures_util::future::join_all(writes).await;
+        let stored = results.iter().filter(|r| r.is_ok()).count();
+        let mut first_error = None;
+        for (copy, result) in copies.iter().zip(results) {
+            if let Err(e) = result {
+                if stored > 0 {
+                    warn!(%user, mailbox = %copy.opened.info.name, error = %e, "one copy of a delivered message could not be written; the others are stored");
+                }
+                first_error.get_or_insert(e);
+            }
+        }
+        match first_error {
+            Some(e) if stored == 0 => Err(e),
+            _ => Ok(()),
+        }
     }
 
     /// The actions of the user's active script, or a keep without one (or when it fails). A
@@ -277,16 +350,9 @@ impl Deliverer {
         }
     }
 
-    /// Appends to `user`'s `mailbox` (INBOX is created on a user's first delivery) and waits
-    /// until it is durable. Flags the store refuses (a script may name any string) are dropped
-    /// with a log line rather than losing the message.
-    async fn append(
-        &self,
-        user: &str,
-        mailbox: &str,
-        message: &Rc<Vec<u8>>,
-        flags: Vec<String>,
-    ) -> Result<(), MailError> {
+    /// `user`'s `mailbox` if a client may write it on this node (INBOX is created on a user's
+    /// first delivery).
+    async fn writable(&self, user: &str, mailbox: &str) -> Result<OpenedMailbox, MailError> {
         let open = || OpenMailbox {
             user: user.to_string(),
             name: mailbox.to_string(),
@@ -309,20 +375,34 @@ impl Deliverer {
             }
             Err(e) => return Err(e),
         };
+        opened.addr.send(CheckWritable).await??;
+        Ok(opened)
+    }
+
+    /// Appends one copy and waits until it is durable. Flags the store refuses (a script may
+    /// name any string) are dropped with a log line rather than losing the message.
+    async fn append(&self, user: &str, copy: &Copy, message: &Rc<Vec<u8>>) -> Result<(), MailError> {
         let append = |flags| Append {
             body: message.as_ref().clone(),
             flags,
             internaldate: None,
         };
-        match opened.addr.send(append(flags.clone())).await? {
+        let addr = &copy.opened.addr;
+        match addr.send(append(copy.flags.clone())).await? {
             Ok(_) => Ok(()),
-            Err(MailError::InvalidName(e)) if !flags.is_empty() => {
-                warn!(%user, %mailbox, error = %e, "sieve flags refused by the store; stored without them");
-                opened.addr.send(append(Vec::new())).await?.map(|_| ())
+            Err(MailError::InvalidName(e)) if !copy.flags.is_empty() => {
+                warn!(%user, mailbox = %copy.opened.info.name, error = %e, "sieve flags refused by the store; stored without them");
+                addr.send(append(Vec::new())).await?.map(|_| ())
             }
             Err(e) => Err(e),
         }
     }
+}
+
+/// One copy of a message: the mailbox (checked writable) and its flags.
+struct Copy {
+    opened: OpenedMailbox,
+    flags: Vec<String>,
 }
 
 /// What the interpreter may ask about the recipient.
