@@ -899,6 +899,66 @@ mod tests {
     }
 
     #[test]
+    fn imap_settings_are_checked_and_name_their_key() {
+        let mut config = defaults();
+        assert_eq!(config.imap().unwrap(), None, "off unless configured");
+        let section = ImapSection {
+            listen: Some("127.0.0.1:143".into()),
+            listen_tls: None,
+            socket_mode: None,
+            tls_cert: None,
+            tls_key: None,
+            allow_plaintext_auth: None,
+            max_connections_per_address: 8,
+            max_connections: 100,
+        };
+        config.imap = Some(section.clone());
+        let options = config.imap().unwrap().unwrap();
+        assert_eq!(options.listeners.len(), 1);
+        assert!(!options.listeners[0].tls.implicit);
+        assert!(
+            options.listeners[0].tls.allow_plaintext_auth,
+            "loopback allows a password by default"
+        );
+        assert_eq!(options.limits.per_address, 8);
+        let cases: [(&str, ImapSection); 4] = [
+            (
+                "imap.listen",
+                ImapSection {
+                    listen: None,
+                    ..section.clone()
+                },
+            ),
+            (
+                "imap.listen_tls",
+                ImapSection {
+                    listen_tls: Some("127.0.0.1:993".into()),
+                    ..section.clone()
+                },
+            ),
+            (
+                "imap.listen",
+                ImapSection {
+                    listen: Some("nowhere".into()),
+                    ..section.clone()
+                },
+            ),
+            (
+                "imap.max_connections",
+                ImapSection {
+                    max_connections: 0,
+                    ..section.clone()
+                },
+            ),
+        ];
+        for (key, bad) in cases {
+            config.imap = Some(bad);
+            let message = config.imap().unwrap_err().to_string();
+            assert!(message.contains(key), "{key}: {message}");
+        }
+    }
+
+    #[test]
     fn managesieve_settings_are_checked_and_name_their_key() {
         let mut config = defaults();
         assert_eq!(config.managesieve().unwrap(), None, "off unless configured");

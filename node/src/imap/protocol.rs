@@ -50,6 +50,8 @@ pub struct Machine {
     /// A non-synchronizing literal over the limit is being read and thrown away; the message is
     /// refused with this once it ends.
     refuse_when_complete: Option<&'static str>,
+    /// A new limit, applied at the next point where nothing received is pending.
+    pending_max: Option<u32>,
 }
 
 impl Machine {
@@ -61,6 +63,7 @@ impl Machine {
             max_message,
             expect: Expect::Command,
             refuse_when_complete: None,
+            pending_max: None,
         }
     }
 
@@ -74,11 +77,21 @@ impl Machine {
         self.expect = expect;
     }
 
-    /// The limit for messages that start from now on (a logged-in user may send more).
+    /// The limit for the messages after the current one (a logged-in user may send more). The
+    /// fragmentizer's limit is fixed when it is made, so a new one takes over once every byte
+    /// received has been handled and no message is under way: swapping earlier would lose
+    /// pipelined input.
     pub fn set_max_message(&mut self, max_message: u32) {
-        if max_message != self.max_message && self.fragments.message_bytes().is_empty() {
-            self.max_message = max_message;
-            self.fragments = Fragmentizer::new(max_message);
+        self.pending_max = (max_message != self.max_message).then_some(max_message);
+    }
+
+    fn apply_pending_max(&mut self) {
+        if let Some(max) = self.pending_max {
+            if self.fragments.message_bytes().is_empty() {
+                self.max_message = max;
+                self.fragments = Fragmentizer::new(max);
+                self.pending_max = None;
+            }
         }
     }
 
@@ -86,6 +99,7 @@ impl Machine {
     /// plaintext behind the command must not be taken as coming over TLS (RFC 3501 11.1's
     /// command injection).
     pub fn discard_input(&mut self) {
+        self.max_message = self.pending_max.take().unwrap_or(self.max_message);
         self.fragments = Fragmentizer::new(self.max_message);
         self.refuse_when_complete = None;
     }
@@ -99,7 +113,11 @@ impl Machine {
     /// The next event, or `None` when more bytes are needed.
     pub fn next_event(&mut self) -> Option<Event> {
         loop {
-            let fragment = self.fragments.progress()?;
+            let Some(fragment) = self.fragments.progress() else {
+                // Every byte fed so far is consumed: a good moment for a new limit.
+                self.apply_pending_max();
+                return None;
+            };
             if let FragmentInfo::Line {
                 announcement: Some(LiteralAnnouncement { mode, length }),
                 end,

@@ -108,6 +108,35 @@ fn malformed_and_overlong_lines_are_refused_with_their_tag() {
 }
 
 #[test]
+fn a_new_limit_takes_over_without_losing_pipelined_input() {
+    let mut machine = Machine::new(64);
+    machine.feed(b"a1 NOOP\r\na2 NOOP\r\n");
+    let first = machine.next_event();
+    assert!(matches!(&first, Some(Event::Command(c)) if c.tag.as_ref() == "a1"));
+    // As after a login: a larger limit, while a2 still waits unread.
+    machine.set_max_message(1024);
+    let got = events(&mut machine);
+    assert!(
+        matches!(&got[..], [Event::Command(c)] if c.tag.as_ref() == "a2"),
+        "{got:?}"
+    );
+    // A 200-byte command now fits (it is still an unknown one: BAD, not TOOBIG).
+    machine.feed(format!("a3 {}\r\n", "X".repeat(200)).as_bytes());
+    let got: Vec<String> = events(&mut machine).iter().map(wire).collect();
+    assert_eq!(got.len(), 1, "{got:?}");
+    assert!(
+        got[0].starts_with("a3 BAD") && !got[0].contains("TOOBIG"),
+        "{got:?}"
+    );
+    // A literal of 500 bytes is accepted with a continuation request.
+    machine.feed(b"a4 LOGIN {500}\r\n");
+    assert!(matches!(
+        events(&mut machine).as_slice(),
+        [Event::ContinueLiteral]
+    ));
+}
+
+#[test]
 fn authenticate_lines_decode_as_sasl_data_and_star_cancels() {
     let mut machine = Machine::new(1024);
     machine.expect(Expect::AuthenticateData);
