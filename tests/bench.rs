@@ -45,6 +45,20 @@ fn bench_quick_prints_every_row_with_a_figure_and_cleans_up() {
             "row {row:?} has no number: {line:?}"
         );
     }
+    // The LMTP row says how many deliveries shared a commit group (read from the node's metrics):
+    // at least one, since every delivery is in some group.
+    let lmtp = done
+        .stdout
+        .lines()
+        .find(|l| l.starts_with("| LMTP durable deliveries"))
+        .unwrap();
+    let per_group: f64 = lmtp
+        .split("; ")
+        .nth(1)
+        .and_then(|rest| rest.split(' ').next())
+        .and_then(|n| n.parse().ok())
+        .unwrap_or_else(|| panic!("no deliveries per commit group in {lmtp:?}"));
+    assert!(per_group >= 1.0, "{lmtp}");
     // Targets are judged, one way or the other, on every figure row.
     let judged = done
         .stdout

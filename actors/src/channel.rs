@@ -643,6 +643,7 @@ impl SyncJob {
                 && plan.updates.is_empty()
                 && plan.annotations.is_empty()
                 && plan.pruned.is_none()
+                && !plan.uidnext_news
             {
                 // Everything in this page came from this peer or was made by it: nothing to say
                 // about it, but the pages after it may hold news (found by the simulator).

@@ -71,6 +71,11 @@ pub struct MailboxCounters {
     /// learned from a peer): the set travels to a peer acknowledged before it.
     #[serde(default)]
     pub pruned_modseq: ModSeq,
+    /// The modseq of the latest UIDNEXT raise a merge brought (a peer's counter above this
+    /// node's): it travels to a peer acknowledged before it, with or without records (engine
+    /// bug 35). A client's append needs none: its record carries the uid.
+    #[serde(default)]
+    pub uidnext_modseq: ModSeq,
     /// Where this copy's history starts (a modseq counter; 0: from the beginning). A copy let go
     /// keeps its counters (engine bug 23) but not its records, so a peer whose replication
     /// cache points below this counter was told of records this copy no longer has: such a
@@ -186,6 +191,16 @@ pub struct Mailbox {
     /// This copy was let go before and remembers what it showed at some uids
     /// (`Table::ShownBefore`): uid settling reads those rows (and only then).
     pub(crate) remembers_shown: bool,
+    /// The highest modseq at which an expunged record may be stored: every expunge written since
+    /// the state was loaded raises it, and a load sets it to the highest modseq (any record then
+    /// may be expunged). Tombstone compaction has nothing to do while `compacted_upto` is at or
+    /// above it, so saving a replication cache need not wait for the mailbox to be idle.
+    pub(crate) last_expunge: ModSeq,
+    /// Replication caches handed to the commit group by the fast path of `SaveCache` and not yet
+    /// committed, by peer. While its batch is queued (its count above zero; the commit group
+    /// lowers it once the group is done, committed or failed), a cache here is newer than the
+    /// stored one, and `PlanSync` reads it: the channel's next sync does not wait for the write.
+    pub(crate) saving_caches: BTreeMap<NodeId, (crate::mailbox_sync::ReplicationCache, Inflight)>,
 }
 
 impl Mailbox {
@@ -211,6 +226,7 @@ impl Mailbox {
             counters.modseq = 0;
         }
         let modseq_tag = ctx.node.modseq_tag();
+        let counters_modseq = counters.modseq;
         let pruned = ctx
             .store
             .get(Table::Pruned, &keys::mailbox(entry.id))?
@@ -242,6 +258,8 @@ impl Mailbox {
             deleted: false,
             moving: Moving::default(),
             remembers_shown,
+            last_expunge: ModSeq::new(counters_modseq, modseq_tag),
+            saving_caches: BTreeMap::new(),
         })
     }
 
@@ -395,10 +413,18 @@ impl Mailbox {
         }
         // Whether the peers have the committed set is not known: it travels to each once more.
         fresh.pruned_modseq = ModSeq::new(fresh.modseq, self.modseq_tag);
+        fresh.uidnext_modseq = fresh.pruned_modseq;
         self.counters = fresh;
         self.pruned = pruned;
+        // Any record may be expunged: compaction looks again from `compacted_upto`.
+        self.last_expunge = self.highestmodseq();
         self.needs_reload.store(false, Ordering::Relaxed);
         Ok(())
+    }
+
+    /// The in-memory state waits for a rebuild from the store (a commit failed).
+    pub(crate) fn needs_reload(&self) -> bool {
+        self.needs_reload.load(Ordering::Relaxed)
     }
 
     /// Marks the in-memory state for a rebuild from the store before the next operation: an
@@ -464,6 +490,9 @@ impl Mailbox {
             }
         }
         account(&mut self.counters, &new, 1);
+        if new.record.is_expunged() {
+            self.last_expunge = self.last_expunge.max(modseq);
+        }
         let after = UidNext(Uid(new.record.uid.value.0.saturating_add(1)));
         self.counters.uidnext = self.counters.uidnext.max(after);
         batch.put_raw(Table::Modseqs, keys::modseq(self.id, modseq), aid.to_key_bytes());

@@ -22,9 +22,11 @@ use mailmesh_protocol::records::{
 };
 use mailmesh_protocol::wire::{Change, ChangePage, ChangeRequest, ErrorCode, Response};
 use serde::{Deserialize, Serialize};
+use tracing::warn;
 
 use crate::context::Writes;
 use crate::error::{MailError, StoreError};
+use crate::inflight::Inflight;
 use crate::mailbox::{primary_of, Mailbox, MailboxCounters, StoredAnnotation, StoredRecord};
 use crate::store::{decode, keys, Snapshot, Table};
 use crate::sync_log::{Dated, Provenance, SyncItem};
@@ -667,6 +669,14 @@ impl Mailbox {
         if learned_pruned || pruned_changed || self.counters.uidnext > uidnext_before {
             summary.changed = true;
         }
+        // Dated by a modseq of its own, so a sync to a peer acknowledged before it carries it
+        // even with no record to send: a raise with no record behind it here (a peer's kept
+        // counter, engine bug 23) was logged for the other holders, and then dropped as an empty
+        // plan (engine bug 35, seed 7931: a wiped holder learned UIDNEXT 2 from a node that had
+        // let its copy go, and the other holder stayed at 1).
+        if self.counters.uidnext > uidnext_before {
+            self.counters.uidnext_modseq = self.next_modseq();
+        }
         if summary.changed || summary.promoted {
             self.put_counters(&mut writes.batch);
             // Uids retired here are this node's own news: the node that moved the message away
@@ -795,8 +805,21 @@ impl Mailbox {
         self.pruned.retire(stored.record.uid.value.0);
     }
 
+    /// What this node knows of `peer`'s copy: a cache still queued by `SaveCache` (newer than
+    /// the stored one), else the stored one, for this uidvalidity.
+    pub(crate) fn cache_for(&self, peer: &NodeId) -> Result<Option<ReplicationCache>, StoreError> {
+        let cache = match self.saving_caches.get(peer) {
+            Some((cache, queued)) if queued.count() > 0 => Some(cache.clone()),
+            _ => self
+                .store
+                .get::<ReplicationCache>(Table::ReplCache, &self.cache_key(peer))?,
+        };
+        Ok(cache.filter(|c| c.uidvalidity == self.uidvalidity))
+    }
+
     /// This node's modseq up to which every peer holding the mailbox has everything: expunged
-    /// records at or below it are tombstones nobody needs any more.
+    /// records at or below it are tombstones nobody needs any more. Reads stored caches only: one
+    /// still queued is newer, and an older one only compacts less.
     pub(crate) fn stable_point(
         &self,
         saving: Option<(&NodeId, &ReplicationCache)>,
@@ -1074,6 +1097,9 @@ pub struct SyncPlan {
     pub updates: Vec<Change<RecordUpdate>>,
     pub annotations: Vec<Change<(String, Annotation)>>,
     pub uidnext: UidNext,
+    /// UIDNEXT was raised by a merge after the acknowledged point: the plan is news even with
+    /// nothing else in it.
+    pub uidnext_news: bool,
     /// The digest at `upto` (meaningful when `more` is false).
     pub digest: MailboxDigest,
     /// More changes follow after `upto`.
@@ -1096,10 +1122,7 @@ impl Handler<PlanSync> for Mailbox {
 
     fn handle(&mut self, msg: PlanSync, _: &mut Self::Context) -> Self::Result {
         self.check_usable()?;
-        let cache = self
-            .store
-            .get::<ReplicationCache>(Table::ReplCache, &self.cache_key(&msg.peer))?
-            .filter(|c| c.uidvalidity == self.uidvalidity);
+        let cache = self.cache_for(&msg.peer)?;
         let (highest, counters) = self.committed_highest()?;
         let since = cache.as_ref().map(|c| c.acked).unwrap_or(ModSeq::ZERO);
         // Appended before the acknowledged point: the peer has the record's fixed parts (and
@@ -1127,6 +1150,7 @@ impl Handler<PlanSync> for Mailbox {
         let annotations = self.annotations_after(since, highest, Some(&msg.peer))?;
         let pruned = (counters.pruned_modseq > since).then(|| self.pruned.clone());
         Ok(SyncPlan {
+            uidnext_news: counters.uidnext_modseq > since,
             cache,
             uidvalidity: self.uidvalidity,
             upto,
@@ -1231,8 +1255,36 @@ pub struct SaveCache {
 impl Handler<SaveCache> for Mailbox {
     type Result = AtomicResponse<Self, Result<(), MailError>>;
 
-    fn handle(&mut self, msg: SaveCache, _: &mut Self::Context) -> Self::Result {
+    fn handle(&mut self, msg: SaveCache, ctx: &mut Self::Context) -> Self::Result {
+        self.saving_caches.retain(|_, (_, queued)| queued.count() > 0);
+        let compaction_due = self.last_expunge > self.counters.compacted_upto;
+        if !compaction_due && self.check_usable().is_ok() && !self.needs_reload() {
+            // Nothing to compact: the row is queued and the channel goes on at once, not after
+            // this mailbox's inflight appends and this write are durable (two commits on the
+            // path of every sync). `PlanSync` reads the queued cache until it is committed; a
+            // crash or a failed commit loses it, and the stored, older cache only costs the
+            // next sync some records the peer already has.
+            let mut writes = Writes::default();
+            writes
+                .batch
+                .put(Table::ReplCache, self.cache_key(&msg.peer), &msg.cache);
+            let queued = Inflight::default();
+            let done = self.ctx.commit(writes, Some(&queued));
+            let (peer, mailbox) = (msg.peer.clone(), self.id);
+            ctx.spawn(
+                async move {
+                    if let Err(e) = done.await {
+                        warn!(%mailbox, %peer, error = %e, "cannot save a replication cache; the next sync repeats some records");
+                    }
+                }
+                .into_actor(self),
+            );
+            self.saving_caches.insert(msg.peer, (msg.cache, queued));
+            return AtomicResponse::new(Box::pin(actix::fut::ready(Ok(()))));
+        }
         self.atomic(move |act| {
+            // Queued before this write, so committed before it: the stored cache is the newest.
+            act.saving_caches.remove(&msg.peer);
             let mut writes = Writes::default();
             writes
                 .batch
@@ -1348,6 +1400,8 @@ impl Handler<ApplyChanges> for Mailbox {
                 writes
                     .batch
                     .put(Table::ReplCache, act.cache_key(&msg.from), &cache);
+                // A cache still queued for that peer commits before this one.
+                act.saving_caches.remove(&msg.from);
             }
             Ok((
                 writes,

@@ -759,3 +759,71 @@ fn two_holders_placing_the_mailbox_on_each_other_while_cut_off_keep_it() {
         cluster.assert_quiet().await;
     });
 }
+
+/// Engine bug 34 (simulator, seed 5990): a and b hold alice's INBOX, and a has everything b
+/// has (b's replication cache of a says so). The link between them is cut; a loses its disk and
+/// comes back empty behind the cut, so b hears nothing of it. The INBOX then moves to a alone.
+/// Before the fix b let its copy go at once on the strength of a's cache, from before a's wipe,
+/// and the message and the annotation, which only b still held, were gone from every node once
+/// the link was back. Now (engine bug 36's change) b lets go only once a itself answers that it
+/// keeps the mailbox, with the store incarnation b greeted: none answers while the link is cut,
+/// and after the heal a's Hello shows a new store, so everything is sent to a again first.
+#[test]
+fn a_copy_is_not_let_go_on_the_cache_of_a_peer_wiped_behind_a_cut_link() {
+    run_virtual(|| async {
+        let mut cluster = Cluster::full_mesh(&["a", "b"]);
+        cluster
+            .node("a")
+            .directory
+            .send(CreateMailbox {
+                user: "alice".into(),
+                name: "INBOX".into(),
+            })
+            .await
+            .unwrap()
+            .unwrap();
+        cluster.settle().await;
+        let on_b = open(&cluster, "b").await;
+        append(&on_b, 0).await.unwrap();
+        on_b.send(SetAnnotation {
+            entry: "/private/color".into(),
+            value: Some(b"blue".to_vec()),
+        })
+        .await
+        .unwrap()
+        .unwrap();
+        drop(on_b);
+        cluster.settle().await;
+        wait_for_count(&cluster, "a", 1, "a has b's message").await;
+
+        cluster.net.set_link(&n("a"), &n("b"), false);
+        cluster.stop("a").await;
+        cluster.wipe("a");
+        cluster.restart("a");
+        place_on(&cluster, "b", &["a"]).await;
+        tokio::time::sleep(std::time::Duration::from_secs(60)).await;
+        assert_eq!(
+            count(&cluster, "b").await,
+            1,
+            "b keeps its copy while it cannot hear from a"
+        );
+
+        cluster.net.set_link(&n("a"), &n("b"), true);
+        cluster.settle().await;
+        wait_for_count(
+            &cluster,
+            "a",
+            1,
+            "the wiped location gets the message back from b",
+        )
+        .await;
+        wait_for_count(&cluster, "b", 0, "and only then does b let its copy go").await;
+        let on_a = cluster.dump("a").await;
+        assert_eq!(
+            on_a.mailboxes[&("alice".to_string(), "INBOX".to_string())].annotations,
+            [("/private/color".to_string(), b"blue".to_vec())],
+            "the annotation is back on a"
+        );
+        cluster.assert_quiet().await;
+    });
+}

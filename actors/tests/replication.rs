@@ -1677,3 +1677,43 @@ async fn alice_mailbox_names(cluster: &Cluster, node: &str) -> Vec<String> {
         .unwrap();
     list.into_iter().map(|m| m.name).collect()
 }
+
+/// A UIDNEXT raise a merge brings with no record (here from a node outside the configured
+/// peers, as a node that let its copy go keeps its counter and still sends it) reaches the other
+/// holders, though no record changed since their replication caches' point (engine bug 35,
+/// simulator seed 7931: a wiped holder learned UIDNEXT 2 from a node that had let its copy go,
+/// logged the mailbox for the other holder, and its channel then found no record to send and
+/// sent nothing, so the two holders' UIDNEXT differed for good).
+#[test]
+fn a_uidnext_raise_with_no_record_reaches_the_other_holders() {
+    run_virtual(|| async {
+        let cluster = Cluster::chain(&["a", "b"]);
+        create(&cluster, "a", "alice", "INBOX").await;
+        let on_a = open(&cluster, "a", "alice", "INBOX").await;
+        append_to(&on_a, &message(1), &[]).await;
+        cluster.settle().await;
+        let on_b = open(&cluster, "b", "alice", "INBOX").await;
+        assert_eq!(on_b.send(GetState).await.unwrap().unwrap().uidnext, Uid(2));
+
+        on_a.send(mailmesh_actors::mailbox_sync::MergeRemote {
+            from: n("elsewhere"),
+            pruned: None,
+            records: Vec::new(),
+            annotations: Vec::new(),
+            uidnext: mailmesh_protocol::records::UidNext(Uid(50)),
+            bodies: Default::default(),
+        })
+        .await
+        .unwrap()
+        .unwrap();
+        assert_eq!(on_a.send(GetState).await.unwrap().unwrap().uidnext, Uid(50));
+        cluster.settle().await;
+        assert_eq!(
+            on_b.send(GetState).await.unwrap().unwrap().uidnext,
+            Uid(50),
+            "b never heard of a's raised UIDNEXT"
+        );
+        drop((on_a, on_b));
+        cluster.assert_quiet().await;
+    });
+}

@@ -26,6 +26,7 @@ use crate::auth::UserTable;
 use crate::client_tls::{plaintext_auth_default, ListenAddress, ListenerTlsOptions, ServerTls, TlsFiles};
 use crate::cluster::tls::TlsIdentity;
 use crate::cluster::{ClusterOptions, PeerAddress};
+use crate::imap::{ImapListenerOptions, ImapOptions};
 use crate::listener::ConnectionLimits;
 use crate::lmtp::LmtpOptions;
 use crate::managesieve::ManageSieveOptions;
@@ -56,6 +57,9 @@ pub struct Config {
     /// no ManageSieve.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub managesieve: Option<ManageSieveSection>,
+    /// `[imap]`: the IMAP listeners mail clients read mail with. Absent: no IMAP.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub imap: Option<ImapSection>,
     /// `[[peers]]`, the nodes this node replicates with (needs `[cluster]`). Last, because TOML
     /// prints arrays of tables after every plain table.
     #[serde(default, skip_serializing_if = "Vec::is_empty")]
@@ -137,6 +141,40 @@ pub struct ManageSieveSection {
     #[serde(default = "default_per_address")]
     pub max_connections_per_address: u64,
     /// Connections held open at once in all.
+    #[serde(default = "default_connections")]
+    pub max_connections: u64,
+}
+
+/// `[imap]`: `listen` (STARTTLS offered when a certificate is set), `listen_tls` (implicit TLS,
+/// RFC 8314's port 993), or both.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct ImapSection {
+    /// `ip:port` (RFC 3501's port is 143, e.g. "0.0.0.0:143") or a Unix socket path; STARTTLS
+    /// with `tls_cert`/`tls_key`.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub listen: Option<String>,
+    /// `ip:port` with TLS from the first byte (e.g. "0.0.0.0:993"); needs `tls_cert`/`tls_key`.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub listen_tls: Option<String>,
+    /// For a Unix socket `listen`: the socket file's permissions, octal; unset: as the process's
+    /// umask leaves them.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub socket_mode: Option<String>,
+    /// PEM certificate chain for STARTTLS on `listen` and for `listen_tls`; with `tls_key`. Read
+    /// again on every reload.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub tls_cert: Option<PathBuf>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub tls_key: Option<PathBuf>,
+    /// Whether a password may cross `listen` without TLS; unset: only on loopback addresses and
+    /// Unix sockets.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub allow_plaintext_auth: Option<bool>,
+    /// Connections one IP address may hold open at once (on each listener).
+    #[serde(default = "default_per_address")]
+    pub max_connections_per_address: u64,
+    /// Connections held open at once in all (on each listener).
     #[serde(default = "default_connections")]
     pub max_connections: u64,
 }
@@ -262,6 +300,8 @@ pub struct Loaded {
     pub lmtp: Option<LmtpOptions>,
     /// `[managesieve]`, validated; `None`: no ManageSieve.
     pub managesieve: Option<ManageSieveOptions>,
+    /// `[imap]`, validated; `None`: no IMAP.
+    pub imap: Option<ImapOptions>,
 }
 
 impl Config {
@@ -290,6 +330,7 @@ impl Config {
         let users = config.users()?;
         let lmtp = config.lmtp(options.limits.max_message_bytes)?;
         let managesieve = config.managesieve()?;
+        let imap = config.imap()?;
         Ok(Loaded {
             config,
             options: with_peers(options, cluster.as_ref()),
@@ -298,6 +339,7 @@ impl Config {
             users,
             lmtp,
             managesieve,
+            imap,
         })
     }
 
@@ -505,6 +547,68 @@ impl Config {
             tls,
             limits,
         }))
+    }
+
+    /// `[imap]`, checked, with its TLS files read once so that a bad one is reported now.
+    pub fn imap(&self) -> Result<Option<ImapOptions>, ConfigError> {
+        let Some(section) = &self.imap else {
+            return Ok(None);
+        };
+        let mut listeners = Vec::new();
+        if let Some(listen) = &section.listen {
+            let listen = ListenAddress::parse(listen).map_err(|p| ConfigError::invalid("imap.listen", p))?;
+            let socket_mode = socket_mode("imap", &listen, &section.socket_mode)?;
+            let tls = listener_tls(
+                "imap",
+                &listen,
+                &section.tls_cert,
+                &section.tls_key,
+                false,
+                section.allow_plaintext_auth,
+            )?;
+            listeners.push(ImapListenerOptions {
+                listen,
+                socket_mode,
+                tls,
+            });
+        }
+        if let Some(listen_tls) = &section.listen_tls {
+            let listen =
+                ListenAddress::parse(listen_tls).map_err(|p| ConfigError::invalid("imap.listen_tls", p))?;
+            if section.tls_cert.is_none() || section.tls_key.is_none() {
+                return Err(ConfigError::invalid(
+                    "imap.listen_tls",
+                    "needs tls_cert and tls_key",
+                ));
+            }
+            let tls = listener_tls(
+                "imap",
+                &listen,
+                &section.tls_cert,
+                &section.tls_key,
+                true,
+                section.allow_plaintext_auth,
+            )?;
+            listeners.push(ImapListenerOptions {
+                listen,
+                socket_mode: None,
+                tls,
+            });
+        }
+        if listeners.is_empty() {
+            return Err(ConfigError::invalid(
+                "imap.listen",
+                "set listen, listen_tls or both",
+            ));
+        }
+        let limits = ConnectionLimits {
+            per_address: positive_usize(
+                "imap.max_connections_per_address",
+                section.max_connections_per_address,
+            )?,
+            total: positive_usize("imap.max_connections", section.max_connections)?,
+        };
+        Ok(Some(ImapOptions { listeners, limits }))
     }
 
     /// The configuration as TOML, as `check-config` prints it.
@@ -792,6 +896,66 @@ mod tests {
             ..section
         });
         assert!(!config.lmtp(1000).unwrap().unwrap().tls.allow_plaintext_auth);
+    }
+
+    #[test]
+    fn imap_settings_are_checked_and_name_their_key() {
+        let mut config = defaults();
+        assert_eq!(config.imap().unwrap(), None, "off unless configured");
+        let section = ImapSection {
+            listen: Some("127.0.0.1:143".into()),
+            listen_tls: None,
+            socket_mode: None,
+            tls_cert: None,
+            tls_key: None,
+            allow_plaintext_auth: None,
+            max_connections_per_address: 8,
+            max_connections: 100,
+        };
+        config.imap = Some(section.clone());
+        let options = config.imap().unwrap().unwrap();
+        assert_eq!(options.listeners.len(), 1);
+        assert!(!options.listeners[0].tls.implicit);
+        assert!(
+            options.listeners[0].tls.allow_plaintext_auth,
+            "loopback allows a password by default"
+        );
+        assert_eq!(options.limits.per_address, 8);
+        let cases: [(&str, ImapSection); 4] = [
+            (
+                "imap.listen",
+                ImapSection {
+                    listen: None,
+                    ..section.clone()
+                },
+            ),
+            (
+                "imap.listen_tls",
+                ImapSection {
+                    listen_tls: Some("127.0.0.1:993".into()),
+                    ..section.clone()
+                },
+            ),
+            (
+                "imap.listen",
+                ImapSection {
+                    listen: Some("nowhere".into()),
+                    ..section.clone()
+                },
+            ),
+            (
+                "imap.max_connections",
+                ImapSection {
+                    max_connections: 0,
+                    ..section.clone()
+                },
+            ),
+        ];
+        for (key, bad) in cases {
+            config.imap = Some(bad);
+            let message = config.imap().unwrap_err().to_string();
+            assert!(message.contains(key), "{key}: {message}");
+        }
     }
 
     #[test]

@@ -27,6 +27,7 @@ mod cluster;
 mod config;
 mod demo;
 mod error;
+mod imap;
 mod listener;
 mod lmtp;
 mod logging;

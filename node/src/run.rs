@@ -28,6 +28,7 @@ use crate::cluster::reload::{self, ReloadTriggers};
 use crate::cluster::QuicTransport;
 use crate::config::Loaded;
 use crate::error::Error;
+use crate::imap::ImapServer;
 use crate::lmtp::LmtpServer;
 use crate::managesieve::ManageSieveServer;
 use crate::metrics::MetricsServer;
@@ -47,6 +48,7 @@ pub fn run(loaded: Loaded, config_path: Option<&Path>) -> Result<(), Error> {
         users,
         lmtp,
         managesieve,
+        imap,
     } = loaded;
     let auth = Authenticator::new(users);
     let (system, span) = node_system(&options.node)?;
@@ -104,6 +106,15 @@ pub fn run(loaded: Loaded, config_path: Option<&Path>) -> Result<(), Error> {
             }
             None => None,
         };
+        let imap_server = match &imap {
+            Some(imap) => {
+                let directory = node.borrow().directory.clone();
+                let server = ImapServer::start(imap, auth.clone(), directory).await?;
+                handle.front_ends.listeners.extend(server.stats());
+                Some(server)
+            }
+            None => None,
+        };
         handle.front_ends.auth = Some(auth.clone());
         let operator = OperatorServer::start(&socket_dir, handle.clone(), max_frame)?;
         let metrics = match metrics_listen {
@@ -128,6 +139,9 @@ pub fn run(loaded: Loaded, config_path: Option<&Path>) -> Result<(), Error> {
                             if let Some(server) = &managesieve_server {
                                 server.reload(loaded.managesieve.as_ref());
                             }
+                            if let Some(server) = &imap_server {
+                                server.reload(loaded.imap.as_ref());
+                            }
                             reload::log_applied(reason, &changes);
                             running = loaded.config;
                         }
@@ -140,6 +154,7 @@ pub fn run(loaded: Loaded, config_path: Option<&Path>) -> Result<(), Error> {
         drop(metrics);
         drop(lmtp_server);
         drop(managesieve_server);
+        drop(imap_server);
         drop(operator);
         if let Some(transport) = &transport {
             transport.close();

@@ -251,6 +251,19 @@ const WIPE_AND_LOCATION_SEEDS_THAT_FAILED_ONCE: &[(u64, &str)] = &[
          the one it published after; no node ever knew the link the configuration had",
     ),
     (
+        5990,
+        "engine bug 34: a relay let its copy go on the replication cache of the only location, \
+         which had been wiped behind a cut link since; an acknowledged annotation the relay and \
+         the node beyond it still held at the wipe was gone (fixed by engine bug 36's change: \
+         the keeper's own answer, with its store incarnation, is asked for before a copy goes)",
+    ),
+    (
+        7931,
+        "engine bug 35: a wiped holder learned UIDNEXT 2 from a node that had let its copy go; \
+         the raise, with no record behind it, was logged for the other holder but its channel \
+         found no record to send and sent nothing (UIDNEXT 2 on one holder, 1 on the other)",
+    ),
+    (
         14875,
         "engine bug 37: a copy held again remembered a message at uid 1 that every disk that knew \
          it had lost (wiped); it hid the live message at uid 1 for a settlement the primary, never \

@@ -19,14 +19,18 @@ pub struct LmtpResult {
     pub deliveries: usize,
     pub secs: f64,
     pub cpu: CpuTime,
+    /// Commit groups the node flushed during the timed deliveries (from its metrics): how many
+    /// deliveries shared each fdatasync, the figure that says whether group commit works.
+    pub commit_groups: f64,
 }
 
 /// Starts a node with `[lmtp]` and `SESSIONS` users, delivers `count` messages of `size` bytes.
 pub fn deliveries(root: &std::path::Path, count: usize, size: usize) -> Result<LmtpResult, Error> {
     let cluster = Cluster::new(root)?;
     let port = free_tcp_port()?;
+    let metrics = format!("127.0.0.1:{}", free_tcp_port()?);
     let hash = crate::auth::hash_password(b"bench").map_err(Error::Bench)?;
-    let mut extra = format!("\n[lmtp]\nlisten = \"127.0.0.1:{port}\"\n");
+    let mut extra = format!("\n[lmtp]\nlisten = \"127.0.0.1:{port}\"\n\n[metrics]\nlisten = \"{metrics}\"\n");
     for user in 0..SESSIONS {
         extra.push_str(&format!(
             "\n[[users]]\nname = \"u{user}\"\npassword_hash = {hash:?}\n"
@@ -45,6 +49,7 @@ pub fn deliveries(root: &std::path::Path, count: usize, size: usize) -> Result<L
         .map(|mut s| s.deliver(&message(usize::MAX - s.user, size)).map(|()| s))
         .collect::<Result<Vec<_>, _>>()?;
     let next = AtomicUsize::new(0);
+    let groups_before = commit_groups(&metrics)?;
     let cpu_before = CpuTime::of(&[&node])?;
     let start = Instant::now();
     std::thread::scope(|scope| {
@@ -67,6 +72,7 @@ pub fn deliveries(root: &std::path::Path, count: usize, size: usize) -> Result<L
     })?;
     let secs = start.elapsed().as_secs_f64();
     let cpu = CpuTime::of(&[&node])?.since(cpu_before);
+    let commit_groups = commit_groups(&metrics)? - groups_before;
     let stored: u64 = (0..SESSIONS)
         .map(|u| node.message_count(&format!("u{u}"), "INBOX"))
         .sum::<Result<u64, Error>>()?;
@@ -81,7 +87,36 @@ pub fn deliveries(root: &std::path::Path, count: usize, size: usize) -> Result<L
         deliveries: count,
         secs,
         cpu,
+        commit_groups,
     })
+}
+
+/// The node's `mailmesh_commit_groups_total`, read from its metrics endpoint at `address`.
+fn commit_groups(address: &str) -> Result<f64, Error> {
+    let mut stream = TcpStream::connect(address)
+        .map_err(|e| Error::io(format!("cannot connect to metrics on {address}"), e))?;
+    stream
+        .set_read_timeout(Some(DEADLINE))
+        .map_err(|e| Error::io("socket", e))?;
+    stream
+        .write_all(b"GET /metrics HTTP/1.1\r\nHost: bench\r\n\r\n")
+        .map_err(|e| Error::io("metrics write", e))?;
+    let mut text = String::new();
+    stream
+        .read_to_string(&mut text)
+        .map_err(|e| Error::io("metrics read", e))?;
+    text.lines()
+        .find_map(|l| {
+            l.strip_prefix("mailmesh_commit_groups_total ")?
+                .trim()
+                .parse()
+                .ok()
+        })
+        .ok_or_else(|| {
+            Error::Bench(format!(
+                "no mailmesh_commit_groups_total in the node's metrics: {text}"
+            ))
+        })
 }
 
 fn free_tcp_port() -> Result<u16, Error> {

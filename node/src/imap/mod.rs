@@ -1,0 +1,121 @@
+//! The IMAP front end (IMAP4rev1, RFC 3501): how a user's mail client reads and files what the
+//! store holds.
+//!
+//! - [`protocol`]: the sans-IO side: imap-codec splits bytes into lines and literals and
+//!   decodes commands; this module adds the literal policy (continuation requests, LITERAL+,
+//!   limits) and encodes responses, property-tested on arbitrary bytes;
+//! - [`session`]: one connection: the RFC 3501 states, logins through [`crate::auth`]
+//!   (refused before TLS unless the listener allows a password in plaintext), STARTTLS, and the
+//!   mailbox commands, carried out with Directory and Mailbox actor messages;
+//! - this module: `[imap]`'s options and the server a node runs (one listener with STARTTLS,
+//!   one with implicit TLS, either or both).
+//!
+//! Flow: listener (`crate::listener`) → session → Directory (`ListMailboxes`, `CreateMailbox`,
+//! `DeleteMailbox`, `RenameMailbox`, `Subscribe`, `ListSubscriptions`, `OpenMailbox`) →
+//! Mailbox (`GetState`). Nothing in `actors/` knows IMAP syntax.
+
+pub mod protocol;
+pub mod session;
+#[cfg(test)]
+mod tests;
+
+use std::rc::Rc;
+
+use actix::Addr;
+use mailmesh_actors::directory::Directory;
+use tracing::error;
+
+use crate::auth::Authenticator;
+use crate::client_tls::{ListenAddress, ListenerTlsOptions, ServerTls};
+use crate::error::Error;
+use crate::listener::{self, ConnectionLimits, Listener, ListenerSpec, ListenerStats};
+
+/// The greeting's and ID's name for this server.
+pub const IMPLEMENTATION: &str = concat!("mailmesh ", env!("CARGO_PKG_VERSION"));
+
+/// One IMAP listener, validated.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct ImapListenerOptions {
+    pub listen: ListenAddress,
+    /// Permission bits of a Unix socket.
+    pub socket_mode: Option<u32>,
+    /// `implicit` says which of the two it is (`listen_tls`: TLS from the first byte).
+    pub tls: ListenerTlsOptions,
+}
+
+/// `[imap]`, validated: a STARTTLS listener (`listen`), an implicit TLS one (`listen_tls`), or
+/// both, with the same limits.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct ImapOptions {
+    pub listeners: Vec<ImapListenerOptions>,
+    pub limits: ConnectionLimits,
+}
+
+/// What every session of a listener shares.
+pub struct ImapContext {
+    pub auth: Authenticator,
+    /// For STARTTLS (`None`: no certificate configured, or implicit TLS does it already).
+    pub tls: Option<ServerTls>,
+    pub tls_options: ListenerTlsOptions,
+    pub directory: Addr<Directory>,
+}
+
+/// The running IMAP listeners.
+pub struct ImapServer {
+    listeners: Vec<(Listener, Option<ServerTls>)>,
+}
+
+impl ImapServer {
+    pub async fn start(
+        options: &ImapOptions,
+        auth: Authenticator,
+        directory: Addr<Directory>,
+    ) -> Result<ImapServer, Error> {
+        let mut listeners = Vec::new();
+        for one in &options.listeners {
+            let tls = match &one.tls.files {
+                Some(files) => {
+                    Some(ServerTls::load("imap", files).map_err(|e| Error::Listener(e.to_string()))?)
+                }
+                None => None,
+            };
+            let implicit = one.tls.implicit;
+            let context = Rc::new(ImapContext {
+                auth: auth.clone(),
+                tls: if implicit { None } else { tls.clone() },
+                tls_options: one.tls.clone(),
+                directory: directory.clone(),
+            });
+            let spec = ListenerSpec {
+                protocol: "imap",
+                address: one.listen.clone(),
+                socket_mode: one.socket_mode,
+                implicit_tls: if implicit { tls.clone() } else { None },
+                limits: options.limits,
+                refusal: b"* BYE [UNAVAILABLE] too many connections; try again later\r\n",
+            };
+            let listener = listener::start(spec, move |conn, peer| {
+                session::serve(conn, peer, context.clone())
+            })
+            .await?;
+            listeners.push((listener, tls));
+        }
+        Ok(ImapServer { listeners })
+    }
+
+    /// A reload: certificates and keys are read again. Listen addresses apply at the next start.
+    pub fn reload(&self, options: Option<&ImapOptions>) {
+        let Some(options) = options else { return };
+        for ((_, tls), one) in self.listeners.iter().zip(&options.listeners) {
+            if let (Some(tls), Some(files)) = (tls, &one.tls.files) {
+                if let Err(e) = tls.reload(files) {
+                    error!(error = %e, "IMAP certificate not reloaded; still using the previous one");
+                }
+            }
+        }
+    }
+
+    pub fn stats(&self) -> Vec<std::sync::Arc<ListenerStats>> {
+        self.listeners.iter().map(|(l, _)| l.stats.clone()).collect()
+    }
+}

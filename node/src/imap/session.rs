@@ -1,0 +1,865 @@
+//! One IMAP connection: reads bytes into the [`Machine`], carries out each command in the state
+//! RFC 3501 3 allows it (not authenticated, authenticated, selected, logout), and writes the
+//! responses.
+//!
+//! Logins go through [`crate::auth`] like every other front end: the per-address failure delay,
+//! the decoy hash for unknown users. A password is refused before TLS unless the listener allows
+//! it in plaintext (`PRIVACYREQUIRED`, and `LOGINDISABLED` in the capabilities). Mailboxes are
+//! created, renamed, deleted and subscribed with the same Directory messages as
+//! `mailmesh mailbox create` and LMTP delivery, so they replicate like every other change.
+
+use std::borrow::Cow;
+use std::num::{NonZeroU32, NonZeroU64};
+use std::rc::Rc;
+use std::time::Duration;
+
+use imap_codec::encode::Encoder;
+use imap_codec::imap_types::auth::{AuthMechanism, AuthenticateData};
+use imap_codec::imap_types::command::{Command, CommandBody};
+use imap_codec::imap_types::core::{IString, NString, QuotedChar, Tag, Text, Vec1};
+use imap_codec::imap_types::extensions::namespace::Namespace;
+use imap_codec::imap_types::flag::{Flag, FlagNameAttribute, FlagPerm};
+use imap_codec::imap_types::mailbox::{ListMailbox, Mailbox as ImapMailbox};
+use imap_codec::imap_types::response::{Bye, Capability, Code, Data, Greeting, Response, Status, StatusKind};
+use imap_codec::imap_types::status::{StatusDataItem, StatusDataItemName};
+use imap_codec::GreetingCodec;
+use mailmesh_actors::directory::{
+    CreateMailbox, DeleteMailbox, ListMailboxes, ListSubscriptions, OpenMailbox, RenameMailbox, Subscribe,
+};
+use mailmesh_actors::mailbox::{GetState, MailboxState};
+use mailmesh_actors::MailError;
+use tokio::io::{AsyncReadExt, AsyncWriteExt};
+use tracing::{debug, info};
+
+use super::protocol::{continuation, encode, other_code, status, Event, Expect, Machine};
+use super::ImapContext;
+use crate::auth::sasl::{self, Credentials};
+use crate::auth::AuthError;
+use crate::client_tls::Connection;
+use crate::listener::Peer;
+
+/// RFC 3501 5.4: the autologout timer is at least 30 minutes.
+pub const IDLE_TIMEOUT: Duration = Duration::from_secs(30 * 60);
+/// Read buffer per connection.
+const READ_CHUNK: usize = 16 * 1024;
+/// The longest command (line and literals) before a login: LOGIN's and AUTHENTICATE's
+/// arguments are small, so a connection that has not logged in holds little memory.
+pub const MAX_MESSAGE_BEFORE_LOGIN: u32 = 8 * 1024;
+/// The longest command after a login (no command taken so far carries a message).
+pub const MAX_MESSAGE_AFTER_LOGIN: u32 = 64 * 1024;
+/// Responses gathered beyond this are written before the next command is carried out.
+const FLUSH_AT: usize = 64 * 1024;
+/// The hierarchy separator of mailbox names (the store's own, `names::HIERARCHY_SEPARATOR`).
+const SEPARATOR: char = mailmesh_protocol::names::HIERARCHY_SEPARATOR;
+
+/// Where a connection is (RFC 3501 3).
+#[derive(Debug)]
+pub enum State {
+    NotAuthenticated,
+    /// AUTHENTICATE PLAIN sent its empty challenge and waits for the client's response.
+    Authenticating(Tag<'static>),
+    Authenticated(String),
+    Selected {
+        user: String,
+        mailbox: Selected,
+    },
+}
+
+/// The selected mailbox.
+#[derive(Debug)]
+pub struct Selected {
+    pub name: String,
+    pub read_only: bool,
+}
+
+impl State {
+    fn user(&self) -> Option<&str> {
+        match self {
+            State::Authenticated(user) | State::Selected { user, .. } => Some(user),
+            _ => None,
+        }
+    }
+}
+
+/// What the loop does after a command.
+enum Flow {
+    Continue,
+    StartTls,
+    Close,
+}
+
+pub async fn serve(mut conn: Connection, peer: Peer, ctx: Rc<ImapContext>) {
+    let mut machine = Machine::new(MAX_MESSAGE_BEFORE_LOGIN);
+    let mut out = Vec::with_capacity(512);
+    let mut state = State::NotAuthenticated;
+    let greeting = Greeting::ok(
+        Some(Code::Capability(ctx.capabilities(&conn, &state))),
+        "mailmesh IMAP ready",
+    )
+    .expect("a valid greeting");
+    out.extend_from_slice(&GreetingCodec::default().encode(&greeting).dump());
+    let mut buf = vec![0u8; READ_CHUNK];
+    loop {
+        while let Some(event) = machine.next_event() {
+            let flow = match event {
+                Event::ContinueLiteral => {
+                    encode(&continuation("ready for the literal"), &mut out);
+                    Flow::Continue
+                }
+                Event::Refused(response) => {
+                    if let State::Authenticating(_) = state {
+                        state = State::NotAuthenticated;
+                        machine.expect(Expect::Command);
+                    }
+                    encode(&response, &mut out);
+                    Flow::Continue
+                }
+                Event::AuthenticateData(data) => {
+                    machine.expect(Expect::Command);
+                    let State::Authenticating(tag) = std::mem::replace(&mut state, State::NotAuthenticated)
+                    else {
+                        // The machine expects these only while authenticating.
+                        continue;
+                    };
+                    state = match data {
+                        AuthenticateData::Cancel => {
+                            tagged(&tag, StatusKind::Bad, None, "authentication cancelled", &mut out);
+                            State::NotAuthenticated
+                        }
+                        AuthenticateData::Continue(data) => {
+                            let credentials = sasl::plain(data.declassify());
+                            finish_login(&ctx, &peer, &conn, &tag, credentials, &mut out).await
+                        }
+                    };
+                    Flow::Continue
+                }
+                Event::Command(command) => {
+                    let flow = command_flow(&ctx, &peer, &conn, &mut state, command, &mut out).await;
+                    if let State::Authenticating(_) = state {
+                        machine.expect(Expect::AuthenticateData);
+                    }
+                    flow
+                }
+            };
+            match flow {
+                Flow::Continue => {}
+                Flow::Close => {
+                    let _ = write(&mut conn, &mut out).await;
+                    let _ = conn.shutdown().await;
+                    return;
+                }
+                Flow::StartTls => {
+                    let Some(tls) = &ctx.tls else { return };
+                    if write(&mut conn, &mut out).await.is_err() {
+                        return;
+                    }
+                    conn = match tokio::time::timeout(Duration::from_secs(30), conn.start_tls(tls.acceptor()))
+                        .await
+                    {
+                        Ok(Ok(conn)) => conn,
+                        Ok(Err(e)) => {
+                            debug!(peer = %peer.display, error = %e, "STARTTLS handshake failed");
+                            return;
+                        }
+                        Err(_) => return,
+                    };
+                    machine.discard_input();
+                }
+            }
+            machine.set_max_message(match state.user() {
+                Some(_) => MAX_MESSAGE_AFTER_LOGIN,
+                None => MAX_MESSAGE_BEFORE_LOGIN,
+            });
+            if out.len() >= FLUSH_AT && write(&mut conn, &mut out).await.is_err() {
+                return;
+            }
+        }
+        if !out.is_empty() && write(&mut conn, &mut out).await.is_err() {
+            return;
+        }
+        let read = match tokio::time::timeout(IDLE_TIMEOUT, conn.read(&mut buf)).await {
+            Ok(Ok(0)) | Ok(Err(_)) => return,
+            Ok(Ok(n)) => n,
+            Err(_) => {
+                bye("autologout: idle too long", &mut out);
+                let _ = write(&mut conn, &mut out).await;
+                return;
+            }
+        };
+        machine.feed(&buf[..read]);
+    }
+}
+
+async fn write(conn: &mut Connection, out: &mut Vec<u8>) -> std::io::Result<()> {
+    let result = tokio::time::timeout(IDLE_TIMEOUT, async {
+        conn.write_all(out).await?;
+        conn.flush().await
+    })
+    .await
+    .unwrap_or_else(|_| Err(std::io::Error::from(std::io::ErrorKind::TimedOut)));
+    out.clear();
+    result
+}
+
+fn tagged(tag: &Tag<'static>, kind: StatusKind, code: Option<Code<'static>>, text: &str, out: &mut Vec<u8>) {
+    encode(&status(Some(tag.clone()), kind, code, text.to_string()), out);
+}
+
+fn untagged(data: Data<'_>, out: &mut Vec<u8>) {
+    encode(&Response::Data(data), out);
+}
+
+fn bye(text: &'static str, out: &mut Vec<u8>) {
+    let bye = Bye {
+        code: None,
+        text: Text::try_from(text).expect("a valid text"),
+    };
+    encode(&Response::Status(Status::Bye(bye)), out);
+}
+
+/// A command's outcome: the tagged status to send.
+struct Outcome {
+    kind: StatusKind,
+    code: Option<Code<'static>>,
+    text: String,
+}
+
+impl Outcome {
+    fn ok(text: impl Into<String>) -> Outcome {
+        Outcome {
+            kind: StatusKind::Ok,
+            code: None,
+            text: text.into(),
+        }
+    }
+    fn no(text: impl Into<String>) -> Outcome {
+        Outcome {
+            kind: StatusKind::No,
+            code: None,
+            text: text.into(),
+        }
+    }
+    fn bad(text: impl Into<String>) -> Outcome {
+        Outcome {
+            kind: StatusKind::Bad,
+            code: None,
+            text: text.into(),
+        }
+    }
+    fn with_code(mut self, code: Code<'static>) -> Outcome {
+        self.code = Some(code);
+        self
+    }
+}
+
+async fn command_flow(
+    ctx: &ImapContext,
+    peer: &Peer,
+    conn: &Connection,
+    state: &mut State,
+    command: Command<'static>,
+    out: &mut Vec<u8>,
+) -> Flow {
+    let Command { tag, body } = command;
+    let mut flow = Flow::Continue;
+    let outcome = match body {
+        // Any state.
+        CommandBody::Capability => {
+            untagged(Data::Capability(ctx.capabilities(conn, state)), out);
+            Outcome::ok("CAPABILITY completed")
+        }
+        CommandBody::Noop => Outcome::ok("NOOP completed"),
+        CommandBody::Logout => {
+            bye("logging out", out);
+            flow = Flow::Close;
+            Outcome::ok("LOGOUT completed")
+        }
+        CommandBody::Id { .. } => {
+            // RFC 2971: the server's own parameters; the client's are only logged.
+            let parameters = vec![
+                (istring("name"), NString(Some(istring(super::IMPLEMENTATION)))),
+                (
+                    istring("version"),
+                    NString(Some(istring(env!("CARGO_PKG_VERSION")))),
+                ),
+            ];
+            untagged(
+                Data::Id {
+                    parameters: Some(parameters),
+                },
+                out,
+            );
+            Outcome::ok("ID completed")
+        }
+        // Not authenticated.
+        CommandBody::StartTLS => {
+            if conn.is_tls() {
+                Outcome::bad("TLS is already active")
+            } else if ctx.tls.is_none() {
+                Outcome::bad("STARTTLS is not offered here (no certificate configured)")
+            } else if state.user().is_some() {
+                Outcome::bad("STARTTLS only before a login")
+            } else {
+                flow = Flow::StartTls;
+                Outcome::ok("begin TLS negotiation now")
+            }
+        }
+        CommandBody::Login { username, password } => {
+            if state.user().is_some() {
+                Outcome::bad("already logged in")
+            } else if !ctx.tls_options.password_allowed(conn.is_tls()) {
+                Outcome::no("a password needs TLS here: STARTTLS first")
+                    .with_code(other_code("PRIVACYREQUIRED"))
+            } else {
+                let credentials = match std::str::from_utf8(username.as_ref()) {
+                    Ok(user) => Ok(Credentials {
+                        user: user.to_string(),
+                        password: password.declassify().as_ref().to_vec(),
+                    }),
+                    Err(_) => Err(AuthError::Failed),
+                };
+                *state = finish_login(ctx, peer, conn, &tag, credentials, out).await;
+                return flow;
+            }
+        }
+        CommandBody::Authenticate {
+            mechanism,
+            initial_response,
+        } => {
+            if state.user().is_some() {
+                Outcome::bad("already logged in")
+            } else if mechanism != AuthMechanism::Plain {
+                Outcome::no(format!("mechanism {mechanism} is not supported (PLAIN)"))
+            } else if !ctx.tls_options.password_allowed(conn.is_tls()) {
+                Outcome::no("a password needs TLS here: STARTTLS first")
+                    .with_code(other_code("PRIVACYREQUIRED"))
+            } else {
+                match initial_response {
+                    Some(data) => {
+                        let credentials = sasl::plain(data.declassify());
+                        *state = finish_login(ctx, peer, conn, &tag, credentials, out).await;
+                    }
+                    None => {
+                        // RFC 3501 6.2.2: an empty challenge asks for PLAIN's response.
+                        encode(&continuation_empty(), out);
+                        *state = State::Authenticating(tag);
+                    }
+                }
+                return flow;
+            }
+        }
+        other => match state.user().map(str::to_string) {
+            None => Outcome::bad(format!("{} needs a login first", other.name())),
+            Some(user) => authenticated_command(ctx, &user, state, other, out).await,
+        },
+    };
+    let code = outcome.code.clone();
+    tagged(&tag, outcome.kind, code, &outcome.text, out);
+    flow
+}
+
+/// `+ ` with nothing after it: PLAIN's empty challenge.
+fn continuation_empty() -> Response<'static> {
+    use imap_codec::imap_types::response::CommandContinuationRequest;
+    Response::CommandContinuationRequest(CommandContinuationRequest::base64(Vec::<u8>::new()))
+}
+
+/// Checks the credentials (waiting out the address's failure delay first, in
+/// [`crate::auth::Authenticator::verify`]), answers, and says the state the connection is in next.
+async fn finish_login(
+    ctx: &ImapContext,
+    peer: &Peer,
+    conn: &Connection,
+    tag: &Tag<'static>,
+    credentials: Result<Credentials, AuthError>,
+    out: &mut Vec<u8>,
+) -> State {
+    let outcome = match credentials {
+        Ok(credentials) => {
+            ctx.auth
+                .verify(peer.ip, &credentials.user, &credentials.password)
+                .await
+        }
+        Err(e) => Err(e),
+    };
+    match outcome {
+        Ok(user) => {
+            info!(peer = %peer.display, %user, "imap login");
+            let state = State::Authenticated(user);
+            // RFC 3501 6.2.3: the capabilities as they are now, with the OK.
+            let code = Code::Capability(ctx.capabilities(conn, &state));
+            tagged(tag, StatusKind::Ok, Some(code), "logged in", out);
+            state
+        }
+        Err(AuthError::Failed) => {
+            info!(peer = %peer.display, "imap login failed");
+            tagged(
+                tag,
+                StatusKind::No,
+                Some(other_code("AUTHENTICATIONFAILED")),
+                "authentication failed",
+                out,
+            );
+            State::NotAuthenticated
+        }
+        Err(e @ AuthError::Malformed(_)) => {
+            tagged(tag, StatusKind::Bad, None, &e.to_string(), out);
+            State::NotAuthenticated
+        }
+    }
+}
+
+/// The commands of a logged-in user.
+async fn authenticated_command(
+    ctx: &ImapContext,
+    user: &str,
+    state: &mut State,
+    body: CommandBody<'static>,
+    out: &mut Vec<u8>,
+) -> Outcome {
+    let result = match body {
+        CommandBody::Namespace => {
+            let personal = Namespace::new(istring(""), Some(separator()));
+            untagged(
+                Data::Namespace {
+                    personal: vec![personal],
+                    other: Vec::new(),
+                    shared: Vec::new(),
+                },
+                out,
+            );
+            Ok(Outcome::ok("NAMESPACE completed"))
+        }
+        CommandBody::Enable { .. } => {
+            // RFC 5161: only extensions this server implements are enabled, and none of those
+            // that ENABLE names (CONDSTORE, QRESYNC, UTF8=ACCEPT, METADATA) is implemented yet.
+            untagged(
+                Data::Enabled {
+                    capabilities: Vec::new(),
+                },
+                out,
+            );
+            Ok(Outcome::ok("ENABLE completed"))
+        }
+        CommandBody::Create { mailbox } => create(ctx, user, &mailbox).await,
+        CommandBody::Delete { mailbox } => delete(ctx, user, &mailbox).await,
+        CommandBody::Rename { from, to } => rename(ctx, user, &from, &to).await,
+        CommandBody::Subscribe { mailbox } => subscribe(ctx, user, &mailbox, true).await,
+        CommandBody::Unsubscribe { mailbox } => subscribe(ctx, user, &mailbox, false).await,
+        CommandBody::List {
+            reference,
+            mailbox_wildcard,
+        } => list(ctx, user, &reference, &mailbox_wildcard, false, out).await,
+        CommandBody::Lsub {
+            reference,
+            mailbox_wildcard,
+        } => list(ctx, user, &reference, &mailbox_wildcard, true, out).await,
+        CommandBody::Status { mailbox, item_names } => {
+            status_command(ctx, user, &mailbox, &item_names, out).await
+        }
+        CommandBody::Select { mailbox, .. } => select(ctx, user, state, &mailbox, false, out).await,
+        CommandBody::Examine { mailbox, .. } => select(ctx, user, state, &mailbox, true, out).await,
+        CommandBody::Check if matches!(state, State::Selected { .. }) => Ok(Outcome::ok("CHECK completed")),
+        CommandBody::Unselect | CommandBody::Close if matches!(state, State::Selected { .. }) => {
+            // Nothing is marked \Deleted through this server yet (no STORE), so CLOSE has
+            // nothing to expunge and is UNSELECT.
+            let previous = std::mem::replace(state, State::Authenticated(user.to_string()));
+            let text = match previous {
+                State::Selected { mailbox, .. } if mailbox.read_only => {
+                    format!("{} closed (it was examined)", mailbox.name)
+                }
+                State::Selected { mailbox, .. } => format!("{} closed", mailbox.name),
+                _ => "closed".to_string(),
+            };
+            Ok(Outcome::ok(text))
+        }
+        CommandBody::Check | CommandBody::Unselect | CommandBody::Close => {
+            Ok(Outcome::bad("no mailbox is selected"))
+        }
+        other => Ok(Outcome::bad(format!(
+            "{} is not supported by this server",
+            other.name()
+        ))),
+    };
+    result.unwrap_or_else(refusal)
+}
+
+async fn create(ctx: &ImapContext, user: &str, mailbox: &ImapMailbox<'_>) -> Result<Outcome, MailError> {
+    let name = mailbox_name(mailbox)?;
+    // RFC 3501 6.3.3: a trailing separator says the client means to create inferiors under it.
+    let name = name.strip_suffix(SEPARATOR).unwrap_or(&name).to_string();
+    ctx.directory
+        .send(CreateMailbox {
+            user: user.to_string(),
+            name,
+        })
+        .await??;
+    Ok(Outcome::ok("CREATE completed"))
+}
+
+async fn delete(ctx: &ImapContext, user: &str, mailbox: &ImapMailbox<'_>) -> Result<Outcome, MailError> {
+    let name = mailbox_name(mailbox)?;
+    ctx.directory
+        .send(DeleteMailbox {
+            user: user.to_string(),
+            name,
+        })
+        .await??;
+    Ok(Outcome::ok("DELETE completed"))
+}
+
+async fn rename(
+    ctx: &ImapContext,
+    user: &str,
+    from: &ImapMailbox<'_>,
+    to: &ImapMailbox<'_>,
+) -> Result<Outcome, MailError> {
+    let from = mailbox_name(from)?;
+    let to = mailbox_name(to)?;
+    ctx.directory
+        .send(RenameMailbox {
+            user: user.to_string(),
+            from,
+            to_user: None,
+            to,
+        })
+        .await??;
+    Ok(Outcome::ok("RENAME completed"))
+}
+
+async fn subscribe(
+    ctx: &ImapContext,
+    user: &str,
+    mailbox: &ImapMailbox<'_>,
+    subscribed: bool,
+) -> Result<Outcome, MailError> {
+    let name = mailbox_name(mailbox)?;
+    ctx.directory
+        .send(Subscribe {
+            user: user.to_string(),
+            name,
+            subscribed,
+        })
+        .await??;
+    Ok(Outcome::ok(if subscribed {
+        "SUBSCRIBE completed"
+    } else {
+        "UNSUBSCRIBE completed"
+    }))
+}
+
+async fn list(
+    ctx: &ImapContext,
+    user: &str,
+    reference: &ImapMailbox<'_>,
+    pattern: &ListMailbox<'_>,
+    subscribed_only: bool,
+    out: &mut Vec<u8>,
+) -> Result<Outcome, MailError> {
+    let command = if subscribed_only { "LSUB" } else { "LIST" };
+    let reference = match reference {
+        ImapMailbox::Inbox => "INBOX".to_string(),
+        ImapMailbox::Other(other) => utf8(other.as_ref())?,
+    };
+    let pattern = match pattern {
+        ListMailbox::Token(token) => utf8(token.as_ref())?,
+        ListMailbox::String(string) => utf8(string.as_ref())?,
+    };
+    if pattern.is_empty() && !subscribed_only {
+        // RFC 3501 6.3.8: an empty pattern asks for the hierarchy separator and root.
+        untagged(
+            Data::List {
+                items: vec![FlagNameAttribute::Noselect],
+                delimiter: Some(separator()),
+                mailbox: imap_mailbox("").expect("\"\" is a valid mailbox string"),
+            },
+            out,
+        );
+        return Ok(Outcome::ok(format!("{command} completed")));
+    }
+    let full = format!("{reference}{pattern}");
+    let names: Vec<String> = if subscribed_only {
+        ctx.directory
+            .send(ListSubscriptions {
+                user: user.to_string(),
+            })
+            .await??
+    } else {
+        let mut names: Vec<String> = ctx
+            .directory
+            .send(ListMailboxes {
+                user: user.to_string(),
+            })
+            .await??
+            .into_iter()
+            .map(|info| info.name)
+            .collect();
+        // INBOX always exists for a client (a delivery creates it when the first message comes).
+        if !names.iter().any(|n| n == "INBOX") {
+            names.insert(0, "INBOX".to_string());
+        }
+        names
+    };
+    for name in names.iter().filter(|name| list_matches(&full, name)) {
+        let items = if subscribed_only {
+            Vec::new()
+        } else {
+            let prefix = format!("{name}{SEPARATOR}");
+            if names.iter().any(|other| other.starts_with(&prefix)) {
+                vec![FlagNameAttribute::from(atom("HasChildren"))]
+            } else {
+                vec![FlagNameAttribute::from(atom("HasNoChildren"))]
+            }
+        };
+        let Some(mailbox) = imap_mailbox(name) else {
+            continue;
+        };
+        let data = if subscribed_only {
+            Data::Lsub {
+                items,
+                delimiter: Some(separator()),
+                mailbox,
+            }
+        } else {
+            Data::List {
+                items,
+                delimiter: Some(separator()),
+                mailbox,
+            }
+        };
+        untagged(data, out);
+    }
+    Ok(Outcome::ok(format!("{command} completed")))
+}
+
+async fn mailbox_state(ctx: &ImapContext, user: &str, name: &str) -> Result<MailboxState, MailError> {
+    let open = || OpenMailbox {
+        user: user.to_string(),
+        name: name.to_string(),
+    };
+    let opened = match ctx.directory.send(open()).await? {
+        // INBOX always exists for a client (LIST shows it): made here when a user selects it
+        // before the first delivery did, as LMTP does for the first message.
+        Err(MailError::UnknownMailbox { .. }) if name == "INBOX" => {
+            match ctx
+                .directory
+                .send(CreateMailbox {
+                    user: user.to_string(),
+                    name: name.to_string(),
+                })
+                .await?
+            {
+                // Another session (or a delivery) made it in between: as good.
+                Ok(_) | Err(MailError::MailboxExists { .. }) => {}
+                Err(e) => return Err(e),
+            }
+            ctx.directory.send(open()).await??
+        }
+        other => other?,
+    };
+    opened.addr.send(GetState).await?
+}
+
+async fn status_command(
+    ctx: &ImapContext,
+    user: &str,
+    mailbox: &ImapMailbox<'static>,
+    items: &[StatusDataItemName],
+    out: &mut Vec<u8>,
+) -> Result<Outcome, MailError> {
+    let name = mailbox_name(mailbox)?;
+    let state = mailbox_state(ctx, user, &name).await?;
+    let mut answered = Vec::new();
+    for item in items {
+        let value = match item {
+            StatusDataItemName::Messages => Some(StatusDataItem::Messages(clamp(state.exists))),
+            // No message is \Recent on this server: the flag has no replicated meaning (RFC 9051
+            // dropped it).
+            StatusDataItemName::Recent => Some(StatusDataItem::Recent(0)),
+            StatusDataItemName::UidNext => NonZeroU32::new(state.uidnext.0).map(StatusDataItem::UidNext),
+            StatusDataItemName::UidValidity => {
+                NonZeroU32::new(state.uidvalidity.0).map(StatusDataItem::UidValidity)
+            }
+            StatusDataItemName::Unseen => Some(StatusDataItem::Unseen(clamp(state.unseen))),
+            StatusDataItemName::HighestModSeq => Some(StatusDataItem::HighestModSeq(state.highestmodseq.0)),
+            // Not counted by the store (yet): left out rather than guessed.
+            StatusDataItemName::Deleted | StatusDataItemName::DeletedStorage => None,
+        };
+        answered.extend(value);
+    }
+    untagged(
+        Data::Status {
+            mailbox: mailbox.clone(),
+            items: Cow::Owned(answered),
+        },
+        out,
+    );
+    Ok(Outcome::ok("STATUS completed"))
+}
+
+async fn select(
+    ctx: &ImapContext,
+    user: &str,
+    state: &mut State,
+    mailbox: &ImapMailbox<'_>,
+    read_only: bool,
+    out: &mut Vec<u8>,
+) -> Result<Outcome, MailError> {
+    // RFC 3501 6.3.1: a SELECT deselects the current mailbox first, even when it then fails.
+    *state = State::Authenticated(user.to_string());
+    let name = mailbox_name(mailbox)?;
+    let mailbox_state = mailbox_state(ctx, user, &name).await?;
+    let system = [
+        Flag::Answered,
+        Flag::Flagged,
+        Flag::Deleted,
+        Flag::Seen,
+        Flag::Draft,
+    ];
+    untagged(Data::Flags(system.to_vec()), out);
+    untagged(Data::Exists(clamp(mailbox_state.exists)), out);
+    untagged(Data::Recent(0), out);
+    let mut codes = Vec::new();
+    if let Some(uidvalidity) = NonZeroU32::new(mailbox_state.uidvalidity.0) {
+        codes.push(Code::UidValidity(uidvalidity));
+    }
+    if let Some(uidnext) = NonZeroU32::new(mailbox_state.uidnext.0) {
+        codes.push(Code::UidNext(uidnext));
+    }
+    if let Some(modseq) = NonZeroU64::new(mailbox_state.highestmodseq.0) {
+        codes.push(Code::HighestModSeq(modseq));
+    }
+    let permanent = if read_only {
+        Vec::new()
+    } else {
+        let mut flags: Vec<FlagPerm> = system.into_iter().map(FlagPerm::Flag).collect();
+        flags.push(FlagPerm::Asterisk);
+        flags
+    };
+    codes.push(Code::PermanentFlags(permanent));
+    for code in codes {
+        encode(
+            &status(None, StatusKind::Ok, Some(code), "mailbox state".to_string()),
+            out,
+        );
+    }
+    *state = State::Selected {
+        user: user.to_string(),
+        mailbox: Selected { name, read_only },
+    };
+    Ok(if read_only {
+        Outcome::ok("EXAMINE completed").with_code(Code::ReadOnly)
+    } else {
+        Outcome::ok("SELECT completed").with_code(Code::ReadWrite)
+    })
+}
+
+/// The answer to an actor's refusal, with RFC 5530's response codes where one fits.
+fn refusal(error: MailError) -> Outcome {
+    let text = error.to_string();
+    match error {
+        MailError::UnknownMailbox { .. } | MailError::UnknownMailboxId(_) | MailError::MailboxDeleted(_) => {
+            Outcome::no(text).with_code(other_code("NONEXISTENT"))
+        }
+        MailError::MailboxExists { .. } => Outcome::no(text).with_code(other_code("ALREADYEXISTS")),
+        MailError::InvalidName(_) => Outcome::no(text).with_code(other_code("CANNOT")),
+        MailError::NotAllowed(_) => Outcome::no(text).with_code(other_code("CANNOT")),
+        MailError::ShuttingDown | MailError::Store(_) => {
+            Outcome::no(format!("{text}; try again later")).with_code(other_code("UNAVAILABLE"))
+        }
+        MailError::NotHeldHere { .. } => Outcome::no(text).with_code(other_code("UNAVAILABLE")),
+        _ => Outcome::no(text),
+    }
+}
+
+/// A mailbox name as the store spells it. IMAP4rev1 names are modified UTF-7 (RFC 3501
+/// 5.1.3); names are taken as they come, so ASCII names (all that a client sends for ASCII)
+/// mean the same on both sides.
+fn mailbox_name(mailbox: &ImapMailbox<'_>) -> Result<String, MailError> {
+    match mailbox {
+        ImapMailbox::Inbox => Ok("INBOX".to_string()),
+        ImapMailbox::Other(other) => utf8(other.as_ref()),
+    }
+}
+
+fn utf8(bytes: &[u8]) -> Result<String, MailError> {
+    String::from_utf8(bytes.to_vec()).map_err(|_| {
+        MailError::InvalidName(mailmesh_protocol::names::NameError::Mailbox {
+            name: String::from_utf8_lossy(bytes).into_owned(),
+            reason: "not UTF-8",
+        })
+    })
+}
+
+/// A stored name as an IMAP mailbox; `None` for one IMAP cannot carry (the store's names are
+/// validated, so none should be).
+fn imap_mailbox(name: &str) -> Option<ImapMailbox<'static>> {
+    ImapMailbox::try_from(name.to_string()).ok()
+}
+
+fn istring(text: &str) -> IString<'static> {
+    IString::try_from(text.to_string()).expect("a valid string")
+}
+
+fn atom(text: &'static str) -> imap_codec::imap_types::core::Atom<'static> {
+    imap_codec::imap_types::core::Atom::try_from(text).expect("a valid atom")
+}
+
+fn separator() -> QuotedChar {
+    QuotedChar::try_from(SEPARATOR).expect("a valid separator")
+}
+
+fn clamp(count: u64) -> u32 {
+    u32::try_from(count).unwrap_or(u32::MAX)
+}
+
+/// RFC 3501 6.3.8's wildcards: `*` matches anything, `%` anything but the separator. INBOX
+/// matches in any case.
+pub fn list_matches(pattern: &str, name: &str) -> bool {
+    fn go(p: &[u8], n: &[u8]) -> bool {
+        match p.split_first() {
+            None => n.is_empty(),
+            Some((b'*', rest)) => (0..=n.len()).any(|i| go(rest, &n[i..])),
+            Some((b'%', rest)) => {
+                let stop = n.iter().position(|&b| b == SEPARATOR as u8).unwrap_or(n.len());
+                (0..=stop).any(|i| go(rest, &n[i..]))
+            }
+            Some((&c, rest)) => n.first() == Some(&c) && go(rest, &n[1..]),
+        }
+    }
+    let folded;
+    let pattern =
+        if pattern.len() >= 5 && pattern[..5].eq_ignore_ascii_case("INBOX") && name.starts_with("INBOX") {
+            folded = format!("INBOX{}", &pattern[5..]);
+            folded.as_str()
+        } else {
+            pattern
+        };
+    go(pattern.as_bytes(), name.as_bytes())
+}
+
+impl ImapContext {
+    /// The capabilities advertised: only what this server implements.
+    pub fn capabilities(&self, conn: &Connection, state: &State) -> Vec1<Capability<'static>> {
+        let mut caps: Vec<Capability<'static>> = vec![
+            Capability::Imap4Rev1,
+            Capability::LiteralPlus,
+            Capability::Id,
+            Capability::Enable,
+        ];
+        caps.push(Capability::Namespace);
+        caps.push(Capability::Unselect);
+        if state.user().is_none() {
+            if self.tls.is_some() && !conn.is_tls() {
+                caps.push(Capability::StartTls);
+            }
+            if self.tls_options.password_allowed(conn.is_tls()) {
+                caps.push(Capability::Auth(AuthMechanism::Plain));
+                caps.push(Capability::SaslIr);
+            } else {
+                caps.push(Capability::LoginDisabled);
+            }
+        }
+        Vec1::<Capability<'static>>::try_from(caps).expect("at least IMAP4rev1")
+    }
+}

@@ -1,0 +1,245 @@
+//! The sans-IO core: the machine's literal policy and bounds, the LIST wildcards, and arbitrary
+//! bytes on the command path.
+
+use imap_codec::imap_types::command::CommandBody;
+use imap_codec::imap_types::response::{Code, StatusKind};
+use proptest::prelude::*;
+
+use super::protocol::{encode, other_code, status, Event, Expect, Machine};
+use super::session::list_matches;
+
+fn events(machine: &mut Machine) -> Vec<Event> {
+    std::iter::from_fn(|| machine.next_event()).collect()
+}
+
+fn wire(event: &Event) -> String {
+    match event {
+        Event::Refused(response) => {
+            let mut out = Vec::new();
+            encode(response, &mut out);
+            String::from_utf8(out).unwrap()
+        }
+        other => format!("{other:?}"),
+    }
+}
+
+#[test]
+fn a_command_split_across_reads_and_pipelined_commands_decode_in_order() {
+    let mut machine = Machine::new(1024);
+    machine.feed(b"a1 NO");
+    assert!(events(&mut machine).is_empty(), "half a command is not one");
+    machine.feed(b"OP\r\na2 CAPABILITY\r\na3 LOGIN alice \"se cret\"\r\n");
+    let got = events(&mut machine);
+    assert_eq!(got.len(), 3, "{got:?}");
+    match &got[0] {
+        Event::Command(c) => assert_eq!((c.tag.as_ref(), &c.body), ("a1", &CommandBody::Noop)),
+        other => panic!("{other:?}"),
+    }
+    match &got[2] {
+        Event::Command(c) => match &c.body {
+            CommandBody::Login { username, password } => {
+                assert_eq!(username.as_ref(), b"alice");
+                assert_eq!(password.declassify().as_ref(), b"se cret");
+            }
+            other => panic!("{other:?}"),
+        },
+        other => panic!("{other:?}"),
+    }
+}
+
+#[test]
+fn a_synchronizing_literal_waits_for_the_continuation_and_one_over_the_limit_is_refused_unread() {
+    let mut machine = Machine::new(64);
+    machine.feed(b"a1 LOGIN {5}\r\n");
+    let got = events(&mut machine);
+    assert!(matches!(got.as_slice(), [Event::ContinueLiteral]), "{got:?}");
+    machine.feed(b"alice x\r\n");
+    let got = events(&mut machine);
+    assert!(
+        matches!(&got[..], [Event::Command(c)] if matches!(c.body, CommandBody::Login { .. })),
+        "{got:?}"
+    );
+
+    // Over the limit: refused at once; the client sends nothing of it, and the next line is a
+    // new command.
+    machine.feed(b"a2 LOGIN {100}\r\na3 NOOP\r\n");
+    let got = events(&mut machine);
+    assert_eq!(got.len(), 2, "{got:?}");
+    assert!(wire(&got[0]).starts_with("a2 BAD [TOOBIG]"), "{}", wire(&got[0]));
+    assert!(
+        matches!(&got[1], Event::Command(c) if c.tag.as_ref() == "a3"),
+        "{got:?}"
+    );
+}
+
+#[test]
+fn a_non_synchronizing_literal_over_the_limit_is_read_thrown_away_and_refused() {
+    let mut machine = Machine::new(64);
+    let mut input = b"a1 LOGIN {200+}\r\n".to_vec();
+    input.extend(std::iter::repeat_n(b'x', 200));
+    input.extend_from_slice(b" pw\r\na2 NOOP\r\n");
+    let mut got = Vec::new();
+    for chunk in input.chunks(7) {
+        machine.feed(chunk);
+        got.extend(events(&mut machine));
+        assert!(machine.held() <= 64, "held {} bytes", machine.held());
+    }
+    assert_eq!(got.len(), 2, "{got:?}");
+    assert!(wire(&got[0]).starts_with("a1 BAD [TOOBIG]"), "{}", wire(&got[0]));
+    assert!(
+        matches!(&got[1], Event::Command(c) if c.tag.as_ref() == "a2"),
+        "{got:?}"
+    );
+}
+
+#[test]
+fn malformed_and_overlong_lines_are_refused_with_their_tag() {
+    let mut machine = Machine::new(64);
+    machine.feed(b"a1 FROB\r\n\r\nzzz\r\n");
+    machine.feed(&[b'y'; 200]);
+    machine.feed(b"\r\na4 NOOP\r\n");
+    let got: Vec<String> = events(&mut machine).iter().map(wire).collect();
+    assert_eq!(got.len(), 5, "{got:?}");
+    assert!(got[0].starts_with("a1 BAD"), "{got:?}");
+    assert!(got[1].starts_with("* BAD"), "an empty line has no tag: {got:?}");
+    assert!(got[2].starts_with("* BAD"), "{got:?}");
+    assert!(got[3].starts_with("* BAD [TOOBIG]"), "{got:?}");
+    assert!(got[4].contains("a4"), "{got:?}");
+}
+
+#[test]
+fn a_new_limit_takes_over_without_losing_pipelined_input() {
+    let mut machine = Machine::new(64);
+    machine.feed(b"a1 NOOP\r\na2 NOOP\r\n");
+    let first = machine.next_event();
+    assert!(matches!(&first, Some(Event::Command(c)) if c.tag.as_ref() == "a1"));
+    // As after a login: a larger limit, while a2 still waits unread.
+    machine.set_max_message(1024);
+    let got = events(&mut machine);
+    assert!(
+        matches!(&got[..], [Event::Command(c)] if c.tag.as_ref() == "a2"),
+        "{got:?}"
+    );
+    // A 200-byte command now fits (it is still an unknown one: BAD, not TOOBIG).
+    machine.feed(format!("a3 {}\r\n", "X".repeat(200)).as_bytes());
+    let got: Vec<String> = events(&mut machine).iter().map(wire).collect();
+    assert_eq!(got.len(), 1, "{got:?}");
+    assert!(
+        got[0].starts_with("a3 BAD") && !got[0].contains("TOOBIG"),
+        "{got:?}"
+    );
+    // A literal of 500 bytes is accepted with a continuation request.
+    machine.feed(b"a4 LOGIN {500}\r\n");
+    assert!(matches!(
+        events(&mut machine).as_slice(),
+        [Event::ContinueLiteral]
+    ));
+}
+
+#[test]
+fn authenticate_lines_decode_as_sasl_data_and_star_cancels() {
+    let mut machine = Machine::new(1024);
+    machine.expect(Expect::AuthenticateData);
+    machine.feed(b"AGFsaWNlAHNlY3JldA==\r\n");
+    match events(&mut machine).as_slice() {
+        [Event::AuthenticateData(imap_codec::imap_types::auth::AuthenticateData::Continue(data))] => {
+            assert_eq!(data.declassify().as_ref(), b"\0alice\0secret")
+        }
+        other => panic!("{other:?}"),
+    }
+    machine.feed(b"*\r\n");
+    assert!(matches!(
+        events(&mut machine).as_slice(),
+        [Event::AuthenticateData(
+            imap_codec::imap_types::auth::AuthenticateData::Cancel
+        )]
+    ));
+}
+
+#[test]
+fn input_received_before_starttls_is_discarded() {
+    let mut machine = Machine::new(1024);
+    machine.feed(b"a1 STARTTLS\r\na2 LOGIN injected x\r\n");
+    let first = machine.next_event();
+    assert!(matches!(&first, Some(Event::Command(c)) if c.body == CommandBody::StartTLS));
+    machine.discard_input();
+    assert!(events(&mut machine).is_empty());
+}
+
+#[test]
+fn responses_are_encoded_by_the_codec() {
+    let mut out = Vec::new();
+    let tag = imap_codec::imap_types::core::Tag::try_from("a1").unwrap();
+    encode(
+        &status(
+            Some(tag),
+            StatusKind::No,
+            Some(other_code("AUTHENTICATIONFAILED")),
+            "no".into(),
+        ),
+        &mut out,
+    );
+    encode(
+        &status(None, StatusKind::Ok, Some(Code::ReadOnly), "bad\r\ntext".into()),
+        &mut out,
+    );
+    assert_eq!(
+        String::from_utf8(out).unwrap(),
+        "a1 NO [AUTHENTICATIONFAILED] no\r\n* OK [READ-ONLY] (no text)\r\n"
+    );
+}
+
+#[test]
+fn list_wildcards_follow_rfc_3501() {
+    assert!(list_matches("*", "Work/Reports"));
+    assert!(list_matches("%", "Work"));
+    assert!(!list_matches("%", "Work/Reports"));
+    assert!(list_matches("Work/%", "Work/Reports"));
+    assert!(!list_matches("Work/%", "Work"));
+    assert!(list_matches("W*s", "Work/Reports"));
+    assert!(list_matches("inbox", "INBOX"));
+    assert!(!list_matches("work", "Work"), "only INBOX is case-insensitive");
+    assert!(list_matches("", ""));
+}
+
+proptest! {
+    #![proptest_config(ProptestConfig::with_cases(512))]
+
+    /// Arbitrary bytes in arbitrary chunks: no panic, every call returns, and the machine never
+    /// holds more than its limit of a message.
+    #[test]
+    fn arbitrary_bytes_never_panic_and_stay_bounded(
+        chunks in proptest::collection::vec(proptest::collection::vec(any::<u8>(), 0..300), 0..20),
+        auth in any::<bool>(),
+    ) {
+        let mut machine = Machine::new(256);
+        if auth {
+            machine.expect(Expect::AuthenticateData);
+        }
+        for chunk in &chunks {
+            machine.feed(chunk);
+            // Each event consumes input, so this ends.
+            let mut count = 0;
+            while machine.next_event().is_some() {
+                count += 1;
+                prop_assert!(count <= chunk.len() + 1);
+            }
+            prop_assert!(machine.held() <= 256);
+        }
+    }
+
+    /// Arbitrary printable command lines: decoded or refused, never dropped silently; the
+    /// machine answers each complete line.
+    #[test]
+    fn every_complete_line_gets_an_event(
+        lines in proptest::collection::vec("[ -~&&[^{}]]{0,80}", 1..10),
+    ) {
+        let mut machine = Machine::new(256);
+        for line in &lines {
+            machine.feed(line.as_bytes());
+            machine.feed(b"\r\n");
+        }
+        let got = events(&mut machine);
+        prop_assert_eq!(got.len(), lines.len());
+    }
+}

@@ -1,0 +1,510 @@
+//! IMAP against a real `mailmesh run`: Python's standard `imaplib` (a client no one here wrote)
+//! logs in, lists, creates, selects and asks for status, as a mail client does; a raw socket
+//! sends what a client library would not (oversize literals, malformed commands); Python's
+//! `smtplib.LMTP` delivers the messages the mailbox then counts.
+
+mod support;
+
+use std::io::Write;
+use std::path::Path;
+use std::process::{Command, Stdio};
+
+use support::{mailmesh, start_node, Running};
+
+/// The Python side: one scenario per call, results as one JSON object on stdout.
+const CLIENT: &str = r#"
+import imaplib, json, smtplib, socket, ssl, sys
+
+target, scenario = sys.argv[1], sys.argv[2]
+args = sys.argv[3:]
+host, port = target.rsplit(':', 1)
+port = int(port)
+
+def text(value):
+    if isinstance(value, bytes):
+        return value.decode('utf-8', 'replace')
+    if isinstance(value, (list, tuple)):
+        return [text(v) for v in value]
+    return value
+
+def attempt(call, *a):
+    """[status, data] of an imaplib call; NO and BAD come back as ['NO', message]."""
+    try:
+        typ, data = call(*a)
+        return [typ, text(data)]
+    except imaplib.IMAP4.error as e:
+        return ['ERROR', str(e)]
+
+def raw_lines(sock, tag):
+    """Lines read up to the tagged one."""
+    lines, buf = [], b''
+    while True:
+        while b'\r\n' not in buf:
+            chunk = sock.recv(65536)
+            if not chunk:
+                lines.append('<closed>')
+                return lines
+            buf += chunk
+        line, buf = buf.split(b'\r\n', 1)
+        lines.append(line.decode('utf-8', 'replace'))
+        if line.startswith(tag.encode() + b' '):
+            return lines
+
+out = {}
+if scenario == 'session':
+    lmtp_host, lmtp_port = args[0].rsplit(':', 1)
+    lmtp = smtplib.LMTP(lmtp_host, int(lmtp_port), timeout=30)
+    lmtp.ehlo('mta.example')
+    for subject in ['one', 'two']:
+        lmtp.mail('s@ext.example')
+        lmtp.rcpt('alice@example.org')
+        out['lmtp ' + subject] = lmtp.data(('Subject: %s\r\n\r\nbody\r\n' % subject).encode())[0]
+    lmtp.quit()
+
+    m = imaplib.IMAP4(host, port, timeout=30)
+    out['welcome'] = text(m.welcome)
+    out['capabilities'] = list(m.capabilities)
+    out['wrong_password'] = attempt(m.login, 'alice', 'nope')
+    out['unknown_user'] = attempt(m.login, 'mallory', 'secret')
+    out['login'] = attempt(m.login, 'alice', 'secret')
+    out['capability_after'] = attempt(m.capability)
+    out['namespace'] = attempt(m.namespace)
+    out['id'] = attempt(m.xatom, 'ID', '("name" "imaplib")')
+    out['id_data'] = text(m.untagged_responses.pop('ID', None))
+    out['enable'] = attempt(m.enable, 'CONDSTORE')
+    out['create'] = attempt(m.create, 'Work/Reports')
+    out['create_again'] = attempt(m.create, 'Work/Reports')
+    out['create_trailing'] = attempt(m.create, 'Archive/')
+    out['list_all'] = attempt(m.list, '""', '*')
+    out['list_top'] = attempt(m.list, '""', '%')
+    out['list_root'] = attempt(m.list, '""', '""')
+    out['list_work'] = attempt(m.list, 'Work/', '%')
+    out['subscribe'] = attempt(m.subscribe, 'Work')
+    out['lsub'] = attempt(m.lsub, '""', '*')
+    out['unsubscribe'] = attempt(m.unsubscribe, 'Work')
+    out['lsub_after'] = attempt(m.lsub, '""', '*')
+    out['status'] = attempt(m.status, 'INBOX', '(MESSAGES UNSEEN UIDNEXT UIDVALIDITY RECENT)')
+    out['status_missing'] = attempt(m.status, 'Nope', '(MESSAGES)')
+    out['select'] = attempt(m.select, 'INBOX')
+    out['select_uidvalidity'] = text(m.response('UIDVALIDITY'))
+    out['select_uidnext'] = text(m.response('UIDNEXT'))
+    out['select_flags'] = text(m.response('FLAGS'))
+    out['select_permanentflags'] = text(m.response('PERMANENTFLAGS'))
+    out['select_highestmodseq'] = text(m.response('HIGHESTMODSEQ'))
+    out['select_readwrite'] = text(m.response('READ-WRITE'))
+    out['check'] = attempt(m.check)
+    out['examine'] = attempt(m.select, 'Work/Reports', True)
+    out['examine_readonly'] = text(m.response('READ-ONLY'))
+    out['unselect'] = attempt(m.unselect)
+    out['select_missing'] = attempt(m.select, 'Nope')
+    out['rename'] = attempt(m.rename, 'Work', 'Projects')
+    out['list_renamed'] = attempt(m.list, '""', '*')
+    out['rename_inbox'] = attempt(m.rename, 'INBOX', 'Old')
+    out['delete'] = attempt(m.delete, 'Projects/Reports')
+    out['delete_inbox'] = attempt(m.delete, 'INBOX')
+    out['delete_missing'] = attempt(m.delete, 'Projects/Reports')
+    out['list_end'] = attempt(m.list)
+    out['noop'] = attempt(m.noop)
+    out['logout'] = attempt(m.logout)
+    # Bob has had no delivery: INBOX is listed, and selecting it works (empty).
+    b = imaplib.IMAP4(host, port, timeout=30)
+    b.login('bob', 'secret')
+    out['bob_list'] = attempt(b.list)
+    out['bob_select'] = attempt(b.select, 'INBOX')
+    out['bob_status'] = attempt(b.status, 'INBOX', '(MESSAGES UIDNEXT)')
+    b.logout()
+elif scenario == 'bad_input':
+    s = socket.create_connection((host, port), timeout=30)
+    s.recv(65536)
+    # A synchronizing literal over the limit before a login: refused before a byte of it is
+    # sent, and the connection goes on.
+    s.sendall(b'a1 LOGIN {100000}\r\n')
+    out['big_sync'] = raw_lines(s, 'a1')
+    # LITERAL+: the literal comes regardless; read, thrown away, refused.
+    s.sendall(b'a2 LOGIN {20000+}\r\n' + b'x' * 20000 + b' "secret"\r\n')
+    out['big_nonsync'] = raw_lines(s, 'a2')
+    s.sendall(b'a3 FROBNICATE\r\n')
+    out['unknown'] = raw_lines(s, 'a3')
+    s.sendall(b'a4 SELECT INBOX\r\n')
+    out['wrong_state'] = raw_lines(s, 'a4')
+    s.sendall(b'\r\n')
+    s.sendall(b'a5 NOOP\r\n')
+    out['empty_line_then_noop'] = raw_lines(s, 'a5')
+    # A line far over the limit, with no literal: refused once it ends.
+    s.sendall(b'a6 LOGIN ' + b'y' * 50000 + b' x\r\n')
+    out['long_line'] = raw_lines(s, 'a6')
+    # A synchronizing literal within the limit gets a continuation request.
+    s.sendall(b'a7 LOGIN {5}\r\n')
+    out['continuation'] = s.recv(65536).decode()
+    s.sendall(b'alice "secret"\r\n')
+    out['literal_login'] = raw_lines(s, 'a7')
+    # AUTHENTICATE PLAIN without an initial response: an empty challenge, then "*" cancels.
+    s.sendall(b'a8 LOGOUT\r\n')
+    out['logout'] = raw_lines(s, 'a8')
+    s2 = socket.create_connection((host, port), timeout=30)
+    s2.recv(65536)
+    s2.sendall(b'b1 AUTHENTICATE PLAIN\r\n')
+    out['plain_challenge'] = s2.recv(65536).decode()
+    s2.sendall(b'*\r\n')
+    out['plain_cancel'] = raw_lines(s2, 'b1')
+    import base64
+    s2.sendall(b'b2 AUTHENTICATE PLAIN\r\n')
+    s2.recv(65536)
+    s2.sendall(base64.b64encode(b'\0alice\0secret') + b'\r\n')
+    out['plain_continued'] = raw_lines(s2, 'b2')
+    s2.sendall(b'b3 AUTHENTICATE PLAIN ' + base64.b64encode(b'\0alice\0secret') + b'\r\n')
+    out['plain_twice'] = raw_lines(s2, 'b3')
+elif scenario == 'starttls':
+    context = ssl.create_default_context(cafile=args[0])
+    context.check_hostname = False
+    m = imaplib.IMAP4(host, port, timeout=30)
+    out['capabilities'] = list(m.capabilities)
+    out['login_plaintext'] = attempt(m.login, 'alice', 'secret')
+    out['authenticate_plaintext'] = attempt(m.authenticate, 'PLAIN', lambda _: b'\0alice\0secret')
+    out['starttls'] = attempt(m.starttls, context)
+    out['tls_version'] = m.sock.version()
+    out['capabilities_tls'] = list(m.capabilities)
+    out['starttls_again'] = attempt(m.xatom, 'STARTTLS')
+    out['login'] = attempt(m.login, 'alice', 'secret')
+    out['list'] = attempt(m.list)
+    out['logout'] = attempt(m.logout)
+    # The implicit TLS listener: TLS from the first byte, no STARTTLS, a password taken.
+    tls_host, tls_port = args[1].rsplit(':', 1)
+    t = imaplib.IMAP4_SSL(tls_host, int(tls_port), ssl_context=context, timeout=30)
+    out['implicit_tls_version'] = t.sock.version()
+    out['implicit_capabilities'] = list(t.capabilities)
+    out['implicit_authenticate'] = attempt(t.authenticate, 'PLAIN', lambda _: b'\0alice\0secret')
+    out['implicit_logout'] = attempt(t.logout)
+print(json.dumps(out))
+"#;
+
+struct ImapNode {
+    tmp: tempfile::TempDir,
+    node: Running,
+    lmtp: String,
+}
+
+/// The address in a node's "listening" log line.
+fn address(line: &str) -> String {
+    line.split_whitespace()
+        .find_map(|w| w.strip_prefix("address="))
+        .unwrap_or_else(|| panic!("no address in {line:?}"))
+        .trim_matches('"')
+        .to_string()
+}
+
+/// A node `n1` with user alice (password "secret"), `[lmtp]` and `[imap]` (`imap` is the
+/// section's body), each on a port the kernel picks (read back from the log).
+fn imap_node(imap: &str) -> ImapNode {
+    let tmp = tempfile::TempDir::new().unwrap();
+    let data = tmp.path().join("data");
+    let hash = password_hash("secret");
+    let text = format!(
+        "[node]\nname = \"n1\"\n\n[storage]\ndata_dir = {:?}\n\n[lmtp]\nlisten = \"127.0.0.1:0\"\n\n\
+         [imap]\n{imap}\n\n[[users]]\nname = \"alice\"\npassword_hash = {hash:?}\n\n\
+         [[users]]\nname = \"bob\"\npassword_hash = {hash:?}\n",
+        data.to_str().unwrap()
+    );
+    let config = tmp.path().join("node.toml");
+    std::fs::write(&config, text).unwrap();
+    let mut node = start_node(&config);
+    let lmtp = address(&node.wait_for_stderr("protocol=\"lmtp\""));
+    ImapNode { tmp, node, lmtp }
+}
+
+impl ImapNode {
+    /// The address of the `n`-th IMAP listener (1: `listen`, 2: `listen_tls` when both are set).
+    fn imap(&mut self, n: usize) -> String {
+        address(&self.node.wait_for_stderr_count("protocol=\"imap\"", n))
+    }
+}
+
+/// `mailmesh user hash` with `password` on stdin.
+fn password_hash(password: &str) -> String {
+    let mut child = mailmesh(&["user", "hash"])
+        .stdin(Stdio::piped())
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .spawn()
+        .unwrap();
+    child
+        .stdin
+        .take()
+        .unwrap()
+        .write_all(format!("{password}\n").as_bytes())
+        .unwrap();
+    let out = child.wait_with_output().unwrap();
+    assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
+    String::from_utf8(out.stdout).unwrap().trim().to_string()
+}
+
+/// Runs the Python client's `scenario` against `target`.
+fn python(dir: &Path, target: &str, scenario: &str, extra: &[&str]) -> serde_json::Value {
+    let script = dir.join("imap_client.py");
+    std::fs::write(&script, CLIENT).unwrap();
+    let out = Command::new("python3")
+        .arg(&script)
+        .arg(target)
+        .arg(scenario)
+        .args(extra)
+        .output()
+        .expect("python3 runs (.ci/run installs it)");
+    assert!(
+        out.status.success(),
+        "python {scenario} failed:\n{}\n{}",
+        String::from_utf8_lossy(&out.stdout),
+        String::from_utf8_lossy(&out.stderr)
+    );
+    serde_json::from_slice(&out.stdout).unwrap()
+}
+
+/// An `attempt` result: its status is `status` (imaplib answers NO as data and raises on BAD:
+/// "ERROR") and its text (data or error) contains every needle.
+#[track_caller]
+fn expect(result: &serde_json::Value, status: &str, needles: &[&str]) {
+    assert_eq!(result[0], status, "{result}");
+    let text = result[1].to_string();
+    for needle in needles {
+        assert!(text.contains(needle), "{result} lacks {needle:?}");
+    }
+}
+
+/// The mailbox names of a LIST/LSUB answer (`(attrs) "/" name` lines).
+fn names(result: &serde_json::Value) -> Vec<String> {
+    result[1]
+        .as_array()
+        .unwrap()
+        .iter()
+        .filter_map(|line| line.as_str())
+        .map(|line| {
+            line.rsplit_once(" \"/\" ")
+                .unwrap()
+                .1
+                .trim_matches('"')
+                .to_string()
+        })
+        .collect()
+}
+
+fn strings(value: &serde_json::Value) -> Vec<String> {
+    value
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|v| v.as_str().unwrap().to_string())
+        .collect()
+}
+
+#[test]
+fn a_mail_client_logs_in_lists_creates_selects_and_asks_status() {
+    let mut n = imap_node("listen = \"127.0.0.1:0\"");
+    let imap = n.imap(1);
+    let lmtp = n.lmtp.clone();
+    let out = python(n.tmp.path(), &imap, "session", &[&lmtp]);
+    assert!(out["welcome"].as_str().unwrap().starts_with("* OK"), "{out}");
+    let caps = strings(&out["capabilities"]);
+    for cap in [
+        "IMAP4REV1",
+        "LITERAL+",
+        "ID",
+        "ENABLE",
+        "NAMESPACE",
+        "UNSELECT",
+        "AUTH=PLAIN",
+        "SASL-IR",
+    ] {
+        assert!(caps.iter().any(|c| c == cap), "{cap} missing from {caps:?}");
+    }
+    // Loopback, no certificate: no STARTTLS, and a password is taken in plaintext.
+    for absent in ["STARTTLS", "LOGINDISABLED", "IDLE", "CONDSTORE", "MOVE"] {
+        assert!(!caps.iter().any(|c| c == absent), "{absent} advertised: {caps:?}");
+    }
+    expect(&out["wrong_password"], "ERROR", &["[AUTHENTICATIONFAILED]"]);
+    expect(&out["unknown_user"], "ERROR", &["[AUTHENTICATIONFAILED]"]);
+    expect(&out["login"], "OK", &[]);
+    // After a login nothing about logging in is offered.
+    let after = out["capability_after"][1][0].as_str().unwrap();
+    assert!(
+        after.contains("IMAP4REV1") && !after.contains("AUTH=PLAIN"),
+        "{after}"
+    );
+    expect(&out["namespace"], "OK", &["((\\\"\\\" \\\"/\\\")) NIL NIL"]);
+    expect(&out["id"], "OK", &[]);
+    assert!(out["id_data"].to_string().contains("mailmesh"), "{out}");
+    expect(&out["enable"], "OK", &[]);
+    expect(&out["create"], "OK", &[]);
+    expect(&out["create_again"], "NO", &["[ALREADYEXISTS]"]);
+    expect(&out["create_trailing"], "OK", &[]);
+    // INBOX (made by the delivery), Work (a superior CREATE made), Work/Reports, Archive.
+    let all = names(&out["list_all"]);
+    assert_eq!(all, ["Archive", "INBOX", "Work", "Work/Reports"], "{out}");
+    let all_lines = out["list_all"].to_string();
+    assert!(
+        all_lines.contains("(\\\\HasChildren) \\\"/\\\" Work"),
+        "{all_lines}"
+    );
+    assert_eq!(names(&out["list_top"]), ["Archive", "INBOX", "Work"], "{out}");
+    expect(&out["list_root"], "OK", &["(\\\\Noselect) \\\"/\\\" \\\"\\\""]);
+    assert_eq!(names(&out["list_work"]), ["Work/Reports"], "{out}");
+    expect(&out["subscribe"], "OK", &[]);
+    assert_eq!(names(&out["lsub"]), ["Work"], "{out}");
+    expect(&out["unsubscribe"], "OK", &[]);
+    assert_eq!(out["lsub_after"][1], serde_json::json!([null]), "{out}");
+
+    // The two LMTP deliveries, counted.
+    let status = out["status"][1][0].as_str().unwrap();
+    assert!(status.starts_with("INBOX ("), "{status}");
+    for item in ["MESSAGES 2", "UNSEEN 2", "UIDNEXT 3", "RECENT 0", "UIDVALIDITY "] {
+        assert!(status.contains(item), "{item} missing from {status}");
+    }
+    expect(&out["status_missing"], "NO", &["[NONEXISTENT]"]);
+    expect(&out["select"], "OK", &["2"]);
+    let uidvalidity = &out["select_uidvalidity"][1][0];
+    assert!(
+        status.contains(&format!("UIDVALIDITY {}", uidvalidity.as_str().unwrap())),
+        "{out}"
+    );
+    assert_eq!(out["select_uidnext"][1][0], "3", "{out}");
+    assert!(
+        out["select_flags"][1][0].as_str().unwrap().contains("\\Seen"),
+        "{out}"
+    );
+    assert!(
+        out["select_permanentflags"][1][0]
+            .as_str()
+            .unwrap()
+            .contains("\\*"),
+        "{out}"
+    );
+    let modseq: u64 = out["select_highestmodseq"][1][0]
+        .as_str()
+        .unwrap()
+        .parse()
+        .unwrap();
+    assert!(modseq > 0, "{out}");
+    assert_eq!(out["select_readwrite"][0], "READ-WRITE", "{out}");
+    expect(&out["check"], "OK", &[]);
+    expect(&out["examine"], "OK", &["0"]);
+    assert_eq!(out["examine_readonly"][0], "READ-ONLY", "{out}");
+    expect(&out["unselect"], "OK", &[]);
+    expect(&out["select_missing"], "NO", &["[NONEXISTENT]"]);
+    expect(&out["rename"], "OK", &[]);
+    assert_eq!(
+        names(&out["list_renamed"]),
+        ["Archive", "INBOX", "Projects", "Projects/Reports"],
+        "{out}"
+    );
+    expect(&out["rename_inbox"], "NO", &["[CANNOT]"]);
+    expect(&out["delete"], "OK", &[]);
+    expect(&out["delete_inbox"], "NO", &["[CANNOT]"]);
+    expect(&out["delete_missing"], "NO", &["[NONEXISTENT]"]);
+    assert_eq!(names(&out["list_end"]), ["Archive", "INBOX", "Projects"], "{out}");
+    expect(&out["noop"], "OK", &[]);
+    expect(&out["logout"], "BYE", &[]);
+    assert_eq!(names(&out["bob_list"]), ["INBOX"], "{out}");
+    expect(&out["bob_select"], "OK", &["0"]);
+    expect(&out["bob_status"], "OK", &["MESSAGES 0"]);
+}
+
+#[test]
+fn bad_input_gets_a_clear_answer_and_the_session_goes_on() {
+    let mut n = imap_node("listen = \"127.0.0.1:0\"");
+    let imap = n.imap(1);
+    let out = python(n.tmp.path(), &imap, "bad_input", &[]);
+    let last = |key: &str| -> String {
+        let lines = strings(&out[key]);
+        lines.last().unwrap().clone()
+    };
+    assert!(last("big_sync").starts_with("a1 BAD [TOOBIG]"), "{out}");
+    assert!(last("big_nonsync").starts_with("a2 BAD [TOOBIG]"), "{out}");
+    assert!(last("unknown").starts_with("a3 BAD"), "{out}");
+    assert!(
+        last("wrong_state").starts_with("a4 BAD") && last("wrong_state").contains("login"),
+        "{out}"
+    );
+    assert!(last("empty_line_then_noop").starts_with("a5 OK"), "{out}");
+    assert!(last("long_line").starts_with("a6 BAD [TOOBIG]"), "{out}");
+    assert!(out["continuation"].as_str().unwrap().starts_with("+ "), "{out}");
+    assert!(last("literal_login").starts_with("a7 OK"), "{out}");
+    assert!(last("logout").starts_with("a8 OK"), "{out}");
+    assert!(
+        strings(&out["logout"]).iter().any(|l| l.starts_with("* BYE")),
+        "{out}"
+    );
+    assert_eq!(out["plain_challenge"], "+ \r\n", "{out}");
+    assert!(last("plain_cancel").starts_with("b1 BAD"), "{out}");
+    assert!(last("plain_continued").starts_with("b2 OK"), "{out}");
+    assert!(last("plain_twice").starts_with("b3 BAD"), "{out}");
+    // The node served all of it and is still up.
+    assert!(n.node.is_running());
+}
+
+#[test]
+fn passwords_need_tls_where_plaintext_is_not_allowed() {
+    // Certificates from the node's own `mailmesh certs` (the CA signs one naming n1).
+    let certs = tempfile::TempDir::new().unwrap();
+    let ca = certs.path().join("ca");
+    for args in [
+        vec!["certs", "ca", "--out", ca.to_str().unwrap()],
+        vec![
+            "certs",
+            "node",
+            "n1",
+            "--ca",
+            ca.to_str().unwrap(),
+            "--out",
+            certs.path().to_str().unwrap(),
+        ],
+    ] {
+        let done = mailmesh(&args).output().unwrap();
+        assert!(done.status.success(), "{}", String::from_utf8_lossy(&done.stderr));
+    }
+    let mut n = imap_node(&format!(
+        "listen = \"127.0.0.1:0\"\nlisten_tls = \"127.0.0.1:0\"\ntls_cert = {:?}\ntls_key = {:?}\n\
+         allow_plaintext_auth = false\n",
+        certs.path().join("n1.pem").to_str().unwrap(),
+        certs.path().join("n1.key").to_str().unwrap()
+    ));
+    let starttls = n.imap(1);
+    let implicit = n.imap(2);
+    let ca_pem = ca.join("ca.pem");
+    let out = python(
+        n.tmp.path(),
+        &starttls,
+        "starttls",
+        &[ca_pem.to_str().unwrap(), &implicit],
+    );
+    let before = strings(&out["capabilities"]);
+    assert!(before.iter().any(|c| c == "STARTTLS"), "{before:?}");
+    assert!(before.iter().any(|c| c == "LOGINDISABLED"), "{before:?}");
+    assert!(!before.iter().any(|c| c == "AUTH=PLAIN"), "{before:?}");
+    expect(&out["login_plaintext"], "ERROR", &["[PRIVACYREQUIRED]"]);
+    expect(&out["authenticate_plaintext"], "ERROR", &["[PRIVACYREQUIRED]"]);
+    expect(&out["starttls"], "OK", &[]);
+    assert!(out["tls_version"].as_str().unwrap().starts_with("TLS"), "{out}");
+    let after = strings(&out["capabilities_tls"]);
+    assert!(after.iter().any(|c| c == "AUTH=PLAIN"), "{after:?}");
+    assert!(
+        !after.iter().any(|c| c == "STARTTLS" || c == "LOGINDISABLED"),
+        "{after:?}"
+    );
+    expect(&out["starttls_again"], "ERROR", &["already active"]);
+    expect(&out["login"], "OK", &[]);
+    expect(&out["list"], "OK", &["INBOX"]);
+    expect(&out["logout"], "BYE", &[]);
+    assert!(
+        out["implicit_tls_version"].as_str().unwrap().starts_with("TLS"),
+        "{out}"
+    );
+    let implicit_caps = strings(&out["implicit_capabilities"]);
+    assert!(
+        implicit_caps.iter().any(|c| c == "AUTH=PLAIN"),
+        "{implicit_caps:?}"
+    );
+    assert!(
+        !implicit_caps.iter().any(|c| c == "STARTTLS"),
+        "{implicit_caps:?}"
+    );
+    expect(&out["implicit_authenticate"], "OK", &[]);
+    expect(&out["implicit_logout"], "BYE", &[]);
+}
