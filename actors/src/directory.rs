@@ -644,11 +644,7 @@ impl Directory {
         };
         let mut known = Vec::new();
         for peer in keepers {
-            match self
-                .ctx
-                .store
-                .get::<crate::directory_sync::PeerRecord>(Table::Peers, peer.as_str().as_bytes())
-            {
+            match self.peer_record(&peer) {
                 Ok(Some(record)) => known.push((peer, record.incarnation)),
                 Ok(None) => {}
                 Err(e) => warn!(peer = %peer, error = %e, "cannot read what this node knows of a peer"),

@@ -51,7 +51,7 @@ pub fn known_peer_floors(store: &crate::store::Store) -> Result<Vec<(NodeId, u64
 }
 
 impl Directory {
-    fn peer_record(&self, peer: &NodeId) -> Result<Option<PeerRecord>, StoreError> {
+    pub(crate) fn peer_record(&self, peer: &NodeId) -> Result<Option<PeerRecord>, StoreError> {
         self.ctx.store.get(Table::Peers, peer.as_str().as_bytes())
     }
 
