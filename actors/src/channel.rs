@@ -75,6 +75,10 @@ impl ChannelConfig {
     }
 }
 
+/// Bodies of a change request's new records up to this weight go without asking the peer which
+/// it lacks (see `SyncJob::send_bodies`); a few appends' worth, far below one body request.
+const UNASKED_BODY_BYTES: u64 = 64 * 1024;
+
 /// Round trips one mailbox sync may take before it is retried later.
 const MAX_ROUNDS: usize = 8;
 const MAX_BACKOFF: Duration = Duration::from_secs(60);
@@ -655,7 +659,9 @@ impl SyncJob {
                 return Ok(());
             }
             let mut plan = plan;
-            let quarantined = self.send_bodies(id, &mut plan.records).await?;
+            let quarantined = self
+                .send_bodies(id, &mut plan.records, UNASKED_BODY_BYTES)
+                .await?;
             let request = ChangeRequest {
                 mailbox: id,
                 uidvalidity: plan.uidvalidity,
@@ -894,7 +900,8 @@ impl SyncJob {
                 page: self.config.page_budget(),
             })
             .await??;
-        let quarantined = self.send_bodies(id, &mut page.records).await?;
+        // A full push carries records the peer may have: always ask.
+        let quarantined = self.send_bodies(id, &mut page.records, 0).await?;
         Ok((page, quarantined))
     }
 
@@ -1056,34 +1063,45 @@ impl SyncJob {
     }
 
     /// Returns whether any record was quarantined (the peer's digest will then differ).
+    ///
+    /// `unasked_up_to`: when the live records' distinct bodies weigh at most this many bytes,
+    /// they are all sent without asking the peer which it lacks (`MissingBodies`): the records
+    /// of a change request are new to the peer, so it almost never has their bodies, and the
+    /// question costs a round trip on the path of every fresh append (the replication lag). A
+    /// body the peer has already is only counted again there, not stored twice.
     async fn send_bodies(
         &self,
         mailbox: MailboxId,
         records: &mut Vec<Change<MessageRecord>>,
+        unasked_up_to: u64,
     ) -> Result<bool, SyncError> {
         if self.config.shared_bodies {
             return Ok(false);
         }
-        let guids: BTreeSet<Guid> = records
-            .iter()
-            .filter(|c| !c.item.is_expunged())
-            .map(|c| c.item.guid)
-            .collect();
+        let mut guids: BTreeMap<Guid, u64> = BTreeMap::new();
+        for c in records.iter().filter(|c| !c.item.is_expunged()) {
+            guids.insert(c.item.guid, c.item.size);
+        }
         if guids.is_empty() {
             return Ok(false);
         }
-        let missing = match self
-            .request(Request::MissingBodies {
-                guids: guids.into_iter().collect(),
-            })
-            .await?
-        {
-            Response::Missing { guids } => guids,
-            other => {
-                return Err(SyncError::Item(format!(
-                    "missing bodies: {}",
-                    response_name(&other)
-                )))
+        let weight = guids.values().fold(0u64, |sum, size| sum.saturating_add(*size));
+        let missing = if weight <= unasked_up_to {
+            guids.into_keys().collect()
+        } else {
+            match self
+                .request(Request::MissingBodies {
+                    guids: guids.into_keys().collect(),
+                })
+                .await?
+            {
+                Response::Missing { guids } => guids,
+                other => {
+                    return Err(SyncError::Item(format!(
+                        "missing bodies: {}",
+                        response_name(&other)
+                    )))
+                }
             }
         };
         // Pipelined: the next request's bodies are read while the peer takes the previous one

@@ -56,6 +56,32 @@ impl PeerSession {
     }
 
     fn receive_chunk(&mut self, guid: Guid, offset: u64, data: ByteBuf, last: bool) -> Response {
+        if offset == 0 && last {
+            // A whole body in one part (many small bodies share a request): kept as it was
+            // decoded, not copied through `partial`.
+            if let Some(earlier) = self.partial.remove(&guid) {
+                self.staged_bytes -= earlier.len().min(self.staged_bytes);
+            }
+            if data.len() > self.ctx.limits.max_message_bytes as usize {
+                return wire_error(
+                    ErrorCode::BadRequest,
+                    &format!("body {guid} exceeds the maximum message size"),
+                );
+            }
+            let body = data.into_vec();
+            if Guid::of(&body) != guid {
+                return wire_error(
+                    ErrorCode::Corrupt,
+                    &format!("body {guid} does not hash to its Guid"),
+                );
+            }
+            self.staged_bytes += body.len();
+            if let Some(replaced) = self.complete.insert(guid, Arc::new(body)) {
+                self.staged_bytes -= replaced.len().min(self.staged_bytes);
+            }
+            self.bound_staged();
+            return Response::Ok;
+        }
         let buf = self.partial.entry(guid).or_default();
         if offset == 0 {
             self.staged_bytes -= buf.len().min(self.staged_bytes);
@@ -85,9 +111,16 @@ impl PeerSession {
                     &format!("body {guid} does not hash to its Guid"),
                 );
             }
-            self.complete.insert(guid, Arc::new(body));
+            if let Some(replaced) = self.complete.insert(guid, Arc::new(body)) {
+                self.staged_bytes -= replaced.len().min(self.staged_bytes);
+            }
         }
-        // Bound memory: drop the oldest staged bodies; the peer resends what is still missing.
+        self.bound_staged();
+        Response::Ok
+    }
+
+    /// Bounds memory: drops the oldest staged bodies; the peer resends what is still missing.
+    fn bound_staged(&mut self) {
         while self.staged_bytes > MAX_STAGED_BYTES {
             let Some((&g, _)) = self.complete.iter().next() else {
                 break;
@@ -96,7 +129,6 @@ impl PeerSession {
                 self.staged_bytes -= b.len().min(self.staged_bytes);
             }
         }
-        Response::Ok
     }
 }
 
