@@ -75,8 +75,8 @@ impl ChannelConfig {
     }
 }
 
-/// Bodies of a change request's new records up to this weight go without asking the peer which
-/// it lacks (see `SyncJob::send_bodies`); a few appends' worth, far below one body request.
+/// Bodies of a change request's new records up to this weight ride along in the request,
+/// unasked (see `SyncJob::send_bodies`); a few appends' worth, far below one body request.
 const UNASKED_BODY_BYTES: u64 = 64 * 1024;
 
 /// Round trips one mailbox sync may take before it is retried later.
@@ -659,7 +659,7 @@ impl SyncJob {
                 return Ok(());
             }
             let mut plan = plan;
-            let quarantined = self
+            let (bodies, quarantined) = self
                 .send_bodies(id, &mut plan.records, UNASKED_BODY_BYTES)
                 .await?;
             let request = ChangeRequest {
@@ -674,6 +674,7 @@ impl SyncJob {
                 digest: plan.digest,
                 full: false,
                 pruned: plan.pruned,
+                bodies,
             };
             match self.request(Request::ChangeRequest(request)).await? {
                 Response::Applied { modseq, digest } => {
@@ -837,6 +838,7 @@ impl SyncJob {
                 digest,
                 full: true,
                 pruned: page.pruned,
+                bodies: Vec::new(),
             };
             let (answer, prepared) = tokio::join!(self.request(Request::ChangeRequest(request)), async {
                 match &next {
@@ -901,7 +903,7 @@ impl SyncJob {
             })
             .await??;
         // A full push carries records the peer may have: always ask.
-        let quarantined = self.send_bodies(id, &mut page.records, 0).await?;
+        let (_, quarantined) = self.send_bodies(id, &mut page.records, 0).await?;
         Ok((page, quarantined))
     }
 
@@ -1062,31 +1064,35 @@ impl SyncJob {
         }
     }
 
-    /// Returns whether any record was quarantined (the peer's digest will then differ).
+    /// Returns the body parts to carry in the change request itself (empty when the bodies
+    /// went ahead, or none were needed) and whether any record was quarantined (the peer's
+    /// digest will then differ).
     ///
-    /// `unasked_up_to`: when the live records' distinct bodies weigh at most this many bytes,
-    /// they are all sent without asking the peer which it lacks (`MissingBodies`): the records
-    /// of a change request are new to the peer, so it almost never has their bodies, and the
-    /// question costs a round trip on the path of every fresh append (the replication lag). A
-    /// body the peer has already is only counted again there, not stored twice.
+    /// `inline_up_to`: when the live records' distinct bodies weigh at most this many bytes,
+    /// they all ride along in the change request, without asking the peer which it lacks
+    /// (`MissingBodies`) and without a `Bodies` request before: the records of a change request
+    /// are new to the peer, so it almost never has their bodies, and those two round trips
+    /// were on the path of every fresh append (the replication lag). A body the peer has
+    /// already is only counted again there, not stored twice.
     async fn send_bodies(
         &self,
         mailbox: MailboxId,
         records: &mut Vec<Change<MessageRecord>>,
-        unasked_up_to: u64,
-    ) -> Result<bool, SyncError> {
+        inline_up_to: u64,
+    ) -> Result<(Vec<BodyPart>, bool), SyncError> {
         if self.config.shared_bodies {
-            return Ok(false);
+            return Ok((Vec::new(), false));
         }
         let mut guids: BTreeMap<Guid, u64> = BTreeMap::new();
         for c in records.iter().filter(|c| !c.item.is_expunged()) {
             guids.insert(c.item.guid, c.item.size);
         }
         if guids.is_empty() {
-            return Ok(false);
+            return Ok((Vec::new(), false));
         }
         let weight = guids.values().fold(0u64, |sum, size| sum.saturating_add(*size));
-        let missing = if weight <= unasked_up_to {
+        let inline = weight <= inline_up_to;
+        let missing = if inline {
             guids.into_keys().collect()
         } else {
             match self
@@ -1113,6 +1119,11 @@ impl SyncJob {
             bad: BTreeSet::new(),
         };
         let mut parts = self.next_parts(&mut reader, mailbox, records)?;
+        let mut inlined = Vec::new();
+        if inline && reader.missing.as_slice().is_empty() && reader.body.is_none() {
+            // All of them fit one part list (each whole: lighter than a chunk).
+            inlined = std::mem::take(&mut parts);
+        }
         while !parts.is_empty() {
             let (sent, next) = tokio::join!(self.send_parts(parts), async {
                 // Let the request leave before this node reads on.
@@ -1124,7 +1135,7 @@ impl SyncJob {
         }
         let bad = reader.bad;
         if bad.is_empty() {
-            return Ok(false);
+            return Ok((inlined, false));
         }
         let mut quarantined = self.quarantined.borrow_mut();
         records.retain(|c| {
@@ -1134,6 +1145,6 @@ impl SyncJob {
             }
             keep
         });
-        Ok(true)
+        Ok((inlined, true))
     }
 }

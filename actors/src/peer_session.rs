@@ -274,7 +274,14 @@ impl Handler<InboundRequest> for PeerSession {
                     Err(e) => immediate(error_response(e.into())),
                 }
             }
-            Request::ChangeRequest(request) => {
+            Request::ChangeRequest(mut request) => {
+                // Bodies carried along are staged first, exactly as a `Bodies` request would.
+                for part in std::mem::take(&mut request.bodies) {
+                    let response = self.receive_chunk(part.guid, part.offset, part.data, part.last);
+                    if response != Response::Ok {
+                        return immediate(response);
+                    }
+                }
                 let bodies: Bodies = request
                     .records
                     .iter()

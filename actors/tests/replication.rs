@@ -176,6 +176,53 @@ fn in_a_chain_each_change_crosses_each_link_once() {
     });
 }
 
+/// A fresh small append crosses in one request, its body inside the change request (no
+/// `MissingBodies` question, no `Bodies` request first); a large one still asks and streams.
+#[test]
+fn a_small_fresh_append_crosses_in_one_request_with_its_body() {
+    run_virtual(|| async {
+        let cluster = Cluster::chain(&["a", "b"]);
+        create(&cluster, "a", "alice", "INBOX").await;
+        cluster.settle().await;
+        let mb = open(&cluster, "a", "alice", "INBOX").await;
+        let requests_a_to_b = |cluster: &Cluster| {
+            cluster
+                .net
+                .stats()
+                .get(&(n("a"), n("b")))
+                .map(|s| s.requests)
+                .unwrap_or(0)
+        };
+
+        let before = requests_a_to_b(&cluster);
+        append_to(&mb, &message(1), &[]).await;
+        cluster.settle().await;
+        assert_eq!(
+            requests_a_to_b(&cluster) - before,
+            1,
+            "one change request, body inside"
+        );
+
+        let large = "x".repeat(100 * 1024);
+        let before = requests_a_to_b(&cluster);
+        append_to(&mb, &large, &[]).await;
+        cluster.settle().await;
+        assert_eq!(
+            requests_a_to_b(&cluster) - before,
+            3,
+            "a body over the inline bound is asked about and sent ahead"
+        );
+
+        let inbox_b = open(&cluster, "b", "alice", "INBOX").await;
+        let small = inbox_b.send(FetchBody { uid: Uid(1) }).await.unwrap().unwrap();
+        assert_eq!(small, message(1).into_bytes());
+        let big = inbox_b.send(FetchBody { uid: Uid(2) }).await.unwrap().unwrap();
+        assert_eq!(big, large.into_bytes());
+        assert_eq!(inbox(&cluster.assert_converged().await).messages.len(), 2);
+        cluster.assert_quiet().await;
+    });
+}
+
 /// Two nodes append to one mailbox while partitioned: both messages survive everywhere, and
 /// neither keeps the uid both used (the primary promotes both).
 #[test]

@@ -15,8 +15,9 @@ use crate::records::{
 
 /// Bumped on every incompatible change to these types. Peers with different versions refuse each
 /// other in the handshake with a message naming both versions. 3: a Guid travels as one byte
-/// string instead of an array of 32 numbers. 4: `Keeps`, asked before a copy is let go.
-pub const PROTOCOL_VERSION: u32 = 4;
+/// string instead of an array of 32 numbers. 4: `Keeps`, asked before a copy is let go. 5: a
+/// change request carries the whole bodies of a few small new records (`ChangeRequest::bodies`).
+pub const PROTOCOL_VERSION: u32 = 5;
 
 #[derive(Clone, PartialEq, Debug, Serialize, Deserialize)]
 pub enum Frame {
@@ -159,6 +160,9 @@ pub struct ChangeRequest {
     /// The messages the sender compacted away as expunged: with a full push, and with a change
     /// request when the set changed after the acknowledged point (it travels like any change).
     pub pruned: Option<PrunedSet>,
+    /// Whole bodies of some of `records`, carried along instead of asked about and sent first
+    /// (a few small ones: the peer takes them as if from a `Bodies` request just before).
+    pub bodies: Vec<BodyPart>,
 }
 
 /// One page of changes, oldest change first. `next` is where the following page starts, `None`

@@ -274,9 +274,18 @@ fn change_request() -> impl Strategy<Value = ChangeRequest> {
         digest(),
         any::<bool>(),
         vec(change(record().prop_map(|r| r.update())), 0..3),
+        vec((guid(), bytes(64)), 0..3),
     )
         .prop_map(
-            |((mailbox, uv, expected, sender, uidnext), records, annotations, digest, full, updates)| {
+            |(
+                (mailbox, uv, expected, sender, uidnext),
+                records,
+                annotations,
+                digest,
+                full,
+                updates,
+                bodies,
+            )| {
                 ChangeRequest {
                     mailbox: MailboxId(mailbox),
                     uidvalidity: UidValidity(uv),
@@ -289,6 +298,15 @@ fn change_request() -> impl Strategy<Value = ChangeRequest> {
                     digest,
                     pruned: full.then(PrunedSet::default),
                     full,
+                    bodies: bodies
+                        .into_iter()
+                        .map(|(guid, data)| BodyPart {
+                            guid,
+                            offset: 0,
+                            data,
+                            last: true,
+                        })
+                        .collect(),
                 }
             },
         )

@@ -593,11 +593,12 @@ pub fn request_label(request: &Request) -> String {
         Request::Sieve { user, .. } => format!("Sieve({user})"),
         Request::Links { links } => format!("Links({})", links.item.peers.len()),
         Request::ChangeRequest(r) => format!(
-            "ChangeRequest({}, rec={}, upd={}, ann={}{})",
+            "ChangeRequest({}, rec={}, upd={}, ann={}, bodies={}{})",
             short_id(r.mailbox.0),
             r.records.len(),
             r.updates.len(),
             r.annotations.len(),
+            r.bodies.len(),
             if r.full { ", full" } else { "" }
         ),
         Request::ChangesSince { mailbox, .. } => format!("ChangesSince({})", short_id(mailbox.0)),
