@@ -621,6 +621,60 @@ fn a_copy_held_again_shows_no_other_message_at_a_uid_it_showed_before() {
     });
 }
 
+/// Engine bug 37 (simulator seeds 14875, 16184): as in bug 30, b shows a's message X at uid 1
+/// and c, cut off, appends Y at uid 1; b lets its copy go. Then a, the only disk holding X, is
+/// wiped. Held again, b remembers X at uid 1 and hides Y there, waiting for the primary to
+/// settle the uid; but the primary (a, wiped) sees no conflict, since no disk holds X any more,
+/// and never did: Y stayed hidden on b for good. Now such a copy, not the primary, retires the
+/// uid, so the primary promotes Y to a fresh uid that every node shows.
+#[test]
+fn a_copy_held_again_remembering_a_message_lost_to_wipes_gets_the_live_one_promoted() {
+    run_virtual(|| async {
+        let mut cluster = Cluster::full_mesh(&["a", "b", "c"]);
+        cluster
+            .node("a")
+            .directory
+            .send(CreateMailbox {
+                user: "alice".into(),
+                name: "INBOX".into(),
+            })
+            .await
+            .unwrap()
+            .unwrap();
+        cluster.settle().await;
+        reconfigure(&mut cluster, "a", &["b"]);
+        reconfigure(&mut cluster, "b", &["a"]);
+        reconfigure(&mut cluster, "c", &[]);
+        cluster.settle().await;
+        let x = append(&open(&cluster, "a").await, 0).await.unwrap();
+        let y = append(&open(&cluster, "c").await, 1).await.unwrap();
+        assert_eq!((x.uid, y.uid), (Uid(1), Uid(1)), "both at uid 1");
+        cluster.settle().await;
+        wait_for_count(&cluster, "b", 1, "b shows X").await;
+
+        place_on(&cluster, "a", &["a", "c"]).await;
+        wait_for_count(&cluster, "b", 0, "b lets its copy go").await;
+        // a, the only disk holding X, is lost and comes back empty.
+        cluster.stop("a").await;
+        cluster.wipe("a");
+        cluster.neighbours.insert(n("a"), vec![n("b"), n("c")]);
+        cluster.restart("a");
+        reconfigure(&mut cluster, "b", &["a", "c"]);
+        reconfigure(&mut cluster, "c", &["a", "b"]);
+        cluster.settle().await;
+        place_on(&cluster, "b", &["a", "b", "c"]).await;
+        cluster.settle().await;
+        for node in ["a", "b", "c"] {
+            wait_for_count(&cluster, node, 1, "Y shows everywhere, b included").await;
+        }
+        let dump = cluster.assert_converged().await;
+        let shown = &dump.mailboxes[&("alice".to_string(), "INBOX".to_string())].messages;
+        assert_eq!(shown.len(), 1);
+        assert_eq!(shown[0].1, y.append_id, "the live message is Y");
+        assert_ne!(shown[0].0, Uid(1), "promoted: b's clients saw X at uid 1");
+    });
+}
+
 /// Engine bug 31 (simulator --wipes --locations, seed 80): ring a-b-c-d-e-f-a with alice's INBOX
 /// on every node, then placed on {b, c, e}: d relays between c and e, and a and f let their
 /// copies go. The relays used to be computed from the locations and the leaving nodes together,
