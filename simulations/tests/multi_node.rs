@@ -499,7 +499,14 @@ fn origin_not_skipped_is_caught() {
 /// comparison sees (and the next concurrent write would resolve differently per node).
 #[test]
 fn flag_versions_that_diverge_under_equal_flags_are_caught() {
-    assert_caught_as("stale-flag-versions", &["diverged"]);
+    // Which seeds hit the sabotage depends on the engine's scheduling: since change requests
+    // carry small bodies, none of seeds 0..12 does; 17, 19 and 20 do.
+    assert_caught_in_seeds_as(
+        "stale-flag-versions",
+        &WITHOUT_WIPES_OR_MOVES,
+        "12..24",
+        &["diverged"],
+    );
 }
 
 /// A STORE that answers as if it wrote the flags but stores the record unchanged: every node
