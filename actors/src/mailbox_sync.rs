@@ -212,9 +212,14 @@ impl Mailbox {
         cache_key(self.id, peer)
     }
 
-    /// Whether this node has anything of the mailbox: a record, an annotation or a compacted set.
+    /// Whether this node has anything of the mailbox: a record, an annotation or compacted
+    /// messages. Retired uids alone are no copy: a copy let go keeps them (engine bug 32), and
+    /// counting them made every copy let go with an expunge behind it take records again
+    /// (engine bug 38, simulator seed 21385: a node that had let its copy go was queued the
+    /// mailbox again for a peer wiped meanwhile, pulled that peer's stale records into a copy
+    /// nobody would purge again, and showed a message expunged everywhere else).
     fn has_copy(&self) -> Result<bool, StoreError> {
-        if !self.pruned.is_empty() {
+        if !self.pruned.ranges.is_empty() {
             return Ok(true);
         }
         let mut found = false;

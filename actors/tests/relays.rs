@@ -12,6 +12,7 @@ use mailmesh_actors::directory::*;
 use mailmesh_actors::error::MailError;
 use mailmesh_actors::mailbox::*;
 use mailmesh_actors::node::PeerOptions;
+use mailmesh_actors::uid_set::UidSet;
 use mailmesh_protocol::ids::Uid;
 
 async fn open(cluster: &Cluster, node: &str) -> actix::Addr<Mailbox> {
@@ -55,9 +56,10 @@ async fn place_on(cluster: &Cluster, node: &str, locations: &[&str]) {
 
 async fn count(cluster: &Cluster, node: &str) -> usize {
     let dump = cluster.dump(node).await;
-    dump.mailboxes[&("alice".to_string(), "INBOX".to_string())]
-        .messages
-        .len()
+    // A node that does not know the mailbox yet (just wiped) shows nothing of it.
+    dump.mailboxes
+        .get(&("alice".to_string(), "INBOX".to_string()))
+        .map_or(0, |mb| mb.messages.len())
 }
 
 /// Waits (virtual time) until `node` shows `want` messages in alice's INBOX.
@@ -619,6 +621,60 @@ fn a_copy_held_again_shows_no_other_message_at_a_uid_it_showed_before() {
     });
 }
 
+/// Engine bug 37 (simulator seeds 14875, 16184): as in bug 30, b shows a's message X at uid 1
+/// and c, cut off, appends Y at uid 1; b lets its copy go. Then a, the only disk holding X, is
+/// wiped. Held again, b remembers X at uid 1 and hides Y there, waiting for the primary to
+/// settle the uid; but the primary (a, wiped) sees no conflict, since no disk holds X any more,
+/// and never did: Y stayed hidden on b for good. Now such a copy, not the primary, retires the
+/// uid, so the primary promotes Y to a fresh uid that every node shows.
+#[test]
+fn a_copy_held_again_remembering_a_message_lost_to_wipes_gets_the_live_one_promoted() {
+    run_virtual(|| async {
+        let mut cluster = Cluster::full_mesh(&["a", "b", "c"]);
+        cluster
+            .node("a")
+            .directory
+            .send(CreateMailbox {
+                user: "alice".into(),
+                name: "INBOX".into(),
+            })
+            .await
+            .unwrap()
+            .unwrap();
+        cluster.settle().await;
+        reconfigure(&mut cluster, "a", &["b"]);
+        reconfigure(&mut cluster, "b", &["a"]);
+        reconfigure(&mut cluster, "c", &[]);
+        cluster.settle().await;
+        let x = append(&open(&cluster, "a").await, 0).await.unwrap();
+        let y = append(&open(&cluster, "c").await, 1).await.unwrap();
+        assert_eq!((x.uid, y.uid), (Uid(1), Uid(1)), "both at uid 1");
+        cluster.settle().await;
+        wait_for_count(&cluster, "b", 1, "b shows X").await;
+
+        place_on(&cluster, "a", &["a", "c"]).await;
+        wait_for_count(&cluster, "b", 0, "b lets its copy go").await;
+        // a, the only disk holding X, is lost and comes back empty.
+        cluster.stop("a").await;
+        cluster.wipe("a");
+        cluster.neighbours.insert(n("a"), vec![n("b"), n("c")]);
+        cluster.restart("a");
+        reconfigure(&mut cluster, "b", &["a", "c"]);
+        reconfigure(&mut cluster, "c", &["a", "b"]);
+        cluster.settle().await;
+        place_on(&cluster, "b", &["a", "b", "c"]).await;
+        cluster.settle().await;
+        for node in ["a", "b", "c"] {
+            wait_for_count(&cluster, node, 1, "Y shows everywhere, b included").await;
+        }
+        let dump = cluster.assert_converged().await;
+        let shown = &dump.mailboxes[&("alice".to_string(), "INBOX".to_string())].messages;
+        assert_eq!(shown.len(), 1);
+        assert_eq!(shown[0].1, y.append_id, "the live message is Y");
+        assert_ne!(shown[0].0, Uid(1), "promoted: b's clients saw X at uid 1");
+    });
+}
+
 /// Engine bug 31 (simulator --wipes --locations, seed 80): ring a-b-c-d-e-f-a with alice's INBOX
 /// on every node, then placed on {b, c, e}: d relays between c and e, and a and f let their
 /// copies go. The relays used to be computed from the locations and the leaving nodes together,
@@ -823,6 +879,63 @@ fn a_copy_is_not_let_go_on_the_cache_of_a_peer_wiped_behind_a_cut_link() {
             on_a.mailboxes[&("alice".to_string(), "INBOX".to_string())].annotations,
             [("/private/color".to_string(), b"blue".to_vec())],
             "the annotation is back on a"
+        );
+        cluster.assert_quiet().await;
+    });
+}
+
+/// A node that let its copy go, with a uid retired (an expunge compacted) behind it, pulls
+/// nothing back into it when a wiped peer returns and it queues the mailbox for it again
+/// (engine bug 38, simulator seed 21385: the retired uids a released copy keeps counted as a
+/// copy, so the full sync took the peer's records into a copy nobody would purge again, and it
+/// went on showing and pushing a message expunged everywhere else).
+#[test]
+fn a_node_that_let_its_copy_go_pulls_nothing_back_when_a_wiped_peer_returns() {
+    run_virtual(|| async {
+        let mut cluster = Cluster::full_mesh(&["a", "b", "c"]);
+        cluster
+            .node("a")
+            .directory
+            .send(CreateMailbox {
+                user: "alice".into(),
+                name: "INBOX".into(),
+            })
+            .await
+            .unwrap()
+            .unwrap();
+        let on_a = open(&cluster, "a").await;
+        for i in 0..4 {
+            append(&on_a, i).await.unwrap();
+        }
+        // An expunge, compacted once every holder has it: its uid stays retired on a.
+        on_a.send(Expunge {
+            mode: ExpungeMode::Uids(UidSet::single(Uid(4))),
+        })
+        .await
+        .unwrap()
+        .unwrap();
+        drop(on_a);
+        cluster.settle().await;
+        place_on(&cluster, "a", &["b", "c"]).await;
+        cluster.settle().await;
+        wait_for_count(&cluster, "a", 0, "a lets its copy go").await;
+
+        // c is wiped while a cannot reach it, and gets the mailbox back from b.
+        cluster.net.set_link(&n("a"), &n("c"), false);
+        cluster.stop("c").await;
+        cluster.wipe("c");
+        cluster.restart("c");
+        wait_for_count(&cluster, "c", 3, "b refills the wiped c").await;
+        // a meets c's new store and queues everything for it again, this mailbox included.
+        cluster.net.set_link(&n("a"), &n("c"), true);
+        // The channels retry the link after their backoff (virtual time), then settle.
+        tokio::time::sleep(std::time::Duration::from_secs(120)).await;
+        cluster.settle().await;
+        assert_eq!(count(&cluster, "a").await, 0);
+        let state = open(&cluster, "a").await.send(GetState).await.unwrap().unwrap();
+        assert_eq!(
+            state.digest.records, 0,
+            "a, outside the holders, pulled c's records back into the copy it let go"
         );
         cluster.assert_quiet().await;
     });

@@ -124,12 +124,15 @@ impl Observer {
     /// node showed them, and a message shown at a uid by no node still remembered (this one and
     /// nodes wiped before) where no other disk holds it (`survives` says which places did) is
     /// forgotten there: that uid assignment (an append, or a promotion by the primary) was lost
-    /// with the stores, and the uid may go to another message.
+    /// with the stores, and the uid may go to another message. Likewise an expunge no other disk
+    /// knows (`expunge_known`: an expunged record or a compacted range) is no promise any more: a
+    /// stale copy may bring the message back, at a fresh uid.
     pub fn node_wiped(
         &mut self,
         node: &NodeId,
         lost: &BTreeSet<AppendId>,
         survives: impl Fn(MailboxId, Uid, &AppendId) -> bool,
+        expunge_known: impl Fn(MailboxId, &AppendId) -> bool,
     ) {
         for aids in self.global_shown.values_mut() {
             aids.retain(|aid| !lost.contains(aid));
@@ -140,6 +143,15 @@ impl Observer {
         // Every assignment no running memory shows is judged again, not only those this node
         // showed: one shown by a node wiped earlier was kept because this node's disk still held
         // it (seed 4840), and that disk is gone now.
+        // A node that let its copy go keeps no compacted ranges (only the retired uids), so an
+        // expunge it saw may have lived on the wiped disk alone: the only holder, which its copy
+        // was let go to (seed 20689: the source messages of a MOVE came back from a copy down
+        // since before the move, once the only holder of the moved copies and of the expunges
+        // was wiped; the moved copies were lost with it, so bringing the sources back is all
+        // that is left of those messages).
+        for memory in self.nodes.values_mut() {
+            memory.expunged.retain(|(id, aid)| expunge_known(*id, aid));
+        }
         let nodes = &self.nodes;
         for (key, aids) in self.global_shown.iter_mut() {
             let (id, _, uid) = *key;
@@ -764,10 +776,10 @@ mod tests {
         observer.clients_saw(vec![shown("n2", 1, &promoted)]);
         let nothing_lost = BTreeSet::new();
         // n2's disk still holds the promotion when n3 is wiped.
-        observer.node_wiped(&node("n3"), &nothing_lost, |_, uid, _| uid == Uid(3));
+        observer.node_wiped(&node("n3"), &nothing_lost, |_, uid, _| uid == Uid(3), |_, _| true);
         assert_eq!(shown_at(&observer, 3), BTreeSet::from([promoted.clone()]));
         // Then n2 is wiped and no other disk holds it at uid 3.
-        observer.node_wiped(&node("n2"), &nothing_lost, |_, _, _| false);
+        observer.node_wiped(&node("n2"), &nothing_lost, |_, _, _| false, |_, _| true);
         assert!(shown_at(&observer, 3).is_empty());
         assert!(observer.violations.is_empty());
     }
@@ -782,8 +794,35 @@ mod tests {
         };
         observer.clients_saw(vec![shown("n1", 3, &promoted), shown("n3", 3, &promoted)]);
         let nothing_lost = BTreeSet::new();
-        observer.node_wiped(&node("n3"), &nothing_lost, |_, _, _| false);
-        observer.node_wiped(&node("n2"), &nothing_lost, |_, _, _| false);
+        observer.node_wiped(&node("n3"), &nothing_lost, |_, _, _| false, |_, _| true);
+        observer.node_wiped(&node("n2"), &nothing_lost, |_, _, _| false, |_, _| true);
         assert_eq!(shown_at(&observer, 3), BTreeSet::from([promoted]));
+    }
+    /// Seed 20689: an expunge a remembered node saw is a promise only while some disk knows it;
+    /// once the last one is wiped, the message may come back (from a stale copy, at a new uid).
+    #[test]
+    fn an_expunge_is_forgotten_when_the_last_disk_knowing_it_is_wiped() {
+        let mut observer = Observer::new(Trace::new());
+        let moved = AppendId {
+            origin: node("n4"),
+            counter: 2,
+        };
+        let kept = AppendId {
+            origin: node("n4"),
+            counter: 3,
+        };
+        for on in ["n4", "n5"] {
+            let memory = observer.nodes.entry(node(on)).or_default();
+            memory.expunged.insert((MailboxId(7), moved.clone()));
+            memory.expunged.insert((MailboxId(7), kept.clone()));
+        }
+        let nothing_lost = BTreeSet::new();
+        // Only `kept`'s expunge is on a disk other than the wiped one.
+        observer.node_wiped(&node("n3"), &nothing_lost, |_, _, _| false, |_, aid| *aid == kept);
+        for on in ["n4", "n5"] {
+            let memory = &observer.nodes[&node(on)];
+            assert!(!memory.expunged.contains(&(MailboxId(7), moved.clone())));
+            assert!(memory.expunged.contains(&(MailboxId(7), kept.clone())));
+        }
     }
 }

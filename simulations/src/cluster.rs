@@ -86,6 +86,8 @@ pub struct DurableContent {
     /// Every record's place: (mailbox, the uid the record holds, message).
     pub places: BTreeSet<(MailboxId, Uid, AppendId)>,
     pub pruned: BTreeMap<MailboxId, PrunedSet>,
+    /// The expunged records (tombstones not compacted yet).
+    pub expunged: BTreeSet<(MailboxId, AppendId)>,
     /// The registers clients write, for the versions they hold.
     pub records: BTreeMap<AppendId, MessageRecord>,
     pub annotations: BTreeMap<(MailboxId, String), Version>,
@@ -94,6 +96,13 @@ pub struct DurableContent {
 }
 
 impl DurableContent {
+    /// Whether this disk knows `aid` expunged from `mailbox`: as an expunged record, or
+    /// compacted into the mailbox's pruned set.
+    pub fn knows_expunged(&self, mailbox: MailboxId, aid: &AppendId) -> bool {
+        self.expunged.contains(&(mailbox, aid.clone()))
+            || self.pruned.get(&mailbox).is_some_and(|p| p.contains(aid))
+    }
+
     /// The version `register` holds on this disk, if it holds it.
     pub fn version_of(&self, register: &Register) -> Option<Version> {
         match register {
@@ -326,6 +335,9 @@ impl SimCluster {
             if let (Some(id), Ok(stored)) = (mailbox_of(k), decode::<StoredRecord>(v, "record")) {
                 let aid = stored.record.append_id.clone();
                 content.places.insert((id, stored.record.uid.value, aid.clone()));
+                if stored.record.is_expunged() {
+                    content.expunged.insert((id, aid.clone()));
+                }
                 content.messages.insert(aid.clone());
                 content.records.insert(aid, stored.record);
             }

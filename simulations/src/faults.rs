@@ -190,9 +190,12 @@ impl Run {
         }
         // What clients saw before the wipe goes to the observer before it forgets the node.
         self.judge_what_clients_saw();
-        self.observer.node_wiped(&node, &lost, |id, uid, aid| {
-            others.iter().any(|o| o.places.contains(&(id, uid, aid.clone())))
-        });
+        self.observer.node_wiped(
+            &node,
+            &lost,
+            |id, uid, aid| others.iter().any(|o| o.places.contains(&(id, uid, aid.clone()))),
+            |id, aid| others.iter().any(|o| o.knows_expunged(id, aid)),
+        );
         if let Err(e) = wiped {
             self.observer.report(Kind::Restart, e);
         }

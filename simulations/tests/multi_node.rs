@@ -282,6 +282,19 @@ const WIPE_AND_LOCATION_SEEDS_THAT_FAILED_ONCE: &[(u64, &str)] = &[
          after n3's wipe because n2's disk held it, and still kept after n2 was wiped too, when no \
          disk held it any more; the primary then gave the uid to another message, which was right",
     ),
+    (
+        20689,
+        "a checker mistake, not an engine bug: the source messages of a MOVE came back, at fresh \
+         uids, from a copy down since before the move, once the only holder of the moved copies \
+         and of the expunges was wiped (the nodes that had seen the expunges had let their copies \
+         go); the checker still held the expunges as promises though no disk knew them",
+    ),
+    (
+        21385,
+        "engine bug 38: the retired uids a released copy keeps counted as a copy, so a node that \
+         had let its copy go pulled a wiped peer's stale records back into it and showed a \
+         message expunged everywhere else",
+    ),
 ];
 
 #[test]
