@@ -105,6 +105,9 @@ type GroupResult = Result<Vec<Result<(), StoreError>>, StoreError>;
 struct Writer {
     store: Arc<Store>,
     segments: SegmentWriter,
+    /// Whether the segment's fdatasync runs on a thread of its own while the transaction is
+    /// built: with a real disk only ([`FlushMode::Background`]); the simulator has one thread.
+    parallel_sync: bool,
     /// A simulated crash hit this writer: the node is gone, and nobody is answered again.
     crashed: bool,
 }
@@ -130,6 +133,7 @@ impl CommitGroup {
             writer: Some(Writer {
                 store,
                 segments,
+                parallel_sync: mode == FlushMode::Background,
                 crashed: false,
             }),
             counters,
@@ -308,6 +312,12 @@ impl Writer {
 
     /// Applies a group in one transaction. The outer error fails the whole group; the inner
     /// results are per batch.
+    ///
+    /// The group's new bodies are queued on the segment first and its write and fdatasync start
+    /// before the transaction is built: with a real disk ([`FlushMode::Background`]) the sync
+    /// runs on a thread of its own while this one builds the transaction, so the disk's
+    /// latency for the bodies overlaps the CPU work of the index instead of adding to it. The
+    /// commit still starts only once the bodies are durable.
     fn write_group(
         &mut self,
         batches: &[&Batch],
@@ -315,143 +325,17 @@ impl Writer {
         bodies_written: &mut (u64, u64),
     ) -> GroupResult {
         let txn = self.store.db().begin_write()?;
-        let mut results = Vec::with_capacity(batches.len());
-        let mut spooled = false;
-        {
-            let mut bodies = txn.open_table(BODIES)?;
-            let mut segment_bodies = txn.open_table(SEGMENT_BODIES)?;
-            // Tables are opened lazily, one handle per table for the whole group.
-            let mut tables: BTreeMap<&'static str, RedbTable<&'static [u8], &'static [u8]>> = BTreeMap::new();
+        let group_start = self.segments.end();
+        let mut prewritten = BTreeMap::new();
+        if self.store.spool().is_none() {
+            let bodies = txn.open_table(BODIES)?;
             for batch in batches {
-                if let Err(e) = check_bodies(batch, &bodies) {
-                    results.push(Err(e));
-                    continue;
-                }
-                // Releases go last: a batch may release a body's last reference and add another
-                // record naming the same body (an expunge and a copy merged together); adding
-                // first keeps the body (found by the simulator, seed 28).
-                let (releases, others): (Vec<&Op>, Vec<&Op>) =
-                    batch.ops.iter().partition(|op| matches!(op, Op::ReleaseBody(_)));
-                for op in others.into_iter().chain(releases) {
-                    match op {
-                        Op::Put(table, key, value) => {
-                            let t = open_once(&mut tables, &txn, *table)?;
-                            t.insert(key.as_slice(), value.as_slice())?;
-                        }
-                        Op::Delete(table, key) => {
-                            let t = open_once(&mut tables, &txn, *table)?;
-                            t.remove(key.as_slice())?;
-                        }
-                        Op::DeleteIfEquals(table, key, expected) => {
-                            let t = open_once(&mut tables, &txn, *table)?;
-                            let matches = t
-                                .get(key.as_slice())?
-                                .is_some_and(|v| v.value() == expected.as_slice());
-                            if matches {
-                                t.remove(key.as_slice())?;
-                            }
-                        }
-                        Op::AddBody(guid, bytes) => {
-                            let existing = bodies
-                                .get(guid.0.as_slice())?
-                                .map(|v| BodyLocation::decode(v.value()));
-                            let location = match existing {
-                                Some(loc) => {
-                                    let mut loc = loc?;
-                                    loc.refs += 1;
-                                    loc
-                                }
-                                None => {
-                                    // check_bodies let the batch in only if a body it adds
-                                    // without bytes exists, and releases come last.
-                                    let Some(bytes) = bytes.as_ref() else {
-                                        return Err(StoreError::BodyMissing { guid: *guid });
-                                    };
-                                    bodies_written.0 += 1;
-                                    bodies_written.1 += bytes.len() as u64;
-                                    match self.store.spool() {
-                                        Some(spool) => {
-                                            // The shared spool is the exception to segments: peers
-                                            // mounting it find each body by name.
-                                            crate::store::bodies::write_spool(
-                                                self.store.disk().as_ref(),
-                                                spool,
-                                                guid,
-                                                bytes,
-                                            )?;
-                                            spooled = true;
-                                            BodyLocation {
-                                                segment: SPOOL,
-                                                offset: 0,
-                                                len: bytes.len() as u32,
-                                                refs: 1,
-                                            }
-                                        }
-                                        None => {
-                                            let loc = self.segments.append(guid, bytes);
-                                            segment_bodies.insert(
-                                                keys::segment_body(loc.segment, loc.offset).as_slice(),
-                                                guid.0.as_slice(),
-                                            )?;
-                                            loc
-                                        }
-                                    }
-                                }
-                            };
-                            bodies.insert(guid.0.as_slice(), location.encode().as_slice())?;
-                        }
-                        Op::AddSpooledBody(guid, len) => {
-                            let existing = bodies
-                                .get(guid.0.as_slice())?
-                                .map(|v| BodyLocation::decode(v.value()));
-                            let location = match existing {
-                                Some(loc) => {
-                                    let mut loc = loc?;
-                                    loc.refs += 1;
-                                    loc
-                                }
-                                None => BodyLocation {
-                                    segment: SPOOL,
-                                    offset: 0,
-                                    len: *len as u32,
-                                    refs: 1,
-                                },
-                            };
-                            bodies.insert(guid.0.as_slice(), location.encode().as_slice())?;
-                        }
-                        Op::ReleaseBody(guid) => {
-                            let existing = bodies
-                                .get(guid.0.as_slice())?
-                                .map(|v| BodyLocation::decode(v.value()));
-                            match existing {
-                                Some(loc) => {
-                                    let mut loc = loc?;
-                                    loc.refs = loc.refs.saturating_sub(1);
-                                    if loc.refs == 0 {
-                                        bodies.remove(guid.0.as_slice())?;
-                                        segment_bodies
-                                            .remove(keys::segment_body(loc.segment, loc.offset).as_slice())?;
-                                    } else {
-                                        bodies.insert(guid.0.as_slice(), loc.encode().as_slice())?;
-                                    }
-                                }
-                                None => warn!(%guid, "released a body that has no index entry"),
-                            }
+                for op in &batch.ops {
+                    if let Op::AddBody(guid, Some(bytes)) = op {
+                        if !prewritten.contains_key(guid) && bodies.get(guid.0.as_slice())?.is_none() {
+                            prewritten.insert(*guid, self.segments.append(guid, bytes));
                         }
                     }
-                }
-                results.push(Ok(()));
-            }
-            let mut meta = txn.open_table(META)?;
-            meta.insert(META_COUNTERS, encode(&counters).as_slice())?;
-        }
-        // The bodies must be durable before the commit that names them: spool files are synced
-        // one by one as written, their directory once here.
-        if spooled {
-            if let Some(spool) = self.store.spool() {
-                if let Err(e) = self.store.disk().sync_dir(spool) {
-                    txn.abort()?;
-                    return Err(StoreError::io(spool.display(), e));
                 }
             }
         }
@@ -459,9 +343,56 @@ impl Writer {
             txn.abort()?;
             return Err(e);
         }
+        let (built, synced) = match self.segments.take_pending() {
+            Some(job) => {
+                let (built, synced) = if self.parallel_sync {
+                    std::thread::scope(|scope| {
+                        let sync = scope.spawn(|| job.run());
+                        let built = self.apply(&txn, batches, counters, bodies_written, &mut prewritten);
+                        let synced = sync.join().unwrap_or_else(|_| {
+                            Err(StoreError::Commit("the segment sync thread panicked".into()))
+                        });
+                        (built, synced)
+                    })
+                } else {
+                    // The simulator's disk: one thread, and the sync before anything else.
+                    let synced = job.run();
+                    (
+                        self.apply(&txn, batches, counters, bodies_written, &mut prewritten),
+                        synced,
+                    )
+                };
+                (built, self.segments.finish(job, synced))
+            }
+            None => (
+                self.apply(&txn, batches, counters, bodies_written, &mut prewritten),
+                Ok(()),
+            ),
+        };
+        let (results, spooled) = match (built, synced) {
+            (Ok(built), Ok(())) => built,
+            (Err(e), _) | (_, Err(e)) => {
+                self.segments.rewind(group_start);
+                txn.abort()?;
+                return Err(e);
+            }
+        };
+        // Bodies the transaction queued itself (see `apply`): synced now, one after the other.
         if let Err(e) = self.segments.sync() {
+            self.segments.rewind(group_start);
             txn.abort()?;
             return Err(e);
+        }
+        // The bodies must be durable before the commit that names them: spool files are synced
+        // one by one as written, their directory once here.
+        if spooled {
+            if let Some(spool) = self.store.spool() {
+                if let Err(e) = self.store.disk().sync_dir(spool) {
+                    self.segments.rewind(group_start);
+                    txn.abort()?;
+                    return Err(StoreError::io(spool.display(), e));
+                }
+            }
         }
         if let Err(e) = self.crash_point(CrashPoint::AfterSegmentSync) {
             txn.abort()?;
@@ -470,6 +401,154 @@ impl Writer {
         txn.commit()?;
         self.crash_point(CrashPoint::AfterCommit)?;
         Ok(results)
+    }
+
+    /// Puts every batch of a group into `txn`: the per-batch results, and whether a body went to
+    /// the shared spool. A new body takes its place in `prewritten` (queued on the segment by
+    /// `write_group`), else it is queued now.
+    fn apply(
+        &mut self,
+        txn: &redb::WriteTransaction,
+        batches: &[&Batch],
+        counters: CounterState,
+        bodies_written: &mut (u64, u64),
+        prewritten: &mut BTreeMap<Guid, BodyLocation>,
+    ) -> Result<(Vec<Result<(), StoreError>>, bool), StoreError> {
+        let mut results = Vec::with_capacity(batches.len());
+        let mut spooled = false;
+        let mut bodies = txn.open_table(BODIES)?;
+        let mut segment_bodies = txn.open_table(SEGMENT_BODIES)?;
+        // Tables are opened lazily, one handle per table for the whole group.
+        let mut tables: BTreeMap<&'static str, RedbTable<&'static [u8], &'static [u8]>> = BTreeMap::new();
+        for batch in batches {
+            if let Err(e) = check_bodies(batch, &bodies) {
+                results.push(Err(e));
+                continue;
+            }
+            // Releases go last: a batch may release a body's last reference and add another
+            // record naming the same body (an expunge and a copy merged together); adding
+            // first keeps the body (found by the simulator, seed 28).
+            let (releases, others): (Vec<&Op>, Vec<&Op>) =
+                batch.ops.iter().partition(|op| matches!(op, Op::ReleaseBody(_)));
+            for op in others.into_iter().chain(releases) {
+                match op {
+                    Op::Put(table, key, value) => {
+                        let t = open_once(&mut tables, txn, *table)?;
+                        t.insert(key.as_slice(), value.as_slice())?;
+                    }
+                    Op::Delete(table, key) => {
+                        let t = open_once(&mut tables, txn, *table)?;
+                        t.remove(key.as_slice())?;
+                    }
+                    Op::DeleteIfEquals(table, key, expected) => {
+                        let t = open_once(&mut tables, txn, *table)?;
+                        let matches = t
+                            .get(key.as_slice())?
+                            .is_some_and(|v| v.value() == expected.as_slice());
+                        if matches {
+                            t.remove(key.as_slice())?;
+                        }
+                    }
+                    Op::AddBody(guid, bytes) => {
+                        let existing = bodies
+                            .get(guid.0.as_slice())?
+                            .map(|v| BodyLocation::decode(v.value()));
+                        let location = match existing {
+                            Some(loc) => {
+                                let mut loc = loc?;
+                                loc.refs += 1;
+                                loc
+                            }
+                            None => {
+                                // check_bodies let the batch in only if a body it adds
+                                // without bytes exists, and releases come last.
+                                let Some(bytes) = bytes.as_ref() else {
+                                    return Err(StoreError::BodyMissing { guid: *guid });
+                                };
+                                bodies_written.0 += 1;
+                                bodies_written.1 += bytes.len() as u64;
+                                match self.store.spool() {
+                                    Some(spool) => {
+                                        // The shared spool is the exception to segments: peers
+                                        // mounting it find each body by name.
+                                        crate::store::bodies::write_spool(
+                                            self.store.disk().as_ref(),
+                                            spool,
+                                            guid,
+                                            bytes,
+                                        )?;
+                                        spooled = true;
+                                        BodyLocation {
+                                            segment: SPOOL,
+                                            offset: 0,
+                                            len: bytes.len() as u32,
+                                            refs: 1,
+                                        }
+                                    }
+                                    None => {
+                                        // Written ahead by write_group unless the body was
+                                        // indexed when the group began (released to zero by
+                                        // an earlier batch, then added again).
+                                        let loc = match prewritten.remove(guid) {
+                                            Some(loc) => loc,
+                                            None => self.segments.append(guid, bytes),
+                                        };
+                                        segment_bodies.insert(
+                                            keys::segment_body(loc.segment, loc.offset).as_slice(),
+                                            guid.0.as_slice(),
+                                        )?;
+                                        loc
+                                    }
+                                }
+                            }
+                        };
+                        bodies.insert(guid.0.as_slice(), location.encode().as_slice())?;
+                    }
+                    Op::AddSpooledBody(guid, len) => {
+                        let existing = bodies
+                            .get(guid.0.as_slice())?
+                            .map(|v| BodyLocation::decode(v.value()));
+                        let location = match existing {
+                            Some(loc) => {
+                                let mut loc = loc?;
+                                loc.refs += 1;
+                                loc
+                            }
+                            None => BodyLocation {
+                                segment: SPOOL,
+                                offset: 0,
+                                len: *len as u32,
+                                refs: 1,
+                            },
+                        };
+                        bodies.insert(guid.0.as_slice(), location.encode().as_slice())?;
+                    }
+                    Op::ReleaseBody(guid) => {
+                        let existing = bodies
+                            .get(guid.0.as_slice())?
+                            .map(|v| BodyLocation::decode(v.value()));
+                        match existing {
+                            Some(loc) => {
+                                let mut loc = loc?;
+                                loc.refs = loc.refs.saturating_sub(1);
+                                if loc.refs == 0 {
+                                    bodies.remove(guid.0.as_slice())?;
+                                    segment_bodies
+                                        .remove(keys::segment_body(loc.segment, loc.offset).as_slice())?;
+                                } else {
+                                    bodies.insert(guid.0.as_slice(), loc.encode().as_slice())?;
+                                }
+                            }
+                            None => warn!(%guid, "released a body that has no index entry"),
+                        }
+                    }
+                }
+            }
+            results.push(Ok(()));
+        }
+        let mut meta = txn.open_table(META)?;
+        meta.insert(META_COUNTERS, encode(&counters).as_slice())?;
+        Ok((results, spooled))
     }
 
     /// A point where a simulated disk may crash the node (never a real one). Once crashed, the

@@ -86,8 +86,9 @@ pub struct Directory {
     /// How this node asks a peer whether it keeps a mailbox before letting its own copy go
     /// (`None`: no peers, so nothing is ever handed over).
     transport: Option<Rc<dyn Transport>>,
-    /// Per mailbox being let go: the peer that answered it keeps the mailbox, and this node's
-    /// leaving register when it asked. Only a yes to the current register lets the copy go.
+    /// Per mailbox being let go: the peer that just answered it keeps the mailbox, and this
+    /// node's leaving register when it asked. Only a yes to the current register, taken by the
+    /// release attempt that follows the answer, lets the copy go.
     keeper_said_yes: BTreeMap<MailboxId, (NodeId, Version)>,
 }
 
@@ -474,6 +475,10 @@ impl Directory {
         // configuration stay in the log but no channel drains them (the peer gets everything
         // again if it comes back), and waiting for them kept a copy from going for good.
         let item = SyncItem::Mailbox(id);
+        // A keeper's yes counts for this very attempt only (it comes straight from the answer):
+        // kept for a later one, after rows to drain, it could outlive the keeper's store (wiped
+        // meanwhile), and the copy went on the word of a disk that no longer held the mailbox.
+        let keeper_said_yes = self.keeper_said_yes.remove(&id);
         let configured = self.ctx.sync_log.peers();
         let mut waiting = BTreeSet::new();
         let scanned = self.ctx.store.scan_prefix(Table::SyncLog, &[], None, |k, _| {
@@ -490,7 +495,6 @@ impl Directory {
             Ok(Some(e)) if !e.is_deleted() && e.is_leaving(&me) && !self.links.needs(&e, &me) => e,
             _ => {
                 self.releasing.remove(&id);
-                self.keeper_said_yes.remove(&id);
                 return;
             }
         };
@@ -517,9 +521,8 @@ impl Directory {
                 // started leaving; a node that is leaving answers no, so two copies can never
                 // go on each other's word.
                 let leaving = entry.leaving.get(&me).map(|l| l.version.clone());
-                let confirmed = self
-                    .keeper_said_yes
-                    .get(&id)
+                let confirmed = keeper_said_yes
+                    .as_ref()
                     .is_some_and(|(peer, asked)| keepers.contains(peer) && Some(asked) == leaving.as_ref());
                 if !confirmed {
                     self.ask_keepers(id, entry.uidvalidity, keepers, leaving, ctx);

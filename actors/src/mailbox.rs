@@ -1044,12 +1044,10 @@ impl Handler<Transfer> for Mailbox {
                 return Ok(Vec::new());
             }
             let items = records.iter().map(CopyItem::of).collect();
-            let moving_from = claim.as_ref().map(|_| {
-                (
-                    source,
-                    records.iter().map(|s| s.record.append_id.clone()).collect(),
-                )
-            });
+            // The sources by AppendId: the target records where its copies came from, and step
+            // 3 expunges those still here.
+            let sources: Vec<AppendId> = records.iter().map(|s| s.record.append_id.clone()).collect();
+            let moving_from = claim.as_ref().map(|_| (source, sources.clone()));
             // Step 2: the target takes the copies while this mailbox serves everyone else.
             let copies = target.send(InsertCopies { items, moving_from }).await??;
             let pairs: Vec<Transferred> = records
@@ -1061,8 +1059,13 @@ impl Handler<Transfer> for Mailbox {
                 // Step 3: the sources go, those that are still here (by AppendId: a promotion
                 // since step 1 moved the message, it did not make it another one).
                 let intent = keys::message(source, &pairs[0].copy);
-                let moved = records.into_iter().map(|s| s.record.append_id).collect();
-                match me.send(ExpungeTransferred { moved, intent }).await {
+                match me
+                    .send(ExpungeTransferred {
+                        moved: sources,
+                        intent,
+                    })
+                    .await
+                {
                     Ok(Ok(())) | Ok(Err(MailError::MailboxDeleted(_))) => {}
                     // The copies are durable: the message is in the target either way, and the
                     // `moves` row left behind finishes the expunge when the node next starts.

@@ -226,8 +226,10 @@ pub struct SegmentWriter {
     disk: Arc<dyn Disk>,
     dir: PathBuf,
     segment: u32,
-    file: Box<dyn DiskFile>,
-    /// Bytes durably part of the file (or at least written before this group).
+    /// Shared with a [`SegmentSync`] running on another thread.
+    file: Arc<dyn DiskFile>,
+    /// Bytes durably part of the file (or at least written before this group, or being written
+    /// by a [`SegmentSync`] under way).
     len: u64,
     pending: Vec<u8>,
     max_segment: u64,
@@ -253,7 +255,7 @@ impl SegmentWriter {
             disk,
             dir: dir.to_path_buf(),
             segment,
-            file,
+            file: Arc::from(file),
             len,
             pending: Vec::new(),
             max_segment,
@@ -286,24 +288,60 @@ impl SegmentWriter {
     /// Writes the queued entries and fdatasyncs the segment. On failure the file is cut back to
     /// where it was, and the caller must not commit anything that names the queued entries.
     pub fn sync(&mut self) -> Result<(), StoreError> {
-        if self.pending.is_empty() {
-            return Ok(());
-        }
-        let path = segment_path(&self.dir, self.segment);
-        let result = self
-            .file
-            .write_all_at(&self.pending, self.len)
-            .and_then(|()| self.file.sync_data());
-        match result {
-            Ok(()) => {
-                self.len += self.pending.len() as u64;
-                self.pending.clear();
-                Ok(())
+        match self.take_pending() {
+            Some(job) => {
+                let result = job.run();
+                self.finish(job, result)
             }
-            Err(e) => {
-                self.pending.clear();
-                let _ = self.file.set_len(self.len);
-                Err(StoreError::io(path.display(), e))
+            None => Ok(()),
+        }
+    }
+
+    /// Takes the queued entries to be written and fdatasynced by [`SegmentSync::run`], which may
+    /// run on another thread while the caller goes on (the commit group builds its transaction
+    /// meanwhile). Entries queued after this land behind them. Hand the job and its result back
+    /// to [`SegmentWriter::finish`].
+    pub fn take_pending(&mut self) -> Option<SegmentSync> {
+        if self.pending.is_empty() {
+            return None;
+        }
+        let bytes = std::mem::take(&mut self.pending);
+        let offset = self.len;
+        self.len += bytes.len() as u64;
+        Some(SegmentSync {
+            file: self.file.clone(),
+            path: segment_path(&self.dir, self.segment),
+            offset,
+            bytes,
+        })
+    }
+
+    /// Records how a [`SegmentSync`] ended. On failure the file is cut back to where it was
+    /// before the job and everything queued since is dropped: nothing may name those entries.
+    pub fn finish(&mut self, job: SegmentSync, result: Result<(), StoreError>) -> Result<(), StoreError> {
+        if result.is_err() {
+            self.rewind(job.offset);
+        }
+        result
+    }
+
+    /// Where the next entry goes (after the queued ones).
+    pub fn end(&self) -> u64 {
+        self.len + self.pending.len() as u64
+    }
+
+    /// Drops everything from `to` on (written, synced or queued) and cuts the file back there:
+    /// a group that fails before its commit leaves no dead bytes in front of the next group's.
+    /// `to` must be an [`SegmentWriter::end`] taken before that group, so no committed entry is
+    /// behind it.
+    pub fn rewind(&mut self, to: u64) {
+        self.pending.clear();
+        if self.len > to {
+            match self.file.set_len(to) {
+                Ok(()) => self.len = to,
+                // The bytes stay as dead bytes (as after a crash), and the next entries go after
+                // them rather than over them.
+                Err(e) => tracing::warn!(error = %e, "cannot cut a segment back after a failed group"),
             }
         }
     }
@@ -322,7 +360,7 @@ impl SegmentWriter {
         let next = self.segment + 1;
         let (file, len) = open_segment(self.disk.as_ref(), &self.dir, next)?;
         self.segment = next;
-        self.file = file;
+        self.file = Arc::from(file);
         self.len = len;
         Ok(())
     }
@@ -362,6 +400,24 @@ impl SegmentWriter {
 
     pub fn dir(&self) -> &Path {
         &self.dir
+    }
+}
+
+/// Entries taken from a [`SegmentWriter`], to be written at their offset and made durable.
+pub struct SegmentSync {
+    file: Arc<dyn DiskFile>,
+    path: PathBuf,
+    offset: u64,
+    bytes: Vec<u8>,
+}
+
+impl SegmentSync {
+    /// One write and one fdatasync.
+    pub fn run(&self) -> Result<(), StoreError> {
+        self.file
+            .write_all_at(&self.bytes, self.offset)
+            .and_then(|()| self.file.sync_data())
+            .map_err(|e| StoreError::io(self.path.display(), e))
     }
 }
 
