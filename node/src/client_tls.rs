@@ -192,6 +192,29 @@ impl Connection {
     }
 }
 
+/// How long a client has to finish the TLS handshake after STARTTLS: a client that stalls
+/// half way holds a session and its socket, and nothing else ends it.
+const STARTTLS_HANDSHAKE: std::time::Duration = std::time::Duration::from_secs(30);
+
+impl Connection {
+    /// STARTTLS, once the server's go-ahead is written: the handshake, within a deadline.
+    /// `None` when it failed or stalled (logged for the peer `peer`): the session ends, as
+    /// nothing sent in plain text after the go-ahead may be trusted.
+    pub async fn upgrade(self, tls: &ServerTls, peer: &str) -> Option<Connection> {
+        match tokio::time::timeout(STARTTLS_HANDSHAKE, self.start_tls(tls.acceptor())).await {
+            Ok(Ok(conn)) => Some(conn),
+            Ok(Err(e)) => {
+                tracing::debug!(peer, error = %e, "STARTTLS handshake failed");
+                None
+            }
+            Err(_) => {
+                tracing::debug!(peer, "STARTTLS handshake not finished in time");
+                None
+            }
+        }
+    }
+}
+
 impl AsyncRead for Connection {
     fn poll_read(self: Pin<&mut Self>, cx: &mut Context<'_>, buf: &mut ReadBuf<'_>) -> Poll<io::Result<()>> {
         match self.get_mut() {

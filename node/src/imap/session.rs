@@ -29,7 +29,7 @@ use mailmesh_actors::directory::{
 use mailmesh_actors::mailbox::{GetState, MailboxState};
 use mailmesh_actors::MailError;
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
-use tracing::{debug, info};
+use tracing::info;
 
 use super::protocol::{continuation, encode, other_code, status, Event, Expect, Machine};
 use super::ImapContext;
@@ -153,15 +153,9 @@ pub async fn serve(mut conn: Connection, peer: Peer, ctx: Rc<ImapContext>) {
                     if write(&mut conn, &mut out).await.is_err() {
                         return;
                     }
-                    conn = match tokio::time::timeout(Duration::from_secs(30), conn.start_tls(tls.acceptor()))
-                        .await
-                    {
-                        Ok(Ok(conn)) => conn,
-                        Ok(Err(e)) => {
-                            debug!(peer = %peer.display, error = %e, "STARTTLS handshake failed");
-                            return;
-                        }
-                        Err(_) => return,
+                    conn = match conn.upgrade(tls, &peer.display.to_string()).await {
+                        Some(conn) => conn,
+                        None => return,
                     };
                     machine.discard_input();
                 }

@@ -110,15 +110,9 @@ pub async fn serve(mut conn: Connection, peer: Peer, ctx: Rc<LmtpContext>) {
                     if write(&mut conn, &mut out).await.is_err() {
                         return;
                     }
-                    conn = match tokio::time::timeout(Duration::from_secs(30), conn.start_tls(tls.acceptor()))
-                        .await
-                    {
-                        Ok(Ok(conn)) => conn,
-                        Ok(Err(e)) => {
-                            debug!(peer = %peer.display, error = %e, "STARTTLS handshake failed");
-                            return;
-                        }
-                        Err(_) => return,
+                    conn = match conn.upgrade(tls, &peer.display.to_string()).await {
+                        Some(conn) => conn,
+                        None => return,
                     };
                     machine.tls_started();
                 }

@@ -18,7 +18,7 @@ use mailmesh_actors::directory::{
 use mailmesh_actors::MailError;
 use mailmesh_protocol::names::validate_script_name;
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
-use tracing::{debug, info};
+use tracing::info;
 
 use super::protocol::{
     encode_string, parse_command, parse_sasl_response, Code, Command, Machine, Parsed, Response, SaslResponse,
@@ -116,15 +116,9 @@ pub async fn serve(mut conn: Connection, peer: Peer, ctx: Rc<SieveContext>) {
                     if write(&mut conn, &mut out).await.is_err() {
                         return;
                     }
-                    conn = match tokio::time::timeout(Duration::from_secs(30), conn.start_tls(tls.acceptor()))
-                        .await
-                    {
-                        Ok(Ok(conn)) => conn,
-                        Ok(Err(e)) => {
-                            debug!(peer = %peer.display, error = %e, "STARTTLS handshake failed");
-                            return;
-                        }
-                        Err(_) => return,
+                    conn = match conn.upgrade(tls, &peer.display.to_string()).await {
+                        Some(conn) => conn,
+                        None => return,
                     };
                     machine.discard_input();
                     // RFC 5804 2.2: the capabilities again, as they are under TLS.
