@@ -450,12 +450,8 @@ impl Writer {
                         }
                     }
                     Op::AddBody(guid, bytes) => {
-                        let existing = bodies
-                            .get(guid.0.as_slice())?
-                            .map(|v| BodyLocation::decode(v.value()));
-                        let location = match existing {
-                            Some(loc) => {
-                                let mut loc = loc?;
+                        let location = match indexed_body(&bodies, guid)? {
+                            Some(mut loc) => {
                                 loc.refs += 1;
                                 loc
                             }
@@ -505,12 +501,8 @@ impl Writer {
                         bodies.insert(guid.0.as_slice(), location.encode().as_slice())?;
                     }
                     Op::AddSpooledBody(guid, len) => {
-                        let existing = bodies
-                            .get(guid.0.as_slice())?
-                            .map(|v| BodyLocation::decode(v.value()));
-                        let location = match existing {
-                            Some(loc) => {
-                                let mut loc = loc?;
+                        let location = match indexed_body(&bodies, guid)? {
+                            Some(mut loc) => {
                                 loc.refs += 1;
                                 loc
                             }
@@ -523,25 +515,19 @@ impl Writer {
                         };
                         bodies.insert(guid.0.as_slice(), location.encode().as_slice())?;
                     }
-                    Op::ReleaseBody(guid) => {
-                        let existing = bodies
-                            .get(guid.0.as_slice())?
-                            .map(|v| BodyLocation::decode(v.value()));
-                        match existing {
-                            Some(loc) => {
-                                let mut loc = loc?;
-                                loc.refs = loc.refs.saturating_sub(1);
-                                if loc.refs == 0 {
-                                    bodies.remove(guid.0.as_slice())?;
-                                    segment_bodies
-                                        .remove(keys::segment_body(loc.segment, loc.offset).as_slice())?;
-                                } else {
-                                    bodies.insert(guid.0.as_slice(), loc.encode().as_slice())?;
-                                }
+                    Op::ReleaseBody(guid) => match indexed_body(&bodies, guid)? {
+                        Some(mut loc) => {
+                            loc.refs = loc.refs.saturating_sub(1);
+                            if loc.refs == 0 {
+                                bodies.remove(guid.0.as_slice())?;
+                                segment_bodies
+                                    .remove(keys::segment_body(loc.segment, loc.offset).as_slice())?;
+                            } else {
+                                bodies.insert(guid.0.as_slice(), loc.encode().as_slice())?;
                             }
-                            None => warn!(%guid, "released a body that has no index entry"),
                         }
-                    }
+                        None => warn!(%guid, "released a body that has no index entry"),
+                    },
                 }
             }
             results.push(Ok(()));
@@ -638,6 +624,17 @@ fn open_once<'t, 'txn>(
         std::collections::btree_map::Entry::Occupied(o) => o.into_mut(),
         std::collections::btree_map::Entry::Vacant(v) => v.insert(txn.open_table(table.definition())?),
     })
+}
+
+/// Where `guid`'s body is stored and how many records hold it, if it is indexed.
+fn indexed_body(
+    bodies: &RedbTable<&'static [u8], &'static [u8]>,
+    guid: &Guid,
+) -> Result<Option<BodyLocation>, StoreError> {
+    bodies
+        .get(guid.0.as_slice())?
+        .map(|v| BodyLocation::decode(v.value()))
+        .transpose()
 }
 
 /// A batch may reference an existing body without its bytes (a copy); the body must exist.
