@@ -22,8 +22,8 @@ use mailmesh_protocol::names::{
     normalize_mailbox_name, validate_script_name, validate_user, HIERARCHY_SEPARATOR,
 };
 use mailmesh_protocol::records::{
-    resolve_names, LinkGraph, MailboxEntry, MailboxPath, MailboxTombstone, PrunedSet, UserSieve,
-    UserSubscriptions,
+    resolve_names, LinkGraph, MailboxDigest, MailboxEntry, MailboxPath, MailboxTombstone, PrunedSet,
+    UserSieve, UserSubscriptions,
 };
 use mailmesh_protocol::version::Version;
 use mailmesh_protocol::wire::{Request, Response};
@@ -884,12 +884,30 @@ enum HandOver {
 /// released copy keeps its counters' floor.
 async fn purge_mailbox(node: NodeContext, id: MailboxId, purge: Purge) -> Result<(), StoreError> {
     let store = &node.store;
+    // A copy let go keeps what it knows was expunged: the compacted messages, and the expunged
+    // records it drops now, folded in batch by batch with their deletion (so a crash half way
+    // loses none). Held again, it would otherwise take a stale peer's record of a message it had
+    // seen expunged for a live one at a retired uid and promote it back into view (simulator
+    // seed 1209 with --steps 300: a move's sources came back on the only holder, the node that
+    // had let its copy go and been given the mailbox again). AppendIds are never reused, so the
+    // set refuses nothing new.
+    let mut kept = match purge {
+        Purge::Released => store
+            .get::<PrunedSet>(Table::Pruned, &keys::mailbox(id))?
+            .unwrap_or_default(),
+        Purge::Deleted => PrunedSet::default(),
+    };
     loop {
         let mut batch = Batch::new();
         let mut n = 0;
+        let mut kept_more = false;
         store.scan_prefix(Table::Messages, &keys::mailbox(id), None, |k, v| {
             let s: StoredRecord = decode(v, "message record")?;
             let aid = &s.record.append_id;
+            if purge == Purge::Released && s.record.is_expunged() {
+                kept_more |= kept.insert(aid);
+                kept.retire(s.record.uid.value.0);
+            }
             batch.delete(Table::Messages, k.to_vec());
             batch.delete(Table::Uids, keys::uid(id, s.record.uid.value, aid));
             if purge == Purge::Released && !s.record.is_expunged() && !s.hidden {
@@ -911,6 +929,9 @@ async fn purge_mailbox(node: NodeContext, id: MailboxId, purge: Purge) -> Result
         if n == 0 {
             break;
         }
+        if kept_more {
+            batch.put(Table::Pruned, keys::mailbox(id), &kept);
+        }
         node.commit(
             Writes {
                 batch,
@@ -931,53 +952,49 @@ async fn purge_mailbox(node: NodeContext, id: MailboxId, purge: Purge) -> Result
         delete_mailbox_rows(store, &mut batch, Table::ShownBefore, id)?;
     }
     forget_moves_into(store, &mut batch, id)?;
-    let kept = match purge {
+    let counters = match purge {
         Purge::Deleted => None,
         Purge::Released => store.get::<MailboxCounters>(Table::MailboxState, &keys::mailbox(id))?,
     };
-    match kept {
+    match counters {
         // A copy let go may be held again (the mailbox placed back here) and take client writes
         // before it hears from another holder: with counters from nothing it showed UIDNEXT 1
         // and handed out uids this node's clients had seen name other messages (engine bug 23,
         // simulator seed 82 with --locations). So the floor stays: UIDNEXT and the modseq
-        // counter, with the counts and digest of the empty copy.
-        Some(counters) => batch.put(
-            Table::MailboxState,
-            keys::mailbox(id),
-            // The new history starts one above the old one's last point, so that a peer's
-            // cache at that last point is recognised as stale (engine bug 26).
-            &MailboxCounters {
-                uidnext: counters.uidnext,
-                modseq: counters.modseq + 1,
-                history_from: counters.modseq + 1,
-                ..Default::default()
-            },
-        ),
+        // counter, with the counts of the empty copy and the digest of the expunges it keeps.
+        Some(counters) => {
+            // A kept expunge counts in the digest as a peer's compacted one does; a set not
+            // counted would keep what a peer sends from being counted (simulator
+            // --locations, seed 43, when the set went whole with the records).
+            let mut digest = MailboxDigest::default();
+            for aid in kept.iter() {
+                digest.add_pruned(&aid);
+            }
+            batch.put(
+                Table::MailboxState,
+                keys::mailbox(id),
+                // The new history starts one above the old one's last point, so that a peer's
+                // cache at that last point is recognised as stale (engine bug 26).
+                &MailboxCounters {
+                    uidnext: counters.uidnext,
+                    modseq: counters.modseq + 1,
+                    history_from: counters.modseq + 1,
+                    digest,
+                    ..Default::default()
+                },
+            )
+        }
         None => batch.delete(Table::MailboxState, keys::mailbox(id)),
     }
-    // The compacted expunged messages go with the records: a copy let go and later held again
-    // starts from nothing, and a stale set would keep what a peer sends from being counted in
-    // the digest (found by the simulator with --locations, seed 43). The uids they held stay
-    // retired in a released copy, as its counters' floor does: held again, it shows nothing at
-    // a uid it once showed expunged (or a promoted message left), and tells the others so
-    // (engine bug 32, seed 4062: the only holder, wiped, gave uid 1 to a new message, which a
-    // copy held again showed where its clients had seen another).
-    let retired = match purge {
-        Purge::Released => store
-            .get::<PrunedSet>(Table::Pruned, &keys::mailbox(id))?
-            .filter(|p| !p.uids.is_empty()),
-        Purge::Deleted => None,
-    };
-    match retired {
-        Some(pruned) => batch.put(
-            Table::Pruned,
-            keys::mailbox(id),
-            &PrunedSet {
-                uids: pruned.uids,
-                ..Default::default()
-            },
-        ),
-        None => batch.delete(Table::Pruned, keys::mailbox(id)),
+    // The uids the expunged messages held stay retired in a released copy, as its counters'
+    // floor does: held again, it shows nothing at a uid it once showed expunged (or a promoted
+    // message left), and tells the others so (engine bug 32, seed 4062: the only holder, wiped,
+    // gave uid 1 to a new message, which a copy held again showed where its clients had seen
+    // another). With them stays the set of expunged AppendIds, kept above.
+    if purge == Purge::Released && !kept.is_empty() {
+        batch.put(Table::Pruned, keys::mailbox(id), &kept);
+    } else {
+        batch.delete(Table::Pruned, keys::mailbox(id));
     }
     batch.delete(Table::Purges, keys::mailbox(id));
     batch.delete(Table::Settles, keys::mailbox(id));

@@ -212,16 +212,15 @@ impl Mailbox {
         cache_key(self.id, peer)
     }
 
-    /// Whether this node has anything of the mailbox: a record, an annotation or compacted
-    /// messages. Retired uids alone are no copy: a copy let go keeps them (engine bug 32), and
-    /// counting them made every copy let go with an expunge behind it take records again
-    /// (engine bug 38, simulator seed 21385: a node that had let its copy go was queued the
-    /// mailbox again for a peer wiped meanwhile, pulled that peer's stale records into a copy
-    /// nobody would purge again, and showed a message expunged everywhere else).
+    /// Whether this node has anything of the mailbox: a record or an annotation. The pruned set
+    /// alone is no copy: a copy let go keeps it (engine bug 32, and its expunged AppendIds
+    /// since seed 1209 with --steps 300), and counting it made every copy let go with an
+    /// expunge behind it take records again (engine bug 38, simulator seed 21385: a node that
+    /// had let its copy go was queued the mailbox again for a peer wiped meanwhile, pulled that
+    /// peer's stale records into a copy nobody would purge again, and showed a message expunged
+    /// everywhere else). A copy being let go whose messages are all compacted merges nothing
+    /// more: what it knows still travels from it, and nothing it lacks is its to keep.
     fn has_copy(&self) -> Result<bool, StoreError> {
-        if !self.pruned.ranges.is_empty() {
-            return Ok(true);
-        }
         let mut found = false;
         for table in [Table::Messages, Table::Annotations] {
             self.store

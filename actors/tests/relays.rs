@@ -932,11 +932,97 @@ fn a_node_that_let_its_copy_go_pulls_nothing_back_when_a_wiped_peer_returns() {
         tokio::time::sleep(std::time::Duration::from_secs(120)).await;
         cluster.settle().await;
         assert_eq!(count(&cluster, "a").await, 0);
-        let state = open(&cluster, "a").await.send(GetState).await.unwrap().unwrap();
+        let on_a = open(&cluster, "a").await;
+        let state = on_a.send(GetState).await.unwrap().unwrap();
+        let kept = on_a.send(GetPruned).await.unwrap().unwrap();
+        assert_eq!(kept.iter().count(), 1, "a keeps the expunge it saw");
         assert_eq!(
-            state.digest.records, 0,
+            state.digest.records, 1,
             "a, outside the holders, pulled c's records back into the copy it let go"
         );
+        cluster.assert_quiet().await;
+    });
+}
+
+/// A copy let go keeps the expunges it saw, not only the uids they retired: held again while
+/// the node that took it over is away, it refuses a stale peer's live record of a message it
+/// saw expunged, and tells that peer (simulator seed 1209 with --steps 300: a move's sources,
+/// expunged while one node was down, came back on the only holder, a node that had let its copy
+/// go and been given the mailbox again, when the node that missed the move returned).
+#[test]
+fn a_copy_held_again_keeps_the_expunges_it_saw_from_a_stale_peer() {
+    run_virtual(|| async {
+        let mut cluster = Cluster::full_mesh(&["a", "b", "c"]);
+        cluster
+            .node("a")
+            .directory
+            .send(CreateMailbox {
+                user: "alice".into(),
+                name: "INBOX".into(),
+            })
+            .await
+            .unwrap()
+            .unwrap();
+        let on_a = open(&cluster, "a").await;
+        for i in 0..2 {
+            append(&on_a, i).await.unwrap();
+        }
+        drop(on_a);
+        cluster.settle().await;
+        wait_for_count(&cluster, "c", 2, "c has both messages").await;
+
+        // c is taken out of the topology and misses the expunge of uid 2, so nobody compacts it.
+        reconfigure(&mut cluster, "a", &["b"]);
+        reconfigure(&mut cluster, "b", &["a"]);
+        reconfigure(&mut cluster, "c", &[]);
+        open(&cluster, "a")
+            .await
+            .send(Expunge {
+                mode: ExpungeMode::Uids(UidSet::single(Uid(2))),
+            })
+            .await
+            .unwrap()
+            .unwrap();
+        cluster.settle().await;
+        // a hands the mailbox to b and lets its copy go, expunged record and all.
+        place_on(&cluster, "a", &["b"]).await;
+        cluster.settle().await;
+        wait_for_count(&cluster, "a", 0, "a lets its copy go").await;
+        let kept = open(&cluster, "a").await.send(GetPruned).await.unwrap().unwrap();
+        assert_eq!(
+            kept.iter().count(),
+            1,
+            "a keeps the expunge it let go with its copy"
+        );
+
+        // b goes away with everything it knows; the mailbox is placed back on a alone.
+        reconfigure(&mut cluster, "a", &[]);
+        reconfigure(&mut cluster, "b", &[]);
+        place_on(&cluster, "a", &["a"]).await;
+        cluster.settle().await;
+        // c returns with its live record of the expunged message.
+        reconfigure(&mut cluster, "a", &["c"]);
+        reconfigure(&mut cluster, "c", &["a"]);
+        cluster.settle().await;
+        assert_eq!(
+            count(&cluster, "a").await,
+            1,
+            "a shows the message it saw expunged again, from c's stale record"
+        );
+        assert_eq!(count(&cluster, "c").await, 0, "c lets its copy go");
+
+        for (node, peers) in [("a", ["b", "c"]), ("b", ["a", "c"]), ("c", ["a", "b"])] {
+            reconfigure(&mut cluster, node, &peers);
+        }
+        cluster.settle().await;
+        for node in ["a", "b", "c"] {
+            let want = usize::from(node == "a");
+            assert_eq!(
+                count(&cluster, node).await,
+                want,
+                "{node} after the partition heals"
+            );
+        }
         cluster.assert_quiet().await;
     });
 }
