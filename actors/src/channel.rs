@@ -695,8 +695,12 @@ impl SyncJob {
                     let mut page = changes;
                     loop {
                         let next = page.next;
-                        self.merge_pulled(&mb, page.records, page.annotations, page.uidnext, page.pruned)
-                            .await?;
+                        if !self
+                            .merge_pulled(&mb, page.records, page.annotations, page.uidnext, page.pruned)
+                            .await?
+                        {
+                            return Ok(());
+                        }
                         let Some(since) = next else { break };
                         let request = Request::ChangesSince {
                             mailbox: id,
@@ -790,8 +794,12 @@ impl SyncJob {
                     modseq,
                 } => {
                     pulled_at.get_or_insert(modseq);
-                    self.merge_pulled(mb, records, annotations, uidnext, pruned)
-                        .await?;
+                    if !self
+                        .merge_pulled(mb, records, annotations, uidnext, pruned)
+                        .await?
+                    {
+                        return Ok(());
+                    }
                     after = next;
                     if after.is_none() {
                         break;
@@ -914,21 +922,28 @@ impl SyncJob {
         annotations: Vec<Change<(String, mailmesh_protocol::records::Annotation)>>,
         uidnext: mailmesh_protocol::records::UidNext,
         pruned: Option<mailmesh_protocol::records::PrunedSet>,
-    ) -> Result<(), SyncError> {
+    ) -> Result<bool, SyncError> {
         if records.is_empty() && annotations.is_empty() && pruned.is_none() {
-            return Ok(());
+            return Ok(true);
         }
         let bodies = self.fetch_bodies(&records).await?;
-        mb.send(MergeRemote {
-            from: self.peer.clone(),
-            pruned,
-            records,
-            annotations,
-            uidnext,
-            bodies,
-        })
-        .await??;
-        Ok(())
+        match mb
+            .send(MergeRemote {
+                from: self.peer.clone(),
+                pruned,
+                records,
+                annotations,
+                uidnext,
+                bodies,
+            })
+            .await?
+        {
+            Ok(()) => Ok(true),
+            // This node holds no copy and is outside the holders: the sync ends here, with no
+            // cache saved and nothing pushed, as nothing of the peer's state was taken.
+            Err(MailError::NotHeldHere { .. }) => Ok(false),
+            Err(e) => Err(e.into()),
+        }
     }
 
     /// Pulls the bodies of live records that this node lacks.

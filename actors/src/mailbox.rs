@@ -349,7 +349,12 @@ impl Mailbox {
         if self.locations.is_empty() || self.locations.contains(&self.ctx.node) {
             return Ok(());
         }
-        Err(MailError::NotHeldHere {
+        Err(self.not_held_here())
+    }
+
+    /// The error for a write or a merge this node must not take: the mailbox lives elsewhere.
+    pub(crate) fn not_held_here(&self) -> MailError {
+        MailError::NotHeldHere {
             id: self.id,
             node: self.ctx.node.to_string(),
             locations: self
@@ -358,7 +363,7 @@ impl Mailbox {
                 .map(|n| n.to_string())
                 .collect::<Vec<_>>()
                 .join(","),
-        })
+        }
     }
 
     /// Rebuilds the in-memory state (counters, digest, pruned set) from what is committed, after

@@ -1444,8 +1444,12 @@ impl Handler<MergeRemote> for Mailbox {
             // --locations: a new link made a node that had let its copy go queue the mailbox for
             // its new peer, and its channel pulled the peer's records back). A copy still being
             // let go keeps merging: it drains what it has, and stays in step until it goes.
+            // The refusal is an error, not a quiet success: a channel that took it for a merge
+            // saved a cache saying it had the peer's state, the peer believed it on the next
+            // request, and a change never reached this node once it was a relay again
+            // (simulator seed 2886 with --steps 300: an annotation stopped short of a holder).
             if !act.holders.is_empty() && !act.holders.contains(&act.ctx.node) && !act.has_copy()? {
-                return Ok((writes, ()));
+                return Err(act.not_held_here());
             }
             let incoming = Incoming {
                 records: msg.records,

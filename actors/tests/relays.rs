@@ -12,6 +12,7 @@ use mailmesh_actors::directory::*;
 use mailmesh_actors::error::MailError;
 use mailmesh_actors::mailbox::*;
 use mailmesh_actors::node::PeerOptions;
+use mailmesh_actors::store::Table;
 use mailmesh_actors::uid_set::UidSet;
 use mailmesh_protocol::ids::Uid;
 
@@ -1023,6 +1024,66 @@ fn a_copy_held_again_keeps_the_expunges_it_saw_from_a_stale_peer() {
                 "{node} after the partition heals"
             );
         }
+        cluster.assert_quiet().await;
+    });
+}
+
+/// A node outside the holders with no copy refuses what its channel pulls, and its channel then
+/// ends the sync with no replication cache: a cache saved after a refused pull says the node has
+/// the peer's state, the peer believes it when the node next sends a change, and what the peer
+/// had then never reaches the node once it holds or relays the mailbox (simulator seed 2886 with
+/// --steps 300: an annotation stopped short of a relay and the holder behind it).
+#[test]
+fn a_node_without_a_copy_claims_nothing_of_a_peer_state_it_refused() {
+    run_virtual(|| async {
+        // c hears of the mailbox through b, and meets a only later: its first contact queues
+        // for a every mailbox a holds.
+        let mut cluster = Cluster::chain(&["a", "b", "c"]);
+        cluster
+            .node("a")
+            .directory
+            .send(CreateMailbox {
+                user: "alice".into(),
+                name: "INBOX".into(),
+            })
+            .await
+            .unwrap()
+            .unwrap();
+        place_on(&cluster, "a", &["a", "b"]).await;
+        let on_a = open(&cluster, "a").await;
+        for i in 0..2 {
+            append(&on_a, i).await.unwrap();
+        }
+        drop(on_a);
+        cluster.settle().await;
+
+        reconfigure(&mut cluster, "a", &["b", "c"]);
+        reconfigure(&mut cluster, "c", &["b", "a"]);
+        cluster.settle().await;
+        assert_eq!(
+            count(&cluster, "c").await,
+            0,
+            "c, outside the holders, took a copy"
+        );
+        let mut caches = Vec::new();
+        cluster
+            .node("c")
+            .store
+            .scan_prefix(Table::ReplCache, &[], None, |k, _| {
+                caches.push(String::from_utf8_lossy(&k[16..]).into_owned());
+                Ok(true)
+            })
+            .unwrap();
+        assert_eq!(
+            caches,
+            Vec::<String>::new(),
+            "c saved a cache of a peer's copy whose records it refused"
+        );
+
+        // Placed on c too, c gets every message.
+        place_on(&cluster, "a", &["a", "b", "c"]).await;
+        cluster.settle().await;
+        assert_eq!(count(&cluster, "c").await, 2);
         cluster.assert_quiet().await;
     });
 }
