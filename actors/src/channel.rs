@@ -777,6 +777,10 @@ impl SyncJob {
         // The peer's modseq when the pull began: this node has everything the peer had then, and
         // nothing it is sure of after (the peer may take changes while the pull and push run).
         let mut pulled_at: Option<ModSeq> = None;
+        // Whether this node refused what it pulled (outside the holders, with no copy): it then
+        // pulls no more, pushes only what it knows was expunged, and claims nothing of the
+        // peer's state, as it took none of it.
+        let mut refused = false;
         loop {
             let request = Request::FullState {
                 mailbox: id,
@@ -798,7 +802,8 @@ impl SyncJob {
                         .merge_pulled(mb, records, annotations, uidnext, pruned)
                         .await?
                     {
-                        return Ok(());
+                        refused = true;
+                        break;
                     }
                     after = next;
                     if after.is_none() {
@@ -831,6 +836,9 @@ impl SyncJob {
         loop {
             let (page, page_quarantined) = ready;
             quarantined |= page_quarantined;
+            if refused && page.pruned.as_ref().is_none_or(|p| p.is_empty()) {
+                return Ok(());
+            }
             let acked = *acked.get_or_insert(page.highest);
             let next = page.next.clone();
             let digest = page.digest;
@@ -864,6 +872,9 @@ impl SyncJob {
                         after = next;
                         ready = prepared?;
                         continue;
+                    }
+                    if refused {
+                        return Ok(());
                     }
                     // Not the modseq of this answer: records the peer took between the pull
                     // and now are not here yet (found by the simulator, seed 374). The next

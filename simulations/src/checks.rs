@@ -582,6 +582,15 @@ impl Observer {
                             )
                         }
                     }
+                    // Known expunged only by copies let go (kept with their counters' floor):
+                    // what such a node remembers serves it if it holds the mailbox again, and
+                    // reaches a holder only over a direct link; nodes without a copy between
+                    // carry none of it. The message was expunged by a client: nothing is lost.
+                    None if compacted_off_the_holders(snaps, acked.mailbox, aid)
+                        && model.expunge_possible(acked.mailbox, aid) =>
+                    {
+                        continue
+                    }
                     None => (Kind::Lost, format!("{label}: lost on {node}")),
                     Some(r) => match &r.record.expunged {
                         Some(v) if model.expunge_justified(acked.mailbox, aid, r.record.uid.value, &v.node) => continue,
@@ -666,11 +675,24 @@ impl Observer {
 }
 
 /// Whether some node holds `aid` of `mailbox` in its compacted (expunged) set.
+/// Whether a node holding the mailbox compacted `aid` away as expunged.
 fn compacted_elsewhere(snaps: &BTreeMap<NodeId, NodeSnapshot>, mailbox: MailboxId, aid: &AppendId) -> bool {
     snaps
         .values()
         .filter_map(|s| s.mailboxes.get(&mailbox))
-        .any(|m| m.pruned.contains(aid))
+        .any(|m| m.held && m.pruned.contains(aid))
+}
+
+/// Whether a node that let its copy go keeps `aid` as expunged.
+fn compacted_off_the_holders(
+    snaps: &BTreeMap<NodeId, NodeSnapshot>,
+    mailbox: MailboxId,
+    aid: &AppendId,
+) -> bool {
+    snaps
+        .values()
+        .filter_map(|s| s.mailboxes.get(&mailbox))
+        .any(|m| !m.held && m.pruned.contains(aid))
 }
 
 /// Names the first thing two replica views disagree on, and whether only annotations differ.
