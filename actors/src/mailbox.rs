@@ -512,6 +512,17 @@ impl Mailbox {
     /// The visible records with uids in `set`, in uid order.
     pub(crate) fn records_in(&self, set: &UidSet) -> Result<Vec<StoredRecord>, StoreError> {
         let mut out = Vec::new();
+        self.visit_records_in(set, |s| out.push(s))?;
+        Ok(out)
+    }
+
+    /// Each visible record in `set`, in uid order, handed to `visit` one at a time (a listing
+    /// of a large mailbox holds one record at a time, not all of them).
+    pub(crate) fn visit_records_in(
+        &self,
+        set: &UidSet,
+        mut visit: impl FnMut(StoredRecord),
+    ) -> Result<(), StoreError> {
         // One read transaction for the whole listing, not one per message.
         let snapshot = self.store.snapshot()?;
         for (lo, hi) in set.ranges() {
@@ -544,12 +555,12 @@ impl Mailbox {
                     };
                 if let Some(s) = stored {
                     if !s.record.is_expunged() && !s.hidden {
-                        out.push(s);
+                        visit(s);
                     }
                 }
             }
         }
-        Ok(out)
+        Ok(())
     }
 
     /// Runs `op` as an atomic read-modify-write: after everything inflight has committed, with no
@@ -1394,6 +1405,23 @@ impl Handler<Fetch> for Mailbox {
     fn handle(&mut self, msg: Fetch, _: &mut Self::Context) -> Self::Result {
         self.check_usable()?;
         Ok(self.records_in(&msg.uids)?.iter().map(MessageView::of).collect())
+    }
+}
+
+/// The uids of the visible messages, ascending: what an IMAP session numbers its messages by
+/// (4 bytes a message, not the records).
+#[derive(Message)]
+#[rtype(result = "Result<Vec<Uid>, MailError>")]
+pub struct ListUids;
+
+impl Handler<ListUids> for Mailbox {
+    type Result = Result<Vec<Uid>, MailError>;
+
+    fn handle(&mut self, _: ListUids, _: &mut Self::Context) -> Self::Result {
+        self.check_usable()?;
+        let mut uids = Vec::new();
+        self.visit_records_in(&UidSet::all(), |s| uids.push(s.record.uid.value))?;
+        Ok(uids)
     }
 }
 
