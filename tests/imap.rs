@@ -154,6 +154,89 @@ elif scenario == 'bad_input':
     out['plain_continued'] = raw_lines(s2, 'b2')
     s2.sendall(b'b3 AUTHENTICATE PLAIN ' + base64.b64encode(b'\0alice\0secret') + b'\r\n')
     out['plain_twice'] = raw_lines(s2, 'b3')
+elif scenario == 'messages':
+    def body_of(data):
+        """The literal of a FETCH answer (imaplib gives (head, literal) tuples)."""
+        for item in data:
+            if isinstance(item, tuple):
+                return item[1].decode('utf-8', 'replace')
+        return None
+    def fetched(data):
+        """Each FETCH line as text, literals left out."""
+        return [text(item[0]) if isinstance(item, tuple) else text(item) for item in data if item is not None]
+    lmtp_host, lmtp_port = args[0].rsplit(':', 1)
+    lmtp = smtplib.LMTP(lmtp_host, int(lmtp_port), timeout=30)
+    lmtp.ehlo('mta.example')
+    lmtp.mail('s@ext.example')
+    lmtp.rcpt('alice@example.org')
+    out['lmtp'] = lmtp.data(b'Subject: delivered\r\nFrom: s@ext.example\r\n\r\nby LMTP\r\n')[0]
+    lmtp.quit()
+
+    m = imaplib.IMAP4(host, port, timeout=30)
+    m.login('alice', 'secret')
+    out['capabilities'] = list(m.capabilities)
+    out['select'] = attempt(m.select, 'INBOX')
+    out['fetch_delivered'] = attempt(m.fetch, '1', '(UID FLAGS BODY.PEEK[])')
+    out['delivered_body'] = body_of(m.fetch('1', '(BODY.PEEK[])')[1])
+    message = b'Subject: appended\r\nX-Folded: one\r\n two\r\n\r\nfirst line\r\nsecond line\r\n'
+    out['append'] = attempt(m.append, 'INBOX', '(\\Flagged $Work)', '"02-Jan-2024 10:20:30 +0000"', message)
+    out['noop_exists'] = [attempt(m.noop), text(m.response('EXISTS'))]
+    out['fetch_meta'] = attempt(m.fetch, '1:*', '(UID FLAGS RFC822.SIZE INTERNALDATE)')
+    out['modseq'] = attempt(m.fetch, '2', '(MODSEQ)')
+    out['body'] = body_of(m.fetch('2', '(BODY.PEEK[])')[1])
+    out['partial'] = body_of(m.fetch('2', '(BODY.PEEK[]<9.8>)')[1])
+    out['partial_line'] = fetched(m.fetch('2', '(BODY.PEEK[]<9.8>)')[1])
+    out['header'] = body_of(m.fetch('2', '(BODY.PEEK[HEADER])')[1])
+    out['text'] = body_of(m.fetch('2', '(BODY.PEEK[TEXT])')[1])
+    out['fields'] = body_of(m.fetch('2', '(BODY.PEEK[HEADER.FIELDS (x-folded)])')[1])
+    out['rfc822_header'] = body_of(m.fetch('2', '(RFC822.HEADER)')[1])
+    out['flags_after_peek'] = attempt(m.fetch, '2', '(FLAGS)')
+    out['rfc822_text'] = body_of(m.fetch('2', '(RFC822.TEXT)')[1])
+    out['flags_after_text'] = attempt(m.fetch, '2', '(FLAGS)')
+    out['body_sets_seen'] = fetched(m.fetch('1', '(BODY[TEXT])')[1])
+    out['out_of_range'] = attempt(m.fetch, '3', '(FLAGS)')
+    out['uid_unknown'] = attempt(m.uid, 'FETCH', '99', '(FLAGS)')
+    out['envelope'] = attempt(m.fetch, '1', '(ENVELOPE)')
+    out['store_add'] = attempt(m.store, '1', '+FLAGS', '(\\Deleted $Done)')
+    out['store_remove'] = attempt(m.store, '1', '-FLAGS', '(\\Deleted)')
+    out['store_silent'] = attempt(m.store, '1', '+FLAGS.SILENT', '(\\Answered)')
+    out['store_replace'] = attempt(m.uid, 'STORE', '2', 'FLAGS', '(\\Seen)')
+    out['store_unchanged'] = attempt(m.xatom, 'STORE', '1:2', '(UNCHANGEDSINCE 1) +FLAGS', '(\\Draft)')
+    m.send(b'q1 STORE 1 +FLAGS ("not an atom")\r\n')
+    out['store_quoted'] = text(m.readline()).strip()
+    out['flags_end'] = attempt(m.fetch, '1:*', '(FLAGS)')
+    # Four more, then two of the six go: the numbers after each close up.
+    for i in range(3, 7):
+        m.append('INBOX', None, None, ('Subject: m%d\r\n\r\nbody %d\r\n' % (i, i)).encode())
+    out['exists_six'] = [attempt(m.noop), text(m.response('EXISTS'))]
+    m.store('2,4', '+FLAGS.SILENT', '(\\Deleted)')
+    out['expunge'] = attempt(m.expunge)
+    out['after_expunge'] = attempt(m.fetch, '1:*', '(UID)')
+    m.store('3', '+FLAGS.SILENT', '(\\Deleted)')
+    m.store('4', '+FLAGS.SILENT', '(\\Deleted)')
+    out['uid_expunge'] = [attempt(m.uid, 'EXPUNGE', '5'), text(m.response('EXPUNGE'))]
+    out['after_uid_expunge'] = attempt(m.fetch, '1:*', '(UID FLAGS)')
+    out['copy_missing'] = attempt(m.copy, '1', 'Archive')
+    out['append_missing'] = attempt(m.append, 'Nowhere', None, None, b'Subject: x\r\n\r\nx\r\n')
+    out['create'] = attempt(m.create, 'Archive')
+    out['copy'] = attempt(m.copy, '1:2', 'Archive')
+    out['move'] = [attempt(m.xatom, 'MOVE', '1', 'Archive'), text(m.response('OK')), text(m.response('EXPUNGE'))]
+    out['after_move'] = attempt(m.fetch, '1:*', '(UID)')
+    out['copy_within'] = attempt(m.uid, 'COPY', '6', 'INBOX')
+    out['exists_after_copy_within'] = [attempt(m.noop), text(m.response('EXISTS'))]
+    out['archive_status'] = attempt(m.status, 'Archive', '(MESSAGES UIDNEXT)')
+    out['select_archive'] = attempt(m.select, 'Archive')
+    out['archive_uids'] = attempt(m.fetch, '1:*', '(UID FLAGS)')
+    out['archive_body'] = body_of(m.fetch('1', '(BODY.PEEK[])')[1])
+    m.store('1', '+FLAGS.SILENT', '(\\Deleted)')
+    out['close'] = attempt(m.close)
+    out['archive_after_close'] = attempt(m.status, 'Archive', '(MESSAGES)')
+    out['examine'] = attempt(m.select, 'INBOX', True)
+    out['examine_store'] = attempt(m.store, '1', '+FLAGS', '(\\Deleted)')
+    out['examine_fetch'] = fetched(m.fetch('1', '(BODY[])')[1])
+    out['examine_flags'] = attempt(m.fetch, '1', '(FLAGS)')
+    out['examine_expunge'] = attempt(m.expunge)
+    out['logout'] = attempt(m.logout)
 elif scenario == 'starttls':
     context = ssl.create_default_context(cafile=args[0])
     context.check_hostname = False
@@ -310,13 +393,15 @@ fn a_mail_client_logs_in_lists_creates_selects_and_asks_status() {
         "ENABLE",
         "NAMESPACE",
         "UNSELECT",
+        "UIDPLUS",
+        "MOVE",
         "AUTH=PLAIN",
         "SASL-IR",
     ] {
         assert!(caps.iter().any(|c| c == cap), "{cap} missing from {caps:?}");
     }
     // Loopback, no certificate: no STARTTLS, and a password is taken in plaintext.
-    for absent in ["STARTTLS", "LOGINDISABLED", "IDLE", "CONDSTORE", "MOVE"] {
+    for absent in ["STARTTLS", "LOGINDISABLED", "IDLE", "CONDSTORE", "QRESYNC"] {
         assert!(!caps.iter().any(|c| c == absent), "{absent} advertised: {caps:?}");
     }
     expect(&out["wrong_password"], "ERROR", &["[AUTHENTICATIONFAILED]"]);
@@ -507,4 +592,186 @@ fn passwords_need_tls_where_plaintext_is_not_allowed() {
     );
     expect(&out["implicit_authenticate"], "OK", &[]);
     expect(&out["implicit_logout"], "BYE", &[]);
+}
+
+/// The FETCH lines of an `attempt` (imaplib's data: one string a message, or a list whose first
+/// item is the line before a literal).
+fn fetch_lines(result: &serde_json::Value) -> Vec<String> {
+    result[1]
+        .as_array()
+        .unwrap()
+        .iter()
+        .filter_map(|item| match item {
+            serde_json::Value::String(line) => Some(line.clone()),
+            serde_json::Value::Array(parts) => parts[0].as_str().map(str::to_string),
+            _ => None,
+        })
+        .collect()
+}
+
+#[test]
+fn a_mail_client_appends_fetches_stores_expunges_copies_and_moves() {
+    let mut n = imap_node("listen = \"127.0.0.1:0\"");
+    let imap = n.imap(1);
+    let lmtp = n.lmtp.clone();
+    let out = python(n.tmp.path(), &imap, "messages", &[&lmtp]);
+    let caps = strings(&out["capabilities"]);
+    for cap in ["UIDPLUS", "MOVE", "LITERAL+"] {
+        assert!(caps.iter().any(|c| c == cap), "{cap} missing from {caps:?}");
+    }
+    // The message LMTP delivered is message 1, whole.
+    expect(&out["select"], "OK", &["1"]);
+    expect(&out["fetch_delivered"], "OK", &["UID 1", "FLAGS ()"]);
+    // LMTP put its trace fields on top (RFC 5321 4.4).
+    let delivered = out["delivered_body"].as_str().unwrap();
+    assert!(delivered.starts_with("Return-Path: <s@ext.example>\r\n"), "{out}");
+    assert!(
+        delivered.ends_with("\r\nSubject: delivered\r\nFrom: s@ext.example\r\n\r\nby LMTP\r\n"),
+        "{out}"
+    );
+    // APPEND answers where the message went (RFC 4315), and NOOP tells of it.
+    let append = out["append"].to_string();
+    assert!(
+        append.contains("[APPENDUID ") && append.contains(" 2]"),
+        "{append}"
+    );
+    expect(&out["noop_exists"][0], "OK", &[]);
+    // SELECT's EXISTS 1, then the APPEND's own.
+    assert_eq!(out["noop_exists"][1][1], serde_json::json!(["1", "2"]), "{out}");
+    let meta = fetch_lines(&out["fetch_meta"]);
+    assert_eq!(meta.len(), 2, "{out}");
+    assert!(meta[1].contains("UID 2"), "{meta:?}");
+    assert!(
+        meta[1].contains("\\Flagged") && meta[1].contains("$Work"),
+        "{meta:?}"
+    );
+    let appended = "Subject: appended\r\nX-Folded: one\r\n two\r\n\r\nfirst line\r\nsecond line\r\n";
+    assert!(
+        meta[1].contains(&format!("RFC822.SIZE {}", appended.len())),
+        "{meta:?}"
+    );
+    assert!(
+        meta[1].contains("INTERNALDATE \"02-Jan-2024 10:20:30 +0000\""),
+        "{meta:?}"
+    );
+    expect(&out["modseq"], "OK", &["MODSEQ ("]);
+    assert_eq!(out["body"].as_str().unwrap(), appended, "{out}");
+    assert_eq!(out["partial"].as_str().unwrap(), &appended[9..17], "{out}");
+    assert!(
+        out["partial_line"][0].as_str().unwrap().contains("BODY[]<9>"),
+        "{out}"
+    );
+    let header = "Subject: appended\r\nX-Folded: one\r\n two\r\n\r\n";
+    assert_eq!(out["header"].as_str().unwrap(), header, "{out}");
+    assert_eq!(
+        out["text"].as_str().unwrap(),
+        "first line\r\nsecond line\r\n",
+        "{out}"
+    );
+    assert_eq!(
+        out["fields"].as_str().unwrap(),
+        "X-Folded: one\r\n two\r\n\r\n",
+        "{out}"
+    );
+    assert_eq!(out["rfc822_header"].as_str().unwrap(), header, "{out}");
+    // PEEK and RFC822.HEADER leave \Seen alone; RFC822.TEXT and BODY[...] set it.
+    let peeked = out["flags_after_peek"].to_string();
+    assert!(!peeked.contains("\\\\Seen"), "{peeked}");
+    expect(&out["flags_after_text"], "OK", &["\\\\Seen"]);
+    assert!(
+        out["body_sets_seen"][0].as_str().unwrap().contains("\\Seen"),
+        "{out}"
+    );
+    // A number past the last message is refused; an unknown uid is no message at all.
+    expect(&out["out_of_range"], "ERROR", &["out of range"]);
+    expect(&out["uid_unknown"], "OK", &[]);
+    assert_eq!(out["uid_unknown"][1], serde_json::json!([null]), "{out}");
+    expect(&out["envelope"], "ERROR", &["ENVELOPE"]);
+    // STORE answers with the flags after it, unless silent.
+    expect(&out["store_add"], "OK", &["\\\\Deleted", "$Done"]);
+    let removed = out["store_remove"].to_string();
+    assert!(
+        removed.contains("$Done") && !removed.contains("\\\\Deleted"),
+        "{removed}"
+    );
+    assert_eq!(out["store_silent"], serde_json::json!(["OK", [null]]), "{out}");
+    let replaced = fetch_lines(&out["store_replace"]);
+    assert_eq!(replaced.len(), 1, "{out}");
+    assert!(
+        replaced[0].contains("FLAGS (\\Seen)") && replaced[0].contains("UID 2"),
+        "{replaced:?}"
+    );
+    // Both changed after modseq 1: left alone, and named.
+    expect(&out["store_unchanged"], "OK", &["[MODIFIED 1:2]"]);
+    assert!(
+        out["store_quoted"].as_str().unwrap().starts_with("q1 BAD"),
+        "{out}"
+    );
+    let flags_end = fetch_lines(&out["flags_end"]);
+    assert!(
+        flags_end[0].contains("\\Answered") && !flags_end[0].contains("\\Draft"),
+        "{flags_end:?}"
+    );
+    // Each APPEND to the selected mailbox is told at once (EXISTS 3, 4, 5, 6).
+    assert_eq!(
+        out["exists_six"][1][1],
+        serde_json::json!(["3", "4", "5", "6"]),
+        "{out}"
+    );
+    // Messages 2 and 4 go: announced as 2, then 3 (the old 4, renumbered after the first).
+    assert_eq!(out["expunge"], serde_json::json!(["OK", ["2", "3"]]), "{out}");
+    let uids: Vec<String> = fetch_lines(&out["after_expunge"]);
+    assert_eq!(
+        uids,
+        ["1 (UID 1)", "2 (UID 3)", "3 (UID 5)", "4 (UID 6)"],
+        "{out}"
+    );
+    // UID EXPUNGE 5 takes uid 5 (message 3) only, though message 4 has \Deleted too.
+    assert_eq!(out["uid_expunge"][1][1], serde_json::json!(["3"]), "{out}");
+    let left = fetch_lines(&out["after_uid_expunge"]);
+    assert_eq!(left.len(), 3, "{left:?}");
+    assert!(
+        left[2].contains("UID 6") && left[2].contains("\\Deleted"),
+        "{left:?}"
+    );
+    expect(&out["copy_missing"], "NO", &["[TRYCREATE]"]);
+    expect(&out["append_missing"], "NO", &["[TRYCREATE]"]);
+    expect(&out["create"], "OK", &[]);
+    expect(&out["copy"], "OK", &["[COPYUID ", " 1,3 1:2]"]);
+    expect(&out["move"][0], "OK", &[]);
+    assert!(out["move"][1].to_string().contains("[COPYUID "), "{out}");
+    assert!(out["move"][1].to_string().contains(" 1 3]"), "{out}");
+    assert_eq!(out["move"][2][1], serde_json::json!(["1"]), "{out}");
+    assert_eq!(
+        fetch_lines(&out["after_move"]),
+        ["1 (UID 3)", "2 (UID 6)"],
+        "{out}"
+    );
+    // A copy into the selected mailbox is a new message there, told at the next command.
+    expect(&out["copy_within"], "OK", &[]);
+    assert_eq!(
+        out["exists_after_copy_within"][1][1],
+        serde_json::json!(["3"]),
+        "{out}"
+    );
+    expect(&out["archive_status"], "OK", &["MESSAGES 3", "UIDNEXT 4"]);
+    expect(&out["select_archive"], "OK", &["3"]);
+    let archive = fetch_lines(&out["archive_uids"]);
+    assert_eq!(archive.len(), 3, "{archive:?}");
+    assert_eq!(out["archive_body"].as_str().unwrap(), delivered, "{out}");
+    // CLOSE expunges the \Deleted message, silently.
+    expect(&out["close"], "OK", &[]);
+    expect(&out["archive_after_close"], "OK", &["MESSAGES 2"]);
+    // EXAMINE: nothing changes, and BODY[] does not set \Seen.
+    expect(&out["examine"], "OK", &["3"]);
+    expect(&out["examine_store"], "NO", &["[READ-ONLY]"]);
+    assert!(
+        !out["examine_fetch"][0].as_str().unwrap().contains("FLAGS"),
+        "{out}"
+    );
+    let examined = out["examine_flags"].to_string();
+    assert!(!examined.contains("\\\\Seen"), "{examined}");
+    expect(&out["examine_expunge"], "NO", &["[READ-ONLY]"]);
+    expect(&out["logout"], "BYE", &[]);
+    assert!(n.node.is_running());
 }

@@ -69,6 +69,7 @@ pub fn run(loaded: Loaded, config_path: Option<&Path>) -> Result<(), Error> {
         let max_frame = options.limits.max_message_bytes + FRAME_OVERHEAD;
         let socket_dir = options.data_dir.clone();
         let max_script_bytes = options.limits.max_script_bytes;
+        let max_message_bytes = options.limits.max_message_bytes;
         let node = LocalNode::start_replicating(options, node_env()?, engine_transport)?;
         if let Some(transport) = &transport {
             transport.start(node.inbound.clone());
@@ -109,7 +110,7 @@ pub fn run(loaded: Loaded, config_path: Option<&Path>) -> Result<(), Error> {
         let imap_server = match &imap {
             Some(imap) => {
                 let directory = node.borrow().directory.clone();
-                let server = ImapServer::start(imap, auth.clone(), directory).await?;
+                let server = ImapServer::start(imap, auth.clone(), directory, max_message_bytes).await?;
                 handle.front_ends.listeners.extend(server.stats());
                 Some(server)
             }

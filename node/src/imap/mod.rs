@@ -7,14 +7,21 @@
 //! - [`session`]: one connection: the RFC 3501 states, logins through [`crate::auth`]
 //!   (refused before TLS unless the listener allows a password in plaintext), STARTTLS, and the
 //!   mailbox commands, carried out with Directory and Mailbox actor messages;
+//! - [`messages`]: the commands on messages of the selected mailbox (FETCH, STORE, EXPUNGE,
+//!   APPEND, COPY, MOVE) and the untagged EXISTS/EXPUNGE that keep the client's numbers in step
+//!   with the session's [`sequence`] map; [`message`] cuts a raw message into what FETCH names;
 //! - this module: `[imap]`'s options and the server a node runs (one listener with STARTTLS,
 //!   one with implicit TLS, either or both).
 //!
 //! Flow: listener (`crate::listener`) → session → Directory (`ListMailboxes`, `CreateMailbox`,
 //! `DeleteMailbox`, `RenameMailbox`, `Subscribe`, `ListSubscriptions`, `OpenMailbox`) →
-//! Mailbox (`GetState`). Nothing in `actors/` knows IMAP syntax.
+//! Mailbox (`GetState`, `ListUids`, `Fetch`, `FetchBody`, `StoreFlags`, `Expunge`, `Append`,
+//! `Transfer`). Nothing in `actors/` knows IMAP syntax.
 
+pub mod message;
+pub mod messages;
 pub mod protocol;
+pub mod sequence;
 pub mod session;
 #[cfg(test)]
 mod tests;
@@ -58,6 +65,9 @@ pub struct ImapContext {
     pub tls: Option<ServerTls>,
     pub tls_options: ListenerTlsOptions,
     pub directory: Addr<Directory>,
+    /// The longest command after a login: an APPEND's message (`limits.max_message_bytes`)
+    /// with room for the command around it.
+    pub max_command_bytes: u32,
 }
 
 /// The running IMAP listeners.
@@ -70,7 +80,10 @@ impl ImapServer {
         options: &ImapOptions,
         auth: Authenticator,
         directory: Addr<Directory>,
+        max_message_bytes: u64,
     ) -> Result<ImapServer, Error> {
+        let max_command_bytes =
+            u32::try_from(max_message_bytes.saturating_add(session::COMMAND_ROOM)).unwrap_or(u32::MAX);
         let mut listeners = Vec::new();
         for one in &options.listeners {
             let tls = match &one.tls.files {
@@ -85,6 +98,7 @@ impl ImapServer {
                 tls: if implicit { None } else { tls.clone() },
                 tls_options: one.tls.clone(),
                 directory: directory.clone(),
+                max_command_bytes,
             });
             let spec = ListenerSpec {
                 protocol: "imap",

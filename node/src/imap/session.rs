@@ -23,6 +23,7 @@ use imap_codec::imap_types::mailbox::{ListMailbox, Mailbox as ImapMailbox};
 use imap_codec::imap_types::response::{Bye, Capability, Code, Data, Greeting, Response, Status, StatusKind};
 use imap_codec::imap_types::status::{StatusDataItem, StatusDataItemName};
 use imap_codec::GreetingCodec;
+use mailmesh_actors::directory::OpenedMailbox;
 use mailmesh_actors::directory::{
     CreateMailbox, DeleteMailbox, ListMailboxes, ListSubscriptions, OpenMailbox, RenameMailbox, Subscribe,
 };
@@ -31,6 +32,7 @@ use mailmesh_actors::MailError;
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tracing::info;
 
+use super::messages::{self, Selected};
 use super::protocol::{continuation, encode, other_code, status, Event, Expect, Machine};
 use super::ImapContext;
 use crate::auth::sasl::{self, Credentials};
@@ -45,10 +47,12 @@ const READ_CHUNK: usize = 16 * 1024;
 /// The longest command (line and literals) before a login: LOGIN's and AUTHENTICATE's
 /// arguments are small, so a connection that has not logged in holds little memory.
 pub const MAX_MESSAGE_BEFORE_LOGIN: u32 = 8 * 1024;
-/// The longest command after a login (no command taken so far carries a message).
-pub const MAX_MESSAGE_AFTER_LOGIN: u32 = 64 * 1024;
-/// Responses gathered beyond this are written before the next command is carried out.
-const FLUSH_AT: usize = 64 * 1024;
+/// Room for an APPEND's command line around its message: the limit after a login is
+/// `limits.max_message_bytes` plus this ([`super::ImapContext::max_command_bytes`]).
+pub const COMMAND_ROOM: u64 = 64 * 1024;
+/// Responses gathered beyond this are written before the next command is carried out (and
+/// within a FETCH, between messages).
+pub(super) const FLUSH_AT: usize = 64 * 1024;
 /// The hierarchy separator of mailbox names (the store's own, `names::HIERARCHY_SEPARATOR`).
 const SEPARATOR: char = mailmesh_protocol::names::HIERARCHY_SEPARATOR;
 
@@ -63,13 +67,6 @@ pub enum State {
         user: String,
         mailbox: Selected,
     },
-}
-
-/// The selected mailbox.
-#[derive(Debug)]
-pub struct Selected {
-    pub name: String,
-    pub read_only: bool,
 }
 
 impl State {
@@ -134,7 +131,7 @@ pub async fn serve(mut conn: Connection, peer: Peer, ctx: Rc<ImapContext>) {
                     Flow::Continue
                 }
                 Event::Command(command) => {
-                    let flow = command_flow(&ctx, &peer, &conn, &mut state, command, &mut out).await;
+                    let flow = command_flow(&ctx, &peer, &mut conn, &mut state, command, &mut out).await;
                     if let State::Authenticating(_) = state {
                         machine.expect(Expect::AuthenticateData);
                     }
@@ -161,7 +158,7 @@ pub async fn serve(mut conn: Connection, peer: Peer, ctx: Rc<ImapContext>) {
                 }
             }
             machine.set_max_message(match state.user() {
-                Some(_) => MAX_MESSAGE_AFTER_LOGIN,
+                Some(_) => ctx.max_command_bytes,
                 None => MAX_MESSAGE_BEFORE_LOGIN,
             });
             if out.len() >= FLUSH_AT && write(&mut conn, &mut out).await.is_err() {
@@ -184,7 +181,7 @@ pub async fn serve(mut conn: Connection, peer: Peer, ctx: Rc<ImapContext>) {
     }
 }
 
-async fn write(conn: &mut Connection, out: &mut Vec<u8>) -> std::io::Result<()> {
+pub(super) async fn write(conn: &mut Connection, out: &mut Vec<u8>) -> std::io::Result<()> {
     let result = tokio::time::timeout(IDLE_TIMEOUT, async {
         conn.write_all(out).await?;
         conn.flush().await
@@ -199,7 +196,7 @@ fn tagged(tag: &Tag<'static>, kind: StatusKind, code: Option<Code<'static>>, tex
     encode(&status(Some(tag.clone()), kind, code, text.to_string()), out);
 }
 
-fn untagged(data: Data<'_>, out: &mut Vec<u8>) {
+pub(super) fn untagged(data: Data<'_>, out: &mut Vec<u8>) {
     encode(&Response::Data(data), out);
 }
 
@@ -212,35 +209,35 @@ fn bye(text: &'static str, out: &mut Vec<u8>) {
 }
 
 /// A command's outcome: the tagged status to send.
-struct Outcome {
+pub(super) struct Outcome {
     kind: StatusKind,
     code: Option<Code<'static>>,
     text: String,
 }
 
 impl Outcome {
-    fn ok(text: impl Into<String>) -> Outcome {
+    pub(super) fn ok(text: impl Into<String>) -> Outcome {
         Outcome {
             kind: StatusKind::Ok,
             code: None,
             text: text.into(),
         }
     }
-    fn no(text: impl Into<String>) -> Outcome {
+    pub(super) fn no(text: impl Into<String>) -> Outcome {
         Outcome {
             kind: StatusKind::No,
             code: None,
             text: text.into(),
         }
     }
-    fn bad(text: impl Into<String>) -> Outcome {
+    pub(super) fn bad(text: impl Into<String>) -> Outcome {
         Outcome {
             kind: StatusKind::Bad,
             code: None,
             text: text.into(),
         }
     }
-    fn with_code(mut self, code: Code<'static>) -> Outcome {
+    pub(super) fn with_code(mut self, code: Code<'static>) -> Outcome {
         self.code = Some(code);
         self
     }
@@ -249,7 +246,7 @@ impl Outcome {
 async fn command_flow(
     ctx: &ImapContext,
     peer: &Peer,
-    conn: &Connection,
+    conn: &mut Connection,
     state: &mut State,
     command: Command<'static>,
     out: &mut Vec<u8>,
@@ -344,7 +341,7 @@ async fn command_flow(
         }
         other => match state.user().map(str::to_string) {
             None => Outcome::bad(format!("{} needs a login first", other.name())),
-            Some(user) => authenticated_command(ctx, &user, state, other, out).await,
+            Some(user) => authenticated_command(ctx, &user, conn, state, other, out).await,
         },
     };
     let code = outcome.code.clone();
@@ -407,6 +404,31 @@ async fn finish_login(
 async fn authenticated_command(
     ctx: &ImapContext,
     user: &str,
+    conn: &mut Connection,
+    state: &mut State,
+    body: CommandBody<'static>,
+    out: &mut Vec<u8>,
+) -> Outcome {
+    // RFC 3501 7.4.1: no untagged EXPUNGE while answering FETCH, STORE or SEARCH (the client
+    // could not tell which message a number meant).
+    let expunges_allowed = !matches!(
+        body,
+        CommandBody::Fetch { .. } | CommandBody::Store { .. } | CommandBody::Search { .. }
+    );
+    let outcome = selected_or_authenticated(ctx, user, conn, state, body, out).await;
+    if let State::Selected { mailbox, .. } = state {
+        // What other sessions, deliveries and this command added or took away, told now.
+        if let Err(e) = mailbox.refresh(expunges_allowed, out).await {
+            info!(mailbox = %mailbox.name, error = %e, "imap session could not bring its message numbers up to date");
+        }
+    }
+    outcome
+}
+
+async fn selected_or_authenticated(
+    ctx: &ImapContext,
+    user: &str,
+    conn: &mut Connection,
     state: &mut State,
     body: CommandBody<'static>,
     out: &mut Vec<u8>,
@@ -453,20 +475,104 @@ async fn authenticated_command(
         }
         CommandBody::Select { mailbox, .. } => select(ctx, user, state, &mailbox, false, out).await,
         CommandBody::Examine { mailbox, .. } => select(ctx, user, state, &mailbox, true, out).await,
+        CommandBody::Append {
+            mailbox,
+            flags,
+            date,
+            message,
+        } => messages::append(ctx, user, &mailbox, &flags, date.as_ref(), message).await,
         CommandBody::Check if matches!(state, State::Selected { .. }) => Ok(Outcome::ok("CHECK completed")),
-        CommandBody::Unselect | CommandBody::Close if matches!(state, State::Selected { .. }) => {
-            // Nothing is marked \Deleted through this server yet (no STORE), so CLOSE has
-            // nothing to expunge and is UNSELECT.
+        body @ (CommandBody::Unselect | CommandBody::Close) if matches!(state, State::Selected { .. }) => {
             let previous = std::mem::replace(state, State::Authenticated(user.to_string()));
-            let text = match previous {
-                State::Selected { mailbox, .. } if mailbox.read_only => {
-                    format!("{} closed (it was examined)", mailbox.name)
-                }
-                State::Selected { mailbox, .. } => format!("{} closed", mailbox.name),
-                _ => "closed".to_string(),
+            let State::Selected { mailbox, .. } = previous else {
+                unreachable!("matched as selected above")
             };
-            Ok(Outcome::ok(text))
+            // RFC 3501 6.4.2: CLOSE expunges the \Deleted messages silently, unless the
+            // mailbox was examined; UNSELECT (RFC 3691) never does.
+            let expunged = if matches!(body, CommandBody::Close) {
+                messages::expunge_silently(&mailbox).await
+            } else {
+                Ok(())
+            };
+            expunged.map(|()| {
+                Outcome::ok(if mailbox.read_only {
+                    format!("{} closed (it was examined)", mailbox.name)
+                } else {
+                    format!("{} closed", mailbox.name)
+                })
+            })
         }
+        CommandBody::Fetch {
+            sequence_set,
+            macro_or_item_names,
+            uid,
+            modifiers,
+        } => match state {
+            State::Selected { mailbox, .. } => {
+                messages::fetch(
+                    conn,
+                    mailbox,
+                    &sequence_set,
+                    macro_or_item_names,
+                    uid,
+                    modifiers,
+                    out,
+                )
+                .await
+            }
+            _ => Ok(Outcome::bad("no mailbox is selected")),
+        },
+        CommandBody::Store {
+            sequence_set,
+            kind,
+            response,
+            flags,
+            uid,
+            modifiers,
+        } => match state {
+            State::Selected { mailbox, .. } => {
+                messages::store(
+                    mailbox,
+                    &sequence_set,
+                    kind,
+                    response,
+                    &flags,
+                    uid,
+                    &modifiers,
+                    out,
+                )
+                .await
+            }
+            _ => Ok(Outcome::bad("no mailbox is selected")),
+        },
+        CommandBody::Expunge => match state {
+            State::Selected { mailbox, .. } => messages::expunge(mailbox, None, out).await,
+            _ => Ok(Outcome::bad("no mailbox is selected")),
+        },
+        CommandBody::ExpungeUid { sequence_set } => match state {
+            State::Selected { mailbox, .. } => messages::expunge(mailbox, Some(&sequence_set), out).await,
+            _ => Ok(Outcome::bad("no mailbox is selected")),
+        },
+        CommandBody::Copy {
+            sequence_set,
+            mailbox: target,
+            uid,
+        } => match state {
+            State::Selected { mailbox, .. } => {
+                messages::transfer(ctx, user, mailbox, &sequence_set, &target, uid, false, out).await
+            }
+            _ => Ok(Outcome::bad("no mailbox is selected")),
+        },
+        CommandBody::Move {
+            sequence_set,
+            mailbox: target,
+            uid,
+        } => match state {
+            State::Selected { mailbox, .. } => {
+                messages::transfer(ctx, user, mailbox, &sequence_set, &target, uid, true, out).await
+            }
+            _ => Ok(Outcome::bad("no mailbox is selected")),
+        },
         CommandBody::Check | CommandBody::Unselect | CommandBody::Close => {
             Ok(Outcome::bad("no mailbox is selected"))
         }
@@ -626,7 +732,12 @@ async fn list(
     Ok(Outcome::ok(format!("{command} completed")))
 }
 
-async fn mailbox_state(ctx: &ImapContext, user: &str, name: &str) -> Result<MailboxState, MailError> {
+/// The mailbox's actor, INBOX made first if the user has none yet.
+pub(super) async fn open_mailbox(
+    ctx: &ImapContext,
+    user: &str,
+    name: &str,
+) -> Result<OpenedMailbox, MailError> {
     let open = || OpenMailbox {
         user: user.to_string(),
         name: name.to_string(),
@@ -651,7 +762,11 @@ async fn mailbox_state(ctx: &ImapContext, user: &str, name: &str) -> Result<Mail
         }
         other => other?,
     };
-    opened.addr.send(GetState).await?
+    Ok(opened)
+}
+
+async fn mailbox_state(ctx: &ImapContext, user: &str, name: &str) -> Result<MailboxState, MailError> {
+    open_mailbox(ctx, user, name).await?.addr.send(GetState).await?
 }
 
 async fn status_command(
@@ -702,7 +817,7 @@ async fn select(
     // RFC 3501 6.3.1: a SELECT deselects the current mailbox first, even when it then fails.
     *state = State::Authenticated(user.to_string());
     let name = mailbox_name(mailbox)?;
-    let mailbox_state = mailbox_state(ctx, user, &name).await?;
+    let (selected, mailbox_state) = Selected::open(ctx, user, name, read_only).await?;
     let system = [
         Flag::Answered,
         Flag::Flagged,
@@ -711,13 +826,14 @@ async fn select(
         Flag::Draft,
     ];
     untagged(Data::Flags(system.to_vec()), out);
-    untagged(Data::Exists(clamp(mailbox_state.exists)), out);
+    // The count of the session's own map: its numbers are what later commands name.
+    untagged(Data::Exists(selected.map.len()), out);
     untagged(Data::Recent(0), out);
     let mut codes = Vec::new();
     if let Some(uidvalidity) = NonZeroU32::new(mailbox_state.uidvalidity.0) {
         codes.push(Code::UidValidity(uidvalidity));
     }
-    if let Some(uidnext) = NonZeroU32::new(mailbox_state.uidnext.0) {
+    if let Some(uidnext) = NonZeroU32::new(selected.uidnext) {
         codes.push(Code::UidNext(uidnext));
     }
     if let Some(modseq) = NonZeroU64::new(mailbox_state.highestmodseq.0) {
@@ -739,7 +855,7 @@ async fn select(
     }
     *state = State::Selected {
         user: user.to_string(),
-        mailbox: Selected { name, read_only },
+        mailbox: selected,
     };
     Ok(if read_only {
         Outcome::ok("EXAMINE completed").with_code(Code::ReadOnly)
@@ -762,6 +878,8 @@ fn refusal(error: MailError) -> Outcome {
             Outcome::no(format!("{text}; try again later")).with_code(other_code("UNAVAILABLE"))
         }
         MailError::NotHeldHere { .. } => Outcome::no(text).with_code(other_code("UNAVAILABLE")),
+        MailError::MessageTooLarge { .. } => Outcome::no(text).with_code(Code::TooBig),
+        MailError::EmptyMessage => Outcome::no(text).with_code(other_code("CANNOT")),
         _ => Outcome::no(text),
     }
 }
@@ -769,7 +887,7 @@ fn refusal(error: MailError) -> Outcome {
 /// A mailbox name as the store spells it. IMAP4rev1 names are modified UTF-7 (RFC 3501
 /// 5.1.3); names are taken as they come, so ASCII names (all that a client sends for ASCII)
 /// mean the same on both sides.
-fn mailbox_name(mailbox: &ImapMailbox<'_>) -> Result<String, MailError> {
+pub(super) fn mailbox_name(mailbox: &ImapMailbox<'_>) -> Result<String, MailError> {
     match mailbox {
         ImapMailbox::Inbox => Ok("INBOX".to_string()),
         ImapMailbox::Other(other) => utf8(other.as_ref()),
@@ -843,6 +961,8 @@ impl ImapContext {
         ];
         caps.push(Capability::Namespace);
         caps.push(Capability::Unselect);
+        caps.push(Capability::UidPlus);
+        caps.push(Capability::Move);
         if state.user().is_none() {
             if self.tls.is_some() && !conn.is_tls() {
                 caps.push(Capability::StartTls);

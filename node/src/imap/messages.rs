@@ -1,0 +1,841 @@
+//! The commands on messages: FETCH, STORE, EXPUNGE (and UID EXPUNGE, CLOSE's expunge), APPEND,
+//! COPY and MOVE, and the untagged EXISTS/EXPUNGE that keep the session's [`SequenceMap`] and
+//! the client's numbering in step.
+//!
+//! Everything goes through Mailbox actor messages: `ListUids` (the map at SELECT), `GetState`
+//! and `Fetch` (what is new), `FetchBody` (one message's bytes at a time: a FETCH of many
+//! bodies holds one), `StoreFlags`, `Expunge`, `Append`, `Transfer`. A FETCH walks the messages
+//! in chunks of [`FETCH_CHUNK`] and writes what it gathered once it passes the session's flush
+//! size, so its memory does not grow with the mailbox.
+
+use std::num::{NonZeroU32, NonZeroU64};
+
+use actix::Addr;
+use imap_codec::imap_types::command::{FetchModifier, StoreModifier};
+use imap_codec::imap_types::core::{IString, Literal, NString, Vec1};
+use imap_codec::imap_types::datetime::DateTime;
+use imap_codec::imap_types::extensions::binary::LiteralOrLiteral8;
+use imap_codec::imap_types::extensions::uidplus::{UidElement, UidSet as ImapUidSet};
+use imap_codec::imap_types::fetch::{
+    Macro, MacroOrMessageDataItemNames, MessageDataItem, MessageDataItemName, Section,
+};
+use imap_codec::imap_types::flag::{Flag as ImapFlag, FlagFetch, StoreResponse, StoreType};
+use imap_codec::imap_types::mailbox::Mailbox as ImapMailbox;
+use imap_codec::imap_types::response::{Code, Data, StatusKind};
+use imap_codec::imap_types::sequence::{SeqOrUid, Sequence, SequenceSet};
+use imap_codec::imap_types::IntoStatic;
+use mailmesh_actors::mailbox::{
+    Append, Expunge, ExpungeMode, Fetch, FetchBody, FlagAction, GetState, ListUids, Mailbox, MailboxState,
+    MessageView, StoreFlags, Transfer,
+};
+use mailmesh_actors::uid_set::UidSet;
+use mailmesh_actors::MailError;
+use mailmesh_protocol::ids::{MailboxId, ModSeq, Uid};
+use tracing::warn;
+
+use super::message;
+use super::protocol::{encode, status};
+use super::sequence::SequenceMap;
+use super::session::{open_mailbox, untagged, write, Outcome, FLUSH_AT};
+use super::ImapContext;
+use crate::client_tls::Connection;
+
+/// Messages whose records a FETCH asks the actor for at once.
+pub const FETCH_CHUNK: usize = 512;
+
+/// The selected mailbox and what the session has told the client of it.
+pub struct Selected {
+    pub name: String,
+    pub read_only: bool,
+    pub id: MailboxId,
+    pub addr: Addr<Mailbox>,
+    /// The messages the client knows, by sequence number.
+    pub map: SequenceMap,
+    /// The mailbox's UIDNEXT when the map was last brought up to date: a message with a uid at
+    /// or above it is new to the session.
+    pub uidnext: u32,
+}
+
+impl std::fmt::Debug for Selected {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Selected")
+            .field("name", &self.name)
+            .field("read_only", &self.read_only)
+            .field("id", &self.id)
+            .field("exists", &self.map.len())
+            .field("uidnext", &self.uidnext)
+            .finish()
+    }
+}
+
+impl Selected {
+    /// The map as the store has it now (SELECT and EXAMINE), with the mailbox's state.
+    pub async fn open(
+        ctx: &ImapContext,
+        user: &str,
+        name: String,
+        read_only: bool,
+    ) -> Result<(Selected, MailboxState), MailError> {
+        let opened = open_mailbox(ctx, user, &name).await?;
+        let addr = opened.addr;
+        let state = addr.send(GetState).await??;
+        let uids: Vec<u32> = addr.send(ListUids).await??.into_iter().map(|u| u.0).collect();
+        let map = SequenceMap::new(uids);
+        // A message committed between the two reads is listed and counted: either way it is in
+        // the map once, and later uids are new.
+        let uidnext = state.uidnext.0.max(map.last_uid().saturating_add(1));
+        let selected = Selected {
+            name,
+            read_only,
+            id: opened.info.id,
+            addr,
+            map,
+            uidnext,
+        };
+        Ok((selected, state))
+    }
+
+    /// Brings the map up to date with the store after a command and tells the client: EXPUNGE
+    /// for each message gone (only where `expunges_allowed`: RFC 3501 7.4.1 forbids them during
+    /// FETCH, STORE and SEARCH), then EXISTS when messages came.
+    pub async fn refresh(&mut self, expunges_allowed: bool, out: &mut Vec<u8>) -> Result<(), MailError> {
+        let state = self.addr.send(GetState).await??;
+        let mut fresh: Vec<u32> = Vec::new();
+        if state.uidnext.0 > self.uidnext {
+            let range = UidSet::range(Uid(self.uidnext), Uid(state.uidnext.0 - 1));
+            fresh = self
+                .addr
+                .send(Fetch { uids: range })
+                .await??
+                .into_iter()
+                .map(|v| v.uid.0)
+                .collect();
+            self.uidnext = state.uidnext.0;
+        }
+        if expunges_allowed && state.exists != u64::from(self.map.len()) + fresh.len() as u64 {
+            // Some message the session knows is gone (another session's expunge or move, or
+            // replication's): the listing says which.
+            let listed: Vec<u32> = self
+                .addr
+                .send(ListUids)
+                .await??
+                .into_iter()
+                .map(|u| u.0)
+                .collect();
+            let gone: Vec<u32> = self
+                .map
+                .uids()
+                .iter()
+                .copied()
+                .filter(|u| listed.binary_search(u).is_err())
+                .collect();
+            for seq in self.map.remove_all(&gone) {
+                untagged(Data::Expunge(nonzero(seq)), out);
+            }
+            let last = self.map.last_uid();
+            fresh = listed.into_iter().filter(|&u| u > last).collect();
+            self.uidnext = self.uidnext.max(fresh.last().map_or(0, |u| u + 1));
+        }
+        let mut grew = false;
+        for uid in fresh {
+            grew |= self.map.push(uid);
+        }
+        if grew {
+            untagged(Data::Exists(self.map.len()), out);
+        }
+        Ok(())
+    }
+
+    fn resolve(&self, set: &SequenceSet, uid: bool) -> Result<Vec<u32>, Outcome> {
+        self.map
+            .resolve(set, uid)
+            .map_err(|e| Outcome::bad(e.to_string()))
+    }
+
+    fn writable(&self) -> Result<(), Outcome> {
+        if self.read_only {
+            Err(
+                Outcome::no(format!("{} is selected read-only (EXAMINE)", self.name))
+                    .with_code(Code::ReadOnly),
+            )
+        } else {
+            Ok(())
+        }
+    }
+}
+
+/// Which part of a message a body item sends.
+#[derive(Clone, Debug)]
+enum Part {
+    /// `BODY[]`, `RFC822`.
+    Whole,
+    Header,
+    Text,
+    HeaderFields {
+        names: Vec<Vec<u8>>,
+        not: bool,
+    },
+}
+
+#[derive(Clone, Debug)]
+enum BodyReply {
+    /// `BODY[section]<origin>`.
+    Body {
+        section: Option<Section<'static>>,
+        partial: Option<(u32, NonZeroU32)>,
+    },
+    Rfc822,
+    Rfc822Header,
+    Rfc822Text,
+}
+
+#[derive(Clone, Debug)]
+struct BodyItem {
+    part: Part,
+    reply: BodyReply,
+}
+
+/// What a FETCH asks for, checked before any of it is answered.
+#[derive(Default)]
+struct FetchPlan {
+    uid: bool,
+    flags: bool,
+    internaldate: bool,
+    size: bool,
+    modseq: bool,
+    bodies: Vec<BodyItem>,
+    /// A body item without PEEK: the messages get \Seen (RFC 3501 6.4.5).
+    sets_seen: bool,
+    changed_since: Option<u64>,
+}
+
+fn plan(
+    names: MacroOrMessageDataItemNames<'static>,
+    uid: bool,
+    modifiers: Vec<FetchModifier>,
+) -> Result<FetchPlan, Outcome> {
+    let names = match names {
+        MacroOrMessageDataItemNames::Macro(Macro::Fast) => vec![
+            MessageDataItemName::Flags,
+            MessageDataItemName::InternalDate,
+            MessageDataItemName::Rfc822Size,
+        ],
+        MacroOrMessageDataItemNames::Macro(m) => {
+            return Err(Outcome::bad(format!(
+                "FETCH {m} needs ENVELOPE, which this server does not send yet"
+            )))
+        }
+        MacroOrMessageDataItemNames::MessageDataItemNames(names) => names,
+    };
+    let mut plan = FetchPlan {
+        // RFC 3501 6.4.8: a UID FETCH answers with UID whether or not it was asked.
+        uid,
+        ..FetchPlan::default()
+    };
+    for modifier in modifiers {
+        match modifier {
+            FetchModifier::ChangedSince(since) => {
+                plan.changed_since = Some(since.get());
+                // RFC 7162 3.1.4.1: CHANGEDSINCE implies MODSEQ.
+                plan.modseq = true;
+            }
+            FetchModifier::Vanished => {
+                return Err(Outcome::bad("VANISHED needs QRESYNC, which is not enabled"))
+            }
+        }
+    }
+    for name in names {
+        match name {
+            MessageDataItemName::Uid => plan.uid = true,
+            MessageDataItemName::Flags => plan.flags = true,
+            MessageDataItemName::InternalDate => plan.internaldate = true,
+            MessageDataItemName::Rfc822Size => plan.size = true,
+            MessageDataItemName::ModSeq => plan.modseq = true,
+            MessageDataItemName::Rfc822 => {
+                plan.sets_seen = true;
+                plan.bodies.push(BodyItem {
+                    part: Part::Whole,
+                    reply: BodyReply::Rfc822,
+                });
+            }
+            MessageDataItemName::Rfc822Header => plan.bodies.push(BodyItem {
+                part: Part::Header,
+                reply: BodyReply::Rfc822Header,
+            }),
+            MessageDataItemName::Rfc822Text => {
+                plan.sets_seen = true;
+                plan.bodies.push(BodyItem {
+                    part: Part::Text,
+                    reply: BodyReply::Rfc822Text,
+                });
+            }
+            MessageDataItemName::BodyExt {
+                section,
+                partial,
+                peek,
+            } => {
+                let part = match &section {
+                    None => Part::Whole,
+                    Some(Section::Header(None)) => Part::Header,
+                    Some(Section::Text(None)) => Part::Text,
+                    Some(Section::HeaderFields(None, names)) => Part::HeaderFields {
+                        names: names.as_ref().iter().map(|n| n.as_ref().to_vec()).collect(),
+                        not: false,
+                    },
+                    Some(Section::HeaderFieldsNot(None, names)) => Part::HeaderFields {
+                        names: names.as_ref().iter().map(|n| n.as_ref().to_vec()).collect(),
+                        not: true,
+                    },
+                    Some(_) => {
+                        return Err(Outcome::bad(
+                            "body part numbers and MIME sections need the MIME structure, which this server does not send yet",
+                        ))
+                    }
+                };
+                plan.sets_seen |= !peek;
+                plan.bodies.push(BodyItem {
+                    part,
+                    reply: BodyReply::Body { section, partial },
+                });
+            }
+            other @ (MessageDataItemName::Body
+            | MessageDataItemName::BodyStructure
+            | MessageDataItemName::Envelope
+            | MessageDataItemName::Binary { .. }
+            | MessageDataItemName::BinarySize { .. }) => {
+                return Err(Outcome::bad(format!(
+                    "FETCH {} is not supported by this server yet",
+                    item_name(&other)
+                )))
+            }
+        }
+    }
+    Ok(plan)
+}
+
+fn item_name(name: &MessageDataItemName<'_>) -> &'static str {
+    match name {
+        MessageDataItemName::Body => "BODY",
+        MessageDataItemName::BodyStructure => "BODYSTRUCTURE",
+        MessageDataItemName::Envelope => "ENVELOPE",
+        MessageDataItemName::Binary { .. } => "BINARY",
+        MessageDataItemName::BinarySize { .. } => "BINARY.SIZE",
+        _ => "item",
+    }
+}
+
+/// FETCH and UID FETCH.
+pub(super) async fn fetch(
+    conn: &mut Connection,
+    selected: &Selected,
+    set: &SequenceSet,
+    names: MacroOrMessageDataItemNames<'static>,
+    uid: bool,
+    modifiers: Vec<FetchModifier>,
+    out: &mut Vec<u8>,
+) -> Result<Outcome, MailError> {
+    let mut plan = match plan(names, uid, modifiers) {
+        Ok(plan) => plan,
+        Err(refused) => return Ok(refused),
+    };
+    plan.sets_seen &= !selected.read_only;
+    let uids = match selected.resolve(set, uid) {
+        Ok(uids) => uids,
+        Err(refused) => return Ok(refused),
+    };
+    let seen = mailmesh_protocol::names::Flag::seen();
+    for chunk in uids.chunks(FETCH_CHUNK) {
+        let mut views = selected
+            .addr
+            .send(Fetch {
+                uids: UidSet::from_uids(chunk.iter().map(|&u| Uid(u))),
+            })
+            .await??;
+        if let Some(since) = plan.changed_since {
+            views.retain(|v| v.modseq.0 > since);
+        }
+        // Messages whose flags this FETCH changed: their FLAGS go with the answer.
+        let mut flagged: Vec<u32> = Vec::new();
+        if plan.sets_seen && !plan.bodies.is_empty() {
+            let unseen: Vec<Uid> = views
+                .iter()
+                .filter(|v| !v.flags.contains(&seen))
+                .map(|v| v.uid)
+                .collect();
+            if !unseen.is_empty() {
+                let stored = selected
+                    .addr
+                    .send(StoreFlags {
+                        uids: UidSet::from_uids(unseen),
+                        action: FlagAction::Add,
+                        flags: vec![seen.to_string()],
+                        unchanged_since: None,
+                    })
+                    .await??;
+                for update in stored.updated {
+                    if let Some(view) = views.iter_mut().find(|v| v.uid == update.uid) {
+                        flagged.push(update.uid.0);
+                        *view = update;
+                    }
+                }
+            }
+        }
+        for view in views {
+            let Some(seq) = selected.map.seq(view.uid.0) else {
+                continue;
+            };
+            let body = if plan.bodies.is_empty() {
+                None
+            } else {
+                match selected.addr.send(FetchBody { uid: view.uid }).await? {
+                    Ok(body) => Some(body),
+                    // Expunged since the listing (by another session): nothing to send for it.
+                    Err(MailError::NoSuchMessage(_)) => continue,
+                    Err(e) => return Err(e),
+                }
+            };
+            let items = fetch_items(&plan, &view, flagged.contains(&view.uid.0), body.as_deref());
+            if let Ok(items) = Vec1::try_from(items) {
+                untagged(
+                    Data::Fetch {
+                        seq: nonzero(seq),
+                        items,
+                    },
+                    out,
+                );
+            }
+            if out.len() >= FLUSH_AT && write(conn, out).await.is_err() {
+                // The client is gone; the session ends at its next read.
+                return Ok(Outcome::no("the connection failed during FETCH"));
+            }
+        }
+    }
+    Ok(Outcome::ok(if uid {
+        "UID FETCH completed"
+    } else {
+        "FETCH completed"
+    }))
+}
+
+fn fetch_items(
+    plan: &FetchPlan,
+    view: &MessageView,
+    flags_changed: bool,
+    body: Option<&[u8]>,
+) -> Vec<MessageDataItem<'static>> {
+    let mut items = Vec::new();
+    if plan.uid {
+        items.push(MessageDataItem::Uid(nonzero(view.uid.0)));
+    }
+    if plan.flags || flags_changed {
+        items.push(MessageDataItem::Flags(flag_fetch(&view.flags)));
+    }
+    if plan.internaldate {
+        items.push(MessageDataItem::InternalDate(internaldate(view.internaldate)));
+    }
+    if plan.size {
+        items.push(MessageDataItem::Rfc822Size(
+            u32::try_from(view.size).unwrap_or(u32::MAX),
+        ));
+    }
+    if plan.modseq || flags_changed && plan.changed_since.is_some() {
+        if let Some(modseq) = NonZeroU64::new(view.modseq.0) {
+            items.push(MessageDataItem::ModSeq(modseq));
+        }
+    }
+    if let Some(body) = body {
+        for item in &plan.bodies {
+            let fields;
+            let data: &[u8] = match &item.part {
+                Part::Whole => body,
+                Part::Header => message::header(body),
+                Part::Text => message::text(body),
+                Part::HeaderFields { names, not } => {
+                    let names: Vec<&[u8]> = names.iter().map(Vec::as_slice).collect();
+                    fields = message::header_fields(body, &names, *not);
+                    &fields
+                }
+            };
+            items.push(match &item.reply {
+                BodyReply::Body { section, partial } => {
+                    let (data, origin) = match partial {
+                        Some((origin, count)) => {
+                            (message::partial(data, *origin, count.get()), Some(*origin))
+                        }
+                        None => (data, None),
+                    };
+                    MessageDataItem::BodyExt {
+                        section: section.clone(),
+                        origin,
+                        data: nstring(data),
+                    }
+                }
+                BodyReply::Rfc822 => MessageDataItem::Rfc822(nstring(data)),
+                BodyReply::Rfc822Header => MessageDataItem::Rfc822Header(nstring(data)),
+                BodyReply::Rfc822Text => MessageDataItem::Rfc822Text(nstring(data)),
+            });
+        }
+    }
+    items
+}
+
+/// Bytes as a literal (a literal carries any byte but NUL; see [`message::without_nul`]).
+fn nstring(data: &[u8]) -> NString<'static> {
+    let data = message::without_nul(data).into_owned();
+    NString(Some(IString::Literal(Literal::unvalidated(data))))
+}
+
+fn flag_fetch(flags: &[mailmesh_protocol::names::Flag]) -> Vec<FlagFetch<'static>> {
+    flags
+        .iter()
+        .filter_map(|f| {
+            let text = f.to_string();
+            ImapFlag::try_from(text.as_str())
+                .ok()
+                .map(IntoStatic::into_static)
+        })
+        .map(FlagFetch::Flag)
+        .collect()
+}
+
+/// Seconds since the epoch as an IMAP date-time, in UTC.
+fn internaldate(seconds: i64) -> DateTime {
+    let utc = chrono::FixedOffset::east_opt(0).expect("UTC is a valid offset");
+    let at = chrono::DateTime::from_timestamp(seconds, 0)
+        .unwrap_or_default()
+        .with_timezone(&utc);
+    DateTime::try_from(at).unwrap_or_else(|_| {
+        DateTime::try_from(chrono::DateTime::<chrono::Utc>::default().with_timezone(&utc))
+            .expect("the epoch is a valid IMAP date-time")
+    })
+}
+
+/// STORE and UID STORE.
+#[allow(clippy::too_many_arguments)]
+pub(super) async fn store(
+    selected: &Selected,
+    set: &SequenceSet,
+    kind: StoreType,
+    response: StoreResponse,
+    flags: &[ImapFlag<'static>],
+    uid: bool,
+    modifiers: &[StoreModifier],
+    out: &mut Vec<u8>,
+) -> Result<Outcome, MailError> {
+    if let Err(refused) = selected.writable() {
+        return Ok(refused);
+    }
+    let uids = match selected.resolve(set, uid) {
+        Ok(uids) => uids,
+        Err(refused) => return Ok(refused),
+    };
+    let unchanged_since = modifiers.last().map(|m| match m {
+        StoreModifier::UnchangedSince(since) => ModSeq(*since),
+    });
+    let action = match kind {
+        StoreType::Add => FlagAction::Add,
+        StoreType::Remove => FlagAction::Remove,
+        StoreType::Replace => FlagAction::Replace,
+    };
+    let done = if uid {
+        "UID STORE completed"
+    } else {
+        "STORE completed"
+    };
+    if uids.is_empty() {
+        return Ok(Outcome::ok(done));
+    }
+    let stored = selected
+        .addr
+        .send(StoreFlags {
+            uids: UidSet::from_uids(uids.into_iter().map(Uid)),
+            action,
+            flags: flags.iter().map(ToString::to_string).collect(),
+            unchanged_since,
+        })
+        .await??;
+    if response == StoreResponse::Answer {
+        for view in &stored.updated {
+            let Some(seq) = selected.map.seq(view.uid.0) else {
+                continue;
+            };
+            let mut items = vec![MessageDataItem::Flags(flag_fetch(&view.flags))];
+            if uid {
+                items.push(MessageDataItem::Uid(nonzero(view.uid.0)));
+            }
+            if unchanged_since.is_some() {
+                if let Some(modseq) = NonZeroU64::new(view.modseq.0) {
+                    items.push(MessageDataItem::ModSeq(modseq));
+                }
+            }
+            untagged(
+                Data::Fetch {
+                    seq: nonzero(seq),
+                    items: Vec1::try_from(items).expect("FLAGS at least"),
+                },
+                out,
+            );
+        }
+    }
+    // RFC 7162 3.1.3: the messages left alone, by uid for UID STORE, else by number.
+    let modified: Vec<u32> = stored
+        .modified
+        .iter()
+        .filter_map(|u| if uid { Some(u.0) } else { selected.map.seq(u.0) })
+        .collect();
+    match sequence_set(&modified) {
+        Some(set) => {
+            Ok(Outcome::ok("conditional STORE failed for some messages").with_code(Code::Modified(set)))
+        }
+        None => Ok(Outcome::ok(done)),
+    }
+}
+
+/// EXPUNGE (`uids` None) and UID EXPUNGE: the messages go, each announced by its number.
+pub(super) async fn expunge(
+    selected: &mut Selected,
+    set: Option<&SequenceSet>,
+    out: &mut Vec<u8>,
+) -> Result<Outcome, MailError> {
+    if let Err(refused) = selected.writable() {
+        return Ok(refused);
+    }
+    let mode = match set {
+        None => ExpungeMode::Deleted,
+        Some(set) => match selected.resolve(set, true) {
+            Ok(uids) if uids.is_empty() => return Ok(Outcome::ok("UID EXPUNGE completed")),
+            Ok(uids) => ExpungeMode::DeletedIn(UidSet::from_uids(uids.into_iter().map(Uid))),
+            Err(refused) => return Ok(refused),
+        },
+    };
+    let gone: Vec<u32> = selected
+        .addr
+        .send(Expunge { mode })
+        .await??
+        .into_iter()
+        .map(|u| u.0)
+        .collect();
+    for seq in selected.map.remove_all(&gone) {
+        untagged(Data::Expunge(nonzero(seq)), out);
+    }
+    Ok(Outcome::ok(if set.is_some() {
+        "UID EXPUNGE completed"
+    } else {
+        "EXPUNGE completed"
+    }))
+}
+
+/// CLOSE's expunge: the \Deleted messages go, with no untagged response (RFC 3501 6.4.2).
+pub(super) async fn expunge_silently(selected: &Selected) -> Result<(), MailError> {
+    if selected.read_only {
+        return Ok(());
+    }
+    selected
+        .addr
+        .send(Expunge {
+            mode: ExpungeMode::Deleted,
+        })
+        .await??;
+    Ok(())
+}
+
+/// A mailbox named as the target of APPEND, COPY or MOVE: `[TRYCREATE]` when it does not exist
+/// (RFC 3501 6.3.11), so the client may create it and try again.
+async fn target(
+    ctx: &ImapContext,
+    user: &str,
+    mailbox: &ImapMailbox<'_>,
+) -> Result<Result<mailmesh_actors::directory::OpenedMailbox, Outcome>, MailError> {
+    let name = super::session::mailbox_name(mailbox)?;
+    match open_mailbox(ctx, user, &name).await {
+        Ok(opened) => Ok(Ok(opened)),
+        Err(MailError::UnknownMailbox { .. }) => Ok(Err(Outcome::no(format!(
+            "{name} does not exist; create it first"
+        ))
+        .with_code(Code::TryCreate))),
+        Err(e) => Err(e),
+    }
+}
+
+/// APPEND: the message is stored whole or not at all; `[APPENDUID]` says where (RFC 4315).
+pub(super) async fn append(
+    ctx: &ImapContext,
+    user: &str,
+    mailbox: &ImapMailbox<'_>,
+    flags: &[ImapFlag<'static>],
+    date: Option<&DateTime>,
+    message: LiteralOrLiteral8<'static>,
+) -> Result<Outcome, MailError> {
+    let opened = match target(ctx, user, mailbox).await? {
+        Ok(opened) => opened,
+        Err(refused) => return Ok(refused),
+    };
+    let body = match message {
+        LiteralOrLiteral8::Literal(literal) => literal.data().to_vec(),
+        LiteralOrLiteral8::Literal8(literal) => literal.data.into_owned(),
+    };
+    let appended = opened
+        .addr
+        .send(Append {
+            body,
+            flags: flags.iter().map(ToString::to_string).collect(),
+            internaldate: date.map(|d| d.as_ref().timestamp()),
+        })
+        .await??;
+    let outcome = Outcome::ok("APPEND completed");
+    Ok(match NonZeroU32::new(appended.uidvalidity.0) {
+        Some(uid_validity) => outcome.with_code(Code::AppendUid {
+            uid_validity,
+            uid: nonzero(appended.uid.0),
+        }),
+        None => outcome,
+    })
+}
+
+/// COPY and MOVE (and their UID forms), through the actor's `Transfer`: `[COPYUID]` pairs each
+/// source uid with its copy's (RFC 4315); a MOVE announces it untagged before the EXPUNGEs
+/// (RFC 6851 3.3).
+#[allow(clippy::too_many_arguments)]
+pub(super) async fn transfer(
+    ctx: &ImapContext,
+    user: &str,
+    selected: &mut Selected,
+    set: &SequenceSet,
+    mailbox: &ImapMailbox<'_>,
+    uid: bool,
+    remove_source: bool,
+    out: &mut Vec<u8>,
+) -> Result<Outcome, MailError> {
+    let command = match (uid, remove_source) {
+        (false, false) => "COPY",
+        (true, false) => "UID COPY",
+        (false, true) => "MOVE",
+        (true, true) => "UID MOVE",
+    };
+    if remove_source {
+        if let Err(refused) = selected.writable() {
+            return Ok(refused);
+        }
+    }
+    let uids = match selected.resolve(set, uid) {
+        Ok(uids) => uids,
+        Err(refused) => return Ok(refused),
+    };
+    let opened = match target(ctx, user, mailbox).await? {
+        Ok(opened) => opened,
+        Err(refused) => return Ok(refused),
+    };
+    let done = format!("{command} completed");
+    if uids.is_empty() {
+        return Ok(Outcome::ok(done));
+    }
+    let pairs = selected
+        .addr
+        .send(Transfer {
+            uids: UidSet::from_uids(uids.into_iter().map(Uid)),
+            target_id: opened.info.id,
+            target: opened.addr,
+            remove_source,
+        })
+        .await??;
+    let from: Vec<u32> = pairs.iter().map(|p| p.from.0).collect();
+    let to: Vec<u32> = pairs.iter().map(|p| p.to.0).collect();
+    let copyuid = match (
+        NonZeroU32::new(opened.info.uidvalidity.0),
+        uid_set(&from),
+        uid_set(&to),
+    ) {
+        (Some(uid_validity), Some(source), Some(destination)) => Some(Code::CopyUid {
+            uid_validity,
+            source,
+            destination,
+        }),
+        _ => None,
+    };
+    if !remove_source {
+        return Ok(match copyuid {
+            Some(code) => Outcome::ok(done).with_code(code),
+            None => Outcome::ok(done),
+        });
+    }
+    if let Some(code) = copyuid {
+        encode(
+            &status(None, StatusKind::Ok, Some(code), "moved".to_string()),
+            out,
+        );
+    }
+    for seq in selected.map.remove_all(&from) {
+        untagged(Data::Expunge(nonzero(seq)), out);
+    }
+    Ok(Outcome::ok(done))
+}
+
+/// Ascending uids as runs (`1:3,7`); `None` when empty.
+fn uid_set(uids: &[u32]) -> Option<ImapUidSet> {
+    let elements: Vec<UidElement> = runs(uids)
+        .into_iter()
+        .map(|(lo, hi)| {
+            if lo == hi {
+                UidElement::Single(nonzero(lo))
+            } else {
+                UidElement::Range(nonzero(lo), nonzero(hi))
+            }
+        })
+        .collect();
+    Vec1::try_from(elements).ok().map(ImapUidSet)
+}
+
+fn sequence_set(numbers: &[u32]) -> Option<SequenceSet> {
+    let mut sorted = numbers.to_vec();
+    sorted.sort_unstable();
+    sorted.dedup();
+    let sequences: Vec<Sequence> = runs(&sorted)
+        .into_iter()
+        .map(|(lo, hi)| {
+            if lo == hi {
+                Sequence::Single(SeqOrUid::Value(nonzero(lo)))
+            } else {
+                Sequence::Range(SeqOrUid::Value(nonzero(lo)), SeqOrUid::Value(nonzero(hi)))
+            }
+        })
+        .collect();
+    Vec1::try_from(sequences).ok().map(SequenceSet)
+}
+
+/// Consecutive numbers grouped, in the order given (COPYUID's two lists must pair up).
+fn runs(numbers: &[u32]) -> Vec<(u32, u32)> {
+    let mut out: Vec<(u32, u32)> = Vec::new();
+    for &n in numbers {
+        match out.last_mut() {
+            Some((_, hi)) if hi.checked_add(1) == Some(n) => *hi = n,
+            _ => out.push((n, n)),
+        }
+    }
+    out
+}
+
+/// A sequence number or uid (never 0 here: both start at 1).
+fn nonzero(n: u32) -> NonZeroU32 {
+    NonZeroU32::new(n).unwrap_or_else(|| {
+        warn!("a zero sequence number or uid reached a response; sent as 1");
+        NonZeroU32::MIN
+    })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn runs_keep_the_order_given() {
+        assert_eq!(runs(&[1, 2, 3, 7, 9, 10]), vec![(1, 3), (7, 7), (9, 10)]);
+        assert_eq!(runs(&[]), vec![]);
+    }
+
+    #[test]
+    fn internaldate_is_utc() {
+        let date = internaldate(0);
+        assert_eq!(date.as_ref().timestamp(), 0);
+        assert_eq!(internaldate(1_700_000_000).as_ref().timestamp(), 1_700_000_000);
+    }
+}
