@@ -237,6 +237,59 @@ elif scenario == 'messages':
     out['examine_flags'] = attempt(m.fetch, '1', '(FLAGS)')
     out['examine_expunge'] = attempt(m.expunge)
     out['logout'] = attempt(m.logout)
+elif scenario == 'two_sessions':
+    a = imaplib.IMAP4(host, port, timeout=30)
+    a.login('alice', 'secret')
+    b = imaplib.IMAP4(host, port, timeout=30)
+    b.login('alice', 'secret')
+    for i in range(1, 4):
+        a.append('INBOX', None, None, ('Subject: m%d\r\n\r\nbody\r\n' % i).encode())
+    out['a_select'] = attempt(a.select, 'INBOX')
+    out['b_select'] = attempt(b.select, 'INBOX')
+    b.store('2', '+FLAGS.SILENT', '(\\Deleted)')
+    out['b_expunge'] = attempt(b.expunge)
+    out['b_append'] = attempt(b.append, 'INBOX', None, None, b'Subject: m4\r\n\r\nbody\r\n')
+    # Session a still numbers by what it was told: no EXPUNGE during its FETCH, the new message
+    # announced (EXISTS may come any time).
+    out['a_fetch'] = attempt(a.fetch, '1:3', '(UID)')
+    out['a_fetch_expunge'] = text(a.response('EXPUNGE'))
+    out['a_fetch_exists'] = text(a.response('EXISTS'))
+    out['a_noop'] = attempt(a.noop)
+    out['a_noop_expunge'] = text(a.response('EXPUNGE'))
+    out['a_after'] = attempt(a.fetch, '1:*', '(UID)')
+    a.logout()
+    b.logout()
+elif scenario == 'append_limits':
+    def login(tag):
+        s = socket.create_connection((host, port), timeout=30)
+        s.recv(65536)
+        s.sendall(tag.encode() + b' LOGIN alice secret\r\n')
+        raw_lines(s, tag)
+        return s
+    s = login('a0')
+    # Over the command limit (limits.max_message_bytes + 64 KiB): a synchronizing literal is
+    # refused before it is sent, a LITERAL+ one read, dropped and refused.
+    s.sendall(b'a1 APPEND INBOX {200000}\r\n')
+    out['big_sync'] = raw_lines(s, 'a1')
+    s.sendall(b'a2 APPEND INBOX {200000+}\r\n' + b'x' * 200000 + b'\r\n')
+    out['big_nonsync'] = raw_lines(s, 'a2')
+    # Within the command limit but over limits.max_message_bytes: the store refuses it.
+    big = b'Subject: big\r\n\r\n' + b'y' * 5000 + b'\r\n'
+    s.sendall(b'a3 APPEND INBOX {%d+}\r\n' % len(big) + big + b'\r\n')
+    out['over_message_limit'] = raw_lines(s, 'a3')
+    small = b'Subject: small\r\n\r\nhi\r\n'
+    s.sendall(b'a4 APPEND INBOX (\\Seen) {%d}\r\n' % len(small))
+    out['continuation'] = s.recv(65536).decode()
+    s.sendall(small + b'\r\n')
+    out['small'] = raw_lines(s, 'a4')
+    # A client gone in the middle of its literal: nothing of that message is stored.
+    s2 = login('b0')
+    s2.sendall(b'b1 APPEND INBOX {500}\r\n')
+    out['cut_continuation'] = s2.recv(65536).decode()
+    s2.sendall(b'Subject: cut\r\n\r\n' + b'z' * 100)
+    s2.close()
+    s.sendall(b'a5 STATUS INBOX (MESSAGES)\r\n')
+    out['status'] = raw_lines(s, 'a5')
 elif scenario == 'starttls':
     context = ssl.create_default_context(cafile=args[0])
     context.check_hostname = False
@@ -279,13 +332,18 @@ fn address(line: &str) -> String {
 /// A node `n1` with user alice (password "secret"), `[lmtp]` and `[imap]` (`imap` is the
 /// section's body), each on a port the kernel picks (read back from the log).
 fn imap_node(imap: &str) -> ImapNode {
+    imap_node_with(imap, "")
+}
+
+/// [`imap_node`] with more of the config (`extra`: whole sections).
+fn imap_node_with(imap: &str, extra: &str) -> ImapNode {
     let tmp = tempfile::TempDir::new().unwrap();
     let data = tmp.path().join("data");
     let hash = password_hash("secret");
     let text = format!(
         "[node]\nname = \"n1\"\n\n[storage]\ndata_dir = {:?}\n\n[lmtp]\nlisten = \"127.0.0.1:0\"\n\n\
          [imap]\n{imap}\n\n[[users]]\nname = \"alice\"\npassword_hash = {hash:?}\n\n\
-         [[users]]\nname = \"bob\"\npassword_hash = {hash:?}\n",
+         [[users]]\nname = \"bob\"\npassword_hash = {hash:?}\n\n{extra}\n",
         data.to_str().unwrap()
     );
     let config = tmp.path().join("node.toml");
@@ -773,5 +831,59 @@ fn a_mail_client_appends_fetches_stores_expunges_copies_and_moves() {
     assert!(!examined.contains("\\\\Seen"), "{examined}");
     expect(&out["examine_expunge"], "NO", &["[READ-ONLY]"]);
     expect(&out["logout"], "BYE", &[]);
+    assert!(n.node.is_running());
+}
+
+#[test]
+fn a_session_learns_of_another_sessions_expunge_and_append_where_rfc_3501_allows() {
+    let mut n = imap_node("listen = \"127.0.0.1:0\"");
+    let imap = n.imap(1);
+    let out = python(n.tmp.path(), &imap, "two_sessions", &[]);
+    expect(&out["a_select"], "OK", &["3"]);
+    expect(&out["b_select"], "OK", &["3"]);
+    assert_eq!(out["b_expunge"], serde_json::json!(["OK", ["2"]]), "{out}");
+    expect(&out["b_append"], "OK", &["[APPENDUID ", " 4]"]);
+    // Message 2 is gone, and session a is not told during FETCH: it gets what is left.
+    assert_eq!(fetch_lines(&out["a_fetch"]), ["1 (UID 1)", "3 (UID 3)"], "{out}");
+    assert_eq!(out["a_fetch_expunge"][1], serde_json::json!([null]), "{out}");
+    // SELECT's EXISTS 3, then the other session's append.
+    assert_eq!(out["a_fetch_exists"][1], serde_json::json!(["3", "4"]), "{out}");
+    expect(&out["a_noop"], "OK", &[]);
+    assert_eq!(out["a_noop_expunge"][1], serde_json::json!(["2"]), "{out}");
+    assert_eq!(
+        fetch_lines(&out["a_after"]),
+        ["1 (UID 1)", "2 (UID 3)", "3 (UID 4)"],
+        "{out}"
+    );
+}
+
+#[test]
+fn an_append_over_the_limits_is_refused_and_a_cut_one_stores_nothing() {
+    let mut n = imap_node_with("listen = \"127.0.0.1:0\"", "[limits]\nmax_message_bytes = 4096\n");
+    let imap = n.imap(1);
+    let out = python(n.tmp.path(), &imap, "append_limits", &[]);
+    // Refused before a byte of it was sent: no continuation request came first.
+    assert_eq!(out["big_sync"].as_array().unwrap().len(), 1, "{out}");
+    assert!(
+        out["big_sync"][0]
+            .as_str()
+            .unwrap()
+            .starts_with("a1 BAD [TOOBIG]"),
+        "{out}"
+    );
+    let last = |key: &str| strings(&out[key]).last().unwrap().clone();
+    assert!(last("big_nonsync").starts_with("a2 BAD [TOOBIG]"), "{out}");
+    assert!(last("over_message_limit").starts_with("a3 NO [TOOBIG]"), "{out}");
+    assert!(out["continuation"].as_str().unwrap().starts_with("+ "), "{out}");
+    assert!(last("small").starts_with("a4 OK [APPENDUID "), "{out}");
+    assert!(
+        out["cut_continuation"].as_str().unwrap().starts_with("+ "),
+        "{out}"
+    );
+    // Only the small one is stored.
+    assert!(
+        strings(&out["status"]).iter().any(|l| l.contains("(MESSAGES 1)")),
+        "{out}"
+    );
     assert!(n.node.is_running());
 }

@@ -54,6 +54,9 @@ pub struct Selected {
     /// The mailbox's UIDNEXT when the map was last brought up to date: a message with a uid at
     /// or above it is new to the session.
     pub uidnext: u32,
+    /// The mailbox's count and HIGHESTMODSEQ when the map last matched the store: every change
+    /// raises the modseq, so while both are the same there is nothing to look for.
+    pub checked: Option<(u64, ModSeq)>,
 }
 
 impl std::fmt::Debug for Selected {
@@ -91,6 +94,7 @@ impl Selected {
             addr,
             map,
             uidnext,
+            checked: Some((state.exists, state.highestmodseq)),
         };
         Ok((selected, state))
     }
@@ -100,6 +104,9 @@ impl Selected {
     /// FETCH, STORE and SEARCH), then EXISTS when messages came.
     pub async fn refresh(&mut self, expunges_allowed: bool, out: &mut Vec<u8>) -> Result<(), MailError> {
         let state = self.addr.send(GetState).await??;
+        if self.checked == Some((state.exists, state.highestmodseq)) {
+            return Ok(());
+        }
         let mut fresh: Vec<u32> = Vec::new();
         if state.uidnext.0 > self.uidnext {
             let range = UidSet::range(Uid(self.uidnext), Uid(state.uidnext.0 - 1));
@@ -112,7 +119,8 @@ impl Selected {
                 .collect();
             self.uidnext = state.uidnext.0;
         }
-        if expunges_allowed && state.exists != u64::from(self.map.len()) + fresh.len() as u64 {
+        let mismatch = state.exists != u64::from(self.map.len()) + fresh.len() as u64;
+        if expunges_allowed && mismatch {
             // Some message the session knows is gone (another session's expunge or move, or
             // replication's): the listing says which.
             let listed: Vec<u32> = self
@@ -142,6 +150,11 @@ impl Selected {
         }
         if grew {
             untagged(Data::Exists(self.map.len()), out);
+        }
+        // Looked at fully (a listing, or nothing to list): no need to look again until the
+        // mailbox changes. A count left unexplained (an expunge not yet told) is looked at again.
+        if expunges_allowed || !mismatch {
+            self.checked = Some((state.exists, state.highestmodseq));
         }
         Ok(())
     }

@@ -253,6 +253,12 @@ async fn command_flow(
 ) -> Flow {
     let Command { tag, body } = command;
     let mut flow = Flow::Continue;
+    // RFC 3501 7.4.1: no untagged EXPUNGE while answering FETCH, STORE or SEARCH (the client
+    // could not tell which message a number meant).
+    let expunges_allowed = !matches!(
+        body,
+        CommandBody::Fetch { .. } | CommandBody::Store { .. } | CommandBody::Search { .. }
+    );
     let outcome = match body {
         // Any state.
         CommandBody::Capability => {
@@ -344,6 +350,13 @@ async fn command_flow(
             Some(user) => authenticated_command(ctx, &user, conn, state, other, out).await,
         },
     };
+    if let (State::Selected { mailbox, .. }, Flow::Continue) = (&mut *state, &flow) {
+        // What other sessions, deliveries, replication and this command added or took away,
+        // told before the command completes (NOOP's purpose, RFC 3501 6.1.2).
+        if let Err(e) = mailbox.refresh(expunges_allowed, out).await {
+            info!(mailbox = %mailbox.name, error = %e, "imap session could not bring its message numbers up to date");
+        }
+    }
     let code = outcome.code.clone();
     tagged(&tag, outcome.kind, code, &outcome.text, out);
     flow
@@ -402,30 +415,6 @@ async fn finish_login(
 
 /// The commands of a logged-in user.
 async fn authenticated_command(
-    ctx: &ImapContext,
-    user: &str,
-    conn: &mut Connection,
-    state: &mut State,
-    body: CommandBody<'static>,
-    out: &mut Vec<u8>,
-) -> Outcome {
-    // RFC 3501 7.4.1: no untagged EXPUNGE while answering FETCH, STORE or SEARCH (the client
-    // could not tell which message a number meant).
-    let expunges_allowed = !matches!(
-        body,
-        CommandBody::Fetch { .. } | CommandBody::Store { .. } | CommandBody::Search { .. }
-    );
-    let outcome = selected_or_authenticated(ctx, user, conn, state, body, out).await;
-    if let State::Selected { mailbox, .. } = state {
-        // What other sessions, deliveries and this command added or took away, told now.
-        if let Err(e) = mailbox.refresh(expunges_allowed, out).await {
-            info!(mailbox = %mailbox.name, error = %e, "imap session could not bring its message numbers up to date");
-        }
-    }
-    outcome
-}
-
-async fn selected_or_authenticated(
     ctx: &ImapContext,
     user: &str,
     conn: &mut Connection,
