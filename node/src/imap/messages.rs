@@ -384,12 +384,22 @@ pub(super) async fn fetch(
                         flags: vec![seen.to_string()],
                         unchanged_since: None,
                     })
-                    .await??;
-                for update in stored.updated {
-                    if let Some(view) = views.iter_mut().find(|v| v.uid == update.uid) {
-                        flagged.push(update.uid.0);
-                        *view = update;
+                    .await?;
+                match stored {
+                    Ok(stored) => {
+                        for update in stored.updated {
+                            if let Some(view) = views.iter_mut().find(|v| v.uid == update.uid) {
+                                flagged.push(update.uid.0);
+                                *view = update;
+                            }
+                        }
                     }
+                    // \Seen is a side effect: where this node may not write the mailbox (not
+                    // one of its locations) the bodies are still sent, unmarked.
+                    Err(e @ (MailError::NotHeldHere { .. } | MailError::NotAllowed(_))) => {
+                        warn!(mailbox = %selected.name, error = %e, "FETCH could not set \\Seen");
+                    }
+                    Err(e) => return Err(e),
                 }
             }
         }
