@@ -164,6 +164,9 @@ fn expunge_is_sticky_and_reported_in_changes() {
             .unwrap()
             .unwrap();
         assert_eq!(gone, vec![Uid(1), Uid(3)]);
+        // An IMAP session's sequence map: the visible uids only, in order.
+        let listed = mb.send(ListUids).await.unwrap().unwrap();
+        assert_eq!(listed, vec![Uid(2), Uid(4)]);
         let views = mb.send(Fetch { uids: UidSet::all() }).await.unwrap().unwrap();
         assert_eq!(
             views.iter().map(|v| v.uid).collect::<Vec<_>>(),
