@@ -471,25 +471,29 @@ async fn authenticated_command(
             message,
         } => messages::append(ctx, user, &mailbox, &flags, date.as_ref(), message).await,
         CommandBody::Check if matches!(state, State::Selected { .. }) => Ok(Outcome::ok("CHECK completed")),
-        body @ (CommandBody::Unselect | CommandBody::Close) if matches!(state, State::Selected { .. }) => {
-            let previous = std::mem::replace(state, State::Authenticated(user.to_string()));
-            let State::Selected { mailbox, .. } = previous else {
-                unreachable!("matched as selected above")
-            };
-            // RFC 3501 6.4.2: CLOSE expunges the \Deleted messages silently, unless the
-            // mailbox was examined; UNSELECT (RFC 3691) never does.
-            let expunged = if matches!(body, CommandBody::Close) {
-                messages::expunge_silently(&mailbox).await
-            } else {
-                Ok(())
-            };
-            expunged.map(|()| {
-                Outcome::ok(if mailbox.read_only {
-                    format!("{} closed (it was examined)", mailbox.name)
-                } else {
-                    format!("{} closed", mailbox.name)
-                })
-            })
+        body @ (CommandBody::Unselect | CommandBody::Close) => {
+            match std::mem::replace(state, State::Authenticated(user.to_string())) {
+                State::Selected { mailbox, .. } => {
+                    // RFC 3501 6.4.2: CLOSE expunges the \Deleted messages silently, unless the
+                    // mailbox was examined; UNSELECT (RFC 3691) never does.
+                    let expunged = if matches!(body, CommandBody::Close) {
+                        messages::expunge_silently(&mailbox).await
+                    } else {
+                        Ok(())
+                    };
+                    expunged.map(|()| {
+                        Outcome::ok(if mailbox.read_only {
+                            format!("{} closed (it was examined)", mailbox.name)
+                        } else {
+                            format!("{} closed", mailbox.name)
+                        })
+                    })
+                }
+                previous => {
+                    *state = previous;
+                    Ok(Outcome::bad("no mailbox is selected"))
+                }
+            }
         }
         CommandBody::Fetch {
             sequence_set,
@@ -562,9 +566,7 @@ async fn authenticated_command(
             }
             _ => Ok(Outcome::bad("no mailbox is selected")),
         },
-        CommandBody::Check | CommandBody::Unselect | CommandBody::Close => {
-            Ok(Outcome::bad("no mailbox is selected"))
-        }
+        CommandBody::Check => Ok(Outcome::bad("no mailbox is selected")),
         other => Ok(Outcome::bad(format!(
             "{} is not supported by this server",
             other.name()
