@@ -42,6 +42,8 @@ use crate::client_tls::Connection;
 
 /// Messages whose records a FETCH asks the actor for at once.
 pub const FETCH_CHUNK: usize = 512;
+/// Messages a STORE changes with one actor message (one commit).
+pub const STORE_CHUNK: usize = 4096;
 
 /// The selected mailbox and what the session has told the client of it.
 pub struct Selected {
@@ -536,6 +538,7 @@ fn internaldate(seconds: i64) -> DateTime {
 /// STORE and UID STORE.
 #[allow(clippy::too_many_arguments)]
 pub(super) async fn store(
+    conn: &mut Connection,
     selected: &Selected,
     set: &SequenceSet,
     kind: StoreType,
@@ -568,44 +571,56 @@ pub(super) async fn store(
     if uids.is_empty() {
         return Ok(Outcome::ok(done));
     }
-    let stored = selected
-        .addr
-        .send(StoreFlags {
-            uids: UidSet::from_uids(uids.into_iter().map(Uid)),
-            action,
-            flags: flags.iter().map(ToString::to_string).collect(),
-            unchanged_since,
-        })
-        .await??;
-    if response == StoreResponse::Answer {
-        for view in &stored.updated {
-            let Some(seq) = selected.map.seq(view.uid.0) else {
-                continue;
-            };
-            let mut items = vec![MessageDataItem::Flags(flag_fetch(&view.flags))];
-            if uid {
-                items.push(MessageDataItem::Uid(nonzero(view.uid.0)));
-            }
-            if unchanged_since.is_some() {
-                if let Some(modseq) = NonZeroU64::new(view.modseq.0) {
-                    items.push(MessageDataItem::ModSeq(modseq));
+    let flags: Vec<String> = flags.iter().map(ToString::to_string).collect();
+    let mut modified: Vec<u32> = Vec::new();
+    // In chunks, like FETCH: the answers of a STORE over a whole large mailbox are written as
+    // they come instead of gathered. A flag the store refuses is refused in the first chunk,
+    // before anything is written.
+    for chunk in uids.chunks(STORE_CHUNK) {
+        let stored = selected
+            .addr
+            .send(StoreFlags {
+                uids: UidSet::from_uids(chunk.iter().map(|&u| Uid(u))),
+                action,
+                flags: flags.clone(),
+                unchanged_since,
+            })
+            .await??;
+        if response == StoreResponse::Answer {
+            for view in &stored.updated {
+                let Some(seq) = selected.map.seq(view.uid.0) else {
+                    continue;
+                };
+                let mut items = vec![MessageDataItem::Flags(flag_fetch(&view.flags))];
+                if uid {
+                    items.push(MessageDataItem::Uid(nonzero(view.uid.0)));
                 }
+                if unchanged_since.is_some() {
+                    if let Some(modseq) = NonZeroU64::new(view.modseq.0) {
+                        items.push(MessageDataItem::ModSeq(modseq));
+                    }
+                }
+                untagged(
+                    Data::Fetch {
+                        seq: nonzero(seq),
+                        items: Vec1::try_from(items).expect("FLAGS at least"),
+                    },
+                    out,
+                );
             }
-            untagged(
-                Data::Fetch {
-                    seq: nonzero(seq),
-                    items: Vec1::try_from(items).expect("FLAGS at least"),
-                },
-                out,
-            );
+        }
+        // RFC 7162 3.1.3: the messages left alone, by uid for UID STORE, else by number.
+        modified.extend((stored.modified.iter()).filter_map(|u| {
+            if uid {
+                Some(u.0)
+            } else {
+                selected.map.seq(u.0)
+            }
+        }));
+        if out.len() >= FLUSH_AT && write(conn, out).await.is_err() {
+            return Ok(Outcome::no("the connection failed during STORE"));
         }
     }
-    // RFC 7162 3.1.3: the messages left alone, by uid for UID STORE, else by number.
-    let modified: Vec<u32> = stored
-        .modified
-        .iter()
-        .filter_map(|u| if uid { Some(u.0) } else { selected.map.seq(u.0) })
-        .collect();
     match sequence_set(&modified) {
         Some(set) => {
             Ok(Outcome::ok("conditional STORE failed for some messages").with_code(Code::Modified(set)))

@@ -525,6 +525,7 @@ async fn authenticated_command(
         } => match state {
             State::Selected { mailbox, .. } => {
                 messages::store(
+                    conn,
                     mailbox,
                     &sequence_set,
                     kind,
