@@ -282,6 +282,11 @@ elif scenario == 'append_limits':
     out['continuation'] = s.recv(65536).decode()
     s.sendall(small + b'\r\n')
     out['small'] = raw_lines(s, 'a4')
+    # An empty message, and a flag the store does not take: refused, nothing stored.
+    s.sendall(b'a6 APPEND INBOX {0+}\r\n\r\n')
+    out['empty'] = raw_lines(s, 'a6')
+    s.sendall(b'a7 APPEND INBOX (\\Recent) {%d+}\r\n' % len(small) + small + b'\r\n')
+    out['recent_flag'] = raw_lines(s, 'a7')
     # A client gone in the middle of its literal: nothing of that message is stored.
     s2 = login('b0')
     s2.sendall(b'b1 APPEND INBOX {500}\r\n')
@@ -878,6 +883,11 @@ fn an_append_over_the_limits_is_refused_and_a_cut_one_stores_nothing() {
     assert!(last("small").starts_with("a4 OK [APPENDUID "), "{out}");
     assert!(
         out["cut_continuation"].as_str().unwrap().starts_with("+ "),
+        "{out}"
+    );
+    assert!(last("empty").starts_with("a6 NO"), "{out}");
+    assert!(
+        last("recent_flag").starts_with("a7 NO") && last("recent_flag").contains("Recent"),
         "{out}"
     );
     // Only the small one is stored.
