@@ -462,8 +462,19 @@ impl Mailbox {
         &mut self,
         batch: &mut Batch,
         old: Option<&StoredRecord>,
-        mut new: StoredRecord,
+        new: StoredRecord,
     ) -> ModSeq {
+        self.write_stored_returning(batch, old, new).modseq
+    }
+
+    /// [`Mailbox::write_stored`], giving back the record as written (its modseq and creation
+    /// point set), for a caller that keeps it: a merge of 1,000 flag changes copied each one.
+    pub(crate) fn write_stored_returning(
+        &mut self,
+        batch: &mut Batch,
+        old: Option<&StoredRecord>,
+        mut new: StoredRecord,
+    ) -> StoredRecord {
         let modseq = self.next_modseq();
         new.modseq = modseq;
         new.created = old
@@ -502,7 +513,7 @@ impl Mailbox {
         self.counters.uidnext = self.counters.uidnext.max(after);
         batch.put_raw(Table::Modseqs, keys::modseq(self.id, modseq), aid.to_key_bytes());
         batch.put(Table::Messages, keys::message(self.id, &aid), &new);
-        modseq
+        new
     }
 
     pub(crate) fn put_counters(&self, batch: &mut Batch) {

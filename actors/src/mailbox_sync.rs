@@ -445,11 +445,12 @@ impl Mailbox {
         for Change { origin, item: update } in updates {
             match self.stored_in(&snapshot, &update.append_id)? {
                 Some(base) => {
+                    let aid = update.append_id.clone();
                     records.push(Change {
                         origin,
-                        item: base.record.updated_by(&update),
+                        item: base.record.updated_by_owned(update),
                     });
-                    locals.insert(update.append_id, Some(base));
+                    locals.insert(aid, Some(base));
                 }
                 None => return Err(MailError::UnknownRecord(update.append_id)),
             }
@@ -518,8 +519,7 @@ impl Mailbox {
             };
             let (merged, effect) = match &local {
                 Some(l) => {
-                    let mut m = l.record.clone();
-                    let mut effect = m.merge_from(&incoming);
+                    let (mut m, mut effect) = l.record.merged_with(&incoming);
                     if self.ctx.faults.expunge_not_sticky && l.record.is_expunged() && !incoming.is_expunged()
                     {
                         m = incoming.clone();
@@ -614,9 +614,11 @@ impl Mailbox {
                 hidden,
                 created: ModSeq::ZERO,
             };
-            self.write_stored(&mut writes.batch, local.as_ref(), new.clone());
-            let modseq = self.highestmodseq();
-            overlay.insert(aid, StoredRecord { modseq, ..new });
+            // The overlay keeps the record as written but with no creation point, as the
+            // merge made it (settling reads it so).
+            let mut written = self.write_stored_returning(&mut writes.batch, local.as_ref(), new);
+            written.created = ModSeq::ZERO;
+            overlay.insert(aid, written);
         }
         self.counters.uidnext = self.counters.uidnext.max(uidnext);
         summary.promoted = self.settle_uids(&snapshot, writes, &mut overlay, touched, &moved)?;
@@ -1139,7 +1141,7 @@ impl Handler<PlanSync> for Mailbox {
             if created != ModSeq::ZERO && created <= complete {
                 updates.push(Change {
                     origin: change.origin,
-                    item: change.item.update(),
+                    item: change.item.into_update(),
                 });
             } else {
                 records.push(change);

@@ -25,6 +25,20 @@ pub trait Merge: Sized + Clone + PartialEq {
         *self = merged;
         effect
     }
+
+    /// The merge of `self` and `incoming` with what it did to `self`, leaving `self` as it
+    /// was: what [`Merge::merge_from`] does to a copy, without making the copy first.
+    fn merged_with(&self, incoming: &Self) -> (Self, MergeEffect) {
+        let merged = self.merge(incoming);
+        let effect = if merged == *self {
+            MergeEffect::Unchanged
+        } else if merged == *incoming {
+            MergeEffect::TookIncoming
+        } else {
+            MergeEffect::Combined
+        };
+        (merged, effect)
+    }
 }
 
 /// What [`Merge::merge_from`] did to the local state.

@@ -376,6 +376,14 @@ fn check_merge_from<T: Merge + Debug>(local: &T, incoming: &T) -> Result<(), Tes
     let mut state = local.clone();
     let effect = state.merge_from(incoming);
     prop_assert_eq!(&state, &merged, "merge_from must store the merge");
+    // merged_with is merge_from on a copy: the same result and the same effect.
+    let (with, with_effect) = local.merged_with(incoming);
+    prop_assert_eq!(&with, &merged, "merged_with must give the merge");
+    prop_assert_eq!(
+        with_effect,
+        effect,
+        "merged_with must report what merge_from reports"
+    );
     prop_assert_eq!(
         effect == MergeEffect::Unchanged,
         merged == *local,
@@ -577,6 +585,20 @@ proptest! {
         check_message_laws(&a.merge(&b), &c)?;
         let m = a.merge(&b);
         prop_assert_eq!((&m.append_id, m.guid, m.size, m.internaldate), (&a.append_id, a.guid, a.size, a.internaldate));
+    }
+
+    /// The update of a record and the record rebuilt from it, taken by value (the sender's plan
+    /// and the receiver's merge) or by reference, are the same.
+    #[test]
+    fn message_update_round_trips((a, b, _) in message_triple()) {
+        let update = b.update();
+        prop_assert_eq!(&b.clone().into_update(), &update);
+        let rebuilt = a.updated_by_owned(update.clone());
+        prop_assert_eq!(&rebuilt, &a.updated_by(&update));
+        // The fixed parts come from the record here, the changing parts from the update.
+        prop_assert_eq!((rebuilt.guid, rebuilt.size, rebuilt.internaldate), (a.guid, a.size, a.internaldate));
+        prop_assert_eq!(&rebuilt.update(), &update);
+        prop_assert_eq!(&b.updated_by_owned(b.clone().into_update()), &b);
     }
 
     #[test]

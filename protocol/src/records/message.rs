@@ -177,16 +177,32 @@ impl MessageRecord {
         }
     }
 
+    /// The update of this record, taking its parts rather than copying them (a sender's plan
+    /// reads each record only to turn it into its update).
+    pub fn into_update(self) -> RecordUpdate {
+        RecordUpdate {
+            append_id: self.append_id,
+            uid: self.uid,
+            flags: self.flags,
+            expunged: self.expunged,
+        }
+    }
+
     /// The record `update` describes, on top of the fixed parts of `self` (the same message).
     pub fn updated_by(&self, update: &RecordUpdate) -> MessageRecord {
+        self.updated_by_owned(update.clone())
+    }
+
+    /// [`MessageRecord::updated_by`], taking the update's parts rather than copying them.
+    pub fn updated_by_owned(&self, update: RecordUpdate) -> MessageRecord {
         MessageRecord {
-            append_id: update.append_id.clone(),
-            uid: update.uid.clone(),
+            append_id: update.append_id,
+            uid: update.uid,
             guid: self.guid,
             size: self.size,
             internaldate: self.internaldate,
-            flags: update.flags.clone(),
-            expunged: update.expunged.clone(),
+            flags: update.flags,
+            expunged: update.expunged,
         }
     }
 }
