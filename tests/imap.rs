@@ -316,6 +316,89 @@ elif scenario == 'starttls':
     out['implicit_capabilities'] = list(t.capabilities)
     out['implicit_authenticate'] = attempt(t.authenticate, 'PLAIN', lambda _: b'\0alice\0secret')
     out['implicit_logout'] = attempt(t.logout)
+elif scenario == 'idle':
+    class Lines:
+        # Lines of a raw connection, read as they come: `until` waits (the socket's timeout, 30 s,
+        # is the deadline) for the first line a predicate accepts.
+        def __init__(self, sock):
+            self.sock, self.buf = sock, b''
+        def line(self):
+            while b'\r\n' not in self.buf:
+                chunk = self.sock.recv(65536)
+                if not chunk:
+                    raise EOFError('closed')
+                self.buf += chunk
+            line, self.buf = self.buf.split(b'\r\n', 1)
+            return line.decode('utf-8', 'replace')
+        def until(self, pred):
+            seen = []
+            try:
+                while True:
+                    line = self.line()
+                    seen.append(line)
+                    if pred(line):
+                        return seen
+            except (socket.timeout, EOFError) as e:
+                seen.append('<%s>' % type(e).__name__)
+                return seen
+    b = imaplib.IMAP4(host, port, timeout=30)
+    b.login('alice', 'secret')
+    b.append('INBOX', None, None, b'Subject: first\r\n\r\nbody\r\n')
+    s = socket.create_connection((host, port), timeout=30)
+    r = Lines(s)
+    r.line()
+    out['capability'] = (s.sendall(b'c0 CAPABILITY\r\n'), r.until(lambda l: l.startswith('c0 ')))[1]
+    s.sendall(b'a1 LOGIN alice secret\r\n')
+    r.until(lambda l: l.startswith('a1 '))
+    s.sendall(b'a2 SELECT INBOX\r\n')
+    out['select'] = r.until(lambda l: l.startswith('a2 '))
+    s.sendall(b'a3 IDLE\r\n')
+    out['idle'] = r.until(lambda l: l.startswith('+'))
+    # Another session's append, then a delivery by LMTP, each told while idling.
+    out['b_append'] = attempt(b.append, 'INBOX', None, None, b'Subject: second\r\n\r\nbody\r\n')
+    out['told_append'] = r.until(lambda l: l == '* 2 EXISTS')
+    lmtp_host, lmtp_port = args[0].rsplit(':', 1)
+    lmtp = smtplib.LMTP(lmtp_host, int(lmtp_port), timeout=30)
+    lmtp.ehlo('mta.example')
+    lmtp.mail('s@ext.example')
+    lmtp.rcpt('alice@example.org')
+    out['lmtp'] = lmtp.data(b'Subject: third\r\n\r\nbody\r\n')[0]
+    lmtp.quit()
+    out['told_delivery'] = r.until(lambda l: l == '* 3 EXISTS')
+    # Another session's flag change and expunge.
+    b.select('INBOX')
+    b.store('1', '+FLAGS', '(\\Flagged)')
+    out['told_flags'] = r.until(lambda l: 'FETCH' in l)
+    b.store('2', '+FLAGS.SILENT', '(\\Deleted)')
+    out['told_deleted'] = r.until(lambda l: 'FETCH' in l)
+    out['b_expunge'] = attempt(b.expunge)
+    out['told_expunge'] = r.until(lambda l: l == '* 2 EXPUNGE')
+    s.sendall(b'DONE\r\n')
+    out['done'] = r.until(lambda l: l.startswith('a3 '))
+    # After the IDLE, the session numbers as it was told: 2 messages, uids 1 and 3.
+    s.sendall(b'a4 FETCH 1:* (UID FLAGS)\r\n')
+    out['fetch'] = r.until(lambda l: l.startswith('a4 '))
+    # Its own silent STORE is not told back at NOOP; another session's change is.
+    s.sendall(b'a5 STORE 1 +FLAGS.SILENT (\\Seen)\r\n')
+    out['own_silent'] = r.until(lambda l: l.startswith('a5 '))
+    b.store('2', '+FLAGS', '(\\Answered)')
+    s.sendall(b'a6 NOOP\r\n')
+    out['noop'] = r.until(lambda l: l.startswith('a6 '))
+    # Anything but DONE ends an IDLE with BAD; IDLE before a login is refused.
+    s.sendall(b'a7 IDLE\r\n')
+    r.until(lambda l: l.startswith('+'))
+    s.sendall(b'NOT DONE\r\n')
+    out['not_done'] = r.until(lambda l: l.startswith('a7 '))
+    s.sendall(b'a8 NOOP\r\n')
+    out['after_not_done'] = r.until(lambda l: l.startswith('a8 '))
+    s.close()
+    s2 = socket.create_connection((host, port), timeout=30)
+    r2 = Lines(s2)
+    r2.line()
+    s2.sendall(b'x1 IDLE\r\n')
+    out['idle_before_login'] = r2.until(lambda l: l.startswith('x1 '))
+    s2.close()
+    b.logout()
 print(json.dumps(out))
 "#;
 
@@ -458,13 +541,14 @@ fn a_mail_client_logs_in_lists_creates_selects_and_asks_status() {
         "UNSELECT",
         "UIDPLUS",
         "MOVE",
+        "IDLE",
         "AUTH=PLAIN",
         "SASL-IR",
     ] {
         assert!(caps.iter().any(|c| c == cap), "{cap} missing from {caps:?}");
     }
     // Loopback, no certificate: no STARTTLS, and a password is taken in plaintext.
-    for absent in ["STARTTLS", "LOGINDISABLED", "IDLE", "CONDSTORE", "QRESYNC"] {
+    for absent in ["STARTTLS", "LOGINDISABLED", "CONDSTORE", "QRESYNC"] {
         assert!(!caps.iter().any(|c| c == absent), "{absent} advertised: {caps:?}");
     }
     expect(&out["wrong_password"], "ERROR", &["[AUTHENTICATIONFAILED]"]);
@@ -896,4 +980,52 @@ fn an_append_over_the_limits_is_refused_and_a_cut_one_stores_nothing() {
         "{out}"
     );
     assert!(n.node.is_running());
+}
+
+#[test]
+fn an_idling_session_is_told_of_appends_deliveries_flag_changes_and_expunges_as_they_happen() {
+    let mut n = imap_node("listen = \"127.0.0.1:0\"");
+    let imap = n.imap(1);
+    let lmtp = n.lmtp.clone();
+    let out = python(n.tmp.path(), &imap, "idle", &[&lmtp]);
+    let lines = |key: &str| strings(&out[key]);
+    assert!(lines("capability")[0].contains(" IDLE"), "{out}");
+    assert!(lines("select").contains(&"* 1 EXISTS".to_string()), "{out}");
+    assert_eq!(lines("idle"), ["+ idling"], "{out}");
+    expect(&out["b_append"], "OK", &["[APPENDUID "]);
+    // Each told before the client did anything: the last line read is the announcement (a
+    // timeout or a closed connection would be the last line instead).
+    assert_eq!(lines("told_append"), ["* 2 EXISTS"], "{out}");
+    assert_eq!(out["lmtp"], 250, "{out}");
+    assert_eq!(lines("told_delivery"), ["* 3 EXISTS"], "{out}");
+    assert_eq!(
+        lines("told_flags"),
+        ["* 1 FETCH (UID 1 FLAGS (\\Flagged))"],
+        "{out}"
+    );
+    assert_eq!(
+        lines("told_deleted"),
+        ["* 2 FETCH (UID 2 FLAGS (\\Deleted))"],
+        "{out}"
+    );
+    assert_eq!(lines("told_expunge"), ["* 2 EXPUNGE"], "{out}");
+    assert!(lines("done").last().unwrap().starts_with("a3 OK"), "{out}");
+    assert_eq!(
+        lines("fetch"),
+        [
+            "* 1 FETCH (UID 1 FLAGS (\\Flagged))",
+            "* 2 FETCH (UID 3 FLAGS ())",
+            "a4 OK FETCH completed"
+        ],
+        "{out}"
+    );
+    assert_eq!(lines("own_silent"), ["a5 OK STORE completed"], "{out}");
+    assert_eq!(
+        lines("noop"),
+        ["* 2 FETCH (UID 3 FLAGS (\\Answered))", "a6 OK NOOP completed"],
+        "{out}"
+    );
+    assert!(lines("not_done").last().unwrap().starts_with("a7 BAD"), "{out}");
+    assert_eq!(lines("after_not_done"), ["a8 OK NOOP completed"], "{out}");
+    assert!(lines("idle_before_login")[0].starts_with("x1 BAD"), "{out}");
 }

@@ -25,8 +25,8 @@ use imap_codec::imap_types::response::{Code, Data, StatusKind};
 use imap_codec::imap_types::sequence::{SeqOrUid, Sequence, SequenceSet};
 use imap_codec::imap_types::IntoStatic;
 use mailmesh_actors::mailbox::{
-    Append, Expunge, ExpungeMode, Fetch, FetchBody, FlagAction, GetState, ListUids, Mailbox, MailboxState,
-    MessageView, StoreFlags, Transfer,
+    Append, ChangedSince, Expunge, ExpungeMode, Fetch, FetchBody, FlagAction, GetState, ListUids, Mailbox,
+    MailboxState, MessageView, StoreFlags, Transfer, WatchChanges,
 };
 use mailmesh_actors::uid_set::UidSet;
 use mailmesh_actors::MailError;
@@ -44,6 +44,8 @@ use crate::client_tls::Connection;
 pub const FETCH_CHUNK: usize = 512;
 /// Messages a STORE changes with one actor message (one commit).
 pub const STORE_CHUNK: usize = 4096;
+/// Changed records read at once when a session looks for other sessions' flag changes.
+const CHANGES_CHUNK: usize = 1024;
 
 /// The selected mailbox and what the session has told the client of it.
 pub struct Selected {
@@ -59,6 +61,17 @@ pub struct Selected {
     /// The mailbox's count and HIGHESTMODSEQ when the map last matched the store: every change
     /// raises the modseq, so while both are the same there is nothing to look for.
     pub checked: Option<(u64, ModSeq)>,
+    /// Raised by the Mailbox actor after each committed change ([`WatchChanges`]): what an IDLE
+    /// waits on. `None` once the actor is gone (the mailbox was deleted).
+    pub changes: Option<tokio::sync::watch::Receiver<u64>>,
+    /// Flag changes up to this modseq have been told (or were in the state at SELECT).
+    flags_told: ModSeq,
+    /// Flag changes this session's own commands made and answered since the last refresh, by
+    /// uid, at the modseq they wrote: the refresh does not tell them again (a `.SILENT` STORE
+    /// stays silent).
+    own_flags: std::collections::BTreeMap<u32, ModSeq>,
+    /// CONDSTORE is on for the session: told flag changes carry MODSEQ (RFC 7162 3.2).
+    pub condstore: bool,
 }
 
 impl std::fmt::Debug for Selected {
@@ -83,6 +96,9 @@ impl Selected {
     ) -> Result<(Selected, MailboxState), MailError> {
         let opened = open_mailbox(ctx, user, &name).await?;
         let addr = opened.addr;
+        // Watched before the state is read: a change committed in between wakes an IDLE and is
+        // found by the refresh, never lost.
+        let changes = addr.send(WatchChanges).await??;
         let state = addr.send(GetState).await??;
         let uids: Vec<u32> = addr.send(ListUids).await??.into_iter().map(|u| u.0).collect();
         let map = SequenceMap::new(uids);
@@ -97,14 +113,24 @@ impl Selected {
             map,
             uidnext,
             checked: Some((state.exists, state.highestmodseq)),
+            changes: Some(changes),
+            flags_told: state.highestmodseq,
+            own_flags: Default::default(),
+            condstore: false,
         };
         Ok((selected, state))
     }
 
-    /// Brings the map up to date with the store after a command and tells the client: EXPUNGE
-    /// for each message gone (only where `expunges_allowed`: RFC 3501 7.4.1 forbids them during
-    /// FETCH, STORE and SEARCH), then EXISTS when messages came.
+    /// Brings the map up to date with the store after a command (and during IDLE, when the
+    /// mailbox changed) and tells the client: EXPUNGE for each message gone (only where
+    /// `expunges_allowed`: RFC 3501 7.4.1 forbids them during FETCH, STORE and SEARCH), then
+    /// EXISTS when messages came, then FETCH FLAGS for the flags changed by others.
     pub async fn refresh(&mut self, expunges_allowed: bool, out: &mut Vec<u8>) -> Result<(), MailError> {
+        if let Some(changes) = &mut self.changes {
+            // Seen from here: a commit after this point wakes an IDLE again.
+            changes.borrow_and_update();
+        }
+        let own = std::mem::take(&mut self.own_flags);
         let state = self.addr.send(GetState).await??;
         if self.checked == Some((state.exists, state.highestmodseq)) {
             return Ok(());
@@ -146,6 +172,8 @@ impl Selected {
             fresh = listed.into_iter().filter(|&u| u > last).collect();
             self.uidnext = self.uidnext.max(fresh.last().map_or(0, |u| u + 1));
         }
+        // Messages up to here were known before this refresh: their flag changes are news.
+        let known_last = self.map.last_uid();
         let mut grew = false;
         for uid in fresh {
             grew |= self.map.push(uid);
@@ -153,12 +181,78 @@ impl Selected {
         if grew {
             untagged(Data::Exists(self.map.len()), out);
         }
+        if state.highestmodseq > self.flags_told {
+            self.tell_flag_changes(known_last, &own, state.highestmodseq, out)
+                .await?;
+        }
         // Looked at fully (a listing, or nothing to list): no need to look again until the
         // mailbox changes. A count left unexplained (an expunge not yet told) is looked at again.
         if expunges_allowed || !mismatch {
             self.checked = Some((state.exists, state.highestmodseq));
         }
         Ok(())
+    }
+
+    /// FETCH (UID FLAGS) for each known message whose flags changed after `flags_told`, read
+    /// from the modseq index a chunk at a time (what changed, not the mailbox), except those this
+    /// session changed itself and answered.
+    async fn tell_flag_changes(
+        &mut self,
+        known_last: u32,
+        own: &std::collections::BTreeMap<u32, ModSeq>,
+        upto: ModSeq,
+        out: &mut Vec<u8>,
+    ) -> Result<(), MailError> {
+        let mut since = self.flags_told;
+        loop {
+            let changed = self
+                .addr
+                .send(ChangedSince {
+                    since,
+                    limit: CHANGES_CHUNK,
+                })
+                .await??;
+            for stored in &changed {
+                since = since.max(stored.modseq);
+                // Expunges are told by the listing, new messages by EXISTS.
+                if stored.hidden || stored.record.is_expunged() {
+                    continue;
+                }
+                let view = MessageView::of(stored);
+                if view.uid.0 > known_last || own.get(&view.uid.0) == Some(&view.modseq) {
+                    continue;
+                }
+                let Some(seq) = self.map.seq(view.uid.0) else {
+                    continue;
+                };
+                let mut items = vec![
+                    MessageDataItem::Uid(nonzero(view.uid.0)),
+                    MessageDataItem::Flags(flag_fetch(&view.flags)),
+                ];
+                if self.condstore {
+                    if let Some(modseq) = NonZeroU64::new(view.modseq.0) {
+                        items.push(MessageDataItem::ModSeq(modseq));
+                    }
+                }
+                untagged(
+                    Data::Fetch {
+                        seq: nonzero(seq),
+                        items: Vec1::try_from(items).expect("UID and FLAGS"),
+                    },
+                    out,
+                );
+            }
+            if changed.len() < CHANGES_CHUNK {
+                break;
+            }
+        }
+        self.flags_told = since.max(upto);
+        Ok(())
+    }
+
+    /// A flag change this session's command made and answered (see `own_flags`).
+    fn answered_flags(&mut self, view: &MessageView) {
+        self.own_flags.insert(view.uid.0, view.modseq);
     }
 
     fn resolve(&self, set: &SequenceSet, uid: bool) -> Result<Vec<u32>, Outcome> {
@@ -342,7 +436,7 @@ fn item_name(name: &MessageDataItemName<'_>) -> &'static str {
 /// FETCH and UID FETCH.
 pub(super) async fn fetch(
     conn: &mut Connection,
-    selected: &Selected,
+    selected: &mut Selected,
     set: &SequenceSet,
     names: MacroOrMessageDataItemNames<'static>,
     uid: bool,
@@ -392,6 +486,7 @@ pub(super) async fn fetch(
                         for update in stored.updated {
                             if let Some(view) = views.iter_mut().find(|v| v.uid == update.uid) {
                                 flagged.push(update.uid.0);
+                                selected.answered_flags(&update);
                                 *view = update;
                             }
                         }
@@ -539,7 +634,7 @@ fn internaldate(seconds: i64) -> DateTime {
 #[allow(clippy::too_many_arguments)]
 pub(super) async fn store(
     conn: &mut Connection,
-    selected: &Selected,
+    selected: &mut Selected,
     set: &SequenceSet,
     kind: StoreType,
     response: StoreResponse,
@@ -586,6 +681,10 @@ pub(super) async fn store(
                 unchanged_since,
             })
             .await??;
+        for view in &stored.updated {
+            // Told with this answer, or not at all (.SILENT): the refresh leaves them out.
+            selected.answered_flags(view);
+        }
         if response == StoreResponse::Answer {
             for view in &stored.updated {
                 let Some(seq) = selected.map.seq(view.uid.0) else {

@@ -96,6 +96,8 @@ pub async fn serve(mut conn: Connection, peer: Peer, ctx: Rc<ImapContext>) {
     .expect("a valid greeting");
     out.extend_from_slice(&GreetingCodec::default().encode(&greeting).dump());
     let mut buf = vec![0u8; READ_CHUNK];
+    // The tag of the IDLE in progress (RFC 2177).
+    let mut idling: Option<Tag<'static>> = None;
     loop {
         while let Some(event) = machine.next_event() {
             let flow = match event {
@@ -109,6 +111,31 @@ pub async fn serve(mut conn: Connection, peer: Peer, ctx: Rc<ImapContext>) {
                         machine.expect(Expect::Command);
                     }
                     encode(&response, &mut out);
+                    if let Some(tag) = idling.take() {
+                        machine.expect(Expect::Command);
+                        tagged(&tag, StatusKind::Bad, None, "IDLE ended: expected DONE", &mut out);
+                    }
+                    Flow::Continue
+                }
+                Event::IdleDone(done) => {
+                    machine.expect(Expect::Command);
+                    if let Some(tag) = idling.take() {
+                        if done {
+                            tagged(&tag, StatusKind::Ok, None, "IDLE terminated", &mut out);
+                        } else {
+                            tagged(&tag, StatusKind::Bad, None, "IDLE ended: expected DONE", &mut out);
+                        }
+                    }
+                    Flow::Continue
+                }
+                Event::Command(Command {
+                    tag,
+                    body: CommandBody::Idle,
+                }) => {
+                    if start_idle(&mut state, &tag, &mut out).await {
+                        machine.expect(Expect::IdleDone);
+                        idling = Some(tag);
+                    }
                     Flow::Continue
                 }
                 Event::AuthenticateData(data) => {
@@ -168,7 +195,41 @@ pub async fn serve(mut conn: Connection, peer: Peer, ctx: Rc<ImapContext>) {
         if !out.is_empty() && write(&mut conn, &mut out).await.is_err() {
             return;
         }
-        let read = match tokio::time::timeout(IDLE_TIMEOUT, conn.read(&mut buf)).await {
+        let read = loop {
+            // While idling in a selected mailbox, the mailbox's changes wake the session as well
+            // as the client's bytes; otherwise only the client's.
+            let watched = match (&idling, &mut state) {
+                (Some(_), State::Selected { mailbox, .. }) => mailbox.changes.as_mut(),
+                _ => None,
+            };
+            let Some(changes) = watched else {
+                break tokio::time::timeout(IDLE_TIMEOUT, conn.read(&mut buf)).await;
+            };
+            let wake = tokio::select! {
+                read = tokio::time::timeout(IDLE_TIMEOUT, conn.read(&mut buf)) => Wake::Read(read),
+                changed = changes.changed() => Wake::Changed(changed.is_ok()),
+            };
+            match wake {
+                Wake::Read(read) => break read,
+                Wake::Changed(open) => {
+                    let State::Selected { mailbox, .. } = &mut state else {
+                        continue;
+                    };
+                    if !open {
+                        // The actor is gone (the mailbox was deleted): nothing more to wait for.
+                        mailbox.changes = None;
+                        continue;
+                    }
+                    if let Err(e) = mailbox.refresh(true, &mut out).await {
+                        info!(mailbox = %mailbox.name, error = %e, "imap session could not bring its message numbers up to date");
+                    }
+                    if !out.is_empty() && write(&mut conn, &mut out).await.is_err() {
+                        return;
+                    }
+                }
+            }
+        };
+        let read = match read {
             Ok(Ok(0)) | Ok(Err(_)) => return,
             Ok(Ok(n)) => n,
             Err(_) => {
@@ -179,6 +240,32 @@ pub async fn serve(mut conn: Connection, peer: Peer, ctx: Rc<ImapContext>) {
         };
         machine.feed(&buf[..read]);
     }
+}
+
+/// What woke an idling session.
+enum Wake {
+    Read(Result<std::io::Result<usize>, tokio::time::error::Elapsed>),
+    /// The mailbox changed (true), or its actor is gone (false).
+    Changed(bool),
+}
+
+/// IDLE (RFC 2177): what is new is told first, then the continuation request; answers whether
+/// the session now idles (it needs a login).
+async fn start_idle(state: &mut State, tag: &Tag<'static>, out: &mut Vec<u8>) -> bool {
+    match state {
+        State::Selected { mailbox, .. } => {
+            if let Err(e) = mailbox.refresh(true, out).await {
+                info!(mailbox = %mailbox.name, error = %e, "imap session could not bring its message numbers up to date");
+            }
+        }
+        State::Authenticated(_) => {}
+        State::NotAuthenticated | State::Authenticating(_) => {
+            tagged(tag, StatusKind::Bad, None, "IDLE needs a login first", out);
+            return false;
+        }
+    }
+    encode(&continuation("idling"), out);
+    true
 }
 
 pub(super) async fn write(conn: &mut Connection, out: &mut Vec<u8>) -> std::io::Result<()> {
@@ -955,6 +1042,7 @@ impl ImapContext {
         caps.push(Capability::Unselect);
         caps.push(Capability::UidPlus);
         caps.push(Capability::Move);
+        caps.push(Capability::Idle);
         if state.user().is_none() {
             if self.tls.is_some() && !conn.is_tls() {
                 caps.push(Capability::StartTls);
