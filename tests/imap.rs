@@ -399,6 +399,37 @@ elif scenario == 'idle':
     out['idle_before_login'] = r2.until(lambda l: l.startswith('x1 '))
     s2.close()
     b.logout()
+elif scenario == 'search':
+    m = imaplib.IMAP4(host, port, timeout=30)
+    m.login('alice', 'secret')
+    m.append('INBOX', '(\\Seen)', None, b'From: Ann <ann@example.org>\r\nSubject: lunch\r\nDate: Mon, 2 Mar 2026 10:00:00 +0000\r\n\r\nsoup today\r\n')
+    m.append('INBOX', '(\\Flagged $Work)', None, b'From: Bob <bob@example.net>\r\nTo: alice@example.org\r\nSubject: =?UTF-8?Q?Gr=C3=BC=C3=9Fe?=\r\nDate: Tue, 3 Mar 2026 10:00:00 +0000\r\n\r\n' + b'x' * 3000 + b'\r\n')
+    m.append('INBOX', None, None, b'From: Ann <ann@example.org>\r\nSubject: report\r\nX-Ticket: T-7\r\n\r\nnumbers\r\n')
+    m.select('INBOX')
+    for name, args in [
+        ('all', ['ALL']),
+        ('unseen', ['UNSEEN']),
+        ('from_ann', ['FROM', 'ann']),
+        ('from_ann_unseen', ['FROM', 'ann', 'UNSEEN']),
+        ('or', ['OR', 'FLAGGED', 'SEEN']),
+        ('not', ['NOT', 'FROM', 'ann']),
+        ('larger', ['LARGER', '1000']),
+        ('keyword', ['KEYWORD', '$Work']),
+        ('header', ['HEADER', 'X-Ticket', 't-7']),
+        ('body', ['BODY', 'SOUP']),
+        ('text', ['TEXT', 'report']),
+        ('senton', ['SENTON', '3-Mar-2026']),
+        ('sentbefore', ['SENTBEFORE', '3-Mar-2026']),
+        ('seq', ['2:*', 'NOT', 'SEEN']),
+        ('new', ['NEW']),
+    ]:
+        out[name] = attempt(m.search, None, *args)
+    out['uid'] = attempt(m.uid, 'SEARCH', 'UID', '2:3')
+    m.literal = 'GRÜßE'.encode()
+    out['utf8_subject'] = attempt(m.search, 'UTF-8', 'SUBJECT')
+    out['badcharset'] = attempt(m.search, 'ISO-8859-1', 'ALL')
+    out['modseq'] = attempt(m.search, None, 'MODSEQ', '1')
+    m.logout()
 print(json.dumps(out))
 "#;
 
@@ -1028,4 +1059,36 @@ fn an_idling_session_is_told_of_appends_deliveries_flag_changes_and_expunges_as_
     assert!(lines("not_done").last().unwrap().starts_with("a7 BAD"), "{out}");
     assert_eq!(lines("after_not_done"), ["a8 OK NOOP completed"], "{out}");
     assert!(lines("idle_before_login")[0].starts_with("x1 BAD"), "{out}");
+}
+
+#[test]
+fn a_mail_client_searches_by_flags_sizes_dates_sets_headers_and_bodies() {
+    let mut n = imap_node("listen = \"127.0.0.1:0\"");
+    let imap = n.imap(1);
+    let out = python(n.tmp.path(), &imap, "search", &[]);
+    for (key, expected) in [
+        ("all", "1 2 3"),
+        ("unseen", "2 3"),
+        ("from_ann", "1 3"),
+        ("from_ann_unseen", "3"),
+        ("or", "1 2"),
+        ("not", "2"),
+        ("larger", "2"),
+        ("keyword", "2"),
+        ("header", "3"),
+        ("body", "1"),
+        ("text", "3"),
+        ("senton", "2"),
+        ("sentbefore", "1"),
+        ("seq", "2 3"),
+        ("new", ""),
+        ("uid", "2 3"),
+        ("utf8_subject", "2"),
+    ] {
+        assert_eq!(out[key], serde_json::json!(["OK", [expected]]), "{key}: {out}");
+    }
+    expect(&out["badcharset"], "NO", &["[BADCHARSET (UTF-8 US-ASCII)]"]);
+    // RFC 7162 3.1.5: with MODSEQ, the highest modseq of the messages found.
+    let modseq = out["modseq"][1][0].as_str().unwrap();
+    assert!(modseq.starts_with("1 2 3 (MODSEQ "), "{out}");
 }

@@ -12,7 +12,7 @@ use std::num::{NonZeroU32, NonZeroU64};
 
 use actix::Addr;
 use imap_codec::imap_types::command::{FetchModifier, StoreModifier};
-use imap_codec::imap_types::core::{IString, Literal, NString, Vec1};
+use imap_codec::imap_types::core::{Charset, IString, Literal, NString, Vec1};
 use imap_codec::imap_types::datetime::DateTime;
 use imap_codec::imap_types::extensions::binary::LiteralOrLiteral8;
 use imap_codec::imap_types::extensions::uidplus::{UidElement, UidSet as ImapUidSet};
@@ -22,6 +22,7 @@ use imap_codec::imap_types::fetch::{
 use imap_codec::imap_types::flag::{Flag as ImapFlag, FlagFetch, StoreResponse, StoreType};
 use imap_codec::imap_types::mailbox::Mailbox as ImapMailbox;
 use imap_codec::imap_types::response::{Code, Data, StatusKind};
+use imap_codec::imap_types::search::SearchKey;
 use imap_codec::imap_types::sequence::{SeqOrUid, Sequence, SequenceSet};
 use imap_codec::imap_types::IntoStatic;
 use mailmesh_actors::mailbox::{
@@ -35,6 +36,7 @@ use tracing::warn;
 
 use super::message;
 use super::protocol::{encode, status};
+use super::search;
 use super::sequence::SequenceMap;
 use super::session::{open_mailbox, untagged, write, Outcome, FLUSH_AT};
 use super::ImapContext;
@@ -957,6 +959,91 @@ fn nonzero(n: u32) -> NonZeroU32 {
         warn!("a zero sequence number or uid reached a response; sent as 1");
         NonZeroU32::MIN
     })
+}
+
+/// SEARCH and UID SEARCH: the session's messages walked in chunks of views, a message's bytes
+/// read (one at a time) only when a key needs them.
+pub(super) async fn search(
+    conn: &mut Connection,
+    selected: &Selected,
+    charset: Option<&str>,
+    criteria: Vec1<SearchKey<'static>>,
+    uid: bool,
+    out: &mut Vec<u8>,
+) -> Result<Outcome, MailError> {
+    if let Some(charset) = charset {
+        if !search::charset_supported(charset) {
+            let allowed = search::CHARSETS
+                .iter()
+                .filter_map(|c| Charset::try_from(*c).ok())
+                .collect();
+            return Ok(Outcome::no(format!("charset {charset} is not supported"))
+                .with_code(Code::BadCharset { allowed }));
+        }
+    }
+    // Keys side by side are ANDed (RFC 3501 6.4.4).
+    let key = match criteria.as_ref() {
+        [one] => one.clone(),
+        _ => SearchKey::And(criteria),
+    };
+    if !search::supported(&key) {
+        return Ok(Outcome::bad("a search key this server does not support"));
+    }
+    let needs_body = search::needs_body(&key);
+    let bounds = search::Bounds {
+        exists: selected.map.len(),
+        last_uid: selected.map.last_uid(),
+    };
+    let mut found: Vec<NonZeroU32> = Vec::new();
+    let mut highest: u64 = 0;
+    for chunk in selected.map.uids().chunks(FETCH_CHUNK) {
+        let views = selected
+            .addr
+            .send(Fetch {
+                uids: UidSet::from_uids(chunk.iter().map(|&u| Uid(u))),
+            })
+            .await??;
+        for view in &views {
+            let Some(seq) = selected.map.seq(view.uid.0) else {
+                continue;
+            };
+            let body = if needs_body {
+                match selected.addr.send(FetchBody { uid: view.uid }).await? {
+                    Ok(body) => Some(body),
+                    // Expunged since the listing: it matches nothing.
+                    Err(MailError::NoSuchMessage(_)) => continue,
+                    Err(e) => return Err(e),
+                }
+            } else {
+                None
+            };
+            let parsed = body.as_deref().and_then(search::parse);
+            let candidate = search::Candidate {
+                seq,
+                view,
+                parsed: parsed.as_ref(),
+            };
+            if search::matches(&key, &candidate, bounds) {
+                found.push(nonzero(if uid { view.uid.0 } else { seq }));
+                highest = highest.max(view.modseq.0);
+            }
+        }
+        if out.len() >= FLUSH_AT && write(conn, out).await.is_err() {
+            return Ok(Outcome::no("the connection failed during SEARCH"));
+        }
+    }
+    // RFC 7162 3.1.5: with a MODSEQ key, the highest modseq of the messages found.
+    let modseq = if search::has_modseq(&key) {
+        NonZeroU64::new(highest)
+    } else {
+        None
+    };
+    untagged(Data::Search(found, modseq), out);
+    Ok(Outcome::ok(if uid {
+        "UID SEARCH completed"
+    } else {
+        "SEARCH completed"
+    }))
 }
 
 #[cfg(test)]

@@ -21,6 +21,7 @@
 pub mod message;
 pub mod messages;
 pub mod protocol;
+pub mod search;
 pub mod sequence;
 pub mod session;
 #[cfg(test)]

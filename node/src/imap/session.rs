@@ -654,6 +654,17 @@ async fn authenticated_command(
             }
             _ => Ok(Outcome::bad("no mailbox is selected")),
         },
+        CommandBody::Search {
+            charset,
+            criteria,
+            uid,
+        } => match state {
+            State::Selected { mailbox, .. } => {
+                let charset = charset.as_ref().map(|c| c.as_ref().to_string());
+                messages::search(conn, mailbox, charset.as_deref(), criteria, uid, out).await
+            }
+            _ => Ok(Outcome::bad("no mailbox is selected")),
+        },
         CommandBody::Check => Ok(Outcome::bad("no mailbox is selected")),
         other => Ok(Outcome::bad(format!(
             "{} is not supported by this server",
