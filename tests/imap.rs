@@ -430,6 +430,41 @@ elif scenario == 'search':
     out['badcharset'] = attempt(m.search, 'ISO-8859-1', 'ALL')
     out['modseq'] = attempt(m.search, None, 'MODSEQ', '1')
     m.logout()
+elif scenario == 'structure':
+    m = imaplib.IMAP4(host, port, timeout=30)
+    m.login('alice', 'secret')
+    message = (
+        'From: =?UTF-8?Q?J=C3=BCrgen?= <jm@example.org>\r\n'
+        'To: alice@example.org\r\n'
+        'Subject: =?UTF-8?Q?Gr=C3=BC=C3=9Fe?=\r\n'
+        'Message-ID: <m1@example.org>\r\n'
+        'MIME-Version: 1.0\r\n'
+        'Content-Type: multipart/mixed; boundary="outer"\r\n'
+        '\r\n'
+        '--outer\r\n'
+        'Content-Type: text/plain; charset=utf-8\r\n'
+        'Content-Transfer-Encoding: quoted-printable\r\n'
+        '\r\n'
+        'Gr=C3=BC=C3=9Fe\r\n'
+        '--outer\r\n'
+        'Content-Type: application/pdf; name="r.pdf"\r\n'
+        'Content-Disposition: attachment; filename="r.pdf"\r\n'
+        'Content-Transfer-Encoding: base64\r\n'
+        '\r\n'
+        'JVBERi0xLjQK\r\n'
+        '--outer--\r\n').encode()
+    m.append('INBOX', None, None, message)
+    m.select('INBOX')
+    out['envelope'] = attempt(m.fetch, '1', '(ENVELOPE)')
+    out['bodystructure'] = attempt(m.fetch, '1', '(BODYSTRUCTURE)')
+    out['body'] = attempt(m.fetch, '1', '(BODY)')
+    out['part_text'] = attempt(m.fetch, '1', '(BODY.PEEK[1])')
+    out['part_mime'] = attempt(m.fetch, '1', '(BODY.PEEK[2.MIME])')
+    out['part_attachment'] = attempt(m.fetch, '1', '(BODY.PEEK[2]<0.4>)')
+    out['part_missing'] = attempt(m.fetch, '1', '(BODY.PEEK[7])')
+    out['all'] = attempt(m.fetch, '1', 'ALL')
+    out['flags_after_peek'] = attempt(m.fetch, '1', '(FLAGS)')
+    m.logout()
 print(json.dumps(out))
 "#;
 
@@ -1091,4 +1126,65 @@ fn a_mail_client_searches_by_flags_sizes_dates_sets_headers_and_bodies() {
     // RFC 7162 3.1.5: with MODSEQ, the highest modseq of the messages found.
     let modseq = out["modseq"][1][0].as_str().unwrap();
     assert!(modseq.starts_with("1 2 3 (MODSEQ "), "{out}");
+}
+
+#[test]
+fn a_mail_client_fetches_envelope_structure_and_numbered_parts_of_a_multipart_message() {
+    let mut n = imap_node("listen = \"127.0.0.1:0\"");
+    let imap = n.imap(1);
+    let out = python(n.tmp.path(), &imap, "structure", &[]);
+    let flat = |key: &str| out[key].to_string();
+    // Header text as written (the client decodes RFC 2047); a decoded non-ASCII name comes
+    // encoded again.
+    expect(
+        &out["envelope"],
+        "OK",
+        &[
+            "\\\"=?UTF-8?Q?Gr=C3=BC=C3=9Fe?=\\\"",
+            "((\\\"=?UTF-8?B?SsO8cmdlbg==?=\\\" NIL \\\"jm\\\" \\\"example.org\\\"))",
+            "((NIL NIL \\\"alice\\\" \\\"example.org\\\"))",
+            "\\\"<m1@example.org>\\\"",
+        ],
+    );
+    expect(
+        &out["bodystructure"],
+        "OK",
+        &[
+            "(\\\"TEXT\\\" \\\"plain\\\" (\\\"charset\\\" \\\"utf-8\\\") NIL NIL \\\"quoted-printable\\\" 15 1",
+            "(\\\"application\\\" \\\"pdf\\\" (\\\"name\\\" \\\"r.pdf\\\") NIL NIL \\\"base64\\\" 12 NIL (\\\"attachment\\\" (\\\"filename\\\" \\\"r.pdf\\\"))",
+            "\\\"mixed\\\" (\\\"boundary\\\" \\\"outer\\\")",
+        ],
+    );
+    expect(
+        &out["body"],
+        "OK",
+        &["BODY ((\\\"TEXT\\\" \\\"plain\\\"", "\\\"mixed\\\")"],
+    );
+    assert!(
+        !flat("body").contains("attachment"),
+        "BODY has no extension data: {out}"
+    );
+    expect(&out["part_text"], "OK", &["BODY[1] {15}", "Gr=C3=BC=C3=9Fe"]);
+    expect(
+        &out["part_mime"],
+        "OK",
+        &[
+            "BODY[2.MIME]",
+            "Content-Disposition: attachment; filename=\\\"r.pdf\\\"",
+        ],
+    );
+    expect(&out["part_attachment"], "OK", &["BODY[2]<0> {4}", "JVBE"]);
+    // A part that does not exist is sent empty (RFC 3501 6.4.5).
+    expect(&out["part_missing"], "OK", &["BODY[7] {0}"]);
+    expect(
+        &out["all"],
+        "OK",
+        &["FLAGS", "INTERNALDATE", "RFC822.SIZE", "ENVELOPE"],
+    );
+    // Every fetch above peeked: nothing set \Seen.
+    assert_eq!(
+        out["flags_after_peek"],
+        serde_json::json!(["OK", ["1 (FLAGS ())"]]),
+        "{out}"
+    );
 }

@@ -35,6 +35,7 @@ use mailmesh_protocol::ids::{MailboxId, ModSeq, Uid};
 use tracing::warn;
 
 use super::message;
+use super::mime;
 use super::protocol::{encode, status};
 use super::search;
 use super::sequence::SequenceMap;
@@ -286,6 +287,13 @@ enum Part {
         names: Vec<Vec<u8>>,
         not: bool,
     },
+    /// A numbered part (`1.2`, `2.HEADER`, `1.MIME`, `2.HEADER.FIELDS (...)`), found in the
+    /// message's MIME structure ([`mime::part_bytes`]); `fields` picks header fields of it.
+    Numbered {
+        path: Vec<NonZeroU32>,
+        section: mime::PartSection,
+        fields: Option<(Vec<Vec<u8>>, bool)>,
+    },
 }
 
 #[derive(Clone, Debug)]
@@ -318,6 +326,26 @@ struct FetchPlan {
     /// A body item without PEEK: the messages get \Seen (RFC 3501 6.4.5).
     sets_seen: bool,
     changed_since: Option<u64>,
+    envelope: bool,
+    /// BODY (false) or BODYSTRUCTURE (true, with extension data).
+    structures: Vec<bool>,
+}
+
+impl FetchPlan {
+    /// Whether the message's bytes are read (bodies, or the MIME structure).
+    fn reads_body(&self) -> bool {
+        !self.bodies.is_empty() || self.parses()
+    }
+
+    /// Whether the message is parsed for its MIME structure.
+    fn parses(&self) -> bool {
+        self.envelope
+            || !self.structures.is_empty()
+            || self
+                .bodies
+                .iter()
+                .any(|b| matches!(b.part, Part::Numbered { .. }))
+    }
 }
 
 fn plan(
@@ -332,9 +360,7 @@ fn plan(
             MessageDataItemName::Rfc822Size,
         ],
         MacroOrMessageDataItemNames::Macro(m) => {
-            return Err(Outcome::bad(format!(
-                "FETCH {m} needs ENVELOPE, which this server does not send yet"
-            )))
+            m.expand().into_iter().map(IntoStatic::into_static).collect()
         }
         MacroOrMessageDataItemNames::MessageDataItemNames(names) => names,
     };
@@ -397,10 +423,32 @@ fn plan(
                         names: names.as_ref().iter().map(|n| n.as_ref().to_vec()).collect(),
                         not: true,
                     },
-                    Some(_) => {
-                        return Err(Outcome::bad(
-                            "body part numbers and MIME sections need the MIME structure, which this server does not send yet",
-                        ))
+                    Some(numbered) => {
+                        let names = |names: &Vec1<_>| -> Vec<Vec<u8>> {
+                            names
+                                .as_ref()
+                                .iter()
+                                .map(|n: &imap_codec::imap_types::core::AString<'_>| n.as_ref().to_vec())
+                                .collect()
+                        };
+                        let (path, section, fields) = match numbered {
+                            Section::Part(p) => (p, mime::PartSection::Body, None),
+                            Section::Mime(p) => (p, mime::PartSection::Mime, None),
+                            Section::Header(Some(p)) => (p, mime::PartSection::Header, None),
+                            Section::Text(Some(p)) => (p, mime::PartSection::Text, None),
+                            Section::HeaderFields(Some(p), n) => {
+                                (p, mime::PartSection::Header, Some((names(n), false)))
+                            }
+                            Section::HeaderFieldsNot(Some(p), n) => {
+                                (p, mime::PartSection::Header, Some((names(n), true)))
+                            }
+                            _ => unreachable!("the sections without a part number are matched above"),
+                        };
+                        Part::Numbered {
+                            path: path.0.as_ref().to_vec(),
+                            section,
+                            fields,
+                        }
                     }
                 };
                 plan.sets_seen |= !peek;
@@ -409,11 +457,10 @@ fn plan(
                     reply: BodyReply::Body { section, partial },
                 });
             }
-            other @ (MessageDataItemName::Body
-            | MessageDataItemName::BodyStructure
-            | MessageDataItemName::Envelope
-            | MessageDataItemName::Binary { .. }
-            | MessageDataItemName::BinarySize { .. }) => {
+            MessageDataItemName::Envelope => plan.envelope = true,
+            MessageDataItemName::Body => plan.structures.push(false),
+            MessageDataItemName::BodyStructure => plan.structures.push(true),
+            other @ (MessageDataItemName::Binary { .. } | MessageDataItemName::BinarySize { .. }) => {
                 return Err(Outcome::bad(format!(
                     "FETCH {} is not supported by this server yet",
                     item_name(&other)
@@ -426,9 +473,6 @@ fn plan(
 
 fn item_name(name: &MessageDataItemName<'_>) -> &'static str {
     match name {
-        MessageDataItemName::Body => "BODY",
-        MessageDataItemName::BodyStructure => "BODYSTRUCTURE",
-        MessageDataItemName::Envelope => "ENVELOPE",
         MessageDataItemName::Binary { .. } => "BINARY",
         MessageDataItemName::BinarySize { .. } => "BINARY.SIZE",
         _ => "item",
@@ -506,7 +550,7 @@ pub(super) async fn fetch(
             let Some(seq) = selected.map.seq(view.uid.0) else {
                 continue;
             };
-            let body = if plan.bodies.is_empty() {
+            let body = if !plan.reads_body() {
                 None
             } else {
                 match selected.addr.send(FetchBody { uid: view.uid }).await? {
@@ -566,8 +610,25 @@ fn fetch_items(
         }
     }
     if let Some(body) = body {
+        let parsed = if plan.parses() { mime::parse(body) } else { None };
+        if plan.envelope {
+            if let Some(parsed) = &parsed {
+                items.push(MessageDataItem::Envelope(mime::envelope(parsed)));
+            }
+        }
+        for &extended in &plan.structures {
+            if let Some(parsed) = &parsed {
+                let structure = mime::structure(parsed, extended);
+                items.push(if extended {
+                    MessageDataItem::BodyStructure(structure)
+                } else {
+                    MessageDataItem::Body(structure)
+                });
+            }
+        }
         for item in &plan.bodies {
             let fields;
+            let numbered;
             let data: &[u8] = match &item.part {
                 Part::Whole => body,
                 Part::Header => message::header(body),
@@ -576,6 +637,25 @@ fn fetch_items(
                     let names: Vec<&[u8]> = names.iter().map(Vec::as_slice).collect();
                     fields = message::header_fields(body, &names, *not);
                     &fields
+                }
+                Part::Numbered {
+                    path,
+                    section,
+                    fields: picked,
+                } => {
+                    // RFC 3501 6.4.5: a part that does not exist is sent empty.
+                    let bytes = parsed
+                        .as_ref()
+                        .and_then(|p| mime::part_bytes(p, path, section))
+                        .unwrap_or_default();
+                    numbered = match picked {
+                        Some((names, not)) => {
+                            let names: Vec<&[u8]> = names.iter().map(Vec::as_slice).collect();
+                            message::header_fields(&bytes, &names, *not).to_vec()
+                        }
+                        None => bytes,
+                    };
+                    &numbered
                 }
             };
             items.push(match &item.reply {

@@ -20,6 +20,7 @@
 
 pub mod message;
 pub mod messages;
+pub mod mime;
 pub mod protocol;
 pub mod search;
 pub mod sequence;

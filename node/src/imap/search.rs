@@ -239,7 +239,7 @@ fn header_contains(m: &Candidate<'_>, name: &str, needle: &[u8]) -> bool {
 /// A header field's texts to match: as written (unfolded) and as decoded.
 fn field_texts(parsed: &Message<'_>, header: &mail_parser::Header<'_>) -> Vec<String> {
     let raw = parsed
-        .raw_message()
+        .raw_message
         .get(header.offset_start as usize..header.offset_end as usize)
         .map(|raw| String::from_utf8_lossy(raw).replace("\r\n", "").replace('\n', ""))
         .unwrap_or_default();
