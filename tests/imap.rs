@@ -197,6 +197,7 @@ elif scenario == 'messages':
     out['out_of_range'] = attempt(m.fetch, '3', '(FLAGS)')
     out['uid_unknown'] = attempt(m.uid, 'FETCH', '99', '(FLAGS)')
     out['envelope'] = attempt(m.fetch, '1', '(ENVELOPE)')
+    out['binary'] = attempt(m.fetch, '1', '(BINARY[1])')
     out['store_add'] = attempt(m.store, '1', '+FLAGS', '(\\Deleted $Done)')
     out['store_remove'] = attempt(m.store, '1', '-FLAGS', '(\\Deleted)')
     out['store_silent'] = attempt(m.store, '1', '+FLAGS.SILENT', '(\\Answered)')
@@ -899,7 +900,9 @@ fn a_mail_client_appends_fetches_stores_expunges_copies_and_moves() {
     expect(&out["out_of_range"], "ERROR", &["out of range"]);
     expect(&out["uid_unknown"], "OK", &[]);
     assert_eq!(out["uid_unknown"][1], serde_json::json!([null]), "{out}");
-    expect(&out["envelope"], "ERROR", &["ENVELOPE"]);
+    expect(&out["envelope"], "OK", &["ENVELOPE (NIL \\\"delivered\\\""]);
+    // BINARY (RFC 3516) is not served: refused with a clear answer.
+    expect(&out["binary"], "ERROR", &["BINARY"]);
     // STORE answers with the flags after it, unless silent.
     expect(&out["store_add"], "OK", &["\\\\Deleted", "$Done"]);
     let removed = out["store_remove"].to_string();
