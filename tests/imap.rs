@@ -466,6 +466,56 @@ elif scenario == 'structure':
     out['all'] = attempt(m.fetch, '1', 'ALL')
     out['flags_after_peek'] = attempt(m.fetch, '1', '(FLAGS)')
     m.logout()
+elif scenario == 'condstore':
+    class Lines:
+        def __init__(self, sock):
+            self.sock, self.buf = sock, b''
+        def line(self):
+            while b'\r\n' not in self.buf:
+                chunk = self.sock.recv(65536)
+                if not chunk:
+                    raise EOFError('closed')
+                self.buf += chunk
+            line, self.buf = self.buf.split(b'\r\n', 1)
+            return line.decode('utf-8', 'replace')
+        def command(self, tag, line):
+            self.sock.sendall(('%s %s\r\n' % (tag, line)).encode())
+            seen = []
+            while True:
+                l = self.line()
+                seen.append(l)
+                if l.startswith(tag + ' '):
+                    return seen
+    b = imaplib.IMAP4(host, port, timeout=30)
+    b.login('alice', 'secret')
+    for i in (1, 2):
+        b.append('INBOX', None, None, ('Subject: m%d\r\n\r\nbody\r\n' % i).encode())
+    b.select('INBOX')
+    s = socket.create_connection((host, port), timeout=30)
+    r = Lines(s)
+    r.line()
+    out['capability'] = r.command('c0', 'CAPABILITY')
+    r.command('a1', 'LOGIN alice secret')
+    out['enable'] = r.command('a2', 'ENABLE CONDSTORE')
+    out['select'] = r.command('a3', 'SELECT INBOX')
+    out['store_silent'] = r.command('a4', 'STORE 1 +FLAGS.SILENT (\\Seen)')
+    out['fetch_all_modseq'] = r.command('a5', 'FETCH 1:* (MODSEQ)')
+    highest = [l for l in out['select'] if 'HIGHESTMODSEQ' in l][0].split('HIGHESTMODSEQ ')[1].split(']')[0]
+    out['changedsince'] = r.command('a9', 'FETCH 1:* (FLAGS) (CHANGEDSINCE %s)' % highest)
+    out['store_unchanged'] = r.command('a6', 'UID STORE 1:2 (UNCHANGEDSINCE 1) +FLAGS (\\Flagged)')
+    b.store('2', '+FLAGS', '(\\Answered)')
+    out['noop'] = r.command('a7', 'NOOP')
+    out['select_qresync'] = r.command('a8', 'SELECT INBOX (QRESYNC (1 1))')
+    s.close()
+    # SELECT (CONDSTORE) turns it on without ENABLE.
+    s2 = socket.create_connection((host, port), timeout=30)
+    r2 = Lines(s2)
+    r2.line()
+    r2.command('x1', 'LOGIN alice secret')
+    out['select_condstore'] = r2.command('x2', 'SELECT INBOX (CONDSTORE)')
+    out['x_store'] = r2.command('x3', 'STORE 2 -FLAGS (\\Answered)')
+    s2.close()
+    b.logout()
 print(json.dumps(out))
 "#;
 
@@ -609,13 +659,14 @@ fn a_mail_client_logs_in_lists_creates_selects_and_asks_status() {
         "UIDPLUS",
         "MOVE",
         "IDLE",
+        "CONDSTORE",
         "AUTH=PLAIN",
         "SASL-IR",
     ] {
         assert!(caps.iter().any(|c| c == cap), "{cap} missing from {caps:?}");
     }
     // Loopback, no certificate: no STARTTLS, and a password is taken in plaintext.
-    for absent in ["STARTTLS", "LOGINDISABLED", "CONDSTORE", "QRESYNC"] {
+    for absent in ["STARTTLS", "LOGINDISABLED", "QRESYNC"] {
         assert!(!caps.iter().any(|c| c == absent), "{absent} advertised: {caps:?}");
     }
     expect(&out["wrong_password"], "ERROR", &["[AUTHENTICATIONFAILED]"]);
@@ -910,7 +961,11 @@ fn a_mail_client_appends_fetches_stores_expunges_copies_and_moves() {
         removed.contains("$Done") && !removed.contains("\\\\Deleted"),
         "{removed}"
     );
-    assert_eq!(out["store_silent"], serde_json::json!(["OK", [null]]), "{out}");
+    // An earlier FETCH of MODSEQ turned CONDSTORE on (RFC 7162 3.1): .SILENT then leaves out
+    // FLAGS but still answers MODSEQ.
+    let silent = fetch_lines(&out["store_silent"]);
+    assert_eq!(silent.len(), 1, "{out}");
+    assert!(silent[0].starts_with("1 (MODSEQ ("), "{out}");
     let replaced = fetch_lines(&out["store_replace"]);
     assert_eq!(replaced.len(), 1, "{out}");
     assert!(
@@ -1190,4 +1245,73 @@ fn a_mail_client_fetches_envelope_structure_and_numbered_parts_of_a_multipart_me
         serde_json::json!(["OK", ["1 (FLAGS ())"]]),
         "{out}"
     );
+}
+
+#[test]
+fn condstore_is_enabled_and_answers_with_modseqs_changedsince_and_unchangedsince() {
+    let mut n = imap_node("listen = \"127.0.0.1:0\"");
+    let imap = n.imap(1);
+    let out = python(n.tmp.path(), &imap, "condstore", &[]);
+    let lines = |key: &str| strings(&out[key]);
+    let modseq_of = |line: &str| -> u64 {
+        let at = line
+            .find("MODSEQ (")
+            .unwrap_or_else(|| panic!("no MODSEQ in {line}"))
+            + 8;
+        line[at..].split(')').next().unwrap().parse().unwrap()
+    };
+    assert!(lines("capability")[0].contains(" CONDSTORE"), "{out}");
+    assert_eq!(
+        lines("enable"),
+        ["* ENABLED CONDSTORE", "a2 OK ENABLE completed"],
+        "{out}"
+    );
+    let select = lines("select");
+    let highest: u64 = select
+        .iter()
+        .find_map(|l| l.strip_prefix("* OK [HIGHESTMODSEQ "))
+        .and_then(|l| l.split(']').next())
+        .unwrap_or_else(|| panic!("no HIGHESTMODSEQ: {out}"))
+        .parse()
+        .unwrap();
+    // .SILENT leaves out FLAGS, not MODSEQ, once CONDSTORE is on.
+    let silent = lines("store_silent");
+    assert_eq!(silent.len(), 2, "{out}");
+    assert!(silent[0].starts_with("* 1 FETCH (MODSEQ ("), "{out}");
+    let seen_at = modseq_of(&silent[0]);
+    assert!(seen_at > highest, "{out}");
+    let all = lines("fetch_all_modseq");
+    assert_eq!(all.len(), 3, "{out}");
+    assert_eq!(modseq_of(&all[0]), seen_at, "{out}");
+    assert!(modseq_of(&all[1]) <= highest, "{out}");
+    // Only message 1 changed since the SELECT.
+    let changed = lines("changedsince");
+    assert_eq!(changed.len(), 2, "{out}");
+    assert!(
+        changed[0].starts_with("* 1 FETCH (FLAGS (\\Seen) MODSEQ ("),
+        "{out}"
+    );
+    // Both changed after modseq 1: nothing stored, both named in MODIFIED (by uid).
+    let unchanged = lines("store_unchanged");
+    assert_eq!(unchanged.len(), 1, "{out}");
+    assert!(unchanged[0].starts_with("a6 OK [MODIFIED 1:2]"), "{out}");
+    // Another session's flag change, told with its MODSEQ.
+    let noop = lines("noop");
+    assert_eq!(noop.len(), 2, "{out}");
+    assert!(
+        noop[0].starts_with("* 2 FETCH (UID 2 FLAGS (\\Answered) MODSEQ ("),
+        "{out}"
+    );
+    assert!(
+        lines("select_qresync").last().unwrap().starts_with("a8 BAD"),
+        "{out}"
+    );
+    assert!(
+        lines("select_condstore")
+            .iter()
+            .any(|l| l.starts_with("* OK [HIGHESTMODSEQ ")),
+        "{out}"
+    );
+    let x = lines("x_store");
+    assert!(x[0].starts_with("* 2 FETCH (FLAGS () MODSEQ ("), "{out}");
 }

@@ -560,7 +560,13 @@ pub(super) async fn fetch(
                     Err(e) => return Err(e),
                 }
             };
-            let items = fetch_items(&plan, &view, flagged.contains(&view.uid.0), body.as_deref());
+            let items = fetch_items(
+                &plan,
+                &view,
+                flagged.contains(&view.uid.0),
+                selected.condstore,
+                body.as_deref(),
+            );
             if let Ok(items) = Vec1::try_from(items) {
                 untagged(
                     Data::Fetch {
@@ -587,6 +593,7 @@ fn fetch_items(
     plan: &FetchPlan,
     view: &MessageView,
     flags_changed: bool,
+    condstore: bool,
     body: Option<&[u8]>,
 ) -> Vec<MessageDataItem<'static>> {
     let mut items = Vec::new();
@@ -604,7 +611,8 @@ fn fetch_items(
             u32::try_from(view.size).unwrap_or(u32::MAX),
         ));
     }
-    if plan.modseq || flags_changed && plan.changed_since.is_some() {
+    // RFC 7162 3.2: with CONDSTORE on, flags this FETCH changed (\Seen) go with their MODSEQ.
+    if plan.modseq || flags_changed && (plan.changed_since.is_some() || condstore) {
         if let Some(modseq) = NonZeroU64::new(view.modseq.0) {
             items.push(MessageDataItem::ModSeq(modseq));
         }
@@ -767,27 +775,35 @@ pub(super) async fn store(
             // Told with this answer, or not at all (.SILENT): the refresh leaves them out.
             selected.answered_flags(view);
         }
-        if response == StoreResponse::Answer {
+        // RFC 7162 3.1.3 and 3.2: with CONDSTORE on, every message changed is answered with its
+        // MODSEQ, even with .SILENT (which then leaves out only FLAGS).
+        let with_modseq = unchanged_since.is_some() || selected.condstore;
+        if response == StoreResponse::Answer || with_modseq {
             for view in &stored.updated {
                 let Some(seq) = selected.map.seq(view.uid.0) else {
                     continue;
                 };
-                let mut items = vec![MessageDataItem::Flags(flag_fetch(&view.flags))];
+                let mut items = Vec::new();
+                if response == StoreResponse::Answer {
+                    items.push(MessageDataItem::Flags(flag_fetch(&view.flags)));
+                }
                 if uid {
                     items.push(MessageDataItem::Uid(nonzero(view.uid.0)));
                 }
-                if unchanged_since.is_some() {
+                if with_modseq {
                     if let Some(modseq) = NonZeroU64::new(view.modseq.0) {
                         items.push(MessageDataItem::ModSeq(modseq));
                     }
                 }
-                untagged(
-                    Data::Fetch {
-                        seq: nonzero(seq),
-                        items: Vec1::try_from(items).expect("FLAGS at least"),
-                    },
-                    out,
-                );
+                if let Ok(items) = Vec1::try_from(items) {
+                    untagged(
+                        Data::Fetch {
+                            seq: nonzero(seq),
+                            items,
+                        },
+                        out,
+                    );
+                }
             }
         }
         // RFC 7162 3.1.3: the messages left alone, by uid for UID STORE, else by number.

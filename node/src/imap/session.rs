@@ -15,8 +15,9 @@ use std::time::Duration;
 
 use imap_codec::encode::Encoder;
 use imap_codec::imap_types::auth::{AuthMechanism, AuthenticateData};
-use imap_codec::imap_types::command::{Command, CommandBody};
+use imap_codec::imap_types::command::{Command, CommandBody, SelectParameter};
 use imap_codec::imap_types::core::{IString, NString, QuotedChar, Tag, Text, Vec1};
+use imap_codec::imap_types::extensions::enable::CapabilityEnable;
 use imap_codec::imap_types::extensions::namespace::Namespace;
 use imap_codec::imap_types::flag::{Flag, FlagNameAttribute, FlagPerm};
 use imap_codec::imap_types::mailbox::{ListMailbox, Mailbox as ImapMailbox};
@@ -98,6 +99,9 @@ pub async fn serve(mut conn: Connection, peer: Peer, ctx: Rc<ImapContext>) {
     let mut buf = vec![0u8; READ_CHUNK];
     // The tag of the IDLE in progress (RFC 2177).
     let mut idling: Option<Tag<'static>> = None;
+    // CONDSTORE is on (RFC 7162 3.1: by ENABLE, SELECT (CONDSTORE) or a command that uses it);
+    // it stays on for the rest of the connection.
+    let mut condstore = false;
     loop {
         while let Some(event) = machine.next_event() {
             let flow = match event {
@@ -158,7 +162,16 @@ pub async fn serve(mut conn: Connection, peer: Peer, ctx: Rc<ImapContext>) {
                     Flow::Continue
                 }
                 Event::Command(command) => {
-                    let flow = command_flow(&ctx, &peer, &mut conn, &mut state, command, &mut out).await;
+                    let flow = command_flow(
+                        &ctx,
+                        &peer,
+                        &mut conn,
+                        &mut state,
+                        &mut condstore,
+                        command,
+                        &mut out,
+                    )
+                    .await;
                     if let State::Authenticating(_) = state {
                         machine.expect(Expect::AuthenticateData);
                     }
@@ -239,6 +252,26 @@ pub async fn serve(mut conn: Connection, peer: Peer, ctx: Rc<ImapContext>) {
             }
         };
         machine.feed(&buf[..read]);
+    }
+}
+
+/// Whether a command uses CONDSTORE, which turns it on (RFC 7162 3.1): FETCH of MODSEQ or with
+/// CHANGEDSINCE, STORE with UNCHANGEDSINCE, SEARCH with MODSEQ.
+fn enables_condstore(body: &CommandBody<'_>) -> bool {
+    use imap_codec::imap_types::fetch::{MacroOrMessageDataItemNames, MessageDataItemName};
+    match body {
+        CommandBody::Fetch {
+            macro_or_item_names,
+            modifiers,
+            ..
+        } => {
+            !modifiers.is_empty()
+                || matches!(macro_or_item_names, MacroOrMessageDataItemNames::MessageDataItemNames(names)
+                    if names.contains(&MessageDataItemName::ModSeq))
+        }
+        CommandBody::Store { modifiers, .. } => !modifiers.is_empty(),
+        CommandBody::Search { criteria, .. } => criteria.as_ref().iter().any(super::search::has_modseq),
+        _ => false,
     }
 }
 
@@ -335,11 +368,19 @@ async fn command_flow(
     peer: &Peer,
     conn: &mut Connection,
     state: &mut State,
+    condstore: &mut bool,
     command: Command<'static>,
     out: &mut Vec<u8>,
 ) -> Flow {
     let Command { tag, body } = command;
     let mut flow = Flow::Continue;
+    if let State::Selected { mailbox, .. } = state {
+        // RFC 7162 3.1: a command that uses CONDSTORE turns it on, before its own answers.
+        if enables_condstore(&body) {
+            *condstore = true;
+        }
+        mailbox.condstore = *condstore;
+    }
     // RFC 3501 7.4.1: no untagged EXPUNGE while answering FETCH, STORE or SEARCH (the client
     // could not tell which message a number meant).
     let expunges_allowed = !matches!(
@@ -434,7 +475,7 @@ async fn command_flow(
         }
         other => match state.user().map(str::to_string) {
             None => Outcome::bad(format!("{} needs a login first", other.name())),
-            Some(user) => authenticated_command(ctx, &user, conn, state, other, out).await,
+            Some(user) => authenticated_command(ctx, &user, conn, state, condstore, other, out).await,
         },
     };
     if let (State::Selected { mailbox, .. }, Flow::Continue) = (&mut *state, &flow) {
@@ -506,6 +547,7 @@ async fn authenticated_command(
     user: &str,
     conn: &mut Connection,
     state: &mut State,
+    condstore: &mut bool,
     body: CommandBody<'static>,
     out: &mut Vec<u8>,
 ) -> Outcome {
@@ -522,12 +564,22 @@ async fn authenticated_command(
             );
             Ok(Outcome::ok("NAMESPACE completed"))
         }
-        CommandBody::Enable { .. } => {
-            // RFC 5161: only extensions this server implements are enabled, and none of those
-            // that ENABLE names (CONDSTORE, QRESYNC, UTF8=ACCEPT, METADATA) is implemented yet.
+        CommandBody::Enable { capabilities } => {
+            // RFC 5161: only extensions this server implements are enabled: CONDSTORE, not yet
+            // QRESYNC, UTF8=ACCEPT or METADATA.
+            let mut enabled = Vec::new();
+            for capability in capabilities.into_inner() {
+                if capability == CapabilityEnable::CondStore {
+                    *condstore = true;
+                    if let State::Selected { mailbox, .. } = state {
+                        mailbox.condstore = true;
+                    }
+                    enabled.push(capability);
+                }
+            }
             untagged(
                 Data::Enabled {
-                    capabilities: Vec::new(),
+                    capabilities: enabled,
                 },
                 out,
             );
@@ -549,8 +601,12 @@ async fn authenticated_command(
         CommandBody::Status { mailbox, item_names } => {
             status_command(ctx, user, &mailbox, &item_names, out).await
         }
-        CommandBody::Select { mailbox, .. } => select(ctx, user, state, &mailbox, false, out).await,
-        CommandBody::Examine { mailbox, .. } => select(ctx, user, state, &mailbox, true, out).await,
+        CommandBody::Select { mailbox, parameters } => {
+            select(ctx, user, state, condstore, &mailbox, &parameters, false, out).await
+        }
+        CommandBody::Examine { mailbox, parameters } => {
+            select(ctx, user, state, condstore, &mailbox, &parameters, true, out).await
+        }
         CommandBody::Append {
             mailbox,
             flags,
@@ -896,18 +952,32 @@ async fn status_command(
     Ok(Outcome::ok("STATUS completed"))
 }
 
+#[allow(clippy::too_many_arguments)]
 async fn select(
     ctx: &ImapContext,
     user: &str,
     state: &mut State,
+    condstore: &mut bool,
     mailbox: &ImapMailbox<'_>,
+    parameters: &[SelectParameter],
     read_only: bool,
     out: &mut Vec<u8>,
 ) -> Result<Outcome, MailError> {
     // RFC 3501 6.3.1: a SELECT deselects the current mailbox first, even when it then fails.
     *state = State::Authenticated(user.to_string());
+    for parameter in parameters {
+        match parameter {
+            SelectParameter::CondStore => *condstore = true,
+            SelectParameter::QResync { .. } => {
+                return Ok(Outcome::bad(
+                    "QRESYNC is not enabled (this server does not offer it yet)",
+                ))
+            }
+        }
+    }
     let name = mailbox_name(mailbox)?;
-    let (selected, mailbox_state) = Selected::open(ctx, user, name, read_only).await?;
+    let (mut selected, mailbox_state) = Selected::open(ctx, user, name, read_only).await?;
+    selected.condstore = *condstore;
     let system = [
         Flag::Answered,
         Flag::Flagged,
@@ -1054,6 +1124,7 @@ impl ImapContext {
         caps.push(Capability::UidPlus);
         caps.push(Capability::Move);
         caps.push(Capability::Idle);
+        caps.push(Capability::CondStore);
         if state.user().is_none() {
             if self.tls.is_some() && !conn.is_tls() {
                 caps.push(Capability::StartTls);
