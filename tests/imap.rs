@@ -962,10 +962,10 @@ fn a_mail_client_appends_fetches_stores_expunges_copies_and_moves() {
         "{removed}"
     );
     // An earlier FETCH of MODSEQ turned CONDSTORE on (RFC 7162 3.1): .SILENT then leaves out
-    // FLAGS but still answers MODSEQ.
+    // FLAGS but still answers UID and MODSEQ.
     let silent = fetch_lines(&out["store_silent"]);
     assert_eq!(silent.len(), 1, "{out}");
-    assert!(silent[0].starts_with("1 (MODSEQ ("), "{out}");
+    assert!(silent[0].starts_with("1 (UID 1 MODSEQ ("), "{out}");
     let replaced = fetch_lines(&out["store_replace"]);
     assert_eq!(replaced.len(), 1, "{out}");
     assert!(
@@ -1277,7 +1277,7 @@ fn condstore_is_enabled_and_answers_with_modseqs_changedsince_and_unchangedsince
     // .SILENT leaves out FLAGS, not MODSEQ, once CONDSTORE is on.
     let silent = lines("store_silent");
     assert_eq!(silent.len(), 2, "{out}");
-    assert!(silent[0].starts_with("* 1 FETCH (MODSEQ ("), "{out}");
+    assert!(silent[0].starts_with("* 1 FETCH (UID 1 MODSEQ ("), "{out}");
     let seen_at = modseq_of(&silent[0]);
     assert!(seen_at > highest, "{out}");
     let all = lines("fetch_all_modseq");
@@ -1313,5 +1313,5 @@ fn condstore_is_enabled_and_answers_with_modseqs_changedsince_and_unchangedsince
         "{out}"
     );
     let x = lines("x_store");
-    assert!(x[0].starts_with("* 2 FETCH (FLAGS () MODSEQ ("), "{out}");
+    assert!(x[0].starts_with("* 2 FETCH (FLAGS () UID 2 MODSEQ ("), "{out}");
 }

@@ -597,7 +597,9 @@ fn fetch_items(
     body: Option<&[u8]>,
 ) -> Vec<MessageDataItem<'static>> {
     let mut items = Vec::new();
-    if plan.uid {
+    // RFC 7162 3.1: with CONDSTORE on, a FETCH response that tells of a flag change carries
+    // UID and MODSEQ.
+    if plan.uid || flags_changed && condstore {
         items.push(MessageDataItem::Uid(nonzero(view.uid.0)));
     }
     if plan.flags || flags_changed {
@@ -787,7 +789,7 @@ pub(super) async fn store(
                 if response == StoreResponse::Answer {
                     items.push(MessageDataItem::Flags(flag_fetch(&view.flags)));
                 }
-                if uid {
+                if uid || selected.condstore {
                     items.push(MessageDataItem::Uid(nonzero(view.uid.0)));
                 }
                 if with_modseq {
