@@ -516,6 +516,59 @@ elif scenario == 'condstore':
     out['x_store'] = r2.command('x3', 'STORE 2 -FLAGS (\\Answered)')
     s2.close()
     b.logout()
+elif scenario == 'qresync':
+    class Lines:
+        def __init__(self, sock):
+            self.sock, self.buf = sock, b''
+        def line(self):
+            while b'\r\n' not in self.buf:
+                chunk = self.sock.recv(65536)
+                if not chunk:
+                    raise EOFError('closed')
+                self.buf += chunk
+            line, self.buf = self.buf.split(b'\r\n', 1)
+            return line.decode('utf-8', 'replace')
+        def command(self, tag, line):
+            self.sock.sendall(('%s %s\r\n' % (tag, line)).encode())
+            seen = []
+            while True:
+                l = self.line()
+                seen.append(l)
+                if l.startswith(tag + ' '):
+                    return seen
+    def session():
+        r = Lines(socket.create_connection((host, port), timeout=30))
+        r.line()
+        r.command('l', 'LOGIN alice secret')
+        return r
+    b = imaplib.IMAP4(host, port, timeout=30)
+    b.login('alice', 'secret')
+    for i in range(1, 5):
+        b.append('INBOX', None, None, ('Subject: m%d\r\n\r\nbody\r\n' % i).encode())
+    r = session()
+    out['enable'] = r.command('a1', 'ENABLE QRESYNC')
+    select = r.command('a2', 'SELECT INBOX')
+    uidvalidity = [l for l in select if 'UIDVALIDITY' in l][0].split('UIDVALIDITY ')[1].split(']')[0]
+    highest = int([l for l in select if 'HIGHESTMODSEQ' in l][0].split('HIGHESTMODSEQ ')[1].split(']')[0])
+    r.sock.close()
+    # While the client is away: a flag change and an expunge.
+    b.select('INBOX')
+    b.store('2', '+FLAGS', '(\\Flagged)')
+    b.store('3', '+FLAGS', '(\\Deleted)')
+    b.expunge()
+    r = session()
+    r.command('a3', 'ENABLE QRESYNC')
+    out['resync'] = r.command('a4', 'SELECT INBOX (QRESYNC (%s %d 1:4))' % (uidvalidity, highest))
+    # Selected with QRESYNC on: another session's expunge comes as VANISHED.
+    b.store('3', '+FLAGS', '(\\Deleted)')
+    b.expunge()
+    out['noop'] = r.command('a5', 'NOOP')
+    out['fetch_vanished'] = r.command('a6', 'UID FETCH 1:* (FLAGS) (CHANGEDSINCE %d VANISHED)' % highest)
+    out['fetch_vanished_without_changedsince'] = r.command('a7', 'UID FETCH 1:* (FLAGS) (VANISHED)')
+    # A modseq another node minted (its tag differs): a full resync.
+    out['failover'] = r.command('a8', 'SELECT INBOX (QRESYNC (%s %d))' % (uidvalidity, highest ^ 1))
+    out['other_uidvalidity'] = r.command('a9', 'SELECT INBOX (QRESYNC (%d %d))' % (int(uidvalidity) + 1, highest))
+    b.logout()
 print(json.dumps(out))
 "#;
 
@@ -660,13 +713,14 @@ fn a_mail_client_logs_in_lists_creates_selects_and_asks_status() {
         "MOVE",
         "IDLE",
         "CONDSTORE",
+        "QRESYNC",
         "AUTH=PLAIN",
         "SASL-IR",
     ] {
         assert!(caps.iter().any(|c| c == cap), "{cap} missing from {caps:?}");
     }
     // Loopback, no certificate: no STARTTLS, and a password is taken in plaintext.
-    for absent in ["STARTTLS", "LOGINDISABLED", "QRESYNC"] {
+    for absent in ["STARTTLS", "LOGINDISABLED"] {
         assert!(!caps.iter().any(|c| c == absent), "{absent} advertised: {caps:?}");
     }
     expect(&out["wrong_password"], "ERROR", &["[AUTHENTICATIONFAILED]"]);
@@ -1314,4 +1368,59 @@ fn condstore_is_enabled_and_answers_with_modseqs_changedsince_and_unchangedsince
     );
     let x = lines("x_store");
     assert!(x[0].starts_with("* 2 FETCH (FLAGS () UID 2 MODSEQ ("), "{out}");
+}
+
+#[test]
+fn qresync_tells_a_returning_client_what_vanished_and_changed_even_after_a_failover() {
+    let mut n = imap_node("listen = \"127.0.0.1:0\"");
+    let imap = n.imap(1);
+    let out = python(n.tmp.path(), &imap, "qresync", &[]);
+    let lines = |key: &str| strings(&out[key]);
+    let untagged = |key: &str| -> Vec<String> {
+        lines(key)
+            .into_iter()
+            .filter(|l| l.starts_with("* VANISHED") || l.starts_with("* ") && l.contains(" FETCH ("))
+            .collect()
+    };
+    assert_eq!(
+        lines("enable"),
+        ["* ENABLED QRESYNC", "a1 OK ENABLE completed"],
+        "{out}"
+    );
+    // Uid 3 went, uid 2 changed; uids 1 and 4 did not.
+    let resync = untagged("resync");
+    assert_eq!(resync.len(), 2, "{out}");
+    assert_eq!(resync[0], "* VANISHED (EARLIER) 3", "{out}");
+    assert!(
+        resync[1].starts_with("* 2 FETCH (UID 2 FLAGS (\\Flagged) MODSEQ ("),
+        "{out}"
+    );
+    assert!(lines("resync").contains(&"* 3 EXISTS".to_string()), "{out}");
+    // Message 3 (uid 4) expunged by the other session: VANISHED, not EXPUNGE.
+    assert_eq!(lines("noop"), ["* VANISHED 4", "a5 OK NOOP completed"], "{out}");
+    let fetched = untagged("fetch_vanished");
+    assert_eq!(fetched.len(), 2, "{out}");
+    assert_eq!(fetched[0], "* VANISHED (EARLIER) 3:4", "{out}");
+    assert!(
+        fetched[1].starts_with("* 2 FETCH (UID 2 FLAGS (\\Flagged) MODSEQ ("),
+        "{out}"
+    );
+    assert!(
+        lines("fetch_vanished_without_changedsince")[0].starts_with("a7 BAD"),
+        "{out}"
+    );
+    // Failover: every message's flags, and every uid gone.
+    let failover = untagged("failover");
+    assert_eq!(failover.len(), 3, "{out}");
+    assert_eq!(failover[0], "* VANISHED (EARLIER) 3:4", "{out}");
+    assert!(
+        failover[1].starts_with("* 1 FETCH (UID 1 FLAGS () MODSEQ ("),
+        "{out}"
+    );
+    assert!(
+        failover[2].starts_with("* 2 FETCH (UID 2 FLAGS (\\Flagged) MODSEQ ("),
+        "{out}"
+    );
+    // Another UIDVALIDITY: the cache is void, nothing to resync.
+    assert!(untagged("other_uidvalidity").is_empty(), "{out}");
 }

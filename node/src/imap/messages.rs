@@ -75,6 +75,8 @@ pub struct Selected {
     own_flags: std::collections::BTreeMap<u32, ModSeq>,
     /// CONDSTORE is on for the session: told flag changes carry MODSEQ (RFC 7162 3.2).
     pub condstore: bool,
+    /// QRESYNC is on: messages gone are told with VANISHED (by uid) instead of EXPUNGE.
+    pub qresync: bool,
 }
 
 impl std::fmt::Debug for Selected {
@@ -120,6 +122,7 @@ impl Selected {
             flags_told: state.highestmodseq,
             own_flags: Default::default(),
             condstore: false,
+            qresync: false,
         };
         Ok((selected, state))
     }
@@ -168,9 +171,7 @@ impl Selected {
                 .copied()
                 .filter(|u| listed.binary_search(u).is_err())
                 .collect();
-            for seq in self.map.remove_all(&gone) {
-                untagged(Data::Expunge(nonzero(seq)), out);
-            }
+            self.forget(&gone, out);
             let last = self.map.last_uid();
             fresh = listed.into_iter().filter(|&u| u > last).collect();
             self.uidnext = self.uidnext.max(fresh.last().map_or(0, |u| u + 1));
@@ -253,6 +254,136 @@ impl Selected {
         Ok(())
     }
 
+    /// Takes the `gone` uids out of the map and tells the client: an EXPUNGE per message, or
+    /// with QRESYNC one VANISHED of their uids (RFC 7162 3.2.10).
+    pub fn forget(&mut self, gone: &[u32], out: &mut Vec<u8>) {
+        if self.qresync {
+            let known: Vec<u32> = gone
+                .iter()
+                .copied()
+                .filter(|&u| self.map.seq(u).is_some())
+                .collect();
+            self.map.remove_all(&known);
+            if let Some(set) = sequence_set(&known) {
+                untagged(
+                    Data::Vanished {
+                        earlier: false,
+                        known_uids: set,
+                    },
+                    out,
+                );
+            }
+        } else {
+            for seq in self.map.remove_all(gone) {
+                untagged(Data::Expunge(nonzero(seq)), out);
+            }
+        }
+    }
+
+    /// The uids named by `set` (clipped to those this mailbox has handed out) that it no longer
+    /// has: `VANISHED (EARLIER)` for them. A superset of what went since any modseq, so it is
+    /// right whatever node minted the client's modseq and whatever tombstones were compacted
+    /// (RFC 7162 3.2.5.2 lets a server name uids the client does not know).
+    fn vanished_in(&self, set: &SequenceSet) -> Vec<u32> {
+        let last = self.uidnext.saturating_sub(1);
+        let mut gone = Vec::new();
+        for sequence in set.0.as_ref() {
+            let value = |v: &SeqOrUid| match v {
+                SeqOrUid::Value(v) => v.get().min(last),
+                SeqOrUid::Asterisk => last,
+            };
+            let (a, b) = match sequence {
+                Sequence::Single(v) => (value(v), value(v)),
+                Sequence::Range(a, b) => (value(a).min(value(b)), value(a).max(value(b))),
+            };
+            gone.extend((a.max(1)..=b).filter(|&u| self.map.seq(u).is_none()));
+        }
+        gone.sort_unstable();
+        gone.dedup();
+        gone
+    }
+
+    /// SELECT ... (QRESYNC (uidvalidity modseq [known-uids])) with a matching UIDVALIDITY:
+    /// `VANISHED (EARLIER)` for the known uids gone, then FETCH (UID FLAGS MODSEQ) for every
+    /// message changed after `since`. A modseq this node did not mint (the client failed over
+    /// from another node) or one above this node's highest says nothing about this copy: then
+    /// every message's flags are sent, a full resync rather than a silently incomplete one.
+    pub async fn resync(
+        &mut self,
+        since: u64,
+        known: Option<&SequenceSet>,
+        out: &mut Vec<u8>,
+    ) -> Result<(), MailError> {
+        let all = SequenceSet::try_from("1:*").expect("a valid set");
+        let vanished = self.vanished_in(known.unwrap_or(&all));
+        if let Some(set) = sequence_set(&vanished) {
+            untagged(
+                Data::Vanished {
+                    earlier: true,
+                    known_uids: set,
+                },
+                out,
+            );
+        }
+        let highest = self.addr.send(GetState).await??.highestmodseq;
+        let since = ModSeq(since);
+        let ours = since.tag() == highest.tag() && since <= highest;
+        let tell = |view: &MessageView, out: &mut Vec<u8>| {
+            let Some(seq) = self.map.seq(view.uid.0) else {
+                return;
+            };
+            let mut items = vec![
+                MessageDataItem::Uid(nonzero(view.uid.0)),
+                MessageDataItem::Flags(flag_fetch(&view.flags)),
+            ];
+            if let Some(modseq) = NonZeroU64::new(view.modseq.0) {
+                items.push(MessageDataItem::ModSeq(modseq));
+            }
+            untagged(
+                Data::Fetch {
+                    seq: nonzero(seq),
+                    items: Vec1::try_from(items).expect("UID and FLAGS"),
+                },
+                out,
+            );
+        };
+        if ours {
+            let mut from = since;
+            loop {
+                let changed = self
+                    .addr
+                    .send(ChangedSince {
+                        since: from,
+                        limit: CHANGES_CHUNK,
+                    })
+                    .await??;
+                for stored in &changed {
+                    from = from.max(stored.modseq);
+                    if !stored.hidden && !stored.record.is_expunged() {
+                        tell(&MessageView::of(stored), out);
+                    }
+                }
+                if changed.len() < CHANGES_CHUNK {
+                    break;
+                }
+            }
+        } else {
+            for chunk in self.map.uids().to_vec().chunks(FETCH_CHUNK) {
+                let views = self
+                    .addr
+                    .send(Fetch {
+                        uids: UidSet::from_uids(chunk.iter().map(|&u| Uid(u))),
+                    })
+                    .await??;
+                for view in &views {
+                    tell(view, out);
+                }
+            }
+        }
+        self.flags_told = self.flags_told.max(highest);
+        Ok(())
+    }
+
     /// A flag change this session's command made and answered (see `own_flags`).
     fn answered_flags(&mut self, view: &MessageView) {
         self.own_flags.insert(view.uid.0, view.modseq);
@@ -327,6 +458,8 @@ struct FetchPlan {
     sets_seen: bool,
     changed_since: Option<u64>,
     envelope: bool,
+    /// UID FETCH ... (CHANGEDSINCE n VANISHED): the uids of the set gone come first.
+    vanished: bool,
     /// BODY (false) or BODYSTRUCTURE (true, with extension data).
     structures: Vec<bool>,
 }
@@ -352,6 +485,7 @@ fn plan(
     names: MacroOrMessageDataItemNames<'static>,
     uid: bool,
     modifiers: Vec<FetchModifier>,
+    qresync: bool,
 ) -> Result<FetchPlan, Outcome> {
     let names = match names {
         MacroOrMessageDataItemNames::Macro(Macro::Fast) => vec![
@@ -376,10 +510,15 @@ fn plan(
                 // RFC 7162 3.1.4.1: CHANGEDSINCE implies MODSEQ.
                 plan.modseq = true;
             }
-            FetchModifier::Vanished => {
-                return Err(Outcome::bad("VANISHED needs QRESYNC, which is not enabled"))
+            FetchModifier::Vanished if !qresync => {
+                return Err(Outcome::bad("VANISHED needs QRESYNC: ENABLE QRESYNC first"))
             }
+            FetchModifier::Vanished => plan.vanished = true,
         }
+    }
+    // RFC 7162 3.2.6: VANISHED only in a UID FETCH, with CHANGEDSINCE.
+    if plan.vanished && !(uid && plan.changed_since.is_some()) {
+        return Err(Outcome::bad("VANISHED goes with UID FETCH and CHANGEDSINCE"));
     }
     for name in names {
         match name {
@@ -489,7 +628,7 @@ pub(super) async fn fetch(
     modifiers: Vec<FetchModifier>,
     out: &mut Vec<u8>,
 ) -> Result<Outcome, MailError> {
-    let mut plan = match plan(names, uid, modifiers) {
+    let mut plan = match plan(names, uid, modifiers, selected.qresync) {
         Ok(plan) => plan,
         Err(refused) => return Ok(refused),
     };
@@ -498,6 +637,17 @@ pub(super) async fn fetch(
         Ok(uids) => uids,
         Err(refused) => return Ok(refused),
     };
+    if plan.vanished {
+        if let Some(gone) = sequence_set(&selected.vanished_in(set)) {
+            untagged(
+                Data::Vanished {
+                    earlier: true,
+                    known_uids: gone,
+                },
+                out,
+            );
+        }
+    }
     let seen = mailmesh_protocol::names::Flag::seen();
     for chunk in uids.chunks(FETCH_CHUNK) {
         let mut views = selected
@@ -852,9 +1002,7 @@ pub(super) async fn expunge(
         .into_iter()
         .map(|u| u.0)
         .collect();
-    for seq in selected.map.remove_all(&gone) {
-        untagged(Data::Expunge(nonzero(seq)), out);
-    }
+    selected.forget(&gone, out);
     Ok(Outcome::ok(if set.is_some() {
         "UID EXPUNGE completed"
     } else {
@@ -1001,9 +1149,7 @@ pub(super) async fn transfer(
             out,
         );
     }
-    for seq in selected.map.remove_all(&from) {
-        untagged(Data::Expunge(nonzero(seq)), out);
-    }
+    selected.forget(&from, out);
     Ok(Outcome::ok(done))
 }
 

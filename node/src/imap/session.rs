@@ -99,9 +99,7 @@ pub async fn serve(mut conn: Connection, peer: Peer, ctx: Rc<ImapContext>) {
     let mut buf = vec![0u8; READ_CHUNK];
     // The tag of the IDLE in progress (RFC 2177).
     let mut idling: Option<Tag<'static>> = None;
-    // CONDSTORE is on (RFC 7162 3.1: by ENABLE, SELECT (CONDSTORE) or a command that uses it);
-    // it stays on for the rest of the connection.
-    let mut condstore = false;
+    let mut enabled = Enabled::default();
     loop {
         while let Some(event) = machine.next_event() {
             let flow = match event {
@@ -167,7 +165,7 @@ pub async fn serve(mut conn: Connection, peer: Peer, ctx: Rc<ImapContext>) {
                         &peer,
                         &mut conn,
                         &mut state,
-                        &mut condstore,
+                        &mut enabled,
                         command,
                         &mut out,
                     )
@@ -275,6 +273,14 @@ fn enables_condstore(body: &CommandBody<'_>) -> bool {
     }
 }
 
+/// The extensions a client turned on (RFC 7162 3.1: CONDSTORE by ENABLE, SELECT (CONDSTORE) or
+/// a command that uses it; QRESYNC by ENABLE only); they stay on for the connection.
+#[derive(Debug, Default)]
+struct Enabled {
+    condstore: bool,
+    qresync: bool,
+}
+
 /// What woke an idling session.
 enum Wake {
     Read(Result<std::io::Result<usize>, tokio::time::error::Elapsed>),
@@ -368,7 +374,7 @@ async fn command_flow(
     peer: &Peer,
     conn: &mut Connection,
     state: &mut State,
-    condstore: &mut bool,
+    enabled: &mut Enabled,
     command: Command<'static>,
     out: &mut Vec<u8>,
 ) -> Flow {
@@ -377,9 +383,10 @@ async fn command_flow(
     if let State::Selected { mailbox, .. } = state {
         // RFC 7162 3.1: a command that uses CONDSTORE turns it on, before its own answers.
         if enables_condstore(&body) {
-            *condstore = true;
+            enabled.condstore = true;
         }
-        mailbox.condstore = *condstore;
+        mailbox.condstore = enabled.condstore;
+        mailbox.qresync = enabled.qresync;
     }
     // RFC 3501 7.4.1: no untagged EXPUNGE while answering FETCH, STORE or SEARCH (the client
     // could not tell which message a number meant).
@@ -475,7 +482,7 @@ async fn command_flow(
         }
         other => match state.user().map(str::to_string) {
             None => Outcome::bad(format!("{} needs a login first", other.name())),
-            Some(user) => authenticated_command(ctx, &user, conn, state, condstore, other, out).await,
+            Some(user) => authenticated_command(ctx, &user, conn, state, enabled, other, out).await,
         },
     };
     if let (State::Selected { mailbox, .. }, Flow::Continue) = (&mut *state, &flow) {
@@ -547,7 +554,7 @@ async fn authenticated_command(
     user: &str,
     conn: &mut Connection,
     state: &mut State,
-    condstore: &mut bool,
+    enabled: &mut Enabled,
     body: CommandBody<'static>,
     out: &mut Vec<u8>,
 ) -> Outcome {
@@ -565,24 +572,27 @@ async fn authenticated_command(
             Ok(Outcome::ok("NAMESPACE completed"))
         }
         CommandBody::Enable { capabilities } => {
-            // RFC 5161: only extensions this server implements are enabled: CONDSTORE, not yet
-            // QRESYNC, UTF8=ACCEPT or METADATA.
-            let mut enabled = Vec::new();
+            // RFC 5161: only extensions this server implements are enabled: CONDSTORE and
+            // QRESYNC (which implies CONDSTORE, RFC 7162 3.2.3), not UTF8=ACCEPT or METADATA.
+            let mut now = Vec::new();
             for capability in capabilities.into_inner() {
+                // imap-codec has no variant of its own for QRESYNC: it comes as an atom.
+                let qresync = matches!(&capability, CapabilityEnable::Other(_))
+                    && capability.to_string().eq_ignore_ascii_case("QRESYNC");
                 if capability == CapabilityEnable::CondStore {
-                    *condstore = true;
-                    if let State::Selected { mailbox, .. } = state {
-                        mailbox.condstore = true;
-                    }
-                    enabled.push(capability);
+                    enabled.condstore = true;
+                    now.push(capability);
+                } else if qresync {
+                    enabled.condstore = true;
+                    enabled.qresync = true;
+                    now.push(capability);
                 }
             }
-            untagged(
-                Data::Enabled {
-                    capabilities: enabled,
-                },
-                out,
-            );
+            if let State::Selected { mailbox, .. } = state {
+                mailbox.condstore = enabled.condstore;
+                mailbox.qresync = enabled.qresync;
+            }
+            untagged(Data::Enabled { capabilities: now }, out);
             Ok(Outcome::ok("ENABLE completed"))
         }
         CommandBody::Create { mailbox } => create(ctx, user, &mailbox).await,
@@ -602,10 +612,10 @@ async fn authenticated_command(
             status_command(ctx, user, &mailbox, &item_names, out).await
         }
         CommandBody::Select { mailbox, parameters } => {
-            select(ctx, user, state, condstore, &mailbox, &parameters, false, out).await
+            select(ctx, user, state, enabled, &mailbox, &parameters, false, out).await
         }
         CommandBody::Examine { mailbox, parameters } => {
-            select(ctx, user, state, condstore, &mailbox, &parameters, true, out).await
+            select(ctx, user, state, enabled, &mailbox, &parameters, true, out).await
         }
         CommandBody::Append {
             mailbox,
@@ -957,7 +967,7 @@ async fn select(
     ctx: &ImapContext,
     user: &str,
     state: &mut State,
-    condstore: &mut bool,
+    enabled: &mut Enabled,
     mailbox: &ImapMailbox<'_>,
     parameters: &[SelectParameter],
     read_only: bool,
@@ -965,19 +975,26 @@ async fn select(
 ) -> Result<Outcome, MailError> {
     // RFC 3501 6.3.1: a SELECT deselects the current mailbox first, even when it then fails.
     *state = State::Authenticated(user.to_string());
+    let mut resync = None;
     for parameter in parameters {
         match parameter {
-            SelectParameter::CondStore => *condstore = true,
-            SelectParameter::QResync { .. } => {
-                return Ok(Outcome::bad(
-                    "QRESYNC is not enabled (this server does not offer it yet)",
-                ))
+            SelectParameter::CondStore => enabled.condstore = true,
+            // RFC 7162 3.2.5: only once the client enabled QRESYNC.
+            SelectParameter::QResync { .. } if !enabled.qresync => {
+                return Ok(Outcome::bad("QRESYNC is not enabled: ENABLE QRESYNC first"))
             }
+            SelectParameter::QResync {
+                uid_validity,
+                mod_sequence_value,
+                known_uids,
+                ..
+            } => resync = Some((*uid_validity, *mod_sequence_value, known_uids.clone())),
         }
     }
     let name = mailbox_name(mailbox)?;
     let (mut selected, mailbox_state) = Selected::open(ctx, user, name, read_only).await?;
-    selected.condstore = *condstore;
+    selected.condstore = enabled.condstore;
+    selected.qresync = enabled.qresync;
     let system = [
         Flag::Answered,
         Flag::Flagged,
@@ -1012,6 +1029,12 @@ async fn select(
             &status(None, StatusKind::Ok, Some(code), "mailbox state".to_string()),
             out,
         );
+    }
+    // With another UIDVALIDITY the client's cache is void whole: nothing to resync.
+    if let Some((uidvalidity, since, known)) = resync {
+        if uidvalidity.get() == mailbox_state.uidvalidity.0 {
+            selected.resync(since.get(), known.as_ref(), out).await?;
+        }
     }
     *state = State::Selected {
         user: user.to_string(),
@@ -1125,6 +1148,7 @@ impl ImapContext {
         caps.push(Capability::Move);
         caps.push(Capability::Idle);
         caps.push(Capability::CondStore);
+        caps.push(Capability::QResync);
         if state.user().is_none() {
             if self.tls.is_some() && !conn.is_tls() {
                 caps.push(Capability::StartTls);
