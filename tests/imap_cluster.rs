@@ -153,3 +153,79 @@ fn a_client_idling_on_one_node_is_told_of_changes_replicated_from_another() {
     assert!(imap.line().starts_with("a3 OK"));
     assert!(imap.command("a4", "LOGOUT").last().unwrap().starts_with("a4 OK"));
 }
+
+#[test]
+fn a_client_failing_over_to_another_node_gets_a_full_qresync() {
+    let tmp = tempfile::TempDir::new().unwrap();
+    let specs = cluster_specs(tmp.path(), &["n1", "n2"]);
+    write_mesh_configs(&specs);
+    let hash = password_hash();
+    for spec in &specs {
+        let mut text = std::fs::read_to_string(spec.config_path()).unwrap();
+        text.push_str(&format!(
+            "\n[lmtp]\nlisten = \"127.0.0.1:0\"\n\n[imap]\nlisten = \"127.0.0.1:0\"\n\n\
+             [[users]]\nname = \"alice\"\npassword_hash = {hash:?}\n"
+        ));
+        std::fs::write(spec.config_path(), text).unwrap();
+    }
+    let (n1, n2) = (&specs[0], &specs[1]);
+    let mut r1 = n1.start();
+    let mut r2 = n2.start();
+    let lmtp1 = address(&r1.wait_for_stderr("protocol=\"lmtp\""));
+    let imap1 = address(&r1.wait_for_stderr("protocol=\"imap\""));
+    let imap2 = address(&r2.wait_for_stderr("protocol=\"imap\""));
+    create_everywhere(n1, &[n1, n2], "alice", "INBOX");
+    for subject in ["one", "two", "three"] {
+        assert!(deliver(&lmtp1, subject).starts_with("250"));
+    }
+
+    // The client's cache, from n1: three messages, n1's HIGHESTMODSEQ.
+    let mut on1 = Imap::connect(&imap1);
+    on1.command("a1", "LOGIN alice pw");
+    on1.command("a2", "ENABLE QRESYNC");
+    let select = on1.command("a3", "SELECT INBOX");
+    let code = |lines: &[String], name: &str| -> String {
+        lines
+            .iter()
+            .find_map(|l| l.strip_prefix(&format!("* OK [{name} ")))
+            .and_then(|l| l.split(']').next())
+            .unwrap_or_else(|| panic!("no {name} in {lines:?}"))
+            .to_string()
+    };
+    let uidvalidity = code(&select, "UIDVALIDITY");
+    let modseq_on_n1 = code(&select, "HIGHESTMODSEQ");
+    on1.command("a4", "LOGOUT");
+
+    // Meanwhile on n1: message 2 flagged, message 3 expunged; wait for n2 to have it all.
+    set_flags(n1, "alice", "INBOX", "2", "+\\Flagged");
+    set_flags(n1, "alice", "INBOX", "3", "+\\Deleted");
+    op_ok(n1, &["expunge", "--user", "alice", "--mailbox", "INBOX"]);
+    support::cluster::converged_with(&[n1, n2], "alice", "INBOX", 2, |listing| {
+        support::cluster::has_flag(listing, "2", "\\Flagged")
+    });
+
+    // The client fails over to n2 with n1's modseq: every flag, and uid 3 vanished.
+    let mut on2 = Imap::connect(&imap2);
+    on2.command("b1", "LOGIN alice pw");
+    on2.command("b2", "ENABLE QRESYNC");
+    let resync = on2.command(
+        "b3",
+        &format!("SELECT INBOX (QRESYNC ({uidvalidity} {modseq_on_n1} 1:3))"),
+    );
+    assert_eq!(code(&resync, "UIDVALIDITY"), uidvalidity, "{resync:?}");
+    let told: Vec<&String> = resync
+        .iter()
+        .filter(|l| l.starts_with("* VANISHED") || l.starts_with("* ") && l.contains(" FETCH ("))
+        .collect();
+    assert_eq!(told.len(), 3, "{resync:?}");
+    assert_eq!(told[0], "* VANISHED (EARLIER) 3", "{resync:?}");
+    assert!(
+        told[1].starts_with("* 1 FETCH (UID 1 FLAGS () MODSEQ ("),
+        "{resync:?}"
+    );
+    assert!(
+        told[2].starts_with("* 2 FETCH (UID 2 FLAGS (\\Flagged) MODSEQ ("),
+        "{resync:?}"
+    );
+    on2.command("b4", "LOGOUT");
+}
