@@ -1,10 +1,11 @@
 //! The commands on messages: FETCH, STORE, EXPUNGE (and UID EXPUNGE, CLOSE's expunge), APPEND,
-//! COPY and MOVE, and the untagged EXISTS/EXPUNGE that keep the session's [`SequenceMap`] and
-//! the client's numbering in step.
+//! COPY and MOVE, SEARCH, and the untagged EXISTS/EXPUNGE (VANISHED with QRESYNC) and FETCH
+//! FLAGS that keep the session's [`SequenceMap`] and the client's view in step.
 //!
 //! Everything goes through Mailbox actor messages: `ListUids` (the map at SELECT), `GetState`
-//! and `Fetch` (what is new), `FetchBody` (one message's bytes at a time: a FETCH of many
-//! bodies holds one), `StoreFlags`, `Expunge`, `Append`, `Transfer`. A FETCH walks the messages
+//! and `Fetch` (what is new), `ChangedSince` (flag changes to tell, QRESYNC's resync),
+//! `WatchChanges` (what an IDLE waits on), `FetchBody` (one message's bytes at a time: a FETCH
+//! or SEARCH of many bodies holds one), `StoreFlags`, `Expunge`, `Append`, `Transfer`. A FETCH walks the messages
 //! in chunks of [`FETCH_CHUNK`] and writes what it gathered once it passes the session's flush
 //! size, so its memory does not grow with the mailbox.
 

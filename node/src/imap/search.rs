@@ -45,8 +45,8 @@ pub fn needs_body(key: &SearchKey<'_>) -> bool {
     }
 }
 
-/// The highest modseq a MODSEQ key names, if the search has one (its answer then carries the
-/// highest modseq of the messages found, RFC 7162 3.1.5).
+/// Whether the search has a MODSEQ key (its answer then carries the highest modseq of the
+/// messages found, RFC 7162 3.1.5).
 pub fn has_modseq(key: &SearchKey<'_>) -> bool {
     match key {
         SearchKey::And(keys) => keys.as_ref().iter().any(has_modseq),
