@@ -197,6 +197,7 @@ elif scenario == 'messages':
     out['out_of_range'] = attempt(m.fetch, '3', '(FLAGS)')
     out['uid_unknown'] = attempt(m.uid, 'FETCH', '99', '(FLAGS)')
     out['envelope'] = attempt(m.fetch, '1', '(ENVELOPE)')
+    out['binary'] = attempt(m.fetch, '1', '(BINARY[1])')
     out['store_add'] = attempt(m.store, '1', '+FLAGS', '(\\Deleted $Done)')
     out['store_remove'] = attempt(m.store, '1', '-FLAGS', '(\\Deleted)')
     out['store_silent'] = attempt(m.store, '1', '+FLAGS.SILENT', '(\\Answered)')
@@ -316,6 +317,258 @@ elif scenario == 'starttls':
     out['implicit_capabilities'] = list(t.capabilities)
     out['implicit_authenticate'] = attempt(t.authenticate, 'PLAIN', lambda _: b'\0alice\0secret')
     out['implicit_logout'] = attempt(t.logout)
+elif scenario == 'idle':
+    class Lines:
+        # Lines of a raw connection, read as they come: `until` waits (the socket's timeout, 30 s,
+        # is the deadline) for the first line a predicate accepts.
+        def __init__(self, sock):
+            self.sock, self.buf = sock, b''
+        def line(self):
+            while b'\r\n' not in self.buf:
+                chunk = self.sock.recv(65536)
+                if not chunk:
+                    raise EOFError('closed')
+                self.buf += chunk
+            line, self.buf = self.buf.split(b'\r\n', 1)
+            return line.decode('utf-8', 'replace')
+        def until(self, pred):
+            seen = []
+            try:
+                while True:
+                    line = self.line()
+                    seen.append(line)
+                    if pred(line):
+                        return seen
+            except (socket.timeout, EOFError) as e:
+                seen.append('<%s>' % type(e).__name__)
+                return seen
+    b = imaplib.IMAP4(host, port, timeout=30)
+    b.login('alice', 'secret')
+    b.append('INBOX', None, None, b'Subject: first\r\n\r\nbody\r\n')
+    s = socket.create_connection((host, port), timeout=30)
+    r = Lines(s)
+    r.line()
+    out['capability'] = (s.sendall(b'c0 CAPABILITY\r\n'), r.until(lambda l: l.startswith('c0 ')))[1]
+    s.sendall(b'a1 LOGIN alice secret\r\n')
+    r.until(lambda l: l.startswith('a1 '))
+    s.sendall(b'a2 SELECT INBOX\r\n')
+    out['select'] = r.until(lambda l: l.startswith('a2 '))
+    s.sendall(b'a3 IDLE\r\n')
+    out['idle'] = r.until(lambda l: l.startswith('+'))
+    # Another session's append, then a delivery by LMTP, each told while idling.
+    out['b_append'] = attempt(b.append, 'INBOX', None, None, b'Subject: second\r\n\r\nbody\r\n')
+    out['told_append'] = r.until(lambda l: l == '* 2 EXISTS')
+    lmtp_host, lmtp_port = args[0].rsplit(':', 1)
+    lmtp = smtplib.LMTP(lmtp_host, int(lmtp_port), timeout=30)
+    lmtp.ehlo('mta.example')
+    lmtp.mail('s@ext.example')
+    lmtp.rcpt('alice@example.org')
+    out['lmtp'] = lmtp.data(b'Subject: third\r\n\r\nbody\r\n')[0]
+    lmtp.quit()
+    out['told_delivery'] = r.until(lambda l: l == '* 3 EXISTS')
+    # Another session's flag change and expunge.
+    b.select('INBOX')
+    b.store('1', '+FLAGS', '(\\Flagged)')
+    out['told_flags'] = r.until(lambda l: 'FETCH' in l)
+    b.store('2', '+FLAGS.SILENT', '(\\Deleted)')
+    out['told_deleted'] = r.until(lambda l: 'FETCH' in l)
+    out['b_expunge'] = attempt(b.expunge)
+    out['told_expunge'] = r.until(lambda l: l == '* 2 EXPUNGE')
+    s.sendall(b'DONE\r\n')
+    out['done'] = r.until(lambda l: l.startswith('a3 '))
+    # After the IDLE, the session numbers as it was told: 2 messages, uids 1 and 3.
+    s.sendall(b'a4 FETCH 1:* (UID FLAGS)\r\n')
+    out['fetch'] = r.until(lambda l: l.startswith('a4 '))
+    # Its own silent STORE is not told back at NOOP; another session's change is.
+    s.sendall(b'a5 STORE 1 +FLAGS.SILENT (\\Seen)\r\n')
+    out['own_silent'] = r.until(lambda l: l.startswith('a5 '))
+    b.store('2', '+FLAGS', '(\\Answered)')
+    s.sendall(b'a6 NOOP\r\n')
+    out['noop'] = r.until(lambda l: l.startswith('a6 '))
+    # Anything but DONE ends an IDLE with BAD; IDLE before a login is refused.
+    s.sendall(b'a7 IDLE\r\n')
+    r.until(lambda l: l.startswith('+'))
+    s.sendall(b'NOT DONE\r\n')
+    out['not_done'] = r.until(lambda l: l.startswith('a7 '))
+    s.sendall(b'a8 NOOP\r\n')
+    out['after_not_done'] = r.until(lambda l: l.startswith('a8 '))
+    s.close()
+    s2 = socket.create_connection((host, port), timeout=30)
+    r2 = Lines(s2)
+    r2.line()
+    s2.sendall(b'x1 IDLE\r\n')
+    out['idle_before_login'] = r2.until(lambda l: l.startswith('x1 '))
+    s2.close()
+    b.logout()
+elif scenario == 'search':
+    m = imaplib.IMAP4(host, port, timeout=30)
+    m.login('alice', 'secret')
+    m.append('INBOX', '(\\Seen)', None, b'From: Ann <ann@example.org>\r\nSubject: lunch\r\nDate: Mon, 2 Mar 2026 10:00:00 +0000\r\n\r\nsoup today\r\n')
+    m.append('INBOX', '(\\Flagged $Work)', None, b'From: Bob <bob@example.net>\r\nTo: alice@example.org\r\nSubject: =?UTF-8?Q?Gr=C3=BC=C3=9Fe?=\r\nDate: Tue, 3 Mar 2026 10:00:00 +0000\r\n\r\n' + b'x' * 3000 + b'\r\n')
+    m.append('INBOX', None, None, b'From: Ann <ann@example.org>\r\nSubject: report\r\nX-Ticket: T-7\r\n\r\nnumbers\r\n')
+    m.select('INBOX')
+    for name, args in [
+        ('all', ['ALL']),
+        ('unseen', ['UNSEEN']),
+        ('from_ann', ['FROM', 'ann']),
+        ('from_ann_unseen', ['FROM', 'ann', 'UNSEEN']),
+        ('or', ['OR', 'FLAGGED', 'SEEN']),
+        ('not', ['NOT', 'FROM', 'ann']),
+        ('larger', ['LARGER', '1000']),
+        ('keyword', ['KEYWORD', '$Work']),
+        ('header', ['HEADER', 'X-Ticket', 't-7']),
+        ('body', ['BODY', 'SOUP']),
+        ('text', ['TEXT', 'report']),
+        ('senton', ['SENTON', '3-Mar-2026']),
+        ('sentbefore', ['SENTBEFORE', '3-Mar-2026']),
+        ('seq', ['2:*', 'NOT', 'SEEN']),
+        ('new', ['NEW']),
+    ]:
+        out[name] = attempt(m.search, None, *args)
+    out['uid'] = attempt(m.uid, 'SEARCH', 'UID', '2:3')
+    m.literal = 'GRÜßE'.encode()
+    out['utf8_subject'] = attempt(m.search, 'UTF-8', 'SUBJECT')
+    out['badcharset'] = attempt(m.search, 'ISO-8859-1', 'ALL')
+    out['modseq'] = attempt(m.search, None, 'MODSEQ', '1')
+    m.logout()
+elif scenario == 'structure':
+    m = imaplib.IMAP4(host, port, timeout=30)
+    m.login('alice', 'secret')
+    message = (
+        'From: =?UTF-8?Q?J=C3=BCrgen?= <jm@example.org>\r\n'
+        'To: alice@example.org\r\n'
+        'Subject: =?UTF-8?Q?Gr=C3=BC=C3=9Fe?=\r\n'
+        'Message-ID: <m1@example.org>\r\n'
+        'MIME-Version: 1.0\r\n'
+        'Content-Type: multipart/mixed; boundary="outer"\r\n'
+        '\r\n'
+        '--outer\r\n'
+        'Content-Type: text/plain; charset=utf-8\r\n'
+        'Content-Transfer-Encoding: quoted-printable\r\n'
+        '\r\n'
+        'Gr=C3=BC=C3=9Fe\r\n'
+        '--outer\r\n'
+        'Content-Type: application/pdf; name="r.pdf"\r\n'
+        'Content-Disposition: attachment; filename="r.pdf"\r\n'
+        'Content-Transfer-Encoding: base64\r\n'
+        '\r\n'
+        'JVBERi0xLjQK\r\n'
+        '--outer--\r\n').encode()
+    m.append('INBOX', None, None, message)
+    m.select('INBOX')
+    out['envelope'] = attempt(m.fetch, '1', '(ENVELOPE)')
+    out['bodystructure'] = attempt(m.fetch, '1', '(BODYSTRUCTURE)')
+    out['body'] = attempt(m.fetch, '1', '(BODY)')
+    out['part_text'] = attempt(m.fetch, '1', '(BODY.PEEK[1])')
+    out['part_mime'] = attempt(m.fetch, '1', '(BODY.PEEK[2.MIME])')
+    out['part_attachment'] = attempt(m.fetch, '1', '(BODY.PEEK[2]<0.4>)')
+    out['part_missing'] = attempt(m.fetch, '1', '(BODY.PEEK[7])')
+    out['all'] = attempt(m.fetch, '1', 'ALL')
+    out['flags_after_peek'] = attempt(m.fetch, '1', '(FLAGS)')
+    m.logout()
+elif scenario == 'condstore':
+    class Lines:
+        def __init__(self, sock):
+            self.sock, self.buf = sock, b''
+        def line(self):
+            while b'\r\n' not in self.buf:
+                chunk = self.sock.recv(65536)
+                if not chunk:
+                    raise EOFError('closed')
+                self.buf += chunk
+            line, self.buf = self.buf.split(b'\r\n', 1)
+            return line.decode('utf-8', 'replace')
+        def command(self, tag, line):
+            self.sock.sendall(('%s %s\r\n' % (tag, line)).encode())
+            seen = []
+            while True:
+                l = self.line()
+                seen.append(l)
+                if l.startswith(tag + ' '):
+                    return seen
+    b = imaplib.IMAP4(host, port, timeout=30)
+    b.login('alice', 'secret')
+    for i in (1, 2):
+        b.append('INBOX', None, None, ('Subject: m%d\r\n\r\nbody\r\n' % i).encode())
+    b.select('INBOX')
+    s = socket.create_connection((host, port), timeout=30)
+    r = Lines(s)
+    r.line()
+    out['capability'] = r.command('c0', 'CAPABILITY')
+    r.command('a1', 'LOGIN alice secret')
+    out['enable'] = r.command('a2', 'ENABLE CONDSTORE')
+    out['select'] = r.command('a3', 'SELECT INBOX')
+    out['store_silent'] = r.command('a4', 'STORE 1 +FLAGS.SILENT (\\Seen)')
+    out['fetch_all_modseq'] = r.command('a5', 'FETCH 1:* (MODSEQ)')
+    highest = [l for l in out['select'] if 'HIGHESTMODSEQ' in l][0].split('HIGHESTMODSEQ ')[1].split(']')[0]
+    out['changedsince'] = r.command('a9', 'FETCH 1:* (FLAGS) (CHANGEDSINCE %s)' % highest)
+    out['store_unchanged'] = r.command('a6', 'UID STORE 1:2 (UNCHANGEDSINCE 1) +FLAGS (\\Flagged)')
+    b.store('2', '+FLAGS', '(\\Answered)')
+    out['noop'] = r.command('a7', 'NOOP')
+    out['select_qresync'] = r.command('a8', 'SELECT INBOX (QRESYNC (1 1))')
+    s.close()
+    # SELECT (CONDSTORE) turns it on without ENABLE.
+    s2 = socket.create_connection((host, port), timeout=30)
+    r2 = Lines(s2)
+    r2.line()
+    r2.command('x1', 'LOGIN alice secret')
+    out['select_condstore'] = r2.command('x2', 'SELECT INBOX (CONDSTORE)')
+    out['x_store'] = r2.command('x3', 'STORE 2 -FLAGS (\\Answered)')
+    s2.close()
+    b.logout()
+elif scenario == 'qresync':
+    class Lines:
+        def __init__(self, sock):
+            self.sock, self.buf = sock, b''
+        def line(self):
+            while b'\r\n' not in self.buf:
+                chunk = self.sock.recv(65536)
+                if not chunk:
+                    raise EOFError('closed')
+                self.buf += chunk
+            line, self.buf = self.buf.split(b'\r\n', 1)
+            return line.decode('utf-8', 'replace')
+        def command(self, tag, line):
+            self.sock.sendall(('%s %s\r\n' % (tag, line)).encode())
+            seen = []
+            while True:
+                l = self.line()
+                seen.append(l)
+                if l.startswith(tag + ' '):
+                    return seen
+    def session():
+        r = Lines(socket.create_connection((host, port), timeout=30))
+        r.line()
+        r.command('l', 'LOGIN alice secret')
+        return r
+    b = imaplib.IMAP4(host, port, timeout=30)
+    b.login('alice', 'secret')
+    for i in range(1, 5):
+        b.append('INBOX', None, None, ('Subject: m%d\r\n\r\nbody\r\n' % i).encode())
+    r = session()
+    out['enable'] = r.command('a1', 'ENABLE QRESYNC')
+    select = r.command('a2', 'SELECT INBOX')
+    uidvalidity = [l for l in select if 'UIDVALIDITY' in l][0].split('UIDVALIDITY ')[1].split(']')[0]
+    highest = int([l for l in select if 'HIGHESTMODSEQ' in l][0].split('HIGHESTMODSEQ ')[1].split(']')[0])
+    r.sock.close()
+    # While the client is away: a flag change and an expunge.
+    b.select('INBOX')
+    b.store('2', '+FLAGS', '(\\Flagged)')
+    b.store('3', '+FLAGS', '(\\Deleted)')
+    b.expunge()
+    r = session()
+    r.command('a3', 'ENABLE QRESYNC')
+    out['resync'] = r.command('a4', 'SELECT INBOX (QRESYNC (%s %d 1:4))' % (uidvalidity, highest))
+    # Selected with QRESYNC on: another session's expunge comes as VANISHED.
+    b.store('3', '+FLAGS', '(\\Deleted)')
+    b.expunge()
+    out['noop'] = r.command('a5', 'NOOP')
+    out['fetch_vanished'] = r.command('a6', 'UID FETCH 1:* (FLAGS) (CHANGEDSINCE %d VANISHED)' % highest)
+    out['fetch_vanished_without_changedsince'] = r.command('a7', 'UID FETCH 1:* (FLAGS) (VANISHED)')
+    # A modseq another node minted (its tag differs): a full resync.
+    out['failover'] = r.command('a8', 'SELECT INBOX (QRESYNC (%s %d))' % (uidvalidity, highest ^ 1))
+    out['other_uidvalidity'] = r.command('a9', 'SELECT INBOX (QRESYNC (%d %d))' % (int(uidvalidity) + 1, highest))
+    b.logout()
 print(json.dumps(out))
 "#;
 
@@ -458,13 +711,16 @@ fn a_mail_client_logs_in_lists_creates_selects_and_asks_status() {
         "UNSELECT",
         "UIDPLUS",
         "MOVE",
+        "IDLE",
+        "CONDSTORE",
+        "QRESYNC",
         "AUTH=PLAIN",
         "SASL-IR",
     ] {
         assert!(caps.iter().any(|c| c == cap), "{cap} missing from {caps:?}");
     }
     // Loopback, no certificate: no STARTTLS, and a password is taken in plaintext.
-    for absent in ["STARTTLS", "LOGINDISABLED", "IDLE", "CONDSTORE", "QRESYNC"] {
+    for absent in ["STARTTLS", "LOGINDISABLED"] {
         assert!(!caps.iter().any(|c| c == absent), "{absent} advertised: {caps:?}");
     }
     expect(&out["wrong_password"], "ERROR", &["[AUTHENTICATIONFAILED]"]);
@@ -749,7 +1005,9 @@ fn a_mail_client_appends_fetches_stores_expunges_copies_and_moves() {
     expect(&out["out_of_range"], "ERROR", &["out of range"]);
     expect(&out["uid_unknown"], "OK", &[]);
     assert_eq!(out["uid_unknown"][1], serde_json::json!([null]), "{out}");
-    expect(&out["envelope"], "ERROR", &["ENVELOPE"]);
+    expect(&out["envelope"], "OK", &["ENVELOPE (NIL \\\"delivered\\\""]);
+    // BINARY (RFC 3516) is not served: refused with a clear answer.
+    expect(&out["binary"], "ERROR", &["BINARY"]);
     // STORE answers with the flags after it, unless silent.
     expect(&out["store_add"], "OK", &["\\\\Deleted", "$Done"]);
     let removed = out["store_remove"].to_string();
@@ -757,7 +1015,11 @@ fn a_mail_client_appends_fetches_stores_expunges_copies_and_moves() {
         removed.contains("$Done") && !removed.contains("\\\\Deleted"),
         "{removed}"
     );
-    assert_eq!(out["store_silent"], serde_json::json!(["OK", [null]]), "{out}");
+    // An earlier FETCH of MODSEQ turned CONDSTORE on (RFC 7162 3.1): .SILENT then leaves out
+    // FLAGS but still answers UID and MODSEQ.
+    let silent = fetch_lines(&out["store_silent"]);
+    assert_eq!(silent.len(), 1, "{out}");
+    assert!(silent[0].starts_with("1 (UID 1 MODSEQ ("), "{out}");
     let replaced = fetch_lines(&out["store_replace"]);
     assert_eq!(replaced.len(), 1, "{out}");
     assert!(
@@ -896,4 +1158,269 @@ fn an_append_over_the_limits_is_refused_and_a_cut_one_stores_nothing() {
         "{out}"
     );
     assert!(n.node.is_running());
+}
+
+#[test]
+fn an_idling_session_is_told_of_appends_deliveries_flag_changes_and_expunges_as_they_happen() {
+    let mut n = imap_node("listen = \"127.0.0.1:0\"");
+    let imap = n.imap(1);
+    let lmtp = n.lmtp.clone();
+    let out = python(n.tmp.path(), &imap, "idle", &[&lmtp]);
+    let lines = |key: &str| strings(&out[key]);
+    assert!(lines("capability")[0].contains(" IDLE"), "{out}");
+    assert!(lines("select").contains(&"* 1 EXISTS".to_string()), "{out}");
+    assert_eq!(lines("idle"), ["+ idling"], "{out}");
+    expect(&out["b_append"], "OK", &["[APPENDUID "]);
+    // Each told before the client did anything: the last line read is the announcement (a
+    // timeout or a closed connection would be the last line instead).
+    assert_eq!(lines("told_append"), ["* 2 EXISTS"], "{out}");
+    assert_eq!(out["lmtp"], 250, "{out}");
+    assert_eq!(lines("told_delivery"), ["* 3 EXISTS"], "{out}");
+    assert_eq!(
+        lines("told_flags"),
+        ["* 1 FETCH (UID 1 FLAGS (\\Flagged))"],
+        "{out}"
+    );
+    assert_eq!(
+        lines("told_deleted"),
+        ["* 2 FETCH (UID 2 FLAGS (\\Deleted))"],
+        "{out}"
+    );
+    assert_eq!(lines("told_expunge"), ["* 2 EXPUNGE"], "{out}");
+    assert!(lines("done").last().unwrap().starts_with("a3 OK"), "{out}");
+    assert_eq!(
+        lines("fetch"),
+        [
+            "* 1 FETCH (UID 1 FLAGS (\\Flagged))",
+            "* 2 FETCH (UID 3 FLAGS ())",
+            "a4 OK FETCH completed"
+        ],
+        "{out}"
+    );
+    assert_eq!(lines("own_silent"), ["a5 OK STORE completed"], "{out}");
+    assert_eq!(
+        lines("noop"),
+        ["* 2 FETCH (UID 3 FLAGS (\\Answered))", "a6 OK NOOP completed"],
+        "{out}"
+    );
+    assert!(lines("not_done").last().unwrap().starts_with("a7 BAD"), "{out}");
+    assert_eq!(lines("after_not_done"), ["a8 OK NOOP completed"], "{out}");
+    assert!(lines("idle_before_login")[0].starts_with("x1 BAD"), "{out}");
+}
+
+#[test]
+fn a_mail_client_searches_by_flags_sizes_dates_sets_headers_and_bodies() {
+    let mut n = imap_node("listen = \"127.0.0.1:0\"");
+    let imap = n.imap(1);
+    let out = python(n.tmp.path(), &imap, "search", &[]);
+    for (key, expected) in [
+        ("all", "1 2 3"),
+        ("unseen", "2 3"),
+        ("from_ann", "1 3"),
+        ("from_ann_unseen", "3"),
+        ("or", "1 2"),
+        ("not", "2"),
+        ("larger", "2"),
+        ("keyword", "2"),
+        ("header", "3"),
+        ("body", "1"),
+        ("text", "3"),
+        ("senton", "2"),
+        ("sentbefore", "1"),
+        ("seq", "2 3"),
+        ("new", ""),
+        ("uid", "2 3"),
+        ("utf8_subject", "2"),
+    ] {
+        assert_eq!(out[key], serde_json::json!(["OK", [expected]]), "{key}: {out}");
+    }
+    expect(&out["badcharset"], "NO", &["[BADCHARSET (UTF-8 US-ASCII)]"]);
+    // RFC 7162 3.1.5: with MODSEQ, the highest modseq of the messages found.
+    let modseq = out["modseq"][1][0].as_str().unwrap();
+    assert!(modseq.starts_with("1 2 3 (MODSEQ "), "{out}");
+}
+
+#[test]
+fn a_mail_client_fetches_envelope_structure_and_numbered_parts_of_a_multipart_message() {
+    let mut n = imap_node("listen = \"127.0.0.1:0\"");
+    let imap = n.imap(1);
+    let out = python(n.tmp.path(), &imap, "structure", &[]);
+    let flat = |key: &str| out[key].to_string();
+    // Header text as written (the client decodes RFC 2047); a decoded non-ASCII name comes
+    // encoded again.
+    expect(
+        &out["envelope"],
+        "OK",
+        &[
+            "\\\"=?UTF-8?Q?Gr=C3=BC=C3=9Fe?=\\\"",
+            "((\\\"=?UTF-8?B?SsO8cmdlbg==?=\\\" NIL \\\"jm\\\" \\\"example.org\\\"))",
+            "((NIL NIL \\\"alice\\\" \\\"example.org\\\"))",
+            "\\\"<m1@example.org>\\\"",
+        ],
+    );
+    expect(
+        &out["bodystructure"],
+        "OK",
+        &[
+            "(\\\"TEXT\\\" \\\"plain\\\" (\\\"charset\\\" \\\"utf-8\\\") NIL NIL \\\"quoted-printable\\\" 15 1",
+            "(\\\"application\\\" \\\"pdf\\\" (\\\"name\\\" \\\"r.pdf\\\") NIL NIL \\\"base64\\\" 12 NIL (\\\"attachment\\\" (\\\"filename\\\" \\\"r.pdf\\\"))",
+            "\\\"mixed\\\" (\\\"boundary\\\" \\\"outer\\\")",
+        ],
+    );
+    expect(
+        &out["body"],
+        "OK",
+        &["BODY ((\\\"TEXT\\\" \\\"plain\\\"", "\\\"mixed\\\")"],
+    );
+    assert!(
+        !flat("body").contains("attachment"),
+        "BODY has no extension data: {out}"
+    );
+    expect(&out["part_text"], "OK", &["BODY[1] {15}", "Gr=C3=BC=C3=9Fe"]);
+    expect(
+        &out["part_mime"],
+        "OK",
+        &[
+            "BODY[2.MIME]",
+            "Content-Disposition: attachment; filename=\\\"r.pdf\\\"",
+        ],
+    );
+    expect(&out["part_attachment"], "OK", &["BODY[2]<0> {4}", "JVBE"]);
+    // A part that does not exist is sent empty (RFC 3501 6.4.5).
+    expect(&out["part_missing"], "OK", &["BODY[7] {0}"]);
+    expect(
+        &out["all"],
+        "OK",
+        &["FLAGS", "INTERNALDATE", "RFC822.SIZE", "ENVELOPE"],
+    );
+    // Every fetch above peeked: nothing set \Seen.
+    assert_eq!(
+        out["flags_after_peek"],
+        serde_json::json!(["OK", ["1 (FLAGS ())"]]),
+        "{out}"
+    );
+}
+
+#[test]
+fn condstore_is_enabled_and_answers_with_modseqs_changedsince_and_unchangedsince() {
+    let mut n = imap_node("listen = \"127.0.0.1:0\"");
+    let imap = n.imap(1);
+    let out = python(n.tmp.path(), &imap, "condstore", &[]);
+    let lines = |key: &str| strings(&out[key]);
+    let modseq_of = |line: &str| -> u64 {
+        let at = line
+            .find("MODSEQ (")
+            .unwrap_or_else(|| panic!("no MODSEQ in {line}"))
+            + 8;
+        line[at..].split(')').next().unwrap().parse().unwrap()
+    };
+    assert!(lines("capability")[0].contains(" CONDSTORE"), "{out}");
+    assert_eq!(
+        lines("enable"),
+        ["* ENABLED CONDSTORE", "a2 OK ENABLE completed"],
+        "{out}"
+    );
+    let select = lines("select");
+    let highest: u64 = select
+        .iter()
+        .find_map(|l| l.strip_prefix("* OK [HIGHESTMODSEQ "))
+        .and_then(|l| l.split(']').next())
+        .unwrap_or_else(|| panic!("no HIGHESTMODSEQ: {out}"))
+        .parse()
+        .unwrap();
+    // .SILENT leaves out FLAGS, not MODSEQ, once CONDSTORE is on.
+    let silent = lines("store_silent");
+    assert_eq!(silent.len(), 2, "{out}");
+    assert!(silent[0].starts_with("* 1 FETCH (UID 1 MODSEQ ("), "{out}");
+    let seen_at = modseq_of(&silent[0]);
+    assert!(seen_at > highest, "{out}");
+    let all = lines("fetch_all_modseq");
+    assert_eq!(all.len(), 3, "{out}");
+    assert_eq!(modseq_of(&all[0]), seen_at, "{out}");
+    assert!(modseq_of(&all[1]) <= highest, "{out}");
+    // Only message 1 changed since the SELECT.
+    let changed = lines("changedsince");
+    assert_eq!(changed.len(), 2, "{out}");
+    assert!(
+        changed[0].starts_with("* 1 FETCH (FLAGS (\\Seen) MODSEQ ("),
+        "{out}"
+    );
+    // Both changed after modseq 1: nothing stored, both named in MODIFIED (by uid).
+    let unchanged = lines("store_unchanged");
+    assert_eq!(unchanged.len(), 1, "{out}");
+    assert!(unchanged[0].starts_with("a6 OK [MODIFIED 1:2]"), "{out}");
+    // Another session's flag change, told with its MODSEQ.
+    let noop = lines("noop");
+    assert_eq!(noop.len(), 2, "{out}");
+    assert!(
+        noop[0].starts_with("* 2 FETCH (UID 2 FLAGS (\\Answered) MODSEQ ("),
+        "{out}"
+    );
+    assert!(
+        lines("select_qresync").last().unwrap().starts_with("a8 BAD"),
+        "{out}"
+    );
+    assert!(
+        lines("select_condstore")
+            .iter()
+            .any(|l| l.starts_with("* OK [HIGHESTMODSEQ ")),
+        "{out}"
+    );
+    let x = lines("x_store");
+    assert!(x[0].starts_with("* 2 FETCH (FLAGS () UID 2 MODSEQ ("), "{out}");
+}
+
+#[test]
+fn qresync_tells_a_returning_client_what_vanished_and_changed_even_after_a_failover() {
+    let mut n = imap_node("listen = \"127.0.0.1:0\"");
+    let imap = n.imap(1);
+    let out = python(n.tmp.path(), &imap, "qresync", &[]);
+    let lines = |key: &str| strings(&out[key]);
+    let untagged = |key: &str| -> Vec<String> {
+        lines(key)
+            .into_iter()
+            .filter(|l| l.starts_with("* VANISHED") || l.starts_with("* ") && l.contains(" FETCH ("))
+            .collect()
+    };
+    assert_eq!(
+        lines("enable"),
+        ["* ENABLED QRESYNC", "a1 OK ENABLE completed"],
+        "{out}"
+    );
+    // Uid 3 went, uid 2 changed; uids 1 and 4 did not.
+    let resync = untagged("resync");
+    assert_eq!(resync.len(), 2, "{out}");
+    assert_eq!(resync[0], "* VANISHED (EARLIER) 3", "{out}");
+    assert!(
+        resync[1].starts_with("* 2 FETCH (UID 2 FLAGS (\\Flagged) MODSEQ ("),
+        "{out}"
+    );
+    assert!(lines("resync").contains(&"* 3 EXISTS".to_string()), "{out}");
+    // Message 3 (uid 4) expunged by the other session: VANISHED, not EXPUNGE.
+    assert_eq!(lines("noop"), ["* VANISHED 4", "a5 OK NOOP completed"], "{out}");
+    let fetched = untagged("fetch_vanished");
+    assert_eq!(fetched.len(), 2, "{out}");
+    assert_eq!(fetched[0], "* VANISHED (EARLIER) 3:4", "{out}");
+    assert!(
+        fetched[1].starts_with("* 2 FETCH (UID 2 FLAGS (\\Flagged) MODSEQ ("),
+        "{out}"
+    );
+    assert!(
+        lines("fetch_vanished_without_changedsince")[0].starts_with("a7 BAD"),
+        "{out}"
+    );
+    // Failover: every message's flags, and every uid gone.
+    let failover = untagged("failover");
+    assert_eq!(failover.len(), 3, "{out}");
+    assert_eq!(failover[0], "* VANISHED (EARLIER) 3:4", "{out}");
+    assert!(
+        failover[1].starts_with("* 1 FETCH (UID 1 FLAGS () MODSEQ ("),
+        "{out}"
+    );
+    assert!(
+        failover[2].starts_with("* 2 FETCH (UID 2 FLAGS (\\Flagged) MODSEQ ("),
+        "{out}"
+    );
+    // Another UIDVALIDITY: the cache is void, nothing to resync.
+    assert!(untagged("other_uidvalidity").is_empty(), "{out}");
 }

@@ -23,6 +23,7 @@ use mailmesh_protocol::records::{
 };
 use mailmesh_protocol::version::Version;
 use serde::{Deserialize, Serialize};
+use tokio::sync::watch;
 use tracing::{info, warn};
 
 use crate::context::{NodeContext, Writes};
@@ -128,7 +129,7 @@ pub struct MessageView {
 }
 
 impl MessageView {
-    fn of(stored: &StoredRecord) -> Self {
+    pub fn of(stored: &StoredRecord) -> Self {
         let r = &stored.record;
         MessageView {
             uid: r.uid.value,
@@ -201,6 +202,10 @@ pub struct Mailbox {
     /// lowers it once the group is done, committed or failed), a cache here is newer than the
     /// stored one, and `PlanSync` reads it: the channel's next sync does not wait for the write.
     pub(crate) saving_caches: BTreeMap<NodeId, (crate::mailbox_sync::ReplicationCache, Inflight)>,
+    /// Raised after each durable commit of this mailbox (`commit_writes`): what front ends
+    /// watching it ([`WatchChanges`]) wait on. Only its changing matters; many changes between
+    /// two looks read as one, so a slow watcher costs nothing and holds nothing.
+    changes: watch::Sender<u64>,
 }
 
 impl Mailbox {
@@ -260,6 +265,7 @@ impl Mailbox {
             remembers_shown,
             last_expunge: ModSeq::new(counters_modseq, modseq_tag),
             saving_caches: BTreeMap::new(),
+            changes: watch::Sender::new(0),
         })
     }
 
@@ -610,19 +616,27 @@ impl Mailbox {
         })))
     }
 
-    /// Submits writes; a failure marks the counters for recomputation.
+    /// Submits writes; a failure marks the counters for recomputation. Every change of the
+    /// mailbox's messages, a client's or replication's, is written here: once it is durable the
+    /// watchers ([`WatchChanges`]) are told.
     pub(crate) fn commit_writes(
         &self,
         writes: Writes,
     ) -> impl std::future::Future<Output = Result<(), StoreError>> + 'static {
         let done = self.ctx.commit(writes, Some(&self.inflight));
         let needs_reload = self.needs_reload.clone();
+        let changes = self.changes.clone();
         let id = self.id;
         async move {
             let result = done.await;
-            if let Err(e) = &result {
-                warn!(mailbox = %id, error = %e, "mailbox write failed");
-                needs_reload.store(true, Ordering::Relaxed);
+            match &result {
+                Err(e) => {
+                    warn!(mailbox = %id, error = %e, "mailbox write failed");
+                    needs_reload.store(true, Ordering::Relaxed);
+                }
+                // Raised even with no watcher (`send_modify` never fails): one who comes later
+                // starts from the value then.
+                Ok(()) => changes.send_modify(|count| *count = count.wrapping_add(1)),
             }
             result
         }
@@ -1107,7 +1121,7 @@ impl Handler<Transfer> for Mailbox {
 }
 
 impl CopyItem {
-    fn of(stored: &StoredRecord) -> Self {
+    pub fn of(stored: &StoredRecord) -> Self {
         CopyItem {
             guid: stored.record.guid,
             size: stored.record.size,
@@ -1302,6 +1316,24 @@ impl Handler<GetAnnotations> for Mailbox {
                 Ok(true)
             })?;
         Ok(out)
+    }
+}
+
+/// A receiver that changes after each durable commit of this mailbox: appends, flag changes and
+/// expunges, made by a client here or brought by replication. It says only that something
+/// changed (the watcher reads what with `GetState`, `ChangedSince` and `ListUids`), so changes
+/// coalesce and the channel holds one number whatever the watcher's pace; a watcher that goes
+/// away just drops its receiver. It closes when the actor stops (the mailbox was deleted).
+#[derive(Message)]
+#[rtype(result = "Result<watch::Receiver<u64>, MailError>")]
+pub struct WatchChanges;
+
+impl Handler<WatchChanges> for Mailbox {
+    type Result = Result<watch::Receiver<u64>, MailError>;
+
+    fn handle(&mut self, _: WatchChanges, _: &mut Self::Context) -> Self::Result {
+        self.check_usable()?;
+        Ok(self.changes.subscribe())
     }
 }
 

@@ -667,3 +667,44 @@ fn pages_for_a_peer_are_cut_by_bytes_and_by_count() {
         assert_eq!((whole.records.len(), whole.more), (10, false));
     });
 }
+
+#[test]
+fn watchers_are_told_of_each_committed_change_and_of_nothing_else() {
+    let dir = tempfile::tempdir().unwrap();
+    run(|| async {
+        let node = start(dir.path());
+        let mb = mailbox(&node, "alice", "INBOX").await;
+        let mut watch = mb.send(WatchChanges).await.unwrap().unwrap();
+        assert!(!watch.has_changed().unwrap());
+        append(&mb, &message(1), &[]).await;
+        // Told by the time the append is answered (the commit is durable then).
+        assert!(watch.has_changed().unwrap());
+        watch.borrow_and_update();
+        mb.send(StoreFlags {
+            uids: UidSet::all(),
+            action: FlagAction::Add,
+            flags: vec!["\\Deleted".into()],
+            unchanged_since: None,
+        })
+        .await
+        .unwrap()
+        .unwrap();
+        assert!(watch.has_changed().unwrap());
+        watch.borrow_and_update();
+        // Reads change nothing.
+        mb.send(GetState).await.unwrap().unwrap();
+        mb.send(ListUids).await.unwrap().unwrap();
+        assert!(!watch.has_changed().unwrap());
+        mb.send(Expunge {
+            mode: ExpungeMode::Deleted,
+        })
+        .await
+        .unwrap()
+        .unwrap();
+        assert!(watch.has_changed().unwrap());
+        // A watcher that goes away costs the mailbox nothing: writes go on.
+        drop(watch);
+        append(&mb, &message(2), &[]).await;
+        assert_eq!(mb.send(ListUids).await.unwrap().unwrap(), vec![Uid(2)]);
+    });
+}

@@ -1,10 +1,11 @@
 //! The commands on messages: FETCH, STORE, EXPUNGE (and UID EXPUNGE, CLOSE's expunge), APPEND,
-//! COPY and MOVE, and the untagged EXISTS/EXPUNGE that keep the session's [`SequenceMap`] and
-//! the client's numbering in step.
+//! COPY and MOVE, SEARCH, and the untagged EXISTS/EXPUNGE (VANISHED with QRESYNC) and FETCH
+//! FLAGS that keep the session's [`SequenceMap`] and the client's view in step.
 //!
 //! Everything goes through Mailbox actor messages: `ListUids` (the map at SELECT), `GetState`
-//! and `Fetch` (what is new), `FetchBody` (one message's bytes at a time: a FETCH of many
-//! bodies holds one), `StoreFlags`, `Expunge`, `Append`, `Transfer`. A FETCH walks the messages
+//! and `Fetch` (what is new), `ChangedSince` (flag changes to tell, QRESYNC's resync),
+//! `WatchChanges` (what an IDLE waits on), `FetchBody` (one message's bytes at a time: a FETCH
+//! or SEARCH of many bodies holds one), `StoreFlags`, `Expunge`, `Append`, `Transfer`. A FETCH walks the messages
 //! in chunks of [`FETCH_CHUNK`] and writes what it gathered once it passes the session's flush
 //! size, so its memory does not grow with the mailbox.
 
@@ -12,7 +13,7 @@ use std::num::{NonZeroU32, NonZeroU64};
 
 use actix::Addr;
 use imap_codec::imap_types::command::{FetchModifier, StoreModifier};
-use imap_codec::imap_types::core::{IString, Literal, NString, Vec1};
+use imap_codec::imap_types::core::{Charset, IString, Literal, NString, Vec1};
 use imap_codec::imap_types::datetime::DateTime;
 use imap_codec::imap_types::extensions::binary::LiteralOrLiteral8;
 use imap_codec::imap_types::extensions::uidplus::{UidElement, UidSet as ImapUidSet};
@@ -22,11 +23,12 @@ use imap_codec::imap_types::fetch::{
 use imap_codec::imap_types::flag::{Flag as ImapFlag, FlagFetch, StoreResponse, StoreType};
 use imap_codec::imap_types::mailbox::Mailbox as ImapMailbox;
 use imap_codec::imap_types::response::{Code, Data, StatusKind};
+use imap_codec::imap_types::search::SearchKey;
 use imap_codec::imap_types::sequence::{SeqOrUid, Sequence, SequenceSet};
 use imap_codec::imap_types::IntoStatic;
 use mailmesh_actors::mailbox::{
-    Append, Expunge, ExpungeMode, Fetch, FetchBody, FlagAction, GetState, ListUids, Mailbox, MailboxState,
-    MessageView, StoreFlags, Transfer,
+    Append, ChangedSince, Expunge, ExpungeMode, Fetch, FetchBody, FlagAction, GetState, ListUids, Mailbox,
+    MailboxState, MessageView, StoreFlags, Transfer, WatchChanges,
 };
 use mailmesh_actors::uid_set::UidSet;
 use mailmesh_actors::MailError;
@@ -34,7 +36,9 @@ use mailmesh_protocol::ids::{MailboxId, ModSeq, Uid};
 use tracing::warn;
 
 use super::message;
+use super::mime;
 use super::protocol::{encode, status};
+use super::search;
 use super::sequence::SequenceMap;
 use super::session::{open_mailbox, untagged, write, Outcome, FLUSH_AT};
 use super::ImapContext;
@@ -44,6 +48,8 @@ use crate::client_tls::Connection;
 pub const FETCH_CHUNK: usize = 512;
 /// Messages a STORE changes with one actor message (one commit).
 pub const STORE_CHUNK: usize = 4096;
+/// Changed records read at once when a session looks for other sessions' flag changes.
+const CHANGES_CHUNK: usize = 1024;
 
 /// The selected mailbox and what the session has told the client of it.
 pub struct Selected {
@@ -59,6 +65,19 @@ pub struct Selected {
     /// The mailbox's count and HIGHESTMODSEQ when the map last matched the store: every change
     /// raises the modseq, so while both are the same there is nothing to look for.
     pub checked: Option<(u64, ModSeq)>,
+    /// Raised by the Mailbox actor after each committed change ([`WatchChanges`]): what an IDLE
+    /// waits on. `None` once the actor is gone (the mailbox was deleted).
+    pub changes: Option<tokio::sync::watch::Receiver<u64>>,
+    /// Flag changes up to this modseq have been told (or were in the state at SELECT).
+    flags_told: ModSeq,
+    /// Flag changes this session's own commands made and answered since the last refresh, by
+    /// uid, at the modseq they wrote: the refresh does not tell them again (a `.SILENT` STORE
+    /// stays silent).
+    own_flags: std::collections::BTreeMap<u32, ModSeq>,
+    /// CONDSTORE is on for the session: told flag changes carry MODSEQ (RFC 7162 3.2).
+    pub condstore: bool,
+    /// QRESYNC is on: messages gone are told with VANISHED (by uid) instead of EXPUNGE.
+    pub qresync: bool,
 }
 
 impl std::fmt::Debug for Selected {
@@ -83,6 +102,9 @@ impl Selected {
     ) -> Result<(Selected, MailboxState), MailError> {
         let opened = open_mailbox(ctx, user, &name).await?;
         let addr = opened.addr;
+        // Watched before the state is read: a change committed in between wakes an IDLE and is
+        // found by the refresh, never lost.
+        let changes = addr.send(WatchChanges).await??;
         let state = addr.send(GetState).await??;
         let uids: Vec<u32> = addr.send(ListUids).await??.into_iter().map(|u| u.0).collect();
         let map = SequenceMap::new(uids);
@@ -97,14 +119,25 @@ impl Selected {
             map,
             uidnext,
             checked: Some((state.exists, state.highestmodseq)),
+            changes: Some(changes),
+            flags_told: state.highestmodseq,
+            own_flags: Default::default(),
+            condstore: false,
+            qresync: false,
         };
         Ok((selected, state))
     }
 
-    /// Brings the map up to date with the store after a command and tells the client: EXPUNGE
-    /// for each message gone (only where `expunges_allowed`: RFC 3501 7.4.1 forbids them during
-    /// FETCH, STORE and SEARCH), then EXISTS when messages came.
+    /// Brings the map up to date with the store after a command (and during IDLE, when the
+    /// mailbox changed) and tells the client: EXPUNGE for each message gone (only where
+    /// `expunges_allowed`: RFC 3501 7.4.1 forbids them during FETCH, STORE and SEARCH), then
+    /// EXISTS when messages came, then FETCH FLAGS for the flags changed by others.
     pub async fn refresh(&mut self, expunges_allowed: bool, out: &mut Vec<u8>) -> Result<(), MailError> {
+        if let Some(changes) = &mut self.changes {
+            // Seen from here: a commit after this point wakes an IDLE again.
+            changes.borrow_and_update();
+        }
+        let own = std::mem::take(&mut self.own_flags);
         let state = self.addr.send(GetState).await??;
         if self.checked == Some((state.exists, state.highestmodseq)) {
             return Ok(());
@@ -139,13 +172,13 @@ impl Selected {
                 .copied()
                 .filter(|u| listed.binary_search(u).is_err())
                 .collect();
-            for seq in self.map.remove_all(&gone) {
-                untagged(Data::Expunge(nonzero(seq)), out);
-            }
+            self.forget(&gone, out);
             let last = self.map.last_uid();
             fresh = listed.into_iter().filter(|&u| u > last).collect();
             self.uidnext = self.uidnext.max(fresh.last().map_or(0, |u| u + 1));
         }
+        // Messages up to here were known before this refresh: their flag changes are news.
+        let known_last = self.map.last_uid();
         let mut grew = false;
         for uid in fresh {
             grew |= self.map.push(uid);
@@ -153,12 +186,208 @@ impl Selected {
         if grew {
             untagged(Data::Exists(self.map.len()), out);
         }
+        if state.highestmodseq > self.flags_told {
+            self.tell_flag_changes(known_last, &own, state.highestmodseq, out)
+                .await?;
+        }
         // Looked at fully (a listing, or nothing to list): no need to look again until the
         // mailbox changes. A count left unexplained (an expunge not yet told) is looked at again.
         if expunges_allowed || !mismatch {
             self.checked = Some((state.exists, state.highestmodseq));
         }
         Ok(())
+    }
+
+    /// FETCH (UID FLAGS) for each known message whose flags changed after `flags_told`, read
+    /// from the modseq index a chunk at a time (what changed, not the mailbox), except those this
+    /// session changed itself and answered.
+    async fn tell_flag_changes(
+        &mut self,
+        known_last: u32,
+        own: &std::collections::BTreeMap<u32, ModSeq>,
+        upto: ModSeq,
+        out: &mut Vec<u8>,
+    ) -> Result<(), MailError> {
+        let mut since = self.flags_told;
+        loop {
+            let changed = self
+                .addr
+                .send(ChangedSince {
+                    since,
+                    limit: CHANGES_CHUNK,
+                })
+                .await??;
+            for stored in &changed {
+                since = since.max(stored.modseq);
+                // Expunges are told by the listing, new messages by EXISTS.
+                if stored.hidden || stored.record.is_expunged() {
+                    continue;
+                }
+                let view = MessageView::of(stored);
+                if view.uid.0 > known_last || own.get(&view.uid.0) == Some(&view.modseq) {
+                    continue;
+                }
+                let Some(seq) = self.map.seq(view.uid.0) else {
+                    continue;
+                };
+                let mut items = vec![
+                    MessageDataItem::Uid(nonzero(view.uid.0)),
+                    MessageDataItem::Flags(flag_fetch(&view.flags)),
+                ];
+                if self.condstore {
+                    if let Some(modseq) = NonZeroU64::new(view.modseq.0) {
+                        items.push(MessageDataItem::ModSeq(modseq));
+                    }
+                }
+                untagged(
+                    Data::Fetch {
+                        seq: nonzero(seq),
+                        items: Vec1::try_from(items).expect("UID and FLAGS"),
+                    },
+                    out,
+                );
+            }
+            if changed.len() < CHANGES_CHUNK {
+                break;
+            }
+        }
+        self.flags_told = since.max(upto);
+        Ok(())
+    }
+
+    /// Takes the `gone` uids out of the map and tells the client: an EXPUNGE per message, or
+    /// with QRESYNC one VANISHED of their uids (RFC 7162 3.2.10).
+    pub fn forget(&mut self, gone: &[u32], out: &mut Vec<u8>) {
+        if self.qresync {
+            let known: Vec<u32> = gone
+                .iter()
+                .copied()
+                .filter(|&u| self.map.seq(u).is_some())
+                .collect();
+            self.map.remove_all(&known);
+            if let Some(set) = sequence_set(&known) {
+                untagged(
+                    Data::Vanished {
+                        earlier: false,
+                        known_uids: set,
+                    },
+                    out,
+                );
+            }
+        } else {
+            for seq in self.map.remove_all(gone) {
+                untagged(Data::Expunge(nonzero(seq)), out);
+            }
+        }
+    }
+
+    /// The uids named by `set` (clipped to those this mailbox has handed out) that it no longer
+    /// has: `VANISHED (EARLIER)` for them. A superset of what went since any modseq, so it is
+    /// right whatever node minted the client's modseq and whatever tombstones were compacted
+    /// (RFC 7162 3.2.5.2 lets a server name uids the client does not know).
+    fn vanished_in(&self, set: &SequenceSet) -> Vec<u32> {
+        let last = self.uidnext.saturating_sub(1);
+        let mut gone = Vec::new();
+        for sequence in set.0.as_ref() {
+            let value = |v: &SeqOrUid| match v {
+                SeqOrUid::Value(v) => v.get().min(last),
+                SeqOrUid::Asterisk => last,
+            };
+            let (a, b) = match sequence {
+                Sequence::Single(v) => (value(v), value(v)),
+                Sequence::Range(a, b) => (value(a).min(value(b)), value(a).max(value(b))),
+            };
+            gone.extend((a.max(1)..=b).filter(|&u| self.map.seq(u).is_none()));
+        }
+        gone.sort_unstable();
+        gone.dedup();
+        gone
+    }
+
+    /// SELECT ... (QRESYNC (uidvalidity modseq [known-uids])) with a matching UIDVALIDITY:
+    /// `VANISHED (EARLIER)` for the known uids gone, then FETCH (UID FLAGS MODSEQ) for every
+    /// message changed after `since`. A modseq this node did not mint (the client failed over
+    /// from another node) or one above this node's highest says nothing about this copy: then
+    /// every message's flags are sent, a full resync rather than a silently incomplete one.
+    pub async fn resync(
+        &mut self,
+        since: u64,
+        known: Option<&SequenceSet>,
+        out: &mut Vec<u8>,
+    ) -> Result<(), MailError> {
+        let all = SequenceSet::try_from("1:*").expect("a valid set");
+        let vanished = self.vanished_in(known.unwrap_or(&all));
+        if let Some(set) = sequence_set(&vanished) {
+            untagged(
+                Data::Vanished {
+                    earlier: true,
+                    known_uids: set,
+                },
+                out,
+            );
+        }
+        let highest = self.addr.send(GetState).await??.highestmodseq;
+        let since = ModSeq(since);
+        let ours = since.tag() == highest.tag() && since <= highest;
+        let tell = |view: &MessageView, out: &mut Vec<u8>| {
+            let Some(seq) = self.map.seq(view.uid.0) else {
+                return;
+            };
+            let mut items = vec![
+                MessageDataItem::Uid(nonzero(view.uid.0)),
+                MessageDataItem::Flags(flag_fetch(&view.flags)),
+            ];
+            if let Some(modseq) = NonZeroU64::new(view.modseq.0) {
+                items.push(MessageDataItem::ModSeq(modseq));
+            }
+            untagged(
+                Data::Fetch {
+                    seq: nonzero(seq),
+                    items: Vec1::try_from(items).expect("UID and FLAGS"),
+                },
+                out,
+            );
+        };
+        if ours {
+            let mut from = since;
+            loop {
+                let changed = self
+                    .addr
+                    .send(ChangedSince {
+                        since: from,
+                        limit: CHANGES_CHUNK,
+                    })
+                    .await??;
+                for stored in &changed {
+                    from = from.max(stored.modseq);
+                    if !stored.hidden && !stored.record.is_expunged() {
+                        tell(&MessageView::of(stored), out);
+                    }
+                }
+                if changed.len() < CHANGES_CHUNK {
+                    break;
+                }
+            }
+        } else {
+            for chunk in self.map.uids().to_vec().chunks(FETCH_CHUNK) {
+                let views = self
+                    .addr
+                    .send(Fetch {
+                        uids: UidSet::from_uids(chunk.iter().map(|&u| Uid(u))),
+                    })
+                    .await??;
+                for view in &views {
+                    tell(view, out);
+                }
+            }
+        }
+        self.flags_told = self.flags_told.max(highest);
+        Ok(())
+    }
+
+    /// A flag change this session's command made and answered (see `own_flags`).
+    fn answered_flags(&mut self, view: &MessageView) {
+        self.own_flags.insert(view.uid.0, view.modseq);
     }
 
     fn resolve(&self, set: &SequenceSet, uid: bool) -> Result<Vec<u32>, Outcome> {
@@ -189,6 +418,13 @@ enum Part {
     HeaderFields {
         names: Vec<Vec<u8>>,
         not: bool,
+    },
+    /// A numbered part (`1.2`, `2.HEADER`, `1.MIME`, `2.HEADER.FIELDS (...)`), found in the
+    /// message's MIME structure ([`mime::part_bytes`]); `fields` picks header fields of it.
+    Numbered {
+        path: Vec<NonZeroU32>,
+        section: mime::PartSection,
+        fields: Option<(Vec<Vec<u8>>, bool)>,
     },
 }
 
@@ -222,12 +458,35 @@ struct FetchPlan {
     /// A body item without PEEK: the messages get \Seen (RFC 3501 6.4.5).
     sets_seen: bool,
     changed_since: Option<u64>,
+    envelope: bool,
+    /// UID FETCH ... (CHANGEDSINCE n VANISHED): the uids of the set gone come first.
+    vanished: bool,
+    /// BODY (false) or BODYSTRUCTURE (true, with extension data).
+    structures: Vec<bool>,
+}
+
+impl FetchPlan {
+    /// Whether the message's bytes are read (bodies, or the MIME structure).
+    fn reads_body(&self) -> bool {
+        !self.bodies.is_empty() || self.parses()
+    }
+
+    /// Whether the message is parsed for its MIME structure.
+    fn parses(&self) -> bool {
+        self.envelope
+            || !self.structures.is_empty()
+            || self
+                .bodies
+                .iter()
+                .any(|b| matches!(b.part, Part::Numbered { .. }))
+    }
 }
 
 fn plan(
     names: MacroOrMessageDataItemNames<'static>,
     uid: bool,
     modifiers: Vec<FetchModifier>,
+    qresync: bool,
 ) -> Result<FetchPlan, Outcome> {
     let names = match names {
         MacroOrMessageDataItemNames::Macro(Macro::Fast) => vec![
@@ -236,9 +495,7 @@ fn plan(
             MessageDataItemName::Rfc822Size,
         ],
         MacroOrMessageDataItemNames::Macro(m) => {
-            return Err(Outcome::bad(format!(
-                "FETCH {m} needs ENVELOPE, which this server does not send yet"
-            )))
+            m.expand().into_iter().map(IntoStatic::into_static).collect()
         }
         MacroOrMessageDataItemNames::MessageDataItemNames(names) => names,
     };
@@ -254,10 +511,15 @@ fn plan(
                 // RFC 7162 3.1.4.1: CHANGEDSINCE implies MODSEQ.
                 plan.modseq = true;
             }
-            FetchModifier::Vanished => {
-                return Err(Outcome::bad("VANISHED needs QRESYNC, which is not enabled"))
+            FetchModifier::Vanished if !qresync => {
+                return Err(Outcome::bad("VANISHED needs QRESYNC: ENABLE QRESYNC first"))
             }
+            FetchModifier::Vanished => plan.vanished = true,
         }
+    }
+    // RFC 7162 3.2.6: VANISHED only in a UID FETCH, with CHANGEDSINCE.
+    if plan.vanished && !(uid && plan.changed_since.is_some()) {
+        return Err(Outcome::bad("VANISHED goes with UID FETCH and CHANGEDSINCE"));
     }
     for name in names {
         match name {
@@ -301,10 +563,32 @@ fn plan(
                         names: names.as_ref().iter().map(|n| n.as_ref().to_vec()).collect(),
                         not: true,
                     },
-                    Some(_) => {
-                        return Err(Outcome::bad(
-                            "body part numbers and MIME sections need the MIME structure, which this server does not send yet",
-                        ))
+                    Some(numbered) => {
+                        let names = |names: &Vec1<_>| -> Vec<Vec<u8>> {
+                            names
+                                .as_ref()
+                                .iter()
+                                .map(|n: &imap_codec::imap_types::core::AString<'_>| n.as_ref().to_vec())
+                                .collect()
+                        };
+                        let (path, section, fields) = match numbered {
+                            Section::Part(p) => (p, mime::PartSection::Body, None),
+                            Section::Mime(p) => (p, mime::PartSection::Mime, None),
+                            Section::Header(Some(p)) => (p, mime::PartSection::Header, None),
+                            Section::Text(Some(p)) => (p, mime::PartSection::Text, None),
+                            Section::HeaderFields(Some(p), n) => {
+                                (p, mime::PartSection::Header, Some((names(n), false)))
+                            }
+                            Section::HeaderFieldsNot(Some(p), n) => {
+                                (p, mime::PartSection::Header, Some((names(n), true)))
+                            }
+                            _ => unreachable!("the sections without a part number are matched above"),
+                        };
+                        Part::Numbered {
+                            path: path.0.as_ref().to_vec(),
+                            section,
+                            fields,
+                        }
                     }
                 };
                 plan.sets_seen |= !peek;
@@ -313,11 +597,10 @@ fn plan(
                     reply: BodyReply::Body { section, partial },
                 });
             }
-            other @ (MessageDataItemName::Body
-            | MessageDataItemName::BodyStructure
-            | MessageDataItemName::Envelope
-            | MessageDataItemName::Binary { .. }
-            | MessageDataItemName::BinarySize { .. }) => {
+            MessageDataItemName::Envelope => plan.envelope = true,
+            MessageDataItemName::Body => plan.structures.push(false),
+            MessageDataItemName::BodyStructure => plan.structures.push(true),
+            other @ (MessageDataItemName::Binary { .. } | MessageDataItemName::BinarySize { .. }) => {
                 return Err(Outcome::bad(format!(
                     "FETCH {} is not supported by this server yet",
                     item_name(&other)
@@ -330,9 +613,6 @@ fn plan(
 
 fn item_name(name: &MessageDataItemName<'_>) -> &'static str {
     match name {
-        MessageDataItemName::Body => "BODY",
-        MessageDataItemName::BodyStructure => "BODYSTRUCTURE",
-        MessageDataItemName::Envelope => "ENVELOPE",
         MessageDataItemName::Binary { .. } => "BINARY",
         MessageDataItemName::BinarySize { .. } => "BINARY.SIZE",
         _ => "item",
@@ -342,14 +622,14 @@ fn item_name(name: &MessageDataItemName<'_>) -> &'static str {
 /// FETCH and UID FETCH.
 pub(super) async fn fetch(
     conn: &mut Connection,
-    selected: &Selected,
+    selected: &mut Selected,
     set: &SequenceSet,
     names: MacroOrMessageDataItemNames<'static>,
     uid: bool,
     modifiers: Vec<FetchModifier>,
     out: &mut Vec<u8>,
 ) -> Result<Outcome, MailError> {
-    let mut plan = match plan(names, uid, modifiers) {
+    let mut plan = match plan(names, uid, modifiers, selected.qresync) {
         Ok(plan) => plan,
         Err(refused) => return Ok(refused),
     };
@@ -358,6 +638,17 @@ pub(super) async fn fetch(
         Ok(uids) => uids,
         Err(refused) => return Ok(refused),
     };
+    if plan.vanished {
+        if let Some(gone) = sequence_set(&selected.vanished_in(set)) {
+            untagged(
+                Data::Vanished {
+                    earlier: true,
+                    known_uids: gone,
+                },
+                out,
+            );
+        }
+    }
     let seen = mailmesh_protocol::names::Flag::seen();
     for chunk in uids.chunks(FETCH_CHUNK) {
         let mut views = selected
@@ -392,6 +683,7 @@ pub(super) async fn fetch(
                         for update in stored.updated {
                             if let Some(view) = views.iter_mut().find(|v| v.uid == update.uid) {
                                 flagged.push(update.uid.0);
+                                selected.answered_flags(&update);
                                 *view = update;
                             }
                         }
@@ -409,7 +701,7 @@ pub(super) async fn fetch(
             let Some(seq) = selected.map.seq(view.uid.0) else {
                 continue;
             };
-            let body = if plan.bodies.is_empty() {
+            let body = if !plan.reads_body() {
                 None
             } else {
                 match selected.addr.send(FetchBody { uid: view.uid }).await? {
@@ -419,7 +711,13 @@ pub(super) async fn fetch(
                     Err(e) => return Err(e),
                 }
             };
-            let items = fetch_items(&plan, &view, flagged.contains(&view.uid.0), body.as_deref());
+            let items = fetch_items(
+                &plan,
+                &view,
+                flagged.contains(&view.uid.0),
+                selected.condstore,
+                body.as_deref(),
+            );
             if let Ok(items) = Vec1::try_from(items) {
                 untagged(
                     Data::Fetch {
@@ -446,10 +744,13 @@ fn fetch_items(
     plan: &FetchPlan,
     view: &MessageView,
     flags_changed: bool,
+    condstore: bool,
     body: Option<&[u8]>,
 ) -> Vec<MessageDataItem<'static>> {
     let mut items = Vec::new();
-    if plan.uid {
+    // RFC 7162 3.1: with CONDSTORE on, a FETCH response that tells of a flag change carries
+    // UID and MODSEQ.
+    if plan.uid || flags_changed && condstore {
         items.push(MessageDataItem::Uid(nonzero(view.uid.0)));
     }
     if plan.flags || flags_changed {
@@ -463,14 +764,32 @@ fn fetch_items(
             u32::try_from(view.size).unwrap_or(u32::MAX),
         ));
     }
-    if plan.modseq || flags_changed && plan.changed_since.is_some() {
+    // RFC 7162 3.2: with CONDSTORE on, flags this FETCH changed (\Seen) go with their MODSEQ.
+    if plan.modseq || flags_changed && (plan.changed_since.is_some() || condstore) {
         if let Some(modseq) = NonZeroU64::new(view.modseq.0) {
             items.push(MessageDataItem::ModSeq(modseq));
         }
     }
     if let Some(body) = body {
+        let parsed = if plan.parses() { mime::parse(body) } else { None };
+        if plan.envelope {
+            if let Some(parsed) = &parsed {
+                items.push(MessageDataItem::Envelope(mime::envelope(parsed)));
+            }
+        }
+        for &extended in &plan.structures {
+            if let Some(parsed) = &parsed {
+                let structure = mime::structure(parsed, extended);
+                items.push(if extended {
+                    MessageDataItem::BodyStructure(structure)
+                } else {
+                    MessageDataItem::Body(structure)
+                });
+            }
+        }
         for item in &plan.bodies {
             let fields;
+            let numbered;
             let data: &[u8] = match &item.part {
                 Part::Whole => body,
                 Part::Header => message::header(body),
@@ -479,6 +798,25 @@ fn fetch_items(
                     let names: Vec<&[u8]> = names.iter().map(Vec::as_slice).collect();
                     fields = message::header_fields(body, &names, *not);
                     &fields
+                }
+                Part::Numbered {
+                    path,
+                    section,
+                    fields: picked,
+                } => {
+                    // RFC 3501 6.4.5: a part that does not exist is sent empty.
+                    let bytes = parsed
+                        .as_ref()
+                        .and_then(|p| mime::part_bytes(p, path, section))
+                        .unwrap_or_default();
+                    numbered = match picked {
+                        Some((names, not)) => {
+                            let names: Vec<&[u8]> = names.iter().map(Vec::as_slice).collect();
+                            message::header_fields(&bytes, &names, *not).to_vec()
+                        }
+                        None => bytes,
+                    };
+                    &numbered
                 }
             };
             items.push(match &item.reply {
@@ -539,7 +877,7 @@ fn internaldate(seconds: i64) -> DateTime {
 #[allow(clippy::too_many_arguments)]
 pub(super) async fn store(
     conn: &mut Connection,
-    selected: &Selected,
+    selected: &mut Selected,
     set: &SequenceSet,
     kind: StoreType,
     response: StoreResponse,
@@ -586,27 +924,39 @@ pub(super) async fn store(
                 unchanged_since,
             })
             .await??;
-        if response == StoreResponse::Answer {
+        for view in &stored.updated {
+            // Told with this answer, or not at all (.SILENT): the refresh leaves them out.
+            selected.answered_flags(view);
+        }
+        // RFC 7162 3.1.3 and 3.2: with CONDSTORE on, every message changed is answered with its
+        // MODSEQ, even with .SILENT (which then leaves out only FLAGS).
+        let with_modseq = unchanged_since.is_some() || selected.condstore;
+        if response == StoreResponse::Answer || with_modseq {
             for view in &stored.updated {
                 let Some(seq) = selected.map.seq(view.uid.0) else {
                     continue;
                 };
-                let mut items = vec![MessageDataItem::Flags(flag_fetch(&view.flags))];
-                if uid {
+                let mut items = Vec::new();
+                if response == StoreResponse::Answer {
+                    items.push(MessageDataItem::Flags(flag_fetch(&view.flags)));
+                }
+                if uid || selected.condstore {
                     items.push(MessageDataItem::Uid(nonzero(view.uid.0)));
                 }
-                if unchanged_since.is_some() {
+                if with_modseq {
                     if let Some(modseq) = NonZeroU64::new(view.modseq.0) {
                         items.push(MessageDataItem::ModSeq(modseq));
                     }
                 }
-                untagged(
-                    Data::Fetch {
-                        seq: nonzero(seq),
-                        items: Vec1::try_from(items).expect("FLAGS at least"),
-                    },
-                    out,
-                );
+                if let Ok(items) = Vec1::try_from(items) {
+                    untagged(
+                        Data::Fetch {
+                            seq: nonzero(seq),
+                            items,
+                        },
+                        out,
+                    );
+                }
             }
         }
         // RFC 7162 3.1.3: the messages left alone, by uid for UID STORE, else by number.
@@ -653,9 +1003,7 @@ pub(super) async fn expunge(
         .into_iter()
         .map(|u| u.0)
         .collect();
-    for seq in selected.map.remove_all(&gone) {
-        untagged(Data::Expunge(nonzero(seq)), out);
-    }
+    selected.forget(&gone, out);
     Ok(Outcome::ok(if set.is_some() {
         "UID EXPUNGE completed"
     } else {
@@ -802,9 +1150,7 @@ pub(super) async fn transfer(
             out,
         );
     }
-    for seq in selected.map.remove_all(&from) {
-        untagged(Data::Expunge(nonzero(seq)), out);
-    }
+    selected.forget(&from, out);
     Ok(Outcome::ok(done))
 }
 
@@ -858,6 +1204,91 @@ fn nonzero(n: u32) -> NonZeroU32 {
         warn!("a zero sequence number or uid reached a response; sent as 1");
         NonZeroU32::MIN
     })
+}
+
+/// SEARCH and UID SEARCH: the session's messages walked in chunks of views, a message's bytes
+/// read (one at a time) only when a key needs them.
+pub(super) async fn search(
+    conn: &mut Connection,
+    selected: &Selected,
+    charset: Option<&str>,
+    criteria: Vec1<SearchKey<'static>>,
+    uid: bool,
+    out: &mut Vec<u8>,
+) -> Result<Outcome, MailError> {
+    if let Some(charset) = charset {
+        if !search::charset_supported(charset) {
+            let allowed = search::CHARSETS
+                .iter()
+                .filter_map(|c| Charset::try_from(*c).ok())
+                .collect();
+            return Ok(Outcome::no(format!("charset {charset} is not supported"))
+                .with_code(Code::BadCharset { allowed }));
+        }
+    }
+    // Keys side by side are ANDed (RFC 3501 6.4.4).
+    let key = match criteria.as_ref() {
+        [one] => one.clone(),
+        _ => SearchKey::And(criteria),
+    };
+    if !search::supported(&key) {
+        return Ok(Outcome::bad("a search key this server does not support"));
+    }
+    let needs_body = search::needs_body(&key);
+    let bounds = search::Bounds {
+        exists: selected.map.len(),
+        last_uid: selected.map.last_uid(),
+    };
+    let mut found: Vec<NonZeroU32> = Vec::new();
+    let mut highest: u64 = 0;
+    for chunk in selected.map.uids().chunks(FETCH_CHUNK) {
+        let views = selected
+            .addr
+            .send(Fetch {
+                uids: UidSet::from_uids(chunk.iter().map(|&u| Uid(u))),
+            })
+            .await??;
+        for view in &views {
+            let Some(seq) = selected.map.seq(view.uid.0) else {
+                continue;
+            };
+            let body = if needs_body {
+                match selected.addr.send(FetchBody { uid: view.uid }).await? {
+                    Ok(body) => Some(body),
+                    // Expunged since the listing: it matches nothing.
+                    Err(MailError::NoSuchMessage(_)) => continue,
+                    Err(e) => return Err(e),
+                }
+            } else {
+                None
+            };
+            let parsed = body.as_deref().and_then(search::parse);
+            let candidate = search::Candidate {
+                seq,
+                view,
+                parsed: parsed.as_ref(),
+            };
+            if search::matches(&key, &candidate, bounds) {
+                found.push(nonzero(if uid { view.uid.0 } else { seq }));
+                highest = highest.max(view.modseq.0);
+            }
+        }
+        if out.len() >= FLUSH_AT && write(conn, out).await.is_err() {
+            return Ok(Outcome::no("the connection failed during SEARCH"));
+        }
+    }
+    // RFC 7162 3.1.5: with a MODSEQ key, the highest modseq of the messages found.
+    let modseq = if search::has_modseq(&key) {
+        NonZeroU64::new(highest)
+    } else {
+        None
+    };
+    untagged(Data::Search(found, modseq), out);
+    Ok(Outcome::ok(if uid {
+        "UID SEARCH completed"
+    } else {
+        "SEARCH completed"
+    }))
 }
 
 #[cfg(test)]

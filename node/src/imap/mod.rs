@@ -20,7 +20,9 @@
 
 pub mod message;
 pub mod messages;
+pub mod mime;
 pub mod protocol;
+pub mod search;
 pub mod sequence;
 pub mod session;
 #[cfg(test)]

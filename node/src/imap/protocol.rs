@@ -17,7 +17,7 @@ use imap_codec::imap_types::response::{
     Code, CodeOther, CommandContinuationRequest, Response, Status, StatusBody, StatusKind, Tagged,
 };
 use imap_codec::imap_types::IntoStatic;
-use imap_codec::{AuthenticateDataCodec, CommandCodec, ResponseCodec};
+use imap_codec::{AuthenticateDataCodec, CommandCodec, IdleDoneCodec, ResponseCodec};
 
 /// What the next complete message from the client is.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
@@ -26,6 +26,8 @@ pub enum Expect {
     Command,
     /// One line of an AUTHENTICATE exchange (base64, or `*` to cancel).
     AuthenticateData,
+    /// The `DONE` that ends an IDLE (RFC 2177).
+    IdleDone,
 }
 
 /// What the machine found in the bytes fed to it.
@@ -33,6 +35,9 @@ pub enum Expect {
 pub enum Event {
     Command(Command<'static>),
     AuthenticateData(AuthenticateData<'static>),
+    /// The line that ends an IDLE: `DONE` (true), or anything else (false), which ends it too,
+    /// with BAD.
+    IdleDone(bool),
     /// A synchronizing literal within the limit was announced: the client waits for a
     /// continuation request before it sends the literal.
     ContinueLiteral,
@@ -182,6 +187,9 @@ impl Machine {
                         Event::AuthenticateData(AuthenticateData::Cancel)
                     }
                 }
+            }
+            Expect::IdleDone => {
+                Event::IdleDone(self.fragments.decode_message(&IdleDoneCodec::default()).is_ok())
             }
         }
     }

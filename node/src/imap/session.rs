@@ -15,8 +15,9 @@ use std::time::Duration;
 
 use imap_codec::encode::Encoder;
 use imap_codec::imap_types::auth::{AuthMechanism, AuthenticateData};
-use imap_codec::imap_types::command::{Command, CommandBody};
+use imap_codec::imap_types::command::{Command, CommandBody, SelectParameter};
 use imap_codec::imap_types::core::{IString, NString, QuotedChar, Tag, Text, Vec1};
+use imap_codec::imap_types::extensions::enable::CapabilityEnable;
 use imap_codec::imap_types::extensions::namespace::Namespace;
 use imap_codec::imap_types::flag::{Flag, FlagNameAttribute, FlagPerm};
 use imap_codec::imap_types::mailbox::{ListMailbox, Mailbox as ImapMailbox};
@@ -96,6 +97,9 @@ pub async fn serve(mut conn: Connection, peer: Peer, ctx: Rc<ImapContext>) {
     .expect("a valid greeting");
     out.extend_from_slice(&GreetingCodec::default().encode(&greeting).dump());
     let mut buf = vec![0u8; READ_CHUNK];
+    // The tag of the IDLE in progress (RFC 2177).
+    let mut idling: Option<Tag<'static>> = None;
+    let mut enabled = Enabled::default();
     loop {
         while let Some(event) = machine.next_event() {
             let flow = match event {
@@ -109,6 +113,31 @@ pub async fn serve(mut conn: Connection, peer: Peer, ctx: Rc<ImapContext>) {
                         machine.expect(Expect::Command);
                     }
                     encode(&response, &mut out);
+                    if let Some(tag) = idling.take() {
+                        machine.expect(Expect::Command);
+                        tagged(&tag, StatusKind::Bad, None, "IDLE ended: expected DONE", &mut out);
+                    }
+                    Flow::Continue
+                }
+                Event::IdleDone(done) => {
+                    machine.expect(Expect::Command);
+                    if let Some(tag) = idling.take() {
+                        if done {
+                            tagged(&tag, StatusKind::Ok, None, "IDLE terminated", &mut out);
+                        } else {
+                            tagged(&tag, StatusKind::Bad, None, "IDLE ended: expected DONE", &mut out);
+                        }
+                    }
+                    Flow::Continue
+                }
+                Event::Command(Command {
+                    tag,
+                    body: CommandBody::Idle,
+                }) => {
+                    if start_idle(&mut state, &tag, &mut out).await {
+                        machine.expect(Expect::IdleDone);
+                        idling = Some(tag);
+                    }
                     Flow::Continue
                 }
                 Event::AuthenticateData(data) => {
@@ -131,7 +160,16 @@ pub async fn serve(mut conn: Connection, peer: Peer, ctx: Rc<ImapContext>) {
                     Flow::Continue
                 }
                 Event::Command(command) => {
-                    let flow = command_flow(&ctx, &peer, &mut conn, &mut state, command, &mut out).await;
+                    let flow = command_flow(
+                        &ctx,
+                        &peer,
+                        &mut conn,
+                        &mut state,
+                        &mut enabled,
+                        command,
+                        &mut out,
+                    )
+                    .await;
                     if let State::Authenticating(_) = state {
                         machine.expect(Expect::AuthenticateData);
                     }
@@ -168,7 +206,41 @@ pub async fn serve(mut conn: Connection, peer: Peer, ctx: Rc<ImapContext>) {
         if !out.is_empty() && write(&mut conn, &mut out).await.is_err() {
             return;
         }
-        let read = match tokio::time::timeout(IDLE_TIMEOUT, conn.read(&mut buf)).await {
+        let read = loop {
+            // While idling in a selected mailbox, the mailbox's changes wake the session as well
+            // as the client's bytes; otherwise only the client's.
+            let watched = match (&idling, &mut state) {
+                (Some(_), State::Selected { mailbox, .. }) => mailbox.changes.as_mut(),
+                _ => None,
+            };
+            let Some(changes) = watched else {
+                break tokio::time::timeout(IDLE_TIMEOUT, conn.read(&mut buf)).await;
+            };
+            let wake = tokio::select! {
+                read = tokio::time::timeout(IDLE_TIMEOUT, conn.read(&mut buf)) => Wake::Read(read),
+                changed = changes.changed() => Wake::Changed(changed.is_ok()),
+            };
+            match wake {
+                Wake::Read(read) => break read,
+                Wake::Changed(open) => {
+                    let State::Selected { mailbox, .. } = &mut state else {
+                        continue;
+                    };
+                    if !open {
+                        // The actor is gone (the mailbox was deleted): nothing more to wait for.
+                        mailbox.changes = None;
+                        continue;
+                    }
+                    if let Err(e) = mailbox.refresh(true, &mut out).await {
+                        info!(mailbox = %mailbox.name, error = %e, "imap session could not bring its message numbers up to date");
+                    }
+                    if !out.is_empty() && write(&mut conn, &mut out).await.is_err() {
+                        return;
+                    }
+                }
+            }
+        };
+        let read = match read {
             Ok(Ok(0)) | Ok(Err(_)) => return,
             Ok(Ok(n)) => n,
             Err(_) => {
@@ -179,6 +251,60 @@ pub async fn serve(mut conn: Connection, peer: Peer, ctx: Rc<ImapContext>) {
         };
         machine.feed(&buf[..read]);
     }
+}
+
+/// Whether a command uses CONDSTORE, which turns it on (RFC 7162 3.1): FETCH of MODSEQ or with
+/// CHANGEDSINCE, STORE with UNCHANGEDSINCE, SEARCH with MODSEQ.
+fn enables_condstore(body: &CommandBody<'_>) -> bool {
+    use imap_codec::imap_types::fetch::{MacroOrMessageDataItemNames, MessageDataItemName};
+    match body {
+        CommandBody::Fetch {
+            macro_or_item_names,
+            modifiers,
+            ..
+        } => {
+            !modifiers.is_empty()
+                || matches!(macro_or_item_names, MacroOrMessageDataItemNames::MessageDataItemNames(names)
+                    if names.contains(&MessageDataItemName::ModSeq))
+        }
+        CommandBody::Store { modifiers, .. } => !modifiers.is_empty(),
+        CommandBody::Search { criteria, .. } => criteria.as_ref().iter().any(super::search::has_modseq),
+        _ => false,
+    }
+}
+
+/// The extensions a client turned on (RFC 7162 3.1: CONDSTORE by ENABLE, SELECT (CONDSTORE) or
+/// a command that uses it; QRESYNC by ENABLE only); they stay on for the connection.
+#[derive(Debug, Default)]
+struct Enabled {
+    condstore: bool,
+    qresync: bool,
+}
+
+/// What woke an idling session.
+enum Wake {
+    Read(Result<std::io::Result<usize>, tokio::time::error::Elapsed>),
+    /// The mailbox changed (true), or its actor is gone (false).
+    Changed(bool),
+}
+
+/// IDLE (RFC 2177): what is new is told first, then the continuation request; answers whether
+/// the session now idles (it needs a login).
+async fn start_idle(state: &mut State, tag: &Tag<'static>, out: &mut Vec<u8>) -> bool {
+    match state {
+        State::Selected { mailbox, .. } => {
+            if let Err(e) = mailbox.refresh(true, out).await {
+                info!(mailbox = %mailbox.name, error = %e, "imap session could not bring its message numbers up to date");
+            }
+        }
+        State::Authenticated(_) => {}
+        State::NotAuthenticated | State::Authenticating(_) => {
+            tagged(tag, StatusKind::Bad, None, "IDLE needs a login first", out);
+            return false;
+        }
+    }
+    encode(&continuation("idling"), out);
+    true
 }
 
 pub(super) async fn write(conn: &mut Connection, out: &mut Vec<u8>) -> std::io::Result<()> {
@@ -248,11 +374,20 @@ async fn command_flow(
     peer: &Peer,
     conn: &mut Connection,
     state: &mut State,
+    enabled: &mut Enabled,
     command: Command<'static>,
     out: &mut Vec<u8>,
 ) -> Flow {
     let Command { tag, body } = command;
     let mut flow = Flow::Continue;
+    if let State::Selected { mailbox, .. } = state {
+        // RFC 7162 3.1: a command that uses CONDSTORE turns it on, before its own answers.
+        if enables_condstore(&body) {
+            enabled.condstore = true;
+        }
+        mailbox.condstore = enabled.condstore;
+        mailbox.qresync = enabled.qresync;
+    }
     // RFC 3501 7.4.1: no untagged EXPUNGE while answering FETCH, STORE or SEARCH (the client
     // could not tell which message a number meant).
     let expunges_allowed = !matches!(
@@ -347,7 +482,7 @@ async fn command_flow(
         }
         other => match state.user().map(str::to_string) {
             None => Outcome::bad(format!("{} needs a login first", other.name())),
-            Some(user) => authenticated_command(ctx, &user, conn, state, other, out).await,
+            Some(user) => authenticated_command(ctx, &user, conn, state, enabled, other, out).await,
         },
     };
     if let (State::Selected { mailbox, .. }, Flow::Continue) = (&mut *state, &flow) {
@@ -419,6 +554,7 @@ async fn authenticated_command(
     user: &str,
     conn: &mut Connection,
     state: &mut State,
+    enabled: &mut Enabled,
     body: CommandBody<'static>,
     out: &mut Vec<u8>,
 ) -> Outcome {
@@ -435,15 +571,28 @@ async fn authenticated_command(
             );
             Ok(Outcome::ok("NAMESPACE completed"))
         }
-        CommandBody::Enable { .. } => {
-            // RFC 5161: only extensions this server implements are enabled, and none of those
-            // that ENABLE names (CONDSTORE, QRESYNC, UTF8=ACCEPT, METADATA) is implemented yet.
-            untagged(
-                Data::Enabled {
-                    capabilities: Vec::new(),
-                },
-                out,
-            );
+        CommandBody::Enable { capabilities } => {
+            // RFC 5161: only extensions this server implements are enabled: CONDSTORE and
+            // QRESYNC (which implies CONDSTORE, RFC 7162 3.2.3), not UTF8=ACCEPT or METADATA.
+            let mut now = Vec::new();
+            for capability in capabilities.into_inner() {
+                // imap-codec has no variant of its own for QRESYNC: it comes as an atom.
+                let qresync = matches!(&capability, CapabilityEnable::Other(_))
+                    && capability.to_string().eq_ignore_ascii_case("QRESYNC");
+                if capability == CapabilityEnable::CondStore {
+                    enabled.condstore = true;
+                    now.push(capability);
+                } else if qresync {
+                    enabled.condstore = true;
+                    enabled.qresync = true;
+                    now.push(capability);
+                }
+            }
+            if let State::Selected { mailbox, .. } = state {
+                mailbox.condstore = enabled.condstore;
+                mailbox.qresync = enabled.qresync;
+            }
+            untagged(Data::Enabled { capabilities: now }, out);
             Ok(Outcome::ok("ENABLE completed"))
         }
         CommandBody::Create { mailbox } => create(ctx, user, &mailbox).await,
@@ -462,8 +611,12 @@ async fn authenticated_command(
         CommandBody::Status { mailbox, item_names } => {
             status_command(ctx, user, &mailbox, &item_names, out).await
         }
-        CommandBody::Select { mailbox, .. } => select(ctx, user, state, &mailbox, false, out).await,
-        CommandBody::Examine { mailbox, .. } => select(ctx, user, state, &mailbox, true, out).await,
+        CommandBody::Select { mailbox, parameters } => {
+            select(ctx, user, state, enabled, &mailbox, &parameters, false, out).await
+        }
+        CommandBody::Examine { mailbox, parameters } => {
+            select(ctx, user, state, enabled, &mailbox, &parameters, true, out).await
+        }
         CommandBody::Append {
             mailbox,
             flags,
@@ -564,6 +717,17 @@ async fn authenticated_command(
         } => match state {
             State::Selected { mailbox, .. } => {
                 messages::transfer(ctx, user, mailbox, &sequence_set, &target, uid, true, out).await
+            }
+            _ => Ok(Outcome::bad("no mailbox is selected")),
+        },
+        CommandBody::Search {
+            charset,
+            criteria,
+            uid,
+        } => match state {
+            State::Selected { mailbox, .. } => {
+                let charset = charset.as_ref().map(|c| c.as_ref().to_string());
+                messages::search(conn, mailbox, charset.as_deref(), criteria, uid, out).await
             }
             _ => Ok(Outcome::bad("no mailbox is selected")),
         },
@@ -798,18 +962,39 @@ async fn status_command(
     Ok(Outcome::ok("STATUS completed"))
 }
 
+#[allow(clippy::too_many_arguments)]
 async fn select(
     ctx: &ImapContext,
     user: &str,
     state: &mut State,
+    enabled: &mut Enabled,
     mailbox: &ImapMailbox<'_>,
+    parameters: &[SelectParameter],
     read_only: bool,
     out: &mut Vec<u8>,
 ) -> Result<Outcome, MailError> {
     // RFC 3501 6.3.1: a SELECT deselects the current mailbox first, even when it then fails.
     *state = State::Authenticated(user.to_string());
+    let mut resync = None;
+    for parameter in parameters {
+        match parameter {
+            SelectParameter::CondStore => enabled.condstore = true,
+            // RFC 7162 3.2.5: only once the client enabled QRESYNC.
+            SelectParameter::QResync { .. } if !enabled.qresync => {
+                return Ok(Outcome::bad("QRESYNC is not enabled: ENABLE QRESYNC first"))
+            }
+            SelectParameter::QResync {
+                uid_validity,
+                mod_sequence_value,
+                known_uids,
+                ..
+            } => resync = Some((*uid_validity, *mod_sequence_value, known_uids.clone())),
+        }
+    }
     let name = mailbox_name(mailbox)?;
-    let (selected, mailbox_state) = Selected::open(ctx, user, name, read_only).await?;
+    let (mut selected, mailbox_state) = Selected::open(ctx, user, name, read_only).await?;
+    selected.condstore = enabled.condstore;
+    selected.qresync = enabled.qresync;
     let system = [
         Flag::Answered,
         Flag::Flagged,
@@ -844,6 +1029,12 @@ async fn select(
             &status(None, StatusKind::Ok, Some(code), "mailbox state".to_string()),
             out,
         );
+    }
+    // With another UIDVALIDITY the client's cache is void whole: nothing to resync.
+    if let Some((uidvalidity, since, known)) = resync {
+        if uidvalidity.get() == mailbox_state.uidvalidity.0 {
+            selected.resync(since.get(), known.as_ref(), out).await?;
+        }
     }
     *state = State::Selected {
         user: user.to_string(),
@@ -955,6 +1146,9 @@ impl ImapContext {
         caps.push(Capability::Unselect);
         caps.push(Capability::UidPlus);
         caps.push(Capability::Move);
+        caps.push(Capability::Idle);
+        caps.push(Capability::CondStore);
+        caps.push(Capability::QResync);
         if state.user().is_none() {
             if self.tls.is_some() && !conn.is_tls() {
                 caps.push(Capability::StartTls);

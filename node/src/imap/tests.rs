@@ -157,6 +157,22 @@ fn authenticate_lines_decode_as_sasl_data_and_star_cancels() {
 }
 
 #[test]
+fn idle_ends_with_done_in_any_case_and_anything_else_ends_it_as_bad() {
+    let mut machine = Machine::new(1024);
+    machine.expect(Expect::IdleDone);
+    machine.feed(b"done\r\n");
+    assert!(matches!(events(&mut machine).as_slice(), [Event::IdleDone(true)]));
+    machine.feed(b"DONE\r\nDONE now\r\n");
+    assert!(matches!(
+        events(&mut machine).as_slice(),
+        [Event::IdleDone(true), Event::IdleDone(false)]
+    ));
+    machine.expect(Expect::Command);
+    machine.feed(b"a1 NOOP\r\n");
+    assert!(matches!(events(&mut machine).as_slice(), [Event::Command(_)]));
+}
+
+#[test]
 fn input_received_before_starttls_is_discarded() {
     let mut machine = Machine::new(1024);
     machine.feed(b"a1 STARTTLS\r\na2 LOGIN injected x\r\n");

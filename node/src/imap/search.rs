@@ -1,0 +1,445 @@
+//! SEARCH keys (RFC 3501 6.4.4, RFC 7162's MODSEQ) evaluated against one message at a time:
+//! sans-IO. The session walks the selected mailbox in chunks of views (flags, size, dates, uid,
+//! modseq) and reads a message's bytes only when a key needs them ([`needs_body`]), so a
+//! search holds one message at a time, never the mailbox's bodies.
+//!
+//! Header and body keys match case-insensitively on the decoded text: each header field as
+//! mail-parser decodes it (RFC 2047 words, addresses as name and address) and as it is written,
+//! and every text part's decoded contents. The sent date is the Date header's own calendar day
+//! (RFC 3501: time and zone disregarded); a message without a readable one is dated by its
+//! INTERNALDATE. INTERNALDATE keys use the UTC day.
+
+use chrono::NaiveDate;
+use imap_codec::imap_types::search::SearchKey;
+use imap_codec::imap_types::sequence::{SeqOrUid, Sequence, SequenceSet};
+use mail_parser::{Address, HeaderValue, Message, MessageParser, PartType};
+use mailmesh_actors::mailbox::MessageView;
+
+/// The charsets a SEARCH may name (RFC 3501 6.4.4: US-ASCII must be supported); others get
+/// `NO [BADCHARSET]`.
+pub const CHARSETS: [&str; 2] = ["UTF-8", "US-ASCII"];
+
+/// Whether `charset` is one this server searches in.
+pub fn charset_supported(charset: &str) -> bool {
+    CHARSETS.iter().any(|c| c.eq_ignore_ascii_case(charset))
+}
+
+/// Whether any key needs the message's bytes (headers, bodies, the sent date).
+pub fn needs_body(key: &SearchKey<'_>) -> bool {
+    match key {
+        SearchKey::And(keys) => keys.as_ref().iter().any(needs_body),
+        SearchKey::Not(key) => needs_body(key),
+        SearchKey::Or(a, b) => needs_body(a) || needs_body(b),
+        SearchKey::Bcc(_)
+        | SearchKey::Body(_)
+        | SearchKey::Cc(_)
+        | SearchKey::From(_)
+        | SearchKey::Header(..)
+        | SearchKey::SentBefore(_)
+        | SearchKey::SentOn(_)
+        | SearchKey::SentSince(_)
+        | SearchKey::Subject(_)
+        | SearchKey::Text(_)
+        | SearchKey::To(_) => true,
+        _ => false,
+    }
+}
+
+/// Whether the search has a MODSEQ key (its answer then carries the highest modseq of the
+/// messages found, RFC 7162 3.1.5).
+pub fn has_modseq(key: &SearchKey<'_>) -> bool {
+    match key {
+        SearchKey::And(keys) => keys.as_ref().iter().any(has_modseq),
+        SearchKey::Not(key) => has_modseq(key),
+        SearchKey::Or(a, b) => has_modseq(a) || has_modseq(b),
+        SearchKey::ModSequence { .. } => true,
+        _ => false,
+    }
+}
+
+/// One message as a search sees it.
+pub struct Candidate<'a> {
+    pub seq: u32,
+    pub view: &'a MessageView,
+    /// The parsed message, when [`needs_body`] asked for it (and it parses).
+    pub parsed: Option<&'a Message<'a>>,
+}
+
+/// What `*` stands for: the number of messages and the highest uid the session knows.
+#[derive(Clone, Copy, Debug)]
+pub struct Bounds {
+    pub exists: u32,
+    pub last_uid: u32,
+}
+
+/// Parses a message for the header and body keys.
+pub fn parse(body: &[u8]) -> Option<Message<'_>> {
+    MessageParser::default().parse(body)
+}
+
+/// Whether the message matches `key`.
+pub fn matches(key: &SearchKey<'_>, m: &Candidate<'_>, bounds: Bounds) -> bool {
+    let has = |name: &str| m.view.flags.iter().any(|f| f.as_str().eq_ignore_ascii_case(name));
+    match key {
+        SearchKey::And(keys) => keys.as_ref().iter().all(|k| matches(k, m, bounds)),
+        SearchKey::Not(key) => !matches(key, m, bounds),
+        SearchKey::Or(a, b) => matches(a, m, bounds) || matches(b, m, bounds),
+        SearchKey::SequenceSet(set) => in_set(set, m.seq, bounds.exists),
+        SearchKey::Uid(set) => in_set(set, m.view.uid.0, bounds.last_uid),
+        SearchKey::All => true,
+        SearchKey::Answered => has("\\Answered"),
+        SearchKey::Deleted => has("\\Deleted"),
+        SearchKey::Draft => has("\\Draft"),
+        SearchKey::Flagged => has("\\Flagged"),
+        SearchKey::Seen => has("\\Seen"),
+        SearchKey::Unanswered => !has("\\Answered"),
+        SearchKey::Undeleted => !has("\\Deleted"),
+        SearchKey::Undraft => !has("\\Draft"),
+        SearchKey::Unflagged => !has("\\Flagged"),
+        SearchKey::Unseen => !has("\\Seen"),
+        SearchKey::Keyword(atom) => has(atom.as_ref()),
+        SearchKey::Unkeyword(atom) => !has(atom.as_ref()),
+        // No message is \Recent on this server (the flag has no replicated meaning; RFC 9051
+        // dropped it): NEW (RECENT UNSEEN) and RECENT find nothing, OLD (NOT RECENT) everything.
+        SearchKey::Recent | SearchKey::New => false,
+        SearchKey::Old => true,
+        SearchKey::Larger(n) => m.view.size > u64::from(*n),
+        SearchKey::Smaller(n) => m.view.size < u64::from(*n),
+        SearchKey::Before(date) => internal_day(m.view) < *date.as_ref(),
+        SearchKey::On(date) => internal_day(m.view) == *date.as_ref(),
+        SearchKey::Since(date) => internal_day(m.view) >= *date.as_ref(),
+        SearchKey::SentBefore(date) => sent_day(m) < *date.as_ref(),
+        SearchKey::SentOn(date) => sent_day(m) == *date.as_ref(),
+        SearchKey::SentSince(date) => sent_day(m) >= *date.as_ref(),
+        SearchKey::ModSequence { modseq, .. } => m.view.modseq.0 >= *modseq,
+        SearchKey::From(s) => header_contains(m, "From", s.as_ref()),
+        SearchKey::To(s) => header_contains(m, "To", s.as_ref()),
+        SearchKey::Cc(s) => header_contains(m, "Cc", s.as_ref()),
+        SearchKey::Bcc(s) => header_contains(m, "Bcc", s.as_ref()),
+        SearchKey::Subject(s) => header_contains(m, "Subject", s.as_ref()),
+        SearchKey::Header(name, s) => match std::str::from_utf8(name.as_ref()) {
+            Ok(name) => header_contains(m, name, s.as_ref()),
+            Err(_) => false,
+        },
+        SearchKey::Body(s) => body_contains(m, s.as_ref()),
+        SearchKey::Text(s) => {
+            let needle = folded(s.as_ref());
+            // The header as written (field names too) and as decoded, then the body.
+            m.parsed.is_some_and(|p| {
+                contains(
+                    &String::from_utf8_lossy(super::message::header(p.raw_message())),
+                    &needle,
+                ) || p
+                    .headers()
+                    .iter()
+                    .any(|h| field_texts(p, h).iter().any(|t| contains(t, &needle)))
+            }) || body_contains(m, s.as_ref())
+        }
+        #[allow(unreachable_patterns)]
+        _ => false,
+    }
+}
+
+/// Whether a search key is one [`matches`] knows (the rest are refused before searching).
+pub fn supported(key: &SearchKey<'_>) -> bool {
+    match key {
+        SearchKey::And(keys) => keys.as_ref().iter().all(supported),
+        SearchKey::Not(key) => supported(key),
+        SearchKey::Or(a, b) => supported(a) && supported(b),
+        SearchKey::ModSequence { .. } => true,
+        #[allow(unreachable_patterns)]
+        SearchKey::SequenceSet(_)
+        | SearchKey::Uid(_)
+        | SearchKey::All
+        | SearchKey::Answered
+        | SearchKey::Deleted
+        | SearchKey::Draft
+        | SearchKey::Flagged
+        | SearchKey::Seen
+        | SearchKey::Unanswered
+        | SearchKey::Undeleted
+        | SearchKey::Undraft
+        | SearchKey::Unflagged
+        | SearchKey::Unseen
+        | SearchKey::Keyword(_)
+        | SearchKey::Unkeyword(_)
+        | SearchKey::Recent
+        | SearchKey::New
+        | SearchKey::Old
+        | SearchKey::Larger(_)
+        | SearchKey::Smaller(_)
+        | SearchKey::Before(_)
+        | SearchKey::On(_)
+        | SearchKey::Since(_)
+        | SearchKey::SentBefore(_)
+        | SearchKey::SentOn(_)
+        | SearchKey::SentSince(_)
+        | SearchKey::From(_)
+        | SearchKey::To(_)
+        | SearchKey::Cc(_)
+        | SearchKey::Bcc(_)
+        | SearchKey::Subject(_)
+        | SearchKey::Header(..)
+        | SearchKey::Body(_)
+        | SearchKey::Text(_) => true,
+        #[allow(unreachable_patterns)]
+        _ => false,
+    }
+}
+
+/// Whether `n` is in `set`, `*` being `last` (RFC 3501 9: a range matches either way round).
+fn in_set(set: &SequenceSet, n: u32, last: u32) -> bool {
+    let value = |v: &SeqOrUid| match v {
+        SeqOrUid::Value(v) => v.get(),
+        SeqOrUid::Asterisk => last,
+    };
+    set.0.as_ref().iter().any(|seq| match seq {
+        Sequence::Single(v) => value(v) == n,
+        Sequence::Range(a, b) => {
+            let (a, b) = (value(a), value(b));
+            a.min(b) <= n && n <= a.max(b)
+        }
+    })
+}
+
+fn internal_day(view: &MessageView) -> NaiveDate {
+    chrono::DateTime::from_timestamp(view.internaldate, 0)
+        .unwrap_or_default()
+        .date_naive()
+}
+
+fn sent_day(m: &Candidate<'_>) -> NaiveDate {
+    m.parsed
+        .and_then(|p| p.date())
+        .and_then(|d| NaiveDate::from_ymd_opt(i32::from(d.year), u32::from(d.month), u32::from(d.day)))
+        .unwrap_or_else(|| internal_day(m.view))
+}
+
+/// Lower case, for case-insensitive matching beyond ASCII.
+fn folded(bytes: &[u8]) -> String {
+    String::from_utf8_lossy(bytes).to_lowercase()
+}
+
+fn contains(haystack: &str, folded_needle: &str) -> bool {
+    haystack.to_lowercase().contains(folded_needle)
+}
+
+fn header_contains(m: &Candidate<'_>, name: &str, needle: &[u8]) -> bool {
+    let Some(parsed) = m.parsed else {
+        return false;
+    };
+    let needle = folded(needle);
+    parsed
+        .headers()
+        .iter()
+        .filter(|h| h.name.as_str().eq_ignore_ascii_case(name))
+        .any(|h| field_texts(parsed, h).iter().any(|t| contains(t, &needle)))
+}
+
+/// A header field's texts to match: as written (unfolded) and as decoded.
+fn field_texts(parsed: &Message<'_>, header: &mail_parser::Header<'_>) -> Vec<String> {
+    let raw = parsed
+        .raw_message
+        .get(header.offset_start as usize..header.offset_end as usize)
+        .map(|raw| String::from_utf8_lossy(raw).replace("\r\n", "").replace('\n', ""))
+        .unwrap_or_default();
+    let mut texts = vec![raw];
+    match &header.value {
+        HeaderValue::Text(text) => texts.push(text.to_string()),
+        HeaderValue::TextList(list) => texts.push(list.join(" ")),
+        HeaderValue::Address(address) => {
+            let addrs: Vec<&mail_parser::Addr<'_>> = match address {
+                Address::List(list) => list.iter().collect(),
+                Address::Group(groups) => groups.iter().flat_map(|g| g.addresses.iter()).collect(),
+            };
+            for addr in addrs {
+                let name = addr.name.as_deref().unwrap_or("");
+                let address = addr.address.as_deref().unwrap_or("");
+                texts.push(format!("{name} <{address}>"));
+            }
+        }
+        _ => {}
+    }
+    texts
+}
+
+fn body_contains(m: &Candidate<'_>, needle: &[u8]) -> bool {
+    let Some(parsed) = m.parsed else {
+        return false;
+    };
+    let needle = folded(needle);
+    parsed.parts.iter().any(|part| match &part.body {
+        PartType::Text(text) | PartType::Html(text) => contains(text, &needle),
+        _ => false,
+    })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use imap_codec::decode::Decoder;
+    use imap_codec::imap_types::command::CommandBody;
+    use imap_codec::CommandCodec;
+    use mailmesh_protocol::ids::{AppendId, Guid, ModSeq, NodeId, Uid};
+    use mailmesh_protocol::names::Flag;
+
+    const MESSAGE: &[u8] = b"From: =?UTF-8?Q?J=C3=BCrgen_M=C3=BCller?= <jm@example.org>\r\n\
+To: alice@example.org, Bob <bob@example.net>\r\n\
+Subject: =?UTF-8?B?R3LDvMOfZSBhdXMgS8O2bG4=?=\r\n\
+Date: Tue, 01 Dec 2026 23:30:00 -0800\r\n\
+X-Ticket: T-42\r\n\
+MIME-Version: 1.0\r\n\
+Content-Type: multipart/mixed; boundary=\"b\"\r\n\
+\r\n\
+--b\r\n\
+Content-Type: text/plain; charset=utf-8\r\n\
+Content-Transfer-Encoding: quoted-printable\r\n\
+\r\n\
+Die Stra=C3=9Fe ist nass.\r\n\
+--b\r\n\
+Content-Type: application/octet-stream\r\n\
+Content-Disposition: attachment; filename=\"x.bin\"\r\n\
+Content-Transfer-Encoding: base64\r\n\
+\r\n\
+bmVlZGxl\r\n\
+--b--\r\n";
+
+    fn view(uid: u32, size: u64, flags: &[&str]) -> MessageView {
+        MessageView {
+            uid: Uid(uid),
+            append_id: AppendId {
+                origin: NodeId::new("n1").unwrap(),
+                counter: u64::from(uid),
+            },
+            guid: Guid::of(MESSAGE),
+            size,
+            // 2026-12-02 10:00:00 UTC.
+            internaldate: 1_796_205_600,
+            flags: flags.iter().map(|f| Flag::new(f).unwrap()).collect(),
+            modseq: ModSeq(100 + u64::from(uid)),
+        }
+    }
+
+    /// The key of `SEARCH <criteria>` as imap-codec decodes it.
+    fn key(criteria: &str) -> SearchKey<'static> {
+        let line = format!("a SEARCH {criteria}\r\n");
+        let (_, command) = CommandCodec::default().decode(line.as_bytes()).unwrap();
+        let CommandBody::Search { criteria, .. } = command.body else {
+            panic!("not a search");
+        };
+        let criteria = criteria.into_inner();
+        match criteria.len() {
+            1 => criteria.into_iter().next().unwrap().into_static(),
+            _ => SearchKey::And(criteria.try_into().unwrap()).into_static(),
+        }
+    }
+
+    fn hit(criteria: &str, view: &MessageView, seq: u32) -> bool {
+        let parsed = parse(MESSAGE);
+        let candidate = Candidate {
+            seq,
+            view,
+            parsed: parsed.as_ref(),
+        };
+        let bounds = Bounds {
+            exists: 5,
+            last_uid: 9,
+        };
+        matches(&key(criteria), &candidate, bounds)
+    }
+
+    use imap_codec::imap_types::IntoStatic;
+
+    #[test]
+    fn flag_size_and_set_keys() {
+        let v = view(7, 2000, &["\\Seen", "$Work"]);
+        for (criteria, expected) in [
+            ("ALL", true),
+            ("SEEN", true),
+            ("UNSEEN", false),
+            ("FLAGGED", false),
+            ("UNFLAGGED", true),
+            ("KEYWORD $work", true),
+            ("UNKEYWORD $Work", false),
+            ("NEW", false),
+            ("RECENT", false),
+            ("OLD", true),
+            ("LARGER 1999", true),
+            ("LARGER 2000", false),
+            ("SMALLER 2001", true),
+            ("3", true),
+            ("1:2,4", false),
+            ("4:*", false),
+            ("2:*", true),
+            ("UID 7", true),
+            ("UID 8:*", false),
+            ("UID *:5", true),
+            ("NOT SEEN", false),
+            ("OR FLAGGED KEYWORD $Work", true),
+            ("SEEN LARGER 5000", false),
+            ("(SEEN UNFLAGGED) UID 1:7", true),
+            ("MODSEQ 107", true),
+            ("MODSEQ 108", false),
+        ] {
+            assert_eq!(hit(criteria, &v, 3), expected, "{criteria}");
+        }
+    }
+
+    #[test]
+    fn date_keys_use_the_internal_utc_day_and_the_sent_day_as_written() {
+        let v = view(1, 10, &[]);
+        for (criteria, expected) in [
+            ("ON 2-Dec-2026", true),
+            ("BEFORE 2-Dec-2026", false),
+            ("BEFORE 3-Dec-2026", true),
+            ("SINCE 2-Dec-2026", true),
+            ("SINCE 3-Dec-2026", false),
+            // The Date header's own day, its zone disregarded.
+            ("SENTON 1-Dec-2026", true),
+            ("SENTBEFORE 2-Dec-2026", true),
+            ("SENTSINCE 2-Dec-2026", false),
+        ] {
+            assert_eq!(hit(criteria, &v, 1), expected, "{criteria}");
+        }
+    }
+
+    #[test]
+    fn header_and_body_keys_match_decoded_text_in_any_case() {
+        let v = view(1, 10, &[]);
+        // A non-ASCII string goes as a literal (IMAP4rev1 quoted strings are 7-bit).
+        let lit = |s: &str| format!("{{{}+}}\r\n{s}", s.len());
+        for (criteria, expected) in [
+            ("FROM jm@example.org", true),
+            // RFC 2047 words decoded, case folded beyond ASCII.
+            (&format!("CHARSET UTF-8 FROM {}", lit("JÜRGEN")), true),
+            ("TO bob", true),
+            ("TO carol", false),
+            ("CC bob", false),
+            (&format!("CHARSET UTF-8 SUBJECT {}", lit("GRÜßE")), true),
+            (&format!("CHARSET UTF-8 SUBJECT {}", lit("köln")), true),
+            ("SUBJECT koln", false),
+            ("HEADER X-Ticket t-42", true),
+            ("HEADER X-Ticket \"\"", true),
+            ("HEADER X-Other \"\"", false),
+            // Quoted-printable decoded; an attachment's bytes are not body text.
+            (&format!("CHARSET UTF-8 BODY {}", lit("straße")), true),
+            ("BODY needle", false),
+            ("TEXT x-ticket", true),
+            ("TEXT nass", true),
+            ("NOT BODY nass", false),
+        ] {
+            assert_eq!(hit(criteria, &v, 1), expected, "{criteria}");
+        }
+    }
+
+    #[test]
+    fn only_header_and_body_keys_read_the_message() {
+        assert!(!needs_body(&key("UNSEEN LARGER 10 UID 1:* OR SEEN NOT DELETED")));
+        assert!(needs_body(&key("UNSEEN OR SEEN SUBJECT x")));
+        assert!(needs_body(&key("SENTON 1-Jan-2020")));
+        assert!(has_modseq(&key("NOT MODSEQ 5")));
+        assert!(!has_modseq(&key("ALL")));
+        assert!(charset_supported("utf-8") && charset_supported("US-ASCII"));
+        assert!(!charset_supported("ISO-8859-1"));
+    }
+}

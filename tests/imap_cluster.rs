@@ -1,0 +1,231 @@
+//! IMAP across nodes: a client idling on one node is told of what replication brings from
+//! another (an LMTP delivery, a flag change, an expunge) as it arrives, without polling. Two
+//! real nodes over QUIC; the IMAP session is a raw socket read line by line, each wait bounded
+//! by the socket's read timeout (a generous deadline, never a sleep).
+
+mod support;
+
+use std::io::{BufRead, BufReader, Read, Write};
+use std::net::TcpStream;
+
+use support::cluster::{cluster_specs, create_everywhere, op_ok, set_flags, write_mesh_configs};
+use support::{mailmesh, DEADLINE};
+
+fn password_hash() -> String {
+    let mut child = mailmesh(&["user", "hash"])
+        .stdin(std::process::Stdio::piped())
+        .stdout(std::process::Stdio::piped())
+        .spawn()
+        .unwrap();
+    child.stdin.take().unwrap().write_all(b"pw\n").unwrap();
+    let out = child.wait_with_output().unwrap();
+    assert!(out.status.success());
+    String::from_utf8(out.stdout).unwrap().trim().to_string()
+}
+
+fn address(line: &str) -> String {
+    line.split_whitespace()
+        .find_map(|w| w.strip_prefix("address="))
+        .unwrap()
+        .trim_matches('"')
+        .to_string()
+}
+
+/// One LMTP delivery to `target`; returns the reply to DATA.
+fn deliver(target: &str, subject: &str) -> String {
+    let mut s = TcpStream::connect(target).unwrap();
+    s.set_read_timeout(Some(DEADLINE)).unwrap();
+    s.write_all(
+        format!(
+            "LHLO test\r\nMAIL FROM:<a@x>\r\nRCPT TO:<alice@example.org>\r\nDATA\r\nSubject: {subject}\r\n\r\nbody\r\n.\r\nQUIT\r\n"
+        )
+        .as_bytes(),
+    )
+    .unwrap();
+    let mut text = String::new();
+    s.read_to_string(&mut text).unwrap();
+    let finals: Vec<&str> = text
+        .lines()
+        .filter(|l| l.len() > 3 && l.as_bytes()[3] == b' ')
+        .collect();
+    finals.get(5).map(|l| l.to_string()).unwrap_or(text)
+}
+
+struct Imap {
+    writer: TcpStream,
+    reader: BufReader<TcpStream>,
+}
+
+impl Imap {
+    fn connect(target: &str) -> Imap {
+        let stream = TcpStream::connect(target).unwrap();
+        stream.set_read_timeout(Some(DEADLINE)).unwrap();
+        let mut imap = Imap {
+            writer: stream.try_clone().unwrap(),
+            reader: BufReader::new(stream),
+        };
+        imap.line();
+        imap
+    }
+
+    /// The next line; a read past the deadline fails the test.
+    fn line(&mut self) -> String {
+        let mut line = String::new();
+        let n = self
+            .reader
+            .read_line(&mut line)
+            .unwrap_or_else(|e| panic!("no line from the server within {DEADLINE:?}: {e}"));
+        assert!(n > 0, "the server closed the connection");
+        line.trim_end().to_string()
+    }
+
+    fn send(&mut self, line: &str) {
+        self.writer.write_all(format!("{line}\r\n").as_bytes()).unwrap();
+    }
+
+    /// Lines up to the first that `done` accepts, that one included.
+    fn until(&mut self, done: impl Fn(&str) -> bool) -> Vec<String> {
+        let mut lines = Vec::new();
+        loop {
+            let line = self.line();
+            let last = done(&line);
+            lines.push(line);
+            if last {
+                return lines;
+            }
+        }
+    }
+
+    fn command(&mut self, tag: &str, command: &str) -> Vec<String> {
+        self.send(&format!("{tag} {command}"));
+        self.until(|l| l.starts_with(&format!("{tag} ")))
+    }
+}
+
+#[test]
+fn a_client_idling_on_one_node_is_told_of_changes_replicated_from_another() {
+    let tmp = tempfile::TempDir::new().unwrap();
+    let specs = cluster_specs(tmp.path(), &["n1", "n2"]);
+    write_mesh_configs(&specs);
+    let hash = password_hash();
+    for spec in &specs {
+        let mut text = std::fs::read_to_string(spec.config_path()).unwrap();
+        text.push_str(&format!(
+            "\n[lmtp]\nlisten = \"127.0.0.1:0\"\n\n[imap]\nlisten = \"127.0.0.1:0\"\n\n\
+             [[users]]\nname = \"alice\"\npassword_hash = {hash:?}\n"
+        ));
+        std::fs::write(spec.config_path(), text).unwrap();
+    }
+    let (n1, n2) = (&specs[0], &specs[1]);
+    let mut r1 = n1.start();
+    let mut r2 = n2.start();
+    let lmtp1 = address(&r1.wait_for_stderr("protocol=\"lmtp\""));
+    let imap2 = address(&r2.wait_for_stderr("protocol=\"imap\""));
+    // One INBOX, made on n1 and replicated, so both nodes hold the same mailbox.
+    create_everywhere(n1, &[n1, n2], "alice", "INBOX");
+
+    let mut imap = Imap::connect(&imap2);
+    assert!(imap
+        .command("a1", "LOGIN alice pw")
+        .last()
+        .unwrap()
+        .starts_with("a1 OK"));
+    let select = imap.command("a2", "SELECT INBOX");
+    assert!(select.contains(&"* 0 EXISTS".to_string()), "{select:?}");
+    imap.send("a3 IDLE");
+    assert_eq!(imap.line(), "+ idling");
+
+    // A delivery on n1 reaches the session on n2 by replication.
+    let reply = deliver(&lmtp1, "from n1");
+    assert!(reply.starts_with("250"), "{reply}");
+    assert_eq!(imap.until(|l| l.ends_with(" EXISTS")), ["* 1 EXISTS"]);
+
+    // A flag set on n1, then the message expunged there.
+    set_flags(n1, "alice", "INBOX", "1", "+\\Deleted");
+    assert_eq!(
+        imap.until(|l| l.contains(" FETCH ")),
+        ["* 1 FETCH (UID 1 FLAGS (\\Deleted))"]
+    );
+    op_ok(n1, &["expunge", "--user", "alice", "--mailbox", "INBOX"]);
+    assert_eq!(imap.until(|l| l.ends_with(" EXPUNGE")), ["* 1 EXPUNGE"]);
+
+    imap.send("DONE");
+    assert!(imap.line().starts_with("a3 OK"));
+    assert!(imap.command("a4", "LOGOUT").last().unwrap().starts_with("a4 OK"));
+}
+
+#[test]
+fn a_client_failing_over_to_another_node_gets_a_full_qresync() {
+    let tmp = tempfile::TempDir::new().unwrap();
+    let specs = cluster_specs(tmp.path(), &["n1", "n2"]);
+    write_mesh_configs(&specs);
+    let hash = password_hash();
+    for spec in &specs {
+        let mut text = std::fs::read_to_string(spec.config_path()).unwrap();
+        text.push_str(&format!(
+            "\n[lmtp]\nlisten = \"127.0.0.1:0\"\n\n[imap]\nlisten = \"127.0.0.1:0\"\n\n\
+             [[users]]\nname = \"alice\"\npassword_hash = {hash:?}\n"
+        ));
+        std::fs::write(spec.config_path(), text).unwrap();
+    }
+    let (n1, n2) = (&specs[0], &specs[1]);
+    let mut r1 = n1.start();
+    let mut r2 = n2.start();
+    let lmtp1 = address(&r1.wait_for_stderr("protocol=\"lmtp\""));
+    let imap1 = address(&r1.wait_for_stderr("protocol=\"imap\""));
+    let imap2 = address(&r2.wait_for_stderr("protocol=\"imap\""));
+    create_everywhere(n1, &[n1, n2], "alice", "INBOX");
+    for subject in ["one", "two", "three"] {
+        assert!(deliver(&lmtp1, subject).starts_with("250"));
+    }
+
+    // The client's cache, from n1: three messages, n1's HIGHESTMODSEQ.
+    let mut on1 = Imap::connect(&imap1);
+    on1.command("a1", "LOGIN alice pw");
+    on1.command("a2", "ENABLE QRESYNC");
+    let select = on1.command("a3", "SELECT INBOX");
+    let code = |lines: &[String], name: &str| -> String {
+        lines
+            .iter()
+            .find_map(|l| l.strip_prefix(&format!("* OK [{name} ")))
+            .and_then(|l| l.split(']').next())
+            .unwrap_or_else(|| panic!("no {name} in {lines:?}"))
+            .to_string()
+    };
+    let uidvalidity = code(&select, "UIDVALIDITY");
+    let modseq_on_n1 = code(&select, "HIGHESTMODSEQ");
+    on1.command("a4", "LOGOUT");
+
+    // Meanwhile on n1: message 2 flagged, message 3 expunged; wait for n2 to have it all.
+    set_flags(n1, "alice", "INBOX", "2", "+\\Flagged");
+    set_flags(n1, "alice", "INBOX", "3", "+\\Deleted");
+    op_ok(n1, &["expunge", "--user", "alice", "--mailbox", "INBOX"]);
+    support::cluster::converged_with(&[n1, n2], "alice", "INBOX", 2, |listing| {
+        support::cluster::has_flag(listing, "2", "\\Flagged")
+    });
+
+    // The client fails over to n2 with n1's modseq: every flag, and uid 3 vanished.
+    let mut on2 = Imap::connect(&imap2);
+    on2.command("b1", "LOGIN alice pw");
+    on2.command("b2", "ENABLE QRESYNC");
+    let resync = on2.command(
+        "b3",
+        &format!("SELECT INBOX (QRESYNC ({uidvalidity} {modseq_on_n1} 1:3))"),
+    );
+    assert_eq!(code(&resync, "UIDVALIDITY"), uidvalidity, "{resync:?}");
+    let told: Vec<&String> = resync
+        .iter()
+        .filter(|l| l.starts_with("* VANISHED") || l.starts_with("* ") && l.contains(" FETCH ("))
+        .collect();
+    assert_eq!(told.len(), 3, "{resync:?}");
+    assert_eq!(told[0], "* VANISHED (EARLIER) 3", "{resync:?}");
+    assert!(
+        told[1].starts_with("* 1 FETCH (UID 1 FLAGS () MODSEQ ("),
+        "{resync:?}"
+    );
+    assert!(
+        told[2].starts_with("* 2 FETCH (UID 2 FLAGS (\\Flagged) MODSEQ ("),
+        "{resync:?}"
+    );
+    on2.command("b4", "LOGOUT");
+}
