@@ -118,3 +118,32 @@ pub fn max_version(a: &Option<Version>, b: &Option<Version>) -> Option<Version> 
         (None, None) => None,
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::ids::NodeId;
+
+    fn v(counter: u64, node: &str) -> Version {
+        Version {
+            counter,
+            node: NodeId::new(node).unwrap(),
+        }
+    }
+
+    /// A write seen again (the same version) changes nothing, whatever value it carries: a set
+    /// that took it would make the register depend on the order writes arrive in, which `merge`
+    /// never does.
+    #[test]
+    fn set_takes_only_a_newer_version() {
+        let mut r = Lww::new(1, v(5, "a"));
+        assert!(!r.set(2, v(5, "a")), "the same version again");
+        assert_eq!(r, Lww::new(1, v(5, "a")));
+        assert!(!r.set(3, v(4, "b")), "an older version");
+        assert!(
+            r.set(4, v(5, "b")),
+            "a newer version (same counter, greater node)"
+        );
+        assert_eq!(r, Lww::new(4, v(5, "b")));
+    }
+}

@@ -34,3 +34,38 @@ impl Merge for Annotation {
         Annotation(self.0.merge(&other.0))
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::ids::NodeId;
+
+    fn v(counter: u64) -> Version {
+        Version {
+            counter,
+            node: NodeId::new("n1").unwrap(),
+        }
+    }
+
+    #[test]
+    fn a_value_reads_back_and_a_delete_is_a_tombstone() {
+        let set = Annotation::new(Some(b"red".to_vec()), v(1));
+        assert_eq!(set.value(), Some(&b"red"[..]));
+        assert!(!set.is_tombstone());
+        let empty = Annotation::new(Some(Vec::new()), v(2));
+        assert_eq!(
+            empty.value(),
+            Some(&b""[..]),
+            "an empty value is a value, not a delete"
+        );
+        assert!(!empty.is_tombstone());
+        let deleted = Annotation::new(None, v(3));
+        assert_eq!(deleted.value(), None);
+        assert!(deleted.is_tombstone());
+        assert_eq!(
+            set.merge(&deleted),
+            deleted,
+            "the later delete wins and stays as a tombstone"
+        );
+    }
+}
