@@ -87,3 +87,53 @@ impl Merge for UserSieve {
         }
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::ids::NodeId;
+
+    fn v(counter: u64) -> Version {
+        Version {
+            counter,
+            node: NodeId::new("n1").unwrap(),
+        }
+    }
+
+    #[test]
+    fn a_deleted_script_leaves_a_marker_and_no_active_script() {
+        let mut s = UserSieve::default();
+        s.put("vacation", b"keep;".to_vec(), v(1));
+        s.put("spam", b"discard;".to_vec(), v(2));
+        s.set_active(Some("vacation".into()), v(3));
+        assert_eq!(s.active_script(), Some("vacation"));
+        assert_eq!(s.names().collect::<Vec<_>>(), ["spam", "vacation"]);
+
+        s.delete("vacation", v(4));
+        assert_eq!(s.script("vacation"), None);
+        assert!(s.scripts.contains_key("vacation"), "the deleted marker stays");
+        assert_eq!(
+            s.active_script(),
+            None,
+            "an active name with no script is no active script"
+        );
+        assert_eq!(s.names().collect::<Vec<_>>(), ["spam"]);
+
+        // An older edit does not revive it; a newer one does.
+        s.put("vacation", b"old;".to_vec(), v(2));
+        assert_eq!(s.script("vacation"), None);
+        s.put("vacation", b"new;".to_vec(), v(5));
+        assert_eq!(s.script("vacation"), Some(&b"new;"[..]));
+
+        s.set_active(Some("spam".into()), v(6));
+        assert_eq!(s.active_script(), Some("spam"));
+        s.set_active(None, v(7));
+        assert_eq!(s.active_script(), None);
+        s.set_active(Some("vacation".into()), v(6));
+        assert_eq!(
+            s.active_script(),
+            None,
+            "an older activation loses to the later none"
+        );
+    }
+}
