@@ -48,3 +48,36 @@ impl Merge for UserSubscriptions {
         UserSubscriptions { names }
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::ids::NodeId;
+
+    fn v(counter: u64) -> Version {
+        Version {
+            counter,
+            node: NodeId::new("n1").unwrap(),
+        }
+    }
+
+    /// `set` answers whether the subscribed state changed (what a client is told and what is
+    /// logged), and an unsubscribe stays against an older subscribe.
+    #[test]
+    fn set_says_whether_the_state_changed() {
+        let mut s = UserSubscriptions::default();
+        assert!(s.set("Lists", true, v(1)), "a new subscription");
+        assert!(!s.set("Lists", true, v(2)), "subscribed again: no change");
+        assert!(
+            !s.set("Drafts", false, v(3)),
+            "unsubscribing what was never subscribed"
+        );
+        assert!(s.set("Work", true, v(4)));
+        assert_eq!(s.subscribed().collect::<Vec<_>>(), ["Lists", "Work"]);
+        assert!(s.set("Lists", false, v(5)), "an unsubscribe");
+        assert!(!s.set("Lists", true, v(4)), "an older subscribe does not undo it");
+        assert_eq!(s.subscribed().collect::<Vec<_>>(), ["Work"]);
+        assert!(s.set("Lists", true, v(6)));
+        assert_eq!(s.subscribed().collect::<Vec<_>>(), ["Lists", "Work"]);
+    }
+}
