@@ -40,6 +40,20 @@ async fn append(mb: &actix::Addr<Mailbox>, i: usize) -> Result<AppendOutcome, Ma
     .unwrap()
 }
 
+/// Creates alice's INBOX on `node`.
+async fn create_inbox(cluster: &Cluster, node: &str) {
+    cluster
+        .node(node)
+        .directory
+        .send(CreateMailbox {
+            user: "alice".into(),
+            name: "INBOX".into(),
+        })
+        .await
+        .unwrap()
+        .unwrap();
+}
+
 async fn place_on(cluster: &Cluster, node: &str, locations: &[&str]) {
     cluster
         .node(node)
@@ -105,16 +119,7 @@ fn reconfigure(cluster: &mut Cluster, node: &str, peers: &[&str]) {
 fn holders_linked_only_through_a_non_holder_replicate_through_it_as_a_relay() {
     run_virtual(|| async {
         let mut cluster = Cluster::chain(&["a", "b", "c"]);
-        let created = cluster
-            .node("a")
-            .directory
-            .send(CreateMailbox {
-                user: "alice".into(),
-                name: "INBOX".into(),
-            })
-            .await
-            .unwrap();
-        created.unwrap();
+        create_inbox(&cluster, "a").await;
         cluster.settle().await;
         place_on(&cluster, "a", &["a", "c"]).await;
         cluster.settle().await;
@@ -171,16 +176,7 @@ fn holders_linked_only_through_a_non_holder_replicate_through_it_as_a_relay() {
 fn a_link_removed_after_the_placement_makes_a_relay_that_gets_everything() {
     run_virtual(|| async {
         let mut cluster = Cluster::full_mesh(&["a", "b", "c"]);
-        cluster
-            .node("a")
-            .directory
-            .send(CreateMailbox {
-                user: "alice".into(),
-                name: "INBOX".into(),
-            })
-            .await
-            .unwrap()
-            .unwrap();
+        create_inbox(&cluster, "a").await;
         place_on(&cluster, "a", &["a", "c"]).await;
         let on_a = open(&cluster, "a").await;
         for i in 0..4 {
@@ -217,16 +213,7 @@ fn a_link_removed_after_the_placement_makes_a_relay_that_gets_everything() {
 fn a_move_to_a_node_with_no_link_to_the_old_holder_drains_through_a_relay() {
     run_virtual(|| async {
         let cluster = Cluster::chain(&["a", "b", "c"]);
-        cluster
-            .node("a")
-            .directory
-            .send(CreateMailbox {
-                user: "alice".into(),
-                name: "INBOX".into(),
-            })
-            .await
-            .unwrap()
-            .unwrap();
+        create_inbox(&cluster, "a").await;
         place_on(&cluster, "a", &["a"]).await;
         cluster.settle().await;
         let on_a = open(&cluster, "a").await;
@@ -261,16 +248,7 @@ fn a_move_to_a_node_with_no_link_to_the_old_holder_drains_through_a_relay() {
 fn a_release_interrupted_by_a_restart_is_resumed() {
     run_virtual(|| async {
         let mut cluster = Cluster::full_mesh(&["a", "b"]);
-        cluster
-            .node("a")
-            .directory
-            .send(CreateMailbox {
-                user: "alice".into(),
-                name: "INBOX".into(),
-            })
-            .await
-            .unwrap()
-            .unwrap();
+        create_inbox(&cluster, "a").await;
         cluster.settle().await;
         cluster.stop("b").await;
         let on_a = open(&cluster, "a").await;
@@ -299,16 +277,7 @@ fn a_release_interrupted_by_a_restart_is_resumed() {
 fn a_release_does_not_wait_for_a_peer_no_longer_configured() {
     run_virtual(|| async {
         let mut cluster = Cluster::full_mesh(&["a", "b", "c"]);
-        cluster
-            .node("a")
-            .directory
-            .send(CreateMailbox {
-                user: "alice".into(),
-                name: "INBOX".into(),
-            })
-            .await
-            .unwrap()
-            .unwrap();
+        create_inbox(&cluster, "a").await;
         cluster.settle().await;
         cluster.stop("c").await;
         let on_a = open(&cluster, "a").await;
@@ -337,16 +306,7 @@ fn a_release_does_not_wait_for_a_peer_no_longer_configured() {
 fn a_node_that_let_its_copy_go_takes_nothing_back_from_a_new_peer() {
     run_virtual(|| async {
         let mut cluster = Cluster::chain(&["a", "b", "c"]);
-        cluster
-            .node("a")
-            .directory
-            .send(CreateMailbox {
-                user: "alice".into(),
-                name: "INBOX".into(),
-            })
-            .await
-            .unwrap()
-            .unwrap();
+        create_inbox(&cluster, "a").await;
         let on_a = open(&cluster, "a").await;
         for i in 0..3 {
             append(&on_a, i).await.unwrap();
@@ -395,16 +355,7 @@ async fn annotations(cluster: &Cluster, node: &str) -> Vec<(String, Vec<u8>)> {
 fn a_node_holding_a_mailbox_again_gets_back_its_own_writes_it_let_go() {
     run_virtual(|| async {
         let mut cluster = Cluster::chain(&["a", "b", "c"]);
-        cluster
-            .node("a")
-            .directory
-            .send(CreateMailbox {
-                user: "alice".into(),
-                name: "INBOX".into(),
-            })
-            .await
-            .unwrap()
-            .unwrap();
+        create_inbox(&cluster, "a").await;
         cluster.settle().await;
         let on_c = open(&cluster, "c").await;
         on_c.send(SetAnnotation {
@@ -462,16 +413,7 @@ fn a_node_holding_a_mailbox_again_gets_back_its_own_writes_it_let_go() {
 fn old_holders_leaving_together_keep_their_copies_until_a_staying_holder_has_them() {
     run_virtual(|| async {
         let mut cluster = Cluster::start(&["a", "b", "c"], &[("a", "b")]);
-        cluster
-            .node("a")
-            .directory
-            .send(CreateMailbox {
-                user: "alice".into(),
-                name: "INBOX".into(),
-            })
-            .await
-            .unwrap()
-            .unwrap();
+        create_inbox(&cluster, "a").await;
         cluster.settle().await;
         let on_a = open(&cluster, "a").await;
         for i in 0..3 {
@@ -517,16 +459,7 @@ fn old_holders_leaving_together_keep_their_copies_until_a_staying_holder_has_the
 fn a_copy_is_not_let_go_on_the_cache_of_a_peer_wiped_while_this_node_was_down() {
     run_virtual(|| async {
         let mut cluster = Cluster::full_mesh(&["a", "b", "c"]);
-        cluster
-            .node("a")
-            .directory
-            .send(CreateMailbox {
-                user: "alice".into(),
-                name: "INBOX".into(),
-            })
-            .await
-            .unwrap()
-            .unwrap();
+        create_inbox(&cluster, "a").await;
         cluster.settle().await;
         cluster.stop("c").await;
         let on_a = open(&cluster, "a").await;
@@ -568,16 +501,7 @@ fn a_copy_is_not_let_go_on_the_cache_of_a_peer_wiped_while_this_node_was_down() 
 fn a_copy_held_again_shows_no_other_message_at_a_uid_it_showed_before() {
     run_virtual(|| async {
         let mut cluster = Cluster::full_mesh(&["a", "b", "c"]);
-        cluster
-            .node("a")
-            .directory
-            .send(CreateMailbox {
-                user: "alice".into(),
-                name: "INBOX".into(),
-            })
-            .await
-            .unwrap()
-            .unwrap();
+        create_inbox(&cluster, "a").await;
         cluster.settle().await;
         reconfigure(&mut cluster, "a", &["b"]);
         reconfigure(&mut cluster, "b", &["a"]);
@@ -632,16 +556,7 @@ fn a_copy_held_again_shows_no_other_message_at_a_uid_it_showed_before() {
 fn a_copy_held_again_remembering_a_message_lost_to_wipes_gets_the_live_one_promoted() {
     run_virtual(|| async {
         let mut cluster = Cluster::full_mesh(&["a", "b", "c"]);
-        cluster
-            .node("a")
-            .directory
-            .send(CreateMailbox {
-                user: "alice".into(),
-                name: "INBOX".into(),
-            })
-            .await
-            .unwrap()
-            .unwrap();
+        create_inbox(&cluster, "a").await;
         cluster.settle().await;
         reconfigure(&mut cluster, "a", &["b"]);
         reconfigure(&mut cluster, "b", &["a"]);
@@ -700,16 +615,7 @@ fn copies_let_go_on_a_ring_do_not_make_each_other_relays_for_ever() {
             ("f", "a"),
         ];
         let cluster = Cluster::start(&names, &ring);
-        cluster
-            .node("a")
-            .directory
-            .send(CreateMailbox {
-                user: "alice".into(),
-                name: "INBOX".into(),
-            })
-            .await
-            .unwrap()
-            .unwrap();
+        create_inbox(&cluster, "a").await;
         cluster.settle().await;
         let on_a = open(&cluster, "a").await;
         for i in 0..3 {
@@ -775,16 +681,7 @@ fn copies_let_go_on_a_ring_do_not_make_each_other_relays_for_ever() {
 fn two_holders_placing_the_mailbox_on_each_other_while_cut_off_keep_it() {
     run_virtual(|| async {
         let cluster = Cluster::full_mesh(&["a", "b"]);
-        cluster
-            .node("a")
-            .directory
-            .send(CreateMailbox {
-                user: "alice".into(),
-                name: "INBOX".into(),
-            })
-            .await
-            .unwrap()
-            .unwrap();
+        create_inbox(&cluster, "a").await;
         cluster.settle().await;
         let on_a = open(&cluster, "a").await;
         for i in 0..3 {
@@ -829,16 +726,7 @@ fn two_holders_placing_the_mailbox_on_each_other_while_cut_off_keep_it() {
 fn a_copy_is_not_let_go_on_the_cache_of_a_peer_wiped_behind_a_cut_link() {
     run_virtual(|| async {
         let mut cluster = Cluster::full_mesh(&["a", "b"]);
-        cluster
-            .node("a")
-            .directory
-            .send(CreateMailbox {
-                user: "alice".into(),
-                name: "INBOX".into(),
-            })
-            .await
-            .unwrap()
-            .unwrap();
+        create_inbox(&cluster, "a").await;
         cluster.settle().await;
         let on_b = open(&cluster, "b").await;
         append(&on_b, 0).await.unwrap();
@@ -894,16 +782,7 @@ fn a_copy_is_not_let_go_on_the_cache_of_a_peer_wiped_behind_a_cut_link() {
 fn a_node_that_let_its_copy_go_pulls_nothing_back_when_a_wiped_peer_returns() {
     run_virtual(|| async {
         let mut cluster = Cluster::full_mesh(&["a", "b", "c"]);
-        cluster
-            .node("a")
-            .directory
-            .send(CreateMailbox {
-                user: "alice".into(),
-                name: "INBOX".into(),
-            })
-            .await
-            .unwrap()
-            .unwrap();
+        create_inbox(&cluster, "a").await;
         let on_a = open(&cluster, "a").await;
         for i in 0..4 {
             append(&on_a, i).await.unwrap();
@@ -954,16 +833,7 @@ fn a_node_that_let_its_copy_go_pulls_nothing_back_when_a_wiped_peer_returns() {
 fn a_copy_held_again_keeps_the_expunges_it_saw_from_a_stale_peer() {
     run_virtual(|| async {
         let mut cluster = Cluster::full_mesh(&["a", "b", "c"]);
-        cluster
-            .node("a")
-            .directory
-            .send(CreateMailbox {
-                user: "alice".into(),
-                name: "INBOX".into(),
-            })
-            .await
-            .unwrap()
-            .unwrap();
+        create_inbox(&cluster, "a").await;
         let on_a = open(&cluster, "a").await;
         for i in 0..2 {
             append(&on_a, i).await.unwrap();
@@ -1039,16 +909,7 @@ fn a_node_without_a_copy_claims_nothing_of_a_peer_state_it_refused() {
         // c hears of the mailbox through b, and meets a only later: its first contact queues
         // for a every mailbox a holds.
         let mut cluster = Cluster::chain(&["a", "b", "c"]);
-        cluster
-            .node("a")
-            .directory
-            .send(CreateMailbox {
-                user: "alice".into(),
-                name: "INBOX".into(),
-            })
-            .await
-            .unwrap()
-            .unwrap();
+        create_inbox(&cluster, "a").await;
         place_on(&cluster, "a", &["a", "b"]).await;
         let on_a = open(&cluster, "a").await;
         for i in 0..2 {
