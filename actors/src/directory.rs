@@ -967,9 +967,7 @@ async fn purge_mailbox(node: NodeContext, id: MailboxId, purge: Purge) -> Result
             // counted would keep what a peer sends from being counted (simulator
             // --locations, seed 43, when the set went whole with the records).
             let mut digest = MailboxDigest::default();
-            for aid in kept.iter() {
-                digest.add_pruned(&aid);
-            }
+            digest.add_pruned_set(&kept);
             batch.put(
                 Table::MailboxState,
                 keys::mailbox(id),

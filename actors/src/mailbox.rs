@@ -412,9 +412,7 @@ impl Mailbox {
                 account(&mut fresh, &s, 1);
                 Ok(true)
             })?;
-        for aid in pruned.iter() {
-            fresh.digest.add_pruned(&aid);
-        }
+        fresh.digest.add_pruned_set(&pruned);
         if let Some(&(_, hi)) = pruned
             .uids
             .last()

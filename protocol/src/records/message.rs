@@ -7,6 +7,7 @@ use serde::{Deserialize, Serialize};
 use crate::ids::{AppendId, Guid, Uid};
 use crate::merge::{max_version, Lww, Merge};
 use crate::names::Flag;
+use crate::records::PrunedSet;
 use crate::version::Version;
 
 #[derive(Clone, PartialEq, Eq, Debug, Serialize, Deserialize)]
@@ -247,6 +248,13 @@ impl MailboxDigest {
         self.toggle(&expunged_digest(aid));
     }
 
+    /// Counts every message of a compacted set (a copy's whole set, counted from nothing).
+    pub fn add_pruned_set(&mut self, pruned: &PrunedSet) {
+        for aid in pruned.iter() {
+            self.add_pruned(&aid);
+        }
+    }
+
     fn toggle(&mut self, digest: &[u8; 32]) {
         for (x, d) in self.xor.iter_mut().zip(digest) {
             *x ^= d;
@@ -258,13 +266,7 @@ impl MailboxDigest {
 mod tests {
     use super::*;
     use crate::ids::NodeId;
-
-    fn v(c: u64, n: &str) -> Version {
-        Version {
-            counter: c,
-            node: NodeId::new(n).unwrap(),
-        }
-    }
+    use crate::version::version_at as v;
 
     fn record() -> MessageRecord {
         MessageRecord {
