@@ -122,14 +122,7 @@ pub fn max_version(a: &Option<Version>, b: &Option<Version>) -> Option<Version> 
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::ids::NodeId;
-
-    fn v(counter: u64, node: &str) -> Version {
-        Version {
-            counter,
-            node: NodeId::new(node).unwrap(),
-        }
-    }
+    use crate::version::version_at as v;
 
     /// A write seen again (the same version) changes nothing, whatever value it carries: a set
     /// that took it would make the register depend on the order writes arrive in, which `merge`

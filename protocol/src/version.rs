@@ -62,6 +62,15 @@ impl LamportClock {
     }
 }
 
+/// A version for tests: `counter` at node `node`.
+#[cfg(test)]
+pub(crate) fn version_at(counter: u64, node: &str) -> Version {
+    Version {
+        counter,
+        node: NodeId::new(node).unwrap(),
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;

@@ -253,13 +253,7 @@ pub fn resolve_names<'a>(entries: impl IntoIterator<Item = &'a MailboxEntry>) ->
 #[cfg(test)]
 mod tests {
     use super::*;
-
-    fn v(c: u64, n: &str) -> Version {
-        Version {
-            counter: c,
-            node: NodeId::new(n).unwrap(),
-        }
-    }
+    use crate::version::version_at as v;
 
     fn entry(id: u128, name: &str, ver: Version) -> MailboxEntry {
         MailboxEntry::new(

@@ -91,13 +91,10 @@ impl Merge for UserSieve {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::ids::NodeId;
+    use crate::version::version_at;
 
     fn v(counter: u64) -> Version {
-        Version {
-            counter,
-            node: NodeId::new("n1").unwrap(),
-        }
+        version_at(counter, "n1")
     }
 
     #[test]

@@ -52,13 +52,10 @@ impl Merge for UserSubscriptions {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::ids::NodeId;
+    use crate::version::version_at;
 
     fn v(counter: u64) -> Version {
-        Version {
-            counter,
-            node: NodeId::new("n1").unwrap(),
-        }
+        version_at(counter, "n1")
     }
 
     /// `set` answers whether the subscribed state changed (what a client is told and what is
