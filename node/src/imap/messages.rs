@@ -198,6 +198,28 @@ impl Selected {
         Ok(())
     }
 
+    /// The untagged FETCH (UID FLAGS [MODSEQ]) telling a message's flags, if the session knows
+    /// the message (has a sequence number for it).
+    fn tell_flags(&self, view: &MessageView, with_modseq: bool, out: &mut Vec<u8>) {
+        let Some(seq) = self.map.seq(view.uid.0) else {
+            return;
+        };
+        let mut items = vec![
+            MessageDataItem::Uid(nonzero(view.uid.0)),
+            MessageDataItem::Flags(flag_fetch(&view.flags)),
+        ];
+        if let Some(modseq) = NonZeroU64::new(view.modseq.0).filter(|_| with_modseq) {
+            items.push(MessageDataItem::ModSeq(modseq));
+        }
+        untagged(
+            Data::Fetch {
+                seq: nonzero(seq),
+                items: Vec1::try_from(items).expect("UID and FLAGS"),
+            },
+            out,
+        );
+    }
+
     /// FETCH (UID FLAGS) for each known message whose flags changed after `flags_told`, read
     /// from the modseq index a chunk at a time (what changed, not the mailbox), except those this
     /// session changed itself and answered.
@@ -227,25 +249,7 @@ impl Selected {
                 if view.uid.0 > known_last || own.get(&view.uid.0) == Some(&view.modseq) {
                     continue;
                 }
-                let Some(seq) = self.map.seq(view.uid.0) else {
-                    continue;
-                };
-                let mut items = vec![
-                    MessageDataItem::Uid(nonzero(view.uid.0)),
-                    MessageDataItem::Flags(flag_fetch(&view.flags)),
-                ];
-                if self.condstore {
-                    if let Some(modseq) = NonZeroU64::new(view.modseq.0) {
-                        items.push(MessageDataItem::ModSeq(modseq));
-                    }
-                }
-                untagged(
-                    Data::Fetch {
-                        seq: nonzero(seq),
-                        items: Vec1::try_from(items).expect("UID and FLAGS"),
-                    },
-                    out,
-                );
+                self.tell_flags(&view, self.condstore, out);
             }
             if changed.len() < CHANGES_CHUNK {
                 break;
@@ -329,25 +333,7 @@ impl Selected {
         let highest = self.addr.send(GetState).await??.highestmodseq;
         let since = ModSeq(since);
         let ours = since.tag() == highest.tag() && since <= highest;
-        let tell = |view: &MessageView, out: &mut Vec<u8>| {
-            let Some(seq) = self.map.seq(view.uid.0) else {
-                return;
-            };
-            let mut items = vec![
-                MessageDataItem::Uid(nonzero(view.uid.0)),
-                MessageDataItem::Flags(flag_fetch(&view.flags)),
-            ];
-            if let Some(modseq) = NonZeroU64::new(view.modseq.0) {
-                items.push(MessageDataItem::ModSeq(modseq));
-            }
-            untagged(
-                Data::Fetch {
-                    seq: nonzero(seq),
-                    items: Vec1::try_from(items).expect("UID and FLAGS"),
-                },
-                out,
-            );
-        };
+        let tell = |view: &MessageView, out: &mut Vec<u8>| self.tell_flags(view, true, out);
         if ours {
             let mut from = since;
             loop {
