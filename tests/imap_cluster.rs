@@ -5,11 +5,11 @@
 
 mod support;
 
-use std::io::{BufRead, BufReader, Read, Write};
+use std::io::{BufRead, BufReader, Write};
 use std::net::TcpStream;
 
 use support::cluster::{cluster_specs, create_everywhere, op_ok, set_flags, write_mesh_configs};
-use support::{mailmesh, DEADLINE};
+use support::{lmtp_deliver, mailmesh, DEADLINE};
 
 fn password_hash() -> String {
     let mut child = mailmesh(&["user", "hash"])
@@ -29,26 +29,6 @@ fn address(line: &str) -> String {
         .unwrap()
         .trim_matches('"')
         .to_string()
-}
-
-/// One LMTP delivery to `target`; returns the reply to DATA.
-fn deliver(target: &str, subject: &str) -> String {
-    let mut s = TcpStream::connect(target).unwrap();
-    s.set_read_timeout(Some(DEADLINE)).unwrap();
-    s.write_all(
-        format!(
-            "LHLO test\r\nMAIL FROM:<a@x>\r\nRCPT TO:<alice@example.org>\r\nDATA\r\nSubject: {subject}\r\n\r\nbody\r\n.\r\nQUIT\r\n"
-        )
-        .as_bytes(),
-    )
-    .unwrap();
-    let mut text = String::new();
-    s.read_to_string(&mut text).unwrap();
-    let finals: Vec<&str> = text
-        .lines()
-        .filter(|l| l.len() > 3 && l.as_bytes()[3] == b' ')
-        .collect();
-    finals.get(5).map(|l| l.to_string()).unwrap_or(text)
 }
 
 struct Imap {
@@ -136,7 +116,7 @@ fn a_client_idling_on_one_node_is_told_of_changes_replicated_from_another() {
     assert_eq!(imap.line(), "+ idling");
 
     // A delivery on n1 reaches the session on n2 by replication.
-    let reply = deliver(&lmtp1, "from n1");
+    let reply = lmtp_deliver(&lmtp1, "alice@example.org", "from n1");
     assert!(reply.starts_with("250"), "{reply}");
     assert_eq!(imap.until(|l| l.ends_with(" EXISTS")), ["* 1 EXISTS"]);
 
@@ -176,7 +156,7 @@ fn a_client_failing_over_to_another_node_gets_a_full_qresync() {
     let imap2 = address(&r2.wait_for_stderr("protocol=\"imap\""));
     create_everywhere(n1, &[n1, n2], "alice", "INBOX");
     for subject in ["one", "two", "three"] {
-        assert!(deliver(&lmtp1, subject).starts_with("250"));
+        assert!(lmtp_deliver(&lmtp1, "alice@example.org", subject).starts_with("250"));
     }
 
     // The client's cache, from n1: three messages, n1's HIGHESTMODSEQ.

@@ -4,14 +4,14 @@
 
 mod support;
 
-use std::io::{BufRead, BufReader, Read, Write};
+use std::io::{BufRead, BufReader, Write};
 use std::net::TcpStream;
 
 use support::cluster::{
     cluster_specs, converged, create_everywhere, eventually, listing, mailbox_lines, op_ok,
     write_mesh_configs,
 };
-use support::{mailmesh, DEADLINE};
+use support::{lmtp_deliver, mailmesh, DEADLINE};
 
 fn password_hash() -> String {
     let mut child = mailmesh(&["user", "hash"])
@@ -23,27 +23,6 @@ fn password_hash() -> String {
     let out = child.wait_with_output().unwrap();
     assert!(out.status.success());
     String::from_utf8(out.stdout).unwrap().trim().to_string()
-}
-
-/// One LMTP transaction to `target`; returns the final reply to DATA.
-fn deliver(target: &str, to: &str, subject: &str) -> String {
-    let mut s = TcpStream::connect(target).unwrap();
-    s.set_read_timeout(Some(DEADLINE)).unwrap();
-    s.write_all(
-        format!(
-            "LHLO test\r\nMAIL FROM:<a@x>\r\nRCPT TO:<{to}>\r\nDATA\r\nSubject: {subject}\r\n\r\nbody\r\n.\r\nQUIT\r\n"
-        )
-        .as_bytes(),
-    )
-    .unwrap();
-    let mut text = String::new();
-    s.read_to_string(&mut text).unwrap();
-    let finals: Vec<&str> = text
-        .lines()
-        .filter(|l| l.len() > 3 && l.as_bytes()[3] == b' ')
-        .collect();
-    assert_eq!(finals.len(), 7, "{text}");
-    finals[5].to_string()
 }
 
 #[test]
@@ -98,7 +77,7 @@ fn a_script_set_on_one_node_files_deliveries_on_another() {
             Err(listed)
         }
     });
-    let reply = deliver(&target, "alice@example.org", "weekly report");
+    let reply = lmtp_deliver(&target, "alice@example.org", "weekly report");
     assert!(reply.starts_with("250 2.0.0"), "{reply}");
     // Filed on n2 by n1's script, and replicated back to n1.
     let listing = converged(&[n1, n2], "alice", "Reports", 1);
@@ -182,7 +161,7 @@ fn a_script_uploaded_over_managesieve_on_one_node_files_deliveries_on_another() 
             Err(listed)
         }
     });
-    let reply = deliver(&lmtp_target, "alice@example.org", "invoice 42");
+    let reply = lmtp_deliver(&lmtp_target, "alice@example.org", "invoice 42");
     assert!(reply.starts_with("250 2.0.0"), "{reply}");
     let listing = converged(&[n1, n2], "alice", "Invoices", 1);
     assert_eq!(listing.len(), 1);
@@ -267,7 +246,7 @@ fn a_fileinto_to_a_mailbox_held_elsewhere_is_kept_and_a_refused_delivery_writes_
 
     // Archive lives on n1 only: its copy goes to INBOX, where the implicit keep already puts
     // one, so INBOX gets one copy and Local one.
-    let reply = deliver(&target, "alice@example.org", "first");
+    let reply = lmtp_deliver(&target, "alice@example.org", "first");
     assert!(reply.starts_with("250 2.0.0"), "{reply}");
     assert_eq!(listing(n2, "alice", "INBOX").unwrap().len(), 1);
     assert_eq!(listing(n2, "alice", "Local").unwrap().len(), 1);
@@ -276,7 +255,7 @@ fn a_fileinto_to_a_mailbox_held_elsewhere_is_kept_and_a_refused_delivery_writes_
     // INBOX placed on n1 only: the keep (and Archive's fallback) cannot be written on n2, so
     // the delivery is refused for a retry, and Local's copy, writable here, was not written.
     place(n1, n2, "INBOX", "n1");
-    let reply = deliver(&target, "alice@example.org", "second");
+    let reply = lmtp_deliver(&target, "alice@example.org", "second");
     assert!(reply.starts_with("451 "), "{reply}");
     assert_eq!(
         listing(n2, "alice", "Local").unwrap().len(),
@@ -286,7 +265,7 @@ fn a_fileinto_to_a_mailbox_held_elsewhere_is_kept_and_a_refused_delivery_writes_
 
     // The MTA retries once INBOX is writable on n2 again: exactly one more copy in each.
     place(n1, n2, "INBOX", "n1,n2");
-    let reply = deliver(&target, "alice@example.org", "second");
+    let reply = lmtp_deliver(&target, "alice@example.org", "second");
     assert!(reply.starts_with("250 2.0.0"), "{reply}");
     assert_eq!(converged(&[n1, n2], "alice", "Local", 2).len(), 2);
     assert_eq!(converged(&[n1, n2], "alice", "INBOX", 2).len(), 2);

@@ -417,3 +417,26 @@ impl Running {
         matches!(self.child.try_wait(), Ok(None))
     }
 }
+
+/// One LMTP transaction to `target` (host:port) for one recipient: LHLO, MAIL, RCPT, DATA with a
+/// one-line body, QUIT. Returns the final reply to DATA (the sixth of the seven final replies).
+pub fn lmtp_deliver(target: &str, to: &str, subject: &str) -> String {
+    use std::io::Write;
+    let mut s = std::net::TcpStream::connect(target).unwrap();
+    s.set_read_timeout(Some(DEADLINE)).unwrap();
+    s.write_all(
+        format!(
+            "LHLO test\r\nMAIL FROM:<a@x>\r\nRCPT TO:<{to}>\r\nDATA\r\nSubject: {subject}\r\n\r\nbody\r\n.\r\nQUIT\r\n"
+        )
+        .as_bytes(),
+    )
+    .unwrap();
+    let mut text = String::new();
+    s.read_to_string(&mut text).unwrap();
+    let finals: Vec<&str> = text
+        .lines()
+        .filter(|l| l.len() > 3 && l.as_bytes()[3] == b' ')
+        .collect();
+    assert_eq!(finals.len(), 7, "{text}");
+    finals[5].to_string()
+}
