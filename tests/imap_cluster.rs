@@ -8,7 +8,7 @@ mod support;
 use std::io::{BufRead, BufReader, Write};
 use std::net::TcpStream;
 
-use support::cluster::{cluster_specs, create_everywhere, op_ok, set_flags, write_mesh_configs};
+use support::cluster::{cluster_specs, create_everywhere, op_ok, set_flags, write_mesh_configs, NodeSpec};
 use support::{lmtp_deliver, mailmesh, DEADLINE};
 
 fn password_hash() -> String {
@@ -82,10 +82,10 @@ impl Imap {
     }
 }
 
-#[test]
-fn a_client_idling_on_one_node_is_told_of_changes_replicated_from_another() {
-    let tmp = tempfile::TempDir::new().unwrap();
-    let specs = cluster_specs(tmp.path(), &["n1", "n2"]);
+/// Two nodes n1 and n2 in a mesh, each with LMTP and IMAP on free loopback ports and the user
+/// alice (password "pw").
+fn two_mail_nodes(root: &std::path::Path) -> Vec<NodeSpec> {
+    let specs = cluster_specs(root, &["n1", "n2"]);
     write_mesh_configs(&specs);
     let hash = password_hash();
     for spec in &specs {
@@ -96,6 +96,13 @@ fn a_client_idling_on_one_node_is_told_of_changes_replicated_from_another() {
         ));
         std::fs::write(spec.config_path(), text).unwrap();
     }
+    specs
+}
+
+#[test]
+fn a_client_idling_on_one_node_is_told_of_changes_replicated_from_another() {
+    let tmp = tempfile::TempDir::new().unwrap();
+    let specs = two_mail_nodes(tmp.path());
     let (n1, n2) = (&specs[0], &specs[1]);
     let mut r1 = n1.start();
     let mut r2 = n2.start();
@@ -137,17 +144,7 @@ fn a_client_idling_on_one_node_is_told_of_changes_replicated_from_another() {
 #[test]
 fn a_client_failing_over_to_another_node_gets_a_full_qresync() {
     let tmp = tempfile::TempDir::new().unwrap();
-    let specs = cluster_specs(tmp.path(), &["n1", "n2"]);
-    write_mesh_configs(&specs);
-    let hash = password_hash();
-    for spec in &specs {
-        let mut text = std::fs::read_to_string(spec.config_path()).unwrap();
-        text.push_str(&format!(
-            "\n[lmtp]\nlisten = \"127.0.0.1:0\"\n\n[imap]\nlisten = \"127.0.0.1:0\"\n\n\
-             [[users]]\nname = \"alice\"\npassword_hash = {hash:?}\n"
-        ));
-        std::fs::write(spec.config_path(), text).unwrap();
-    }
+    let specs = two_mail_nodes(tmp.path());
     let (n1, n2) = (&specs[0], &specs[1]);
     let mut r1 = n1.start();
     let mut r2 = n2.start();
