@@ -50,6 +50,40 @@ def raw_lines(sock, tag):
         if line.startswith(tag.encode() + b' '):
             return lines
 
+class Lines:
+    # Lines of a raw connection, read as they come (the socket's timeout, 30 s, is the deadline):
+    # `until` waits for the first line a predicate accepts, `command` sends a tagged command and
+    # returns every line up to its tagged answer.
+    def __init__(self, sock):
+        self.sock, self.buf = sock, b''
+    def line(self):
+        while b'\r\n' not in self.buf:
+            chunk = self.sock.recv(65536)
+            if not chunk:
+                raise EOFError('closed')
+            self.buf += chunk
+        line, self.buf = self.buf.split(b'\r\n', 1)
+        return line.decode('utf-8', 'replace')
+    def until(self, pred):
+        seen = []
+        try:
+            while True:
+                line = self.line()
+                seen.append(line)
+                if pred(line):
+                    return seen
+        except (socket.timeout, EOFError) as e:
+            seen.append('<%s>' % type(e).__name__)
+            return seen
+    def command(self, tag, line):
+        self.sock.sendall(('%s %s\r\n' % (tag, line)).encode())
+        seen = []
+        while True:
+            l = self.line()
+            seen.append(l)
+            if l.startswith(tag + ' '):
+                return seen
+
 out = {}
 if scenario == 'session':
     lmtp_host, lmtp_port = args[0].rsplit(':', 1)
@@ -318,30 +352,6 @@ elif scenario == 'starttls':
     out['implicit_authenticate'] = attempt(t.authenticate, 'PLAIN', lambda _: b'\0alice\0secret')
     out['implicit_logout'] = attempt(t.logout)
 elif scenario == 'idle':
-    class Lines:
-        # Lines of a raw connection, read as they come: `until` waits (the socket's timeout, 30 s,
-        # is the deadline) for the first line a predicate accepts.
-        def __init__(self, sock):
-            self.sock, self.buf = sock, b''
-        def line(self):
-            while b'\r\n' not in self.buf:
-                chunk = self.sock.recv(65536)
-                if not chunk:
-                    raise EOFError('closed')
-                self.buf += chunk
-            line, self.buf = self.buf.split(b'\r\n', 1)
-            return line.decode('utf-8', 'replace')
-        def until(self, pred):
-            seen = []
-            try:
-                while True:
-                    line = self.line()
-                    seen.append(line)
-                    if pred(line):
-                        return seen
-            except (socket.timeout, EOFError) as e:
-                seen.append('<%s>' % type(e).__name__)
-                return seen
     b = imaplib.IMAP4(host, port, timeout=30)
     b.login('alice', 'secret')
     b.append('INBOX', None, None, b'Subject: first\r\n\r\nbody\r\n')
@@ -467,25 +477,6 @@ elif scenario == 'structure':
     out['flags_after_peek'] = attempt(m.fetch, '1', '(FLAGS)')
     m.logout()
 elif scenario == 'condstore':
-    class Lines:
-        def __init__(self, sock):
-            self.sock, self.buf = sock, b''
-        def line(self):
-            while b'\r\n' not in self.buf:
-                chunk = self.sock.recv(65536)
-                if not chunk:
-                    raise EOFError('closed')
-                self.buf += chunk
-            line, self.buf = self.buf.split(b'\r\n', 1)
-            return line.decode('utf-8', 'replace')
-        def command(self, tag, line):
-            self.sock.sendall(('%s %s\r\n' % (tag, line)).encode())
-            seen = []
-            while True:
-                l = self.line()
-                seen.append(l)
-                if l.startswith(tag + ' '):
-                    return seen
     b = imaplib.IMAP4(host, port, timeout=30)
     b.login('alice', 'secret')
     for i in (1, 2):
@@ -517,25 +508,6 @@ elif scenario == 'condstore':
     s2.close()
     b.logout()
 elif scenario == 'qresync':
-    class Lines:
-        def __init__(self, sock):
-            self.sock, self.buf = sock, b''
-        def line(self):
-            while b'\r\n' not in self.buf:
-                chunk = self.sock.recv(65536)
-                if not chunk:
-                    raise EOFError('closed')
-                self.buf += chunk
-            line, self.buf = self.buf.split(b'\r\n', 1)
-            return line.decode('utf-8', 'replace')
-        def command(self, tag, line):
-            self.sock.sendall(('%s %s\r\n' % (tag, line)).encode())
-            seen = []
-            while True:
-                l = self.line()
-                seen.append(l)
-                if l.startswith(tag + ' '):
-                    return seen
     def session():
         r = Lines(socket.create_connection((host, port), timeout=30))
         r.line()
