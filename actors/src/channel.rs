@@ -765,13 +765,13 @@ impl SyncJob {
     /// Step 3: pull every record of the peer, merge; push every record of ours, unconditionally.
     async fn full_sync(&self, id: MailboxId, mb: &Addr<Mailbox>, user: &str) -> Result<(), SyncError> {
         self.full_syncs.fetch_add(1, Ordering::Relaxed);
-        let uidvalidity = mb
+        let start = mb
             .send(PlanSync {
                 peer: self.peer.clone(),
                 page: PageBudget::records(0),
             })
-            .await??
-            .uidvalidity;
+            .await??;
+        let (uidvalidity, peer_let_go) = (start.uidvalidity, start.peer_let_go);
         let mut after: Option<AppendId> = None;
         let mut listed_user = false;
         // The peer's modseq when the pull began: this node has everything the peer had then, and
@@ -885,6 +885,7 @@ impl SyncJob {
                         acked,
                         peer_modseq,
                         complete: acked,
+                        peer_let_go,
                     };
                     self.save_cache(mb, cache).await?;
                     if theirs != digest && !quarantined {

@@ -310,6 +310,11 @@ impl Mailbox {
         !self.let_go_after(peer, newest) && self.ctx.sync_log.suppressed(origin, arrived_on, newest, peer)
     }
 
+    /// The date at which `node` last let its copy go (0: never).
+    pub(crate) fn peer_let_go(&self, node: &NodeId) -> u64 {
+        self.let_go.get(node).copied().unwrap_or(0)
+    }
+
     /// Whether `node` let its copy go after a state dated `newest` (so it may have lost it).
     pub(crate) fn let_go_after(&self, node: &NodeId, newest: u64) -> bool {
         self.let_go.get(node).is_some_and(|date| newest <= *date)

@@ -22,7 +22,7 @@ use mailmesh_protocol::records::{
 };
 use mailmesh_protocol::wire::{Change, ChangePage, ChangeRequest, ErrorCode, Response};
 use serde::{Deserialize, Serialize};
-use tracing::warn;
+use tracing::{debug, warn};
 
 use crate::context::Writes;
 use crate::error::{MailError, StoreError};
@@ -43,6 +43,13 @@ pub struct ReplicationCache {
     /// page of one): a record created at or before it travels as an update.
     #[serde(default)]
     pub complete: ModSeq,
+    /// The date at which the peer last let its copy go (`Mailbox::let_go`, 0: never) when the
+    /// exchange began. A cache whose date is not the peer's current one describes a copy the peer
+    /// has since dropped, and is not used: an exchange that was under way while the peer let go
+    /// and took the mailbox back would otherwise save "the peer has everything" after the
+    /// Directory forgot that peer's cache (simulator, seed 100602: four messages never resent).
+    #[serde(default)]
+    pub peer_let_go: u64,
 }
 
 impl ReplicationCache {
@@ -55,6 +62,7 @@ impl ReplicationCache {
             acked: upto,
             peer_modseq,
             complete: if more { self.complete } else { upto },
+            peer_let_go: self.peer_let_go,
         }
     }
 }
@@ -820,7 +828,13 @@ impl Mailbox {
                 .store
                 .get::<ReplicationCache>(Table::ReplCache, &self.cache_key(peer))?,
         };
-        Ok(cache.filter(|c| c.uidvalidity == self.uidvalidity))
+        Ok(cache.filter(|c| self.cache_is_current(peer, c)))
+    }
+
+    /// Whether a cache for `peer` still describes the peer's copy: same uidvalidity, and made
+    /// since the peer last let its copy go.
+    fn cache_is_current(&self, peer: &NodeId, cache: &ReplicationCache) -> bool {
+        cache.uidvalidity == self.uidvalidity && cache.peer_let_go == self.peer_let_go(peer)
     }
 
     /// This node's modseq up to which every peer holding the mailbox has everything: expunged
@@ -840,7 +854,7 @@ impl Mailbox {
                 _ => self
                     .store
                     .get::<ReplicationCache>(Table::ReplCache, &self.cache_key(&peer))?
-                    .filter(|c| c.uidvalidity == self.uidvalidity)
+                    .filter(|c| self.cache_is_current(&peer, c))
                     .map(|c| c.complete)
                     .unwrap_or(ModSeq::ZERO),
             };
@@ -1112,6 +1126,8 @@ pub struct SyncPlan {
     pub more: bool,
     /// The pruned set, when it changed after the acknowledged point.
     pub pruned: Option<PrunedSet>,
+    /// The date at which the peer last let its copy go, for the cache this exchange saves.
+    pub peer_let_go: u64,
 }
 
 /// Plans the next step-1 page for `peer`: the changes since the cache's acknowledged point that
@@ -1167,6 +1183,7 @@ impl Handler<PlanSync> for Mailbox {
             digest: counters.digest,
             more,
             pruned,
+            peer_let_go: self.peer_let_go(&msg.peer),
         })
     }
 }
@@ -1263,6 +1280,12 @@ impl Handler<SaveCache> for Mailbox {
 
     fn handle(&mut self, msg: SaveCache, ctx: &mut Self::Context) -> Self::Result {
         self.saving_caches.retain(|_, (_, queued)| queued.count() > 0);
+        if msg.cache.peer_let_go != self.peer_let_go(&msg.peer) {
+            // The peer let its copy go while the exchange ran: what it acknowledged is gone
+            // with it, and the whole sync the Directory queued must not find a cache.
+            debug!(mailbox = %self.id, peer = %msg.peer, "replication cache not saved: the peer let its copy go meanwhile");
+            return AtomicResponse::new(Box::pin(actix::fut::ready(Ok(()))));
+        }
         let compaction_due = self.last_expunge > self.counters.compacted_upto;
         if !compaction_due && self.check_usable().is_ok() && !self.needs_reload() {
             // Nothing to compact: the row is queued and the channel goes on at once, not after
@@ -1402,6 +1425,7 @@ impl Handler<ApplyChanges> for Mailbox {
                     acked: modseq,
                     peer_modseq: req.sender_modseq,
                     complete: modseq,
+                    peer_let_go: act.peer_let_go(&msg.from),
                 };
                 writes
                     .batch

@@ -708,3 +708,93 @@ fn watchers_are_told_of_each_committed_change_and_of_nothing_else() {
         assert_eq!(mb.send(ListUids).await.unwrap().unwrap(), vec![Uid(2)]);
     });
 }
+
+/// A replication cache describes one copy of the peer's. Once the peer lets its copy go (its
+/// leaving register written back to false, and it may hold the mailbox again, empty), a cache
+/// saved before is not used, nor one that an exchange begun before saves late, and the next sync
+/// is a whole one (simulator, seed 100602: a late save claimed "the peer has everything" for the
+/// peer's empty new copy, and four messages were never sent to it again).
+#[test]
+fn a_cache_from_before_the_peer_let_its_copy_go_is_not_used() {
+    use mailmesh_actors::directory_sync::EntriesFor;
+    use mailmesh_actors::mailbox_sync::{
+        EntryUpdated, PageBudget, PlanSync, ReplicationCache, SaveCache, SyncPlan,
+    };
+    use mailmesh_protocol::ids::NodeId;
+    use mailmesh_protocol::version::Version;
+    let dir = tempfile::tempdir().unwrap();
+    run(|| async {
+        let node = start(dir.path());
+        let mb = mailbox(&node, "alice", "INBOX").await;
+        append(&mb, &message(1), &[]).await;
+        let peer = NodeId::new("peer").unwrap();
+        let plan = |mb: actix::Addr<Mailbox>, peer: NodeId| async move {
+            let plan: SyncPlan = mb
+                .send(PlanSync {
+                    peer,
+                    page: PageBudget::records(100),
+                })
+                .await
+                .unwrap()
+                .unwrap();
+            plan
+        };
+        let save = |mb: actix::Addr<Mailbox>, peer: NodeId, cache: ReplicationCache| async move {
+            mb.send(SaveCache { peer, cache }).await.unwrap().unwrap();
+        };
+        let first = plan(mb.clone(), peer.clone()).await;
+        assert_eq!((first.cache.as_ref(), first.peer_let_go), (None, 0));
+        // The exchange this cache comes from began before the peer let its copy go.
+        let acknowledged = ReplicationCache {
+            uidvalidity: first.uidvalidity,
+            acked: first.upto,
+            peer_modseq: ModSeq::ZERO,
+            complete: first.upto,
+            peer_let_go: first.peer_let_go,
+        };
+        save(mb.clone(), peer.clone(), acknowledged.clone()).await;
+        let used = plan(mb.clone(), peer.clone()).await;
+        assert_eq!(used.cache.as_ref(), Some(&acknowledged));
+        assert!(used.records.is_empty(), "the peer has the message");
+
+        // The peer leaves and lets its copy go.
+        let entries = node
+            .directory
+            .send(EntriesFor {
+                peer: peer.clone(),
+                user: "alice".into(),
+                whole: true,
+            })
+            .await
+            .unwrap()
+            .unwrap();
+        let mut entry = entries[0].item.clone();
+        let at = |counter| Version {
+            counter,
+            node: peer.clone(),
+        };
+        assert!(entry.set_leaving(&peer, true, at(1_000)));
+        assert!(entry.set_leaving(&peer, false, at(1_001)));
+        mb.send(EntryUpdated {
+            entry,
+            holders: Default::default(),
+        })
+        .await
+        .unwrap();
+        let after = plan(mb.clone(), peer.clone()).await;
+        assert_eq!((after.cache.as_ref(), after.peer_let_go), (None, 1_001));
+        assert_eq!(after.records.len(), 1, "the message goes again");
+
+        // The late save of the exchange begun before is dropped.
+        save(mb.clone(), peer.clone(), acknowledged.clone()).await;
+        assert_eq!(plan(mb.clone(), peer.clone()).await.cache, None);
+
+        // A cache of the new copy is used.
+        let fresh = ReplicationCache {
+            peer_let_go: 1_001,
+            ..acknowledged
+        };
+        save(mb.clone(), peer.clone(), fresh.clone()).await;
+        assert_eq!(plan(mb.clone(), peer.clone()).await.cache, Some(fresh));
+    });
+}
