@@ -199,7 +199,19 @@ pub struct ClusterSection {
     pub cert: PathBuf,
     /// PEM private key of `cert`.
     pub key: PathBuf,
+    /// The largest difference between two nodes' wall clocks, in milliseconds. A node starting
+    /// on a new data directory (first start, or a lost disk replaced) waits this long first, so
+    /// it never mints a message or change identity its lost store minted.
+    #[serde(default = "default_max_clock_skew_ms")]
+    pub max_clock_skew_ms: u64,
 }
+
+fn default_max_clock_skew_ms() -> u64 {
+    1000
+}
+
+/// More than this is a mistake (a value in microseconds, say): a new node would wait that long.
+const MAX_CLOCK_SKEW_MS_LIMIT: u64 = 600_000;
 
 /// One `[[peers]]` entry.
 #[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
@@ -384,6 +396,19 @@ impl Config {
             max_active,
             idle_after: Duration::from_secs(idle_after_secs),
         };
+        // A node alone has no peer holding what a lost store of its minted: it need not wait.
+        if let Some(cluster) = &self.cluster {
+            if cluster.max_clock_skew_ms > MAX_CLOCK_SKEW_MS_LIMIT {
+                return Err(ConfigError::invalid(
+                    "cluster.max_clock_skew_ms",
+                    format!(
+                        "{} ms is more than {MAX_CLOCK_SKEW_MS_LIMIT} ms (a new node waits this long before it starts)",
+                        cluster.max_clock_skew_ms
+                    ),
+                ));
+            }
+            options.max_clock_skew = Duration::from_millis(cluster.max_clock_skew_ms);
+        }
         Ok(options)
     }
 

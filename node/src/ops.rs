@@ -35,6 +35,8 @@ pub fn execute(options: NodeOptions, request: Request) -> Result<Reply, Error> {
     let (system, span) = node_system(&options.node)?;
     let _entered = span.enter();
     let result = system.block_on(async move {
+        // A new data directory waits out the clock skew as `mailmesh run` does.
+        tokio::time::sleep(LocalNode::fresh_store_wait(&options)?).await;
         let node = LocalNode::start(options, node_env()?)?;
         let handle = NodeHandle::new(Rc::new(RefCell::new(node)), None);
         Ok::<_, Error>(handle.handle(request).await?)

@@ -70,6 +70,14 @@ pub fn run(loaded: Loaded, config_path: Option<&Path>) -> Result<(), Error> {
         let socket_dir = options.data_dir.clone();
         let max_script_bytes = options.limits.max_script_bytes;
         let max_message_bytes = options.limits.max_message_bytes;
+        let wait = LocalNode::fresh_store_wait(&options)?;
+        if !wait.is_zero() {
+            info!(
+                wait_ms = wait.as_millis() as u64,
+                "new store: waiting out cluster.max_clock_skew_ms before minting identities"
+            );
+            tokio::time::sleep(wait).await;
+        }
         let node = LocalNode::start_replicating(options, node_env()?, engine_transport)?;
         if let Some(transport) = &transport {
             transport.start(node.inbound.clone());

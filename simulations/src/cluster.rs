@@ -36,6 +36,10 @@ use crate::rng::SimRng;
 use crate::topology::Topology;
 use crate::trace::Trace;
 
+/// The spread of the nodes' wall clocks: each is off by up to half of it, either way. The nodes
+/// are told it as their `max_clock_skew`.
+const MAX_CLOCK_SKEW_MS: u64 = 4000;
+
 /// The wall clock of the simulated world at virtual time zero.
 pub const EPOCH_MS: i64 = 1_700_000_000_000;
 
@@ -180,7 +184,10 @@ impl SimCluster {
                 PathBuf::from("/var/lib/mailmesh").join(node.as_str()),
             );
             disks.insert(node.clone(), SimDisk::new(rng.u64(), model));
-            skew_ms.insert(node.clone(), rng.range(0..4000) as i64 - 2000);
+            skew_ms.insert(
+                node.clone(),
+                rng.range(0..MAX_CLOCK_SKEW_MS) as i64 - MAX_CLOCK_SKEW_MS as i64 / 2,
+            );
         }
         trace.log(format!("disks {model:?}"));
         let mut cluster = SimCluster {
@@ -214,16 +221,22 @@ impl SimCluster {
             .collect()
     }
 
-    fn boot(&mut self, node: &NodeId) -> Result<(), String> {
+    /// The options `node` starts with, on its current disk, with the current topology's peers.
+    fn options(&self, node: &NodeId) -> NodeOptions {
         let mut options = NodeOptions::new(node.clone(), &self.dirs[node]);
-        let disk = &self.disks[node];
-        // A new process on the disk the crashed one left.
-        disk.restart();
-        options.disk = Arc::new(disk.clone());
+        options.disk = Arc::new(self.disks[node].clone());
+        options.max_clock_skew = Duration::from_millis(MAX_CLOCK_SKEW_MS);
         options.flush_mode = FlushMode::Inline;
         options.activation = self.setup.activation;
         options.faults = self.setup.faults;
         options.peers = self.peers_of(node);
+        options
+    }
+
+    fn boot(&mut self, node: &NodeId) -> Result<(), String> {
+        // A new process on the disk the crashed one left.
+        self.disks[node].restart();
+        let options = self.options(node);
         // The clock goes on from where the simulated world is, so a restart does not turn the
         // node's wall clock back.
         let now = EPOCH_MS + self.run_start.elapsed().as_millis() as i64 + self.skew_ms[node];
@@ -305,6 +318,11 @@ impl SimCluster {
         let disk = SimDisk::new(self.rng.u64(), self.crash_model);
         self.disks.insert(node.clone(), disk);
         *self.wipes.entry(node.clone()).or_default() += 1;
+        // As a real node does, the new store waits out the clock skew before it starts (it
+        // must not mint what the lost store minted: `LocalNode::fresh_store_wait`).
+        let wait = LocalNode::fresh_store_wait(&self.options(node))
+            .map_err(|e| format!("node {node}: cannot open its new store: {e}"))?;
+        tokio::time::sleep(wait).await;
         self.boot(node)
     }
 

@@ -7,7 +7,9 @@
 //! commit path at a [`CrashPoint`] or at the n-th sync from now (BUGGIFY); the run takes a node
 //! whose armed crash fired off the network and restarts it later from what its disk kept.
 //!
-//! A wipe takes a node's whole disk: it comes back at once under the same name, empty. What it
+//! A wipe takes a node's whole disk: it comes back under the same name, empty, once its new store
+//! has waited out the clock skew (`LocalNode::fresh_store_wait`; no client operation runs
+//! meanwhile). What it
 //! alone held durably is lost for good, and only that is excused: at the wipe, every other node's
 //! durable state is read (running or down, from an image of its disk) and the acknowledged
 //! appends and mailboxes found on none of them go into the model as lost. The next client

@@ -290,6 +290,14 @@ const WIPE_AND_LOCATION_SEEDS_THAT_FAILED_ONCE: &[(u64, &str)] = &[
          go); the checker still held the expunges as promises though no disk knew them",
     ),
     (
+        100602,
+        "engine bug 42: n1's change request to n4 was answered after n4 let its copy go and held          the mailbox again; n1 saved the late answer's cache (\"n4 has everything\") over the          whole sync the Directory had queued, and n4 never got four messages (a cache now names          the peer's let-go date it was made against, and one from before is not used)",
+    ),
+    (
+        100359,
+        "engine bug 41: n3, its clock behind n5's, minted a subscription Version above the floor          its store came back with after a wipe 1.3 s later; n4 took the subscription for one n3's          new store made and never sent it (a new store now waits out the clock skew before it          starts)",
+    ),
+    (
         21385,
         "engine bug 38: the retired uids a released copy keeps counted as a copy, so a node that \
          had let its copy go pulled a wiped peer's stale records back into it and showed a \

@@ -141,6 +141,11 @@ pub fn load_for_reload(path: Option<&Path>, running: &Config) -> Result<Loaded, 
     }
     let later: Vec<&str> = [
         (
+            "cluster.max_clock_skew_ms",
+            new.cluster.as_ref().map(|c| c.max_clock_skew_ms)
+                != running.cluster.as_ref().map(|c| c.max_clock_skew_ms),
+        ),
+        (
             "storage.segment_bytes",
             new.storage.segment_bytes != running.storage.segment_bytes,
         ),
