@@ -846,6 +846,22 @@ mod tests {
     }
 
     #[test]
+    fn a_clustered_node_waits_out_the_configured_clock_skew_and_a_node_alone_does_not() {
+        let mut config = defaults();
+        assert_eq!(config.validate().unwrap().max_clock_skew, Duration::ZERO);
+        let section: ClusterSection = toml::from_str(
+            "listen = \"127.0.0.1:7100\"\nca = \"ca.pem\"\ncert = \"n.pem\"\nkey = \"n.key\"\n",
+        )
+        .unwrap();
+        assert_eq!(section.max_clock_skew_ms, 1000, "the default");
+        config.cluster = Some(section);
+        assert_eq!(config.validate().unwrap().max_clock_skew, Duration::from_secs(1));
+        config.cluster.as_mut().unwrap().max_clock_skew_ms = 600_001;
+        let message = config.validate().unwrap_err().to_string();
+        assert!(message.starts_with("cluster.max_clock_skew_ms: "), "{message}");
+    }
+
+    #[test]
     fn metrics_are_off_by_default_and_a_bad_address_names_its_key() {
         let mut config = defaults();
         assert_eq!(config.metrics_listen().unwrap(), None);
