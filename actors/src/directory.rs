@@ -807,6 +807,24 @@ impl Directory {
         tagged.item
     }
 
+    /// One client change to `user`'s sieve scripts: `edit` checks the stored state and changes
+    /// it at a Version it ticks (none when it refuses); the result is stored and logged, and
+    /// the Version answered.
+    fn edit_sieve(
+        &mut self,
+        user: String,
+        edit: impl FnOnce(&mut UserSieve, &crate::counters::NodeCounters) -> Result<Version, MailError>,
+    ) -> AtomicResponse<Self, Result<Version, MailError>> {
+        self.write(move |act| {
+            validate_user(&user)?;
+            let mut sieve = act.sieve(&user)?.map(|t| t.item).unwrap_or_default();
+            let version = edit(&mut sieve, &act.ctx.counters)?;
+            let mut writes = Writes::default();
+            act.save_local_sieve(&mut writes, &user, sieve);
+            Ok((writes, version))
+        })
+    }
+
     fn save_local_sieve(&self, writes: &mut Writes, user: &str, sieve: UserSieve) {
         let tagged = Tagged::local(sieve, &self.ctx.node);
         let item = SyncItem::Sieve(user.to_string());
@@ -1403,21 +1421,18 @@ impl Handler<PutScript> for Directory {
     type Result = AtomicResponse<Self, Result<Version, MailError>>;
 
     fn handle(&mut self, msg: PutScript, _: &mut Self::Context) -> Self::Result {
-        self.write(|act| {
-            validate_user(&msg.user)?;
+        let max = self.ctx.limits.max_script_bytes;
+        self.edit_sieve(msg.user, move |sieve, counters| {
             validate_script_name(&msg.name)?;
-            if msg.content.len() > act.ctx.limits.max_script_bytes {
+            if msg.content.len() > max {
                 return Err(MailError::ScriptTooLarge {
                     size: msg.content.len(),
-                    max: act.ctx.limits.max_script_bytes,
+                    max,
                 });
             }
-            let mut sieve = act.sieve(&msg.user)?.map(|t| t.item).unwrap_or_default();
-            let version = act.ctx.counters.tick();
+            let version = counters.tick();
             sieve.put(&msg.name, msg.content, version.clone());
-            let mut writes = Writes::default();
-            act.save_local_sieve(&mut writes, &msg.user, sieve);
-            Ok((writes, version))
+            Ok(version)
         })
     }
 }
@@ -1434,14 +1449,10 @@ impl Handler<DeleteScript> for Directory {
     type Result = AtomicResponse<Self, Result<Version, MailError>>;
 
     fn handle(&mut self, msg: DeleteScript, _: &mut Self::Context) -> Self::Result {
-        self.write(|act| {
-            validate_user(&msg.user)?;
-            let mut sieve = act.sieve(&msg.user)?.map(|t| t.item).unwrap_or_default();
+        let user = msg.user.clone();
+        self.edit_sieve(msg.user, move |sieve, counters| {
             if sieve.script(&msg.name).is_none() {
-                return Err(MailError::UnknownScript {
-                    user: msg.user,
-                    name: msg.name,
-                });
+                return Err(MailError::UnknownScript { user, name: msg.name });
             }
             if sieve.active_script() == Some(msg.name.as_str()) {
                 // RFC 5804: the active script cannot be deleted.
@@ -1449,11 +1460,9 @@ impl Handler<DeleteScript> for Directory {
                     "delete the active sieve script; deactivate it first",
                 ));
             }
-            let version = act.ctx.counters.tick();
+            let version = counters.tick();
             sieve.delete(&msg.name, version.clone());
-            let mut writes = Writes::default();
-            act.save_local_sieve(&mut writes, &msg.user, sieve);
-            Ok((writes, version))
+            Ok(version)
         })
     }
 }
@@ -1470,22 +1479,19 @@ impl Handler<SetActiveScript> for Directory {
     type Result = AtomicResponse<Self, Result<Version, MailError>>;
 
     fn handle(&mut self, msg: SetActiveScript, _: &mut Self::Context) -> Self::Result {
-        self.write(|act| {
-            validate_user(&msg.user)?;
-            let mut sieve = act.sieve(&msg.user)?.map(|t| t.item).unwrap_or_default();
+        let user = msg.user.clone();
+        self.edit_sieve(msg.user, move |sieve, counters| {
             if let Some(name) = &msg.name {
                 if sieve.script(name).is_none() {
                     return Err(MailError::UnknownScript {
-                        user: msg.user,
+                        user,
                         name: name.clone(),
                     });
                 }
             }
-            let version = act.ctx.counters.tick();
+            let version = counters.tick();
             sieve.set_active(msg.name, version.clone());
-            let mut writes = Writes::default();
-            act.save_local_sieve(&mut writes, &msg.user, sieve);
-            Ok((writes, version))
+            Ok(version)
         })
     }
 }
@@ -1506,34 +1512,25 @@ impl Handler<RenameScript> for Directory {
     type Result = AtomicResponse<Self, Result<Version, MailError>>;
 
     fn handle(&mut self, msg: RenameScript, _: &mut Self::Context) -> Self::Result {
-        self.write(|act| {
-            validate_user(&msg.user)?;
+        let user = msg.user.clone();
+        self.edit_sieve(msg.user, move |sieve, counters| {
             validate_script_name(&msg.to)?;
-            let mut sieve = act.sieve(&msg.user)?.map(|t| t.item).unwrap_or_default();
             let Some(content) = sieve.script(&msg.from).map(<[u8]>::to_vec) else {
-                return Err(MailError::UnknownScript {
-                    user: msg.user,
-                    name: msg.from,
-                });
+                return Err(MailError::UnknownScript { user, name: msg.from });
             };
             if sieve.script(&msg.to).is_some() {
-                return Err(MailError::ScriptExists {
-                    user: msg.user,
-                    name: msg.to,
-                });
+                return Err(MailError::ScriptExists { user, name: msg.to });
             }
             let was_active = sieve.active_script() == Some(msg.from.as_str());
             // One tick for the three registers: each is its own register, so they need no order
             // among themselves, and a peer merging them sees one change.
-            let version = act.ctx.counters.tick();
+            let version = counters.tick();
             sieve.put(&msg.to, content, version.clone());
             sieve.delete(&msg.from, version.clone());
             if was_active {
                 sieve.set_active(Some(msg.to), version.clone());
             }
-            let mut writes = Writes::default();
-            act.save_local_sieve(&mut writes, &msg.user, sieve);
-            Ok((writes, version))
+            Ok(version)
         })
     }
 }
