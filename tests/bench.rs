@@ -10,7 +10,7 @@ use support::{mailmesh, Running};
 use tempfile::TempDir;
 
 /// The rows `mailmesh bench` prints (node/src/bench/table.rs), and the machine limits.
-const ROWS: [&str; 13] = [
+const ROWS: [&str; 20] = [
     "fdatasyncs/s of the data disk",
     "raw QUIC bytes/s between two processes",
     "QUIC request round trips/s, one at a time",
@@ -24,6 +24,13 @@ const ROWS: [&str; 13] = [
     "quiescent replication traffic",
     "resident memory, idle mailboxes",
     "LMTP durable deliveries, 16 sessions, 2 KB",
+    "IMAP SELECT, large mailbox",
+    "IMAP UID FETCH 1:* (FLAGS), large mailbox",
+    "IMAP UID SEARCH UNSEEN, large mailbox",
+    "IMAP session memory, large mailbox selected",
+    "LMTP delivery to IDLE EXISTS, same node",
+    "LMTP delivery to IDLE EXISTS, on the peer",
+    "IMAP APPEND, 16 sessions, 2 KB",
 ];
 
 #[test]

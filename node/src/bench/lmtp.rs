@@ -119,7 +119,7 @@ fn commit_groups(address: &str) -> Result<f64, Error> {
         })
 }
 
-fn free_tcp_port() -> Result<u16, Error> {
+pub(super) fn free_tcp_port() -> Result<u16, Error> {
     let listener =
         std::net::TcpListener::bind("127.0.0.1:0").map_err(|e| Error::io("cannot bind a TCP port", e))?;
     listener
@@ -128,14 +128,14 @@ fn free_tcp_port() -> Result<u16, Error> {
         .map_err(|e| Error::io("cannot read a TCP port", e))
 }
 
-struct Session {
+pub(super) struct Session {
     stream: TcpStream,
     user: usize,
     buffer: Vec<u8>,
 }
 
 impl Session {
-    fn open(target: &str, user: usize) -> Result<Session, Error> {
+    pub(super) fn open(target: &str, user: usize) -> Result<Session, Error> {
         let stream = TcpStream::connect(target)
             .map_err(|e| Error::io(format!("cannot connect to LMTP on {target}"), e))?;
         stream
@@ -154,7 +154,14 @@ impl Session {
     }
 
     /// One pipelined transaction; returns once the final reply (durable) came.
-    fn deliver(&mut self, body: &[u8]) -> Result<(), Error> {
+    pub(super) fn deliver(&mut self, body: &[u8]) -> Result<(), Error> {
+        self.send_delivery(body)?;
+        self.finish_delivery()
+    }
+
+    /// Sends one pipelined transaction without waiting for its replies
+    /// ([`Session::finish_delivery`] reads them).
+    pub(super) fn send_delivery(&mut self, body: &[u8]) -> Result<(), Error> {
         let mut out = format!(
             "MAIL FROM:<bench@example.org>\r\nRCPT TO:<u{}@example.org>\r\nDATA\r\n",
             self.user
@@ -170,7 +177,12 @@ impl Session {
             out.extend_from_slice(b"\r\n");
         }
         out.extend_from_slice(b".\r\n");
-        self.send(&out)?;
+        self.send(&out)
+    }
+
+    /// Reads the replies of the transaction [`Session::send_delivery`] sent: the last comes once
+    /// the message is durable.
+    pub(super) fn finish_delivery(&mut self) -> Result<(), Error> {
         self.expect(&["250", "250", "354", "250"])
     }
 

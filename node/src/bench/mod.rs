@@ -10,12 +10,15 @@
 //! - [`quiet`]: traffic of a quiescent cluster;
 //! - [`memory`]: resident memory of a node holding many idle mailboxes;
 //! - [`lmtp`]: durable LMTP deliveries per second over 16 concurrent sessions;
+//! - [`imap`]: a large mailbox read over IMAP, IDLE notified of deliveries (on the node and on
+//!   its peer), APPENDs from 16 sessions;
 //! - [`nodes`]: starting, driving and stopping the nodes; [`table`]: the output.
 //!
 //! Everything lives in a fresh directory (under `--dir`, the system's temporary directory by
 //! default), removed at the end unless `--keep` is given or a row failed.
 
 pub mod flags;
+pub mod imap;
 pub mod lag;
 pub mod limits;
 pub mod lmtp;
@@ -49,6 +52,12 @@ pub struct Scale {
     pub quic_bytes: u64,
     /// LMTP deliveries timed (2 KB, one recipient each).
     pub lmtp_messages: usize,
+    /// Messages in the mailbox the IMAP reading rows select.
+    pub imap_messages: usize,
+    /// Deliveries timed to their EXISTS on an IDLE session (on each of the two nodes).
+    pub idle_deliveries: usize,
+    /// IMAP APPENDs timed (2 KB, 16 sessions).
+    pub imap_appends: usize,
 }
 
 impl Scale {
@@ -65,6 +74,9 @@ impl Scale {
             probe: Duration::from_millis(1500),
             quic_bytes: 512 << 20,
             lmtp_messages: 50_000,
+            imap_messages: 100_000,
+            idle_deliveries: 1_000,
+            imap_appends: 50_000,
         }
     }
 
@@ -81,6 +93,9 @@ impl Scale {
             probe: Duration::from_millis(500),
             quic_bytes: 64 << 20,
             lmtp_messages: 2_000,
+            imap_messages: 2_000,
+            idle_deliveries: 50,
+            imap_appends: 2_000,
         }
     }
 }
@@ -102,6 +117,12 @@ pub enum RowGroup {
     Memory,
     /// LMTP durable deliveries per second.
     Lmtp,
+    /// A large mailbox read over IMAP: SELECT, FETCH, SEARCH, session memory.
+    ImapRead,
+    /// LMTP delivery to the EXISTS on an IDLE session, on the node and on its peer.
+    Idle,
+    /// IMAP APPENDs per second.
+    ImapAppend,
 }
 
 pub struct BenchOptions {
@@ -334,6 +355,102 @@ fn measure(root: &Path, scale: &Scale, selected: &dyn Fn(RowGroup) -> bool) -> R
             cpu: cpu_use(result.cpu),
             target: "over 10,000/s and over 2x fdatasyncs/s [Dovecot 2.3 600-980/s]",
             met: per_sec > 10_000.0 && ratio > 2.0,
+        });
+    }
+
+    if selected(RowGroup::ImapRead) {
+        eprintln!("bench: a {}-message mailbox over IMAP", scale.imap_messages);
+        let read = imap::large_mailbox(&root.join("imap-read"), scale.imap_messages)?;
+        let of = format!("{} messages", count_usize(read.messages));
+        let cpu = cpu_use(read.cpu);
+        rows.push(Row {
+            name: table::ROW_NAMES[9],
+            measured: format!("{} ({of})", duration(read.select_secs)),
+            vs_limit: String::new(),
+            cpu: cpu.clone(),
+            target: "under 5 ms for 100,000 [Dovecot 4 ms]",
+            met: read.select_secs < 0.005 && read.messages >= 100_000,
+        });
+        rows.push(Row {
+            name: table::ROW_NAMES[10],
+            measured: format!(
+                "{} ({of}, {} of response)",
+                duration(read.fetch_secs),
+                megabytes(read.fetch_bytes as f64)
+            ),
+            vs_limit: String::new(),
+            cpu: String::new(),
+            target: "under 0.07 s for 100,000 [Dovecot 0.09 s]",
+            met: read.fetch_secs < 0.07 && read.messages >= 100_000,
+        });
+        rows.push(Row {
+            name: table::ROW_NAMES[11],
+            measured: format!("{} ({of}, 90% unseen)", duration(read.search_secs)),
+            vs_limit: String::new(),
+            cpu: String::new(),
+            target: "under 8 ms for 100,000 [Dovecot 8 ms]",
+            met: read.search_secs < 0.008 && read.messages >= 100_000,
+        });
+        rows.push(Row {
+            name: table::ROW_NAMES[12],
+            measured: format!("{} ({of})", megabytes(read.session_bytes.max(0) as f64)),
+            vs_limit: String::new(),
+            cpu: String::new(),
+            target: "under 10 MB [Dovecot's imap process 8.7 MB]",
+            met: read.session_bytes < 10_000_000 && read.messages >= 100_000,
+        });
+    }
+
+    if selected(RowGroup::Idle) {
+        eprintln!(
+            "bench: {} deliveries to an IDLE session, on the node and on its peer",
+            scale.idle_deliveries
+        );
+        let idle = imap::idle_latency(&root.join("idle"), scale.idle_deliveries)?;
+        for (name, latency) in [
+            (table::ROW_NAMES[13], &idle.same_node),
+            (table::ROW_NAMES[14], &idle.across),
+        ] {
+            rows.push(Row {
+                name,
+                measured: format!(
+                    "p50 {:.2} ms, p99 {:.2} ms (max {:.2} ms, {} deliveries)",
+                    latency.p50_ms,
+                    latency.p99_ms,
+                    latency.max_ms,
+                    count_usize(latency.deliveries)
+                ),
+                vs_limit: latency_vs_limits(latency.p50_ms / 1000.0, &limits),
+                cpu: String::new(),
+                target: "p50 under 5 ms, p99 under 50 ms [Dovecot p50 498 ms]",
+                met: latency.p50_ms < 5.0 && latency.p99_ms < 50.0,
+            });
+        }
+    }
+
+    if selected(RowGroup::ImapAppend) {
+        eprintln!(
+            "bench: {} IMAP APPENDs over {} sessions",
+            scale.imap_appends,
+            imap::APPEND_SESSIONS
+        );
+        let result = imap::appends(&root.join("imap-append"), scale.imap_appends, 2048)?;
+        let per_sec = result.appends as f64 / result.secs;
+        rows.push(Row {
+            name: table::ROW_NAMES[15],
+            measured: format!(
+                "{}/s ({} in {})",
+                count(per_sec),
+                count_usize(result.appends),
+                duration(result.secs)
+            ),
+            vs_limit: format!(
+                "{:.1}x the disk's fdatasyncs/s",
+                per_sec / limits.fdatasyncs_per_sec
+            ),
+            cpu: cpu_use(result.cpu),
+            target: "over 10,000/s [Dovecot 2,170/s]",
+            met: per_sec > 10_000.0,
         });
     }
 

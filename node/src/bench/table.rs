@@ -7,7 +7,7 @@ use std::fmt::Write as _;
 use super::limits::{Limits, IN_FLIGHT};
 
 /// The names of the rows, in order: every run prints each of them with a number.
-pub const ROW_NAMES: [&str; 9] = [
+pub const ROW_NAMES: [&str; 16] = [
     "initial sync, 2 KB messages",
     "initial sync, 50 KB messages",
     "flag changes replicated",
@@ -17,6 +17,13 @@ pub const ROW_NAMES: [&str; 9] = [
     "quiescent replication traffic",
     "resident memory, idle mailboxes",
     "LMTP durable deliveries, 16 sessions, 2 KB",
+    "IMAP SELECT, large mailbox",
+    "IMAP UID FETCH 1:* (FLAGS), large mailbox",
+    "IMAP UID SEARCH UNSEEN, large mailbox",
+    "IMAP session memory, large mailbox selected",
+    "LMTP delivery to IDLE EXISTS, same node",
+    "LMTP delivery to IDLE EXISTS, on the peer",
+    "IMAP APPEND, 16 sessions, 2 KB",
 ];
 
 pub struct Row {
