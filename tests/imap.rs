@@ -541,6 +541,33 @@ elif scenario == 'qresync':
     out['failover'] = r.command('a8', 'SELECT INBOX (QRESYNC (%s %d))' % (uidvalidity, highest ^ 1))
     out['other_uidvalidity'] = r.command('a9', 'SELECT INBOX (QRESYNC (%d %d))' % (int(uidvalidity) + 1, highest))
     b.logout()
+elif scenario == 'list_extended':
+    b = imaplib.IMAP4(host, port, timeout=30)
+    b.login('alice', 'secret')
+    for i in range(1, 3):
+        b.append('INBOX', None, None, ('Subject: m%d\r\n\r\nbody\r\n' % i).encode())
+    b.create('Sent')
+    b.create('Work/Reports')
+    b.create('Gone')
+    for name in ['INBOX', 'Work/Reports', 'Gone']:
+        b.subscribe(name)
+    # Deleted, still subscribed (RFC 3501 6.3.6: a subscription outlives its mailbox).
+    b.delete('Gone')
+    b.logout()
+    r = Lines(socket.create_connection((host, port), timeout=30))
+    r.line()
+    out['before_login'] = r.command('a0', 'LIST (SUBSCRIBED) "" *')
+    r.command('l', 'LOGIN alice secret')
+    out['capability'] = r.command('c', 'CAPABILITY')
+    out['patterns'] = r.command('a1', 'LIST "" ("INBOX" Sent)')
+    out['subscribed'] = r.command('a2', 'LIST (SUBSCRIBED) "" "*"')
+    out['recursive'] = r.command('a3', 'LIST (SUBSCRIBED RECURSIVEMATCH) "" "%"')
+    out['status'] = r.command('a4', 'LIST "" "%" RETURN (CHILDREN SUBSCRIBED STATUS (MESSAGES UIDNEXT))')
+    out['recursive_alone'] = r.command('a5', 'LIST (REMOTE RECURSIVEMATCH) "" "*"')
+    out['remote'] = r.command('a6', 'LIST (REMOTE) "" Sent RETURN ()')
+    out['root'] = r.command('a7', 'LIST () "" ""')
+    r.command('s', 'SELECT INBOX')
+    out['selected'] = r.command('a8', 'LIST "" INBOX RETURN (STATUS (MESSAGES))')
 print(json.dumps(out))
 "#;
 
@@ -1395,4 +1422,75 @@ fn qresync_tells_a_returning_client_what_vanished_and_changed_even_after_a_failo
     );
     // Another UIDVALIDITY: the cache is void, nothing to resync.
     assert!(untagged("other_uidvalidity").is_empty(), "{out}");
+}
+
+#[test]
+fn list_extended_selects_subscribed_names_recursive_matches_patterns_and_status() {
+    let mut n = imap_node("listen = \"127.0.0.1:0\"");
+    let imap = n.imap(1);
+    let out = python(n.tmp.path(), &imap, "list_extended", &[]);
+    let lines = |key: &str| strings(&out[key]);
+    assert!(lines("before_login")[0].starts_with("a0 BAD"), "{out}");
+    let caps = &lines("capability")[0];
+    assert!(
+        caps.contains(" LIST-EXTENDED") && caps.contains(" LIST-STATUS"),
+        "{out}"
+    );
+    assert_eq!(
+        lines("patterns"),
+        [
+            "* LIST (\\HasNoChildren) \"/\" INBOX",
+            "* LIST (\\HasNoChildren) \"/\" Sent",
+            "a1 OK LIST completed"
+        ],
+        "{out}"
+    );
+    assert_eq!(
+        lines("subscribed"),
+        [
+            "* LIST (\\NonExistent \\HasNoChildren \\Subscribed) \"/\" Gone",
+            "* LIST (\\HasNoChildren \\Subscribed) \"/\" INBOX",
+            "* LIST (\\HasNoChildren \\Subscribed) \"/\" Work/Reports",
+            "a2 OK LIST completed"
+        ],
+        "{out}"
+    );
+    assert_eq!(
+        lines("recursive"),
+        [
+            "* LIST (\\NonExistent \\HasNoChildren \\Subscribed) \"/\" Gone",
+            "* LIST (\\HasNoChildren \\Subscribed) \"/\" INBOX",
+            "* LIST (\\HasChildren) \"/\" Work (\"CHILDINFO\" (\"SUBSCRIBED\"))",
+            "a3 OK LIST completed"
+        ],
+        "{out}"
+    );
+    assert_eq!(
+        lines("status"),
+        [
+            "* LIST (\\HasNoChildren \\Subscribed) \"/\" INBOX",
+            "* STATUS INBOX (MESSAGES 2 UIDNEXT 3)",
+            "* LIST (\\HasNoChildren) \"/\" Sent",
+            "* STATUS Sent (MESSAGES 0 UIDNEXT 1)",
+            "* LIST (\\HasChildren) \"/\" Work",
+            "* STATUS Work (MESSAGES 0 UIDNEXT 1)",
+            "a4 OK LIST completed"
+        ],
+        "{out}"
+    );
+    assert!(lines("recursive_alone")[0].starts_with("a5 BAD"), "{out}");
+    assert_eq!(
+        lines("remote"),
+        ["* LIST (\\HasNoChildren) \"/\" Sent", "a6 OK LIST completed"],
+        "{out}"
+    );
+    assert_eq!(
+        lines("root"),
+        ["* LIST (\\Noselect) \"/\" \"\"", "a7 OK LIST completed"],
+        "{out}"
+    );
+    let selected = lines("selected");
+    assert_eq!(selected[0], "* LIST (\\HasNoChildren) \"/\" INBOX", "{out}");
+    assert_eq!(selected[1], "* STATUS INBOX (MESSAGES 2)", "{out}");
+    assert_eq!(selected.last().unwrap(), "a8 OK LIST completed", "{out}");
 }

@@ -4,6 +4,8 @@
 //! - [`protocol`]: the sans-IO side: imap-codec splits bytes into lines and literals and
 //!   decodes commands; this module adds the literal policy (continuation requests, LITERAL+,
 //!   limits) and encodes responses, property-tested on arbitrary bytes;
+//! - [`extensions`]: the grammar of the extensions imap-codec lacks (LIST-EXTENDED, LIST-STATUS),
+//!   in nom, tried on a command imap-codec refused; [`listing`] decides what a LIST answers;
 //! - [`session`]: one connection: the RFC 3501 states, logins through [`crate::auth`]
 //!   (refused before TLS unless the listener allows a password in plaintext), STARTTLS, and the
 //!   mailbox commands, carried out with Directory and Mailbox actor messages;
@@ -18,6 +20,8 @@
 //! Mailbox (`GetState`, `ListUids`, `Fetch`, `FetchBody`, `StoreFlags`, `Expunge`, `Append`,
 //! `Transfer`). Nothing in `actors/` knows IMAP syntax.
 
+pub mod extensions;
+pub mod listing;
 pub mod message;
 pub mod messages;
 pub mod mime;

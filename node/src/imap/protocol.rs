@@ -8,6 +8,7 @@
 //!
 //! Responses are encoded with imap-codec's `ResponseCodec`; [`encode`] appends one to a buffer.
 
+use super::extensions::ExtendedCommand;
 use imap_codec::encode::Encoder;
 use imap_codec::fragmentizer::{DecodeMessageError, FragmentInfo, Fragmentizer, LiteralAnnouncement};
 use imap_codec::imap_types::auth::AuthenticateData;
@@ -34,6 +35,11 @@ pub enum Expect {
 #[derive(Debug)]
 pub enum Event {
     Command(Command<'static>),
+    /// A command of an extension imap-codec has no grammar for ([`super::extensions`]).
+    Extended {
+        tag: Tag<'static>,
+        command: ExtendedCommand,
+    },
     AuthenticateData(AuthenticateData<'static>),
     /// The line that ends an IDLE: `DONE` (true), or anything else (false), which ends it too,
     /// with BAD.
@@ -171,6 +177,11 @@ impl Machine {
                     Event::Refused(too_big(self.tag(), self.max_message))
                 }
                 Err(_) => {
+                    if let Some((tag, command)) = super::extensions::parse(self.fragments.message_bytes()) {
+                        if let Ok(tag) = Tag::try_from(tag) {
+                            return Event::Extended { tag, command };
+                        }
+                    }
                     let tag = self.tag();
                     let text = match &tag {
                         Some(_) => "unknown command or bad arguments",

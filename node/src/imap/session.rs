@@ -33,6 +33,8 @@ use mailmesh_actors::MailError;
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tracing::info;
 
+use super::extensions::{ExtendedCommand, ListCommand};
+use super::listing;
 use super::messages::{self, Selected};
 use super::protocol::{continuation, encode, other_code, status, Event, Expect, Machine};
 use super::ImapContext;
@@ -138,6 +140,10 @@ pub async fn serve(mut conn: Connection, peer: Peer, ctx: Rc<ImapContext>) {
                         machine.expect(Expect::IdleDone);
                         idling = Some(tag);
                     }
+                    Flow::Continue
+                }
+                Event::Extended { tag, command } => {
+                    extended_command(&ctx, &mut state, &tag, command, &mut out).await;
                     Flow::Continue
                 }
                 Event::AuthenticateData(data) => {
@@ -603,11 +609,14 @@ async fn authenticated_command(
         CommandBody::List {
             reference,
             mailbox_wildcard,
-        } => list(ctx, user, &reference, &mailbox_wildcard, false, out).await,
+        } => match plain_list(&reference, &mailbox_wildcard) {
+            Ok(command) => list(ctx, user, &command, out).await,
+            Err(e) => Err(e),
+        },
         CommandBody::Lsub {
             reference,
             mailbox_wildcard,
-        } => list(ctx, user, &reference, &mailbox_wildcard, true, out).await,
+        } => lsub(ctx, user, &reference, &mailbox_wildcard, out).await,
         CommandBody::Status { mailbox, item_names } => {
             status_command(ctx, user, &mailbox, &item_names, out).await
         }
@@ -804,24 +813,54 @@ async fn subscribe(
     }))
 }
 
+/// RFC 3501's `LIST reference pattern`: RFC 5258's LIST with no options and one pattern.
+fn plain_list(reference: &ImapMailbox<'_>, pattern: &ListMailbox<'_>) -> Result<ListCommand, MailError> {
+    Ok(ListCommand {
+        reference: mailbox_name(reference)?,
+        patterns: vec![list_pattern(pattern)?],
+        ..ListCommand::default()
+    })
+}
+
+fn list_pattern(pattern: &ListMailbox<'_>) -> Result<String, MailError> {
+    match pattern {
+        ListMailbox::Token(token) => utf8(token.as_ref()),
+        ListMailbox::String(string) => utf8(string.as_ref()),
+    }
+}
+
+/// The commands of extensions imap-codec has no grammar for: carried out like the others
+/// (a login needed; in the selected state the session's news told before the tagged answer).
+async fn extended_command(
+    ctx: &ImapContext,
+    state: &mut State,
+    tag: &Tag<'static>,
+    command: ExtendedCommand,
+    out: &mut Vec<u8>,
+) {
+    let outcome = match state.user().map(str::to_string) {
+        None => Outcome::bad("LIST needs a login first"),
+        Some(user) => match command {
+            ExtendedCommand::List(command) => list(ctx, &user, &command, out).await.unwrap_or_else(refusal),
+        },
+    };
+    if let State::Selected { mailbox, .. } = state {
+        if let Err(e) = mailbox.refresh(true, out).await {
+            info!(mailbox = %mailbox.name, error = %e, "imap session could not bring its message numbers up to date");
+        }
+    }
+    tagged(tag, outcome.kind, outcome.code, &outcome.text, out);
+}
+
+/// LIST, RFC 3501's and RFC 5258's: [`listing::list`] chooses the names; a STATUS answer follows
+/// each existing one when RETURN (STATUS ...) asks (RFC 5819).
 async fn list(
     ctx: &ImapContext,
     user: &str,
-    reference: &ImapMailbox<'_>,
-    pattern: &ListMailbox<'_>,
-    subscribed_only: bool,
+    command: &ListCommand,
     out: &mut Vec<u8>,
 ) -> Result<Outcome, MailError> {
-    let command = if subscribed_only { "LSUB" } else { "LIST" };
-    let reference = match reference {
-        ImapMailbox::Inbox => "INBOX".to_string(),
-        ImapMailbox::Other(other) => utf8(other.as_ref())?,
-    };
-    let pattern = match pattern {
-        ListMailbox::Token(token) => utf8(token.as_ref())?,
-        ListMailbox::String(string) => utf8(string.as_ref())?,
-    };
-    if pattern.is_empty() && !subscribed_only {
+    if command.patterns.iter().all(String::is_empty) {
         // RFC 3501 6.3.8: an empty pattern asks for the hierarchy separator and root.
         untagged(
             Data::List {
@@ -831,61 +870,100 @@ async fn list(
             },
             out,
         );
-        return Ok(Outcome::ok(format!("{command} completed")));
+        return Ok(Outcome::ok("LIST completed"));
     }
-    let full = format!("{reference}{pattern}");
-    let names: Vec<String> = if subscribed_only {
+    let mut existing: Vec<String> = ctx
+        .directory
+        .send(ListMailboxes {
+            user: user.to_string(),
+        })
+        .await??
+        .into_iter()
+        .map(|info| info.name)
+        .collect();
+    // INBOX always exists for a client (a delivery creates it when the first message comes).
+    if !existing.iter().any(|n| n == "INBOX") {
+        existing.push("INBOX".to_string());
+    }
+    let subscribed = if command.selection.subscribed || command.returns.subscribed {
         ctx.directory
             .send(ListSubscriptions {
                 user: user.to_string(),
             })
             .await??
     } else {
-        let mut names: Vec<String> = ctx
-            .directory
-            .send(ListMailboxes {
-                user: user.to_string(),
-            })
-            .await??
-            .into_iter()
-            .map(|info| info.name)
-            .collect();
-        // INBOX always exists for a client (a delivery creates it when the first message comes).
-        if !names.iter().any(|n| n == "INBOX") {
-            names.insert(0, "INBOX".to_string());
-        }
-        names
+        Vec::new()
     };
-    for name in names.iter().filter(|name| list_matches(&full, name)) {
-        let items = if subscribed_only {
-            Vec::new()
-        } else {
-            let prefix = format!("{name}{SEPARATOR}");
-            if names.iter().any(|other| other.starts_with(&prefix)) {
-                vec![FlagNameAttribute::from(atom("HasChildren"))]
-            } else {
-                vec![FlagNameAttribute::from(atom("HasNoChildren"))]
-            }
-        };
-        let Some(mailbox) = imap_mailbox(name) else {
+    for listed in listing::list(command, &existing, &subscribed) {
+        let Some(mailbox) = imap_mailbox(&listed.name) else {
             continue;
         };
-        let data = if subscribed_only {
-            Data::Lsub {
-                items,
-                delimiter: Some(separator()),
-                mailbox,
-            }
-        } else {
+        let items = listed
+            .attributes
+            .iter()
+            .map(|&attribute| FlagNameAttribute::from(atom(attribute)))
+            .collect();
+        let at = out.len();
+        untagged(
             Data::List {
                 items,
                 delimiter: Some(separator()),
-                mailbox,
+                mailbox: mailbox.clone(),
+            },
+            out,
+        );
+        if listed.subscribed_child {
+            // RFC 5258's extended data, which imap-codec does not encode: after the name,
+            // before the line's CRLF.
+            debug_assert!(out[at..].ends_with(b"\r\n"));
+            out.truncate(out.len() - 2);
+            out.extend_from_slice(b" (\"CHILDINFO\" (\"SUBSCRIBED\"))\r\n");
+        }
+        if let (true, Some(items)) = (listed.status, &command.returns.status) {
+            // A mailbox deleted in between is left out of the STATUS answers, not an error.
+            if let Ok(state) = mailbox_state(ctx, user, &listed.name).await {
+                untagged(
+                    Data::Status {
+                        mailbox,
+                        items: Cow::Owned(status_items(&state, items)),
+                    },
+                    out,
+                );
             }
-        };
-        untagged(data, out);
+        }
     }
-    Ok(Outcome::ok(format!("{command} completed")))
+    Ok(Outcome::ok("LIST completed"))
+}
+
+/// LSUB (RFC 3501 6.3.9): the subscribed names a pattern matches.
+async fn lsub(
+    ctx: &ImapContext,
+    user: &str,
+    reference: &ImapMailbox<'_>,
+    pattern: &ListMailbox<'_>,
+    out: &mut Vec<u8>,
+) -> Result<Outcome, MailError> {
+    let full = format!("{}{}", mailbox_name(reference)?, list_pattern(pattern)?);
+    let names: Vec<String> = ctx
+        .directory
+        .send(ListSubscriptions {
+            user: user.to_string(),
+        })
+        .await??;
+    for name in names.iter().filter(|name| list_matches(&full, name)) {
+        let Some(mailbox) = imap_mailbox(name) else {
+            continue;
+        };
+        untagged(
+            Data::Lsub {
+                items: Vec::new(),
+                delimiter: Some(separator()),
+                mailbox,
+            },
+            out,
+        );
+    }
+    Ok(Outcome::ok("LSUB completed"))
 }
 
 /// The mailbox's actor, INBOX made first if the user has none yet.
@@ -934,6 +1012,18 @@ async fn status_command(
 ) -> Result<Outcome, MailError> {
     let name = mailbox_name(mailbox)?;
     let state = mailbox_state(ctx, user, &name).await?;
+    untagged(
+        Data::Status {
+            mailbox: mailbox.clone(),
+            items: Cow::Owned(status_items(&state, items)),
+        },
+        out,
+    );
+    Ok(Outcome::ok("STATUS completed"))
+}
+
+/// The STATUS items of a mailbox's state, in the order asked.
+fn status_items(state: &MailboxState, items: &[StatusDataItemName]) -> Vec<StatusDataItem> {
     let mut answered = Vec::new();
     for item in items {
         let value = match item {
@@ -952,14 +1042,7 @@ async fn status_command(
         };
         answered.extend(value);
     }
-    untagged(
-        Data::Status {
-            mailbox: mailbox.clone(),
-            items: Cow::Owned(answered),
-        },
-        out,
-    );
-    Ok(Outcome::ok("STATUS completed"))
+    answered
 }
 
 #[allow(clippy::too_many_arguments)]
@@ -1149,6 +1232,8 @@ impl ImapContext {
         caps.push(Capability::Idle);
         caps.push(Capability::CondStore);
         caps.push(Capability::QResync);
+        caps.push(Capability::ListExtended);
+        caps.push(Capability::from(atom("LIST-STATUS")));
         if state.user().is_none() {
             if self.tls.is_some() && !conn.is_tls() {
                 caps.push(Capability::StartTls);

@@ -1,0 +1,355 @@
+//! Commands of the extensions imap-codec has no grammar for, parsed with nom (the parser
+//! combinators imap-codec itself is written with): LIST-EXTENDED (RFC 5258) with LIST-STATUS
+//! (RFC 5819) and SPECIAL-USE's options (RFC 6154).
+//!
+//! The [`super::protocol::Machine`] tries this grammar only on a command imap-codec refused, so
+//! every command imap-codec knows keeps its decoding; what this module answers is a complete
+//! command or nothing (the client then gets the usual `BAD`).
+
+use imap_codec::imap_types::status::StatusDataItemName;
+use nom::branch::alt;
+use nom::bytes::complete::{tag, tag_no_case, take, take_while1};
+use nom::character::complete::{char, digit1};
+use nom::combinator::{all_consuming, map, map_res, opt, value};
+use nom::multi::separated_list1;
+use nom::sequence::{delimited, pair, preceded, terminated};
+use nom::IResult;
+
+/// A command of an extension imap-codec does not parse.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub enum ExtendedCommand {
+    List(ListCommand),
+}
+
+/// RFC 5258's LIST: selection options, a reference, one or more patterns, return options.
+/// RFC 3501's `LIST reference pattern` is the same with no options and one pattern.
+#[derive(Clone, Debug, Default, PartialEq, Eq)]
+pub struct ListCommand {
+    pub selection: ListSelection,
+    pub reference: String,
+    pub patterns: Vec<String>,
+    pub returns: ListReturn,
+}
+
+/// Which names a LIST chooses (RFC 5258 3.1, RFC 6154 5.1).
+#[derive(Clone, Debug, Default, PartialEq, Eq)]
+pub struct ListSelection {
+    /// `SUBSCRIBED`: the subscribed names, existing or not.
+    pub subscribed: bool,
+    /// `RECURSIVEMATCH`: also a name whose inferior meets the other options (`CHILDINFO`).
+    pub recursive_match: bool,
+    /// `SPECIAL-USE`: only mailboxes with a special use.
+    pub special_use: bool,
+}
+
+/// What a LIST tells of each name (RFC 5258 3.2, RFC 5819, RFC 6154 5.1).
+#[derive(Clone, Debug, Default, PartialEq, Eq)]
+pub struct ListReturn {
+    pub subscribed: bool,
+    pub children: bool,
+    pub special_use: bool,
+    /// `STATUS (...)`: a STATUS answer after each selectable mailbox listed.
+    pub status: Option<Vec<StatusDataItemName>>,
+}
+
+/// The tag and command of a whole message (line and literals), or `None` when it is not one
+/// this module knows.
+pub fn parse(message: &[u8]) -> Option<(String, ExtendedCommand)> {
+    let (_, parsed) = all_consuming(terminated(
+        pair(terminated(command_tag, char(' ')), list_command),
+        tag("\r\n"),
+    ))(message)
+    .ok()?;
+    let (tag, list) = parsed;
+    Some((tag, ExtendedCommand::List(list)))
+}
+
+/// RFC 3501's `tag`: `1*<any ASTRING-CHAR except "+">`.
+fn command_tag(input: &[u8]) -> IResult<&[u8], String> {
+    map_res(take_while1(|b| is_astring_char(b) && b != b'+'), text)(input)
+}
+
+/// `"LIST" [SP list-select-opts] SP mailbox SP mbox-or-pat [SP list-return-opts]`.
+fn list_command(input: &[u8]) -> IResult<&[u8], ListCommand> {
+    let (input, _) = tag_no_case("LIST ")(input)?;
+    let (input, selection) = opt(terminated(selection_options, char(' ')))(input)?;
+    let (input, reference) = terminated(astring, char(' '))(input)?;
+    let (input, patterns) = alt((
+        delimited(char('('), separated_list1(char(' '), list_mailbox), char(')')),
+        map(list_mailbox, |one| vec![one]),
+    ))(input)?;
+    let (input, returns) = opt(preceded(tag_no_case(" RETURN "), return_options))(input)?;
+    let selection = selection.unwrap_or_default();
+    let mut returns = returns.unwrap_or_default();
+    // RFC 5258 3.1: RECURSIVEMATCH alone is an error (this server has it for SUBSCRIBED
+    // only); SUBSCRIBED implies its return option.
+    if selection.recursive_match && !selection.subscribed {
+        return Err(nom::Err::Failure(nom::error::Error::new(
+            input,
+            nom::error::ErrorKind::Verify,
+        )));
+    }
+    if selection.subscribed {
+        returns.subscribed = true;
+    }
+    // RFC 6154 5.1: the selection option implies the return option.
+    if selection.special_use {
+        returns.special_use = true;
+    }
+    let reference = if reference.eq_ignore_ascii_case("INBOX") {
+        "INBOX".to_string()
+    } else {
+        reference
+    };
+    Ok((
+        input,
+        ListCommand {
+            selection,
+            reference,
+            patterns,
+            returns,
+        },
+    ))
+}
+
+#[derive(Clone, Copy)]
+enum SelectOption {
+    Subscribed,
+    Remote,
+    RecursiveMatch,
+    SpecialUse,
+}
+
+/// `"(" [list-select-option *(SP list-select-option)] ")"`; an option this server does not
+/// know fails the command (RFC 5258 3.1: BAD).
+fn selection_options(input: &[u8]) -> IResult<&[u8], ListSelection> {
+    let option = alt((
+        value(SelectOption::Subscribed, tag_no_case("SUBSCRIBED")),
+        value(SelectOption::Remote, tag_no_case("REMOTE")),
+        value(SelectOption::RecursiveMatch, tag_no_case("RECURSIVEMATCH")),
+        value(SelectOption::SpecialUse, tag_no_case("SPECIAL-USE")),
+    ));
+    map(
+        delimited(char('('), opt(separated_list1(char(' '), option)), char(')')),
+        |options| {
+            let mut selection = ListSelection::default();
+            for option in options.unwrap_or_default() {
+                match option {
+                    SelectOption::Subscribed => selection.subscribed = true,
+                    // Every mailbox of this server is local to the cluster: nothing to add.
+                    SelectOption::Remote => {}
+                    SelectOption::RecursiveMatch => selection.recursive_match = true,
+                    SelectOption::SpecialUse => selection.special_use = true,
+                }
+            }
+            selection
+        },
+    )(input)
+}
+
+#[derive(Clone)]
+enum ReturnOption {
+    Subscribed,
+    Children,
+    SpecialUse,
+    Status(Vec<StatusDataItemName>),
+}
+
+/// `"(" [return-option *(SP return-option)] ")"`.
+fn return_options(input: &[u8]) -> IResult<&[u8], ListReturn> {
+    let option = alt((
+        value(ReturnOption::Subscribed, tag_no_case("SUBSCRIBED")),
+        value(ReturnOption::Children, tag_no_case("CHILDREN")),
+        value(ReturnOption::SpecialUse, tag_no_case("SPECIAL-USE")),
+        map(
+            preceded(
+                tag_no_case("STATUS "),
+                delimited(char('('), separated_list1(char(' '), status_item), char(')')),
+            ),
+            ReturnOption::Status,
+        ),
+    ));
+    map(
+        delimited(char('('), opt(separated_list1(char(' '), option)), char(')')),
+        |options| {
+            let mut returns = ListReturn::default();
+            for option in options.unwrap_or_default() {
+                match option {
+                    ReturnOption::Subscribed => returns.subscribed = true,
+                    ReturnOption::Children => returns.children = true,
+                    ReturnOption::SpecialUse => returns.special_use = true,
+                    ReturnOption::Status(items) => returns.status = Some(items),
+                }
+            }
+            returns
+        },
+    )(input)
+}
+
+/// RFC 3501's `status-att`, with CONDSTORE's HIGHESTMODSEQ (RFC 7162).
+fn status_item(input: &[u8]) -> IResult<&[u8], StatusDataItemName> {
+    alt((
+        value(StatusDataItemName::Messages, tag_no_case("MESSAGES")),
+        value(StatusDataItemName::Recent, tag_no_case("RECENT")),
+        value(StatusDataItemName::UidNext, tag_no_case("UIDNEXT")),
+        value(StatusDataItemName::UidValidity, tag_no_case("UIDVALIDITY")),
+        value(StatusDataItemName::Unseen, tag_no_case("UNSEEN")),
+        value(StatusDataItemName::HighestModSeq, tag_no_case("HIGHESTMODSEQ")),
+    ))(input)
+}
+
+/// `astring = 1*ASTRING-CHAR / string`.
+fn astring(input: &[u8]) -> IResult<&[u8], String> {
+    alt((map_res(take_while1(is_astring_char), text), string))(input)
+}
+
+/// `list-mailbox = 1*list-char / string`: an atom that may hold `%`, `*` and `]`.
+fn list_mailbox(input: &[u8]) -> IResult<&[u8], String> {
+    alt((
+        map_res(
+            take_while1(|b| is_atom_char(b) || matches!(b, b'%' | b'*' | b']')),
+            text,
+        ),
+        string,
+    ))(input)
+}
+
+/// `string = quoted / literal`.
+fn string(input: &[u8]) -> IResult<&[u8], String> {
+    alt((quoted, literal))(input)
+}
+
+/// `DQUOTE *QUOTED-CHAR DQUOTE`, `\` escaping `"` and `\`.
+fn quoted(input: &[u8]) -> IResult<&[u8], String> {
+    let (mut rest, _) = char('"')(input)?;
+    let mut bytes = Vec::new();
+    loop {
+        match rest.split_first() {
+            Some((b'"', after)) => {
+                let text = String::from_utf8(bytes).map_err(|_| fail(rest))?;
+                return Ok((after, text));
+            }
+            Some((b'\\', after)) => match after.split_first() {
+                Some((&c @ (b'"' | b'\\'), after)) => {
+                    bytes.push(c);
+                    rest = after;
+                }
+                _ => return Err(fail(rest)),
+            },
+            Some((&c, after)) if c != b'\r' && c != b'\n' && c != 0 => {
+                bytes.push(c);
+                rest = after;
+            }
+            _ => return Err(fail(rest)),
+        }
+    }
+}
+
+/// `"{" number ["+"] "}" CRLF *CHAR8` (LITERAL+'s form too: the machine has read the bytes).
+fn literal(input: &[u8]) -> IResult<&[u8], String> {
+    let (input, length) = delimited(
+        char('{'),
+        terminated(
+            map_res(map_res(digit1, std::str::from_utf8), str::parse::<usize>),
+            opt(char('+')),
+        ),
+        tag("}\r\n"),
+    )(input)?;
+    map_res(take(length), text)(input)
+}
+
+fn text(bytes: &[u8]) -> Result<String, std::string::FromUtf8Error> {
+    String::from_utf8(bytes.to_vec())
+}
+
+fn fail(input: &[u8]) -> nom::Err<nom::error::Error<&[u8]>> {
+    nom::Err::Error(nom::error::Error::new(input, nom::error::ErrorKind::Char))
+}
+
+/// RFC 3501's ATOM-CHAR: any CHAR but atom-specials (`(){ `, CTL, `%*`, `"\`, `]`).
+fn is_atom_char(b: u8) -> bool {
+    b > 0x20 && b < 0x7f && !matches!(b, b'(' | b')' | b'{' | b'%' | b'*' | b'"' | b'\\' | b']')
+}
+
+fn is_astring_char(b: u8) -> bool {
+    is_atom_char(b) || b == b']'
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn list(line: &str) -> ListCommand {
+        match parse(line.as_bytes()) {
+            Some((_, ExtendedCommand::List(list))) => list,
+            None => panic!("{line:?} did not parse"),
+        }
+    }
+
+    #[test]
+    fn the_rfc_5258_forms_parse_with_their_options_and_patterns() {
+        let got =
+            list("a1 LIST (SUBSCRIBED REMOTE RECURSIVEMATCH) \"\" (\"INBOX\" Sent%) RETURN (CHILDREN)\r\n");
+        assert_eq!(
+            got,
+            ListCommand {
+                selection: ListSelection {
+                    subscribed: true,
+                    recursive_match: true,
+                    special_use: false,
+                },
+                reference: String::new(),
+                patterns: vec!["INBOX".into(), "Sent%".into()],
+                returns: ListReturn {
+                    subscribed: true,
+                    children: true,
+                    special_use: false,
+                    status: None,
+                },
+            }
+        );
+        let got = list("t list () inbox * return (status (MESSAGES uidnext HIGHESTMODSEQ) subscribed)\r\n");
+        assert_eq!(got.reference, "INBOX");
+        assert_eq!(got.patterns, ["*"]);
+        assert!(got.returns.subscribed && !got.selection.subscribed);
+        assert_eq!(
+            got.returns.status,
+            Some(vec![
+                StatusDataItemName::Messages,
+                StatusDataItemName::UidNext,
+                StatusDataItemName::HighestModSeq
+            ])
+        );
+        let got = list("a LIST (SPECIAL-USE) \"\" %\r\n");
+        assert!(got.selection.special_use && got.returns.special_use);
+    }
+
+    #[test]
+    fn quoted_and_literal_names_and_escapes_are_read_whole() {
+        let got = list("a LIST {4}\r\nWork ({5+}\r\nA b c \"x\\\"y\") RETURN ()\r\n");
+        assert_eq!(got.reference, "Work");
+        assert_eq!(got.patterns, ["A b c", "x\"y"]);
+        assert_eq!(got.returns, ListReturn::default());
+    }
+
+    #[test]
+    fn what_rfc_5258_calls_an_error_is_not_a_command() {
+        for line in [
+            // RECURSIVEMATCH needs SUBSCRIBED.
+            "a LIST (RECURSIVEMATCH) \"\" *\r\n",
+            "a LIST (SPECIAL-USE RECURSIVEMATCH) \"\" *\r\n",
+            // Unknown options, an empty pattern list, trailing bytes, no CRLF.
+            "a LIST (BOGUS) \"\" *\r\n",
+            "a LIST \"\" * RETURN (BOGUS)\r\n",
+            "a LIST \"\" ()\r\n",
+            "a LIST \"\" * extra\r\n",
+            "a LIST \"\" *",
+            "+a LIST \"\" *\r\n",
+            // A literal longer than what follows it.
+            "a LIST {9}\r\nab *\r\n",
+            "a LIST \"\" (\"unterminated)\r\n",
+        ] {
+            assert_eq!(parse(line.as_bytes()), None, "{line:?}");
+        }
+    }
+}
