@@ -118,6 +118,21 @@ fn zero_and_oversized_limits_name_their_key() {
 }
 
 #[test]
+fn a_bad_imap_special_use_names_its_key() {
+    let tmp = TempDir::new().unwrap();
+    let path = tmp.path().join("node.toml");
+    let imap = "[imap]\nlisten = \"127.0.0.1:0\"\n\n[imap.special_use]\n";
+    std::fs::write(&path, format!("{imap}sent = \"Sent//Mail\"\n")).unwrap();
+    refused(
+        Some(&path),
+        &[],
+        &["imap.special_use.sent: ", "empty hierarchy level"],
+    );
+    std::fs::write(&path, format!("{imap}outbox = \"Outbox\"\n")).unwrap();
+    refused(Some(&path), &[], &["outbox", "drafts"]);
+}
+
+#[test]
 fn the_environment_overrides_the_file() {
     let tmp = TempDir::new().unwrap();
     let path = write_config(tmp.path(), "n1", &tmp.path().join("data"));

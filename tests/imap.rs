@@ -568,6 +568,20 @@ elif scenario == 'list_extended':
     out['root'] = r.command('a7', 'LIST () "" ""')
     r.command('s', 'SELECT INBOX')
     out['selected'] = r.command('a8', 'LIST "" INBOX RETURN (STATUS (MESSAGES))')
+elif scenario == 'special_use':
+    b = imaplib.IMAP4(host, port, timeout=30)
+    b.login('alice', 'secret')
+    out['capabilities'] = list(b.capabilities)
+    for name in ['Drafts', '"Sent Items"', 'Trash', 'Junk', 'Work']:
+        b.create(name)
+    out['imaplib_list'] = attempt(b.list, '""', '*')
+    b.logout()
+    r = Lines(socket.create_connection((host, port), timeout=30))
+    r.line()
+    r.command('l', 'LOGIN alice secret')
+    out['all'] = r.command('a1', 'LIST "" "*"')
+    out['selection'] = r.command('a2', 'LIST (SPECIAL-USE) "" "*"')
+    out['return'] = r.command('a3', 'LIST "" "%" RETURN (SPECIAL-USE)')
 print(json.dumps(out))
 "#;
 
@@ -1440,7 +1454,7 @@ fn list_extended_selects_subscribed_names_recursive_matches_patterns_and_status(
         lines("patterns"),
         [
             "* LIST (\\HasNoChildren) \"/\" INBOX",
-            "* LIST (\\HasNoChildren) \"/\" Sent",
+            "* LIST (\\HasNoChildren \\Sent) \"/\" Sent",
             "a1 OK LIST completed"
         ],
         "{out}"
@@ -1470,7 +1484,7 @@ fn list_extended_selects_subscribed_names_recursive_matches_patterns_and_status(
         [
             "* LIST (\\HasNoChildren \\Subscribed) \"/\" INBOX",
             "* STATUS INBOX (MESSAGES 2 UIDNEXT 3)",
-            "* LIST (\\HasNoChildren) \"/\" Sent",
+            "* LIST (\\HasNoChildren \\Sent) \"/\" Sent",
             "* STATUS Sent (MESSAGES 0 UIDNEXT 1)",
             "* LIST (\\HasChildren) \"/\" Work",
             "* STATUS Work (MESSAGES 0 UIDNEXT 1)",
@@ -1481,7 +1495,10 @@ fn list_extended_selects_subscribed_names_recursive_matches_patterns_and_status(
     assert!(lines("recursive_alone")[0].starts_with("a5 BAD"), "{out}");
     assert_eq!(
         lines("remote"),
-        ["* LIST (\\HasNoChildren) \"/\" Sent", "a6 OK LIST completed"],
+        [
+            "* LIST (\\HasNoChildren \\Sent) \"/\" Sent",
+            "a6 OK LIST completed"
+        ],
         "{out}"
     );
     assert_eq!(
@@ -1493,4 +1510,38 @@ fn list_extended_selects_subscribed_names_recursive_matches_patterns_and_status(
     assert_eq!(selected[0], "* LIST (\\HasNoChildren) \"/\" INBOX", "{out}");
     assert_eq!(selected[1], "* STATUS INBOX (MESSAGES 2)", "{out}");
     assert_eq!(selected.last().unwrap(), "a8 OK LIST completed", "{out}");
+}
+
+#[test]
+fn special_use_marks_the_configured_mailboxes_in_list_and_selects_them() {
+    // Sent renamed, Junk turned off, the rest as the defaults name them (Archive is not made).
+    let mut n =
+        imap_node("listen = \"127.0.0.1:0\"\n\n[imap.special_use]\nsent = \"Sent Items\"\njunk = \"\"");
+    let imap = n.imap(1);
+    let out = python(n.tmp.path(), &imap, "special_use", &[]);
+    let lines = |key: &str| strings(&out[key]);
+    let caps = strings(&out["capabilities"]);
+    assert!(caps.iter().any(|c| c == "SPECIAL-USE"), "{caps:?}");
+    let all = [
+        "* LIST (\\HasNoChildren \\Drafts) \"/\" Drafts",
+        "* LIST (\\HasNoChildren) \"/\" INBOX",
+        "* LIST (\\HasNoChildren) \"/\" Junk",
+        "* LIST (\\HasNoChildren \\Sent) \"/\" \"Sent Items\"",
+        "* LIST (\\HasNoChildren \\Trash) \"/\" Trash",
+        "* LIST (\\HasNoChildren) \"/\" Work",
+    ];
+    assert_eq!(lines("all")[..all.len()], all, "{out}");
+    assert_eq!(lines("all")[all.len()], "a1 OK LIST completed", "{out}");
+    assert_eq!(
+        lines("selection"),
+        [all[0], all[3], all[4], "a2 OK LIST completed"],
+        "{out}"
+    );
+    assert_eq!(lines("return")[..all.len()], all, "{out}");
+    // A client library reads the attributes.
+    let listed = out["imaplib_list"].to_string();
+    assert!(
+        listed.contains("(\\\\HasNoChildren \\\\Sent) \\\"/\\\" \\\"Sent Items\\\""),
+        "{listed}"
+    );
 }

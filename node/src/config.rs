@@ -20,12 +20,14 @@ use mailmesh_actors::directory::ActivationPolicy;
 use mailmesh_actors::mailbox::Limits;
 use mailmesh_actors::node::NodeOptions;
 use mailmesh_protocol::ids::NodeId;
+use mailmesh_protocol::names::normalize_mailbox_name;
 use serde::{Deserialize, Serialize};
 
 use crate::auth::UserTable;
 use crate::client_tls::{plaintext_auth_default, ListenAddress, ListenerTlsOptions, ServerTls, TlsFiles};
 use crate::cluster::tls::TlsIdentity;
 use crate::cluster::{ClusterOptions, PeerAddress};
+use crate::imap::special_use::{SpecialUses, USES};
 use crate::imap::{ImapListenerOptions, ImapOptions};
 use crate::listener::ConnectionLimits;
 use crate::lmtp::LmtpOptions;
@@ -177,6 +179,87 @@ pub struct ImapSection {
     /// Connections held open at once in all (on each listener).
     #[serde(default = "default_connections")]
     pub max_connections: u64,
+    /// `[imap.special_use]`: the mailbox of each RFC 6154 special use.
+    #[serde(default)]
+    pub special_use: SpecialUseSection,
+}
+
+/// `[imap.special_use]`: the mailbox LIST marks `\Drafts`, `\Sent`, `\Trash`, `\Junk` and
+/// `\Archive` (RFC 6154); `""` gives that use to no mailbox.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct SpecialUseSection {
+    #[serde(default = "default_drafts")]
+    pub drafts: String,
+    #[serde(default = "default_sent")]
+    pub sent: String,
+    #[serde(default = "default_trash")]
+    pub trash: String,
+    #[serde(default = "default_junk")]
+    pub junk: String,
+    #[serde(default = "default_archive")]
+    pub archive: String,
+}
+
+impl Default for SpecialUseSection {
+    fn default() -> SpecialUseSection {
+        SpecialUseSection {
+            drafts: default_drafts(),
+            sent: default_sent(),
+            trash: default_trash(),
+            junk: default_junk(),
+            archive: default_archive(),
+        }
+    }
+}
+
+impl SpecialUseSection {
+    /// (key, value) in [`crate::imap::special_use::USES`]' order.
+    fn entries(&self) -> [(&'static str, &str); 5] {
+        [
+            ("drafts", &self.drafts),
+            ("sent", &self.sent),
+            ("trash", &self.trash),
+            ("junk", &self.junk),
+            ("archive", &self.archive),
+        ]
+    }
+
+    /// Each name checked as a mailbox name (INBOX in any case is INBOX), errors naming the key.
+    pub fn validate(&self) -> Result<SpecialUses, ConfigError> {
+        let mut uses = Vec::new();
+        for ((key, value), (use_key, attribute, _)) in self.entries().into_iter().zip(USES) {
+            debug_assert_eq!(key, use_key);
+            let name = if value.is_empty() {
+                String::new()
+            } else {
+                normalize_mailbox_name(value)
+                    .map_err(|e| ConfigError::invalid(format!("imap.special_use.{key}"), e.to_string()))?
+            };
+            uses.push((attribute, name));
+        }
+        Ok(SpecialUses::new(uses))
+    }
+}
+
+fn default_drafts() -> String {
+    "Drafts".into()
+}
+
+fn default_sent() -> String {
+    "Sent".into()
+}
+
+fn default_trash() -> String {
+    "Trash".into()
+}
+
+fn default_junk() -> String {
+    "Junk".into()
+}
+
+fn default_archive() -> String {
+    "Archive".into()
 }
 
 fn default_per_address() -> u64 {
@@ -633,7 +716,12 @@ impl Config {
             )?,
             total: positive_usize("imap.max_connections", section.max_connections)?,
         };
-        Ok(Some(ImapOptions { listeners, limits }))
+        let special_use = section.special_use.validate()?;
+        Ok(Some(ImapOptions {
+            listeners,
+            limits,
+            special_use,
+        }))
     }
 
     /// The configuration as TOML, as `check-config` prints it.
@@ -822,6 +910,25 @@ mod tests {
     }
 
     #[test]
+    fn a_special_use_that_is_no_mailbox_name_names_its_key() {
+        let section = SpecialUseSection {
+            trash: "Old//Trash".into(),
+            ..Default::default()
+        };
+        let message = section.validate().unwrap_err().to_string();
+        assert!(message.starts_with("imap.special_use.trash: "), "{message}");
+        let section = SpecialUseSection {
+            sent: "inbox".into(),
+            junk: String::new(),
+            ..Default::default()
+        };
+        let uses = section.validate().unwrap();
+        assert_eq!(uses.of("INBOX").collect::<Vec<_>>(), ["Sent"]);
+        assert_eq!(uses.of("Junk").count(), 0);
+        assert_eq!(uses.of("Trash").collect::<Vec<_>>(), ["Trash"]);
+    }
+
+    #[test]
     fn invalid_values_name_their_key() {
         type Spoil = fn(&mut Config);
         let cases: [(&str, Spoil); 7] = [
@@ -952,6 +1059,7 @@ mod tests {
             allow_plaintext_auth: None,
             max_connections_per_address: 8,
             max_connections: 100,
+            special_use: SpecialUseSection::default(),
         };
         config.imap = Some(section.clone());
         let options = config.imap().unwrap().unwrap();

@@ -172,6 +172,10 @@ pub fn load_for_reload(path: Option<&Path>, running: &Config) -> Result<Loaded, 
             }),
         ),
         (
+            "imap.special_use",
+            new.imap.as_ref().map(|i| &i.special_use) != running.imap.as_ref().map(|i| &i.special_use),
+        ),
+        (
             "managesieve.listen (and the listener's limits)",
             new.managesieve.as_ref().map(|l| {
                 (

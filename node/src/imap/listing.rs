@@ -1,4 +1,4 @@
-//! What a LIST answers (RFC 3501 6.3.8, RFC 5258, RFC 5819), sans-IO: from the user's mailbox
+//! What a LIST answers (RFC 3501 6.3.8, RFC 5258, RFC 5819, RFC 6154), sans-IO: from the user's mailbox
 //! names and subscriptions and the command's options, the names listed in order with their
 //! attributes, whether each carries `CHILDINFO` and whether a STATUS follows it. The session
 //! reads the names from the Directory and writes the lines.
@@ -7,6 +7,7 @@ use std::collections::BTreeSet;
 
 use super::extensions::ListCommand;
 use super::session::list_matches;
+use super::special_use::SpecialUses;
 
 const SEPARATOR: char = mailmesh_protocol::names::HIERARCHY_SEPARATOR;
 
@@ -23,8 +24,15 @@ pub struct Listed {
 }
 
 /// The names `command` lists, sorted, each once however many patterns match it. `existing`
-/// holds every mailbox of the user (INBOX included), `subscribed` the subscribed names.
-pub fn list(command: &ListCommand, existing: &[String], subscribed: &[String]) -> Vec<Listed> {
+/// holds every mailbox of the user (INBOX included), `subscribed` the subscribed names. An
+/// existing mailbox with a special use shows it in every LIST (RFC 6154 allows it without the
+/// return option, and clients that never ask still find their Sent folder).
+pub fn list(
+    command: &ListCommand,
+    existing: &[String],
+    subscribed: &[String],
+    special_use: &SpecialUses,
+) -> Vec<Listed> {
     let selection = &command.selection;
     let existing: BTreeSet<&str> = existing.iter().map(String::as_str).collect();
     let subscribed: BTreeSet<&str> = subscribed.iter().map(String::as_str).collect();
@@ -48,11 +56,16 @@ pub fn list(command: &ListCommand, existing: &[String], subscribed: &[String]) -
         }
         let exists = existing.contains(name);
         let is_subscribed = subscribed.contains(name);
-        let meets = if selection.subscribed {
+        let uses: Vec<&'static str> = if exists {
+            special_use.of(name).collect()
+        } else {
+            Vec::new()
+        };
+        let meets = (if selection.subscribed {
             is_subscribed
         } else {
             exists
-        };
+        }) && (!selection.special_use || !uses.is_empty());
         let prefix = format!("{name}{SEPARATOR}");
         // Sorted: the first name from the prefix on starts with it if any does.
         let first_under = |names: &BTreeSet<&str>| {
@@ -74,6 +87,7 @@ pub fn list(command: &ListCommand, existing: &[String], subscribed: &[String]) -
         } else {
             "HasNoChildren"
         });
+        attributes.extend(uses);
         if command.returns.subscribed && is_subscribed {
             attributes.push("Subscribed");
         }
@@ -96,6 +110,11 @@ fn superiors(name: &str) -> impl Iterator<Item = &str> {
 mod tests {
     use super::super::extensions::{ListReturn, ListSelection};
     use super::*;
+
+    /// With no special uses configured.
+    fn list(command: &ListCommand, existing: &[String], subscribed: &[String]) -> Vec<Listed> {
+        super::list(command, existing, subscribed, &SpecialUses::new([]))
+    }
 
     fn names(list: &[&str]) -> Vec<String> {
         list.iter().map(|s| s.to_string()).collect()
@@ -211,5 +230,49 @@ mod tests {
             &subscribed,
         );
         assert_eq!(lines(&got), ["INBOX (HasNoChildren) STATUS"]);
+    }
+
+    #[test]
+    fn special_uses_are_attributes_and_their_selection_lists_only_them() {
+        let existing = names(&["INBOX", "Sent", "Trash", "Work"]);
+        let uses = SpecialUses::default();
+        let all = command(Default::default(), &["*"], Default::default());
+        let got = super::list(&all, &existing, &[], &uses);
+        assert_eq!(
+            lines(&got),
+            [
+                "INBOX (HasNoChildren)",
+                "Sent (HasNoChildren Sent)",
+                "Trash (HasNoChildren Trash)",
+                "Work (HasNoChildren)"
+            ]
+        );
+        let selection = ListSelection {
+            special_use: true,
+            ..Default::default()
+        };
+        let got = super::list(
+            &command(selection, &["*"], Default::default()),
+            &existing,
+            &[],
+            &uses,
+        );
+        assert_eq!(
+            lines(&got),
+            ["Sent (HasNoChildren Sent)", "Trash (HasNoChildren Trash)"]
+        );
+        // A use is not shown on a \NonExistent name.
+        let selection = ListSelection {
+            subscribed: true,
+            ..Default::default()
+        };
+        let subscribed = names(&["Junk"]);
+        let got = super::list(
+            &command(selection, &["*"], Default::default()),
+            &existing,
+            &subscribed,
+            &uses,
+        );
+        assert_eq!(lines(&got), ["Junk (NonExistent HasNoChildren)"]);
     }
 }

@@ -5,7 +5,8 @@
 //!   decodes commands; this module adds the literal policy (continuation requests, LITERAL+,
 //!   limits) and encodes responses, property-tested on arbitrary bytes;
 //! - [`extensions`]: the grammar of the extensions imap-codec lacks (LIST-EXTENDED, LIST-STATUS),
-//!   in nom, tried on a command imap-codec refused; [`listing`] decides what a LIST answers;
+//!   in nom, tried on a command imap-codec refused; [`listing`] decides what a LIST answers,
+//!   with the [`special_use`] attributes `[imap.special_use]` gives mailboxes;
 //! - [`session`]: one connection: the RFC 3501 states, logins through [`crate::auth`]
 //!   (refused before TLS unless the listener allows a password in plaintext), STARTTLS, and the
 //!   mailbox commands, carried out with Directory and Mailbox actor messages;
@@ -29,6 +30,7 @@ pub mod protocol;
 pub mod search;
 pub mod sequence;
 pub mod session;
+pub mod special_use;
 #[cfg(test)]
 mod tests;
 
@@ -38,6 +40,7 @@ use actix::Addr;
 use mailmesh_actors::directory::Directory;
 use tracing::error;
 
+use self::special_use::SpecialUses;
 use crate::auth::Authenticator;
 use crate::client_tls::{ListenAddress, ListenerTlsOptions, ServerTls};
 use crate::error::Error;
@@ -62,6 +65,8 @@ pub struct ImapListenerOptions {
 pub struct ImapOptions {
     pub listeners: Vec<ImapListenerOptions>,
     pub limits: ConnectionLimits,
+    /// `[imap.special_use]`: LIST's `\Sent`, `\Trash`, ... (applied at the next start).
+    pub special_use: SpecialUses,
 }
 
 /// What every session of a listener shares.
@@ -71,6 +76,7 @@ pub struct ImapContext {
     pub tls: Option<ServerTls>,
     pub tls_options: ListenerTlsOptions,
     pub directory: Addr<Directory>,
+    pub special_use: SpecialUses,
     /// The longest command after a login: an APPEND's message (`limits.max_message_bytes`)
     /// with room for the command around it.
     pub max_command_bytes: u32,
@@ -104,6 +110,7 @@ impl ImapServer {
                 tls: if implicit { None } else { tls.clone() },
                 tls_options: one.tls.clone(),
                 directory: directory.clone(),
+                special_use: options.special_use.clone(),
                 max_command_bytes,
             });
             let spec = ListenerSpec {

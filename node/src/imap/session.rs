@@ -894,7 +894,7 @@ async fn list(
     } else {
         Vec::new()
     };
-    for listed in listing::list(command, &existing, &subscribed) {
+    for listed in listing::list(command, &existing, &subscribed, &ctx.special_use) {
         let Some(mailbox) = imap_mailbox(&listed.name) else {
             continue;
         };
@@ -1234,6 +1234,7 @@ impl ImapContext {
         caps.push(Capability::QResync);
         caps.push(Capability::ListExtended);
         caps.push(Capability::from(atom("LIST-STATUS")));
+        caps.push(Capability::from(atom("SPECIAL-USE")));
         if state.user().is_none() {
             if self.tls.is_some() && !conn.is_tls() {
                 caps.push(Capability::StartTls);
