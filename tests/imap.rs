@@ -582,6 +582,28 @@ elif scenario == 'special_use':
     out['all'] = r.command('a1', 'LIST "" "*"')
     out['selection'] = r.command('a2', 'LIST (SPECIAL-USE) "" "*"')
     out['return'] = r.command('a3', 'LIST "" "%" RETURN (SPECIAL-USE)')
+elif scenario == 'esearch':
+    b = imaplib.IMAP4(host, port, timeout=30)
+    b.login('alice', 'secret')
+    for i in range(1, 7):
+        b.append('INBOX', None, None, ('Subject: m%d\r\n\r\nbody\r\n' % i).encode())
+    b.logout()
+    r = Lines(socket.create_connection((host, port), timeout=30))
+    r.line()
+    r.command('l', 'LOGIN alice secret')
+    out['capability'] = r.command('c', 'CAPABILITY')
+    out['unselected'] = r.command('a0', 'SEARCH RETURN (ALL) ALL')
+    r.command('s', 'SELECT INBOX')
+    r.command('f', 'STORE 2,4:5 +FLAGS.SILENT (\\Flagged)')
+    out['uid_all_options'] = r.command('a1', 'UID SEARCH RETURN (MIN MAX COUNT ALL) FLAGGED')
+    out['empty_return'] = r.command('a2', 'SEARCH RETURN () FLAGGED')
+    out['count_none'] = r.command('a3', 'SEARCH RETURN (COUNT) DELETED')
+    out['min_none'] = r.command('a4', 'SEARCH RETURN (MIN) DELETED')
+    out['plain'] = r.command('a5', 'SEARCH FLAGGED')
+    out['save'] = r.command('a6', 'SEARCH RETURN (SAVE) ALL')
+    out['modseqs'] = r.command('a7', 'UID FETCH 1:* (MODSEQ)')
+    out['modseq'] = r.command('a8', 'UID SEARCH RETURN (MAX) MODSEQ 1')
+    out['modseq_all'] = r.command('a9', 'SEARCH RETURN (ALL) FLAGGED MODSEQ 1')
 print(json.dumps(out))
 "#;
 
@@ -1543,5 +1565,77 @@ fn special_use_marks_the_configured_mailboxes_in_list_and_selects_them() {
     assert!(
         listed.contains("(\\\\HasNoChildren \\\\Sent) \\\"/\\\" \\\"Sent Items\\\""),
         "{listed}"
+    );
+}
+
+#[test]
+fn esearch_answers_min_max_count_all_with_the_tag_and_modseq() {
+    let mut n = imap_node("listen = \"127.0.0.1:0\"");
+    let imap = n.imap(1);
+    let out = python(n.tmp.path(), &imap, "esearch", &[]);
+    let lines = |key: &str| strings(&out[key]);
+    assert!(lines("capability")[0].contains(" ESEARCH"), "{out}");
+    assert!(lines("unselected")[0].starts_with("a0 BAD"), "{out}");
+    assert_eq!(
+        lines("uid_all_options"),
+        [
+            "* ESEARCH (TAG \"a1\") UID MIN 2 MAX 5 COUNT 3 ALL 2,4:5",
+            "a1 OK UID SEARCH completed"
+        ],
+        "{out}"
+    );
+    assert_eq!(
+        lines("empty_return"),
+        ["* ESEARCH (TAG \"a2\") ALL 2,4:5", "a2 OK SEARCH completed"],
+        "{out}"
+    );
+    assert_eq!(
+        lines("count_none"),
+        ["* ESEARCH (TAG \"a3\") COUNT 0", "a3 OK SEARCH completed"],
+        "{out}"
+    );
+    assert_eq!(
+        lines("min_none"),
+        ["* ESEARCH (TAG \"a4\")", "a4 OK SEARCH completed"],
+        "{out}"
+    );
+    assert_eq!(
+        lines("plain"),
+        ["* SEARCH 2 4 5", "a5 OK SEARCH completed"],
+        "{out}"
+    );
+    assert!(lines("save")[0].starts_with("a6 BAD"), "{out}");
+    // `* n FETCH (UID u MODSEQ (m))` for each message: the modseq of uid u.
+    let modseq_of = |uid: u32| -> u64 {
+        let fetched = lines("modseqs");
+        let line = fetched
+            .iter()
+            .find(|l| l.contains(&format!("UID {uid} ")))
+            .unwrap_or_else(|| panic!("uid {uid} not fetched: {out}"));
+        line.rsplit_once("MODSEQ (")
+            .unwrap()
+            .1
+            .trim_end_matches("))")
+            .parse()
+            .unwrap()
+    };
+    // MAX alone: the MAX message's modseq (RFC 7162 3.1.5).
+    assert_eq!(
+        lines("modseq"),
+        [
+            format!("* ESEARCH (TAG \"a8\") UID MAX 6 MODSEQ {}", modseq_of(6)),
+            "a8 OK UID SEARCH completed".to_string()
+        ],
+        "{out}"
+    );
+    // ALL: the highest of the messages found (the three flagged ones changed last).
+    let highest = [2, 4, 5].map(modseq_of).into_iter().max().unwrap();
+    assert_eq!(
+        lines("modseq_all"),
+        [
+            format!("* ESEARCH (TAG \"a9\") ALL 2,4:5 MODSEQ {highest}"),
+            "a9 OK SEARCH completed".to_string()
+        ],
+        "{out}"
     );
 }

@@ -1,12 +1,18 @@
 //! Commands of the extensions imap-codec has no grammar for, parsed with nom (the parser
 //! combinators imap-codec itself is written with): LIST-EXTENDED (RFC 5258) with LIST-STATUS
-//! (RFC 5819) and SPECIAL-USE's options (RFC 6154).
+//! (RFC 5819) and SPECIAL-USE's options (RFC 6154), and ESEARCH's `SEARCH RETURN (...)` (RFC
+//! 4731), whose search keys are then imap-codec's own: the command is decoded again without the
+//! `RETURN (...)`.
 //!
 //! The [`super::protocol::Machine`] tries this grammar only on a command imap-codec refused, so
 //! every command imap-codec knows keeps its decoding; what this module answers is a complete
 //! command or nothing (the client then gets the usual `BAD`).
 
+use imap_codec::decode::Decoder;
+use imap_codec::imap_types::command::{Command, CommandBody};
 use imap_codec::imap_types::status::StatusDataItemName;
+use imap_codec::imap_types::IntoStatic;
+use imap_codec::CommandCodec;
 use nom::branch::alt;
 use nom::bytes::complete::{tag, tag_no_case, take, take_while1};
 use nom::character::complete::{char, digit1};
@@ -15,10 +21,17 @@ use nom::multi::separated_list1;
 use nom::sequence::{delimited, pair, preceded, terminated};
 use nom::IResult;
 
+use super::esearch::SearchReturn;
+
 /// A command of an extension imap-codec does not parse.
-#[derive(Clone, Debug, PartialEq, Eq)]
+#[derive(Clone, Debug, PartialEq)]
 pub enum ExtendedCommand {
     List(ListCommand),
+    /// `[UID] SEARCH RETURN (...) ...`: `command` is the SEARCH without its `RETURN (...)`.
+    Search {
+        returns: SearchReturn,
+        command: Command<'static>,
+    },
 }
 
 /// RFC 5258's LIST: selection options, a reference, one or more patterns, return options.
@@ -55,6 +68,11 @@ pub struct ListReturn {
 /// The tag and command of a whole message (line and literals), or `None` when it is not one
 /// this module knows.
 pub fn parse(message: &[u8]) -> Option<(String, ExtendedCommand)> {
+    if let Ok((rest, (tag, (uid, returns)))) =
+        pair(terminated(command_tag, char(' ')), search_return)(message)
+    {
+        return search(tag, uid, returns, rest);
+    }
     let (_, parsed) = all_consuming(terminated(
         pair(terminated(command_tag, char(' ')), list_command),
         tag("\r\n"),
@@ -62,6 +80,44 @@ pub fn parse(message: &[u8]) -> Option<(String, ExtendedCommand)> {
     .ok()?;
     let (tag, list) = parsed;
     Some((tag, ExtendedCommand::List(list)))
+}
+
+/// The SEARCH after its `RETURN (...)`, decoded by imap-codec as `tag [UID ]SEARCH rest`.
+fn search(tag: String, uid: bool, returns: SearchReturn, rest: &[u8]) -> Option<(String, ExtendedCommand)> {
+    let mut plain = format!("{tag} {}SEARCH ", if uid { "UID " } else { "" }).into_bytes();
+    plain.extend_from_slice(rest);
+    let (remaining, command) = CommandCodec::default().decode(&plain).ok()?;
+    if !remaining.is_empty() || !matches!(command.body, CommandBody::Search { .. }) {
+        return None;
+    }
+    let command = command.into_static();
+    Some((tag, ExtendedCommand::Search { returns, command }))
+}
+
+/// `["UID" SP] "SEARCH" SP "RETURN" SP "(" [search-return-opt *(SP search-return-opt)] ")" SP`
+/// (RFC 4731 3.1); SAVE (RFC 5182) is not offered, so it fails the command.
+fn search_return(input: &[u8]) -> IResult<&[u8], (bool, SearchReturn)> {
+    let option = alt((
+        value(0, tag_no_case("MIN")),
+        value(1, tag_no_case("MAX")),
+        value(2, tag_no_case("ALL")),
+        value(3, tag_no_case("COUNT")),
+    ));
+    let (input, uid) = map(opt(tag_no_case("UID ")), |u| u.is_some())(input)?;
+    let (input, options) = delimited(
+        tag_no_case("SEARCH RETURN ("),
+        opt(separated_list1(char(' '), option)),
+        tag(") "),
+    )(input)?;
+    let options = options.unwrap_or_default();
+    let returns = SearchReturn {
+        min: options.contains(&0),
+        max: options.contains(&1),
+        // `RETURN ()` is `RETURN (ALL)`.
+        all: options.contains(&2) || options.is_empty(),
+        count: options.contains(&3),
+    };
+    Ok((input, (uid, returns)))
 }
 
 /// RFC 3501's `tag`: `1*<any ASTRING-CHAR except "+">`.
@@ -279,10 +335,50 @@ fn is_astring_char(b: u8) -> bool {
 mod tests {
     use super::*;
 
+    #[test]
+    fn search_return_keeps_imap_codecs_search_keys() {
+        let got = parse(b"a1 UID SEARCH RETURN (MIN COUNT) CHARSET UTF-8 UNSEEN SUBJECT {3}\r\nabc\r\n");
+        let Some((tag, ExtendedCommand::Search { returns, command })) = got else {
+            panic!("{got:?}");
+        };
+        assert_eq!(tag, "a1");
+        assert_eq!(
+            returns,
+            SearchReturn {
+                min: true,
+                count: true,
+                ..Default::default()
+            }
+        );
+        let CommandBody::Search {
+            charset,
+            criteria,
+            uid,
+        } = command.body
+        else {
+            panic!("not a search");
+        };
+        assert!(uid);
+        assert_eq!(charset.map(|c| c.as_ref().to_string()), Some("UTF-8".to_string()));
+        assert_eq!(criteria.as_ref().len(), 2);
+        let got = parse(b"t search return () all\r\n");
+        assert!(
+            matches!(&got, Some((_, ExtendedCommand::Search { returns, .. })) if returns.all && !returns.min),
+            "{got:?}"
+        );
+        for bad in [
+            "a SEARCH RETURN (SAVE) ALL\r\n",
+            "a SEARCH RETURN (MIN) BOGUS\r\n",
+            "a SEARCH RETURN (MIN)\r\n",
+        ] {
+            assert!(parse(bad.as_bytes()).is_none(), "{bad:?}");
+        }
+    }
+
     fn list(line: &str) -> ListCommand {
         match parse(line.as_bytes()) {
             Some((_, ExtendedCommand::List(list))) => list,
-            None => panic!("{line:?} did not parse"),
+            other => panic!("{line:?} is not a LIST: {other:?}"),
         }
     }
 

@@ -35,6 +35,7 @@ use mailmesh_actors::MailError;
 use mailmesh_protocol::ids::{MailboxId, ModSeq, Uid};
 use tracing::warn;
 
+use super::esearch::{self, Found, SearchReturn};
 use super::message;
 use super::mime;
 use super::protocol::{encode, status};
@@ -1200,6 +1201,7 @@ pub(super) async fn search(
     charset: Option<&str>,
     criteria: Vec1<SearchKey<'static>>,
     uid: bool,
+    esearch: Option<(&str, SearchReturn)>,
     out: &mut Vec<u8>,
 ) -> Result<Outcome, MailError> {
     if let Some(charset) = charset {
@@ -1225,8 +1227,7 @@ pub(super) async fn search(
         exists: selected.map.len(),
         last_uid: selected.map.last_uid(),
     };
-    let mut found: Vec<NonZeroU32> = Vec::new();
-    let mut highest: u64 = 0;
+    let mut found: Vec<Found> = Vec::new();
     for chunk in selected.map.uids().chunks(FETCH_CHUNK) {
         let views = selected
             .addr
@@ -1255,21 +1256,30 @@ pub(super) async fn search(
                 parsed: parsed.as_ref(),
             };
             if search::matches(&key, &candidate, bounds) {
-                found.push(nonzero(if uid { view.uid.0 } else { seq }));
-                highest = highest.max(view.modseq.0);
+                found.push(Found {
+                    number: if uid { view.uid.0 } else { seq },
+                    modseq: view.modseq.0,
+                });
             }
         }
         if out.len() >= FLUSH_AT && write(conn, out).await.is_err() {
             return Ok(Outcome::no("the connection failed during SEARCH"));
         }
     }
-    // RFC 7162 3.1.5: with a MODSEQ key, the highest modseq of the messages found.
-    let modseq = if search::has_modseq(&key) {
-        NonZeroU64::new(highest)
+    let with_modseq = search::has_modseq(&key);
+    if let Some((tag, returns)) = esearch {
+        // RFC 4731: the answer names the command's tag and only what RETURN asked.
+        out.extend_from_slice(&esearch::answer(tag, uid, returns, &found, with_modseq));
     } else {
-        None
-    };
-    untagged(Data::Search(found, modseq), out);
+        // RFC 7162 3.1.5: with a MODSEQ key, the highest modseq of the messages found.
+        let modseq = if with_modseq {
+            NonZeroU64::new(found.iter().map(|f| f.modseq).max().unwrap_or(0))
+        } else {
+            None
+        };
+        let numbers = found.iter().map(|f| nonzero(f.number)).collect();
+        untagged(Data::Search(numbers, modseq), out);
+    }
     Ok(Outcome::ok(if uid {
         "UID SEARCH completed"
     } else {

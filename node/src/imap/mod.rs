@@ -21,6 +21,7 @@
 //! Mailbox (`GetState`, `ListUids`, `Fetch`, `FetchBody`, `StoreFlags`, `Expunge`, `Append`,
 //! `Transfer`). Nothing in `actors/` knows IMAP syntax.
 
+pub mod esearch;
 pub mod extensions;
 pub mod listing;
 pub mod message;

@@ -143,7 +143,8 @@ pub async fn serve(mut conn: Connection, peer: Peer, ctx: Rc<ImapContext>) {
                     Flow::Continue
                 }
                 Event::Extended { tag, command } => {
-                    extended_command(&ctx, &mut state, &tag, command, &mut out).await;
+                    extended_command(&ctx, &mut conn, &mut state, &mut enabled, &tag, command, &mut out)
+                        .await;
                     Flow::Continue
                 }
                 Event::AuthenticateData(data) => {
@@ -736,7 +737,7 @@ async fn authenticated_command(
         } => match state {
             State::Selected { mailbox, .. } => {
                 let charset = charset.as_ref().map(|c| c.as_ref().to_string());
-                messages::search(conn, mailbox, charset.as_deref(), criteria, uid, out).await
+                messages::search(conn, mailbox, charset.as_deref(), criteria, uid, None, out).await
             }
             _ => Ok(Outcome::bad("no mailbox is selected")),
         },
@@ -833,19 +834,48 @@ fn list_pattern(pattern: &ListMailbox<'_>) -> Result<String, MailError> {
 /// (a login needed; in the selected state the session's news told before the tagged answer).
 async fn extended_command(
     ctx: &ImapContext,
+    conn: &mut Connection,
     state: &mut State,
+    enabled: &mut Enabled,
     tag: &Tag<'static>,
     command: ExtendedCommand,
     out: &mut Vec<u8>,
 ) {
-    let outcome = match state.user().map(str::to_string) {
-        None => Outcome::bad("LIST needs a login first"),
-        Some(user) => match command {
-            ExtendedCommand::List(command) => list(ctx, &user, &command, out).await.unwrap_or_else(refusal),
-        },
+    // RFC 3501 7.4.1: no untagged EXPUNGE while answering SEARCH.
+    let expunges_allowed = !matches!(command, ExtendedCommand::Search { .. });
+    let outcome = match (state.user().map(str::to_string), command) {
+        (None, ExtendedCommand::List(_)) => Outcome::bad("LIST needs a login first"),
+        (None, ExtendedCommand::Search { .. }) => Outcome::bad("SEARCH needs a login first"),
+        (Some(user), ExtendedCommand::List(command)) => {
+            list(ctx, &user, &command, out).await.unwrap_or_else(refusal)
+        }
+        (Some(_), ExtendedCommand::Search { returns, command }) => {
+            // RFC 7162 3.1: a MODSEQ key turns CONDSTORE on, as in a plain SEARCH.
+            if enables_condstore(&command.body) {
+                enabled.condstore = true;
+            }
+            match (&mut *state, command.body) {
+                (
+                    State::Selected { mailbox, .. },
+                    CommandBody::Search {
+                        charset,
+                        criteria,
+                        uid,
+                    },
+                ) => {
+                    mailbox.condstore = enabled.condstore;
+                    let charset = charset.as_ref().map(|c| c.as_ref().to_string());
+                    let esearch = Some((tag.as_ref(), returns));
+                    messages::search(conn, mailbox, charset.as_deref(), criteria, uid, esearch, out)
+                        .await
+                        .unwrap_or_else(refusal)
+                }
+                _ => Outcome::bad("no mailbox is selected"),
+            }
+        }
     };
     if let State::Selected { mailbox, .. } = state {
-        if let Err(e) = mailbox.refresh(true, out).await {
+        if let Err(e) = mailbox.refresh(expunges_allowed, out).await {
             info!(mailbox = %mailbox.name, error = %e, "imap session could not bring its message numbers up to date");
         }
     }
@@ -1235,6 +1265,7 @@ impl ImapContext {
         caps.push(Capability::ListExtended);
         caps.push(Capability::from(atom("LIST-STATUS")));
         caps.push(Capability::from(atom("SPECIAL-USE")));
+        caps.push(Capability::from(atom("ESEARCH")));
         if state.user().is_none() {
             if self.tls.is_some() && !conn.is_tls() {
                 caps.push(Capability::StartTls);
