@@ -604,6 +604,27 @@ elif scenario == 'esearch':
     out['modseqs'] = r.command('a7', 'UID FETCH 1:* (MODSEQ)')
     out['modseq'] = r.command('a8', 'UID SEARCH RETURN (MAX) MODSEQ 1')
     out['modseq_all'] = r.command('a9', 'SEARCH RETURN (ALL) FLAGGED MODSEQ 1')
+elif scenario == 'objectid':
+    b = imaplib.IMAP4(host, port, timeout=30)
+    b.login('alice', 'secret')
+    for i in range(1, 3):
+        b.append('INBOX', None, None, ('Subject: m%d\r\n\r\nbody\r\n' % i).encode())
+    b.create('Work')
+    b.logout()
+    r = Lines(socket.create_connection((host, port), timeout=30))
+    r.line()
+    out['before_login'] = r.command('a0', 'STATUS INBOX (MAILBOXID)')
+    r.command('l', 'LOGIN alice secret')
+    out['capability'] = r.command('c', 'CAPABILITY')
+    out['status_unselected'] = r.command('a1', 'STATUS INBOX (MESSAGES MAILBOXID)')
+    out['status_work'] = r.command('a2', 'STATUS Work (MAILBOXID)')
+    out['fetch_unselected'] = r.command('a3', 'FETCH 1 (EMAILID)')
+    out['select'] = r.command('a4', 'SELECT INBOX')
+    out['fetch'] = r.command('a5', 'FETCH 1:2 (FLAGS EMAILID THREADID)')
+    out['fetch_one'] = r.command('a6', 'FETCH 2 EMAILID')
+    out['move'] = r.command('a7', 'UID MOVE 1 Work')
+    out['examine'] = r.command('a8', 'EXAMINE Work')
+    out['fetch_moved'] = r.command('a9', 'UID FETCH 1:* (EMAILID)')
 print(json.dumps(out))
 "#;
 
@@ -1636,6 +1657,94 @@ fn esearch_answers_min_max_count_all_with_the_tag_and_modseq() {
             format!("* ESEARCH (TAG \"a9\") ALL 2,4:5 MODSEQ {highest}"),
             "a9 OK SEARCH completed".to_string()
         ],
+        "{out}"
+    );
+}
+
+#[test]
+fn objectid_gives_mailboxid_in_select_and_status_and_emailid_threadid_in_fetch() {
+    let mut n = imap_node("listen = \"127.0.0.1:0\"");
+    let imap = n.imap(1);
+    let out = python(n.tmp.path(), &imap, "objectid", &[]);
+    let lines = |key: &str| strings(&out[key]);
+    assert!(lines("before_login")[0].starts_with("a0 BAD"), "{out}");
+    assert!(lines("capability")[0].contains(" OBJECTID"), "{out}");
+    // `* OK [MAILBOXID (id)] ...` of SELECT/EXAMINE: 32 hex digits, the MailboxId.
+    let mailbox_id = |key: &str| -> String {
+        let lines = lines(key);
+        let line = lines
+            .iter()
+            .find(|l| l.starts_with("* OK [MAILBOXID ("))
+            .unwrap_or_else(|| panic!("no MAILBOXID in {key}: {out}"));
+        let id = line["* OK [MAILBOXID (".len()..]
+            .split_once(')')
+            .unwrap()
+            .0
+            .to_string();
+        assert!(
+            id.len() == 32 && id.bytes().all(|b| b.is_ascii_hexdigit()),
+            "{line}"
+        );
+        id
+    };
+    let inbox = mailbox_id("select");
+    let work = mailbox_id("examine");
+    assert_ne!(inbox, work);
+    assert_eq!(
+        lines("status_unselected"),
+        [
+            format!("* STATUS INBOX (MESSAGES 2 MAILBOXID ({inbox}))"),
+            "a1 OK STATUS completed".to_string()
+        ],
+        "{out}"
+    );
+    assert_eq!(
+        lines("status_work"),
+        [
+            format!("* STATUS Work (MAILBOXID ({work}))"),
+            "a2 OK STATUS completed".to_string()
+        ],
+        "{out}"
+    );
+    assert!(lines("fetch_unselected")[0].starts_with("a3 BAD"), "{out}");
+    // EMAILID is the AppendId as text (`n1-<counter>`), one per message.
+    let fetched = lines("fetch");
+    let email_ids: Vec<String> = fetched[..2]
+        .iter()
+        .map(|l| {
+            l.split_once("EMAILID (")
+                .unwrap()
+                .1
+                .split_once(')')
+                .unwrap()
+                .0
+                .to_string()
+        })
+        .collect();
+    for id in &email_ids {
+        assert!(id.starts_with("n1-") && id[3..].parse::<u64>().is_ok(), "{out}");
+    }
+    assert_ne!(email_ids[0], email_ids[1]);
+    assert_eq!(
+        fetched,
+        [
+            format!("* 1 FETCH (FLAGS () EMAILID ({}) THREADID NIL)", email_ids[0]),
+            format!("* 2 FETCH (FLAGS () EMAILID ({}) THREADID NIL)", email_ids[1]),
+            "a5 OK FETCH completed".to_string()
+        ],
+        "{out}"
+    );
+    // EMAILID alone: UID stands in for the item imap-codec needs.
+    assert_eq!(
+        lines("fetch_one"),
+        [
+            format!("* 2 FETCH (UID 2 EMAILID ({}))", email_ids[1]),
+            "a6 OK FETCH completed".to_string()
+        ],
+        "{out}"
+    );
+    assert!(
+        lines("fetch_moved")[0].starts_with("* 1 FETCH (UID 1 EMAILID (n1-"),
         "{out}"
     );
 }

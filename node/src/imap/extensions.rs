@@ -2,7 +2,8 @@
 //! combinators imap-codec itself is written with): LIST-EXTENDED (RFC 5258) with LIST-STATUS
 //! (RFC 5819) and SPECIAL-USE's options (RFC 6154), and ESEARCH's `SEARCH RETURN (...)` (RFC
 //! 4731), whose search keys are then imap-codec's own: the command is decoded again without the
-//! `RETURN (...)`.
+//! `RETURN (...)`; OBJECTID's (RFC 8474) `STATUS ... (MAILBOXID)` and FETCH of `EMAILID` and
+//! `THREADID` (the FETCH decoded again by imap-codec without those two items).
 //!
 //! The [`super::protocol::Machine`] tries this grammar only on a command imap-codec refused, so
 //! every command imap-codec knows keeps its decoding; what this module answers is a complete
@@ -30,6 +31,19 @@ pub enum ExtendedCommand {
     /// `[UID] SEARCH RETURN (...) ...`: `command` is the SEARCH without its `RETURN (...)`.
     Search {
         returns: SearchReturn,
+        command: Command<'static>,
+    },
+    /// STATUS with RFC 8474's MAILBOXID among its items (RFC 3501's items in `items`).
+    Status {
+        mailbox: String,
+        items: Vec<StatusDataItemName>,
+        mailbox_id: bool,
+    },
+    /// `[UID] FETCH` asking for EMAILID or THREADID: `command` is the FETCH without them (with
+    /// `UID` in their place when nothing else was asked).
+    Fetch {
+        email_id: bool,
+        thread_id: bool,
         command: Command<'static>,
     },
 }
@@ -72,6 +86,23 @@ pub fn parse(message: &[u8]) -> Option<(String, ExtendedCommand)> {
         pair(terminated(command_tag, char(' ')), search_return)(message)
     {
         return search(tag, uid, returns, rest);
+    }
+    if let Ok((rest, (tag, uid))) = pair(
+        terminated(command_tag, char(' ')),
+        terminated(
+            map(opt(tag_no_case("UID ")), |u| u.is_some()),
+            tag_no_case("FETCH "),
+        ),
+    )(message)
+    {
+        return fetch(tag, uid, rest);
+    }
+    if let Ok((_, (tag, command))) = all_consuming(terminated(
+        pair(terminated(command_tag, char(' ')), status_command),
+        tag("\r\n"),
+    ))(message)
+    {
+        return Some((tag, command));
     }
     let (_, parsed) = all_consuming(terminated(
         pair(terminated(command_tag, char(' ')), list_command),
@@ -118,6 +149,132 @@ fn search_return(input: &[u8]) -> IResult<&[u8], (bool, SearchReturn)> {
         count: options.contains(&3),
     };
     Ok((input, (uid, returns)))
+}
+
+/// `"STATUS" SP mailbox SP "(" status-att *(SP status-att) ")"` with MAILBOXID (RFC 8474 4.2).
+fn status_command(input: &[u8]) -> IResult<&[u8], ExtendedCommand> {
+    let (input, mailbox) = preceded(tag_no_case("STATUS "), astring)(input)?;
+    let item = alt((map(status_item, Some), value(None, tag_no_case("MAILBOXID"))));
+    let (input, all) = preceded(
+        char(' '),
+        delimited(char('('), separated_list1(char(' '), item), char(')')),
+    )(input)?;
+    let mailbox_id = all.iter().any(Option::is_none);
+    let items = all.into_iter().flatten().collect();
+    let mailbox = if mailbox.eq_ignore_ascii_case("INBOX") {
+        "INBOX".to_string()
+    } else {
+        mailbox
+    };
+    Ok((
+        input,
+        ExtendedCommand::Status {
+            mailbox,
+            items,
+            mailbox_id,
+        },
+    ))
+}
+
+/// `sequence-set SP ("(" items ")" / item) rest`: EMAILID and THREADID taken out of the items,
+/// the rest decoded by imap-codec as `tag [UID ]FETCH sequence-set (items) rest`.
+fn fetch(tag: String, uid: bool, input: &[u8]) -> Option<(String, ExtendedCommand)> {
+    let set: IResult<&[u8], &[u8]> = terminated(take_while1(|b| b != b' '), char(' '))(input);
+    let (input, set) = set.ok()?;
+    let (rest, items): (&[u8], Vec<&[u8]>) = if input.first() == Some(&b'(') {
+        let end = closing_paren(input)?;
+        (&input[end + 1..], top_level_items(&input[1..end])?)
+    } else {
+        let end = input.iter().position(|&b| b == b' ' || b == b'\r')?;
+        (&input[end..], vec![&input[..end]])
+    };
+    let is = |item: &[u8], name: &str| item.eq_ignore_ascii_case(name.as_bytes());
+    let email_id = items.iter().any(|i| is(i, "EMAILID"));
+    let thread_id = items.iter().any(|i| is(i, "THREADID"));
+    if !email_id && !thread_id {
+        return None;
+    }
+    let mut kept: Vec<&[u8]> = items
+        .into_iter()
+        .filter(|i| !is(i, "EMAILID") && !is(i, "THREADID"))
+        .collect();
+    if kept.is_empty() {
+        // FETCH needs an item; UID is the one any answer may carry anyway.
+        kept.push(b"UID");
+    }
+    let mut plain = format!("{tag} {}FETCH ", if uid { "UID " } else { "" }).into_bytes();
+    plain.extend_from_slice(set);
+    plain.extend_from_slice(b" (");
+    plain.extend_from_slice(&kept.join(&b' '));
+    plain.push(b')');
+    plain.extend_from_slice(rest);
+    let (remaining, command) = CommandCodec::default().decode(&plain).ok()?;
+    if !remaining.is_empty() || !matches!(command.body, CommandBody::Fetch { .. }) {
+        return None;
+    }
+    let command = command.into_static();
+    Some((
+        tag,
+        ExtendedCommand::Fetch {
+            email_id,
+            thread_id,
+            command,
+        },
+    ))
+}
+
+/// Where the parenthesis that opens `input` closes, skipping brackets and quoted strings.
+fn closing_paren(input: &[u8]) -> Option<usize> {
+    let mut depth = 0usize;
+    let mut quoted = false;
+    let mut escaped = false;
+    for (at, &b) in input.iter().enumerate() {
+        if quoted {
+            match (escaped, b) {
+                (true, _) => escaped = false,
+                (false, b'\\') => escaped = true,
+                (false, b'"') => quoted = false,
+                _ => {}
+            }
+            continue;
+        }
+        match b {
+            b'"' => quoted = true,
+            b'(' | b'[' => depth += 1,
+            b')' | b']' => {
+                depth = depth.checked_sub(1)?;
+                if depth == 0 {
+                    return Some(at);
+                }
+            }
+            b'{' | b'\r' | b'\n' => return None,
+            _ => {}
+        }
+    }
+    None
+}
+
+/// The items of a FETCH list split at the spaces outside brackets and parentheses
+/// (`BODY[HEADER.FIELDS (A B)]<0.10>` is one item).
+fn top_level_items(list: &[u8]) -> Option<Vec<&[u8]>> {
+    let mut items = Vec::new();
+    let mut depth = 0usize;
+    let mut quoted = false;
+    let mut start = 0;
+    for (at, &b) in list.iter().enumerate() {
+        match b {
+            b'"' => quoted = !quoted,
+            b'(' | b'[' if !quoted => depth += 1,
+            b')' | b']' if !quoted => depth = depth.checked_sub(1)?,
+            b' ' if !quoted && depth == 0 => {
+                items.push(&list[start..at]);
+                start = at + 1;
+            }
+            _ => {}
+        }
+    }
+    items.push(&list[start..]);
+    (!items.iter().any(|i| i.is_empty())).then_some(items)
 }
 
 /// RFC 3501's `tag`: `1*<any ASTRING-CHAR except "+">`.
@@ -370,6 +527,66 @@ mod tests {
             "a SEARCH RETURN (SAVE) ALL\r\n",
             "a SEARCH RETURN (MIN) BOGUS\r\n",
             "a SEARCH RETURN (MIN)\r\n",
+        ] {
+            assert!(parse(bad.as_bytes()).is_none(), "{bad:?}");
+        }
+    }
+
+    #[test]
+    fn objectid_items_are_taken_out_and_the_rest_left_to_imap_codec() {
+        let got = parse(b"a UID FETCH 1:* (FLAGS EMAILID BODY.PEEK[HEADER.FIELDS (EMAILID X)] THREADID) (CHANGEDSINCE 5)\r\n");
+        let Some((
+            _,
+            ExtendedCommand::Fetch {
+                email_id,
+                thread_id,
+                command,
+            },
+        )) = got
+        else {
+            panic!("{got:?}");
+        };
+        assert!(email_id && thread_id);
+        let CommandBody::Fetch {
+            macro_or_item_names,
+            uid,
+            modifiers,
+            ..
+        } = command.body
+        else {
+            panic!("not a fetch");
+        };
+        assert!(uid);
+        assert_eq!(modifiers.len(), 1);
+        let text = format!("{macro_or_item_names:?}");
+        assert!(text.contains("Flags") && text.contains("BodyExt"), "{text}");
+        let got = parse(b"a FETCH 2 EMAILID\r\n");
+        let Some((
+            _,
+            ExtendedCommand::Fetch {
+                email_id: true,
+                thread_id: false,
+                command,
+            },
+        )) = got
+        else {
+            panic!("{got:?}");
+        };
+        assert!(format!("{:?}", command.body).contains("Uid"));
+        let got = parse(b"s STATUS inbox (MESSAGES MAILBOXID)\r\n");
+        assert_eq!(
+            got.map(|(_, c)| c),
+            Some(ExtendedCommand::Status {
+                mailbox: "INBOX".into(),
+                items: vec![StatusDataItemName::Messages],
+                mailbox_id: true,
+            })
+        );
+        for bad in [
+            "a FETCH 1 (FLAGS BOGUS EMAILID)\r\n",
+            "a FETCH 1 (FLAGS EMAILID\r\n",
+            "a FETCH 1 (FLAGS  EMAILID)\r\n",
+            "a STATUS INBOX (MAILBOXID BOGUS)\r\n",
         ] {
             assert!(parse(bad.as_bytes()).is_none(), "{bad:?}");
         }

@@ -607,6 +607,7 @@ fn item_name(name: &MessageDataItemName<'_>) -> &'static str {
 }
 
 /// FETCH and UID FETCH.
+#[allow(clippy::too_many_arguments)]
 pub(super) async fn fetch(
     conn: &mut Connection,
     selected: &mut Selected,
@@ -614,6 +615,7 @@ pub(super) async fn fetch(
     names: MacroOrMessageDataItemNames<'static>,
     uid: bool,
     modifiers: Vec<FetchModifier>,
+    object_ids: ObjectIds,
     out: &mut Vec<u8>,
 ) -> Result<Outcome, MailError> {
     let mut plan = match plan(names, uid, modifiers, selected.qresync) {
@@ -713,6 +715,7 @@ pub(super) async fn fetch(
                     },
                     out,
                 );
+                object_ids.append(&view, out);
             }
             if out.len() >= FLUSH_AT && write(conn, out).await.is_err() {
                 // The client is gone; the session ends at its next read.
@@ -725,6 +728,34 @@ pub(super) async fn fetch(
     } else {
         "FETCH completed"
     }))
+}
+
+/// RFC 8474's FETCH items, which imap-codec does not encode: EMAILID is the message's AppendId
+/// (one message for life, the same on every node once replication settles; COPY and MOVE make
+/// a new message in the target, so there it has a new one), THREADID is NIL (no threading).
+#[derive(Clone, Copy, Debug, Default)]
+pub struct ObjectIds {
+    pub email_id: bool,
+    pub thread_id: bool,
+}
+
+impl ObjectIds {
+    /// Adds the items asked to the FETCH response just encoded at the end of `out`, before its
+    /// closing `)` and CRLF.
+    fn append(self, view: &MessageView, out: &mut Vec<u8>) {
+        if !self.email_id && !self.thread_id {
+            return;
+        }
+        debug_assert!(out.ends_with(b")\r\n"));
+        out.truncate(out.len() - 3);
+        if self.email_id {
+            out.extend_from_slice(format!(" EMAILID ({})", view.append_id).as_bytes());
+        }
+        if self.thread_id {
+            out.extend_from_slice(b" THREADID NIL");
+        }
+        out.extend_from_slice(b")\r\n");
+    }
 }
 
 fn fetch_items(

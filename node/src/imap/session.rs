@@ -21,7 +21,9 @@ use imap_codec::imap_types::extensions::enable::CapabilityEnable;
 use imap_codec::imap_types::extensions::namespace::Namespace;
 use imap_codec::imap_types::flag::{Flag, FlagNameAttribute, FlagPerm};
 use imap_codec::imap_types::mailbox::{ListMailbox, Mailbox as ImapMailbox};
-use imap_codec::imap_types::response::{Bye, Capability, Code, Data, Greeting, Response, Status, StatusKind};
+use imap_codec::imap_types::response::{
+    Bye, Capability, Code, CodeOther, Data, Greeting, Response, Status, StatusKind,
+};
 use imap_codec::imap_types::status::{StatusDataItem, StatusDataItemName};
 use imap_codec::GreetingCodec;
 use mailmesh_actors::directory::OpenedMailbox;
@@ -35,7 +37,7 @@ use tracing::info;
 
 use super::extensions::{ExtendedCommand, ListCommand};
 use super::listing;
-use super::messages::{self, Selected};
+use super::messages::{self, ObjectIds, Selected};
 use super::protocol::{continuation, encode, other_code, status, Event, Expect, Machine};
 use super::ImapContext;
 use crate::auth::sasl::{self, Credentials};
@@ -672,6 +674,7 @@ async fn authenticated_command(
                     macro_or_item_names,
                     uid,
                     modifiers,
+                    ObjectIds::default(),
                     out,
                 )
                 .await
@@ -841,11 +844,65 @@ async fn extended_command(
     command: ExtendedCommand,
     out: &mut Vec<u8>,
 ) {
-    // RFC 3501 7.4.1: no untagged EXPUNGE while answering SEARCH.
-    let expunges_allowed = !matches!(command, ExtendedCommand::Search { .. });
+    // RFC 3501 7.4.1: no untagged EXPUNGE while answering FETCH or SEARCH.
+    let expunges_allowed = !matches!(
+        command,
+        ExtendedCommand::Search { .. } | ExtendedCommand::Fetch { .. }
+    );
     let outcome = match (state.user().map(str::to_string), command) {
         (None, ExtendedCommand::List(_)) => Outcome::bad("LIST needs a login first"),
         (None, ExtendedCommand::Search { .. }) => Outcome::bad("SEARCH needs a login first"),
+        (None, ExtendedCommand::Status { .. }) => Outcome::bad("STATUS needs a login first"),
+        (None, ExtendedCommand::Fetch { .. }) => Outcome::bad("FETCH needs a login first"),
+        (
+            Some(user),
+            ExtendedCommand::Status {
+                mailbox,
+                items,
+                mailbox_id,
+            },
+        ) => status_answer(ctx, &user, &mailbox, &items, mailbox_id, out)
+            .await
+            .unwrap_or_else(refusal),
+        (
+            Some(_),
+            ExtendedCommand::Fetch {
+                email_id,
+                thread_id,
+                command,
+            },
+        ) => {
+            if enables_condstore(&command.body) {
+                enabled.condstore = true;
+            }
+            match (&mut *state, command.body) {
+                (
+                    State::Selected { mailbox, .. },
+                    CommandBody::Fetch {
+                        sequence_set,
+                        macro_or_item_names,
+                        uid,
+                        modifiers,
+                    },
+                ) => {
+                    mailbox.condstore = enabled.condstore;
+                    let ids = ObjectIds { email_id, thread_id };
+                    messages::fetch(
+                        conn,
+                        mailbox,
+                        &sequence_set,
+                        macro_or_item_names,
+                        uid,
+                        modifiers,
+                        ids,
+                        out,
+                    )
+                    .await
+                    .unwrap_or_else(refusal)
+                }
+                _ => Outcome::bad("no mailbox is selected"),
+            }
+        }
         (Some(user), ExtendedCommand::List(command)) => {
             list(ctx, &user, &command, out).await.unwrap_or_else(refusal)
         }
@@ -1041,14 +1098,40 @@ async fn status_command(
     out: &mut Vec<u8>,
 ) -> Result<Outcome, MailError> {
     let name = mailbox_name(mailbox)?;
-    let state = mailbox_state(ctx, user, &name).await?;
+    status_answer(ctx, user, &name, items, false, out).await
+}
+
+/// STATUS of the mailbox `name`, with RFC 8474's MAILBOXID when `mailbox_id`.
+async fn status_answer(
+    ctx: &ImapContext,
+    user: &str,
+    name: &str,
+    items: &[StatusDataItemName],
+    mailbox_id: bool,
+    out: &mut Vec<u8>,
+) -> Result<Outcome, MailError> {
+    let opened = open_mailbox(ctx, user, name).await?;
+    let state = opened.addr.send(GetState).await??;
+    let Some(mailbox) = imap_mailbox(name) else {
+        return Ok(Outcome::no("a mailbox name IMAP cannot carry"));
+    };
+    let at = out.len();
     untagged(
         Data::Status {
-            mailbox: mailbox.clone(),
+            mailbox,
             items: Cow::Owned(status_items(&state, items)),
         },
         out,
     );
+    if mailbox_id {
+        // imap-codec has no MAILBOXID item: it goes last in the list, before `)` and CRLF.
+        debug_assert!(out[at..].ends_with(b")\r\n"));
+        out.truncate(out.len() - 3);
+        if !out.ends_with(b"(") {
+            out.push(b' ');
+        }
+        out.extend_from_slice(format!("MAILBOXID ({}))\r\n", opened.info.id).as_bytes());
+    }
     Ok(Outcome::ok("STATUS completed"))
 }
 
@@ -1137,6 +1220,10 @@ async fn select(
         flags
     };
     codes.push(Code::PermanentFlags(permanent));
+    // RFC 8474 4.1: the mailbox's id, the same on every node and across renames.
+    codes.push(Code::Other(CodeOther::unvalidated(
+        format!("MAILBOXID ({})", selected.id).into_bytes(),
+    )));
     for code in codes {
         encode(
             &status(None, StatusKind::Ok, Some(code), "mailbox state".to_string()),
@@ -1266,6 +1353,7 @@ impl ImapContext {
         caps.push(Capability::from(atom("LIST-STATUS")));
         caps.push(Capability::from(atom("SPECIAL-USE")));
         caps.push(Capability::from(atom("ESEARCH")));
+        caps.push(Capability::from(atom("OBJECTID")));
         if state.user().is_none() {
             if self.tls.is_some() && !conn.is_tls() {
                 caps.push(Capability::StartTls);
