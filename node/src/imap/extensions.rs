@@ -490,7 +490,26 @@ fn is_astring_char(b: u8) -> bool {
 
 #[cfg(test)]
 mod tests {
+    use proptest::prelude::*;
+
     use super::*;
+
+    proptest! {
+        /// Whatever follows a command name this grammar knows, parsing ends without a panic.
+        #[test]
+        fn arbitrary_arguments_never_panic(
+            name in prop::sample::select(vec!["LIST ", "UID FETCH ", "FETCH ", "SEARCH RETURN (", "STATUS "]),
+            rest in prop::collection::vec(
+                prop::sample::select(b"()[]{}<> \"\\\r\n*%+0123456789AELIMSTUVX".to_vec()),
+                0..64,
+            ),
+        ) {
+            let mut message = format!("a {name}").into_bytes();
+            message.extend_from_slice(&rest);
+            message.extend_from_slice(b"\r\n");
+            let _ = parse(&message);
+        }
+    }
 
     #[test]
     fn search_return_keeps_imap_codecs_search_keys() {
