@@ -865,6 +865,14 @@ fn non_primaries_hide_a_conflict_until_the_primary_promotes() {
                 .unwrap()
                 .unwrap();
             assert_eq!(state.digest.records, 2, "{node} holds the other message hidden");
+            // An IMAP session's sequence map, read from the uid index alone, agrees.
+            let listed = open(&cluster, node, "alice", "INBOX")
+                .await
+                .send(mailmesh_actors::mailbox::ListUids)
+                .await
+                .unwrap()
+                .unwrap();
+            assert_eq!(listed, vec![Uid(1)], "{node} lists the shown message only");
         }
         cluster.net.set_link(&n("a"), &n("b"), true);
         cluster.net.set_link(&n("a"), &n("c"), true);
@@ -873,6 +881,16 @@ fn non_primaries_hide_a_conflict_until_the_primary_promotes() {
         let messages = &inbox(&dump).messages;
         assert_eq!(messages.len(), 2);
         assert!(messages.iter().all(|m| m.0 > Uid(1)));
+        // Both promoted: shown again at their new uids, the old one shown by no row.
+        let listed = open(&cluster, "b", "alice", "INBOX")
+            .await
+            .send(mailmesh_actors::mailbox::ListUids)
+            .await
+            .unwrap()
+            .unwrap();
+        let mut promoted: Vec<Uid> = messages.iter().map(|m| m.0).collect();
+        promoted.sort();
+        assert_eq!(listed, promoted);
         cluster.assert_quiet().await;
     });
 }
