@@ -394,6 +394,19 @@ mod tests {
         assert!(!g.needs(&both, &n("n1")) && !g.needs(&both, &n("n6")));
     }
 
+    /// A mailbox placed nowhere in particular (no locations) lives on every node: each one is
+    /// needed and keeps its copy, linked or not (cargo-mutants: `needs` answering false here
+    /// was not caught).
+    #[test]
+    fn a_mailbox_without_locations_needs_every_node() {
+        let g = graph(&[("a", "b"), ("b", "c")]);
+        let everywhere = placed(&[], &[]);
+        assert_eq!(g.holders_of(&everywhere), BTreeSet::new(), "empty: every node");
+        for node in ["a", "b", "c", "unlinked"] {
+            assert!(g.needs(&everywhere, &n(node)), "{node}");
+        }
+    }
+
     /// A node letting its copy go far from the locations keeps the nodes between as relays, each
     /// nearer to the locations than it is, and they may go once it has.
     #[test]
