@@ -267,6 +267,36 @@ mod tests {
         )
     }
 
+    /// A node's leaving register: set while it lets its copy go, written back to false once it
+    /// has (or is needed again); `let_go_since` tells a later entry from an earlier one by that
+    /// write-back alone (cargo-mutants found both answers uncaught by protocol tests).
+    #[test]
+    fn leaving_and_letting_go_are_read_from_the_register() {
+        let n = |s: &str| NodeId::new(s).unwrap();
+        let never = entry(1, "A", v(1, "n1"));
+        assert!(!never.is_leaving(&n("n2")));
+        let mut leaving = never.clone();
+        assert!(leaving.set_leaving(&n("n2"), true, v(2, "n2")));
+        assert!(!leaving.set_leaving(&n("n2"), true, v(3, "n2")), "already leaving");
+        assert!(leaving.is_leaving(&n("n2")) && !leaving.is_leaving(&n("n1")));
+        assert_eq!(leaving.leaving_nodes().collect::<Vec<_>>(), vec![&n("n2")]);
+        assert!(!leaving.let_go_since(&never, &n("n2")), "leaving is not gone");
+
+        let mut gone = leaving.clone();
+        assert!(gone.set_leaving(&n("n2"), false, v(4, "n2")));
+        assert!(!gone.is_leaving(&n("n2")));
+        assert!(gone.let_go_since(&leaving, &n("n2")));
+        assert!(gone.let_go_since(&never, &n("n2")));
+        assert!(!gone.let_go_since(&gone, &n("n2")), "the same write-back is not a new one");
+        assert!(!gone.let_go_since(&leaving, &n("n1")), "another node's register");
+
+        // Leaving and gone again: a later write-back than the one before.
+        let mut again = gone.clone();
+        assert!(again.set_leaving(&n("n2"), true, v(5, "n2")));
+        assert!(again.set_leaving(&n("n2"), false, v(6, "n2")));
+        assert!(again.let_go_since(&gone, &n("n2")));
+    }
+
     #[test]
     fn rename_is_last_writer_wins_and_delete_sticks() {
         let a = entry(1, "A", v(1, "n1"));
