@@ -72,7 +72,7 @@ fn bench_quick_prints_every_row_with_a_figure_and_cleans_up() {
         .lines()
         .filter(|l| l.ends_with("| yes |") || l.ends_with("| NO |"))
         .count();
-    assert_eq!(judged, 9, "{}", done.stdout);
+    assert_eq!(judged, 16, "{}", done.stdout);
     // The run's directory (nodes' data, certificates, logs) is gone afterwards.
     let left: Vec<_> = std::fs::read_dir(tmp.path()).unwrap().collect();
     assert!(left.is_empty(), "left behind: {left:?}");
