@@ -1295,6 +1295,26 @@ impl Handler<OpenMailboxById> for Directory {
     }
 }
 
+/// The node that is a mailbox's primary (`effective_primary`: the named primary if it holds
+/// the mailbox, else its creator if it does, else the lowest-named location); `None` when the
+/// user has no live mailbox of that name. Front ends use it to send a client to the primary.
+#[derive(Message)]
+#[rtype(result = "Result<Option<NodeId>, MailError>")]
+pub struct PrimaryOf {
+    pub user: String,
+    pub name: String,
+}
+
+impl Handler<PrimaryOf> for Directory {
+    type Result = Result<Option<NodeId>, MailError>;
+
+    fn handle(&mut self, msg: PrimaryOf, _: &mut Self::Context) -> Self::Result {
+        Ok(self
+            .lookup(&msg.user, &msg.name)?
+            .map(|entry| crate::mailbox::primary_of(&entry)))
+    }
+}
+
 /// Sets where a mailbox is replicated and which node is its preferred primary.
 #[derive(Message)]
 #[rtype(result = "Result<(), MailError>")]

@@ -432,3 +432,42 @@ fn idle_mailbox_actors_are_let_go_and_never_doubled() {
         assert!(stats.dormant_running <= 1, "{stats:?}");
     });
 }
+
+#[test]
+fn primary_of_names_the_effective_primary() {
+    let dir = tempfile::tempdir().unwrap();
+    run(|| async {
+        let node = start(dir.path());
+        let d = &node.directory;
+        let primary_of = || PrimaryOf {
+            user: "alice".into(),
+            name: "inbox".into(),
+        };
+        assert_eq!(d.send(primary_of()).await.unwrap().unwrap(), None, "no INBOX yet");
+        d.send(create("alice", "INBOX")).await.unwrap().unwrap();
+        assert_eq!(
+            d.send(primary_of()).await.unwrap().unwrap(),
+            Some(node.node.clone()),
+            "no primary named: the creator"
+        );
+        let other = mailmesh_protocol::ids::NodeId::new("other").unwrap();
+        d.send(SetLocations {
+            user: "alice".into(),
+            name: "INBOX".into(),
+            locations: Vec::new(),
+            primary: Some(other.clone()),
+        })
+        .await
+        .unwrap()
+        .unwrap();
+        assert_eq!(d.send(primary_of()).await.unwrap().unwrap(), Some(other));
+        let bad = d
+            .send(PrimaryOf {
+                user: "Not A User".into(),
+                name: "INBOX".into(),
+            })
+            .await
+            .unwrap();
+        assert!(matches!(bad, Err(MailError::InvalidName(_))), "{bad:?}");
+    });
+}
