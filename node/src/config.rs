@@ -27,6 +27,7 @@ use crate::auth::UserTable;
 use crate::client_tls::{plaintext_auth_default, ListenAddress, ListenerTlsOptions, ServerTls, TlsFiles};
 use crate::cluster::tls::TlsIdentity;
 use crate::cluster::{ClusterOptions, PeerAddress};
+use crate::imap::direct::Direct;
 use crate::imap::special_use::{SpecialUses, USES};
 use crate::imap::{ImapListenerOptions, ImapOptions};
 use crate::listener::ConnectionLimits;
@@ -182,6 +183,15 @@ pub struct ImapSection {
     /// `[imap.special_use]`: the mailbox of each RFC 6154 special use.
     #[serde(default)]
     pub special_use: SpecialUseSection,
+    /// What a login on a node that is not the primary of the user's INBOX gets: `"local"` (this
+    /// node serves it), `"referral"` (an RFC 2221 referral to the primary's `[[peers]] imap`) or
+    /// `"proxy"` (this node relays the session to the primary). Reloaded live.
+    #[serde(default = "default_direct")]
+    pub direct: String,
+}
+
+fn default_direct() -> String {
+    "local".into()
 }
 
 /// `[imap.special_use]`: the mailbox LIST marks `\Drafts`, `\Sent`, `\Trash`, `\Junk` and
@@ -306,6 +316,10 @@ pub struct PeerSection {
     /// The peer mounts this node's `storage.shared_spool`: bodies are not sent to it.
     #[serde(default)]
     pub shared_bodies: bool,
+    /// `host:port` of the peer's IMAP listener as clients reach it: where `[imap] direct` sends a
+    /// client whose INBOX has its primary there (a referral names it, a proxy connects to it).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub imap: Option<String>,
 }
 
 #[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
@@ -546,10 +560,14 @@ impl Config {
                     "needs storage.shared_spool, the spool this peer shares",
                 ));
             }
+            if let Some(imap) = &peer.imap {
+                check_address(imap).map_err(|problem| ConfigError::invalid(key("imap"), problem))?;
+            }
             peers.push(PeerAddress {
                 node: name,
                 address: peer.address.clone(),
                 shared_bodies: peer.shared_bodies,
+                imap: peer.imap.clone(),
             });
         }
         let files = crate::cluster::tls::TlsFiles {
@@ -717,10 +735,15 @@ impl Config {
             total: positive_usize("imap.max_connections", section.max_connections)?,
         };
         let special_use = section.special_use.validate()?;
+        let direct = section
+            .direct
+            .parse::<Direct>()
+            .map_err(|problem| ConfigError::invalid("imap.direct", problem))?;
         Ok(Some(ImapOptions {
             listeners,
             limits,
             special_use,
+            direct,
         }))
     }
 
@@ -1060,6 +1083,7 @@ mod tests {
             max_connections_per_address: 8,
             max_connections: 100,
             special_use: SpecialUseSection::default(),
+            direct: "local".into(),
         };
         config.imap = Some(section.clone());
         let options = config.imap().unwrap().unwrap();
@@ -1070,7 +1094,22 @@ mod tests {
             "loopback allows a password by default"
         );
         assert_eq!(options.limits.per_address, 8);
-        let cases: [(&str, ImapSection); 4] = [
+        assert_eq!(options.direct, Direct::Local);
+        for (text, direct) in [("referral", Direct::Referral), ("proxy", Direct::Proxy)] {
+            config.imap = Some(ImapSection {
+                direct: text.into(),
+                ..section.clone()
+            });
+            assert_eq!(config.imap().unwrap().unwrap().direct, direct);
+        }
+        let cases: [(&str, ImapSection); 5] = [
+            (
+                "imap.direct",
+                ImapSection {
+                    direct: "redirect".into(),
+                    ..section.clone()
+                },
+            ),
             (
                 "imap.listen",
                 ImapSection {
@@ -1104,6 +1143,30 @@ mod tests {
             config.imap = Some(bad);
             let message = config.imap().unwrap_err().to_string();
             assert!(message.contains(key), "{key}: {message}");
+        }
+    }
+
+    #[test]
+    fn a_peers_imap_address_is_checked_and_names_its_key() {
+        let mut config = defaults();
+        config.cluster = Some(ClusterSection {
+            listen: "127.0.0.1:7100".into(),
+            ca: "ca.pem".into(),
+            cert: "node.pem".into(),
+            key: "node.key".into(),
+            max_clock_skew_ms: 1000,
+        });
+        let peer = |name: &str, imap: Option<&str>| PeerSection {
+            name: name.into(),
+            address: "127.0.0.1:7101".into(),
+            shared_bodies: false,
+            imap: imap.map(String::from),
+        };
+        let node = NodeId::new("mailmesh-1").unwrap();
+        for bad in ["nowhere", "host:", ":143", "host:99999"] {
+            config.peers = vec![peer("n2", Some("n2.example:143")), peer("n3", Some(bad))];
+            let message = config.validate_cluster(&node).unwrap_err().to_string();
+            assert!(message.contains("peers[1].imap: "), "{bad}: {message}");
         }
     }
 

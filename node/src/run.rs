@@ -117,8 +117,13 @@ pub fn run(loaded: Loaded, config_path: Option<&Path>) -> Result<(), Error> {
         };
         let imap_server = match &imap {
             Some(imap) => {
-                let directory = node.borrow().directory.clone();
-                let server = ImapServer::start(imap, auth.clone(), directory, max_message_bytes).await?;
+                let (directory, name) = {
+                    let node = node.borrow();
+                    (node.directory.clone(), node.node.clone())
+                };
+                let peers = cluster.as_ref().map_or(&[][..], |c| &c.peers[..]);
+                let server =
+                    ImapServer::start(imap, auth.clone(), directory, max_message_bytes, name, peers).await?;
                 handle.front_ends.listeners.extend(server.stats());
                 Some(server)
             }
@@ -149,7 +154,8 @@ pub fn run(loaded: Loaded, config_path: Option<&Path>) -> Result<(), Error> {
                                 server.reload(loaded.managesieve.as_ref());
                             }
                             if let Some(server) = &imap_server {
-                                server.reload(loaded.imap.as_ref());
+                                let peers = loaded.cluster.as_ref().map_or(&[][..], |c| &c.peers[..]);
+                                server.reload(loaded.imap.as_ref(), peers);
                             }
                             reload::log_applied(reason, &changes);
                             running = loaded.config;

@@ -39,6 +39,8 @@ pub struct PeerAddress {
     /// `host:port`, resolved at each dial.
     pub address: String,
     pub shared_bodies: bool,
+    /// `host:port` of the peer's IMAP listener (`[[peers]] imap`), for `[imap] direct`.
+    pub imap: Option<String>,
 }
 
 impl ClusterOptions {

@@ -13,6 +13,9 @@
 //! - [`messages`]: the commands on messages of the selected mailbox (FETCH, STORE, EXPUNGE,
 //!   APPEND, COPY, MOVE) and the untagged EXISTS/EXPUNGE that keep the client's numbers in step
 //!   with the session's [`sequence`] map; [`message`] cuts a raw message into what FETCH names;
+//! - [`direct`]: `[imap] direct`: a login on a node that is not the primary of the user's
+//!   INBOX is referred (RFC 2221) or proxied there, or served here when the primary is unknown
+//!   or down;
 //! - this module: `[imap]`'s options and the server a node runs (one listener with STARTTLS,
 //!   one with implicit TLS, either or both).
 //!
@@ -21,6 +24,7 @@
 //! Mailbox (`GetState`, `ListUids`, `Fetch`, `FetchBody`, `StoreFlags`, `Expunge`, `Append`,
 //! `Transfer`). Nothing in `actors/` knows IMAP syntax.
 
+pub mod direct;
 pub mod esearch;
 pub mod extensions;
 pub mod listing;
@@ -35,15 +39,19 @@ pub mod special_use;
 #[cfg(test)]
 mod tests;
 
+use std::cell::RefCell;
 use std::rc::Rc;
 
 use actix::Addr;
 use mailmesh_actors::directory::Directory;
+use mailmesh_protocol::ids::NodeId;
 use tracing::error;
 
+use self::direct::{Direct, Directing};
 use self::special_use::SpecialUses;
 use crate::auth::Authenticator;
 use crate::client_tls::{ListenAddress, ListenerTlsOptions, ServerTls};
+use crate::cluster::PeerAddress;
 use crate::error::Error;
 use crate::listener::{self, ConnectionLimits, Listener, ListenerSpec, ListenerStats};
 
@@ -68,6 +76,8 @@ pub struct ImapOptions {
     pub limits: ConnectionLimits,
     /// `[imap.special_use]`: LIST's `\Sent`, `\Trash`, ... (applied at the next start).
     pub special_use: SpecialUses,
+    /// `[imap] direct`: where a login on a node that is not the INBOX's primary goes.
+    pub direct: Direct,
 }
 
 /// What every session of a listener shares.
@@ -78,6 +88,9 @@ pub struct ImapContext {
     pub tls_options: ListenerTlsOptions,
     pub directory: Addr<Directory>,
     pub special_use: SpecialUses,
+    /// `[imap] direct` and the peers' IMAP addresses, shared by every listener; a reload
+    /// replaces it.
+    pub directing: Rc<RefCell<Directing>>,
     /// The longest command after a login: an APPEND's message (`limits.max_message_bytes`)
     /// with room for the command around it.
     pub max_command_bytes: u32,
@@ -86,6 +99,7 @@ pub struct ImapContext {
 /// The running IMAP listeners.
 pub struct ImapServer {
     listeners: Vec<(Listener, Option<ServerTls>)>,
+    directing: Rc<RefCell<Directing>>,
 }
 
 impl ImapServer {
@@ -94,7 +108,10 @@ impl ImapServer {
         auth: Authenticator,
         directory: Addr<Directory>,
         max_message_bytes: u64,
+        node: NodeId,
+        peers: &[PeerAddress],
     ) -> Result<ImapServer, Error> {
+        let directing = Rc::new(RefCell::new(Directing::new(options.direct, node, peers)));
         let max_command_bytes =
             u32::try_from(max_message_bytes.saturating_add(session::COMMAND_ROOM)).unwrap_or(u32::MAX);
         let mut listeners = Vec::new();
@@ -112,6 +129,7 @@ impl ImapServer {
                 tls_options: one.tls.clone(),
                 directory: directory.clone(),
                 special_use: options.special_use.clone(),
+                directing: directing.clone(),
                 max_command_bytes,
             });
             let spec = ListenerSpec {
@@ -128,12 +146,15 @@ impl ImapServer {
             .await?;
             listeners.push((listener, tls));
         }
-        Ok(ImapServer { listeners })
+        Ok(ImapServer { listeners, directing })
     }
 
-    /// A reload: certificates and keys are read again. Listen addresses apply at the next start.
-    pub fn reload(&self, options: Option<&ImapOptions>) {
+    /// A reload: certificates and keys are read again, `direct` and the peers' IMAP addresses
+    /// apply to the next logins. Listen addresses apply at the next start.
+    pub fn reload(&self, options: Option<&ImapOptions>, peers: &[PeerAddress]) {
         let Some(options) = options else { return };
+        let node = self.directing.borrow().node.clone();
+        *self.directing.borrow_mut() = Directing::new(options.direct, node, peers);
         for ((_, tls), one) in self.listeners.iter().zip(&options.listeners) {
             if let (Some(tls), Some(files)) = (tls, &one.tls.files) {
                 if let Err(e) = tls.reload(files) {

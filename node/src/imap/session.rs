@@ -33,8 +33,9 @@ use mailmesh_actors::directory::{
 use mailmesh_actors::mailbox::{GetState, MailboxState};
 use mailmesh_actors::MailError;
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
-use tracing::info;
+use tracing::{info, warn};
 
+use super::direct::{self, Backend, Direct, Route};
 use super::extensions::{ExtendedCommand, ListCommand};
 use super::listing;
 use super::messages::{self, ObjectIds, Selected};
@@ -72,6 +73,8 @@ pub enum State {
         user: String,
         mailbox: Selected,
     },
+    /// Logged in at the INBOX's primary (`[imap] direct = "proxy"`): the session relays there.
+    Proxied(Backend),
 }
 
 impl State {
@@ -163,7 +166,7 @@ pub async fn serve(mut conn: Connection, peer: Peer, ctx: Rc<ImapContext>) {
                         }
                         AuthenticateData::Continue(data) => {
                             let credentials = sasl::plain(data.declassify());
-                            finish_login(&ctx, &peer, &conn, &tag, credentials, &mut out).await
+                            finish_login(&ctx, &peer, &conn, &tag, credentials, Some("PLAIN"), &mut out).await
                         }
                     };
                     Flow::Continue
@@ -203,6 +206,17 @@ pub async fn serve(mut conn: Connection, peer: Peer, ctx: Rc<ImapContext>) {
                     };
                     machine.discard_input();
                 }
+            }
+            if let State::Proxied(_) = state {
+                let State::Proxied(backend) = std::mem::replace(&mut state, State::NotAuthenticated) else {
+                    return;
+                };
+                // Bytes the client pipelined behind its login are not relayed: a client waits
+                // for a login's answer before it sends commands that need one.
+                if write(&mut conn, &mut out).await.is_ok() {
+                    proxy(conn, &peer, backend).await;
+                }
+                return;
             }
             machine.set_max_message(match state.user() {
                 Some(_) => ctx.max_command_bytes,
@@ -307,7 +321,8 @@ async fn start_idle(state: &mut State, tag: &Tag<'static>, out: &mut Vec<u8>) ->
             }
         }
         State::Authenticated(_) => {}
-        State::NotAuthenticated | State::Authenticating(_) => {
+        // A proxied session relays before it reads another command: never here.
+        State::NotAuthenticated | State::Authenticating(_) | State::Proxied(_) => {
             tagged(tag, StatusKind::Bad, None, "IDLE needs a login first", out);
             return false;
         }
@@ -459,7 +474,7 @@ async fn command_flow(
                     }),
                     Err(_) => Err(AuthError::Failed),
                 };
-                *state = finish_login(ctx, peer, conn, &tag, credentials, out).await;
+                *state = finish_login(ctx, peer, conn, &tag, credentials, None, out).await;
                 return flow;
             }
         }
@@ -478,7 +493,7 @@ async fn command_flow(
                 match initial_response {
                     Some(data) => {
                         let credentials = sasl::plain(data.declassify());
-                        *state = finish_login(ctx, peer, conn, &tag, credentials, out).await;
+                        *state = finish_login(ctx, peer, conn, &tag, credentials, Some("PLAIN"), out).await;
                     }
                     None => {
                         // RFC 3501 6.2.2: an empty challenge asks for PLAIN's response.
@@ -520,18 +535,55 @@ async fn finish_login(
     conn: &Connection,
     tag: &Tag<'static>,
     credentials: Result<Credentials, AuthError>,
+    mechanism: Option<&str>,
     out: &mut Vec<u8>,
 ) -> State {
-    let outcome = match credentials {
-        Ok(credentials) => {
+    let (outcome, password) = match credentials {
+        Ok(credentials) => (
             ctx.auth
                 .verify(peer.ip, &credentials.user, &credentials.password)
-                .await
-        }
-        Err(e) => Err(e),
+                .await,
+            credentials.password,
+        ),
+        Err(e) => (Err(e), Vec::new()),
     };
     match outcome {
         Ok(user) => {
+            // The password is checked first: a referral tells where a user's mail lives, which
+            // only the user may learn.
+            match direct::route(&ctx.directing, &ctx.directory, &user, mechanism).await {
+                Route::Here => {}
+                Route::Referral(url) => {
+                    info!(peer = %peer.display, %user, %url, "imap login referred to the INBOX's primary");
+                    tagged(
+                        tag,
+                        StatusKind::No,
+                        Some(Code::Referral(Cow::Owned(url))),
+                        "log in at the primary of your INBOX",
+                        out,
+                    );
+                    return State::NotAuthenticated;
+                }
+                Route::Proxy { primary, address } => {
+                    match direct::login_at_primary(
+                        primary.clone(),
+                        address.clone(),
+                        tag.inner(),
+                        &user,
+                        &password,
+                    )
+                    .await
+                    {
+                        Ok(backend) => {
+                            info!(peer = %peer.display, %user, %primary, %address, "imap login proxied to the INBOX's primary");
+                            return State::Proxied(backend);
+                        }
+                        Err(why) => {
+                            warn!(peer = %peer.display, %user, %primary, %address, why, "imap: the INBOX's primary is unreachable; served here");
+                        }
+                    }
+                }
+            }
             info!(peer = %peer.display, %user, "imap login");
             let state = State::Authenticated(user);
             // RFC 3501 6.2.3: the capabilities as they are now, with the OK.
@@ -555,6 +607,13 @@ async fn finish_login(
             State::NotAuthenticated
         }
     }
+}
+
+/// Relays the rest of a proxied session, and logs how it ended.
+async fn proxy(conn: Connection, peer: &Peer, backend: Backend) {
+    let (primary, address) = (backend.primary.clone(), backend.address.clone());
+    let (up, down, ended) = direct::relay(conn, backend).await;
+    info!(peer = %peer.display, %primary, %address, bytes_to_primary = up, bytes_to_client = down, closed_by = ended, "imap proxied session ended");
 }
 
 /// The commands of a logged-in user.
@@ -1354,6 +1413,9 @@ impl ImapContext {
         caps.push(Capability::from(atom("SPECIAL-USE")));
         caps.push(Capability::from(atom("ESEARCH")));
         caps.push(Capability::from(atom("OBJECTID")));
+        if self.directing.borrow().mode == Direct::Referral {
+            caps.push(Capability::LoginReferrals);
+        }
         if state.user().is_none() {
             if self.tls.is_some() && !conn.is_tls() {
                 caps.push(Capability::StartTls);
