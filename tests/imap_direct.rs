@@ -185,7 +185,8 @@ fn a_login_on_a_replica_is_referred_to_the_primary() {
 
     // The address arrives by a live reload: the next login is referred, with its mechanism.
     set_peer_imap(n1, n2, &imap1);
-    r2.wait_for_stderr_count("configuration reloaded", 1);
+    let reloaded = r2.wait_for_stderr_count("configuration reloaded", 1);
+    assert!(reloaded.contains("repointed=[] imap=[\"n1\"]"), "{reloaded}");
     let mut imap = Imap::connect(&imap2);
     assert_eq!(
         imap.command("b1", "LOGIN alice pw"),

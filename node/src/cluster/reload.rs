@@ -23,7 +23,7 @@ use tokio::sync::mpsc;
 use tracing::{error, info, warn};
 
 use super::QuicTransport;
-use crate::config::{Config, Loaded};
+use crate::config::{Config, Loaded, PeerSection};
 use crate::error::Error;
 
 /// Quiet time after the last file event before the file is read.
@@ -113,6 +113,8 @@ pub struct PeerChanges {
     pub added: Vec<String>,
     pub removed: Vec<String>,
     pub repointed: Vec<String>,
+    /// Peers whose `imap` address (for `[imap] direct`) alone changed: no link is touched.
+    pub imap: Vec<String>,
 }
 
 /// Loads the configuration again and decides whether it can be applied to the running node.
@@ -211,6 +213,7 @@ pub fn peer_changes(old: &Config, new: &Config) -> PeerChanges {
     for peer in &new.peers {
         match old.peers.iter().find(|p| p.name == peer.name) {
             None => changes.added.push(peer.name.clone()),
+            Some(p) if p.imap != peer.imap && same_link(p, peer) => changes.imap.push(peer.name.clone()),
             Some(p) if p != peer => changes.repointed.push(peer.name.clone()),
             Some(_) => {}
         }
@@ -221,6 +224,17 @@ pub fn peer_changes(old: &Config, new: &Config) -> PeerChanges {
         }
     }
     changes
+}
+
+/// Whether two entries of one peer differ at most in `imap`, which no link uses.
+fn same_link(a: &PeerSection, b: &PeerSection) -> bool {
+    PeerSection {
+        imap: None,
+        ..a.clone()
+    } == PeerSection {
+        imap: None,
+        ..b.clone()
+    }
 }
 
 /// Applies a loaded configuration's cluster part to the transport; logs what could not apply.
@@ -239,6 +253,7 @@ pub fn log_applied(reason: &str, changes: &PeerChanges) {
         added = ?changes.added,
         removed = ?changes.removed,
         repointed = ?changes.repointed,
+        imap = ?changes.imap,
         "configuration reloaded"
     );
 }
