@@ -368,6 +368,87 @@ mod tests {
         assert!(e.contains("\"local\", \"referral\", \"proxy\""), "{e}");
     }
 
+    /// A scripted primary: it checks the login, then answers one command and closes. The
+    /// client (a duplex pipe) gets the primary's answer to the login under its own tag, then
+    /// the relayed bytes; the primary closing ends the relay and closes the client.
+    #[tokio::test(flavor = "current_thread")]
+    async fn a_proxied_login_is_the_primarys_and_either_side_closing_ends_the_relay() {
+        let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let address = listener.local_addr().unwrap().to_string();
+        let primary = tokio::spawn(async move {
+            let (mut stream, _) = listener.accept().await.unwrap();
+            stream.write_all(b"* OK ready\r\n").await.unwrap();
+            let mut lines = LineReader::default();
+            let login = lines.line(&mut stream).await.unwrap();
+            // "alice\0pw" after an empty authorization identity.
+            assert_eq!(login, b"x7 AUTHENTICATE PLAIN AGFsaWNlAHB3\r\n");
+            stream
+                .write_all(b"x7 OK [CAPABILITY IMAP4rev1] logged in\r\n")
+                .await
+                .unwrap();
+            let noop = lines.line(&mut stream).await.unwrap();
+            assert_eq!(noop, b"x8 NOOP\r\n");
+            stream.write_all(b"x8 OK done\r\n").await.unwrap();
+        });
+        let node = NodeId::new("n1").unwrap();
+        let backend = login_at_primary(node, address, "x7", "alice", b"pw")
+            .await
+            .unwrap();
+        assert_eq!(backend.answer, b"x7 OK [CAPABILITY IMAP4rev1] logged in\r\n");
+        let (client, mut user) = tokio::io::duplex(1024);
+        let client_side = async {
+            user.write_all(b"x8 NOOP\r\n").await.unwrap();
+            let mut seen = Vec::new();
+            user.read_to_end(&mut seen).await.unwrap();
+            seen
+        };
+        let (seen, counts) = tokio::join!(client_side, relay(Connection::plain(client), backend));
+        assert_eq!(seen, b"x7 OK [CAPABILITY IMAP4rev1] logged in\r\nx8 OK done\r\n");
+        assert_eq!(counts, (9, 52, "primary"));
+        primary.await.unwrap();
+
+        // The client closing ends it too; a primary that refuses the login is an error.
+        let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let address = listener.local_addr().unwrap().to_string();
+        let primary = tokio::spawn(async move {
+            let (mut stream, _) = listener.accept().await.unwrap();
+            stream.write_all(b"* OK ready\r\n").await.unwrap();
+            let mut lines = LineReader::default();
+            lines.line(&mut stream).await.unwrap();
+            stream.write_all(b"y1 OK logged in\r\n").await.unwrap();
+            // Waits for the proxy to close the connection.
+            let mut rest = Vec::new();
+            stream.read_to_end(&mut rest).await.unwrap();
+            assert!(rest.is_empty());
+        });
+        let node = NodeId::new("n1").unwrap();
+        let backend = login_at_primary(node, address, "y1", "alice", b"pw")
+            .await
+            .unwrap();
+        let (client, user) = tokio::io::duplex(1024);
+        drop(user);
+        assert_eq!(relay(Connection::plain(client), backend).await.2, "client");
+        primary.await.unwrap();
+
+        let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let address = listener.local_addr().unwrap().to_string();
+        let primary = tokio::spawn(async move {
+            let (mut stream, _) = listener.accept().await.unwrap();
+            stream.write_all(b"* OK ready\r\n").await.unwrap();
+            LineReader::default().line(&mut stream).await.unwrap();
+            stream
+                .write_all(b"z1 NO [AUTHENTICATIONFAILED] authentication failed\r\n")
+                .await
+                .unwrap();
+        });
+        let node = NodeId::new("n1").unwrap();
+        let refused = login_at_primary(node, address, "z1", "alice", b"pw")
+            .await
+            .unwrap_err();
+        assert!(refused.starts_with("login refused: "), "{refused}");
+        primary.await.unwrap();
+    }
+
     #[test]
     fn only_peers_with_an_imap_address_are_directed_to() {
         let n = |s: &str| NodeId::new(s).unwrap();
