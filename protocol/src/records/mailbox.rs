@@ -277,7 +277,10 @@ mod tests {
         assert!(!never.is_leaving(&n("n2")));
         let mut leaving = never.clone();
         assert!(leaving.set_leaving(&n("n2"), true, v(2, "n2")));
-        assert!(!leaving.set_leaving(&n("n2"), true, v(3, "n2")), "already leaving");
+        assert!(
+            !leaving.set_leaving(&n("n2"), true, v(3, "n2")),
+            "already leaving"
+        );
         assert!(leaving.is_leaving(&n("n2")) && !leaving.is_leaving(&n("n1")));
         assert_eq!(leaving.leaving_nodes().collect::<Vec<_>>(), vec![&n("n2")]);
         assert!(!leaving.let_go_since(&never, &n("n2")), "leaving is not gone");
@@ -287,7 +290,10 @@ mod tests {
         assert!(!gone.is_leaving(&n("n2")));
         assert!(gone.let_go_since(&leaving, &n("n2")));
         assert!(gone.let_go_since(&never, &n("n2")));
-        assert!(!gone.let_go_since(&gone, &n("n2")), "the same write-back is not a new one");
+        assert!(
+            !gone.let_go_since(&gone, &n("n2")),
+            "the same write-back is not a new one"
+        );
         assert!(!gone.let_go_since(&leaving, &n("n1")), "another node's register");
 
         // Leaving and gone again: a later write-back than the one before.
