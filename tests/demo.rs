@@ -89,6 +89,30 @@ fn the_demo_shows_mesh_and_chain_replication_and_stops_its_nodes() {
         }
         assert!(log.contains("node stopped"), "{node} did not stop cleanly: {log}");
     }
+    // Each node took mail on the ports printed for it, with the login printed.
+    assert!(
+        out.contains("(login demo, password demo; plaintext on loopback)"),
+        "{out}"
+    );
+    for node in ["n1", "n2", "n3"] {
+        let line = out
+            .lines()
+            .find(|l| l.starts_with(&format!("  {node}: IMAP 127.0.0.1:")))
+            .unwrap_or_else(|| panic!("no mail ports for {node} in {out}"));
+        let log = std::fs::read_to_string(root.join(node).join("node.log")).unwrap();
+        for (protocol, address) in line
+            .trim()
+            .split(", ")
+            .map(|part| part.rsplit_once(' ').unwrap())
+            .map(|(label, address)| (label.rsplit(' ').next().unwrap(), address))
+        {
+            assert!(
+                log.lines()
+                    .any(|l| l.contains("listening") && l.contains(address)),
+                "{node}: no {protocol} listener on {address} in {log}"
+            );
+        }
+    }
     // The configurations were left as the chain: n1 and n3 peer with n2 alone.
     for (node, peers) in [("n1", 1), ("n2", 2), ("n3", 1)] {
         let text = std::fs::read_to_string(root.join(node).join("node.toml")).unwrap();

@@ -20,6 +20,7 @@ use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
 use mailmesh_protocol::ids::Guid;
 use serde_bytes::ByteBuf;
 
+use crate::bench::lmtp::free_tcp_port;
 use crate::bench::nodes::{Cluster, NodeProcess, NodeSpec};
 use crate::error::Error;
 use crate::operator::protocol::{Reply, Request};
@@ -27,6 +28,8 @@ use crate::operator::protocol::{Reply, Request};
 /// The demo's user and mailbox.
 const USER: &str = "demo";
 const MAILBOX: &str = "INBOX";
+/// The demo user's password (its IMAP login).
+const PASSWORD: &str = "demo";
 /// How long any one step (a node starting, links coming up, a message arriving) may take before
 /// the demo gives up; generous, for a loaded machine.
 const STEP_DEADLINE: Duration = Duration::from_secs(60);
@@ -110,10 +113,19 @@ fn make_root(base: Option<PathBuf>) -> Result<PathBuf, Error> {
 fn demo(root: &Path, exit_when_done: bool) -> Result<(), Error> {
     let cluster = Cluster::new(root)?;
     let names = ["n1", "n2", "n3"];
-    let specs = names
-        .iter()
-        .map(|name| cluster.node(name, ""))
-        .collect::<Result<Vec<NodeSpec>, _>>()?;
+    // Each node also takes mail: IMAP and LMTP on loopback ports, where a password may cross
+    // without TLS, with one user whose INBOX is the mailbox the demo fills.
+    let hash = crate::auth::hash_password(PASSWORD.as_bytes()).map_err(Error::Bench)?;
+    let mut mail = Vec::new();
+    let mut specs = Vec::new();
+    for name in names {
+        let (imap, lmtp) = (free_tcp_port()?, free_tcp_port()?);
+        let extra = format!(
+            "\n[imap]\nlisten = \"127.0.0.1:{imap}\"\n\n[lmtp]\nlisten = \"127.0.0.1:{lmtp}\"\n\n[[users]]\nname = {USER:?}\npassword_hash = {hash:?}\n"
+        );
+        specs.push(cluster.node(name, &extra)?);
+        mail.push(MailPorts { imap, lmtp });
+    }
     println!(
         "made a cluster CA ({}) and a certificate for each node ({})",
         relative(root, &cluster.ca_dir().join("ca.pem")),
@@ -157,7 +169,7 @@ fn demo(root: &Path, exit_when_done: bool) -> Result<(), Error> {
         nodes.push(node);
     }
     let outcome = if nodes.len() == specs.len() {
-        steps(root, &specs, &mut nodes, exit_when_done)
+        steps(root, &specs, &mail, &mut nodes, exit_when_done)
     } else {
         Err(Stop::Interrupted)
     };
@@ -182,9 +194,16 @@ fn demo(root: &Path, exit_when_done: bool) -> Result<(), Error> {
     }
 }
 
+/// The client-facing ports of one demo node.
+struct MailPorts {
+    imap: u16,
+    lmtp: u16,
+}
+
 fn steps(
     root: &Path,
     specs: &[NodeSpec],
+    mail: &[MailPorts],
     nodes: &mut [NodeProcess],
     exit_when_done: bool,
 ) -> Result<(), Stop> {
@@ -252,6 +271,15 @@ fn steps(
         "or list the messages: {exe} fetch --config {} --user {USER} --mailbox {MAILBOX}",
         specs[2].config_path().display()
     );
+    println!(
+        "read the mail with any IMAP client (login {USER}, password {PASSWORD}; plaintext on loopback):"
+    );
+    for (spec, ports) in specs.iter().zip(mail) {
+        println!(
+            "  {}: IMAP 127.0.0.1:{}, LMTP 127.0.0.1:{}",
+            spec.name, ports.imap, ports.lmtp
+        );
+    }
     if exit_when_done {
         return Ok(());
     }

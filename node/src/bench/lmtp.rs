@@ -119,7 +119,7 @@ fn commit_groups(address: &str) -> Result<f64, Error> {
         })
 }
 
-pub(super) fn free_tcp_port() -> Result<u16, Error> {
+pub(crate) fn free_tcp_port() -> Result<u16, Error> {
     let listener =
         std::net::TcpListener::bind("127.0.0.1:0").map_err(|e| Error::io("cannot bind a TCP port", e))?;
     listener
