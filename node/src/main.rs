@@ -157,8 +157,8 @@ enum Command {
         #[arg(long)]
         keep: bool,
         /// Runs only these row groups (comma-separated; all by default): `sync-small`,
-        /// `sync-large`, `flags`, `lag`, `quiet`, `memory`, `lmtp`. The machine's limits are always
-        /// measured.
+        /// `sync-large`, `flags`, `lag`, `quiet`, `memory`, `lmtp`, `imap-read`, `idle`,
+        /// `imap-append`. The machine's limits are always measured.
         #[arg(long, value_name = "ROWS", value_delimiter = ',', value_enum)]
         only: Vec<bench::RowGroup>,
     },
