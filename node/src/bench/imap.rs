@@ -9,11 +9,10 @@
 
 use std::io::{Read, Write};
 use std::net::TcpStream;
-use std::sync::atomic::{AtomicUsize, Ordering};
 use std::time::{Duration, Instant};
 
 use super::lmtp::{free_tcp_port, Session as LmtpSession};
-use super::nodes::{join_all, load, message, poll_until, Cluster, CpuTime, DEADLINE};
+use super::nodes::{load, message, poll_until, share_out, Cluster, CpuTime, DEADLINE};
 use crate::error::Error;
 
 /// Concurrent APPEND sessions, as the figure asks.
@@ -206,26 +205,10 @@ pub fn appends(root: &std::path::Path, count: usize, size: usize) -> Result<Appe
     for client in &mut clients {
         client.append("INBOX", &message(usize::MAX, size))?;
     }
-    let next = AtomicUsize::new(0);
     let cpu_before = CpuTime::of(&[&node])?;
     let start = Instant::now();
-    std::thread::scope(|scope| {
-        let workers: Vec<_> = clients
-            .into_iter()
-            .map(|mut client| {
-                let next = &next;
-                scope.spawn(move || -> Result<(), Error> {
-                    loop {
-                        let i = next.fetch_add(1, Ordering::Relaxed);
-                        if i >= count {
-                            return Ok(());
-                        }
-                        client.append("INBOX", &message(i, size))?;
-                    }
-                })
-            })
-            .collect();
-        join_all(workers)
+    share_out(clients, count, |client, i| {
+        client.append("INBOX", &message(i, size))
     })?;
     let secs = start.elapsed().as_secs_f64();
     let cpu = CpuTime::of(&[&node])?.since(cpu_before);

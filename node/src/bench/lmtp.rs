@@ -6,10 +6,9 @@
 
 use std::io::{Read, Write};
 use std::net::TcpStream;
-use std::sync::atomic::{AtomicUsize, Ordering};
 use std::time::Instant;
 
-use super::nodes::{join_all, message, Cluster, CpuTime, DEADLINE};
+use super::nodes::{message, share_out, Cluster, CpuTime, DEADLINE};
 use crate::error::Error;
 
 /// Concurrent sessions, as the figure asks.
@@ -48,28 +47,10 @@ pub fn deliveries(root: &std::path::Path, count: usize, size: usize) -> Result<L
         .into_iter()
         .map(|mut s| s.deliver(&message(usize::MAX - s.user, size)).map(|()| s))
         .collect::<Result<Vec<_>, _>>()?;
-    let next = AtomicUsize::new(0);
     let groups_before = commit_groups(&metrics)?;
     let cpu_before = CpuTime::of(&[&node])?;
     let start = Instant::now();
-    std::thread::scope(|scope| {
-        let workers: Vec<_> = sessions
-            .into_iter()
-            .map(|mut session| {
-                let next = &next;
-                scope.spawn(move || -> Result<(), Error> {
-                    loop {
-                        let i = next.fetch_add(1, Ordering::Relaxed);
-                        if i >= count {
-                            return Ok(());
-                        }
-                        session.deliver(&message(i, size))?;
-                    }
-                })
-            })
-            .collect();
-        join_all(workers)
-    })?;
+    share_out(sessions, count, |session, i| session.deliver(&message(i, size)))?;
     let secs = start.elapsed().as_secs_f64();
     let cpu = CpuTime::of(&[&node])?.since(cpu_before);
     let commit_groups = commit_groups(&metrics)? - groups_before;

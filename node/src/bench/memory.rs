@@ -3,10 +3,9 @@
 //! unused mailbox go after `mailboxes.idle_after_secs`, set to 1 s here. Once `status` counts no
 //! active mailbox, VmRSS is read from /proc/PID/status.
 
-use std::sync::atomic::{AtomicUsize, Ordering};
 use std::time::Duration;
 
-use super::nodes::{join_all, poll_until, Cluster};
+use super::nodes::{poll_until, share_out, Cluster};
 use crate::error::Error;
 use crate::operator::protocol::Request;
 
@@ -30,27 +29,12 @@ pub fn idle_mailboxes(root: &std::path::Path, count: usize) -> Result<MemoryResu
     let clients = (0..CONNECTIONS)
         .map(|_| node.connect())
         .collect::<Result<Vec<_>, _>>()?;
-    let next = AtomicUsize::new(0);
-    std::thread::scope(|scope| {
-        let workers = clients
-            .into_iter()
-            .map(|mut client| {
-                let next = &next;
-                scope.spawn(move || -> Result<(), Error> {
-                    loop {
-                        let i = next.fetch_add(1, Ordering::Relaxed);
-                        if i >= count {
-                            return Ok(());
-                        }
-                        client.call(Request::CreateMailbox {
-                            user: format!("user{:05}", i / PER_USER),
-                            name: format!("folder{:03}", i % PER_USER),
-                        })?;
-                    }
-                })
-            })
-            .collect();
-        join_all(workers)
+    share_out(clients, count, |client, i| {
+        client.call(Request::CreateMailbox {
+            user: format!("user{:05}", i / PER_USER),
+            name: format!("folder{:03}", i % PER_USER),
+        })?;
+        Ok(())
     })?;
     poll_until("every mailbox to go idle", Duration::from_millis(100), || {
         Ok((node.status()?.active_mailboxes == 0).then_some(()))

@@ -527,29 +527,43 @@ pub fn load(node: &NodeProcess, user: &str, mailbox: &str, count: usize, size: u
     let clients = (0..CONNECTIONS)
         .map(|_| node.connect())
         .collect::<Result<Vec<_>, _>>()?;
+    share_out(clients, count, |client, i| {
+        client.call(Request::Append {
+            user: user.into(),
+            mailbox: mailbox.into(),
+            body: ByteBuf::from(message(i, size)),
+            flags: Vec::new(),
+        })?;
+        Ok(())
+    })
+}
+
+/// Runs `job` for each of `0..count` on `workers`, a thread each: a worker takes the next index
+/// as soon as its last one is done, so a slow worker holds none of the others back. The first
+/// error (or panic) wins.
+pub fn share_out<W: Send>(
+    workers: Vec<W>,
+    count: usize,
+    job: impl Fn(&mut W, usize) -> Result<(), Error> + Sync,
+) -> Result<(), Error> {
     let next = AtomicUsize::new(0);
     std::thread::scope(|scope| {
-        let workers: Vec<_> = clients
+        let threads: Vec<_> = workers
             .into_iter()
-            .map(|mut client| {
-                let next = &next;
+            .map(|mut worker| {
+                let (next, job) = (&next, &job);
                 scope.spawn(move || -> Result<(), Error> {
                     loop {
                         let i = next.fetch_add(1, Ordering::Relaxed);
                         if i >= count {
                             return Ok(());
                         }
-                        client.call(Request::Append {
-                            user: user.into(),
-                            mailbox: mailbox.into(),
-                            body: ByteBuf::from(message(i, size)),
-                            flags: Vec::new(),
-                        })?;
+                        job(&mut worker, i)?;
                     }
                 })
             })
             .collect();
-        join_all(workers)
+        join_all(threads)
     })
 }
 
