@@ -625,6 +625,41 @@ elif scenario == 'objectid':
     out['move'] = r.command('a7', 'UID MOVE 1 Work')
     out['examine'] = r.command('a8', 'EXAMINE Work')
     out['fetch_moved'] = r.command('a9', 'UID FETCH 1:* (EMAILID)')
+elif scenario == 'metadata':
+    r = Lines(socket.create_connection((host, port), timeout=30))
+    r.line()
+    out['before_login'] = r.command('a0', 'GETMETADATA INBOX /shared/comment')
+    r.command('l', 'LOGIN alice secret')
+    out['capability'] = r.command('c', 'CAPABILITY')
+    r.command('cr', 'CREATE Work')
+    # A quoted value and a LITERAL+ one over two lines; entry names in any case.
+    out['set'] = r.command('a1', 'SETMETADATA INBOX (/private/comment "My own comment" /Shared/Comment {20+}\r\nShared\r\ncomment here)')
+    out['get'] = r.command('a2', 'GETMETADATA INBOX (/shared/comment /PRIVATE/comment /shared/missing)')
+    out['maxsize'] = r.command('a3', 'GETMETADATA INBOX (MAXSIZE 16) (/shared/comment /private/comment)')
+    r.command('a4', 'SETMETADATA INBOX (/private/filters/values/small "SMALLER 5000" /private/filters/values/boss "FROM \\"boss@example.com\\"" /private/filters/values/small/x "deep")')
+    out['depth0'] = r.command('a5', 'GETMETADATA (DEPTH 0) INBOX /private/filters/values')
+    out['depth1'] = r.command('a6', 'GETMETADATA INBOX (DEPTH 1) (/private/filters/values)')
+    out['depth_infinity'] = r.command('a7', 'GETMETADATA INBOX (DEPTH infinity MAXSIZE 100) /private')
+    out['remove'] = r.command('a8', 'SETMETADATA INBOX (/private/comment NIL)')
+    out['removed'] = r.command('a9', 'GETMETADATA INBOX /private/comment')
+    out['too_big'] = r.command('b1', 'SETMETADATA INBOX (/shared/small "x" /shared/big "%s")' % ('x' * 1025))
+    out['not_set'] = r.command('b2', 'GETMETADATA INBOX /shared/small')
+    r.command('b3', 'SETMETADATA Work (%s)' % ' '.join('/shared/e%d "%d"' % (i, i) for i in range(1, 10)))
+    out['too_many'] = r.command('b4', 'SETMETADATA Work (/shared/e1 "one" /shared/e10 "10" /shared/e11 "11")')
+    out['work'] = r.command('b5', 'GETMETADATA Work (/shared/e1 /shared/e10)')
+    out['swap'] = r.command('b6', 'SETMETADATA Work (/shared/e9 NIL /shared/e10 "10")')
+    out['bad_entry'] = r.command('b7', 'SETMETADATA INBOX (/shared/a*b "x")')
+    out['bad_scope'] = r.command('b8', 'GETMETADATA INBOX /public/comment')
+    out['scope_set'] = r.command('b9', 'SETMETADATA INBOX (/shared "x")')
+    out['server_get'] = r.command('c1', 'GETMETADATA "" /shared/comment')
+    out['server_set'] = r.command('c2', 'SETMETADATA "" (/shared/comment "x")')
+    out['missing_mailbox'] = r.command('c3', 'GETMETADATA Nope /shared/comment')
+    out['binary'] = r.command('c4', 'SETMETADATA INBOX (/shared/bin ~{3+}\r\na\x00b)')
+    out['binary_get'] = r.command('c5', 'GETMETADATA INBOX /shared/bin')
+    r.command('c6', 'RENAME Work Play')
+    out['renamed'] = r.command('c7', 'GETMETADATA Play /shared/e1')
+    r.command('s', 'SELECT INBOX')
+    out['selected'] = r.command('c8', 'GETMETADATA INBOX /shared/comment')
 print(json.dumps(out))
 "#;
 
@@ -1745,6 +1780,140 @@ fn objectid_gives_mailboxid_in_select_and_status_and_emailid_threadid_in_fetch()
     );
     assert!(
         lines("fetch_moved")[0].starts_with("* 1 FETCH (UID 1 EMAILID (n1-"),
+        "{out}"
+    );
+}
+
+#[test]
+fn metadata_sets_gets_and_removes_mailbox_annotations_within_the_limits() {
+    let mut n = imap_node_with(
+        "listen = \"127.0.0.1:0\"\nmetadata_max_entries = 10",
+        "[limits]\nmax_annotation_bytes = 1024\n",
+    );
+    let imap = n.imap(1);
+    let out = python(n.tmp.path(), &imap, "metadata", &[]);
+    let lines = |key: &str| strings(&out[key]);
+    assert!(lines("before_login")[0].starts_with("a0 BAD"), "{out}");
+    assert!(lines("capability")[0].contains(" METADATA"), "{out}");
+    assert!(!lines("capability")[0].contains("METADATA-SERVER"), "{out}");
+    assert_eq!(lines("set"), ["a1 OK SETMETADATA completed"], "{out}");
+    // The literal's lines are lines of the answer too.
+    assert_eq!(
+        lines("get"),
+        [
+            "* METADATA INBOX (/shared/comment {20}",
+            "Shared",
+            "comment here /private/comment \"My own comment\" /shared/missing NIL)",
+            "a2 OK GETMETADATA completed"
+        ],
+        "{out}"
+    );
+    assert_eq!(
+        lines("maxsize"),
+        [
+            "* METADATA INBOX (/private/comment \"My own comment\")",
+            "a3 OK [METADATA LONGENTRIES 20] GETMETADATA completed"
+        ],
+        "{out}"
+    );
+    assert_eq!(
+        lines("depth0"),
+        [
+            "* METADATA INBOX (/private/filters/values NIL)",
+            "a5 OK GETMETADATA completed"
+        ],
+        "{out}"
+    );
+    assert_eq!(
+        lines("depth1"),
+        [
+            "* METADATA INBOX (/private/filters/values/boss \"FROM \\\"boss@example.com\\\"\" /private/filters/values/small \"SMALLER 5000\")",
+            "a6 OK GETMETADATA completed"
+        ],
+        "{out}"
+    );
+    assert_eq!(
+        lines("depth_infinity"),
+        [
+            "* METADATA INBOX (/private/comment \"My own comment\" /private/filters/values/boss \"FROM \\\"boss@example.com\\\"\" /private/filters/values/small \"SMALLER 5000\" /private/filters/values/small/x \"deep\")",
+            "a7 OK GETMETADATA completed"
+        ],
+        "{out}"
+    );
+    assert_eq!(lines("remove"), ["a8 OK SETMETADATA completed"], "{out}");
+    assert_eq!(
+        lines("removed"),
+        [
+            "* METADATA INBOX (/private/comment NIL)",
+            "a9 OK GETMETADATA completed"
+        ],
+        "{out}"
+    );
+    // Over `[limits] max_annotation_bytes`: the code names the limit, and nothing of the
+    // command is set.
+    assert_eq!(
+        lines("too_big"),
+        ["b1 NO [METADATA MAXSIZE 1024] an annotation value may hold at most 1024 bytes"],
+        "{out}"
+    );
+    assert_eq!(
+        lines("not_set")[0],
+        "* METADATA INBOX (/shared/small NIL)",
+        "{out}"
+    );
+    // Nine entries, then two more with a replacement: over `[imap] metadata_max_entries`,
+    // refused whole; a removal and an addition together fit.
+    assert_eq!(
+        lines("too_many"),
+        ["b4 NO [METADATA TOOMANY] the mailbox may hold at most 10 annotations"],
+        "{out}"
+    );
+    assert_eq!(
+        lines("work")[0],
+        "* METADATA Work (/shared/e1 \"1\" /shared/e10 NIL)",
+        "{out}"
+    );
+    assert_eq!(lines("swap"), ["b6 OK SETMETADATA completed"], "{out}");
+    for key in ["bad_entry", "bad_scope", "scope_set"] {
+        let got = lines(key);
+        assert_eq!(got.len(), 1, "{out}");
+        assert!(got[0].contains(" BAD "), "{key}: {out}");
+    }
+    // Server annotations: none exist, and none may be made.
+    assert_eq!(
+        lines("server_get"),
+        [
+            "* METADATA \"\" (/shared/comment NIL)",
+            "c1 OK GETMETADATA completed"
+        ],
+        "{out}"
+    );
+    assert!(lines("server_set")[0].starts_with("c2 NO "), "{out}");
+    assert!(
+        lines("missing_mailbox")[0].starts_with("c3 NO [NONEXISTENT]"),
+        "{out}"
+    );
+    // A value with a NUL byte goes in and comes out as literal8.
+    assert_eq!(lines("binary"), ["c4 OK SETMETADATA completed"], "{out}");
+    assert_eq!(
+        lines("binary_get"),
+        [
+            "* METADATA INBOX (/shared/bin ~{3}",
+            "a\u{0}b)",
+            "c5 OK GETMETADATA completed"
+        ],
+        "{out}"
+    );
+    // Annotations follow their mailbox through a rename.
+    assert_eq!(lines("renamed")[0], "* METADATA Play (/shared/e1 \"1\")", "{out}");
+    assert_eq!(
+        lines("selected"),
+        [
+            "* METADATA INBOX (/shared/comment {20}",
+            "Shared",
+            "comment here)",
+            "c8 OK GETMETADATA completed"
+        ],
         "{out}"
     );
 }

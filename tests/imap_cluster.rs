@@ -8,7 +8,9 @@ mod support;
 use std::io::{BufRead, BufReader, Write};
 use std::net::TcpStream;
 
-use support::cluster::{cluster_specs, create_everywhere, op_ok, set_flags, write_mesh_configs, NodeSpec};
+use support::cluster::{
+    cluster_specs, create_everywhere, eventually, op_ok, set_flags, write_mesh_configs, NodeSpec,
+};
 use support::{lmtp_deliver, mailmesh, DEADLINE};
 
 fn password_hash() -> String {
@@ -205,4 +207,58 @@ fn a_client_failing_over_to_another_node_gets_a_full_qresync() {
         "{resync:?}"
     );
     on2.command("b4", "LOGOUT");
+}
+
+#[test]
+fn an_annotation_set_on_one_node_is_read_by_getmetadata_on_the_other() {
+    let tmp = tempfile::TempDir::new().unwrap();
+    let specs = two_mail_nodes(tmp.path());
+    let (n1, n2) = (&specs[0], &specs[1]);
+    let mut r1 = n1.start();
+    let mut r2 = n2.start();
+    let imap1 = address(&r1.wait_for_stderr("protocol=\"imap\""));
+    let imap2 = address(&r2.wait_for_stderr("protocol=\"imap\""));
+    create_everywhere(n1, &[n1, n2], "alice", "INBOX");
+
+    let mut on1 = Imap::connect(&imap1);
+    on1.command("a1", "LOGIN alice pw");
+    let set = on1.command(
+        "a2",
+        "SETMETADATA INBOX (/shared/comment \"from n1\" /private/comment \"mine\")",
+    );
+    assert_eq!(set, ["a2 OK SETMETADATA completed"]);
+
+    // Replication brings both entries to n2, where GETMETADATA reads them.
+    let mut on2 = Imap::connect(&imap2);
+    on2.command("b1", "LOGIN alice pw");
+    let mut tries = 0;
+    let got = eventually("the annotations replicated to n2", || {
+        tries += 1;
+        let lines = on2.command(
+            &format!("g{tries}"),
+            "GETMETADATA INBOX (/private/comment /shared/comment)",
+        );
+        if lines[0] == "* METADATA INBOX (/private/comment \"mine\" /shared/comment \"from n1\")" {
+            Ok(lines)
+        } else {
+            Err(format!("{lines:?}"))
+        }
+    });
+    assert!(got[1].ends_with(" OK GETMETADATA completed"), "{got:?}");
+
+    // A removal on n2 reaches n1 the same way.
+    assert_eq!(
+        on2.command("b2", "SETMETADATA INBOX (/shared/comment NIL)"),
+        ["b2 OK SETMETADATA completed"]
+    );
+    let mut tries = 0;
+    eventually("the removal replicated to n1", || {
+        tries += 1;
+        let lines = on1.command(&format!("h{tries}"), "GETMETADATA INBOX /shared/comment");
+        if lines[0] == "* METADATA INBOX (/shared/comment NIL)" {
+            Ok(())
+        } else {
+            Err(format!("{lines:?}"))
+        }
+    });
 }

@@ -89,6 +89,8 @@ pub enum MailError {
     ScriptTooLarge { size: usize, max: usize },
     #[error("annotation value of {size} bytes exceeds the maximum of {max} bytes")]
     AnnotationTooLarge { size: usize, max: usize },
+    #[error("the mailbox may hold at most {max} annotations")]
+    TooManyAnnotations { max: usize },
     #[error("cannot {0}")]
     NotAllowed(&'static str),
     #[error(transparent)]

@@ -1259,7 +1259,6 @@ impl Handler<TransferWithin> for Mailbox {
     }
 }
 
-/// Sets (`Some`) or deletes (`None`) a mailbox annotation.
 /// Sets (or, with `None`, removes) one annotation of the mailbox. Answers with the version the
 /// write carries (`None`: removing an annotation that never existed writes nothing); a client's
 /// write is in the replicated state for good unless a write with a higher version replaces it.
@@ -1276,33 +1275,118 @@ impl Handler<SetAnnotation> for Mailbox {
     fn handle(&mut self, msg: SetAnnotation, _: &mut Self::Context) -> Self::Result {
         self.atomic(move |act| {
             act.check_writable()?;
-            validate_annotation_entry(&msg.entry)?;
-            if let Some(v) = &msg.value {
-                if v.len() > act.limits.max_annotation_bytes {
-                    return Err(MailError::AnnotationTooLarge {
-                        size: v.len(),
-                        max: act.limits.max_annotation_bytes,
-                    });
+            act.check_annotation(&msg.entry, msg.value.as_deref())?;
+            let mut batch = Batch::new();
+            let version = act.write_annotation(&mut batch, &msg.entry, msg.value)?;
+            Ok((act.local_writes(batch), version))
+        })
+    }
+}
+
+/// Sets and removes several annotations of the mailbox in one commit: all of them, or none
+/// when one is refused (RFC 5464 4.3 asks this of SETMETADATA). An entry named twice takes its
+/// last value. `max_entries` bounds how many annotations with a value the mailbox holds: a
+/// write that would leave more than that, and more than before it, is refused whole
+/// (`TooManyAnnotations`); one that replaces or removes values never is, so a mailbox over a
+/// lowered limit can still be tidied. Answers with each entry's version, as [`SetAnnotation`].
+#[derive(Message)]
+#[rtype(result = "Result<Vec<(String, Option<Version>)>, MailError>")]
+pub struct SetAnnotations {
+    pub entries: Vec<(String, Option<Vec<u8>>)>,
+    pub max_entries: usize,
+}
+
+impl Handler<SetAnnotations> for Mailbox {
+    type Result = AtomicResponse<Self, Result<Vec<(String, Option<Version>)>, MailError>>;
+
+    fn handle(&mut self, msg: SetAnnotations, _: &mut Self::Context) -> Self::Result {
+        self.atomic(move |act| {
+            act.check_writable()?;
+            // Last value per entry, in entry order (a BTreeMap: deterministic).
+            let mut entries = std::collections::BTreeMap::new();
+            for (entry, value) in msg.entries {
+                act.check_annotation(&entry, value.as_deref())?;
+                entries.insert(entry, value);
+            }
+            let before = act.annotation_count()?;
+            let mut after = before;
+            for (entry, value) in &entries {
+                let key = keys::annotation(act.id, entry);
+                let had = act
+                    .store
+                    .get::<StoredAnnotation>(Table::Annotations, &key)?
+                    .is_some_and(|a| a.annotation.value().is_some());
+                match (had, value.is_some()) {
+                    (false, true) => after += 1,
+                    (true, false) => after -= 1,
+                    _ => {}
                 }
             }
-            let key = keys::annotation(act.id, &msg.entry);
-            let existing = act.store.get::<StoredAnnotation>(Table::Annotations, &key)?;
-            let mut batch = Batch::new();
-            if existing.is_none() && msg.value.is_none() {
-                return Ok((Writes::default(), None));
+            if after > msg.max_entries && after > before {
+                return Err(MailError::TooManyAnnotations { max: msg.max_entries });
             }
-            let version = act.node_counters.tick();
-            let annotation = Annotation::new(msg.value, version.clone());
-            let modseq = act.next_modseq();
-            let stored = StoredAnnotation {
-                annotation,
-                modseq,
-                origin: act.ctx.node.clone(),
-                arrived_on: None,
-            };
-            batch.put(Table::Annotations, key, &stored);
-            Ok((act.local_writes(batch), Some(version)))
+            let mut batch = Batch::new();
+            let mut versions = Vec::with_capacity(entries.len());
+            for (entry, value) in entries {
+                let version = act.write_annotation(&mut batch, &entry, value)?;
+                versions.push((entry, version));
+            }
+            Ok((act.local_writes(batch), versions))
         })
+    }
+}
+
+impl Mailbox {
+    /// An annotation write's entry name and value size, checked before anything is written.
+    fn check_annotation(&self, entry: &str, value: Option<&[u8]>) -> Result<(), MailError> {
+        validate_annotation_entry(entry)?;
+        match value {
+            Some(v) if v.len() > self.limits.max_annotation_bytes => Err(MailError::AnnotationTooLarge {
+                size: v.len(),
+                max: self.limits.max_annotation_bytes,
+            }),
+            _ => Ok(()),
+        }
+    }
+
+    /// How many annotations of this mailbox have a value (tombstones are not counted).
+    fn annotation_count(&self) -> Result<usize, MailError> {
+        let mut count = 0;
+        self.store
+            .scan_prefix(Table::Annotations, &keys::mailbox(self.id), None, |_, v| {
+                let a: StoredAnnotation = decode(v, "annotation")?;
+                if a.annotation.value().is_some() {
+                    count += 1;
+                }
+                Ok(true)
+            })?;
+        Ok(count)
+    }
+
+    /// Puts one checked annotation write into `batch`, at a fresh version and modseq; `None`
+    /// when it removes an annotation that never existed (nothing to write).
+    fn write_annotation(
+        &mut self,
+        batch: &mut Batch,
+        entry: &str,
+        value: Option<Vec<u8>>,
+    ) -> Result<Option<Version>, MailError> {
+        let key = keys::annotation(self.id, entry);
+        let existing = self.store.get::<StoredAnnotation>(Table::Annotations, &key)?;
+        if existing.is_none() && value.is_none() {
+            return Ok(None);
+        }
+        let version = self.node_counters.tick();
+        let annotation = Annotation::new(value, version.clone());
+        let modseq = self.next_modseq();
+        let stored = StoredAnnotation {
+            annotation,
+            modseq,
+            origin: self.ctx.node.clone(),
+            arrived_on: None,
+        };
+        batch.put(Table::Annotations, key, &stored);
+        Ok(Some(version))
     }
 }
 

@@ -422,6 +422,112 @@ fn annotations_set_replace_and_delete() {
 }
 
 #[test]
+fn several_annotations_are_written_all_or_none_within_the_entry_limit() {
+    let dir = tempfile::tempdir().unwrap();
+    run(|| async {
+        let node = start(dir.path());
+        let mb = mailbox(&node, "alice", "INBOX").await;
+        let set = |entries: &[(&str, Option<&str>)], max_entries: usize| SetAnnotations {
+            entries: entries
+                .iter()
+                .map(|(e, v)| (e.to_string(), v.map(|v| v.as_bytes().to_vec())))
+                .collect(),
+            max_entries,
+        };
+        let all = || async { mb.send(GetAnnotations).await.unwrap().unwrap() };
+        // Two set at once; an entry named twice keeps its last value.
+        let versions = mb
+            .send(set(
+                &[
+                    ("/shared/comment", Some("one")),
+                    ("/private/comment", Some("mine")),
+                    ("/shared/comment", Some("two")),
+                ],
+                3,
+            ))
+            .await
+            .unwrap()
+            .unwrap();
+        assert_eq!(versions.len(), 2);
+        assert!(versions.iter().all(|(_, v)| v.is_some()));
+        assert_eq!(
+            all().await,
+            vec![
+                ("/private/comment".to_string(), b"mine".to_vec()),
+                ("/shared/comment".to_string(), b"two".to_vec())
+            ]
+        );
+        // One bad entry or one value over the size limit: nothing of the command is written.
+        for bad in [
+            set(&[("/shared/a", Some("x")), ("/nowhere/b", Some("y"))], 10),
+            SetAnnotations {
+                entries: vec![
+                    ("/shared/a".into(), Some(b"x".to_vec())),
+                    ("/shared/b".into(), Some(vec![0; 70_000])),
+                ],
+                max_entries: 10,
+            },
+        ] {
+            assert!(mb.send(bad).await.unwrap().is_err());
+        }
+        assert_eq!(all().await.len(), 2);
+        // Over the limit: refused whole, even the replacement that came with the new entries.
+        let over = mb
+            .send(set(
+                &[
+                    ("/shared/comment", Some("three")),
+                    ("/shared/a", Some("x")),
+                    ("/shared/b", Some("y")),
+                ],
+                3,
+            ))
+            .await
+            .unwrap();
+        assert!(
+            matches!(over, Err(MailError::TooManyAnnotations { max: 3 })),
+            "{over:?}"
+        );
+        assert_eq!(all().await[1].1, b"two".to_vec());
+        // A removal and a new entry in one command stay within it; removing a missing entry
+        // writes nothing.
+        let swapped = mb
+            .send(set(
+                &[
+                    ("/private/comment", None),
+                    ("/shared/a", Some("x")),
+                    ("/shared/gone", None),
+                ],
+                2,
+            ))
+            .await
+            .unwrap()
+            .unwrap();
+        assert_eq!(
+            swapped
+                .iter()
+                .map(|(e, v)| (e.as_str(), v.is_some()))
+                .collect::<Vec<_>>(),
+            [
+                ("/private/comment", true),
+                ("/shared/a", true),
+                ("/shared/gone", false)
+            ]
+        );
+        assert_eq!(
+            all().await.into_iter().map(|(e, _)| e).collect::<Vec<_>>(),
+            ["/shared/a", "/shared/comment"]
+        );
+        // Already over a lowered limit: replacing a value is still allowed, adding one is not.
+        mb.send(set(&[("/shared/a", Some("y"))], 1))
+            .await
+            .unwrap()
+            .unwrap();
+        let added = mb.send(set(&[("/shared/c", Some("z"))], 1)).await.unwrap();
+        assert!(matches!(added, Err(MailError::TooManyAnnotations { max: 1 })));
+    });
+}
+
+#[test]
 fn bad_messages_get_typed_errors() {
     let dir = tempfile::tempdir().unwrap();
     run(|| async {

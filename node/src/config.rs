@@ -188,10 +188,18 @@ pub struct ImapSection {
     /// `"proxy"` (this node relays the session to the primary). Reloaded live.
     #[serde(default = "default_direct")]
     pub direct: String,
+    /// METADATA (RFC 5464): annotations with a value one mailbox may hold; at least 10 (RFC
+    /// 5464 4.1). The size of one value is `[limits] max_annotation_bytes`.
+    #[serde(default = "default_metadata_max_entries")]
+    pub metadata_max_entries: u64,
 }
 
 fn default_direct() -> String {
     "local".into()
+}
+
+fn default_metadata_max_entries() -> u64 {
+    100
 }
 
 /// `[imap.special_use]`: the mailbox LIST marks `\Drafts`, `\Sent`, `\Trash`, `\Junk` and
@@ -739,11 +747,23 @@ impl Config {
             .direct
             .parse::<Direct>()
             .map_err(|problem| ConfigError::invalid("imap.direct", problem))?;
+        let metadata_max_entries = positive_usize("imap.metadata_max_entries", section.metadata_max_entries)?;
+        if section.metadata_max_entries < crate::imap::metadata::MIN_ENTRIES {
+            return Err(ConfigError::invalid(
+                "imap.metadata_max_entries",
+                format!(
+                    "{} is below the {} annotations per mailbox RFC 5464 asks a server to take",
+                    section.metadata_max_entries,
+                    crate::imap::metadata::MIN_ENTRIES
+                ),
+            ));
+        }
         Ok(Some(ImapOptions {
             listeners,
             limits,
             special_use,
             direct,
+            metadata_max_entries,
         }))
     }
 
@@ -1084,6 +1104,7 @@ mod tests {
             max_connections: 100,
             special_use: SpecialUseSection::default(),
             direct: "local".into(),
+            metadata_max_entries: 100,
         };
         config.imap = Some(section.clone());
         let options = config.imap().unwrap().unwrap();
@@ -1102,7 +1123,15 @@ mod tests {
             });
             assert_eq!(config.imap().unwrap().unwrap().direct, direct);
         }
-        let cases: [(&str, ImapSection); 5] = [
+        assert_eq!(options.metadata_max_entries, 100);
+        let cases: [(&str, ImapSection); 6] = [
+            (
+                "imap.metadata_max_entries",
+                ImapSection {
+                    metadata_max_entries: 9,
+                    ..section.clone()
+                },
+            ),
             (
                 "imap.direct",
                 ImapSection {

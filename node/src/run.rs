@@ -69,7 +69,7 @@ pub fn run(loaded: Loaded, config_path: Option<&Path>) -> Result<(), Error> {
         let max_frame = options.limits.max_message_bytes + FRAME_OVERHEAD;
         let socket_dir = options.data_dir.clone();
         let max_script_bytes = options.limits.max_script_bytes;
-        let max_message_bytes = options.limits.max_message_bytes;
+        let limits = options.limits;
         let wait = LocalNode::fresh_store_wait(&options)?;
         if !wait.is_zero() {
             info!(
@@ -123,7 +123,7 @@ pub fn run(loaded: Loaded, config_path: Option<&Path>) -> Result<(), Error> {
                 };
                 let peers = cluster.as_ref().map_or(&[][..], |c| &c.peers[..]);
                 let server =
-                    ImapServer::start(imap, auth.clone(), directory, max_message_bytes, name, peers).await?;
+                    ImapServer::start(imap, auth.clone(), directory, limits, name, peers).await?;
                 handle.front_ends.listeners.extend(server.stats());
                 Some(server)
             }

@@ -3,7 +3,9 @@
 //! (RFC 5819) and SPECIAL-USE's options (RFC 6154), and ESEARCH's `SEARCH RETURN (...)` (RFC
 //! 4731), whose search keys are then imap-codec's own: the command is decoded again without the
 //! `RETURN (...)`; OBJECTID's (RFC 8474) `STATUS ... (MAILBOXID)` and FETCH of `EMAILID` and
-//! `THREADID` (the FETCH decoded again by imap-codec without those two items).
+//! `THREADID` (the FETCH decoded again by imap-codec without those two items); and RFC 5464's
+//! GETMETADATA with its options where the RFC's examples put them, which imap-codec decodes
+//! once they are moved where the RFC's ABNF puts them.
 //!
 //! The [`super::protocol::Machine`] tries this grammar only on a command imap-codec refused, so
 //! every command imap-codec knows keeps its decoding; what this module answers is a complete
@@ -17,9 +19,9 @@ use imap_codec::CommandCodec;
 use nom::branch::alt;
 use nom::bytes::complete::{tag, tag_no_case, take, take_while1};
 use nom::character::complete::{char, digit1};
-use nom::combinator::{all_consuming, map, map_res, opt, value};
+use nom::combinator::{all_consuming, map, map_res, opt, recognize, value};
 use nom::multi::separated_list1;
-use nom::sequence::{delimited, pair, preceded, terminated};
+use nom::sequence::{delimited, pair, preceded, terminated, tuple};
 use nom::IResult;
 
 use super::esearch::SearchReturn;
@@ -111,6 +113,31 @@ pub fn parse(message: &[u8]) -> Option<(String, ExtendedCommand)> {
     .ok()?;
     let (tag, list) = parsed;
     Some((tag, ExtendedCommand::List(list)))
+}
+
+/// RFC 5464's GETMETADATA in the order of its examples, options after the mailbox
+/// (`GETMETADATA INBOX (MAXSIZE 1024) (/shared/comment)`), rewritten to the order of its ABNF,
+/// options first, which imap-codec decodes (the two disagree: RFC 5464 erratum 3280; clients
+/// send either). `None` when `message` is not a GETMETADATA with options after the mailbox.
+pub fn getmetadata_in_example_order(message: &[u8]) -> Option<Vec<u8>> {
+    let options = recognize(delimited(
+        char('('),
+        take_while1(|b| b != b'(' && b != b')' && b != b'{' && b != b'\r' && b != b'\n'),
+        char(')'),
+    ));
+    /// The tag, the mailbox and the options, as they came.
+    type Parts<'a> = (&'a [u8], &'a [u8], &'a [u8]);
+    let parsed: IResult<&[u8], Parts> = tuple((
+        terminated(recognize(command_tag), tag_no_case(" GETMETADATA ")),
+        terminated(recognize(astring), char(' ')),
+        terminated(options, char(' ')),
+    ))(message);
+    let (rest, (tag, mailbox, options)) = parsed.ok()?;
+    let mut plain = Vec::with_capacity(message.len());
+    for part in [tag, b" GETMETADATA ", options, b" ", mailbox, b" ", rest] {
+        plain.extend_from_slice(part);
+    }
+    Some(plain)
 }
 
 /// The SEARCH after its `RETURN (...)`, decoded by imap-codec as `tag [UID ]SEARCH rest`.
@@ -608,6 +635,27 @@ mod tests {
             "a STATUS INBOX (MAILBOXID BOGUS)\r\n",
         ] {
             assert!(parse(bad.as_bytes()).is_none(), "{bad:?}");
+        }
+    }
+
+    #[test]
+    fn getmetadata_options_after_the_mailbox_move_before_it() {
+        let got = getmetadata_in_example_order(
+            b"a GETMETADATA \"INBOX\" (MAXSIZE 1024 DEPTH 1) (/shared/comment {3}\r\n/ab)\r\n",
+        );
+        assert_eq!(
+            got.as_deref(),
+            Some(&b"a GETMETADATA (MAXSIZE 1024 DEPTH 1) \"INBOX\" (/shared/comment {3}\r\n/ab)\r\n"[..])
+        );
+        let plain = got.unwrap();
+        let (_, command) = CommandCodec::default().decode(&plain).unwrap();
+        assert!(matches!(command.body, CommandBody::GetMetadata { ref options, .. } if options.len() == 2));
+        for other in [
+            "a GETMETADATA INBOX /shared/comment\r\n",
+            "a GETMETADATA (DEPTH 1) INBOX /shared\r\n",
+            "a SETMETADATA INBOX (/shared/comment \"x\") x\r\n",
+        ] {
+            assert_eq!(getmetadata_in_example_order(other.as_bytes()), None, "{other:?}");
         }
     }
 

@@ -7,6 +7,8 @@
 //! - [`extensions`]: the grammar of the extensions imap-codec lacks (LIST-EXTENDED, LIST-STATUS),
 //!   in nom, tried on a command imap-codec refused; [`listing`] decides what a LIST answers,
 //!   with the [`special_use`] attributes `[imap.special_use]` gives mailboxes;
+//! - [`metadata`]: METADATA (RFC 5464; imap-codec's grammar) over the mailboxes' annotations:
+//!   entry names, what a GETMETADATA answers;
 //! - [`session`]: one connection: the RFC 3501 states, logins through [`crate::auth`]
 //!   (refused before TLS unless the listener allows a password in plaintext), STARTTLS, and the
 //!   mailbox commands, carried out with Directory and Mailbox actor messages;
@@ -22,7 +24,7 @@
 //! Flow: listener (`crate::listener`) → session → Directory (`ListMailboxes`, `CreateMailbox`,
 //! `DeleteMailbox`, `RenameMailbox`, `Subscribe`, `ListSubscriptions`, `OpenMailbox`) →
 //! Mailbox (`GetState`, `ListUids`, `Fetch`, `FetchBody`, `StoreFlags`, `Expunge`, `Append`,
-//! `Transfer`). Nothing in `actors/` knows IMAP syntax.
+//! `Transfer`, `GetAnnotations`, `SetAnnotations`). Nothing in `actors/` knows IMAP syntax.
 
 pub mod direct;
 pub mod esearch;
@@ -30,6 +32,7 @@ pub mod extensions;
 pub mod listing;
 pub mod message;
 pub mod messages;
+pub mod metadata;
 pub mod mime;
 pub mod protocol;
 pub mod search;
@@ -44,10 +47,12 @@ use std::rc::Rc;
 
 use actix::Addr;
 use mailmesh_actors::directory::Directory;
+use mailmesh_actors::mailbox::Limits;
 use mailmesh_protocol::ids::NodeId;
 use tracing::error;
 
 use self::direct::{Direct, Directing};
+use self::metadata::MetadataLimits;
 use self::special_use::SpecialUses;
 use crate::auth::Authenticator;
 use crate::client_tls::{ListenAddress, ListenerTlsOptions, ServerTls};
@@ -78,6 +83,8 @@ pub struct ImapOptions {
     pub special_use: SpecialUses,
     /// `[imap] direct`: where a login on a node that is not the INBOX's primary goes.
     pub direct: Direct,
+    /// `[imap] metadata_max_entries`: annotations with a value one mailbox may hold.
+    pub metadata_max_entries: usize,
 }
 
 /// What every session of a listener shares.
@@ -94,6 +101,7 @@ pub struct ImapContext {
     /// The longest command after a login: an APPEND's message (`limits.max_message_bytes`)
     /// with room for the command around it.
     pub max_command_bytes: u32,
+    pub metadata: MetadataLimits,
 }
 
 /// The running IMAP listeners.
@@ -107,13 +115,17 @@ impl ImapServer {
         options: &ImapOptions,
         auth: Authenticator,
         directory: Addr<Directory>,
-        max_message_bytes: u64,
+        limits: Limits,
         node: NodeId,
         peers: &[PeerAddress],
     ) -> Result<ImapServer, Error> {
         let directing = Rc::new(RefCell::new(Directing::new(options.direct, node, peers)));
         let max_command_bytes =
-            u32::try_from(max_message_bytes.saturating_add(session::COMMAND_ROOM)).unwrap_or(u32::MAX);
+            u32::try_from(limits.max_message_bytes.saturating_add(session::COMMAND_ROOM)).unwrap_or(u32::MAX);
+        let metadata = MetadataLimits {
+            max_entries: options.metadata_max_entries,
+            max_value_bytes: limits.max_annotation_bytes,
+        };
         let mut listeners = Vec::new();
         for one in &options.listeners {
             let tls = match &one.tls.files {
@@ -131,6 +143,7 @@ impl ImapServer {
                 special_use: options.special_use.clone(),
                 directing: directing.clone(),
                 max_command_bytes,
+                metadata,
             });
             let spec = ListenerSpec {
                 protocol: "imap",

@@ -9,6 +9,7 @@
 //! Responses are encoded with imap-codec's `ResponseCodec`; [`encode`] appends one to a buffer.
 
 use super::extensions::ExtendedCommand;
+use imap_codec::decode::Decoder;
 use imap_codec::encode::Encoder;
 use imap_codec::fragmentizer::{DecodeMessageError, FragmentInfo, Fragmentizer, LiteralAnnouncement};
 use imap_codec::imap_types::auth::AuthenticateData;
@@ -177,6 +178,12 @@ impl Machine {
                     Event::Refused(too_big(self.tag(), self.max_message))
                 }
                 Err(_) => {
+                    let message = self.fragments.message_bytes();
+                    if let Some(plain) = super::extensions::getmetadata_in_example_order(message) {
+                        if let Ok((_, command)) = CommandCodec::default().decode(&plain) {
+                            return Event::Command(command.into_static());
+                        }
+                    }
                     if let Some((tag, command)) = super::extensions::parse(self.fragments.message_bytes()) {
                         if let Ok(tag) = Tag::try_from(tag) {
                             return Event::Extended { tag, command };

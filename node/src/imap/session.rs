@@ -18,6 +18,9 @@ use imap_codec::imap_types::auth::{AuthMechanism, AuthenticateData};
 use imap_codec::imap_types::command::{Command, CommandBody, SelectParameter};
 use imap_codec::imap_types::core::{IString, NString, QuotedChar, Tag, Text, Vec1};
 use imap_codec::imap_types::extensions::enable::CapabilityEnable;
+use imap_codec::imap_types::extensions::metadata::{
+    Entry, EntryValue, GetMetadataOption, MetadataCode, MetadataResponse,
+};
 use imap_codec::imap_types::extensions::namespace::Namespace;
 use imap_codec::imap_types::flag::{Flag, FlagNameAttribute, FlagPerm};
 use imap_codec::imap_types::mailbox::{ListMailbox, Mailbox as ImapMailbox};
@@ -30,7 +33,7 @@ use mailmesh_actors::directory::OpenedMailbox;
 use mailmesh_actors::directory::{
     CreateMailbox, DeleteMailbox, ListMailboxes, ListSubscriptions, OpenMailbox, RenameMailbox, Subscribe,
 };
-use mailmesh_actors::mailbox::{GetState, MailboxState};
+use mailmesh_actors::mailbox::{GetAnnotations, GetState, MailboxState, SetAnnotations};
 use mailmesh_actors::MailError;
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tracing::{info, warn};
@@ -39,6 +42,7 @@ use super::direct::{self, Backend, Direct, Route};
 use super::extensions::{ExtendedCommand, ListCommand};
 use super::listing;
 use super::messages::{self, ObjectIds, Selected};
+use super::metadata;
 use super::protocol::{continuation, encode, other_code, status, Event, Expect, Machine};
 use super::ImapContext;
 use crate::auth::sasl::{self, Credentials};
@@ -804,6 +808,15 @@ async fn authenticated_command(
             _ => Ok(Outcome::bad("no mailbox is selected")),
         },
         CommandBody::Check => Ok(Outcome::bad("no mailbox is selected")),
+        CommandBody::GetMetadata {
+            options,
+            mailbox,
+            entries,
+        } => get_metadata(ctx, user, &options, mailbox, &entries, out).await,
+        CommandBody::SetMetadata {
+            mailbox,
+            entry_values,
+        } => set_metadata(ctx, user, &mailbox, &entry_values).await,
         other => Ok(Outcome::bad(format!(
             "{} is not supported by this server",
             other.name()
@@ -874,6 +887,96 @@ async fn subscribe(
     } else {
         "UNSUBSCRIBE completed"
     }))
+}
+
+/// GETMETADATA (RFC 5464 4.2): the entries asked for, and below them to DEPTH, in one METADATA
+/// response; what MAXSIZE leaves out is counted in `[METADATA LONGENTRIES n]`.
+async fn get_metadata(
+    ctx: &ImapContext,
+    user: &str,
+    options: &[GetMetadataOption],
+    mailbox: ImapMailbox<'static>,
+    entries: &Vec1<Entry<'static>>,
+    out: &mut Vec<u8>,
+) -> Result<Outcome, MailError> {
+    let mut requested = Vec::new();
+    for entry in entries.as_ref() {
+        match metadata::entry_name(entry, metadata::Use::Get) {
+            Ok(name) => requested.push(name),
+            Err(problem) => return Ok(Outcome::bad(problem)),
+        }
+    }
+    let name = mailbox_name(&mailbox)?;
+    let stored = if name.is_empty() {
+        // Server annotations: none exist here (see `metadata`'s header).
+        Vec::new()
+    } else {
+        open_mailbox(ctx, user, &name)
+            .await?
+            .addr
+            .send(GetAnnotations)
+            .await??
+    };
+    let answer = metadata::select(&stored, &requested, metadata::GetOptions::from_command(options));
+    let longest = answer.longest_left_out;
+    if let Some(values) = metadata::entry_values(answer) {
+        untagged(
+            Data::Metadata {
+                mailbox,
+                items: MetadataResponse::WithValues(values),
+            },
+            out,
+        );
+    }
+    let outcome = Outcome::ok("GETMETADATA completed");
+    Ok(match longest {
+        Some(size) => outcome.with_code(Code::Metadata(MetadataCode::LongEntries(clamp(size as u64)))),
+        None => outcome,
+    })
+}
+
+/// SETMETADATA (RFC 5464 4.3): every entry set (NIL: removed) in one write of the mailbox, or
+/// none.
+async fn set_metadata(
+    ctx: &ImapContext,
+    user: &str,
+    mailbox: &ImapMailbox<'_>,
+    entry_values: &Vec1<EntryValue<'static>>,
+) -> Result<Outcome, MailError> {
+    let limits = ctx.metadata;
+    let mut entries = Vec::new();
+    for EntryValue { entry, value } in entry_values.as_ref() {
+        let name = match metadata::entry_name(entry, metadata::Use::Set) {
+            Ok(name) => name,
+            Err(problem) => return Ok(Outcome::bad(problem)),
+        };
+        let value = metadata::set_value(value);
+        if value.as_ref().is_some_and(|v| v.len() > limits.max_value_bytes) {
+            return Ok(too_large_annotation(limits.max_value_bytes));
+        }
+        entries.push((name, value));
+    }
+    let name = mailbox_name(mailbox)?;
+    if name.is_empty() {
+        return Ok(Outcome::no(
+            "server annotations are not kept here: annotate a mailbox instead",
+        ));
+    }
+    let opened = open_mailbox(ctx, user, &name).await?;
+    opened
+        .addr
+        .send(SetAnnotations {
+            entries,
+            max_entries: limits.max_entries,
+        })
+        .await??;
+    Ok(Outcome::ok("SETMETADATA completed"))
+}
+
+/// `NO [METADATA MAXSIZE n]`: a value over the limit (RFC 5464 4.3).
+fn too_large_annotation(max: usize) -> Outcome {
+    Outcome::no(format!("an annotation value may hold at most {max} bytes"))
+        .with_code(Code::Metadata(MetadataCode::MaxSize(clamp(max as u64))))
 }
 
 /// RFC 3501's `LIST reference pattern`: RFC 5258's LIST with no options and one pattern.
@@ -1322,6 +1425,10 @@ fn refusal(error: MailError) -> Outcome {
         MailError::NotHeldHere { .. } => Outcome::no(text).with_code(other_code("UNAVAILABLE")),
         MailError::MessageTooLarge { .. } => Outcome::no(text).with_code(Code::TooBig),
         MailError::EmptyMessage => Outcome::no(text).with_code(other_code("CANNOT")),
+        MailError::AnnotationTooLarge { max, .. } => too_large_annotation(max),
+        MailError::TooManyAnnotations { .. } => {
+            Outcome::no(text).with_code(Code::Metadata(MetadataCode::TooMany))
+        }
         _ => Outcome::no(text),
     }
 }
@@ -1413,6 +1520,7 @@ impl ImapContext {
         caps.push(Capability::from(atom("SPECIAL-USE")));
         caps.push(Capability::from(atom("ESEARCH")));
         caps.push(Capability::from(atom("OBJECTID")));
+        caps.push(Capability::Metadata);
         if self.directing.borrow().mode == Direct::Referral {
             caps.push(Capability::LoginReferrals);
         }
