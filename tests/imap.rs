@@ -660,6 +660,31 @@ elif scenario == 'metadata':
     out['renamed'] = r.command('c7', 'GETMETADATA Play /shared/e1')
     r.command('s', 'SELECT INBOX')
     out['selected'] = r.command('c8', 'GETMETADATA INBOX /shared/comment')
+elif scenario == 'utf7':
+    r = Lines(socket.create_connection((host, port), timeout=30))
+    r.line()
+    r.command('l', 'LOGIN alice secret')
+    out['create'] = r.command('a1', 'CREATE Entw&APw-rfe')
+    out['create_nested'] = r.command('a2', 'CREATE "Q&-A/&ZeVnLIqe-"')
+    out['list'] = r.command('a3', 'LIST "" *')
+    out['pattern'] = r.command('a4', 'LIST "" "Q&-A/%"')
+    out['status'] = r.command('a5', 'STATUS Entw&APw-rfe (MESSAGES)')
+    message = 'Subject: x\r\n\r\nbody\r\n'
+    out['append'] = r.command('a6', 'APPEND Entw&APw-rfe {%d+}\r\n%s' % (len(message), message))
+    out['select'] = r.command('a7', 'SELECT Entw&APw-rfe')
+    out['copy'] = r.command('a8', 'COPY 1 "Q&-A/&ZeVnLIqe-"')
+    out['move'] = r.command('a9', 'MOVE 1 Gel&APY-scht')
+    out['subscribe'] = r.command('b1', 'SUBSCRIBE Gel&APY-scht')
+    out['lsub'] = r.command('b2', 'LSUB "" Gel*')
+    out['rename'] = r.command('b3', 'RENAME Entw&APw-rfe Bo&AO4-te')
+    out['list_extended'] = r.command('b4', 'LIST "" (Bo&AO4-te "Q&-A/*") RETURN (STATUS (MESSAGES))')
+    out['status_objectid'] = r.command('b5', 'STATUS Gel&APY-scht (MESSAGES MAILBOXID)')
+    out['unterminated'] = r.command('b6', 'CREATE Entw&APw')
+    out['not_canonical'] = r.command('b7', 'CREATE &AEE-')
+    raw = 'Entw\u00fcrfe'.encode()
+    out['raw_utf8'] = r.command('b8', 'CREATE {%d+}\r\n%s' % (len(raw), raw.decode()))
+    out['bad_pattern'] = r.command('b9', 'LIST "" "&Z"')
+    out['delete'] = r.command('c1', 'DELETE "Q&-A/&ZeVnLIqe-"')
 print(json.dumps(out))
 "#;
 
@@ -1915,5 +1940,108 @@ fn metadata_sets_gets_and_removes_mailbox_annotations_within_the_limits() {
             "c8 OK GETMETADATA completed"
         ],
         "{out}"
+    );
+}
+
+#[test]
+fn mailbox_names_travel_in_modified_utf7_and_are_stored_in_utf8() {
+    let mut n = imap_node("listen = \"127.0.0.1:0\"");
+    let imap = n.imap(1);
+    let config = n.tmp.path().join("node.toml");
+    // A name made outside IMAP (the operator CLI, as LMTP's fileinto would) is UTF-8.
+    support::op(
+        &config,
+        &["mailbox", "create", "--user", "alice", "--name", "Gelöscht"],
+    )
+    .expect_code(0);
+    let out = python(n.tmp.path(), &imap, "utf7", &[]);
+    let lines = |key: &str| strings(&out[key]);
+    for key in [
+        "create",
+        "create_nested",
+        "append",
+        "copy",
+        "move",
+        "subscribe",
+        "rename",
+        "delete",
+    ] {
+        assert!(lines(key).last().unwrap().contains(" OK "), "{key}: {out}");
+    }
+    assert_eq!(
+        lines("list"),
+        [
+            "* LIST (\\HasNoChildren) \"/\" Entw&APw-rfe",
+            "* LIST (\\HasNoChildren) \"/\" Gel&APY-scht",
+            "* LIST (\\HasNoChildren) \"/\" INBOX",
+            "* LIST (\\HasChildren) \"/\" Q&-A",
+            "* LIST (\\HasNoChildren) \"/\" Q&-A/&ZeVnLIqe-",
+            "a3 OK LIST completed"
+        ],
+        "{out}"
+    );
+    assert_eq!(
+        lines("pattern"),
+        [
+            "* LIST (\\HasNoChildren) \"/\" Q&-A/&ZeVnLIqe-",
+            "a4 OK LIST completed"
+        ],
+        "{out}"
+    );
+    assert_eq!(
+        lines("status"),
+        ["* STATUS Entw&APw-rfe (MESSAGES 0)", "a5 OK STATUS completed"],
+        "{out}"
+    );
+    assert!(lines("select").iter().any(|l| l == "* 1 EXISTS"), "{out}");
+    assert_eq!(
+        lines("lsub"),
+        ["* LSUB () \"/\" Gel&APY-scht", "b2 OK LSUB completed"],
+        "{out}"
+    );
+    assert_eq!(
+        lines("list_extended"),
+        [
+            "* LIST (\\HasNoChildren) \"/\" Bo&AO4-te",
+            "* STATUS Bo&AO4-te (MESSAGES 0)",
+            "* LIST (\\HasNoChildren) \"/\" Q&-A/&ZeVnLIqe-",
+            "* STATUS Q&-A/&ZeVnLIqe- (MESSAGES 1)",
+            "b4 OK LIST completed"
+        ],
+        "{out}"
+    );
+    assert!(
+        lines("status_objectid")[0].starts_with("* STATUS Gel&APY-scht (MESSAGES 1 MAILBOXID ("),
+        "{out}"
+    );
+    // Names that are not modified UTF-7: refused, saying why.
+    for (key, tag) in [
+        ("unterminated", "b6"),
+        ("not_canonical", "b7"),
+        ("raw_utf8", "b8"),
+        ("bad_pattern", "b9"),
+    ] {
+        let got = lines(key);
+        assert_eq!(got.len(), 1, "{out}");
+        assert!(
+            got[0].starts_with(&format!("{tag} NO [CANNOT] invalid mailbox name ")),
+            "{out}"
+        );
+        assert!(got[0].contains("not modified UTF-7 (RFC 3501 5.1.3)"), "{out}");
+    }
+    // The store holds the names in UTF-8, as every other front end and the CLI name them.
+    let listed = support::op(&config, &["mailbox", "list", "--user", "alice"]);
+    listed.expect_code(0);
+    for name in ["Boîte", "Gelöscht", "Q&A"] {
+        assert!(
+            listed.stdout.lines().any(|l| l.split('\t').next() == Some(name)),
+            "{name}: {}",
+            listed.stdout
+        );
+    }
+    assert!(
+        !listed.stdout.contains("Q&A/日本語"),
+        "deleted: {}",
+        listed.stdout
     );
 }

@@ -7,6 +7,7 @@
 //! - [`extensions`]: the grammar of the extensions imap-codec lacks (LIST-EXTENDED, LIST-STATUS),
 //!   in nom, tried on a command imap-codec refused; [`listing`] decides what a LIST answers,
 //!   with the [`special_use`] attributes `[imap.special_use]` gives mailboxes;
+//! - [`utf7`]: modified UTF-7 (RFC 3501 5.1.3), mailbox names on the wire; UTF-8 in the store;
 //! - [`metadata`]: METADATA (RFC 5464; imap-codec's grammar) over the mailboxes' annotations:
 //!   entry names, what a GETMETADATA answers;
 //! - [`session`]: one connection: the RFC 3501 states, logins through [`crate::auth`]
@@ -41,6 +42,7 @@ pub mod session;
 pub mod special_use;
 #[cfg(test)]
 mod tests;
+pub mod utf7;
 
 use std::cell::RefCell;
 use std::rc::Rc;

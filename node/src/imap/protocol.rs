@@ -229,13 +229,27 @@ fn bad(tag: Option<Tag<'static>>, text: &str) -> Response<'static> {
 }
 
 /// A status response, tagged or not. `text` must not be empty nor hold CR or LF; a text that
-/// does is replaced by a fixed one rather than sent broken.
+/// does is replaced by a fixed one rather than sent broken. A character outside ASCII (a
+/// mailbox name in an error) is written as its `\u{...}` escape: IMAP's text is 7-bit.
 pub fn status(
     tag: Option<Tag<'static>>,
     kind: StatusKind,
     code: Option<Code<'static>>,
     text: String,
 ) -> Response<'static> {
+    let text = if text.is_ascii() {
+        text
+    } else {
+        text.chars()
+            .map(|c| {
+                if c.is_ascii() {
+                    c.to_string()
+                } else {
+                    c.escape_unicode().to_string()
+                }
+            })
+            .collect()
+    };
     let text = Text::try_from(text).unwrap_or_else(|_| Text::try_from("(no text)").expect("a valid text"));
     let body = StatusBody { kind, code, text };
     Response::Status(match tag {

@@ -44,6 +44,7 @@ use super::listing;
 use super::messages::{self, ObjectIds, Selected};
 use super::metadata;
 use super::protocol::{continuation, encode, other_code, status, Event, Expect, Machine};
+use super::utf7;
 use super::ImapContext;
 use crate::auth::sasl::{self, Credentials};
 use crate::auth::AuthError;
@@ -979,16 +980,18 @@ fn too_large_annotation(max: usize) -> Outcome {
         .with_code(Code::Metadata(MetadataCode::MaxSize(clamp(max as u64))))
 }
 
-/// RFC 3501's `LIST reference pattern`: RFC 5258's LIST with no options and one pattern.
+/// RFC 3501's `LIST reference pattern`: RFC 5258's LIST with no options and one pattern (as
+/// sent; [`list`] decodes them).
 fn plain_list(reference: &ImapMailbox<'_>, pattern: &ListMailbox<'_>) -> Result<ListCommand, MailError> {
     Ok(ListCommand {
-        reference: mailbox_name(reference)?,
-        patterns: vec![list_pattern(pattern)?],
+        reference: wire_name(reference)?,
+        patterns: vec![wire_pattern(pattern)?],
         ..ListCommand::default()
     })
 }
 
-fn list_pattern(pattern: &ListMailbox<'_>) -> Result<String, MailError> {
+/// A LIST pattern as the client sent it, not decoded.
+fn wire_pattern(pattern: &ListMailbox<'_>) -> Result<String, MailError> {
     match pattern {
         ListMailbox::Token(token) => utf8(token.as_ref()),
         ListMailbox::String(string) => utf8(string.as_ref()),
@@ -1023,9 +1026,12 @@ async fn extended_command(
                 items,
                 mailbox_id,
             },
-        ) => status_answer(ctx, &user, &mailbox, &items, mailbox_id, out)
-            .await
-            .unwrap_or_else(refusal),
+        ) => match from_wire(&mailbox) {
+            Ok(name) => status_answer(ctx, &user, &name, &items, mailbox_id, out)
+                .await
+                .unwrap_or_else(refusal),
+            Err(e) => refusal(e),
+        },
         (
             Some(_),
             ExtendedCommand::Fetch {
@@ -1109,6 +1115,16 @@ async fn list(
     command: &ListCommand,
     out: &mut Vec<u8>,
 ) -> Result<Outcome, MailError> {
+    // The reference and patterns as the client sent them (modified UTF-7), decoded once here.
+    let command = &ListCommand {
+        reference: from_wire(&command.reference)?,
+        patterns: command
+            .patterns
+            .iter()
+            .map(|p| from_wire(p))
+            .collect::<Result<_, _>>()?,
+        ..command.clone()
+    };
     if command.patterns.iter().all(String::is_empty) {
         // RFC 3501 6.3.8: an empty pattern asks for the hierarchy separator and root.
         untagged(
@@ -1192,7 +1208,11 @@ async fn lsub(
     pattern: &ListMailbox<'_>,
     out: &mut Vec<u8>,
 ) -> Result<Outcome, MailError> {
-    let full = format!("{}{}", mailbox_name(reference)?, list_pattern(pattern)?);
+    let full = format!(
+        "{}{}",
+        mailbox_name(reference)?,
+        from_wire(&wire_pattern(pattern)?)?
+    );
     let names: Vec<String> = ctx
         .directory
         .send(ListSubscriptions {
@@ -1433,14 +1453,29 @@ fn refusal(error: MailError) -> Outcome {
     }
 }
 
-/// A mailbox name as the store spells it. IMAP4rev1 names are modified UTF-7 (RFC 3501
-/// 5.1.3); names are taken as they come, so ASCII names (all that a client sends for ASCII)
-/// mean the same on both sides.
+/// A mailbox name as the store spells it (UTF-8): the client's modified UTF-7 (RFC 3501 5.1.3)
+/// decoded; one that is not valid modified UTF-7 is refused (`NO [CANNOT]`, naming the name).
 pub(super) fn mailbox_name(mailbox: &ImapMailbox<'_>) -> Result<String, MailError> {
+    from_wire(&wire_name(mailbox)?)
+}
+
+/// A mailbox name as the client sent it, not decoded.
+fn wire_name(mailbox: &ImapMailbox<'_>) -> Result<String, MailError> {
     match mailbox {
         ImapMailbox::Inbox => Ok("INBOX".to_string()),
         ImapMailbox::Other(other) => utf8(other.as_ref()),
     }
+}
+
+/// A name or a LIST pattern from the wire (modified UTF-7) as the store spells it. The
+/// wildcards `%` and `*` are printable ASCII, so a pattern decodes like a name.
+pub(super) fn from_wire(name: &str) -> Result<String, MailError> {
+    utf7::decode(name).map_err(|e| {
+        MailError::InvalidName(mailmesh_protocol::names::NameError::Mailbox {
+            name: e.name,
+            reason: e.reason,
+        })
+    })
 }
 
 fn utf8(bytes: &[u8]) -> Result<String, MailError> {
@@ -1452,10 +1487,10 @@ fn utf8(bytes: &[u8]) -> Result<String, MailError> {
     })
 }
 
-/// A stored name as an IMAP mailbox; `None` for one IMAP cannot carry (the store's names are
-/// validated, so none should be).
+/// A stored name as an IMAP mailbox, in modified UTF-7; `None` for one IMAP cannot carry (the
+/// store's names are validated, so none should be).
 fn imap_mailbox(name: &str) -> Option<ImapMailbox<'static>> {
-    ImapMailbox::try_from(name.to_string()).ok()
+    ImapMailbox::try_from(utf7::encode(name)).ok()
 }
 
 fn istring(text: &str) -> IString<'static> {
