@@ -685,6 +685,22 @@ elif scenario == 'utf7':
     out['raw_utf8'] = r.command('b8', 'CREATE {%d+}\r\n%s' % (len(raw), raw.decode()))
     out['bad_pattern'] = r.command('b9', 'LIST "" "&Z"')
     out['delete'] = r.command('c1', 'DELETE "Q&-A/&ZeVnLIqe-"')
+elif scenario == 'create_special_use':
+    r = Lines(socket.create_connection((host, port), timeout=30))
+    r.line()
+    out['before_login'] = r.command('a0', 'CREATE Box (USE (\\Sent))')
+    r.command('l', 'LOGIN alice secret')
+    out['capability'] = r.command('c', 'CAPABILITY')
+    out['create'] = r.command('a1', 'CREATE "Sent Mail" (USE (\\Sent \\archive))')
+    out['plain'] = r.command('a2', 'CREATE Stuff (USE ())')
+    out['unknown'] = r.command('a3', 'CREATE Everything (USE (\\All))')
+    out['not_made'] = r.command('a4', 'LIST "" Everything')
+    out['selection'] = r.command('a5', 'LIST (SPECIAL-USE) "" "*"')
+    out['metadata'] = r.command('a6', 'GETMETADATA "Sent Mail" /private/specialuse')
+    out['exists'] = r.command('a7', 'CREATE "Sent Mail" (USE (\\Junk))')
+    r.command('a8', 'RENAME "Sent Mail" Outbox')
+    out['renamed'] = r.command('a9', 'LIST "" Outbox RETURN (SPECIAL-USE)')
+    out['bad'] = r.command('b1', 'CREATE Box (USE (Sent))')
 print(json.dumps(out))
 "#;
 
@@ -2044,4 +2060,49 @@ fn mailbox_names_travel_in_modified_utf7_and_are_stored_in_utf8() {
         "deleted: {}",
         listed.stdout
     );
+}
+
+#[test]
+fn create_special_use_records_the_use_with_the_mailbox_and_list_shows_it() {
+    // No configured uses: what LIST shows comes from the mailboxes alone.
+    let mut n = imap_node(
+        "listen = \"127.0.0.1:0\"\n\n[imap.special_use]\ndrafts = \"\"\nsent = \"\"\ntrash = \"\"\njunk = \"\"\narchive = \"\"",
+    );
+    let imap = n.imap(1);
+    let out = python(n.tmp.path(), &imap, "create_special_use", &[]);
+    let lines = |key: &str| strings(&out[key]);
+    assert!(lines("before_login")[0].starts_with("a0 BAD"), "{out}");
+    assert!(lines("capability")[0].contains(" CREATE-SPECIAL-USE"), "{out}");
+    assert_eq!(lines("create"), ["a1 OK CREATE completed"], "{out}");
+    assert_eq!(lines("plain"), ["a2 OK CREATE completed"], "{out}");
+    assert_eq!(
+        lines("unknown"),
+        ["a3 NO [USEATTR] special use \\All is not offered here (only \\Drafts, \\Sent, \\Trash, \\Junk, \\Archive)"],
+        "{out}"
+    );
+    assert_eq!(lines("not_made"), ["a4 OK LIST completed"], "{out}");
+    assert_eq!(
+        lines("selection"),
+        [
+            "* LIST (\\HasNoChildren \\Sent \\Archive) \"/\" \"Sent Mail\"",
+            "a5 OK LIST completed"
+        ],
+        "{out}"
+    );
+    // The use is the mailbox's RFC 6154 4 annotation: it replicates and follows a rename.
+    assert_eq!(
+        lines("metadata")[0],
+        "* METADATA \"Sent Mail\" (/private/specialuse \"\\\\Sent \\\\Archive\")",
+        "{out}"
+    );
+    assert!(lines("exists")[0].starts_with("a7 NO [ALREADYEXISTS]"), "{out}");
+    assert_eq!(
+        lines("renamed"),
+        [
+            "* LIST (\\HasNoChildren \\Sent \\Archive) \"/\" Outbox",
+            "a9 OK LIST completed"
+        ],
+        "{out}"
+    );
+    assert!(lines("bad")[0].starts_with("b1 BAD"), "{out}");
 }

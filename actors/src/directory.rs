@@ -1245,6 +1245,35 @@ impl Handler<ListMailboxes> for Directory {
     }
 }
 
+/// One annotation entry of each of a user's live mailboxes that has a value, as (mailbox name,
+/// value) in name order. Read from the store, without starting the mailboxes' actors, so that a
+/// front end can show it beside a listing cheaply (IMAP's LIST shows RFC 6154's
+/// `/private/specialuse` so); what a Mailbox has not committed yet is not seen.
+#[derive(Message)]
+#[rtype(result = "Result<Vec<(String, Vec<u8>)>, MailError>")]
+pub struct ListAnnotation {
+    pub user: String,
+    pub entry: String,
+}
+
+impl Handler<ListAnnotation> for Directory {
+    type Result = Result<Vec<(String, Vec<u8>)>, MailError>;
+
+    fn handle(&mut self, msg: ListAnnotation, _: &mut Self::Context) -> Self::Result {
+        validate_user(&msg.user)?;
+        let mut out = Vec::new();
+        for (entry, shown, _) in self.user_mailboxes(&msg.user)? {
+            let key = keys::annotation(entry.id, &msg.entry);
+            let stored = self.ctx.store.get::<StoredAnnotation>(Table::Annotations, &key)?;
+            if let Some(value) = stored.as_ref().and_then(|a| a.annotation.value()) {
+                out.push((shown, value.to_vec()));
+            }
+        }
+        out.sort();
+        Ok(out)
+    }
+}
+
 /// A mailbox's actor, started if needed.
 #[derive(Message)]
 #[rtype(result = "Result<OpenedMailbox, MailError>")]

@@ -471,3 +471,48 @@ fn primary_of_names_the_effective_primary() {
         assert!(matches!(bad, Err(MailError::InvalidName(_))), "{bad:?}");
     });
 }
+
+#[test]
+fn one_annotation_of_every_live_mailbox_is_listed_from_the_store() {
+    let dir = tempfile::tempdir().unwrap();
+    run(|| async {
+        let node = start(dir.path());
+        let set = |entry: &str, value: &str| mailmesh_actors::mailbox::SetAnnotation {
+            entry: entry.into(),
+            value: Some(value.as_bytes().to_vec()),
+        };
+        let sent = mailbox(&node, "alice", "Sent").await;
+        let work = mailbox(&node, "alice", "Work").await;
+        let old = mailbox(&node, "alice", "Old").await;
+        sent.send(set("/private/specialuse", "\\Sent"))
+            .await
+            .unwrap()
+            .unwrap();
+        work.send(set("/shared/comment", "not this one"))
+            .await
+            .unwrap()
+            .unwrap();
+        old.send(set("/private/specialuse", "\\Archive"))
+            .await
+            .unwrap()
+            .unwrap();
+        node.directory
+            .send(DeleteMailbox {
+                user: "alice".into(),
+                name: "Old".into(),
+            })
+            .await
+            .unwrap()
+            .unwrap();
+        let listed = node
+            .directory
+            .send(ListAnnotation {
+                user: "alice".into(),
+                entry: "/private/specialuse".into(),
+            })
+            .await
+            .unwrap()
+            .unwrap();
+        assert_eq!(listed, vec![("Sent".to_string(), b"\\Sent".to_vec())]);
+    });
+}

@@ -1,6 +1,7 @@
 //! Commands of the extensions imap-codec has no grammar for, parsed with nom (the parser
 //! combinators imap-codec itself is written with): LIST-EXTENDED (RFC 5258) with LIST-STATUS
-//! (RFC 5819) and SPECIAL-USE's options (RFC 6154), and ESEARCH's `SEARCH RETURN (...)` (RFC
+//! (RFC 5819) and SPECIAL-USE's options (RFC 6154), CREATE-SPECIAL-USE's `CREATE ... (USE (...))`
+//! (RFC 6154 3), and ESEARCH's `SEARCH RETURN (...)` (RFC
 //! 4731), whose search keys are then imap-codec's own: the command is decoded again without the
 //! `RETURN (...)`; OBJECTID's (RFC 8474) `STATUS ... (MAILBOXID)` and FETCH of `EMAILID` and
 //! `THREADID` (the FETCH decoded again by imap-codec without those two items); and RFC 5464's
@@ -40,6 +41,12 @@ pub enum ExtendedCommand {
         mailbox: String,
         items: Vec<StatusDataItemName>,
         mailbox_id: bool,
+    },
+    /// CREATE-SPECIAL-USE's (RFC 6154 3) `CREATE mailbox (USE (\Sent ...))`: the mailbox as
+    /// sent, the uses' attributes as written, without their backslash.
+    Create {
+        mailbox: String,
+        uses: Vec<String>,
     },
     /// `[UID] FETCH` asking for EMAILID or THREADID: `command` is the FETCH without them (with
     /// `UID` in their place when nothing else was asked).
@@ -101,6 +108,13 @@ pub fn parse(message: &[u8]) -> Option<(String, ExtendedCommand)> {
     }
     if let Ok((_, (tag, command))) = all_consuming(terminated(
         pair(terminated(command_tag, char(' ')), status_command),
+        tag("\r\n"),
+    ))(message)
+    {
+        return Some((tag, command));
+    }
+    if let Ok((_, (tag, command))) = all_consuming(terminated(
+        pair(terminated(command_tag, char(' ')), create_special_use),
         tag("\r\n"),
     ))(message)
     {
@@ -176,6 +190,20 @@ fn search_return(input: &[u8]) -> IResult<&[u8], (bool, SearchReturn)> {
         count: options.contains(&3),
     };
     Ok((input, (uid, returns)))
+}
+
+/// `"CREATE" SP mailbox SP "(" "USE" SP "(" [use-attr *(SP use-attr)] ")" ")"` (RFC 6154 3
+/// with RFC 4466's create-params; USE is the only parameter this server knows).
+fn create_special_use(input: &[u8]) -> IResult<&[u8], ExtendedCommand> {
+    let (input, mailbox) = preceded(tag_no_case("CREATE "), astring)(input)?;
+    let use_attr = map_res(preceded(char('\\'), take_while1(is_atom_char)), text);
+    let (input, uses) = delimited(
+        tag_no_case(" (USE ("),
+        opt(separated_list1(char(' '), use_attr)),
+        tag("))"),
+    )(input)?;
+    let uses = uses.unwrap_or_default();
+    Ok((input, ExtendedCommand::Create { mailbox, uses }))
 }
 
 /// `"STATUS" SP mailbox SP "(" status-att *(SP status-att) ")"` with MAILBOXID (RFC 8474 4.2).
@@ -656,6 +684,31 @@ mod tests {
             "a SETMETADATA INBOX (/shared/comment \"x\") x\r\n",
         ] {
             assert_eq!(getmetadata_in_example_order(other.as_bytes()), None, "{other:?}");
+        }
+    }
+
+    #[test]
+    fn create_takes_rfc_6154s_use_parameter() {
+        let got = parse(b"a CREATE \"My Sent\" (USE (\\Sent \\Archive))\r\n");
+        assert_eq!(
+            got,
+            Some((
+                "a".to_string(),
+                ExtendedCommand::Create {
+                    mailbox: "My Sent".into(),
+                    uses: vec!["Sent".into(), "Archive".into()],
+                }
+            ))
+        );
+        let got = parse(b"a create Drafts (use ())\r\n");
+        assert!(matches!(got, Some((_, ExtendedCommand::Create { uses, .. })) if uses.is_empty()));
+        for bad in [
+            "a CREATE Sent (USE (Sent))\r\n",
+            "a CREATE Sent (USE (\\Sent)\r\n",
+            "a CREATE Sent (OTHER (\\Sent))\r\n",
+            "a CREATE Sent (USE (\\Sent)) x\r\n",
+        ] {
+            assert!(parse(bad.as_bytes()).is_none(), "{bad:?}");
         }
     }
 

@@ -23,7 +23,8 @@
 //!   one with implicit TLS, either or both).
 //!
 //! Flow: listener (`crate::listener`) → session → Directory (`ListMailboxes`, `CreateMailbox`,
-//! `DeleteMailbox`, `RenameMailbox`, `Subscribe`, `ListSubscriptions`, `OpenMailbox`) →
+//! `DeleteMailbox`, `RenameMailbox`, `Subscribe`, `ListSubscriptions`, `OpenMailbox`,
+//! `ListAnnotation`) →
 //! Mailbox (`GetState`, `ListUids`, `Fetch`, `FetchBody`, `StoreFlags`, `Expunge`, `Append`,
 //! `Transfer`, `GetAnnotations`, `SetAnnotations`). Nothing in `actors/` knows IMAP syntax.
 

@@ -31,9 +31,10 @@ use imap_codec::imap_types::status::{StatusDataItem, StatusDataItemName};
 use imap_codec::GreetingCodec;
 use mailmesh_actors::directory::OpenedMailbox;
 use mailmesh_actors::directory::{
-    CreateMailbox, DeleteMailbox, ListMailboxes, ListSubscriptions, OpenMailbox, RenameMailbox, Subscribe,
+    CreateMailbox, DeleteMailbox, ListAnnotation, ListMailboxes, ListSubscriptions, OpenMailbox,
+    RenameMailbox, Subscribe,
 };
-use mailmesh_actors::mailbox::{GetAnnotations, GetState, MailboxState, SetAnnotations};
+use mailmesh_actors::mailbox::{GetAnnotations, GetState, MailboxState, SetAnnotation, SetAnnotations};
 use mailmesh_actors::MailError;
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tracing::{info, warn};
@@ -44,6 +45,7 @@ use super::listing;
 use super::messages::{self, ObjectIds, Selected};
 use super::metadata;
 use super::protocol::{continuation, encode, other_code, status, Event, Expect, Machine};
+use super::special_use;
 use super::utf7;
 use super::ImapContext;
 use crate::auth::sasl::{self, Credentials};
@@ -839,6 +841,69 @@ async fn create(ctx: &ImapContext, user: &str, mailbox: &ImapMailbox<'_>) -> Res
     Ok(Outcome::ok("CREATE completed"))
 }
 
+/// CREATE-SPECIAL-USE (RFC 6154 3): the mailbox made, then its uses written as its
+/// `/private/specialuse` annotation ([`special_use`]). A use this server does not offer is
+/// refused before anything is made (`NO [USEATTR]`); if the annotation cannot be written the
+/// new mailbox is deleted again, since RFC 6154 asks that no mailbox be made then.
+async fn create_special_use(
+    ctx: &ImapContext,
+    user: &str,
+    mailbox: &str,
+    uses: &[String],
+) -> Result<Outcome, MailError> {
+    let mut known = Vec::new();
+    for written in uses {
+        match special_use::known_use(written) {
+            Some(attribute) if !known.contains(&attribute) => known.push(attribute),
+            Some(_) => {}
+            None => {
+                return Ok(Outcome::no(format!(
+                    "special use \\{written} is not offered here (only \\Drafts, \\Sent, \\Trash, \\Junk, \\Archive)"
+                ))
+                .with_code(other_code("USEATTR")))
+            }
+        }
+    }
+    let name = from_wire(mailbox)?;
+    let name = name.strip_suffix(SEPARATOR).unwrap_or(&name).to_string();
+    ctx.directory
+        .send(CreateMailbox {
+            user: user.to_string(),
+            name: name.clone(),
+        })
+        .await??;
+    if known.is_empty() {
+        return Ok(Outcome::ok("CREATE completed"));
+    }
+    let annotated = async {
+        open_mailbox(ctx, user, &name)
+            .await?
+            .addr
+            .send(SetAnnotation {
+                entry: special_use::ANNOTATION.to_string(),
+                value: Some(special_use::annotation_value(&known)),
+            })
+            .await?
+    };
+    match annotated.await {
+        Ok(_) => Ok(Outcome::ok("CREATE completed")),
+        Err(e) => {
+            let undone = ctx
+                .directory
+                .send(DeleteMailbox {
+                    user: user.to_string(),
+                    name: name.clone(),
+                })
+                .await;
+            if !matches!(undone, Ok(Ok(_))) {
+                warn!(%user, mailbox = %name, "a mailbox whose special use could not be recorded was not deleted again");
+            }
+            Ok(Outcome::no(format!("the special use could not be recorded: {e}"))
+                .with_code(other_code("USEATTR")))
+        }
+    }
+}
+
 async fn delete(ctx: &ImapContext, user: &str, mailbox: &ImapMailbox<'_>) -> Result<Outcome, MailError> {
     let name = mailbox_name(mailbox)?;
     ctx.directory
@@ -1019,6 +1084,12 @@ async fn extended_command(
         (None, ExtendedCommand::Search { .. }) => Outcome::bad("SEARCH needs a login first"),
         (None, ExtendedCommand::Status { .. }) => Outcome::bad("STATUS needs a login first"),
         (None, ExtendedCommand::Fetch { .. }) => Outcome::bad("FETCH needs a login first"),
+        (None, ExtendedCommand::Create { .. }) => Outcome::bad("CREATE needs a login first"),
+        (Some(user), ExtendedCommand::Create { mailbox, uses }) => {
+            create_special_use(ctx, &user, &mailbox, &uses)
+                .await
+                .unwrap_or_else(refusal)
+        }
         (
             Some(user),
             ExtendedCommand::Status {
@@ -1159,7 +1230,16 @@ async fn list(
     } else {
         Vec::new()
     };
-    for listed in listing::list(command, &existing, &subscribed, &ctx.special_use) {
+    // The configured uses and those CREATE-SPECIAL-USE recorded on the mailboxes.
+    let annotated = ctx
+        .directory
+        .send(ListAnnotation {
+            user: user.to_string(),
+            entry: special_use::ANNOTATION.to_string(),
+        })
+        .await??;
+    let uses = ctx.special_use.with_annotated(&annotated);
+    for listed in listing::list(command, &existing, &subscribed, &uses) {
         let Some(mailbox) = imap_mailbox(&listed.name) else {
             continue;
         };
@@ -1553,6 +1633,7 @@ impl ImapContext {
         caps.push(Capability::ListExtended);
         caps.push(Capability::from(atom("LIST-STATUS")));
         caps.push(Capability::from(atom("SPECIAL-USE")));
+        caps.push(Capability::from(atom("CREATE-SPECIAL-USE")));
         caps.push(Capability::from(atom("ESEARCH")));
         caps.push(Capability::from(atom("OBJECTID")));
         caps.push(Capability::Metadata);

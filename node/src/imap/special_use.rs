@@ -1,6 +1,13 @@
 //! SPECIAL-USE (RFC 6154): which mailbox a client should use for drafts, sent mail, the trash,
 //! junk and the archive. `[imap.special_use]` names them; LIST shows each use as an attribute
 //! of its mailbox (`\Sent`), and its `SPECIAL-USE` selection option lists only those.
+//!
+//! CREATE-SPECIAL-USE (RFC 6154 3): `CREATE name (USE (\Sent))` records the use as the new
+//! mailbox's `/private/specialuse` annotation ([`ANNOTATION`]: the METADATA entry RFC 6154 4
+//! defines for it, its value the attributes separated by spaces). An annotation, not a node
+//! setting, because it must hold on every node: it replicates with the mailbox, follows it
+//! through RENAME, goes with it on DELETE, and GETMETADATA shows it. LIST shows the uses of
+//! `[imap.special_use]` (the node's defaults) and those annotations together.
 
 /// The uses this server knows: the `[imap.special_use]` key, the attribute (without its
 /// backslash), and the mailbox it names unless the configuration says another.
@@ -11,6 +18,34 @@ pub const USES: [(&str, &str, &str); 5] = [
     ("junk", "Junk", "Junk"),
     ("archive", "Archive", "Archive"),
 ];
+
+/// The annotation entry holding a mailbox's uses (RFC 6154 4).
+pub const ANNOTATION: &str = "/private/specialuse";
+
+/// The attribute this server knows for `written` (`Sent`, `sent`: [`USES`]' spelling), or
+/// `None` for one it does not offer (`\All`, `\Flagged`: no virtual mailboxes here).
+pub fn known_use(written: &str) -> Option<&'static str> {
+    USES.iter()
+        .map(|&(_, attribute, _)| attribute)
+        .find(|attribute| attribute.eq_ignore_ascii_case(written))
+}
+
+/// The annotation value of `uses`: `\Sent \Archive`.
+pub fn annotation_value(uses: &[&str]) -> Vec<u8> {
+    uses.iter()
+        .map(|u| format!("\\{u}"))
+        .collect::<Vec<_>>()
+        .join(" ")
+        .into_bytes()
+}
+
+/// The uses an annotation value names that this server knows; others are left out.
+fn annotated_uses(value: &[u8]) -> impl Iterator<Item = &'static str> + '_ {
+    value
+        .split(|&b| b == b' ')
+        .filter_map(|word| std::str::from_utf8(word.strip_prefix(b"\\")?).ok())
+        .filter_map(known_use)
+}
 
 /// The mailboxes with a special use, validated (`[imap.special_use]`).
 #[derive(Clone, Debug, PartialEq, Eq)]
@@ -43,6 +78,20 @@ impl SpecialUses {
         }
     }
 
+    /// These uses and those the mailboxes' `/private/specialuse` annotations (mailbox name,
+    /// value) give, each (mailbox, use) once.
+    pub fn with_annotated(&self, annotated: &[(String, Vec<u8>)]) -> SpecialUses {
+        let mut uses = self.uses.clone();
+        for (mailbox, value) in annotated {
+            for attribute in annotated_uses(value) {
+                if !uses.iter().any(|(m, a)| m == mailbox && *a == attribute) {
+                    uses.push((mailbox.clone(), attribute));
+                }
+            }
+        }
+        SpecialUses { uses }
+    }
+
     /// The attributes of the mailbox `name`, in [`USES`]' order.
     pub fn of<'a>(&'a self, name: &'a str) -> impl Iterator<Item = &'static str> + 'a {
         self.uses
@@ -69,5 +118,18 @@ mod tests {
         assert_eq!(uses.of("Outbox").collect::<Vec<_>>(), ["Sent", "Archive"]);
         assert_eq!(uses.of("Junk").count(), 0);
         assert_eq!(uses.of("").count(), 0);
+    }
+
+    #[test]
+    fn annotated_uses_join_the_configured_ones_once() {
+        assert_eq!(known_use("sent"), Some("Sent"));
+        assert_eq!(known_use("All"), None);
+        assert_eq!(annotation_value(&["Sent", "Archive"]), b"\\Sent \\Archive");
+        let uses = SpecialUses::default().with_annotated(&[
+            ("Sent".into(), b"\\Sent".to_vec()),
+            ("Outbox".into(), b"\\Sent \\Flagged junk \\junk".to_vec()),
+        ]);
+        assert_eq!(uses.of("Sent").collect::<Vec<_>>(), ["Sent"]);
+        assert_eq!(uses.of("Outbox").collect::<Vec<_>>(), ["Sent", "Junk"]);
     }
 }
