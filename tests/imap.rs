@@ -701,6 +701,10 @@ elif scenario == 'create_special_use':
     r.command('a8', 'RENAME "Sent Mail" Outbox')
     out['renamed'] = r.command('a9', 'LIST "" Outbox RETURN (SPECIAL-USE)')
     out['bad'] = r.command('b1', 'CREATE Box (USE (Sent))')
+    out['set_use'] = r.command('b2', 'SETMETADATA Stuff (/private/specialuse "\\\\junk")')
+    out['set_unknown'] = r.command('b3', 'SETMETADATA Stuff (/private/specialuse "\\\\All")')
+    out['set_listed'] = r.command('b4', 'LIST (SPECIAL-USE) "" "*"')
+    out['set_stored'] = r.command('b5', 'GETMETADATA Stuff /private/specialuse')
 print(json.dumps(out))
 "#;
 
@@ -2105,4 +2109,25 @@ fn create_special_use_records_the_use_with_the_mailbox_and_list_shows_it() {
         "{out}"
     );
     assert!(lines("bad")[0].starts_with("b1 BAD"), "{out}");
+    // SETMETADATA may change a use too, checked and spelled as this server spells it.
+    assert_eq!(lines("set_use"), ["b2 OK SETMETADATA completed"], "{out}");
+    assert_eq!(
+        lines("set_unknown"),
+        ["b3 NO [USEATTR] \\All is not a special use offered here (\\Drafts, \\Sent, \\Trash, \\Junk, \\Archive)"],
+        "{out}"
+    );
+    assert_eq!(
+        lines("set_listed"),
+        [
+            "* LIST (\\HasNoChildren \\Sent \\Archive) \"/\" Outbox",
+            "* LIST (\\HasNoChildren \\Junk) \"/\" Stuff",
+            "b4 OK LIST completed"
+        ],
+        "{out}"
+    );
+    assert_eq!(
+        lines("set_stored")[0],
+        "* METADATA Stuff (/private/specialuse \"\\\\Junk\")",
+        "{out}"
+    );
 }

@@ -1016,7 +1016,16 @@ async fn set_metadata(
             Ok(name) => name,
             Err(problem) => return Ok(Outcome::bad(problem)),
         };
-        let value = metadata::set_value(value);
+        let mut value = metadata::set_value(value);
+        if let (special_use::ANNOTATION, Some(uses)) = (name.as_str(), &value) {
+            value = match special_use::checked_value(uses) {
+                Ok(value) => value,
+                Err(word) => return Ok(Outcome::no(format!(
+                    "{word} is not a special use offered here (\\Drafts, \\Sent, \\Trash, \\Junk, \\Archive)"
+                ))
+                .with_code(other_code("USEATTR"))),
+            };
+        }
         if value.as_ref().is_some_and(|v| v.len() > limits.max_value_bytes) {
             return Ok(too_large_annotation(limits.max_value_bytes));
         }

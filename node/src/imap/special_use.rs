@@ -6,8 +6,9 @@
 //! mailbox's `/private/specialuse` annotation ([`ANNOTATION`]: the METADATA entry RFC 6154 4
 //! defines for it, its value the attributes separated by spaces). An annotation, not a node
 //! setting, because it must hold on every node: it replicates with the mailbox, follows it
-//! through RENAME, goes with it on DELETE, and GETMETADATA shows it. LIST shows the uses of
-//! `[imap.special_use]` (the node's defaults) and those annotations together.
+//! through RENAME, goes with it on DELETE, and GETMETADATA shows it; SETMETADATA may change it,
+//! within the uses offered ([`checked_value`]). LIST shows the uses of `[imap.special_use]` (the
+//! node's defaults) and those annotations together.
 
 /// The uses this server knows: the `[imap.special_use]` key, the attribute (without its
 /// backslash), and the mailbox it names unless the configuration says another.
@@ -37,6 +38,25 @@ pub fn annotation_value(uses: &[&str]) -> Vec<u8> {
         .collect::<Vec<_>>()
         .join(" ")
         .into_bytes()
+}
+
+/// A `/private/specialuse` value a client sets with SETMETADATA, checked (RFC 6154 4 asks that
+/// it not be taken blindly): attributes this server offers, separated by spaces; the stored
+/// value is their canonical spelling (`None`: no use left, the entry is removed). `Err` names
+/// the first word that is not such an attribute (`NO [USEATTR]`).
+pub fn checked_value(value: &[u8]) -> Result<Option<Vec<u8>>, String> {
+    let mut uses = Vec::new();
+    for word in value.split(|&b| b == b' ').filter(|w| !w.is_empty()) {
+        let attribute = word
+            .strip_prefix(b"\\")
+            .and_then(|name| std::str::from_utf8(name).ok())
+            .and_then(known_use)
+            .ok_or_else(|| String::from_utf8_lossy(word).into_owned())?;
+        if !uses.contains(&attribute) {
+            uses.push(attribute);
+        }
+    }
+    Ok((!uses.is_empty()).then(|| annotation_value(&uses)))
 }
 
 /// The uses an annotation value names that this server knows; others are left out.
@@ -131,5 +151,16 @@ mod tests {
         ]);
         assert_eq!(uses.of("Sent").collect::<Vec<_>>(), ["Sent"]);
         assert_eq!(uses.of("Outbox").collect::<Vec<_>>(), ["Sent", "Junk"]);
+    }
+
+    #[test]
+    fn a_value_set_by_a_client_is_checked_and_spelled_canonically() {
+        assert_eq!(
+            checked_value(b"\\sent  \\Archive \\Sent"),
+            Ok(Some(b"\\Sent \\Archive".to_vec()))
+        );
+        assert_eq!(checked_value(b""), Ok(None));
+        assert_eq!(checked_value(b"\\Sent \\All"), Err("\\All".to_string()));
+        assert_eq!(checked_value(b"Sent"), Err("Sent".to_string()));
     }
 }
