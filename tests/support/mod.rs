@@ -367,6 +367,8 @@ fn collect(
 }
 
 pub mod cluster;
+pub mod imap_lines;
+pub mod imap_node;
 pub mod quic;
 
 impl Running {
