@@ -196,6 +196,8 @@ fn a_rust_imap_client_runs_a_whole_session_over_implicit_tls() {
         let inbox = s.select("INBOX").await.unwrap();
         assert_eq!(inbox.exists, 1);
         assert_eq!(inbox.uid_next, Some(2));
+        // RFC 3501 6.3.1's [UNSEEN n]: the first message without \Seen.
+        assert_eq!(inbox.unseen, Some(1));
         assert!(inbox.uid_validity.is_some());
 
         s.append("INBOX", Some("(\\Flagged)"), None, MULTIPART)

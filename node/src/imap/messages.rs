@@ -129,6 +129,35 @@ impl Selected {
         Ok((selected, state))
     }
 
+    /// The sequence number of the first message without `\Seen`, for SELECT's `[UNSEEN n]`
+    /// (RFC 3501 6.3.1 lists it among the required answers). `unseen` is the mailbox's count
+    /// of them: with none, nothing is read; otherwise the flags are read in chunks from the
+    /// start and the scan stops at the first one found.
+    pub async fn first_unseen(&self, unseen: u64) -> Result<Option<u32>, MailError> {
+        if unseen == 0 {
+            return Ok(None);
+        }
+        for chunk in self.map.uids().chunks(FETCH_CHUNK) {
+            let views = self
+                .addr
+                .send(Fetch {
+                    uids: UidSet::from_uids(chunk.iter().map(|&u| Uid(u))),
+                })
+                .await??;
+            let seen = |view: &MessageView| {
+                view.flags
+                    .iter()
+                    .any(|f| f.as_str().eq_ignore_ascii_case("\\Seen"))
+            };
+            // The views come in uid order, as the map: the first unseen view is the lowest
+            // number (a message expunged since the listing has no view and no say).
+            if let Some(view) = views.iter().find(|view| !seen(view)) {
+                return Ok(self.map.seq(view.uid.0));
+            }
+        }
+        Ok(None)
+    }
+
     /// Brings the map up to date with the store after a command (and during IDLE, when the
     /// mailbox changed) and tells the client: EXPUNGE for each message gone (only where
     /// `expunges_allowed`: RFC 3501 7.4.1 forbids them during FETCH, STORE and SEARCH), then

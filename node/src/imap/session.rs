@@ -1474,6 +1474,13 @@ async fn select(
     untagged(Data::Exists(selected.map.len()), out);
     untagged(Data::Recent(0), out);
     let mut codes = Vec::new();
+    if let Some(first) = selected
+        .first_unseen(mailbox_state.unseen)
+        .await?
+        .and_then(NonZeroU32::new)
+    {
+        codes.push(Code::Unseen(first));
+    }
     if let Some(uidvalidity) = NonZeroU32::new(mailbox_state.uidvalidity.0) {
         codes.push(Code::UidValidity(uidvalidity));
     }
