@@ -37,6 +37,17 @@ pub fn list(
     let existing: BTreeSet<&str> = existing.iter().map(String::as_str).collect();
     let subscribed: BTreeSet<&str> = subscribed.iter().map(String::as_str).collect();
     let mut candidates = existing.clone();
+    // RFC 3501 6.3.8: a level of hierarchy that "%" matches is listed even when it is no
+    // mailbox, as \Noselect, so that a client walking the tree finds what is below it (a
+    // mailbox deleted while it had inferiors leaves such a level).
+    let levels: BTreeSet<&str> = existing
+        .iter()
+        .flat_map(|name| superiors(name))
+        .filter(|level| !existing.contains(level))
+        .collect();
+    if !selection.subscribed {
+        candidates.extend(levels.iter().copied());
+    }
     if selection.subscribed {
         candidates.extend(subscribed.iter().copied());
         if selection.recursive_match {
@@ -55,6 +66,16 @@ pub fn list(
             continue;
         }
         let exists = existing.contains(name);
+        let is_level = !exists && levels.contains(name);
+        if is_level
+            && !selection.subscribed
+            && !patterns
+                .iter()
+                .any(|pattern| pattern.ends_with('%') && list_matches(pattern, name))
+        {
+            // "*" matches the mailboxes below it themselves; only "%" stops at the level.
+            continue;
+        }
         let is_subscribed = subscribed.contains(name);
         let uses: Vec<&'static str> = if exists {
             special_use.of(name).collect()
@@ -64,7 +85,7 @@ pub fn list(
         let meets = (if selection.subscribed {
             is_subscribed
         } else {
-            exists
+            exists || is_level
         }) && (!selection.special_use || !uses.is_empty());
         let prefix = format!("{name}{SEPARATOR}");
         // Sorted: the first name from the prefix on starts with it if any does.
@@ -79,7 +100,9 @@ pub fn list(
             continue;
         }
         let mut attributes = Vec::new();
-        if !exists {
+        if is_level && !selection.subscribed {
+            attributes.push("Noselect");
+        } else if !exists {
             attributes.push("NonExistent");
         }
         attributes.push(if first_under(&existing) {
@@ -142,6 +165,45 @@ mod tests {
                 )
             })
             .collect()
+    }
+
+    #[test]
+    fn a_level_that_is_no_mailbox_is_listed_noselect_where_percent_stops_at_it() {
+        // foo was deleted while foo/bar existed (RFC 3501 6.3.4); Mail is a level only.
+        let existing = names(&["INBOX", "foo/bar", "Mail/meetings"]);
+        let got = list(
+            &command(Default::default(), &["%"], Default::default()),
+            &existing,
+            &[],
+        );
+        assert_eq!(
+            lines(&got),
+            [
+                "INBOX (HasNoChildren)",
+                "Mail (Noselect HasChildren)",
+                "foo (Noselect HasChildren)"
+            ]
+        );
+        let got = list(
+            &command(Default::default(), &["Mail/%"], Default::default()),
+            &existing,
+            &[],
+        );
+        assert_eq!(lines(&got), ["Mail/meetings (HasNoChildren)"]);
+        // "*" reaches the mailboxes themselves and lists no level.
+        let got = list(
+            &command(Default::default(), &["*"], Default::default()),
+            &existing,
+            &[],
+        );
+        assert_eq!(
+            lines(&got),
+            [
+                "INBOX (HasNoChildren)",
+                "Mail/meetings (HasNoChildren)",
+                "foo/bar (HasNoChildren)"
+            ]
+        );
     }
 
     #[test]
