@@ -1,5 +1,6 @@
-//! The sans-IO core: the machine's literal policy and bounds, the LIST wildcards, and arbitrary
-//! bytes on the command path.
+//! The sans-IO core: the machine's literal policy and bounds, the LIST wildcards, arbitrary
+//! bytes on the command path, and command-shaped lines of IMAP tokens and literals (the
+//! in-process half of the fuzzing; tests/imap_fuzz.rs sends such input to a real node).
 
 use imap_codec::imap_types::command::CommandBody;
 use imap_codec::imap_types::response::{Code, StatusKind};
@@ -257,5 +258,115 @@ proptest! {
         }
         let got = events(&mut machine);
         prop_assert_eq!(got.len(), lines.len());
+    }
+}
+
+/// One argument of a command-shaped line: the IMAP tokens a client sends, valid or slightly
+/// wrong (bad escapes, unbalanced parentheses, stray brackets), and literals whose bytes may be
+/// anything, CR and LF included.
+fn argument() -> impl Strategy<Value = Vec<u8>> {
+    prop_oneof![
+        "[A-Za-z0-9$\\\\.:*%-]{1,12}".prop_map(String::into_bytes),
+        "[0-9]{1,3}(:[0-9*]{1,3})?(,[0-9]{1,3})?".prop_map(String::into_bytes),
+        "\"([ -!#-\\[\\]-~]|\\\\\"|\\\\\\\\|\\\\x){0,12}\"".prop_map(String::into_bytes),
+        proptest::collection::vec("[A-Za-z0-9\\\\]{1,8}", 0..4).prop_map(|atoms| format!(
+            "({})",
+            atoms.join(" ")
+        )
+        .into_bytes()),
+        "(BODY|BODY\\.PEEK|BINARY)\\[[0-9.A-Z ()]{0,16}\\](<[0-9]{1,3}(\\.[0-9]{1,3})?>)?"
+            .prop_map(String::into_bytes),
+        "[()\\[\\]<>]{1,3}".prop_map(String::into_bytes),
+        (proptest::collection::vec(any::<u8>(), 0..40), any::<bool>()).prop_map(|(bytes, plus)| {
+            let mut out = format!("{{{}{}}}\r\n", bytes.len(), if plus { "+" } else { "" }).into_bytes();
+            out.extend(bytes);
+            out
+        }),
+    ]
+}
+
+const COMMAND_NAMES: &[&str] = &[
+    "CAPABILITY",
+    "NOOP",
+    "LOGOUT",
+    "STARTTLS",
+    "LOGIN",
+    "AUTHENTICATE",
+    "SELECT",
+    "EXAMINE",
+    "CREATE",
+    "DELETE",
+    "RENAME",
+    "SUBSCRIBE",
+    "UNSUBSCRIBE",
+    "LIST",
+    "LSUB",
+    "STATUS",
+    "APPEND",
+    "CHECK",
+    "CLOSE",
+    "UNSELECT",
+    "EXPUNGE",
+    "SEARCH",
+    "FETCH",
+    "STORE",
+    "COPY",
+    "MOVE",
+    "UID",
+    "IDLE",
+    "ENABLE",
+    "ID",
+    "NAMESPACE",
+    "DONE",
+    "XYZZY",
+];
+
+proptest! {
+    #![proptest_config(ProptestConfig::with_cases(1024))]
+
+    /// Command-shaped lines (a tag, a command name in any case, up to eight arguments of IMAP
+    /// tokens and literals) fed whole, pipelined: no panic, and each line ends in exactly one
+    /// command, extended command or refusal (synchronizing literals within the limit each add
+    /// a continuation request first); a refusal encodes as one status line.
+    #[test]
+    fn command_shaped_lines_each_get_one_answer(
+        lines in proptest::collection::vec(
+            (
+                "[a-zA-Z0-9]{1,6}|\\*|\\+|",
+                proptest::sample::select(COMMAND_NAMES),
+                any::<bool>(),
+                proptest::collection::vec(argument(), 0..8),
+            ),
+            1..6,
+        ),
+    ) {
+        let mut machine = Machine::new(4096);
+        let mut wire_bytes = Vec::new();
+        let mut continuations = 0;
+        for (tag, name, lower, arguments) in &lines {
+            let name = if *lower { name.to_ascii_lowercase() } else { name.to_string() };
+            let mut line = format!("{tag} {name}").into_bytes();
+            for argument in arguments {
+                line.push(b' ');
+                if argument.ends_with(b"\r\n") || argument.windows(3).any(|w| w == b"}\r\n") {
+                    continuations += usize::from(!argument.windows(3).any(|w| w == b"+}\r"));
+                }
+                line.extend_from_slice(argument);
+            }
+            line.extend_from_slice(b"\r\n");
+            wire_bytes.extend(line);
+        }
+        machine.feed(&wire_bytes);
+        let got = events(&mut machine);
+        let answers = got.iter().filter(|e| !matches!(e, Event::ContinueLiteral)).count();
+        let continued = got.iter().filter(|e| matches!(e, Event::ContinueLiteral)).count();
+        prop_assert_eq!(answers, lines.len(), "{:?}", got.iter().map(wire).collect::<Vec<_>>());
+        prop_assert_eq!(continued, continuations);
+        for event in &got {
+            if let Event::Refused(_) = event {
+                let text = wire(event);
+                prop_assert!(text.ends_with("\r\n") && text.matches("\r\n").count() == 1, "{}", text);
+            }
+        }
     }
 }
