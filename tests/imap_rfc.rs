@@ -24,9 +24,10 @@
 //! - RFC 3501 6.3.8's and 6.3.9's examples with `.` or `/usr/staff` namespaces, 6.3.5's
 //!   INBOX rename with a `.` delimiter, 6.5.1 (XPIG-LATIN): a hierarchy, namespace or command
 //!   this server does not have.
-//! - RFC 7162's CHANGEDSINCE, MODIFIED, SEARCH MODSEQ and QRESYNC examples: their commands carry
-//!   modseqs of the example's server, which only mean the same here when they are this node's
-//!   own numbers (tests/imap.rs checks each against values read back first).
+//! - RFC 7162's MODIFIED, SEARCH MODSEQ and QRESYNC examples: their commands carry modseqs and
+//!   UIDVALIDITYs of the example's server whose relations to the messages would all have to be
+//!   rebuilt here (tests/imap.rs checks each against values read back first); the CHANGEDSINCE
+//!   and UNCHANGEDSINCE examples are replayed with this node's own modseqs in their place.
 
 mod support;
 
@@ -84,6 +85,25 @@ fn expunge_uids(conn: &mut Conn, mailbox: &str, uids: &str) {
     ok(conn, &format!("UID STORE {uids} +FLAGS.SILENT (\\Deleted)"));
     ok(conn, &format!("UID EXPUNGE {uids}"));
     ok(conn, "UNSELECT");
+}
+
+thread_local! {
+    /// A HIGHESTMODSEQ a setup read between two of its steps ([`mark`]), for `$MARK`.
+    static MARK: std::cell::RefCell<Option<String>> = const { std::cell::RefCell::new(None) };
+}
+
+/// Reads INBOX's HIGHESTMODSEQ now, for the exchange's `$MARK`: a modseq in a command means
+/// something only when this node minted it.
+fn mark(conn: &mut Conn) {
+    assert!(conn.send(b"s0 STATUS INBOX (HIGHESTMODSEQ)\r\n"));
+    let answer = conn.until_tagged(b"s0").unwrap();
+    let value = answer
+        .lines
+        .iter()
+        .find_map(|l| l.split("HIGHESTMODSEQ ").nth(1)?.split(')').next())
+        .expect("a HIGHESTMODSEQ")
+        .to_string();
+    MARK.with(|m| *m.borrow_mut() = Some(value));
 }
 
 fn none(_: usize) -> &'static str {
@@ -374,6 +394,9 @@ fn replay(conn: &mut Conn, example: &Example) -> Result<(), String> {
     // After a round that ended in a continuation request, the next round's lines are the
     // literal and the rest of the same command.
     let mut in_literal = false;
+    if let Some(value) = MARK.with(|m| m.borrow_mut().take()) {
+        exchange = exchange.replace("$MARK", &value);
+    }
     for round in rounds(&exchange) {
         if !in_literal {
             tag = round.client[0].split(' ').next().unwrap().to_string();
@@ -854,6 +877,25 @@ const EXAMPLES: &[Example] = &[
             S: * 2 FETCH (UID 6 MODSEQ (12121230852))
             S: * 4 FETCH (UID 8 MODSEQ (12121230956))
             S: a103 OK Conditional Store completed
+        "##,
+    },
+    Example {
+        source: "RFC 7162 3.1.4.1 FETCH CHANGEDSINCE (the example's 12345 is this node's HIGHESTMODSEQ before the three changes)",
+        setup: |c| {
+            fill(c, "INBOX", 8, none);
+            expunge_uids(c, "INBOX", "1:3,5");
+            mark(c);
+            ok(c, "SELECT INBOX");
+            ok(c, "UID STORE 4 FLAGS.SILENT (\\Seen)");
+            ok(c, "UID STORE 6 FLAGS.SILENT (\\Deleted)");
+            ok(c, "UID STORE 8 FLAGS.SILENT ($NoJunk $AutoJunk $MDNSent)");
+        },
+        exchange: r##"
+            C: s100 UID FETCH 1:* (FLAGS) (CHANGEDSINCE $MARK)
+            S: * 1 FETCH (UID 4 MODSEQ (65402) FLAGS (\Seen))
+            S: * 2 FETCH (UID 6 MODSEQ (75403) FLAGS (\Deleted))
+            S: * 4 FETCH (UID 8 MODSEQ (29738) FLAGS ($NoJunk $AutoJunk $MDNSent))
+            S: s100 OK FETCH completed
         "##,
     },
     Example {
