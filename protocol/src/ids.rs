@@ -2,25 +2,30 @@
 
 use std::fmt;
 use std::str::FromStr;
+use std::sync::Arc;
 
-use serde::{Deserialize, Serialize};
+use serde::{Deserialize, Deserializer, Serialize, Serializer};
+
+use crate::names::checked_str;
 
 use crate::names::NameError;
 
 /// A node's configured name, `[a-z0-9-]{1,63}`. It is also the name in the node's TLS
 /// certificate, so a peer is identified by the same string everywhere.
-#[derive(Clone, PartialEq, Eq, PartialOrd, Ord, Hash, Serialize, Deserialize)]
-#[serde(try_from = "String", into = "String")]
-pub struct NodeId(String);
+///
+/// Shared, not copied: every Version and record names its node, and merges clone them by the
+/// thousand, so a clone is a reference count, and encoding one writes the string in place.
+#[derive(Clone, PartialEq, Eq, PartialOrd, Ord, Hash)]
+pub struct NodeId(Arc<str>);
 
 impl NodeId {
     pub const MAX_LEN: usize = 63;
 
-    pub fn new(name: impl Into<String>) -> Result<Self, NameError> {
-        let name = name.into();
+    pub fn new(name: impl AsRef<str>) -> Result<Self, NameError> {
+        let name = name.as_ref();
         if name.is_empty() || name.len() > Self::MAX_LEN {
             return Err(NameError::NodeId {
-                name,
+                name: name.to_string(),
                 reason: "must be 1 to 63 characters",
             });
         }
@@ -29,11 +34,11 @@ impl NodeId {
             .all(|b| b.is_ascii_lowercase() || b.is_ascii_digit() || b == b'-')
         {
             return Err(NameError::NodeId {
-                name,
+                name: name.to_string(),
                 reason: "may contain only a-z, 0-9 and '-'",
             });
         }
-        Ok(NodeId(name))
+        Ok(NodeId(name.into()))
     }
 
     pub fn as_str(&self) -> &str {
@@ -58,7 +63,19 @@ impl TryFrom<String> for NodeId {
 
 impl From<NodeId> for String {
     fn from(value: NodeId) -> Self {
-        value.0
+        value.0.to_string()
+    }
+}
+
+impl Serialize for NodeId {
+    fn serialize<S: Serializer>(&self, serializer: S) -> Result<S::Ok, S::Error> {
+        serializer.serialize_str(&self.0)
+    }
+}
+
+impl<'de> Deserialize<'de> for NodeId {
+    fn deserialize<D: Deserializer<'de>>(deserializer: D) -> Result<Self, D::Error> {
+        checked_str(deserializer, "a node name", |s: &str| NodeId::new(s))
     }
 }
 

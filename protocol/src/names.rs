@@ -3,8 +3,9 @@
 //! wrong in words an operator can act on.
 
 use std::fmt;
+use std::sync::Arc;
 
-use serde::{Deserialize, Serialize};
+use serde::{de, Deserialize, Deserializer, Serialize, Serializer};
 
 /// The hierarchy separator of mailbox names.
 pub const HIERARCHY_SEPARATOR: char = '/';
@@ -94,9 +95,10 @@ pub fn normalize_mailbox_name(name: &str) -> Result<String, NameError> {
 
 /// An IMAP flag: a system flag (`\Seen`, `\Answered`, `\Flagged`, `\Deleted`, `\Draft`), stored
 /// in its canonical case, or a keyword made of IMAP atom characters.
-#[derive(Clone, PartialEq, Eq, PartialOrd, Ord, Hash, Serialize, Deserialize)]
-#[serde(try_from = "String", into = "String")]
-pub struct Flag(String);
+///
+/// Shared, not copied, like [`crate::ids::NodeId`]: a record's flags are cloned at every merge.
+#[derive(Clone, PartialEq, Eq, PartialOrd, Ord, Hash)]
+pub struct Flag(Arc<str>);
 
 impl Flag {
     pub const SYSTEM: [&'static str; 5] = ["\\Answered", "\\Flagged", "\\Deleted", "\\Seen", "\\Draft"];
@@ -114,7 +116,7 @@ impl Flag {
                 return Err(err("\\Recent is session state and cannot be stored"));
             }
             return match Self::SYSTEM.iter().find(|s| s[1..].eq_ignore_ascii_case(rest)) {
-                Some(canonical) => Ok(Flag(canonical.to_string())),
+                Some(canonical) => Ok(Flag((*canonical).into())),
                 None => Err(err(
                     "is not a system flag (\\Answered \\Flagged \\Deleted \\Seen \\Draft)",
                 )),
@@ -125,7 +127,7 @@ impl Flag {
                 "is not an IMAP atom (no spaces, controls, non-ASCII or ( ) { % * \" \\ ])",
             ));
         }
-        Ok(Flag(flag.to_string()))
+        Ok(Flag(flag.into()))
     }
 
     pub fn seen() -> Self {
@@ -150,8 +152,50 @@ impl TryFrom<String> for Flag {
 
 impl From<Flag> for String {
     fn from(value: Flag) -> Self {
-        value.0
+        value.0.to_string()
     }
+}
+
+impl Serialize for Flag {
+    fn serialize<S: Serializer>(&self, serializer: S) -> Result<S::Ok, S::Error> {
+        serializer.serialize_str(&self.0)
+    }
+}
+
+impl<'de> Deserialize<'de> for Flag {
+    fn deserialize<D: Deserializer<'de>>(deserializer: D) -> Result<Self, D::Error> {
+        checked_str(deserializer, "an IMAP flag", |s: &str| Flag::new(s))
+    }
+}
+
+/// Deserializes a string (borrowed when the input allows, as text or as UTF-8 bytes, which is
+/// what `String` accepts) and checks it with `check`: the encoding is a plain string either way,
+/// with no copy before the check.
+pub(crate) fn checked_str<'de, D, T, S>(deserializer: D, what: &'static str, check: S) -> Result<T, D::Error>
+where
+    D: Deserializer<'de>,
+    S: Fn(&str) -> Result<T, NameError>,
+{
+    struct Checked<S> {
+        what: &'static str,
+        check: S,
+    }
+    impl<T, S: Fn(&str) -> Result<T, NameError>> de::Visitor<'_> for Checked<S> {
+        type Value = T;
+        fn expecting(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+            f.write_str(self.what)
+        }
+        fn visit_str<E: de::Error>(self, v: &str) -> Result<T, E> {
+            (self.check)(v).map_err(E::custom)
+        }
+        fn visit_bytes<E: de::Error>(self, v: &[u8]) -> Result<T, E> {
+            match std::str::from_utf8(v) {
+                Ok(s) => self.visit_str(s),
+                Err(_) => Err(E::invalid_value(de::Unexpected::Bytes(v), &self)),
+            }
+        }
+    }
+    deserializer.deserialize_str(Checked { what, check })
 }
 
 impl fmt::Display for Flag {
@@ -213,6 +257,40 @@ pub fn validate_annotation_entry(entry: &str) -> Result<(), NameError> {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn names_travel_as_plain_strings_and_are_checked_when_read() {
+        // The encoding a store or a peer of an earlier version wrote: a MessagePack string.
+        let flag = rmp_serde::to_vec(&Flag::new("\\seen").unwrap()).unwrap();
+        assert_eq!(flag, rmp_serde::to_vec("\\Seen").unwrap());
+        let node = rmp_serde::to_vec(&crate::ids::NodeId::new("n-1").unwrap()).unwrap();
+        assert_eq!(node, rmp_serde::to_vec("n-1").unwrap());
+        assert_eq!(
+            rmp_serde::from_slice::<Flag>(&rmp_serde::to_vec("\\flagged").unwrap()).unwrap(),
+            Flag::new("\\Flagged").unwrap()
+        );
+        // Bytes that are UTF-8 are read as the string, as `String` reads them.
+        let bytes = rmp_serde::to_vec(&serde_bytes::Bytes::new(b"n2")).unwrap();
+        assert_eq!(
+            rmp_serde::from_slice::<crate::ids::NodeId>(&bytes).unwrap(),
+            crate::ids::NodeId::new("n2").unwrap()
+        );
+        // What the constructors refuse, the decoder refuses too.
+        for bad in ["", "N1", "a b"] {
+            let encoded = rmp_serde::to_vec(bad).unwrap();
+            assert!(
+                rmp_serde::from_slice::<crate::ids::NodeId>(&encoded).is_err(),
+                "{bad:?}"
+            );
+        }
+        for bad in ["\\Recent", "a b", "\\Nope", ""] {
+            let encoded = rmp_serde::to_vec(bad).unwrap();
+            assert!(rmp_serde::from_slice::<Flag>(&encoded).is_err(), "{bad:?}");
+        }
+        let not_utf8 = rmp_serde::to_vec(&serde_bytes::Bytes::new(&[0xff, 0xfe])).unwrap();
+        assert!(rmp_serde::from_slice::<Flag>(&not_utf8).is_err());
+        assert!(rmp_serde::from_slice::<Flag>(&rmp_serde::to_vec(&7u32).unwrap()).is_err());
+    }
 
     #[test]
     fn mailbox_names() {
