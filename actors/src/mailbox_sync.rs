@@ -156,8 +156,14 @@ impl Overlay {
         self.records.get(aid)
     }
 
-    fn insert(&mut self, aid: AppendId, record: StoredRecord) {
+    /// `by_uid`: whether the overlay must index the record at its uid itself (it is not, or
+    /// not at that uid, in the committed uid index).
+    fn insert(&mut self, aid: AppendId, record: StoredRecord, by_uid: bool) {
         let uid = record.record.uid.value;
+        if !by_uid {
+            self.records.insert(aid, record);
+            return;
+        }
         if let Some(old) = self.records.insert(aid.clone(), record) {
             let old_uid = old.record.uid.value;
             if old_uid != uid {
@@ -447,27 +453,13 @@ impl Mailbox {
         // batches).
         let store = self.store.clone();
         let snapshot = store.snapshot()?;
-        // The stored record of each incoming one, read once.
-        let mut locals: BTreeMap<AppendId, Option<StoredRecord>> = BTreeMap::new();
-        // An update completes a record this node has; without it, the sender must send it whole.
-        for Change { origin, item: update } in updates {
-            match self.stored_in(&snapshot, &update.append_id)? {
-                Some(base) => {
-                    let aid = update.append_id.clone();
-                    records.push(Change {
-                        origin,
-                        item: base.record.updated_by_owned(update),
-                    });
-                    locals.insert(aid, Some(base));
-                }
-                None => return Err(MailError::UnknownRecord(update.append_id)),
-            }
-        }
+        // Each incoming record with its stored one, read once: full records first, then the
+        // updates, as the sender listed them. A record named twice is read twice (rare); the
+        // second merges into the overlay's result of the first, if that changed anything.
+        let mut paired: Vec<(Change<MessageRecord>, Option<StoredRecord>)> =
+            Vec::with_capacity(records.len() + updates.len());
         // Bodies first: a node never shows a record whose body it lacks.
-        for change in &records {
-            if locals.contains_key(&change.item.append_id) {
-                continue;
-            }
+        for change in records {
             let local = self.stored_in(&snapshot, &change.item.append_id)?;
             if local.is_none() && !change.item.is_expunged() {
                 let guid = change.item.guid;
@@ -478,7 +470,17 @@ impl Mailbox {
                     return Err(MailError::BodyNotReceived(guid));
                 }
             }
-            locals.insert(change.item.append_id.clone(), local);
+            paired.push((change, local));
+        }
+        // An update completes a record this node has; without it, the sender must send it whole.
+        for Change { origin, item: update } in updates {
+            match self.stored_in(&snapshot, &update.append_id)? {
+                Some(base) => {
+                    let item = base.record.updated_by_owned(update);
+                    paired.push((Change { origin, item }, Some(base)));
+                }
+                None => return Err(MailError::UnknownRecord(update.append_id)),
+            }
         }
         // The input is whole: from here on only store errors can stop the merge (and the
         // Mailbox reloads its state from the store after one).
@@ -496,21 +498,23 @@ impl Mailbox {
         let mut summary = MergeSummary::default();
         let mut overlay = Overlay::default();
         let mut moved: BTreeSet<AppendId> = BTreeSet::new();
-        // The records held here before the merge, for the injected fault that drops the others
-        // (taken out of `locals` below as the merge goes).
+        // The records held here before the merge, for the injected fault that drops the others.
         let held_before: BTreeSet<AppendId> = if self.ctx.faults.drop_incoming_records {
-            locals
+            paired
                 .iter()
                 .filter(|(_, l)| l.is_some())
-                .map(|(aid, _)| aid.clone())
+                .map(|(c, _)| c.item.append_id.clone())
                 .collect()
         } else {
             BTreeSet::new()
         };
-        for Change {
-            origin,
-            item: incoming,
-        } in records
+        for (
+            Change {
+                origin,
+                item: incoming,
+            },
+            stored,
+        ) in paired
         {
             let aid = incoming.append_id.clone();
             // One of this node's own messages, minted before its store was lost: never mint
@@ -519,11 +523,11 @@ impl Mailbox {
             if self.ctx.faults.drop_incoming_records && !held_before.contains(&aid) {
                 continue;
             }
-            // Taken out of `locals`, not copied (put back below if this record changes nothing,
-            // for a later change to the same record in this request).
+            // This request's earlier change to the same record, if it made one.
+            let from_overlay = overlay.get(&aid).is_some();
             let local = match overlay.get(&aid) {
                 Some(o) => Some(o.clone()),
-                None => locals.remove(&aid).flatten(),
+                None => stored,
             };
             let (merged, effect) = match &local {
                 Some(l) => {
@@ -548,9 +552,6 @@ impl Mailbox {
                 None => (incoming.clone(), MergeEffect::TookIncoming),
             };
             if effect == MergeEffect::Unchanged {
-                if overlay.get(&aid).is_none() {
-                    locals.insert(aid, local);
-                }
                 continue;
             }
             self.node_counters.observe(merged.max_version());
@@ -626,7 +627,10 @@ impl Mailbox {
             // merge made it (settling reads it so).
             let mut written = self.write_stored_returning(&mut writes.batch, local.as_ref(), new);
             written.created = ModSeq::ZERO;
-            overlay.insert(aid, written);
+            // A committed record that stays where it was is found at its uid through the
+            // committed uid index already: only a record that moved needs the overlay's own.
+            let indexed = settled_as_before && !from_overlay;
+            overlay.insert(aid, written, !indexed);
         }
         self.counters.uidnext = self.counters.uidnext.max(uidnext);
         summary.promoted = self.settle_uids(&snapshot, writes, &mut overlay, touched, &moved)?;
@@ -1073,6 +1077,7 @@ impl Mailbox {
                                 modseq: self.highestmodseq(),
                                 ..new
                             },
+                            true,
                         );
                         promoted = true;
                     }
@@ -1093,6 +1098,7 @@ impl Mailbox {
                                     modseq: self.highestmodseq(),
                                     ..new
                                 },
+                                true,
                             );
                         }
                     }
