@@ -42,7 +42,7 @@ pub fn known_peer_floors(store: &crate::store::Store) -> Result<Vec<(NodeId, u64
             return Ok(true);
         }
         let record: PeerRecord = decode(v, "peer record")?;
-        if let Ok(peer) = NodeId::new(String::from_utf8_lossy(k).into_owned()) {
+        if let Ok(peer) = NodeId::new(String::from_utf8_lossy(k)) {
             floors.push((peer, record.floor));
         }
         Ok(true)

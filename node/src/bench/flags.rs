@@ -1,7 +1,7 @@
 //! Flag changes replicated: `count` messages already on both nodes get a flag on the first in
 //! one request (one commit, as one IMAP STORE over a range); the clock runs from that request's
 //! answer until the second node's operator socket lists every message with the flag (polled on
-//! the last message alone, then confirmed by a listing of all of them). The bytes
+//! the last message alone, which shows it last; then checked by a listing of all of them). The bytes
 //! are the QUIC datagrams both ways between the two nodes while the change crosses (the first
 //! node's per-peer counters in `status`, read when replication is idle before and after).
 
@@ -61,17 +61,32 @@ pub fn flag_changes(a: &NodeProcess, b: &NodeProcess, count: usize) -> Result<Fl
     }
     // Polled cheaply: listing all the messages every millisecond took the second node's actor
     // thread (where the merge runs) several milliseconds each time. The last message is asked
-    // for alone until it shows the flag; then every message is listed, and the clock stops when
-    // such a full listing shows the flag on all of them.
+    // for alone until it shows the flag, and the clock stops then: the first node flagged the
+    // messages in uid order in one commit, so the last has the highest modseq there; its sync
+    // sends changes in modseq order, page after page, each committed on the second node before
+    // the next goes. So when the last shows the flag, so does every other message. A full
+    // listing then checks it; were one message still unflagged, the argument would be wrong,
+    // and the clock runs on until a full listing shows the flag on every message.
     let flagged = |rows: &[MessageRow]| rows.iter().all(|m| m.flags.iter().any(|f| f == FLAG));
-    let (_, done) = poll_until("the flags on the second node", Duration::from_millis(1), || {
+    let (_, tail_at) = poll_until("the flag on the last message", Duration::from_millis(1), || {
         let tail = b.message_range(USER, MAILBOX, last, last)?;
-        if tail.is_empty() || !flagged(&tail) {
-            return Ok(None);
-        }
+        Ok((!tail.is_empty() && flagged(&tail)).then_some(()))
+    })?;
+    let all_flagged = || -> Result<Option<()>, Error> {
         let rows = b.messages(USER, MAILBOX)?;
         Ok((rows.len() == count && flagged(&rows)).then_some(()))
-    })?;
+    };
+    let done = match all_flagged()? {
+        Some(()) => tail_at,
+        None => {
+            poll_until(
+                "the flags on the second node",
+                Duration::from_millis(1),
+                all_flagged,
+            )?
+            .1
+        }
+    };
     let secs = done.duration_since(start).as_secs_f64();
     let cpu = CpuTime::of(&[a, b])?.since(cpu_before);
     report_window("flag changes", secs);

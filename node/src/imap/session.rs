@@ -1020,10 +1020,12 @@ async fn set_metadata(
         if let (special_use::ANNOTATION, Some(uses)) = (name.as_str(), &value) {
             value = match special_use::checked_value(uses) {
                 Ok(value) => value,
-                Err(word) => return Ok(Outcome::no(format!(
+                Err(word) => {
+                    return Ok(Outcome::no(format!(
                     "{word} is not a special use offered here (\\Drafts, \\Sent, \\Trash, \\Junk, \\Archive)"
                 ))
-                .with_code(other_code("USEATTR"))),
+                    .with_code(other_code("USEATTR")))
+                }
             };
         }
         if value.as_ref().is_some_and(|v| v.len() > limits.max_value_bytes) {
