@@ -58,6 +58,9 @@ pub struct Faults {
     /// A live mailbox entry arriving from a peer replaces this node's DELETED tombstone of it:
     /// a deleted mailbox comes back.
     pub mailbox_tombstone_not_sticky: bool,
+    /// A write that changes a record's flags but not its uid or visibility leaves its uid index
+    /// row as it was (as before the row held flags): FETCH FLAGS and SEARCH read stale flags.
+    pub stale_uid_rows: bool,
 }
 
 #[derive(Clone)]

@@ -32,6 +32,7 @@ use crate::env::Env;
 use crate::error::{MailError, StoreError};
 use crate::inflight::Inflight;
 use crate::moving::Moving;
+use crate::store::uid_row::{self, UidRow};
 use crate::store::{decode, keys, Batch, Store, Table};
 use crate::sync_log::{Provenance, SyncItem};
 use crate::uid_set::UidSet;
@@ -496,30 +497,22 @@ impl Mailbox {
                 batch.delete(Table::Modseqs, keys::modseq(self.id, old.modseq));
                 if old.record.uid.value != new.record.uid.value {
                     batch.delete(Table::Uids, keys::uid(self.id, old.record.uid.value, &aid));
-                    batch.put_raw(
-                        Table::Uids,
-                        keys::uid(self.id, new.record.uid.value, &aid),
-                        uid_row(&new),
-                    );
-                } else if is_shown(old) != is_shown(&new) {
-                    // A flag change leaves the row alone: the common write costs no index write.
-                    batch.put_raw(
-                        Table::Uids,
-                        keys::uid(self.id, new.record.uid.value, &aid),
-                        uid_row(&new),
-                    );
                 }
                 self.counters.digest.replace(&old.record, &new.record);
                 account(&mut self.counters, old, -1);
             }
-            None => {
-                batch.put_raw(
-                    Table::Uids,
-                    keys::uid(self.id, new.record.uid.value, &aid),
-                    uid_row(&new),
-                );
-                self.counters.digest.add(&new.record);
-            }
+            None => self.counters.digest.add(&new.record),
+        }
+        // Every write rewrites the row: it carries the flags and the modseq (`uid_row`).
+        let stale = self.ctx.faults.stale_uid_rows
+            && old
+                .is_some_and(|o| o.record.uid.value == new.record.uid.value && is_shown(o) == is_shown(&new));
+        if !stale {
+            batch.put_raw(
+                Table::Uids,
+                keys::uid(self.id, new.record.uid.value, &aid),
+                uid_row(&new),
+            );
         }
         account(&mut self.counters, &new, 1);
         if new.record.is_expunged() {
@@ -1560,47 +1553,185 @@ impl Handler<ListUids> for Mailbox {
         // and reading 100,000 records to learn 100,000 uids cost most of a SELECT's time. A row
         // written before the index said so has its record read.
         let snapshot = self.store.snapshot()?;
-        let mut rows = Vec::new();
+        let mut uids = Vec::new();
+        let mut unknown = Vec::new();
         snapshot.scan_prefix(Table::Uids, &keys::mailbox(self.id), |k, v| {
-            let Some((uid, aid)) = keys::parse_uid(k) else {
-                return Err(StoreError::Decode {
-                    what: "uid index key".into(),
-                    reason: "malformed".into(),
-                });
-            };
-            match v {
-                [SHOWN] => rows.push((uid, None)),
-                [NOT_SHOWN] => {}
-                _ => rows.push((uid, Some(aid))),
+            let uid = uid_of(k)?;
+            match UidRow::parse(v).shown() {
+                Some(true) => uids.push(uid),
+                Some(false) => {}
+                None => unknown.push(k.to_vec()),
             }
             Ok(true)
         })?;
-        let mut uids = Vec::with_capacity(rows.len());
-        for (uid, unknown) in rows {
-            let Some(aid) = unknown else {
+        for key in unknown {
+            let (uid, aid) = keys::parse_uid(&key).ok_or_else(malformed_uid_key)?;
+            if self.read_legacy(&snapshot, &aid)?.is_some() {
                 uids.push(uid);
-                continue;
-            };
-            match snapshot.get::<StoredRecord>(Table::Messages, &keys::message(self.id, &aid)) {
-                Ok(Some(stored)) if is_shown(&stored) => uids.push(uid),
-                Ok(_) => {}
-                Err(e @ StoreError::Decode { .. }) => self.quarantine(&aid, &e),
-                Err(e) => return Err(e.into()),
             }
+        }
+        if !uids.is_sorted() {
+            uids.sort_unstable();
         }
         Ok(uids)
     }
 }
 
-/// The value of a record's uid index row: whether a client sees the record (live and not
-/// hidden by an unsettled uid conflict), so that listing the uids clients see reads the index
-/// alone. Written with every record whose uid or visibility changes.
-fn uid_row(stored: &StoredRecord) -> Vec<u8> {
-    vec![if is_shown(stored) { SHOWN } else { NOT_SHOWN }]
+/// A visible message's flags and modseq: what FETCH FLAGS and a SEARCH over flags need.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct MessageFlags {
+    pub uid: Uid,
+    pub modseq: ModSeq,
+    /// The flags set, sorted (as `MessageRecord::set_flags`).
+    pub flags: Vec<Flag>,
 }
 
-const SHOWN: u8 = 1;
-const NOT_SHOWN: u8 = 0;
+impl MessageFlags {
+    pub fn of(stored: &StoredRecord) -> Self {
+        MessageFlags {
+            uid: stored.record.uid.value,
+            modseq: stored.modseq,
+            flags: stored.record.set_flags().cloned().collect(),
+        }
+    }
+}
+
+/// The flags and modseqs of the visible messages in `uids`, in uid order, read from the uid index
+/// alone (`uid_row`); a row from a store written before the index held flags has its record read.
+#[derive(Message)]
+#[rtype(result = "Result<Vec<MessageFlags>, MailError>")]
+pub struct FetchFlags {
+    pub uids: UidSet,
+}
+
+impl Handler<FetchFlags> for Mailbox {
+    type Result = Result<Vec<MessageFlags>, MailError>;
+
+    fn handle(&mut self, msg: FetchFlags, _: &mut Self::Context) -> Self::Result {
+        self.check_usable()?;
+        let snapshot = self.store.snapshot()?;
+        let mut out = Vec::new();
+        for (lo, hi) in msg.uids.ranges() {
+            let mut legacy = Vec::new();
+            snapshot.scan_from(
+                Table::Uids,
+                &keys::mailbox(self.id),
+                &keys::uid_prefix(self.id, Uid(lo)),
+                |k, v| {
+                    let uid = uid_of(k)?;
+                    if uid.0 > hi {
+                        return Ok(false);
+                    }
+                    match UidRow::parse(v) {
+                        UidRow::Full(row) if row.shown => out.push(MessageFlags {
+                            uid,
+                            modseq: row.modseq,
+                            flags: row.flags(),
+                        }),
+                        UidRow::Full(_) | UidRow::Visibility(false) => {}
+                        UidRow::Unknown | UidRow::Visibility(true) => {
+                            legacy.push((out.len(), k.to_vec()));
+                        }
+                    }
+                    Ok(true)
+                },
+            )?;
+            // Rows from before: their records, put in their places (from the last, so each
+            // place is still where it was counted).
+            for (at, key) in legacy.into_iter().rev() {
+                let (_, aid) = keys::parse_uid(&key).ok_or_else(malformed_uid_key)?;
+                if let Some(stored) = self.read_legacy(&snapshot, &aid)? {
+                    out.insert(at, MessageFlags::of(&stored));
+                }
+            }
+        }
+        Ok(out)
+    }
+}
+
+impl Mailbox {
+    /// The record of a uid index row that does not say enough, if it is shown (one that cannot
+    /// be read is quarantined).
+    fn read_legacy(
+        &self,
+        snapshot: &crate::store::Snapshot,
+        aid: &AppendId,
+    ) -> Result<Option<StoredRecord>, StoreError> {
+        match snapshot.get::<StoredRecord>(Table::Messages, &keys::message(self.id, aid)) {
+            Ok(Some(stored)) if is_shown(&stored) => Ok(Some(stored)),
+            Ok(_) => Ok(None),
+            Err(e @ StoreError::Decode { .. }) => {
+                self.quarantine(aid, &e);
+                Ok(None)
+            }
+            Err(e) => Err(e),
+        }
+    }
+}
+
+/// The uid of a uid index key, without decoding its AppendId (a listing of a large mailbox
+/// needs only the uids).
+fn uid_of(key: &[u8]) -> Result<Uid, StoreError> {
+    key.get(16..20)
+        .and_then(|b| b.try_into().ok())
+        .map(|b| Uid(u32::from_be_bytes(b)))
+        .ok_or_else(malformed_uid_key)
+}
+
+fn malformed_uid_key() -> StoreError {
+    StoreError::Decode {
+        what: "uid index key".into(),
+        reason: "malformed".into(),
+    }
+}
+
+/// The value of a record's uid index row ([`crate::store::uid_row`]): whether a client sees the
+/// record (live and not hidden by an unsettled uid conflict), its modseq and its flags, so that
+/// listing the uids clients see and reading their flags read the index alone. Written with every
+/// write of the record.
+fn uid_row(stored: &StoredRecord) -> Vec<u8> {
+    uid_row::encode(&stored.record, stored.modseq, is_shown(stored))
+}
+
+/// Where the uid index disagrees with the records of mailbox `id` in `store`, each as one line
+/// (none: it agrees): every record has its row at its uid saying what the record says, and no
+/// row is without its record. Rows from a store written before they held flags are checked for
+/// what they say. For tests and the simulator.
+pub fn uid_index_disagreements(store: &Store, id: MailboxId) -> Result<Vec<String>, StoreError> {
+    let snapshot = store.snapshot()?;
+    let mut rows: BTreeMap<Vec<u8>, Vec<u8>> = BTreeMap::new();
+    snapshot.scan_prefix(Table::Uids, &keys::mailbox(id), |k, v| {
+        rows.insert(k.to_vec(), v.to_vec());
+        Ok(true)
+    })?;
+    let mut out = Vec::new();
+    snapshot.scan_prefix(Table::Messages, &keys::mailbox(id), |_, v| {
+        let stored: StoredRecord = decode(v, "message record")?;
+        let key = keys::uid(id, stored.record.uid.value, &stored.record.append_id);
+        let what = format!("uid {} ({})", stored.record.uid.value.0, stored.record.append_id);
+        match rows.remove(&key) {
+            None => out.push(format!("{what}: no uid index row")),
+            Some(value) => match UidRow::parse(&value) {
+                UidRow::Full(row) => {
+                    let said = (row.shown, row.modseq, row.flags());
+                    let is = (is_shown(&stored), stored.modseq, MessageFlags::of(&stored).flags);
+                    if said != is {
+                        out.push(format!("{what}: the row says {said:?}, the record {is:?}"));
+                    }
+                }
+                UidRow::Visibility(shown) if shown != is_shown(&stored) => {
+                    out.push(format!("{what}: the row says shown {shown}, the record not"));
+                }
+                UidRow::Visibility(_) | UidRow::Unknown => {}
+            },
+        }
+        Ok(true)
+    })?;
+    for key in rows.keys() {
+        out.push(format!("uid index row {key:?} without its record"));
+    }
+    Ok(out)
+}
 
 fn is_shown(stored: &StoredRecord) -> bool {
     !stored.record.is_expunged() && !stored.hidden

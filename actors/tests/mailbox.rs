@@ -904,3 +904,74 @@ fn a_cache_from_before_the_peer_let_its_copy_go_is_not_used() {
         assert_eq!(plan(mb.clone(), peer.clone()).await.cache, Some(fresh));
     });
 }
+
+/// A store written before the uid index held flags has rows of one byte (shown or not) or
+/// empty ones (before it said anything): their records are read, so the flags and the uids
+/// listed are what the records say; a flag change writes the row whole.
+#[test]
+fn uid_index_rows_from_before_flags_fall_back_to_the_records() {
+    use mailmesh_actors::store::{keys, Batch, Table};
+    let dir = tempfile::tempdir().unwrap();
+    run(|| async {
+        let node = start(dir.path());
+        let mb = mailbox(&node, "alice", "INBOX").await;
+        let a = append(&mb, &message(1), &["\\Seen", "$Work"]).await;
+        let b = append(&mb, &message(2), &[]).await;
+        let c = append(&mb, &message(3), &["\\Flagged"]).await;
+        let id = mb.send(GetState).await.unwrap().unwrap().id;
+        let expected = mb
+            .send(FetchFlags { uids: UidSet::all() })
+            .await
+            .unwrap()
+            .unwrap();
+        assert_eq!(expected.len(), 3);
+        assert_eq!(
+            expected[0].flags.iter().map(|f| f.as_str()).collect::<Vec<_>>(),
+            vec!["$Work", "\\Seen"]
+        );
+        // Rewritten as an older node left them: empty, shown, shown.
+        let mut batch = Batch::new();
+        for (outcome, row) in [(&a, vec![]), (&b, vec![1]), (&c, vec![1])] {
+            batch.put_raw(Table::Uids, keys::uid(id, outcome.uid, &outcome.append_id), row);
+        }
+        mailmesh_actors::commit_group::commit(&node.commit, batch, None)
+            .await
+            .unwrap();
+        let read = mb
+            .send(FetchFlags { uids: UidSet::all() })
+            .await
+            .unwrap()
+            .unwrap();
+        assert_eq!(read, expected);
+        let some = mb
+            .send(FetchFlags {
+                uids: UidSet::range(Uid(2), Uid(3)),
+            })
+            .await
+            .unwrap()
+            .unwrap();
+        assert_eq!(some, expected[1..]);
+        let listed = mb.send(ListUids).await.unwrap().unwrap();
+        assert_eq!(listed, vec![Uid(1), Uid(2), Uid(3)]);
+        mb.send(StoreFlags {
+            uids: UidSet::single(Uid(2)),
+            action: FlagAction::Add,
+            flags: vec!["\\Answered".into()],
+            unchanged_since: None,
+        })
+        .await
+        .unwrap()
+        .unwrap();
+        assert!(uid_index_disagreements(&node.store, id).unwrap().is_empty());
+        let after = mb
+            .send(FetchFlags { uids: UidSet::all() })
+            .await
+            .unwrap()
+            .unwrap();
+        assert_eq!(after[1].flags[0].as_str(), "\\Answered");
+        assert_eq!(
+            (after[0].clone(), after[2].clone()),
+            (expected[0].clone(), expected[2].clone())
+        );
+    });
+}

@@ -1782,3 +1782,150 @@ fn a_uidnext_raise_with_no_record_reaches_the_other_holders() {
         cluster.assert_quiet().await;
     });
 }
+
+/// Checks that on `node` the uid index of alice's `name` says of each record what the record
+/// says (shown, modseq, flags), and that `FetchFlags` (the index alone) answers what `Fetch`
+/// (the records) does.
+async fn assert_index_agrees(cluster: &Cluster, node: &str, name: &str) {
+    let opened = cluster
+        .node(node)
+        .directory
+        .send(OpenMailbox {
+            user: "alice".into(),
+            name: name.into(),
+        })
+        .await
+        .unwrap()
+        .unwrap();
+    let disagreements = uid_index_disagreements(&cluster.node(node).store, opened.info.id).unwrap();
+    assert!(disagreements.is_empty(), "{node}: {disagreements:#?}");
+    let views = opened
+        .addr
+        .send(Fetch { uids: UidSet::all() })
+        .await
+        .unwrap()
+        .unwrap();
+    let from_index = opened
+        .addr
+        .send(FetchFlags { uids: UidSet::all() })
+        .await
+        .unwrap()
+        .unwrap();
+    let from_records: Vec<MessageFlags> = views
+        .iter()
+        .map(|v| MessageFlags {
+            uid: v.uid,
+            modseq: v.modseq,
+            flags: v.flags.clone(),
+        })
+        .collect();
+    assert_eq!(from_index, from_records, "{node}: the index and the records");
+}
+
+/// The uid index carries each record's flags and modseq, written in the same batch as the
+/// record: after local flag changes, replicated ones merged from two sides, a uid conflict
+/// hidden then promoted, expunges and their compaction, and a move out, every node's index
+/// still says what its records say.
+#[test]
+fn the_uid_index_agrees_with_the_records_after_local_and_replicated_changes() {
+    run_virtual(|| async {
+        let cluster = Cluster::full_mesh(&["a", "b", "c"]);
+        create(&cluster, "a", "alice", "INBOX").await; // a created it: a is the primary
+        create(&cluster, "a", "alice", "Archive").await;
+        let on_a = open(&cluster, "a", "alice", "INBOX").await;
+        for i in 0..6 {
+            append_to(
+                &on_a,
+                &message(i),
+                if i % 2 == 0 { &["\\Seen"] } else { &["$Work"] },
+            )
+            .await;
+        }
+        cluster.settle().await;
+        let store = |uids: UidSet, action, flags: &[&str]| StoreFlags {
+            uids,
+            action,
+            flags: flags.iter().map(|f| f.to_string()).collect(),
+            unchanged_since: None,
+        };
+        // Local changes on two nodes, then concurrent ones while cut off.
+        on_a.send(store(
+            UidSet::range(Uid(1), Uid(3)),
+            FlagAction::Add,
+            &["\\Flagged", "later"],
+        ))
+        .await
+        .unwrap()
+        .unwrap();
+        let on_b = open(&cluster, "b", "alice", "INBOX").await;
+        on_b.send(store(
+            UidSet::single(Uid(2)),
+            FlagAction::Replace,
+            &["\\Deleted", "\\Answered"],
+        ))
+        .await
+        .unwrap()
+        .unwrap();
+        cluster.settle().await;
+        for (x, y) in [("a", "b"), ("a", "c"), ("b", "c")] {
+            cluster.net.set_link(&n(x), &n(y), false);
+        }
+        on_a.send(store(UidSet::single(Uid(4)), FlagAction::Remove, &["\\Seen"]))
+            .await
+            .unwrap()
+            .unwrap();
+        on_b.send(store(
+            UidSet::range(Uid(4), Uid(5)),
+            FlagAction::Add,
+            &["\\Draft"],
+        ))
+        .await
+        .unwrap()
+        .unwrap();
+        // Two appends at the same uid: b and c each show their own, hide the other's.
+        append_to(&on_b, "Subject: b\r\n\r\nb\r\n", &["\\Seen"]).await;
+        let on_c = open(&cluster, "c", "alice", "INBOX").await;
+        append_to(&on_c, "Subject: c\r\n\r\nc\r\n", &["kw"]).await;
+        cluster.net.set_link(&n("b"), &n("c"), true);
+        cluster.settle().await;
+        for node in ["a", "b", "c"] {
+            assert_index_agrees(&cluster, node, "INBOX").await;
+        }
+        for (x, y) in [("a", "b"), ("a", "c")] {
+            cluster.net.set_link(&n(x), &n(y), true);
+        }
+        cluster.settle().await;
+        // Expunge on c, a move out on b.
+        on_c.send(Expunge {
+            mode: ExpungeMode::Deleted,
+        })
+        .await
+        .unwrap()
+        .unwrap();
+        let archive = cluster
+            .node("b")
+            .directory
+            .send(OpenMailbox {
+                user: "alice".into(),
+                name: "Archive".into(),
+            })
+            .await
+            .unwrap()
+            .unwrap();
+        on_b.send(Transfer {
+            uids: UidSet::single(Uid(3)),
+            target_id: archive.info.id,
+            target: archive.addr,
+            remove_source: true,
+        })
+        .await
+        .unwrap()
+        .unwrap();
+        cluster.settle().await;
+        cluster.assert_converged().await;
+        for node in ["a", "b", "c"] {
+            assert_index_agrees(&cluster, node, "INBOX").await;
+            assert_index_agrees(&cluster, node, "Archive").await;
+        }
+    });
+}

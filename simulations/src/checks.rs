@@ -397,6 +397,13 @@ impl Observer {
             for bad in &state.bad_bodies {
                 self.violation(Kind::WrongBody, format!("body {bad}"), format!("body of {bad}"));
             }
+            for line in &state.index_disagreements {
+                self.violation(
+                    Kind::IndexDisagrees,
+                    format!("index {line}"),
+                    format!("uid index of {line}"),
+                );
+            }
             for (i, what) in replicated::lost_writes(&model.writes, node, state) {
                 if model.writes_lost_in_wipes.contains(&i) {
                     continue;

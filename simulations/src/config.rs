@@ -123,7 +123,7 @@ impl SimConfig {
 
 /// Every sabotage the runner's `--sabotage NAME` switches on, by name: one list for parsing the
 /// flag and for printing it back in a replay command.
-pub fn sabotage_switches(faults: &mut Faults) -> [(&'static str, &mut bool); 15] {
+pub fn sabotage_switches(faults: &mut Faults) -> [(&'static str, &mut bool); 16] {
     [
         ("no-uid-promotion", &mut faults.no_uid_promotion),
         ("drop-incoming-records", &mut faults.drop_incoming_records),
@@ -139,6 +139,7 @@ pub fn sabotage_switches(faults: &mut Faults) -> [(&'static str, &mut bool); 15]
         ("hidden-stays-hidden", &mut faults.hidden_stays_hidden),
         ("changes-pushed-twice", &mut faults.changes_pushed_twice),
         ("promotion-keeps-one", &mut faults.promotion_keeps_one),
+        ("stale-uid-rows", &mut faults.stale_uid_rows),
         (
             "mailbox-tombstone-not-sticky",
             &mut faults.mailbox_tombstone_not_sticky,

@@ -16,7 +16,9 @@
 use std::collections::BTreeMap;
 
 use mailmesh_actors::directory_sync::{EntriesFor, LinksFor, UserItemChange, UserItemFor};
-use mailmesh_actors::mailbox::{ChangedSince, Fetch, FetchBody, GetPruned, GetState};
+use mailmesh_actors::mailbox::{
+    uid_index_disagreements, ChangedSince, Fetch, FetchBody, GetPruned, GetState,
+};
 use mailmesh_actors::mailbox_sync::{ListFull, PageBudget};
 use mailmesh_actors::node::LocalNode;
 use mailmesh_actors::sync_log::SyncItem;
@@ -63,6 +65,8 @@ pub struct ReplicatedState {
     pub unreadable: BTreeMap<MailboxId, String>,
     /// Visible messages whose body is missing or not the one the record names.
     pub bad_bodies: Vec<String>,
+    /// Where a held mailbox's uid index disagrees with its records (each a line).
+    pub index_disagreements: Vec<String>,
 }
 
 /// Reads `local`'s whole replicated state. The peer named in the requests is only a label: every
@@ -121,6 +125,18 @@ pub async fn read_replicated(local: &LocalNode) -> ReplicatedState {
         .cloned()
         .collect();
     for entry in held {
+        match uid_index_disagreements(&local.store, entry.id) {
+            Ok(lines) => state.index_disagreements.extend(
+                lines
+                    .into_iter()
+                    .map(|line| format!("{} mailbox {}: {line}", local.node, short_id(entry.id.0))),
+            ),
+            Err(e) => state.index_disagreements.push(format!(
+                "{} mailbox {}: {e}",
+                local.node,
+                short_id(entry.id.0)
+            )),
+        }
         match read_mailbox(local, &entry, &mut state.bad_bodies).await {
             Ok(mb) => {
                 state.mailboxes.insert(entry.id, mb);

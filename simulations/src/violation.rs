@@ -41,6 +41,9 @@ pub enum Kind {
     MailboxGone,
     /// A message's body is missing, unreadable or not the one appended.
     WrongBody,
+    /// A node's uid index says of a record (shown, modseq, flags) what the record does not, or
+    /// has a row without its record or none for one.
+    IndexDisagrees,
     /// The healed cluster did not go quiet within the bound.
     NotQuiescent,
     /// A client operation got no answer within the bound (an engine hang: a deadlock, a lost
@@ -66,7 +69,7 @@ pub enum Kind {
 }
 
 impl Kind {
-    pub const ALL: [Kind; 26] = [
+    pub const ALL: [Kind; 27] = [
         Kind::UidReused,
         Kind::UidConflictKept,
         Kind::ShownTwice,
@@ -83,6 +86,7 @@ impl Kind {
         Kind::Unrequested,
         Kind::MailboxGone,
         Kind::WrongBody,
+        Kind::IndexDisagrees,
         Kind::NotQuiescent,
         Kind::NoAnswer,
         Kind::Traffic,

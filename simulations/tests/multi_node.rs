@@ -581,6 +581,25 @@ fn a_lost_flag_write_is_caught() {
     }
 }
 
+/// A flag change that leaves the uid index row as it was: every replica agrees and every
+/// record is right, but FETCH FLAGS and SEARCH, which read the index, would show stale flags;
+/// the comparison of each node's index with its records sees it.
+#[test]
+fn a_uid_index_behind_its_records_is_caught() {
+    let caught = caught("stale-uid-rows");
+    assert!(!caught.is_empty(), "no seed caught the stale uid index");
+    for (seed, violations, replay) in &caught {
+        assert!(
+            replay.contains("--sabotage stale-uid-rows"),
+            "seed {seed}: {replay}"
+        );
+        assert!(
+            violations.iter().any(|v| v.starts_with("[index-disagrees]")),
+            "seed {seed}: {violations:?}"
+        );
+    }
+}
+
 /// A COPY or MOVE that never answers (the handler waits for ever): every client operation must
 /// answer within the bound, so the hang is reported with the operation's trace line, and the
 /// seed replays with the sabotage.

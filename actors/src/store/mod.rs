@@ -10,6 +10,7 @@
 pub mod batch;
 pub mod bodies;
 pub mod keys;
+pub mod uid_row;
 
 use std::cell::RefCell;
 use std::collections::BTreeMap;
@@ -42,7 +43,8 @@ pub(crate) const NAMES: RawTable = TableDefinition::new("names");
 pub(crate) const MAILBOX_STATE: RawTable = TableDefinition::new("mailbox_state");
 /// MailboxId, AppendId -> StoredRecord.
 pub(crate) const MESSAGES: RawTable = TableDefinition::new("messages");
-/// MailboxId, Uid, AppendId -> (): a uid may briefly name two records (a UID conflict).
+/// MailboxId, Uid, AppendId -> whether the record is shown, its modseq and flags ([`uid_row`]):
+/// a uid may briefly name two records (a UID conflict).
 pub(crate) const UIDS: RawTable = TableDefinition::new("uids");
 /// MailboxId, ModSeq -> AppendId: records changed since a modseq.
 pub(crate) const MODSEQS: RawTable = TableDefinition::new("modseqs");
