@@ -3,11 +3,14 @@
 //! FLAGS that keep the session's [`SequenceMap`] and the client's view in step.
 //!
 //! Everything goes through Mailbox actor messages: `ListUids` (the map at SELECT), `GetState`
-//! and `Fetch` (what is new), `ChangedSince` (flag changes to tell, QRESYNC's resync),
-//! `WatchChanges` (what an IDLE waits on), `FetchBody` (one message's bytes at a time: a FETCH
-//! or SEARCH of many bodies holds one), `StoreFlags`, `Expunge`, `Append`, `Transfer`. A FETCH walks the messages
-//! in chunks of [`FETCH_CHUNK`] and writes what it gathered once it passes the session's flush
-//! size, so its memory does not grow with the mailbox.
+//! and `FetchFlags` (what is new), `ChangedSince` (flag changes to tell, QRESYNC's resync),
+//! `WatchChanges` (what an IDLE waits on), `FetchFlags` (uids, flags and modseqs from the uid
+//! index alone: FETCH of UID, FLAGS and MODSEQ, SEARCH over flags, a full resync), `Fetch` (the
+//! records, for the other items and keys), `FetchBody` (one message's bytes at a time: a FETCH
+//! or SEARCH of many bodies holds one), `StoreFlags`, `Expunge`, `Append`, `Transfer`. A FETCH
+//! walks the messages in chunks of [`FLAGS_CHUNK`] or [`FETCH_CHUNK`] and writes what it
+//! gathered once it passes the session's flush size, so its memory does not grow with the
+//! mailbox.
 
 use std::num::{NonZeroU32, NonZeroU64};
 
@@ -27,12 +30,12 @@ use imap_codec::imap_types::search::SearchKey;
 use imap_codec::imap_types::sequence::{SeqOrUid, Sequence, SequenceSet};
 use imap_codec::imap_types::IntoStatic;
 use mailmesh_actors::mailbox::{
-    Append, ChangedSince, Expunge, ExpungeMode, Fetch, FetchBody, FlagAction, GetState, ListUids, Mailbox,
-    MailboxState, MessageView, StoreFlags, Transfer, WatchChanges,
+    Append, ChangedSince, Expunge, ExpungeMode, Fetch, FetchBody, FetchFlags, FlagAction, GetState, ListUids,
+    Mailbox, MailboxState, MessageFlags, MessageView, StoreFlags, Transfer, WatchChanges,
 };
 use mailmesh_actors::uid_set::UidSet;
 use mailmesh_actors::MailError;
-use mailmesh_protocol::ids::{MailboxId, ModSeq, Uid};
+use mailmesh_protocol::ids::{AppendId, MailboxId, ModSeq, Uid};
 use tracing::warn;
 
 use super::esearch::{self, Found, SearchReturn};
@@ -47,6 +50,9 @@ use crate::client_tls::Connection;
 
 /// Messages whose records a FETCH asks the actor for at once.
 pub const FETCH_CHUNK: usize = 512;
+/// Messages whose flags (a few bytes each, from the uid index) a FETCH FLAGS or a SEARCH over
+/// flags asks the actor for at once: fewer round trips, still a bounded answer.
+pub const FLAGS_CHUNK: usize = 4096;
 /// Messages a STORE changes with one actor message (one commit).
 pub const STORE_CHUNK: usize = 4096;
 /// Changed records read at once when a session looks for other sessions' flag changes.
@@ -175,9 +181,10 @@ impl Selected {
         let mut fresh: Vec<u32> = Vec::new();
         if state.uidnext.0 > self.uidnext {
             let range = UidSet::range(Uid(self.uidnext), Uid(state.uidnext.0 - 1));
+            // The uid index alone: only the new uids are needed.
             fresh = self
                 .addr
-                .send(Fetch { uids: range })
+                .send(FetchFlags { uids: range })
                 .await??
                 .into_iter()
                 .map(|v| v.uid.0)
@@ -230,15 +237,15 @@ impl Selected {
 
     /// The untagged FETCH (UID FLAGS [MODSEQ]) telling a message's flags, if the session knows
     /// the message (has a sequence number for it).
-    fn tell_flags(&self, view: &MessageView, with_modseq: bool, out: &mut Vec<u8>) {
-        let Some(seq) = self.map.seq(view.uid.0) else {
+    fn tell_flags(&self, message: Head<'_>, with_modseq: bool, out: &mut Vec<u8>) {
+        let Some(seq) = self.map.seq(message.uid) else {
             return;
         };
         let mut items = vec![
-            MessageDataItem::Uid(nonzero(view.uid.0)),
-            MessageDataItem::Flags(flag_fetch(&view.flags)),
+            MessageDataItem::Uid(nonzero(message.uid)),
+            MessageDataItem::Flags(flag_fetch(message.flags)),
         ];
-        if let Some(modseq) = NonZeroU64::new(view.modseq.0).filter(|_| with_modseq) {
+        if let Some(modseq) = NonZeroU64::new(message.modseq.0).filter(|_| with_modseq) {
             items.push(MessageDataItem::ModSeq(modseq));
         }
         untagged(
@@ -279,7 +286,7 @@ impl Selected {
                 if view.uid.0 > known_last || own.get(&view.uid.0) == Some(&view.modseq) {
                     continue;
                 }
-                self.tell_flags(&view, self.condstore, out);
+                self.tell_flags(Head::of(&view), self.condstore, out);
             }
             if changed.len() < CHANGES_CHUNK {
                 break;
@@ -363,7 +370,7 @@ impl Selected {
         let highest = self.addr.send(GetState).await??.highestmodseq;
         let since = ModSeq(since);
         let ours = since.tag() == highest.tag() && since <= highest;
-        let tell = |view: &MessageView, out: &mut Vec<u8>| self.tell_flags(view, true, out);
+        let tell = |message: Head<'_>, out: &mut Vec<u8>| self.tell_flags(message, true, out);
         if ours {
             let mut from = since;
             loop {
@@ -377,7 +384,7 @@ impl Selected {
                 for stored in &changed {
                     from = from.max(stored.modseq);
                     if !stored.hidden && !stored.record.is_expunged() {
-                        tell(&MessageView::of(stored), out);
+                        tell(Head::of(&MessageView::of(stored)), out);
                     }
                 }
                 if changed.len() < CHANGES_CHUNK {
@@ -385,15 +392,16 @@ impl Selected {
                 }
             }
         } else {
-            for chunk in self.map.uids().to_vec().chunks(FETCH_CHUNK) {
-                let views = self
+            // Every message's flags, from the uid index alone.
+            for chunk in self.map.uids().chunks(FLAGS_CHUNK) {
+                let messages = self
                     .addr
-                    .send(Fetch {
-                        uids: UidSet::from_uids(chunk.iter().map(|&u| Uid(u))),
+                    .send(FetchFlags {
+                        uids: actor_uids(chunk),
                     })
                     .await??;
-                for view in &views {
-                    tell(view, out);
+                for message in &messages {
+                    tell(Head::from_index(message), out);
                 }
             }
         }
@@ -485,6 +493,12 @@ impl FetchPlan {
     /// Whether the message's bytes are read (bodies, or the MIME structure).
     fn reads_body(&self) -> bool {
         !self.bodies.is_empty() || self.parses()
+    }
+
+    /// Whether every item asked is one the uid index holds (UID, FLAGS, MODSEQ): then no
+    /// record is decoded ([`FetchFlags`]).
+    fn answered_by_index(&self, object_ids: ObjectIds) -> bool {
+        !self.internaldate && !self.size && !self.reads_body() && !object_ids.email_id
     }
 
     /// Whether the message is parsed for its MIME structure.
@@ -667,12 +681,22 @@ pub(super) async fn fetch(
             );
         }
     }
+    let done = Outcome::ok(if uid {
+        "UID FETCH completed"
+    } else {
+        "FETCH completed"
+    });
+    if plan.answered_by_index(object_ids) {
+        return fetch_from_index(conn, selected, &uids, &plan, object_ids, out)
+            .await
+            .map(|gone| gone.unwrap_or(done));
+    }
     let seen = mailmesh_protocol::names::Flag::seen();
     for chunk in uids.chunks(FETCH_CHUNK) {
         let mut views = selected
             .addr
             .send(Fetch {
-                uids: UidSet::from_uids(chunk.iter().map(|&u| Uid(u))),
+                uids: actor_uids(chunk),
             })
             .await??;
         if let Some(since) = plan.changed_since {
@@ -731,7 +755,8 @@ pub(super) async fn fetch(
             };
             let items = fetch_items(
                 &plan,
-                &view,
+                Head::of(&view),
+                Some(&view),
                 flagged.contains(&view.uid.0),
                 selected.condstore,
                 body.as_deref(),
@@ -744,7 +769,7 @@ pub(super) async fn fetch(
                     },
                     out,
                 );
-                object_ids.append(&view, out);
+                object_ids.append(Some(&view.append_id), out);
             }
             if out.len() >= FLUSH_AT && write(conn, out).await.is_err() {
                 // The client is gone; the session ends at its next read.
@@ -752,11 +777,85 @@ pub(super) async fn fetch(
             }
         }
     }
-    Ok(Outcome::ok(if uid {
-        "UID FETCH completed"
-    } else {
-        "FETCH completed"
-    }))
+    Ok(done)
+}
+
+/// A FETCH of items the uid index holds (UID, FLAGS, MODSEQ; THREADID): the flags a chunk at a
+/// time, no record decoded, the answer written each time it passes the flush size. `Some` is
+/// the outcome to send when the client went away.
+async fn fetch_from_index(
+    conn: &mut Connection,
+    selected: &Selected,
+    uids: &[u32],
+    plan: &FetchPlan,
+    object_ids: ObjectIds,
+    out: &mut Vec<u8>,
+) -> Result<Option<Outcome>, MailError> {
+    for chunk in uids.chunks(FLAGS_CHUNK) {
+        let mut messages = selected
+            .addr
+            .send(FetchFlags {
+                uids: actor_uids(chunk),
+            })
+            .await??;
+        if let Some(since) = plan.changed_since {
+            messages.retain(|m| m.modseq.0 > since);
+        }
+        for message in &messages {
+            let Some(seq) = selected.map.seq(message.uid.0) else {
+                continue;
+            };
+            let items = fetch_items(
+                plan,
+                Head::from_index(message),
+                None,
+                false,
+                selected.condstore,
+                None,
+            );
+            if let Ok(items) = Vec1::try_from(items) {
+                untagged(
+                    Data::Fetch {
+                        seq: nonzero(seq),
+                        items,
+                    },
+                    out,
+                );
+                object_ids.append(None, out);
+            }
+            if out.len() >= FLUSH_AT && write(conn, out).await.is_err() {
+                // The client is gone; the session ends at its next read.
+                return Ok(Some(Outcome::no("the connection failed during FETCH")));
+            }
+        }
+    }
+    Ok(None)
+}
+
+/// What any FETCH answer may carry of a message, from its record or the uid index alone.
+#[derive(Clone, Copy)]
+struct Head<'a> {
+    uid: u32,
+    flags: &'a [mailmesh_protocol::names::Flag],
+    modseq: ModSeq,
+}
+
+impl<'a> Head<'a> {
+    fn of(view: &'a MessageView) -> Self {
+        Head {
+            uid: view.uid.0,
+            flags: &view.flags,
+            modseq: view.modseq,
+        }
+    }
+
+    fn from_index(message: &'a MessageFlags) -> Self {
+        Head {
+            uid: message.uid.0,
+            flags: &message.flags,
+            modseq: message.modseq,
+        }
+    }
 }
 
 /// RFC 8474's FETCH items, which imap-codec does not encode: EMAILID is the message's AppendId
@@ -770,15 +869,15 @@ pub struct ObjectIds {
 
 impl ObjectIds {
     /// Adds the items asked to the FETCH response just encoded at the end of `out`, before its
-    /// closing `)` and CRLF.
-    fn append(self, view: &MessageView, out: &mut Vec<u8>) {
+    /// closing `)` and CRLF. EMAILID needs the message's AppendId (its record was read).
+    fn append(self, append_id: Option<&AppendId>, out: &mut Vec<u8>) {
         if !self.email_id && !self.thread_id {
             return;
         }
         debug_assert!(out.ends_with(b")\r\n"));
         out.truncate(out.len() - 3);
-        if self.email_id {
-            out.extend_from_slice(format!(" EMAILID ({})", view.append_id).as_bytes());
+        if let Some(append_id) = append_id.filter(|_| self.email_id) {
+            out.extend_from_slice(format!(" EMAILID ({append_id})").as_bytes());
         }
         if self.thread_id {
             out.extend_from_slice(b" THREADID NIL");
@@ -787,9 +886,12 @@ impl ObjectIds {
     }
 }
 
+/// The items of one message's FETCH answer: `head` from the record or the uid index, `view`
+/// (the record's other parts) when the plan asks for them.
 fn fetch_items(
     plan: &FetchPlan,
-    view: &MessageView,
+    head: Head<'_>,
+    view: Option<&MessageView>,
     flags_changed: bool,
     condstore: bool,
     body: Option<&[u8]>,
@@ -798,22 +900,24 @@ fn fetch_items(
     // RFC 7162 3.1: with CONDSTORE on, a FETCH response that tells of a flag change carries
     // UID and MODSEQ.
     if plan.uid || flags_changed && condstore {
-        items.push(MessageDataItem::Uid(nonzero(view.uid.0)));
+        items.push(MessageDataItem::Uid(nonzero(head.uid)));
     }
     if plan.flags || flags_changed {
-        items.push(MessageDataItem::Flags(flag_fetch(&view.flags)));
+        items.push(MessageDataItem::Flags(flag_fetch(head.flags)));
     }
-    if plan.internaldate {
-        items.push(MessageDataItem::InternalDate(internaldate(view.internaldate)));
-    }
-    if plan.size {
-        items.push(MessageDataItem::Rfc822Size(
-            u32::try_from(view.size).unwrap_or(u32::MAX),
-        ));
+    if let Some(view) = view {
+        if plan.internaldate {
+            items.push(MessageDataItem::InternalDate(internaldate(view.internaldate)));
+        }
+        if plan.size {
+            items.push(MessageDataItem::Rfc822Size(
+                u32::try_from(view.size).unwrap_or(u32::MAX),
+            ));
+        }
     }
     // RFC 7162 3.2: with CONDSTORE on, flags this FETCH changed (\Seen) go with their MODSEQ.
     if plan.modseq || flags_changed && (plan.changed_since.is_some() || condstore) {
-        if let Some(modseq) = NonZeroU64::new(view.modseq.0) {
+        if let Some(modseq) = NonZeroU64::new(head.modseq.0) {
             items.push(MessageDataItem::ModSeq(modseq));
         }
     }
@@ -965,7 +1069,7 @@ pub(super) async fn store(
         let stored = selected
             .addr
             .send(StoreFlags {
-                uids: UidSet::from_uids(chunk.iter().map(|&u| Uid(u))),
+                uids: actor_uids(chunk),
                 action,
                 flags: flags.clone(),
                 unchanged_since,
@@ -1253,8 +1357,9 @@ fn nonzero(n: u32) -> NonZeroU32 {
     })
 }
 
-/// SEARCH and UID SEARCH: the session's messages walked in chunks of views, a message's bytes
-/// read (one at a time) only when a key needs them.
+/// SEARCH and UID SEARCH: the session's messages walked in chunks of their flags from the uid
+/// index when the keys need no more, else of views, a message's bytes read (one at a time) only
+/// when a key needs them.
 pub(super) async fn search(
     conn: &mut Connection,
     selected: &Selected,
@@ -1282,50 +1387,18 @@ pub(super) async fn search(
     if !search::supported(&key) {
         return Ok(Outcome::bad("a search key this server does not support"));
     }
-    let needs_body = search::needs_body(&key);
     let bounds = search::Bounds {
         exists: selected.map.len(),
         last_uid: selected.map.last_uid(),
     };
-    let mut found: Vec<Found> = Vec::new();
-    for chunk in selected.map.uids().chunks(FETCH_CHUNK) {
-        let views = selected
-            .addr
-            .send(Fetch {
-                uids: UidSet::from_uids(chunk.iter().map(|&u| Uid(u))),
-            })
-            .await??;
-        for view in &views {
-            let Some(seq) = selected.map.seq(view.uid.0) else {
-                continue;
-            };
-            let body = if needs_body {
-                match selected.addr.send(FetchBody { uid: view.uid }).await? {
-                    Ok(body) => Some(body),
-                    // Expunged since the listing: it matches nothing.
-                    Err(MailError::NoSuchMessage(_)) => continue,
-                    Err(e) => return Err(e),
-                }
-            } else {
-                None
-            };
-            let parsed = body.as_deref().and_then(search::parse);
-            let candidate = search::Candidate {
-                seq,
-                view,
-                parsed: parsed.as_ref(),
-            };
-            if search::matches(&key, &candidate, bounds) {
-                found.push(Found {
-                    number: if uid { view.uid.0 } else { seq },
-                    modseq: view.modseq.0,
-                });
-            }
+    let found = if search::needs_record(&key) {
+        match search_records(conn, selected, &key, uid, bounds, out).await? {
+            Ok(found) => found,
+            Err(gone) => return Ok(gone),
         }
-        if out.len() >= FLUSH_AT && write(conn, out).await.is_err() {
-            return Ok(Outcome::no("the connection failed during SEARCH"));
-        }
-    }
+    } else {
+        search_flags(selected, &key, uid, bounds).await?
+    };
     let with_modseq = search::has_modseq(&key);
     if let Some((tag, returns)) = esearch {
         // RFC 4731: the answer names the command's tag and only what RETURN asked.
@@ -1345,6 +1418,107 @@ pub(super) async fn search(
     } else {
         "SEARCH completed"
     }))
+}
+
+/// A SEARCH whose keys need only uids, flags, sequence numbers and modseqs: the uid index
+/// alone, no record decoded.
+async fn search_flags(
+    selected: &Selected,
+    key: &SearchKey<'static>,
+    uid: bool,
+    bounds: search::Bounds,
+) -> Result<Vec<Found>, MailError> {
+    let mut found = Vec::new();
+    for chunk in selected.map.uids().chunks(FLAGS_CHUNK) {
+        let messages = selected
+            .addr
+            .send(FetchFlags {
+                uids: actor_uids(chunk),
+            })
+            .await??;
+        for message in &messages {
+            let Some(seq) = selected.map.seq(message.uid.0) else {
+                continue;
+            };
+            let candidate = search::Candidate {
+                seq,
+                uid: message.uid.0,
+                modseq: message.modseq.0,
+                flags: &message.flags,
+                view: None,
+                parsed: None,
+            };
+            if search::matches(key, &candidate, bounds) {
+                found.push(Found {
+                    number: if uid { message.uid.0 } else { seq },
+                    modseq: message.modseq.0,
+                });
+            }
+        }
+    }
+    Ok(found)
+}
+
+/// A SEARCH with keys of the records (size, dates) or the messages' bytes: views a chunk at a
+/// time, a message's bytes (one at a time) only when a key needs them. `Err` is the outcome to
+/// send when the client went away.
+async fn search_records(
+    conn: &mut Connection,
+    selected: &Selected,
+    key: &SearchKey<'static>,
+    uid: bool,
+    bounds: search::Bounds,
+    out: &mut Vec<u8>,
+) -> Result<Result<Vec<Found>, Outcome>, MailError> {
+    let needs_body = search::needs_body(key);
+    let mut found = Vec::new();
+    for chunk in selected.map.uids().chunks(FETCH_CHUNK) {
+        let views = selected
+            .addr
+            .send(Fetch {
+                uids: actor_uids(chunk),
+            })
+            .await??;
+        for view in &views {
+            let Some(seq) = selected.map.seq(view.uid.0) else {
+                continue;
+            };
+            let body = if needs_body {
+                match selected.addr.send(FetchBody { uid: view.uid }).await? {
+                    Ok(body) => Some(body),
+                    // Expunged since the listing: it matches nothing.
+                    Err(MailError::NoSuchMessage(_)) => continue,
+                    Err(e) => return Err(e),
+                }
+            } else {
+                None
+            };
+            let parsed = body.as_deref().and_then(search::parse);
+            let candidate = search::Candidate {
+                seq,
+                uid: view.uid.0,
+                modseq: view.modseq.0,
+                flags: &view.flags,
+                view: Some(view),
+                parsed: parsed.as_ref(),
+            };
+            if search::matches(key, &candidate, bounds) {
+                found.push(Found {
+                    number: if uid { view.uid.0 } else { seq },
+                    modseq: view.modseq.0,
+                });
+            }
+        }
+        if out.len() >= FLUSH_AT && write(conn, out).await.is_err() {
+            return Ok(Err(Outcome::no("the connection failed during SEARCH")));
+        }
+    }
+    Ok(Ok(found))
+}
+
+/// The uids of a chunk of the session's map, as the actor takes them.
+fn actor_uids(uids: &[u32]) -> UidSet {
+    UidSet::from_uids(uids.iter().map(|&u| Uid(u)))
 }
 
 #[cfg(test)]

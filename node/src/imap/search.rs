@@ -1,7 +1,8 @@
 //! SEARCH keys (RFC 3501 6.4.4, RFC 7162's MODSEQ) evaluated against one message at a time:
-//! sans-IO. The session walks the selected mailbox in chunks of views (flags, size, dates, uid,
-//! modseq) and reads a message's bytes only when a key needs them ([`needs_body`]), so a
-//! search holds one message at a time, never the mailbox's bodies.
+//! sans-IO. The session walks the selected mailbox in chunks of flags (uid, modseq, flags: read
+//! from the uid index alone), of views (size and dates too) when a key needs the record
+//! ([`needs_record`]), and reads a message's bytes only when a key needs them ([`needs_body`]),
+//! so a search holds one message at a time, never the mailbox's bodies.
 //!
 //! Header and body keys match case-insensitively on the decoded text: each header field as
 //! mail-parser decodes it (RFC 2047 words, addresses as name and address) and as it is written,
@@ -14,6 +15,7 @@ use imap_codec::imap_types::search::SearchKey;
 use imap_codec::imap_types::sequence::{SeqOrUid, Sequence, SequenceSet};
 use mail_parser::{Address, HeaderValue, Message, MessageParser, PartType};
 use mailmesh_actors::mailbox::MessageView;
+use mailmesh_protocol::names::Flag;
 
 /// The charsets a SEARCH may name (RFC 3501 6.4.4: US-ASCII must be supported); others get
 /// `NO [BADCHARSET]`.
@@ -45,6 +47,22 @@ pub fn needs_body(key: &SearchKey<'_>) -> bool {
     }
 }
 
+/// Whether any key needs more of the record than its uid, flags and modseq (its size or dates),
+/// or the message's bytes.
+pub fn needs_record(key: &SearchKey<'_>) -> bool {
+    match key {
+        SearchKey::And(keys) => keys.as_ref().iter().any(needs_record),
+        SearchKey::Not(key) => needs_record(key),
+        SearchKey::Or(a, b) => needs_record(a) || needs_record(b),
+        SearchKey::Larger(_)
+        | SearchKey::Smaller(_)
+        | SearchKey::Before(_)
+        | SearchKey::On(_)
+        | SearchKey::Since(_) => true,
+        other => needs_body(other),
+    }
+}
+
 /// Whether the search has a MODSEQ key (its answer then carries the highest modseq of the
 /// messages found, RFC 7162 3.1.5).
 pub fn has_modseq(key: &SearchKey<'_>) -> bool {
@@ -60,7 +78,11 @@ pub fn has_modseq(key: &SearchKey<'_>) -> bool {
 /// One message as a search sees it.
 pub struct Candidate<'a> {
     pub seq: u32,
-    pub view: &'a MessageView,
+    pub uid: u32,
+    pub modseq: u64,
+    pub flags: &'a [Flag],
+    /// The record's view, when [`needs_record`] asked for it.
+    pub view: Option<&'a MessageView>,
     /// The parsed message, when [`needs_body`] asked for it (and it parses).
     pub parsed: Option<&'a Message<'a>>,
 }
@@ -79,13 +101,15 @@ pub fn parse(body: &[u8]) -> Option<Message<'_>> {
 
 /// Whether the message matches `key`.
 pub fn matches(key: &SearchKey<'_>, m: &Candidate<'_>, bounds: Bounds) -> bool {
-    let has = |name: &str| m.view.flags.iter().any(|f| f.as_str().eq_ignore_ascii_case(name));
+    let has = |name: &str| m.flags.iter().any(|f| f.as_str().eq_ignore_ascii_case(name));
+    // Keys of the record's size and dates: the session read the view for them (`needs_record`).
+    let view = |test: &dyn Fn(&MessageView) -> bool| m.view.is_some_and(test);
     match key {
         SearchKey::And(keys) => keys.as_ref().iter().all(|k| matches(k, m, bounds)),
         SearchKey::Not(key) => !matches(key, m, bounds),
         SearchKey::Or(a, b) => matches(a, m, bounds) || matches(b, m, bounds),
         SearchKey::SequenceSet(set) => in_set(set, m.seq, bounds.exists),
-        SearchKey::Uid(set) => in_set(set, m.view.uid.0, bounds.last_uid),
+        SearchKey::Uid(set) => in_set(set, m.uid, bounds.last_uid),
         SearchKey::All => true,
         SearchKey::Answered => has("\\Answered"),
         SearchKey::Deleted => has("\\Deleted"),
@@ -103,15 +127,15 @@ pub fn matches(key: &SearchKey<'_>, m: &Candidate<'_>, bounds: Bounds) -> bool {
         // dropped it): NEW (RECENT UNSEEN) and RECENT find nothing, OLD (NOT RECENT) everything.
         SearchKey::Recent | SearchKey::New => false,
         SearchKey::Old => true,
-        SearchKey::Larger(n) => m.view.size > u64::from(*n),
-        SearchKey::Smaller(n) => m.view.size < u64::from(*n),
-        SearchKey::Before(date) => internal_day(m.view) < *date.as_ref(),
-        SearchKey::On(date) => internal_day(m.view) == *date.as_ref(),
-        SearchKey::Since(date) => internal_day(m.view) >= *date.as_ref(),
+        SearchKey::Larger(n) => view(&|v| v.size > u64::from(*n)),
+        SearchKey::Smaller(n) => view(&|v| v.size < u64::from(*n)),
+        SearchKey::Before(date) => view(&|v| internal_day(v) < *date.as_ref()),
+        SearchKey::On(date) => view(&|v| internal_day(v) == *date.as_ref()),
+        SearchKey::Since(date) => view(&|v| internal_day(v) >= *date.as_ref()),
         SearchKey::SentBefore(date) => sent_day(m) < *date.as_ref(),
         SearchKey::SentOn(date) => sent_day(m) == *date.as_ref(),
         SearchKey::SentSince(date) => sent_day(m) >= *date.as_ref(),
-        SearchKey::ModSequence { modseq, .. } => m.view.modseq.0 >= *modseq,
+        SearchKey::ModSequence { modseq, .. } => m.modseq >= *modseq,
         SearchKey::From(s) => header_contains(m, "From", s.as_ref()),
         SearchKey::To(s) => header_contains(m, "To", s.as_ref()),
         SearchKey::Cc(s) => header_contains(m, "Cc", s.as_ref()),
@@ -212,7 +236,8 @@ fn sent_day(m: &Candidate<'_>) -> NaiveDate {
     m.parsed
         .and_then(|p| p.date())
         .and_then(|d| NaiveDate::from_ymd_opt(i32::from(d.year), u32::from(d.month), u32::from(d.day)))
-        .unwrap_or_else(|| internal_day(m.view))
+        .or_else(|| m.view.map(internal_day))
+        .unwrap_or_default()
 }
 
 /// Lower case, for case-insensitive matching beyond ASCII.
@@ -338,7 +363,10 @@ bmVlZGxl\r\n\
         let parsed = parse(MESSAGE);
         let candidate = Candidate {
             seq,
-            view,
+            uid: view.uid.0,
+            modseq: view.modseq.0,
+            flags: &view.flags,
+            view: Some(view),
             parsed: parsed.as_ref(),
         };
         let bounds = Bounds {
@@ -438,6 +466,32 @@ bmVlZGxl\r\n\
         assert!(needs_body(&key("UNSEEN OR SEEN SUBJECT x")));
         assert!(needs_body(&key("SENTON 1-Jan-2020")));
         assert!(has_modseq(&key("NOT MODSEQ 5")));
+    }
+
+    #[test]
+    fn flag_keys_read_the_index_alone() {
+        assert!(!needs_record(&key(
+            "UNSEEN UID 1:* OR SEEN NOT DELETED KEYWORD $Work 2:4 MODSEQ 5"
+        )));
+        assert!(needs_record(&key("UNSEEN NOT LARGER 10")));
+        assert!(needs_record(&key("OR SEEN SINCE 1-Jan-2020")));
+        assert!(needs_record(&key("FLAGGED SUBJECT x")));
+        // Without the view, a size key matches nothing (the session reads it when asked).
+        let v = view(3, 100, &["\\Seen"]);
+        let candidate = Candidate {
+            seq: 1,
+            uid: 3,
+            modseq: 103,
+            flags: &v.flags,
+            view: None,
+            parsed: None,
+        };
+        let bounds = Bounds {
+            exists: 5,
+            last_uid: 9,
+        };
+        assert!(matches(&key("SEEN UID 3 MODSEQ 103"), &candidate, bounds));
+        assert!(!matches(&key("UNSEEN"), &candidate, bounds));
         assert!(!has_modseq(&key("ALL")));
         assert!(charset_supported("utf-8") && charset_supported("US-ASCII"));
         assert!(!charset_supported("ISO-8859-1"));
