@@ -805,22 +805,7 @@ async fn fetch_from_index(
             let Some(seq) = selected.map.seq(message.uid.0) else {
                 continue;
             };
-            let items = fetch_items(
-                plan,
-                Head::from_index(message),
-                None,
-                false,
-                selected.condstore,
-                None,
-            );
-            if let Ok(items) = Vec1::try_from(items) {
-                untagged(
-                    Data::Fetch {
-                        seq: nonzero(seq),
-                        items,
-                    },
-                    out,
-                );
+            if encode_index_fetch(seq, plan, Head::from_index(message), out) {
                 object_ids.append(None, out);
             }
             if out.len() >= FLUSH_AT && write(conn, out).await.is_err() {
@@ -830,6 +815,53 @@ async fn fetch_from_index(
         }
     }
     Ok(None)
+}
+
+/// Appends the FETCH response of one message for a plan the uid index answers (UID, FLAGS,
+/// MODSEQ, in that order), byte for byte what imap-codec encodes for the same items
+/// (`fetch_items`; a test compares them), written directly: encoding 100,000 of them through
+/// imap-codec's general encoder took a third of a `UID FETCH 1:* (FLAGS)`. Answers whether
+/// there was an item to send.
+fn encode_index_fetch(seq: u32, plan: &FetchPlan, head: Head<'_>, out: &mut Vec<u8>) -> bool {
+    use std::io::Write;
+    let modseq = NonZeroU64::new(head.modseq.0).filter(|_| plan.modseq);
+    if !plan.uid && !plan.flags && modseq.is_none() {
+        return false;
+    }
+    let _ = write!(out, "* {seq} FETCH (");
+    let mut first = true;
+    let mut separate = |out: &mut Vec<u8>| {
+        if !std::mem::take(&mut first) {
+            out.push(b' ');
+        }
+    };
+    if plan.uid {
+        separate(out);
+        let _ = write!(out, "UID {}", head.uid);
+    }
+    if plan.flags {
+        separate(out);
+        out.extend_from_slice(b"FLAGS (");
+        // The flags imap-codec takes (`flag_fetch`): every stored flag is one (`Flag::new`).
+        let mut sent = head
+            .flags
+            .iter()
+            .filter(|f| ImapFlag::try_from(f.as_str()).is_ok());
+        if let Some(flag) = sent.next() {
+            out.extend_from_slice(flag.as_str().as_bytes());
+            for flag in sent {
+                out.push(b' ');
+                out.extend_from_slice(flag.as_str().as_bytes());
+            }
+        }
+        out.push(b')');
+    }
+    if let Some(modseq) = modseq {
+        separate(out);
+        let _ = write!(out, "MODSEQ ({modseq})");
+    }
+    out.extend_from_slice(b")\r\n");
+    true
 }
 
 /// What any FETCH answer may carry of a message, from its record or the uid index alone.
@@ -1529,6 +1561,72 @@ mod tests {
     fn runs_keep_the_order_given() {
         assert_eq!(runs(&[1, 2, 3, 7, 9, 10]), vec![(1, 3), (7, 7), (9, 10)]);
         assert_eq!(runs(&[]), vec![]);
+    }
+
+    /// The direct encoding of index-answered FETCH responses is imap-codec's, byte for byte.
+    #[test]
+    fn index_fetch_responses_are_what_imap_codec_encodes() {
+        use mailmesh_protocol::names::Flag;
+        let flag_sets: Vec<Vec<Flag>> = vec![
+            vec![],
+            vec![Flag::seen()],
+            [
+                "$Junk",
+                "\\Answered",
+                "\\Draft",
+                "\\Flagged",
+                "\\Seen",
+                "Zeta",
+                "lower",
+            ]
+            .iter()
+            .map(|f| Flag::new(f).unwrap())
+            .collect(),
+        ];
+        for flags in &flag_sets {
+            for (uid, with_flags, modseq) in [
+                (true, true, false),
+                (false, true, false),
+                (true, true, true),
+                (true, false, true),
+                (false, false, true),
+                (true, false, false),
+                (false, false, false),
+            ] {
+                let plan = FetchPlan {
+                    uid,
+                    flags: with_flags,
+                    modseq,
+                    ..FetchPlan::default()
+                };
+                for stored_modseq in [0, 1, 7_130_316_800_000_095_767] {
+                    let head = Head {
+                        uid: 4_000_000_000,
+                        flags,
+                        modseq: ModSeq(stored_modseq),
+                    };
+                    let mut direct = Vec::new();
+                    let sent = encode_index_fetch(123_456, &plan, head, &mut direct);
+                    let mut codec = Vec::new();
+                    let items = fetch_items(&plan, head, None, false, false, None);
+                    if let Ok(items) = Vec1::try_from(items) {
+                        untagged(
+                            Data::Fetch {
+                                seq: nonzero(123_456),
+                                items,
+                            },
+                            &mut codec,
+                        );
+                    }
+                    assert_eq!(sent, !codec.is_empty());
+                    assert_eq!(
+                        String::from_utf8_lossy(&direct),
+                        String::from_utf8_lossy(&codec),
+                        "uid {uid}, flags {with_flags}, modseq {modseq} ({stored_modseq}), {flags:?}"
+                    );
+                }
+            }
+        }
     }
 
     #[test]
