@@ -393,7 +393,11 @@ fn measure(root: &Path, scale: &Scale, selected: &dyn Fn(RowGroup) -> bool) -> R
         });
         rows.push(Row {
             name: table::ROW_NAMES[12],
-            measured: format!("{} ({of})", megabytes(read.session_bytes.max(0) as f64)),
+            measured: format!(
+                "{} ({of}; the login before it {})",
+                megabytes(read.session_bytes.max(0) as f64),
+                megabytes(read.login_bytes.max(0) as f64)
+            ),
             vs_limit: String::new(),
             cpu: String::new(),
             target: "under 10 MB [Dovecot's imap process 8.7 MB]",
