@@ -192,6 +192,12 @@ pub struct ImapSection {
     /// 5464 4.1). The size of one value is `[limits] max_annotation_bytes`.
     #[serde(default = "default_metadata_max_entries")]
     pub metadata_max_entries: u64,
+    /// PEM CA certificate(s) the `"proxy"` direct trusts for the primaries' IMAP certificates;
+    /// unset: the cluster CA (`cluster.ca`), for IMAP certificates made by `mailmesh certs
+    /// node`. A certificate must name the primary (its node name) or the host of its `[[peers]]
+    /// imap` address.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub proxy_ca: Option<PathBuf>,
 }
 
 fn default_direct() -> String {
@@ -328,6 +334,10 @@ pub struct PeerSection {
     /// client whose INBOX has its primary there (a referral names it, a proxy connects to it).
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub imap: Option<String>,
+    /// `imap` is the peer's `listen_tls` (TLS from the first byte); unset or false: its
+    /// `listen`, where a proxy says STARTTLS before it logs in.
+    #[serde(default, skip_serializing_if = "std::ops::Not::not")]
+    pub imap_tls: bool,
 }
 
 #[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
@@ -576,6 +586,7 @@ impl Config {
                 address: peer.address.clone(),
                 shared_bodies: peer.shared_bodies,
                 imap: peer.imap.clone(),
+                imap_tls: peer.imap_tls,
             });
         }
         let files = crate::cluster::tls::TlsFiles {
@@ -758,12 +769,17 @@ impl Config {
                 ),
             ));
         }
+        if let Some(path) = &section.proxy_ca {
+            crate::imap::direct::read_trust(path)
+                .map_err(|problem| ConfigError::invalid("imap.proxy_ca", problem))?;
+        }
         Ok(Some(ImapOptions {
             listeners,
             limits,
             special_use,
             direct,
             metadata_max_entries,
+            proxy_ca: section.proxy_ca.clone(),
         }))
     }
 
@@ -1105,6 +1121,7 @@ mod tests {
             special_use: SpecialUseSection::default(),
             direct: "local".into(),
             metadata_max_entries: 100,
+            proxy_ca: None,
         };
         config.imap = Some(section.clone());
         let options = config.imap().unwrap().unwrap();
@@ -1190,6 +1207,7 @@ mod tests {
             address: "127.0.0.1:7101".into(),
             shared_bodies: false,
             imap: imap.map(String::from),
+            imap_tls: false,
         };
         let node = NodeId::new("mailmesh-1").unwrap();
         for bad in ["nowhere", "host:", ":143", "host:99999"] {

@@ -121,9 +121,8 @@ pub fn run(loaded: Loaded, config_path: Option<&Path>) -> Result<(), Error> {
                     let node = node.borrow();
                     (node.directory.clone(), node.node.clone())
                 };
-                let peers = cluster.as_ref().map_or(&[][..], |c| &c.peers[..]);
                 let server =
-                    ImapServer::start(imap, auth.clone(), directory, limits, name, peers).await?;
+                    ImapServer::start(imap, auth.clone(), directory, limits, name, cluster.as_ref()).await?;
                 handle.front_ends.listeners.extend(server.stats());
                 Some(server)
             }
@@ -154,8 +153,7 @@ pub fn run(loaded: Loaded, config_path: Option<&Path>) -> Result<(), Error> {
                                 server.reload(loaded.managesieve.as_ref());
                             }
                             if let Some(server) = &imap_server {
-                                let peers = loaded.cluster.as_ref().map_or(&[][..], |c| &c.peers[..]);
-                                server.reload(loaded.imap.as_ref(), peers);
+                                server.reload(loaded.imap.as_ref(), loaded.cluster.as_ref());
                             }
                             reload::log_applied(reason, &changes);
                             running = loaded.config;

@@ -41,6 +41,8 @@ pub struct PeerAddress {
     pub shared_bodies: bool,
     /// `host:port` of the peer's IMAP listener (`[[peers]] imap`), for `[imap] direct`.
     pub imap: Option<String>,
+    /// `imap` takes TLS from the first byte (`[[peers]] imap_tls`); else STARTTLS.
+    pub imap_tls: bool,
 }
 
 impl ClusterOptions {

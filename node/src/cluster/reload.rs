@@ -213,7 +213,9 @@ pub fn peer_changes(old: &Config, new: &Config) -> PeerChanges {
     for peer in &new.peers {
         match old.peers.iter().find(|p| p.name == peer.name) {
             None => changes.added.push(peer.name.clone()),
-            Some(p) if p.imap != peer.imap && same_link(p, peer) => changes.imap.push(peer.name.clone()),
+            Some(p) if (&p.imap, p.imap_tls) != (&peer.imap, peer.imap_tls) && same_link(p, peer) => {
+                changes.imap.push(peer.name.clone())
+            }
             Some(p) if p != peer => changes.repointed.push(peer.name.clone()),
             Some(_) => {}
         }
@@ -230,9 +232,11 @@ pub fn peer_changes(old: &Config, new: &Config) -> PeerChanges {
 fn same_link(a: &PeerSection, b: &PeerSection) -> bool {
     PeerSection {
         imap: None,
+        imap_tls: false,
         ..a.clone()
     } == PeerSection {
         imap: None,
+        imap_tls: false,
         ..b.clone()
     }
 }

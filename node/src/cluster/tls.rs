@@ -110,6 +110,12 @@ impl TlsIdentity {
         Ok(identity)
     }
 
+    /// The cluster CA, which the IMAP proxy trusts for the primaries' IMAP certificates unless
+    /// `[imap] proxy_ca` names another.
+    pub fn roots(&self) -> Arc<RootCertStore> {
+        self.roots.clone()
+    }
+
     /// The TLS server side: requires a client certificate from the CA naming one of `peers`.
     pub fn server_config(&self, peers: BTreeSet<NodeId>) -> Result<rustls::ServerConfig, TlsError> {
         let inner = WebPkiClientVerifier::builder_with_provider(self.roots.clone(), provider())

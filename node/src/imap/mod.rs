@@ -59,7 +59,7 @@ use self::metadata::MetadataLimits;
 use self::special_use::SpecialUses;
 use crate::auth::Authenticator;
 use crate::client_tls::{ListenAddress, ListenerTlsOptions, ServerTls};
-use crate::cluster::PeerAddress;
+use crate::cluster::ClusterOptions;
 use crate::error::Error;
 use crate::listener::{self, ConnectionLimits, Listener, ListenerSpec, ListenerStats};
 
@@ -88,6 +88,9 @@ pub struct ImapOptions {
     pub direct: Direct,
     /// `[imap] metadata_max_entries`: annotations with a value one mailbox may hold.
     pub metadata_max_entries: usize,
+    /// `[imap] proxy_ca`: the CA a proxy trusts for the primaries' IMAP certificates; `None`:
+    /// the cluster CA.
+    pub proxy_ca: Option<std::path::PathBuf>,
 }
 
 /// What every session of a listener shares.
@@ -120,9 +123,9 @@ impl ImapServer {
         directory: Addr<Directory>,
         limits: Limits,
         node: NodeId,
-        peers: &[PeerAddress],
+        cluster: Option<&ClusterOptions>,
     ) -> Result<ImapServer, Error> {
-        let directing = Rc::new(RefCell::new(Directing::new(options.direct, node, peers)));
+        let directing = Rc::new(RefCell::new(Directing::new(options, node, cluster)));
         let max_command_bytes =
             u32::try_from(limits.max_message_bytes.saturating_add(session::COMMAND_ROOM)).unwrap_or(u32::MAX);
         let metadata = MetadataLimits {
@@ -167,10 +170,10 @@ impl ImapServer {
 
     /// A reload: certificates and keys are read again, `direct` and the peers' IMAP addresses
     /// apply to the next logins. Listen addresses apply at the next start.
-    pub fn reload(&self, options: Option<&ImapOptions>, peers: &[PeerAddress]) {
+    pub fn reload(&self, options: Option<&ImapOptions>, cluster: Option<&ClusterOptions>) {
         let Some(options) = options else { return };
         let node = self.directing.borrow().node.clone();
-        *self.directing.borrow_mut() = Directing::new(options.direct, node, peers);
+        *self.directing.borrow_mut() = Directing::new(options, node, cluster);
         for ((_, tls), one) in self.listeners.iter().zip(&options.listeners) {
             if let (Some(tls), Some(files)) = (tls, &one.tls.files) {
                 if let Err(e) = tls.reload(files) {

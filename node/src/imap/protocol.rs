@@ -64,6 +64,12 @@ pub struct Machine {
     refuse_when_complete: Option<&'static str>,
     /// A new limit, applied at the next point where nothing received is pending.
     pending_max: Option<u32>,
+    /// Bytes fed and not yet part of a message handed out (or skipped): the fragmentizer does
+    /// not say, so it is counted here from the fragments' ends (which count every byte of a
+    /// message, also those past the limit it dropped).
+    unhandled: usize,
+    /// Where the last fragment of the current message ended, from the message's start.
+    message_end: usize,
 }
 
 impl Machine {
@@ -76,6 +82,8 @@ impl Machine {
             expect: Expect::Command,
             refuse_when_complete: None,
             pending_max: None,
+            unhandled: 0,
+            message_end: 0,
         }
     }
 
@@ -83,6 +91,20 @@ impl Machine {
     /// that at most one read's worth of bytes waits here.
     pub fn feed(&mut self, bytes: &[u8]) {
         self.fragments.enqueue_bytes(bytes);
+        self.unhandled += bytes.len();
+    }
+
+    /// How many of the bytes fed are behind the last message handed out: the client's
+    /// pipelined input. They are the tail of the last [`Machine::feed`] (it is called only once
+    /// everything before was consumed), so a proxied session passes them on from there.
+    pub fn unhandled(&self) -> usize {
+        self.unhandled
+    }
+
+    /// The current message ended (handed out or skipped) where its last fragment ended.
+    fn message_done(&mut self) {
+        self.unhandled = self.unhandled.saturating_sub(self.message_end);
+        self.message_end = 0;
     }
 
     pub fn expect(&mut self, expect: Expect) {
@@ -114,6 +136,8 @@ impl Machine {
         self.max_message = self.pending_max.take().unwrap_or(self.max_message);
         self.fragments = Fragmentizer::new(self.max_message);
         self.refuse_when_complete = None;
+        self.unhandled = 0;
+        self.message_end = 0;
     }
 
     /// Bytes of the current message held (at most the limit, whatever the client sends).
@@ -130,6 +154,9 @@ impl Machine {
                 self.apply_pending_max();
                 return None;
             };
+            self.message_end = match fragment {
+                FragmentInfo::Line { end, .. } | FragmentInfo::Literal { end, .. } => end,
+            };
             if let FragmentInfo::Line {
                 announcement: Some(LiteralAnnouncement { mode, length }),
                 end,
@@ -144,6 +171,7 @@ impl Machine {
                         // continuation request, so the message ends here for both sides.
                         let tag = self.tag();
                         self.fragments.skip_message();
+                        self.message_done();
                         self.refuse_when_complete = None;
                         return Some(Event::Refused(too_big(tag, self.max_message)));
                     }
@@ -159,6 +187,7 @@ impl Machine {
             if !self.fragments.is_message_complete() {
                 continue;
             }
+            self.message_done();
             return Some(self.decode_complete());
         }
     }

@@ -81,7 +81,7 @@ pub enum State {
         mailbox: Selected,
     },
     /// Logged in at the INBOX's primary (`[imap] direct = "proxy"`): the session relays there.
-    Proxied(Backend),
+    Proxied(Box<Backend>),
 }
 
 impl State {
@@ -114,6 +114,8 @@ pub async fn serve(mut conn: Connection, peer: Peer, ctx: Rc<ImapContext>) {
     // The tag of the IDLE in progress (RFC 2177).
     let mut idling: Option<Tag<'static>> = None;
     let mut enabled = Enabled::default();
+    // How many bytes of `buf` the last read put there (the machine's input).
+    let mut fed = 0;
     loop {
         while let Some(event) = machine.next_event() {
             let flow = match event {
@@ -218,10 +220,11 @@ pub async fn serve(mut conn: Connection, peer: Peer, ctx: Rc<ImapContext>) {
                 let State::Proxied(backend) = std::mem::replace(&mut state, State::NotAuthenticated) else {
                     return;
                 };
-                // Bytes the client pipelined behind its login are not relayed: a client waits
-                // for a login's answer before it sends commands that need one.
+                // What the client pipelined behind its login (already read, the tail of the
+                // last read) is the primary's to answer, after the login.
+                let pipelined = buf[fed - machine.unhandled().min(fed)..fed].to_vec();
                 if write(&mut conn, &mut out).await.is_ok() {
-                    proxy(conn, &peer, backend).await;
+                    proxy(conn, &peer, *backend, pipelined).await;
                 }
                 return;
             }
@@ -280,6 +283,7 @@ pub async fn serve(mut conn: Connection, peer: Peer, ctx: Rc<ImapContext>) {
             }
         };
         machine.feed(&buf[..read]);
+        fed = read;
     }
 }
 
@@ -571,10 +575,12 @@ async fn finish_login(
                     );
                     return State::NotAuthenticated;
                 }
-                Route::Proxy { primary, address } => {
+                Route::Proxy { primary, imap, trust } => {
+                    let address = imap.address.clone();
                     match direct::login_at_primary(
                         primary.clone(),
-                        address.clone(),
+                        imap,
+                        trust,
                         tag.inner(),
                         &user,
                         &password,
@@ -583,7 +589,7 @@ async fn finish_login(
                     {
                         Ok(backend) => {
                             info!(peer = %peer.display, %user, %primary, %address, "imap login proxied to the INBOX's primary");
-                            return State::Proxied(backend);
+                            return State::Proxied(Box::new(backend));
                         }
                         Err(why) => {
                             warn!(peer = %peer.display, %user, %primary, %address, why, "imap: the INBOX's primary is unreachable; served here");
@@ -617,9 +623,9 @@ async fn finish_login(
 }
 
 /// Relays the rest of a proxied session, and logs how it ended.
-async fn proxy(conn: Connection, peer: &Peer, backend: Backend) {
+async fn proxy(conn: Connection, peer: &Peer, backend: Backend, pipelined: Vec<u8>) {
     let (primary, address) = (backend.primary.clone(), backend.address.clone());
-    let (up, down, ended) = direct::relay(conn, backend).await;
+    let (up, down, ended) = direct::relay(conn, backend, pipelined).await;
     info!(peer = %peer.display, %primary, %address, bytes_to_primary = up, bytes_to_client = down, closed_by = ended, "imap proxied session ended");
 }
 

@@ -370,3 +370,40 @@ proptest! {
         }
     }
 }
+
+/// A proxied login passes on what the client pipelined behind it: the machine says how much
+/// of the last bytes fed that is, whatever came before (a command split across reads, a
+/// literal, a refused one) and however much of it is a partial command.
+#[test]
+fn the_bytes_behind_a_handed_out_command_are_counted() {
+    let mut machine = Machine::new(64);
+    machine.feed(b"a1 NOOP\r\na2 LOG");
+    assert!(matches!(machine.next_event(), Some(Event::Command(_))));
+    assert_eq!(machine.unhandled(), b"a2 LOG".len(), "a2 LOG waits");
+    assert!(machine.next_event().is_none());
+    let tail = b"IN alice pw\r\na3 SELECT INBOX\r\na4 FETCH 1 (FLAGS";
+    machine.feed(tail);
+    assert!(matches!(machine.next_event(), Some(Event::Command(_))));
+    assert_eq!(machine.unhandled(), b"a3 SELECT INBOX\r\na4 FETCH 1 (FLAGS".len());
+    assert!(matches!(machine.next_event(), Some(Event::Command(_))));
+    assert_eq!(machine.unhandled(), b"a4 FETCH 1 (FLAGS".len());
+    assert!(machine.next_event().is_none());
+
+    // A literal counts whole, also past the limit; a synchronizing one over it is skipped.
+    let mut machine = Machine::new(64);
+    machine.feed(b"b1 LOGIN {5+}\r\nalice pw\r\nb2 NOOP\r\n");
+    assert!(matches!(machine.next_event(), Some(Event::Command(_))));
+    assert_eq!(machine.unhandled(), b"b2 NOOP\r\n".len());
+    assert!(matches!(machine.next_event(), Some(Event::Command(_))));
+    assert_eq!(machine.unhandled(), 0);
+    machine.feed(b"b3 APPEND x {100}\r\nb4 NOOP\r\n");
+    assert!(matches!(machine.next_event(), Some(Event::Refused(_))));
+    assert_eq!(machine.unhandled(), b"b4 NOOP\r\n".len());
+    let mut machine = Machine::new(64);
+    machine.feed(b"c1 APPEND x {100+}\r\n");
+    machine.feed(&[b'x'; 100]);
+    machine.feed(b"\r\nc2 LOGIN alice pw\r\nc3 NOOP\r\n");
+    assert!(matches!(machine.next_event(), Some(Event::Refused(_))));
+    assert!(matches!(machine.next_event(), Some(Event::Command(_))));
+    assert_eq!(machine.unhandled(), b"c3 NOOP\r\n".len());
+}
