@@ -540,6 +540,10 @@ elif scenario == 'qresync':
     # A modseq another node minted (its tag differs): a full resync.
     out['failover'] = r.command('a8', 'SELECT INBOX (QRESYNC (%s %d))' % (uidvalidity, highest ^ 1))
     out['other_uidvalidity'] = r.command('a9', 'SELECT INBOX (QRESYNC (%d %d))' % (int(uidvalidity) + 1, highest))
+    # RFC 7162 3.2.5.2's seq-match-data: the client knew messages 1 and 3 as uids 1 and 3
+    # (matching or not, the answer names every known uid gone).
+    out['seq_match'] = r.command('b1', 'EXAMINE INBOX (QRESYNC (%s %d 1:4 (1,3 1,3)))' % (uidvalidity, highest))
+    out['seq_match_no_known_uids'] = r.command('b2', 'EXAMINE INBOX (QRESYNC (%s %d (1:2 1:2)))' % (uidvalidity, highest))
     b.logout()
 elif scenario == 'list_extended':
     b = imaplib.IMAP4(host, port, timeout=30)
@@ -1559,6 +1563,22 @@ fn qresync_tells_a_returning_client_what_vanished_and_changed_even_after_a_failo
     );
     // Another UIDVALIDITY: the cache is void, nothing to resync.
     assert!(untagged("other_uidvalidity").is_empty(), "{out}");
+    // seq-match-data is taken and changes nothing: the uids gone, then what changed since.
+    for key in ["seq_match", "seq_match_no_known_uids"] {
+        let got = untagged(key);
+        assert_eq!(got.len(), 2, "{key}: {out}");
+        assert_eq!(got[0], "* VANISHED (EARLIER) 3:4", "{key}: {out}");
+        assert!(
+            got[1].starts_with("* 2 FETCH (UID 2 FLAGS (\\Flagged) MODSEQ ("),
+            "{key}: {out}"
+        );
+        let all = lines(key);
+        assert!(all.contains(&"* 2 EXISTS".to_string()), "{key}: {out}");
+        assert!(
+            all.last().unwrap().contains(" OK [READ-ONLY] EXAMINE completed"),
+            "{key}: {out}"
+        );
+    }
 }
 
 #[test]

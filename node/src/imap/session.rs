@@ -1458,11 +1458,19 @@ async fn select(
             SelectParameter::QResync { .. } if !enabled.qresync => {
                 return Ok(Outcome::bad("QRESYNC is not enabled: ENABLE QRESYNC first"))
             }
+            // RFC 7162 3.2.5.2's seq-match-data (known sequence numbers and their uids) is
+            // taken and not used. It lets a server skip VANISHED below the last pair that still
+            // matches, on the reasoning that uids only grow, so equal numbers at equal uids mean
+            // nothing below went. Here a message can appear below uids a client knows (a
+            // replicated append, a UID promotion), so a pair can match although a message
+            // below it went: using it could leave out a vanished uid. Without it the answer is
+            // every known uid the mailbox lacks, complete, which RFC 7162 allows (VANISHED
+            // (EARLIER) may name more than changed).
             SelectParameter::QResync {
                 uid_validity,
                 mod_sequence_value,
                 known_uids,
-                ..
+                seq_match_data: _,
             } => resync = Some((*uid_validity, *mod_sequence_value, known_uids.clone())),
         }
     }
