@@ -476,6 +476,62 @@ elif scenario == 'structure':
     out['all'] = attempt(m.fetch, '1', 'ALL')
     out['flags_after_peek'] = attempt(m.fetch, '1', '(FLAGS)')
     m.logout()
+elif scenario == 'binary':
+    s = socket.create_connection((host, port), timeout=30)
+    r = Lines(s)
+    r.line()
+    r.command('l', 'LOGIN alice secret')
+    def raw(tag, line):
+        # Every byte up to the tagged line, as latin-1 (one character a byte): a literal8 may
+        # hold any byte, NUL included.
+        s.sendall(('%s %s\r\n' % (tag, line)).encode())
+        buf, r.buf = r.buf, b''
+        end = ('\r\n%s ' % tag).encode()
+        while True:
+            i = buf.find(end) if not buf.startswith(end[2:]) else -2
+            if i != -1:
+                j = buf.find(b'\r\n', i + 2)
+                if j >= 0:
+                    r.buf = buf[j + 2:]
+                    return buf[:j].decode('latin-1')
+            chunk = s.recv(65536)
+            if not chunk:
+                return buf.decode('latin-1') + '<closed>'
+            buf += chunk
+    message = (
+        b'Subject: binary\r\n'
+        b'MIME-Version: 1.0\r\n'
+        b'Content-Type: multipart/mixed; boundary="b"\r\n'
+        b'\r\n'
+        b'--b\r\n'
+        b'Content-Type: text/plain; charset=utf-8\r\n'
+        b'Content-Transfer-Encoding: quoted-printable\r\n'
+        b'\r\n'
+        b'Gr=C3=BC=C3=9Fe =\r\nend\r\n'
+        b'--b\r\n'
+        b'Content-Type: application/octet-stream\r\n'
+        b'Content-Transfer-Encoding: base64\r\n'
+        b'\r\n'
+        b'AAFQREb/\r\nDQo=\r\n'
+        b'--b--\r\n')
+    # RFC 3516 4.4: APPEND with a literal8.
+    s.sendall(b'a1 APPEND INBOX ~{%d}\r\n' % len(message))
+    out['append_continue'] = r.line()
+    s.sendall(message + b'\r\n')
+    out['append'] = r.until(lambda l: l.startswith('a1 '))
+    odd = b'Content-Transfer-Encoding: x-uuencode\r\n\r\nbegin 644 x\r\n'
+    s.sendall(b'a2 APPEND INBOX {%d+}\r\n' % len(odd) + odd + b'\r\n')
+    r.until(lambda l: l.startswith('a2 '))
+    r.command('a3', 'SELECT INBOX')
+    out['text'] = raw('b1', 'FETCH 1 (BINARY.PEEK[1] BINARY.SIZE[1])')
+    out['attachment'] = raw('b2', 'FETCH 1 (BINARY.PEEK[2] BINARY.SIZE[2])')
+    out['partial'] = raw('b3', 'FETCH 1 (BINARY.PEEK[2]<1.3>)')
+    out['whole_size'] = raw('b4', 'FETCH 1 (BINARY.SIZE[] RFC822.SIZE)')
+    out['seen'] = raw('b5', 'FETCH 1 (BINARY[1]<0.2>)')
+    out['unknown_cte'] = raw('b6', 'FETCH 2 (BINARY.PEEK[1])')
+    out['unknown_cte_size'] = raw('b7', 'FETCH 2 (BINARY.SIZE[1])')
+    out['capability'] = raw('b8', 'CAPABILITY')
+    s.close()
 elif scenario == 'condstore':
     b = imaplib.IMAP4(host, port, timeout=30)
     b.login('alice', 'secret')
@@ -854,6 +910,7 @@ fn a_mail_client_logs_in_lists_creates_selects_and_asks_status() {
         "IDLE",
         "CONDSTORE",
         "QRESYNC",
+        "BINARY",
         "AUTH=PLAIN",
         "SASL-IR",
     ] {
@@ -1146,8 +1203,8 @@ fn a_mail_client_appends_fetches_stores_expunges_copies_and_moves() {
     expect(&out["uid_unknown"], "OK", &[]);
     assert_eq!(out["uid_unknown"][1], serde_json::json!([null]), "{out}");
     expect(&out["envelope"], "OK", &["ENVELOPE (NIL \\\"delivered\\\""]);
-    // BINARY (RFC 3516) is not served: refused with a clear answer.
-    expect(&out["binary"], "ERROR", &["BINARY"]);
+    // BINARY (RFC 3516): a part without a content-transfer-encoding comes as stored.
+    expect(&out["binary"], "OK", &["1 (BINARY[1] {9}", "by LMTP"]);
     // STORE answers with the flags after it, unless silent.
     expect(&out["store_add"], "OK", &["\\\\Deleted", "$Done"]);
     let removed = out["store_remove"].to_string();
@@ -1439,6 +1496,74 @@ fn a_mail_client_fetches_envelope_structure_and_numbered_parts_of_a_multipart_me
         serde_json::json!(["OK", ["1 (FLAGS ())"]]),
         "{out}"
     );
+}
+
+/// RFC 3516: a multipart message appended as a literal8, its quoted-printable text and base64
+/// attachment fetched decoded (a literal8 where the bytes hold a NUL), partially, by size, with
+/// and without \Seen, and an unknown encoding refused.
+#[test]
+fn binary_fetches_decoded_parts_and_append_takes_a_literal8() {
+    let mut n = imap_node("listen = \"127.0.0.1:0\"");
+    let imap = n.imap(1);
+    let out = python(n.tmp.path(), &imap, "binary", &[]);
+    let text = |key: &str| out[key].as_str().unwrap_or_default().to_string();
+    assert_eq!(text("append_continue"), "+ ready for the literal", "{out}");
+    assert!(
+        strings(&out["append"])
+            .last()
+            .unwrap()
+            .starts_with("a1 OK [APPENDUID "),
+        "{out}"
+    );
+    // Quoted-printable: the UTF-8 bytes themselves (no charset conversion), the soft break
+    // joined, the space before it kept (it is not at the end of the encoded line). The CRLF
+    // before the boundary is the boundary's (RFC 2046 5.1.1), not the part's.
+    assert_eq!(
+        text("text"),
+        "* 1 FETCH (BINARY[1] {11}\r\nGr\u{c3}\u{bc}\u{c3}\u{9f}e end BINARY.SIZE[1] 11)\r\n\
+         b1 OK FETCH completed",
+        "{out}"
+    );
+    // base64 holding a NUL: a literal8.
+    assert_eq!(
+        text("attachment"),
+        "* 1 FETCH (BINARY[2] ~{8}\r\n\u{0}\u{1}PDF\u{ff}\r\n BINARY.SIZE[2] 8)\r\n\
+         b2 OK FETCH completed",
+        "{out}"
+    );
+    assert_eq!(
+        text("partial"),
+        "* 1 FETCH (BINARY[2] {3}\r\n\u{1}PD)\r\nb3 OK FETCH completed",
+        "{out}"
+    );
+    // BINARY.SIZE[] is the whole message, as stored.
+    let whole = text("whole_size");
+    let size = whole
+        .strip_prefix("* 1 FETCH (RFC822.SIZE ")
+        .and_then(|rest| rest.split(' ').next())
+        .unwrap_or_else(|| panic!("{out}"));
+    assert_eq!(
+        whole,
+        format!("* 1 FETCH (RFC822.SIZE {size} BINARY.SIZE[] {size})\r\nb4 OK FETCH completed"),
+        "{out}"
+    );
+    // Without PEEK: \Seen is set and told.
+    assert_eq!(
+        text("seen"),
+        "* 1 FETCH (FLAGS (\\Seen) BINARY[1] {2}\r\nGr)\r\nb5 OK FETCH completed",
+        "{out}"
+    );
+    for (key, tag) in [("unknown_cte", "b6"), ("unknown_cte_size", "b7")] {
+        assert_eq!(
+            text(key),
+            format!(
+                "{tag} NO [UNKNOWN-CTE] message 2 has a part in the content-transfer-encoding \
+                 \"x-uuencode\", which this server cannot decode"
+            ),
+            "{out}"
+        );
+    }
+    assert!(text("capability").contains(" BINARY"), "{out}");
 }
 
 #[test]

@@ -16,9 +16,9 @@ use std::num::{NonZeroU32, NonZeroU64};
 
 use actix::Addr;
 use imap_codec::imap_types::command::{FetchModifier, StoreModifier};
-use imap_codec::imap_types::core::{Charset, IString, Literal, NString, Vec1};
+use imap_codec::imap_types::core::{Charset, IString, Literal, LiteralMode, NString, NString8, Vec1};
 use imap_codec::imap_types::datetime::DateTime;
-use imap_codec::imap_types::extensions::binary::LiteralOrLiteral8;
+use imap_codec::imap_types::extensions::binary::{Literal8, LiteralOrLiteral8};
 use imap_codec::imap_types::extensions::uidplus::{UidElement, UidSet as ImapUidSet};
 use imap_codec::imap_types::fetch::{
     Macro, MacroOrMessageDataItemNames, MessageDataItem, MessageDataItemName, Section,
@@ -450,6 +450,11 @@ enum Part {
         section: mime::PartSection,
         fields: Option<(Vec<Vec<u8>>, bool)>,
     },
+    /// `BINARY[path]`, `BINARY.SIZE[path]` (RFC 3516): the part with its
+    /// content-transfer-encoding undone ([`mime::binary_part`]); no path: the whole message.
+    Binary {
+        path: Vec<NonZeroU32>,
+    },
 }
 
 #[derive(Clone, Debug)]
@@ -462,6 +467,16 @@ enum BodyReply {
     Rfc822,
     Rfc822Header,
     Rfc822Text,
+    /// `BINARY[section]` (a partial counts decoded bytes; the answer has no origin, RFC 3516's
+    /// grammar has none).
+    Binary {
+        section: Vec<NonZeroU32>,
+        partial: Option<(u32, NonZeroU32)>,
+    },
+    /// `BINARY.SIZE[section]`: the decoded size.
+    BinarySize {
+        section: Vec<NonZeroU32>,
+    },
 }
 
 #[derive(Clone, Debug)]
@@ -505,10 +520,11 @@ impl FetchPlan {
     fn parses(&self) -> bool {
         self.envelope
             || !self.structures.is_empty()
-            || self
-                .bodies
-                .iter()
-                .any(|b| matches!(b.part, Part::Numbered { .. }))
+            || self.bodies.iter().any(|b| match &b.part {
+                Part::Numbered { .. } => true,
+                Part::Binary { path } => !path.is_empty(),
+                _ => false,
+            })
     }
 }
 
@@ -630,23 +646,28 @@ fn plan(
             MessageDataItemName::Envelope => plan.envelope = true,
             MessageDataItemName::Body => plan.structures.push(false),
             MessageDataItemName::BodyStructure => plan.structures.push(true),
-            other @ (MessageDataItemName::Binary { .. } | MessageDataItemName::BinarySize { .. }) => {
-                return Err(Outcome::bad(format!(
-                    "FETCH {} is not supported by this server yet",
-                    item_name(&other)
-                )))
+            MessageDataItemName::Binary {
+                section,
+                partial,
+                peek,
+            } => {
+                plan.sets_seen |= !peek;
+                plan.bodies.push(BodyItem {
+                    part: Part::Binary {
+                        path: section.clone(),
+                    },
+                    reply: BodyReply::Binary { section, partial },
+                });
             }
+            MessageDataItemName::BinarySize { section } => plan.bodies.push(BodyItem {
+                part: Part::Binary {
+                    path: section.clone(),
+                },
+                reply: BodyReply::BinarySize { section },
+            }),
         }
     }
     Ok(plan)
-}
-
-fn item_name(name: &MessageDataItemName<'_>) -> &'static str {
-    match name {
-        MessageDataItemName::Binary { .. } => "BINARY",
-        MessageDataItemName::BinarySize { .. } => "BINARY.SIZE",
-        _ => "item",
-    }
 }
 
 /// FETCH and UID FETCH.
@@ -753,14 +774,23 @@ pub(super) async fn fetch(
                     Err(e) => return Err(e),
                 }
             };
-            let items = fetch_items(
+            let items = match fetch_items(
                 &plan,
                 Head::of(&view),
                 Some(&view),
                 flagged.contains(&view.uid.0),
                 selected.condstore,
                 body.as_deref(),
-            );
+            ) {
+                Ok(items) => items,
+                // RFC 3516 4.2: a part this server cannot decode fails the FETCH.
+                Err(mime::UnknownCte(encoding)) => {
+                    return Ok(Outcome::no(format!(
+                        "message {seq} has a part in the content-transfer-encoding {encoding:?}, which this server cannot decode"
+                    ))
+                    .with_code(Code::UnknownCte))
+                }
+            };
             if let Ok(items) = Vec1::try_from(items) {
                 untagged(
                     Data::Fetch {
@@ -927,7 +957,7 @@ fn fetch_items(
     flags_changed: bool,
     condstore: bool,
     body: Option<&[u8]>,
-) -> Vec<MessageDataItem<'static>> {
+) -> Result<Vec<MessageDataItem<'static>>, mime::UnknownCte> {
     let mut items = Vec::new();
     // RFC 7162 3.1: with CONDSTORE on, a FETCH response that tells of a flag change carries
     // UID and MODSEQ.
@@ -1001,6 +1031,15 @@ fn fetch_items(
                     };
                     &numbered
                 }
+                Part::Binary { path } if path.is_empty() => body,
+                Part::Binary { path } => {
+                    // A part that does not exist is sent empty, as for BODY.
+                    numbered = match &parsed {
+                        Some(p) => mime::binary_part(p, path)?.unwrap_or_default(),
+                        None => Vec::new(),
+                    };
+                    &numbered
+                }
             };
             items.push(match &item.reply {
                 BodyReply::Body { section, partial } => {
@@ -1019,10 +1058,37 @@ fn fetch_items(
                 BodyReply::Rfc822 => MessageDataItem::Rfc822(nstring(data)),
                 BodyReply::Rfc822Header => MessageDataItem::Rfc822Header(nstring(data)),
                 BodyReply::Rfc822Text => MessageDataItem::Rfc822Text(nstring(data)),
+                BodyReply::Binary { section, partial } => {
+                    let data = match partial {
+                        Some((origin, count)) => message::partial(data, *origin, count.get()),
+                        None => data,
+                    };
+                    MessageDataItem::Binary {
+                        section: section.clone(),
+                        value: nstring8(data),
+                    }
+                }
+                BodyReply::BinarySize { section } => MessageDataItem::BinarySize {
+                    section: section.clone(),
+                    size: u32::try_from(data.len()).unwrap_or(u32::MAX),
+                },
             });
         }
     }
-    items
+    Ok(items)
+}
+
+/// Decoded bytes for BINARY: a literal, or a `~{n}` literal8 when they hold a NUL (RFC 3516
+/// 4.3), which a plain literal cannot carry.
+fn nstring8(data: &[u8]) -> NString8<'static> {
+    if data.contains(&0) {
+        NString8::Literal8(Literal8 {
+            data: std::borrow::Cow::Owned(data.to_vec()),
+            mode: LiteralMode::Sync,
+        })
+    } else {
+        NString8::NString(nstring(data))
+    }
 }
 
 /// Bytes as a literal (a literal carries any byte but NUL; see [`message::without_nul`]).

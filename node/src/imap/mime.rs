@@ -250,6 +250,98 @@ pub fn part_bytes(message: &Message<'_>, path: &[NonZeroU32], section: &PartSect
     }
 }
 
+/// A part's content-transfer-encoding this server cannot undo: RFC 3516's `UNKNOWN-CTE`.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct UnknownCte(pub String);
+
+/// `BINARY[path]` (RFC 3516) of a numbered part: its body with the content-transfer-encoding
+/// undone. base64 and quoted-printable are decoded here (mail-parser's decoded contents would
+/// also convert a text part's charset, which BINARY must not); `7bit`, `8bit`, `binary`, no
+/// header at all, and multipart and message parts (whose encoding is one of those) are sent as
+/// stored. `Ok(None)`: no such part.
+pub fn binary_part(message: &Message<'_>, path: &[NonZeroU32]) -> Result<Option<Vec<u8>>, UnknownCte> {
+    let Some((owner, id)) = locate(message, path) else {
+        return Ok(None);
+    };
+    let Some(part) = owner.parts.get(id) else {
+        return Ok(None);
+    };
+    let bytes = body_bytes(owner, part);
+    if matches!(part.body, PartType::Multipart(_) | PartType::Message(_)) {
+        return Ok(Some(bytes.to_vec()));
+    }
+    let encoding = part
+        .content_transfer_encoding()
+        .map(|e| e.trim().to_ascii_lowercase())
+        .unwrap_or_default();
+    match encoding.as_str() {
+        "" | "7bit" | "8bit" | "binary" => Ok(Some(bytes.to_vec())),
+        "base64" => Ok(Some(decode_base64(bytes))),
+        "quoted-printable" => Ok(Some(decode_quoted_printable(bytes))),
+        _ => Err(UnknownCte(encoding)),
+    }
+}
+
+/// RFC 2045 6.8: characters outside the alphabet (line breaks, spaces) are ignored; so are
+/// padding and a last lone character, which cannot hold a whole byte.
+fn decode_base64(bytes: &[u8]) -> Vec<u8> {
+    let mut alphabet: Vec<u8> = bytes
+        .iter()
+        .copied()
+        .filter(|b| b.is_ascii_alphanumeric() || *b == b'+' || *b == b'/')
+        .collect();
+    if alphabet.len() % 4 == 1 {
+        alphabet.pop();
+    }
+    let lenient = base64::engine::GeneralPurpose::new(
+        &base64::alphabet::STANDARD,
+        base64::engine::GeneralPurposeConfig::new()
+            .with_decode_padding_mode(base64::engine::DecodePaddingMode::RequireNone)
+            .with_decode_allow_trailing_bits(true),
+    );
+    lenient.decode(&alphabet).unwrap_or_default()
+}
+
+/// RFC 2045 6.7: `=XX` is the byte XX, `=` at the end of a line a soft line break, and spaces
+/// and tabs at the end of a line transport padding; an `=` followed by anything else is kept.
+fn decode_quoted_printable(bytes: &[u8]) -> Vec<u8> {
+    let hex = |b: u8| char::from(b).to_digit(16).map(|d| d as u8);
+    let mut out = Vec::with_capacity(bytes.len());
+    let mut lines = bytes.split(|&b| b == b'\n').peekable();
+    while let Some(line) = lines.next() {
+        let last = lines.peek().is_none();
+        let line = line.strip_suffix(b"\r").unwrap_or(line);
+        let mut end = line.len();
+        while end > 0 && matches!(line[end - 1], b' ' | b'\t') {
+            end -= 1;
+        }
+        let line = &line[..end];
+        let (line, soft) = match line.strip_suffix(b"=") {
+            Some(line) => (line, true),
+            None => (line, false),
+        };
+        let mut i = 0;
+        while i < line.len() {
+            if line[i] == b'=' {
+                if let (Some(h), Some(l)) = (
+                    line.get(i + 1).and_then(|&b| hex(b)),
+                    line.get(i + 2).and_then(|&b| hex(b)),
+                ) {
+                    out.push(h << 4 | l);
+                    i += 3;
+                    continue;
+                }
+            }
+            out.push(line[i]);
+            i += 1;
+        }
+        if !soft && !last {
+            out.extend_from_slice(b"\r\n");
+        }
+    }
+    out
+}
+
 /// The message holding the part at `path`, and the part's index in it.
 fn locate<'a>(message: &'a Message<'a>, path: &[NonZeroU32]) -> Option<(&'a Message<'a>, usize)> {
     let mut owner = message;
@@ -484,5 +576,50 @@ inner body\r\n\
             b"hello\r\n"
         );
         assert_eq!(part_bytes(&single, &path(&[2]), &PartSection::Body), None);
+    }
+
+    #[test]
+    fn binary_parts_are_decoded_from_base64_and_quoted_printable() {
+        let message = parse(MULTIPART).unwrap();
+        let n = |v: &[u32]| -> Vec<NonZeroU32> { v.iter().map(|&n| NonZeroU32::new(n).unwrap()).collect() };
+        // Quoted-printable UTF-8 stays UTF-8 bytes (no charset conversion); the CRLF before a
+        // boundary is the boundary's.
+        assert_eq!(
+            binary_part(&message, &n(&[1, 1])).unwrap().unwrap(),
+            "Grüße".as_bytes()
+        );
+        // No encoding header: as stored.
+        assert_eq!(binary_part(&message, &n(&[1, 2])).unwrap().unwrap(), b"<p>hi</p>");
+        assert_eq!(binary_part(&message, &n(&[2])).unwrap().unwrap(), b"%PDF-1.4\n");
+        // A message part: as stored; a part that is not there: none.
+        assert!(binary_part(&message, &n(&[3]))
+            .unwrap()
+            .unwrap()
+            .starts_with(b"From: ann@"));
+        assert_eq!(binary_part(&message, &n(&[9])), Ok(None));
+
+        let odd = b"Content-Type: application/octet-stream\r\n\
+Content-Transfer-Encoding: x-uuencode\r\n\r\nbegin 644 x\r\n";
+        let message = parse(odd).unwrap();
+        assert_eq!(
+            binary_part(&message, &n(&[1])),
+            Err(UnknownCte("x-uuencode".into()))
+        );
+    }
+
+    #[test]
+    fn base64_and_quoted_printable_decoding_is_lenient_where_rfc_2045_says() {
+        assert_eq!(decode_base64(b"AAEC\r\nA/8=\r\n"), [0, 1, 2, 3, 255]);
+        assert_eq!(
+            decode_base64(b"AAECA\r\n"),
+            [0, 1, 2],
+            "a lone last character is dropped"
+        );
+        assert_eq!(decode_base64(b""), b"");
+        assert_eq!(
+            decode_quoted_printable(b"a=3Db \t\r\nsoft=\r\nbreak=\nx=ZZ=4"),
+            b"a=b\r\nsoftbreakx=ZZ=4"
+        );
+        assert_eq!(decode_quoted_printable(b"=00=FF\r\n"), [0, 255, b'\r', b'\n']);
     }
 }

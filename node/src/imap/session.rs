@@ -1669,6 +1669,7 @@ impl ImapContext {
         caps.push(Capability::from(atom("ESEARCH")));
         caps.push(Capability::from(atom("OBJECTID")));
         caps.push(Capability::Metadata);
+        caps.push(Capability::Binary);
         if self.directing.borrow().mode == Direct::Referral {
             caps.push(Capability::LoginReferrals);
         }
