@@ -1674,7 +1674,8 @@ mod tests {
                     let mut direct = Vec::new();
                     let sent = encode_index_fetch(123_456, &plan, head, &mut direct);
                     let mut codec = Vec::new();
-                    let items = fetch_items(&plan, head, None, false, false, None);
+                    let items =
+                        fetch_items(&plan, head, None, false, false, None).expect("no BINARY item asked");
                     if let Ok(items) = Vec1::try_from(items) {
                         untagged(
                             Data::Fetch {
