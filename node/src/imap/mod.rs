@@ -1,5 +1,5 @@
-//! The IMAP front end (IMAP4rev1, RFC 3501): how a user's mail client reads and files what the
-//! store holds.
+//! The IMAP front end (IMAP4rev1, RFC 3501; IMAP4rev2, RFC 9051, in part after `ENABLE
+//! IMAP4rev2`): how a user's mail client reads and files what the store holds.
 //!
 //! - [`protocol`]: the sans-IO side: imap-codec splits bytes into lines and literals and
 //!   decodes commands; this module adds the literal policy (continuation requests, LITERAL+,

@@ -40,6 +40,7 @@ use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tracing::{info, warn};
 
 use super::direct::{self, Backend, Direct, Route};
+use super::esearch::SearchReturn;
 use super::extensions::{ExtendedCommand, ListCommand};
 use super::listing;
 use super::messages::{self, ObjectIds, Selected};
@@ -308,11 +309,15 @@ fn enables_condstore(body: &CommandBody<'_>) -> bool {
 }
 
 /// The extensions a client turned on (RFC 7162 3.1: CONDSTORE by ENABLE, SELECT (CONDSTORE) or
-/// a command that uses it; QRESYNC by ENABLE only); they stay on for the connection.
+/// a command that uses it; QRESYNC by ENABLE only; IMAP4rev2 by ENABLE only, RFC 9051 6.3.1);
+/// they stay on for the connection.
 #[derive(Debug, Default)]
 struct Enabled {
     condstore: bool,
     qresync: bool,
+    /// RFC 9051's behaviour: no `* 0 RECENT` and no `[UNSEEN n]` on SELECT, a `* LIST` of the
+    /// selected mailbox instead, and SEARCH answered as ESEARCH.
+    rev2: bool,
 }
 
 /// What woke an idling session.
@@ -517,7 +522,7 @@ async fn command_flow(
         }
         other => match state.user().map(str::to_string) {
             None => Outcome::bad(format!("{} needs a login first", other.name())),
-            Some(user) => authenticated_command(ctx, &user, conn, state, enabled, other, out).await,
+            Some(user) => authenticated_command(ctx, &user, conn, state, enabled, &tag, other, out).await,
         },
     };
     if let (State::Selected { mailbox, .. }, Flow::Continue) = (&mut *state, &flow) {
@@ -630,12 +635,14 @@ async fn proxy(conn: Connection, peer: &Peer, backend: Backend, pipelined: Vec<u
 }
 
 /// The commands of a logged-in user.
+#[allow(clippy::too_many_arguments)]
 async fn authenticated_command(
     ctx: &ImapContext,
     user: &str,
     conn: &mut Connection,
     state: &mut State,
     enabled: &mut Enabled,
+    tag: &Tag<'static>,
     body: CommandBody<'static>,
     out: &mut Vec<u8>,
 ) -> Outcome {
@@ -653,19 +660,25 @@ async fn authenticated_command(
             Ok(Outcome::ok("NAMESPACE completed"))
         }
         CommandBody::Enable { capabilities } => {
-            // RFC 5161: only extensions this server implements are enabled: CONDSTORE and
-            // QRESYNC (which implies CONDSTORE, RFC 7162 3.2.3), not UTF8=ACCEPT or METADATA.
+            // RFC 5161: only extensions this server implements are enabled: CONDSTORE,
+            // QRESYNC (which implies CONDSTORE, RFC 7162 3.2.3) and IMAP4rev2 (RFC 9051), not
+            // UTF8=ACCEPT or METADATA.
             let mut now = Vec::new();
             for capability in capabilities.into_inner() {
-                // imap-codec has no variant of its own for QRESYNC: it comes as an atom.
-                let qresync = matches!(&capability, CapabilityEnable::Other(_))
-                    && capability.to_string().eq_ignore_ascii_case("QRESYNC");
+                // imap-codec has no variant of its own for QRESYNC or IMAP4rev2: atoms.
+                let other = |name: &str| {
+                    matches!(&capability, CapabilityEnable::Other(_))
+                        && capability.to_string().eq_ignore_ascii_case(name)
+                };
                 if capability == CapabilityEnable::CondStore {
                     enabled.condstore = true;
                     now.push(capability);
-                } else if qresync {
+                } else if other("QRESYNC") {
                     enabled.condstore = true;
                     enabled.qresync = true;
+                    now.push(capability);
+                } else if other("IMAP4rev2") {
+                    enabled.rev2 = true;
                     now.push(capability);
                 }
             }
@@ -812,7 +825,15 @@ async fn authenticated_command(
         } => match state {
             State::Selected { mailbox, .. } => {
                 let charset = charset.as_ref().map(|c| c.as_ref().to_string());
-                messages::search(conn, mailbox, charset.as_deref(), criteria, uid, None, out).await
+                // RFC 9051 6.4.4: a rev2 session's SEARCH is answered as `RETURN (ALL)`.
+                let esearch = enabled.rev2.then(|| {
+                    let all = SearchReturn {
+                        all: true,
+                        ..SearchReturn::default()
+                    };
+                    (tag.as_ref(), all)
+                });
+                messages::search(conn, mailbox, charset.as_deref(), criteria, uid, esearch, out).await
             }
             _ => Ok(Outcome::bad("no mailbox is selected")),
         },
@@ -1488,14 +1509,29 @@ async fn select(
     untagged(Data::Flags(system.to_vec()), out);
     // The count of the session's own map: its numbers are what later commands name.
     untagged(Data::Exists(selected.map.len()), out);
-    untagged(Data::Recent(0), out);
     let mut codes = Vec::new();
-    if let Some(first) = selected
-        .first_unseen(mailbox_state.unseen)
-        .await?
-        .and_then(NonZeroU32::new)
-    {
-        codes.push(Code::Unseen(first));
+    if enabled.rev2 {
+        // RFC 9051 6.3.2: a LIST of the mailbox (its name as stored) instead of RECENT and
+        // the first unseen message, which rev2 dropped.
+        if let Some(listed) = imap_mailbox(&selected.name) {
+            untagged(
+                Data::List {
+                    items: Vec::new(),
+                    delimiter: Some(separator()),
+                    mailbox: listed,
+                },
+                out,
+            );
+        }
+    } else {
+        untagged(Data::Recent(0), out);
+        if let Some(first) = selected
+            .first_unseen(mailbox_state.unseen)
+            .await?
+            .and_then(NonZeroU32::new)
+        {
+            codes.push(Code::Unseen(first));
+        }
     }
     if let Some(uidvalidity) = NonZeroU32::new(mailbox_state.uidvalidity.0) {
         codes.push(Code::UidValidity(uidvalidity));
@@ -1651,6 +1687,8 @@ impl ImapContext {
     pub fn capabilities(&self, conn: &Connection, state: &State) -> Vec1<Capability<'static>> {
         let mut caps: Vec<Capability<'static>> = vec![
             Capability::Imap4Rev1,
+            // RFC 9051, turned on by ENABLE IMAP4rev2 (what of it is done: README).
+            Capability::from(atom("IMAP4rev2")),
             Capability::LiteralPlus,
             Capability::Id,
             Capability::Enable,
