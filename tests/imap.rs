@@ -685,6 +685,9 @@ elif scenario == 'objectid':
     out['move'] = r.command('a7', 'UID MOVE 1 Work')
     out['examine'] = r.command('a8', 'EXAMINE Work')
     out['fetch_moved'] = r.command('a9', 'UID FETCH 1:* (EMAILID)')
+    out['copy'] = r.command('b1', 'UID COPY 1 INBOX')
+    r.command('b2', 'EXAMINE INBOX')
+    out['fetch_copied'] = r.command('b3', 'UID FETCH 1:* (EMAILID)')
 elif scenario == 'metadata':
     r = Lines(socket.create_connection((host, port), timeout=30))
     r.line()
@@ -1932,7 +1935,7 @@ fn objectid_gives_mailboxid_in_select_and_status_and_emailid_threadid_in_fetch()
         "{out}"
     );
     assert!(lines("fetch_unselected")[0].starts_with("a3 BAD"), "{out}");
-    // EMAILID is the AppendId as text (`n1-<counter>`), one per message.
+    // EMAILID is `M` and 32 hex digits of the content's hash, one per message.
     let fetched = lines("fetch");
     let email_ids: Vec<String> = fetched[..2]
         .iter()
@@ -1947,7 +1950,10 @@ fn objectid_gives_mailboxid_in_select_and_status_and_emailid_threadid_in_fetch()
         })
         .collect();
     for id in &email_ids {
-        assert!(id.starts_with("n1-") && id[3..].parse::<u64>().is_ok(), "{out}");
+        assert!(
+            id.len() == 33 && id.starts_with('M') && id[1..].bytes().all(|b| b.is_ascii_hexdigit()),
+            "{out}"
+        );
     }
     assert_ne!(email_ids[0], email_ids[1]);
     assert_eq!(
@@ -1968,8 +1974,23 @@ fn objectid_gives_mailboxid_in_select_and_status_and_emailid_threadid_in_fetch()
         ],
         "{out}"
     );
-    assert!(
-        lines("fetch_moved")[0].starts_with("* 1 FETCH (UID 1 EMAILID (n1-"),
+    // RFC 8474 5.1: a moved message keeps its EMAILID, and so does a copy.
+    assert_eq!(
+        lines("fetch_moved"),
+        [
+            format!("* 1 FETCH (UID 1 EMAILID ({}))", email_ids[0]),
+            "a9 OK UID FETCH completed".to_string()
+        ],
+        "{out}"
+    );
+    assert!(lines("copy").last().unwrap().starts_with("b1 OK"), "{out}");
+    assert_eq!(
+        lines("fetch_copied"),
+        [
+            format!("* 1 FETCH (UID 2 EMAILID ({}))", email_ids[1]),
+            format!("* 2 FETCH (UID 3 EMAILID ({}))", email_ids[0]),
+            "b3 OK UID FETCH completed".to_string()
+        ],
         "{out}"
     );
 }

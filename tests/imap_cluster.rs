@@ -262,3 +262,70 @@ fn an_annotation_set_on_one_node_is_read_by_getmetadata_on_the_other() {
         }
     });
 }
+
+#[test]
+fn a_moved_message_keeps_its_emailid_on_its_node_and_on_the_peer() {
+    let tmp = tempfile::TempDir::new().unwrap();
+    let specs = two_mail_nodes(tmp.path());
+    let (n1, n2) = (&specs[0], &specs[1]);
+    let mut r1 = n1.start();
+    let mut r2 = n2.start();
+    let lmtp1 = address(&r1.wait_for_stderr("protocol=\"lmtp\""));
+    let imap1 = address(&r1.wait_for_stderr("protocol=\"imap\""));
+    let imap2 = address(&r2.wait_for_stderr("protocol=\"imap\""));
+    create_everywhere(n1, &[n1, n2], "alice", "INBOX");
+    create_everywhere(n1, &[n1, n2], "alice", "Work");
+    assert!(lmtp_deliver(&lmtp1, "alice@example.org", "to be moved").starts_with("250"));
+
+    // The EMAILID on n1 before the move, and the same one on n2 once replication brings it.
+    let mut on1 = Imap::connect(&imap1);
+    on1.command("a1", "LOGIN alice pw");
+    on1.command("a2", "SELECT INBOX");
+    let before = on1.command("a3", "UID FETCH 1 (EMAILID)");
+    assert_eq!(before.len(), 2, "{before:?}");
+    let email_id = before[0]
+        .split_once("EMAILID (")
+        .and_then(|(_, rest)| rest.split_once(')'))
+        .map(|(id, _)| id.to_string())
+        .unwrap_or_else(|| panic!("no EMAILID in {before:?}"));
+    let mut on2 = Imap::connect(&imap2);
+    on2.command("b1", "LOGIN alice pw");
+    let fetched_on_n2 = |on2: &mut Imap, mailbox: &str, tries: &mut u32| -> Vec<String> {
+        *tries += 1;
+        on2.command(&format!("e{tries}"), &format!("EXAMINE {mailbox}"));
+        on2.command(&format!("f{tries}"), "UID FETCH 1:* (EMAILID)")
+    };
+    let mut tries = 0;
+    eventually("the message replicated to n2's INBOX", || {
+        let lines = fetched_on_n2(&mut on2, "INBOX", &mut tries);
+        match lines[..] {
+            [ref one, _] if one == &format!("* 1 FETCH (UID 1 EMAILID ({email_id}))") => Ok(()),
+            _ => Err(format!("{lines:?}")),
+        }
+    });
+
+    // MOVE on n1: the copy in Work has a new uid and AppendId, and the same EMAILID, on n1 ...
+    assert!(on1
+        .command("a4", "UID MOVE 1 Work")
+        .last()
+        .unwrap()
+        .starts_with("a4 OK"));
+    on1.command("a5", "SELECT Work");
+    assert_eq!(
+        on1.command("a6", "UID FETCH 1:* (EMAILID)"),
+        [
+            format!("* 1 FETCH (UID 1 EMAILID ({email_id}))"),
+            "a6 OK UID FETCH completed".to_string()
+        ]
+    );
+    // ... and on n2, where the move arrives by replication.
+    eventually("the moved message replicated to n2's Work", || {
+        let lines = fetched_on_n2(&mut on2, "Work", &mut tries);
+        match lines[..] {
+            [ref one, _] if one == &format!("* 1 FETCH (UID 1 EMAILID ({email_id}))") => Ok(()),
+            _ => Err(format!("{lines:?}")),
+        }
+    });
+    on1.command("a7", "LOGOUT");
+    on2.command("b2", "LOGOUT");
+}

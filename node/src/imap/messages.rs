@@ -35,7 +35,7 @@ use mailmesh_actors::mailbox::{
 };
 use mailmesh_actors::uid_set::UidSet;
 use mailmesh_actors::MailError;
-use mailmesh_protocol::ids::{AppendId, MailboxId, ModSeq, Uid};
+use mailmesh_protocol::ids::{Guid, MailboxId, ModSeq, Uid};
 use tracing::warn;
 
 use super::esearch::{self, Found, SearchReturn};
@@ -799,7 +799,7 @@ pub(super) async fn fetch(
                     },
                     out,
                 );
-                object_ids.append(Some(&view.append_id), out);
+                object_ids.append(Some(&view.guid), out);
             }
             if out.len() >= FLUSH_AT && write(conn, out).await.is_err() {
                 // The client is gone; the session ends at its next read.
@@ -920,9 +920,9 @@ impl<'a> Head<'a> {
     }
 }
 
-/// RFC 8474's FETCH items, which imap-codec does not encode: EMAILID is the message's AppendId
-/// (one message for life, the same on every node once replication settles; COPY and MOVE make
-/// a new message in the target, so there it has a new one), THREADID is NIL (no threading).
+/// RFC 8474's FETCH items, which imap-codec does not encode: EMAILID is [`email_id`], from the
+/// message's content (so a COPY or MOVE, whose new record shares the body, keeps it), THREADID
+/// is NIL (no threading).
 #[derive(Clone, Copy, Debug, Default)]
 pub struct ObjectIds {
     pub email_id: bool,
@@ -931,21 +931,33 @@ pub struct ObjectIds {
 
 impl ObjectIds {
     /// Adds the items asked to the FETCH response just encoded at the end of `out`, before its
-    /// closing `)` and CRLF. EMAILID needs the message's AppendId (its record was read).
-    fn append(self, append_id: Option<&AppendId>, out: &mut Vec<u8>) {
+    /// closing `)` and CRLF. EMAILID needs the message's Guid (its record was read).
+    fn append(self, guid: Option<&Guid>, out: &mut Vec<u8>) {
         if !self.email_id && !self.thread_id {
             return;
         }
         debug_assert!(out.ends_with(b")\r\n"));
         out.truncate(out.len() - 3);
-        if let Some(append_id) = append_id.filter(|_| self.email_id) {
-            out.extend_from_slice(format!(" EMAILID ({append_id})").as_bytes());
+        if let Some(guid) = guid.filter(|_| self.email_id) {
+            out.extend_from_slice(format!(" EMAILID ({})", email_id(guid)).as_bytes());
         }
         if self.thread_id {
             out.extend_from_slice(b" THREADID NIL");
         }
         out.extend_from_slice(b")\r\n");
     }
+}
+
+/// A message's EMAILID (RFC 8474 5.1): `M` and the first 128 bits of its Guid (BLAKE3 of the
+/// raw bytes) in hex. A COPY or MOVE makes a new record with a new AppendId but the same body,
+/// so the id survives both, on every node, with nothing added to the replicated record. Its
+/// cost: two appends of the same bytes share one EMAILID (they are the same immutable
+/// content, which is what an EMAILID names). 128 bits: two different messages colliding is
+/// out of reach. The `M` makes it start with a letter whatever the hash.
+pub fn email_id(guid: &Guid) -> String {
+    let mut id = format!("M{guid}");
+    id.truncate(1 + 32);
+    id
 }
 
 /// The items of one message's FETCH answer: `head` from the record or the uid index, `view`
@@ -1622,6 +1634,15 @@ fn actor_uids(uids: &[u32]) -> UidSet {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn an_email_id_is_m_and_the_first_half_of_the_guid_in_hex() {
+        let mut bytes = [0u8; 32];
+        for (i, b) in bytes.iter_mut().enumerate() {
+            *b = i as u8;
+        }
+        assert_eq!(email_id(&Guid(bytes)), "M000102030405060708090a0b0c0d0e0f");
+    }
 
     #[test]
     fn runs_keep_the_order_given() {
