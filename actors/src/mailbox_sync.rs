@@ -524,10 +524,9 @@ impl Mailbox {
                 continue;
             }
             // This request's earlier change to the same record, if it made one.
-            let from_overlay = overlay.get(&aid).is_some();
-            let local = match overlay.get(&aid) {
-                Some(o) => Some(o.clone()),
-                None => stored,
+            let (local, from_overlay) = match overlay.get(&aid) {
+                Some(o) => (Some(o.clone()), true),
+                None => (stored, false),
             };
             let (merged, effect) = match &local {
                 Some(l) => {
