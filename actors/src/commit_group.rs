@@ -25,7 +25,10 @@ use crate::error::StoreError;
 use crate::inflight::Inflight;
 use crate::store::batch::Op;
 use crate::store::bodies::{BodyLocation, SegmentWriter, SPOOL};
-use crate::store::{encode, keys, Batch, CounterState, Store, BODIES, META, META_COUNTERS, SEGMENT_BODIES};
+use crate::store::journal::{self, JournalMark};
+use crate::store::{
+    encode, keys, Batch, CounterState, Store, BODIES, META, META_COUNTERS, META_JOURNAL, SEGMENT_BODIES,
+};
 
 /// Default size at which a new segment file starts.
 pub const DEFAULT_SEGMENT_BYTES: u64 = 64 * 1024 * 1024;
@@ -110,6 +113,32 @@ struct Writer {
     parallel_sync: bool,
     /// A simulated crash hit this writer: the node is gone, and nobody is answered again.
     crashed: bool,
+    journal: JournalState,
+}
+
+/// Where the group journal stands (`store/journal.rs`).
+struct JournalState {
+    /// Off with a shared spool: every commit is durable.
+    enabled: bool,
+    /// The last group committed.
+    seq: u64,
+    /// Where a replay would start: the segment position at the last durable commit.
+    from: (u32, u64),
+    /// Groups committed without a sync since the last durable commit.
+    groups_since: u32,
+    /// A failed group's record could not be cut back: a restart would replay it, so no group
+    /// is committed after it (each gets this error) until the node restarts.
+    broken: Option<String>,
+}
+
+impl JournalState {
+    fn mark(&self, seq: u64, from: (u32, u64)) -> JournalMark {
+        JournalMark {
+            seq,
+            segment: from.0,
+            offset: from.1,
+        }
+    }
 }
 
 /// Everything one flush did, carried back from wherever it ran.
@@ -128,13 +157,23 @@ impl CommitGroup {
         segment_bytes: u64,
         mode: FlushMode,
     ) -> Result<Self, StoreError> {
-        let segments = SegmentWriter::open(store.disk().clone(), store.dir(), segment_bytes)?;
+        let segments = SegmentWriter::open(store.disk().clone(), store.dir(), segment_bytes)?
+            .with_zero_ahead(mode == FlushMode::Background);
+        let mark = store.journal_mark()?;
+        let journal = JournalState {
+            enabled: store.spool().is_none(),
+            seq: mark.seq,
+            from: (mark.segment, mark.offset),
+            groups_since: 0,
+            broken: None,
+        };
         Ok(CommitGroup {
             writer: Some(Writer {
                 store,
                 segments,
                 parallel_sync: mode == FlushMode::Background,
                 crashed: false,
+                journal,
             }),
             counters,
             mode,
@@ -324,7 +363,10 @@ impl Writer {
         counters: CounterState,
         bodies_written: &mut (u64, u64),
     ) -> GroupResult {
-        let txn = self.store.db().begin_write()?;
+        if let Some(reason) = &self.journal.broken {
+            return Err(StoreError::Commit(reason.clone()));
+        }
+        let mut txn = self.store.db().begin_write()?;
         let group_start = self.segments.end();
         let mut prewritten = BTreeMap::new();
         if self.store.spool().is_none() {
@@ -338,6 +380,13 @@ impl Writer {
                     }
                 }
             }
+        }
+        let seq = self.journal.seq + 1;
+        if self.journal.enabled {
+            // The group's record goes behind its bodies, durable with them in one sync.
+            let ahead: Vec<(Guid, BodyLocation)> = prewritten.iter().map(|(g, l)| (*g, *l)).collect();
+            self.segments
+                .append_record(&journal::encode_record(seq, &counters, &ahead, batches));
         }
         if let Err(e) = self.crash_point(CrashPoint::BeforeSegmentSync) {
             txn.abort()?;
@@ -362,7 +411,8 @@ impl Writer {
                         synced,
                     )
                 };
-                (built, self.segments.finish(job, synced))
+                let synced = self.segments.finish(job, synced);
+                (built, synced)
             }
             None => (
                 self.apply(&txn, batches, counters, bodies_written, &mut prewritten),
@@ -372,23 +422,24 @@ impl Writer {
         let (results, spooled) = match (built, synced) {
             (Ok(built), Ok(())) => built,
             (Err(e), _) | (_, Err(e)) => {
-                self.segments.rewind(group_start);
+                self.cut_back(group_start);
                 txn.abort()?;
                 return Err(e);
             }
         };
         // Bodies the transaction queued itself (see `apply`): synced now, one after the other.
         if let Err(e) = self.segments.sync() {
-            self.segments.rewind(group_start);
+            self.cut_back(group_start);
             txn.abort()?;
             return Err(e);
         }
         // The bodies must be durable before the commit that names them: spool files are synced
         // one by one as written, their directory once here.
         if spooled {
-            if let Some(spool) = self.store.spool() {
+            let store = self.store.clone();
+            if let Some(spool) = store.spool() {
                 if let Err(e) = self.store.disk().sync_dir(spool) {
-                    self.segments.rewind(group_start);
+                    self.cut_back(group_start);
                     txn.abort()?;
                     return Err(StoreError::io(spool.display(), e));
                 }
@@ -398,14 +449,64 @@ impl Writer {
             txn.abort()?;
             return Err(e);
         }
-        txn.commit()?;
+        // The group is durable in its record: the commit needs no sync of its own, except every
+        // so often, when it moves the point replay starts from up to here.
+        let durable = !self.journal.enabled
+            || self.journal.groups_since + 1 >= journal::CHECKPOINT_GROUPS
+            || self.segments.segment() != self.journal.from.0
+            || self.segments.end().saturating_sub(self.journal.from.1) >= journal::CHECKPOINT_BYTES;
+        let from = match durable {
+            true => (self.segments.segment(), self.segments.end()),
+            false => self.journal.from,
+        };
+        if let Err(e) = self.put_mark(&txn, self.journal.mark(seq, from)) {
+            self.cut_back(group_start);
+            txn.abort()?;
+            return Err(e);
+        }
+        if !durable {
+            txn.set_durability(redb::Durability::None)
+                .map_err(|e| StoreError::Commit(e.to_string()))?;
+        }
+        if let Err(e) = txn.commit() {
+            self.cut_back(group_start);
+            return Err(e.into());
+        }
+        self.journal.seq = seq;
+        match durable {
+            true => {
+                self.journal.from = from;
+                self.journal.groups_since = 0;
+            }
+            false => self.journal.groups_since += 1,
+        }
         self.crash_point(CrashPoint::AfterCommit)?;
         Ok(results)
     }
 
-    /// Puts every batch of a group into `txn`: the per-batch results, and whether a body went to
-    /// the shared spool. A new body takes its place in `prewritten` (queued on the segment by
-    /// `write_group`), else it is queued now.
+    /// Cuts the segment back to where a failed group began, so that neither its bodies nor its
+    /// record stay. If the cut cannot be made durable, the record could come back at the next
+    /// start: the journal refuses every later group until then.
+    fn cut_back(&mut self, group_start: u64) {
+        if let Err(e) = self.segments.rewind(group_start) {
+            let reason = format!(
+                "a failed group's journal record could not be removed ({e}); restart the node \
+                 (the failed group may then be replayed)"
+            );
+            tracing::error!("{reason}");
+            if self.journal.enabled {
+                self.journal.broken = Some(reason);
+            }
+        }
+    }
+
+    fn put_mark(&self, txn: &redb::WriteTransaction, mark: JournalMark) -> Result<(), StoreError> {
+        let mut meta = txn.open_table(META)?;
+        meta.insert(META_JOURNAL, encode(&mark).as_slice())?;
+        Ok(())
+    }
+
+    /// Puts every batch of a group into `txn` (see [`apply_batches`]).
     fn apply(
         &mut self,
         txn: &redb::WriteTransaction,
@@ -414,127 +515,17 @@ impl Writer {
         bodies_written: &mut (u64, u64),
         prewritten: &mut BTreeMap<Guid, BodyLocation>,
     ) -> Result<(Vec<Result<(), StoreError>>, bool), StoreError> {
-        let mut results = Vec::with_capacity(batches.len());
-        let mut spooled = false;
-        let mut bodies = txn.open_table(BODIES)?;
-        let mut segment_bodies = txn.open_table(SEGMENT_BODIES)?;
-        // Tables are opened lazily, one handle per table for the whole group.
-        let mut tables: BTreeMap<&'static str, RedbTable<&'static [u8], &'static [u8]>> = BTreeMap::new();
-        for batch in batches {
-            if let Err(e) = check_bodies(batch, &bodies) {
-                results.push(Err(e));
-                continue;
-            }
-            // Releases go last: a batch may release a body's last reference and add another
-            // record naming the same body (an expunge and a copy merged together); adding
-            // first keeps the body (found by the simulator, seed 28).
-            let (releases, others): (Vec<&Op>, Vec<&Op>) =
-                batch.ops.iter().partition(|op| matches!(op, Op::ReleaseBody(_)));
-            for op in others.into_iter().chain(releases) {
-                match op {
-                    Op::Put(table, key, value) => {
-                        let t = open_once(&mut tables, txn, *table)?;
-                        t.insert(key.as_slice(), value.as_slice())?;
-                    }
-                    Op::Delete(table, key) => {
-                        let t = open_once(&mut tables, txn, *table)?;
-                        t.remove(key.as_slice())?;
-                    }
-                    Op::DeleteIfEquals(table, key, expected) => {
-                        let t = open_once(&mut tables, txn, *table)?;
-                        let matches = t
-                            .get(key.as_slice())?
-                            .is_some_and(|v| v.value() == expected.as_slice());
-                        if matches {
-                            t.remove(key.as_slice())?;
-                        }
-                    }
-                    Op::AddBody(guid, bytes) => {
-                        let location = match indexed_body(&bodies, guid)? {
-                            Some(mut loc) => {
-                                loc.refs += 1;
-                                loc
-                            }
-                            None => {
-                                // check_bodies let the batch in only if a body it adds
-                                // without bytes exists, and releases come last.
-                                let Some(bytes) = bytes.as_ref() else {
-                                    return Err(StoreError::BodyMissing { guid: *guid });
-                                };
-                                bodies_written.0 += 1;
-                                bodies_written.1 += bytes.len() as u64;
-                                match self.store.spool() {
-                                    Some(spool) => {
-                                        // The shared spool is the exception to segments: peers
-                                        // mounting it find each body by name.
-                                        crate::store::bodies::write_spool(
-                                            self.store.disk().as_ref(),
-                                            spool,
-                                            guid,
-                                            bytes,
-                                        )?;
-                                        spooled = true;
-                                        BodyLocation {
-                                            segment: SPOOL,
-                                            offset: 0,
-                                            len: bytes.len() as u32,
-                                            refs: 1,
-                                        }
-                                    }
-                                    None => {
-                                        // Written ahead by write_group unless the body was
-                                        // indexed when the group began (released to zero by
-                                        // an earlier batch, then added again).
-                                        let loc = match prewritten.remove(guid) {
-                                            Some(loc) => loc,
-                                            None => self.segments.append(guid, bytes),
-                                        };
-                                        segment_bodies.insert(
-                                            keys::segment_body(loc.segment, loc.offset).as_slice(),
-                                            guid.0.as_slice(),
-                                        )?;
-                                        loc
-                                    }
-                                }
-                            }
-                        };
-                        bodies.insert(guid.0.as_slice(), location.encode().as_slice())?;
-                    }
-                    Op::AddSpooledBody(guid, len) => {
-                        let location = match indexed_body(&bodies, guid)? {
-                            Some(mut loc) => {
-                                loc.refs += 1;
-                                loc
-                            }
-                            None => BodyLocation {
-                                segment: SPOOL,
-                                offset: 0,
-                                len: *len as u32,
-                                refs: 1,
-                            },
-                        };
-                        bodies.insert(guid.0.as_slice(), location.encode().as_slice())?;
-                    }
-                    Op::ReleaseBody(guid) => match indexed_body(&bodies, guid)? {
-                        Some(mut loc) => {
-                            loc.refs = loc.refs.saturating_sub(1);
-                            if loc.refs == 0 {
-                                bodies.remove(guid.0.as_slice())?;
-                                segment_bodies
-                                    .remove(keys::segment_body(loc.segment, loc.offset).as_slice())?;
-                            } else {
-                                bodies.insert(guid.0.as_slice(), loc.encode().as_slice())?;
-                            }
-                        }
-                        None => warn!(%guid, "released a body that has no index entry"),
-                    },
-                }
-            }
-            results.push(Ok(()));
-        }
-        let mut meta = txn.open_table(META)?;
-        meta.insert(META_COUNTERS, encode(&counters).as_slice())?;
-        Ok((results, spooled))
+        let store = self.store.clone();
+        apply_batches(
+            txn,
+            store.spool(),
+            store.disk().as_ref(),
+            &mut self.segments,
+            batches,
+            counters,
+            bodies_written,
+            prewritten,
+        )
     }
 
     /// A point where a simulated disk may crash the node (never a real one). Once crashed, the
@@ -601,7 +592,12 @@ impl Writer {
                 txn.abort()?;
                 return Err(e);
             }
+            // A durable commit: replay starts after everything written so far.
+            let from = (self.segments.segment(), self.segments.end());
+            self.put_mark(&txn, self.journal.mark(self.journal.seq, from))?;
             txn.commit()?;
+            self.journal.from = from;
+            self.journal.groups_since = 0;
             self.segments.remove_segment(segment)?;
             report.segments_removed += 1;
             report.bytes_reclaimed += file_len - live_bytes;
@@ -612,6 +608,202 @@ impl Writer {
         }
         Ok(report)
     }
+}
+
+/// Puts every batch of a group into `txn`: the per-batch results, and whether a body went to
+/// the shared spool. A new body takes its place in `prewritten` (queued on the segment by
+/// `write_group`), else it is queued now.
+#[allow(clippy::too_many_arguments)]
+pub(crate) fn apply_batches(
+    txn: &redb::WriteTransaction,
+    spool: Option<&std::path::Path>,
+    disk: &dyn crate::disk::Disk,
+    segments: &mut SegmentWriter,
+    batches: &[&Batch],
+    counters: CounterState,
+    bodies_written: &mut (u64, u64),
+    prewritten: &mut BTreeMap<Guid, BodyLocation>,
+) -> Result<(Vec<Result<(), StoreError>>, bool), StoreError> {
+    let mut results = Vec::with_capacity(batches.len());
+    let mut spooled = false;
+    let mut bodies = txn.open_table(BODIES)?;
+    let mut segment_bodies = txn.open_table(SEGMENT_BODIES)?;
+    // Tables are opened lazily, one handle per table for the whole group.
+    let mut tables: BTreeMap<&'static str, RedbTable<&'static [u8], &'static [u8]>> = BTreeMap::new();
+    for batch in batches {
+        if let Err(e) = check_bodies(batch, &bodies) {
+            results.push(Err(e));
+            continue;
+        }
+        // Releases go last: a batch may release a body's last reference and add another
+        // record naming the same body (an expunge and a copy merged together); adding
+        // first keeps the body (found by the simulator, seed 28).
+        let (releases, others): (Vec<&Op>, Vec<&Op>) =
+            batch.ops.iter().partition(|op| matches!(op, Op::ReleaseBody(_)));
+        for op in others.into_iter().chain(releases) {
+            match op {
+                Op::Put(table, key, value) => {
+                    let t = open_once(&mut tables, txn, *table)?;
+                    t.insert(key.as_slice(), value.as_slice())?;
+                }
+                Op::Delete(table, key) => {
+                    let t = open_once(&mut tables, txn, *table)?;
+                    t.remove(key.as_slice())?;
+                }
+                Op::DeleteIfEquals(table, key, expected) => {
+                    let t = open_once(&mut tables, txn, *table)?;
+                    let matches = t
+                        .get(key.as_slice())?
+                        .is_some_and(|v| v.value() == expected.as_slice());
+                    if matches {
+                        t.remove(key.as_slice())?;
+                    }
+                }
+                Op::AddBody(guid, bytes) => {
+                    let location = match indexed_body(&bodies, guid)? {
+                        Some(mut loc) => {
+                            loc.refs += 1;
+                            loc
+                        }
+                        None => {
+                            // check_bodies let the batch in only if a body it adds
+                            // without bytes exists, and releases come last.
+                            let Some(bytes) = bytes.as_ref() else {
+                                return Err(StoreError::BodyMissing { guid: *guid });
+                            };
+                            bodies_written.0 += 1;
+                            bodies_written.1 += bytes.len() as u64;
+                            match spool {
+                                Some(spool) => {
+                                    // The shared spool is the exception to segments: peers
+                                    // mounting it find each body by name.
+                                    crate::store::bodies::write_spool(disk, spool, guid, bytes)?;
+                                    spooled = true;
+                                    BodyLocation {
+                                        segment: SPOOL,
+                                        offset: 0,
+                                        len: bytes.len() as u32,
+                                        refs: 1,
+                                    }
+                                }
+                                None => {
+                                    // Written ahead by write_group unless the body was
+                                    // indexed when the group began (released to zero by
+                                    // an earlier batch, then added again).
+                                    let loc = match prewritten.remove(guid) {
+                                        Some(loc) => loc,
+                                        None => segments.append(guid, bytes),
+                                    };
+                                    segment_bodies.insert(
+                                        keys::segment_body(loc.segment, loc.offset).as_slice(),
+                                        guid.0.as_slice(),
+                                    )?;
+                                    loc
+                                }
+                            }
+                        }
+                    };
+                    bodies.insert(guid.0.as_slice(), location.encode().as_slice())?;
+                }
+                Op::AddSpooledBody(guid, len) => {
+                    let location = match indexed_body(&bodies, guid)? {
+                        Some(mut loc) => {
+                            loc.refs += 1;
+                            loc
+                        }
+                        None => BodyLocation {
+                            segment: SPOOL,
+                            offset: 0,
+                            len: *len as u32,
+                            refs: 1,
+                        },
+                    };
+                    bodies.insert(guid.0.as_slice(), location.encode().as_slice())?;
+                }
+                Op::ReleaseBody(guid) => match indexed_body(&bodies, guid)? {
+                    Some(mut loc) => {
+                        loc.refs = loc.refs.saturating_sub(1);
+                        if loc.refs == 0 {
+                            bodies.remove(guid.0.as_slice())?;
+                            segment_bodies.remove(keys::segment_body(loc.segment, loc.offset).as_slice())?;
+                        } else {
+                            bodies.insert(guid.0.as_slice(), loc.encode().as_slice())?;
+                        }
+                    }
+                    None => warn!(%guid, "released a body that has no index entry"),
+                },
+            }
+        }
+        results.push(Ok(()));
+    }
+    let mut meta = txn.open_table(META)?;
+    meta.insert(META_COUNTERS, encode(&counters).as_slice())?;
+    Ok((results, spooled))
+}
+
+/// Replays the group records a crash left past the store's last durable commit
+/// (`store/journal.rs`), in one durable transaction, and moves the replay point to the end of
+/// the newest segment. Returns how many groups it applied. Run by [`Store::open_on`] before
+/// anyone reads the store.
+pub(crate) fn replay_journal(
+    db: &redb::Database,
+    disk: &Arc<dyn crate::disk::Disk>,
+    dir: &std::path::Path,
+) -> Result<u64, StoreError> {
+    let mark = crate::store::read_journal_mark(db)?;
+    let mut segments = SegmentWriter::open(disk.clone(), dir, u64::MAX)?;
+    let txn = db.begin_write()?;
+    let mut seq = mark.seq;
+    let mut replayed = 0;
+    journal::read_records(disk.as_ref(), dir, (mark.segment, mark.offset), |record| {
+        if record.seq <= seq {
+            // Held already: a commit of it survived (redb persists commits on a clean close).
+            return Ok(());
+        }
+        if record.seq != seq + 1 {
+            // Groups are numbered one by one and a failed group's record is cut away, so a gap
+            // means the records past it do not follow this state.
+            warn!(
+                expected = seq + 1,
+                found = record.seq,
+                "journal records skip a group; not replaying past it"
+            );
+            return Err(StoreError::Corrupt {
+                path: dir.display().to_string(),
+                reason: format!("journal record {} follows {}", record.seq, seq),
+            });
+        }
+        let batches: Vec<&Batch> = record.batches.iter().collect();
+        let mut prewritten: BTreeMap<Guid, BodyLocation> = record.prewritten.iter().copied().collect();
+        apply_batches(
+            &txn,
+            None,
+            disk.as_ref(),
+            &mut segments,
+            &batches,
+            record.counters,
+            &mut (0, 0),
+            &mut prewritten,
+        )?;
+        seq = record.seq;
+        replayed += 1;
+        Ok(())
+    })?;
+    segments.sync()?;
+    {
+        let mut meta = txn.open_table(META)?;
+        let mark = JournalMark {
+            seq,
+            segment: segments.segment(),
+            offset: segments.end(),
+        };
+        meta.insert(META_JOURNAL, encode(&mark).as_slice())?;
+    }
+    txn.commit()?;
+    if replayed > 0 {
+        info!(groups = replayed, last = seq, "replayed the commit journal");
+    }
+    Ok(replayed)
 }
 
 /// The table handle of `table`, opened on first use within a group.

@@ -34,6 +34,30 @@ pub enum Table {
 }
 
 impl Table {
+    /// Every table, each at its discriminant: a group record (`journal.rs`) names a table by
+    /// its index here, so new tables go at the end.
+    pub const ALL: [Table; 19] = [
+        Table::Mailboxes,
+        Table::Names,
+        Table::MailboxState,
+        Table::Messages,
+        Table::Uids,
+        Table::Modseqs,
+        Table::Annotations,
+        Table::Subscriptions,
+        Table::Sieve,
+        Table::Purges,
+        Table::SyncLog,
+        Table::ReplCache,
+        Table::UserEntries,
+        Table::Peers,
+        Table::Pruned,
+        Table::Settles,
+        Table::Moves,
+        Table::SyncWhole,
+        Table::ShownBefore,
+    ];
+
     pub(crate) fn definition(self) -> RawTable {
         match self {
             Table::Mailboxes => super::MAILBOXES,

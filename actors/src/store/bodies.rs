@@ -19,7 +19,9 @@ use crate::error::StoreError;
 pub const SEGMENT_DIR: &str = "bodies";
 /// The segment number that means "a file named by its Guid in the shared spool".
 pub const SPOOL: u32 = u32::MAX;
-const MAGIC: &[u8; 4] = b"MMB1";
+pub(crate) const MAGIC: &[u8; 4] = b"MMB1";
+/// The magic of a group record (see `journal.rs`): magic, blake3 of the payload, length, payload.
+pub(crate) const RECORD_MAGIC: &[u8; 4] = b"MMJ1";
 pub const HEADER_LEN: u64 = 40;
 
 /// Where one body is, and how many message records name it.
@@ -233,7 +235,18 @@ pub struct SegmentWriter {
     len: u64,
     pending: Vec<u8>,
     max_segment: u64,
+    /// Whether the file is written with zeros ahead of the entries ([`ZERO_AHEAD`]).
+    zero_ahead: bool,
+    /// The file holds written bytes (entries or zeros) up to here.
+    written_to: u64,
 }
+
+/// How far ahead of its entries a segment's file is written with zeros, with a real disk. An
+/// fdatasync of bytes that extend a file must also commit the file's new size and blocks (an
+/// ext4 journal commit); bytes written over already written blocks need none, and the sync is
+/// about half as long (measured: 170-270 µs against 320-480 µs for 16 KiB). One sync in this
+/// many bytes pays for the zeros instead of every group's.
+pub const ZERO_AHEAD: u64 = 1024 * 1024;
 
 impl SegmentWriter {
     /// Opens the newest segment for appending, or creates the first one. Bytes after the last
@@ -259,7 +272,16 @@ impl SegmentWriter {
             len,
             pending: Vec::new(),
             max_segment,
+            zero_ahead: false,
+            written_to: len,
         })
+    }
+
+    /// Writes zeros ahead of the entries (a node's real disk; the simulator's has nothing to
+    /// gain, and its full-disk tests count every byte).
+    pub fn with_zero_ahead(mut self, on: bool) -> Self {
+        self.zero_ahead = on;
+        self
     }
 
     pub fn segment(&self) -> u32 {
@@ -279,6 +301,15 @@ impl SegmentWriter {
             len: body.len() as u32,
             refs: 1,
         }
+    }
+
+    /// Queues a group record (`journal.rs`) behind the queued bodies: durable with them.
+    pub fn append_record(&mut self, payload: &[u8]) {
+        self.pending.extend_from_slice(RECORD_MAGIC);
+        self.pending.extend_from_slice(blake3::hash(payload).as_bytes());
+        self.pending
+            .extend_from_slice(&(payload.len() as u32).to_be_bytes());
+        self.pending.extend_from_slice(payload);
     }
 
     pub fn has_pending(&self) -> bool {
@@ -308,21 +339,28 @@ impl SegmentWriter {
         let bytes = std::mem::take(&mut self.pending);
         let offset = self.len;
         self.len += bytes.len() as u64;
+        let zeros_to = match self.zero_ahead && self.len > self.written_to {
+            true => (self.len / ZERO_AHEAD + 1) * ZERO_AHEAD,
+            false => self.len,
+        };
+        self.written_to = self.written_to.max(zeros_to);
         Some(SegmentSync {
             file: self.file.clone(),
             path: segment_path(&self.dir, self.segment),
             offset,
             bytes,
+            zeros_to,
         })
     }
 
     /// Records how a [`SegmentSync`] ended. On failure the file is cut back to where it was
     /// before the job and everything queued since is dropped: nothing may name those entries.
     pub fn finish(&mut self, job: SegmentSync, result: Result<(), StoreError>) -> Result<(), StoreError> {
-        if result.is_err() {
-            self.rewind(job.offset);
+        if let Err(e) = result {
+            self.rewind(job.offset)?;
+            return Err(e);
         }
-        result
+        Ok(())
     }
 
     /// Where the next entry goes (after the queued ones).
@@ -334,16 +372,22 @@ impl SegmentWriter {
     /// a group that fails before its commit leaves no dead bytes in front of the next group's.
     /// `to` must be an [`SegmentWriter::end`] taken before that group, so no committed entry is
     /// behind it.
-    pub fn rewind(&mut self, to: u64) {
+    ///
+    /// The cut is synced: the bytes cut may hold a synced group record, which must not be
+    /// replayed at the next start (its group failed). If the cut cannot be made durable, the
+    /// error says so; the caller refuses further groups until a restart.
+    pub fn rewind(&mut self, to: u64) -> Result<(), StoreError> {
         self.pending.clear();
         if self.len > to {
-            match self.file.set_len(to) {
-                Ok(()) => self.len = to,
-                // The bytes stay as dead bytes (as after a crash), and the next entries go after
-                // them rather than over them.
-                Err(e) => tracing::warn!(error = %e, "cannot cut a segment back after a failed group"),
-            }
+            let path = segment_path(&self.dir, self.segment);
+            self.file
+                .set_len(to)
+                .and_then(|()| self.file.sync_data())
+                .map_err(|e| StoreError::io(path.display(), e))?;
+            self.len = to;
+            self.written_to = to;
         }
+        Ok(())
     }
 
     /// Drops queued entries: their group failed, nothing will name them, and they must not be
@@ -359,9 +403,16 @@ impl SegmentWriter {
         }
         let next = self.segment + 1;
         let (file, len) = open_segment(self.disk.as_ref(), &self.dir, next)?;
+        if self.written_to > self.len {
+            // The sealed segment's zeros go; if a crash brings them back they are dead bytes.
+            if let Err(e) = self.file.set_len(self.len) {
+                tracing::warn!(error = %e, "cannot cut the zeros off a sealed segment");
+            }
+        }
         self.segment = next;
         self.file = Arc::from(file);
         self.len = len;
+        self.written_to = len;
         Ok(())
     }
 
@@ -375,17 +426,8 @@ impl SegmentWriter {
 
     /// Numbers of all segment files except the one being appended to.
     pub fn sealed_segments(&self) -> Result<Vec<u32>, StoreError> {
-        let seg_dir = self.dir.join(SEGMENT_DIR);
-        let names = self
-            .disk
-            .list_dir(&seg_dir)
-            .map_err(|e| StoreError::io(seg_dir.display(), e))?;
-        let mut out: Vec<u32> = names
-            .iter()
-            .filter_map(|n| segment_number(n))
-            .filter(|n| *n != self.segment)
-            .collect();
-        out.sort_unstable();
+        let mut out = segment_numbers(self.disk.as_ref(), &self.dir)?;
+        out.retain(|n| *n != self.segment);
         Ok(out)
     }
 
@@ -409,16 +451,36 @@ pub struct SegmentSync {
     path: PathBuf,
     offset: u64,
     bytes: Vec<u8>,
+    /// Zeros follow the entries up to here (see [`ZERO_AHEAD`]).
+    zeros_to: u64,
 }
 
 impl SegmentSync {
-    /// One write and one fdatasync.
+    /// One write (two when zeros go ahead) and one fdatasync.
     pub fn run(&self) -> Result<(), StoreError> {
+        let end = self.offset + self.bytes.len() as u64;
         self.file
             .write_all_at(&self.bytes, self.offset)
+            .and_then(|()| match self.zeros_to > end {
+                true => self
+                    .file
+                    .write_all_at(&vec![0u8; (self.zeros_to - end) as usize], end),
+                false => Ok(()),
+            })
             .and_then(|()| self.file.sync_data())
             .map_err(|e| StoreError::io(self.path.display(), e))
     }
+}
+
+/// The numbers of the segment files in `dir`, ascending.
+pub fn segment_numbers(disk: &dyn Disk, dir: &Path) -> Result<Vec<u32>, StoreError> {
+    let seg_dir = dir.join(SEGMENT_DIR);
+    let names = disk
+        .list_dir(&seg_dir)
+        .map_err(|e| StoreError::io(seg_dir.display(), e))?;
+    let mut out: Vec<u32> = names.iter().filter_map(|n| segment_number(n)).collect();
+    out.sort_unstable();
+    Ok(out)
 }
 
 /// The number of a segment file's name (`NNNNNNNN.seg`).

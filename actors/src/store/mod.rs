@@ -9,6 +9,7 @@
 
 pub mod batch;
 pub mod bodies;
+pub mod journal;
 pub mod keys;
 pub mod uid_row;
 
@@ -115,6 +116,8 @@ const ALL_TABLES: [RawTable; 22] = [
 
 pub(crate) const META_NODE: &[u8] = b"node";
 pub(crate) const META_COUNTERS: &[u8] = b"counters";
+/// The [`journal::JournalMark`] of the last commit.
+pub(crate) const META_JOURNAL: &[u8] = b"journal";
 
 /// The node-wide counters, persisted with every commit.
 #[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
@@ -249,6 +252,11 @@ impl Store {
         // The store file's entry is durable before the first commit that counts.
         disk.sync_dir(dir).map_err(io_err(dir))?;
         txn.commit().map_err(|e| corrupt(&e))?;
+        // Groups a crash left in the journal only (their records synced, their commits not).
+        let counters = match crate::commit_group::replay_journal(&db, &disk, dir)? {
+            0 => counters,
+            _ => read_counters(&db).map_err(|e| corrupt(&e))?,
+        };
         Ok(Store {
             db,
             disk,
@@ -258,6 +266,11 @@ impl Store {
             node: node.clone(),
             counters,
         })
+    }
+
+    /// Where the group journal stands (`journal.rs`).
+    pub(crate) fn journal_mark(&self) -> Result<journal::JournalMark, StoreError> {
+        read_journal_mark(&self.db)
     }
 
     pub fn node(&self) -> &NodeId {
@@ -531,6 +544,28 @@ impl Snapshot<'_> {
         }
         let (_, file) = segment.as_ref().expect("opened above");
         bodies::read_body_in(file.as_ref(), &store.dir, store.spool.as_deref(), guid, &location)
+    }
+}
+
+/// The journal mark of the store's last commit; a store from before the journal has none.
+pub(crate) fn read_journal_mark(db: &Database) -> Result<journal::JournalMark, StoreError> {
+    let txn = db.begin_read()?;
+    let meta = txn.open_table(META)?;
+    let found = meta.get(META_JOURNAL)?.map(|v| v.value().to_vec());
+    match found {
+        Some(bytes) => decode(&bytes, "journal mark"),
+        None => Ok(journal::JournalMark::default()),
+    }
+}
+
+/// The node counters as committed.
+fn read_counters(db: &Database) -> Result<CounterState, StoreError> {
+    let txn = db.begin_read()?;
+    let meta = txn.open_table(META)?;
+    let found = meta.get(META_COUNTERS)?.map(|v| v.value().to_vec());
+    match found {
+        Some(bytes) => decode(&bytes, "node counters"),
+        None => Ok(CounterState::default()),
     }
 }
 
