@@ -369,13 +369,23 @@ impl Writer {
         let mut txn = self.store.db().begin_write()?;
         let group_start = self.segments.end();
         let mut prewritten = BTreeMap::new();
+        // Bodies the group brings bytes for that are stored already (for the record).
+        let mut indexed = std::collections::BTreeSet::new();
         if self.store.spool().is_none() {
             let bodies = txn.open_table(BODIES)?;
             for batch in batches {
                 for op in &batch.ops {
                     if let Op::AddBody(guid, Some(bytes)) = op {
-                        if !prewritten.contains_key(guid) && bodies.get(guid.0.as_slice())?.is_none() {
-                            prewritten.insert(*guid, self.segments.append(guid, bytes));
+                        if prewritten.contains_key(guid) || indexed.contains(guid) {
+                            continue;
+                        }
+                        match bodies.get(guid.0.as_slice())?.is_none() {
+                            true => {
+                                prewritten.insert(*guid, self.segments.append(guid, bytes));
+                            }
+                            false => {
+                                indexed.insert(*guid);
+                            }
                         }
                     }
                 }
@@ -386,7 +396,7 @@ impl Writer {
             // The group's record goes behind its bodies, durable with them in one sync.
             let ahead: Vec<(Guid, BodyLocation)> = prewritten.iter().map(|(g, l)| (*g, *l)).collect();
             self.segments
-                .append_record(&journal::encode_record(seq, &counters, &ahead, batches));
+                .append_record(&journal::encode_record(seq, &counters, &ahead, &indexed, batches));
         }
         if let Err(e) = self.crash_point(CrashPoint::BeforeSegmentSync) {
             txn.abort()?;

@@ -73,15 +73,19 @@ const ADD_KNOWN_BODY: u8 = 5;
 const RELEASE_BODY: u8 = 6;
 const ADD_SPOOLED_BODY: u8 = 7;
 
-/// Encodes a group's record. The first op that brings each written-ahead body's bytes carries
-/// no bytes (they are in the segment already; `prewritten` says where): it is the op that will
-/// take that place when the group is applied, here and at replay alike. A later op for the same
-/// body keeps its bytes: a body released to zero and added again within the group is written
-/// again by that op.
+/// Encodes a group's record. Bytes the group's ops bring are left out where applying the op
+/// cannot need them, here and at replay alike:
+/// - the first op that brings each written-ahead body's bytes (they are in the segment already;
+///   `prewritten` says where): it is the op that takes that place when the group is applied. A
+///   later op for the same body keeps its bytes: a body released to zero and added again
+///   within the group is written again by that op;
+/// - an op adding a body that was `indexed` when the group began, if no op of the group
+///   releases that body: it stays indexed, and the op only counts one more reference.
 pub fn encode_record(
     seq: u64,
     counters: &CounterState,
     prewritten: &[(Guid, BodyLocation)],
+    indexed: &BTreeSet<Guid>,
     batches: &[&Batch],
 ) -> Vec<u8> {
     let mut out = Vec::with_capacity(256 + batches.len() * 512);
@@ -93,6 +97,14 @@ pub fn encode_record(
         out.extend_from_slice(&loc.encode());
     }
     let ahead: BTreeSet<Guid> = prewritten.iter().map(|(g, _)| *g).collect();
+    let released: BTreeSet<Guid> = batches
+        .iter()
+        .flat_map(|b| b.ops.iter())
+        .filter_map(|op| match op {
+            Op::ReleaseBody(guid) => Some(*guid),
+            _ => None,
+        })
+        .collect();
     let mut stripped = BTreeSet::new();
     out.extend_from_slice(&(batches.len() as u32).to_be_bytes());
     for batch in batches {
@@ -117,7 +129,8 @@ pub fn encode_record(
                     put_bytes(&mut out, value);
                 }
                 Op::AddBody(guid, Some(bytes)) => {
-                    if ahead.contains(guid) && stripped.insert(*guid) {
+                    let kept = indexed.contains(guid) && !released.contains(guid);
+                    if kept || (ahead.contains(guid) && stripped.insert(*guid)) {
                         out.push(ADD_BODY_WRITTEN_AHEAD);
                         out.extend_from_slice(&guid.0);
                     } else {
@@ -332,7 +345,7 @@ mod tests {
             lamport: 7,
             ..Default::default()
         };
-        let bytes = encode_record(42, &counters, &[(g1, loc)], &[&b1, &b2]);
+        let bytes = encode_record(42, &counters, &[(g1, loc)], &BTreeSet::new(), &[&b1, &b2]);
         let back = decode_record(&bytes).unwrap();
         assert_eq!(back.seq, 42);
         assert_eq!(back.counters, counters);
@@ -365,5 +378,23 @@ mod tests {
         assert_eq!(shown[6], format!("{:?}", Op::AddSpooledBody(g2, 9)));
         assert_eq!(shown.len(), 9);
         assert!(decode_record(&bytes[..bytes.len() - 1]).is_err());
+
+        // A body indexed when the group began keeps no bytes unless the group releases it.
+        let g3 = Guid([3; 32]);
+        let mut b3 = Batch::new();
+        b3.ops.push(Op::AddBody(g3, Some(Arc::new(b"known".to_vec()))));
+        b3.ops.push(Op::AddBody(g1, Some(Arc::new(b"hello".to_vec()))));
+        let indexed: BTreeSet<Guid> = [g1, g3].into_iter().collect();
+        let back = decode_record(&encode_record(1, &counters, &[], &indexed, &[&b3, &b2])).unwrap();
+        let shown: Vec<String> = back.batches[0].ops.iter().map(|op| format!("{op:?}")).collect();
+        assert_eq!(
+            shown[0],
+            format!("{:?}", Op::AddBody(g3, Some(Arc::new(Vec::new()))))
+        );
+        // b2 releases g1: its bytes stay.
+        assert_eq!(
+            shown[1],
+            format!("{:?}", Op::AddBody(g1, Some(Arc::new(b"hello".to_vec()))))
+        );
     }
 }
