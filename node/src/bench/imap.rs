@@ -245,6 +245,10 @@ fn timed<T>(f: impl FnOnce() -> Result<T, Error>) -> Result<(f64, T), Error> {
 struct ImapClient {
     stream: TcpStream,
     buffer: Vec<u8>,
+    /// Where the next line starts in `buffer`: lines are taken by moving this, not by moving the
+    /// bytes after them (draining each line from the front moved the rest of a 64 KiB read for
+    /// every one of a FETCH's 100,000 lines, and that was most of the FETCH figure).
+    start: usize,
     tag: usize,
 }
 
@@ -259,6 +263,7 @@ impl ImapClient {
         let mut client = ImapClient {
             stream,
             buffer: Vec::new(),
+            start: 0,
             tag: 0,
         };
         let greeting = client.line()?;
@@ -339,11 +344,16 @@ impl ImapClient {
     fn line(&mut self) -> Result<String, Error> {
         let mut chunk = [0u8; 64 * 1024];
         loop {
-            if let Some(end) = self.buffer.iter().position(|&b| b == b'\n') {
-                let line: Vec<u8> = self.buffer.drain(..=end).collect();
-                let text = String::from_utf8_lossy(&line);
-                return Ok(text.trim_end_matches(['\r', '\n']).to_string());
+            let unread = &self.buffer[self.start..];
+            if let Some(end) = unread.iter().position(|&b| b == b'\n') {
+                let text = String::from_utf8_lossy(&unread[..end]);
+                let line = text.trim_end_matches(['\r', '\n']).to_string();
+                self.start += end + 1;
+                return Ok(line);
             }
+            // Only a partial line is left: keep it, drop what was read before it.
+            self.buffer.drain(..self.start);
+            self.start = 0;
             let n = self
                 .stream
                 .read(&mut chunk)
