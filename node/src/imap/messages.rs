@@ -143,22 +143,24 @@ impl Selected {
         if unseen == 0 {
             return Ok(None);
         }
+        // The uid index alone (`FetchFlags`), not the records: a SELECT decoded 512 of them.
         for chunk in self.map.uids().chunks(FETCH_CHUNK) {
-            let views = self
+            let messages = self
                 .addr
-                .send(Fetch {
+                .send(FetchFlags {
                     uids: UidSet::from_uids(chunk.iter().map(|&u| Uid(u))),
                 })
                 .await??;
-            let seen = |view: &MessageView| {
-                view.flags
+            let seen = |message: &MessageFlags| {
+                message
+                    .flags
                     .iter()
                     .any(|f| f.as_str().eq_ignore_ascii_case("\\Seen"))
             };
-            // The views come in uid order, as the map: the first unseen view is the lowest
-            // number (a message expunged since the listing has no view and no say).
-            if let Some(view) = views.iter().find(|view| !seen(view)) {
-                return Ok(self.map.seq(view.uid.0));
+            // They come in uid order, as the map: the first unseen one is the lowest number (a
+            // message expunged since the listing is not there and has no say).
+            if let Some(message) = messages.iter().find(|message| !seen(message)) {
+                return Ok(self.map.seq(message.uid.0));
             }
         }
         Ok(None)
@@ -821,6 +823,7 @@ async fn fetch_from_index(
     object_ids: ObjectIds,
     out: &mut Vec<u8>,
 ) -> Result<Option<Outcome>, MailError> {
+    let mut numbering = selected.map.numbering();
     for chunk in uids.chunks(FLAGS_CHUNK) {
         let mut messages = selected
             .addr
@@ -832,7 +835,7 @@ async fn fetch_from_index(
             messages.retain(|m| m.modseq.0 > since);
         }
         for message in &messages {
-            let Some(seq) = selected.map.seq(message.uid.0) else {
+            let Some(seq) = numbering.seq(message.uid.0) else {
                 continue;
             };
             if encode_index_fetch(seq, plan, Head::from_index(message), out) {
@@ -853,12 +856,13 @@ async fn fetch_from_index(
 /// imap-codec's general encoder took a third of a `UID FETCH 1:* (FLAGS)`. Answers whether
 /// there was an item to send.
 fn encode_index_fetch(seq: u32, plan: &FetchPlan, head: Head<'_>, out: &mut Vec<u8>) -> bool {
-    use std::io::Write;
     let modseq = NonZeroU64::new(head.modseq.0).filter(|_| plan.modseq);
     if !plan.uid && !plan.flags && modseq.is_none() {
         return false;
     }
-    let _ = write!(out, "* {seq} FETCH (");
+    out.extend_from_slice(b"* ");
+    decimal(u64::from(seq), out);
+    out.extend_from_slice(b" FETCH (");
     let mut first = true;
     let mut separate = |out: &mut Vec<u8>| {
         if !std::mem::take(&mut first) {
@@ -867,7 +871,8 @@ fn encode_index_fetch(seq: u32, plan: &FetchPlan, head: Head<'_>, out: &mut Vec<
     };
     if plan.uid {
         separate(out);
-        let _ = write!(out, "UID {}", head.uid);
+        out.extend_from_slice(b"UID ");
+        decimal(u64::from(head.uid), out);
     }
     if plan.flags {
         separate(out);
@@ -888,10 +893,28 @@ fn encode_index_fetch(seq: u32, plan: &FetchPlan, head: Head<'_>, out: &mut Vec<
     }
     if let Some(modseq) = modseq {
         separate(out);
-        let _ = write!(out, "MODSEQ ({modseq})");
+        out.extend_from_slice(b"MODSEQ (");
+        decimal(modseq.get(), out);
+        out.push(b')');
     }
     out.extend_from_slice(b")\r\n");
     true
+}
+
+/// Appends `n` in decimal: what `write!` does, without going through `fmt` for each of the
+/// 100,000 numbers of a large FETCH or SEARCH answer (a fifth of its time).
+fn decimal(mut n: u64, out: &mut Vec<u8>) {
+    let mut digits = [0u8; 20];
+    let mut at = digits.len();
+    loop {
+        at -= 1;
+        digits[at] = b'0' + (n % 10) as u8;
+        n /= 10;
+        if n == 0 {
+            break;
+        }
+    }
+    out.extend_from_slice(&digits[at..]);
 }
 
 /// What any FETCH answer may carry of a message, from its record or the uid index alone.
@@ -1520,14 +1543,31 @@ pub(super) async fn search(
         } else {
             None
         };
-        let numbers = found.iter().map(|f| nonzero(f.number)).collect();
-        untagged(Data::Search(numbers, modseq), out);
+        search_answer(&found, modseq, out);
     }
     Ok(Outcome::ok(if uid {
         "UID SEARCH completed"
     } else {
         "SEARCH completed"
     }))
+}
+
+/// Appends the `* SEARCH` answer of the messages `found` (numbers or uids), with RFC 7162's
+/// `(MODSEQ n)` when given: byte for byte what imap-codec encodes for `Data::Search` (a test
+/// compares them), written directly, since 90,000 numbers through its general encoder took a
+/// fifth of a `UID SEARCH UNSEEN`.
+fn search_answer(found: &[Found], modseq: Option<NonZeroU64>, out: &mut Vec<u8>) {
+    out.extend_from_slice(b"* SEARCH");
+    for f in found {
+        out.push(b' ');
+        decimal(u64::from(nonzero(f.number).get()), out);
+    }
+    if let Some(modseq) = modseq {
+        out.extend_from_slice(b" (MODSEQ ");
+        decimal(modseq.get(), out);
+        out.push(b')');
+    }
+    out.extend_from_slice(b"\r\n");
 }
 
 /// A SEARCH whose keys need only uids, flags, sequence numbers and modseqs: the uid index
@@ -1539,6 +1579,7 @@ async fn search_flags(
     bounds: search::Bounds,
 ) -> Result<Vec<Found>, MailError> {
     let mut found = Vec::new();
+    let mut numbering = selected.map.numbering();
     for chunk in selected.map.uids().chunks(FLAGS_CHUNK) {
         let messages = selected
             .addr
@@ -1547,7 +1588,7 @@ async fn search_flags(
             })
             .await??;
         for message in &messages {
-            let Some(seq) = selected.map.seq(message.uid.0) else {
+            let Some(seq) = numbering.seq(message.uid.0) else {
                 continue;
             };
             let candidate = search::Candidate {
@@ -1714,6 +1755,39 @@ mod tests {
                     );
                 }
             }
+        }
+    }
+
+    #[test]
+    fn search_answers_are_what_imap_codec_encodes() {
+        let found = |numbers: &[u32]| -> Vec<Found> {
+            numbers
+                .iter()
+                .map(|&number| Found { number, modseq: 5 })
+                .collect()
+        };
+        for numbers in [&[][..], &[1], &[1, 9, 10, 99, 4_000_000_000]] {
+            for modseq in [
+                None,
+                NonZeroU64::new(1),
+                NonZeroU64::new(7_130_316_800_000_095_767),
+            ] {
+                let mut direct = Vec::new();
+                search_answer(&found(numbers), modseq, &mut direct);
+                let mut codec = Vec::new();
+                let numbers = numbers.iter().map(|&n| nonzero(n)).collect();
+                untagged(Data::Search(numbers, modseq), &mut codec);
+                assert_eq!(String::from_utf8_lossy(&direct), String::from_utf8_lossy(&codec));
+            }
+        }
+    }
+
+    #[test]
+    fn decimals_are_what_display_writes() {
+        for n in [0, 1, 9, 10, 99, 100, 4_294_967_295, u64::MAX] {
+            let mut out = Vec::new();
+            decimal(n, &mut out);
+            assert_eq!(out, n.to_string().into_bytes());
         }
     }
 

@@ -65,6 +65,16 @@ impl SequenceMap {
         &self.uids
     }
 
+    /// Numbers uids asked in ascending order (a FETCH or SEARCH walking its messages): each
+    /// lookup starts where the last one ended, so a run of neighbours costs a comparison each
+    /// instead of a binary search of the whole map (a sixth of a SEARCH over 100,000).
+    pub fn numbering(&self) -> Numbering<'_> {
+        Numbering {
+            uids: &self.uids,
+            next: 0,
+        }
+    }
+
     /// A new message at the end. A uid at or below the last one cannot take a sequence number
     /// without renumbering the messages after it, which RFC 3501 allows only through EXPUNGE:
     /// it is left out (false) and the session sees it at its next SELECT.
@@ -139,6 +149,36 @@ impl SequenceMap {
     }
 }
 
+/// Sequence numbers of ascending uids ([`SequenceMap::numbering`]).
+pub struct Numbering<'a> {
+    uids: &'a [u32],
+    /// Where the uid after the last one found would be.
+    next: usize,
+}
+
+impl Numbering<'_> {
+    /// The sequence number of `uid`, if the session knows it. A uid below the last one asked is
+    /// looked up in the whole map (right, only slower).
+    pub fn seq(&mut self, uid: u32) -> Option<u32> {
+        if self.uids.get(self.next) != Some(&uid) {
+            let rest = match self.next.checked_sub(1).and_then(|i| self.uids.get(i)) {
+                Some(&before) if before < uid => self.next,
+                _ => 0,
+            };
+            let rest = rest.min(self.uids.len());
+            match self.uids[rest..].binary_search(&uid) {
+                Ok(i) => self.next = rest + i,
+                Err(i) => {
+                    self.next = rest + i;
+                    return None;
+                }
+            }
+        }
+        self.next += 1;
+        Some(self.next as u32)
+    }
+}
+
 /// The set's ranges with `*` as `star`, each low to high.
 fn ranges(set: &SequenceSet, star: u32) -> impl Iterator<Item = (u32, u32)> + '_ {
     let value = move |v: &SeqOrUid| match v {
@@ -170,6 +210,18 @@ mod tests {
         assert_eq!(map.seq(5), None);
         assert_eq!(map.seq(3), Some(1));
         assert_eq!(map.seq(20), Some(4));
+    }
+
+    #[test]
+    fn a_numbering_answers_what_seq_does_in_any_order() {
+        let map = SequenceMap::new(vec![3, 4, 9, 20, 21, 40]);
+        let asked = [1, 3, 4, 5, 9, 20, 21, 22, 40, 41, 4, 3, 40, 2, 21, 9, 9, 0, 100];
+        let mut numbering = map.numbering();
+        for uid in asked {
+            assert_eq!(numbering.seq(uid), map.seq(uid), "uid {uid}");
+        }
+        let empty = SequenceMap::default();
+        assert_eq!(empty.numbering().seq(1), None);
     }
 
     #[test]
