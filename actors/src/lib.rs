@@ -28,6 +28,7 @@ pub mod memory_network;
 mod moving;
 pub mod node;
 pub mod peer_session;
+pub mod shown_index;
 pub mod sim_disk;
 pub mod store;
 pub mod sync_log;

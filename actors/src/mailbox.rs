@@ -32,6 +32,7 @@ use crate::env::Env;
 use crate::error::{MailError, StoreError};
 use crate::inflight::Inflight;
 use crate::moving::Moving;
+use crate::shown_index::ShownIndex;
 use crate::store::uid_row::{self, UidRow};
 use crate::store::{decode, keys, Batch, Store, Table};
 use crate::sync_log::{Provenance, SyncItem};
@@ -207,6 +208,12 @@ pub struct Mailbox {
     /// watching it ([`WatchChanges`]) wait on. Only its changing matters; many changes between
     /// two looks read as one, so a slow watcher costs nothing and holds nothing.
     changes: watch::Sender<u64>,
+    /// The shown rows of the uid index as the last [`ListUids`] read them, with when
+    /// ([`Listed`]): while no commit of this mailbox has come since, the index is what it was,
+    /// and the next listing (every SELECT) and [`FetchFlags`] (FETCH FLAGS, SEARCH over flags)
+    /// answer from it, not from a scan of a row per message (100,000 rows took most of each
+    /// command's time). 16 bytes a message, held only once a session listed.
+    shown: Option<(Listed, ShownIndex)>,
 }
 
 impl Mailbox {
@@ -267,6 +274,7 @@ impl Mailbox {
             last_expunge: ModSeq::new(counters_modseq, modseq_tag),
             saving_caches: BTreeMap::new(),
             changes: watch::Sender::new(0),
+            shown: None,
         })
     }
 
@@ -1549,31 +1557,76 @@ impl Handler<ListUids> for Mailbox {
 
     fn handle(&mut self, _: ListUids, _: &mut Self::Context) -> Self::Result {
         self.check_usable()?;
-        // The uid index alone says which records are shown (`uid_row`): every SELECT reads it,
-        // and reading 100,000 records to learn 100,000 uids cost most of a SELECT's time. A row
-        // written before the index said so has its record read.
+        let (at, snapshot) = self.listed_now()?;
+        if let Some(shown) = self.shown_at(at) {
+            return Ok(shown.uids());
+        }
+        let shown = self.scan_shown(&snapshot)?;
+        drop(snapshot);
+        let uids = shown.uids();
+        self.shown = Some((at, shown));
+        Ok(uids)
+    }
+}
+
+impl Mailbox {
+    /// Where the committed store stands now for the copy of the shown rows, and a snapshot of
+    /// it. The commit count is read before the snapshot: a commit that lands meanwhile raises it
+    /// after, so a copy is kept under a point already stale, never the other way round.
+    fn listed_now(&self) -> Result<(Listed, crate::store::Snapshot<'_>), StoreError> {
+        let commits = *self.changes.borrow();
         let snapshot = self.store.snapshot()?;
-        let mut uids = Vec::new();
-        let mut unknown = Vec::new();
+        let modseq = snapshot
+            .get::<MailboxCounters>(Table::MailboxState, &keys::mailbox(self.id))?
+            .map(|c| c.modseq);
+        Ok((Listed { commits, modseq }, snapshot))
+    }
+
+    /// The copy of the shown rows, if it was read at `at`.
+    fn shown_at(&self, at: Listed) -> Option<&ShownIndex> {
+        self.shown
+            .as_ref()
+            .filter(|(when, _)| *when == at)
+            .map(|(_, shown)| shown)
+    }
+}
+
+/// When a listing of the uids was read: the mailbox's commit count (`Mailbox::changes`, raised
+/// by every commit of its messages) and its committed modseq counter (raised by every write of
+/// a record, and by a purge of a copy let go). Either moving makes the listing stale; both are
+/// kept, so that a write which reached the store some other way is not missed.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+struct Listed {
+    commits: u64,
+    modseq: Option<u64>,
+}
+
+impl Mailbox {
+    /// The shown rows of the uid index as `snapshot` has it, in uid order.
+    fn scan_shown(&self, snapshot: &crate::store::Snapshot) -> Result<ShownIndex, StoreError> {
+        // The uid index alone says which records are shown and their flags (`uid_row`):
+        // reading 100,000 records to learn 100,000 uids cost most of a SELECT's time. A row
+        // written before the index said so has its record read.
+        let mut shown = ShownIndex::default();
+        let mut legacy = Vec::new();
         snapshot.scan_prefix(Table::Uids, &keys::mailbox(self.id), |k, v| {
             let uid = uid_of(k)?;
-            match UidRow::parse(v).shown() {
-                Some(true) => uids.push(uid),
-                Some(false) => {}
-                None => unknown.push(k.to_vec()),
+            match UidRow::parse(v) {
+                UidRow::Full(row) if row.shown => shown.push_row(uid, &row),
+                UidRow::Full(_) | UidRow::Visibility(false) => {}
+                UidRow::Unknown | UidRow::Visibility(true) => legacy.push((shown.len(), k.to_vec())),
             }
             Ok(true)
         })?;
-        for key in unknown {
-            let (uid, aid) = keys::parse_uid(&key).ok_or_else(malformed_uid_key)?;
-            if self.read_legacy(&snapshot, &aid)?.is_some() {
-                uids.push(uid);
+        // Their records, put in their places (from the last, so each place is still where it
+        // was counted).
+        for (at, key) in legacy.into_iter().rev() {
+            let (_, aid) = keys::parse_uid(&key).ok_or_else(malformed_uid_key)?;
+            if let Some(stored) = self.read_legacy(snapshot, &aid)? {
+                shown.insert_message(at, MessageFlags::of(&stored));
             }
         }
-        if !uids.is_sorted() {
-            uids.sort_unstable();
-        }
-        Ok(uids)
+        Ok(shown)
     }
 }
 
@@ -1609,8 +1662,16 @@ impl Handler<FetchFlags> for Mailbox {
 
     fn handle(&mut self, msg: FetchFlags, _: &mut Self::Context) -> Self::Result {
         self.check_usable()?;
-        let snapshot = self.store.snapshot()?;
+        let (at, snapshot) = self.listed_now()?;
         let mut out = Vec::new();
+        if let Some(shown) = self.shown_at(at) {
+            for (lo, hi) in msg.uids.ranges() {
+                out.extend(shown.flags_in(lo, hi));
+            }
+            return Ok(out);
+        }
+        // No copy as the store stands (a commit came since the last listing): the asked ranges
+        // of the index, which for the new messages a session looks for is a few rows.
         for (lo, hi) in msg.uids.ranges() {
             let mut legacy = Vec::new();
             snapshot.scan_from(

@@ -1784,8 +1784,9 @@ fn a_uidnext_raise_with_no_record_reaches_the_other_holders() {
 }
 
 /// Checks that on `node` the uid index of alice's `name` says of each record what the record
-/// says (shown, modseq, flags), and that `FetchFlags` (the index alone) answers what `Fetch`
-/// (the records) does.
+/// says (shown, modseq, flags), that `FetchFlags` (the index alone) answers what `Fetch` (the
+/// records) does, and that `ListUids` (kept by the Mailbox between commits) lists the uids the
+/// records show.
 async fn assert_index_agrees(cluster: &Cluster, node: &str, name: &str) {
     let opened = cluster
         .node(node)
@@ -1820,12 +1821,16 @@ async fn assert_index_agrees(cluster: &Cluster, node: &str, name: &str) {
         })
         .collect();
     assert_eq!(from_index, from_records, "{node}: the index and the records");
+    let listed = opened.addr.send(ListUids).await.unwrap().unwrap();
+    let shown: Vec<Uid> = views.iter().map(|v| v.uid).collect();
+    assert_eq!(listed, shown, "{node}: the listing and the records");
 }
 
 /// The uid index carries each record's flags and modseq, written in the same batch as the
 /// record: after local flag changes, replicated ones merged from two sides, a uid conflict
 /// hidden then promoted, expunges and their compaction, and a move out, every node's index
-/// still says what its records say.
+/// still says what its records say, and the uid listing each Mailbox keeps between commits
+/// (listed first before any of those changes) is what the records show.
 #[test]
 fn the_uid_index_agrees_with_the_records_after_local_and_replicated_changes() {
     run_virtual(|| async {
@@ -1842,6 +1847,10 @@ fn the_uid_index_agrees_with_the_records_after_local_and_replicated_changes() {
             .await;
         }
         cluster.settle().await;
+        for node in ["a", "b", "c"] {
+            assert_index_agrees(&cluster, node, "INBOX").await;
+            assert_index_agrees(&cluster, node, "Archive").await;
+        }
         let store = |uids: UidSet, action, flags: &[&str]| StoreFlags {
             uids,
             action,
