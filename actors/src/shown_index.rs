@@ -89,19 +89,19 @@ impl ShownIndex {
 
     /// The messages with uids from `lo` to `hi`, in uid order, with what `FetchFlags` says of
     /// each.
-    pub fn flags_in(&self, lo: u32, hi: u32) -> impl Iterator<Item = MessageFlags> + '_ {
+    pub fn flags_in(&self, lo: u32, hi: u32) -> impl ExactSizeIterator<Item = MessageFlags> + '_ {
+        // Both ends found first: an iterator of known length, which `extend` fills without
+        // growing its vector step by step (that growth was a fifth of a SEARCH UNSEEN).
         let start = self.rows.partition_point(|row| row.uid < lo);
-        self.rows[start..]
-            .iter()
-            .take_while(move |row| row.uid <= hi)
-            .map(|row| MessageFlags {
-                uid: Uid(row.uid),
-                modseq: ModSeq(row.modseq),
-                flags: match row.listed() {
-                    Some(at) => self.listed_flags[at].clone(),
-                    None => system_flags(row.system()),
-                },
-            })
+        let end = self.rows.partition_point(|row| row.uid <= hi).max(start);
+        self.rows[start..end].iter().map(|row| MessageFlags {
+            uid: Uid(row.uid),
+            modseq: ModSeq(row.modseq),
+            flags: match row.listed() {
+                Some(at) => self.listed_flags[at].clone(),
+                None => system_flags(row.system()),
+            },
+        })
     }
 }
 
