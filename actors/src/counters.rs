@@ -182,7 +182,11 @@ pub fn identity_floor(unix_millis: i64) -> u64 {
 /// moment: modseqs of a replica made after a wipe are above those of the lost one (a client's
 /// cached CHANGEDSINCE point or a stale replication cache then asks for too much, never too
 /// little), unless the lost replica changed more than 64 times per millisecond on average.
-/// Fits the 48 counter bits of a [`mailmesh_protocol::ids::ModSeq`] until the year 2109.
+/// Fits the 48 counter bits of a [`mailmesh_protocol::ids::ModSeq`] until the year 2109, but a
+/// whole ModSeq (counter and 16-bit tag) shown to IMAP clients must stay under 2^63 (RFC 7162's
+/// mod-sequence-value), which a floor from this clock passes in September 2039: before then the
+/// shift must shrink (a floor may only go down for mailboxes made after the change; one taken
+/// at a wipe must stay above what the lost replica minted).
 pub fn modseq_floor(unix_millis: i64) -> u64 {
     (unix_millis.max(0) as u64) << 6
 }
