@@ -131,16 +131,6 @@ struct JournalState {
     broken: Option<String>,
 }
 
-impl JournalState {
-    fn mark(&self, seq: u64, from: (u32, u64)) -> JournalMark {
-        JournalMark {
-            seq,
-            segment: from.0,
-            offset: from.1,
-        }
-    }
-}
-
 /// Everything one flush did, carried back from wherever it ran.
 struct Flushed {
     writer: Writer,
@@ -469,7 +459,7 @@ impl Writer {
             true => (self.segments.segment(), self.segments.end()),
             false => self.journal.from,
         };
-        if let Err(e) = self.put_mark(&txn, self.journal.mark(seq, from)) {
+        if let Err(e) = put_journal_mark(&txn, JournalMark::at(seq, from)) {
             self.cut_back(group_start);
             txn.abort()?;
             return Err(e);
@@ -508,12 +498,6 @@ impl Writer {
                 self.journal.broken = Some(reason);
             }
         }
-    }
-
-    fn put_mark(&self, txn: &redb::WriteTransaction, mark: JournalMark) -> Result<(), StoreError> {
-        let mut meta = txn.open_table(META)?;
-        meta.insert(META_JOURNAL, encode(&mark).as_slice())?;
-        Ok(())
     }
 
     /// Puts every batch of a group into `txn` (see [`apply_batches`]).
@@ -604,7 +588,7 @@ impl Writer {
             }
             // A durable commit: replay starts after everything written so far.
             let from = (self.segments.segment(), self.segments.end());
-            self.put_mark(&txn, self.journal.mark(self.journal.seq, from))?;
+            put_journal_mark(&txn, JournalMark::at(self.journal.seq, from))?;
             txn.commit()?;
             self.journal.from = from;
             self.journal.groups_since = 0;
@@ -800,20 +784,19 @@ pub(crate) fn replay_journal(
         Ok(())
     })?;
     segments.sync()?;
-    {
-        let mut meta = txn.open_table(META)?;
-        let mark = JournalMark {
-            seq,
-            segment: segments.segment(),
-            offset: segments.end(),
-        };
-        meta.insert(META_JOURNAL, encode(&mark).as_slice())?;
-    }
+    put_journal_mark(&txn, JournalMark::at(seq, (segments.segment(), segments.end())))?;
     txn.commit()?;
     if replayed > 0 {
         info!(groups = replayed, last = seq, "replayed the commit journal");
     }
     Ok(replayed)
+}
+
+/// Stores the journal mark of the commit `txn` will make (`store/journal.rs`).
+fn put_journal_mark(txn: &redb::WriteTransaction, mark: JournalMark) -> Result<(), StoreError> {
+    let mut meta = txn.open_table(META)?;
+    meta.insert(META_JOURNAL, encode(&mark).as_slice())?;
+    Ok(())
 }
 
 /// The table handle of `table`, opened on first use within a group.

@@ -55,6 +55,17 @@ pub struct JournalMark {
     pub offset: u64,
 }
 
+impl JournalMark {
+    /// The mark of a commit holding groups up to `seq`, replayed from `from` (segment, offset).
+    pub fn at(seq: u64, from: (u32, u64)) -> Self {
+        JournalMark {
+            seq,
+            segment: from.0,
+            offset: from.1,
+        }
+    }
+}
+
 /// A group record read back from a segment.
 pub struct GroupRecord {
     pub seq: u64,

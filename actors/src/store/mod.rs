@@ -255,7 +255,7 @@ impl Store {
         // Groups a crash left in the journal only (their records synced, their commits not).
         let counters = match crate::commit_group::replay_journal(&db, &disk, dir)? {
             0 => counters,
-            _ => read_counters(&db).map_err(|e| corrupt(&e))?,
+            _ => read_meta::<CounterState>(&db, META_COUNTERS, "node counters").map_err(|e| corrupt(&e))?,
         };
         Ok(Store {
             db,
@@ -549,23 +549,17 @@ impl Snapshot<'_> {
 
 /// The journal mark of the store's last commit; a store from before the journal has none.
 pub(crate) fn read_journal_mark(db: &Database) -> Result<journal::JournalMark, StoreError> {
-    let txn = db.begin_read()?;
-    let meta = txn.open_table(META)?;
-    let found = meta.get(META_JOURNAL)?.map(|v| v.value().to_vec());
-    match found {
-        Some(bytes) => decode(&bytes, "journal mark"),
-        None => Ok(journal::JournalMark::default()),
-    }
+    read_meta(db, META_JOURNAL, "journal mark")
 }
 
-/// The node counters as committed.
-fn read_counters(db: &Database) -> Result<CounterState, StoreError> {
+/// A value of the `meta` table as committed, or its default if there is none.
+fn read_meta<T: DeserializeOwned + Default>(db: &Database, key: &[u8], what: &str) -> Result<T, StoreError> {
     let txn = db.begin_read()?;
     let meta = txn.open_table(META)?;
-    let found = meta.get(META_COUNTERS)?.map(|v| v.value().to_vec());
+    let found = meta.get(key)?.map(|v| v.value().to_vec());
     match found {
-        Some(bytes) => decode(&bytes, "node counters"),
-        None => Ok(CounterState::default()),
+        Some(bytes) => decode(&bytes, what),
+        None => Ok(T::default()),
     }
 }
 
