@@ -131,35 +131,8 @@ fn system_flags(bits: u8) -> Vec<Flag> {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::store::uid_row::tests::record_at as record;
     use crate::store::uid_row::{encode, UidRow};
-    use mailmesh_protocol::ids::{AppendId, Guid, NodeId};
-    use mailmesh_protocol::merge::Lww;
-    use mailmesh_protocol::records::MessageRecord;
-    use mailmesh_protocol::version::Version;
-
-    fn record(uid: u32, flags: &[&str]) -> MessageRecord {
-        let node = NodeId::new("n").unwrap();
-        let version = Version {
-            counter: 1,
-            node: node.clone(),
-        };
-        let mut record = MessageRecord {
-            append_id: AppendId {
-                origin: node,
-                counter: u64::from(uid),
-            },
-            uid: Lww::new(Uid(uid), version.clone()),
-            guid: Guid([0; 32]),
-            size: 10,
-            internaldate: 0,
-            flags: Default::default(),
-            expunged: None,
-        };
-        for f in flags {
-            record.write_flag(Flag::new(f).unwrap(), true, version.clone());
-        }
-        record
-    }
 
     fn message(uid: u32, modseq: u64, flags: &[&str]) -> MessageFlags {
         MessageFlags {

@@ -152,13 +152,14 @@ pub fn encode(record: &MessageRecord, modseq: ModSeq, shown: bool) -> Vec<u8> {
 }
 
 #[cfg(test)]
-mod tests {
+pub(crate) mod tests {
     use super::*;
     use mailmesh_protocol::ids::{AppendId, Guid, NodeId, Uid};
     use mailmesh_protocol::merge::Lww;
     use mailmesh_protocol::version::Version;
 
-    fn record(flags: &[&str]) -> MessageRecord {
+    /// A record at `uid` with `flags` set (the shown index's tests build rows from it too).
+    pub(crate) fn record_at(uid: u32, flags: &[&str]) -> MessageRecord {
         let node = NodeId::new("n").unwrap();
         let version = Version {
             counter: 1,
@@ -167,9 +168,9 @@ mod tests {
         let mut record = MessageRecord {
             append_id: AppendId {
                 origin: node,
-                counter: 1,
+                counter: u64::from(uid),
             },
-            uid: Lww::new(Uid(7), version.clone()),
+            uid: Lww::new(Uid(uid), version.clone()),
             guid: Guid([0; 32]),
             size: 10,
             internaldate: 0,
@@ -180,6 +181,10 @@ mod tests {
             record.write_flag(Flag::new(f).unwrap(), true, version.clone());
         }
         record
+    }
+
+    fn record(flags: &[&str]) -> MessageRecord {
+        record_at(7, flags)
     }
 
     #[test]
