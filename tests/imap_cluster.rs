@@ -11,7 +11,7 @@ use std::net::TcpStream;
 use support::cluster::{
     cluster_specs, create_everywhere, eventually, op_ok, set_flags, write_mesh_configs, NodeSpec,
 };
-use support::{lmtp_deliver, mailmesh, DEADLINE};
+use support::{lmtp_deliver, mailmesh, Running, DEADLINE};
 
 fn password_hash() -> String {
     let mut child = mailmesh(&["user", "hash"])
@@ -101,17 +101,42 @@ fn two_mail_nodes(root: &std::path::Path) -> Vec<NodeSpec> {
     specs
 }
 
-#[test]
-fn a_client_idling_on_one_node_is_told_of_changes_replicated_from_another() {
-    let tmp = tempfile::TempDir::new().unwrap();
-    let specs = two_mail_nodes(tmp.path());
+/// [`two_mail_nodes`] running, with the addresses their listeners logged, and alice's INBOX made
+/// on n1 and replicated, so both nodes hold the same mailbox.
+struct TwoMailNodes {
+    specs: Vec<NodeSpec>,
+    /// Kept so that both nodes run until the test ends.
+    _running: [Running; 2],
+    lmtp1: String,
+    imap1: String,
+    imap2: String,
+}
+
+fn start_two_mail_nodes(root: &std::path::Path) -> TwoMailNodes {
+    let specs = two_mail_nodes(root);
     let (n1, n2) = (&specs[0], &specs[1]);
     let mut r1 = n1.start();
     let mut r2 = n2.start();
     let lmtp1 = address(&r1.wait_for_stderr("protocol=\"lmtp\""));
+    let imap1 = address(&r1.wait_for_stderr("protocol=\"imap\""));
     let imap2 = address(&r2.wait_for_stderr("protocol=\"imap\""));
-    // One INBOX, made on n1 and replicated, so both nodes hold the same mailbox.
     create_everywhere(n1, &[n1, n2], "alice", "INBOX");
+    TwoMailNodes {
+        specs,
+        _running: [r1, r2],
+        lmtp1,
+        imap1,
+        imap2,
+    }
+}
+
+#[test]
+fn a_client_idling_on_one_node_is_told_of_changes_replicated_from_another() {
+    let tmp = tempfile::TempDir::new().unwrap();
+    let nodes = start_two_mail_nodes(tmp.path());
+    let n1 = &nodes.specs[0];
+    let lmtp1 = nodes.lmtp1.clone();
+    let imap2 = nodes.imap2.clone();
 
     let mut imap = Imap::connect(&imap2);
     assert!(imap
@@ -146,14 +171,11 @@ fn a_client_idling_on_one_node_is_told_of_changes_replicated_from_another() {
 #[test]
 fn a_client_failing_over_to_another_node_gets_a_full_qresync() {
     let tmp = tempfile::TempDir::new().unwrap();
-    let specs = two_mail_nodes(tmp.path());
-    let (n1, n2) = (&specs[0], &specs[1]);
-    let mut r1 = n1.start();
-    let mut r2 = n2.start();
-    let lmtp1 = address(&r1.wait_for_stderr("protocol=\"lmtp\""));
-    let imap1 = address(&r1.wait_for_stderr("protocol=\"imap\""));
-    let imap2 = address(&r2.wait_for_stderr("protocol=\"imap\""));
-    create_everywhere(n1, &[n1, n2], "alice", "INBOX");
+    let nodes = start_two_mail_nodes(tmp.path());
+    let (n1, n2) = (&nodes.specs[0], &nodes.specs[1]);
+    let lmtp1 = nodes.lmtp1.clone();
+    let imap1 = nodes.imap1.clone();
+    let imap2 = nodes.imap2.clone();
     for subject in ["one", "two", "three"] {
         assert!(lmtp_deliver(&lmtp1, "alice@example.org", subject).starts_with("250"));
     }
@@ -212,13 +234,9 @@ fn a_client_failing_over_to_another_node_gets_a_full_qresync() {
 #[test]
 fn an_annotation_set_on_one_node_is_read_by_getmetadata_on_the_other() {
     let tmp = tempfile::TempDir::new().unwrap();
-    let specs = two_mail_nodes(tmp.path());
-    let (n1, n2) = (&specs[0], &specs[1]);
-    let mut r1 = n1.start();
-    let mut r2 = n2.start();
-    let imap1 = address(&r1.wait_for_stderr("protocol=\"imap\""));
-    let imap2 = address(&r2.wait_for_stderr("protocol=\"imap\""));
-    create_everywhere(n1, &[n1, n2], "alice", "INBOX");
+    let nodes = start_two_mail_nodes(tmp.path());
+    let imap1 = nodes.imap1.clone();
+    let imap2 = nodes.imap2.clone();
 
     let mut on1 = Imap::connect(&imap1);
     on1.command("a1", "LOGIN alice pw");
@@ -266,14 +284,11 @@ fn an_annotation_set_on_one_node_is_read_by_getmetadata_on_the_other() {
 #[test]
 fn a_moved_message_keeps_its_emailid_on_its_node_and_on_the_peer() {
     let tmp = tempfile::TempDir::new().unwrap();
-    let specs = two_mail_nodes(tmp.path());
-    let (n1, n2) = (&specs[0], &specs[1]);
-    let mut r1 = n1.start();
-    let mut r2 = n2.start();
-    let lmtp1 = address(&r1.wait_for_stderr("protocol=\"lmtp\""));
-    let imap1 = address(&r1.wait_for_stderr("protocol=\"imap\""));
-    let imap2 = address(&r2.wait_for_stderr("protocol=\"imap\""));
-    create_everywhere(n1, &[n1, n2], "alice", "INBOX");
+    let nodes = start_two_mail_nodes(tmp.path());
+    let (n1, n2) = (&nodes.specs[0], &nodes.specs[1]);
+    let lmtp1 = nodes.lmtp1.clone();
+    let imap1 = nodes.imap1.clone();
+    let imap2 = nodes.imap2.clone();
     create_everywhere(n1, &[n1, n2], "alice", "Work");
     assert!(lmtp_deliver(&lmtp1, "alice@example.org", "to be moved").starts_with("250"));
 
