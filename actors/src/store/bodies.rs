@@ -323,7 +323,7 @@ impl SegmentWriter {
         match self.take_pending() {
             Some(job) => {
                 let result = job.run();
-                self.finish(job, result)
+                self.finish(job.start(), result)
             }
             None => Ok(()),
         }
@@ -331,8 +331,8 @@ impl SegmentWriter {
 
     /// Takes the queued entries to be written and fdatasynced by [`SegmentSync::run`], which may
     /// run on another thread while the caller goes on (the commit group builds its transaction
-    /// meanwhile). Entries queued after this land behind them. Hand the job and its result back
-    /// to [`SegmentWriter::finish`].
+    /// meanwhile). Entries queued after this land behind them. Hand the job's start and its
+    /// result to [`SegmentWriter::finish`].
     pub fn take_pending(&mut self) -> Option<SegmentSync> {
         if self.pending.is_empty() {
             return None;
@@ -357,11 +357,12 @@ impl SegmentWriter {
         })
     }
 
-    /// Records how a [`SegmentSync`] ended. On failure the file is cut back to where it was
-    /// before the job and everything queued since is dropped: nothing may name those entries.
-    pub fn finish(&mut self, job: SegmentSync, result: Result<(), StoreError>) -> Result<(), StoreError> {
+    /// Records how the [`SegmentSync`] that began at `start` ([`SegmentSync::start`]) ended. On
+    /// failure the file is cut back to where it was before the job and everything queued since
+    /// is dropped: nothing may name those entries.
+    pub fn finish(&mut self, start: u64, result: Result<(), StoreError>) -> Result<(), StoreError> {
         if let Err(e) = result {
-            self.rewind(job.offset)?;
+            self.rewind(start)?;
             return Err(e);
         }
         Ok(())
@@ -460,6 +461,11 @@ pub struct SegmentSync {
 }
 
 impl SegmentSync {
+    /// The segment offset its entries start at.
+    pub fn start(&self) -> u64 {
+        self.offset
+    }
+
     /// One write (two when zeros go ahead) and one fdatasync.
     pub fn run(&self) -> Result<(), StoreError> {
         let end = self.offset + self.bytes.len() as u64;
