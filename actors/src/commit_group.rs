@@ -600,10 +600,6 @@ impl Writer {
     }
 }
 
-/// Puts every batch of a group into `txn`: the per-batch results, and whether a body went to
-/// the shared spool. A new body takes its place in `prewritten` (queued on the segment by
-/// `write_group`), else it is queued now.
-#[allow(clippy::too_many_arguments)]
 /// Runs a segment's write and fdatasync on another thread while `meanwhile` runs on this one,
 /// and returns both results.
 ///
@@ -629,6 +625,10 @@ fn alongside_sync<T>(job: SegmentSync, meanwhile: impl FnOnce() -> T) -> (T, Res
     }
 }
 
+/// Puts every batch of a group into `txn`: the per-batch results, and whether a body went to
+/// the shared spool. A new body takes its place in `prewritten` (queued on the segment by
+/// `write_group`), else it is queued now.
+#[allow(clippy::too_many_arguments)]
 pub(crate) fn apply_batches(
     txn: &redb::WriteTransaction,
     spool: Option<&std::path::Path>,
