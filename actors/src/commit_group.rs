@@ -605,9 +605,8 @@ impl Writer {
 ///
 /// The other thread is one of tokio's blocking pool, which keeps its idle threads: a thread
 /// spawned per group took longer to start (over 200 µs on a busy 2-core machine) than the sync
-/// itself, and sat on the group's critical path. Outside a runtime, a scoped thread does it.
+/// itself, and sat on the group's critical path.
 fn alongside_sync<T>(job: SegmentSync, meanwhile: impl FnOnce() -> T) -> (T, Result<(), StoreError>) {
-    let panicked = || Err(StoreError::Commit("the segment sync thread panicked".into()));
     match tokio::runtime::Handle::try_current() {
         Ok(runtime) => {
             let (done, synced) = std::sync::mpsc::sync_channel(1);
@@ -615,13 +614,16 @@ fn alongside_sync<T>(job: SegmentSync, meanwhile: impl FnOnce() -> T) -> (T, Res
                 let _ = done.send(job.run());
             });
             let built = meanwhile();
-            (built, synced.recv().unwrap_or_else(|_| panicked()))
+            let synced = synced
+                .recv()
+                .unwrap_or_else(|_| Err(StoreError::Commit("the segment sync thread panicked".into())));
+            (built, synced)
         }
-        Err(_) => std::thread::scope(|scope| {
-            let sync = scope.spawn(|| job.run());
-            let built = meanwhile();
-            (built, sync.join().unwrap_or_else(|_| panicked()))
-        }),
+        // A node's flushes all run inside actix's runtime; without one, one after the other.
+        Err(_) => {
+            let synced = job.run();
+            (meanwhile(), synced)
+        }
     }
 }
 
