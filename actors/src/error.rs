@@ -17,6 +17,11 @@ pub enum StoreError {
         found: String,
         configured: String,
     },
+    #[error(
+        "store file {path} is of format {found}, newer than this build of mailmesh reads (up to \
+         {known}); run the newer mailmesh that wrote it"
+    )]
+    NewerFormat { path: String, found: u32, known: u32 },
     #[error("I/O error on {path}: {source}")]
     Io { path: String, source: std::io::Error },
     #[error("storage error: {0}")]

@@ -11,7 +11,7 @@ use mailmesh_actors::commit_group::Compact;
 use mailmesh_actors::directory::{DeleteMailbox, ListMailboxes};
 use mailmesh_actors::mailbox::*;
 use mailmesh_actors::node::LocalNode;
-use mailmesh_actors::store::Store;
+use mailmesh_actors::store::{Store, STORE_FORMAT};
 use mailmesh_actors::uid_set::UidSet;
 use mailmesh_actors::{MailError, StoreError};
 use mailmesh_protocol::ids::{NodeId, Uid};
@@ -179,6 +179,63 @@ fn in_use_and_wrong_node_are_refused() {
         err.to_string().contains("test-node") && err.to_string().contains("other-node"),
         "{err}"
     );
+}
+
+/// Sets (or, with `None`, removes) the format key of the store in `dir`, as another build would
+/// have left it.
+fn set_store_format(dir: &std::path::Path, format: Option<u32>) {
+    let meta: redb::TableDefinition<&[u8], &[u8]> = redb::TableDefinition::new("meta");
+    let db = redb::Database::open(dir.join("store.redb")).unwrap();
+    let txn = db.begin_write().unwrap();
+    {
+        let mut table = txn.open_table(meta).unwrap();
+        match format {
+            Some(format) => {
+                table
+                    .insert(b"format".as_slice(), format.to_be_bytes().as_slice())
+                    .unwrap();
+            }
+            None => {
+                table.remove(b"format".as_slice()).unwrap();
+            }
+        }
+    }
+    txn.commit().unwrap();
+}
+
+fn store_format(dir: &std::path::Path) -> Option<u32> {
+    use redb::{ReadableDatabase, ReadableTable};
+    let meta: redb::TableDefinition<&[u8], &[u8]> = redb::TableDefinition::new("meta");
+    let db = redb::Database::open(dir.join("store.redb")).unwrap();
+    let txn = db.begin_read().unwrap();
+    let table = txn.open_table(meta).unwrap();
+    let found = table.get(b"format".as_slice()).unwrap();
+    found.map(|v| u32::from_be_bytes(v.value().try_into().unwrap()))
+}
+
+#[test]
+fn a_store_of_a_newer_format_is_refused_and_an_older_one_upgraded() {
+    let dir = tempfile::tempdir().unwrap();
+    let node = NodeId::new("test-node").unwrap();
+    drop(Store::open(dir.path(), &node).unwrap());
+    assert_eq!(store_format(dir.path()), Some(STORE_FORMAT));
+
+    // A newer build wrote it: refused, saying which formats, and left as it was.
+    set_store_format(dir.path(), Some(STORE_FORMAT + 1));
+    let err = Store::open(dir.path(), &node).err().unwrap();
+    assert!(matches!(err, StoreError::NewerFormat { .. }), "{err:?}");
+    let text = err.to_string();
+    assert!(
+        text.contains(&format!("format {}", STORE_FORMAT + 1))
+            && text.contains(&format!("up to {STORE_FORMAT}")),
+        "{text}"
+    );
+    assert_eq!(store_format(dir.path()), Some(STORE_FORMAT + 1));
+
+    // A store from before formats were recorded (format 1) opens and is marked as this one's.
+    set_store_format(dir.path(), None);
+    drop(Store::open(dir.path(), &node).unwrap());
+    assert_eq!(store_format(dir.path()), Some(STORE_FORMAT));
 }
 
 #[test]

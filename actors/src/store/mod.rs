@@ -118,6 +118,17 @@ pub(crate) const META_NODE: &[u8] = b"node";
 pub(crate) const META_COUNTERS: &[u8] = b"counters";
 /// The [`journal::JournalMark`] of the last commit.
 pub(crate) const META_JOURNAL: &[u8] = b"journal";
+/// The store's format ([`STORE_FORMAT`]), a big-endian u32.
+pub(crate) const META_FORMAT: &[u8] = b"format";
+
+/// The newest store format this build reads and the one it writes. A build refuses a store
+/// of a newer format instead of misreading it: a build from before the group journal would open
+/// a store with journal records past its last durable commit and silently lose those
+/// acknowledged groups, as it does not know to replay them.
+///
+/// 1: before the group journal (stores of then carry no format key).
+/// 2: the group journal (`store/journal.rs`).
+pub const STORE_FORMAT: u32 = 2;
 
 /// The node-wide counters, persisted with every commit.
 #[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
@@ -239,6 +250,27 @@ impl Store {
                     meta.insert(META_NODE, node.as_str().as_bytes())
                         .map_err(|e| corrupt(&e))?;
                 }
+            }
+            let format = meta
+                .get(META_FORMAT)
+                .map_err(|e| corrupt(&e))?
+                .map(|v| v.value().to_vec());
+            let format = match format.as_deref() {
+                None => 1,
+                Some(bytes) => <[u8; 4]>::try_from(bytes)
+                    .map(u32::from_be_bytes)
+                    .map_err(|_| corrupt(&"the store format is not a 4-byte number"))?,
+            };
+            if format > STORE_FORMAT {
+                return Err(StoreError::NewerFormat {
+                    path: shown,
+                    found: format,
+                    known: STORE_FORMAT,
+                });
+            }
+            if format < STORE_FORMAT {
+                meta.insert(META_FORMAT, STORE_FORMAT.to_be_bytes().as_slice())
+                    .map_err(|e| corrupt(&e))?;
             }
             let counters = meta
                 .get(META_COUNTERS)
