@@ -204,7 +204,7 @@ fn set_store_format(dir: &std::path::Path, format: Option<u32>) {
 }
 
 fn store_format(dir: &std::path::Path) -> Option<u32> {
-    use redb::{ReadableDatabase, ReadableTable};
+    use redb::ReadableDatabase;
     let meta: redb::TableDefinition<&[u8], &[u8]> = redb::TableDefinition::new("meta");
     let db = redb::Database::open(dir.join("store.redb")).unwrap();
     let txn = db.begin_read().unwrap();
