@@ -5,11 +5,11 @@
 
 mod support;
 
-use std::io::Write;
 use std::path::Path;
-use std::process::{Command, Stdio};
+use std::process::Command;
 
-use support::{mailmesh, start_node, Running};
+use support::imap_node::ImapNode;
+use support::mailmesh;
 
 /// The Python side: one scenario per call, results as one JSON object on stdout.
 const CLIENT: &str = r#"
@@ -771,69 +771,15 @@ elif scenario == 'create_special_use':
 print(json.dumps(out))
 "#;
 
-struct ImapNode {
-    tmp: tempfile::TempDir,
-    node: Running,
-    lmtp: String,
-}
-
-/// The address in a node's "listening" log line.
-fn address(line: &str) -> String {
-    line.split_whitespace()
-        .find_map(|w| w.strip_prefix("address="))
-        .unwrap_or_else(|| panic!("no address in {line:?}"))
-        .trim_matches('"')
-        .to_string()
-}
-
 /// A node `n1` with user alice (password "secret"), `[lmtp]` and `[imap]` (`imap` is the
 /// section's body), each on a port the kernel picks (read back from the log).
 fn imap_node(imap: &str) -> ImapNode {
-    imap_node_with(imap, "")
+    ImapNode::start(imap, "")
 }
 
 /// [`imap_node`] with more of the config (`extra`: whole sections).
 fn imap_node_with(imap: &str, extra: &str) -> ImapNode {
-    let tmp = tempfile::TempDir::new().unwrap();
-    let data = tmp.path().join("data");
-    let hash = password_hash("secret");
-    let text = format!(
-        "[node]\nname = \"n1\"\n\n[storage]\ndata_dir = {:?}\n\n[lmtp]\nlisten = \"127.0.0.1:0\"\n\n\
-         [imap]\n{imap}\n\n[[users]]\nname = \"alice\"\npassword_hash = {hash:?}\n\n\
-         [[users]]\nname = \"bob\"\npassword_hash = {hash:?}\n\n{extra}\n",
-        data.to_str().unwrap()
-    );
-    let config = tmp.path().join("node.toml");
-    std::fs::write(&config, text).unwrap();
-    let mut node = start_node(&config);
-    let lmtp = address(&node.wait_for_stderr("protocol=\"lmtp\""));
-    ImapNode { tmp, node, lmtp }
-}
-
-impl ImapNode {
-    /// The address of the `n`-th IMAP listener (1: `listen`, 2: `listen_tls` when both are set).
-    fn imap(&mut self, n: usize) -> String {
-        address(&self.node.wait_for_stderr_count("protocol=\"imap\"", n))
-    }
-}
-
-/// `mailmesh user hash` with `password` on stdin.
-fn password_hash(password: &str) -> String {
-    let mut child = mailmesh(&["user", "hash"])
-        .stdin(Stdio::piped())
-        .stdout(Stdio::piped())
-        .stderr(Stdio::piped())
-        .spawn()
-        .unwrap();
-    child
-        .stdin
-        .take()
-        .unwrap()
-        .write_all(format!("{password}\n").as_bytes())
-        .unwrap();
-    let out = child.wait_with_output().unwrap();
-    assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
-    String::from_utf8(out.stdout).unwrap().trim().to_string()
+    ImapNode::start(imap, extra)
 }
 
 /// Runs the Python client's `scenario` against `target`.

@@ -11,27 +11,7 @@ use std::net::TcpStream;
 use support::cluster::{
     cluster_specs, create_everywhere, eventually, op_ok, set_flags, write_mesh_configs, NodeSpec,
 };
-use support::{lmtp_deliver, mailmesh, Running, DEADLINE};
-
-fn password_hash() -> String {
-    let mut child = mailmesh(&["user", "hash"])
-        .stdin(std::process::Stdio::piped())
-        .stdout(std::process::Stdio::piped())
-        .spawn()
-        .unwrap();
-    child.stdin.take().unwrap().write_all(b"pw\n").unwrap();
-    let out = child.wait_with_output().unwrap();
-    assert!(out.status.success());
-    String::from_utf8(out.stdout).unwrap().trim().to_string()
-}
-
-fn address(line: &str) -> String {
-    line.split_whitespace()
-        .find_map(|w| w.strip_prefix("address="))
-        .unwrap()
-        .trim_matches('"')
-        .to_string()
-}
+use support::{address, lmtp_deliver, password_hash, Running, DEADLINE};
 
 struct Imap {
     writer: TcpStream,
@@ -89,7 +69,7 @@ impl Imap {
 fn two_mail_nodes(root: &std::path::Path) -> Vec<NodeSpec> {
     let specs = cluster_specs(root, &["n1", "n2"]);
     write_mesh_configs(&specs);
-    let hash = password_hash();
+    let hash = password_hash("pw");
     for spec in &specs {
         let mut text = std::fs::read_to_string(spec.config_path()).unwrap();
         text.push_str(&format!(

@@ -14,7 +14,7 @@ use std::process::Command;
 use support::cluster::{
     cluster_specs, converged, listing, op_ok, write_atomically, write_mesh_configs, NodeSpec,
 };
-use support::{lmtp_deliver, mailmesh, Running, DEADLINE};
+use support::{address, lmtp_deliver, password_hash, Running, DEADLINE};
 
 /// The Python side of a proxied session: LOGIN, SELECT, FETCH of the subjects, APPEND, LOGOUT;
 /// the answers as one JSON object on stdout.
@@ -52,26 +52,6 @@ fn imaplib_session(target: &str, subject: &str) -> String {
         String::from_utf8_lossy(&out.stderr)
     );
     String::from_utf8(out.stdout).unwrap()
-}
-
-fn password_hash() -> String {
-    let mut child = mailmesh(&["user", "hash"])
-        .stdin(std::process::Stdio::piped())
-        .stdout(std::process::Stdio::piped())
-        .spawn()
-        .unwrap();
-    child.stdin.take().unwrap().write_all(b"pw\n").unwrap();
-    let out = child.wait_with_output().unwrap();
-    assert!(out.status.success());
-    String::from_utf8(out.stdout).unwrap().trim().to_string()
-}
-
-fn address(line: &str) -> String {
-    line.split_whitespace()
-        .find_map(|w| w.strip_prefix("address="))
-        .unwrap()
-        .trim_matches('"')
-        .to_string()
 }
 
 /// A raw IMAP connection read line by line (the socket's read timeout is the deadline).
@@ -126,7 +106,7 @@ impl Imap {
 fn two_mail_nodes(root: &std::path::Path, listen_tls: bool) -> Vec<NodeSpec> {
     let specs = cluster_specs(root, &["n1", "n2"]);
     write_mesh_configs(&specs);
-    let hash = password_hash();
+    let hash = password_hash("pw");
     for spec in &specs {
         let mut text = std::fs::read_to_string(spec.config_path()).unwrap();
         let cert = spec.certs.join(format!("{}.pem", spec.cert_name));

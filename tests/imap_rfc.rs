@@ -32,7 +32,8 @@
 mod support;
 
 use support::imap_lines::Conn;
-use support::imap_node::{password_hash, ImapNode};
+use support::imap_node::ImapNode;
+use support::password_hash;
 
 /// The body of message `i` of a mailbox filled by [`fill`]; SEARCH's example finds message 43
 /// by a word only it holds.

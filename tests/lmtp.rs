@@ -8,10 +8,10 @@ mod support;
 use std::io::{Read, Write};
 use std::net::TcpStream;
 use std::path::{Path, PathBuf};
-use std::process::{Command, Stdio};
+use std::process::Command;
 use std::time::{Duration, Instant};
 
-use support::{mailmesh, op, start_node, Running, DEADLINE};
+use support::{mailmesh, op, password_hash, start_node, Running, DEADLINE};
 
 /// The Python side: one scenario per call, results as one JSON object on stdout.
 const CLIENT: &str = r#"
@@ -138,27 +138,6 @@ fn lmtp_node(lmtp_extra: &str, limits: &str, unix: bool) -> LmtpNode {
         node,
         target,
     }
-}
-
-/// `mailmesh user hash` with `password` on stdin.
-fn password_hash(password: &str) -> String {
-    let mut child = mailmesh(&["user", "hash"])
-        .stdin(Stdio::piped())
-        .stdout(Stdio::piped())
-        .stderr(Stdio::piped())
-        .spawn()
-        .unwrap();
-    child
-        .stdin
-        .take()
-        .unwrap()
-        .write_all(format!("{password}\n").as_bytes())
-        .unwrap();
-    let out = child.wait_with_output().unwrap();
-    assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
-    let hash = String::from_utf8(out.stdout).unwrap().trim().to_string();
-    assert!(hash.starts_with("$argon2id$"), "{hash}");
-    hash
 }
 
 /// Runs the Python client's `scenario` against `target`.

@@ -11,26 +11,14 @@ use support::cluster::{
     cluster_specs, converged, create_everywhere, eventually, listing, mailbox_lines, op_ok,
     write_mesh_configs,
 };
-use support::{lmtp_deliver, mailmesh, DEADLINE};
-
-fn password_hash() -> String {
-    let mut child = mailmesh(&["user", "hash"])
-        .stdin(std::process::Stdio::piped())
-        .stdout(std::process::Stdio::piped())
-        .spawn()
-        .unwrap();
-    child.stdin.take().unwrap().write_all(b"pw\n").unwrap();
-    let out = child.wait_with_output().unwrap();
-    assert!(out.status.success());
-    String::from_utf8(out.stdout).unwrap().trim().to_string()
-}
+use support::{lmtp_deliver, password_hash, DEADLINE};
 
 #[test]
 fn a_script_set_on_one_node_files_deliveries_on_another() {
     let tmp = tempfile::TempDir::new().unwrap();
     let specs = cluster_specs(tmp.path(), &["n1", "n2"]);
     write_mesh_configs(&specs);
-    let hash = password_hash();
+    let hash = password_hash("pw");
     for spec in &specs {
         let mut text = std::fs::read_to_string(spec.config_path()).unwrap();
         text.push_str(&format!(
@@ -106,7 +94,7 @@ fn a_script_uploaded_over_managesieve_on_one_node_files_deliveries_on_another() 
     let tmp = tempfile::TempDir::new().unwrap();
     let specs = cluster_specs(tmp.path(), &["n1", "n2"]);
     write_mesh_configs(&specs);
-    let hash = password_hash();
+    let hash = password_hash("pw");
     for spec in &specs {
         let mut text = std::fs::read_to_string(spec.config_path()).unwrap();
         text.push_str(&format!(
@@ -201,7 +189,7 @@ fn a_fileinto_to_a_mailbox_held_elsewhere_is_kept_and_a_refused_delivery_writes_
     let tmp = tempfile::TempDir::new().unwrap();
     let specs = cluster_specs(tmp.path(), &["n1", "n2"]);
     write_mesh_configs(&specs);
-    let hash = password_hash();
+    let hash = password_hash("pw");
     for spec in &specs {
         let mut text = std::fs::read_to_string(spec.config_path()).unwrap();
         text.push_str(&format!(

@@ -6,11 +6,10 @@
 
 mod support;
 
-use std::io::Write;
 use std::path::{Path, PathBuf};
-use std::process::{Command, Stdio};
+use std::process::Command;
 
-use support::{mailmesh, op, start_node, Running};
+use support::{address, mailmesh, op, password_hash, start_node, Running};
 
 /// The Python side: one scenario per call, results as one JSON object on stdout.
 const CLIENT: &str = r#"
@@ -248,15 +247,6 @@ struct SieveNode {
     metrics: String,
 }
 
-/// The address in a node's "listening" or "metrics endpoint ready" log line.
-fn address(line: &str) -> String {
-    line.split_whitespace()
-        .find_map(|w| w.strip_prefix("address=").or_else(|| w.strip_prefix("addr=")))
-        .unwrap_or_else(|| panic!("no address in {line:?}"))
-        .trim_matches('"')
-        .to_string()
-}
-
 /// A node `n1` with user alice (password "secret"), `[lmtp]`, `[managesieve]` (plus
 /// `extra`) and `[metrics]`, each on a port the kernel picks (read back from the log).
 fn sieve_node(extra: &str) -> SieveNode {
@@ -283,25 +273,6 @@ fn sieve_node(extra: &str) -> SieveNode {
         lmtp,
         metrics,
     }
-}
-
-/// `mailmesh user hash` with `password` on stdin.
-fn password_hash(password: &str) -> String {
-    let mut child = mailmesh(&["user", "hash"])
-        .stdin(Stdio::piped())
-        .stdout(Stdio::piped())
-        .stderr(Stdio::piped())
-        .spawn()
-        .unwrap();
-    child
-        .stdin
-        .take()
-        .unwrap()
-        .write_all(format!("{password}\n").as_bytes())
-        .unwrap();
-    let out = child.wait_with_output().unwrap();
-    assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
-    String::from_utf8(out.stdout).unwrap().trim().to_string()
 }
 
 /// Runs the Python client's `scenario` against `target`.

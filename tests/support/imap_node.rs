@@ -1,12 +1,9 @@
 //! A node with `[imap]` and `[lmtp]` on ports the kernel picks, and users alice and bob (password
-//! "secret"), for the IMAP process tests that are not tests/imap.rs (that file keeps its own copy
-//! of these lines, next to its Python client).
+//! "secret"), for the IMAP process tests.
 
-use std::io::Write;
 use std::path::{Path, PathBuf};
-use std::process::Stdio;
 
-use super::{mailmesh, start_node, Running};
+use super::{address, mailmesh, password_hash, start_node, Running};
 
 pub struct ImapNode {
     pub tmp: tempfile::TempDir,
@@ -42,34 +39,6 @@ impl ImapNode {
     pub fn config(&self) -> PathBuf {
         self.tmp.path().join("node.toml")
     }
-}
-
-/// The address in a node's "listening" log line.
-pub fn address(line: &str) -> String {
-    line.split_whitespace()
-        .find_map(|w| w.strip_prefix("address="))
-        .unwrap_or_else(|| panic!("no address in {line:?}"))
-        .trim_matches('"')
-        .to_string()
-}
-
-/// `mailmesh user hash` with `password` on stdin.
-pub fn password_hash(password: &str) -> String {
-    let mut child = mailmesh(&["user", "hash"])
-        .stdin(Stdio::piped())
-        .stdout(Stdio::piped())
-        .stderr(Stdio::piped())
-        .spawn()
-        .unwrap();
-    child
-        .stdin
-        .take()
-        .unwrap()
-        .write_all(format!("{password}\n").as_bytes())
-        .unwrap();
-    let out = child.wait_with_output().unwrap();
-    assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
-    String::from_utf8(out.stdout).unwrap().trim().to_string()
 }
 
 /// A CA (`dir/ca/ca.pem`) and a certificate for `n1` signed by it (`dir/n1.pem`, `dir/n1.key`),

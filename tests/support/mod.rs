@@ -8,7 +8,7 @@
 //! Each file includes this module with `mod support;`; each uses only some of it.
 #![allow(dead_code)]
 
-use std::io::{BufRead, BufReader, Read};
+use std::io::{BufRead, BufReader, Read, Write};
 use std::path::{Path, PathBuf};
 use std::process::{Child, Command, ExitStatus, Stdio};
 use std::sync::{Arc, Condvar, Mutex};
@@ -366,6 +366,35 @@ fn collect(
     });
 }
 
+/// The address in a node's log line saying a listener is ready (`address=`, or the metrics
+/// endpoint's `addr=`).
+pub fn address(line: &str) -> String {
+    line.split_whitespace()
+        .find_map(|w| w.strip_prefix("address=").or_else(|| w.strip_prefix("addr=")))
+        .unwrap_or_else(|| panic!("no address in {line:?}"))
+        .trim_matches('"')
+        .to_string()
+}
+
+/// `mailmesh user hash` with `password` on stdin: the hash for a `[[users]]` entry.
+pub fn password_hash(password: &str) -> String {
+    let mut child = mailmesh(&["user", "hash"])
+        .stdin(Stdio::piped())
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .spawn()
+        .unwrap();
+    child
+        .stdin
+        .take()
+        .unwrap()
+        .write_all(format!("{password}\n").as_bytes())
+        .unwrap();
+    let out = child.wait_with_output().unwrap();
+    assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
+    String::from_utf8(out.stdout).unwrap().trim().to_string()
+}
+
 pub mod cluster;
 pub mod imap_lines;
 pub mod imap_node;
@@ -423,7 +452,6 @@ impl Running {
 /// One LMTP transaction to `target` (host:port) for one recipient: LHLO, MAIL, RCPT, DATA with a
 /// one-line body, QUIT. Returns the final reply to DATA (the sixth of the seven final replies).
 pub fn lmtp_deliver(target: &str, to: &str, subject: &str) -> String {
-    use std::io::Write;
     let mut s = std::net::TcpStream::connect(target).unwrap();
     s.set_read_timeout(Some(DEADLINE)).unwrap();
     s.write_all(
