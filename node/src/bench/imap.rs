@@ -11,8 +11,9 @@ use std::io::{Read, Write};
 use std::net::TcpStream;
 use std::time::{Duration, Instant};
 
+use super::driver;
 use super::lmtp::{free_tcp_port, Session as LmtpSession};
-use super::nodes::{load, message, poll_until, share_out, Cluster, CpuTime, DEADLINE};
+use super::nodes::{load, message, poll_until, Cluster, CpuTime, DEADLINE};
 use crate::error::Error;
 
 /// Concurrent APPEND sessions, as the figure asks.
@@ -213,9 +214,11 @@ pub fn appends(root: &std::path::Path, count: usize, size: usize) -> Result<Appe
     }
     let cpu_before = CpuTime::of(&[&node])?;
     let start = Instant::now();
-    share_out(clients, count, |client, i| {
-        client.append("INBOX", &message(i, size))
-    })?;
+    let exchanges = clients
+        .into_iter()
+        .map(|client| client.into_appends("INBOX", size))
+        .collect::<Result<Vec<_>, _>>()?;
+    driver::drive(exchanges, count)?;
     let secs = start.elapsed().as_secs_f64();
     let cpu = CpuTime::of(&[&node])?.since(cpu_before);
     let stored: u64 = (0..APPEND_SESSIONS)
@@ -239,6 +242,45 @@ fn timed<T>(f: impl FnOnce() -> Result<T, Error>) -> Result<(f64, T), Error> {
     let start = Instant::now();
     let out = f()?;
     Ok((start.elapsed().as_secs_f64(), out))
+}
+
+/// `APPEND` of `body` with a non-synchronizing literal (LITERAL+): one write.
+fn append_command(tag: &str, mailbox: &str, body: &[u8]) -> Vec<u8> {
+    let mut out = format!("{tag} APPEND {mailbox} {{{}+}}\r\n", body.len()).into_bytes();
+    out.extend_from_slice(body);
+    out.extend_from_slice(b"\r\n");
+    out
+}
+
+/// A session's timed APPENDs, for [`driver::drive`].
+struct AppendExchange {
+    mailbox: String,
+    size: usize,
+    /// The tag of the APPEND in flight.
+    tag: String,
+}
+
+impl driver::Exchange for AppendExchange {
+    fn request(&mut self, i: usize) -> Vec<u8> {
+        self.tag = format!("t{i}");
+        append_command(&self.tag, &self.mailbox, &message(i, self.size))
+    }
+
+    fn answered(&mut self, read: &[u8]) -> Result<bool, Error> {
+        let tagged = driver::complete_lines(read).find_map(|line| {
+            line.strip_prefix(self.tag.as_bytes())
+                .and_then(|rest| rest.strip_prefix(b" "))
+        });
+        match tagged {
+            None => Ok(false),
+            Some(status) if status.starts_with(b"OK") => Ok(true),
+            Some(status) => Err(Error::Bench(format!(
+                "IMAP APPEND: {} {}",
+                self.tag,
+                String::from_utf8_lossy(status)
+            ))),
+        }
+    }
 }
 
 /// Bytes the client asks the socket for at once.
@@ -289,11 +331,24 @@ impl ImapClient {
     fn append(&mut self, mailbox: &str, body: &[u8]) -> Result<(), Error> {
         self.tag += 1;
         let tag = format!("b{}", self.tag);
-        let mut out = format!("{tag} APPEND {mailbox} {{{}+}}\r\n", body.len()).into_bytes();
-        out.extend_from_slice(body);
-        out.extend_from_slice(b"\r\n");
-        self.send(&out)?;
+        self.send(&append_command(&tag, mailbox, body))?;
         self.until_tagged(&tag, "APPEND").map(|_| ())
+    }
+
+    /// The session's socket and its timed APPENDs of `size`-byte messages to `mailbox`, for
+    /// [`driver::drive`]. Nothing may be left unread.
+    fn into_appends(self, mailbox: &str, size: usize) -> Result<(TcpStream, AppendExchange), Error> {
+        if self.start < self.buffer.len() {
+            return Err(Error::Bench(
+                "IMAP: unread answers before the timed APPENDs".into(),
+            ));
+        }
+        let exchange = AppendExchange {
+            mailbox: mailbox.to_string(),
+            size,
+            tag: String::new(),
+        };
+        Ok((self.stream, exchange))
     }
 
     fn start_idle(&mut self) -> Result<(), Error> {

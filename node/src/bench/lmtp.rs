@@ -2,13 +2,16 @@
 //! with one recipient, a transaction pipelined per write (MAIL, RCPT, DATA and the message), the
 //! next sent only after the previous one's final 250, which the node gives once the message is
 //! durable. A server that fsynced each message alone would be capped at the disk's
-//! fdatasyncs/s; the node's group commit lets concurrent sessions share them.
+//! fdatasyncs/s; the node's group commit lets concurrent sessions share them. The timed
+//! deliveries are driven from one thread ([`driver`]), so the client takes as little of the two
+//! cores as it can.
 
 use std::io::{Read, Write};
 use std::net::TcpStream;
 use std::time::Instant;
 
-use super::nodes::{message, share_out, Cluster, CpuTime, DEADLINE};
+use super::driver;
+use super::nodes::{message, Cluster, CpuTime, DEADLINE};
 use crate::error::Error;
 
 /// Concurrent sessions, as the figure asks.
@@ -50,7 +53,8 @@ pub fn deliveries(root: &std::path::Path, count: usize, size: usize) -> Result<L
     let groups_before = commit_groups(&metrics)?;
     let cpu_before = CpuTime::of(&[&node])?;
     let start = Instant::now();
-    share_out(sessions, count, |session, i| session.deliver(&message(i, size)))?;
+    let exchanges = sessions.into_iter().map(|s| s.into_exchange(size)).collect();
+    driver::drive(exchanges, count)?;
     let secs = start.elapsed().as_secs_f64();
     let cpu = CpuTime::of(&[&node])?.since(cpu_before);
     let commit_groups = commit_groups(&metrics)? - groups_before;
@@ -100,6 +104,56 @@ fn commit_groups(address: &str) -> Result<f64, Error> {
         })
 }
 
+/// One pipelined LMTP transaction for user `u{user}`: MAIL, RCPT, DATA and the dot-stuffed
+/// message, in one write.
+fn transaction(user: usize, body: &[u8]) -> Vec<u8> {
+    let mut out =
+        format!("MAIL FROM:<bench@example.org>\r\nRCPT TO:<u{user}@example.org>\r\nDATA\r\n").into_bytes();
+    for line in body.split_inclusive(|&b| b == b'\n') {
+        if line.first() == Some(&b'.') {
+            out.push(b'.');
+        }
+        out.extend_from_slice(line);
+    }
+    if !out.ends_with(b"\r\n") {
+        out.extend_from_slice(b"\r\n");
+    }
+    out.extend_from_slice(b".\r\n");
+    out
+}
+
+/// The final reply codes of one pipelined transaction, in order: MAIL, RCPT, DATA, and the
+/// message's, which comes once it is durable.
+const TRANSACTION_REPLIES: [&[u8]; 4] = [b"250", b"250", b"354", b"250"];
+
+/// A session's timed deliveries, for [`driver::drive`].
+struct LmtpExchange {
+    user: usize,
+    size: usize,
+}
+
+impl driver::Exchange for LmtpExchange {
+    fn request(&mut self, i: usize) -> Vec<u8> {
+        transaction(self.user, &message(i, self.size))
+    }
+
+    fn answered(&mut self, read: &[u8]) -> Result<bool, Error> {
+        let finals = driver::complete_lines(read).filter(|l| l.len() >= 4 && l[3] == b' ');
+        let mut seen = 0;
+        for (line, code) in finals.zip(TRANSACTION_REPLIES) {
+            if &line[..3] != code {
+                return Err(Error::Bench(format!(
+                    "LMTP answered {:?} where {} was expected",
+                    String::from_utf8_lossy(line),
+                    String::from_utf8_lossy(code)
+                )));
+            }
+            seen += 1;
+        }
+        Ok(seen == TRANSACTION_REPLIES.len())
+    }
+}
+
 pub(crate) fn free_tcp_port() -> Result<u16, Error> {
     let listener =
         std::net::TcpListener::bind("127.0.0.1:0").map_err(|e| Error::io("cannot bind a TCP port", e))?;
@@ -143,22 +197,18 @@ impl Session {
     /// Sends one pipelined transaction without waiting for its replies
     /// ([`Session::finish_delivery`] reads them).
     pub(super) fn send_delivery(&mut self, body: &[u8]) -> Result<(), Error> {
-        let mut out = format!(
-            "MAIL FROM:<bench@example.org>\r\nRCPT TO:<u{}@example.org>\r\nDATA\r\n",
-            self.user
+        self.send(&transaction(self.user, body))
+    }
+
+    /// The session's socket and protocol for [`driver::drive`], delivering `size`-byte messages.
+    fn into_exchange(self, size: usize) -> (TcpStream, LmtpExchange) {
+        (
+            self.stream,
+            LmtpExchange {
+                user: self.user,
+                size,
+            },
         )
-        .into_bytes();
-        for line in body.split_inclusive(|&b| b == b'\n') {
-            if line.first() == Some(&b'.') {
-                out.push(b'.');
-            }
-            out.extend_from_slice(line);
-        }
-        if !out.ends_with(b"\r\n") {
-            out.extend_from_slice(b"\r\n");
-        }
-        out.extend_from_slice(b".\r\n");
-        self.send(&out)
     }
 
     /// Reads the replies of the transaction [`Session::send_delivery`] sent: the last comes once

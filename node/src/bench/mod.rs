@@ -17,6 +17,7 @@
 //! Everything lives in a fresh directory (under `--dir`, the system's temporary directory by
 //! default), removed at the end unless `--keep` is given or a row failed.
 
+pub mod driver;
 pub mod flags;
 pub mod imap;
 pub mod lag;
