@@ -614,9 +614,11 @@ fn alongside_sync<T>(job: SegmentSync, meanwhile: impl FnOnce() -> T) -> (T, Res
                 let _ = done.send(job.run());
             });
             let built = meanwhile();
-            let synced = synced
-                .recv()
-                .unwrap_or_else(|_| Err(StoreError::Commit("the segment sync thread panicked".into())));
+            let synced = synced.recv().unwrap_or_else(|_| {
+                Err(StoreError::Commit(
+                    "the segment sync did not finish (its thread panicked, or the node is stopping)".into(),
+                ))
+            });
             (built, synced)
         }
         // A node's flushes all run inside actix's runtime; without one, one after the other.
