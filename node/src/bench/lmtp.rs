@@ -124,7 +124,7 @@ fn transaction(user: usize, body: &[u8]) -> Vec<u8> {
 
 /// The final reply codes of one pipelined transaction, in order: MAIL, RCPT, DATA, and the
 /// message's, which comes once it is durable.
-const TRANSACTION_REPLIES: [&[u8]; 4] = [b"250", b"250", b"354", b"250"];
+const TRANSACTION_REPLIES: [&str; 4] = ["250", "250", "354", "250"];
 
 /// A session's timed deliveries, for [`driver::drive`].
 struct LmtpExchange {
@@ -141,11 +141,10 @@ impl driver::Exchange for LmtpExchange {
         let finals = driver::complete_lines(read).filter(|l| l.len() >= 4 && l[3] == b' ');
         let mut seen = 0;
         for (line, code) in finals.zip(TRANSACTION_REPLIES) {
-            if &line[..3] != code {
+            if &line[..3] != code.as_bytes() {
                 return Err(Error::Bench(format!(
-                    "LMTP answered {:?} where {} was expected",
-                    String::from_utf8_lossy(line),
-                    String::from_utf8_lossy(code)
+                    "LMTP answered {:?} where {code} was expected",
+                    String::from_utf8_lossy(line)
                 )));
             }
             seen += 1;
@@ -214,7 +213,7 @@ impl Session {
     /// Reads the replies of the transaction [`Session::send_delivery`] sent: the last comes once
     /// the message is durable.
     pub(super) fn finish_delivery(&mut self) -> Result<(), Error> {
-        self.expect(&["250", "250", "354", "250"])
+        self.expect(&TRANSACTION_REPLIES)
     }
 
     fn send(&mut self, bytes: &[u8]) -> Result<(), Error> {
