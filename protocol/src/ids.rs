@@ -38,7 +38,7 @@ impl NodeId {
                 reason: "may contain only a-z, 0-9 and '-'",
             });
         }
-        Ok(NodeId(name.into()))
+        Ok(NodeId(interned(name)))
     }
 
     pub fn as_str(&self) -> &str {
@@ -52,6 +52,41 @@ impl NodeId {
         let hash = blake3::hash(self.0.as_bytes());
         u16::from_le_bytes([hash.as_bytes()[0], hash.as_bytes()[1]])
     }
+}
+
+/// How many node names each thread keeps at hand: more than a cluster's peers and the names its
+/// records carry, so a record's names are found here, not allocated.
+const INTERNED_NAMES: usize = 16;
+
+thread_local! {
+    /// The node names this thread made last, most recent first.
+    static RECENT_NAMES: std::cell::RefCell<Vec<Arc<str>>> =
+        const { std::cell::RefCell::new(Vec::new()) };
+}
+
+/// A shared copy of `name`: one this thread made before if it is among the last
+/// [`INTERNED_NAMES`], else a new one. Every record read from the store or the wire names its
+/// nodes several times over (its AppendId, each flag's version, its origin), always among the
+/// same few names: decoding 1,000 flag changes allocated and freed some 6,000 copies of two
+/// names. Only which allocation holds the name depends on the cache, never the value.
+fn interned(name: &str) -> Arc<str> {
+    RECENT_NAMES.with(|recent| {
+        let mut recent = recent.borrow_mut();
+        if let Some(at) = recent.iter().position(|n| **n == *name) {
+            let found = recent[at].clone();
+            if at > 0 {
+                // The most used stay in front, where the search starts.
+                recent.swap(at, at - 1);
+            }
+            return found;
+        }
+        let made: Arc<str> = name.into();
+        if recent.len() == INTERNED_NAMES {
+            recent.pop();
+        }
+        recent.insert(0, made.clone());
+        made
+    })
 }
 
 impl TryFrom<String> for NodeId {
@@ -315,6 +350,21 @@ impl fmt::Display for ModSeq {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn node_names_are_shared_while_recent_and_always_equal() {
+        let a = NodeId::new("n1").unwrap();
+        let b = NodeId::new("n1").unwrap();
+        assert!(Arc::ptr_eq(&a.0, &b.0), "a recent name is shared, not made again");
+        // More names than the cache holds push the first out: a new copy, the same value.
+        for i in 0..2 * INTERNED_NAMES {
+            assert_eq!(NodeId::new(format!("x{i}")).unwrap().as_str(), format!("x{i}"));
+        }
+        let c = NodeId::new("n1").unwrap();
+        assert_eq!(c, a);
+        assert_eq!(c.as_str(), "n1");
+        assert!(NodeId::new("N1").is_err(), "checked as before");
+    }
 
     #[test]
     fn guid_displays_as_lowercase_hex_of_every_byte() {

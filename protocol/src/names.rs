@@ -3,7 +3,7 @@
 //! wrong in words an operator can act on.
 
 use std::fmt;
-use std::sync::Arc;
+use std::sync::{Arc, OnceLock};
 
 use serde::{de, Deserialize, Deserializer, Serialize, Serializer};
 
@@ -115,8 +115,11 @@ impl Flag {
             if rest.eq_ignore_ascii_case("Recent") {
                 return Err(err("\\Recent is session state and cannot be stored"));
             }
-            return match Self::SYSTEM.iter().find(|s| s[1..].eq_ignore_ascii_case(rest)) {
-                Some(canonical) => Ok(Flag((*canonical).into())),
+            return match Self::SYSTEM
+                .iter()
+                .position(|s| s[1..].eq_ignore_ascii_case(rest))
+            {
+                Some(at) => Ok(system_flags()[at].clone()),
                 None => Err(err(
                     "is not a system flag (\\Answered \\Flagged \\Deleted \\Seen \\Draft)",
                 )),
@@ -131,16 +134,24 @@ impl Flag {
     }
 
     pub fn seen() -> Self {
-        Flag("\\Seen".into())
+        system_flags()[3].clone()
     }
 
     pub fn deleted() -> Self {
-        Flag("\\Deleted".into())
+        system_flags()[2].clone()
     }
 
     pub fn as_str(&self) -> &str {
         &self.0
     }
+}
+
+/// The system flags, in [`Flag::SYSTEM`]'s order, made once: every record read from the store or
+/// the wire names some, and a shared copy is a reference count where a new one was an
+/// allocation (and later a free) per flag per record.
+fn system_flags() -> &'static [Flag; 5] {
+    static SYSTEM: OnceLock<[Flag; 5]> = OnceLock::new();
+    SYSTEM.get_or_init(|| Flag::SYSTEM.map(|name| Flag(name.into())))
 }
 
 impl TryFrom<String> for Flag {
@@ -257,6 +268,17 @@ pub fn validate_annotation_entry(entry: &str) -> Result<(), NameError> {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn system_flags_are_canonical_shared_copies() {
+        for (at, name) in Flag::SYSTEM.iter().enumerate() {
+            let lower = Flag::new(&name.to_ascii_lowercase()).unwrap();
+            assert_eq!(lower.as_str(), *name);
+            assert!(Arc::ptr_eq(&lower.0, &system_flags()[at].0));
+        }
+        assert_eq!(Flag::seen().as_str(), "\\Seen");
+        assert_eq!(Flag::deleted().as_str(), "\\Deleted");
+    }
 
     #[test]
     fn names_travel_as_plain_strings_and_are_checked_when_read() {
