@@ -30,9 +30,9 @@ use actix::Addr;
 use base64::Engine;
 use mailmesh_actors::directory::{Directory, PrimaryOf};
 use mailmesh_protocol::ids::NodeId;
-use rustls::client::danger::{HandshakeSignatureValid, ServerCertVerified, ServerCertVerifier};
+use rustls::client::danger::{ServerCertVerified, ServerCertVerifier};
 use rustls::client::WebPkiServerVerifier;
-use rustls::{CertificateError, DigitallySignedStruct, RootCertStore, SignatureScheme};
+use rustls::{CertificateError, RootCertStore};
 use rustls_pki_types::pem::PemObject;
 use rustls_pki_types::{CertificateDer, ServerName, UnixTime};
 use tokio::io::{AsyncRead, AsyncReadExt, AsyncWrite, AsyncWriteExt};
@@ -43,7 +43,7 @@ use tracing::warn;
 
 use super::ImapOptions;
 use crate::client_tls::Connection;
-use crate::cluster::tls::{check_failed, provider, server_name};
+use crate::cluster::tls::{check_failed, delegate_signature_checks, provider, server_name};
 use crate::cluster::ClusterOptions;
 
 /// How long connecting to the primary and its answers to the login may take before the local
@@ -446,27 +446,7 @@ impl ServerCertVerifier for PrimaryVerifier {
         }
     }
 
-    fn verify_tls12_signature(
-        &self,
-        message: &[u8],
-        cert: &CertificateDer<'_>,
-        dss: &DigitallySignedStruct,
-    ) -> Result<HandshakeSignatureValid, rustls::Error> {
-        self.inner.verify_tls12_signature(message, cert, dss)
-    }
-
-    fn verify_tls13_signature(
-        &self,
-        message: &[u8],
-        cert: &CertificateDer<'_>,
-        dss: &DigitallySignedStruct,
-    ) -> Result<HandshakeSignatureValid, rustls::Error> {
-        self.inner.verify_tls13_signature(message, cert, dss)
-    }
-
-    fn supported_verify_schemes(&self) -> Vec<SignatureScheme> {
-        self.inner.supported_verify_schemes()
-    }
+    delegate_signature_checks!();
 }
 
 /// Reads CRLF-terminated lines, bounded by [`MAX_LOGIN_ANSWER`] in all.
