@@ -5,64 +5,11 @@
 
 mod support;
 
-use std::io::{BufRead, BufReader, Write};
-use std::net::TcpStream;
-
 use support::cluster::{
     cluster_specs, create_everywhere, eventually, op_ok, set_flags, write_mesh_configs, NodeSpec,
 };
-use support::{address, lmtp_deliver, password_hash, Running, DEADLINE};
-
-struct Imap {
-    writer: TcpStream,
-    reader: BufReader<TcpStream>,
-}
-
-impl Imap {
-    fn connect(target: &str) -> Imap {
-        let stream = TcpStream::connect(target).unwrap();
-        stream.set_read_timeout(Some(DEADLINE)).unwrap();
-        let mut imap = Imap {
-            writer: stream.try_clone().unwrap(),
-            reader: BufReader::new(stream),
-        };
-        imap.line();
-        imap
-    }
-
-    /// The next line; a read past the deadline fails the test.
-    fn line(&mut self) -> String {
-        let mut line = String::new();
-        let n = self
-            .reader
-            .read_line(&mut line)
-            .unwrap_or_else(|e| panic!("no line from the server within {DEADLINE:?}: {e}"));
-        assert!(n > 0, "the server closed the connection");
-        line.trim_end().to_string()
-    }
-
-    fn send(&mut self, line: &str) {
-        self.writer.write_all(format!("{line}\r\n").as_bytes()).unwrap();
-    }
-
-    /// Lines up to the first that `done` accepts, that one included.
-    fn until(&mut self, done: impl Fn(&str) -> bool) -> Vec<String> {
-        let mut lines = Vec::new();
-        loop {
-            let line = self.line();
-            let last = done(&line);
-            lines.push(line);
-            if last {
-                return lines;
-            }
-        }
-    }
-
-    fn command(&mut self, tag: &str, command: &str) -> Vec<String> {
-        self.send(&format!("{tag} {command}"));
-        self.until(|l| l.starts_with(&format!("{tag} ")))
-    }
-}
+use support::imap_lines::Conn;
+use support::{address, lmtp_deliver, password_hash, Running};
 
 /// Two nodes n1 and n2 in a mesh, each with LMTP and IMAP on free loopback ports and the user
 /// alice (password "pw").
@@ -118,7 +65,7 @@ fn a_client_idling_on_one_node_is_told_of_changes_replicated_from_another() {
     let lmtp1 = nodes.lmtp1.clone();
     let imap2 = nodes.imap2.clone();
 
-    let mut imap = Imap::connect(&imap2);
+    let mut imap = Conn::open(&imap2);
     assert!(imap
         .command("a1", "LOGIN alice pw")
         .last()
@@ -126,8 +73,8 @@ fn a_client_idling_on_one_node_is_told_of_changes_replicated_from_another() {
         .starts_with("a1 OK"));
     let select = imap.command("a2", "SELECT INBOX");
     assert!(select.contains(&"* 0 EXISTS".to_string()), "{select:?}");
-    imap.send("a3 IDLE");
-    assert_eq!(imap.line(), "+ idling");
+    imap.send_line("a3 IDLE");
+    assert_eq!(imap.next_line(), "+ idling");
 
     // A delivery on n1 reaches the session on n2 by replication.
     let reply = lmtp_deliver(&lmtp1, "alice@example.org", "from n1");
@@ -143,8 +90,8 @@ fn a_client_idling_on_one_node_is_told_of_changes_replicated_from_another() {
     op_ok(n1, &["expunge", "--user", "alice", "--mailbox", "INBOX"]);
     assert_eq!(imap.until(|l| l.ends_with(" EXPUNGE")), ["* 1 EXPUNGE"]);
 
-    imap.send("DONE");
-    assert!(imap.line().starts_with("a3 OK"));
+    imap.send_line("DONE");
+    assert!(imap.next_line().starts_with("a3 OK"));
     assert!(imap.command("a4", "LOGOUT").last().unwrap().starts_with("a4 OK"));
 }
 
@@ -161,7 +108,7 @@ fn a_client_failing_over_to_another_node_gets_a_full_qresync() {
     }
 
     // The client's cache, from n1: three messages, n1's HIGHESTMODSEQ.
-    let mut on1 = Imap::connect(&imap1);
+    let mut on1 = Conn::open(&imap1);
     on1.command("a1", "LOGIN alice pw");
     on1.command("a2", "ENABLE QRESYNC");
     let select = on1.command("a3", "SELECT INBOX");
@@ -186,7 +133,7 @@ fn a_client_failing_over_to_another_node_gets_a_full_qresync() {
     });
 
     // The client fails over to n2 with n1's modseq: every flag, and uid 3 vanished.
-    let mut on2 = Imap::connect(&imap2);
+    let mut on2 = Conn::open(&imap2);
     on2.command("b1", "LOGIN alice pw");
     on2.command("b2", "ENABLE QRESYNC");
     let resync = on2.command(
@@ -218,7 +165,7 @@ fn an_annotation_set_on_one_node_is_read_by_getmetadata_on_the_other() {
     let imap1 = nodes.imap1.clone();
     let imap2 = nodes.imap2.clone();
 
-    let mut on1 = Imap::connect(&imap1);
+    let mut on1 = Conn::open(&imap1);
     on1.command("a1", "LOGIN alice pw");
     let set = on1.command(
         "a2",
@@ -227,7 +174,7 @@ fn an_annotation_set_on_one_node_is_read_by_getmetadata_on_the_other() {
     assert_eq!(set, ["a2 OK SETMETADATA completed"]);
 
     // Replication brings both entries to n2, where GETMETADATA reads them.
-    let mut on2 = Imap::connect(&imap2);
+    let mut on2 = Conn::open(&imap2);
     on2.command("b1", "LOGIN alice pw");
     let mut tries = 0;
     let got = eventually("the annotations replicated to n2", || {
@@ -273,7 +220,7 @@ fn a_moved_message_keeps_its_emailid_on_its_node_and_on_the_peer() {
     assert!(lmtp_deliver(&lmtp1, "alice@example.org", "to be moved").starts_with("250"));
 
     // The EMAILID on n1 before the move, and the same one on n2 once replication brings it.
-    let mut on1 = Imap::connect(&imap1);
+    let mut on1 = Conn::open(&imap1);
     on1.command("a1", "LOGIN alice pw");
     on1.command("a2", "SELECT INBOX");
     let before = on1.command("a3", "UID FETCH 1 (EMAILID)");
@@ -283,9 +230,9 @@ fn a_moved_message_keeps_its_emailid_on_its_node_and_on_the_peer() {
         .and_then(|(_, rest)| rest.split_once(')'))
         .map(|(id, _)| id.to_string())
         .unwrap_or_else(|| panic!("no EMAILID in {before:?}"));
-    let mut on2 = Imap::connect(&imap2);
+    let mut on2 = Conn::open(&imap2);
     on2.command("b1", "LOGIN alice pw");
-    let fetched_on_n2 = |on2: &mut Imap, mailbox: &str, tries: &mut u32| -> Vec<String> {
+    let fetched_on_n2 = |on2: &mut Conn, mailbox: &str, tries: &mut u32| -> Vec<String> {
         *tries += 1;
         on2.command(&format!("e{tries}"), &format!("EXAMINE {mailbox}"));
         on2.command(&format!("f{tries}"), "UID FETCH 1:* (EMAILID)")

@@ -92,6 +92,44 @@ impl Conn {
         }
     }
 
+    /// The next line, for a test that expects one: a server that closes the connection or stays
+    /// silent past the deadline fails the test.
+    pub fn next_line(&mut self) -> String {
+        match self.line() {
+            Ok(Some(line)) => line,
+            Ok(None) => panic!("the server closed the connection"),
+            Err(e) => panic!("{e}"),
+        }
+    }
+
+    /// Sends one line (the CRLF added); the server must still be there.
+    pub fn send_line(&mut self, line: &str) {
+        assert!(
+            self.send(format!("{line}\r\n").as_bytes()),
+            "the server closed the connection"
+        );
+    }
+
+    /// Lines up to the first that `done` accepts, that one included.
+    pub fn until(&mut self, done: impl Fn(&str) -> bool) -> Vec<String> {
+        let mut lines = Vec::new();
+        loop {
+            let line = self.next_line();
+            let last = done(&line);
+            lines.push(line);
+            if last {
+                return lines;
+            }
+        }
+    }
+
+    /// Sends `command` under `tag`; every line up to the tagged one, that one included.
+    pub fn command(&mut self, tag: &str, command: &str) -> Vec<String> {
+        self.send_line(&format!("{tag} {command}"));
+        let prefix = format!("{tag} ");
+        self.until(|l| l.starts_with(&prefix))
+    }
+
     /// Reads more bytes; false at the end of the stream.
     fn fill(&mut self) -> Result<bool, String> {
         let mut chunk = [0u8; 16 * 1024];
