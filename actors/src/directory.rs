@@ -832,7 +832,7 @@ impl Directory {
     }
 
     /// Stores a user's subscriptions or sieve scripts (`table`) and logs `item` for the peers.
-    pub(crate) fn write_user_item<T: serde::Serialize>(
+    pub(crate) fn write_user_item<T: serde::Serialize + 'static>(
         &self,
         writes: &mut Writes,
         table: Table,

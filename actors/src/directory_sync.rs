@@ -357,7 +357,7 @@ impl Directory {
         local: Option<Tagged<T>>,
         incoming: Change<T>,
     ) where
-        T: Merge + Dated + Serialize,
+        T: Merge + Dated + Serialize + 'static,
     {
         let (table, user) = match &item {
             SyncItem::Subscriptions(user) => (Table::Subscriptions, user.clone()),

@@ -136,7 +136,7 @@ impl Batch {
         self.ops.is_empty()
     }
 
-    pub fn put<T: Serialize>(&mut self, table: Table, key: Vec<u8>, value: &T) {
+    pub fn put<T: Serialize + 'static>(&mut self, table: Table, key: Vec<u8>, value: &T) {
         self.ops.push(Op::Put(table, key, encode(value)));
     }
 

@@ -11,8 +11,10 @@ pub mod batch;
 pub mod bodies;
 pub mod journal;
 pub mod keys;
+pub mod record_codec;
 pub mod uid_row;
 
+use std::any::Any;
 use std::cell::RefCell;
 use std::collections::BTreeMap;
 use std::path::{Path, PathBuf};
@@ -31,6 +33,7 @@ use bodies::BodyLocation;
 
 use crate::disk::{sync_parent, Disk, DiskFile, RealDisk};
 use crate::error::StoreError;
+use crate::mailbox::StoredRecord;
 
 pub(crate) type RawTable = TableDefinition<'static, &'static [u8], &'static [u8]>;
 
@@ -342,7 +345,11 @@ impl Store {
     }
 
     /// Reads one value.
-    pub fn get<T: DeserializeOwned>(&self, table: Table, key: &[u8]) -> Result<Option<T>, StoreError> {
+    pub fn get<T: DeserializeOwned + 'static>(
+        &self,
+        table: Table,
+        key: &[u8],
+    ) -> Result<Option<T>, StoreError> {
         let txn = self.db.begin_read()?;
         let t = txn.open_table(table.definition())?;
         match t.get(key)? {
@@ -352,7 +359,7 @@ impl Store {
     }
 
     /// Reads one value with the length of its stored encoding (what a page of them weighs).
-    pub fn get_sized<T: DeserializeOwned>(
+    pub fn get_sized<T: DeserializeOwned + 'static>(
         &self,
         table: Table,
         key: &[u8],
@@ -495,7 +502,11 @@ impl Snapshot<'_> {
     }
 
     /// Reads one value.
-    pub fn get<T: DeserializeOwned>(&self, table: Table, key: &[u8]) -> Result<Option<T>, StoreError> {
+    pub fn get<T: DeserializeOwned + 'static>(
+        &self,
+        table: Table,
+        key: &[u8],
+    ) -> Result<Option<T>, StoreError> {
         match self.table(table.definition())?.get(key)? {
             Some(v) => Ok(Some(decode(v.value(), table.name())?)),
             None => Ok(None),
@@ -503,7 +514,7 @@ impl Snapshot<'_> {
     }
 
     /// Reads one value with the length of its stored encoding.
-    pub fn get_sized<T: DeserializeOwned>(
+    pub fn get_sized<T: DeserializeOwned + 'static>(
         &self,
         table: Table,
         key: &[u8],
@@ -585,7 +596,11 @@ pub(crate) fn read_journal_mark(db: &Database) -> Result<journal::JournalMark, S
 }
 
 /// A value of the `meta` table as committed, or its default if there is none.
-fn read_meta<T: DeserializeOwned + Default>(db: &Database, key: &[u8], what: &str) -> Result<T, StoreError> {
+fn read_meta<T: DeserializeOwned + Default + 'static>(
+    db: &Database,
+    key: &[u8],
+    what: &str,
+) -> Result<T, StoreError> {
     let txn = db.begin_read()?;
     let meta = txn.open_table(META)?;
     let found = meta.get(key)?.map(|v| v.value().to_vec());
@@ -595,11 +610,26 @@ fn read_meta<T: DeserializeOwned + Default>(db: &Database, key: &[u8], what: &st
     }
 }
 
-pub fn encode<T: Serialize>(value: &T) -> Vec<u8> {
+pub fn encode<T: Serialize + 'static>(value: &T) -> Vec<u8> {
+    // Message records, the values written most, by hand (`record_codec`): the same bytes.
+    if let Some(stored) = (value as &dyn Any).downcast_ref::<StoredRecord>() {
+        return record_codec::encode(stored);
+    }
     rmp_serde::to_vec(value).expect("stored types always encode")
 }
 
-pub fn decode<T: DeserializeOwned>(bytes: &[u8], what: &str) -> Result<T, StoreError> {
+pub fn decode<T: DeserializeOwned + 'static>(bytes: &[u8], what: &str) -> Result<T, StoreError> {
+    // Message records, the values read most, by hand (`record_codec`) when they are in today's
+    // layout; anything else through rmp-serde, which reads every layout and explains failures.
+    // (The type test is how a generic function picks a faster path for one type on stable Rust;
+    // it costs a comparison of two constants.)
+    let mut fast: Option<T> = None;
+    if let Some(slot) = (&mut fast as &mut dyn Any).downcast_mut::<Option<StoredRecord>>() {
+        *slot = record_codec::decode(bytes);
+    }
+    if let Some(value) = fast {
+        return Ok(value);
+    }
     rmp_serde::from_slice(bytes).map_err(|e| StoreError::Decode {
         what: what.to_string(),
         reason: e.to_string(),
