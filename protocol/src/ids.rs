@@ -23,6 +23,10 @@ impl NodeId {
 
     pub fn new(name: impl AsRef<str>) -> Result<Self, NameError> {
         let name = name.as_ref();
+        // A name this thread made lately was checked then: the common case, a record's names.
+        if let Some(known) = recent_name(name) {
+            return Ok(NodeId(known));
+        }
         if name.is_empty() || name.len() > Self::MAX_LEN {
             return Err(NameError::NodeId {
                 name: name.to_string(),
@@ -38,7 +42,7 @@ impl NodeId {
                 reason: "may contain only a-z, 0-9 and '-'",
             });
         }
-        Ok(NodeId(interned(name)))
+        Ok(NodeId(remembered(name)))
     }
 
     pub fn as_str(&self) -> &str {
@@ -64,22 +68,28 @@ thread_local! {
         const { std::cell::RefCell::new(Vec::new()) };
 }
 
-/// A shared copy of `name`: one this thread made before if it is among the last
-/// [`INTERNED_NAMES`], else a new one. Every record read from the store or the wire names its
-/// nodes several times over (its AppendId, each flag's version, its origin), always among the
-/// same few names: decoding 1,000 flag changes allocated and freed some 6,000 copies of two
-/// names. Only which allocation holds the name depends on the cache, never the value.
-fn interned(name: &str) -> Arc<str> {
+/// The shared copy of `name` this thread made lately, if it is among the last
+/// [`INTERNED_NAMES`]. Every record read from the store or the wire names its nodes several
+/// times over (its AppendId, each flag's version, its origin), always among the same few names:
+/// decoding 1,000 flag changes allocated and freed some 6,000 copies of two names. Only which
+/// allocation holds the name depends on the cache, never the value.
+fn recent_name(name: &str) -> Option<Arc<str>> {
     RECENT_NAMES.with(|recent| {
         let mut recent = recent.borrow_mut();
-        if let Some(at) = recent.iter().position(|n| **n == *name) {
-            let found = recent[at].clone();
-            if at > 0 {
-                // The most used stay in front, where the search starts.
-                recent.swap(at, at - 1);
-            }
-            return found;
+        let at = recent.iter().position(|n| **n == *name)?;
+        let found = recent[at].clone();
+        if at > 0 {
+            // The most used stay in front, where the search starts.
+            recent.swap(at, at - 1);
         }
+        Some(found)
+    })
+}
+
+/// A new shared copy of `name`, a checked node name, kept as the most recent.
+fn remembered(name: &str) -> Arc<str> {
+    RECENT_NAMES.with(|recent| {
+        let mut recent = recent.borrow_mut();
         let made: Arc<str> = name.into();
         if recent.len() == INTERNED_NAMES {
             recent.pop();

@@ -108,6 +108,10 @@ impl Flag {
             flag: flag.to_string(),
             reason,
         };
+        // The canonical spelling of a system flag, as every record stores it: no check needed.
+        if let Some(at) = Self::SYSTEM.iter().position(|s| *s == flag) {
+            return Ok(system_flags()[at].clone());
+        }
         if flag.is_empty() || flag.len() > MAX_FLAG {
             return Err(err("must be 1 to 128 bytes"));
         }
