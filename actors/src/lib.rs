@@ -21,6 +21,7 @@ pub mod directory_sync;
 pub mod disk;
 pub mod env;
 pub mod error;
+pub mod flag_set;
 pub mod inflight;
 pub mod mailbox;
 pub mod mailbox_sync;

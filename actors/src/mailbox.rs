@@ -30,6 +30,7 @@ use crate::context::{NodeContext, Writes};
 use crate::counters::NodeCounters;
 use crate::env::Env;
 use crate::error::{MailError, StoreError};
+use crate::flag_set::FlagSet;
 use crate::inflight::Inflight;
 use crate::moving::Moving;
 use crate::shown_index::ShownIndex;
@@ -1635,8 +1636,9 @@ impl Mailbox {
 pub struct MessageFlags {
     pub uid: Uid,
     pub modseq: ModSeq,
-    /// The flags set, sorted (as `MessageRecord::set_flags`).
-    pub flags: Vec<Flag>,
+    /// The flags set: system flags as bits, keywords apart (`FlagSet::to_vec` lists them as
+    /// `MessageRecord::set_flags` does).
+    pub flags: FlagSet,
 }
 
 impl MessageFlags {
@@ -1687,7 +1689,7 @@ impl Handler<FetchFlags> for Mailbox {
                         UidRow::Full(row) if row.shown => out.push(MessageFlags {
                             uid,
                             modseq: row.modseq,
-                            flags: row.flags(),
+                            flags: row.flag_set(),
                         }),
                         UidRow::Full(_) | UidRow::Visibility(false) => {}
                         UidRow::Unknown | UidRow::Visibility(true) => {
@@ -1775,7 +1777,11 @@ pub fn uid_index_disagreements(store: &Store, id: MailboxId) -> Result<Vec<Strin
             Some(value) => match UidRow::parse(&value) {
                 UidRow::Full(row) => {
                     let said = (row.shown, row.modseq, row.flags());
-                    let is = (is_shown(&stored), stored.modseq, MessageFlags::of(&stored).flags);
+                    let is = (
+                        is_shown(&stored),
+                        stored.modseq,
+                        MessageFlags::of(&stored).flags.to_vec(),
+                    );
                     if said != is {
                         out.push(format!("{what}: the row says {said:?}, the record {is:?}"));
                     }

@@ -1,6 +1,6 @@
 //! A Mailbox's copy in memory of the shown rows of its uid index (`store::uid_row`): uid,
 //! modseq and flags of each message a client sees, in uid order, 16 bytes a message (a message
-//! with keywords, or from a store written before rows held flags, also keeps its flag list).
+//! with keywords also keeps its keywords apart).
 //!
 //! A SELECT lists the uids and then FETCH FLAGS and SEARCH over flags read the same rows again,
 //! each a redb scan of a row per message (100,000 rows: most of each command's time). The
@@ -8,20 +8,19 @@
 //! mailbox.rs), and answers from it while no commit of the mailbox has come since; it is never
 //! changed, only replaced by the next listing, so it says what the committed index said.
 
-use std::sync::OnceLock;
-
 use mailmesh_protocol::ids::{ModSeq, Uid};
-use mailmesh_protocol::names::Flag;
 
+use crate::flag_set::FlagSet;
 use crate::mailbox::MessageFlags;
-use crate::store::uid_row::{IndexedFlags, SYSTEM_BITS};
+use crate::store::uid_row::IndexedFlags;
 
 /// The shown rows, in the order of the index (uid, then AppendId).
 #[derive(Debug, Default)]
 pub struct ShownIndex {
     rows: Vec<Row>,
-    /// The whole flag list of the rows whose flags are not the system bits alone.
-    listed_flags: Vec<Vec<Flag>>,
+    /// The flags of the rows with keywords (shared with the answers made from them: a keyword
+    /// list is not copied per answer).
+    with_keywords: Vec<FlagSet>,
 }
 
 #[derive(Clone, Copy, Debug)]
@@ -29,7 +28,7 @@ struct Row {
     modseq: u64,
     uid: u32,
     /// The system flags' bits (`SYSTEM_BITS`) in the low byte; above them, 0 or one more than
-    /// the row's place in `listed_flags`.
+    /// the row's place in `with_keywords`.
     flags: u32,
 }
 
@@ -38,7 +37,7 @@ impl Row {
         self.flags as u8
     }
 
-    fn listed(self) -> Option<usize> {
+    fn with_keywords(self) -> Option<usize> {
         (self.flags >> 8).checked_sub(1).map(|at| at as usize)
     }
 }
@@ -46,31 +45,27 @@ impl Row {
 impl ShownIndex {
     /// Adds a full row's message (rows come in index order).
     pub fn push_row(&mut self, uid: Uid, row: &IndexedFlags<'_>) {
-        if row.keywords().next().is_none() {
-            self.rows.push(Row {
-                modseq: row.modseq.0,
-                uid: uid.0,
-                flags: u32::from(row.system),
-            });
-        } else {
-            self.push_listed(uid, row.modseq, row.flags());
-        }
+        self.push(uid, row.modseq, row.flag_set());
     }
 
     /// Adds a message whose flags were read from its record, at place `at` among those added
     /// so far (a row from before the index held flags, read after the scan).
     pub fn insert_message(&mut self, at: usize, message: MessageFlags) {
-        self.push_listed(message.uid, message.modseq, message.flags);
+        self.push(message.uid, message.modseq, message.flags);
         let row = self.rows.pop().expect("just pushed");
         self.rows.insert(at, row);
     }
 
-    fn push_listed(&mut self, uid: Uid, modseq: ModSeq, flags: Vec<Flag>) {
-        self.listed_flags.push(flags);
+    fn push(&mut self, uid: Uid, modseq: ModSeq, flags: FlagSet) {
+        let mut bits = u32::from(flags.system);
+        if !flags.keywords().is_empty() {
+            self.with_keywords.push(flags);
+            bits |= (self.with_keywords.len() as u32) << 8;
+        }
         self.rows.push(Row {
             modseq: modseq.0,
             uid: uid.0,
-            flags: (self.listed_flags.len() as u32) << 8,
+            flags: bits,
         });
     }
 
@@ -88,7 +83,7 @@ impl ShownIndex {
     }
 
     /// The messages with uids from `lo` to `hi`, in uid order, with what `FetchFlags` says of
-    /// each.
+    /// each: a message without keywords is its bits, no list built for it.
     pub fn flags_in(&self, lo: u32, hi: u32) -> impl ExactSizeIterator<Item = MessageFlags> + '_ {
         // Both ends found first: an iterator of known length, which `extend` fills without
         // growing its vector step by step (that growth was a fifth of a SEARCH UNSEEN).
@@ -97,35 +92,12 @@ impl ShownIndex {
         self.rows[start..end].iter().map(|row| MessageFlags {
             uid: Uid(row.uid),
             modseq: ModSeq(row.modseq),
-            flags: match row.listed() {
-                Some(at) => self.listed_flags[at].clone(),
-                None => system_flags(row.system()),
+            flags: match row.with_keywords() {
+                Some(at) => self.with_keywords[at].clone(),
+                None => FlagSet::system(row.system()),
             },
         })
     }
-}
-
-/// The system flags set in `bits` (`SYSTEM_BITS`), sorted as `MessageRecord::set_flags` sorts
-/// them: shared copies of five flags made once, not a new `Flag` per message.
-fn system_flags(bits: u8) -> Vec<Flag> {
-    static SORTED: OnceLock<Vec<(u8, Flag)>> = OnceLock::new();
-    if bits == 0 {
-        return Vec::new();
-    }
-    let sorted = SORTED.get_or_init(|| {
-        let mut flags: Vec<(u8, Flag)> = SYSTEM_BITS
-            .iter()
-            .enumerate()
-            .filter_map(|(bit, name)| Some((1u8 << bit, Flag::new(name).ok()?)))
-            .collect();
-        flags.sort_by(|a, b| a.1.cmp(&b.1));
-        flags
-    });
-    sorted
-        .iter()
-        .filter(|(bit, _)| bits & bit != 0)
-        .map(|(_, flag)| flag.clone())
-        .collect()
 }
 
 #[cfg(test)]

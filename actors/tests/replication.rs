@@ -1817,10 +1817,13 @@ async fn assert_index_agrees(cluster: &Cluster, node: &str, name: &str) {
         .map(|v| MessageFlags {
             uid: v.uid,
             modseq: v.modseq,
-            flags: v.flags.clone(),
+            flags: v.flags.iter().cloned().collect(),
         })
         .collect();
     assert_eq!(from_index, from_records, "{node}: the index and the records");
+    for (indexed, view) in from_index.iter().zip(&views) {
+        assert_eq!(indexed.flags.to_vec(), view.flags, "{node}: uid {}", view.uid.0);
+    }
     let listed = opened.addr.send(ListUids).await.unwrap().unwrap();
     let shown: Vec<Uid> = views.iter().map(|v| v.uid).collect();
     assert_eq!(listed, shown, "{node}: the listing and the records");

@@ -20,6 +20,8 @@ use mailmesh_protocol::ids::ModSeq;
 use mailmesh_protocol::names::Flag;
 use mailmesh_protocol::records::MessageRecord;
 
+use crate::flag_set::FlagSet;
+
 /// The system flags, in the order of their bits (bit 0 first).
 pub const SYSTEM_BITS: [&str; 5] = Flag::SYSTEM;
 
@@ -96,6 +98,16 @@ impl IndexedFlags<'_> {
             rest = tail;
             Some(name)
         })
+    }
+
+    /// The flags set: the system bits as they are, the keywords as `Flag`s.
+    pub fn flag_set(&self) -> FlagSet {
+        let keywords = self
+            .keywords()
+            .filter_map(|k| std::str::from_utf8(k).ok())
+            .filter_map(|k| Flag::new(k).ok())
+            .collect();
+        FlagSet::with_keywords(self.system, keywords)
     }
 
     /// The flags set, in the record's order (`MessageRecord::set_flags`: sorted by name).
@@ -197,6 +209,7 @@ pub(crate) mod tests {
         assert!(read.shown);
         assert_eq!(read.modseq, ModSeq(0x1234_5678_9abc));
         assert_eq!(read.flags(), r.set_flags().cloned().collect::<Vec<_>>());
+        assert_eq!(read.flag_set(), r.set_flags().cloned().collect::<FlagSet>());
         assert!(read.has_system("\\Seen") && read.has_system("\\Draft"));
         assert!(!read.has_system("\\Flagged") && !read.has_system("\\Deleted"));
         let keywords: Vec<&[u8]> = read.keywords().collect();

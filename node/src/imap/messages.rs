@@ -29,6 +29,7 @@ use imap_codec::imap_types::response::{Code, Data, StatusKind};
 use imap_codec::imap_types::search::SearchKey;
 use imap_codec::imap_types::sequence::{SeqOrUid, Sequence, SequenceSet};
 use imap_codec::imap_types::IntoStatic;
+use mailmesh_actors::flag_set::{self, FlagSet};
 use mailmesh_actors::mailbox::{
     Append, ChangedSince, Expunge, ExpungeMode, Fetch, FetchBody, FetchFlags, FlagAction, GetState, ListUids,
     Mailbox, MailboxState, MessageFlags, MessageView, StoreFlags, Transfer, WatchChanges,
@@ -36,6 +37,7 @@ use mailmesh_actors::mailbox::{
 use mailmesh_actors::uid_set::UidSet;
 use mailmesh_actors::MailError;
 use mailmesh_protocol::ids::{Guid, MailboxId, ModSeq, Uid};
+use mailmesh_protocol::names::Flag;
 use tracing::warn;
 
 use super::esearch::{self, Found, SearchReturn};
@@ -151,12 +153,7 @@ impl Selected {
                     uids: UidSet::from_uids(chunk.iter().map(|&u| Uid(u))),
                 })
                 .await??;
-            let seen = |message: &MessageFlags| {
-                message
-                    .flags
-                    .iter()
-                    .any(|f| f.as_str().eq_ignore_ascii_case("\\Seen"))
-            };
+            let seen = |message: &MessageFlags| message.flags.has(flag_set::SEEN);
             // They come in uid order, as the map: the first unseen one is the lowest number (a
             // message expunged since the listing is not there and has no say).
             if let Some(message) = messages.iter().find(|message| !seen(message)) {
@@ -245,7 +242,7 @@ impl Selected {
         };
         let mut items = vec![
             MessageDataItem::Uid(nonzero(message.uid)),
-            MessageDataItem::Flags(flag_fetch(message.flags)),
+            MessageDataItem::Flags(flag_fetch(message.flags.names())),
         ];
         if let Some(modseq) = NonZeroU64::new(message.modseq.0).filter(|_| with_modseq) {
             items.push(MessageDataItem::ModSeq(modseq));
@@ -714,7 +711,7 @@ pub(super) async fn fetch(
             .await
             .map(|gone| gone.unwrap_or(done));
     }
-    let seen = mailmesh_protocol::names::Flag::seen();
+    let seen = Flag::seen();
     for chunk in uids.chunks(FETCH_CHUNK) {
         let mut views = selected
             .addr
@@ -877,16 +874,17 @@ fn encode_index_fetch(seq: u32, plan: &FetchPlan, head: Head<'_>, out: &mut Vec<
     if plan.flags {
         separate(out);
         out.extend_from_slice(b"FLAGS (");
-        // The flags imap-codec takes (`flag_fetch`): every stored flag is one (`Flag::new`).
+        // The flags imap-codec takes (`flag_fetch`): every stored flag is one (`Flag::new`), and
+        // a system flag (the only names with a `\`) is not parsed again for each message.
         let mut sent = head
             .flags
-            .iter()
-            .filter(|f| ImapFlag::try_from(f.as_str()).is_ok());
-        if let Some(flag) = sent.next() {
-            out.extend_from_slice(flag.as_str().as_bytes());
-            for flag in sent {
+            .names()
+            .filter(|name| name.starts_with('\\') || ImapFlag::try_from(*name).is_ok());
+        if let Some(name) = sent.next() {
+            out.extend_from_slice(name.as_bytes());
+            for name in sent {
                 out.push(b' ');
-                out.extend_from_slice(flag.as_str().as_bytes());
+                out.extend_from_slice(name.as_bytes());
             }
         }
         out.push(b')');
@@ -924,7 +922,7 @@ fn decimal(mut n: u64, out: &mut Vec<u8>) {
 #[derive(Clone, Copy)]
 struct Head<'a> {
     uid: u32,
-    flags: &'a [mailmesh_protocol::names::Flag],
+    flags: HeadFlags<'a>,
     modseq: ModSeq,
 }
 
@@ -932,7 +930,7 @@ impl<'a> Head<'a> {
     fn of(view: &'a MessageView) -> Self {
         Head {
             uid: view.uid.0,
-            flags: &view.flags,
+            flags: HeadFlags::Listed(&view.flags),
             modseq: view.modseq,
         }
     }
@@ -940,9 +938,31 @@ impl<'a> Head<'a> {
     fn from_index(message: &'a MessageFlags) -> Self {
         Head {
             uid: message.uid.0,
-            flags: &message.flags,
+            flags: HeadFlags::Indexed(&message.flags),
             modseq: message.modseq,
         }
+    }
+}
+
+/// A message's flags as its source holds them: a record's list, or the uid index's bits and
+/// keywords (written from as they are, no list made for each message).
+#[derive(Clone, Copy)]
+enum HeadFlags<'a> {
+    Listed(&'a [Flag]),
+    Indexed(&'a FlagSet),
+}
+
+impl<'a> HeadFlags<'a> {
+    /// The names of the flags, sorted as a record lists them, either way.
+    fn names(self) -> impl Iterator<Item = &'a str> {
+        let (listed, indexed) = match self {
+            HeadFlags::Listed(flags) => (flags, None),
+            HeadFlags::Indexed(set) => (&[][..], Some(set)),
+        };
+        listed
+            .iter()
+            .map(Flag::as_str)
+            .chain(indexed.into_iter().flat_map(FlagSet::names))
     }
 }
 
@@ -1003,7 +1023,7 @@ fn fetch_items(
         items.push(MessageDataItem::Uid(nonzero(head.uid)));
     }
     if plan.flags || flags_changed {
-        items.push(MessageDataItem::Flags(flag_fetch(head.flags)));
+        items.push(MessageDataItem::Flags(flag_fetch(head.flags.names())));
     }
     if let Some(view) = view {
         if plan.internaldate {
@@ -1135,15 +1155,9 @@ fn nstring(data: &[u8]) -> NString<'static> {
     NString(Some(IString::Literal(Literal::unvalidated(data))))
 }
 
-fn flag_fetch(flags: &[mailmesh_protocol::names::Flag]) -> Vec<FlagFetch<'static>> {
-    flags
-        .iter()
-        .filter_map(|f| {
-            let text = f.to_string();
-            ImapFlag::try_from(text.as_str())
-                .ok()
-                .map(IntoStatic::into_static)
-        })
+fn flag_fetch<'a>(names: impl Iterator<Item = &'a str>) -> Vec<FlagFetch<'static>> {
+    names
+        .filter_map(|name| ImapFlag::try_from(name).ok().map(IntoStatic::into_static))
         .map(FlagFetch::Flag)
         .collect()
 }
@@ -1225,7 +1239,9 @@ pub(super) async fn store(
                 };
                 let mut items = Vec::new();
                 if response == StoreResponse::Answer {
-                    items.push(MessageDataItem::Flags(flag_fetch(&view.flags)));
+                    items.push(MessageDataItem::Flags(flag_fetch(
+                        view.flags.iter().map(Flag::as_str),
+                    )));
                 }
                 if uid || selected.condstore {
                     items.push(MessageDataItem::Uid(nonzero(view.uid.0)));
@@ -1650,11 +1666,13 @@ async fn search_records(
                 None
             };
             let parsed = body.as_deref().and_then(search::parse);
+            // The record's list as bits and keywords, as the uid index gives them.
+            let flags: FlagSet = view.flags.iter().cloned().collect();
             let candidate = search::Candidate {
                 seq,
                 uid: view.uid.0,
                 modseq: view.modseq.0,
-                flags: &view.flags,
+                flags: &flags,
                 view: Some(view),
                 parsed: parsed.as_ref(),
             };
@@ -1699,7 +1717,6 @@ mod tests {
     /// The direct encoding of index-answered FETCH responses is imap-codec's, byte for byte.
     #[test]
     fn index_fetch_responses_are_what_imap_codec_encodes() {
-        use mailmesh_protocol::names::Flag;
         let flag_sets: Vec<Vec<Flag>> = vec![
             vec![],
             vec![Flag::seen()],
@@ -1715,8 +1732,18 @@ mod tests {
             .iter()
             .map(|f| Flag::new(f).unwrap())
             .collect(),
+            ["[x", "\\Deleted", "_y", "~z"]
+                .iter()
+                .map(|f| Flag::new(f).unwrap())
+                .collect(),
         ];
-        for flags in &flag_sets {
+        // Each as a record lists it and as the uid index holds it.
+        let sets: Vec<FlagSet> = flag_sets.iter().map(|f| f.iter().cloned().collect()).collect();
+        let heads = flag_sets
+            .iter()
+            .map(|f| HeadFlags::Listed(f))
+            .chain(sets.iter().map(HeadFlags::Indexed));
+        for flags in heads {
             for (uid, with_flags, modseq) in [
                 (true, true, false),
                 (false, true, false),
@@ -1756,7 +1783,8 @@ mod tests {
                     assert_eq!(
                         String::from_utf8_lossy(&direct),
                         String::from_utf8_lossy(&codec),
-                        "uid {uid}, flags {with_flags}, modseq {modseq} ({stored_modseq}), {flags:?}"
+                        "uid {uid}, flags {with_flags}, modseq {modseq} ({stored_modseq}), {:?}",
+                        flags.names().collect::<Vec<_>>()
                     );
                 }
             }

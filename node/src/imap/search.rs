@@ -14,8 +14,9 @@ use chrono::NaiveDate;
 use imap_codec::imap_types::search::SearchKey;
 use imap_codec::imap_types::sequence::{SeqOrUid, Sequence, SequenceSet};
 use mail_parser::{Address, HeaderValue, Message, MessageParser, PartType};
+use mailmesh_actors::flag_set::{self, FlagSet};
 use mailmesh_actors::mailbox::MessageView;
-use mailmesh_protocol::names::Flag;
+use mailmesh_actors::store::uid_row::SYSTEM_BITS;
 
 /// The charsets a SEARCH may name (RFC 3501 6.4.4: US-ASCII must be supported); others get
 /// `NO [BADCHARSET]`.
@@ -80,7 +81,9 @@ pub struct Candidate<'a> {
     pub seq: u32,
     pub uid: u32,
     pub modseq: u64,
-    pub flags: &'a [Flag],
+    /// The system flags as bits, the keywords by name: from the uid index as it is, or from a
+    /// view's flag list.
+    pub flags: &'a FlagSet,
     /// The record's view, when [`needs_record`] asked for it.
     pub view: Option<&'a MessageView>,
     /// The parsed message, when [`needs_body`] asked for it (and it parses).
@@ -101,7 +104,8 @@ pub fn parse(body: &[u8]) -> Option<Message<'_>> {
 
 /// Whether the message matches `key`.
 pub fn matches(key: &SearchKey<'_>, m: &Candidate<'_>, bounds: Bounds) -> bool {
-    let has = |name: &str| m.flags.iter().any(|f| f.as_str().eq_ignore_ascii_case(name));
+    // A system flag is a bit of the row (no name compared for each of a mailbox's messages).
+    let has = |bit: u8| m.flags.has(bit);
     // Keys of the record's size and dates: the session read the view for them (`needs_record`).
     let view = |test: &dyn Fn(&MessageView) -> bool| m.view.is_some_and(test);
     match key {
@@ -111,18 +115,18 @@ pub fn matches(key: &SearchKey<'_>, m: &Candidate<'_>, bounds: Bounds) -> bool {
         SearchKey::SequenceSet(set) => in_set(set, m.seq, bounds.exists),
         SearchKey::Uid(set) => in_set(set, m.uid, bounds.last_uid),
         SearchKey::All => true,
-        SearchKey::Answered => has("\\Answered"),
-        SearchKey::Deleted => has("\\Deleted"),
-        SearchKey::Draft => has("\\Draft"),
-        SearchKey::Flagged => has("\\Flagged"),
-        SearchKey::Seen => has("\\Seen"),
-        SearchKey::Unanswered => !has("\\Answered"),
-        SearchKey::Undeleted => !has("\\Deleted"),
-        SearchKey::Undraft => !has("\\Draft"),
-        SearchKey::Unflagged => !has("\\Flagged"),
-        SearchKey::Unseen => !has("\\Seen"),
-        SearchKey::Keyword(atom) => has(atom.as_ref()),
-        SearchKey::Unkeyword(atom) => !has(atom.as_ref()),
+        SearchKey::Answered => has(flag_set::ANSWERED),
+        SearchKey::Deleted => has(flag_set::DELETED),
+        SearchKey::Draft => has(flag_set::DRAFT),
+        SearchKey::Flagged => has(flag_set::FLAGGED),
+        SearchKey::Seen => has(flag_set::SEEN),
+        SearchKey::Unanswered => !has(flag_set::ANSWERED),
+        SearchKey::Undeleted => !has(flag_set::DELETED),
+        SearchKey::Undraft => !has(flag_set::DRAFT),
+        SearchKey::Unflagged => !has(flag_set::FLAGGED),
+        SearchKey::Unseen => !has(flag_set::SEEN),
+        SearchKey::Keyword(atom) => has_named(m.flags, atom.as_ref()),
+        SearchKey::Unkeyword(atom) => !has_named(m.flags, atom.as_ref()),
         // No message is \Recent on this server (the flag has no replicated meaning; RFC 9051
         // dropped it): NEW (RECENT UNSEEN) and RECENT find nothing, OLD (NOT RECENT) everything.
         SearchKey::Recent | SearchKey::New => false,
@@ -208,6 +212,23 @@ pub fn supported(key: &SearchKey<'_>) -> bool {
         | SearchKey::Text(_) => true,
         #[allow(unreachable_patterns)]
         _ => false,
+    }
+}
+
+/// Whether a flag named `name` is set, in any case (flag names are case-insensitive): a system
+/// flag by its bit, a keyword by name. No keyword starts with `\` and every system flag does,
+/// so this is the same as comparing `name` with every flag set.
+fn has_named(flags: &FlagSet, name: &str) -> bool {
+    if name.starts_with('\\') {
+        SYSTEM_BITS
+            .iter()
+            .position(|system| system.eq_ignore_ascii_case(name))
+            .is_some_and(|bit| flags.has(1 << bit))
+    } else {
+        flags
+            .keywords()
+            .iter()
+            .any(|k| k.as_str().eq_ignore_ascii_case(name))
     }
 }
 
@@ -361,11 +382,12 @@ bmVlZGxl\r\n\
 
     fn hit(criteria: &str, view: &MessageView, seq: u32) -> bool {
         let parsed = parse(MESSAGE);
+        let flags: FlagSet = view.flags.iter().cloned().collect();
         let candidate = Candidate {
             seq,
             uid: view.uid.0,
             modseq: view.modseq.0,
-            flags: &view.flags,
+            flags: &flags,
             view: Some(view),
             parsed: parsed.as_ref(),
         };
@@ -478,11 +500,12 @@ bmVlZGxl\r\n\
         assert!(needs_record(&key("FLAGGED SUBJECT x")));
         // Without the view, a size key matches nothing (the session reads it when asked).
         let v = view(3, 100, &["\\Seen"]);
+        let flags: FlagSet = v.flags.iter().cloned().collect();
         let candidate = Candidate {
             seq: 1,
             uid: 3,
             modseq: 103,
-            flags: &v.flags,
+            flags: &flags,
             view: None,
             parsed: None,
         };
@@ -495,5 +518,82 @@ bmVlZGxl\r\n\
         assert!(!has_modseq(&key("ALL")));
         assert!(charset_supported("utf-8") && charset_supported("US-ASCII"));
         assert!(!charset_supported("ISO-8859-1"));
+    }
+
+    /// The flag keys by bit and by name answer what comparing the key's name with every flag
+    /// set, in any case, answered before (the rule SEARCH followed when flags were a list).
+    #[test]
+    fn flag_keys_agree_with_comparing_names() {
+        let by_names =
+            |flags: &[Flag], name: &str| flags.iter().any(|f| f.as_str().eq_ignore_ascii_case(name));
+        let system = [
+            ("ANSWERED", "\\Answered"),
+            ("DELETED", "\\Deleted"),
+            ("DRAFT", "\\Draft"),
+            ("FLAGGED", "\\Flagged"),
+            ("SEEN", "\\Seen"),
+        ];
+        let keywords = [
+            "$Junk", "$junk", "$JUNK", "Work", "work", "seen", "Seen", "flagged", "zeta", "Zeta",
+        ];
+        let flag_sets: [&[&str]; 9] = [
+            &[],
+            &["\\Seen"],
+            &["\\Answered", "\\Deleted", "\\Draft", "\\Flagged", "\\Seen"],
+            &["$Junk"],
+            &["$junk", "\\Flagged"],
+            &["Work", "zeta", "\\Draft", "\\Deleted"],
+            &["seen"],
+            &["Seen", "\\Answered"],
+            &["ZETA", "$JUNK", "flagged", "\\Seen", "\\Flagged"],
+        ];
+        let bounds = Bounds {
+            exists: 1,
+            last_uid: 1,
+        };
+        for names in flag_sets {
+            let v = view(1, 10, names);
+            let set: FlagSet = v.flags.iter().cloned().collect();
+            let candidate = Candidate {
+                seq: 1,
+                uid: 1,
+                modseq: 1,
+                flags: &set,
+                view: None,
+                parsed: None,
+            };
+            for (key_name, flag) in system {
+                let expected = by_names(&v.flags, flag);
+                assert_eq!(
+                    matches(&key(key_name), &candidate, bounds),
+                    expected,
+                    "{key_name} {names:?}"
+                );
+                assert_eq!(
+                    matches(&key(&format!("UN{key_name}")), &candidate, bounds),
+                    !expected,
+                    "UN{key_name} {names:?}"
+                );
+                // A system flag's name in any case (no KEYWORD key can carry a `\`, but the rule
+                // is the same).
+                for name in [flag.to_string(), flag.to_uppercase(), flag.to_lowercase()] {
+                    assert_eq!(has_named(&set, &name), expected, "{name} {names:?}");
+                }
+            }
+            for keyword in keywords {
+                let expected = by_names(&v.flags, keyword);
+                assert_eq!(
+                    matches(&key(&format!("KEYWORD {keyword}")), &candidate, bounds),
+                    expected,
+                    "KEYWORD {keyword} {names:?}"
+                );
+                assert_eq!(
+                    matches(&key(&format!("UNKEYWORD {keyword}")), &candidate, bounds),
+                    !expected,
+                    "UNKEYWORD {keyword} {names:?}"
+                );
+            }
+            assert!(!has_named(&set, "\\Recent") && !has_named(&set, "\\"));
+        }
     }
 }
