@@ -1817,10 +1817,21 @@ mod tests {
 
     #[test]
     fn decimals_are_what_display_writes() {
-        for n in [0, 1, 9, 10, 99, 100, 4_294_967_295, u64::MAX] {
-            let mut out = Vec::new();
+        // Every width from 1 to 20 digits, at both of its ends and in between, written after
+        // what `out` held.
+        let mut numbers = vec![0, 1, 9, 10, 99, 100, 4_294_967_295, 4_294_967_296, u64::MAX];
+        let mut power: u64 = 1;
+        for _ in 0..19 {
+            power *= 10;
+            numbers.extend([power - 1, power, power + 1, power + power / 2 + 7]);
+        }
+        numbers.extend((0..1000).chain([12_345, 67_890, 100_001]));
+        let widths: std::collections::BTreeSet<usize> = numbers.iter().map(|n| n.to_string().len()).collect();
+        assert_eq!(widths, (1..=20).collect());
+        for n in numbers {
+            let mut out = b"* SEARCH ".to_vec();
             decimal(n, &mut out);
-            assert_eq!(out, n.to_string().into_bytes());
+            assert_eq!(out, format!("* SEARCH {n}").into_bytes());
         }
     }
 
