@@ -150,7 +150,7 @@ impl Selected {
             let messages = self
                 .addr
                 .send(FetchFlags {
-                    uids: UidSet::from_uids(chunk.iter().map(|&u| Uid(u))),
+                    uids: actor_uids(chunk),
                 })
                 .await??;
             let seen = |message: &MessageFlags| message.flags.has(flag_set::SEEN);
@@ -1690,9 +1690,9 @@ async fn search_records(
     Ok(Ok(found))
 }
 
-/// The uids of a chunk of the session's map, as the actor takes them.
+/// The uids of a chunk of the session's map (ascending), as the actor takes them: its runs.
 fn actor_uids(uids: &[u32]) -> UidSet {
-    UidSet::from_uids(uids.iter().map(|&u| Uid(u)))
+    UidSet::from_ascending(uids)
 }
 
 #[cfg(test)]
