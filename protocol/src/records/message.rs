@@ -81,15 +81,16 @@ impl MessageRecord {
             return expunged_digest(&self.append_id);
         }
         let mut encoded = Vec::with_capacity(128 + 48 * self.flags.len());
-        self.encode_for_digest(&mut encoded);
+        self.write_msgpack(&mut encoded, GuidAs::Numbers);
         *blake3::hash(&encoded).as_bytes()
     }
 
-    /// The record's MessagePack encoding as protocol version 2 wrote it (struct fields in an
-    /// array, the Guid as an array of 32 numbers), written directly rather than through serde:
-    /// every change to a record encodes it twice for the mailbox digest (old and new), and the
-    /// digest must keep its value across versions, as stores and peers keep summed digests.
-    fn encode_for_digest(&self, out: &mut Vec<u8>) {
+    /// The record's MessagePack encoding, struct fields in an array as rmp-serde writes them,
+    /// written directly rather than through serde: every change to a record encodes it twice
+    /// for the mailbox digest (old and new) and once for the store. The two differ only in the
+    /// Guid ([`GuidAs`]); the digest's must keep its value across versions, as stores and peers
+    /// keep summed digests, and the store's must stay what rmp-serde reads.
+    pub fn write_msgpack(&self, out: &mut Vec<u8>, guid: GuidAs) {
         fn version(out: &mut Vec<u8>, v: &Version) -> Result<(), rmp::encode::ValueWriteError> {
             rmp::encode::write_array_len(out, 2)?;
             rmp::encode::write_uint(out, v.counter)?;
@@ -97,7 +98,7 @@ impl MessageRecord {
         }
         let write = |out: &mut Vec<u8>| -> Result<(), rmp::encode::ValueWriteError> {
             use rmp::encode::{
-                write_array_len, write_bool, write_map_len, write_sint, write_str, write_uint,
+                write_array_len, write_bin, write_bool, write_map_len, write_sint, write_str, write_uint,
             };
             write_array_len(out, 7)?;
             write_array_len(out, 2)?;
@@ -106,9 +107,14 @@ impl MessageRecord {
             write_array_len(out, 2)?;
             write_uint(out, u64::from(self.uid.value.0))?;
             version(out, &self.uid.version)?;
-            write_array_len(out, 32)?;
-            for b in self.guid.0 {
-                write_uint(out, u64::from(b))?;
+            match guid {
+                GuidAs::Numbers => {
+                    write_array_len(out, 32)?;
+                    for b in self.guid.0 {
+                        write_uint(out, u64::from(b))?;
+                    }
+                }
+                GuidAs::Bytes => write_bin(out, &self.guid.0)?,
             }
             write_uint(out, self.size)?;
             write_sint(out, self.internaldate)?;
@@ -126,6 +132,15 @@ impl MessageRecord {
         };
         write(out).expect("writing to a Vec cannot fail");
     }
+}
+
+/// How [`MessageRecord::write_msgpack`] writes the Guid.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum GuidAs {
+    /// An array of 32 numbers, as protocol version 2 wrote it: what the digest hashes.
+    Numbers,
+    /// MessagePack binary, as the Guid serializes today: what the store holds.
+    Bytes,
 }
 
 impl Merge for MessageRecord {

@@ -23,7 +23,7 @@ mod uid_conflict;
 pub use annotation::Annotation;
 pub use links::LinkGraph;
 pub use mailbox::{resolve_names, MailboxEntry, MailboxPath, MailboxTombstone, ResolvedName, UidNext};
-pub use message::{expunged_digest, MailboxDigest, MessageRecord, RecordUpdate};
+pub use message::{expunged_digest, GuidAs, MailboxDigest, MessageRecord, RecordUpdate};
 pub use pruned::PrunedSet;
 pub use sieve::{ScriptContent, UserSieve};
 pub use subscription::UserSubscriptions;
