@@ -49,6 +49,9 @@ pub struct CommitGroup {
     clock: Option<Arc<dyn Clock>>,
 }
 
+/// A group to flush: its batches and the compactions asked for with them.
+type NextGroup = (Vec<Queued>, Vec<(f64, CompactionReply)>);
+
 /// What the actor and a running background flush share.
 #[derive(Default)]
 struct Shared {
@@ -63,7 +66,7 @@ impl Shared {
     }
 
     /// Everything waiting, as the next group.
-    fn take(&mut self) -> (Vec<Queued>, Vec<(f64, CompactionReply)>) {
+    fn take(&mut self) -> NextGroup {
         (
             std::mem::take(&mut self.queue),
             std::mem::take(&mut self.compactions),
@@ -220,27 +223,19 @@ impl CommitGroup {
             // A background flush is running; it takes what is queued when it is done.
             return;
         };
-        let (group, compactions) = lock(&self.shared).take();
+        let next = lock(&self.shared).take();
         let counters = self.counters.snapshot();
         match self.mode {
             FlushMode::Inline => {
-                let started = self.clock.as_ref().map(|c| c.unix_micros());
-                let flushed = writer.flush(group, compactions, counters);
-                self.writer = Some(finish(flushed, started, self.clock.as_deref(), &self.shared));
+                let clock = self.clock.as_deref();
+                self.writer = Some(flush_group(writer, next, counters, &self.shared, clock));
             }
             FlushMode::Background => {
                 let shared = self.shared.clone();
                 let node_counters = self.counters.clone();
                 let clock = self.clock.clone();
                 let task = tokio::task::spawn_blocking(move || {
-                    flush_while_queued(
-                        writer,
-                        (group, compactions),
-                        counters,
-                        &shared,
-                        &node_counters,
-                        clock,
-                    )
+                    flush_while_queued(writer, next, counters, &shared, &node_counters, clock)
                 });
                 ctx.spawn(task.into_actor(self).map(|joined, act, ctx| {
                     act.writer = Some(joined.expect("a flush never panics"));
@@ -257,10 +252,15 @@ impl CommitGroup {
     /// Flushes everything queued on this thread, whatever the mode (used when stopping).
     fn flush_now(&mut self) {
         if let Some(writer) = self.writer.take() {
-            let (group, compactions) = lock(&self.shared).take();
-            let started = self.clock.as_ref().map(|c| c.unix_micros());
-            let flushed = writer.flush(group, compactions, self.counters.snapshot());
-            self.writer = Some(finish(flushed, started, self.clock.as_deref(), &self.shared));
+            let next = lock(&self.shared).take();
+            let counters = self.counters.snapshot();
+            self.writer = Some(flush_group(
+                writer,
+                next,
+                counters,
+                &self.shared,
+                self.clock.as_deref(),
+            ));
         }
     }
 }
@@ -275,16 +275,14 @@ impl CommitGroup {
 /// advanced them before it was queued.
 fn flush_while_queued(
     mut writer: Writer,
-    mut next: (Vec<Queued>, Vec<(f64, CompactionReply)>),
+    mut next: NextGroup,
     mut counters: CounterState,
     shared: &Mutex<Shared>,
     node_counters: &NodeCounters,
     clock: Option<Arc<dyn Clock>>,
 ) -> Writer {
     loop {
-        let started = clock.as_ref().map(|c| c.unix_micros());
-        let flushed = writer.flush(next.0, next.1, counters);
-        writer = finish(flushed, started, clock.as_deref(), shared);
+        writer = flush_group(writer, next, counters, shared, clock.as_deref());
         if writer.crashed {
             return writer;
         }
@@ -296,6 +294,20 @@ fn flush_while_queued(
         drop(waiting);
         counters = node_counters.snapshot();
     }
+}
+
+/// Flushes one group, answers everyone in it and counts it (its duration by `clock`, if any);
+/// gives the writer back. Whichever thread the flush runs on.
+fn flush_group(
+    writer: Writer,
+    (group, compactions): NextGroup,
+    counters: CounterState,
+    shared: &Mutex<Shared>,
+    clock: Option<&dyn Clock>,
+) -> Writer {
+    let started = clock.map(|c| c.unix_micros());
+    let flushed = writer.flush(group, compactions, counters);
+    finish(flushed, started, clock, shared)
 }
 
 /// Answers everyone in a flushed group and counts it; gives the writer back. `started`: when
