@@ -11,7 +11,7 @@
 
 use std::fmt::Debug;
 use std::fs::{File, OpenOptions};
-use std::io;
+use std::io::{self, IoSlice};
 use std::os::unix::fs::FileExt;
 use std::path::Path;
 
@@ -40,6 +40,15 @@ impl CrashPoint {
 pub trait DiskFile: Send + Sync {
     fn read_exact_at(&self, buf: &mut [u8], offset: u64) -> io::Result<()>;
     fn write_all_at(&self, data: &[u8], offset: u64) -> io::Result<()>;
+    /// Writes `parts` back to back from `offset`: one system call for many where the file
+    /// system has one (`pwritev`), else one write each.
+    fn write_all_gathered_at(&self, parts: &[&[u8]], mut offset: u64) -> io::Result<()> {
+        for part in parts {
+            self.write_all_at(part, offset)?;
+            offset += part.len() as u64;
+        }
+        Ok(())
+    }
     /// fdatasync: what was written to this file is durable once this returns.
     fn sync_data(&self) -> io::Result<()>;
     fn set_len(&self, len: u64) -> io::Result<()>;
@@ -75,6 +84,9 @@ pub trait Disk: Send + Sync + Debug + 'static {
     }
 }
 
+/// The most parts one `pwritev` takes (Linux's `IOV_MAX`).
+const MAX_GATHERED_PARTS: usize = 1024;
+
 /// The operating system's file system: what a node runs on.
 #[derive(Clone, Copy, Debug, Default)]
 pub struct RealDisk;
@@ -86,6 +98,28 @@ impl DiskFile for File {
 
     fn write_all_at(&self, data: &[u8], offset: u64) -> io::Result<()> {
         FileExt::write_all_at(self, data, offset)
+    }
+
+    fn write_all_gathered_at(&self, parts: &[&[u8]], mut offset: u64) -> io::Result<()> {
+        let mut slices: Vec<IoSlice<'_>> = parts
+            .iter()
+            .filter(|part| !part.is_empty())
+            .map(|part| IoSlice::new(part))
+            .collect();
+        let mut rest = &mut slices[..];
+        while !rest.is_empty() {
+            let count = rest.len().min(MAX_GATHERED_PARTS);
+            match rustix::io::pwritev(self, &rest[..count], offset) {
+                Ok(0) => return Err(io::ErrorKind::WriteZero.into()),
+                Ok(written) => {
+                    offset += written as u64;
+                    IoSlice::advance_slices(&mut rest, written);
+                }
+                Err(rustix::io::Errno::INTR) => {}
+                Err(e) => return Err(e.into()),
+            }
+        }
+        Ok(())
     }
 
     fn sync_data(&self) -> io::Result<()> {

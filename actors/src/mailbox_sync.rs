@@ -89,8 +89,11 @@ impl PageBudget {
     /// Stored bytes of records in one page: about 5,000 small records.
     pub const RECORD_BYTES: usize = 1024 * 1024;
     /// Bytes of bodies one page may bring along: a page in flight on each of a channel's
-    /// parallel items stays well within what a receiving session stages.
-    pub const BODY_BYTES: usize = 32 * 1024 * 1024;
+    /// parallel items stays well within what a receiving session stages. Small enough that the
+    /// pipelined push overlaps the replica's write of page n with the transfer of page n+1: with
+    /// 32 MiB, 1,000 bodies of 50 KB went in two pages, and the replica wrote and synced the
+    /// last 17 MB (50 ms) after the transfer had ended; 8 MiB measured 10-20% faster.
+    pub const BODY_BYTES: usize = 8 * 1024 * 1024;
 
     /// At most `records` records, weighed by the default byte bounds.
     pub fn records(records: usize) -> Self {
