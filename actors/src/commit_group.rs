@@ -699,19 +699,26 @@ fn alongside_sync<T>(
     match tokio::runtime::Handle::try_current() {
         Ok(runtime) => {
             let (done, synced) = std::sync::mpsc::sync_channel(1);
+            let handed = HandedSync { job: Some(job), done };
             runtime.spawn_blocking(move || {
-                let result = job.run();
-                let _ = done.send((result, job));
+                let mut handed = handed;
+                if let Some(job) = handed.job.take() {
+                    let result = job.run();
+                    let _ = handed.done.send((Some(result), job));
+                }
             });
             let built = meanwhile();
             match synced.recv() {
-                Ok((synced, job)) => (built, synced, Some(job)),
+                Ok((Some(synced), job)) => (built, synced, Some(job)),
+                // The pool dropped the job unrun (the runtime is shutting down while the stop
+                // flushes the last groups): it runs here, after the transaction is built.
+                Ok((None, job)) => {
+                    let synced = job.run();
+                    (built, synced, Some(job))
+                }
                 Err(_) => (
                     built,
-                    Err(StoreError::Commit(
-                        "the segment sync did not finish (its thread panicked, or the node is stopping)"
-                            .into(),
-                    )),
+                    Err(StoreError::Commit("the segment sync's thread panicked".into())),
                     None,
                 ),
             }
@@ -720,6 +727,22 @@ fn alongside_sync<T>(
         Err(_) => {
             let synced = job.run();
             (meanwhile(), synced, Some(job))
+        }
+    }
+}
+
+/// A segment sync handed to the blocking pool. If the pool drops it without running it (a
+/// runtime shutting down refuses new blocking tasks), dropping it hands the job back unrun, so
+/// the group is still written: a node stopping must flush every group it accepted.
+struct HandedSync {
+    job: Option<SegmentSync>,
+    done: std::sync::mpsc::SyncSender<(Option<Result<(), StoreError>>, SegmentSync)>,
+}
+
+impl Drop for HandedSync {
+    fn drop(&mut self) {
+        if let Some(job) = self.job.take() {
+            let _ = self.done.send((None, job));
         }
     }
 }
