@@ -518,12 +518,32 @@ struct SyncJob {
 /// Where a channel is in streaming the bodies a peer lacks.
 struct BodyReader {
     missing: std::vec::IntoIter<Guid>,
+    /// Each missing body's size (from its record), to read about a request's worth at once.
+    sizes: BTreeMap<Guid, u64>,
+    /// Bodies read ahead of the parts that carry them (with why one could not be read).
+    read: std::collections::VecDeque<(Guid, Result<Vec<u8>, StoreError>)>,
     /// A body sent in chunks, with the offset of its next chunk.
     body: Option<(Guid, Vec<u8>, usize)>,
     /// Bytes of bodies per request.
     chunk: usize,
     /// Bodies that could not be read intact.
     bad: BTreeSet<Guid>,
+}
+
+impl BodyReader {
+    /// Reads the next missing bodies, a request's worth (at least one), together: bodies
+    /// appended together lie together in a segment, and one read takes many of them.
+    fn read_ahead(&mut self, snapshot: &crate::store::Snapshot<'_>) {
+        let mut guids = Vec::new();
+        let mut bytes = 0u64;
+        while bytes < self.chunk as u64 {
+            let Some(guid) = self.missing.next() else { break };
+            bytes += self.sizes.get(&guid).copied().unwrap_or(0);
+            guids.push(guid);
+        }
+        let read = snapshot.read_bodies(&guids);
+        self.read.extend(guids.into_iter().zip(read));
+    }
 }
 
 fn response_name(r: &Response) -> String {
@@ -1042,8 +1062,13 @@ impl SyncJob {
             let (guid, body, offset) = match reader.body.take() {
                 Some(next) => next,
                 None => {
-                    let Some(guid) = reader.missing.next() else { break };
-                    match snapshot.read_body(&guid) {
+                    if reader.read.is_empty() {
+                        reader.read_ahead(&snapshot);
+                    }
+                    let Some((guid, read)) = reader.read.pop_front() else {
+                        break;
+                    };
+                    match read {
                         Ok(body) => (guid, body, 0),
                         Err(e @ (StoreError::BodyCorrupt { .. } | StoreError::BodyMissing { .. })) => {
                             for c in records.iter().filter(|c| c.item.guid == guid) {
@@ -1125,6 +1150,7 @@ impl SyncJob {
         }
         let weight = guids.values().fold(0u64, |sum, size| sum.saturating_add(*size));
         let inline = weight <= inline_up_to;
+        let sizes = guids.clone();
         let missing = if inline {
             guids.into_keys().collect()
         } else {
@@ -1147,6 +1173,8 @@ impl SyncJob {
         // (one request in flight, so a large body's chunks still arrive in order).
         let mut reader = BodyReader {
             missing: missing.into_iter(),
+            sizes,
+            read: Default::default(),
             body: None,
             chunk: self.config.body_chunk.max(1),
             bad: BTreeSet::new(),

@@ -158,39 +158,109 @@ pub fn read_body_in(
     } else {
         (loc.offset, true)
     };
-    let corrupt = |reason: String| StoreError::BodyCorrupt {
-        guid: *guid,
-        segment: loc.segment,
-        offset: loc.offset,
-        reason,
-    };
     let body = if header {
         let mut buf = vec![0u8; loc.entry_len() as usize];
         file.read_exact_at(&mut buf, offset)
-            .map_err(|e| corrupt(format!("cannot read entry: {e}")))?;
-        if &buf[0..4] != MAGIC || buf[4..36] != guid.0 {
-            return Err(corrupt("entry header does not match the index".into()));
-        }
-        let len = u32::from_be_bytes(buf[36..40].try_into().expect("4"));
-        if len != loc.len {
-            return Err(corrupt(format!(
-                "entry length {len} differs from indexed length {}",
-                loc.len
-            )));
-        }
+            .map_err(|e| corrupt(guid, loc, format!("cannot read entry: {e}")))?;
+        check_entry_header(&buf, guid, loc)?;
         // In place: no second allocation and copy of the body.
         buf.drain(..HEADER_LEN as usize);
         buf
     } else {
         let mut buf = vec![0u8; loc.len as usize];
         file.read_exact_at(&mut buf, 0)
-            .map_err(|e| corrupt(format!("cannot read spool file: {e}")))?;
+            .map_err(|e| corrupt(guid, loc, format!("cannot read spool file: {e}")))?;
         buf
     };
-    if Guid::of(&body) != *guid {
-        return Err(corrupt("content does not hash to its Guid".into()));
-    }
+    check_content(&body, guid, loc)?;
     Ok(body)
+}
+
+/// Reads and verifies the bodies at `locations`, all in segment `file` (none in the spool), in
+/// their order. Entries written one after the other (a batch's appends, a page a peer sent) are
+/// read together, a few hundred kilobytes a system call instead of one call each: streaming a
+/// page of 1,000 small bodies to a peer made 1,000 `pread`s. One entry's fault fails that entry
+/// only.
+pub fn read_entries_in(
+    file: &dyn DiskFile,
+    locations: &[(Guid, BodyLocation)],
+) -> Vec<Result<Vec<u8>, StoreError>> {
+    /// Bytes between two entries still read across rather than skipped by a second call.
+    const GAP: u64 = 16 * 1024;
+    /// The most one call reads (a single larger entry is read whole).
+    const RUN: u64 = 1024 * 1024;
+    let mut order: Vec<usize> = (0..locations.len()).collect();
+    order.sort_by_key(|&i| locations[i].1.offset);
+    let mut out: Vec<Option<Result<Vec<u8>, StoreError>>> = locations.iter().map(|_| None).collect();
+    let mut next = 0;
+    while next < order.len() {
+        // A run: entries from `next` on that start within GAP of the run's end, up to RUN bytes.
+        let start = locations[order[next]].1.offset;
+        let mut end = start + locations[order[next]].1.entry_len();
+        let mut last = next + 1;
+        while last < order.len() {
+            let loc = &locations[order[last]].1;
+            let entry_end = loc.offset + loc.entry_len();
+            if loc.offset > end + GAP || entry_end - start > RUN {
+                break;
+            }
+            end = end.max(entry_end);
+            last += 1;
+        }
+        let mut buf = vec![0u8; (end - start) as usize];
+        let read = file.read_exact_at(&mut buf, start);
+        for &i in &order[next..last] {
+            let (guid, loc) = &locations[i];
+            out[i] = Some(match &read {
+                Ok(()) => {
+                    let at = (loc.offset - start) as usize;
+                    let entry = &buf[at..at + loc.entry_len() as usize];
+                    check_entry_header(entry, guid, loc).and_then(|()| {
+                        let body = entry[HEADER_LEN as usize..].to_vec();
+                        check_content(&body, guid, loc).map(|()| body)
+                    })
+                }
+                Err(e) => Err(corrupt(guid, loc, format!("cannot read entry: {e}"))),
+            });
+        }
+        next = last;
+    }
+    out.into_iter()
+        .map(|r| r.expect("every entry is in one run"))
+        .collect()
+}
+
+fn corrupt(guid: &Guid, loc: &BodyLocation, reason: String) -> StoreError {
+    StoreError::BodyCorrupt {
+        guid: *guid,
+        segment: loc.segment,
+        offset: loc.offset,
+        reason,
+    }
+}
+
+/// A segment entry's header names the body the index says is there.
+fn check_entry_header(entry: &[u8], guid: &Guid, loc: &BodyLocation) -> Result<(), StoreError> {
+    if &entry[0..4] != MAGIC || entry[4..36] != guid.0 {
+        return Err(corrupt(guid, loc, "entry header does not match the index".into()));
+    }
+    let len = u32::from_be_bytes(entry[36..40].try_into().expect("4"));
+    if len != loc.len {
+        return Err(corrupt(
+            guid,
+            loc,
+            format!("entry length {len} differs from indexed length {}", loc.len),
+        ));
+    }
+    Ok(())
+}
+
+/// A body is what its Guid says: a flipped bit on disk is reported, never served.
+fn check_content(body: &[u8], guid: &Guid, loc: &BodyLocation) -> Result<(), StoreError> {
+    match Guid::of(body) == *guid {
+        true => Ok(()),
+        false => Err(corrupt(guid, loc, "content does not hash to its Guid".into())),
+    }
 }
 
 /// Up to `limit` bytes of a body from `offset`, and its whole length.
@@ -704,5 +774,62 @@ mod tests {
             read_body(disk.as_ref(), dir.path(), None, &guid, &location).unwrap(),
             b"next group"
         );
+    }
+
+    #[test]
+    fn entries_read_together_come_back_in_the_asked_order_and_a_bad_one_fails_alone() {
+        let dir = tempfile::tempdir().unwrap();
+        let disk: Arc<dyn Disk> = Arc::new(RealDisk);
+        disk.create_dir_all(&dir.path().join(SEGMENT_DIR)).unwrap();
+        let mut writer = SegmentWriter::open(disk.clone(), dir.path(), u64::MAX).unwrap();
+        // Small bodies side by side, a group record between them (a gap read across), a body
+        // larger than one read's limit, then more small ones.
+        let mut bodies: Vec<Vec<u8>> = (0..300u32)
+            .map(|n| format!("body {n} ").repeat(n as usize % 50 + 1).into_bytes())
+            .collect();
+        bodies.insert(150, vec![7u8; 1536 * 1024]);
+        let mut placed = Vec::new();
+        for (i, body) in bodies.iter().enumerate() {
+            let guid = Guid::of(body);
+            placed.push((guid, writer.append(&guid, body)));
+            if i == 100 {
+                writer.append_record(&[1u8; 3000]);
+            }
+        }
+        writer.sync().unwrap();
+        // One entry's bytes damaged on disk, and one location whose header names another body.
+        let file = disk.open(&segment_path(dir.path(), 1), true).unwrap();
+        let damaged = placed[40].1;
+        file.write_all_at(b"X", damaged.offset + HEADER_LEN + 1).unwrap();
+        let mut asked: Vec<(Guid, BodyLocation)> = placed.iter().rev().copied().collect();
+        let misplaced = (Guid::of(b"not there"), placed[7].1);
+        asked.insert(5, misplaced);
+        let read = read_entries_in(file.as_ref(), &asked);
+        assert_eq!(read.len(), asked.len());
+        for ((guid, _), result) in asked.iter().zip(&read) {
+            let index = placed.iter().position(|(g, _)| g == guid);
+            match index {
+                Some(40) => assert!(
+                    matches!(result, Err(StoreError::BodyCorrupt { reason, .. }) if reason.contains("hash")),
+                    "{result:?}"
+                ),
+                Some(i) => assert_eq!(result.as_ref().unwrap(), &bodies[i]),
+                None => assert!(
+                    matches!(result, Err(StoreError::BodyCorrupt { reason, .. }) if reason.contains("header")),
+                    "{result:?}"
+                ),
+            }
+        }
+        // An entry past the end of the file (the index ahead of a cut segment) fails alone too.
+        let end = writer.end();
+        let beyond = BodyLocation {
+            segment: 1,
+            offset: end,
+            len: 10,
+            refs: 1,
+        };
+        let read = read_entries_in(file.as_ref(), &[placed[0], (Guid::of(b"gone"), beyond)]);
+        assert_eq!(read[0].as_ref().unwrap(), &bodies[0]);
+        assert!(matches!(&read[1], Err(StoreError::BodyCorrupt { .. })));
     }
 }

@@ -588,6 +588,51 @@ impl Snapshot<'_> {
         let (_, file) = segment.as_ref().expect("opened above");
         bodies::read_body_in(file.as_ref(), &store.dir, store.spool.as_deref(), guid, &location)
     }
+
+    /// Reads and verifies many bodies, each answered in `guids`' order; entries that lie
+    /// together in a segment are read together ([`bodies::read_entries_in`]).
+    pub fn read_bodies(&self, guids: &[Guid]) -> Vec<Result<Vec<u8>, StoreError>> {
+        let mut out: Vec<Option<Result<Vec<u8>, StoreError>>> = guids.iter().map(|_| None).collect();
+        // Per segment, the entries to read there and where each answer goes.
+        type Entries = Vec<(Guid, bodies::BodyLocation)>;
+        let mut by_segment: BTreeMap<u32, (Entries, Vec<usize>)> = BTreeMap::new();
+        for (i, guid) in guids.iter().enumerate() {
+            match self.body_location(guid) {
+                Ok(Some(loc)) if loc.segment != bodies::SPOOL => {
+                    let (entries, slots) = by_segment.entry(loc.segment).or_default();
+                    entries.push((*guid, loc));
+                    slots.push(i);
+                }
+                // The spool holds a file per body: nothing to read together.
+                Ok(Some(_)) => out[i] = Some(self.read_body(guid)),
+                Ok(None) => out[i] = Some(Err(StoreError::BodyMissing { guid: *guid })),
+                Err(e) => out[i] = Some(Err(e)),
+            }
+        }
+        let store = self.store;
+        for (segment, (entries, slots)) in by_segment {
+            let path = bodies::segment_path(&store.dir, segment);
+            let read = match store.disk.open(&path, false) {
+                Ok(file) => bodies::read_entries_in(file.as_ref(), &entries),
+                // As `read_body` answers it, once per body.
+                Err(e) => entries
+                    .iter()
+                    .map(|_| {
+                        Err(StoreError::io(
+                            path.display(),
+                            std::io::Error::new(e.kind(), e.to_string()),
+                        ))
+                    })
+                    .collect(),
+            };
+            for (slot, result) in slots.into_iter().zip(read) {
+                out[slot] = Some(result);
+            }
+        }
+        out.into_iter()
+            .map(|r| r.expect("every guid is answered"))
+            .collect()
+    }
 }
 
 /// The journal mark of the store's last commit; a store from before the journal has none.
