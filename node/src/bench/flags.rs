@@ -4,6 +4,10 @@
 //! the last message alone, which shows it last; then checked by a listing of all of them). The bytes
 //! are the QUIC datagrams both ways between the two nodes while the change crosses (the first
 //! node's per-peer counters in `status`, read when replication is idle before and after).
+//!
+//! The change is timed `runs` times, the flag set, cleared and set again on every message, and
+//! the table reports the median run with every run beside it (one run can take half as long
+//! again as the next on a shared virtual machine).
 
 use std::time::{Duration, Instant};
 
@@ -25,7 +29,12 @@ pub struct FlagsResult {
 }
 
 /// `a` and `b` are linked to each other.
-pub fn flag_changes(a: &NodeProcess, b: &NodeProcess, count: usize) -> Result<FlagsResult, Error> {
+pub fn flag_changes(
+    a: &NodeProcess,
+    b: &NodeProcess,
+    count: usize,
+    runs: usize,
+) -> Result<Vec<FlagsResult>, Error> {
     a.create_mailbox(USER, MAILBOX)?;
     load(a, USER, MAILBOX, count, 1024)?;
     poll_until(
@@ -44,59 +53,66 @@ pub fn flag_changes(a: &NodeProcess, b: &NodeProcess, count: usize) -> Result<Fl
         )));
     }
 
-    let (bytes_before, _) = traffic(&a.status()?);
-    let reply = a.call(Request::StoreFlagsRange {
-        user: USER.into(),
-        mailbox: MAILBOX.into(),
-        first_uid: first,
-        last_uid: last,
-        change: FlagChange::Add,
-        flags: vec![FLAG.into()],
-    })?;
-    let start = Instant::now();
-    let cpu_before = CpuTime::of(&[a, b])?;
-    match reply {
-        Reply::Messages(rows) if rows.len() == count => {}
-        _ => return Err(a.failed("did not flag every message")),
-    }
-    // Polled cheaply: listing all the messages every millisecond took the second node's actor
-    // thread (where the merge runs) several milliseconds each time. The last message is asked
-    // for alone until it shows the flag, and the clock stops then: the first node flagged the
-    // messages in uid order in one commit, so the last has the highest modseq there; its sync
-    // sends changes in modseq order, page after page, each committed on the second node before
-    // the next goes. So when the last shows the flag, so does every other message. A full
-    // listing then checks it; were one message still unflagged, the argument would be wrong,
-    // and the clock runs on until a full listing shows the flag on every message.
-    let flagged = |rows: &[MessageRow]| rows.iter().all(|m| m.flags.iter().any(|f| f == FLAG));
-    let (_, tail_at) = poll_until("the flag on the last message", Duration::from_millis(1), || {
-        let tail = b.message_range(USER, MAILBOX, last, last)?;
-        Ok((!tail.is_empty() && flagged(&tail)).then_some(()))
-    })?;
-    let all_flagged = || -> Result<Option<()>, Error> {
-        let rows = b.messages(USER, MAILBOX)?;
-        Ok((rows.len() == count && flagged(&rows)).then_some(()))
-    };
-    let done = match all_flagged()? {
-        Some(()) => tail_at,
-        None => {
-            poll_until(
-                "the flags on the second node",
-                Duration::from_millis(1),
-                all_flagged,
-            )?
-            .1
+    let mut results = Vec::with_capacity(runs);
+    for run in 0..runs.max(1) {
+        // Set, cleared, set again: each run changes every message.
+        let want = run % 2 == 0;
+        let change = if want { FlagChange::Add } else { FlagChange::Remove };
+        let (bytes_before, _) = traffic(&a.status()?);
+        let reply = a.call(Request::StoreFlagsRange {
+            user: USER.into(),
+            mailbox: MAILBOX.into(),
+            first_uid: first,
+            last_uid: last,
+            change,
+            flags: vec![FLAG.into()],
+        })?;
+        let start = Instant::now();
+        let cpu_before = CpuTime::of(&[a, b])?;
+        match reply {
+            Reply::Messages(rows) if rows.len() == count => {}
+            _ => return Err(a.failed("did not change the flag on every message")),
         }
-    };
-    let secs = done.duration_since(start).as_secs_f64();
-    let cpu = CpuTime::of(&[a, b])?.since(cpu_before);
-    report_window("flag changes", secs);
-    wait_quiet(a)?;
-    wait_quiet(b)?;
-    let (bytes_after, _) = traffic(&a.status()?);
-    Ok(FlagsResult {
-        changes: count,
-        secs,
-        bytes_per_change: bytes_after.saturating_sub(bytes_before) as f64 / count as f64,
-        cpu,
-    })
+        // Polled cheaply: listing all the messages every millisecond took the second node's actor
+        // thread (where the merge runs) several milliseconds each time. The last message is asked
+        // for alone until it shows the flag, and the clock stops then: the first node flagged the
+        // messages in uid order in one commit, so the last has the highest modseq there; its sync
+        // sends changes in modseq order, page after page, each committed on the second node before
+        // the next goes. So when the last shows the flag, so does every other message. A full
+        // listing then checks it; were one message still unflagged, the argument would be wrong,
+        // and the clock runs on until a full listing shows the flag on every message.
+        let flagged = |rows: &[MessageRow]| rows.iter().all(|m| m.flags.iter().any(|f| f == FLAG) == want);
+        let (_, tail_at) = poll_until("the flag on the last message", Duration::from_millis(1), || {
+            let tail = b.message_range(USER, MAILBOX, last, last)?;
+            Ok((!tail.is_empty() && flagged(&tail)).then_some(()))
+        })?;
+        let all_flagged = || -> Result<Option<()>, Error> {
+            let rows = b.messages(USER, MAILBOX)?;
+            Ok((rows.len() == count && flagged(&rows)).then_some(()))
+        };
+        let done = match all_flagged()? {
+            Some(()) => tail_at,
+            None => {
+                poll_until(
+                    "the flags on the second node",
+                    Duration::from_millis(1),
+                    all_flagged,
+                )?
+                .1
+            }
+        };
+        let secs = done.duration_since(start).as_secs_f64();
+        let cpu = CpuTime::of(&[a, b])?.since(cpu_before);
+        report_window("flag changes", secs);
+        wait_quiet(a)?;
+        wait_quiet(b)?;
+        let (bytes_after, _) = traffic(&a.status()?);
+        results.push(FlagsResult {
+            changes: count,
+            secs,
+            bytes_per_change: bytes_after.saturating_sub(bytes_before) as f64 / count as f64,
+            cpu,
+        });
+    }
+    Ok(results)
 }
