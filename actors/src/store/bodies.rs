@@ -209,6 +209,20 @@ pub fn read_entries_in(
         }
         let mut buf = vec![0u8; (end - start) as usize];
         let read = file.read_exact_at(&mut buf, start);
+        if last == next + 1 {
+            // One entry (a large body among them): its header is cut off in place, with no
+            // second allocation and copy of the body.
+            let (guid, loc) = &locations[order[next]];
+            out[order[next]] = Some(match read {
+                Ok(()) => check_entry_header(&buf, guid, loc).and_then(|()| {
+                    buf.drain(..HEADER_LEN as usize);
+                    check_content(&buf, guid, loc).map(|()| buf)
+                }),
+                Err(e) => Err(corrupt(guid, loc, format!("cannot read entry: {e}"))),
+            });
+            next = last;
+            continue;
+        }
         for &i in &order[next..last] {
             let (guid, loc) = &locations[i];
             out[i] = Some(match &read {
