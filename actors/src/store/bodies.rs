@@ -189,19 +189,24 @@ pub fn read_entries_in(
     const GAP: u64 = 16 * 1024;
     /// The most one call reads (a single larger entry is read whole).
     const RUN: u64 = 1024 * 1024;
+    /// Entries larger than this are read alone, straight into their own buffer: for them the
+    /// call costs little beside the bytes, and a shared read would copy each out again.
+    const SMALL: u64 = SHARED_BODY as u64;
     let mut order: Vec<usize> = (0..locations.len()).collect();
     order.sort_by_key(|&i| locations[i].1.offset);
     let mut out: Vec<Option<Result<Vec<u8>, StoreError>>> = locations.iter().map(|_| None).collect();
     let mut next = 0;
     while next < order.len() {
-        // A run: entries from `next` on that start within GAP of the run's end, up to RUN bytes.
+        // A run: small entries from `next` on that start within GAP of the run's end, up to RUN
+        // bytes.
         let start = locations[order[next]].1.offset;
         let mut end = start + locations[order[next]].1.entry_len();
         let mut last = next + 1;
-        while last < order.len() {
+        let small = |loc: &BodyLocation| loc.entry_len() <= SMALL;
+        while small(&locations[order[next]].1) && last < order.len() {
             let loc = &locations[order[last]].1;
             let entry_end = loc.offset + loc.entry_len();
-            if loc.offset > end + GAP || entry_end - start > RUN {
+            if !small(loc) || loc.offset > end + GAP || entry_end - start > RUN {
                 break;
             }
             end = end.max(entry_end);
