@@ -797,20 +797,14 @@ pub(crate) fn apply_batches(
                     }
                 }
                 Op::AddBody(guid, bytes) => {
-                    // Written ahead: write_group found it absent, and no op of this group has
-                    // indexed it since (the first to do so takes it out of `prewritten`), so the
-                    // index needs no second look.
-                    if let Some(loc) = prewritten.remove(guid) {
-                        bodies_written.0 += 1;
-                        bodies_written.1 += u64::from(loc.len);
-                        segment_bodies.insert(
-                            keys::segment_body(loc.segment, loc.offset).as_slice(),
-                            guid.0.as_slice(),
-                        )?;
-                        bodies.insert(guid.0.as_slice(), loc.encode().as_slice())?;
-                        continue;
-                    }
-                    let location = match indexed_body(&bodies, guid)? {
+                    // A body written ahead is known absent from the index: write_group found it
+                    // so, and the first op of this group to index it takes it out of
+                    // `prewritten`. No second look.
+                    let indexed = match prewritten.contains_key(guid) {
+                        true => None,
+                        false => indexed_body(&bodies, guid)?,
+                    };
+                    let location = match indexed {
                         Some(mut loc) => {
                             loc.refs += 1;
                             loc
@@ -837,10 +831,13 @@ pub(crate) fn apply_batches(
                                     }
                                 }
                                 None => {
-                                    // Not written ahead: the body was indexed when the group
-                                    // began (released to zero by an earlier batch, then added
-                                    // again).
-                                    let loc = segments.append_shared(guid, bytes);
+                                    // Written ahead by write_group unless the body was
+                                    // indexed when the group began (released to zero by
+                                    // an earlier batch, then added again).
+                                    let loc = match prewritten.remove(guid) {
+                                        Some(loc) => loc,
+                                        None => segments.append_shared(guid, bytes),
+                                    };
                                     segment_bodies.insert(
                                         keys::segment_body(loc.segment, loc.offset).as_slice(),
                                         guid.0.as_slice(),
