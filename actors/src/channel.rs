@@ -1150,13 +1150,12 @@ impl SyncJob {
         }
         let weight = guids.values().fold(0u64, |sum, size| sum.saturating_add(*size));
         let inline = weight <= inline_up_to;
-        let sizes = guids.clone();
         let missing = if inline {
-            guids.into_keys().collect()
+            guids.keys().copied().collect()
         } else {
             match self
                 .request(Request::MissingBodies {
-                    guids: guids.into_keys().collect(),
+                    guids: guids.keys().copied().collect(),
                 })
                 .await?
             {
@@ -1173,7 +1172,7 @@ impl SyncJob {
         // (one request in flight, so a large body's chunks still arrive in order).
         let mut reader = BodyReader {
             missing: missing.into_iter(),
-            sizes,
+            sizes: guids,
             read: Default::default(),
             body: None,
             chunk: self.config.body_chunk.max(1),

@@ -203,14 +203,16 @@ pub fn read_entries_in(
         let mut end = start + locations[order[next]].1.entry_len();
         let mut last = next + 1;
         let small = |loc: &BodyLocation| loc.entry_len() <= SMALL;
-        while small(&locations[order[next]].1) && last < order.len() {
-            let loc = &locations[order[last]].1;
-            let entry_end = loc.offset + loc.entry_len();
-            if !small(loc) || loc.offset > end + GAP || entry_end - start > RUN {
-                break;
+        if small(&locations[order[next]].1) {
+            while let Some(&i) = order.get(last) {
+                let loc = &locations[i].1;
+                let entry_end = loc.offset + loc.entry_len();
+                if !small(loc) || loc.offset > end + GAP || entry_end - start > RUN {
+                    break;
+                }
+                end = end.max(entry_end);
+                last += 1;
             }
-            end = end.max(entry_end);
-            last += 1;
         }
         let mut buf = vec![0u8; (end - start) as usize];
         let read = file.read_exact_at(&mut buf, start);
