@@ -75,28 +75,29 @@ pub fn flag_changes(
         }
         // Polled cheaply: listing all the messages every millisecond took the second node's actor
         // thread (where the merge runs) several milliseconds each time. The last message is asked
-        // for alone until it shows the flag, and the clock stops then: the first node flagged the
-        // messages in uid order in one commit, so the last has the highest modseq there; its sync
-        // sends changes in modseq order, page after page, each committed on the second node before
-        // the next goes. So when the last shows the flag, so does every other message. A full
-        // listing then checks it; were one message still unflagged, the argument would be wrong,
-        // and the clock runs on until a full listing shows the flag on every message.
-        let flagged = |rows: &[MessageRow]| rows.iter().all(|m| m.flags.iter().any(|f| f == FLAG) == want);
+        // for alone until it shows the change (the flag set, or cleared), and the clock stops
+        // then: the first node changed the messages in uid order in one commit, so the last has
+        // the highest modseq there; its sync sends changes in modseq order, page after page, each
+        // committed on the second node before the next goes. So when the last shows the change,
+        // so does every other message. A full listing then checks it; were one message still
+        // unchanged, the argument would be wrong, and the clock runs on until a full listing
+        // shows the change on every message.
+        let as_wanted = |rows: &[MessageRow]| rows.iter().all(|m| m.flags.iter().any(|f| f == FLAG) == want);
         let (_, tail_at) = poll_until("the flag on the last message", Duration::from_millis(1), || {
             let tail = b.message_range(USER, MAILBOX, last, last)?;
-            Ok((!tail.is_empty() && flagged(&tail)).then_some(()))
+            Ok((!tail.is_empty() && as_wanted(&tail)).then_some(()))
         })?;
-        let all_flagged = || -> Result<Option<()>, Error> {
+        let all_as_wanted = || -> Result<Option<()>, Error> {
             let rows = b.messages(USER, MAILBOX)?;
-            Ok((rows.len() == count && flagged(&rows)).then_some(()))
+            Ok((rows.len() == count && as_wanted(&rows)).then_some(()))
         };
-        let done = match all_flagged()? {
+        let done = match all_as_wanted()? {
             Some(()) => tail_at,
             None => {
                 poll_until(
                     "the flags on the second node",
                     Duration::from_millis(1),
-                    all_flagged,
+                    all_as_wanted,
                 )?
                 .1
             }

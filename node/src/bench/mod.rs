@@ -177,6 +177,20 @@ pub fn run(options: BenchOptions) -> Result<(), Error> {
     }
 }
 
+/// Every run's time, in the order they ran.
+fn every_time<T>(runs: &[T], secs: impl Fn(&T) -> f64) -> String {
+    runs.iter()
+        .map(|r| duration(secs(r)))
+        .collect::<Vec<_>>()
+        .join(", ")
+}
+
+/// The run of median time (the later of the two middle ones for an even count).
+fn median_run<T>(mut runs: Vec<T>, secs: impl Fn(&T) -> f64) -> T {
+    runs.sort_by(|x, y| secs(x).total_cmp(&secs(y)));
+    runs.swap_remove(runs.len() / 2)
+}
+
 fn measure(root: &Path, scale: &Scale, selected: &dyn Fn(RowGroup) -> bool) -> Result<String, Error> {
     let load_at_start = load_average();
     eprintln!("bench: measuring this machine's limits");
@@ -205,25 +219,22 @@ fn measure(root: &Path, scale: &Scale, selected: &dyn Fn(RowGroup) -> bool) -> R
             continue;
         }
         eprintln!("bench: {name} ({messages} messages)");
-        let mut runs = sync::initial_sync(
+        let runs = sync::initial_sync(
             &root.join(format!("sync-{size}")),
             messages,
             size,
             scale.sync_runs,
         )?;
-        let all = runs
-            .iter()
-            .map(|r| duration(r.secs))
-            .collect::<Vec<_>>()
-            .join(", ");
-        runs.sort_by(|x, y| x.secs.total_cmp(&y.secs));
-        let result = runs[runs.len() / 2];
-        let bytes_per_sec = result.bytes as f64 / result.secs;
-        let share = bytes_per_sec / limits.quic_bytes_per_sec;
         let median = match runs.len() {
             1 => String::new(),
-            n => format!("; median of {n} syncs to new replicas: {all}"),
+            n => format!(
+                "; median of {n} syncs to new replicas: {}",
+                every_time(&runs, |r| r.secs)
+            ),
         };
+        let result = median_run(runs, |r| r.secs);
+        let bytes_per_sec = result.bytes as f64 / result.secs;
+        let share = bytes_per_sec / limits.quic_bytes_per_sec;
         rows.push(Row {
             name,
             measured: format!(
@@ -256,18 +267,15 @@ fn measure(root: &Path, scale: &Scale, selected: &dyn Fn(RowGroup) -> bool) -> R
 
         if selected(RowGroup::Flags) {
             eprintln!("bench: {} flag changes", scale.flag_changes);
-            let mut runs = flags::flag_changes(&a, &b, scale.flag_changes, scale.sync_runs)?;
-            let all = runs
-                .iter()
-                .map(|r| duration(r.secs))
-                .collect::<Vec<_>>()
-                .join(", ");
+            let runs = flags::flag_changes(&a, &b, scale.flag_changes, scale.sync_runs)?;
             let median = match runs.len() {
                 1 => String::new(),
-                n => format!(" (median of {n} runs, the flag set, cleared, set: {all})"),
+                n => format!(
+                    " (median of {n} runs, the flag set, cleared, set: {})",
+                    every_time(&runs, |r| r.secs)
+                ),
             };
-            runs.sort_by(|x, y| x.secs.total_cmp(&y.secs));
-            let flags = runs[runs.len() / 2];
+            let flags = median_run(runs, |r| r.secs);
             let flags_target_s = 0.010 * scale.flag_changes as f64 / 1000.0;
             rows.push(Row {
                 name: table::ROW_NAMES[2],
