@@ -26,9 +26,7 @@ use crate::inflight::Inflight;
 use crate::store::batch::Op;
 use crate::store::bodies::{BodyLocation, SegmentSync, SegmentWriter, SPOOL};
 use crate::store::journal::{self, JournalMark};
-use crate::store::{
-    encode, keys, Batch, CounterState, Store, BODIES, META, META_COUNTERS, META_JOURNAL, SEGMENT_BODIES,
-};
+use crate::store::{encode, Batch, CounterState, Store, BODIES, META, META_COUNTERS, META_JOURNAL};
 
 /// Default size at which a new segment file starts.
 pub const DEFAULT_SEGMENT_BYTES: u64 = 64 * 1024 * 1024;
@@ -617,34 +615,58 @@ impl Writer {
     /// deletes them.
     fn compact(&mut self, max_live_ratio: f64) -> Result<CompactionReport, StoreError> {
         let mut report = CompactionReport::default();
-        for segment in self.segments.sealed_segments()? {
+        let sealed = self.segments.sealed_segments()?;
+        if sealed.is_empty() {
+            return Ok(report);
+        }
+        // A segment's live bodies are those the body index points into it: an entry is live
+        // exactly when the index names it, so nothing else is asked (the reverse index that
+        // once answered this cost every new body an insert, see STORE_FORMAT). A first scan
+        // counts each sealed segment's live bytes; a second lists the entries of the segments
+        // worth compacting, so only bodies about to move are held, not the whole index.
+        let mut live_bytes: BTreeMap<u32, u64> = sealed.iter().map(|s| (*s, 0)).collect();
+        self.scan_body_index(|_, loc| {
+            if let Some(bytes) = live_bytes.get_mut(&loc.segment) {
+                *bytes += loc.entry_len();
+            }
+        })?;
+        let mut chosen: BTreeMap<u32, SegmentToCompact> = BTreeMap::new();
+        for (segment, live_bytes) in live_bytes {
             let file_len = self.segments.file_len(segment)?;
-            let mut live: Vec<(Guid, BodyLocation)> = Vec::new();
-            {
-                let txn = self.store.db().begin_read()?;
-                let sb = txn.open_table(SEGMENT_BODIES)?;
-                let idx = txn.open_table(BODIES)?;
-                let start = keys::segment_body(segment, 0);
-                let end = keys::segment_body(segment + 1, 0);
-                for row in sb.range::<&[u8]>(start.as_slice()..end.as_slice())? {
-                    let (_, guid) = row?;
-                    let guid = Guid(guid.value().try_into().map_err(|_| StoreError::Decode {
-                        what: "segment body row".into(),
-                        reason: "guid is not 32 bytes".into(),
-                    })?);
-                    if let Some(loc) = idx.get(guid.0.as_slice())? {
-                        live.push((guid, BodyLocation::decode(loc.value())?));
-                    }
-                }
+            if file_len == 0 || live_bytes as f64 <= max_live_ratio * file_len as f64 {
+                let live = Vec::new();
+                chosen.insert(
+                    segment,
+                    SegmentToCompact {
+                        file_len,
+                        live_bytes,
+                        live,
+                    },
+                );
             }
-            let live_bytes: u64 = live.iter().map(|(_, l)| l.entry_len()).sum();
-            if file_len > 0 && live_bytes as f64 > max_live_ratio * file_len as f64 {
-                continue;
+        }
+        if chosen.is_empty() {
+            return Ok(report);
+        }
+        self.scan_body_index(|guid, loc| {
+            if let Some(chosen) = chosen.get_mut(&loc.segment) {
+                chosen.live.push((*guid, loc));
             }
+        })?;
+        for (
+            segment,
+            SegmentToCompact {
+                file_len,
+                live_bytes,
+                mut live,
+            },
+        ) in chosen
+        {
+            // Copied forward in the order they lie in the old segment: sequential reads.
+            live.sort_by_key(|(_, loc)| loc.offset);
             let txn = self.store.db().begin_write()?;
             {
                 let mut idx = txn.open_table(BODIES)?;
-                let mut sb = txn.open_table(SEGMENT_BODIES)?;
                 for (guid, old) in &live {
                     let body = crate::store::bodies::read_body(
                         self.store.disk().as_ref(),
@@ -656,11 +678,6 @@ impl Writer {
                     let mut new = self.segments.append(guid, &body);
                     new.refs = old.refs;
                     idx.insert(guid.0.as_slice(), new.encode().as_slice())?;
-                    sb.remove(keys::segment_body(old.segment, old.offset).as_slice())?;
-                    sb.insert(
-                        keys::segment_body(new.segment, new.offset).as_slice(),
-                        guid.0.as_slice(),
-                    )?;
                     report.bodies_moved += 1;
                 }
             }
@@ -684,6 +701,28 @@ impl Writer {
         }
         Ok(report)
     }
+
+    /// Every body the index holds, with where it is, in Guid order (one read transaction).
+    fn scan_body_index(&self, mut visit: impl FnMut(&Guid, BodyLocation)) -> Result<(), StoreError> {
+        let txn = self.store.db().begin_read()?;
+        let idx = txn.open_table(BODIES)?;
+        for row in idx.iter()? {
+            let (guid, loc) = row?;
+            let guid = Guid(guid.value().try_into().map_err(|_| StoreError::Decode {
+                what: "body index key".into(),
+                reason: "guid is not 32 bytes".into(),
+            })?);
+            visit(&guid, BodyLocation::decode(loc.value())?);
+        }
+        Ok(())
+    }
+}
+
+/// A sealed segment mostly dead: its size, its live bytes, and the live bodies to copy forward.
+struct SegmentToCompact {
+    file_len: u64,
+    live_bytes: u64,
+    live: Vec<(Guid, BodyLocation)>,
 }
 
 /// Runs a segment's write and fdatasync on another thread while `meanwhile` runs on this one,
@@ -764,7 +803,6 @@ pub(crate) fn apply_batches(
     let mut results = Vec::with_capacity(batches.len());
     let mut spooled = false;
     let mut bodies = txn.open_table(BODIES)?;
-    let mut segment_bodies = txn.open_table(SEGMENT_BODIES)?;
     // Tables are opened lazily, one handle per table for the whole group.
     let mut tables: BTreeMap<&'static str, RedbTable<&'static [u8], &'static [u8]>> = BTreeMap::new();
     for batch in batches {
@@ -834,15 +872,10 @@ pub(crate) fn apply_batches(
                                     // Written ahead by write_group unless the body was
                                     // indexed when the group began (released to zero by
                                     // an earlier batch, then added again).
-                                    let loc = match prewritten.remove(guid) {
+                                    match prewritten.remove(guid) {
                                         Some(loc) => loc,
                                         None => segments.append_shared(guid, bytes),
-                                    };
-                                    segment_bodies.insert(
-                                        keys::segment_body(loc.segment, loc.offset).as_slice(),
-                                        guid.0.as_slice(),
-                                    )?;
-                                    loc
+                                    }
                                 }
                             }
                         }
@@ -869,7 +902,6 @@ pub(crate) fn apply_batches(
                         loc.refs = loc.refs.saturating_sub(1);
                         if loc.refs == 0 {
                             bodies.remove(guid.0.as_slice())?;
-                            segment_bodies.remove(keys::segment_body(loc.segment, loc.offset).as_slice())?;
                         } else {
                             bodies.insert(guid.0.as_slice(), loc.encode().as_slice())?;
                         }

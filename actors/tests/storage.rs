@@ -236,6 +236,29 @@ fn a_store_of_a_newer_format_is_refused_and_an_older_one_upgraded() {
     set_store_format(dir.path(), None);
     drop(Store::open(dir.path(), &node).unwrap());
     assert_eq!(store_format(dir.path()), Some(STORE_FORMAT));
+
+    // A format-2 store kept a reverse index of each segment's bodies; this format finds them by
+    // the body index, so opening one drops the old table (nothing would keep it true).
+    set_store_format(dir.path(), Some(2));
+    let segment_bodies: redb::TableDefinition<&[u8], &[u8]> = redb::TableDefinition::new("segment_bodies");
+    {
+        let db = redb::Database::open(dir.path().join("store.redb")).unwrap();
+        let txn = db.begin_write().unwrap();
+        txn.open_table(segment_bodies)
+            .unwrap()
+            .insert(b"row".as_slice(), b"guid".as_slice())
+            .unwrap();
+        txn.commit().unwrap();
+    }
+    drop(Store::open(dir.path(), &node).unwrap());
+    assert_eq!(store_format(dir.path()), Some(STORE_FORMAT));
+    let db = redb::Database::open(dir.path().join("store.redb")).unwrap();
+    let tables: Vec<String> = {
+        use redb::{ReadableDatabase, TableHandle};
+        let txn = db.begin_read().unwrap();
+        txn.list_tables().unwrap().map(|t| t.name().to_string()).collect()
+    };
+    assert!(!tables.iter().any(|t| t == "segment_bodies"), "{tables:?}");
 }
 
 #[test]

@@ -86,12 +86,6 @@ pub fn user(user: &str) -> Vec<u8> {
     user.as_bytes().to_vec()
 }
 
-pub fn segment_body(segment: u32, offset: u64) -> Vec<u8> {
-    let mut k = segment.to_be_bytes().to_vec();
-    k.extend_from_slice(&offset.to_be_bytes());
-    k
-}
-
 #[cfg(test)]
 mod tests {
     use super::*;

@@ -60,8 +60,10 @@ pub(crate) const SUBSCRIPTIONS: RawTable = TableDefinition::new("subscriptions")
 pub(crate) const SIEVE: RawTable = TableDefinition::new("sieve");
 /// Guid -> BodyLocation (segment, offset, length, reference count).
 pub(crate) const BODIES: RawTable = TableDefinition::new("bodies");
-/// segment, offset -> Guid: the live bodies of one segment, for compaction.
-pub(crate) const SEGMENT_BODIES: RawTable = TableDefinition::new("segment_bodies");
+/// segment, offset -> Guid: the live bodies of one segment, kept for compaction by stores of
+/// format 2. Format 3 finds a segment's live bodies by a scan of [`BODIES`] instead (see
+/// `CommitGroup::compact`) and drops this table when it opens an older store.
+const OLD_SEGMENT_BODIES: RawTable = TableDefinition::new("segment_bodies");
 /// MailboxId -> (): deleted mailboxes whose records are still being purged.
 pub(crate) const PURGES: RawTable = TableDefinition::new("purges");
 /// peer, item -> generation: the per-channel sync logs.
@@ -92,7 +94,7 @@ pub(crate) const SYNC_WHOLE: RawTable = TableDefinition::new("sync_whole");
 /// retired).
 pub(crate) const SHOWN_BEFORE: RawTable = TableDefinition::new("shown_before");
 
-const ALL_TABLES: [RawTable; 22] = [
+const ALL_TABLES: [RawTable; 21] = [
     META,
     MAILBOXES,
     NAMES,
@@ -104,7 +106,6 @@ const ALL_TABLES: [RawTable; 22] = [
     SUBSCRIPTIONS,
     SIEVE,
     BODIES,
-    SEGMENT_BODIES,
     PURGES,
     SYNC_LOG,
     REPL_CACHE,
@@ -131,7 +132,11 @@ pub(crate) const META_FORMAT: &[u8] = b"format";
 ///
 /// 1: before the group journal (stores of then carry no format key).
 /// 2: the group journal (`store/journal.rs`).
-pub const STORE_FORMAT: u32 = 2;
+/// 3: no `segment_bodies` reverse index. A new body cost five index inserts, that one among
+///    them, on every write path (the 2 KB initial sync does 10,000); compaction, rare and run on
+///    demand, now scans the body index instead. A format-2 build would read the missing reverse
+///    index as "nothing live here" and compact live bodies away, so it must refuse the store.
+pub const STORE_FORMAT: u32 = 3;
 
 /// The node-wide counters, persisted with every commit.
 #[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
@@ -274,6 +279,9 @@ impl Store {
             if format < STORE_FORMAT {
                 meta.insert(META_FORMAT, STORE_FORMAT.to_be_bytes().as_slice())
                     .map_err(|e| corrupt(&e))?;
+            }
+            if format < 3 {
+                txn.delete_table(OLD_SEGMENT_BODIES).map_err(|e| corrupt(&e))?;
             }
             let counters = meta
                 .get(META_COUNTERS)
