@@ -110,9 +110,7 @@ impl MessageRecord {
             match guid {
                 GuidAs::Numbers => {
                     write_array_len(out, 32)?;
-                    for b in self.guid.0 {
-                        write_uint(out, u64::from(b))?;
-                    }
+                    write_bytes_as_numbers(out, &self.guid.0);
                 }
                 GuidAs::Bytes => write_bin(out, &self.guid.0)?,
             }
@@ -131,6 +129,21 @@ impl MessageRecord {
             }
         };
         write(out).expect("writing to a Vec cannot fail");
+    }
+}
+
+/// Bytes as MessagePack unsigned numbers, each as `write_uint` writes it: a positive fixint
+/// below 128, else the uint8 marker and the byte. The digest hashes every Guid so, twice per
+/// changed record (old and new); through `write_uint`, one call and width choice per byte, it
+/// was a sixth of a replica's merge of 1,000 flag changes.
+fn write_bytes_as_numbers(out: &mut Vec<u8>, bytes: &[u8]) {
+    out.reserve(bytes.len() * 2);
+    for &b in bytes {
+        if b < 0x80 {
+            out.push(b);
+        } else {
+            out.extend_from_slice(&[0xcc, b]);
+        }
     }
 }
 
@@ -310,6 +323,18 @@ mod tests {
         assert!(m.has_flag(&Flag::seen()));
         assert!(!m.has_flag(&Flag::new("\\Flagged").unwrap()));
         assert_eq!(m, b.merge(&a));
+    }
+
+    #[test]
+    fn bytes_as_numbers_are_what_write_uint_writes() {
+        let every: Vec<u8> = (0..=255).collect();
+        let mut fast = Vec::new();
+        write_bytes_as_numbers(&mut fast, &every);
+        let mut generic = Vec::new();
+        for b in &every {
+            rmp::encode::write_uint(&mut generic, u64::from(*b)).unwrap();
+        }
+        assert_eq!(fast, generic);
     }
 
     #[test]
