@@ -104,7 +104,7 @@ pub fn flag_changes(
         };
         let secs = done.duration_since(start).as_secs_f64();
         let cpu = CpuTime::of(&[a, b])?.since(cpu_before);
-        report_window("flag changes", secs);
+        report_window("flag changes", start, done);
         wait_quiet(a)?;
         wait_quiet(b)?;
         let (bytes_after, _) = traffic(&a.status()?);

@@ -449,21 +449,26 @@ impl Drop for NodeProcess {
     }
 }
 
-/// Polls `check` every `every` until it gives a value, at most [`DEADLINE`]; returns the value
-/// and the moment the poll that found it returned.
-/// Prints on stderr the wall-clock window (Unix seconds) of a timed figure, ending now, so a
-/// system-wide `perf record -k realtime` of the run can be cut to it (`perf report --time`).
-pub fn report_window(what: &str, secs: f64) {
-    let now = std::time::SystemTime::now()
+/// Prints on stderr the wall-clock window (Unix seconds) of a timed figure, from `start` to
+/// `done`, so a system-wide `perf record -k realtime` of the run can be cut to it (`perf report
+/// --time`). Both ends are placed by their distance from now: a window printed as "ending now"
+/// was shifted by whatever ran between `done` and the print (a check listing 1,000 messages).
+pub fn report_window(what: &str, start: Instant, done: Instant) {
+    let wall_now = std::time::SystemTime::now()
         .duration_since(std::time::UNIX_EPOCH)
         .map(|d| d.as_secs_f64())
         .unwrap_or(0.0);
+    let now = Instant::now();
+    let ago = |at: Instant| now.saturating_duration_since(at).as_secs_f64();
     eprintln!(
-        "bench: {what} timed from {:.6} to {now:.6} (Unix seconds)",
-        now - secs
+        "bench: {what} timed from {:.6} to {:.6} (Unix seconds)",
+        wall_now - ago(start),
+        wall_now - ago(done)
     );
 }
 
+/// Polls `check` every `every` until it gives a value, at most [`DEADLINE`]; returns the value
+/// and the moment the poll that found it returned.
 pub fn poll_until<T>(
     what: &str,
     every: Duration,

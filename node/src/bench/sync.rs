@@ -77,7 +77,7 @@ pub fn initial_sync(root: &Path, count: usize, size: usize, runs: usize) -> Resu
         )?;
         let secs = done.duration_since(start).as_secs_f64();
         let cpu = CpuTime::of(&[&a, &b])?.since(cpu_before);
-        report_window("initial sync", secs);
+        report_window("initial sync", start, done);
 
         // Not timed: the replica holds exactly what the source does.
         let theirs = b.messages(USER, MAILBOX)?;
