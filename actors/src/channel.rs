@@ -658,6 +658,8 @@ impl SyncJob {
         let mb = opened.addr;
         let mut whole = whole;
         let mut rounds = 0;
+        // Where the last page with nothing to send ended: the next plan starts there or later.
+        let mut skipped_upto: Option<ModSeq> = None;
         while rounds < MAX_ROUNDS {
             let plan = mb
                 .send(PlanSync {
@@ -677,9 +679,25 @@ impl SyncJob {
             {
                 // Everything in this page came from this peer or was made by it: nothing to say
                 // about it, but the pages after it may hold news (found by the simulator).
+                //
+                // These rounds send nothing, so they are not counted; what bounds them is that
+                // each starts where the last ended, or later (a change request from the peer
+                // may save a newer cache meanwhile). One that starts before means the saved
+                // cache did not take (its commit failed: the store is failing), and asking
+                // again at once would go round forever without waiting for anything (simulator,
+                // seed 110618: a node whose disk had crashed planned the same two pages in turn,
+                // and the virtual time at which it was to restart never came). The item waits
+                // out a backoff instead.
+                if skipped_upto.is_some_and(|upto| cache.acked < upto) {
+                    return Err(SyncError::Item(format!(
+                        "mailbox {id}: the replication cache went back to {} (a save did not take)",
+                        cache.acked
+                    )));
+                }
                 self.save_cache(&mb, cache.after_page(plan.upto, plan.more, cache.peer_modseq))
                     .await?;
                 if plan.more {
+                    skipped_upto = Some(plan.upto);
                     continue;
                 }
                 return Ok(());

@@ -1106,3 +1106,18 @@ fn bug20_seeds_54_and_152_with_wipes() {
 fn bug21_seed_904_with_wipes() {
     replay(&["--seed", "904", "--no-locations"]);
 }
+
+// Bug 43: a Channel went round a mailbox's sync forever, in zero time, on a node whose store
+// could not commit. Each page with nothing to send (every record in it came from the peer)
+// saves the replication cache and plans the next page at once, with no request in between; the
+// saves are queued commits, and when they failed the cache went back to the stored one, so the
+// plans took the same two pages in turn. In the simulator, n3's disk had crashed (its restart was
+// due some virtual milliseconds later), virtual time never moved again and the seed hung; on a
+// real node it is a core spinning for as long as the disk fails. Fixed: such rounds must start
+// where the last one ended or later; one that starts before is an item failure, retried after
+// the backoff. Run through `--seeds` so that a regression times out (reported as a hung seed)
+// instead of hanging the test.
+#[test]
+fn bug43_seed_110618_a_store_that_cannot_commit_does_not_spin_a_channel() {
+    replay(&["--seeds", "110618..110619", "--timeout", "300"]);
+}
