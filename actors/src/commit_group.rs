@@ -465,8 +465,9 @@ impl Writer {
         if self.journal.enabled {
             // The group's record goes behind its bodies, durable with them in one sync.
             let ahead: Vec<(Guid, BodyLocation)> = prewritten.iter().map(|(g, l)| (*g, *l)).collect();
-            self.segments
-                .append_record(&journal::encode_record(seq, &counters, &ahead, &indexed, batches));
+            self.segments.append_record_with(|out| {
+                journal::encode_record_into(out, seq, &counters, &ahead, &indexed, batches)
+            });
         }
         if let Err(e) = self.crash_point(CrashPoint::BeforeSegmentSync) {
             txn.abort()?;

@@ -106,8 +106,22 @@ pub fn encode_record(
     batches: &[&Batch],
 ) -> Vec<u8> {
     let mut out = Vec::with_capacity(256 + batches.len() * 512);
+    encode_record_into(&mut out, seq, counters, prewritten, indexed, batches);
+    out
+}
+
+/// [`encode_record`], appended to `out` (the segment's write buffer, see
+/// `SegmentWriter::append_record_with`).
+pub fn encode_record_into(
+    out: &mut Vec<u8>,
+    seq: u64,
+    counters: &CounterState,
+    prewritten: &[(Guid, BodyLocation)],
+    indexed: &BTreeSet<Guid>,
+    batches: &[&Batch],
+) {
     out.extend_from_slice(&seq.to_be_bytes());
-    put_bytes(&mut out, &super::encode(counters));
+    put_bytes(out, &super::encode(counters));
     out.extend_from_slice(&(prewritten.len() as u32).to_be_bytes());
     for (guid, loc) in prewritten {
         out.extend_from_slice(&guid.0);
@@ -131,19 +145,19 @@ pub fn encode_record(
                 Op::Put(table, key, value) => {
                     out.push(PUT);
                     out.push(*table as u8);
-                    put_bytes(&mut out, key);
-                    put_bytes(&mut out, value);
+                    put_bytes(out, key);
+                    put_bytes(out, value);
                 }
                 Op::Delete(table, key) => {
                     out.push(DELETE);
                     out.push(*table as u8);
-                    put_bytes(&mut out, key);
+                    put_bytes(out, key);
                 }
                 Op::DeleteIfEquals(table, key, value) => {
                     out.push(DELETE_IF_EQUALS);
                     out.push(*table as u8);
-                    put_bytes(&mut out, key);
-                    put_bytes(&mut out, value);
+                    put_bytes(out, key);
+                    put_bytes(out, value);
                 }
                 Op::AddBody(guid, Some(bytes)) => {
                     let kept = indexed.contains(guid) && !released.contains(guid);
@@ -153,7 +167,7 @@ pub fn encode_record(
                     } else {
                         out.push(ADD_BODY);
                         out.extend_from_slice(&guid.0);
-                        put_bytes(&mut out, bytes);
+                        put_bytes(out, bytes);
                     }
                 }
                 Op::AddBody(guid, None) => {
@@ -172,7 +186,6 @@ pub fn encode_record(
             }
         }
     }
-    out
 }
 
 /// Decodes a record [`encode_record`] made. An op whose bytes were written ahead comes back with
