@@ -187,12 +187,18 @@ fn every_time<T>(runs: &[T], secs: impl Fn(&T) -> f64) -> String {
         .join(", ")
 }
 
-/// Every run's rate (`rate` of each, per second), in the order they ran.
-fn every_rate<T>(runs: &[T], rate: impl Fn(&T) -> f64) -> String {
-    runs.iter()
-        .map(|r| format!("{}/s", count(rate(r))))
-        .collect::<Vec<_>>()
-        .join(", ")
+/// What a throughput row adds when it ran more than once: that it is the median, and every
+/// run's rate (`rate` of each, per second) in the order they ran. Nothing for one run.
+fn median_of_rates<T>(runs: &[T], rate: impl Fn(&T) -> f64) -> String {
+    if runs.len() < 2 {
+        return String::new();
+    }
+    let rates: Vec<String> = runs.iter().map(|r| format!("{}/s", count(rate(r)))).collect();
+    format!(
+        "; median of {} runs on new nodes: {}",
+        runs.len(),
+        rates.join(", ")
+    )
 }
 
 /// The run of median time (the later of the two middle ones for an even count).
@@ -390,13 +396,7 @@ fn measure(root: &Path, scale: &Scale, selected: &dyn Fn(RowGroup) -> bool) -> R
         let runs = (1..=scale.runs.max(1))
             .map(|run| lmtp::deliveries(&root.join(format!("lmtp-{run}")), scale.lmtp_messages, 2048))
             .collect::<Result<Vec<_>, _>>()?;
-        let median = match runs.len() {
-            1 => String::new(),
-            n => format!(
-                "; median of {n} runs on new nodes: {}",
-                every_rate(&runs, |r| r.deliveries as f64 / r.secs)
-            ),
-        };
+        let median = median_of_rates(&runs, |r| r.deliveries as f64 / r.secs);
         let result = median_run(runs, |r| r.secs);
         let per_sec = result.deliveries as f64 / result.secs;
         let ratio = per_sec / limits.fdatasyncs_per_sec;
@@ -501,13 +501,7 @@ fn measure(root: &Path, scale: &Scale, selected: &dyn Fn(RowGroup) -> bool) -> R
         let runs = (1..=scale.runs.max(1))
             .map(|run| imap::appends(&root.join(format!("imap-append-{run}")), scale.imap_appends, 2048))
             .collect::<Result<Vec<_>, _>>()?;
-        let median = match runs.len() {
-            1 => String::new(),
-            n => format!(
-                "; median of {n} runs on new nodes: {}",
-                every_rate(&runs, |r| r.appends as f64 / r.secs)
-            ),
-        };
+        let median = median_of_rates(&runs, |r| r.appends as f64 / r.secs);
         let result = median_run(runs, |r| r.secs);
         let per_sec = result.appends as f64 / result.secs;
         rows.push(Row {
