@@ -489,15 +489,16 @@ impl SegmentWriter {
         }
     }
 
-    /// Queues a group record (`journal.rs`) behind the queued bodies: durable with them.
+    /// [`SegmentWriter::append_record_with`] of a payload already built (tests).
+    #[cfg(test)]
     pub fn append_record(&mut self, payload: &[u8]) {
         self.append_record_with(|out| out.extend_from_slice(payload));
     }
 
-    /// [`SegmentWriter::append_record`] with the payload written by `write` straight into the
-    /// group's write buffer, which is kept from group to group: a record built in a Vec of its
-    /// own (250 KB for 1,000 flag changes) grew by doubling, faulted in fresh pages, and was
-    /// then copied here.
+    /// Queues a group record (`journal.rs`) behind the queued bodies, durable with them; its
+    /// payload is written by `write` straight into the group's write buffer, which is kept from
+    /// group to group: a record built in a Vec of its own (250 KB for 1,000 flag changes) grew
+    /// by doubling, faulted in fresh pages, and was then copied here.
     pub fn append_record_with(&mut self, write: impl FnOnce(&mut Vec<u8>)) {
         self.pending.copy_with(|out| {
             out.extend_from_slice(RECORD_MAGIC);

@@ -90,14 +90,9 @@ const ADD_KNOWN_BODY: u8 = 5;
 const RELEASE_BODY: u8 = 6;
 const ADD_SPOOLED_BODY: u8 = 7;
 
-/// Encodes a group's record. Bytes the group's ops bring are left out where applying the op
-/// cannot need them, here and at replay alike:
-/// - the first op that brings each written-ahead body's bytes (they are in the segment already;
-///   `prewritten` says where): it is the op that takes that place when the group is applied. A
-///   later op for the same body keeps its bytes: a body released to zero and added again
-///   within the group is written again by that op;
-/// - an op adding a body that was `indexed` when the group began, if no op of the group
-///   releases that body: it stays indexed, and the op only counts one more reference.
+/// [`encode_record_into`] into a Vec of its own (tests; the commit group encodes straight into
+/// the segment's write buffer).
+#[cfg(test)]
 pub fn encode_record(
     seq: u64,
     counters: &CounterState,
@@ -110,8 +105,15 @@ pub fn encode_record(
     out
 }
 
-/// [`encode_record`], appended to `out` (the segment's write buffer, see
-/// `SegmentWriter::append_record_with`).
+/// Encodes a group's record, appended to `out` (the segment's write buffer, see
+/// `SegmentWriter::append_record_with`). Bytes the group's ops bring are left out where applying
+/// the op cannot need them, here and at replay alike:
+/// - the first op that brings each written-ahead body's bytes (they are in the segment already;
+///   `prewritten` says where): it is the op that takes that place when the group is applied. A
+///   later op for the same body keeps its bytes: a body released to zero and added again
+///   within the group is written again by that op;
+/// - an op adding a body that was `indexed` when the group began, if no op of the group
+///   releases that body: it stays indexed, and the op only counts one more reference.
 pub fn encode_record_into(
     out: &mut Vec<u8>,
     seq: u64,
@@ -188,7 +190,7 @@ pub fn encode_record_into(
     }
 }
 
-/// Decodes a record [`encode_record`] made. An op whose bytes were written ahead comes back with
+/// Decodes a record [`encode_record_into`] made. An op whose bytes were written ahead comes back with
 /// empty bytes: applying it takes the body's place from `prewritten`, never its bytes.
 pub fn decode_record(bytes: &[u8]) -> Result<GroupRecord, StoreError> {
     let mut r = Reader { bytes, at: 0 };

@@ -179,26 +179,14 @@ pub fn run(options: BenchOptions) -> Result<(), Error> {
     }
 }
 
-/// Every run's time, in the order they ran.
-fn every_time<T>(runs: &[T], secs: impl Fn(&T) -> f64) -> String {
-    runs.iter()
-        .map(|r| duration(secs(r)))
-        .collect::<Vec<_>>()
-        .join(", ")
-}
-
-/// What a throughput row adds when it ran more than once: that it is the median, and every
-/// run's rate (`rate` of each, per second) in the order they ran. Nothing for one run.
-fn median_of_rates<T>(runs: &[T], rate: impl Fn(&T) -> f64) -> String {
+/// What a row timed more than once says beside its figure: "median of N `what`: " and every
+/// run as `each` writes it, in the order they ran. None for one run.
+fn median_of<T>(runs: &[T], what: &str, each: impl Fn(&T) -> String) -> Option<String> {
     if runs.len() < 2 {
-        return String::new();
+        return None;
     }
-    let rates: Vec<String> = runs.iter().map(|r| format!("{}/s", count(rate(r)))).collect();
-    format!(
-        "; median of {} runs on new nodes: {}",
-        runs.len(),
-        rates.join(", ")
-    )
+    let listed: Vec<String> = runs.iter().map(each).collect();
+    Some(format!("median of {} {what}: {}", runs.len(), listed.join(", ")))
 }
 
 /// The run of median time (the later of the two middle ones for an even count).
@@ -236,13 +224,9 @@ fn measure(root: &Path, scale: &Scale, selected: &dyn Fn(RowGroup) -> bool) -> R
         }
         eprintln!("bench: {name} ({messages} messages)");
         let runs = sync::initial_sync(&root.join(format!("sync-{size}")), messages, size, scale.runs)?;
-        let median = match runs.len() {
-            1 => String::new(),
-            n => format!(
-                "; median of {n} syncs to new replicas: {}",
-                every_time(&runs, |r| r.secs)
-            ),
-        };
+        let median = median_of(&runs, "syncs to new replicas", |r| duration(r.secs))
+            .map(|m| format!("; {m}"))
+            .unwrap_or_default();
         let result = median_run(runs, |r| r.secs);
         let bytes_per_sec = result.bytes as f64 / result.secs;
         let share = bytes_per_sec / limits.quic_bytes_per_sec;
@@ -279,13 +263,9 @@ fn measure(root: &Path, scale: &Scale, selected: &dyn Fn(RowGroup) -> bool) -> R
         if selected(RowGroup::Flags) {
             eprintln!("bench: {} flag changes", scale.flag_changes);
             let runs = flags::flag_changes(&a, &b, scale.flag_changes, scale.runs)?;
-            let median = match runs.len() {
-                1 => String::new(),
-                n => format!(
-                    " (median of {n} runs, the flag set, cleared, set: {})",
-                    every_time(&runs, |r| r.secs)
-                ),
-            };
+            let median = median_of(&runs, "runs, the flag set, cleared, set", |r| duration(r.secs))
+                .map(|m| format!(" ({m})"))
+                .unwrap_or_default();
             let flags = median_run(runs, |r| r.secs);
             let flags_target_s = 0.010 * scale.flag_changes as f64 / 1000.0;
             rows.push(Row {
@@ -396,7 +376,11 @@ fn measure(root: &Path, scale: &Scale, selected: &dyn Fn(RowGroup) -> bool) -> R
         let runs = (1..=scale.runs.max(1))
             .map(|run| lmtp::deliveries(&root.join(format!("lmtp-{run}")), scale.lmtp_messages, 2048))
             .collect::<Result<Vec<_>, _>>()?;
-        let median = median_of_rates(&runs, |r| r.deliveries as f64 / r.secs);
+        let median = median_of(&runs, "runs on new nodes", |r| {
+            format!("{}/s", count(r.deliveries as f64 / r.secs))
+        })
+        .map(|m| format!("; {m}"))
+        .unwrap_or_default();
         let result = median_run(runs, |r| r.secs);
         let per_sec = result.deliveries as f64 / result.secs;
         let ratio = per_sec / limits.fdatasyncs_per_sec;
@@ -501,7 +485,11 @@ fn measure(root: &Path, scale: &Scale, selected: &dyn Fn(RowGroup) -> bool) -> R
         let runs = (1..=scale.runs.max(1))
             .map(|run| imap::appends(&root.join(format!("imap-append-{run}")), scale.imap_appends, 2048))
             .collect::<Result<Vec<_>, _>>()?;
-        let median = median_of_rates(&runs, |r| r.appends as f64 / r.secs);
+        let median = median_of(&runs, "runs on new nodes", |r| {
+            format!("{}/s", count(r.appends as f64 / r.secs))
+        })
+        .map(|m| format!("; {m}"))
+        .unwrap_or_default();
         let result = median_run(runs, |r| r.secs);
         let per_sec = result.appends as f64 / result.secs;
         rows.push(Row {
