@@ -89,7 +89,12 @@ struct NodeMemory {
     high: BTreeMap<MailboxId, (Uid, ModSeq)>,
     listed: BTreeSet<MailboxId>,
     deleted: BTreeSet<MailboxId>,
+    /// Expunges seen in copies the node held: promises for every node.
     expunged: BTreeSet<(MailboxId, AppendId)>,
+    /// Expunges seen only in the pruned set of a copy the node let go: a promise for this node
+    /// alone (held again, it refuses the message, engine bug 39). It syncs that copy with
+    /// nobody, so no other node learns them from it (seed 148637).
+    expunged_let_go: BTreeSet<(MailboxId, AppendId)>,
 }
 
 pub struct Observer {
@@ -125,8 +130,8 @@ impl Observer {
     /// nodes wiped before) where no other disk holds it (`survives` says which places did) is
     /// forgotten there: that uid assignment (an append, or a promotion by the primary) was lost
     /// with the stores, and the uid may go to another message. Likewise an expunge no other disk
-    /// knows (`expunge_known`: an expunged record or a compacted range) is no promise any more: a
-    /// stale copy may bring the message back, at a fresh uid.
+    /// knows in a copy it holds (`expunge_known`: an expunged record or a compacted range) is no
+    /// promise to other nodes any more: a stale copy may bring the message back, at a fresh uid.
     pub fn node_wiped(
         &mut self,
         node: &NodeId,
@@ -143,12 +148,13 @@ impl Observer {
         // Every assignment no running memory shows is judged again, not only those this node
         // showed: one shown by a node wiped earlier was kept because this node's disk still held
         // it (seed 4840), and that disk is gone now.
-        // A node that let its copy go keeps no compacted ranges (only the retired uids), so an
-        // expunge it saw may have lived on the wiped disk alone: the only holder, which its copy
-        // was let go to (seed 20689: the source messages of a MOVE came back from a copy down
-        // since before the move, once the only holder of the moved copies and of the expunges
-        // was wiped; the moved copies were lost with it, so bringing the sources back is all
-        // that is left of those messages).
+        // A node that let its copy go passes on nothing of it, so an expunge it saw may have
+        // lived in held copies on the wiped disks alone: the holders its copy was let go to
+        // (seed 20689: the source messages of a MOVE came back from a copy down since before the
+        // move, once the only holder of the moved copies and of the expunges was wiped; the
+        // moved copies were lost with it, so bringing the sources back is all that is left of
+        // those messages). What such a node still remembers binds only itself
+        // (`expunged_let_go`, seed 148637).
         for memory in self.nodes.values_mut() {
             memory.expunged.retain(|(id, aid)| expunge_known(*id, aid));
         }
@@ -259,7 +265,8 @@ impl Observer {
                             format!("{label} on {node}: {} shown at two uids", view.append_id),
                         ));
                     }
-                    if memory.expunged.contains(&(*id, view.append_id.clone())) {
+                    let key = (*id, view.append_id.clone());
+                    if memory.expunged.contains(&key) || memory.expunged_let_go.contains(&key) {
                         found.push((
                             Kind::MessageBack,
                             format!("unexpunged {node} {id} {}", view.append_id),
@@ -270,12 +277,17 @@ impl Observer {
                         ));
                     }
                 }
+                let expunged = if mb.held {
+                    &mut memory.expunged
+                } else {
+                    &mut memory.expunged_let_go
+                };
                 for r in &mb.records {
                     if r.record.is_expunged() {
-                        memory.expunged.insert((*id, r.record.append_id.clone()));
+                        expunged.insert((*id, r.record.append_id.clone()));
                     }
                 }
-                memory.expunged.extend(mb.pruned.iter().map(|aid| (*id, aid)));
+                expunged.extend(mb.pruned.iter().map(|aid| (*id, aid)));
             }
         }
         for (kind, key, what) in found {
@@ -772,6 +784,10 @@ fn first_difference(a: &NodeId, va: &ReplicaView, b: &NodeId, vb: &ReplicaView) 
 #[cfg(test)]
 mod tests {
     use super::*;
+    use mailmesh_actors::mailbox::{MailboxState, MessageView};
+    use mailmesh_protocol::records::PrunedSet;
+
+    use crate::snapshot::MailboxSnapshot;
 
     fn node(name: &str) -> NodeId {
         NodeId::new(name).unwrap()
@@ -853,5 +869,71 @@ mod tests {
             assert!(!memory.expunged.contains(&(MailboxId(7), moved.clone())));
             assert!(memory.expunged.contains(&(MailboxId(7), kept.clone())));
         }
+    }
+
+    /// A snapshot of one node showing `aid` at uid 1 in mailbox 7.
+    fn showing(aid: &AppendId) -> NodeSnapshot {
+        let view = MessageView {
+            uid: Uid(1),
+            append_id: aid.clone(),
+            guid: Guid::of(b"body"),
+            size: 4,
+            internaldate: 0,
+            flags: Vec::new(),
+            modseq: ModSeq::ZERO,
+        };
+        let mailbox = MailboxSnapshot {
+            user: "bob".into(),
+            name: "Sent".into(),
+            uidvalidity: UidValidity(1),
+            visible: vec![view],
+            records: Vec::new(),
+            pruned: PrunedSet::default(),
+            annotations: Vec::new(),
+            state: MailboxState {
+                id: MailboxId(7),
+                uidvalidity: UidValidity(1),
+                uidnext: Uid(2),
+                highestmodseq: ModSeq::ZERO,
+                exists: 1,
+                unseen: 1,
+                digest: Default::default(),
+                quarantined: 0,
+            },
+            held: true,
+        };
+        NodeSnapshot {
+            mailboxes: BTreeMap::from([(MailboxId(7), mailbox)]),
+            ..NodeSnapshot::default()
+        }
+    }
+
+    /// Seed 148637: an expunge a node remembers only in a copy it let go binds that node, not
+    /// the holders, which it tells nothing; one seen in a held copy binds every node.
+    #[test]
+    fn an_expunge_remembered_by_a_copy_let_go_is_no_promise_for_other_nodes() {
+        let mut observer = Observer::new(Trace::new());
+        let aid = AppendId {
+            origin: node("n5"),
+            counter: 1,
+        };
+        let n4_shows_it = BTreeMap::from([(node("n4"), showing(&aid))]);
+        observer
+            .nodes
+            .entry(node("n7"))
+            .or_default()
+            .expunged_let_go
+            .insert((MailboxId(7), aid.clone()));
+        observer.check_tombstones_everywhere(&n4_shows_it);
+        assert!(observer.violations.is_empty(), "{:?}", observer.violations);
+        observer
+            .nodes
+            .entry(node("n1"))
+            .or_default()
+            .expunged
+            .insert((MailboxId(7), aid.clone()));
+        observer.check_tombstones_everywhere(&n4_shows_it);
+        assert_eq!(observer.violations.len(), 1);
+        assert_eq!(observer.violations[0].kind, Kind::MessageBack);
     }
 }

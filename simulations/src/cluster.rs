@@ -18,6 +18,7 @@ use mailmesh_actors::channel::{ChannelConfig, ChannelStats};
 use mailmesh_actors::commit_group::FlushMode;
 use mailmesh_actors::context::Faults;
 use mailmesh_actors::directory::{ActivationPolicy, GetDirectoryStats};
+use mailmesh_actors::directory_sync::LINKS_KEY;
 use mailmesh_actors::env::{Entropy, Env, TokioClock};
 use mailmesh_actors::mailbox::{StoredAnnotation, StoredRecord};
 use mailmesh_actors::mailbox_sync::PageBudget;
@@ -26,7 +27,9 @@ use mailmesh_actors::sim_disk::{CrashModel, CrashTrigger, SimDisk};
 use mailmesh_actors::store::{decode, Store, Table};
 use mailmesh_actors::sync_log::Tagged;
 use mailmesh_protocol::ids::{AppendId, MailboxId, NodeId, Uid};
-use mailmesh_protocol::records::{MessageRecord, PrunedSet, UserSieve, UserSubscriptions};
+use mailmesh_protocol::records::{
+    LinkGraph, MailboxEntry, MessageRecord, PrunedSet, UserSieve, UserSubscriptions,
+};
 use mailmesh_protocol::version::Version;
 use tokio::time::Instant;
 
@@ -92,6 +95,9 @@ pub struct DurableContent {
     pub pruned: BTreeMap<MailboxId, PrunedSet>,
     /// The expunged records (tombstones not compacted yet).
     pub expunged: BTreeSet<(MailboxId, AppendId)>,
+    /// The mailboxes this node holds by its own entry and link graph (a location, a relay or a
+    /// copy still being let go), as the engine decides it.
+    pub held: BTreeSet<MailboxId>,
     /// The registers clients write, for the versions they hold.
     pub records: BTreeMap<AppendId, MessageRecord>,
     pub annotations: BTreeMap<(MailboxId, String), Version>,
@@ -100,11 +106,16 @@ pub struct DurableContent {
 }
 
 impl DurableContent {
-    /// Whether this disk knows `aid` expunged from `mailbox`: as an expunged record, or
-    /// compacted into the mailbox's pruned set.
+    /// Whether this disk knows `aid` expunged from `mailbox` in a copy it holds: as an expunged
+    /// record, or compacted into the mailbox's pruned set. A copy let go keeps its pruned set
+    /// too (engine bug 39), but only for itself: a node outside the holders syncs the mailbox
+    /// with nobody, so what it remembers reaches a holder only if the holders change to take it
+    /// in again (simulator seed 148637: the only holders that knew an expunge were wiped one
+    /// after the other, and the nodes that still remembered it had let their copies go).
     pub fn knows_expunged(&self, mailbox: MailboxId, aid: &AppendId) -> bool {
-        self.expunged.contains(&(mailbox, aid.clone()))
-            || self.pruned.get(&mailbox).is_some_and(|p| p.contains(aid))
+        self.held.contains(&mailbox)
+            && (self.expunged.contains(&(mailbox, aid.clone()))
+                || self.pruned.get(&mailbox).is_some_and(|p| p.contains(aid)))
     }
 
     /// The version `register` holds on this disk, if it holds it.
@@ -345,8 +356,20 @@ impl SimCluster {
                 .and_then(|b| b.try_into().ok())
                 .map(MailboxId::from_bytes)
         };
-        let _ = store.scan_prefix(Table::Mailboxes, &[], None, |k, _| {
+        let links: LinkGraph = store
+            .get::<Tagged<LinkGraph>>(Table::Peers, LINKS_KEY)
+            .ok()
+            .flatten()
+            .map(|t| t.item)
+            .unwrap_or_default();
+        let _ = store.scan_prefix(Table::Mailboxes, &[], None, |k, v| {
             content.mailboxes.extend(mailbox_of(k));
+            if let Ok(entry) = decode::<Tagged<MailboxEntry>>(v, "mailbox entry") {
+                let holders = links.holders_of(&entry.item);
+                if !entry.item.is_deleted() && (holders.is_empty() || holders.contains(node)) {
+                    content.held.insert(entry.item.id);
+                }
+            }
             Ok(true)
         });
         let _ = store.scan_prefix(Table::Messages, &[], None, |k, v| {

@@ -291,11 +291,25 @@ const WIPE_AND_LOCATION_SEEDS_THAT_FAILED_ONCE: &[(u64, &str)] = &[
     ),
     (
         100602,
-        "engine bug 42: n1's change request to n4 was answered after n4 let its copy go and held          the mailbox again; n1 saved the late answer's cache (\"n4 has everything\") over the          whole sync the Directory had queued, and n4 never got four messages (a cache now names          the peer's let-go date it was made against, and one from before is not used)",
+        "engine bug 42: n1's change request to n4 was answered after n4 let its copy go and held \
+         the mailbox again; n1 saved the late answer's cache (\"n4 has everything\") over the \
+         whole sync the Directory had queued, and n4 never got four messages (a cache now names \
+         the peer's let-go date it was made against, and one from before is not used)",
     ),
     (
         100359,
-        "engine bug 41: n3, its clock behind n5's, minted a subscription Version above the floor          its store came back with after a wipe 1.3 s later; n4 took the subscription for one n3's          new store made and never sent it (a new store now waits out the clock skew before it          starts)",
+        "engine bug 41: n3, its clock behind n5's, minted a subscription Version above the floor \
+         its store came back with after a wipe 1.3 s later; n4 took the subscription for one n3's \
+         new store made and never sent it (a new store now waits out the clock skew before it \
+         starts)",
+    ),
+    (
+        148637,
+        "a checker mistake, not an engine bug: an expunge was known in held copies only on n5, \
+         wiped, and on n6, a relay that failed to push it to the emptied n5 (an answer lost) and \
+         was wiped 1.3 s later; n4, down since before the expunge, brought the message back. \
+         n1 and n7 still remembered the expunge in the pruned sets of copies they had let go, \
+         which they sync with nobody, and the checker held those as promises for every node",
     ),
     (
         21385,
