@@ -16,7 +16,7 @@ use std::time::Duration;
 
 use actix::prelude::*;
 use mailmesh_protocol::ids::{AppendId, Guid, MailboxId, ModSeq, NodeId};
-use mailmesh_protocol::records::MessageRecord;
+use mailmesh_protocol::records::{MessageRecord, UidNext};
 use mailmesh_protocol::wire::{BodyPart, Change, ChangeRequest, ErrorCode, Request, Response};
 use serde_bytes::ByteBuf;
 use tracing::{debug, info, warn};
@@ -979,7 +979,12 @@ impl SyncJob {
         uidnext: mailmesh_protocol::records::UidNext,
         pruned: Option<mailmesh_protocol::records::PrunedSet>,
     ) -> Result<bool, SyncError> {
-        if records.is_empty() && annotations.is_empty() && pruned.is_none() {
+        // A page with nothing in it still carries the peer's UIDNEXT, which may be news: a copy
+        // held again keeps the UIDNEXT it had when it was let go, above what the other holders
+        // have when the message it was for is lost everywhere (simulator, seed 183402: the
+        // holders pulled that node's empty pages, skipped them, and UIDNEXT stayed 2 on it and
+        // 1 everywhere else, for good). Only the lowest UIDNEXT can be no news.
+        if records.is_empty() && annotations.is_empty() && pruned.is_none() && uidnext == UidNext::default() {
             return Ok(true);
         }
         let bodies = self.fetch_bodies(&records).await?;

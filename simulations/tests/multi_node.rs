@@ -304,6 +304,12 @@ const WIPE_AND_LOCATION_SEEDS_THAT_FAILED_ONCE: &[(u64, &str)] = &[
          starts)",
     ),
     (
+        183402,
+        "engine bug 44: a copy held again kept the UIDNEXT of the message it had let go, lost \
+         everywhere since; the other holders pulled its pages, empty but for that UIDNEXT, skipped \
+         them as empty, and UIDNEXT stayed 2 on it and 1 on every other holder",
+    ),
+    (
         148637,
         "a checker mistake, not an engine bug: an expunge was known in held copies only on n5, \
          wiped, and on n6, a relay that failed to push it to the emptied n5 (an answer lost) and \
