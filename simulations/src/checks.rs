@@ -138,6 +138,7 @@ impl Observer {
         lost: &BTreeSet<AppendId>,
         survives: impl Fn(MailboxId, Uid, &AppendId) -> bool,
         expunge_known: impl Fn(MailboxId, &AppendId) -> bool,
+        holds: impl Fn(&NodeId, MailboxId) -> bool,
     ) {
         for aids in self.global_shown.values_mut() {
             aids.retain(|aid| !lost.contains(aid));
@@ -158,11 +159,20 @@ impl Observer {
         for memory in self.nodes.values_mut() {
             memory.expunged.retain(|(id, aid)| expunge_known(*id, aid));
         }
+        // A running node's memory keeps an assignment for everyone only while that node holds
+        // the mailbox: a copy let go keeps its counters and retired uids for itself (held again,
+        // it shows nothing else at a uid it showed), but syncs with nobody, so once every holder
+        // that knew the assignment is wiped, the primary may give the uid to another message
+        // (seed 25779 with --steps 300: the only location was wiped three times, and the node
+        // that had shown the message at uid 1 had let its copy go before).
         let nodes = &self.nodes;
         for (key, aids) in self.global_shown.iter_mut() {
             let (id, _, uid) = *key;
             aids.retain(|aid| {
-                nodes.values().any(|m| m.shown.get(key) == Some(aid)) || survives(id, uid, aid)
+                nodes
+                    .iter()
+                    .any(|(n, m)| m.shown.get(key) == Some(aid) && holds(n, id))
+                    || survives(id, uid, aid)
             });
         }
     }
@@ -821,10 +831,22 @@ mod tests {
         observer.clients_saw(vec![shown("n2", 1, &promoted)]);
         let nothing_lost = BTreeSet::new();
         // n2's disk still holds the promotion when n3 is wiped.
-        observer.node_wiped(&node("n3"), &nothing_lost, |_, uid, _| uid == Uid(3), |_, _| true);
+        observer.node_wiped(
+            &node("n3"),
+            &nothing_lost,
+            |_, uid, _| uid == Uid(3),
+            |_, _| true,
+            |_, _| true,
+        );
         assert_eq!(shown_at(&observer, 3), BTreeSet::from([promoted.clone()]));
         // Then n2 is wiped and no other disk holds it at uid 3.
-        observer.node_wiped(&node("n2"), &nothing_lost, |_, _, _| false, |_, _| true);
+        observer.node_wiped(
+            &node("n2"),
+            &nothing_lost,
+            |_, _, _| false,
+            |_, _| true,
+            |_, _| true,
+        );
         assert!(shown_at(&observer, 3).is_empty());
         assert!(observer.violations.is_empty());
     }
@@ -839,10 +861,46 @@ mod tests {
         };
         observer.clients_saw(vec![shown("n1", 3, &promoted), shown("n3", 3, &promoted)]);
         let nothing_lost = BTreeSet::new();
-        observer.node_wiped(&node("n3"), &nothing_lost, |_, _, _| false, |_, _| true);
-        observer.node_wiped(&node("n2"), &nothing_lost, |_, _, _| false, |_, _| true);
+        observer.node_wiped(
+            &node("n3"),
+            &nothing_lost,
+            |_, _, _| false,
+            |_, _| true,
+            |_, _| true,
+        );
+        observer.node_wiped(
+            &node("n2"),
+            &nothing_lost,
+            |_, _, _| false,
+            |_, _| true,
+            |_, _| true,
+        );
         assert_eq!(shown_at(&observer, 3), BTreeSet::from([promoted]));
     }
+    /// Seed 25779 with --steps 300: what a node that let its copy go showed is no promise for
+    /// the others once no holder's memory or disk keeps it.
+    #[test]
+    fn an_assignment_only_a_node_that_let_its_copy_go_showed_is_forgotten_at_a_wipe() {
+        let mut observer = Observer::new(Trace::new());
+        let moved = AppendId {
+            origin: node("n3"),
+            counter: 1,
+        };
+        observer.clients_saw(vec![shown("n1", 1, &moved), shown("n2", 1, &moved)]);
+        let nothing_lost = BTreeSet::new();
+        // n2 let its copy go; n1, the only holder, is wiped.
+        observer.node_wiped(
+            &node("n1"),
+            &nothing_lost,
+            |_, _, _| false,
+            |_, _| true,
+            |n, _| *n != node("n2"),
+        );
+        assert!(shown_at(&observer, 1).is_empty());
+        // n2's own memory stays: held again, it shows nothing else at uid 1.
+        assert_eq!(observer.nodes[&node("n2")].shown.len(), 1);
+    }
+
     /// Seed 20689: an expunge a remembered node saw is a promise only while some disk knows it;
     /// once the last one is wiped, the message may come back (from a stale copy, at a new uid).
     #[test]
@@ -863,7 +921,13 @@ mod tests {
         }
         let nothing_lost = BTreeSet::new();
         // Only `kept`'s expunge is on a disk other than the wiped one.
-        observer.node_wiped(&node("n3"), &nothing_lost, |_, _, _| false, |_, aid| *aid == kept);
+        observer.node_wiped(
+            &node("n3"),
+            &nothing_lost,
+            |_, _, _| false,
+            |_, aid| *aid == kept,
+            |_, _| true,
+        );
         for on in ["n4", "n5"] {
             let memory = &observer.nodes[&node(on)];
             assert!(!memory.expunged.contains(&(MailboxId(7), moved.clone())));

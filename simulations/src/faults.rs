@@ -18,7 +18,7 @@
 
 use mailmesh_actors::disk::CrashPoint;
 use mailmesh_actors::sim_disk::CrashTrigger;
-use std::collections::BTreeSet;
+use std::collections::{BTreeMap, BTreeSet};
 
 use mailmesh_protocol::ids::{AppendId, MailboxId, NodeId};
 
@@ -123,6 +123,16 @@ impl Run {
             .filter(|n| **n != node)
             .map(|n| self.cluster.durable_content(n))
             .collect();
+        // Which mailboxes each other node holds, by its own disk.
+        let held_by: BTreeMap<NodeId, BTreeSet<MailboxId>> = self
+            .cluster
+            .topology
+            .nodes
+            .iter()
+            .filter(|n| **n != node)
+            .zip(&others)
+            .map(|(n, o)| (n.clone(), o.held.clone()))
+            .collect();
         let own = self.cluster.durable_content(&node);
         let lost_mailboxes: BTreeSet<MailboxId> = own
             .mailboxes
@@ -197,6 +207,7 @@ impl Run {
             &lost,
             |id, uid, aid| others.iter().any(|o| o.places.contains(&(id, uid, aid.clone()))),
             |id, aid| others.iter().any(|o| o.knows_expunged(id, aid)),
+            |n, id| held_by.get(n).is_some_and(|held| held.contains(&id)),
         );
         if let Err(e) = wiped {
             self.observer.report(Kind::Restart, e);
