@@ -976,7 +976,7 @@ impl SyncJob {
         mb: &Addr<Mailbox>,
         records: Vec<Change<mailmesh_protocol::records::MessageRecord>>,
         annotations: Vec<Change<(String, mailmesh_protocol::records::Annotation)>>,
-        uidnext: mailmesh_protocol::records::UidNext,
+        uidnext: UidNext,
         pruned: Option<mailmesh_protocol::records::PrunedSet>,
     ) -> Result<bool, SyncError> {
         // A page with nothing in it still carries the peer's UIDNEXT, which may be news: a copy
