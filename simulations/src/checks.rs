@@ -877,6 +877,7 @@ mod tests {
         );
         assert_eq!(shown_at(&observer, 3), BTreeSet::from([promoted]));
     }
+
     /// Seed 25779 with --steps 300: what a node that let its copy go showed is no promise for
     /// the others once no holder's memory or disk keeps it.
     #[test]

@@ -35,6 +35,7 @@ use tokio::time::Instant;
 
 use crate::model::Register;
 use crate::network::{link, SimNetwork};
+use crate::replicated::holds;
 use crate::rng::SimRng;
 use crate::topology::Topology;
 use crate::trace::Trace;
@@ -365,8 +366,7 @@ impl SimCluster {
         let _ = store.scan_prefix(Table::Mailboxes, &[], None, |k, v| {
             content.mailboxes.extend(mailbox_of(k));
             if let Ok(entry) = decode::<Tagged<MailboxEntry>>(v, "mailbox entry") {
-                let holders = links.holders_of(&entry.item);
-                if !entry.item.is_deleted() && (holders.is_empty() || holders.contains(node)) {
+                if !entry.item.is_deleted() && holds(&links, &entry.item, node) {
                     content.held.insert(entry.item.id);
                 }
             }

@@ -23,6 +23,7 @@ use std::collections::{BTreeMap, BTreeSet};
 use mailmesh_protocol::ids::{AppendId, MailboxId, NodeId};
 
 use crate::checks::Kind;
+use crate::cluster::DurableContent;
 use crate::network::short_id;
 use crate::network::{link, NetFaults};
 use crate::rng::SimRng;
@@ -115,29 +116,19 @@ impl Run {
         let node = self.rng.pick(&self.cluster.topology.nodes).clone();
         // What survives is what the other disks hold durably at this instant: read before the
         // wipe, with no await in between.
-        let others: Vec<_> = self
+        let others: BTreeMap<NodeId, DurableContent> = self
             .cluster
             .topology
             .nodes
             .iter()
             .filter(|n| **n != node)
-            .map(|n| self.cluster.durable_content(n))
-            .collect();
-        // Which mailboxes each other node holds, by its own disk.
-        let held_by: BTreeMap<NodeId, BTreeSet<MailboxId>> = self
-            .cluster
-            .topology
-            .nodes
-            .iter()
-            .filter(|n| **n != node)
-            .zip(&others)
-            .map(|(n, o)| (n.clone(), o.held.clone()))
+            .map(|n| (n.clone(), self.cluster.durable_content(n)))
             .collect();
         let own = self.cluster.durable_content(&node);
         let lost_mailboxes: BTreeSet<MailboxId> = own
             .mailboxes
             .iter()
-            .filter(|id| others.iter().all(|o| !o.mailboxes.contains(id)))
+            .filter(|id| others.values().all(|o| !o.mailboxes.contains(id)))
             .copied()
             .collect();
         // Acknowledged appends found on no other disk, and every other message the node alone
@@ -149,7 +140,8 @@ impl Run {
                 .appends
                 .iter()
                 .filter(|(aid, acked)| {
-                    !model.lost_in_wipes.contains(*aid) && others.iter().all(|o| !o.holds(acked.mailbox, aid))
+                    !model.lost_in_wipes.contains(*aid)
+                        && others.values().all(|o| !o.holds(acked.mailbox, aid))
                 })
                 .map(|(aid, _)| aid.clone())
                 .collect()
@@ -157,8 +149,12 @@ impl Run {
         lost.extend(
             own.messages
                 .iter()
-                .filter(|aid| others.iter().all(|o| !o.messages.contains(*aid)))
-                .filter(|aid| others.iter().all(|o| o.pruned.values().all(|p| !p.contains(aid))))
+                .filter(|aid| others.values().all(|o| !o.messages.contains(*aid)))
+                .filter(|aid| {
+                    others
+                        .values()
+                        .all(|o| o.pruned.values().all(|p| !p.contains(aid)))
+                })
                 .cloned(),
         );
         // Writes whose register holds that version or a later one on no other disk.
@@ -171,7 +167,7 @@ impl Run {
                 .filter(|(i, w)| {
                     !model.writes_lost_in_wipes.contains(i)
                         && others
-                            .iter()
+                            .values()
                             .all(|o| o.version_of(&w.register).is_none_or(|v| v < w.version))
                 })
                 .map(|(i, _)| i)
@@ -205,9 +201,13 @@ impl Run {
         self.observer.node_wiped(
             &node,
             &lost,
-            |id, uid, aid| others.iter().any(|o| o.places.contains(&(id, uid, aid.clone()))),
-            |id, aid| others.iter().any(|o| o.knows_expunged(id, aid)),
-            |n, id| held_by.get(n).is_some_and(|held| held.contains(&id)),
+            |id, uid, aid| {
+                others
+                    .values()
+                    .any(|o| o.places.contains(&(id, uid, aid.clone())))
+            },
+            |id, aid| others.values().any(|o| o.knows_expunged(id, aid)),
+            |n, id| others.get(n).is_some_and(|o| o.held.contains(&id)),
         );
         if let Err(e) = wiped {
             self.observer.report(Kind::Restart, e);
